@@ -1,1 +1,40 @@
-//! Kernels.
+//! # lowbit-kernels
+//!
+//! Quantization kernels for running transformer weights on a CPU, bit-compatible with
+//! bitsandbytes' storage formats:
+//!
+//! - **NF4 / FP4** ([`fourbit`]): blockwise 4-bit codes with optional double quantization of the
+//!   block scales — bytes, scales and dequantized floats equal bitsandbytes' own.
+//! - **LLM.int8** ([`int8`]): row-wise int8 weights (`CB`, `SCB`) and per-token int8 activations
+//!   with outlier columns computed in floating point.
+//! - **Dense** f32 / f16 / bf16.
+//!
+//! Products ([`matmul`], [`matvec`]) never materialise a dequantized weight matrix. Every kernel
+//! has a plain scalar version in [`scalar`] — the oracle the SIMD versions (AVX2, AVX-512/VNNI,
+//! NEON) are tested against — and the level is chosen once per process ([`Isa`], `LOWBIT_ISA`).
+//!
+//! ## Accuracy contract
+//! Quantize and dequantize are exact (bit for bit) on every ISA. Integer dot products are exact.
+//! Floating-point dot products differ between ISAs only in summation order:
+//! `|simd − scalar| ≤ 1e-5 · Σ|terms| + 1e-6`.
+
+#![warn(missing_docs)]
+
+mod arch;
+pub mod codebook;
+mod cpu;
+mod dispatch;
+mod error;
+pub mod fourbit;
+pub mod int8;
+mod matmul;
+pub mod scalar;
+mod weight;
+
+pub use cpu::Isa;
+pub use dispatch::{kernels, try_kernels, Kernels};
+pub use error::{KernelError, Result};
+pub use fourbit::{quantize_4bit, Absmax, FourBitKind, FourBitOptions, FourBitTensor, NestedRule};
+pub use int8::{quantize_int8, Int8Tensor};
+pub use matmul::{matmul, matmul_with, matvec, MatmulOptions};
+pub use weight::{AbsmaxRef, FourBitRef, Int8Ref, Weight};

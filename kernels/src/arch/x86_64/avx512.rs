@@ -1,0 +1,206 @@
+//! AVX-512 kernels. The 4-bit lookup is one `vpermps` per 16 codes (the 16-entry table fits a
+//! register), and int8 products use VNNI's `vpdpbusd`.
+//!
+//! # Safety (for every function here)
+//! The caller must ensure the CPU supports AVX-512 F, BW, VL and VNNI (plus AVX2/FMA), which
+//! `crate::dispatch::Kernels` guarantees by construction, and must pass slices with the lengths
+//! documented on the matching `crate::scalar` function.
+
+use core::arch::x86_64::*;
+use half::{bf16, f16};
+
+/// See [`crate::scalar::dot_f32`].
+///
+/// # Safety
+/// AVX-512F must be available; `w.len() == x.len()`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+pub unsafe fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
+    let n = w.len().min(x.len());
+    let (wp, xp) = (w.as_ptr(), x.as_ptr());
+    let mut acc = [_mm512_setzero_ps(); 4];
+    let mut i = 0;
+    // SAFETY: every load stays below n, which bounds both slices.
+    unsafe {
+        while i + 64 <= n {
+            for (j, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_fmadd_ps(
+                    _mm512_loadu_ps(wp.add(i + 16 * j)),
+                    _mm512_loadu_ps(xp.add(i + 16 * j)),
+                    *a,
+                );
+            }
+            i += 64;
+        }
+        while i + 16 <= n {
+            acc[0] = _mm512_fmadd_ps(
+                _mm512_loadu_ps(wp.add(i)),
+                _mm512_loadu_ps(xp.add(i)),
+                acc[0],
+            );
+            i += 16;
+        }
+        if i < n {
+            let m: __mmask16 = (1u32 << (n - i)) as u16 - 1;
+            acc[1] = _mm512_fmadd_ps(
+                _mm512_maskz_loadu_ps(m, wp.add(i)),
+                _mm512_maskz_loadu_ps(m, xp.add(i)),
+                acc[1],
+            );
+        }
+        let s = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+        _mm512_reduce_add_ps(s)
+    }
+}
+
+/// Converts 16 f16 or bf16 values at `p` (as raw u16) to f32.
+#[inline(always)]
+unsafe fn load16_f16(p: *const u16, m: __mmask16) -> __m512 {
+    // SAFETY: the caller guarantees the masked lanes are in bounds and the features are enabled.
+    unsafe { _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p as *const i16)) }
+}
+
+#[inline(always)]
+unsafe fn load16_bf16(p: *const u16, m: __mmask16) -> __m512 {
+    // SAFETY: as for load16_f16. bf16 is the top half of an f32: widen and shift.
+    unsafe {
+        _mm512_castsi512_ps(_mm512_slli_epi32(
+            _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p as *const i16)),
+            16,
+        ))
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+#[inline]
+unsafe fn dot_half(w: *const u16, x: &[f32], n: usize, bf: bool) -> f32 {
+    let xp = x.as_ptr();
+    let mut i = 0;
+    // SAFETY: loads stay below n; features are enabled by the caller.
+    unsafe {
+        let load = |p: *const u16, m: __mmask16| {
+            if bf {
+                load16_bf16(p, m)
+            } else {
+                load16_f16(p, m)
+            }
+        };
+        let mut acc = [_mm512_setzero_ps(); 2];
+        while i + 32 <= n {
+            acc[0] = _mm512_fmadd_ps(load(w.add(i), !0), _mm512_loadu_ps(xp.add(i)), acc[0]);
+            acc[1] = _mm512_fmadd_ps(
+                load(w.add(i + 16), !0),
+                _mm512_loadu_ps(xp.add(i + 16)),
+                acc[1],
+            );
+            i += 32;
+        }
+        while i < n {
+            let left = (n - i).min(16);
+            let m: __mmask16 = if left == 16 { !0 } else { (1u16 << left) - 1 };
+            acc[0] = _mm512_fmadd_ps(
+                load(w.add(i), m),
+                _mm512_maskz_loadu_ps(m, xp.add(i)),
+                acc[0],
+            );
+            i += left;
+        }
+        _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]))
+    }
+}
+
+/// See [`crate::scalar::dot_f16`].
+///
+/// # Safety
+/// AVX-512F must be available; `w.len() == x.len()`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub unsafe fn dot_f16(w: &[f16], x: &[f32]) -> f32 {
+    // SAFETY: f16 is a u16 bit pattern; lengths are the caller's contract.
+    unsafe { dot_half(w.as_ptr() as *const u16, x, w.len().min(x.len()), false) }
+}
+
+/// See [`crate::scalar::dot_bf16`].
+///
+/// # Safety
+/// AVX-512F must be available; `w.len() == x.len()`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+pub unsafe fn dot_bf16(w: &[bf16], x: &[f32]) -> f32 {
+    // SAFETY: bf16 is a u16 bit pattern; lengths are the caller's contract.
+    unsafe { dot_half(w.as_ptr() as *const u16, x, w.len().min(x.len()), true) }
+}
+
+/// See [`crate::scalar::dot_fourbit`]. Each 16 bytes of codes widen to 16 lanes; the high nibble
+/// (shifted down) and the byte itself (vpermps reads only the low 4 bits) index the table.
+///
+/// # Safety
+/// AVX-512F must be available; `half_block` is a multiple of 16; `codes`, `xe`, `xo` hold
+/// `scales.len() * half_block` elements.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+pub unsafe fn dot_fourbit(
+    codes: &[u8],
+    scales: &[f32],
+    levels: &[f32; 16],
+    xe: &[f32],
+    xo: &[f32],
+    half_block: usize,
+) -> f32 {
+    debug_assert!(half_block.is_multiple_of(16));
+    debug_assert!(codes.len() >= scales.len() * half_block);
+    let (cp, ep, op) = (codes.as_ptr(), xe.as_ptr(), xo.as_ptr());
+    // SAFETY: all loads are within `scales.len() * half_block` elements, which the caller
+    // guarantees every slice holds.
+    unsafe {
+        let lut = _mm512_loadu_ps(levels.as_ptr());
+        // Two accumulators, alternating by block, so consecutive blocks do not wait on each other.
+        let mut acc = [_mm512_setzero_ps(); 2];
+        for (b, &scale) in scales.iter().enumerate() {
+            let mut be = _mm512_setzero_ps();
+            let mut bo = _mm512_setzero_ps();
+            let mut i = b * half_block;
+            let end = i + half_block;
+            while i < end {
+                let v = _mm512_cvtepu8_epi32(_mm_loadu_si128(cp.add(i) as *const __m128i));
+                let we = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), lut);
+                let wo = _mm512_permutexvar_ps(v, lut);
+                be = _mm512_fmadd_ps(we, _mm512_loadu_ps(ep.add(i)), be);
+                bo = _mm512_fmadd_ps(wo, _mm512_loadu_ps(op.add(i)), bo);
+                i += 16;
+            }
+            let k = b & 1;
+            acc[k] = _mm512_fmadd_ps(_mm512_add_ps(be, bo), _mm512_set1_ps(scale), acc[k]);
+        }
+        _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]))
+    }
+}
+
+/// See [`crate::scalar::dot_int8`]. `vpdpbusd` multiplies unsigned by signed bytes, so the
+/// activations are biased by +128 (xor 0x80) and `128 · Σw`, summed in the same pass with a
+/// second `vpdpbusd` against ones, is taken off at the end.
+///
+/// # Safety
+/// AVX-512F/BW and VNNI must be available; `a.len() == w.len()`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+pub unsafe fn dot_int8(a: &[i8], w: &[i8]) -> i32 {
+    let n = a.len().min(w.len());
+    let (ap, wp) = (a.as_ptr(), w.as_ptr());
+    // SAFETY: full loads stay below n; the tail uses a masked load of the remaining bytes.
+    unsafe {
+        let flip = _mm512_set1_epi8(-128);
+        let ones = _mm512_set1_epi8(1);
+        let mut acc = [_mm512_setzero_si512(); 2];
+        let mut sum = _mm512_setzero_si512();
+        let mut i = 0;
+        let mut k = 0;
+        while i < n {
+            let left = n - i;
+            let m: __mmask64 = if left >= 64 { !0 } else { (1u64 << left) - 1 };
+            let va = _mm512_maskz_loadu_epi8(m, ap.add(i));
+            let vw = _mm512_maskz_loadu_epi8(m, wp.add(i));
+            acc[k] = _mm512_dpbusd_epi32(acc[k], _mm512_xor_si512(va, flip), vw);
+            sum = _mm512_dpbusd_epi32(sum, ones, vw);
+            k ^= 1;
+            i += 64;
+        }
+        let dot = _mm512_reduce_add_epi32(_mm512_add_epi32(acc[0], acc[1]));
+        dot.wrapping_sub(128i32.wrapping_mul(_mm512_reduce_add_epi32(sum)))
+    }
+}

@@ -1,0 +1,180 @@
+//! One typed table of kernel function pointers per instruction-set level. A `Kernels` value can
+//! only be built for a level the CPU supports, so holding one proves the `unsafe` kernels in it
+//! may run: that is the single place the SIMD `unsafe` contract is discharged.
+
+use crate::cpu::Isa;
+use crate::error::Result;
+use crate::scalar;
+use half::{bf16, f16};
+use std::sync::OnceLock;
+
+type DotF32 = unsafe fn(&[f32], &[f32]) -> f32;
+type DotF16 = unsafe fn(&[f16], &[f32]) -> f32;
+type DotBf16 = unsafe fn(&[bf16], &[f32]) -> f32;
+type DotFourBit = unsafe fn(&[u8], &[f32], &[f32; 16], &[f32], &[f32], usize) -> f32;
+type DotInt8 = unsafe fn(&[i8], &[i8]) -> i32;
+
+/// The kernels of one instruction-set level.
+#[derive(Clone, Copy)]
+pub struct Kernels {
+    isa: Isa,
+    dot_f32: DotF32,
+    dot_f16: DotF16,
+    dot_bf16: DotBf16,
+    dot_fourbit: DotFourBit,
+    /// Bytes of codes each SIMD step of `dot_fourbit` consumes; blocks must be a multiple.
+    fourbit_step: usize,
+    dot_int8: DotInt8,
+}
+
+impl std::fmt::Debug for Kernels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kernels").field("isa", &self.isa).finish()
+    }
+}
+
+impl Kernels {
+    /// The table for `isa`, or `None` if this CPU lacks it.
+    pub fn for_isa(isa: Isa) -> Option<Kernels> {
+        if !isa.is_supported() {
+            return None;
+        }
+        let scalar = Kernels {
+            isa: Isa::Scalar,
+            dot_f32: scalar::dot_f32,
+            dot_f16: scalar::dot_f16,
+            dot_bf16: scalar::dot_bf16,
+            dot_fourbit: scalar::dot_fourbit,
+            fourbit_step: 1,
+            dot_int8: scalar::dot_int8,
+        };
+        match isa {
+            Isa::Scalar => Some(scalar),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => {
+                use crate::arch::x86_64::avx2 as k;
+                Some(Kernels {
+                    isa,
+                    dot_f32: k::dot_f32,
+                    dot_f16: k::dot_f16,
+                    dot_bf16: k::dot_bf16,
+                    dot_fourbit: k::dot_fourbit,
+                    fourbit_step: 8,
+                    dot_int8: k::dot_int8,
+                })
+            }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => {
+                use crate::arch::x86_64::avx512 as k;
+                Some(Kernels {
+                    isa,
+                    dot_f32: k::dot_f32,
+                    dot_f16: k::dot_f16,
+                    dot_bf16: k::dot_bf16,
+                    dot_fourbit: k::dot_fourbit,
+                    fourbit_step: 16,
+                    dot_int8: k::dot_int8,
+                })
+            }
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => {
+                use crate::arch::aarch64::neon as k;
+                Some(Kernels {
+                    isa,
+                    dot_f32: k::dot_f32,
+                    dot_f16: k::dot_f16,
+                    dot_bf16: k::dot_bf16,
+                    dot_fourbit: k::dot_fourbit,
+                    fourbit_step: 4,
+                    dot_int8: k::dot_int8,
+                })
+            }
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
+    }
+
+    /// The level these kernels run.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// `Σ w·x`; slices must have equal length.
+    #[inline]
+    pub fn dot_f32(&self, w: &[f32], x: &[f32]) -> f32 {
+        assert_eq!(w.len(), x.len());
+        // SAFETY: `self` exists only for a supported ISA; lengths checked above.
+        unsafe { (self.dot_f32)(w, x) }
+    }
+
+    /// `Σ f32(w)·x`; slices must have equal length.
+    #[inline]
+    pub fn dot_f16(&self, w: &[f16], x: &[f32]) -> f32 {
+        assert_eq!(w.len(), x.len());
+        // SAFETY: `self` exists only for a supported ISA; lengths checked above.
+        unsafe { (self.dot_f16)(w, x) }
+    }
+
+    /// `Σ f32(w)·x`; slices must have equal length.
+    #[inline]
+    pub fn dot_bf16(&self, w: &[bf16], x: &[f32]) -> f32 {
+        assert_eq!(w.len(), x.len());
+        // SAFETY: `self` exists only for a supported ISA; lengths checked above.
+        unsafe { (self.dot_bf16)(w, x) }
+    }
+
+    /// Whether [`Kernels::dot_fourbit`] can take blocks of `half_block` bytes.
+    #[inline]
+    pub fn fourbit_block_ok(&self, half_block: usize) -> bool {
+        half_block.is_multiple_of(self.fourbit_step)
+    }
+
+    /// 4-bit row dot product; see [`crate::scalar::dot_fourbit`]. Falls back to scalar for block
+    /// sizes the SIMD loop does not step evenly through.
+    #[inline]
+    pub fn dot_fourbit(
+        &self,
+        codes: &[u8],
+        scales: &[f32],
+        levels: &[f32; 16],
+        xe: &[f32],
+        xo: &[f32],
+        half_block: usize,
+    ) -> f32 {
+        let n = scales.len() * half_block;
+        assert!(codes.len() >= n && xe.len() >= n && xo.len() >= n);
+        if !self.fourbit_block_ok(half_block) {
+            return scalar::dot_fourbit(codes, scales, levels, xe, xo, half_block);
+        }
+        // SAFETY: `self` exists only for a supported ISA; lengths and step checked above.
+        unsafe { (self.dot_fourbit)(codes, scales, levels, xe, xo, half_block) }
+    }
+
+    /// Exact `Σ a·w` in i32; entries must lie in -127..=127 (as LLM.int8 produces).
+    #[inline]
+    pub fn dot_int8(&self, a: &[i8], w: &[i8]) -> i32 {
+        assert_eq!(a.len(), w.len());
+        // SAFETY: `self` exists only for a supported ISA; lengths checked above.
+        unsafe { (self.dot_int8)(a, w) }
+    }
+}
+
+/// The process-wide kernels: `LOWBIT_ISA` if set, else the best level. Chosen once.
+///
+/// # Panics
+/// Never; an invalid `LOWBIT_ISA` is reported by [`try_kernels`] and falls back to the best level here.
+pub fn kernels() -> &'static Kernels {
+    static K: OnceLock<Kernels> = OnceLock::new();
+    K.get_or_init(|| {
+        let isa = Isa::from_env().unwrap_or_else(|_| Isa::best());
+        Kernels::for_isa(isa)
+            .unwrap_or_else(|| Kernels::for_isa(Isa::Scalar).expect("scalar is always supported"))
+    })
+}
+
+/// Like [`kernels`] but reports an invalid `LOWBIT_ISA` instead of ignoring it; the CLI calls
+/// this once at start.
+pub fn try_kernels() -> Result<&'static Kernels> {
+    Isa::from_env()?;
+    Ok(kernels())
+}

@@ -1,0 +1,381 @@
+//! 4-bit blockwise quantization exactly as bitsandbytes stores it (NF4 and FP4), with optional
+//! double quantization of the block scales. This is the scalar, deterministic path the converter
+//! uses; files it writes are byte-identical on every CPU.
+//!
+//! Layout (FORMATS.md §A.3): blocks run over the *flattened* tensor, so a block may straddle two
+//! rows; element `2k` is the high nibble of byte `k`, element `2k+1` the low nibble.
+
+use crate::codebook::{self, bucketize, FP4_LEVELS, NF4_LEVELS};
+use crate::error::{KernelError, Result};
+
+/// Which 4-bit code table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FourBitKind {
+    /// NormalFloat4 (QLoRA).
+    Nf4,
+    /// bitsandbytes' 4-bit float (1 sign, 2 exponent, 1 mantissa bit).
+    Fp4,
+}
+
+impl FourBitKind {
+    /// The 16 dequantized levels by code.
+    pub fn levels(self) -> &'static [f32; 16] {
+        match self {
+            FourBitKind::Nf4 => &NF4_LEVELS,
+            FourBitKind::Fp4 => &FP4_LEVELS,
+        }
+    }
+
+    fn sorted(self) -> &'static codebook::SortedTable {
+        match self {
+            FourBitKind::Nf4 => codebook::nf4_sorted(),
+            FourBitKind::Fp4 => codebook::fp4_sorted(),
+        }
+    }
+}
+
+/// Block sizes bitsandbytes accepts for 4-bit and blockwise 8-bit quantization.
+pub const ALLOWED_BLOCKSIZES: [usize; 8] = [32, 64, 128, 256, 512, 1024, 2048, 4096];
+
+/// The nested block size transformers always uses for double quantization.
+pub const NESTED_BLOCKSIZE: usize = 256;
+
+/// Checks a blocksize against [`ALLOWED_BLOCKSIZES`].
+pub fn check_blocksize(blocksize: usize) -> Result<()> {
+    if ALLOWED_BLOCKSIZES.contains(&blocksize) {
+        Ok(())
+    } else {
+        Err(KernelError::BadBlocksize(blocksize))
+    }
+}
+
+/// How the block scales of a 4-bit tensor are stored.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Absmax {
+    /// One float32 absmax per block.
+    F32(Vec<f32>),
+    /// Double quantization: `absmax[i] = DYNAMIC_MAP[codes[i]] * nested_absmax[i / nested_blocksize] + offset`.
+    Nested {
+        /// One 8-bit dynamic-map code per block.
+        codes: Vec<u8>,
+        /// One float32 scale per nested block.
+        nested_absmax: Vec<f32>,
+        /// Nested block size (256).
+        nested_blocksize: usize,
+        /// The mean that was subtracted before quantizing the scales.
+        offset: f32,
+    },
+}
+
+/// A 4-bit quantized tensor (owned), in bitsandbytes' layout.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FourBitTensor {
+    /// Code table.
+    pub kind: FourBitKind,
+    /// Elements per block.
+    pub blocksize: usize,
+    /// Number of elements (product of the shape).
+    pub len: usize,
+    /// `ceil(len / 2)` bytes, first element in the high nibble.
+    pub codes: Vec<u8>,
+    /// Block scales.
+    pub absmax: Absmax,
+}
+
+/// Rule for the nested 8-bit codes of double quantization (FORMATS.md §I): bitsandbytes' CUDA and
+/// pure-PyTorch paths take the nearest dynamic-map value; its CPU C++ kernel uses a 65,536-entry
+/// lookup table that differs by one step on a small fraction of codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NestedRule {
+    /// Nearest value, ties to the lower code (CUDA, default backend). What most published
+    /// checkpoints used, and our default.
+    #[default]
+    Nearest,
+    /// The CPU C++ kernel's lookup table.
+    CpuLut,
+}
+
+/// Options for [`quantize_4bit`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FourBitOptions {
+    /// Code table.
+    pub kind: FourBitKind,
+    /// Elements per block (default 64).
+    pub blocksize: usize,
+    /// Quantize the block scales again (bitsandbytes' `compress_statistics`).
+    pub double_quant: bool,
+    /// Rounding rule of the nested codes.
+    pub nested_rule: NestedRule,
+}
+
+impl Default for FourBitOptions {
+    fn default() -> Self {
+        FourBitOptions {
+            kind: FourBitKind::Nf4,
+            blocksize: 64,
+            double_quant: true,
+            nested_rule: NestedRule::Nearest,
+        }
+    }
+}
+
+fn check_finite(op: &'static str, x: &[f32]) -> Result<()> {
+    match x.iter().position(|v| !v.is_finite()) {
+        Some(index) => Err(KernelError::NonFinite {
+            op,
+            index,
+            value: x[index],
+        }),
+        None => Ok(()),
+    }
+}
+
+fn absmax_of(block: &[f32]) -> f32 {
+    block.iter().fold(0f32, |m, v| m.max(v.abs()))
+}
+
+/// bitsandbytes' blockwise scaling: full blocks multiply by the reciprocal of the (clamped)
+/// absmax, a short last block divides by it — the two differ in the last bit, so we keep both.
+#[inline]
+fn scale_block(block: &[f32], absmax: f32, full: bool, mut emit: impl FnMut(f32)) {
+    let am = absmax.max(1e-38);
+    let inv = 1.0 / am;
+    for &v in block {
+        let s = if full { v * inv } else { v / am };
+        emit(s.clamp(-1.0, 1.0));
+    }
+}
+
+/// Quantizes `x` (a flattened tensor) to 4 bits as bitsandbytes' `quantize_4bit` does.
+///
+/// NaN and infinities are rejected: bitsandbytes would compute a NaN or infinite scale and store
+/// a block that dequantizes to garbage.
+pub fn quantize_4bit(x: &[f32], opts: &FourBitOptions) -> Result<FourBitTensor> {
+    check_blocksize(opts.blocksize)?;
+    check_finite("quantize_4bit", x)?;
+    let n = x.len();
+    let table = opts.kind.sorted();
+    let mut codes = vec![0u8; n.div_ceil(2)];
+    let mut absmax = Vec::with_capacity(n.div_ceil(opts.blocksize));
+    let mut i = 0usize;
+    for block in x.chunks(opts.blocksize) {
+        let am = absmax_of(block);
+        absmax.push(am);
+        scale_block(block, am, block.len() == opts.blocksize, |s| {
+            let code = table.codes[bucketize(s, &table.bounds)];
+            let byte = &mut codes[i / 2];
+            // First element of a pair in the high nibble.
+            *byte |= if i.is_multiple_of(2) { code << 4 } else { code };
+            i += 1;
+        });
+    }
+    // An odd count leaves the low nibble of the last byte as code 0, as bitsandbytes pads.
+    let absmax = if opts.double_quant {
+        nest_absmax(&absmax, NESTED_BLOCKSIZE, opts.nested_rule)
+    } else {
+        Absmax::F32(absmax)
+    };
+    Ok(FourBitTensor {
+        kind: opts.kind,
+        blocksize: opts.blocksize,
+        len: n,
+        codes,
+        absmax,
+    })
+}
+
+/// Mean of float32 values as a float32. torch sums in float32 with a cascade; summing in f64 and
+/// rounding once gives the correctly rounded mean, which equals torch's result except in rare
+/// last-bit cases (the golden tests measure this).
+fn mean_f32(v: &[f32]) -> f32 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    (v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64) as f32
+}
+
+/// Double quantization of block scales: subtract their mean, then 8-bit blockwise-quantize with
+/// the dynamic map in nested blocks.
+pub fn nest_absmax(absmax: &[f32], nested_blocksize: usize, rule: NestedRule) -> Absmax {
+    let offset = mean_f32(absmax);
+    let centered: Vec<f32> = absmax.iter().map(|&a| a - offset).collect();
+    let (codes, nested_absmax) = quantize_blockwise_8bit(&centered, nested_blocksize, rule);
+    Absmax::Nested {
+        codes,
+        nested_absmax,
+        nested_blocksize,
+        offset,
+    }
+}
+
+/// bitsandbytes' blockwise 8-bit quantization with the signed dynamic map.
+pub fn quantize_blockwise_8bit(
+    x: &[f32],
+    blocksize: usize,
+    rule: NestedRule,
+) -> (Vec<u8>, Vec<f32>) {
+    let bounds = codebook::dynamic_bounds();
+    let mut codes = Vec::with_capacity(x.len());
+    let mut scales = Vec::with_capacity(x.len().div_ceil(blocksize));
+    for block in x.chunks(blocksize) {
+        let am = absmax_of(block);
+        scales.push(am);
+        match rule {
+            NestedRule::Nearest => scale_block(block, am, block.len() == blocksize, |s| {
+                codes.push(bucketize(s, bounds) as u8)
+            }),
+            NestedRule::CpuLut => {
+                // The C++ kernel scales by division and reads a table indexed by the value mapped
+                // to 0..65535; entry i counts the boundaries below -1 + 2i/65535.
+                let am = am.max(1e-38);
+                for &v in block {
+                    let s = (v / am).clamp(-1.0, 1.0);
+                    let idx = (((s + 1.0) * 0.5) * 65535.0 + 0.5) as u32;
+                    let probe = -1.0 + 2.0 * idx as f32 / 65535.0;
+                    codes.push(bounds.partition_point(|&b| b < probe) as u8);
+                }
+            }
+        }
+    }
+    (codes, scales)
+}
+
+impl Absmax {
+    /// The float32 scale of block `b`.
+    #[inline]
+    pub fn get(&self, b: usize) -> f32 {
+        match self {
+            Absmax::F32(v) => v[b],
+            Absmax::Nested {
+                codes,
+                nested_absmax,
+                nested_blocksize,
+                offset,
+            } => nested_scale(codes[b], nested_absmax[b / nested_blocksize], *offset),
+        }
+    }
+}
+
+/// One reconstructed block scale of a double-quantized tensor (FORMATS.md §B.3): multiply, then
+/// add the offset, each rounded to float32.
+#[inline]
+pub fn nested_scale(code: u8, nested_absmax: f32, offset: f32) -> f32 {
+    codebook::dynamic_map()[code as usize] * nested_absmax + offset
+}
+
+/// Dequantizes element `i` given its code and block scale — the one formula every path uses.
+#[inline]
+pub fn dequantize_code(levels: &[f32; 16], code: u8, scale: f32) -> f32 {
+    levels[code as usize] * scale
+}
+
+/// The 4-bit code of flat element `i`.
+#[inline]
+pub fn code_at(codes: &[u8], i: usize) -> u8 {
+    let byte = codes[i / 2];
+    if i.is_multiple_of(2) {
+        byte >> 4
+    } else {
+        byte & 0x0F
+    }
+}
+
+impl FourBitTensor {
+    /// Dequantizes the whole tensor into `out` (length `self.len`), bit-exact with
+    /// bitsandbytes' float32 result.
+    pub fn dequantize(&self, out: &mut [f32]) -> Result<()> {
+        if out.len() != self.len {
+            return Err(KernelError::ShapeMismatch {
+                op: "dequantize_4bit",
+                what: "out",
+                expected: self.len,
+                got: out.len(),
+            });
+        }
+        let levels = self.kind.levels();
+        for (b, chunk) in out.chunks_mut(self.blocksize).enumerate() {
+            let scale = self.absmax.get(b);
+            let base = b * self.blocksize;
+            for (j, o) in chunk.iter_mut().enumerate() {
+                *o = dequantize_code(levels, code_at(&self.codes, base + j), scale);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_element_goes_in_the_high_nibble() {
+        let mut x = vec![0f32; 64];
+        x[0] = -1.0;
+        x[1] = 1.0;
+        let q = quantize_4bit(
+            &x,
+            &FourBitOptions {
+                double_quant: false,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(q.codes[0], 0x0F);
+        assert_eq!(q.codes[1], 0x77);
+    }
+
+    #[test]
+    fn odd_length_pads_low_nibble_with_zero() {
+        let x = [0.5f32, -0.25, 1.0];
+        let q = quantize_4bit(
+            &x,
+            &FourBitOptions {
+                double_quant: false,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(q.codes.len(), 2);
+        assert_eq!(q.codes[1] & 0x0F, 0);
+    }
+
+    #[test]
+    fn rejects_non_finite_and_bad_blocksize() {
+        assert!(matches!(
+            quantize_4bit(&[1.0, f32::NAN], &FourBitOptions::default()),
+            Err(KernelError::NonFinite { index: 1, .. })
+        ));
+        assert_eq!(
+            quantize_4bit(
+                &[1.0],
+                &FourBitOptions {
+                    blocksize: 48,
+                    ..Default::default()
+                }
+            ),
+            Err(KernelError::BadBlocksize(48))
+        );
+    }
+
+    #[test]
+    fn all_zero_block_dequantizes_to_zero() {
+        let x = vec![0f32; 130];
+        for kind in [FourBitKind::Nf4, FourBitKind::Fp4] {
+            for double_quant in [false, true] {
+                let q = quantize_4bit(
+                    &x,
+                    &FourBitOptions {
+                        kind,
+                        double_quant,
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
+                let mut out = vec![1f32; 130];
+                q.dequantize(&mut out).unwrap();
+                assert!(out.iter().all(|&v| v == 0.0), "{kind:?} dq={double_quant}");
+            }
+        }
+    }
+}

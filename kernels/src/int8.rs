@@ -1,0 +1,199 @@
+//! LLM.int8 as bitsandbytes does it on CPU (FORMATS.md §D, §I): row-wise absmax int8 weights
+//! (`CB`, `SCB`), per-token int8 activations, and outlier feature columns kept in floating point.
+
+use crate::error::{KernelError, Result};
+use half::f16;
+
+/// bitsandbytes' dequantization constant for `CB * SCB / 127` (float32 of 1/127).
+pub const INV_127: f32 = 1.0 / 127.0;
+
+/// The literal bitsandbytes' PyTorch backend multiplies `i32 · SCA · SCB` by (≈ 1/127²).
+pub const MM_DEQUANT_SCALE: f32 = 6.200_124e-5;
+
+/// An owned int8 weight matrix in bitsandbytes' layout.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Int8Tensor {
+    /// Output features.
+    pub rows: usize,
+    /// Input features.
+    pub cols: usize,
+    /// `round(W · 127 / SCB[row])`, row-major `rows × cols`.
+    pub cb: Vec<i8>,
+    /// Per-row absmax of the float16-rounded weights.
+    pub scb: Vec<f32>,
+}
+
+/// Quantizes one row the way `int8_vectorwise_quant` does: `round_half_even(x · (127 / absmax))`,
+/// with the reciprocal computed first in float32. A zero row gives zeros (bitsandbytes would
+/// produce NaN and cast it).
+fn quantize_row(row: &[f32], absmax: f32, out: &mut [i8]) {
+    if absmax == 0.0 {
+        out.fill(0);
+        return;
+    }
+    let scale = 127.0 / absmax;
+    for (o, &v) in out.iter_mut().zip(row) {
+        *o = (v * scale).round_ties_even() as i8;
+    }
+}
+
+/// Quantizes a `rows × cols` weight matrix to int8 as `Int8Params` does: the weights are first
+/// rounded to float16, then quantized row-wise.
+pub fn quantize_int8(w: &[f32], rows: usize, cols: usize) -> Result<Int8Tensor> {
+    let n = rows.checked_mul(cols).ok_or(KernelError::Overflow {
+        op: "quantize_int8",
+        rows,
+        cols,
+    })?;
+    if w.len() != n {
+        return Err(KernelError::ShapeMismatch {
+            op: "quantize_int8",
+            what: "w",
+            expected: n,
+            got: w.len(),
+        });
+    }
+    if let Some(index) = w
+        .iter()
+        .position(|v| !v.is_finite() || f16::from_f32(*v).is_infinite())
+    {
+        return Err(KernelError::NonFinite {
+            op: "quantize_int8",
+            index,
+            value: w[index],
+        });
+    }
+    let mut cb = vec![0i8; n];
+    let mut scb = Vec::with_capacity(rows);
+    let mut tmp = vec![0f32; cols];
+    for (r, out) in cb.chunks_mut(cols.max(1)).enumerate().take(rows) {
+        for (t, &v) in tmp.iter_mut().zip(&w[r * cols..(r + 1) * cols]) {
+            *t = f16::from_f32(v).to_f32();
+        }
+        let am = tmp.iter().fold(0f32, |m, v| m.max(v.abs()));
+        scb.push(am);
+        quantize_row(&tmp, am, out);
+    }
+    Ok(Int8Tensor {
+        rows,
+        cols,
+        cb,
+        scb,
+    })
+}
+
+impl Int8Tensor {
+    /// Dequantizes into `out` (`rows × cols`): `CB · SCB / 127` as bitsandbytes computes it.
+    pub fn dequantize(&self, out: &mut [f32]) -> Result<()> {
+        if out.len() != self.cb.len() {
+            return Err(KernelError::ShapeMismatch {
+                op: "dequantize_int8",
+                what: "out",
+                expected: self.cb.len(),
+                got: out.len(),
+            });
+        }
+        for (r, row) in out.chunks_mut(self.cols.max(1)).enumerate().take(self.rows) {
+            dequantize_row(
+                &self.cb[r * self.cols..(r + 1) * self.cols],
+                self.scb[r],
+                row,
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Dequantizes one row: `cb · (scb · (1/127))`, the order bitsandbytes multiplies in.
+#[inline]
+pub fn dequantize_row(cb: &[i8], scb: f32, out: &mut [f32]) {
+    let s = scb * INV_127;
+    for (o, &c) in out.iter_mut().zip(cb) {
+        *o = c as f32 * s;
+    }
+}
+
+/// Per-token int8 activations, with the outlier columns split off (LLM.int8 decomposition).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Int8Activations {
+    /// Tokens.
+    pub rows: usize,
+    /// Features.
+    pub cols: usize,
+    /// `round(x · 127 / SCA[t])`, zero in outlier columns.
+    pub ca: Vec<i8>,
+    /// Per-token absmax over the non-outlier entries.
+    pub sca: Vec<f32>,
+    /// Feature columns where some token has |x| ≥ threshold, ascending.
+    pub outlier_cols: Vec<usize>,
+}
+
+/// Quantizes activations `x` (`rows × cols`) as bitsandbytes' `int8_vectorwise_quant` does after
+/// casting them to float16: outlier entries (|x| ≥ threshold, if threshold > 0) are left out of
+/// each row's absmax, and whole outlier columns are zeroed in `CA`.
+pub fn quantize_activations(
+    x: &[f32],
+    rows: usize,
+    cols: usize,
+    threshold: f32,
+    out: &mut Int8Activations,
+) {
+    debug_assert_eq!(x.len(), rows * cols);
+    out.rows = rows;
+    out.cols = cols;
+    out.ca.clear();
+    out.ca.resize(rows * cols, 0);
+    out.sca.clear();
+    out.outlier_cols.clear();
+    let h = |v: f32| f16::from_f32(v).to_f32();
+    let is_outlier = |v: f32| threshold > 0.0 && v.abs() >= threshold;
+    if threshold > 0.0 {
+        let mut flag = vec![false; cols];
+        for row in x.chunks(cols.max(1)).take(rows) {
+            for (f, &v) in flag.iter_mut().zip(row) {
+                *f |= is_outlier(h(v));
+            }
+        }
+        out.outlier_cols
+            .extend(flag.iter().enumerate().filter(|(_, &f)| f).map(|(c, _)| c));
+    }
+    let mut tmp = vec![0f32; cols];
+    for r in 0..rows {
+        let row = &x[r * cols..(r + 1) * cols];
+        for (t, &v) in tmp.iter_mut().zip(row) {
+            let v = h(v);
+            *t = if is_outlier(v) { 0.0 } else { v };
+        }
+        let am = tmp.iter().fold(0f32, |m, v| m.max(v.abs()));
+        out.sca.push(am);
+        let dst = &mut out.ca[r * cols..(r + 1) * cols];
+        quantize_row(&tmp, am, dst);
+        // bitsandbytes zeroes outlier columns only when there is more than one row; with one row
+        // the outlier entries were already zeroed before quantizing, which gives the same codes.
+        for &c in &out.outlier_cols {
+            dst[c] = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_row_gives_zero_codes_and_scale() {
+        let q = quantize_int8(&[0.0, 0.0, 1.0, -2.0], 2, 2).unwrap();
+        assert_eq!(q.cb, vec![0, 0, 64, -127]);
+        assert_eq!(q.scb, vec![0.0, 2.0]);
+    }
+
+    #[test]
+    fn outlier_columns_are_split_off() {
+        let x = [1.0, 7.0, 0.5, 0.25, -1.0, 0.5];
+        let mut a = Int8Activations::default();
+        quantize_activations(&x, 2, 3, 6.0, &mut a);
+        assert_eq!(a.outlier_cols, vec![1]);
+        assert_eq!(a.sca, vec![1.0, 1.0]);
+        assert_eq!(a.ca, vec![127, 0, 64, 32, 0, 64]);
+    }
+}

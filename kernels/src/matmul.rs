@@ -1,0 +1,412 @@
+//! Matrix products against stored weights: `out[t][r] = Σ_c x[t][c] · W[r][c]` for `m` tokens.
+//!
+//! Decode (`m == 1`) streams each weight row once through a dot-product kernel, spread over rows
+//! with rayon. Prefill (`m > 1`) works on tiles of rows: quantized tiles are dequantized into a
+//! small per-thread buffer and multiplied with `gemm` (never a dequantized copy of the whole
+//! matrix), int8 runs integer dot products against activations quantized once per call.
+//! Results are produced row-major per weight row (`outT`, rows × m) so every rayon task owns a
+//! contiguous slice, then transposed.
+
+use crate::dispatch::Kernels;
+use crate::error::{KernelError, Result};
+use crate::fourbit::code_at;
+use crate::int8::{quantize_activations, Int8Activations, INV_127, MM_DEQUANT_SCALE};
+use crate::weight::{FourBitRef, Int8Ref, Weight};
+use rayon::prelude::*;
+
+/// Options of a matrix product.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MatmulOptions {
+    /// LLM.int8 outlier threshold: activation columns with |x| ≥ threshold are computed in
+    /// floating point. 0 turns the decomposition off. bitsandbytes' default through transformers is 6.0.
+    pub int8_threshold: f32,
+}
+
+impl Default for MatmulOptions {
+    fn default() -> Self {
+        MatmulOptions {
+            int8_threshold: 6.0,
+        }
+    }
+}
+
+/// Weight rows per rayon task in decode; small enough to balance 2–16 threads on 1024-row
+/// matrices, big enough that scheduling costs nothing next to a 4096-wide dot product.
+const DECODE_ROWS_PER_TASK: usize = 16;
+/// Weight rows dequantized at a time in prefill: 32 rows × 4096 × 4 B = 512 KiB per thread.
+const PREFILL_TILE_ROWS: usize = 32;
+/// Below this many multiply-adds a call stays on the calling thread.
+const PARALLEL_MIN_WORK: usize = 1 << 16;
+
+/// `out (m × rows) = x (m × cols) · Wᵀ` with the process-wide kernels.
+pub fn matmul(
+    out: &mut [f32],
+    w: &Weight,
+    x: &[f32],
+    m: usize,
+    opts: &MatmulOptions,
+) -> Result<()> {
+    matmul_with(crate::kernels(), out, w, x, m, opts)
+}
+
+/// `out (rows) = W · x` for one token.
+pub fn matvec(out: &mut [f32], w: &Weight, x: &[f32], opts: &MatmulOptions) -> Result<()> {
+    matmul_with(crate::kernels(), out, w, x, 1, opts)
+}
+
+/// [`matmul`] with explicit kernels (tests and benches use this to run every ISA).
+pub fn matmul_with(
+    k: &Kernels,
+    out: &mut [f32],
+    w: &Weight,
+    x: &[f32],
+    m: usize,
+    opts: &MatmulOptions,
+) -> Result<()> {
+    w.validate()?;
+    let (rows, cols) = (w.rows(), w.cols());
+    let check = |what, expected: Option<usize>, got| match expected {
+        Some(e) if e == got => Ok(()),
+        _ => Err(KernelError::ShapeMismatch {
+            op: "matmul",
+            what,
+            expected: expected.unwrap_or(usize::MAX),
+            got,
+        }),
+    };
+    check("x", m.checked_mul(cols), x.len())?;
+    check("out", m.checked_mul(rows), out.len())?;
+    if m == 0 || rows == 0 {
+        return Ok(());
+    }
+    if cols == 0 {
+        out.fill(0.0);
+        return Ok(());
+    }
+    let parallel = m.saturating_mul(rows).saturating_mul(cols) >= PARALLEL_MIN_WORK;
+    if m == 1 {
+        return matvec_into(k, out, w, x, opts, parallel);
+    }
+    if let Weight::F32 { data, .. } = w {
+        gemm_f32(out, data, x, m, rows, cols, parallel);
+        return Ok(());
+    }
+    let mut out_t = vec![0f32; rows * m];
+    match w {
+        Weight::Int8(w8) => int8_rows(k, &mut out_t, w8, x, m, opts, parallel),
+        _ => tiled_dequant_gemm(&mut out_t, w, x, m, parallel),
+    }
+    for r in 0..rows {
+        for t in 0..m {
+            out[t * rows + r] = out_t[r * m + t];
+        }
+    }
+    Ok(())
+}
+
+/// Runs `f(first_row, rows_chunk)` over `chunk`-row pieces of `out`, in parallel when asked.
+fn for_row_chunks<S: Send>(
+    out: &mut [f32],
+    per_row: usize,
+    chunk: usize,
+    parallel: bool,
+    init: impl Fn() -> S + Sync + Send,
+    f: impl Fn(&mut S, usize, &mut [f32]) + Sync + Send,
+) {
+    let step = chunk * per_row;
+    if parallel {
+        out.par_chunks_mut(step)
+            .enumerate()
+            .for_each_init(init, |s, (i, c)| f(s, i * chunk, c));
+    } else {
+        let mut s = init();
+        out.chunks_mut(step)
+            .enumerate()
+            .for_each(|(i, c)| f(&mut s, i * chunk, c));
+    }
+}
+
+fn matvec_into(
+    k: &Kernels,
+    out: &mut [f32],
+    w: &Weight,
+    x: &[f32],
+    opts: &MatmulOptions,
+    parallel: bool,
+) -> Result<()> {
+    let cols = w.cols();
+    match *w {
+        Weight::F32 { data, .. } => for_row_chunks(
+            out,
+            1,
+            DECODE_ROWS_PER_TASK,
+            parallel,
+            || (),
+            |_, r0, o| {
+                for (i, y) in o.iter_mut().enumerate() {
+                    let r = r0 + i;
+                    *y = k.dot_f32(&data[r * cols..(r + 1) * cols], x);
+                }
+            },
+        ),
+        Weight::F16 { data, .. } => for_row_chunks(
+            out,
+            1,
+            DECODE_ROWS_PER_TASK,
+            parallel,
+            || (),
+            |_, r0, o| {
+                for (i, y) in o.iter_mut().enumerate() {
+                    let r = r0 + i;
+                    *y = k.dot_f16(&data[r * cols..(r + 1) * cols], x);
+                }
+            },
+        ),
+        Weight::Bf16 { data, .. } => for_row_chunks(
+            out,
+            1,
+            DECODE_ROWS_PER_TASK,
+            parallel,
+            || (),
+            |_, r0, o| {
+                for (i, y) in o.iter_mut().enumerate() {
+                    let r = r0 + i;
+                    *y = k.dot_bf16(&data[r * cols..(r + 1) * cols], x);
+                }
+            },
+        ),
+        Weight::Int8(ref w8) => int8_rows(k, out, w8, x, 1, opts, parallel),
+        Weight::FourBit(ref w4) => fourbit_matvec(k, out, w4, x, parallel),
+    }
+    Ok(())
+}
+
+/// Whether every row of a 4-bit weight starts on a block boundary (and so on a byte boundary),
+/// which the SIMD row kernels need. Mistral's and Llama's shapes always are.
+fn rows_block_aligned(w: &FourBitRef) -> bool {
+    w.cols.is_multiple_of(w.blocksize)
+}
+
+fn fourbit_matvec(k: &Kernels, out: &mut [f32], w: &FourBitRef, x: &[f32], parallel: bool) {
+    let levels = w.kind.levels();
+    if !rows_block_aligned(w) {
+        // Blocks straddle rows: the plain per-element formula (small or odd-shaped models only).
+        for_row_chunks(
+            out,
+            1,
+            DECODE_ROWS_PER_TASK,
+            parallel,
+            || (),
+            |_, r0, o| {
+                for (i, y) in o.iter_mut().enumerate() {
+                    let base = (r0 + i) * w.cols;
+                    let mut acc = 0f32;
+                    for (c, &xv) in x.iter().enumerate() {
+                        let e = base + c;
+                        acc = (levels[code_at(w.codes, e) as usize]
+                            * w.absmax.get(e / w.blocksize))
+                        .mul_add(xv, acc);
+                    }
+                    *y = acc;
+                }
+            },
+        );
+        return;
+    }
+    let half = w.cols / 2;
+    let xe: Vec<f32> = x.iter().step_by(2).copied().collect();
+    let xo: Vec<f32> = x.iter().skip(1).step_by(2).copied().collect();
+    let bpr = w.cols / w.blocksize;
+    for_row_chunks(
+        out,
+        1,
+        DECODE_ROWS_PER_TASK,
+        parallel,
+        || vec![0f32; bpr],
+        |scales, r0, o| {
+            for (i, y) in o.iter_mut().enumerate() {
+                let r = r0 + i;
+                for (j, s) in scales.iter_mut().enumerate() {
+                    *s = w.absmax.get(r * bpr + j);
+                }
+                *y = k.dot_fourbit(
+                    &w.codes[r * half..(r + 1) * half],
+                    scales,
+                    levels,
+                    &xe,
+                    &xo,
+                    w.blocksize / 2,
+                );
+            }
+        },
+    );
+}
+
+/// int8 rows: `out_t[r·m + t] = i32(CA[t]·CB[r]) · SCA[t]·SCB[r] · c + Σ_outlier-cols x[t][c]·W̃[r][c]`.
+fn int8_rows(
+    k: &Kernels,
+    out_t: &mut [f32],
+    w: &Int8Ref,
+    x: &[f32],
+    m: usize,
+    opts: &MatmulOptions,
+    parallel: bool,
+) {
+    let cols = w.cols;
+    let mut act = Int8Activations::default();
+    quantize_activations(x, m, cols, opts.int8_threshold, &mut act);
+    let act = &act;
+    for_row_chunks(
+        out_t,
+        m,
+        DECODE_ROWS_PER_TASK,
+        parallel,
+        || (),
+        |_, r0, o| {
+            for (i, yr) in o.chunks_mut(m).enumerate() {
+                let r = r0 + i;
+                let cb = &w.cb[r * cols..(r + 1) * cols];
+                let scb = w.scb[r];
+                for (t, y) in yr.iter_mut().enumerate() {
+                    let isum = k.dot_int8(&act.ca[t * cols..(t + 1) * cols], cb);
+                    let mut v = isum as f32 * (act.sca[t] * scb) * MM_DEQUANT_SCALE;
+                    for &c in &act.outlier_cols {
+                        v = x[t * cols + c].mul_add(cb[c] as f32 * (scb * INV_127), v);
+                    }
+                    *y = v;
+                }
+            }
+        },
+    );
+}
+
+/// Dequantizes rows `r0..r0+n` of `w` into `buf` (row-major, `n × cols`).
+fn dequantize_rows(w: &Weight, r0: usize, n: usize, buf: &mut [f32]) {
+    let cols = w.cols();
+    match *w {
+        Weight::FourBit(ref w4) if rows_block_aligned(w4) => {
+            // Block by block: one scale lookup per block, two table lookups per byte.
+            let levels = w4.kind.levels();
+            let first = r0 * cols;
+            for (b, chunk) in buf[..n * cols].chunks_mut(w4.blocksize).enumerate() {
+                let gb = first / w4.blocksize + b;
+                let s = w4.absmax.get(gb);
+                let bytes = &w4.codes[gb * w4.blocksize / 2..(gb + 1) * w4.blocksize / 2];
+                for (pair, &byte) in chunk.chunks_exact_mut(2).zip(bytes) {
+                    pair[0] = levels[(byte >> 4) as usize] * s;
+                    pair[1] = levels[(byte & 0x0F) as usize] * s;
+                }
+            }
+        }
+        _ => {
+            for (i, row) in buf[..n * cols].chunks_mut(cols).enumerate() {
+                w.dequantize_row(r0 + i, row);
+            }
+        }
+    }
+}
+
+fn tiled_dequant_gemm(out_t: &mut [f32], w: &Weight, x: &[f32], m: usize, parallel: bool) {
+    let cols = w.cols();
+    for_row_chunks(
+        out_t,
+        m,
+        PREFILL_TILE_ROWS,
+        parallel,
+        || vec![0f32; PREFILL_TILE_ROWS * cols],
+        |buf, r0, o| {
+            let n = o.len() / m;
+            dequantize_rows(w, r0, n, buf);
+            // o (n × m) = buf (n × cols) · xᵀ (cols × m)
+            gemm_call(
+                o,
+                (m as isize, 1),
+                &buf[..n * cols],
+                (cols as isize, 1),
+                x,
+                (1, cols as isize),
+                n,
+                m,
+                cols,
+                gemm::Parallelism::None,
+            );
+        },
+    );
+}
+
+fn gemm_f32(
+    out: &mut [f32],
+    w: &[f32],
+    x: &[f32],
+    m: usize,
+    rows: usize,
+    cols: usize,
+    parallel: bool,
+) {
+    let par = if parallel {
+        gemm::Parallelism::Rayon(rayon::current_num_threads())
+    } else {
+        gemm::Parallelism::None
+    };
+    // out (m × rows) = x (m × cols) · Wᵀ (cols × rows)
+    gemm_call(
+        out,
+        (rows as isize, 1),
+        x,
+        (cols as isize, 1),
+        w,
+        (1, cols as isize),
+        m,
+        rows,
+        cols,
+        par,
+    );
+}
+
+/// `dst (mm × nn) = lhs (mm × kk) · rhs (kk × nn)` with (row, column) strides, overwriting dst.
+#[allow(clippy::too_many_arguments)]
+fn gemm_call(
+    dst: &mut [f32],
+    dst_s: (isize, isize),
+    lhs: &[f32],
+    lhs_s: (isize, isize),
+    rhs: &[f32],
+    rhs_s: (isize, isize),
+    mm: usize,
+    nn: usize,
+    kk: usize,
+    par: gemm::Parallelism,
+) {
+    let last = |s: (isize, isize), r: usize, c: usize| {
+        (r.saturating_sub(1)) as isize * s.0 + (c.saturating_sub(1)) as isize * s.1
+    };
+    assert!(mm > 0 && nn > 0 && kk > 0);
+    assert!((last(dst_s, mm, nn) as usize) < dst.len());
+    assert!((last(lhs_s, mm, kk) as usize) < lhs.len());
+    assert!((last(rhs_s, kk, nn) as usize) < rhs.len());
+    // SAFETY: the asserts above keep every index the strides reach inside the slices; `dst` is
+    // borrowed mutably and does not alias `lhs` or `rhs`.
+    unsafe {
+        gemm::gemm(
+            mm,
+            nn,
+            kk,
+            dst.as_mut_ptr(),
+            dst_s.1,
+            dst_s.0,
+            false,
+            lhs.as_ptr(),
+            lhs_s.1,
+            lhs_s.0,
+            rhs.as_ptr(),
+            rhs_s.1,
+            rhs_s.0,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}

@@ -1,0 +1,11 @@
+//! The oracle: obvious code for every kernel, always compiled, and the fallback on CPUs without
+//! a faster path. SIMD versions in `arch/` have the same names and signatures and are tested
+//! against these.
+
+mod dense;
+mod fourbit;
+mod int8;
+
+pub use dense::{dot_bf16, dot_f16, dot_f32};
+pub use fourbit::dot_fourbit;
+pub use int8::dot_int8;

@@ -1,0 +1,254 @@
+//! Borrowed views of weight matrices in every stored scheme — usually slices of an mmapped file.
+//! A view is checked once ([`Weight::validate`]); the kernels then trust its lengths.
+
+use crate::error::{KernelError, Result};
+use crate::fourbit::{check_blocksize, code_at, nested_scale, FourBitKind};
+use crate::int8::INV_127;
+use half::{bf16, f16};
+
+/// Block scales of a 4-bit weight, as stored.
+#[derive(Debug, Clone, Copy)]
+pub enum AbsmaxRef<'a> {
+    /// One float32 per block.
+    F32(&'a [f32]),
+    /// Double quantization (see [`crate::fourbit::Absmax::Nested`]).
+    Nested {
+        /// One dynamic-map code per block.
+        codes: &'a [u8],
+        /// One scale per nested block.
+        nested_absmax: &'a [f32],
+        /// Nested block size.
+        nested_blocksize: usize,
+        /// Added back after scaling.
+        offset: f32,
+    },
+}
+
+impl AbsmaxRef<'_> {
+    /// Number of blocks described.
+    pub fn len(&self) -> usize {
+        match self {
+            AbsmaxRef::F32(v) => v.len(),
+            AbsmaxRef::Nested { codes, .. } => codes.len(),
+        }
+    }
+
+    /// Whether there are no blocks.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The float32 scale of block `b` (bit-exact with bitsandbytes' reconstruction).
+    #[inline]
+    pub fn get(&self, b: usize) -> f32 {
+        match *self {
+            AbsmaxRef::F32(v) => v[b],
+            AbsmaxRef::Nested {
+                codes,
+                nested_absmax,
+                nested_blocksize,
+                offset,
+            } => nested_scale(codes[b], nested_absmax[b / nested_blocksize], offset),
+        }
+    }
+}
+
+/// A 4-bit weight matrix, `rows × cols`, in bitsandbytes' flat-block layout.
+#[derive(Debug, Clone, Copy)]
+pub struct FourBitRef<'a> {
+    /// Code table.
+    pub kind: FourBitKind,
+    /// Output features.
+    pub rows: usize,
+    /// Input features.
+    pub cols: usize,
+    /// Elements per block.
+    pub blocksize: usize,
+    /// Packed codes, `ceil(rows·cols/2)` bytes.
+    pub codes: &'a [u8],
+    /// Block scales, `ceil(rows·cols/blocksize)`.
+    pub absmax: AbsmaxRef<'a>,
+}
+
+/// An LLM.int8 weight matrix, `rows × cols`.
+#[derive(Debug, Clone, Copy)]
+pub struct Int8Ref<'a> {
+    /// Output features.
+    pub rows: usize,
+    /// Input features.
+    pub cols: usize,
+    /// Row-major codes.
+    pub cb: &'a [i8],
+    /// Per-row scales.
+    pub scb: &'a [f32],
+}
+
+/// A weight matrix `rows × cols` (output features × input features) in any stored scheme.
+#[derive(Debug, Clone, Copy)]
+pub enum Weight<'a> {
+    /// Dense float32, row-major.
+    F32 {
+        /// Output features.
+        rows: usize,
+        /// Input features.
+        cols: usize,
+        /// Values.
+        data: &'a [f32],
+    },
+    /// Dense float16, row-major.
+    F16 {
+        /// Output features.
+        rows: usize,
+        /// Input features.
+        cols: usize,
+        /// Values.
+        data: &'a [f16],
+    },
+    /// Dense bfloat16, row-major.
+    Bf16 {
+        /// Output features.
+        rows: usize,
+        /// Input features.
+        cols: usize,
+        /// Values.
+        data: &'a [bf16],
+    },
+    /// LLM.int8.
+    Int8(Int8Ref<'a>),
+    /// NF4 / FP4.
+    FourBit(FourBitRef<'a>),
+}
+
+fn expect_len(what: &'static str, expected: usize, got: usize) -> Result<()> {
+    if expected == got {
+        Ok(())
+    } else {
+        Err(KernelError::ShapeMismatch {
+            op: "weight",
+            what,
+            expected,
+            got,
+        })
+    }
+}
+
+impl Weight<'_> {
+    /// Output features.
+    pub fn rows(&self) -> usize {
+        match self {
+            Weight::F32 { rows, .. } | Weight::F16 { rows, .. } | Weight::Bf16 { rows, .. } => {
+                *rows
+            }
+            Weight::Int8(w) => w.rows,
+            Weight::FourBit(w) => w.rows,
+        }
+    }
+
+    /// Input features.
+    pub fn cols(&self) -> usize {
+        match self {
+            Weight::F32 { cols, .. } | Weight::F16 { cols, .. } | Weight::Bf16 { cols, .. } => {
+                *cols
+            }
+            Weight::Int8(w) => w.cols,
+            Weight::FourBit(w) => w.cols,
+        }
+    }
+
+    /// Checks every buffer length against the shape. Call once when the weight is loaded.
+    pub fn validate(&self) -> Result<()> {
+        let (rows, cols) = (self.rows(), self.cols());
+        let n = rows.checked_mul(cols).ok_or(KernelError::Overflow {
+            op: "weight",
+            rows,
+            cols,
+        })?;
+        match self {
+            Weight::F32 { data, .. } => expect_len("data", n, data.len()),
+            Weight::F16 { data, .. } => expect_len("data", n, data.len()),
+            Weight::Bf16 { data, .. } => expect_len("data", n, data.len()),
+            Weight::Int8(w) => {
+                expect_len("cb", n, w.cb.len())?;
+                expect_len("scb", rows, w.scb.len())
+            }
+            Weight::FourBit(w) => {
+                check_blocksize(w.blocksize)?;
+                expect_len("codes", n.div_ceil(2), w.codes.len())?;
+                let nb = n.div_ceil(w.blocksize);
+                expect_len("absmax", nb, w.absmax.len())?;
+                if let AbsmaxRef::Nested {
+                    nested_absmax,
+                    nested_blocksize,
+                    ..
+                } = w.absmax
+                {
+                    if nested_blocksize == 0 {
+                        return Err(KernelError::BadBlocksize(0));
+                    }
+                    expect_len(
+                        "nested_absmax",
+                        nb.div_ceil(nested_blocksize),
+                        nested_absmax.len(),
+                    )?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Dequantizes row `r` into `out` (length `cols`) — bit-exact with bitsandbytes for the
+    /// quantized schemes. Used for embedding lookups, never for whole matrices.
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        let cols = self.cols();
+        assert!(
+            r < self.rows() && out.len() == cols,
+            "row {r} / out {} out of range",
+            out.len()
+        );
+        let range = r * cols..(r + 1) * cols;
+        match self {
+            Weight::F32 { data, .. } => out.copy_from_slice(&data[range]),
+            Weight::F16 { data, .. } => out
+                .iter_mut()
+                .zip(&data[range])
+                .for_each(|(o, v)| *o = v.to_f32()),
+            Weight::Bf16 { data, .. } => out
+                .iter_mut()
+                .zip(&data[range])
+                .for_each(|(o, v)| *o = v.to_f32()),
+            Weight::Int8(w) => {
+                let s = w.scb[r] * INV_127;
+                out.iter_mut()
+                    .zip(&w.cb[range])
+                    .for_each(|(o, &c)| *o = c as f32 * s);
+            }
+            Weight::FourBit(w) => {
+                let levels = w.kind.levels();
+                for (o, i) in out.iter_mut().zip(range) {
+                    *o = levels[code_at(w.codes, i) as usize] * w.absmax.get(i / w.blocksize);
+                }
+            }
+        }
+    }
+
+    /// Bytes the weight occupies (what a matvec must stream from memory).
+    pub fn byte_len(&self) -> usize {
+        match self {
+            Weight::F32 { data, .. } => data.len() * 4,
+            Weight::F16 { data, .. } => data.len() * 2,
+            Weight::Bf16 { data, .. } => data.len() * 2,
+            Weight::Int8(w) => w.cb.len() + w.scb.len() * 4,
+            Weight::FourBit(w) => {
+                w.codes.len()
+                    + match w.absmax {
+                        AbsmaxRef::F32(v) => v.len() * 4,
+                        AbsmaxRef::Nested {
+                            codes,
+                            nested_absmax,
+                            ..
+                        } => codes.len() + nested_absmax.len() * 4,
+                    }
+            }
+        }
+    }
+}

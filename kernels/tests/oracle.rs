@@ -1,0 +1,271 @@
+//! Every SIMD level against the scalar oracle, on random shapes (including lengths that are not
+//! a multiple of the block or vector width), and the scalar oracle against ideal arithmetic.
+
+use half::{bf16, f16};
+use lowbit_kernels::{
+    fourbit::code_at, matmul_with, quantize_4bit, quantize_int8, scalar, AbsmaxRef, FourBitKind,
+    FourBitOptions, FourBitRef, Int8Ref, Isa, Kernels, MatmulOptions, Weight,
+};
+use proptest::prelude::*;
+
+fn simd_levels() -> Vec<Kernels> {
+    let v: Vec<Kernels> = Isa::all_supported()
+        .into_iter()
+        .filter_map(Kernels::for_isa)
+        .collect();
+    assert!(!v.is_empty());
+    v
+}
+
+/// Float dot products may differ only in summation order.
+fn close(a: f32, b: f32, mag: f32) -> bool {
+    (a - b).abs() <= 1e-5 * mag + 1e-6
+}
+
+fn vecf(len: impl Into<proptest::sample::SizeRange>) -> impl Strategy<Value = Vec<f32>> {
+    prop::collection::vec(
+        prop_oneof![8 => -4.0f32..4.0, 1 => Just(0.0f32), 1 => -1000.0f32..1000.0],
+        len,
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn dense_dots_match_scalar(pair in (0usize..700).prop_flat_map(|n| (vecf(n), vecf(n)))) {
+        let (w, x) = pair;
+        let mag: f32 = w.iter().zip(&x).map(|(a, b)| (a * b).abs()).sum();
+        let w16: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
+        let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
+        for k in simd_levels() {
+            prop_assert!(close(k.dot_f32(&w, &x), scalar::dot_f32(&w, &x), mag), "{} f32", k.isa());
+            prop_assert!(close(k.dot_f16(&w16, &x), scalar::dot_f16(&w16, &x), mag * 1.01), "{} f16", k.isa());
+            prop_assert!(close(k.dot_bf16(&wb, &x), scalar::dot_bf16(&wb, &x), mag * 1.01), "{} bf16", k.isa());
+        }
+    }
+
+    #[test]
+    fn int8_dot_is_exact(pair in (0usize..1000).prop_flat_map(|n| (prop::collection::vec(-127i8..=127, n), prop::collection::vec(-127i8..=127, n)))) {
+        let (a, w) = pair;
+        let want = scalar::dot_int8(&a, &w);
+        for k in simd_levels() {
+            prop_assert_eq!(k.dot_int8(&a, &w), want, "{}", k.isa());
+        }
+    }
+
+    #[test]
+    fn fourbit_dot_matches_scalar(
+        blocks in 0usize..12,
+        bs_pow in 5u32..9,
+        seed in any::<u64>(),
+    ) {
+        let bs = 1usize << bs_pow;
+        let half = bs / 2;
+        let n = blocks * half;
+        let mut rng = seed;
+        let mut next = || { rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); (rng >> 33) as u32 };
+        let codes: Vec<u8> = (0..n).map(|_| next() as u8).collect();
+        let scales: Vec<f32> = (0..blocks).map(|_| (next() % 1000) as f32 / 97.0).collect();
+        let xe: Vec<f32> = (0..n).map(|_| (next() % 2001) as f32 / 500.0 - 2.0).collect();
+        let xo: Vec<f32> = (0..n).map(|_| (next() % 2001) as f32 / 500.0 - 2.0).collect();
+        for kind in [FourBitKind::Nf4, FourBitKind::Fp4] {
+            let levels = kind.levels();
+            let want = scalar::dot_fourbit(&codes, &scales, levels, &xe, &xo, half);
+            let mag: f32 = (0..n).map(|i| scales[i / half] * (xe[i].abs() + xo[i].abs())).sum();
+            for k in simd_levels() {
+                let got = k.dot_fourbit(&codes, &scales, levels, &xe, &xo, half);
+                prop_assert!(close(got, want, mag), "{} {kind:?} bs={bs}: {got} vs {want}", k.isa());
+            }
+        }
+    }
+
+    /// The public matmul on every ISA against an f64 product of the dequantized weights, for
+    /// every scheme, with shapes that include one row, one column and widths that are not a
+    /// multiple of the block.
+    #[test]
+    fn matmul_every_scheme_every_isa(
+        rows in 1usize..40,
+        cols in prop_oneof![1usize..10, 60usize..70, Just(128usize), Just(192usize), 250usize..260],
+        m in prop_oneof![Just(1usize), 2usize..6],
+        seed in any::<u64>(),
+    ) {
+        let mut rng = seed;
+        let mut next = || { rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); ((rng >> 33) as u32 % 20001) as f32 / 10000.0 - 1.0 };
+        let w: Vec<f32> = (0..rows * cols).map(|_| next()).collect();
+        let mut x: Vec<f32> = (0..m * cols).map(|_| next() * 3.0).collect();
+        if cols > 2 { x[1] = 7.5; } // an outlier column for int8
+        let check = |weight: &Weight, deq: &[f32], rel: f32| -> Result<(), TestCaseError> {
+            for k in simd_levels() {
+                let mut out = vec![0f32; m * rows];
+                matmul_with(&k, &mut out, weight, &x, m, &MatmulOptions { int8_threshold: 0.0 }).unwrap();
+                for t in 0..m {
+                    for r in 0..rows {
+                        let (mut want, mut mag) = (0f64, 0f64);
+                        for c in 0..cols {
+                            let p = deq[r * cols + c] as f64 * x[t * cols + c] as f64;
+                            want += p;
+                            mag += p.abs();
+                        }
+                        let got = out[t * rows + r] as f64;
+                        prop_assert!((got - want).abs() <= rel as f64 * mag + 1e-5, "{} {:?} t={t} r={r}: {got} vs {want}", k.isa(), std::mem::discriminant(weight));
+                    }
+                }
+            }
+            Ok(())
+        };
+        check(&Weight::F32 { rows, cols, data: &w }, &w, 1e-5)?;
+        let w16: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
+        let d16: Vec<f32> = w16.iter().map(|v| v.to_f32()).collect();
+        check(&Weight::F16 { rows, cols, data: &w16 }, &d16, 1e-5)?;
+        let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
+        let db: Vec<f32> = wb.iter().map(|v| v.to_f32()).collect();
+        check(&Weight::Bf16 { rows, cols, data: &wb }, &db, 1e-5)?;
+        for kind in [FourBitKind::Nf4, FourBitKind::Fp4] {
+            for double_quant in [false, true] {
+                let q = quantize_4bit(&w, &FourBitOptions { kind, double_quant, blocksize: 64, ..Default::default() }).unwrap();
+                let mut deq = vec![0f32; w.len()];
+                q.dequantize(&mut deq).unwrap();
+                let absmax = match &q.absmax {
+                    lowbit_kernels::Absmax::F32(v) => AbsmaxRef::F32(v),
+                    lowbit_kernels::Absmax::Nested { codes, nested_absmax, nested_blocksize, offset } => {
+                        AbsmaxRef::Nested { codes, nested_absmax, nested_blocksize: *nested_blocksize, offset: *offset }
+                    }
+                };
+                let weight = Weight::FourBit(FourBitRef { kind, rows, cols, blocksize: 64, codes: &q.codes, absmax });
+                // The view dequantizes to exactly what the owned tensor does.
+                let mut row = vec![0f32; cols];
+                weight.dequantize_row(rows - 1, &mut row);
+                prop_assert_eq!(&row[..], &deq[(rows - 1) * cols..]);
+                check(&weight, &deq, 1e-5)?;
+            }
+        }
+        // int8 with the outlier threshold off: an integer product of quantized activations, so
+        // compare against the dequantized product with the activation quantization error allowed.
+        let q8 = quantize_int8(&w, rows, cols).unwrap();
+        let mut deq8 = vec![0f32; w.len()];
+        q8.dequantize(&mut deq8).unwrap();
+        check(&Weight::Int8(Int8Ref { rows, cols, cb: &q8.cb, scb: &q8.scb }), &deq8, 2e-2)?;
+    }
+
+    /// Quantize → dequantize error is bounded by half the widest gap between neighbouring
+    /// levels, times the block's absmax (plus the double-quant error of the scale).
+    #[test]
+    fn roundtrip_error_fourbit(x in vecf(1usize..600), bs_pow in 5u32..9, dq in any::<bool>()) {
+        let bs = 1usize << bs_pow;
+        for kind in [FourBitKind::Nf4, FourBitKind::Fp4] {
+            let mut sorted = *kind.levels();
+            sorted.sort_by(f32::total_cmp);
+            let gap = sorted.windows(2).map(|p| p[1] - p[0]).fold(0f32, f32::max);
+            let q = quantize_4bit(&x, &FourBitOptions { kind, blocksize: bs, double_quant: dq, ..Default::default() }).unwrap();
+            let mut out = vec![0f32; x.len()];
+            q.dequantize(&mut out).unwrap();
+            let global = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+            for (b, (xb, ob)) in x.chunks(bs).zip(out.chunks(bs)).enumerate() {
+                let am = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+                // Double quant perturbs each scale by at most half a dynamic-map step of the
+                // nested absmax (≤ global absmax); allow 1% of it.
+                let scale_err = if dq { 0.01 * global } else { 0.0 };
+                for (i, (&a, &o)) in xb.iter().zip(ob).enumerate() {
+                    let bound = (gap / 2.0) * am * 1.0001 + scale_err + 1e-6;
+                    prop_assert!((a - o).abs() <= bound, "{kind:?} block {b} elem {i}: {a} -> {o} (bound {bound})");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn roundtrip_error_int8(rows in 1usize..8, cols in 1usize..300, seed in any::<u64>()) {
+        let mut rng = seed;
+        let w: Vec<f32> = (0..rows * cols).map(|_| { rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1); ((rng >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 10.0 }).collect();
+        let q = quantize_int8(&w, rows, cols).unwrap();
+        let mut d = vec![0f32; w.len()];
+        q.dequantize(&mut d).unwrap();
+        for r in 0..rows {
+            let am = q.scb[r];
+            for c in 0..cols {
+                let i = r * cols + c;
+                // half a step of 1/127 of the absmax, plus float16 rounding of the weight
+                prop_assert!((w[i] - d[i]).abs() <= am / 254.0 * 1.001 + w[i].abs() / 1024.0 + 1e-6);
+            }
+        }
+    }
+}
+
+#[test]
+fn codes_of_a_view_read_back() {
+    let x: Vec<f32> = (0..130).map(|i| (i as f32 - 65.0) / 10.0).collect();
+    let q = quantize_4bit(
+        &x,
+        &FourBitOptions {
+            double_quant: false,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    // code_at walks nibbles in storage order; decoding through it equals dequantize().
+    let mut out = vec![0f32; 130];
+    q.dequantize(&mut out).unwrap();
+    for (i, &o) in out.iter().enumerate() {
+        assert_eq!(
+            o,
+            FourBitKind::Nf4.levels()[code_at(&q.codes, i) as usize] * q.absmax.get(i / 64)
+        );
+    }
+}
+
+#[test]
+fn non_finite_and_huge_values() {
+    assert!(quantize_int8(&[1.0, f32::INFINITY], 1, 2).is_err());
+    // 1e5 overflows float16, which int8 quantization goes through: rejected, not wrapped.
+    assert!(quantize_int8(&[1.0, 1e5], 1, 2).is_err());
+    let q = quantize_4bit(&[3e38, -3e38, 1.0, 0.0], &FourBitOptions::default()).unwrap();
+    let mut out = [0f32; 4];
+    q.dequantize(&mut out).unwrap();
+    assert!(out.iter().all(|v| v.is_finite()));
+    assert_eq!(out[0], 3e38);
+}
+
+#[test]
+fn matmul_rejects_bad_shapes() {
+    let w = [1f32; 6];
+    let weight = Weight::F32 {
+        rows: 2,
+        cols: 3,
+        data: &w,
+    };
+    let k = Kernels::for_isa(Isa::Scalar).unwrap();
+    let mut out = [0f32; 2];
+    assert!(matmul_with(
+        &k,
+        &mut out,
+        &weight,
+        &[1.0; 2],
+        1,
+        &MatmulOptions::default()
+    )
+    .is_err());
+    let mut out3 = [0f32; 3];
+    assert!(matmul_with(
+        &k,
+        &mut out3,
+        &weight,
+        &[1.0; 3],
+        1,
+        &MatmulOptions::default()
+    )
+    .is_err());
+    let bad = Weight::F32 {
+        rows: 2,
+        cols: 3,
+        data: &w[..5],
+    };
+    assert!(matmul_with(&k, &mut out, &bad, &[1.0; 3], 1, &MatmulOptions::default()).is_err());
+}
+
+#[test]
+fn isa_env_names() {
+    assert_eq!(Isa::from_name("AVX2").unwrap(), Isa::Avx2);
+    assert!(Isa::from_name("sse9").is_err());
+    assert!(Isa::all_supported().contains(&Isa::Scalar));
+}
