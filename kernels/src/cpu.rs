@@ -71,10 +71,7 @@ impl Isa {
 
     /// The fastest supported level.
     pub fn best() -> Isa {
-        Isa::all_supported()
-            .into_iter()
-            .max()
-            .unwrap_or(Isa::Scalar)
+        Isa::all_supported().into_iter().max().unwrap_or(Isa::Scalar)
     }
 
     /// The level chosen for this process: `LOWBIT_ISA` if set (an unknown or unsupported name

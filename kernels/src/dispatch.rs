@@ -13,6 +13,7 @@ type DotF16 = unsafe fn(&[f16], &[f32]) -> f32;
 type DotBf16 = unsafe fn(&[bf16], &[f32]) -> f32;
 type DotFourBit = unsafe fn(&[u8], &[f32], &[f32; 16], &[f32], &[f32], usize) -> f32;
 type DotInt8 = unsafe fn(&[i8], &[i8]) -> i32;
+type DotFourBitQ8 = unsafe fn(&[u8], &[f32], &[i8; 16], &[i8], &[i8], &[i32], usize) -> f32;
 
 /// The kernels of one instruction-set level.
 #[derive(Clone, Copy)]
@@ -25,6 +26,9 @@ pub struct Kernels {
     /// Bytes of codes each SIMD step of `dot_fourbit` consumes; blocks must be a multiple.
     fourbit_step: usize,
     dot_int8: DotInt8,
+    dot_fourbit_q8: DotFourBitQ8,
+    /// Bytes of codes each SIMD step of `dot_fourbit_q8` consumes.
+    fourbit_q8_step: usize,
 }
 
 impl std::fmt::Debug for Kernels {
@@ -47,6 +51,8 @@ impl Kernels {
             dot_fourbit: scalar::dot_fourbit,
             fourbit_step: 1,
             dot_int8: scalar::dot_int8,
+            dot_fourbit_q8: scalar::dot_fourbit_q8,
+            fourbit_q8_step: 1,
         };
         match isa {
             Isa::Scalar => Some(scalar),
@@ -61,6 +67,8 @@ impl Kernels {
                     dot_fourbit: k::dot_fourbit,
                     fourbit_step: 8,
                     dot_int8: k::dot_int8,
+                    dot_fourbit_q8: k::dot_fourbit_q8,
+                    fourbit_q8_step: 32,
                 })
             }
             #[cfg(target_arch = "x86_64")]
@@ -74,6 +82,8 @@ impl Kernels {
                     dot_fourbit: k::dot_fourbit,
                     fourbit_step: 16,
                     dot_int8: k::dot_int8,
+                    dot_fourbit_q8: k::dot_fourbit_q8,
+                    fourbit_q8_step: 32,
                 })
             }
             #[cfg(target_arch = "aarch64")]
@@ -87,6 +97,8 @@ impl Kernels {
                     dot_fourbit: k::dot_fourbit,
                     fourbit_step: 4,
                     dot_int8: k::dot_int8,
+                    dot_fourbit_q8: k::dot_fourbit_q8,
+                    fourbit_q8_step: 16,
                 })
             }
             #[allow(unreachable_patterns)]
@@ -150,6 +162,30 @@ impl Kernels {
         unsafe { (self.dot_fourbit)(codes, scales, levels, xe, xo, half_block) }
     }
 
+    /// 4-bit weights against int8 block-quantized activations; see
+    /// [`crate::scalar::dot_fourbit_q8`]. Falls back to scalar for block sizes the SIMD loop
+    /// does not step evenly through.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    pub fn dot_fourbit_q8(
+        &self,
+        codes: &[u8],
+        factors: &[f32],
+        lut: &[i8; 16],
+        qe: &[i8],
+        qo: &[i8],
+        qsum: &[i32],
+        half_block: usize,
+    ) -> f32 {
+        let n = factors.len() * half_block;
+        assert!(codes.len() >= n && qe.len() >= n && qo.len() >= n && qsum.len() >= factors.len());
+        if !half_block.is_multiple_of(self.fourbit_q8_step) {
+            return scalar::dot_fourbit_q8(codes, factors, lut, qe, qo, qsum, half_block);
+        }
+        // SAFETY: `self` exists only for a supported ISA; lengths and step checked above.
+        unsafe { (self.dot_fourbit_q8)(codes, factors, lut, qe, qo, qsum, half_block) }
+    }
+
     /// Exact `Σ a·w` in i32; entries must lie in -127..=127 (as LLM.int8 produces).
     #[inline]
     pub fn dot_int8(&self, a: &[i8], w: &[i8]) -> i32 {
@@ -167,8 +203,7 @@ pub fn kernels() -> &'static Kernels {
     static K: OnceLock<Kernels> = OnceLock::new();
     K.get_or_init(|| {
         let isa = Isa::from_env().unwrap_or_else(|_| Isa::best());
-        Kernels::for_isa(isa)
-            .unwrap_or_else(|| Kernels::for_isa(Isa::Scalar).expect("scalar is always supported"))
+        Kernels::for_isa(isa).unwrap_or_else(|| Kernels::for_isa(Isa::Scalar).expect("scalar is always supported"))
     })
 }
 

@@ -26,6 +26,13 @@ impl FourBitKind {
         }
     }
 
+    /// The levels as int8, `round(127 · level)`, for the integer route
+    /// ([`crate::scalar::dot_fourbit_q8`]). Rounding moves a level by at most 0.5/127 of the
+    /// block absmax (0.4 %), far below the 4-bit quantization step.
+    pub fn int8_levels(self) -> [i8; 16] {
+        self.levels().map(|l| (l * 127.0).round_ties_even() as i8)
+    }
+
     fn sorted(self) -> &'static codebook::SortedTable {
         match self {
             FourBitKind::Nf4 => codebook::nf4_sorted(),
@@ -110,22 +117,13 @@ pub struct FourBitOptions {
 
 impl Default for FourBitOptions {
     fn default() -> Self {
-        FourBitOptions {
-            kind: FourBitKind::Nf4,
-            blocksize: 64,
-            double_quant: true,
-            nested_rule: NestedRule::Nearest,
-        }
+        FourBitOptions { kind: FourBitKind::Nf4, blocksize: 64, double_quant: true, nested_rule: NestedRule::Nearest }
     }
 }
 
 fn check_finite(op: &'static str, x: &[f32]) -> Result<()> {
     match x.iter().position(|v| !v.is_finite()) {
-        Some(index) => Err(KernelError::NonFinite {
-            op,
-            index,
-            value: x[index],
-        }),
+        Some(index) => Err(KernelError::NonFinite { op, index, value: x[index] }),
         None => Ok(()),
     }
 }
@@ -170,18 +168,9 @@ pub fn quantize_4bit(x: &[f32], opts: &FourBitOptions) -> Result<FourBitTensor> 
         });
     }
     // An odd count leaves the low nibble of the last byte as code 0, as bitsandbytes pads.
-    let absmax = if opts.double_quant {
-        nest_absmax(&absmax, NESTED_BLOCKSIZE, opts.nested_rule)
-    } else {
-        Absmax::F32(absmax)
-    };
-    Ok(FourBitTensor {
-        kind: opts.kind,
-        blocksize: opts.blocksize,
-        len: n,
-        codes,
-        absmax,
-    })
+    let absmax =
+        if opts.double_quant { nest_absmax(&absmax, NESTED_BLOCKSIZE, opts.nested_rule) } else { Absmax::F32(absmax) };
+    Ok(FourBitTensor { kind: opts.kind, blocksize: opts.blocksize, len: n, codes, absmax })
 }
 
 /// Mean of float32 values as a float32. torch sums in float32 with a cascade; summing in f64 and
@@ -200,20 +189,11 @@ pub fn nest_absmax(absmax: &[f32], nested_blocksize: usize, rule: NestedRule) ->
     let offset = mean_f32(absmax);
     let centered: Vec<f32> = absmax.iter().map(|&a| a - offset).collect();
     let (codes, nested_absmax) = quantize_blockwise_8bit(&centered, nested_blocksize, rule);
-    Absmax::Nested {
-        codes,
-        nested_absmax,
-        nested_blocksize,
-        offset,
-    }
+    Absmax::Nested { codes, nested_absmax, nested_blocksize, offset }
 }
 
 /// bitsandbytes' blockwise 8-bit quantization with the signed dynamic map.
-pub fn quantize_blockwise_8bit(
-    x: &[f32],
-    blocksize: usize,
-    rule: NestedRule,
-) -> (Vec<u8>, Vec<f32>) {
+pub fn quantize_blockwise_8bit(x: &[f32], blocksize: usize, rule: NestedRule) -> (Vec<u8>, Vec<f32>) {
     let bounds = codebook::dynamic_bounds();
     let mut codes = Vec::with_capacity(x.len());
     let mut scales = Vec::with_capacity(x.len().div_ceil(blocksize));
@@ -221,9 +201,9 @@ pub fn quantize_blockwise_8bit(
         let am = absmax_of(block);
         scales.push(am);
         match rule {
-            NestedRule::Nearest => scale_block(block, am, block.len() == blocksize, |s| {
-                codes.push(bucketize(s, bounds) as u8)
-            }),
+            NestedRule::Nearest => {
+                scale_block(block, am, block.len() == blocksize, |s| codes.push(bucketize(s, bounds) as u8))
+            }
             NestedRule::CpuLut => {
                 // The C++ kernel scales by division and reads a table indexed by the value mapped
                 // to 0..65535; entry i counts the boundaries below -1 + 2i/65535.
@@ -246,12 +226,9 @@ impl Absmax {
     pub fn get(&self, b: usize) -> f32 {
         match self {
             Absmax::F32(v) => v[b],
-            Absmax::Nested {
-                codes,
-                nested_absmax,
-                nested_blocksize,
-                offset,
-            } => nested_scale(codes[b], nested_absmax[b / nested_blocksize], *offset),
+            Absmax::Nested { codes, nested_absmax, nested_blocksize, offset } => {
+                nested_scale(codes[b], nested_absmax[b / nested_blocksize], *offset)
+            }
         }
     }
 }
@@ -313,14 +290,7 @@ mod tests {
         let mut x = vec![0f32; 64];
         x[0] = -1.0;
         x[1] = 1.0;
-        let q = quantize_4bit(
-            &x,
-            &FourBitOptions {
-                double_quant: false,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let q = quantize_4bit(&x, &FourBitOptions { double_quant: false, ..Default::default() }).unwrap();
         assert_eq!(q.codes[0], 0x0F);
         assert_eq!(q.codes[1], 0x77);
     }
@@ -328,14 +298,7 @@ mod tests {
     #[test]
     fn odd_length_pads_low_nibble_with_zero() {
         let x = [0.5f32, -0.25, 1.0];
-        let q = quantize_4bit(
-            &x,
-            &FourBitOptions {
-                double_quant: false,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let q = quantize_4bit(&x, &FourBitOptions { double_quant: false, ..Default::default() }).unwrap();
         assert_eq!(q.codes.len(), 2);
         assert_eq!(q.codes[1] & 0x0F, 0);
     }
@@ -347,13 +310,7 @@ mod tests {
             Err(KernelError::NonFinite { index: 1, .. })
         ));
         assert_eq!(
-            quantize_4bit(
-                &[1.0],
-                &FourBitOptions {
-                    blocksize: 48,
-                    ..Default::default()
-                }
-            ),
+            quantize_4bit(&[1.0], &FourBitOptions { blocksize: 48, ..Default::default() }),
             Err(KernelError::BadBlocksize(48))
         );
     }
@@ -363,15 +320,7 @@ mod tests {
         let x = vec![0f32; 130];
         for kind in [FourBitKind::Nf4, FourBitKind::Fp4] {
             for double_quant in [false, true] {
-                let q = quantize_4bit(
-                    &x,
-                    &FourBitOptions {
-                        kind,
-                        double_quant,
-                        ..Default::default()
-                    },
-                )
-                .unwrap();
+                let q = quantize_4bit(&x, &FourBitOptions { kind, double_quant, ..Default::default() }).unwrap();
                 let mut out = vec![1f32; 130];
                 q.dequantize(&mut out).unwrap();
                 assert!(out.iter().all(|&v| v == 0.0), "{kind:?} dq={double_quant}");

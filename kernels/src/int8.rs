@@ -10,6 +10,16 @@ pub const INV_127: f32 = 1.0 / 127.0;
 /// The literal bitsandbytes' PyTorch backend multiplies `i32 · SCA · SCB` by (≈ 1/127²).
 pub const MM_DEQUANT_SCALE: f32 = 6.200_124e-5;
 
+/// `round_half_even(x)` as an i8 for |x| ≤ 127.5, without a libm call: adding 1.5·2²³ pushes
+/// the fraction out of an f32 mantissa, so the hardware's default round-to-nearest-even does
+/// the rounding (exact for |x| < 2²²). `f32::round_ties_even` compiles to a call to `rintf` on
+/// baseline x86-64, which dominated activation quantization.
+#[inline(always)]
+pub fn round_to_i8(x: f32) -> i8 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 · 2^23
+    ((x + MAGIC) - MAGIC) as i8
+}
+
 /// An owned int8 weight matrix in bitsandbytes' layout.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Int8Tensor {
@@ -33,35 +43,19 @@ fn quantize_row(row: &[f32], absmax: f32, out: &mut [i8]) {
     }
     let scale = 127.0 / absmax;
     for (o, &v) in out.iter_mut().zip(row) {
-        *o = (v * scale).round_ties_even() as i8;
+        *o = round_to_i8(v * scale);
     }
 }
 
 /// Quantizes a `rows × cols` weight matrix to int8 as `Int8Params` does: the weights are first
 /// rounded to float16, then quantized row-wise.
 pub fn quantize_int8(w: &[f32], rows: usize, cols: usize) -> Result<Int8Tensor> {
-    let n = rows.checked_mul(cols).ok_or(KernelError::Overflow {
-        op: "quantize_int8",
-        rows,
-        cols,
-    })?;
+    let n = rows.checked_mul(cols).ok_or(KernelError::Overflow { op: "quantize_int8", rows, cols })?;
     if w.len() != n {
-        return Err(KernelError::ShapeMismatch {
-            op: "quantize_int8",
-            what: "w",
-            expected: n,
-            got: w.len(),
-        });
+        return Err(KernelError::ShapeMismatch { op: "quantize_int8", what: "w", expected: n, got: w.len() });
     }
-    if let Some(index) = w
-        .iter()
-        .position(|v| !v.is_finite() || f16::from_f32(*v).is_infinite())
-    {
-        return Err(KernelError::NonFinite {
-            op: "quantize_int8",
-            index,
-            value: w[index],
-        });
+    if let Some(index) = w.iter().position(|v| !v.is_finite() || f16::from_f32(*v).is_infinite()) {
+        return Err(KernelError::NonFinite { op: "quantize_int8", index, value: w[index] });
     }
     let mut cb = vec![0i8; n];
     let mut scb = Vec::with_capacity(rows);
@@ -74,12 +68,7 @@ pub fn quantize_int8(w: &[f32], rows: usize, cols: usize) -> Result<Int8Tensor> 
         scb.push(am);
         quantize_row(&tmp, am, out);
     }
-    Ok(Int8Tensor {
-        rows,
-        cols,
-        cb,
-        scb,
-    })
+    Ok(Int8Tensor { rows, cols, cb, scb })
 }
 
 impl Int8Tensor {
@@ -94,11 +83,7 @@ impl Int8Tensor {
             });
         }
         for (r, row) in out.chunks_mut(self.cols.max(1)).enumerate().take(self.rows) {
-            dequantize_row(
-                &self.cb[r * self.cols..(r + 1) * self.cols],
-                self.scb[r],
-                row,
-            );
+            dequantize_row(&self.cb[r * self.cols..(r + 1) * self.cols], self.scb[r], row);
         }
         Ok(())
     }
@@ -131,13 +116,7 @@ pub struct Int8Activations {
 /// Quantizes activations `x` (`rows × cols`) as bitsandbytes' `int8_vectorwise_quant` does after
 /// casting them to float16: outlier entries (|x| ≥ threshold, if threshold > 0) are left out of
 /// each row's absmax, and whole outlier columns are zeroed in `CA`.
-pub fn quantize_activations(
-    x: &[f32],
-    rows: usize,
-    cols: usize,
-    threshold: f32,
-    out: &mut Int8Activations,
-) {
+pub fn quantize_activations(x: &[f32], rows: usize, cols: usize, threshold: f32, out: &mut Int8Activations) {
     debug_assert_eq!(x.len(), rows * cols);
     out.rows = rows;
     out.cols = cols;
@@ -154,8 +133,7 @@ pub fn quantize_activations(
                 *f |= is_outlier(h(v));
             }
         }
-        out.outlier_cols
-            .extend(flag.iter().enumerate().filter(|(_, &f)| f).map(|(c, _)| c));
+        out.outlier_cols.extend(flag.iter().enumerate().filter(|(_, &f)| f).map(|(c, _)| c));
     }
     let mut tmp = vec![0f32; cols];
     for r in 0..rows {
@@ -179,6 +157,17 @@ pub fn quantize_activations(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn magic_rounding_is_ties_to_even() {
+        for i in -2540..=2540 {
+            let x = i as f32 * 0.05;
+            assert_eq!(round_to_i8(x), x.round_ties_even() as i8, "{x}");
+        }
+        for x in [0.5f32, 1.5, 2.5, -0.5, -1.5, 126.5, -126.5, 127.0, 0.49999997] {
+            assert_eq!(round_to_i8(x), x.round_ties_even() as i8, "{x}");
+        }
+    }
 
     #[test]
     fn zero_row_gives_zero_codes_and_scale() {

@@ -10,8 +10,9 @@
 use crate::dispatch::Kernels;
 use crate::error::{KernelError, Result};
 use crate::fourbit::code_at;
-use crate::int8::{quantize_activations, Int8Activations, INV_127, MM_DEQUANT_SCALE};
+use crate::int8::{quantize_activations, round_to_i8, Int8Activations, INV_127, MM_DEQUANT_SCALE};
 use crate::weight::{FourBitRef, Int8Ref, Weight};
+use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 /// Options of a matrix product.
@@ -20,32 +21,31 @@ pub struct MatmulOptions {
     /// LLM.int8 outlier threshold: activation columns with |x| ≥ threshold are computed in
     /// floating point. 0 turns the decomposition off. bitsandbytes' default through transformers is 6.0.
     pub int8_threshold: f32,
+    /// 4-bit decode path. `false` (default): the integer route — activations quantized to int8
+    /// in blocks aligned with the weight blocks, levels looked up as int8, exact integer block
+    /// sums (llama.cpp's IQ4_NL approach; several times faster on CPUs without fast float
+    /// permutes). `true`: the exact float path — every weight dequantized to its bitsandbytes
+    /// f32 value and multiplied in f32.
+    pub fourbit_exact: bool,
 }
 
 impl Default for MatmulOptions {
     fn default() -> Self {
-        MatmulOptions {
-            int8_threshold: 6.0,
-        }
+        MatmulOptions { int8_threshold: 6.0, fourbit_exact: false }
     }
 }
 
 /// Weight rows per rayon task in decode; small enough to balance 2–16 threads on 1024-row
 /// matrices, big enough that scheduling costs nothing next to a 4096-wide dot product.
 const DECODE_ROWS_PER_TASK: usize = 16;
-/// Weight rows dequantized at a time in prefill: 32 rows × 4096 × 4 B = 512 KiB per thread.
-const PREFILL_TILE_ROWS: usize = 32;
+/// Elements dequantized at a time per thread in prefill (4 MiB of f32). Big tiles matter: gemm
+/// packs the activations again for every tile, so 32-row tiles ran at half the f32 speed.
+const PREFILL_TILE_ELEMS: usize = 1 << 20;
 /// Below this many multiply-adds a call stays on the calling thread.
 const PARALLEL_MIN_WORK: usize = 1 << 16;
 
 /// `out (m × rows) = x (m × cols) · Wᵀ` with the process-wide kernels.
-pub fn matmul(
-    out: &mut [f32],
-    w: &Weight,
-    x: &[f32],
-    m: usize,
-    opts: &MatmulOptions,
-) -> Result<()> {
+pub fn matmul(out: &mut [f32], w: &Weight, x: &[f32], m: usize, opts: &MatmulOptions) -> Result<()> {
     matmul_with(crate::kernels(), out, w, x, m, opts)
 }
 
@@ -55,24 +55,12 @@ pub fn matvec(out: &mut [f32], w: &Weight, x: &[f32], opts: &MatmulOptions) -> R
 }
 
 /// [`matmul`] with explicit kernels (tests and benches use this to run every ISA).
-pub fn matmul_with(
-    k: &Kernels,
-    out: &mut [f32],
-    w: &Weight,
-    x: &[f32],
-    m: usize,
-    opts: &MatmulOptions,
-) -> Result<()> {
+pub fn matmul_with(k: &Kernels, out: &mut [f32], w: &Weight, x: &[f32], m: usize, opts: &MatmulOptions) -> Result<()> {
     w.validate()?;
     let (rows, cols) = (w.rows(), w.cols());
     let check = |what, expected: Option<usize>, got| match expected {
         Some(e) if e == got => Ok(()),
-        _ => Err(KernelError::ShapeMismatch {
-            op: "matmul",
-            what,
-            expected: expected.unwrap_or(usize::MAX),
-            got,
-        }),
+        _ => Err(KernelError::ShapeMismatch { op: "matmul", what, expected: expected.unwrap_or(usize::MAX), got }),
     };
     check("x", m.checked_mul(cols), x.len())?;
     check("out", m.checked_mul(rows), out.len())?;
@@ -115,14 +103,10 @@ fn for_row_chunks<S: Send>(
 ) {
     let step = chunk * per_row;
     if parallel {
-        out.par_chunks_mut(step)
-            .enumerate()
-            .for_each_init(init, |s, (i, c)| f(s, i * chunk, c));
+        out.par_chunks_mut(step).enumerate().for_each_init(init, |s, (i, c)| f(s, i * chunk, c));
     } else {
         let mut s = init();
-        out.chunks_mut(step)
-            .enumerate()
-            .for_each(|(i, c)| f(&mut s, i * chunk, c));
+        out.chunks_mut(step).enumerate().for_each(|(i, c)| f(&mut s, i * chunk, c));
     }
 }
 
@@ -176,6 +160,9 @@ fn matvec_into(
             },
         ),
         Weight::Int8(ref w8) => int8_rows(k, out, w8, x, 1, opts, parallel),
+        Weight::FourBit(ref w4) if !opts.fourbit_exact && rows_block_aligned(w4) && w4.blocksize >= 32 => {
+            fourbit_q8_matvec(k, out, w4, x, parallel)
+        }
         Weight::FourBit(ref w4) => fourbit_matvec(k, out, w4, x, parallel),
     }
     Ok(())
@@ -203,9 +190,7 @@ fn fourbit_matvec(k: &Kernels, out: &mut [f32], w: &FourBitRef, x: &[f32], paral
                     let mut acc = 0f32;
                     for (c, &xv) in x.iter().enumerate() {
                         let e = base + c;
-                        acc = (levels[code_at(w.codes, e) as usize]
-                            * w.absmax.get(e / w.blocksize))
-                        .mul_add(xv, acc);
+                        acc = (levels[code_at(w.codes, e) as usize] * w.absmax.get(e / w.blocksize)).mul_add(xv, acc);
                     }
                     *y = acc;
                 }
@@ -229,12 +214,71 @@ fn fourbit_matvec(k: &Kernels, out: &mut [f32], w: &FourBitRef, x: &[f32], paral
                 for (j, s) in scales.iter_mut().enumerate() {
                     *s = w.absmax.get(r * bpr + j);
                 }
-                *y = k.dot_fourbit(
+                *y = k.dot_fourbit(&w.codes[r * half..(r + 1) * half], scales, levels, &xe, &xo, w.blocksize / 2);
+            }
+        },
+    );
+}
+
+/// Activations quantized to int8 in blocks of `blocksize`, de-interleaved like the codes.
+struct BlockQ8 {
+    qe: Vec<i8>,
+    qo: Vec<i8>,
+    scale: Vec<f32>,
+    sum: Vec<i32>,
+}
+
+fn quantize_blocks_q8(x: &[f32], blocksize: usize) -> BlockQ8 {
+    let mut q = BlockQ8 {
+        qe: Vec::with_capacity(x.len() / 2),
+        qo: Vec::with_capacity(x.len() / 2),
+        scale: Vec::new(),
+        sum: Vec::new(),
+    };
+    for block in x.chunks(blocksize) {
+        let am = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let inv = if am > 0.0 { 127.0 / am } else { 0.0 };
+        let mut sum = 0i32;
+        for pair in block.chunks(2) {
+            let a = round_to_i8(pair[0] * inv);
+            let b = round_to_i8(pair.get(1).copied().unwrap_or(0.0) * inv);
+            q.qe.push(a);
+            q.qo.push(b);
+            sum += a as i32 + b as i32;
+        }
+        q.scale.push(am / 127.0);
+        q.sum.push(sum);
+    }
+    q
+}
+
+fn fourbit_q8_matvec(k: &Kernels, out: &mut [f32], w: &FourBitRef, x: &[f32], parallel: bool) {
+    let lut = w.kind.int8_levels();
+    let half = w.cols / 2;
+    let bpr = w.cols / w.blocksize;
+    let q = quantize_blocks_q8(x, w.blocksize);
+    let q = &q;
+    for_row_chunks(
+        out,
+        1,
+        DECODE_ROWS_PER_TASK,
+        parallel,
+        || vec![0f32; bpr],
+        |factors, r0, o| {
+            for (i, y) in o.iter_mut().enumerate() {
+                let r = r0 + i;
+                w.absmax.decode(r * bpr, factors);
+                // weight ≈ lut/127 · absmax, activation ≈ q · scale
+                for (f, &s) in factors.iter_mut().zip(&q.scale) {
+                    *f *= s * (1.0 / 127.0);
+                }
+                *y = k.dot_fourbit_q8(
                     &w.codes[r * half..(r + 1) * half],
-                    scales,
-                    levels,
-                    &xe,
-                    &xo,
+                    factors,
+                    &lut,
+                    &q.qe,
+                    &q.qo,
+                    &q.sum,
                     w.blocksize / 2,
                 );
             }
@@ -243,15 +287,7 @@ fn fourbit_matvec(k: &Kernels, out: &mut [f32], w: &FourBitRef, x: &[f32], paral
 }
 
 /// int8 rows: `out_t[r·m + t] = i32(CA[t]·CB[r]) · SCA[t]·SCB[r] · c + Σ_outlier-cols x[t][c]·W̃[r][c]`.
-fn int8_rows(
-    k: &Kernels,
-    out_t: &mut [f32],
-    w: &Int8Ref,
-    x: &[f32],
-    m: usize,
-    opts: &MatmulOptions,
-    parallel: bool,
-) {
+fn int8_rows(k: &Kernels, out_t: &mut [f32], w: &Int8Ref, x: &[f32], m: usize, opts: &MatmulOptions, parallel: bool) {
     let cols = w.cols;
     let mut act = Int8Activations::default();
     quantize_activations(x, m, cols, opts.int8_threshold, &mut act);
@@ -298,6 +334,9 @@ fn dequantize_rows(w: &Weight, r0: usize, n: usize, buf: &mut [f32]) {
                 }
             }
         }
+        // half's slice conversions use F16C when the CPU has it.
+        Weight::F16 { data, .. } => data[r0 * cols..(r0 + n) * cols].convert_to_f32_slice(&mut buf[..n * cols]),
+        Weight::Bf16 { data, .. } => data[r0 * cols..(r0 + n) * cols].convert_to_f32_slice(&mut buf[..n * cols]),
         _ => {
             for (i, row) in buf[..n * cols].chunks_mut(cols).enumerate() {
                 w.dequantize_row(r0 + i, row);
@@ -308,12 +347,16 @@ fn dequantize_rows(w: &Weight, r0: usize, n: usize, buf: &mut [f32]) {
 
 fn tiled_dequant_gemm(out_t: &mut [f32], w: &Weight, x: &[f32], m: usize, parallel: bool) {
     let cols = w.cols();
+    let rows = w.rows();
+    // At least two tiles per thread when there is enough work, so rayon can balance.
+    let per_thread = rows.div_ceil(2 * rayon::current_num_threads()).max(8);
+    let tile = (PREFILL_TILE_ELEMS / cols).clamp(8, per_thread);
     for_row_chunks(
         out_t,
         m,
-        PREFILL_TILE_ROWS,
+        tile,
         parallel,
-        || vec![0f32; PREFILL_TILE_ROWS * cols],
+        || vec![0f32; tile * cols],
         |buf, r0, o| {
             let n = o.len() / m;
             dequantize_rows(w, r0, n, buf);
@@ -334,33 +377,10 @@ fn tiled_dequant_gemm(out_t: &mut [f32], w: &Weight, x: &[f32], m: usize, parall
     );
 }
 
-fn gemm_f32(
-    out: &mut [f32],
-    w: &[f32],
-    x: &[f32],
-    m: usize,
-    rows: usize,
-    cols: usize,
-    parallel: bool,
-) {
-    let par = if parallel {
-        gemm::Parallelism::Rayon(rayon::current_num_threads())
-    } else {
-        gemm::Parallelism::None
-    };
+fn gemm_f32(out: &mut [f32], w: &[f32], x: &[f32], m: usize, rows: usize, cols: usize, parallel: bool) {
+    let par = if parallel { gemm::Parallelism::Rayon(rayon::current_num_threads()) } else { gemm::Parallelism::None };
     // out (m × rows) = x (m × cols) · Wᵀ (cols × rows)
-    gemm_call(
-        out,
-        (rows as isize, 1),
-        x,
-        (cols as isize, 1),
-        w,
-        (1, cols as isize),
-        m,
-        rows,
-        cols,
-        par,
-    );
+    gemm_call(out, (rows as isize, 1), x, (cols as isize, 1), w, (1, cols as isize), m, rows, cols, par);
 }
 
 /// `dst (mm × nn) = lhs (mm × kk) · rhs (kk × nn)` with (row, column) strides, overwriting dst.

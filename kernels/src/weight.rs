@@ -38,17 +38,30 @@ impl AbsmaxRef<'_> {
         self.len() == 0
     }
 
+    /// Decodes the scales of blocks `first .. first + out.len()` into `out` — the hot-loop form of
+    /// [`AbsmaxRef::get`], with the table fetched once.
+    #[inline]
+    pub fn decode(&self, first: usize, out: &mut [f32]) {
+        match *self {
+            AbsmaxRef::F32(v) => out.copy_from_slice(&v[first..first + out.len()]),
+            AbsmaxRef::Nested { codes, nested_absmax, nested_blocksize, offset } => {
+                let map = crate::codebook::dynamic_map();
+                for (j, o) in out.iter_mut().enumerate() {
+                    let b = first + j;
+                    *o = map[codes[b] as usize] * nested_absmax[b / nested_blocksize] + offset;
+                }
+            }
+        }
+    }
+
     /// The float32 scale of block `b` (bit-exact with bitsandbytes' reconstruction).
     #[inline]
     pub fn get(&self, b: usize) -> f32 {
         match *self {
             AbsmaxRef::F32(v) => v[b],
-            AbsmaxRef::Nested {
-                codes,
-                nested_absmax,
-                nested_blocksize,
-                offset,
-            } => nested_scale(codes[b], nested_absmax[b / nested_blocksize], offset),
+            AbsmaxRef::Nested { codes, nested_absmax, nested_blocksize, offset } => {
+                nested_scale(codes[b], nested_absmax[b / nested_blocksize], offset)
+            }
         }
     }
 }
@@ -123,12 +136,7 @@ fn expect_len(what: &'static str, expected: usize, got: usize) -> Result<()> {
     if expected == got {
         Ok(())
     } else {
-        Err(KernelError::ShapeMismatch {
-            op: "weight",
-            what,
-            expected,
-            got,
-        })
+        Err(KernelError::ShapeMismatch { op: "weight", what, expected, got })
     }
 }
 
@@ -136,9 +144,7 @@ impl Weight<'_> {
     /// Output features.
     pub fn rows(&self) -> usize {
         match self {
-            Weight::F32 { rows, .. } | Weight::F16 { rows, .. } | Weight::Bf16 { rows, .. } => {
-                *rows
-            }
+            Weight::F32 { rows, .. } | Weight::F16 { rows, .. } | Weight::Bf16 { rows, .. } => *rows,
             Weight::Int8(w) => w.rows,
             Weight::FourBit(w) => w.rows,
         }
@@ -147,9 +153,7 @@ impl Weight<'_> {
     /// Input features.
     pub fn cols(&self) -> usize {
         match self {
-            Weight::F32 { cols, .. } | Weight::F16 { cols, .. } | Weight::Bf16 { cols, .. } => {
-                *cols
-            }
+            Weight::F32 { cols, .. } | Weight::F16 { cols, .. } | Weight::Bf16 { cols, .. } => *cols,
             Weight::Int8(w) => w.cols,
             Weight::FourBit(w) => w.cols,
         }
@@ -158,11 +162,7 @@ impl Weight<'_> {
     /// Checks every buffer length against the shape. Call once when the weight is loaded.
     pub fn validate(&self) -> Result<()> {
         let (rows, cols) = (self.rows(), self.cols());
-        let n = rows.checked_mul(cols).ok_or(KernelError::Overflow {
-            op: "weight",
-            rows,
-            cols,
-        })?;
+        let n = rows.checked_mul(cols).ok_or(KernelError::Overflow { op: "weight", rows, cols })?;
         match self {
             Weight::F32 { data, .. } => expect_len("data", n, data.len()),
             Weight::F16 { data, .. } => expect_len("data", n, data.len()),
@@ -176,20 +176,11 @@ impl Weight<'_> {
                 expect_len("codes", n.div_ceil(2), w.codes.len())?;
                 let nb = n.div_ceil(w.blocksize);
                 expect_len("absmax", nb, w.absmax.len())?;
-                if let AbsmaxRef::Nested {
-                    nested_absmax,
-                    nested_blocksize,
-                    ..
-                } = w.absmax
-                {
+                if let AbsmaxRef::Nested { nested_absmax, nested_blocksize, .. } = w.absmax {
                     if nested_blocksize == 0 {
                         return Err(KernelError::BadBlocksize(0));
                     }
-                    expect_len(
-                        "nested_absmax",
-                        nb.div_ceil(nested_blocksize),
-                        nested_absmax.len(),
-                    )?;
+                    expect_len("nested_absmax", nb.div_ceil(nested_blocksize), nested_absmax.len())?;
                 }
                 Ok(())
             }
@@ -200,27 +191,15 @@ impl Weight<'_> {
     /// quantized schemes. Used for embedding lookups, never for whole matrices.
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         let cols = self.cols();
-        assert!(
-            r < self.rows() && out.len() == cols,
-            "row {r} / out {} out of range",
-            out.len()
-        );
+        assert!(r < self.rows() && out.len() == cols, "row {r} / out {} out of range", out.len());
         let range = r * cols..(r + 1) * cols;
         match self {
             Weight::F32 { data, .. } => out.copy_from_slice(&data[range]),
-            Weight::F16 { data, .. } => out
-                .iter_mut()
-                .zip(&data[range])
-                .for_each(|(o, v)| *o = v.to_f32()),
-            Weight::Bf16 { data, .. } => out
-                .iter_mut()
-                .zip(&data[range])
-                .for_each(|(o, v)| *o = v.to_f32()),
+            Weight::F16 { data, .. } => out.iter_mut().zip(&data[range]).for_each(|(o, v)| *o = v.to_f32()),
+            Weight::Bf16 { data, .. } => out.iter_mut().zip(&data[range]).for_each(|(o, v)| *o = v.to_f32()),
             Weight::Int8(w) => {
                 let s = w.scb[r] * INV_127;
-                out.iter_mut()
-                    .zip(&w.cb[range])
-                    .for_each(|(o, &c)| *o = c as f32 * s);
+                out.iter_mut().zip(&w.cb[range]).for_each(|(o, &c)| *o = c as f32 * s);
             }
             Weight::FourBit(w) => {
                 let levels = w.kind.levels();
@@ -242,11 +221,7 @@ impl Weight<'_> {
                 w.codes.len()
                     + match w.absmax {
                         AbsmaxRef::F32(v) => v.len() * 4,
-                        AbsmaxRef::Nested {
-                            codes,
-                            nested_absmax,
-                            ..
-                        } => codes.len() + nested_absmax.len() * 4,
+                        AbsmaxRef::Nested { codes, nested_absmax, .. } => codes.len() + nested_absmax.len() * 4,
                     }
             }
         }

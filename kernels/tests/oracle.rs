@@ -3,16 +3,13 @@
 
 use half::{bf16, f16};
 use lowbit_kernels::{
-    fourbit::code_at, matmul_with, quantize_4bit, quantize_int8, scalar, AbsmaxRef, FourBitKind,
-    FourBitOptions, FourBitRef, Int8Ref, Isa, Kernels, MatmulOptions, Weight,
+    fourbit::code_at, matmul_with, quantize_4bit, quantize_int8, scalar, AbsmaxRef, FourBitKind, FourBitOptions,
+    FourBitRef, Int8Ref, Isa, Kernels, MatmulOptions, Weight,
 };
 use proptest::prelude::*;
 
 fn simd_levels() -> Vec<Kernels> {
-    let v: Vec<Kernels> = Isa::all_supported()
-        .into_iter()
-        .filter_map(Kernels::for_isa)
-        .collect();
+    let v: Vec<Kernels> = Isa::all_supported().into_iter().filter_map(Kernels::for_isa).collect();
     assert!(!v.is_empty());
     v
 }
@@ -23,10 +20,7 @@ fn close(a: f32, b: f32, mag: f32) -> bool {
 }
 
 fn vecf(len: impl Into<proptest::sample::SizeRange>) -> impl Strategy<Value = Vec<f32>> {
-    prop::collection::vec(
-        prop_oneof![8 => -4.0f32..4.0, 1 => Just(0.0f32), 1 => -1000.0f32..1000.0],
-        len,
-    )
+    prop::collection::vec(prop_oneof![8 => -4.0f32..4.0, 1 => Just(0.0f32), 1 => -1000.0f32..1000.0], len)
 }
 
 proptest! {
@@ -80,6 +74,28 @@ proptest! {
         }
     }
 
+    #[test]
+    fn fourbit_q8_dot_matches_scalar(blocks in 0usize..12, bs_pow in 5u32..9, seed in any::<u64>()) {
+        let half = (1usize << bs_pow) / 2;
+        let n = blocks * half;
+        let mut rng = seed;
+        let mut next = || { rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); (rng >> 33) as u32 };
+        let codes: Vec<u8> = (0..n).map(|_| next() as u8).collect();
+        let qe: Vec<i8> = (0..n).map(|_| (next() % 255) as i32 as i8 ).map(|v| v.max(-127)).collect();
+        let qo: Vec<i8> = (0..n).map(|_| (next() % 255) as i32 as i8 ).map(|v| v.max(-127)).collect();
+        let qsum: Vec<i32> = (0..blocks).map(|b| (b * half..(b + 1) * half).map(|i| qe[i] as i32 + qo[i] as i32).sum()).collect();
+        let factors: Vec<f32> = (0..blocks).map(|_| (next() % 1000) as f32 / 9.7e5).collect();
+        for kind in [FourBitKind::Nf4, FourBitKind::Fp4] {
+            let lut = kind.int8_levels();
+            let want = scalar::dot_fourbit_q8(&codes, &factors, &lut, &qe, &qo, &qsum, half);
+            let mag: f32 = factors.iter().map(|f| f * 127.0 * 127.0 * 2.0 * half as f32).sum();
+            for k in simd_levels() {
+                let got = k.dot_fourbit_q8(&codes, &factors, &lut, &qe, &qo, &qsum, half);
+                prop_assert!(close(got, want, mag * 1e-2), "{} {kind:?} half={half}: {got} vs {want}", k.isa());
+            }
+        }
+    }
+
     /// The public matmul on every ISA against an f64 product of the dequantized weights, for
     /// every scheme, with shapes that include one row, one column and widths that are not a
     /// multiple of the block.
@@ -95,10 +111,10 @@ proptest! {
         let w: Vec<f32> = (0..rows * cols).map(|_| next()).collect();
         let mut x: Vec<f32> = (0..m * cols).map(|_| next() * 3.0).collect();
         if cols > 2 { x[1] = 7.5; } // an outlier column for int8
-        let check = |weight: &Weight, deq: &[f32], rel: f32| -> Result<(), TestCaseError> {
+        let check_with = |weight: &Weight, deq: &[f32], rel: f32, fourbit_exact: bool| -> Result<(), TestCaseError> {
             for k in simd_levels() {
                 let mut out = vec![0f32; m * rows];
-                matmul_with(&k, &mut out, weight, &x, m, &MatmulOptions { int8_threshold: 0.0 }).unwrap();
+                matmul_with(&k, &mut out, weight, &x, m, &MatmulOptions { int8_threshold: 0.0, fourbit_exact }).unwrap();
                 for t in 0..m {
                     for r in 0..rows {
                         let (mut want, mut mag) = (0f64, 0f64);
@@ -114,6 +130,7 @@ proptest! {
             }
             Ok(())
         };
+        let check = |weight: &Weight, deq: &[f32], rel: f32| check_with(weight, deq, rel, true);
         check(&Weight::F32 { rows, cols, data: &w }, &w, 1e-5)?;
         let w16: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
         let d16: Vec<f32> = w16.iter().map(|v| v.to_f32()).collect();
@@ -138,6 +155,9 @@ proptest! {
                 weight.dequantize_row(rows - 1, &mut row);
                 prop_assert_eq!(&row[..], &deq[(rows - 1) * cols..]);
                 check(&weight, &deq, 1e-5)?;
+                // The integer route quantizes activations per block and levels to int8: each
+                // term is off by at most ~1/127 of its block's scale products.
+                check_with(&weight, &deq, 2e-2, false)?;
             }
         }
         // int8 with the outlier threshold off: an integer product of quantized activations, so
@@ -195,22 +215,12 @@ proptest! {
 #[test]
 fn codes_of_a_view_read_back() {
     let x: Vec<f32> = (0..130).map(|i| (i as f32 - 65.0) / 10.0).collect();
-    let q = quantize_4bit(
-        &x,
-        &FourBitOptions {
-            double_quant: false,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let q = quantize_4bit(&x, &FourBitOptions { double_quant: false, ..Default::default() }).unwrap();
     // code_at walks nibbles in storage order; decoding through it equals dequantize().
     let mut out = vec![0f32; 130];
     q.dequantize(&mut out).unwrap();
     for (i, &o) in out.iter().enumerate() {
-        assert_eq!(
-            o,
-            FourBitKind::Nf4.levels()[code_at(&q.codes, i) as usize] * q.absmax.get(i / 64)
-        );
+        assert_eq!(o, FourBitKind::Nf4.levels()[code_at(&q.codes, i) as usize] * q.absmax.get(i / 64));
     }
 }
 
@@ -229,37 +239,13 @@ fn non_finite_and_huge_values() {
 #[test]
 fn matmul_rejects_bad_shapes() {
     let w = [1f32; 6];
-    let weight = Weight::F32 {
-        rows: 2,
-        cols: 3,
-        data: &w,
-    };
+    let weight = Weight::F32 { rows: 2, cols: 3, data: &w };
     let k = Kernels::for_isa(Isa::Scalar).unwrap();
     let mut out = [0f32; 2];
-    assert!(matmul_with(
-        &k,
-        &mut out,
-        &weight,
-        &[1.0; 2],
-        1,
-        &MatmulOptions::default()
-    )
-    .is_err());
+    assert!(matmul_with(&k, &mut out, &weight, &[1.0; 2], 1, &MatmulOptions::default()).is_err());
     let mut out3 = [0f32; 3];
-    assert!(matmul_with(
-        &k,
-        &mut out3,
-        &weight,
-        &[1.0; 3],
-        1,
-        &MatmulOptions::default()
-    )
-    .is_err());
-    let bad = Weight::F32 {
-        rows: 2,
-        cols: 3,
-        data: &w[..5],
-    };
+    assert!(matmul_with(&k, &mut out3, &weight, &[1.0; 3], 1, &MatmulOptions::default()).is_err());
+    let bad = Weight::F32 { rows: 2, cols: 3, data: &w[..5] };
     assert!(matmul_with(&k, &mut out, &bad, &[1.0; 3], 1, &MatmulOptions::default()).is_err());
 }
 

@@ -9,14 +9,10 @@ pub fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
 
 /// `Σ f32(w[i])·x[i]`.
 pub fn dot_f16(w: &[f16], x: &[f32]) -> f32 {
-    w.iter()
-        .zip(x)
-        .fold(0.0, |acc, (&a, &b)| a.to_f32().mul_add(b, acc))
+    w.iter().zip(x).fold(0.0, |acc, (&a, &b)| a.to_f32().mul_add(b, acc))
 }
 
 /// `Σ f32(w[i])·x[i]`.
 pub fn dot_bf16(w: &[bf16], x: &[f32]) -> f32 {
-    w.iter()
-        .zip(x)
-        .fold(0.0, |acc, (&a, &b)| a.to_f32().mul_add(b, acc))
+    w.iter().zip(x).fold(0.0, |acc, (&a, &b)| a.to_f32().mul_add(b, acc))
 }

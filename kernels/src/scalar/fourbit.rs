@@ -7,23 +7,12 @@
 /// `codes` pairs its high nibble with `xe[i]` and its low nibble with `xo[i]`. Splitting `x` once
 /// per call lets the SIMD versions use the codes in storage order without shuffling nibbles.
 /// `half_block` is blocksize / 2 (bytes per block).
-pub fn dot_fourbit(
-    codes: &[u8],
-    scales: &[f32],
-    levels: &[f32; 16],
-    xe: &[f32],
-    xo: &[f32],
-    half_block: usize,
-) -> f32 {
+pub fn dot_fourbit(codes: &[u8], scales: &[f32], levels: &[f32; 16], xe: &[f32], xo: &[f32], half_block: usize) -> f32 {
     let mut acc = 0f32;
     for (b, &scale) in scales.iter().enumerate() {
         let range = b * half_block..(b + 1) * half_block;
         let mut block = 0f32;
-        for ((&byte, &e), &o) in codes[range.clone()]
-            .iter()
-            .zip(&xe[range.clone()])
-            .zip(&xo[range])
-        {
+        for ((&byte, &e), &o) in codes[range.clone()].iter().zip(&xe[range.clone()]).zip(&xo[range]) {
             block = levels[(byte >> 4) as usize].mul_add(e, block);
             block = levels[(byte & 0x0F) as usize].mul_add(o, block);
         }

@@ -24,18 +24,11 @@ pub unsafe fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
         let mut acc = [vdupq_n_f32(0.0); 4];
         while i + 16 <= n {
             for (j, a) in acc.iter_mut().enumerate() {
-                *a = vfmaq_f32(
-                    *a,
-                    vld1q_f32(wp.add(i + 4 * j)),
-                    vld1q_f32(xp.add(i + 4 * j)),
-                );
+                *a = vfmaq_f32(*a, vld1q_f32(wp.add(i + 4 * j)), vld1q_f32(xp.add(i + 4 * j)));
             }
             i += 16;
         }
-        let mut s = vaddvq_f32(vaddq_f32(
-            vaddq_f32(acc[0], acc[1]),
-            vaddq_f32(acc[2], acc[3]),
-        ));
+        let mut s = vaddvq_f32(vaddq_f32(vaddq_f32(acc[0], acc[1]), vaddq_f32(acc[2], acc[3])));
         while i < n {
             s = (*wp.add(i)).mul_add(*xp.add(i), s);
             i += 1;
@@ -65,11 +58,7 @@ unsafe fn dot_half(w: *const u16, x: &[f32], n: usize, bf: bool) -> f32 {
         let mut s = vaddvq_f32(acc);
         while i < n {
             let bits = *w.add(i);
-            let v = if bf {
-                bf16::from_bits(bits).to_f32()
-            } else {
-                f16::from_bits(bits).to_f32()
-            };
+            let v = if bf { bf16::from_bits(bits).to_f32() } else { f16::from_bits(bits).to_f32() };
             s = v.mul_add(*xp.add(i), s);
             i += 1;
         }
@@ -159,5 +148,48 @@ pub unsafe fn dot_int8(a: &[i8], w: &[i8]) -> i32 {
             i += 1;
         }
         s
+    }
+}
+
+/// See [`crate::scalar::dot_fourbit_q8`]: `tbl` looks the nibbles up in the int8 level table;
+/// widening multiplies accumulate exactly in i32.
+///
+/// # Safety
+/// NEON must be available; `half_block` is a multiple of 16; `codes`, `qe`, `qo` hold
+/// `factors.len() * half_block` elements.
+#[target_feature(enable = "neon")]
+pub unsafe fn dot_fourbit_q8(
+    codes: &[u8],
+    factors: &[f32],
+    lut: &[i8; 16],
+    qe: &[i8],
+    qo: &[i8],
+    _qsum: &[i32],
+    half_block: usize,
+) -> f32 {
+    // SAFETY: loads stay within `factors.len() * half_block` bytes (caller's contract).
+    unsafe {
+        let table = vld1q_s8(lut.as_ptr());
+        let nib = vdupq_n_u8(0x0F);
+        let mut acc = 0f32;
+        for (b, &f) in factors.iter().enumerate() {
+            let mut isum = vdupq_n_s32(0);
+            let mut i = b * half_block;
+            let end = i + half_block;
+            while i < end {
+                let v = vld1q_u8(codes.as_ptr().add(i));
+                let wh = vqtbl1q_s8(table, vshrq_n_u8::<4>(v));
+                let wl = vqtbl1q_s8(table, vandq_u8(v, nib));
+                let qh = vld1q_s8(qe.as_ptr().add(i));
+                let ql = vld1q_s8(qo.as_ptr().add(i));
+                isum = vpadalq_s16(isum, vmull_s8(vget_low_s8(wh), vget_low_s8(qh)));
+                isum = vpadalq_s16(isum, vmull_high_s8(wh, qh));
+                isum = vpadalq_s16(isum, vmull_s8(vget_low_s8(wl), vget_low_s8(ql)));
+                isum = vpadalq_s16(isum, vmull_high_s8(wl, ql));
+                i += 16;
+            }
+            acc = (vaddvq_s32(isum) as f32).mul_add(f, acc);
+        }
+        acc
     }
 }

@@ -45,26 +45,15 @@ pub unsafe fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
     unsafe {
         while i + 32 <= n {
             for (j, a) in acc.iter_mut().enumerate() {
-                *a = _mm256_fmadd_ps(
-                    _mm256_loadu_ps(wp.add(i + 8 * j)),
-                    _mm256_loadu_ps(xp.add(i + 8 * j)),
-                    *a,
-                );
+                *a = _mm256_fmadd_ps(_mm256_loadu_ps(wp.add(i + 8 * j)), _mm256_loadu_ps(xp.add(i + 8 * j)), *a);
             }
             i += 32;
         }
         while i + 8 <= n {
-            acc[0] = _mm256_fmadd_ps(
-                _mm256_loadu_ps(wp.add(i)),
-                _mm256_loadu_ps(xp.add(i)),
-                acc[0],
-            );
+            acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(wp.add(i)), _mm256_loadu_ps(xp.add(i)), acc[0]);
             i += 8;
         }
-        let mut s = hsum(_mm256_add_ps(
-            _mm256_add_ps(acc[0], acc[1]),
-            _mm256_add_ps(acc[2], acc[3]),
-        ));
+        let mut s = hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
         while i < n {
             s = (*wp.add(i)).mul_add(*xp.add(i), s);
             i += 1;
@@ -97,11 +86,7 @@ unsafe fn dot_half(w: *const u16, x: &[f32], n: usize, bf: bool) -> f32 {
         let mut s = hsum(_mm256_add_ps(acc[0], acc[1]));
         while i < n {
             let bits = *w.add(i);
-            let v = if bf {
-                bf16::from_bits(bits).to_f32()
-            } else {
-                f16::from_bits(bits).to_f32()
-            };
+            let v = if bf { bf16::from_bits(bits).to_f32() } else { f16::from_bits(bits).to_f32() };
             s = v.mul_add(*xp.add(i), s);
             i += 1;
         }
@@ -152,11 +137,7 @@ pub unsafe fn dot_fourbit(
         // 16-entry lookup: vpermps reads the low 3 bits; bit 3, moved to the sign bit, picks the half.
         let lookup = |idx: __m256i| -> __m256 {
             let pick = _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28));
-            _mm256_blendv_ps(
-                _mm256_permutevar8x32_ps(lo, idx),
-                _mm256_permutevar8x32_ps(hi, idx),
-                pick,
-            )
+            _mm256_blendv_ps(_mm256_permutevar8x32_ps(lo, idx), _mm256_permutevar8x32_ps(hi, idx), pick)
         };
         let mut acc = [_mm256_setzero_ps(); 2];
         for (b, &scale) in scales.iter().enumerate() {
@@ -208,5 +189,53 @@ pub unsafe fn dot_int8(a: &[i8], w: &[i8]) -> i32 {
             i += 1;
         }
         s
+    }
+}
+
+/// See [`crate::scalar::dot_fourbit_q8`]. Nibbles index the int8 level table with `vpshufb`;
+/// `vpmaddubsw(|w|, sign(q, w))` gives exact i16 pair sums (|w|, |q| ≤ 127).
+///
+/// # Safety
+/// AVX2 must be available; `half_block` is a multiple of 32; `codes`, `qe`, `qo` hold
+/// `factors.len() * half_block` elements. `qsum` is unused here (kept for a common signature).
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dot_fourbit_q8(
+    codes: &[u8],
+    factors: &[f32],
+    lut: &[i8; 16],
+    qe: &[i8],
+    qo: &[i8],
+    _qsum: &[i32],
+    half_block: usize,
+) -> f32 {
+    debug_assert!(half_block.is_multiple_of(32));
+    let (cp, ep, op) = (codes.as_ptr(), qe.as_ptr(), qo.as_ptr());
+    // SAFETY: loads stay within `factors.len() * half_block` bytes (caller's contract).
+    unsafe {
+        let table = _mm256_broadcastsi128_si256(_mm_loadu_si128(lut.as_ptr() as *const __m128i));
+        let nib = _mm256_set1_epi8(0x0F);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); 2];
+        for (b, &f) in factors.iter().enumerate() {
+            let mut isum = _mm256_setzero_si256();
+            let mut i = b * half_block;
+            let end = i + half_block;
+            while i < end {
+                let v = _mm256_loadu_si256(cp.add(i) as *const __m256i);
+                let wh = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(v, 4), nib));
+                let wl = _mm256_shuffle_epi8(table, _mm256_and_si256(v, nib));
+                let qh = _mm256_loadu_si256(ep.add(i) as *const __m256i);
+                let ql = _mm256_loadu_si256(op.add(i) as *const __m256i);
+                let ph = _mm256_maddubs_epi16(_mm256_abs_epi8(wh), _mm256_sign_epi8(qh, wh));
+                let pl = _mm256_maddubs_epi16(_mm256_abs_epi8(wl), _mm256_sign_epi8(ql, wl));
+                // Widen each product vector separately: their i16 sum could overflow.
+                isum =
+                    _mm256_add_epi32(isum, _mm256_add_epi32(_mm256_madd_epi16(ph, ones), _mm256_madd_epi16(pl, ones)));
+                i += 32;
+            }
+            let k = b & 1;
+            acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(f), acc[k]);
+        }
+        hsum(_mm256_add_ps(acc[0], acc[1]))
     }
 }

@@ -23,29 +23,17 @@ pub unsafe fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
     unsafe {
         while i + 64 <= n {
             for (j, a) in acc.iter_mut().enumerate() {
-                *a = _mm512_fmadd_ps(
-                    _mm512_loadu_ps(wp.add(i + 16 * j)),
-                    _mm512_loadu_ps(xp.add(i + 16 * j)),
-                    *a,
-                );
+                *a = _mm512_fmadd_ps(_mm512_loadu_ps(wp.add(i + 16 * j)), _mm512_loadu_ps(xp.add(i + 16 * j)), *a);
             }
             i += 64;
         }
         while i + 16 <= n {
-            acc[0] = _mm512_fmadd_ps(
-                _mm512_loadu_ps(wp.add(i)),
-                _mm512_loadu_ps(xp.add(i)),
-                acc[0],
-            );
+            acc[0] = _mm512_fmadd_ps(_mm512_loadu_ps(wp.add(i)), _mm512_loadu_ps(xp.add(i)), acc[0]);
             i += 16;
         }
         if i < n {
             let m: __mmask16 = (1u32 << (n - i)) as u16 - 1;
-            acc[1] = _mm512_fmadd_ps(
-                _mm512_maskz_loadu_ps(m, wp.add(i)),
-                _mm512_maskz_loadu_ps(m, xp.add(i)),
-                acc[1],
-            );
+            acc[1] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, wp.add(i)), _mm512_maskz_loadu_ps(m, xp.add(i)), acc[1]);
         }
         let s = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
         _mm512_reduce_add_ps(s)
@@ -63,10 +51,7 @@ unsafe fn load16_f16(p: *const u16, m: __mmask16) -> __m512 {
 unsafe fn load16_bf16(p: *const u16, m: __mmask16) -> __m512 {
     // SAFETY: as for load16_f16. bf16 is the top half of an f32: widen and shift.
     unsafe {
-        _mm512_castsi512_ps(_mm512_slli_epi32(
-            _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p as *const i16)),
-            16,
-        ))
+        _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p as *const i16)), 16))
     }
 }
 
@@ -87,21 +72,13 @@ unsafe fn dot_half(w: *const u16, x: &[f32], n: usize, bf: bool) -> f32 {
         let mut acc = [_mm512_setzero_ps(); 2];
         while i + 32 <= n {
             acc[0] = _mm512_fmadd_ps(load(w.add(i), !0), _mm512_loadu_ps(xp.add(i)), acc[0]);
-            acc[1] = _mm512_fmadd_ps(
-                load(w.add(i + 16), !0),
-                _mm512_loadu_ps(xp.add(i + 16)),
-                acc[1],
-            );
+            acc[1] = _mm512_fmadd_ps(load(w.add(i + 16), !0), _mm512_loadu_ps(xp.add(i + 16)), acc[1]);
             i += 32;
         }
         while i < n {
             let left = (n - i).min(16);
             let m: __mmask16 = if left == 16 { !0 } else { (1u16 << left) - 1 };
-            acc[0] = _mm512_fmadd_ps(
-                load(w.add(i), m),
-                _mm512_maskz_loadu_ps(m, xp.add(i)),
-                acc[0],
-            );
+            acc[0] = _mm512_fmadd_ps(load(w.add(i), m), _mm512_maskz_loadu_ps(m, xp.add(i)), acc[0]);
             i += left;
         }
         _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]))
@@ -202,5 +179,55 @@ pub unsafe fn dot_int8(a: &[i8], w: &[i8]) -> i32 {
         }
         let dot = _mm512_reduce_add_epi32(_mm512_add_epi32(acc[0], acc[1]));
         dot.wrapping_sub(128i32.wrapping_mul(_mm512_reduce_add_epi32(sum)))
+    }
+}
+
+/// See [`crate::scalar::dot_fourbit_q8`]. 256-bit VNNI: nibbles index the int8 level table with
+/// `vpshufb`; `vpdpbusd` needs an unsigned operand, so the table is biased by +128 and each
+/// block's accumulator starts at −128·Σq in one lane, which keeps every block sum exact.
+///
+/// 256-bit on purpose: a 512-bit version (two 64-element blocks per register) measured 30 %
+/// slower on Zen 4, which splits 512-bit shuffles into two halves.
+///
+/// # Safety
+/// AVX-512VL and VNNI must be available; `half_block` is a multiple of 32; `codes`, `qe`, `qo`
+/// hold `factors.len() * half_block` elements; `qsum[b]` = Σ of block b's activations.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+pub unsafe fn dot_fourbit_q8(
+    codes: &[u8],
+    factors: &[f32],
+    lut: &[i8; 16],
+    qe: &[i8],
+    qo: &[i8],
+    qsum: &[i32],
+    half_block: usize,
+) -> f32 {
+    debug_assert!(half_block.is_multiple_of(32));
+    let (cp, ep, op) = (codes.as_ptr(), qe.as_ptr(), qo.as_ptr());
+    // SAFETY: loads stay within `factors.len() * half_block` bytes (caller's contract).
+    unsafe {
+        let biased: [u8; 16] = std::array::from_fn(|i| (lut[i] as i16 + 128) as u8);
+        let table = _mm256_broadcastsi128_si256(_mm_loadu_si128(biased.as_ptr() as *const __m128i));
+        let nib = _mm256_set1_epi8(0x0F);
+        let mut acc = [_mm256_setzero_ps(); 2];
+        for (b, &f) in factors.iter().enumerate() {
+            let mut isum = _mm256_setr_epi32(-128 * qsum[b], 0, 0, 0, 0, 0, 0, 0);
+            let mut i = b * half_block;
+            let end = i + half_block;
+            while i < end {
+                let v = _mm256_loadu_si256(cp.add(i) as *const __m256i);
+                let wh = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(v, 4), nib));
+                let wl = _mm256_shuffle_epi8(table, _mm256_and_si256(v, nib));
+                isum = _mm256_dpbusd_epi32(isum, wh, _mm256_loadu_si256(ep.add(i) as *const __m256i));
+                isum = _mm256_dpbusd_epi32(isum, wl, _mm256_loadu_si256(op.add(i) as *const __m256i));
+                i += 32;
+            }
+            let k = b & 1;
+            acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(f), acc[k]);
+        }
+        let s = _mm256_add_ps(acc[0], acc[1]);
+        let s = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
     }
 }

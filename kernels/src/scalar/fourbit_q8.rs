@@ -1,0 +1,32 @@
+//! 4-bit weights against int8-quantized activations: the integer route (llama.cpp's IQ4_NL
+//! idea applied to NF4/FP4). Codes are looked up as int8 levels (`round(127·level)`), the
+//! activations are quantized to int8 once per call in blocks aligned with the weight blocks,
+//! and each block is an exact integer dot product scaled once.
+
+/// `Σ_b factor[b] · Σ_j lut[code_j] · q_j` for one block-aligned row, where `lut` holds the
+/// int8 levels, `qe`/`qo` the de-interleaved int8 activations (`qe[i] = q[2i]`, `qo[i] = q[2i+1]`)
+/// and `factor[b]` = weight absmax · activation scale / 127 for block `b`. The per-block integer
+/// sums are exact; only the final float accumulation has rounding. `half_block` = blocksize / 2.
+/// `qsum[b]` (the sum of block b's activations) is what the VNNI version needs to undo its
+/// unsigned bias; this version ignores it.
+pub fn dot_fourbit_q8(
+    codes: &[u8],
+    factors: &[f32],
+    lut: &[i8; 16],
+    qe: &[i8],
+    qo: &[i8],
+    _qsum: &[i32],
+    half_block: usize,
+) -> f32 {
+    let mut acc = 0f32;
+    for (b, &f) in factors.iter().enumerate() {
+        let range = b * half_block..(b + 1) * half_block;
+        let mut isum = 0i32;
+        for ((&byte, &e), &o) in codes[range.clone()].iter().zip(&qe[range.clone()]).zip(&qo[range]) {
+            isum += lut[(byte >> 4) as usize] as i32 * e as i32;
+            isum += lut[(byte & 0x0F) as usize] as i32 * o as i32;
+        }
+        acc = (isum as f32).mul_add(f, acc);
+    }
+    acc
+}
