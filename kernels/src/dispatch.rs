@@ -13,6 +13,7 @@ type DotF16 = unsafe fn(&[f16], &[f32]) -> f32;
 type DotBf16 = unsafe fn(&[bf16], &[f32]) -> f32;
 type DotFourBit = unsafe fn(&[u8], &[f32], &[f32; 16], &[f32], &[f32], usize) -> f32;
 type DotInt8 = unsafe fn(&[i8], &[i8]) -> i32;
+type DotInt8x4 = unsafe fn([&[i8]; 4], [&[i8]; 4]) -> [[i32; 4]; 4];
 type DotFourBitQ8 = unsafe fn(&[u8], &[f32], &[i8; 16], &[i8], &[i8], &[i32], usize) -> f32;
 
 /// The kernels of one instruction-set level.
@@ -26,6 +27,7 @@ pub struct Kernels {
     /// Bytes of codes each SIMD step of `dot_fourbit` consumes; blocks must be a multiple.
     fourbit_step: usize,
     dot_int8: DotInt8,
+    dot_int8_4x4: DotInt8x4,
     dot_fourbit_q8: DotFourBitQ8,
     /// Bytes of codes each SIMD step of `dot_fourbit_q8` consumes.
     fourbit_q8_step: usize,
@@ -51,6 +53,7 @@ impl Kernels {
             dot_fourbit: scalar::dot_fourbit,
             fourbit_step: 1,
             dot_int8: scalar::dot_int8,
+            dot_int8_4x4: scalar::dot_int8_4x4,
             dot_fourbit_q8: scalar::dot_fourbit_q8,
             fourbit_q8_step: 1,
         };
@@ -67,6 +70,7 @@ impl Kernels {
                     dot_fourbit: k::dot_fourbit,
                     fourbit_step: 8,
                     dot_int8: k::dot_int8,
+                    dot_int8_4x4: k::dot_int8_4x4,
                     dot_fourbit_q8: k::dot_fourbit_q8,
                     fourbit_q8_step: 32,
                 })
@@ -82,6 +86,7 @@ impl Kernels {
                     dot_fourbit: k::dot_fourbit,
                     fourbit_step: 16,
                     dot_int8: k::dot_int8,
+                    dot_int8_4x4: k::dot_int8_4x4,
                     dot_fourbit_q8: k::dot_fourbit_q8,
                     fourbit_q8_step: 32,
                 })
@@ -97,6 +102,7 @@ impl Kernels {
                     dot_fourbit: k::dot_fourbit,
                     fourbit_step: 4,
                     dot_int8: k::dot_int8,
+                    dot_int8_4x4: scalar::dot_int8_4x4,
                     dot_fourbit_q8: k::dot_fourbit_q8,
                     fourbit_q8_step: 16,
                 })
@@ -184,6 +190,15 @@ impl Kernels {
         }
         // SAFETY: `self` exists only for a supported ISA; lengths and step checked above.
         unsafe { (self.dot_fourbit_q8)(codes, factors, lut, qe, qo, qsum, half_block) }
+    }
+
+    /// A 4 × 4 tile of exact int8 dot products; see [`crate::scalar::dot_int8_4x4`].
+    #[inline]
+    pub fn dot_int8_4x4(&self, a: [&[i8]; 4], w: [&[i8]; 4]) -> [[i32; 4]; 4] {
+        let n = a[0].len();
+        assert!(a.iter().chain(&w).all(|s| s.len() == n));
+        // SAFETY: `self` exists only for a supported ISA; lengths checked above.
+        unsafe { (self.dot_int8_4x4)(a, w) }
     }
 
     /// Exact `Σ a·w` in i32; entries must lie in -127..=127 (as LLM.int8 produces).

@@ -5,3 +5,10 @@
 pub fn dot_int8(a: &[i8], w: &[i8]) -> i32 {
     a.iter().zip(w).map(|(&x, &y)| x as i32 * y as i32).sum()
 }
+
+/// A 4 × 4 tile of exact int8 dot products: `out[i][j] = Σ a[j]·w[i]` for four weight rows and
+/// four activation rows of equal length (the prefill micro-kernel: each loaded vector is used
+/// four times).
+pub fn dot_int8_4x4(a: [&[i8]; 4], w: [&[i8]; 4]) -> [[i32; 4]; 4] {
+    std::array::from_fn(|i| std::array::from_fn(|j| dot_int8(a[j], w[i])))
+}

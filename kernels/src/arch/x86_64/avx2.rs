@@ -239,3 +239,14 @@ pub unsafe fn dot_fourbit_q8(
         hsum(_mm256_add_ps(acc[0], acc[1]))
     }
 }
+
+/// See [`crate::scalar::dot_int8_4x4`]; on AVX2 the tile is 16 row dot products (no register
+/// blocking yet).
+///
+/// # Safety
+/// AVX2 must be available; all eight slices have the same length.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dot_int8_4x4(a: [&[i8]; 4], w: [&[i8]; 4]) -> [[i32; 4]; 4] {
+    // SAFETY: same contract as dot_int8, which the caller upholds for every pair.
+    std::array::from_fn(|i| std::array::from_fn(|j| unsafe { dot_int8(a[j], w[i]) }))
+}

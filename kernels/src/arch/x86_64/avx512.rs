@@ -231,3 +231,40 @@ pub unsafe fn dot_fourbit_q8(
         _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
     }
 }
+
+/// See [`crate::scalar::dot_int8_4x4`]: 16 VNNI accumulators; the activations are biased to
+/// unsigned once per load and each weight row's sum (for the bias correction) rides along.
+///
+/// # Safety
+/// AVX-512F/BW and VNNI must be available; all eight slices have the same length.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+pub unsafe fn dot_int8_4x4(a: [&[i8]; 4], w: [&[i8]; 4]) -> [[i32; 4]; 4] {
+    let n = a[0].len();
+    // SAFETY: every load is masked to the common length n.
+    unsafe {
+        let flip = _mm512_set1_epi8(-128);
+        let ones = _mm512_set1_epi8(1);
+        let mut acc = [[_mm512_setzero_si512(); 4]; 4];
+        let mut sums = [_mm512_setzero_si512(); 4];
+        let mut i = 0;
+        while i < n {
+            let left = n - i;
+            let m: __mmask64 = if left >= 64 { !0 } else { (1u64 << left) - 1 };
+            let av: [__m512i; 4] =
+                std::array::from_fn(|j| _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, a[j].as_ptr().add(i)), flip));
+            for r in 0..4 {
+                let wv = _mm512_maskz_loadu_epi8(m, w[r].as_ptr().add(i));
+                sums[r] = _mm512_dpbusd_epi32(sums[r], ones, wv);
+                for j in 0..4 {
+                    acc[r][j] = _mm512_dpbusd_epi32(acc[r][j], av[j], wv);
+                }
+            }
+            i += 64;
+        }
+        // Masked-off lanes loaded 0 ^ 0x80 = 128 against w = 0: they add nothing.
+        std::array::from_fn(|r| {
+            let bias = 128i32.wrapping_mul(_mm512_reduce_add_epi32(sums[r]));
+            std::array::from_fn(|j| _mm512_reduce_add_epi32(acc[r][j]).wrapping_sub(bias))
+        })
+    }
+}
