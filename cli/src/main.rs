@@ -1,1 +1,44 @@
-fn main() {}
+//! `lowbit`: convert checkpoints to one quantized file, inspect and verify it, and run it.
+
+mod args;
+mod cmd;
+mod npy;
+mod stats;
+
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = args::Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: args::Cli) -> anyhow::Result<()> {
+    // An invalid LOWBIT_ISA is an error up front, not a silent fallback.
+    lowbit_kernels::try_kernels()?;
+    if let Some(n) = cli.threads {
+        anyhow::ensure!(n > 0, "--threads must be at least 1");
+        rayon::ThreadPoolBuilder::new().num_threads(n).build_global()?;
+    }
+    match cli.command {
+        args::Command::Convert(a) => cmd::convert::run(a),
+        args::Command::Inspect(a) => cmd::inspect::run(a),
+        args::Command::Verify(a) => cmd::inspect::verify(a),
+        args::Command::Run(a) => cmd::run::run(a),
+        args::Command::Chat(a) => cmd::run::chat(a),
+        args::Command::Logits(a) => cmd::logits::run(a),
+        args::Command::Perplexity(a) => cmd::perplexity::run(a),
+        args::Command::Cpu => {
+            println!("best: {}", lowbit_kernels::Isa::best());
+            println!("in use: {}", lowbit_kernels::kernels().isa());
+            println!("supported: {:?}", lowbit_kernels::Isa::all_supported());
+            Ok(())
+        }
+    }
+}

@@ -1,1 +1,28 @@
-//! Runtime.
+//! # lowbit-runtime
+//!
+//! A minimal Mistral / Llama-family / Qwen2 forward pass over a lowbit file's mmapped weights:
+//! embedding, RMSNorm, rotary embedding (rotate_half layout), grouped-query attention with an
+//! optional sliding window, SwiGLU MLP, lm_head — plus a KV cache, sampling, the tokenizer and
+//! chat template, and a generation loop. Opening a model validates the file and builds views;
+//! no weight matrix is copied.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod config;
+mod error;
+pub mod generate;
+pub mod kv_cache;
+pub mod model;
+pub mod ops;
+pub mod sampler;
+pub mod text;
+pub mod weights;
+
+pub use config::ModelConfig;
+pub use error::{Result, RuntimeError};
+pub use generate::{generate, GenStats, TextStream};
+pub use kv_cache::KvCache;
+pub use model::{Logits, Model};
+pub use sampler::{Sampler, SamplerConfig};
+pub use text::{Message, TextCodec};

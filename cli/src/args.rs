@@ -1,0 +1,198 @@
+//! Command-line arguments.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+/// lowbit: quantized Mistral/Llama models on a plain CPU.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+pub struct Cli {
+    /// Worker threads (default: all cores).
+    #[arg(long, global = true)]
+    pub threads: Option<usize>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Convert a Hugging Face folder (safetensors, plain or bitsandbytes) or a GGUF file.
+    Convert(ConvertArgs),
+    /// Show a model file's metadata, tensors and memory needs.
+    Inspect(InspectArgs),
+    /// Check every tensor's checksum.
+    Verify(VerifyArgs),
+    /// Generate text from a prompt, streaming tokens.
+    Run(RunArgs),
+    /// Interactive multi-turn chat using the model's chat template.
+    Chat(ChatArgs),
+    /// Write the logits of every position to a .npy file.
+    Logits(LogitsArgs),
+    /// Perplexity of a text file (llama.cpp's scoring), optionally KL divergence against a base.
+    Perplexity(PerplexityArgs),
+    /// Show which instruction sets the kernels use.
+    Cpu,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Quant {
+    Nf4,
+    Fp4,
+    Int8,
+    F16,
+    Bf16,
+    F32,
+}
+
+#[derive(Args, Debug)]
+pub struct ConvertArgs {
+    /// Model folder (config.json + safetensors) or a .gguf file.
+    pub src: PathBuf,
+    /// Output file.
+    #[arg(short, long)]
+    pub out: PathBuf,
+    /// Storage scheme of the linear layers.
+    #[arg(long, value_enum, default_value = "nf4")]
+    pub quant: Quant,
+    /// 4-bit block size (32 … 4096).
+    #[arg(long, default_value_t = 64)]
+    pub blocksize: usize,
+    /// Keep 4-bit block scales in float32 instead of double-quantizing them.
+    #[arg(long)]
+    pub no_double_quant: bool,
+    /// LLM.int8 outlier threshold stored for the runtime (0 turns the decomposition off).
+    #[arg(long, default_value_t = 6.0)]
+    pub threshold: f32,
+    /// Also keep tensors whose name contains this in high precision (repeatable).
+    #[arg(long)]
+    pub keep: Vec<String>,
+    /// Quantize embeddings and lm_head too.
+    #[arg(long)]
+    pub quantize_all: bool,
+    /// No progress bar.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// Model file.
+    pub file: PathBuf,
+    /// Context length for the RAM estimate.
+    #[arg(long, default_value_t = 4096)]
+    pub ctx: usize,
+    /// Print every tensor.
+    #[arg(long)]
+    pub tensors: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// Model file.
+    pub file: PathBuf,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SampleArgs {
+    /// Tokens to generate.
+    #[arg(short = 'n', long, default_value_t = 128)]
+    pub max_tokens: usize,
+    /// Temperature (0 = greedy).
+    #[arg(long, default_value_t = 0.0)]
+    pub temp: f32,
+    /// Top-k (0 = off).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Top-p.
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Repetition penalty (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub repeat_penalty: f32,
+    /// Random seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Context length (positions kept for models without a sliding window).
+    #[arg(long, default_value_t = 4096)]
+    pub ctx: usize,
+    /// Exact float 4-bit decode path instead of the faster integer route.
+    #[arg(long)]
+    pub exact: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Model file.
+    #[arg(short, long)]
+    pub model: PathBuf,
+    /// Prompt text.
+    #[arg(short, long, conflicts_with = "file")]
+    pub prompt: Option<String>,
+    /// Read the prompt from a file.
+    #[arg(short, long)]
+    pub file: Option<PathBuf>,
+    /// Wrap the prompt in the chat template as one user turn.
+    #[arg(long)]
+    pub chat: bool,
+    /// System message (with --chat).
+    #[arg(long)]
+    pub system: Option<String>,
+    #[command(flatten)]
+    pub sample: SampleArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct ChatArgs {
+    /// Model file.
+    #[arg(short, long)]
+    pub model: PathBuf,
+    /// System message.
+    #[arg(long)]
+    pub system: Option<String>,
+    #[command(flatten)]
+    pub sample: SampleArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct LogitsArgs {
+    /// Model file.
+    #[arg(short, long)]
+    pub model: PathBuf,
+    /// Comma-separated token ids.
+    #[arg(long, value_delimiter = ',', conflicts_with = "text")]
+    pub tokens: Option<Vec<u32>>,
+    /// Text to tokenize (with the tokenizer's special tokens).
+    #[arg(long)]
+    pub text: Option<String>,
+    /// Output .npy (float32, [tokens, vocab]).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Exact float 4-bit path.
+    #[arg(long)]
+    pub exact: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct PerplexityArgs {
+    /// Model file.
+    #[arg(short, long)]
+    pub model: PathBuf,
+    /// Text file.
+    #[arg(short, long)]
+    pub file: PathBuf,
+    /// Chunk length in tokens.
+    #[arg(short = 'c', long, default_value_t = 256)]
+    pub ctx: usize,
+    /// Score at most this many chunks (0 = all).
+    #[arg(long, default_value_t = 0)]
+    pub chunks: usize,
+    /// Save the scored positions' log-probabilities here, as a base for --kl-base.
+    #[arg(long)]
+    pub save_logits: Option<PathBuf>,
+    /// Report KL divergence and top-1 agreement against a base model's saved logits.
+    #[arg(long)]
+    pub kl_base: Option<PathBuf>,
+    /// Exact float 4-bit path.
+    #[arg(long)]
+    pub exact: bool,
+}

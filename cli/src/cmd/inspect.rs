@@ -1,0 +1,92 @@
+//! `lowbit inspect` and `lowbit verify`.
+
+use crate::args::{InspectArgs, VerifyArgs};
+use crate::stats::human;
+use anyhow::Result;
+use lowbit_runtime::ModelConfig;
+use std::collections::BTreeMap;
+
+pub fn run(a: InspectArgs) -> Result<()> {
+    let (file, secs) = super::open(&a.file)?;
+    let m = file.metadata();
+    println!("file: {} ({}), opened and validated in {:.1} ms", a.file.display(), human(file.file_len()), secs * 1e3);
+    println!("architecture: {}", m.architecture);
+    println!("converter: {} {}", m.converter.name, m.converter.version);
+    let q = &m.quantization;
+    println!(
+        "quantization: {} (blocksize {}, double quant {}, int8 threshold {}), from {}",
+        q.scheme,
+        q.blocksize.map_or("-".into(), |b| b.to_string()),
+        q.double_quant,
+        q.int8_threshold,
+        if q.source_format.is_empty() { "?" } else { &q.source_format }
+    );
+    println!("tokenizer: {}; chat template: {}", if m.tokenizer_json.is_some() { "yes" } else { "no" }, if m.chat_template.is_some() { "yes" } else { "no" });
+    for s in &m.sources {
+        println!("source: {} ({}) sha256 {}", s.file, human(s.bytes), s.sha256);
+    }
+    // Bytes and parameters per scheme.
+    let mut per: BTreeMap<&str, (u64, u64, usize)> = BTreeMap::new();
+    for t in file.tensors() {
+        let e = per.entry(t.scheme.label()).or_default();
+        e.0 += t.shape.iter().product::<u64>();
+        e.1 += t.length;
+        e.2 += 1;
+    }
+    println!("\n{:<6} {:>8} {:>16} {:>12} {:>8}", "scheme", "tensors", "parameters", "bytes", "bits/w");
+    let (mut params, mut bytes) = (0u64, 0u64);
+    for (k, (p, b, n)) in &per {
+        println!("{k:<6} {n:>8} {p:>16} {:>12} {:>8.3}", human(*b), *b as f64 * 8.0 / *p as f64);
+        params += p;
+        bytes += b;
+    }
+    println!("{:<6} {:>8} {params:>16} {:>12} {:>8.3}", "total", file.tensors().len(), human(bytes), bytes as f64 * 8.0 / params as f64);
+    if a.tensors {
+        println!();
+        for t in file.tensors() {
+            println!("{:<60} {:<5} {:?} {} @{} crc {}", t.name, t.scheme.label(), t.shape, human(t.length), t.offset, t.crc32);
+        }
+    }
+    match ModelConfig::from_json(&m.config) {
+        Ok(c) => {
+            let slots = c.sliding_window.map_or(a.ctx, |w| w.min(a.ctx));
+            let kv = 2 * c.num_layers * slots * c.num_kv_heads * c.head_dim * 4;
+            // Activations of one decode step are a few vectors of hidden/intermediate/vocab size.
+            let scratch = 4 * (8 * c.hidden_size + 3 * c.intermediate_size + 2 * c.vocab_size);
+            println!(
+                "\nconfig: {} layers, hidden {}, heads {}/{} (head_dim {}), intermediate {}, vocab {}, rope_theta {}, sliding window {}",
+                c.num_layers,
+                c.hidden_size,
+                c.num_heads,
+                c.num_kv_heads,
+                c.head_dim,
+                c.intermediate_size,
+                c.vocab_size,
+                c.rope_theta,
+                c.sliding_window.map_or("none".into(), |w| w.to_string())
+            );
+            println!(
+                "RAM to run at context {}: weights {} (mapped) + KV cache {} (f32, {} slots) + scratch {} ≈ {}",
+                a.ctx,
+                human(file.file_len()),
+                human(kv as u64),
+                slots,
+                human(scratch as u64),
+                human(file.file_len() + kv as u64 + scratch as u64)
+            );
+        }
+        Err(e) => println!("\nconfig: {e}"),
+    }
+    Ok(())
+}
+
+pub fn verify(a: VerifyArgs) -> Result<()> {
+    let (file, _) = super::open(&a.file)?;
+    let bad = file.verify();
+    for b in &bad {
+        eprintln!("checksum mismatch: tensor {} (expected {}, found {})", b.name, b.expected, b.actual);
+    }
+    anyhow::ensure!(bad.is_empty(), "{} of {} tensors failed verification", bad.len(), file.tensors().len());
+    println!("ok: {} tensors, {} verified", file.tensors().len(), human(file.file_len()));
+    Ok(())
+}

@@ -1,0 +1,156 @@
+//! `lowbit perplexity`: scored like llama.cpp's perplexity tool — the text is cut into chunks of
+//! `c` tokens, each chunk starts a fresh context (its first token replaced by BOS when the model
+//! has one), and only the second half of each chunk is scored, so every scored token has at least
+//! c/2 tokens of context.
+//!
+//! `--save-logits` stores the scored positions' log-probabilities (float16, [positions, vocab]);
+//! `--kl-base` reads such a file made by a base model (say the f32 conversion) and reports the
+//! mean KL divergence KL(base ‖ this) and how often both pick the same top-1 token.
+
+use crate::args::PerplexityArgs;
+use anyhow::{Context, Result};
+use half::f16;
+use lowbit_kernels::MatmulOptions;
+use lowbit_runtime::{Logits, Model, TextCodec};
+use std::io::{Read, Write};
+use std::time::Instant;
+
+fn log_softmax(l: &[f32]) -> Vec<f32> {
+    let max = l.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let lse = max + l.iter().map(|&v| ((v - max) as f64).exp()).sum::<f64>().ln() as f32;
+    l.iter().map(|&v| v - lse).collect()
+}
+
+fn argmax(l: &[f32]) -> usize {
+    l.iter().enumerate().fold(0, |b, (i, &v)| if v > l[b] { i } else { b })
+}
+
+pub fn run(a: PerplexityArgs) -> Result<()> {
+    anyhow::ensure!(a.ctx >= 4, "--ctx must be at least 4");
+    let (file, _) = super::open(&a.model)?;
+    let mut model = Model::new(&file)?;
+    model.set_options(MatmulOptions { fourbit_exact: a.exact, ..model.options() });
+    let codec = TextCodec::from_metadata(file.metadata())?;
+    let bytes = std::fs::read(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
+    let text = String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("{} is not UTF-8 text", a.file.display()))?;
+    let tokens = codec.encode(&text, false)?;
+    let mut n_chunks = tokens.len() / a.ctx;
+    if a.chunks > 0 {
+        n_chunks = n_chunks.min(a.chunks);
+    }
+    anyhow::ensure!(n_chunks > 0, "the text has {} tokens, fewer than one chunk of {}", tokens.len(), a.ctx);
+    let vocab = model.config.vocab_size;
+    let first = a.ctx / 2;
+    let scored_per_chunk = a.ctx - 1 - first;
+
+    let mut base = match &a.kl_base {
+        Some(p) => Some(F16Rows::open(p, vocab)?),
+        None => None,
+    };
+    let mut save = match &a.save_logits {
+        Some(p) => Some(F16Writer::create(p, n_chunks * scored_per_chunk, vocab)?),
+        None => None,
+    };
+    let (mut nll, mut count) = (0f64, 0usize);
+    let (mut kl_sum, mut same_top) = (0f64, 0usize);
+    let t = Instant::now();
+    for ch in 0..n_chunks {
+        let mut chunk = tokens[ch * a.ctx..(ch + 1) * a.ctx].to_vec();
+        if let Some(bos) = model.config.bos_token_id {
+            chunk[0] = bos;
+        }
+        let mut cache = model.new_cache(a.ctx);
+        let logits = model.forward(&mut cache, &chunk, Logits::All)?;
+        for j in first..a.ctx - 1 {
+            let lp = log_softmax(&logits[j * vocab..(j + 1) * vocab]);
+            nll -= lp[chunk[j + 1] as usize] as f64;
+            count += 1;
+            if let Some(w) = &mut save {
+                w.push(&lp)?;
+            }
+            if let Some(b) = &mut base {
+                let bp = b.next_row()?;
+                kl_sum += bp.iter().zip(&lp).map(|(&p, &q)| if p > -30.0 { (p as f64).exp() * (p - q) as f64 } else { 0.0 }).sum::<f64>();
+                same_top += usize::from(argmax(&bp) == argmax(&lp));
+            }
+        }
+        eprint!("\r[{}/{}] ppl {:.4}", ch + 1, n_chunks, (nll / count as f64).exp());
+    }
+    eprintln!();
+    let secs = t.elapsed().as_secs_f64();
+    println!("perplexity: {:.4} over {} tokens in {} chunks of {} ({:.1} s, {:.0} tok/s)", (nll / count as f64).exp(), count, n_chunks, a.ctx, secs, (n_chunks * a.ctx) as f64 / secs);
+    if base.is_some() {
+        println!("KL divergence vs base: {:.6} nats/token; top-1 agreement {:.2}%", kl_sum / count as f64, 100.0 * same_top as f64 / count as f64);
+    }
+    if let Some(w) = save {
+        w.finish()?;
+    }
+    Ok(())
+}
+
+/// Streams rows of log-probabilities to a float16 .npy file.
+struct F16Writer {
+    out: std::io::BufWriter<std::fs::File>,
+    tmp: std::path::PathBuf,
+    path: std::path::PathBuf,
+}
+
+impl F16Writer {
+    fn create(path: &std::path::Path, rows: usize, cols: usize) -> Result<F16Writer> {
+        let tmp = path.with_extension("npy.tmp");
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?);
+        let mut header = format!("{{'descr': '<f2', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
+        let unpadded = 10 + header.len() + 1;
+        header.push_str(&" ".repeat(unpadded.next_multiple_of(64) - unpadded));
+        header.push('\n');
+        out.write_all(b"\x93NUMPY\x01\x00")?;
+        out.write_all(&(header.len() as u16).to_le_bytes())?;
+        out.write_all(header.as_bytes())?;
+        Ok(F16Writer { out, tmp, path: path.to_path_buf() })
+    }
+
+    fn push(&mut self, row: &[f32]) -> Result<()> {
+        for &v in row {
+            self.out.write_all(&f16::from_f32(v.max(-65000.0)).to_le_bytes())?;
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Result<()> {
+        self.out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        std::fs::rename(&self.tmp, &self.path)?;
+        Ok(())
+    }
+}
+
+/// Reads rows of a float16 .npy written by [`F16Writer`].
+struct F16Rows {
+    input: std::io::BufReader<std::fs::File>,
+    cols: usize,
+    left: usize,
+}
+
+impl F16Rows {
+    fn open(path: &std::path::Path, cols: usize) -> Result<F16Rows> {
+        let mut input = std::io::BufReader::new(std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?);
+        let mut pre = [0u8; 10];
+        input.read_exact(&mut pre)?;
+        anyhow::ensure!(&pre[..6] == b"\x93NUMPY" && pre[6] == 1, "{} is not a version-1 .npy file", path.display());
+        let mut header = vec![0u8; u16::from_le_bytes([pre[8], pre[9]]) as usize];
+        input.read_exact(&mut header)?;
+        let header = String::from_utf8_lossy(&header);
+        anyhow::ensure!(header.contains("'<f2'"), "{}: expected float16 log-probabilities", path.display());
+        let shape = header.split("'shape': (").nth(1).and_then(|s| s.split(')').next()).context("no shape")?;
+        let dims: Vec<usize> = shape.split(',').filter_map(|d| d.trim().parse().ok()).collect();
+        anyhow::ensure!(dims.len() == 2 && dims[1] == cols, "{}: shape {dims:?} does not match vocabulary {cols}", path.display());
+        Ok(F16Rows { input, cols, left: dims[0] })
+    }
+
+    fn next_row(&mut self) -> Result<Vec<f32>> {
+        anyhow::ensure!(self.left > 0, "the base logits file has fewer positions than this run scores (use the same text and -c)");
+        self.left -= 1;
+        let mut buf = vec![0u8; self.cols * 2];
+        self.input.read_exact(&mut buf)?;
+        Ok(buf.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect())
+    }
+}

@@ -1,0 +1,96 @@
+//! The generation loop: prefill the prompt in one batched pass, then decode token by token
+//! until a stop token or the token budget, timing both phases.
+
+use crate::error::Result;
+use crate::kv_cache::KvCache;
+use crate::model::{Logits, Model};
+use crate::sampler::Sampler;
+use crate::text::TextCodec;
+use std::time::{Duration, Instant};
+
+/// Timings of one generation.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GenStats {
+    /// Tokens prefilled.
+    pub prompt_tokens: usize,
+    /// Time spent prefilling.
+    pub prefill: Duration,
+    /// Tokens generated.
+    pub generated: usize,
+    /// Time spent decoding (after the first token).
+    pub decode: Duration,
+}
+
+impl GenStats {
+    /// Prefill tokens per second.
+    pub fn prefill_tps(&self) -> f64 {
+        self.prompt_tokens as f64 / self.prefill.as_secs_f64().max(1e-9)
+    }
+
+    /// Decode tokens per second (the first generated token comes from the prefill).
+    pub fn decode_tps(&self) -> f64 {
+        self.generated.saturating_sub(1) as f64 / self.decode.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Generates up to `max_tokens` after `prompt` (which is appended to what `cache` holds),
+/// calling `on_token` with each new token; it returns `false` to stop early. Generation also
+/// stops at any id in `stop` (which is not passed on).
+pub fn generate(
+    model: &Model,
+    cache: &mut KvCache,
+    prompt: &[u32],
+    max_tokens: usize,
+    sampler: &mut Sampler,
+    stop: &[u32],
+    mut on_token: impl FnMut(u32) -> bool,
+) -> Result<(Vec<u32>, GenStats)> {
+    let mut stats = GenStats { prompt_tokens: prompt.len(), ..Default::default() };
+    let mut history: Vec<u32> = prompt.to_vec();
+    let mut out = Vec::new();
+    if max_tokens == 0 || prompt.is_empty() {
+        return Ok((out, stats));
+    }
+    let start = Instant::now();
+    let mut logits = model.forward(cache, prompt, Logits::Last)?;
+    stats.prefill = start.elapsed();
+    let start = Instant::now();
+    loop {
+        let next = sampler.sample(&logits, &history);
+        if stop.contains(&next) {
+            break;
+        }
+        out.push(next);
+        history.push(next);
+        stats.generated += 1;
+        if !on_token(next) || out.len() >= max_tokens {
+            break;
+        }
+        logits = model.forward(cache, &[next], Logits::Last)?;
+    }
+    stats.decode = start.elapsed();
+    Ok((out, stats))
+}
+
+/// Turns a growing list of ids into text pieces as they become complete UTF-8: byte-level and
+/// byte-fallback tokenizers split characters across tokens, so a piece is only released once
+/// the decoded text no longer ends in a replacement character.
+#[derive(Debug, Default)]
+pub struct TextStream {
+    ids: Vec<u32>,
+    emitted: usize,
+}
+
+impl TextStream {
+    /// Adds a token and returns newly completed text, if any.
+    pub fn push(&mut self, codec: &TextCodec, id: u32) -> Result<Option<String>> {
+        self.ids.push(id);
+        let text = codec.decode(&self.ids)?;
+        if text.ends_with('\u{FFFD}') || text.len() <= self.emitted || !text.is_char_boundary(self.emitted) {
+            return Ok(None);
+        }
+        let piece = text[self.emitted..].to_string();
+        self.emitted = text.len();
+        Ok(Some(piece))
+    }
+}

@@ -1,0 +1,97 @@
+//! The transformer's element-wise operations, in f32, written to match Hugging Face's
+//! `modeling_mistral.py` step for step. Output first, like the kernels.
+
+/// `out = x · rsqrt(mean(x²) + eps) ⊙ w` (Mistral/Llama RMSNorm; the weight has no +1).
+pub fn rmsnorm(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
+    let ms = x.iter().map(|&v| v * v).sum::<f32>() / x.len() as f32;
+    let inv = 1.0 / (ms + eps).sqrt();
+    for ((o, &v), &g) in out.iter_mut().zip(x).zip(w) {
+        *o = g * (v * inv);
+    }
+}
+
+/// Rotary embedding tables for one position: `cos[i]`, `sin[i]` for i < head_dim/2.
+#[derive(Debug, Clone)]
+pub struct Rope {
+    inv_freq: Vec<f32>,
+}
+
+impl Rope {
+    /// `inv_freq[i] = 1 / θ^(2i/d)`, rounded to f32 as transformers computes it.
+    pub fn new(head_dim: usize, theta: f64) -> Rope {
+        let inv_freq = (0..head_dim / 2).map(|i| (1.0 / theta.powf((2 * i) as f64 / head_dim as f64)) as f32).collect();
+        Rope { inv_freq }
+    }
+
+    /// Rotates every head of `x` (heads × head_dim, contiguous) for position `pos`, in
+    /// rotate_half layout: element i pairs with i + d/2.
+    pub fn apply(&self, x: &mut [f32], head_dim: usize, pos: usize) {
+        let half = head_dim / 2;
+        // transformers multiplies the position and inv_freq in f32, then takes cos/sin.
+        let (cos, sin): (Vec<f32>, Vec<f32>) = self
+            .inv_freq
+            .iter()
+            .map(|&f| {
+                let a = pos as f32 * f;
+                (a.cos(), a.sin())
+            })
+            .unzip();
+        for head in x.chunks_mut(head_dim) {
+            for i in 0..half {
+                let (a, b) = (head[i], head[i + half]);
+                head[i] = a * cos[i] - b * sin[i];
+                head[i + half] = b * cos[i] + a * sin[i];
+            }
+        }
+    }
+}
+
+/// In-place softmax.
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f32;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    x.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// `gate = silu(gate) ⊙ up`, silu(z) = z·sigmoid(z).
+pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    for (g, &u) in gate.iter_mut().zip(up) {
+        *g = *g / (1.0 + (-*g).exp()) * u;
+    }
+}
+
+/// `x += y`.
+pub fn add_inplace(x: &mut [f32], y: &[f32]) {
+    x.iter_mut().zip(y).for_each(|(a, &b)| *a += b);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rope_at_zero_is_identity_and_preserves_norm() {
+        let r = Rope::new(8, 10000.0);
+        let orig: Vec<f32> = (0..16).map(|i| i as f32 - 3.0).collect();
+        let mut x = orig.clone();
+        r.apply(&mut x, 8, 0);
+        assert_eq!(x, orig);
+        r.apply(&mut x, 8, 17);
+        let n0: f32 = orig.iter().map(|v| v * v).sum();
+        let n1: f32 = x.iter().map(|v| v * v).sum();
+        assert!((n0 - n1).abs() < 1e-3);
+    }
+
+    #[test]
+    fn softmax_sums_to_one() {
+        let mut x = [1.0, 2.0, 3.0, f32::NEG_INFINITY];
+        softmax(&mut x);
+        assert!((x.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert_eq!(x[3], 0.0);
+    }
+}
