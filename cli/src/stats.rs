@@ -8,14 +8,6 @@ pub fn peak_rss() -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// Current resident set size in bytes (Linux `VmRSS`), if known.
-pub fn rss() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
 /// Bytes as MiB/GiB text.
 pub fn human(bytes: u64) -> String {
     let b = bytes as f64;

@@ -45,7 +45,11 @@ pub struct ModelConfig {
 fn get_usize(cfg: &Value, key: &str) -> Result<Option<usize>> {
     match cfg.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => v.as_u64().and_then(|v| usize::try_from(v).ok()).map(Some).ok_or_else(|| bad(key, format!("expected a non-negative integer, got {v}"))),
+        Some(v) => v
+            .as_u64()
+            .and_then(|v| usize::try_from(v).ok())
+            .map(Some)
+            .ok_or_else(|| bad(key, format!("expected a non-negative integer, got {v}"))),
     }
 }
 
@@ -101,11 +105,12 @@ impl ModelConfig {
         if rope_type != "default" {
             return Err(bad("rope_scaling", format!("rope type {rope_type:?} is not supported")));
         }
-        let sliding_window = if model_type == "qwen2" && cfg.get("use_sliding_window").and_then(Value::as_bool) != Some(true) {
-            None
-        } else {
-            get_usize(cfg, "sliding_window")?
-        };
+        let sliding_window =
+            if model_type == "qwen2" && cfg.get("use_sliding_window").and_then(Value::as_bool) != Some(true) {
+                None
+            } else {
+                get_usize(cfg, "sliding_window")?
+            };
         let c = ModelConfig {
             hidden_size,
             num_layers: need_usize(cfg, "num_hidden_layers")?,

@@ -27,7 +27,13 @@ impl KvCache {
     /// An empty cache. `context` caps the sequence for full attention; with a window the ring has
     /// `window` slots and sequences may run on indefinitely.
     pub fn new(num_layers: usize, width: usize, window: Option<usize>, context: usize) -> KvCache {
-        KvCache { layers: vec![LayerCache { k: Vec::new(), v: Vec::new() }; num_layers], width, window, context, len: 0 }
+        KvCache {
+            layers: vec![LayerCache { k: Vec::new(), v: Vec::new() }; num_layers],
+            width,
+            window,
+            context,
+            len: 0,
+        }
     }
 
     /// Slots the cache can hold (what is allocated at most).

@@ -43,7 +43,8 @@ impl<'a> Model<'a> {
         let config = ModelConfig::from_json(&file.metadata().config)?;
         let weights = ModelWeights::load(file, &config)?;
         let rope = Rope::new(config.head_dim, config.rope_theta);
-        let opts = MatmulOptions { int8_threshold: file.metadata().quantization.int8_threshold, ..MatmulOptions::default() };
+        let opts =
+            MatmulOptions { int8_threshold: file.metadata().quantization.int8_threshold, ..MatmulOptions::default() };
         Ok(Model { config, weights, rope, opts })
     }
 
@@ -87,7 +88,8 @@ impl<'a> Model<'a> {
             self.weights.embed.dequantize_row(id as usize, row);
         }
         let mut x = vec![0f32; t * hsz];
-        let (mut q, mut k, mut v, mut att, mut o) = (Vec::new(), Vec::new(), Vec::new(), vec![0f32; t * qd], Vec::new());
+        let (mut q, mut k, mut v, mut att, mut o) =
+            (Vec::new(), Vec::new(), Vec::new(), vec![0f32; t * qd], Vec::new());
         let (mut gate, mut up, mut down) = (Vec::new(), Vec::new(), Vec::new());
 
         for (li, lw) in self.weights.layers.iter().enumerate() {

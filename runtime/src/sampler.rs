@@ -12,8 +12,8 @@ pub struct SamplerConfig {
     pub top_k: usize,
     /// Keep the smallest set whose probability reaches p (1 = all).
     pub top_p: f32,
-    /// > 1 discourages tokens already in the sequence (transformers' rule: positive logits are
-    /// divided by it, negative ones multiplied).
+    /// Values above 1 discourage tokens already in the sequence (transformers' rule: positive
+    /// logits are divided by it, negative ones multiplied).
     pub repetition_penalty: f32,
     /// Random seed.
     pub seed: u64,
@@ -125,8 +125,14 @@ mod tests {
         let mut g = Sampler::new(SamplerConfig::default()).unwrap();
         assert_eq!(g.sample(&logits, &[]), 1);
         let cfg = SamplerConfig { temperature: 1.0, seed: 7, ..Default::default() };
-        let a: Vec<u32> = { let mut s = Sampler::new(cfg).unwrap(); (0..20).map(|_| s.sample(&logits, &[])).collect() };
-        let b: Vec<u32> = { let mut s = Sampler::new(cfg).unwrap(); (0..20).map(|_| s.sample(&logits, &[])).collect() };
+        let a: Vec<u32> = {
+            let mut s = Sampler::new(cfg).unwrap();
+            (0..20).map(|_| s.sample(&logits, &[])).collect()
+        };
+        let b: Vec<u32> = {
+            let mut s = Sampler::new(cfg).unwrap();
+            (0..20).map(|_| s.sample(&logits, &[])).collect()
+        };
         assert_eq!(a, b);
         assert!(a.iter().any(|&t| t != a[0]), "temperature 1 over close logits should vary");
     }

@@ -41,13 +41,15 @@ fn special(cfg: Option<&Value>, key: &str) -> Option<String> {
 impl TextCodec {
     /// Loads the tokenizer and template from a model file's metadata.
     pub fn from_metadata(meta: &Metadata) -> Result<TextCodec> {
-        let json = meta
-            .tokenizer_json
-            .as_deref()
-            .ok_or_else(|| RuntimeError::Tokenizer("this model file has no tokenizer; use token ids (--tokens)".into()))?;
+        let json = meta.tokenizer_json.as_deref().ok_or_else(|| {
+            RuntimeError::Tokenizer("this model file has no tokenizer; use token ids (--tokens)".into())
+        })?;
         let tokenizer = json.parse::<tokenizers::Tokenizer>().map_err(|e| RuntimeError::Tokenizer(e.to_string()))?;
         let cfg = meta.tokenizer_config.as_ref();
-        let template = meta.chat_template.clone().or_else(|| cfg.and_then(|c| c.get("chat_template")).and_then(Value::as_str).map(str::to_string));
+        let template = meta
+            .chat_template
+            .clone()
+            .or_else(|| cfg.and_then(|c| c.get("chat_template")).and_then(Value::as_str).map(str::to_string));
         Ok(TextCodec { tokenizer, template, bos: special(cfg, "bos_token"), eos: special(cfg, "eos_token") })
     }
 
@@ -80,7 +82,10 @@ impl TextCodec {
     /// Renders the chat template. Undefined variables are errors (strict mode) so a template that
     /// needs something we do not provide fails loudly instead of silently dropping text.
     pub fn apply_chat_template(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
-        let tpl = self.template.as_deref().ok_or_else(|| RuntimeError::Template("the model file has no chat template".into()))?;
+        let tpl = self
+            .template
+            .as_deref()
+            .ok_or_else(|| RuntimeError::Template("the model file has no chat template".into()))?;
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Strict);
         env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {

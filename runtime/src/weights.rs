@@ -40,10 +40,17 @@ pub fn matrix<'a>(file: &'a ModelFile, name: &str, rows: usize, cols: usize) -> 
                     codes: t.part("absmax")?,
                     nested_absmax: t.part_f32("nested_absmax")?,
                     nested_blocksize: n.blocksize as usize,
-                    offset: n.offset,
+                    offset: t.part_f32("nested_offset")?[0],
                 },
             };
-            Weight::FourBit(FourBitRef { kind, rows, cols, blocksize: *blocksize as usize, codes: t.part("codes")?, absmax })
+            Weight::FourBit(FourBitRef {
+                kind,
+                rows,
+                cols,
+                blocksize: *blocksize as usize,
+                codes: t.part("codes")?,
+                absmax,
+            })
         }
     };
     w.validate().map_err(|e| bad(name, e.to_string()))?;

@@ -21,7 +21,11 @@ pub fn run(a: InspectArgs) -> Result<()> {
         q.int8_threshold,
         if q.source_format.is_empty() { "?" } else { &q.source_format }
     );
-    println!("tokenizer: {}; chat template: {}", if m.tokenizer_json.is_some() { "yes" } else { "no" }, if m.chat_template.is_some() { "yes" } else { "no" });
+    println!(
+        "tokenizer: {}; chat template: {}",
+        if m.tokenizer_json.is_some() { "yes" } else { "no" },
+        if m.chat_template.is_some() { "yes" } else { "no" }
+    );
     for s in &m.sources {
         println!("source: {} ({}) sha256 {}", s.file, human(s.bytes), s.sha256);
     }
@@ -40,11 +44,25 @@ pub fn run(a: InspectArgs) -> Result<()> {
         params += p;
         bytes += b;
     }
-    println!("{:<6} {:>8} {params:>16} {:>12} {:>8.3}", "total", file.tensors().len(), human(bytes), bytes as f64 * 8.0 / params as f64);
+    println!(
+        "{:<6} {:>8} {params:>16} {:>12} {:>8.3}",
+        "total",
+        file.tensors().len(),
+        human(bytes),
+        bytes as f64 * 8.0 / params as f64
+    );
     if a.tensors {
         println!();
         for t in file.tensors() {
-            println!("{:<60} {:<5} {:?} {} @{} crc {}", t.name, t.scheme.label(), t.shape, human(t.length), t.offset, t.crc32);
+            println!(
+                "{:<60} {:<5} {:?} {} @{} crc {}",
+                t.name,
+                t.scheme.label(),
+                t.shape,
+                human(t.length),
+                t.offset,
+                t.crc32
+            );
         }
     }
     match ModelConfig::from_json(&m.config) {

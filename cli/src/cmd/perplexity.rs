@@ -70,7 +70,11 @@ pub fn run(a: PerplexityArgs) -> Result<()> {
             }
             if let Some(b) = &mut base {
                 let bp = b.next_row()?;
-                kl_sum += bp.iter().zip(&lp).map(|(&p, &q)| if p > -30.0 { (p as f64).exp() * (p - q) as f64 } else { 0.0 }).sum::<f64>();
+                kl_sum += bp
+                    .iter()
+                    .zip(&lp)
+                    .map(|(&p, &q)| if p > -30.0 { (p as f64).exp() * (p - q) as f64 } else { 0.0 })
+                    .sum::<f64>();
                 same_top += usize::from(argmax(&bp) == argmax(&lp));
             }
         }
@@ -78,9 +82,21 @@ pub fn run(a: PerplexityArgs) -> Result<()> {
     }
     eprintln!();
     let secs = t.elapsed().as_secs_f64();
-    println!("perplexity: {:.4} over {} tokens in {} chunks of {} ({:.1} s, {:.0} tok/s)", (nll / count as f64).exp(), count, n_chunks, a.ctx, secs, (n_chunks * a.ctx) as f64 / secs);
+    println!(
+        "perplexity: {:.4} over {} tokens in {} chunks of {} ({:.1} s, {:.0} tok/s)",
+        (nll / count as f64).exp(),
+        count,
+        n_chunks,
+        a.ctx,
+        secs,
+        (n_chunks * a.ctx) as f64 / secs
+    );
     if base.is_some() {
-        println!("KL divergence vs base: {:.6} nats/token; top-1 agreement {:.2}%", kl_sum / count as f64, 100.0 * same_top as f64 / count as f64);
+        println!(
+            "KL divergence vs base: {:.6} nats/token; top-1 agreement {:.2}%",
+            kl_sum / count as f64,
+            100.0 * same_top as f64 / count as f64
+        );
     }
     if let Some(w) = save {
         w.finish()?;
@@ -98,7 +114,9 @@ struct F16Writer {
 impl F16Writer {
     fn create(path: &std::path::Path, rows: usize, cols: usize) -> Result<F16Writer> {
         let tmp = path.with_extension("npy.tmp");
-        let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?);
+        let mut out = std::io::BufWriter::new(
+            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?,
+        );
         let mut header = format!("{{'descr': '<f2', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
         let unpadded = 10 + header.len() + 1;
         header.push_str(&" ".repeat(unpadded.next_multiple_of(64) - unpadded));
@@ -132,7 +150,8 @@ struct F16Rows {
 
 impl F16Rows {
     fn open(path: &std::path::Path, cols: usize) -> Result<F16Rows> {
-        let mut input = std::io::BufReader::new(std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?);
+        let mut input =
+            std::io::BufReader::new(std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?);
         let mut pre = [0u8; 10];
         input.read_exact(&mut pre)?;
         anyhow::ensure!(&pre[..6] == b"\x93NUMPY" && pre[6] == 1, "{} is not a version-1 .npy file", path.display());
@@ -142,12 +161,19 @@ impl F16Rows {
         anyhow::ensure!(header.contains("'<f2'"), "{}: expected float16 log-probabilities", path.display());
         let shape = header.split("'shape': (").nth(1).and_then(|s| s.split(')').next()).context("no shape")?;
         let dims: Vec<usize> = shape.split(',').filter_map(|d| d.trim().parse().ok()).collect();
-        anyhow::ensure!(dims.len() == 2 && dims[1] == cols, "{}: shape {dims:?} does not match vocabulary {cols}", path.display());
+        anyhow::ensure!(
+            dims.len() == 2 && dims[1] == cols,
+            "{}: shape {dims:?} does not match vocabulary {cols}",
+            path.display()
+        );
         Ok(F16Rows { input, cols, left: dims[0] })
     }
 
     fn next_row(&mut self) -> Result<Vec<f32>> {
-        anyhow::ensure!(self.left > 0, "the base logits file has fewer positions than this run scores (use the same text and -c)");
+        anyhow::ensure!(
+            self.left > 0,
+            "the base logits file has fewer positions than this run scores (use the same text and -c)"
+        );
         self.left -= 1;
         let mut buf = vec![0u8; self.cols * 2];
         self.input.read_exact(&mut buf)?;

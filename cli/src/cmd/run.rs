@@ -44,7 +44,14 @@ fn report(load_secs: f64, s: &GenStats) {
     );
 }
 
-fn stream_generate(model: &Model, codec: &TextCodec, cache: &mut KvCache, prompt: &[u32], a: &SampleArgs, sampler: &mut Sampler) -> Result<(Vec<u32>, GenStats)> {
+fn stream_generate(
+    model: &Model,
+    codec: &TextCodec,
+    cache: &mut KvCache,
+    prompt: &[u32],
+    a: &SampleArgs,
+    sampler: &mut Sampler,
+) -> Result<(Vec<u32>, GenStats)> {
     let stop = stop_ids(model, codec);
     let mut stream = TextStream::default();
     let mut out = std::io::stdout().lock();
