@@ -16,13 +16,13 @@ pub enum FourBitKind {
     Fp4,
 }
 
-/// bitsandbytes double quantization of the block scales.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+/// bitsandbytes double quantization of the block scales. The mean subtracted before quantizing
+/// the scales (`nested_offset`) is data — part `nested_offset` — so a tensor's header entry is
+/// known before it is quantized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Nested {
     /// Scales per nested block (256).
     pub blocksize: u32,
-    /// The mean subtracted before quantizing the scales (`nested_offset`).
-    pub offset: f32,
 }
 
 /// A tensor's storage scheme.
@@ -39,7 +39,7 @@ pub enum Scheme {
     Int8,
     /// bitsandbytes 4-bit: parts `codes` (u8, ⌈n/2⌉, first element in the high nibble),
     /// `absmax` (f32 per block, or u8 dynamic-map codes when nested) and, when nested,
-    /// `nested_absmax` (f32 per nested block).
+    /// `nested_absmax` (f32 per nested block) and `nested_offset` (one f32).
     #[serde(rename = "fourbit")]
     FourBit {
         /// Code table.
@@ -127,13 +127,11 @@ impl Scheme {
                         if !BLOCKSIZES.contains(&nd.blocksize) {
                             return Err(bad(format!("nested blocksize {} is not one of {BLOCKSIZES:?}", nd.blocksize)));
                         }
-                        if !nd.offset.is_finite() {
-                            return Err(bad("nested offset is not finite".into()));
-                        }
                         vec![
                             ("codes", n.div_ceil(2)),
                             ("absmax", nb),
                             ("nested_absmax", nb.div_ceil(nd.blocksize as u64) * 4),
+                            ("nested_offset", 4),
                         ]
                     }
                 }
@@ -165,7 +163,7 @@ mod tests {
         let s = Scheme::FourBit {
             kind: FourBitKind::Nf4,
             blocksize: 64,
-            nested: Some(Nested { blocksize: 256, offset: 0.1 }),
+            nested: Some(Nested { blocksize: 256 }),
             orig_dtype: "bfloat16".into(),
         };
         let p = s.parts("w", &[4096, 4096]).unwrap();

@@ -22,7 +22,7 @@ fn specs() -> Vec<TensorSpec> {
     let nf4 = Scheme::FourBit {
         kind: FourBitKind::Nf4,
         blocksize: 64,
-        nested: Some(Nested { blocksize: 256, offset: 0.5 }),
+        nested: Some(Nested { blocksize: 256 }),
         orig_dtype: "bfloat16".into(),
     };
     let fp4 = Scheme::FourBit { kind: FourBitKind::Fp4, blocksize: 128, nested: None, orig_dtype: "float16".into() };
