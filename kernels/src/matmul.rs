@@ -193,7 +193,7 @@ fn fourbit_matvec(k: &Kernels, out: &mut [f32], w: &FourBitRef, x: &[f32], paral
                     let mut acc = 0f32;
                     for (c, &xv) in x.iter().enumerate() {
                         let e = base + c;
-                        acc = (levels[code_at(w.codes, e) as usize] * w.absmax.get(e / w.blocksize)).mul_add(xv, acc);
+                        acc += levels[code_at(w.codes, e) as usize] * w.absmax.get(e / w.blocksize) * xv;
                     }
                     *y = acc;
                 }
@@ -302,7 +302,7 @@ fn int8_rows(k: &Kernels, out_t: &mut [f32], w: &Int8Ref, x: &[f32], m: usize, o
         let scb = w.scb[r];
         let mut v = isum as f32 * (act.sca[t] * scb) * MM_DEQUANT_SCALE;
         for &c in &act.outlier_cols {
-            v = x[t * cols + c].mul_add(w.cb[r * cols + c] as f32 * (scb * INV_127), v);
+            v += x[t * cols + c] * (w.cb[r * cols + c] as f32 * (scb * INV_127));
         }
         v
     };

@@ -168,6 +168,7 @@ impl<'a> Model<'a> {
             };
             (&kr[kvh * hd..(kvh + 1) * hd], &vr[kvh * hd..(kvh + 1) * hd])
         };
+        let kern = lowbit_kernels::kernels();
         let work = |scores: &mut Vec<f32>, (idx, o): (usize, &mut [f32])| {
             let (i, head) = (idx / nh, idx % nh);
             let pos = p0 + i;
@@ -177,13 +178,15 @@ impl<'a> Model<'a> {
             scores.clear();
             for p in lo..=pos {
                 let (kr, _) = kv_at(p, kvh);
-                scores.push(qh.iter().zip(kr).map(|(a, b)| a * b).sum::<f32>() * scale);
+                scores.push(kern.dot_f32(qh, kr) * scale);
             }
             softmax(scores);
             o.fill(0.0);
             for (p, &a) in (lo..=pos).zip(scores.iter()) {
                 let (_, vr) = kv_at(p, kvh);
-                o.iter_mut().zip(vr).for_each(|(acc, &val)| *acc = a.mul_add(val, *acc));
+                // Plain multiply-add, not f32::mul_add: without FMA enabled at compile time
+                // mul_add is a libm call per element.
+                o.iter_mut().zip(vr).for_each(|(acc, &val)| *acc += a * val);
             }
         };
         if t * nh > 1 {
