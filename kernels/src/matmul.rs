@@ -25,7 +25,8 @@ pub struct MatmulOptions {
     /// in blocks aligned with the weight blocks, levels looked up as int8, exact integer block
     /// sums (llama.cpp's IQ4_NL approach; several times faster on CPUs without fast float
     /// permutes). `true`: the exact float path — every weight dequantized to its bitsandbytes
-    /// f32 value and multiplied in f32.
+    /// f32 value and multiplied in f32. Prefill (m > 1) always takes the exact path: a per-token
+    /// int8 route measured faster but lost too much on tokens with outlier activations.
     pub fourbit_exact: bool,
 }
 
@@ -82,9 +83,6 @@ pub fn matmul_with(k: &Kernels, out: &mut [f32], w: &Weight, x: &[f32], m: usize
     let mut out_t = vec![0f32; rows * m];
     match w {
         Weight::Int8(w8) => int8_rows(k, &mut out_t, w8, x, m, opts, parallel),
-        // Re-quantizing a row costs about as much as 64 tokens' worth of products; below that the
-        // float tile + gemm route is faster (measured at 14336×4096).
-        Weight::FourBit(w4) if !opts.fourbit_exact && m >= 64 => fourbit_int8_rows(k, &mut out_t, w4, x, m, parallel),
         _ => tiled_dequant_gemm(&mut out_t, w, x, m, parallel),
     }
     for r in 0..rows {
@@ -342,70 +340,6 @@ fn int8_rows(k: &Kernels, out_t: &mut [f32], w: &Int8Ref, x: &[f32], m: usize, o
             }
         },
     );
-}
-
-/// Per-token int8 activations (no outlier split): `q = round(x·127/absmax)`.
-fn quantize_tokens(x: &[f32], m: usize, cols: usize) -> (Vec<i8>, Vec<f32>) {
-    let mut q = vec![0i8; m * cols];
-    let mut scale = Vec::with_capacity(m);
-    for (row, qr) in x.chunks(cols).zip(q.chunks_mut(cols)) {
-        let am = row.iter().fold(0f32, |a, v| a.max(v.abs()));
-        let inv = if am > 0.0 { 127.0 / am } else { 0.0 };
-        qr.iter_mut().zip(row).for_each(|(o, &v)| *o = round_to_i8(v * inv));
-        scale.push(am / 127.0);
-    }
-    (q, scale)
-}
-
-/// Prefill for 4-bit weights on the integer route: each weight row is dequantized and
-/// re-quantized row-wise to int8 in a per-thread buffer, then multiplied with the int8 tile
-/// kernel against per-token int8 activations. The extra rounding is ≤ 0.5/127 of a row's
-/// absmax, like the decode route's level rounding.
-fn fourbit_int8_rows(k: &Kernels, out_t: &mut [f32], w: &FourBitRef, x: &[f32], m: usize, parallel: bool) {
-    let cols = w.cols;
-    let (qa, sa) = quantize_tokens(x, m, cols);
-    let ca = |t: usize| &qa[t * cols..(t + 1) * cols];
-    let weight = Weight::FourBit(*w);
-    let init = || {
-        (
-            vec![0f32; DECODE_ROWS_PER_TASK * cols],
-            vec![0i8; DECODE_ROWS_PER_TASK * cols],
-            vec![0f32; DECODE_ROWS_PER_TASK],
-        )
-    };
-    for_row_chunks(out_t, m, DECODE_ROWS_PER_TASK, parallel, init, |(f, q, sw), r0, o| {
-        let n = o.len() / m;
-        dequantize_rows(&weight, r0, n, f);
-        for i in 0..n {
-            let row = &f[i * cols..(i + 1) * cols];
-            let am = row.iter().fold(0f32, |a, v| a.max(v.abs()));
-            let inv = if am > 0.0 { 127.0 / am } else { 0.0 };
-            q[i * cols..(i + 1) * cols].iter_mut().zip(row).for_each(|(o, &v)| *o = round_to_i8(v * inv));
-            sw[i] = am / 127.0;
-        }
-        let cb = |i: usize| &q[i * cols..(i + 1) * cols];
-        let mut r = 0;
-        while r < n {
-            let rows4 = (n - r).min(4);
-            let mut t = 0;
-            while rows4 == 4 && t + 4 <= m {
-                let tile =
-                    k.dot_int8_4x4([ca(t), ca(t + 1), ca(t + 2), ca(t + 3)], [cb(r), cb(r + 1), cb(r + 2), cb(r + 3)]);
-                for (i, row) in tile.iter().enumerate() {
-                    for (j, &isum) in row.iter().enumerate() {
-                        o[(r + i) * m + t + j] = isum as f32 * (sa[t + j] * sw[r + i]);
-                    }
-                }
-                t += 4;
-            }
-            for t in t..m {
-                for i in r..r + rows4 {
-                    o[i * m + t] = k.dot_int8(ca(t), cb(i)) as f32 * (sa[t] * sw[i]);
-                }
-            }
-            r += rows4;
-        }
-    });
 }
 
 /// Dequantizes rows `r0..r0+n` of `w` into `buf` (row-major, `n × cols`).
