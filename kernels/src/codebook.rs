@@ -54,8 +54,10 @@ pub(crate) struct SortedTable {
 
 fn sorted_table(levels: &[f32; 16]) -> SortedTable {
     let mut order: [u8; 16] = std::array::from_fn(|i| i as u8);
-    // total_cmp orders FP4's -0.0 (code 8) before +0.0 (code 0); the boundary between them is 0.
-    order.sort_by(|&a, &b| levels[a as usize].total_cmp(&levels[b as usize]));
+    // A stable sort in which FP4's two zeros compare equal, so code 0 comes before code 8 as in
+    // bitsandbytes' (Python-built, all +0.0) table: 0.0 itself quantizes to code 0, tiny
+    // positive values to code 8.
+    order.sort_by(|&a, &b| levels[a as usize].partial_cmp(&levels[b as usize]).expect("finite levels"));
     let mut sorted = [0f32; 16];
     for (s, &c) in sorted.iter_mut().zip(&order) {
         *s = levels[c as usize];

@@ -167,7 +167,11 @@ pub fn quantize_4bit(x: &[f32], opts: &FourBitOptions) -> Result<FourBitTensor> 
             i += 1;
         });
     }
-    // An odd count leaves the low nibble of the last byte as code 0, as bitsandbytes pads.
+    // An odd count pads the low nibble of the last byte with the code of 0.0 (bitsandbytes
+    // quantizes a zero-padded tensor: NF4 code 7).
+    if n % 2 == 1 {
+        codes[n / 2] |= table.codes[bucketize(0.0, &table.bounds)];
+    }
     let absmax =
         if opts.double_quant { nest_absmax(&absmax, NESTED_BLOCKSIZE, opts.nested_rule) } else { Absmax::F32(absmax) };
     Ok(FourBitTensor { kind: opts.kind, blocksize: opts.blocksize, len: n, codes, absmax })
@@ -199,7 +203,10 @@ pub fn quantize_blockwise_8bit(x: &[f32], blocksize: usize, rule: NestedRule) ->
     let mut scales = Vec::with_capacity(x.len().div_ceil(blocksize));
     for block in x.chunks(blocksize) {
         let am = absmax_of(block);
-        scales.push(am);
+        // bitsandbytes' PyTorch kernel clamps the scale of a short last block to 1e-38 and
+        // stores the clamped value; its C++ kernel stores the zero.
+        let short = block.len() < blocksize;
+        scales.push(if am == 0.0 && short && rule == NestedRule::Nearest { 1e-38 } else { am });
         match rule {
             NestedRule::Nearest => {
                 scale_block(block, am, block.len() == blocksize, |s| codes.push(bucketize(s, bounds) as u8))
@@ -207,7 +214,11 @@ pub fn quantize_blockwise_8bit(x: &[f32], blocksize: usize, rule: NestedRule) ->
             NestedRule::CpuLut => {
                 // The C++ kernel scales by division and reads a table indexed by the value mapped
                 // to 0..65535; entry i counts the boundaries below -1 + 2i/65535.
-                let am = am.max(1e-38);
+                if am == 0.0 {
+                    // The C++ kernel's lookup of an all-zero block yields code 0.
+                    codes.extend(std::iter::repeat_n(0u8, block.len()));
+                    continue;
+                }
                 for &v in block {
                     let s = (v / am).clamp(-1.0, 1.0);
                     let idx = (((s + 1.0) * 0.5) * 65535.0 + 0.5) as u32;
@@ -296,11 +307,11 @@ mod tests {
     }
 
     #[test]
-    fn odd_length_pads_low_nibble_with_zero() {
+    fn odd_length_pads_low_nibble_with_the_zero_code() {
         let x = [0.5f32, -0.25, 1.0];
         let q = quantize_4bit(&x, &FourBitOptions { double_quant: false, ..Default::default() }).unwrap();
         assert_eq!(q.codes.len(), 2);
-        assert_eq!(q.codes[1] & 0x0F, 0);
+        assert_eq!(q.codes[1] & 0x0F, 7);
     }
 
     #[test]

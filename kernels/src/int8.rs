@@ -33,15 +33,16 @@ pub struct Int8Tensor {
     pub scb: Vec<f32>,
 }
 
-/// Quantizes one row the way `int8_vectorwise_quant` does: `round_half_even(x · (127 / absmax))`,
-/// with the reciprocal computed first in float32. A zero row gives zeros (bitsandbytes would
-/// produce NaN and cast it).
+/// Quantizes one row the way `int8_vectorwise_quant` does: `round_half_even(x · (127 / absmax))`.
+/// torch evaluates `127.0 / tensor` as `reciprocal(tensor) · 127`, which differs from a true
+/// division in the last bit and so flips exact .5 cases; we do the same. A zero row gives zeros
+/// (bitsandbytes would produce NaN and cast it).
 fn quantize_row(row: &[f32], absmax: f32, out: &mut [i8]) {
     if absmax == 0.0 {
         out.fill(0);
         return;
     }
-    let scale = 127.0 / absmax;
+    let scale = (1.0 / absmax) * 127.0;
     for (o, &v) in out.iter_mut().zip(row) {
         *o = round_to_i8(v * scale);
     }
