@@ -69,6 +69,10 @@ pub struct ConvertArgs {
     /// Quantize embeddings and lm_head too.
     #[arg(long)]
     pub quantize_all: bool,
+    /// Round double-quant codes like bitsandbytes' CPU kernel (default: nearest, like its CUDA
+    /// and PyTorch paths and most published checkpoints).
+    #[arg(long)]
+    pub bnb_cpu_rounding: bool,
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,

@@ -116,6 +116,7 @@ fn fourbit_parts(
     dtype: SrcDtype,
     n: usize,
     scheme: &Scheme,
+    rule: NestedRule,
 ) -> Result<Vec<Vec<u8>>> {
     let (kind, blocksize, nested) = match scheme {
         Scheme::FourBit { kind, blocksize, nested, .. } => (*kind, *blocksize as usize, *nested),
@@ -142,7 +143,7 @@ fn fourbit_parts(
     }
     Ok(match nested {
         None => vec![codes, absmax.iter().flat_map(|a| a.to_le_bytes()).collect()],
-        Some(nd) => match fourbit::nest_absmax(&absmax, nd.blocksize as usize, NestedRule::Nearest) {
+        Some(nd) => match fourbit::nest_absmax(&absmax, nd.blocksize as usize, rule) {
             Absmax::Nested { codes: c, nested_absmax, offset, .. } => {
                 vec![
                     codes,
@@ -311,7 +312,12 @@ fn job_scheme(job: &Job) -> Scheme {
     }
 }
 
-fn run_job(job: &Job, src: &dyn TensorSource, index: &HashMap<String, (SrcDtype, Vec<usize>)>) -> Result<Vec<Vec<u8>>> {
+fn run_job(
+    job: &Job,
+    src: &dyn TensorSource,
+    index: &HashMap<String, (SrcDtype, Vec<usize>)>,
+    rule: NestedRule,
+) -> Result<Vec<Vec<u8>>> {
     let (name, dtype, shape, scheme) = match job {
         Job::Bnb(b) => return b.parts(src, index),
         Job::Plain { name, dtype, shape, scheme } => (name, *dtype, shape, scheme),
@@ -320,7 +326,7 @@ fn run_job(job: &Job, src: &dyn TensorSource, index: &HashMap<String, (SrcDtype,
     };
     let n: usize = shape.iter().product();
     match scheme {
-        Scheme::FourBit { .. } => fourbit_parts(src, name, dtype, n, scheme),
+        Scheme::FourBit { .. } => fourbit_parts(src, name, dtype, n, scheme, rule),
         Scheme::Int8 => int8_parts(src, name, dtype, shape[0], shape[1]),
         _ => dense_parts(src, name, dtype, n, scheme),
     }
@@ -330,6 +336,7 @@ fn execute(
     plan: Plan,
     src: &dyn TensorSource,
     out: &Path,
+    rule: NestedRule,
     progress: &(dyn Fn(ProgressEvent) + Sync),
     start: Instant,
 ) -> Result<ConvertSummary> {
@@ -360,7 +367,7 @@ fn execute(
     order.sort_by_key(|&i| std::cmp::Reverse(src_bytes(&jobs[i])));
     let done = AtomicU64::new(0);
     order.par_iter().with_max_len(1).try_for_each(|&i| -> Result<()> {
-        let parts = run_job(&jobs[i], src, &index)?;
+        let parts = run_job(&jobs[i], src, &index, rule)?;
         let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
         writer.write_tensor(i, &refs)?;
         done.fetch_add(src_bytes(&jobs[i]), Ordering::Relaxed);
@@ -403,14 +410,14 @@ pub fn convert(
     if src.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
         let g = crate::source::gguf::GgufSource::open(src)?;
         let plan = crate::source::gguf::plan(&g, src, opts)?;
-        return execute(plan, &g, out, progress, start);
+        return execute(plan, &g, out, opts.nested_rule, progress, start);
     }
     if !src.is_dir() {
         return Err(ConvertError::Missing(src.to_path_buf()));
     }
     let source = SafetensorsSource::open(src)?;
     let plan = plan_folder(src, &source, opts)?;
-    execute(plan, &source, out, progress, start)
+    execute(plan, &source, out, opts.nested_rule, progress, start)
 }
 
 /// Builds a plan from parts (used by the GGUF source).

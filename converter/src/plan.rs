@@ -50,6 +50,9 @@ pub struct ConvertOptions {
     pub keep: Vec<String>,
     /// Quantize embeddings and lm_head too.
     pub quantize_all: bool,
+    /// Rounding rule of double-quant codes: nearest (bitsandbytes on CUDA and its PyTorch
+    /// backend; the default) or the lookup table of its CPU kernel.
+    pub nested_rule: lowbit_kernels::NestedRule,
 }
 
 impl Default for ConvertOptions {
@@ -61,6 +64,7 @@ impl Default for ConvertOptions {
             int8_threshold: 6.0,
             keep: Vec::new(),
             quantize_all: false,
+            nested_rule: lowbit_kernels::NestedRule::Nearest,
         }
     }
 }

@@ -22,6 +22,11 @@ pub fn run(a: ConvertArgs) -> Result<()> {
         int8_threshold: a.threshold,
         keep: a.keep.clone(),
         quantize_all: a.quantize_all,
+        nested_rule: if a.bnb_cpu_rounding {
+            lowbit_kernels::NestedRule::CpuLut
+        } else {
+            lowbit_kernels::NestedRule::Nearest
+        },
     };
     let bar = if a.quiet { ProgressBar::hidden() } else { ProgressBar::new(0) };
     bar.set_style(

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 /// Converts `src` into a temporary lowbit file with `quant`.
 pub fn convert_to(src: &Path, quant: QuantChoice, dir: &Path) -> PathBuf {
     let out = dir.join(format!("{}.lowbit", quant.label()));
-    convert(src, &out, &ConvertOptions { quant, ..Default::default() }, &|_| {}).unwrap_or_else(|e| panic!("converting {}: {e}", src.display()));
+    convert(src, &out, &ConvertOptions { quant, ..Default::default() }, &|_| {})
+        .unwrap_or_else(|e| panic!("converting {}: {e}", src.display()));
     out
 }
 
@@ -19,9 +20,15 @@ pub fn read(path: &Path, name: &str) -> (Vec<usize>, Vec<f64>) {
     let t = st.tensor(name).unwrap_or_else(|e| panic!("{}: {name}: {e:?}", path.display()));
     let d = t.data();
     let v = match t.dtype() {
-        safetensors::Dtype::F32 => d.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
-        safetensors::Dtype::I64 => d.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
-        safetensors::Dtype::I32 => d.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
+        safetensors::Dtype::F32 => {
+            d.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect()
+        }
+        safetensors::Dtype::I64 => {
+            d.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64).collect()
+        }
+        safetensors::Dtype::I32 => {
+            d.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as f64).collect()
+        }
         other => panic!("{name}: unexpected dtype {other:?}"),
     };
     (t.shape().to_vec(), v)
