@@ -1,24 +1,23 @@
 #!/usr/bin/env bash
-# Create (or update) the Python environment used to generate reference data.
-#   ${LOWBIT_CACHE:-<repo>/.cache}/pyenv   with scripts/requirements.txt installed.
-# Idempotent: reuses an existing venv and skips pip when the pins are already satisfied.
-# Python never runs in the Rust tests; this is only for regenerating committed test data.
+# Creates the Python environment the reference-data scripts run in:
+#   ${LOWBIT_CACHE:-<repo>/.cache}/pyenv  with scripts/requirements.txt installed.
+# Idempotent: reuses the venv and skips pip when every pin is already installed at its version.
+# The default torch wheel brings CUDA libraries: expect ~6 GB and a few minutes.
+# Prints the interpreter's path on stdout (everything else goes to stderr), e.g.
+#   py="$(scripts/setup-venv.sh)" && "$py" scripts/make_bnb_golden.py
 set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="${LOWBIT_CACHE:-$root/.cache}/pyenv"
+req="$root/scripts/requirements.txt"
 
-repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cache="${LOWBIT_CACHE:-$repo/.cache}"
-venv="$cache/pyenv"
-req="$repo/scripts/requirements.txt"
-python="${PYTHON:-python3}"
-
-mkdir -p "$cache"
 if [ ! -x "$venv/bin/python" ]; then
-    echo "creating venv at $venv"
-    "$python" -m venv "$venv"
+  echo "creating venv at $venv" >&2
+  mkdir -p "$(dirname "$venv")"
+  "${PYTHON:-python3}" -m venv "$venv"
 fi
 
-# Fast path: every pinned requirement already installed at the pinned version.
-if "$venv/bin/python" - "$req" <<'PY'
+# Are all pins satisfied? (torch reports e.g. 2.15.0+cu132: compare without the local part.)
+if ! "$venv/bin/python" - "$req" >&2 <<'PY'
 import sys
 from importlib.metadata import version, PackageNotFoundError
 ok = True
@@ -31,18 +30,13 @@ for line in open(sys.argv[1]):
         have = version(name)
     except PackageNotFoundError:
         have = None
-    # torch reports e.g. 2.15.0+cu132
     if have is None or have.split("+")[0] != want:
         ok = False
-        print(f"  {name}: have {have}, want {want}")
+        print(f"setup-venv: {name} is {have}, want {want}")
 sys.exit(0 if ok else 1)
 PY
 then
-    echo "venv at $venv already satisfies $req"
-else
-    echo "installing $req into $venv (several GB: torch pulls its CUDA libraries)"
-    "$venv/bin/python" -m pip install --upgrade pip >/dev/null
-    "$venv/bin/python" -m pip install -r "$req"
+  echo "installing $req into $venv" >&2
+  "$venv/bin/python" -m pip install --quiet -r "$req" >&2
 fi
-
-echo "use: $venv/bin/python scripts/make_bnb_golden.py   (etc.)"
+echo "$venv/bin/python"

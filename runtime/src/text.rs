@@ -64,6 +64,11 @@ impl TextCodec {
         self.tokenizer.decode(ids, true).map_err(|e| RuntimeError::Tokenizer(e.to_string()))
     }
 
+    /// Text of `ids` with special tokens kept (as transformers' `decode(skip_special_tokens=False)`).
+    pub fn decode_with_special(&self, ids: &[u32]) -> Result<String> {
+        self.tokenizer.decode(ids, false).map_err(|e| RuntimeError::Tokenizer(e.to_string()))
+    }
+
     /// The id of a token string, if it is in the vocabulary.
     pub fn token_id(&self, token: &str) -> Option<u32> {
         self.tokenizer.token_to_id(token)

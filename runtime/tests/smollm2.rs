@@ -1,0 +1,96 @@
+//! The real model end to end: SmolLM2-135M-Instruct's Q4_1 GGUF (fetched by
+//! scripts/fetch-smollm2.sh; scripts/test.sh sets LOWBIT_SMOLLM2) converted to f32 by our GGUF
+//! importer must agree with transformers loading the same file (`gguf_file=`, float32; reference
+//! made by scripts/make_smollm2_ref.py): same top-1 token at every position of three prompts, the
+//! top-8 logits and the last position's full logits within 2e-3, the same 32 greedy tokens, and
+//! the same token ids and chat-template rendering for the tokenizer we rebuild from the GGUF.
+
+mod common;
+
+use common::{argmax, read};
+use lowbit_convert::QuantChoice;
+use lowbit_format::ModelFile;
+use lowbit_runtime::{generate, Logits, Message, Model, Sampler, SamplerConfig, TextCodec};
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+fn data(p: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/smollm2").join(p)
+}
+
+/// The f32 conversion, made once per test run.
+fn model_file() -> &'static PathBuf {
+    static F: OnceLock<PathBuf> = OnceLock::new();
+    F.get_or_init(|| {
+        let gguf = std::env::var_os("LOWBIT_SMOLLM2")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf"));
+        assert!(gguf.exists(), "{} is missing: run scripts/fetch-smollm2.sh (scripts/test.sh does)", gguf.display());
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("smollm2-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        common::convert_to(&gguf, QuantChoice::F32, &dir)
+    })
+}
+
+#[test]
+fn logits_and_greedy_match_transformers() {
+    let file = ModelFile::open(model_file()).unwrap();
+    let model = Model::new(&file).unwrap();
+    let vocab = model.config.vocab_size;
+    let reference = data("reference.safetensors");
+    let mut worst = 0f64;
+    for p in 0..3 {
+        let ids: Vec<u32> = read(&reference, &format!("p{p}/input_ids")).1.iter().map(|&v| v as u32).collect();
+        let (_, top_ids) = read(&reference, &format!("p{p}/topk_ids"));
+        let (_, top_vals) = read(&reference, &format!("p{p}/topk_values"));
+        let (_, last) = read(&reference, &format!("p{p}/last_logits"));
+        let mut cache = model.new_cache(256);
+        let got = model.forward(&mut cache, &ids, Logits::All).unwrap();
+        for (t, row) in got.chunks(vocab).enumerate() {
+            assert_eq!(argmax(row) as f64, top_ids[t * 8], "prompt {p} position {t}: top-1 token");
+            for k in 0..8 {
+                let d = (row[top_ids[t * 8 + k] as usize] as f64 - top_vals[t * 8 + k]).abs();
+                worst = worst.max(d);
+            }
+        }
+        let last_row = &got[(ids.len() - 1) * vocab..];
+        let d = last_row.iter().zip(&last).map(|(&a, &b)| (a as f64 - b).abs()).fold(0.0, f64::max);
+        worst = worst.max(d);
+        // Greedy continuation through the KV cache, no stop tokens (the reference ran without EOS).
+        let (_, greedy) = read(&reference, &format!("p{p}/greedy_ids"));
+        let greedy: Vec<u32> = greedy.iter().map(|&v| v as u32).collect();
+        let mut cache = model.new_cache(256);
+        let mut sampler = Sampler::new(SamplerConfig::default()).unwrap();
+        let (out, _) = generate(&model, &mut cache, &ids, greedy.len(), &mut sampler, &[], |_| true).unwrap();
+        assert_eq!(out, greedy, "prompt {p}: greedy continuation");
+    }
+    eprintln!("SmolLM2 f32 vs transformers: max |Δlogit| over top-8 and last positions = {worst:.2e}");
+    assert!(worst <= 2e-3, "max |Δlogit| {worst}");
+}
+
+#[test]
+fn tokenizer_and_chat_template_match_transformers() {
+    let file = ModelFile::open(model_file()).unwrap();
+    let codec = TextCodec::from_metadata(file.metadata()).unwrap();
+    let refs: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(data("tokenizer_ids.json")).unwrap()).unwrap();
+    for s in refs["strings"].as_array().unwrap() {
+        let text = s["text"].as_str().unwrap();
+        let want: Vec<u32> = s["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        assert_eq!(codec.encode(text, false).unwrap(), want, "ids of {text:?}");
+        let with: Vec<u32> = s["ids_with_add_special_tokens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        assert_eq!(codec.encode(text, true).unwrap(), with, "ids of {text:?} with special tokens");
+        assert_eq!(codec.decode_with_special(&want).unwrap(), s["decoded"].as_str().unwrap(), "decode of {text:?}");
+    }
+    for ex in refs["chat_template_examples"].as_array().unwrap() {
+        let msgs: Vec<Message> = ex["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| Message { role: m["role"].as_str().unwrap().into(), content: m["content"].as_str().unwrap().into() })
+            .collect();
+        let rendered = codec.apply_chat_template(&msgs, ex["add_generation_prompt"].as_bool().unwrap()).unwrap();
+        assert_eq!(rendered, ex["rendered"].as_str().unwrap());
+        let want: Vec<u32> = ex["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        assert_eq!(codec.encode(&rendered, false).unwrap(), want);
+    }
+}
