@@ -30,8 +30,36 @@ pub enum Command {
     Logits(LogitsArgs),
     /// Perplexity of a text file (llama.cpp's scoring), optionally KL divergence against a base.
     Perplexity(PerplexityArgs),
-    /// Show which instruction sets the kernels use.
-    Cpu,
+    /// Show which instruction sets the kernels use (and measure memory bandwidth).
+    Cpu(CpuArgs),
+    /// Write a synthetic checkpoint with a real model's names and shapes and random weights.
+    Synth(SynthArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CpuArgs {
+    /// Also measure streaming-read bandwidth over a buffer of this many MiB.
+    #[arg(long)]
+    pub bandwidth: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+pub struct SynthArgs {
+    /// mistral-7b-v0.1, mistral-7b-v0.2, mistral-7b-v0.3 or qwen2.5-0.5b.
+    #[arg(long)]
+    pub preset: String,
+    /// Output folder.
+    #[arg(short, long)]
+    pub out: PathBuf,
+    /// Random seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Override the number of layers (quicker runs).
+    #[arg(long)]
+    pub layers: Option<usize>,
+    /// Shard size in MiB.
+    #[arg(long, default_value_t = 4096)]
+    pub shard_mib: u64,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,6 +150,9 @@ pub struct SampleArgs {
     /// Exact float 4-bit decode path instead of the faster integer route.
     #[arg(long)]
     pub exact: bool,
+    /// Keep generating past end-of-sequence tokens (for timing).
+    #[arg(long)]
+    pub ignore_eos: bool,
 }
 
 #[derive(Args, Debug)]

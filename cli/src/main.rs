@@ -34,11 +34,7 @@ fn run(cli: args::Cli) -> anyhow::Result<()> {
         args::Command::Chat(a) => cmd::run::chat(a),
         args::Command::Logits(a) => cmd::logits::run(a),
         args::Command::Perplexity(a) => cmd::perplexity::run(a),
-        args::Command::Cpu => {
-            println!("best: {}", lowbit_kernels::Isa::best());
-            println!("in use: {}", lowbit_kernels::kernels().isa());
-            println!("supported: {:?}", lowbit_kernels::Isa::all_supported());
-            Ok(())
-        }
+        args::Command::Cpu(a) => cmd::cpu(a),
+        args::Command::Synth(a) => cmd::synth(a),
     }
 }

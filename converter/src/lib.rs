@@ -16,6 +16,7 @@ mod convert;
 mod error;
 pub mod plan;
 pub mod source;
+pub mod synth;
 
 pub use convert::{convert, ConvertSummary, ProgressEvent};
 pub use error::{ConvertError, Result};

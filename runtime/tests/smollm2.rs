@@ -22,9 +22,9 @@ fn data(p: &str) -> PathBuf {
 fn model_file() -> &'static PathBuf {
     static F: OnceLock<PathBuf> = OnceLock::new();
     F.get_or_init(|| {
-        let gguf = std::env::var_os("LOWBIT_SMOLLM2")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf"));
+        let gguf = std::env::var_os("LOWBIT_SMOLLM2").map(PathBuf::from).unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+        });
         assert!(gguf.exists(), "{} is missing: run scripts/fetch-smollm2.sh (scripts/test.sh does)", gguf.display());
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("smollm2-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -72,12 +72,14 @@ fn logits_and_greedy_match_transformers() {
 fn tokenizer_and_chat_template_match_transformers() {
     let file = ModelFile::open(model_file()).unwrap();
     let codec = TextCodec::from_metadata(file.metadata()).unwrap();
-    let refs: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(data("tokenizer_ids.json")).unwrap()).unwrap();
+    let refs: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(data("tokenizer_ids.json")).unwrap()).unwrap();
     for s in refs["strings"].as_array().unwrap() {
         let text = s["text"].as_str().unwrap();
         let want: Vec<u32> = s["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
         assert_eq!(codec.encode(text, false).unwrap(), want, "ids of {text:?}");
-        let with: Vec<u32> = s["ids_with_add_special_tokens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let with: Vec<u32> =
+            s["ids_with_add_special_tokens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
         assert_eq!(codec.encode(text, true).unwrap(), with, "ids of {text:?} with special tokens");
         assert_eq!(codec.decode_with_special(&want).unwrap(), s["decoded"].as_str().unwrap(), "decode of {text:?}");
     }
@@ -86,7 +88,10 @@ fn tokenizer_and_chat_template_match_transformers() {
             .as_array()
             .unwrap()
             .iter()
-            .map(|m| Message { role: m["role"].as_str().unwrap().into(), content: m["content"].as_str().unwrap().into() })
+            .map(|m| Message {
+                role: m["role"].as_str().unwrap().into(),
+                content: m["content"].as_str().unwrap().into(),
+            })
             .collect();
         let rendered = codec.apply_chat_template(&msgs, ex["add_generation_prompt"].as_bool().unwrap()).unwrap();
         assert_eq!(rendered, ex["rendered"].as_str().unwrap());

@@ -17,3 +17,57 @@ pub fn open(path: &Path) -> Result<(ModelFile, f64)> {
     let file = ModelFile::open(path).with_context(|| format!("opening {}", path.display()))?;
     Ok((file, t.elapsed().as_secs_f64()))
 }
+
+/// `lowbit cpu`.
+pub fn cpu(a: crate::args::CpuArgs) -> Result<()> {
+    println!("best: {}", lowbit_kernels::Isa::best());
+    println!("in use: {}", lowbit_kernels::kernels().isa());
+    println!("supported: {:?}", lowbit_kernels::Isa::all_supported());
+    if let Some(mib) = a.bandwidth {
+        anyhow::ensure!(mib > 0, "--bandwidth needs a size in MiB");
+        let buf = vec![1f32; mib << 18];
+        let k = lowbit_kernels::kernels();
+        let probe = || -> f32 {
+            use rayon::prelude::*;
+            buf.par_chunks(1 << 16).map(|c| k.dot_f32(c, c)).sum()
+        };
+        std::hint::black_box(probe());
+        let best = (0..5)
+            .map(|_| {
+                let t = Instant::now();
+                std::hint::black_box(probe());
+                t.elapsed().as_secs_f64()
+            })
+            .fold(f64::INFINITY, f64::min);
+        println!(
+            "bandwidth: {:.2} GB/s ({} threads, {} MiB streamed)",
+            (mib << 20) as f64 / best / 1e9,
+            rayon::current_num_threads(),
+            mib
+        );
+    }
+    Ok(())
+}
+
+/// `lowbit synth`.
+pub fn synth(a: crate::args::SynthArgs) -> Result<()> {
+    let presets = lowbit_convert::synth::presets();
+    let p = presets.iter().find(|p| p.name == a.preset).ok_or_else(|| {
+        anyhow::anyhow!(
+            "unknown preset {:?} (one of: {})",
+            a.preset,
+            presets.iter().map(|p| p.name).collect::<Vec<_>>().join(", ")
+        )
+    })?;
+    let t = Instant::now();
+    let bytes = lowbit_convert::synth::synthesize(&p.config, &a.out, a.seed, a.layers, a.shard_mib << 20)?;
+    println!(
+        "wrote {} ({:.2} GB of bf16 weights) to {} in {:.1} s, peak RSS {}",
+        a.preset,
+        bytes as f64 / 1e9,
+        a.out.display(),
+        t.elapsed().as_secs_f64(),
+        crate::stats::peak_rss().map(crate::stats::human).unwrap_or_else(|| "?".into())
+    );
+    Ok(())
+}

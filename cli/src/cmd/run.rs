@@ -52,7 +52,7 @@ fn stream_generate(
     a: &SampleArgs,
     sampler: &mut Sampler,
 ) -> Result<(Vec<u32>, GenStats)> {
-    let stop = stop_ids(model, codec);
+    let stop = if a.ignore_eos { Vec::new() } else { stop_ids(model, codec) };
     let mut stream = TextStream::default();
     let mut out = std::io::stdout().lock();
     let mut err = None;
