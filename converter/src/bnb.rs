@@ -64,6 +64,52 @@ fn f32s(src: &dyn TensorSource, index: &HashMap<String, (SrcDtype, Vec<usize>)>,
     Ok(out)
 }
 
+/// The non-tensor fields of a bitsandbytes 4-bit quant state (the JSON packed into the
+/// `quant_state.bitsandbytes__*` tensor).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantState {
+    /// Elements per block (checked against bitsandbytes' allowed sizes).
+    pub blocksize: usize,
+    /// Original weight shape `[out, in]`, no zero dimension, product without overflow.
+    pub shape: Vec<usize>,
+    /// Original dtype ("float16", …).
+    pub orig_dtype: String,
+    /// `nested_offset` (double quant only), finite.
+    pub nested_offset: Option<f32>,
+    /// Nested block size (256 if absent).
+    pub nested_blocksize: u32,
+}
+
+/// Parses a quant-state JSON from an untrusted checkpoint; every field is checked.
+pub fn parse_quant_state(weight: &str, json: &[u8]) -> Result<QuantState> {
+    let qs: serde_json::Value = serde_json::from_slice(json).map_err(|e| bad(weight, format!("quant state JSON: {e}")))?;
+    let get_u = |k: &str| qs.get(k).and_then(serde_json::Value::as_u64).ok_or_else(|| bad(weight, format!("quant state lacks {k}")));
+    let blocksize = get_u("blocksize")? as usize;
+    lowbit_kernels::fourbit::check_blocksize(blocksize).map_err(|e| bad(weight, e.to_string()))?;
+    let shape: Vec<usize> = qs
+        .get("shape")
+        .and_then(|s| s.as_array())
+        .map(|a| a.iter().filter_map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok())).collect())
+        .ok_or_else(|| bad(weight, "quant state lacks shape"))?;
+    if shape.len() != 2 || shape.contains(&0) || shape[0].checked_mul(shape[1]).is_none_or(|n| n > 1 << 40) {
+        return Err(bad(weight, format!("shape {shape:?} is not a 2-D weight shape")));
+    }
+    let orig_dtype = qs.get("dtype").and_then(|d| d.as_str()).unwrap_or("float16").trim_start_matches("torch.").to_string();
+    let nested_offset = match qs.get("nested_offset") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(v) => match v.as_f64() {
+            Some(o) if (o as f32).is_finite() => Some(o as f32),
+            _ => return Err(bad(weight, "nested_offset is not a finite number")),
+        },
+    };
+    let nested_blocksize = match qs.get("nested_blocksize").map(serde_json::Value::as_u64) {
+        None => 256,
+        Some(Some(b)) if lowbit_kernels::fourbit::check_blocksize(b as usize).is_ok() => b as u32,
+        Some(_) => return Err(bad(weight, "nested_blocksize is not an allowed block size")),
+    };
+    Ok(QuantState { blocksize, shape, orig_dtype, nested_offset, nested_blocksize })
+}
+
 /// Finds every pre-quantized weight. `index` maps source names to dtype and shape.
 pub fn detect(src: &dyn TensorSource, index: &HashMap<String, (SrcDtype, Vec<usize>)>) -> Result<Vec<BnbTensor>> {
     let mut found = Vec::new();
@@ -79,27 +125,9 @@ pub fn detect(src: &dyn TensorSource, index: &HashMap<String, (SrcDtype, Vec<usi
                 return Err(bad(name, "quant state must be a short uint8 vector of JSON bytes"));
             }
             let json = src.read_raw(name, 0, shape[0])?;
-            let qs: serde_json::Value =
-                serde_json::from_slice(&json).map_err(|e| bad(name, format!("quant state JSON: {e}")))?;
             let weight = format!("{prefix}.weight");
-            let get_u = |k: &str| {
-                qs.get(k)
-                    .and_then(serde_json::Value::as_u64)
-                    .ok_or_else(|| bad(&weight, format!("quant state lacks {k}")))
-            };
-            let blocksize = get_u("blocksize")? as usize;
-            lowbit_kernels::fourbit::check_blocksize(blocksize).map_err(|e| bad(&weight, e.to_string()))?;
-            let qshape: Vec<usize> = qs
-                .get("shape")
-                .and_then(|s| s.as_array())
-                .map(|a| a.iter().filter_map(|d| d.as_u64().map(|d| d as usize)).collect())
-                .ok_or_else(|| bad(&weight, "quant state lacks shape"))?;
-            if qshape.len() != 2 || qshape.contains(&0) {
-                return Err(bad(&weight, format!("shape {qshape:?} is not a 2-D weight shape")));
-            }
-            let n = qshape[0].checked_mul(qshape[1]).ok_or_else(|| bad(&weight, "shape overflows"))?;
-            let orig =
-                qs.get("dtype").and_then(|d| d.as_str()).unwrap_or("float16").trim_start_matches("torch.").to_string();
+            let QuantState { blocksize, shape: qshape, orig_dtype: orig, nested_offset, nested_blocksize } = parse_quant_state(&weight, &json)?;
+            let n = qshape[0] * qshape[1];
             // The packed weight must hold exactly ⌈n/2⌉ bytes, whatever quant_storage dtype.
             let (wd, ws) = index.get(&weight).ok_or_else(|| ConvertError::MissingTensor(weight.clone()))?;
             if ws.iter().product::<usize>() * wd.size() != n.div_ceil(2) {
@@ -114,7 +142,6 @@ pub fn detect(src: &dyn TensorSource, index: &HashMap<String, (SrcDtype, Vec<usi
             {
                 return Err(bad(&weight, "quant_map is not the standard table"));
             }
-            let nested_offset = qs.get("nested_offset").and_then(serde_json::Value::as_f64).map(|o| o as f32);
             let nested = match nested_offset {
                 Some(_) => {
                     let map = f32s(src, index, &format!("{weight}.nested_quant_map"))?;
@@ -122,8 +149,7 @@ pub fn detect(src: &dyn TensorSource, index: &HashMap<String, (SrcDtype, Vec<usi
                     if map.len() != 256 || map.iter().zip(want.iter()).any(|(a, b)| a.to_bits() != b.to_bits()) {
                         return Err(bad(&weight, "nested_quant_map is not bitsandbytes' dynamic map"));
                     }
-                    let nbs = qs.get("nested_blocksize").and_then(serde_json::Value::as_u64).unwrap_or(256) as u32;
-                    Some(Nested { blocksize: nbs })
+                    Some(Nested { blocksize: nested_blocksize })
                 }
                 None => None,
             };

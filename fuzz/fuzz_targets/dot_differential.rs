@@ -1,0 +1,36 @@
+//! Differential: every SIMD kernel this CPU has against the scalar oracle on arbitrary blocks —
+//! integer dot products exactly, float ones within the summation-order bound.
+#![no_main]
+use lowbit_kernels::{scalar, FourBitKind, Isa, Kernels};
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    if data.len() < 2 {
+        return;
+    }
+    let half = 16usize << (data[0] % 4); // blocks of 32..256 elements
+    let body = &data[1..];
+    let blocks = body.len() / (half * 3);
+    let n = blocks * half;
+    let codes = &body[..n];
+    let scales: Vec<f32> = (0..blocks).map(|b| body[n + b] as f32 / 16.0).collect();
+    let xe: Vec<f32> = body[n..2 * n].iter().map(|&b| b as f32 / 64.0 - 2.0).collect();
+    let xo: Vec<f32> = body[2 * n..3 * n].iter().map(|&b| b as f32 / 64.0 - 2.0).collect();
+    let qe: Vec<i8> = body[n..2 * n].iter().map(|&b| (b as i8).max(-127)).collect();
+    let qo: Vec<i8> = body[2 * n..3 * n].iter().map(|&b| (b as i8).max(-127)).collect();
+    let qsum: Vec<i32> = (0..blocks).map(|b| (b * half..(b + 1) * half).map(|i| qe[i] as i32 + qo[i] as i32).sum()).collect();
+    for kind in [FourBitKind::Nf4, FourBitKind::Fp4] {
+        let levels = kind.levels();
+        let want = scalar::dot_fourbit(codes, &scales, levels, &xe, &xo, half);
+        let mag: f32 = (0..n).map(|i| scales[i / half] * (xe[i].abs() + xo[i].abs())).sum();
+        let lut = kind.int8_levels();
+        let want_q8 = scalar::dot_fourbit_q8(codes, &scales, &lut, &qe, &qo, &qsum, half);
+        let mag_q8: f32 = scales.iter().map(|s| s * 127.0 * 127.0 * 2.0 * half as f32).sum();
+        for k in Isa::all_supported().into_iter().filter_map(Kernels::for_isa) {
+            let got = k.dot_fourbit(codes, &scales, levels, &xe, &xo, half);
+            assert!((got - want).abs() <= 1e-5 * mag + 1e-6, "{} fourbit {got} vs {want}", k.isa());
+            let got = k.dot_fourbit_q8(codes, &scales, &lut, &qe, &qo, &qsum, half);
+            assert!((got - want_q8).abs() <= 1e-7 * mag_q8 + 1e-6, "{} fourbit_q8 {got} vs {want_q8}", k.isa());
+            assert_eq!(k.dot_int8(&qe, &qo), scalar::dot_int8(&qe, &qo), "{} int8", k.isa());
+        }
+    }
+});
