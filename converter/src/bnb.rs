@@ -82,8 +82,11 @@ pub struct QuantState {
 
 /// Parses a quant-state JSON from an untrusted checkpoint; every field is checked.
 pub fn parse_quant_state(weight: &str, json: &[u8]) -> Result<QuantState> {
-    let qs: serde_json::Value = serde_json::from_slice(json).map_err(|e| bad(weight, format!("quant state JSON: {e}")))?;
-    let get_u = |k: &str| qs.get(k).and_then(serde_json::Value::as_u64).ok_or_else(|| bad(weight, format!("quant state lacks {k}")));
+    let qs: serde_json::Value =
+        serde_json::from_slice(json).map_err(|e| bad(weight, format!("quant state JSON: {e}")))?;
+    let get_u = |k: &str| {
+        qs.get(k).and_then(serde_json::Value::as_u64).ok_or_else(|| bad(weight, format!("quant state lacks {k}")))
+    };
     let blocksize = get_u("blocksize")? as usize;
     lowbit_kernels::fourbit::check_blocksize(blocksize).map_err(|e| bad(weight, e.to_string()))?;
     let shape: Vec<usize> = qs
@@ -94,7 +97,8 @@ pub fn parse_quant_state(weight: &str, json: &[u8]) -> Result<QuantState> {
     if shape.len() != 2 || shape.contains(&0) || shape[0].checked_mul(shape[1]).is_none_or(|n| n > 1 << 40) {
         return Err(bad(weight, format!("shape {shape:?} is not a 2-D weight shape")));
     }
-    let orig_dtype = qs.get("dtype").and_then(|d| d.as_str()).unwrap_or("float16").trim_start_matches("torch.").to_string();
+    let orig_dtype =
+        qs.get("dtype").and_then(|d| d.as_str()).unwrap_or("float16").trim_start_matches("torch.").to_string();
     let nested_offset = match qs.get("nested_offset") {
         None | Some(serde_json::Value::Null) => None,
         Some(v) => match v.as_f64() {
@@ -126,7 +130,8 @@ pub fn detect(src: &dyn TensorSource, index: &HashMap<String, (SrcDtype, Vec<usi
             }
             let json = src.read_raw(name, 0, shape[0])?;
             let weight = format!("{prefix}.weight");
-            let QuantState { blocksize, shape: qshape, orig_dtype: orig, nested_offset, nested_blocksize } = parse_quant_state(&weight, &json)?;
+            let QuantState { blocksize, shape: qshape, orig_dtype: orig, nested_offset, nested_blocksize } =
+                parse_quant_state(&weight, &json)?;
             let n = qshape[0] * qshape[1];
             // The packed weight must hold exactly ⌈n/2⌉ bytes, whatever quant_storage dtype.
             let (wd, ws) = index.get(&weight).ok_or_else(|| ConvertError::MissingTensor(weight.clone()))?;
