@@ -1,30 +1,38 @@
 //! The JSON header: model metadata and the tensor index.
+//!
+//! JSON rather than a binary table because the header is small next to the weights, carries
+//! free-form documents anyway (config.json, tokenizer.json), and stays readable with `head -c`.
+//! Optional fields carry `#[serde(default)]` so files from older converters still open; unknown
+//! fields are ignored so a newer converter's additions do not lock out an older runtime.
 
+use crate::error::{FormatError, Result};
 use crate::scheme::Scheme;
 use serde::{Deserialize, Serialize};
 
-/// Quantization settings the file was made with.
+/// How the file's weights were quantized: a record for `inspect` and for the runtime's int8
+/// threshold, not a layout description (each tensor's [`Scheme`] is that).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QuantSettings {
     /// Scheme of the linear layers ("nf4", "fp4", "int8", "f16", "bf16", "f32").
     pub scheme: String,
-    /// 4-bit block size, if any.
+    /// 4-bit block size, if the linear layers are 4-bit.
     #[serde(default)]
     pub blocksize: Option<u32>,
-    /// 4-bit block scales double-quantized.
+    /// Whether the 4-bit block scales are double-quantized.
     #[serde(default)]
     pub double_quant: bool,
-    /// LLM.int8 outlier threshold for the runtime (0 = off).
+    /// LLM.int8 outlier threshold the runtime applies to activations (0 = no outlier split).
     #[serde(default = "default_threshold")]
     pub int8_threshold: f32,
-    /// Tensor-name patterns kept in high precision.
+    /// Tensor-name patterns kept in high precision (e.g. `lm_head`, `*norm*`).
     #[serde(default)]
     pub kept: Vec<String>,
-    /// What the converter read ("safetensors", "bitsandbytes-nf4", "gguf", …).
+    /// What the converter read: "safetensors", "bitsandbytes-nf4", "gguf", ….
     #[serde(default)]
     pub source_format: String,
 }
 
+/// transformers' default `llm_int8_threshold`.
 fn default_threshold() -> f32 {
     6.0
 }
@@ -35,56 +43,57 @@ impl Default for QuantSettings {
             scheme: "f32".into(),
             blocksize: None,
             double_quant: false,
-            int8_threshold: 6.0,
+            int8_threshold: default_threshold(),
             kept: Vec::new(),
             source_format: String::new(),
         }
     }
 }
 
-/// Who wrote the file.
+/// The program that wrote the file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct ConverterInfo {
-    /// Program name.
+    /// Program name ("lowbit").
     pub name: String,
     /// Its version.
     pub version: String,
 }
 
-/// A digest of one source file.
+/// A digest of one source file, so a file can be traced back to (and re-made from) its inputs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SourceDigest {
     /// File name, relative to the source folder.
     pub file: String,
     /// Size in bytes.
     pub bytes: u64,
-    /// SHA-256, lowercase hex.
+    /// SHA-256, 64 lowercase hex digits.
     pub sha256: String,
 }
 
-/// Everything about the model except its tensors.
+/// Everything about the model except its tensors: enough to run it with no other file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Metadata {
-    /// `model_type` ("mistral", "llama", "qwen2").
+    /// Architecture, from config.json's `model_type`: "mistral", "llama", "qwen2".
     pub architecture: String,
-    /// The model's config.json.
+    /// The model's config.json, verbatim (must be a JSON object).
     pub config: serde_json::Value,
-    /// tokenizer.json text, if the source had one.
+    /// The full tokenizer.json text, if the source had one (kept as text: it is large, and the
+    /// tokenizer library parses text anyway).
     #[serde(default)]
     pub tokenizer_json: Option<String>,
-    /// tokenizer_config.json.
+    /// tokenizer_config.json (an object), if present.
     #[serde(default)]
     pub tokenizer_config: Option<serde_json::Value>,
-    /// Chat template (from tokenizer_config.json or chat_template.jinja).
+    /// The chat template (from tokenizer_config.json or chat_template.jinja), if any.
     #[serde(default)]
     pub chat_template: Option<String>,
-    /// generation_config.json.
+    /// generation_config.json (an object), if present.
     #[serde(default)]
     pub generation_config: Option<serde_json::Value>,
-    /// How the weights were stored.
+    /// How the weights were quantized.
     #[serde(default)]
     pub quantization: QuantSettings,
-    /// The converter.
+    /// The converter that wrote the file.
     #[serde(default)]
     pub converter: ConverterInfo,
     /// Source files and their digests.
@@ -92,20 +101,34 @@ pub struct Metadata {
     pub sources: Vec<SourceDigest>,
 }
 
+impl Metadata {
+    /// Checks the JSON-typed fields are objects, as their readers assume. The writer calls this
+    /// too, so it cannot produce a file the reader rejects.
+    pub fn validate(&self) -> Result<()> {
+        let object = |field, v: Option<&serde_json::Value>| match v {
+            Some(v) if !v.is_object() => Err(FormatError::BadMetadata { field, problem: "not a JSON object" }),
+            _ => Ok(()),
+        };
+        object("config", Some(&self.config))?;
+        object("tokenizer_config", self.tokenizer_config.as_ref())?;
+        object("generation_config", self.generation_config.as_ref())
+    }
+}
+
 /// One entry of the tensor index.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TensorInfo {
-    /// Name (Hugging Face naming).
+    /// Name (Hugging Face naming, e.g. `model.layers.0.self_attn.q_proj.weight`).
     pub name: String,
     /// Storage scheme.
     pub scheme: Scheme,
-    /// Shape, outermost first.
+    /// Shape, outermost first (a linear weight is `[out_features, in_features]`).
     pub shape: Vec<u64>,
-    /// Absolute file offset of the first byte.
+    /// Absolute file offset of the tensor's first byte.
     pub offset: u64,
-    /// Bytes (all parts with the padding between them).
+    /// Bytes: all parts with the zero padding between them, = `scheme.byte_len(shape)`.
     pub length: u64,
-    /// CRC-32 of the bytes, 8 lowercase hex digits.
+    /// CRC-32 (IEEE, as `crc32fast`) of the `length` bytes, 8 lowercase hex digits.
     pub crc32: String,
 }
 
@@ -114,6 +137,54 @@ pub struct TensorInfo {
 pub struct Header {
     /// Model metadata.
     pub metadata: Metadata,
-    /// Tensor index, in file order.
+    /// Tensor index, in the order the writer was given.
     pub tensors: Vec<TensorInfo>,
+}
+
+/// [`Header`] by reference, so the writer can serialize its header several times while planning
+/// without cloning a multi-megabyte tokenizer each time. Serializes identically to `Header`.
+#[derive(Serialize)]
+pub(crate) struct HeaderRef<'a> {
+    pub metadata: &'a Metadata,
+    pub tensors: &'a [TensorInfo],
+}
+
+/// Whether `s` is a well-formed checksum field: 8 lowercase hex digits.
+pub(crate) fn is_crc_hex(s: &str) -> bool {
+    s.len() == 8 && s.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn old_files_with_only_required_fields_still_parse() {
+        let m: Metadata = serde_json::from_str(r#"{"architecture": "mistral", "config": {}}"#).unwrap();
+        assert_eq!(m.quantization, QuantSettings::default());
+        assert_eq!(m.quantization.int8_threshold, 6.0);
+        assert!(m.tokenizer_json.is_none() && m.sources.is_empty());
+        let q: QuantSettings = serde_json::from_str(r#"{"scheme": "nf4", "future_field": 1}"#).unwrap();
+        assert_eq!(q.int8_threshold, 6.0);
+    }
+
+    #[test]
+    fn json_fields_must_be_objects() {
+        let mut m: Metadata = serde_json::from_str(r#"{"architecture": "mistral", "config": {}}"#).unwrap();
+        assert!(m.validate().is_ok());
+        m.generation_config = Some(serde_json::json!([1]));
+        assert!(matches!(m.validate(), Err(FormatError::BadMetadata { field: "generation_config", .. })));
+        m.generation_config = None;
+        m.config = serde_json::json!("x");
+        assert!(matches!(m.validate(), Err(FormatError::BadMetadata { field: "config", .. })));
+    }
+
+    #[test]
+    fn checksum_syntax() {
+        assert!(is_crc_hex("0123abcd"));
+        assert!(!is_crc_hex("0123ABCD"));
+        assert!(!is_crc_hex("0123abc"));
+        assert!(!is_crc_hex("0123abcg"));
+        assert!(!is_crc_hex("é123abc"));
+    }
 }

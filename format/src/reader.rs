@@ -1,15 +1,18 @@
-//! Opening a lowbit file: every field is checked against the file's real size before anything
-//! is used, then tensors are handed out as slices of the mmap.
+//! Opening a lowbit file: the file is mapped, every header field is checked against the map's
+//! real size (see `validate.rs`), and only then are tensors handed out — as slices of the map,
+//! so the runtime reads weights in place and never copies a matrix.
 
 use crate::error::{FormatError, Result};
 use crate::header::{Header, Metadata, TensorInfo};
-use crate::layout::{tensor_align, DATA_ALIGN, MAGIC, MAX_HEADER, PREAMBLE_LEN, VERSION};
+use crate::layout::PREAMBLE_LEN;
 use crate::scheme::PartLayout;
+use crate::validate::{check_preamble, validate};
 use memmap2::Mmap;
 use std::collections::HashMap;
+use std::io::Read;
 use std::path::Path;
 
-/// A checksum that did not match.
+/// A tensor whose bytes do not match the checksum in the header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChecksumMismatch {
     /// Tensor name.
@@ -27,128 +30,62 @@ pub struct ModelFile {
     header: Header,
     parts: Vec<Vec<PartLayout>>,
     by_name: HashMap<String, usize>,
+    data_start: u64,
 }
 
-/// One tensor's bytes and layout.
+/// One tensor: its index entry and its bytes in the map.
 #[derive(Debug, Clone, Copy)]
 pub struct TensorRef<'a> {
     /// Index entry.
     pub info: &'a TensorInfo,
-    /// All of its bytes.
+    /// All of its bytes (`info.length` of them).
     pub bytes: &'a [u8],
     parts: &'a [PartLayout],
 }
 
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-/// Checks the preamble of `bytes` (the first bytes of a file of `file_len` bytes) and returns
-/// the header length.
-fn check_preamble(bytes: &[u8], file_len: u64) -> Result<u64> {
-    if (bytes.len() as u64) < PREAMBLE_LEN {
-        return Err(FormatError::Truncated { what: "preamble", needed: PREAMBLE_LEN, available: bytes.len() as u64 });
-    }
-    if bytes[..8] != MAGIC {
-        return Err(FormatError::BadMagic);
-    }
-    let version = u32_at(bytes, 8);
-    if version != VERSION {
-        return Err(FormatError::UnsupportedVersion(version));
-    }
-    let header_len = u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes"));
-    if header_len > MAX_HEADER {
-        return Err(FormatError::HeaderTooLarge(header_len));
-    }
-    if PREAMBLE_LEN + header_len > file_len {
-        return Err(FormatError::Truncated { what: "header", needed: PREAMBLE_LEN + header_len, available: file_len });
-    }
-    Ok(header_len)
-}
-
-/// Parses and validates a whole file held in `bytes`; returns the header and every tensor's parts.
-fn validate(bytes: &[u8]) -> Result<(Header, Vec<Vec<PartLayout>>)> {
-    let file_len = bytes.len() as u64;
-    let header_len = check_preamble(bytes, file_len)?;
-    let raw = &bytes[PREAMBLE_LEN as usize..(PREAMBLE_LEN + header_len) as usize];
-    let text = std::str::from_utf8(raw).map_err(|e| FormatError::Header(format!("not UTF-8: {e}")))?;
-    let header: Header = serde_json::from_str(text).map_err(|e| FormatError::Header(e.to_string()))?;
-    if !header.metadata.config.is_object() {
-        return Err(FormatError::Header("metadata.config is not an object".into()));
-    }
-    let data_start = (PREAMBLE_LEN + header_len).next_multiple_of(DATA_ALIGN);
-    let mut seen = std::collections::HashSet::new();
-    let mut parts = Vec::with_capacity(header.tensors.len());
-    let mut ranges = Vec::with_capacity(header.tensors.len());
-    for (i, t) in header.tensors.iter().enumerate() {
-        if !seen.insert(t.name.as_str()) {
-            return Err(FormatError::DuplicateTensor(t.name.clone()));
-        }
-        let p = t.scheme.parts(&t.name, &t.shape)?;
-        let expected = p.last().map_or(0, |x| x.offset + x.len);
-        if t.length != expected {
-            return Err(FormatError::LengthMismatch { tensor: t.name.clone(), expected, got: t.length });
-        }
-        let end = t.offset.checked_add(t.length);
-        match end {
-            Some(end) if t.offset >= data_start && end <= file_len => {}
-            _ => {
-                return Err(FormatError::OutOfBounds {
-                    tensor: t.name.clone(),
-                    start: t.offset,
-                    end: end.unwrap_or(u64::MAX),
-                    data_start,
-                    file_len,
-                })
-            }
-        }
-        let align = tensor_align(t.length);
-        if t.offset % align != 0 {
-            return Err(FormatError::Misaligned { tensor: t.name.clone(), offset: t.offset, align });
-        }
-        if t.crc32.len() != 8 || !t.crc32.bytes().all(|c| c.is_ascii_hexdigit()) {
-            return Err(FormatError::BadChecksum { tensor: t.name.clone(), value: t.crc32.clone() });
-        }
-        parts.push(p);
-        ranges.push((t.offset, t.offset + t.length, i));
-    }
-    ranges.sort_unstable();
-    for w in ranges.windows(2) {
-        if w[1].0 < w[0].1 {
-            return Err(FormatError::Overlap {
-                a: header.tensors[w[0].2].name.clone(),
-                b: header.tensors[w[1].2].name.clone(),
-            });
-        }
-    }
-    Ok((header, parts))
-}
-
 impl ModelFile {
-    /// Opens and validates `path`. Sizes are checked before the file is mapped.
+    /// Opens, maps and validates `path`. The checksums are not computed (that reads every byte;
+    /// see [`ModelFile::verify`]).
+    ///
+    /// Refuses anything but a regular file before opening it: opening a FIFO would block
+    /// forever, and a device's size is not its content's.
     pub fn open(path: &Path) -> Result<ModelFile> {
         let io = |e| FormatError::io(path, e);
-        let file = std::fs::File::open(path).map_err(io)?;
-        let len = file.metadata().map_err(io)?.len();
+        if !std::fs::metadata(path).map_err(io)?.is_file() {
+            return Err(FormatError::NotAFile { path: path.to_path_buf() });
+        }
+        let mut file = std::fs::File::open(path).map_err(io)?;
+        let meta = file.metadata().map_err(io)?;
+        if !meta.is_file() {
+            // Swapped for something else between the two checks.
+            return Err(FormatError::NotAFile { path: path.to_path_buf() });
+        }
+        let len = meta.len();
+        // Check the preamble with a plain read first, so an obviously wrong or short file is
+        // rejected before it is mapped.
         let mut pre = [0u8; PREAMBLE_LEN as usize];
         if len < PREAMBLE_LEN {
             return Err(FormatError::Truncated { what: "preamble", needed: PREAMBLE_LEN, available: len });
         }
-        std::io::Read::read_exact(&mut &file, &mut pre).map_err(io)?;
+        file.read_exact(&mut pre).map_err(io)?;
         check_preamble(&pre, len)?;
-        // SAFETY: the map is read-only and we never hand out references that outlive it. The
-        // one hazard mmap brings is another process shrinking the file while it is mapped, which
-        // turns a later read into SIGBUS; that cannot be excluded by any check here, so it is
-        // documented (docs/FORMAT.md) rather than prevented.
+        // SAFETY: the map is read-only and private to this value; every slice we hand out
+        // borrows `self`, so none outlives it. Mapping a file is only unsound if the file
+        // changes underneath: we check sizes against the map's own length (taken at mapping
+        // time), but another process truncating the file later would make reads of the lost
+        // pages raise SIGBUS, and one rewriting it would change bytes under `&[u8]`s. No check
+        // here can exclude that; lowbit files are written once and renamed into place, never
+        // modified, and docs/FORMAT.md tells users not to truncate a file that is in use.
         let mmap = unsafe { Mmap::map(&file) }.map_err(io)?;
-        let (header, parts) = validate(&mmap)?;
-        let by_name = header.tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
-        Ok(ModelFile { mmap, header, parts, by_name })
+        let v = validate(&mmap)?;
+        let by_name = v.header.tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
+        Ok(ModelFile { mmap, header: v.header, parts: v.parts, by_name, data_start: v.data_start })
     }
 
-    /// Validates a file held in memory (what the fuzz target calls).
+    /// Runs every check [`ModelFile::open`] runs on a file held in memory, returning its header.
+    /// This is what the fuzz target calls.
     pub fn parse(bytes: &[u8]) -> Result<Header> {
-        validate(bytes).map(|(h, _)| h)
+        validate(bytes).map(|v| v.header)
     }
 
     /// Model metadata.
@@ -156,20 +93,25 @@ impl ModelFile {
         &self.header.metadata
     }
 
-    /// The tensor index.
+    /// The whole header.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// The tensor index, in the order the writer was given.
     pub fn tensors(&self) -> &[TensorInfo] {
         &self.header.tensors
     }
 
     /// A tensor by name.
     pub fn tensor(&self, name: &str) -> Option<TensorRef<'_>> {
-        let &i = self.by_name.get(name)?;
-        let info = &self.header.tensors[i];
-        Some(TensorRef {
-            info,
-            bytes: &self.mmap[info.offset as usize..(info.offset + info.length) as usize],
-            parts: &self.parts[i],
-        })
+        self.by_name.get(name).and_then(|&i| self.tensor_at(i))
+    }
+
+    /// The tensor at `index` in [`ModelFile::tensors`].
+    pub fn tensor_at(&self, index: usize) -> Option<TensorRef<'_>> {
+        let info = self.header.tensors.get(index)?;
+        Some(TensorRef { info, bytes: self.span(info), parts: &self.parts[index] })
     }
 
     /// File size in bytes.
@@ -177,15 +119,20 @@ impl ModelFile {
         self.mmap.len() as u64
     }
 
-    /// Recomputes every tensor's CRC-32; returns the ones that differ from the header.
+    /// Where the data section starts.
+    pub fn data_start(&self) -> u64 {
+        self.data_start
+    }
+
+    /// Recomputes every tensor's CRC-32 (reading the whole file once, sequentially) and returns
+    /// the tensors whose bytes differ from their header checksum, in index order.
     pub fn verify(&self) -> Vec<ChecksumMismatch> {
         self.header
             .tensors
             .iter()
             .filter_map(|t| {
-                let actual =
-                    format!("{:08x}", crc32fast::hash(&self.mmap[t.offset as usize..(t.offset + t.length) as usize]));
-                (actual != t.crc32.to_ascii_lowercase()).then(|| ChecksumMismatch {
+                let actual = format!("{:08x}", crc32fast::hash(self.span(t)));
+                (actual != t.crc32).then(|| ChecksumMismatch {
                     name: t.name.clone(),
                     expected: t.crc32.clone(),
                     actual,
@@ -193,40 +140,79 @@ impl ModelFile {
             })
             .collect()
     }
+
+    /// [`ModelFile::verify`] as a `Result`: the first mismatch becomes
+    /// [`FormatError::ChecksumMismatch`].
+    pub fn verify_checksums(&self) -> Result<()> {
+        let bad = self.verify();
+        match bad.first() {
+            None => Ok(()),
+            Some(m) => Err(FormatError::ChecksumMismatch {
+                tensor: m.name.clone(),
+                expected: m.expected.clone(),
+                actual: m.actual.clone(),
+                count: bad.len(),
+            }),
+        }
+    }
+
+    fn span(&self, t: &TensorInfo) -> &[u8] {
+        // Validated: offset + length ≤ mmap.len(), which fits in usize.
+        &self.mmap[t.offset as usize..(t.offset + t.length) as usize]
+    }
 }
 
 impl<'a> TensorRef<'a> {
-    /// The bytes of part `name`.
+    /// The tensor's parts, in storage order.
+    pub fn parts(&self) -> &'a [PartLayout] {
+        self.parts
+    }
+
+    /// The bytes of part `name` (no padding).
     pub fn part(&self, name: &str) -> Result<&'a [u8]> {
+        Ok(self.locate(name)?.1)
+    }
+
+    fn locate(&self, name: &str) -> Result<(&'a PartLayout, &'a [u8])> {
         let p = self
             .parts
             .iter()
             .find(|p| p.name == name)
             .ok_or_else(|| FormatError::NoSuchPart { tensor: self.info.name.clone(), part: name.into() })?;
-        Ok(&self.bytes[p.offset as usize..(p.offset + p.len) as usize])
+        // Validated: every part lies inside the tensor's bytes.
+        Ok((p, &self.bytes[p.offset as usize..(p.offset + p.len) as usize]))
     }
 
+    /// Part `name` as `T`s, in place. Parts are 64-byte aligned within 64-byte aligned tensors in
+    /// a page-aligned map, so this succeeds for every file `open` accepts; the check stays
+    /// because a cast must never be able to panic.
     fn cast<T: bytemuck::AnyBitPattern>(&self, name: &str) -> Result<&'a [T]> {
-        let b = self.part(name)?;
+        let (p, b) = self.locate(name)?;
         bytemuck::try_cast_slice(b).map_err(|_| FormatError::Misaligned {
             tensor: format!("{}.{name}", self.info.name),
-            offset: self.info.offset,
+            offset: self.info.offset + p.offset,
             align: std::mem::align_of::<T>() as u64,
         })
     }
 
-    /// Part `name` as f32.
+    /// Part `name` as f32 (`data` of f32 tensors, `scb`, un-nested `absmax`, `nested_absmax`,
+    /// `nested_offset`).
     pub fn part_f32(&self, name: &str) -> Result<&'a [f32]> {
         self.cast(name)
     }
 
-    /// Part `name` as u16 (f16 / bf16 bit patterns).
+    /// Part `name` as u16: the bit patterns of f16 / bf16 `data`, which the caller reinterprets.
     pub fn part_u16(&self, name: &str) -> Result<&'a [u16]> {
         self.cast(name)
     }
 
-    /// Part `name` as i8.
+    /// Part `name` as i8 (int8 `cb`).
     pub fn part_i8(&self, name: &str) -> Result<&'a [i8]> {
         self.cast(name)
+    }
+
+    /// Part `name` as u8 (4-bit `codes`, nested `absmax` codes). Same as [`TensorRef::part`].
+    pub fn part_u8(&self, name: &str) -> Result<&'a [u8]> {
+        self.part(name)
     }
 }

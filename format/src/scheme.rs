@@ -1,41 +1,68 @@
 //! How a tensor's bytes are laid out: the storage schemes and their parts.
+//!
+//! A scheme and a shape fix everything about a tensor's bytes — which parts it has, how long
+//! each is, where each starts — so the header stores no part offsets at all. A reader recomputes
+//! them, which means a hostile header cannot point a part anywhere the scheme would not put it,
+//! and the writer and reader cannot disagree about layout.
 
 use crate::error::{FormatError, Result};
 use serde::{Deserialize, Serialize};
 
-/// Alignment of every part inside a tensor, and of every tensor.
+/// Alignment of every part inside a tensor (and the minimum alignment of every tensor): one
+/// cache line, and a multiple of every element size, so the in-place casts never fail.
 pub const PART_ALIGN: u64 = 64;
 
+/// Block sizes bitsandbytes uses for 4-bit and blockwise 8-bit quantization.
+pub const BLOCKSIZES: [u32; 8] = [32, 64, 128, 256, 512, 1024, 2048, 4096];
+
+/// Dtypes a 4-bit tensor may record as its original dtype.
+pub const ORIG_DTYPES: [&str; 3] = ["float32", "float16", "bfloat16"];
+
+/// Largest rank accepted.
+pub const MAX_RANK: usize = 4;
+
+/// Largest element count accepted. No tensor on a real machine comes near 2^48 elements;
+/// refusing more keeps every later product (bytes, bits, offsets) far from overflow even in
+/// code that forgets to check.
+pub const MAX_ELEMENTS: u64 = 1 << 48;
+
+/// Name used in errors from [`Scheme::parts`], which is not told the tensor's name.
+const UNNAMED: &str = "<unnamed>";
+
 /// 4-bit code table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FourBitKind {
-    /// NormalFloat4.
+    /// NormalFloat4 (QLoRA).
     Nf4,
     /// bitsandbytes FP4.
     Fp4,
 }
 
-/// bitsandbytes double quantization of the block scales. The mean subtracted before quantizing
-/// the scales (`nested_offset`) is data — part `nested_offset` — so a tensor's header entry is
-/// known before it is quantized.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// bitsandbytes double quantization of the 4-bit block scales.
+///
+/// The mean subtracted from the scales before quantizing them (bitsandbytes' `nested_offset`)
+/// is *data*, stored as part `nested_offset`, not a header field: that way a tensor's header
+/// entry is fixed before it is quantized, and the writer can lay out the file up front.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Nested {
-    /// Scales per nested block (256).
+    /// Block scales per nested block (transformers always uses 256).
     pub blocksize: u32,
 }
 
-/// A tensor's storage scheme.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A tensor's storage scheme. Serialized with a `type` tag: `{"type": "f32"}`,
+/// `{"type": "fourbit", "kind": "nf4", "blocksize": 64, "nested": {"blocksize": 256},
+/// "orig_dtype": "bfloat16"}`. An unknown `type` is a header error.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum Scheme {
     /// float32, part `data`.
     F32,
-    /// float16, part `data`.
+    /// float16, part `data` (read as u16 bit patterns).
     F16,
-    /// bfloat16, part `data`.
+    /// bfloat16, part `data` (read as u16 bit patterns).
     Bf16,
-    /// LLM.int8 row-wise: parts `cb` (i8, rows·cols) and `scb` (f32, rows). 2-D only.
+    /// LLM.int8 row-wise: parts `cb` (i8, rows·cols, row-major) and `scb` (f32 per row). 2-D only.
     Int8,
     /// bitsandbytes 4-bit: parts `codes` (u8, ⌈n/2⌉, first element in the high nibble),
     /// `absmax` (f32 per block, or u8 dynamic-map codes when nested) and, when nested,
@@ -44,9 +71,10 @@ pub enum Scheme {
     FourBit {
         /// Code table.
         kind: FourBitKind,
-        /// Elements per block.
+        /// Elements per block, over the flattened tensor.
         blocksize: u32,
-        /// Double quantization, if used.
+        /// Double quantization of the block scales, if used.
+        #[serde(default)]
         nested: Option<Nested>,
         /// Dtype of the original weights ("float32", "float16", "bfloat16").
         orig_dtype: String,
@@ -54,37 +82,18 @@ pub enum Scheme {
 }
 
 /// Where one part lies inside a tensor's bytes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PartLayout {
     /// Part name.
     pub name: &'static str,
-    /// Offset from the tensor's start (a multiple of [`PART_ALIGN`]).
+    /// Offset from the tensor's first byte (a multiple of [`PART_ALIGN`]).
     pub offset: u64,
-    /// Length in bytes.
+    /// Length in bytes (no padding).
     pub len: u64,
 }
 
-const BLOCKSIZES: [u32; 8] = [32, 64, 128, 256, 512, 1024, 2048, 4096];
-
-fn numel(name: &str, shape: &[u64]) -> Result<u64> {
-    let bad = |problem| FormatError::BadShape { tensor: name.to_string(), shape: shape.to_vec(), problem };
-    if shape.is_empty() || shape.len() > 4 {
-        return Err(bad("rank must be 1 to 4"));
-    }
-    if shape.contains(&0) {
-        return Err(bad("zero-sized dimension"));
-    }
-    let n = shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d)).ok_or_else(|| bad("element count overflows"))?;
-    // No tensor can hold more than 2^48 elements on a real machine; refusing here keeps every
-    // later multiplication (×4 bytes, ×8 bits) far from overflow.
-    if n > 1 << 48 {
-        return Err(bad("element count is implausibly large"));
-    }
-    Ok(n)
-}
-
 impl Scheme {
-    /// Short name ("f32", "nf4", …).
+    /// Short name ("f32", "f16", "bf16", "int8", "nf4", "fp4").
     pub fn label(&self) -> &'static str {
         match self {
             Scheme::F32 => "f32",
@@ -96,61 +105,105 @@ impl Scheme {
         }
     }
 
-    /// The parts of a tensor of `shape` in this scheme, in storage order.
-    pub fn parts(&self, name: &str, shape: &[u64]) -> Result<Vec<PartLayout>> {
-        let n = numel(name, shape)?;
+    /// True for the unquantized schemes (f32, f16, bf16).
+    pub fn is_dense(&self) -> bool {
+        matches!(self, Scheme::F32 | Scheme::F16 | Scheme::Bf16)
+    }
+
+    /// The parts of a tensor of `shape` in this scheme, in storage order. Errors name the tensor
+    /// `<unnamed>`; use [`Scheme::parts_for`] when there is a name.
+    pub fn parts(&self, shape: &[u64]) -> Result<Vec<PartLayout>> {
+        self.parts_for(UNNAMED, shape)
+    }
+
+    /// Total bytes of a tensor of `shape`: the last part's end (no trailing padding).
+    pub fn byte_len(&self, shape: &[u64]) -> Result<u64> {
+        self.byte_len_for(UNNAMED, shape)
+    }
+
+    /// [`Scheme::byte_len`], with errors naming `tensor`.
+    pub fn byte_len_for(&self, tensor: &str, shape: &[u64]) -> Result<u64> {
+        Ok(end_of(&self.parts_for(tensor, shape)?))
+    }
+
+    /// [`Scheme::parts`], with errors naming `tensor`. All arithmetic is checked: a shape whose
+    /// sizes overflow is [`FormatError::ShapeOverflow`], never a wrap or a panic.
+    pub fn parts_for(&self, tensor: &str, shape: &[u64]) -> Result<Vec<PartLayout>> {
+        let n = numel(tensor, shape, self.is_dense())?;
+        let overflow = || FormatError::ShapeOverflow { tensor: tensor.to_string(), shape: shape.to_vec() };
+        let mul = |a: u64, b: u64| a.checked_mul(b).ok_or_else(overflow);
         let lens: Vec<(&'static str, u64)> = match self {
-            Scheme::F32 => vec![("data", n * 4)],
-            Scheme::F16 | Scheme::Bf16 => vec![("data", n * 2)],
+            Scheme::F32 => vec![("data", mul(n, 4)?)],
+            Scheme::F16 | Scheme::Bf16 => vec![("data", mul(n, 2)?)],
             Scheme::Int8 => {
                 if shape.len() != 2 {
                     return Err(FormatError::BadShape {
-                        tensor: name.into(),
+                        tensor: tensor.into(),
                         shape: shape.to_vec(),
                         problem: "int8 tensors must be 2-D",
                     });
                 }
-                vec![("cb", n), ("scb", shape[0] * 4)]
+                vec![("cb", n), ("scb", mul(shape[0], 4)?)]
             }
             Scheme::FourBit { blocksize, nested, orig_dtype, .. } => {
-                let bad = |problem: String| FormatError::BadScheme { tensor: name.into(), problem };
-                if !BLOCKSIZES.contains(blocksize) {
-                    return Err(bad(format!("blocksize {blocksize} is not one of {BLOCKSIZES:?}")));
+                check_blocksize(tensor, "blocksize", *blocksize)?;
+                if !ORIG_DTYPES.contains(&orig_dtype.as_str()) {
+                    return Err(FormatError::BadOrigDtype { tensor: tensor.into(), dtype: orig_dtype.clone() });
                 }
-                if !["float32", "float16", "bfloat16"].contains(&orig_dtype.as_str()) {
-                    return Err(bad(format!("orig_dtype {orig_dtype:?} is not float32, float16 or bfloat16")));
-                }
-                let nb = n.div_ceil(*blocksize as u64);
+                let nb = n.div_ceil(u64::from(*blocksize));
                 match nested {
-                    None => vec![("codes", n.div_ceil(2)), ("absmax", nb * 4)],
+                    None => vec![("codes", n.div_ceil(2)), ("absmax", mul(nb, 4)?)],
                     Some(nd) => {
-                        if !BLOCKSIZES.contains(&nd.blocksize) {
-                            return Err(bad(format!("nested blocksize {} is not one of {BLOCKSIZES:?}", nd.blocksize)));
-                        }
+                        check_blocksize(tensor, "nested blocksize", nd.blocksize)?;
                         vec![
                             ("codes", n.div_ceil(2)),
                             ("absmax", nb),
-                            ("nested_absmax", nb.div_ceil(nd.blocksize as u64) * 4),
+                            ("nested_absmax", mul(nb.div_ceil(u64::from(nd.blocksize)), 4)?),
                             ("nested_offset", 4),
                         ]
                     }
                 }
             }
         };
+        let mut parts = Vec::with_capacity(lens.len());
         let mut off = 0u64;
-        Ok(lens
-            .into_iter()
-            .map(|(name, len)| {
-                let p = PartLayout { name, offset: off, len };
-                off = (off + len).next_multiple_of(PART_ALIGN);
-                p
-            })
-            .collect())
+        for (name, len) in lens {
+            parts.push(PartLayout { name, offset: off, len });
+            let end = off.checked_add(len).ok_or_else(overflow)?;
+            off = end.checked_next_multiple_of(PART_ALIGN).ok_or_else(overflow)?;
+        }
+        Ok(parts)
     }
+}
 
-    /// Total bytes of a tensor of `shape` (the last part's end).
-    pub fn byte_len(&self, name: &str, shape: &[u64]) -> Result<u64> {
-        Ok(self.parts(name, shape)?.last().map_or(0, |p| p.offset + p.len))
+/// End of the last part: a tensor's byte length.
+pub(crate) fn end_of(parts: &[PartLayout]) -> u64 {
+    // `parts_for` checked that offset + len does not overflow.
+    parts.last().map_or(0, |p| p.offset + p.len)
+}
+
+fn check_blocksize(tensor: &str, which: &'static str, blocksize: u32) -> Result<()> {
+    if BLOCKSIZES.contains(&blocksize) {
+        Ok(())
+    } else {
+        Err(FormatError::BadBlocksize { tensor: tensor.into(), which, blocksize })
+    }
+}
+
+/// Element count of `shape`. Empty tensors (a zero dimension) are allowed only for dense schemes:
+/// a quantized tensor with no elements has no blocks and no rows, which no quantizer produces and
+/// every kernel would have to special-case.
+fn numel(tensor: &str, shape: &[u64], dense: bool) -> Result<u64> {
+    let bad = |problem| FormatError::BadShape { tensor: tensor.to_string(), shape: shape.to_vec(), problem };
+    if shape.is_empty() || shape.len() > MAX_RANK {
+        return Err(bad("rank must be 1 to 4"));
+    }
+    if !dense && shape.contains(&0) {
+        return Err(bad("zero-sized dimension (only f32/f16/bf16 tensors may be empty)"));
+    }
+    match shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d)) {
+        Some(n) if n <= MAX_ELEMENTS => Ok(n),
+        _ => Err(FormatError::ShapeOverflow { tensor: tensor.to_string(), shape: shape.to_vec() }),
     }
 }
 
@@ -158,27 +211,103 @@ impl Scheme {
 mod tests {
     use super::*;
 
-    #[test]
-    fn nf4_nested_parts_are_aligned() {
-        let s = Scheme::FourBit {
+    fn nf4(blocksize: u32, nested: Option<u32>) -> Scheme {
+        Scheme::FourBit {
             kind: FourBitKind::Nf4,
-            blocksize: 64,
-            nested: Some(Nested { blocksize: 256 }),
+            blocksize,
+            nested: nested.map(|blocksize| Nested { blocksize }),
             orig_dtype: "bfloat16".into(),
-        };
-        let p = s.parts("w", &[4096, 4096]).unwrap();
-        assert_eq!(p[0].len, 8_388_608);
-        assert_eq!(p[1].len, 262_144);
-        assert_eq!(p[2].len, 1024 * 4);
-        assert!(p.iter().all(|x| x.offset % 64 == 0));
+        }
     }
 
     #[test]
-    fn rejects_overflow_and_bad_blocksize() {
-        assert!(Scheme::F32.parts("w", &[1 << 40, 1 << 40]).is_err());
-        assert!(Scheme::F32.parts("w", &[3, 0]).is_err());
-        let s = Scheme::FourBit { kind: FourBitKind::Nf4, blocksize: 48, nested: None, orig_dtype: "float16".into() };
-        assert!(s.parts("w", &[64]).is_err());
-        assert!(Scheme::Int8.parts("w", &[64]).is_err());
+    fn mistral_q_proj_nested_sizes_match_bitsandbytes() {
+        // FORMATS.md §B.3: q_proj 4096×4096, blocksize 64, nested 256.
+        let p = nf4(64, Some(256)).parts(&[4096, 4096]).unwrap();
+        let got: Vec<(&str, u64, u64)> = p.iter().map(|x| (x.name, x.offset, x.len)).collect();
+        assert_eq!(
+            got,
+            [
+                ("codes", 0, 8_388_608),
+                ("absmax", 8_388_608, 262_144),
+                ("nested_absmax", 8_650_752, 4096),
+                ("nested_offset", 8_654_848, 4),
+            ]
+        );
+        assert_eq!(nf4(64, Some(256)).byte_len(&[4096, 4096]).unwrap(), 8_654_852);
+    }
+
+    #[test]
+    fn odd_counts_and_partial_blocks_round_up_and_pad_to_64() {
+        // 3×63 = 189 elements: 95 code bytes, ⌈189/128⌉ = 2 blocks.
+        let s = Scheme::FourBit { kind: FourBitKind::Fp4, blocksize: 128, nested: None, orig_dtype: "float16".into() };
+        let p = s.parts(&[3, 63]).unwrap();
+        assert_eq!((p[0].len, p[1].offset, p[1].len), (95, 128, 8));
+        // 1000 blocks → 4 nested blocks; parts padded to 64.
+        let p = nf4(32, Some(256)).parts(&[32_000]).unwrap();
+        assert_eq!(
+            p.iter().map(|x| (x.offset, x.len)).collect::<Vec<_>>(),
+            [(0, 16_000), (16_000, 1000), (17_024, 16), (17_088, 4)]
+        );
+        let p = Scheme::Int8.parts(&[3, 5]).unwrap();
+        assert_eq!(p.iter().map(|x| (x.name, x.offset, x.len)).collect::<Vec<_>>(), [("cb", 0, 15), ("scb", 64, 12)]);
+        assert_eq!(Scheme::Bf16.byte_len(&[2, 3, 4]).unwrap(), 48);
+        assert!(p.iter().all(|x| x.offset % PART_ALIGN == 0));
+    }
+
+    #[test]
+    fn overflow_is_an_error_not_a_wrap() {
+        for shape in [vec![1 << 40, 1 << 40], vec![u64::MAX, 2], vec![1 << 49]] {
+            assert!(matches!(Scheme::F32.parts(&shape), Err(FormatError::ShapeOverflow { .. })), "{shape:?}");
+        }
+        // Int8's per-row scale array: rows × 4 stays in range because rows ≤ 2^48.
+        assert!(Scheme::Int8.parts(&[1 << 47, 2]).is_ok());
+        assert!(Scheme::F32.parts(&[1 << 48]).is_ok());
+    }
+
+    #[test]
+    fn zero_size_only_for_dense() {
+        assert_eq!(Scheme::F32.parts(&[3, 0]).unwrap(), [PartLayout { name: "data", offset: 0, len: 0 }]);
+        assert_eq!(Scheme::F16.byte_len(&[0]).unwrap(), 0);
+        assert!(matches!(Scheme::Int8.parts(&[0, 4]), Err(FormatError::BadShape { .. })));
+        assert!(matches!(nf4(64, None).parts(&[64, 0]), Err(FormatError::BadShape { .. })));
+    }
+
+    #[test]
+    fn rejects_bad_rank_blocksize_and_dtype() {
+        assert!(matches!(Scheme::F32.parts(&[]), Err(FormatError::BadShape { .. })));
+        assert!(matches!(Scheme::F32.parts(&[1, 1, 1, 1, 1]), Err(FormatError::BadShape { .. })));
+        assert!(Scheme::F32.parts(&[1, 1, 1, 1]).is_ok());
+        assert!(matches!(Scheme::Int8.parts(&[64]), Err(FormatError::BadShape { .. })));
+        assert!(matches!(
+            nf4(48, None).parts_for("w", &[64]),
+            Err(FormatError::BadBlocksize { which: "blocksize", blocksize: 48, ref tensor }) if tensor == "w"
+        ));
+        assert!(matches!(
+            nf4(64, Some(0)).parts(&[64]),
+            Err(FormatError::BadBlocksize { which: "nested blocksize", .. })
+        ));
+        let s = Scheme::FourBit { kind: FourBitKind::Nf4, blocksize: 64, nested: None, orig_dtype: "int8".into() };
+        assert!(matches!(s.parts(&[64]), Err(FormatError::BadOrigDtype { .. })));
+    }
+
+    #[test]
+    fn serde_spelling_is_stable() {
+        let s = nf4(64, Some(256));
+        let j = serde_json::to_value(&s).unwrap();
+        assert_eq!(
+            j,
+            serde_json::json!({"type": "fourbit", "kind": "nf4", "blocksize": 64,
+                               "nested": {"blocksize": 256}, "orig_dtype": "bfloat16"})
+        );
+        assert_eq!(serde_json::to_value(Scheme::Bf16).unwrap(), serde_json::json!({"type": "bf16"}));
+        assert_eq!(serde_json::to_value(Scheme::Int8).unwrap(), serde_json::json!({"type": "int8"}));
+        // `nested` may be left out.
+        let back: Scheme = serde_json::from_value(
+            serde_json::json!({"type": "fourbit", "kind": "fp4", "blocksize": 64, "orig_dtype": "float32"}),
+        )
+        .unwrap();
+        assert!(matches!(back, Scheme::FourBit { nested: None, kind: FourBitKind::Fp4, .. }));
+        assert!(serde_json::from_value::<Scheme>(serde_json::json!({"type": "q4_0"})).is_err());
     }
 }
