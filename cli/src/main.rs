@@ -9,6 +9,14 @@ use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // A file-size limit (`ulimit -f`) would otherwise kill the process with SIGXFSZ in the middle
+    // of a write; ignored, the write fails with EFBIG, which the writer reports as a full disk
+    // and answers by deleting its temporary file.
+    // SAFETY: setting a signal's disposition to SIG_IGN before any thread is started has no
+    // preconditions; no handler code runs.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
     let cli = args::Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

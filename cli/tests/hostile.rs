@@ -1,0 +1,138 @@
+//! The `lowbit` binary against hostile input and faults: each case must end with a clear
+//! one-line error and exit code 2 — never a panic (exit 101), a hang, or a file left at the
+//! output path.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_lowbit"))
+}
+
+fn data(p: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(p)
+}
+
+/// Runs and expects a clean failure whose message contains `needle`.
+fn fails(cmd: &mut Command, needle: &str) -> Output {
+    let out = cmd.output().expect("runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "expected exit 2, got {:?}; stderr: {err}", out.status);
+    assert!(!err.contains("panicked"), "panic: {err}");
+    assert!(err.contains(needle), "stderr lacks {needle:?}: {err}");
+    out
+}
+
+fn convert(src: &Path, out: &Path, quant: &str) {
+    let o = bin()
+        .args(["convert", src.to_str().unwrap(), "-o", out.to_str().unwrap(), "--quant", quant, "-q"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+fn only_entries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect()
+}
+
+#[test]
+fn runtime_input_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = tmp.path().join("tiny.lowbit");
+    convert(&data("converter/tests/data/gguf/tiny.gguf"), &m, "nf4");
+    let m = m.to_str().unwrap();
+    fails(bin().args(["logits", "-m", m, "--tokens", "1,2,300000", "--out", "/dev/null"]), "outside the vocabulary");
+    fails(bin().args(["--threads", "0", "run", "-m", m, "-p", "hi"]), "--threads");
+    // The tiny GGUF has full attention: a context of 4 cannot hold a longer prompt.
+    fails(
+        bin().args(["run", "-m", m, "--ctx", "4", "-p", "a prompt longer than four tokens"]),
+        "do not fit in the context",
+    );
+    let bad = tmp.path().join("latin1.txt");
+    std::fs::write(&bad, b"caf\xe9").unwrap();
+    fails(bin().args(["run", "-m", m, "-f", bad.to_str().unwrap()]), "not UTF-8");
+    let nope = tmp.path().join("nope.lowbit");
+    fails(bin().args(["run", "-m", nope.to_str().unwrap(), "-p", "x"]), "nope.lowbit");
+    fails(bin().args(["inspect", tmp.path().to_str().unwrap()]), "not a regular file");
+    let env_bad = bin().env("LOWBIT_ISA", "sse9").args(["cpu"]).output().unwrap();
+    assert_eq!(env_bad.status.code(), Some(2));
+}
+
+#[test]
+fn unknown_template_variable_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ckpt");
+    let mut cfg = lowbit_convert::synth::presets().into_iter().find(|p| p.name == "mistral-7b-v0.1").unwrap().config;
+    for (k, v) in [
+        ("hidden_size", 64),
+        ("intermediate_size", 128),
+        ("num_attention_heads", 4),
+        ("num_key_value_heads", 2),
+        ("head_dim", 16),
+        ("vocab_size", 300),
+    ] {
+        cfg[k] = v.into();
+    }
+    lowbit_convert::synth::synthesize(&cfg, &dir, 1, Some(1), 1 << 30).unwrap();
+    let tc = serde_json::json!({"bos_token": "<s>", "eos_token": "</s>", "chat_template": "{{ bos_token }}{{ no_such_variable }}"});
+    std::fs::write(dir.join("tokenizer_config.json"), tc.to_string()).unwrap();
+    let m = tmp.path().join("t.lowbit");
+    convert(&dir, &m, "int8");
+    fails(bin().args(["run", "-m", m.to_str().unwrap(), "--chat", "-p", "hi"]), "chat template");
+}
+
+#[test]
+fn corrupt_and_truncated_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = tmp.path().join("m.lowbit");
+    convert(&data("runtime/tests/data/tiny/swa"), &m, "nf4");
+    let bytes = std::fs::read(&m).unwrap();
+    // Flip a byte well inside the data section: verify names the tensor.
+    let flipped = tmp.path().join("flipped.lowbit");
+    let mut b = bytes.clone();
+    let at = b.len() - 1000;
+    b[at] ^= 0xFF;
+    std::fs::write(&flipped, &b).unwrap();
+    let out = fails(bin().args(["verify", flipped.to_str().unwrap()]), "failed verification");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("checksum mismatch: tensor "));
+    // Truncated after the converter wrote it.
+    let cut = tmp.path().join("cut.lowbit");
+    std::fs::write(&cut, &bytes[..bytes.len() - 5000]).unwrap();
+    fails(bin().args(["inspect", cut.to_str().unwrap()]), "outside the data section");
+    std::fs::write(&cut, &bytes[..10]).unwrap();
+    fails(bin().args(["inspect", cut.to_str().unwrap()]), "truncated");
+}
+
+#[test]
+fn file_size_limit_gives_a_clear_error_and_no_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out.lowbit");
+    // 64 KiB limit; the nf4 file is about 114 KiB.
+    let script = format!(
+        "ulimit -f 64; exec {} convert {} -o {} --quant nf4 -q",
+        env!("CARGO_BIN_EXE_lowbit"),
+        data("runtime/tests/data/tiny/swa").display(),
+        out.display()
+    );
+    fails(Command::new("bash").args(["-c", &script]), "no space left");
+    assert!(only_entries(tmp.path()).is_empty(), "left behind: {:?}", only_entries(tmp.path()));
+}
+
+#[test]
+fn killed_conversion_leaves_nothing_at_the_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("big");
+    // One layer of Mistral-7B plus its embeddings: large enough that conversion takes seconds.
+    let cfg = lowbit_convert::synth::presets().into_iter().find(|p| p.name == "mistral-7b-v0.1").unwrap().config;
+    lowbit_convert::synth::synthesize(&cfg, &dir, 3, Some(1), 1 << 30).unwrap();
+    let out = tmp.path().join("out.lowbit");
+    let mut child = bin().args(["convert", dir.to_str().unwrap(), "-o", out.to_str().unwrap(), "-q"]).spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(!out.exists(), "a killed conversion left a file at the output path");
+    // Only the hidden temporary file may remain.
+    for name in only_entries(tmp.path()) {
+        assert!(name == "big" || name.starts_with(".out.lowbit.tmp-"), "unexpected {name}");
+    }
+}
