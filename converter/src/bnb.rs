@@ -1,28 +1,64 @@
 //! bitsandbytes pre-quantized checkpoints (saved by transformers' `save_pretrained` after
-//! `load_in_4bit` / `load_in_8bit`). Their tensors are taken over byte for byte — codes, block
-//! scales, nested scales and offset — with no dequantize → requantize step (FORMATS.md §C).
-//! Detection goes by tensor names, not by config lists, which published checkpoints get wrong.
+//! `load_in_4bit` / `load_in_8bit`), FORMATS.md §C. Their tensors are taken over byte for byte —
+//! codes, block scales, nested scales and offset — with no dequantize → requantize step.
+//!
+//! Detection goes by tensor names (the `quant_state` side tensors and `SCB`), not by the config,
+//! which can list skipped modules wrongly. Everything about a tensor is checked against
+//! everything else before a byte is copied: the quant-state JSON is untrusted, so its shape must
+//! match the packed weight's byte count, every side tensor must have the dtype and length the
+//! shape implies, and the code tables must be bitsandbytes' own, bit for bit.
 
 use crate::error::{ConvertError, Result};
-use crate::source::{SrcDtype, TensorSource};
-use lowbit_format::{FourBitKind, Nested, Scheme};
-use std::collections::HashMap;
+use crate::source::{SrcDtype, SrcTensor, TensorSource};
+use lowbit_format::{FourBitKind, Nested, Scheme, MAX_ELEMENTS, ORIG_DTYPES};
+use lowbit_kernels::{Absmax, FourBitTensor, Int8Tensor};
+use serde_json::Value;
+use std::collections::BTreeSet;
+
+/// Suffix of the 4-bit quant-state tensor: `P.weight.quant_state.bitsandbytes__nf4|fp4`.
+const QUANT_STATE: &str = ".weight.quant_state.bitsandbytes__";
+
+/// Longest quant-state JSON accepted (real ones are ~150 bytes).
+const MAX_QUANT_STATE: usize = 1 << 16;
+
+/// Side tensors consumed together with their weight.
+const AUX: [&str; 6] = [
+    ".weight.absmax",
+    ".weight.quant_map",
+    ".weight.nested_absmax",
+    ".weight.nested_quant_map",
+    ".SCB",
+    ".weight_format",
+];
+
+/// The nested (double-quant) parameters of a 4-bit tensor.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NestedState {
+    /// Block scales per nested block.
+    pub blocksize: u32,
+    /// The mean subtracted from the block scales.
+    pub offset: f32,
+}
 
 /// One pre-quantized linear weight.
 #[derive(Debug, Clone, PartialEq)]
 pub enum BnbTensor {
-    /// 4-bit: `P.weight` and its `absmax`, `quant_map`, nested parts and quant-state JSON.
+    /// 4-bit: `P.weight` (packed codes) with `absmax`, `quant_map`, nested parts and quant state.
     FourBit {
         /// Output tensor name (`P.weight`).
         name: String,
-        /// Scheme with the stored parameters.
-        scheme: Scheme,
+        /// Code table.
+        kind: FourBitKind,
+        /// Elements per block.
+        blocksize: u32,
+        /// Double quantization, if used.
+        nested: Option<NestedState>,
+        /// Dtype of the weights before quantization ("float16", …).
+        orig_dtype: String,
         /// Original shape `[out, in]`.
         shape: Vec<usize>,
-        /// The `nested_offset` from the quant state.
-        offset: Option<f32>,
     },
-    /// LLM.int8: `P.weight` (i8) and `P.SCB` (f32).
+    /// LLM.int8: `P.weight` (i8, row-major) and `P.SCB` (f32 per row).
     Int8 {
         /// Output tensor name.
         name: String,
@@ -31,166 +67,228 @@ pub enum BnbTensor {
     },
 }
 
-const QS: &str = ".weight.quant_state.bitsandbytes__";
-
 /// Whether a source tensor is a bitsandbytes side tensor (consumed with its weight).
 pub fn is_aux(name: &str) -> bool {
-    [
-        ".weight.absmax",
-        ".weight.quant_map",
-        ".weight.nested_absmax",
-        ".weight.nested_quant_map",
-        ".SCB",
-        ".weight_format",
-    ]
-    .iter()
-    .any(|s| name.ends_with(s))
-        || name.contains(QS)
+    AUX.iter().any(|s| name.ends_with(s)) || name.contains(QUANT_STATE)
+}
+
+/// The weight a side tensor belongs to.
+fn aux_owner(name: &str) -> Option<String> {
+    if let Some(p) = name.find(QUANT_STATE) {
+        return Some(format!("{}.weight", &name[..p]));
+    }
+    let prefix = AUX.iter().find_map(|s| name.strip_suffix(s))?;
+    Some(format!("{prefix}.weight"))
 }
 
 fn bad(name: &str, problem: impl Into<String>) -> ConvertError {
-    ConvertError::BadQuantState { tensor: name.to_string(), problem: problem.into() }
+    ConvertError::quant_state(name, problem)
 }
 
-fn f32s(src: &dyn TensorSource, index: &HashMap<String, (SrcDtype, Vec<usize>)>, name: &str) -> Result<Vec<f32>> {
-    let (dtype, shape) = index.get(name).ok_or_else(|| ConvertError::MissingTensor(name.into()))?;
-    if *dtype != SrcDtype::F32 {
-        return Err(bad(name, format!("expected float32, found {dtype:?}")));
+/// The side tensor `name`, checked to be `dtype` with `count` elements.
+fn side<'a>(
+    src: &'a dyn TensorSource,
+    owner: &str,
+    name: &str,
+    dtype: SrcDtype,
+    count: usize,
+) -> Result<&'a SrcTensor> {
+    let t = src.get(name).ok_or_else(|| ConvertError::MissingTensor(name.into()))?;
+    if t.dtype != dtype || t.numel() != count {
+        return Err(bad(
+            owner,
+            format!(
+                "{name} is {} {:?}, expected {} [{count}]{}",
+                t.dtype_name,
+                t.shape,
+                dtype.torch_name(),
+                if name.ends_with(".absmax") && t.dtype == SrcDtype::Bf16 {
+                    " (bitsandbytes 0.50 on AVX512-BF16 CPUs saves a lossy bfloat16 absmax when the model \
+                     ran a forward pass before save_pretrained: quantize and save it again without one)"
+                } else {
+                    ""
+                }
+            ),
+        ));
     }
-    let n: usize = shape.iter().product();
-    let raw = src.read_raw(name, 0, n)?;
-    let mut out = Vec::new();
-    crate::source::decode_f32(SrcDtype::F32, &raw, &mut out);
+    Ok(t)
+}
+
+fn read_f32s(src: &dyn TensorSource, name: &str, n: usize) -> Result<Vec<f32>> {
+    let mut out = Vec::with_capacity(n);
+    src.read_f32(name, 0, n, &mut out)?;
     Ok(out)
 }
 
-/// The non-tensor fields of a bitsandbytes 4-bit quant state (the JSON packed into the
-/// `quant_state.bitsandbytes__*` tensor).
-#[derive(Debug, Clone, PartialEq)]
-pub struct QuantState {
-    /// Elements per block (checked against bitsandbytes' allowed sizes).
-    pub blocksize: usize,
-    /// Original weight shape `[out, in]`, no zero dimension, product without overflow.
-    pub shape: Vec<usize>,
-    /// Original dtype ("float16", …).
-    pub orig_dtype: String,
-    /// `nested_offset` (double quant only), finite.
-    pub nested_offset: Option<f32>,
-    /// Nested block size (256 if absent).
-    pub nested_blocksize: u32,
-}
-
-/// Parses a quant-state JSON from an untrusted checkpoint; every field is checked.
-pub fn parse_quant_state(weight: &str, json: &[u8]) -> Result<QuantState> {
-    let qs: serde_json::Value =
-        serde_json::from_slice(json).map_err(|e| bad(weight, format!("quant state JSON: {e}")))?;
-    let get_u = |k: &str| {
-        qs.get(k).and_then(serde_json::Value::as_u64).ok_or_else(|| bad(weight, format!("quant state lacks {k}")))
-    };
-    let blocksize = get_u("blocksize")? as usize;
-    lowbit_kernels::fourbit::check_blocksize(blocksize).map_err(|e| bad(weight, e.to_string()))?;
-    let shape: Vec<usize> = qs
-        .get("shape")
-        .and_then(|s| s.as_array())
-        .map(|a| a.iter().filter_map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok())).collect())
-        .ok_or_else(|| bad(weight, "quant state lacks shape"))?;
-    if shape.len() != 2 || shape.contains(&0) || shape[0].checked_mul(shape[1]).is_none_or(|n| n > 1 << 40) {
-        return Err(bad(weight, format!("shape {shape:?} is not a 2-D weight shape")));
+/// A quant-state integer field.
+fn state_u64(qs: &Value, weight: &str, key: &str) -> Result<Option<u64>> {
+    match qs.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v.as_u64().map(Some).ok_or_else(|| bad(weight, format!("quant state {key} is not an integer: {v}"))),
     }
-    let orig_dtype =
-        qs.get("dtype").and_then(|d| d.as_str()).unwrap_or("float16").trim_start_matches("torch.").to_string();
-    let nested_offset = match qs.get("nested_offset") {
-        None | Some(serde_json::Value::Null) => None,
-        Some(v) => match v.as_f64() {
-            Some(o) if (o as f32).is_finite() => Some(o as f32),
-            _ => return Err(bad(weight, "nested_offset is not a finite number")),
-        },
-    };
-    let nested_blocksize = match qs.get("nested_blocksize").map(serde_json::Value::as_u64) {
-        None => 256,
-        Some(Some(b)) if lowbit_kernels::fourbit::check_blocksize(b as usize).is_ok() => b as u32,
-        Some(_) => return Err(bad(weight, "nested_blocksize is not an allowed block size")),
-    };
-    Ok(QuantState { blocksize, shape, orig_dtype, nested_offset, nested_blocksize })
 }
 
-/// Finds every pre-quantized weight. `index` maps source names to dtype and shape.
-pub fn detect(src: &dyn TensorSource, index: &HashMap<String, (SrcDtype, Vec<usize>)>) -> Result<Vec<BnbTensor>> {
-    let mut found = Vec::new();
-    for (name, (dtype, shape)) in index {
-        if let Some(pos) = name.find(QS) {
-            let prefix = &name[..pos];
-            let kind = match &name[pos + QS.len()..] {
-                "nf4" => FourBitKind::Nf4,
-                "fp4" => FourBitKind::Fp4,
-                other => return Err(bad(name, format!("unknown quant type {other:?}"))),
-            };
-            if *dtype != SrcDtype::U8 || shape.len() != 1 || shape[0] > 1 << 16 {
-                return Err(bad(name, "quant state must be a short uint8 vector of JSON bytes"));
-            }
-            let json = src.read_raw(name, 0, shape[0])?;
-            let weight = format!("{prefix}.weight");
-            let QuantState { blocksize, shape: qshape, orig_dtype: orig, nested_offset, nested_blocksize } =
-                parse_quant_state(&weight, &json)?;
-            let n = qshape[0] * qshape[1];
-            // The packed weight must hold exactly ⌈n/2⌉ bytes, whatever quant_storage dtype.
-            let (wd, ws) = index.get(&weight).ok_or_else(|| ConvertError::MissingTensor(weight.clone()))?;
-            if ws.iter().product::<usize>() * wd.size() != n.div_ceil(2) {
-                return Err(bad(&weight, format!("packed weight {ws:?} does not hold {n} 4-bit codes")));
-            }
-            let levels = f32s(src, index, &format!("{weight}.quant_map"))?;
-            if levels.len() != 16
-                || levels
-                    .iter()
-                    .zip(lowbit_kernels_levels(kind))
-                    .any(|(a, b)| a.to_bits() != b.to_bits() && !(*a == 0.0 && *b == 0.0))
-            {
-                return Err(bad(&weight, "quant_map is not the standard table"));
-            }
-            let nested = match nested_offset {
-                Some(_) => {
-                    let map = f32s(src, index, &format!("{weight}.nested_quant_map"))?;
-                    let want = lowbit_kernels::codebook::dynamic_map();
-                    if map.len() != 256 || map.iter().zip(want.iter()).any(|(a, b)| a.to_bits() != b.to_bits()) {
-                        return Err(bad(&weight, "nested_quant_map is not bitsandbytes' dynamic map"));
-                    }
-                    Some(Nested { blocksize: nested_blocksize })
-                }
-                None => None,
-            };
-            found.push(BnbTensor::FourBit {
-                name: weight,
-                scheme: Scheme::FourBit { kind, blocksize: blocksize as u32, nested, orig_dtype: orig },
-                shape: qshape,
-                offset: nested_offset,
-            });
-        } else if let Some(prefix) = name.strip_suffix(".SCB") {
-            let weight = format!("{prefix}.weight");
-            let (wd, ws) = index.get(&weight).ok_or_else(|| ConvertError::MissingTensor(weight.clone()))?;
-            if *wd != SrcDtype::I8 || ws.len() != 2 {
-                return Err(bad(&weight, "int8 weight must be a 2-D int8 tensor"));
-            }
-            if *dtype != SrcDtype::F32 || shape != &[ws[0]] {
-                return Err(bad(name, format!("SCB must be float32 [{}]", ws[0])));
-            }
-            let wf = format!("{prefix}.weight_format");
-            if let Some((SrcDtype::U8, s)) = index.get(&wf) {
-                if s.iter().product::<usize>() == 1 && src.read_raw(&wf, 0, 1)?[0] != 0 {
-                    return Err(bad(&weight, "weight_format is not 0 (row-major); other layouts are not supported"));
-                }
-            }
-            found.push(BnbTensor::Int8 { name: weight, shape: ws.clone() });
+fn four_bit(src: &dyn TensorSource, qs_tensor: &SrcTensor, kind_name: &str) -> Result<BnbTensor> {
+    let qs_name = &qs_tensor.name;
+    let weight = aux_owner(qs_name).unwrap_or_default();
+    let kind = match kind_name {
+        "nf4" => FourBitKind::Nf4,
+        "fp4" => FourBitKind::Fp4,
+        other => return Err(bad(&weight, format!("unknown 4-bit type {other:?}"))),
+    };
+    if qs_tensor.dtype != SrcDtype::U8 || qs_tensor.shape.len() != 1 || qs_tensor.numel() > MAX_QUANT_STATE {
+        return Err(bad(&weight, format!("{qs_name} must be a uint8 vector of JSON bytes (≤ {MAX_QUANT_STATE})")));
+    }
+    let json = src.read_raw(qs_name, 0, qs_tensor.numel())?;
+    let qs: Value = serde_json::from_slice(&json).map_err(|e| bad(&weight, format!("quant state JSON: {e}")))?;
+    if !qs.is_object() {
+        return Err(bad(&weight, "quant state is not a JSON object"));
+    }
+    if let Some(t) = qs.get("quant_type") {
+        if t.as_str() != Some(kind_name) {
+            return Err(bad(&weight, format!("quant state says quant_type {t}, its name says {kind_name}")));
         }
+    }
+    let blocksize = state_u64(&qs, &weight, "blocksize")?.ok_or_else(|| bad(&weight, "quant state lacks blocksize"))?;
+    let blocksize = u32::try_from(blocksize)
+        .ok()
+        .filter(|b| lowbit_format::BLOCKSIZES.contains(b))
+        .ok_or_else(|| bad(&weight, format!("blocksize {blocksize} is not one bitsandbytes uses")))?;
+    let shape: Vec<usize> = match qs.get("shape").and_then(Value::as_array) {
+        Some(a) if a.len() == 2 => a
+            .iter()
+            .map(|d| d.as_u64().filter(|&d| d > 0).and_then(|d| usize::try_from(d).ok()))
+            .collect::<Option<_>>()
+            .ok_or_else(|| bad(&weight, format!("shape {} is not two positive integers", Value::from(a.clone()))))?,
+        other => {
+            let shown = other.map_or("missing or not an array".to_string(), |v| Value::from(v.clone()).to_string());
+            return Err(bad(&weight, format!("quant state shape {shown} is not a 2-D weight shape")));
+        }
+    };
+    let n = shape[0]
+        .checked_mul(shape[1])
+        .filter(|&n| n as u64 <= MAX_ELEMENTS)
+        .ok_or_else(|| bad(&weight, format!("shape {shape:?} is too large")))?;
+    let orig = match qs.get("dtype") {
+        None => "float16".to_string(),
+        Some(v) => {
+            let d = v.as_str().unwrap_or("").trim_start_matches("torch.");
+            if !ORIG_DTYPES.contains(&d) {
+                return Err(bad(&weight, format!("original dtype {v} is not float32/float16/bfloat16")));
+            }
+            d.to_string()
+        }
+    };
+    // The packed weight holds exactly ⌈n/2⌉ bytes, whatever the quant_storage dtype.
+    let w = src.get(&weight).ok_or_else(|| ConvertError::MissingTensor(weight.clone()))?;
+    if w.dtype == SrcDtype::Other || w.bytes != n.div_ceil(2) as u64 {
+        return Err(bad(
+            &weight,
+            format!(
+                "packed weight {} {:?} does not hold the {n} 4-bit codes of shape {shape:?}",
+                w.dtype_name, w.shape
+            ),
+        ));
+    }
+    let nb = n.div_ceil(blocksize as usize);
+    let levels =
+        read_f32s(src, side(src, &weight, &format!("{weight}.quant_map"), SrcDtype::F32, 16)?.name.as_str(), 16)?;
+    let want = match kind {
+        FourBitKind::Nf4 => lowbit_kernels::FourBitKind::Nf4.levels(),
+        FourBitKind::Fp4 => lowbit_kernels::FourBitKind::Fp4.levels(),
+    };
+    // Bit for bit, except the sign of zero: bitsandbytes builds FP4's code 8 as -0.0 but
+    // transformers saves it as +0.0 (the codes mean the same thing).
+    if levels.iter().zip(want.iter()).any(|(a, b)| a.to_bits() != b.to_bits() && !(*a == 0.0 && *b == 0.0)) {
+        return Err(bad(&weight, format!("quant_map is not bitsandbytes' {kind_name} table")));
+    }
+    let nested = match qs.get("nested_offset") {
+        None | Some(Value::Null) => {
+            if src.get(&format!("{weight}.nested_absmax")).is_some() {
+                return Err(bad(&weight, "nested_absmax present but the quant state has no nested_offset"));
+            }
+            side(src, &weight, &format!("{weight}.absmax"), SrcDtype::F32, nb)?;
+            None
+        }
+        Some(v) => {
+            let offset = v
+                .as_f64()
+                .map(|o| o as f32)
+                .filter(|o| o.is_finite())
+                .ok_or_else(|| bad(&weight, format!("nested_offset {v} is not a finite number")))?;
+            let nbs = state_u64(&qs, &weight, "nested_blocksize")?.unwrap_or(256);
+            let nbs = u32::try_from(nbs)
+                .ok()
+                .filter(|b| lowbit_format::BLOCKSIZES.contains(b))
+                .ok_or_else(|| bad(&weight, format!("nested_blocksize {nbs} is not one bitsandbytes uses")))?;
+            if let Some(d) = qs.get("nested_dtype") {
+                if d.as_str().map(|s| s.trim_start_matches("torch.")) != Some("float32") {
+                    return Err(bad(&weight, format!("nested_dtype {d} is not float32")));
+                }
+            }
+            side(src, &weight, &format!("{weight}.absmax"), SrcDtype::U8, nb)?;
+            side(src, &weight, &format!("{weight}.nested_absmax"), SrcDtype::F32, nb.div_ceil(nbs as usize))?;
+            let map_name = format!("{weight}.nested_quant_map");
+            side(src, &weight, &map_name, SrcDtype::F32, 256)?;
+            let map = read_f32s(src, &map_name, 256)?;
+            let dynamic = lowbit_kernels::codebook::dynamic_map();
+            if map.iter().zip(dynamic.iter()).any(|(a, b)| a.to_bits() != b.to_bits()) {
+                return Err(bad(&weight, "nested_quant_map is not bitsandbytes' signed dynamic map"));
+            }
+            Some(NestedState { blocksize: nbs, offset })
+        }
+    };
+    Ok(BnbTensor::FourBit { name: weight, kind, blocksize, nested, orig_dtype: orig, shape })
+}
+
+fn int8(src: &dyn TensorSource, scb: &SrcTensor, prefix: &str) -> Result<BnbTensor> {
+    let weight = format!("{prefix}.weight");
+    let w = src.get(&weight).ok_or_else(|| ConvertError::MissingTensor(weight.clone()))?;
+    if w.dtype != SrcDtype::I8 || w.shape.len() != 2 || w.shape.contains(&0) {
+        return Err(bad(
+            &weight,
+            format!("int8 weight must be a non-empty 2-D int8 tensor, not {} {:?}", w.dtype_name, w.shape),
+        ));
+    }
+    if scb.dtype != SrcDtype::F32 || scb.shape != [w.shape[0]] {
+        return Err(bad(
+            &weight,
+            format!("SCB is {} {:?}, expected float32 [{}]", scb.dtype_name, scb.shape, w.shape[0]),
+        ));
+    }
+    let wf = format!("{prefix}.weight_format");
+    if let Some(t) = src.get(&wf) {
+        // 0 = row-major; the other values are GPU tile layouts no CPU checkpoint has.
+        if t.numel() != 1 || !matches!(t.dtype, SrcDtype::U8 | SrcDtype::I8) || src.read_raw(&wf, 0, 1)?[0] != 0 {
+            return Err(bad(&weight, "weight_format is not 0 (row-major); tiled layouts are not supported"));
+        }
+    }
+    Ok(BnbTensor::Int8 { name: weight, shape: w.shape.clone() })
+}
+
+/// Finds every pre-quantized weight of `src`, sorted by name. A side tensor that belongs to no
+/// quantized weight is an error (a checkpoint with half its quant states missing).
+pub fn detect(src: &dyn TensorSource) -> Result<Vec<BnbTensor>> {
+    let mut found = Vec::new();
+    for t in src.list() {
+        if let Some(pos) = t.name.find(QUANT_STATE) {
+            found.push(four_bit(src, t, &t.name[pos + QUANT_STATE.len()..])?);
+        } else if let Some(prefix) = t.name.strip_suffix(".SCB") {
+            found.push(int8(src, t, prefix)?);
+        }
+    }
+    let names: BTreeSet<&str> = found.iter().map(BnbTensor::name).collect();
+    if names.len() != found.len() {
+        let dup = found.iter().map(BnbTensor::name).find(|n| found.iter().filter(|f| f.name() == *n).count() > 1);
+        return Err(bad(dup.unwrap_or("?"), "has two quant states"));
+    }
+    if let Some(orphan) =
+        src.list().iter().find(|t| is_aux(&t.name) && !aux_owner(&t.name).is_some_and(|o| names.contains(o.as_str())))
+    {
+        return Err(bad(&orphan.name, "side tensor without a quant state (quant_state.* or SCB) for its weight"));
     }
     found.sort_by(|a, b| a.name().cmp(b.name()));
     Ok(found)
-}
-
-fn lowbit_kernels_levels(kind: FourBitKind) -> &'static [f32; 16] {
-    match kind {
-        FourBitKind::Nf4 => lowbit_kernels::FourBitKind::Nf4.levels(),
-        FourBitKind::Fp4 => lowbit_kernels::FourBitKind::Fp4.levels(),
-    }
 }
 
 impl BnbTensor {
@@ -201,51 +299,146 @@ impl BnbTensor {
         }
     }
 
-    /// The parts to write, straight from the source bytes.
-    pub fn parts(
-        &self,
-        src: &dyn TensorSource,
-        index: &HashMap<String, (SrcDtype, Vec<usize>)>,
-    ) -> Result<Vec<Vec<u8>>> {
-        let raw_all = |name: &str| -> Result<Vec<u8>> {
-            let (d, s) = index.get(name).ok_or_else(|| ConvertError::MissingTensor(name.into()))?;
-            let n: usize = s.iter().product();
-            let bytes = src.read_raw(name, 0, n)?;
-            debug_assert_eq!(bytes.len(), n * d.size());
-            Ok(bytes)
-        };
+    /// The weight's shape `[out, in]`.
+    pub fn shape(&self) -> &[usize] {
         match self {
-            BnbTensor::FourBit { name, offset, scheme, shape } => {
-                let n = shape[0] * shape[1];
-                let (blocksize, nested) = match scheme {
-                    Scheme::FourBit { blocksize, nested, .. } => (*blocksize as usize, *nested),
-                    _ => unreachable!("bnb 4-bit tensors carry a 4-bit scheme"),
-                };
-                let nb = n.div_ceil(blocksize);
-                let codes = raw_all(name)?;
-                let absmax = raw_all(&format!("{name}.absmax"))?;
-                let want_absmax = if nested.is_some() { nb } else { nb * 4 };
-                if absmax.len() != want_absmax {
-                    return Err(bad(
-                        name,
-                        format!("absmax has {} bytes, {nb} blocks need {want_absmax}", absmax.len()),
-                    ));
+            BnbTensor::FourBit { shape, .. } | BnbTensor::Int8 { shape, .. } => shape,
+        }
+    }
+
+    /// The lowbit scheme holding this tensor's bytes unchanged.
+    pub fn scheme(&self) -> Scheme {
+        match self {
+            BnbTensor::FourBit { kind, blocksize, nested, orig_dtype, .. } => Scheme::FourBit {
+                kind: *kind,
+                blocksize: *blocksize,
+                nested: nested.map(|n| Nested { blocksize: n.blocksize }),
+                orig_dtype: orig_dtype.clone(),
+            },
+            BnbTensor::Int8 { .. } => Scheme::Int8,
+        }
+    }
+
+    /// The source tensors holding this weight's data.
+    fn sources(&self) -> Vec<String> {
+        match self {
+            BnbTensor::FourBit { name, nested, .. } => {
+                let mut v = vec![name.clone(), format!("{name}.absmax")];
+                if nested.is_some() {
+                    v.push(format!("{name}.nested_absmax"));
                 }
-                let mut parts = vec![codes, absmax];
-                if let Some(nd) = nested {
-                    let na = raw_all(&format!("{name}.nested_absmax"))?;
-                    if na.len() != nb.div_ceil(nd.blocksize as usize) * 4 {
-                        return Err(bad(name, "nested_absmax has the wrong length"));
-                    }
-                    parts.push(na);
-                    parts.push(offset.unwrap_or(0.0).to_le_bytes().to_vec());
-                }
-                Ok(parts)
+                v
             }
             BnbTensor::Int8 { name, .. } => {
-                let prefix = name.strip_suffix(".weight").unwrap_or(name);
-                Ok(vec![raw_all(name)?, raw_all(&format!("{prefix}.SCB"))?])
+                vec![name.clone(), format!("{}.SCB", name.strip_suffix(".weight").unwrap_or(name))]
             }
         }
     }
+
+    /// Source bytes of the data tensors (for progress and memory estimates).
+    pub fn source_bytes(&self, src: &dyn TensorSource) -> u64 {
+        self.sources().iter().filter_map(|n| src.get(n)).map(|t| t.bytes).sum()
+    }
+
+    /// The parts to write, straight from the source bytes (lengths were checked by
+    /// [`detect`]; float scales are checked to be finite, as the kernels assume).
+    pub fn parts(&self, src: &dyn TensorSource) -> Result<Vec<Vec<u8>>> {
+        let read_all = |name: &str| -> Result<Vec<u8>> {
+            let t = src.get(name).ok_or_else(|| ConvertError::MissingTensor(name.into()))?;
+            src.read_raw(name, 0, t.numel())
+        };
+        let finite = |part: &str, bytes: &[u8]| -> Result<()> {
+            match bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .position(|v| !v.is_finite())
+            {
+                Some(i) => Err(bad(self.name(), format!("{part}[{i}] is not finite"))),
+                None => Ok(()),
+            }
+        };
+        let mut parts: Vec<Vec<u8>> = Vec::with_capacity(4);
+        for (i, name) in self.sources().iter().enumerate() {
+            let bytes = read_all(name)?;
+            let is_float = match self {
+                BnbTensor::FourBit { nested, .. } => i == 2 || (i == 1 && nested.is_none()),
+                BnbTensor::Int8 { .. } => i == 1,
+            };
+            if is_float {
+                finite(name, &bytes)?;
+            }
+            parts.push(bytes);
+        }
+        if let BnbTensor::FourBit { nested: Some(n), .. } = self {
+            parts.push(n.offset.to_le_bytes().to_vec());
+        }
+        Ok(parts)
+    }
+
+    /// The weight dequantized to f32 exactly as bitsandbytes computes it (for `--quant
+    /// f16/bf16/f32` or `--keep` on a pre-quantized checkpoint).
+    pub fn dequantize(&self, src: &dyn TensorSource) -> Result<Vec<f32>> {
+        let mut parts = self.parts(src)?;
+        let f32s = |b: &[u8]| b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let n: usize = self.shape().iter().product();
+        let mut out = vec![0f32; n];
+        let kernel = |e| ConvertError::Kernel { tensor: self.name().into(), source: e };
+        match self {
+            BnbTensor::FourBit { kind, blocksize, nested, .. } => {
+                let absmax = match nested {
+                    None => Absmax::F32(f32s(&parts[1])),
+                    Some(nd) => Absmax::Nested {
+                        codes: std::mem::take(&mut parts[1]),
+                        nested_absmax: f32s(&parts[2]),
+                        nested_blocksize: nd.blocksize as usize,
+                        offset: nd.offset,
+                    },
+                };
+                let t = FourBitTensor {
+                    kind: match kind {
+                        FourBitKind::Nf4 => lowbit_kernels::FourBitKind::Nf4,
+                        FourBitKind::Fp4 => lowbit_kernels::FourBitKind::Fp4,
+                    },
+                    blocksize: *blocksize as usize,
+                    len: n,
+                    codes: std::mem::take(&mut parts[0]),
+                    absmax,
+                };
+                t.dequantize(&mut out).map_err(kernel)?;
+            }
+            BnbTensor::Int8 { shape, .. } => {
+                let t = Int8Tensor {
+                    rows: shape[0],
+                    cols: shape[1],
+                    cb: parts[0].iter().map(|&b| b as i8).collect(),
+                    scb: f32s(&parts[1]),
+                };
+                t.dequantize(&mut out).map_err(kernel)?;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// What a checkpoint's `config.json` says about quantization.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantConfig {
+    /// `quant_method`.
+    pub method: String,
+    /// `llm_int8_threshold`, if given.
+    pub int8_threshold: Option<f32>,
+}
+
+/// Reads `quantization_config`; any method but bitsandbytes is refused (its tensors would not
+/// convert anyway, and the error should say why).
+pub fn quant_config(config: &Value) -> Result<Option<QuantConfig>> {
+    let Some(q) = config.get("quantization_config").filter(|q| !q.is_null()) else { return Ok(None) };
+    let method = q.get("quant_method").and_then(Value::as_str).unwrap_or("bitsandbytes").to_string();
+    if method != "bitsandbytes" {
+        return Err(ConvertError::Config(format!(
+            "quantization_config.quant_method {method:?} is not supported (only bitsandbytes checkpoints are taken over)"
+        )));
+    }
+    let int8_threshold = q.get("llm_int8_threshold").and_then(Value::as_f64).map(|t| t as f32);
+    Ok(Some(QuantConfig { method, int8_threshold }))
 }

@@ -1,4 +1,5 @@
-//! The converter's error type.
+//! The converter's error type: one enum, every variant naming the file or tensor it is about,
+//! because "bad shape" alone is useless against a 30-shard checkpoint.
 
 use std::path::PathBuf;
 
@@ -14,18 +15,21 @@ pub enum ConvertError {
         /// OS error.
         source: std::io::Error,
     },
-    /// A file the checkpoint needs is missing.
+    /// A file the checkpoint needs is missing (a shard, config.json, the source folder).
     #[error("{0}: missing (the checkpoint is incomplete)")]
     Missing(PathBuf),
-    /// A safetensors file is corrupt or truncated.
+    /// The folder the output should go into does not exist.
+    #[error("{0}: the output folder does not exist")]
+    OutputFolder(PathBuf),
+    /// A safetensors file is corrupt or truncated, or its index is inconsistent.
     #[error("{path}: invalid safetensors file: {problem}")]
     BadSafetensors {
         /// The file.
         path: PathBuf,
-        /// What the parser said.
+        /// What is wrong.
         problem: String,
     },
-    /// A JSON file (config, index, quant state) is invalid.
+    /// A JSON file (config, index, tokenizer config) is invalid.
     #[error("{what}: {problem}")]
     BadJson {
         /// Which file or field.
@@ -34,11 +38,11 @@ pub enum ConvertError {
         problem: String,
     },
     /// A tensor's dtype cannot be converted.
-    #[error("tensor {tensor}: unsupported dtype {dtype}")]
+    #[error("tensor {tensor}: unsupported dtype {dtype} (float32, float16 and bfloat16 weights are converted; uint8/int8 only as bitsandbytes data)")]
     UnsupportedDtype {
         /// Tensor name.
         tensor: String,
-        /// Its dtype.
+        /// Its dtype, as the file spells it.
         dtype: String,
     },
     /// A tensor's shape contradicts config.json.
@@ -51,6 +55,15 @@ pub enum ConvertError {
         /// What the config implies.
         expected: Vec<usize>,
     },
+    /// A tensor that config.json says cannot exist (a layer past `num_hidden_layers`, a bias the
+    /// architecture does not have).
+    #[error("tensor {tensor}: {problem}")]
+    Contradiction {
+        /// Tensor name.
+        tensor: String,
+        /// What config.json says instead.
+        problem: String,
+    },
     /// A tensor the architecture needs is absent.
     #[error("tensor {0} is missing from the checkpoint")]
     MissingTensor(String),
@@ -62,8 +75,8 @@ pub enum ConvertError {
         /// What is wrong.
         problem: String,
     },
-    /// The configuration is unsupported.
-    #[error("config.json: {0}")]
+    /// The configuration (config.json or the options) is unsupported.
+    #[error("config: {0}")]
     Config(String),
     /// Quantization rejected a tensor (NaN/inf, …).
     #[error("tensor {tensor}: {source}")]
@@ -76,13 +89,13 @@ pub enum ConvertError {
     /// Writing the output failed.
     #[error(transparent)]
     Format(#[from] lowbit_format::FormatError),
-    /// GGUF input problem.
-    #[error("{path}: {problem}")]
+    /// The GGUF source is invalid or unsupported.
+    #[error("{path}: {source}")]
     Gguf {
         /// The file.
         path: PathBuf,
-        /// What is wrong.
-        problem: String,
+        /// What the GGUF reader said.
+        source: crate::gguf::GgufError,
     },
 }
 
@@ -90,12 +103,16 @@ pub enum ConvertError {
 pub type Result<T, E = ConvertError> = std::result::Result<T, E>;
 
 impl ConvertError {
-    /// An I/O error on `path`.
+    /// An I/O error on `path`; "not found" becomes [`ConvertError::Missing`].
     pub fn io(path: &std::path::Path, source: std::io::Error) -> ConvertError {
         if source.kind() == std::io::ErrorKind::NotFound {
             ConvertError::Missing(path.to_path_buf())
         } else {
             ConvertError::Io { path: path.to_path_buf(), source }
         }
+    }
+
+    pub(crate) fn quant_state(tensor: &str, problem: impl Into<String>) -> ConvertError {
+        ConvertError::BadQuantState { tensor: tensor.to_string(), problem: problem.into() }
     }
 }

@@ -1,8 +1,21 @@
-//! Which scheme each tensor gets. Following bitsandbytes/transformers defaults: the linear
-//! layers of attention and MLP are quantized; norms, biases, embeddings and lm_head stay in high
-//! precision (their source dtype) unless asked otherwise.
+//! Which scheme each tensor gets, following bitsandbytes/transformers defaults: the linear
+//! layers of attention and MLP (q/k/v/o_proj, gate/up/down_proj) are quantized; norms, biases,
+//! embeddings and lm_head stay in high precision — in their source dtype — unless asked
+//! otherwise. `--quant f16/bf16/f32` converts everything to that dtype.
+//!
+//! Also the plan itself: every output tensor, how it is made and from which source bytes, built
+//! (and checked against config.json) before anything is written.
 
-use lowbit_format::{FourBitKind, Nested, Scheme};
+use crate::bnb::{self, BnbTensor};
+use crate::config::{normalise, Dims, Expect};
+use crate::error::{ConvertError, Result};
+use crate::source::gguf::GgufSource;
+use crate::source::safetensors::SafetensorsSource;
+use crate::source::{SrcDtype, TensorSource};
+use lowbit_format::{ConverterInfo, FourBitKind, Metadata, Nested, QuantSettings, Scheme};
+use serde_json::Value;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 
 /// What the linear layers become.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +46,16 @@ impl QuantChoice {
             QuantChoice::F32 => "f32",
         }
     }
+
+    /// The dense scheme everything becomes, for f16/bf16/f32.
+    pub fn dense(self) -> Option<Scheme> {
+        match self {
+            QuantChoice::F16 => Some(Scheme::F16),
+            QuantChoice::Bf16 => Some(Scheme::Bf16),
+            QuantChoice::F32 => Some(Scheme::F32),
+            _ => None,
+        }
+    }
 }
 
 /// Conversion settings.
@@ -40,13 +63,15 @@ impl QuantChoice {
 pub struct ConvertOptions {
     /// Scheme of the linear layers.
     pub quant: QuantChoice,
-    /// 4-bit block size.
+    /// 4-bit block size (64; any of 32 … 4096 that bitsandbytes accepts).
     pub blocksize: usize,
-    /// Double-quantize 4-bit block scales.
+    /// Double-quantize 4-bit block scales (nested blocks of 256, as transformers does).
     pub double_quant: bool,
     /// LLM.int8 outlier threshold recorded for the runtime.
     pub int8_threshold: f32,
-    /// Extra name fragments to keep in high precision.
+    /// Extra tensor-name patterns kept in high precision: a plain string matches any name
+    /// containing it (`layers.0.`), a pattern with `*` is a glob over the whole name
+    /// (`*.down_proj.weight`).
     pub keep: Vec<String>,
     /// Quantize embeddings and lm_head too.
     pub quantize_all: bool,
@@ -69,6 +94,7 @@ impl Default for ConvertOptions {
     }
 }
 
+/// Weight names (suffixes) of the linear layers bitsandbytes replaces.
 const LINEAR: [&str; 7] = [
     "q_proj.weight",
     "k_proj.weight",
@@ -79,32 +105,71 @@ const LINEAR: [&str; 7] = [
     "down_proj.weight",
 ];
 
-/// Dense scheme of a given element type name.
-pub fn dense(dtype: super::source::SrcDtype) -> Scheme {
+/// Whether `pattern` matches `name`: `*` globs (any run of characters) over the whole name;
+/// without `*`, a substring match.
+pub fn pattern_matches(pattern: &str, name: &str) -> bool {
+    if !pattern.contains('*') {
+        return name.contains(pattern);
+    }
+    let pieces: Vec<&str> = pattern.split('*').collect();
+    let (first, last) = (pieces[0], pieces[pieces.len() - 1]);
+    if !name.starts_with(first) || name.len() < first.len() + last.len() || !name.ends_with(last) {
+        return false;
+    }
+    let mut rest = &name[first.len()..name.len() - last.len()];
+    for piece in &pieces[1..pieces.len() - 1] {
+        match rest.find(piece) {
+            Some(i) => rest = &rest[i + piece.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+/// The dense scheme matching a source dtype (float32 for anything that is not f16/bf16).
+pub fn dense(dtype: SrcDtype) -> Scheme {
     match dtype {
-        super::source::SrcDtype::F16 => Scheme::F16,
-        super::source::SrcDtype::Bf16 => Scheme::Bf16,
+        SrcDtype::F16 => Scheme::F16,
+        SrcDtype::Bf16 => Scheme::Bf16,
         _ => Scheme::F32,
     }
 }
 
 impl ConvertOptions {
+    /// Checks the options themselves.
+    pub fn validate(&self) -> Result<()> {
+        lowbit_kernels::fourbit::check_blocksize(self.blocksize)
+            .map_err(|_| ConvertError::Config(format!("blocksize {} is not one of 32, 64, …, 4096", self.blocksize)))?;
+        if !(self.int8_threshold.is_finite() && self.int8_threshold >= 0.0) {
+            return Err(ConvertError::Config(format!(
+                "int8 threshold {} is not a non-negative number",
+                self.int8_threshold
+            )));
+        }
+        if let Some(p) = self.keep.iter().find(|p| p.is_empty()) {
+            return Err(ConvertError::Config(format!("keep pattern {p:?} would match every tensor")));
+        }
+        Ok(())
+    }
+
+    /// Whether `name` is kept in high precision by a `keep` pattern.
+    pub fn kept(&self, name: &str) -> bool {
+        self.keep.iter().any(|k| pattern_matches(k, name))
+    }
+
     /// Whether `name` (of rank `rank`) is quantized with the chosen 4-bit/int8 scheme.
     pub fn quantizes(&self, name: &str, rank: usize) -> bool {
-        if rank != 2 || self.keep.iter().any(|k| name.contains(k.as_str())) {
+        if self.quant.dense().is_some() || rank != 2 || self.kept(name) {
             return false;
         }
-        LINEAR.iter().any(|l| name.ends_with(l))
+        LINEAR.iter().any(|l| name.ends_with(&format!(".{l}")))
             || (self.quantize_all && (name == "model.embed_tokens.weight" || name == "lm_head.weight"))
     }
 
-    /// The scheme of tensor `name` stored in `kept` when not quantized.
+    /// The scheme of tensor `name`, which is `kept` when not quantized.
     pub fn scheme_for(&self, name: &str, rank: usize, kept: Scheme, orig_dtype: &str) -> Scheme {
-        match self.quant {
-            QuantChoice::F16 => return Scheme::F16,
-            QuantChoice::Bf16 => return Scheme::Bf16,
-            QuantChoice::F32 => return Scheme::F32,
-            _ => {}
+        if let Some(d) = self.quant.dense() {
+            return d;
         }
         if !self.quantizes(name, rank) {
             return kept;
@@ -114,9 +179,404 @@ impl ConvertOptions {
             q => Scheme::FourBit {
                 kind: if q == QuantChoice::Fp4 { FourBitKind::Fp4 } else { FourBitKind::Nf4 },
                 blocksize: self.blocksize as u32,
-                nested: self.double_quant.then_some(Nested { blocksize: 256 }),
+                nested: self
+                    .double_quant
+                    .then_some(Nested { blocksize: lowbit_kernels::fourbit::NESTED_BLOCKSIZE as u32 }),
                 orig_dtype: orig_dtype.to_string(),
             },
+        }
+    }
+
+    fn settings(&self, source_format: &str) -> QuantSettings {
+        let four = matches!(self.quant, QuantChoice::Nf4 | QuantChoice::Fp4);
+        QuantSettings {
+            scheme: self.quant.label().into(),
+            blocksize: four.then_some(self.blocksize as u32),
+            double_quant: four && self.double_quant,
+            int8_threshold: self.int8_threshold,
+            kept: self.keep.clone(),
+            source_format: source_format.into(),
+        }
+    }
+}
+
+/// How one output tensor is made.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Job {
+    /// Converted from a float source tensor (safetensors, or a GGUF tensor read as f32).
+    Float {
+        /// Name (source and output).
+        name: String,
+        /// Source element type.
+        dtype: SrcDtype,
+        /// Shape.
+        shape: Vec<usize>,
+        /// Output scheme.
+        scheme: Scheme,
+    },
+    /// Taken over byte for byte from a bitsandbytes checkpoint.
+    Bnb(BnbTensor),
+    /// A bitsandbytes tensor dequantized into a dense scheme (`--quant f16`, `--keep`).
+    BnbDense(BnbTensor, Scheme),
+}
+
+impl Job {
+    /// Output name.
+    pub fn name(&self) -> &str {
+        match self {
+            Job::Float { name, .. } => name,
+            Job::Bnb(b) | Job::BnbDense(b, _) => b.name(),
+        }
+    }
+
+    /// Output shape.
+    pub fn shape(&self) -> &[usize] {
+        match self {
+            Job::Float { shape, .. } => shape,
+            Job::Bnb(b) | Job::BnbDense(b, _) => b.shape(),
+        }
+    }
+
+    /// Output scheme.
+    pub fn scheme(&self) -> Scheme {
+        match self {
+            Job::Float { scheme, .. } | Job::BnbDense(_, scheme) => scheme.clone(),
+            Job::Bnb(b) => b.scheme(),
+        }
+    }
+}
+
+/// A prepared conversion: everything known and checked, nothing written yet.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Header metadata (source digests still empty).
+    pub metadata: Metadata,
+    /// Output tensors in file order.
+    pub jobs: Vec<Job>,
+    /// Things to tell the user.
+    pub warnings: Vec<String>,
+    /// Source files to digest.
+    pub files: Vec<PathBuf>,
+}
+
+fn converter_info() -> ConverterInfo {
+    ConverterInfo { name: "lowbit".into(), version: env!("CARGO_PKG_VERSION").into() }
+}
+
+/// The architecture's tensors that are missing, or unknown ones, as errors / warnings.
+fn check_complete(dims: &Dims, jobs: &[Job], warnings: &mut Vec<String>) -> Result<()> {
+    let have: HashSet<&str> = jobs.iter().map(Job::name).collect();
+    if let Some(m) = dims.required().into_iter().find(|r| !have.contains(r.as_str())) {
+        return Err(ConvertError::MissingTensor(m));
+    }
+    if dims.tied && have.contains("lm_head.weight") {
+        warnings.push("tie_word_embeddings is set but the checkpoint has an lm_head.weight; it is stored too".into());
+    }
+    Ok(())
+}
+
+/// Reads an optional JSON file that must hold an object.
+fn read_json_object(path: &Path) -> Result<Option<Value>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(ConvertError::io(path, e)),
+    };
+    let bad = |problem: String| ConvertError::BadJson { what: path.display().to_string(), problem };
+    let v: Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    if !v.is_object() {
+        return Err(bad("not a JSON object".into()));
+    }
+    Ok(Some(v))
+}
+
+/// The chat template in tokenizer_config.json: a string, or transformers' list of named
+/// templates (the one named "default", else the first).
+fn template_of(tokenizer_config: &Value) -> Option<String> {
+    match tokenizer_config.get("chat_template")? {
+        Value::String(s) => Some(s.clone()),
+        Value::Array(list) => {
+            let named = |n: &str| list.iter().find(|t| t.get("name").and_then(Value::as_str) == Some(n));
+            named("default").or(list.first())?.get("template")?.as_str().map(str::to_string)
+        }
+        _ => None,
+    }
+}
+
+/// Checks a tokenizer.json loads with the `tokenizers` version the runtime uses.
+fn check_tokenizer(text: &str, warnings: &mut Vec<String>) {
+    if let Err(e) = text.parse::<tokenizers::Tokenizer>() {
+        warnings.push(format!("tokenizer.json does not load with tokenizers 0.22 ({e}); text input will fail"));
+    }
+}
+
+/// Plans the conversion of a Hugging Face folder.
+pub fn plan_folder(dir: &Path, src: &SafetensorsSource, opts: &ConvertOptions) -> Result<Plan> {
+    let mut warnings = Vec::new();
+    let cfg_path = dir.join("config.json");
+    let mut config = read_json_object(&cfg_path)?.ok_or_else(|| ConvertError::Missing(cfg_path.clone()))?;
+    let dims = normalise(&mut config, &mut warnings)?;
+    let qconfig = bnb::quant_config(&config)?;
+    let mut files = vec![cfg_path];
+
+    let tok_path = dir.join("tokenizer.json");
+    let tokenizer_json = match std::fs::read_to_string(&tok_path) {
+        Ok(t) => {
+            check_tokenizer(&t, &mut warnings);
+            files.push(tok_path);
+            Some(t)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            warnings.push("no tokenizer.json: the file will only accept token ids".into());
+            None
+        }
+        Err(e) => return Err(ConvertError::io(&tok_path, e)),
+    };
+    let tc_path = dir.join("tokenizer_config.json");
+    let tokenizer_config = read_json_object(&tc_path)?;
+    if tokenizer_config.is_some() {
+        files.push(tc_path);
+    }
+    let jinja = dir.join("chat_template.jinja");
+    let chat_template = match std::fs::read_to_string(&jinja) {
+        Ok(t) => {
+            files.push(jinja);
+            Some(t)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => tokenizer_config.as_ref().and_then(template_of),
+        Err(e) => return Err(ConvertError::io(&jinja, e)),
+    };
+    let gen_path = dir.join("generation_config.json");
+    let generation_config = read_json_object(&gen_path)?;
+    if generation_config.is_some() {
+        files.push(gen_path);
+    }
+
+    let pre = bnb::detect(src)?;
+    let pre_names: HashSet<String> = pre.iter().map(|b| b.name().to_string()).collect();
+    let mut jobs: Vec<Job> = Vec::new();
+    let mut pre_schemes: Vec<Scheme> = Vec::new();
+    let mut dequantized = 0usize;
+    for b in pre {
+        dims.check(b.name(), b.shape())?;
+        let orig = match &b {
+            BnbTensor::FourBit { orig_dtype, .. } => orig_dtype.as_str(),
+            BnbTensor::Int8 { .. } => "float16",
+        };
+        if let Some(d) = opts.quant.dense() {
+            jobs.push(Job::BnbDense(b, d));
+            dequantized += 1;
+        } else if opts.kept(b.name()) {
+            let kept = match orig {
+                "bfloat16" => Scheme::Bf16,
+                "float32" => Scheme::F32,
+                _ => Scheme::F16,
+            };
+            jobs.push(Job::BnbDense(b, kept));
+            dequantized += 1;
+        } else {
+            if !pre_schemes.contains(&b.scheme()) {
+                pre_schemes.push(b.scheme());
+            }
+            jobs.push(Job::Bnb(b));
+        }
+    }
+    let prequantized = !pre_names.is_empty();
+    for t in src.list() {
+        if pre_names.contains(&t.name) || bnb::is_aux(&t.name) {
+            continue;
+        }
+        if !t.dtype.is_float() {
+            if qconfig.is_some() && t.name.ends_with(".weight") && matches!(t.dtype, SrcDtype::U8 | SrcDtype::I8) {
+                return Err(ConvertError::quant_state(
+                    &t.name,
+                    "quantized weight without its quant state (quant_state.* or SCB)",
+                ));
+            }
+            return Err(ConvertError::UnsupportedDtype { tensor: t.name.clone(), dtype: t.dtype_name.clone() });
+        }
+        match dims.check(&t.name, &t.shape)? {
+            Expect::Skip => continue,
+            Expect::Unknown => {
+                warnings.push(format!("tensor {} is not part of the architecture; stored as it is", t.name))
+            }
+            Expect::Shape(_) => {}
+        }
+        // In a pre-quantized checkpoint the unquantized tensors (norms, embeddings, lm_head and
+        // any module bitsandbytes skipped) stay as they are, unless everything goes dense.
+        let scheme = if prequantized && opts.quant.dense().is_none() {
+            dense(t.dtype)
+        } else {
+            opts.scheme_for(&t.name, t.shape.len(), dense(t.dtype), t.dtype.torch_name())
+        };
+        jobs.push(Job::Float { name: t.name.clone(), dtype: t.dtype, shape: t.shape.clone(), scheme });
+    }
+    check_complete(&dims, &jobs, &mut warnings)?;
+
+    let quantization = if prequantized {
+        prequantized_settings(opts, &pre_schemes, qconfig.and_then(|q| q.int8_threshold), dequantized, &mut warnings)
+    } else {
+        if qconfig.is_some() {
+            warnings.push("config.json has a bitsandbytes quantization_config but no tensor is quantized".into());
+        }
+        opts.settings("safetensors")
+    };
+    let metadata = Metadata {
+        architecture: dims.model_type.clone(),
+        config,
+        tokenizer_json,
+        tokenizer_config,
+        chat_template,
+        generation_config,
+        quantization,
+        converter: converter_info(),
+        sources: Vec::new(),
+    };
+    files.extend(src.files());
+    Ok(Plan { metadata, jobs, warnings, files })
+}
+
+/// Quantization settings of a bitsandbytes checkpoint: what its tensors are, not what the
+/// options asked for (nothing is requantized).
+fn prequantized_settings(
+    opts: &ConvertOptions,
+    schemes: &[Scheme],
+    threshold: Option<f32>,
+    dequantized: usize,
+    warnings: &mut Vec<String>,
+) -> QuantSettings {
+    let mut s = opts.settings("bitsandbytes");
+    if let Some(t) = threshold {
+        s.int8_threshold = t;
+    }
+    if opts.quant.dense().is_some() {
+        warnings.push(format!("bitsandbytes checkpoint dequantized to {} ({dequantized} tensors)", opts.quant.label()));
+        return s;
+    }
+    if opts.quantize_all {
+        warnings.push("bitsandbytes checkpoint: --quantize-all ignored (its quantization is taken over as is)".into());
+    }
+    match schemes {
+        [] => {}
+        [one] => {
+            s.scheme = one.label().into();
+            (s.blocksize, s.double_quant) = match one {
+                Scheme::FourBit { blocksize, nested, .. } => (Some(*blocksize), nested.is_some()),
+                _ => (None, false),
+            };
+        }
+        many => {
+            s.scheme = "mixed".into();
+            s.blocksize = None;
+            s.double_quant = false;
+            warnings.push(format!("bitsandbytes checkpoint mixes {} schemes", many.len()));
+        }
+    }
+    if s.scheme != opts.quant.label() {
+        warnings.push(format!(
+            "bitsandbytes checkpoint is {}: its quantization is taken over losslessly, not redone as {}",
+            s.scheme,
+            opts.quant.label()
+        ));
+    }
+    s
+}
+
+/// Plans the conversion of a GGUF file.
+pub fn plan_gguf(src: &GgufSource, opts: &ConvertOptions) -> Result<Plan> {
+    let mut warnings = Vec::new();
+    let model = src.model();
+    let mut config = model.config();
+    let dims = normalise(&mut config, &mut warnings)?;
+    warnings
+        .extend(model.skipped().iter().map(|s| format!("GGUF tensor {s} has no Hugging Face counterpart; skipped")));
+    let tokenizer_json = model.tokenizer_json().map_err(|e| src.error(e))?;
+    match &tokenizer_json {
+        Some(t) => check_tokenizer(t, &mut warnings),
+        None => warnings.push("the GGUF file has no tokenizer: the output will only accept token ids".into()),
+    }
+    let mut jobs = Vec::new();
+    for t in src.list() {
+        match dims.check(&t.name, &t.shape)? {
+            Expect::Skip => continue,
+            Expect::Unknown => {
+                warnings.push(format!("tensor {} is not part of the architecture; stored as it is", t.name))
+            }
+            Expect::Shape(_) => {}
+        }
+        // High-precision tensors keep F32/F16/BF16 sources exactly; dequantized ggml blocks go to
+        // float16 (their error is far below the quantization they came from).
+        use crate::gguf::GgmlType;
+        let kept = match src.ggml_type(&t.name) {
+            Some(GgmlType::F32) => Scheme::F32,
+            Some(GgmlType::BF16) => Scheme::Bf16,
+            _ => Scheme::F16,
+        };
+        let scheme = opts.scheme_for(&t.name, t.shape.len(), kept, "float32");
+        jobs.push(Job::Float { name: t.name.clone(), dtype: SrcDtype::F32, shape: t.shape.clone(), scheme });
+    }
+    check_complete(&dims, &jobs, &mut warnings)?;
+    let tokenizer_config = Some(model.tokenizer_config()).filter(Value::is_object);
+    let metadata = Metadata {
+        architecture: dims.model_type.clone(),
+        config,
+        tokenizer_json,
+        tokenizer_config,
+        chat_template: model.chat_template(),
+        generation_config: None,
+        quantization: opts.settings("gguf"),
+        converter: converter_info(),
+        sources: Vec::new(),
+    };
+    Ok(Plan { metadata, jobs, warnings, files: vec![src.path().to_path_buf()] })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_and_substrings() {
+        let n = "model.layers.10.mlp.down_proj.weight";
+        assert!(pattern_matches("down_proj", n));
+        assert!(pattern_matches("*.down_proj.weight", n));
+        assert!(pattern_matches("model.layers.1*", n));
+        assert!(pattern_matches("*layers.*.mlp*", n));
+        assert!(!pattern_matches("*.up_proj.weight", n));
+        assert!(!pattern_matches("layers.1*", n), "globs match the whole name");
+        assert!(pattern_matches("*", n));
+        assert!(!pattern_matches("model*weight*x", n));
+    }
+
+    #[test]
+    fn default_policy_quantizes_only_the_linear_layers() {
+        let o = ConvertOptions::default();
+        for n in ["model.layers.0.self_attn.q_proj.weight", "model.layers.3.mlp.down_proj.weight"] {
+            assert!(o.quantizes(n, 2), "{n}");
+        }
+        for n in
+            ["model.embed_tokens.weight", "lm_head.weight", "model.norm.weight", "model.layers.0.self_attn.q_proj.bias"]
+        {
+            assert!(!o.quantizes(n, 2), "{n}");
+        }
+        let all = ConvertOptions { quantize_all: true, ..Default::default() };
+        assert!(all.quantizes("lm_head.weight", 2));
+        let keep = ConvertOptions { keep: vec!["*.down_proj.weight".into()], ..Default::default() };
+        assert!(!keep.quantizes("model.layers.3.mlp.down_proj.weight", 2));
+        assert_eq!(keep.scheme_for("model.layers.3.mlp.down_proj.weight", 2, Scheme::Bf16, "bfloat16"), Scheme::Bf16);
+        let f16 = ConvertOptions { quant: QuantChoice::F16, ..Default::default() };
+        assert_eq!(f16.scheme_for("model.norm.weight", 1, Scheme::F32, "float32"), Scheme::F16);
+    }
+
+    #[test]
+    fn options_are_validated() {
+        assert!(ConvertOptions::default().validate().is_ok());
+        for o in [
+            ConvertOptions { blocksize: 48, ..Default::default() },
+            ConvertOptions { int8_threshold: f32::NAN, ..Default::default() },
+            ConvertOptions { keep: vec![String::new()], ..Default::default() },
+        ] {
+            assert!(matches!(o.validate(), Err(ConvertError::Config(_))), "{o:?}");
         }
     }
 }

@@ -41,25 +41,19 @@ pub fn presets() -> Vec<Preset> {
     ]
 }
 
-/// Tensor names and shapes of a config, in the order a checkpoint lists them.
+/// Tensor names and shapes of a config, in the order a checkpoint lists them (biases included
+/// where the architecture has them, e.g. Qwen2's q/k/v).
 pub fn tensor_shapes(cfg: &Value) -> Result<Vec<(String, Vec<usize>)>> {
     let mut c = cfg.clone();
-    let d = crate::config::normalise(&mut c)?;
-    let tied = cfg.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false);
-    let bias = cfg.get("model_type").and_then(Value::as_str) == Some("qwen2");
-    let mut v = Vec::new();
-    for name in d.required(tied) {
-        let shape = d.expected(&name).expect("required tensors have known shapes");
-        v.push((name, shape));
-    }
-    if bias {
-        for l in 0..d.layers {
-            for (p, n) in [("q_proj", d.q_out), ("k_proj", d.kv_out), ("v_proj", d.kv_out)] {
-                v.push((format!("model.layers.{l}.self_attn.{p}.bias"), vec![n]));
-            }
-        }
-    }
-    Ok(v)
+    let mut warnings = Vec::new();
+    let d = crate::config::normalise(&mut c, &mut warnings)?;
+    d.required()
+        .into_iter()
+        .map(|name| match d.expect(&name)? {
+            crate::config::Expect::Shape(shape) => Ok((name, shape)),
+            _ => Err(ConvertError::Config(format!("{name}: required tensor without a shape"))),
+        })
+        .collect()
 }
 
 /// Deterministic pseudo-normal bf16 values: norms near 1, everything else N(0, 0.02²) like an

@@ -320,11 +320,16 @@ fn fourbit_q8_fuzz_regression() {
     let factors: Vec<f32> = (0..blocks).map(|b| body[n + b] as f32 / 16.0).collect();
     let qe: Vec<i8> = body[n..2 * n].iter().map(|&b| (b as i8).max(-127)).collect();
     let qo: Vec<i8> = body[2 * n..3 * n].iter().map(|&b| (b as i8).max(-127)).collect();
-    let qsum: Vec<i32> = (0..blocks).map(|b| (b * half..(b + 1) * half).map(|i| qe[i] as i32 + qo[i] as i32).sum()).collect();
+    let qsum: Vec<i32> =
+        (0..blocks).map(|b| (b * half..(b + 1) * half).map(|i| qe[i] as i32 + qo[i] as i32).sum()).collect();
     let lut = FourBitKind::Nf4.int8_levels();
     let want = scalar::dot_fourbit_q8(codes, &factors, &lut, &qe, &qo, &qsum, half);
     for k in simd_levels() {
         let got = k.dot_fourbit_q8(codes, &factors, &lut, &qe, &qo, &qsum, half);
-        assert!((got - want).abs() <= (blocks as f32 + 1.0) * f32::EPSILON * want.abs().max(1.0) * 2.0, "{}: {got} vs {want}", k.isa());
+        assert!(
+            (got - want).abs() <= (blocks as f32 + 1.0) * f32::EPSILON * want.abs().max(1.0) * 2.0,
+            "{}: {got} vs {want}",
+            k.isa()
+        );
     }
 }

@@ -1,29 +1,36 @@
-//! A Hugging Face checkpoint folder: `model.safetensors`, or shards listed in
-//! `model.safetensors.index.json`. Headers are parsed (and validated) by the `safetensors`
-//! crate over a read-only map; tensor data is read with positional reads, so the memory a
-//! conversion holds is what it asked for, not the pages of a 14 GB map.
+//! A Hugging Face checkpoint folder: `model.safetensors`, or the shards listed in
+//! `model.safetensors.index.json`.
+//!
+//! Each shard's header is parsed and validated by the `safetensors` crate, and checked against
+//! the file's real length, so a truncated or padded shard is refused before anything is written.
+//! Tensor data is read with positional reads (`pread`) rather than through a memory map: the
+//! memory a conversion holds is exactly the chunks it asked for, whereas pages of a map stay
+//! resident (and count in the RSS) until the kernel evicts them — for a 14 GB checkpoint that
+//! would be the whole model.
 
-use super::{SrcDtype, TensorSource};
+use super::{decode_f32, SrcDtype, SrcTensor, TensorSource};
 use crate::error::{ConvertError, Result};
-use safetensors::{Dtype, SafeTensors};
-use std::collections::{BTreeMap, HashMap};
+use safetensors::tensor::Metadata;
+use safetensors::Dtype;
+use std::collections::BTreeMap;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-struct Entry {
+/// Where a tensor's bytes are.
+#[derive(Debug, Clone, Copy)]
+struct Location {
     shard: usize,
-    dtype: SrcDtype,
-    dtype_name: String,
-    shape: Vec<usize>,
     /// Absolute file offset of the first byte.
     offset: u64,
-    len: u64,
 }
 
 /// An opened safetensors checkpoint.
+#[derive(Debug)]
 pub struct SafetensorsSource {
     shards: Vec<(PathBuf, std::fs::File)>,
-    tensors: BTreeMap<String, Entry>,
+    index: Option<PathBuf>,
+    tensors: Vec<SrcTensor>,
+    locations: Vec<Location>,
 }
 
 fn map_dtype(d: Dtype) -> SrcDtype {
@@ -37,118 +44,190 @@ fn map_dtype(d: Dtype) -> SrcDtype {
     }
 }
 
+/// Maximum size of `model.safetensors.index.json` read (real ones are tens of kilobytes).
+const MAX_INDEX_BYTES: u64 = 64 << 20;
+
+/// The index's `weight_map`: tensor name → shard file name.
+fn read_index(index: &Path) -> Result<BTreeMap<String, String>> {
+    let bad = |problem: String| ConvertError::BadJson { what: index.display().to_string(), problem };
+    let len = std::fs::metadata(index).map_err(|e| ConvertError::io(index, e))?.len();
+    if len > MAX_INDEX_BYTES {
+        return Err(bad(format!("{len} bytes is too large for a shard index")));
+    }
+    let text = std::fs::read_to_string(index).map_err(|e| ConvertError::io(index, e))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| bad("no weight_map object".into()))?;
+    let mut out = BTreeMap::new();
+    for (name, file) in map {
+        let file = file.as_str().ok_or_else(|| bad(format!("weight_map[{name:?}] is not a file name")))?;
+        // Shards live in the folder itself: no paths, no way out of it.
+        if file.is_empty() || file.contains(['/', '\\']) || file == "." || file == ".." {
+            return Err(bad(format!("shard name {file:?} is not a file in the folder")));
+        }
+        out.insert(name.clone(), file.to_string());
+    }
+    if out.is_empty() {
+        return Err(bad("weight_map is empty".into()));
+    }
+    Ok(out)
+}
+
 impl SafetensorsSource {
-    /// The shard files of the folder (one, or those the index lists).
-    pub fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    /// Opens every shard of the checkpoint in `dir` and reads its header. With an index, every
+    /// tensor it lists must be in the shard it names.
+    pub fn open(dir: &Path) -> Result<SafetensorsSource> {
         let single = dir.join("model.safetensors");
-        let index = dir.join("model.safetensors.index.json");
-        if index.exists() {
-            let text = std::fs::read_to_string(&index).map_err(|e| ConvertError::io(&index, e))?;
-            let v: serde_json::Value = serde_json::from_str(&text)
-                .map_err(|e| ConvertError::BadJson { what: index.display().to_string(), problem: e.to_string() })?;
-            let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| ConvertError::BadJson {
-                what: index.display().to_string(),
-                problem: "no weight_map".into(),
-            })?;
-            let mut files: Vec<String> = map.values().filter_map(|f| f.as_str().map(str::to_string)).collect();
+        let index_path = dir.join("model.safetensors.index.json");
+        let (files, weight_map, index) = if index_path.is_file() {
+            let map = read_index(&index_path)?;
+            let mut files: Vec<String> = map.values().cloned().collect();
             files.sort();
             files.dedup();
-            for f in &files {
-                if f.contains('/') || f.contains("..") {
-                    return Err(ConvertError::BadJson {
-                        what: index.display().to_string(),
-                        problem: format!("shard name {f:?} leaves the folder"),
-                    });
-                }
-            }
-            Ok(files.into_iter().map(|f| dir.join(f)).collect())
-        } else if single.exists() {
-            Ok(vec![single])
+            (files, Some(map), Some(index_path))
+        } else if single.is_file() {
+            (vec!["model.safetensors".to_string()], None, None)
         } else {
-            Err(ConvertError::Missing(single))
-        }
-    }
+            return Err(ConvertError::Missing(single));
+        };
 
-    /// Opens every shard and reads its header.
-    pub fn open(dir: &Path) -> Result<SafetensorsSource> {
-        let mut shards = Vec::new();
-        let mut tensors = BTreeMap::new();
-        for (si, path) in Self::shard_files(dir)?.into_iter().enumerate() {
+        let mut shards = Vec::with_capacity(files.len());
+        let mut found: BTreeMap<String, (SrcTensor, Location)> = BTreeMap::new();
+        for (si, file_name) in files.iter().enumerate() {
+            let path = dir.join(file_name);
             let file = std::fs::File::open(&path).map_err(|e| ConvertError::io(&path, e))?;
-            // SAFETY-free: the map below is only used to parse the header, through the
-            // safetensors crate, which checks every offset against the map's length.
-            let map = map_file(&file, &path)?;
-            let (n, meta) = SafeTensors::read_metadata(&map)
-                .map_err(|e| ConvertError::BadSafetensors { path: path.clone(), problem: format!("{e:?}") })?;
-            let base = 8 + n as u64;
-            for (name, info) in meta.tensors() {
-                let (b, e) = info.data_offsets;
-                let entry = Entry {
-                    shard: si,
-                    dtype: map_dtype(info.dtype),
-                    dtype_name: format!("{:?}", info.dtype),
-                    shape: info.shape.clone(),
-                    offset: base + b as u64,
-                    len: (e - b) as u64,
-                };
-                if tensors.insert(name.clone(), entry).is_some() {
+            for (t, offset) in read_header(&file, &path)? {
+                let name = t.name.clone();
+                if let Some(map) = &weight_map {
+                    match map.get(&name) {
+                        Some(f) if f == file_name => {}
+                        // Listed elsewhere or not at all: transformers loads by the index, so a
+                        // tensor the index does not place here is not part of the model.
+                        _ => continue,
+                    }
+                }
+                if found.insert(name.clone(), (t, Location { shard: si, offset })).is_some() {
                     return Err(ConvertError::BadSafetensors {
                         path: path.clone(),
-                        problem: format!("tensor {name} appears in two shards"),
+                        problem: format!("tensor {name} appears twice"),
                     });
                 }
             }
             shards.push((path, file));
         }
-        Ok(SafetensorsSource { shards, tensors })
+        if let (Some(map), Some(index)) = (&weight_map, &index) {
+            if let Some((name, file)) = map.iter().find(|(n, _)| !found.contains_key(*n)) {
+                return Err(ConvertError::BadSafetensors {
+                    path: dir.join(file),
+                    problem: format!("{} lists tensor {name} in this shard, but it is not there", index.display()),
+                });
+            }
+        }
+        let (tensors, locations) = found.into_values().unzip();
+        Ok(SafetensorsSource { shards, index, tensors, locations })
     }
 
-    /// The dtype name as written in the file (for error messages).
-    pub fn dtype_name(&self, name: &str) -> Option<&str> {
-        self.tensors.get(name).map(|e| e.dtype_name.as_str())
-    }
-
-    /// The source files.
+    /// The files read: the index (if any), then the shards.
     pub fn files(&self) -> Vec<PathBuf> {
-        self.shards.iter().map(|(p, _)| p.clone()).collect()
+        self.index.iter().cloned().chain(self.shards.iter().map(|(p, _)| p.clone())).collect()
     }
 
-    /// The `__metadata__`-free names with dtype and shape, as a map.
-    pub fn index(&self) -> HashMap<String, (SrcDtype, Vec<usize>)> {
-        self.tensors.iter().map(|(k, e)| (k.clone(), (e.dtype, e.shape.clone()))).collect()
+    fn find(&self, name: &str) -> Result<(usize, &SrcTensor)> {
+        let i = self
+            .tensors
+            .binary_search_by(|t| t.name.as_str().cmp(name))
+            .map_err(|_| ConvertError::MissingTensor(name.to_string()))?;
+        Ok((i, &self.tensors[i]))
     }
 }
 
-fn map_file(file: &std::fs::File, path: &Path) -> Result<memmap2::Mmap> {
-    // SAFETY: a read-only map used only while parsing the header; the file is not expected to
-    // change during conversion (a concurrent truncation would raise SIGBUS, as with any reader
-    // that maps files).
-    unsafe { memmap2::Mmap::map(file) }.map_err(|e| ConvertError::io(path, e))
+/// Largest header accepted (the `safetensors` crate's own limit).
+const MAX_HEADER: u64 = 100_000_000;
+
+/// Parses one shard's header; returns its tensors with their absolute data offsets.
+///
+/// The header is read with a positional read (its length checked against the file first) and
+/// deserialized into the `safetensors` crate's `Metadata`, which validates it exactly as
+/// `SafeTensors::read_metadata` does: offsets contiguous from 0, each tensor's byte length equal
+/// to shape × dtype size, no overflow. What `read_metadata` adds — that the data ends exactly at
+/// the end of the file — is checked here. No map is needed, so this crate has no `unsafe`.
+fn read_header(file: &std::fs::File, path: &Path) -> Result<Vec<(SrcTensor, u64)>> {
+    let bad = |problem: String| ConvertError::BadSafetensors { path: path.to_path_buf(), problem };
+    let io = |e| ConvertError::io(path, e);
+    let len = file.metadata().map_err(io)?.len();
+    if len < 8 {
+        return Err(bad(format!("{len} bytes: too short for a safetensors header")));
+    }
+    let mut n = [0u8; 8];
+    file.read_exact_at(&mut n, 0).map_err(io)?;
+    let n = u64::from_le_bytes(n);
+    if n > MAX_HEADER || n > len - 8 {
+        return Err(bad(format!("header length {n} exceeds the file ({len} bytes) or the 100 MB limit")));
+    }
+    let mut header = vec![0u8; n as usize];
+    file.read_exact_at(&mut header, 8).map_err(io)?;
+    let text = std::str::from_utf8(&header).map_err(|e| bad(format!("header is not UTF-8: {e}")))?;
+    let meta: Metadata = serde_json::from_str(text).map_err(|e| bad(format!("header: {e}")))?;
+    let data_len = meta.data_len() as u64;
+    if 8 + n + data_len != len {
+        return Err(bad(format!(
+            "the header describes {data_len} bytes of tensor data but the file holds {} (truncated or padded)",
+            len - 8 - n
+        )));
+    }
+    let base = 8 + n;
+    let mut out = Vec::new();
+    for (name, info) in meta.tensors() {
+        let (b, e) = info.data_offsets;
+        let t = SrcTensor {
+            name,
+            dtype: map_dtype(info.dtype),
+            dtype_name: format!("{:?}", info.dtype),
+            shape: info.shape.clone(),
+            bytes: (e - b) as u64,
+        };
+        out.push((t, base + b as u64));
+    }
+    Ok(out)
 }
 
 impl TensorSource for SafetensorsSource {
-    fn list(&self) -> Vec<(String, SrcDtype, Vec<usize>)> {
-        self.tensors.iter().map(|(k, e)| (k.clone(), e.dtype, e.shape.clone())).collect()
+    fn list(&self) -> &[SrcTensor] {
+        &self.tensors
     }
 
     fn read_raw(&self, name: &str, start: usize, len: usize) -> Result<Vec<u8>> {
-        let e = self.tensors.get(name).ok_or_else(|| ConvertError::MissingTensor(name.to_string()))?;
-        let size = e.dtype.size() as u64;
-        let (from, bytes) = (start as u64 * size, len as u64 * size);
-        if from + bytes > e.len {
-            return Err(ConvertError::BadSafetensors {
-                path: self.shards[e.shard].0.clone(),
-                problem: format!("read past the end of {name}"),
-            });
-        }
-        let mut buf = vec![0u8; bytes as usize];
-        let (path, file) = &self.shards[e.shard];
-        file.read_exact_at(&mut buf, e.offset + from).map_err(|err| match err.kind() {
-            std::io::ErrorKind::UnexpectedEof => {
-                ConvertError::BadSafetensors { path: path.clone(), problem: format!("file ends inside tensor {name}") }
+        let (i, t) = self.find(name)?;
+        let (path, file) = &self.shards[self.locations[i].shard];
+        let size = t.dtype.size() as u64;
+        let from = (start as u64).checked_mul(size);
+        let bytes = (len as u64).checked_mul(size);
+        let (from, bytes) = match (from, bytes) {
+            (Some(f), Some(b)) if f.checked_add(b).is_some_and(|end| end <= t.bytes) => (f, b),
+            _ => {
+                return Err(ConvertError::BadSafetensors {
+                    path: path.clone(),
+                    problem: format!("read of elements {start}..+{len} past the end of {name}"),
+                })
             }
+        };
+        let mut buf = vec![0u8; bytes as usize];
+        file.read_exact_at(&mut buf, self.locations[i].offset + from).map_err(|err| match err.kind() {
+            std::io::ErrorKind::UnexpectedEof => ConvertError::BadSafetensors {
+                path: path.clone(),
+                problem: format!("the file ends inside tensor {name} (truncated while converting?)"),
+            },
             _ => ConvertError::io(path, err),
         })?;
         Ok(buf)
+    }
+
+    fn read_f32(&self, name: &str, start: usize, len: usize, out: &mut Vec<f32>) -> Result<()> {
+        let (_, t) = self.find(name)?;
+        if !t.dtype.is_float() {
+            return Err(ConvertError::UnsupportedDtype { tensor: name.into(), dtype: t.dtype_name.clone() });
+        }
+        let dtype = t.dtype;
+        decode_f32(dtype, &self.read_raw(name, start, len)?, out);
+        Ok(())
     }
 }

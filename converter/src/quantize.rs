@@ -1,0 +1,158 @@
+//! Making one output tensor's parts. Float tensors are read and quantized in chunks of whole
+//! blocks (4-bit) or whole rows (int8), so a worker holds one chunk as f32 plus the tensor's
+//! output, never the tensor as f32. Only the kernels' scalar quantizers are used: the output is
+//! byte-identical on every CPU.
+
+use crate::error::{ConvertError, Result};
+use crate::plan::Job;
+use crate::source::{SrcDtype, TensorSource};
+use lowbit_format::Scheme;
+use lowbit_kernels::{fourbit, quantize_4bit, quantize_int8, Absmax, FourBitOptions, NestedRule};
+
+/// Elements converted per chunk: 4 Mi elements = 16 MiB as f32.
+pub(crate) const CHUNK_ELEMS: usize = 1 << 22;
+
+fn kernel(name: &str) -> impl Fn(lowbit_kernels::KernelError) -> ConvertError + '_ {
+    move |source| ConvertError::Kernel { tensor: name.to_string(), source }
+}
+
+fn le_bytes(x: &[f32]) -> Vec<u8> {
+    x.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// The 4-bit parts of a float tensor. Chunks are whole blocks of the flattened tensor, so the
+/// codes and block scales equal one [`quantize_4bit`] call over the whole tensor; the double
+/// quantization (which needs the mean of all scales) runs once at the end, on the scales only.
+fn fourbit_parts(
+    src: &dyn TensorSource,
+    name: &str,
+    n: usize,
+    scheme: &Scheme,
+    rule: NestedRule,
+) -> Result<Vec<Vec<u8>>> {
+    let Scheme::FourBit { kind, blocksize, nested, .. } = scheme else {
+        unreachable!("fourbit_parts is called for 4-bit schemes")
+    };
+    let blocksize = *blocksize as usize;
+    let kind = match kind {
+        lowbit_format::FourBitKind::Nf4 => lowbit_kernels::FourBitKind::Nf4,
+        lowbit_format::FourBitKind::Fp4 => lowbit_kernels::FourBitKind::Fp4,
+    };
+    let opts = FourBitOptions { kind, blocksize, double_quant: false, nested_rule: rule };
+    // A multiple of the block size, and even, so each chunk's codes fill whole bytes.
+    let chunk = (CHUNK_ELEMS / blocksize).max(1) * blocksize;
+    let mut codes = Vec::with_capacity(n.div_ceil(2));
+    let mut absmax = Vec::with_capacity(n.div_ceil(blocksize));
+    let mut x = Vec::new();
+    for start in (0..n).step_by(chunk) {
+        src.read_f32(name, start, chunk.min(n - start), &mut x)?;
+        let q = quantize_4bit(&x, &opts).map_err(kernel(name))?;
+        codes.extend_from_slice(&q.codes);
+        match q.absmax {
+            Absmax::F32(a) => absmax.extend(a),
+            Absmax::Nested { .. } => unreachable!("double_quant is off per chunk"),
+        }
+    }
+    Ok(match nested {
+        None => vec![codes, le_bytes(&absmax)],
+        Some(nd) => match fourbit::nest_absmax(&absmax, nd.blocksize as usize, rule) {
+            Absmax::Nested { codes: c, nested_absmax, offset, .. } => {
+                vec![codes, c, le_bytes(&nested_absmax), offset.to_le_bytes().to_vec()]
+            }
+            Absmax::F32(_) => unreachable!("nest_absmax nests"),
+        },
+    })
+}
+
+/// The LLM.int8 parts of a float `[rows, cols]` tensor, whole rows at a time.
+fn int8_parts(src: &dyn TensorSource, name: &str, rows: usize, cols: usize) -> Result<Vec<Vec<u8>>> {
+    let rows_per = (CHUNK_ELEMS / cols.max(1)).max(1);
+    let mut cb = Vec::with_capacity(rows * cols);
+    let mut scb = Vec::with_capacity(rows * 4);
+    let mut x = Vec::new();
+    for r0 in (0..rows).step_by(rows_per) {
+        let nr = rows_per.min(rows - r0);
+        src.read_f32(name, r0 * cols, nr * cols, &mut x)?;
+        let q = quantize_int8(&x, nr, cols).map_err(kernel(name))?;
+        cb.extend(q.cb.iter().map(|&v| v as u8));
+        scb.extend(q.scb.iter().flat_map(|v| v.to_le_bytes()));
+    }
+    Ok(vec![cb, scb])
+}
+
+/// Appends `x` encoded as the dense `scheme`.
+fn encode_dense(x: &[f32], scheme: &Scheme, out: &mut Vec<u8>) {
+    match scheme {
+        Scheme::F16 => out.extend(x.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes())),
+        Scheme::Bf16 => out.extend(x.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())),
+        _ => out.extend(x.iter().flat_map(|v| v.to_le_bytes())),
+    }
+}
+
+fn dense_size(scheme: &Scheme) -> usize {
+    match scheme {
+        Scheme::F16 | Scheme::Bf16 => 2,
+        _ => 4,
+    }
+}
+
+/// Whether a `dtype` tensor is stored as `scheme` by copying its bytes.
+fn same_dtype(dtype: SrcDtype, scheme: &Scheme) -> bool {
+    matches!(
+        (dtype, scheme),
+        (SrcDtype::F32, Scheme::F32) | (SrcDtype::F16, Scheme::F16) | (SrcDtype::Bf16, Scheme::Bf16)
+    )
+}
+
+/// A dense tensor: the source bytes themselves when the dtype does not change (bit-exact, NaN
+/// payloads included), else converted chunk by chunk with round-to-nearest-even.
+fn dense_parts(src: &dyn TensorSource, name: &str, dtype: SrcDtype, n: usize, scheme: &Scheme) -> Result<Vec<Vec<u8>>> {
+    if same_dtype(dtype, scheme) {
+        return Ok(vec![src.read_raw(name, 0, n)?]);
+    }
+    let mut out = Vec::with_capacity(n * dense_size(scheme));
+    let mut x = Vec::new();
+    for start in (0..n).step_by(CHUNK_ELEMS) {
+        src.read_f32(name, start, CHUNK_ELEMS.min(n - start), &mut x)?;
+        encode_dense(&x, scheme, &mut out);
+    }
+    Ok(vec![out])
+}
+
+/// Makes the parts of `job`, in the scheme's part order.
+pub(crate) fn run_job(job: &Job, src: &dyn TensorSource, rule: NestedRule) -> Result<Vec<Vec<u8>>> {
+    match job {
+        Job::Bnb(b) => b.parts(src),
+        Job::BnbDense(b, scheme) => {
+            let x = b.dequantize(src)?;
+            let mut out = Vec::with_capacity(x.len() * dense_size(scheme));
+            encode_dense(&x, scheme, &mut out);
+            Ok(vec![out])
+        }
+        Job::Float { name, dtype, shape, scheme } => {
+            let n: usize = shape.iter().product();
+            match scheme {
+                Scheme::FourBit { .. } => fourbit_parts(src, name, n, scheme, rule),
+                Scheme::Int8 => int8_parts(src, name, shape[0], shape[1]),
+                _ => dense_parts(src, name, *dtype, n, scheme),
+            }
+        }
+    }
+}
+
+/// Bytes of working memory `job` needs at most besides its output: one chunk as f32 plus its
+/// raw bytes, or the whole tensor as f32 when dequantizing a bitsandbytes tensor.
+pub(crate) fn working_bytes(job: &Job, src: &dyn TensorSource) -> u64 {
+    let n: u64 = job.shape().iter().map(|&d| d as u64).product();
+    match job {
+        Job::Bnb(b) => b.source_bytes(src),
+        Job::BnbDense(b, _) => n * 4 + b.source_bytes(src),
+        Job::Float { dtype, scheme, .. } => {
+            if same_dtype(*dtype, scheme) {
+                0
+            } else {
+                n.min(CHUNK_ELEMS as u64) * (4 + dtype.size() as u64)
+            }
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! Synthetic checkpoints (`lowbit synth`): the presets have the published tensor shapes, and a
+//! shrunken one converts through the whole pipeline, sharded, with its tokenizer.
+
+use lowbit_convert::{convert, ConvertOptions, QuantChoice};
+use lowbit_format::ModelFile;
+use std::path::Path;
+
+fn run(
+    src: &Path,
+    out: &Path,
+    opts: &ConvertOptions,
+) -> Result<lowbit_convert::ConvertSummary, lowbit_convert::ConvertError> {
+    convert(src, out, opts, &|_| {})
+}
+
+fn opts(quant: QuantChoice) -> ConvertOptions {
+    ConvertOptions { quant, ..Default::default() }
+}
+
+#[test]
+fn synthetic_presets_have_the_real_shapes() {
+    let presets = lowbit_convert::synth::presets();
+    let count = |name: &str| -> u64 {
+        let p = presets.iter().find(|p| p.name == name).unwrap();
+        lowbit_convert::synth::tensor_shapes(&p.config)
+            .unwrap()
+            .iter()
+            .map(|(_, s)| s.iter().product::<usize>() as u64)
+            .sum()
+    };
+    // Published parameter counts (FORMATS.md §G.2).
+    assert_eq!(count("mistral-7b-v0.1"), 7_241_732_096);
+    assert_eq!(count("mistral-7b-v0.3"), 7_248_023_552);
+    assert_eq!(count("qwen2.5-0.5b"), 494_032_768);
+}
+
+#[test]
+fn synthetic_checkpoint_converts_and_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = lowbit_convert::synth::presets().into_iter().find(|p| p.name == "mistral-7b-v0.1").unwrap().config;
+    // Same names and structure, small dimensions.
+    for (k, v) in [
+        ("hidden_size", 128),
+        ("intermediate_size", 256),
+        ("num_attention_heads", 4),
+        ("num_key_value_heads", 2),
+        ("head_dim", 32),
+        ("vocab_size", 300),
+    ] {
+        cfg[k] = v.into();
+    }
+    let dir = tmp.path().join("synth");
+    // Tiny shards so the index path is exercised.
+    let bytes = lowbit_convert::synth::synthesize(&cfg, &dir, 7, Some(2), 200_000).unwrap();
+    assert!(dir.join("model.safetensors.index.json").exists());
+    let out = tmp.path().join("s.lowbit");
+    let s = run(&dir, &out, &opts(QuantChoice::Nf4)).unwrap();
+    assert!(s.input_bytes > bytes);
+    let f = ModelFile::open(&out).unwrap();
+    assert!(f.metadata().tokenizer_json.is_some());
+    assert_eq!(f.tensors().len(), 3 + 2 * 9);
+}
