@@ -21,6 +21,12 @@ echo "memory bandwidth ($threads threads): $bw GB/s"
 # 128 prompt tokens: the synthetic tokenizer is byte-level, so 127 bytes + BOS.
 head -c 127 data/genesis-kjv.txt > "$work/prompt.txt"
 
+# What merely reading the input costs, for comparison with the conversion's MB/s (the shards are
+# larger than the page cache can keep next to everything else, so this is a disk read).
+start=$(date +%s.%N)
+cat "$work"/mistral-7b/*.safetensors > /dev/null
+python3 -c "import sys; b=$(cat "$work"/mistral-7b/*.safetensors | wc -c); t=$(date +%s.%N)-$start; print(f'reading the input alone: {b/1e6/t:.0f} MB/s')"
+
 for q in nf4 int8; do
   out="$work/mistral-7b.$q.lowbit"
   echo "== $q =="

@@ -108,3 +108,56 @@ impl TextCodec {
         .map_err(|e| RuntimeError::Template(format!("{e:#}")))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn codec(template: &str, bos: &str, eos: &str) -> TextCodec {
+        // A one-token vocabulary is enough: these tests render templates, they do not encode.
+        let tok = r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],"normalizer":null,"pre_tokenizer":null,
+            "post_processor":null,"decoder":null,"model":{"type":"WordLevel","vocab":{"<unk>":0},"unk_token":"<unk>"}}"#;
+        TextCodec {
+            tokenizer: tok.parse().unwrap(),
+            template: Some(template.into()),
+            bos: Some(bos.into()),
+            eos: Some(eos.into()),
+        }
+    }
+
+    fn msgs(turns: &[(&str, &str)]) -> Vec<Message> {
+        turns.iter().map(|(r, c)| Message { role: r.to_string(), content: c.to_string() }).collect()
+    }
+
+    /// Mistral-7B-Instruct-v0.1's template (from its tokenizer_config.json), which relies on
+    /// `raise_exception`, `loop.index0` and string concatenation.
+    const MISTRAL_V01: &str = "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token + ' ' }}{% else %}{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}{% endfor %}";
+
+    #[test]
+    fn mistral_inst_template() {
+        let c = codec(MISTRAL_V01, "<s>", "</s>");
+        let out =
+            c.apply_chat_template(&msgs(&[("user", "Hi"), ("assistant", "Hello"), ("user", "2+2?")]), true).unwrap();
+        assert_eq!(out, "<s>[INST] Hi [/INST]Hello</s> [INST] 2+2? [/INST]");
+        // The template's own error surfaces as ours.
+        let err = c.apply_chat_template(&msgs(&[("assistant", "x")]), true).unwrap_err();
+        assert!(err.to_string().contains("roles must alternate"), "{err}");
+    }
+
+    #[test]
+    fn chatml_template() {
+        let t = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+        let c = codec(t, "<|im_start|>", "<|im_end|>");
+        let out = c.apply_chat_template(&msgs(&[("system", "Be brief."), ("user", "Hi")]), true).unwrap();
+        assert_eq!(
+            out,
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        );
+    }
+
+    #[test]
+    fn unknown_variable_is_an_error() {
+        let c = codec("{{ messages[0]['content'] }}{{ undefined_thing }}", "", "");
+        assert!(c.apply_chat_template(&msgs(&[("user", "x")]), false).is_err());
+    }
+}
