@@ -25,7 +25,9 @@ head -c 127 data/genesis-kjv.txt > "$work/prompt.txt"
 # larger than the page cache can keep next to everything else, so this is a disk read).
 start=$(date +%s.%N)
 cat "$work"/mistral-7b/*.safetensors > /dev/null
-python3 -c "import sys; b=$(cat "$work"/mistral-7b/*.safetensors | wc -c); t=$(date +%s.%N)-$start; print(f'reading the input alone: {b/1e6/t:.0f} MB/s')"
+end=$(date +%s.%N)
+bytes=$(cat "$work"/mistral-7b/*.safetensors | wc -c)
+python3 -c "print(f'reading the input alone: {$bytes / 1e6 / ($end - $start):.0f} MB/s')"
 
 for q in nf4 int8; do
   out="$work/mistral-7b.$q.lowbit"
