@@ -25,12 +25,14 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         let lut = kind.int8_levels();
         let want_q8 = scalar::dot_fourbit_q8(codes, &scales, &lut, &qe, &qo, &qsum, half);
         // Exact integer lane sums, then float accumulation across blocks and lanes: at most
-        // blocks + 5 roundings, each ≤ ε·Σ|products| (this target found a 1e-7·bound too tight).
+        // blocks + 5 roundings, each ≤ ε·Σ|lane values|; the VNNI kernel's lanes carry the
+        // +128 bias of its table and −128·Σq, i.e. up to (|level| + 128)·|q| per product, doubled
+        // for the bias lane (this target found two tighter bounds too tight).
         let terms: f32 = (0..blocks)
             .map(|b| {
                 let r = b * half..(b + 1) * half;
                 let f = scales[b];
-                    r.map(|i| f.abs() * ((lut[(codes[i] >> 4) as usize] as i32 * qe[i] as i32).abs() + (lut[(codes[i] & 15) as usize] as i32 * qo[i] as i32).abs()) as f32).sum::<f32>()
+                    r.map(|i| f.abs() * 2.0 * (((lut[(codes[i] >> 4) as usize] as i32).abs() + 128) * (qe[i] as i32).abs() + ((lut[(codes[i] & 15) as usize] as i32).abs() + 128) * (qo[i] as i32).abs()) as f32).sum::<f32>()
                 })
                 .sum();
         let tol_q8 = (blocks as f32 + 5.0) * f32::EPSILON * terms + 1e-6;
