@@ -121,45 +121,9 @@ fn matvec_into(
 ) -> Result<()> {
     let cols = w.cols();
     match *w {
-        Weight::F32 { data, .. } => for_row_chunks(
-            out,
-            1,
-            DECODE_ROWS_PER_TASK,
-            parallel,
-            || (),
-            |_, r0, o| {
-                for (i, y) in o.iter_mut().enumerate() {
-                    let r = r0 + i;
-                    *y = k.dot_f32(&data[r * cols..(r + 1) * cols], x);
-                }
-            },
-        ),
-        Weight::F16 { data, .. } => for_row_chunks(
-            out,
-            1,
-            DECODE_ROWS_PER_TASK,
-            parallel,
-            || (),
-            |_, r0, o| {
-                for (i, y) in o.iter_mut().enumerate() {
-                    let r = r0 + i;
-                    *y = k.dot_f16(&data[r * cols..(r + 1) * cols], x);
-                }
-            },
-        ),
-        Weight::Bf16 { data, .. } => for_row_chunks(
-            out,
-            1,
-            DECODE_ROWS_PER_TASK,
-            parallel,
-            || (),
-            |_, r0, o| {
-                for (i, y) in o.iter_mut().enumerate() {
-                    let r = r0 + i;
-                    *y = k.dot_bf16(&data[r * cols..(r + 1) * cols], x);
-                }
-            },
-        ),
+        Weight::F32 { data, .. } => dense_rows(out, parallel, |r| k.dot_f32(&data[r * cols..(r + 1) * cols], x)),
+        Weight::F16 { data, .. } => dense_rows(out, parallel, |r| k.dot_f16(&data[r * cols..(r + 1) * cols], x)),
+        Weight::Bf16 { data, .. } => dense_rows(out, parallel, |r| k.dot_bf16(&data[r * cols..(r + 1) * cols], x)),
         Weight::Int8(ref w8) => int8_rows(k, out, w8, x, 1, opts, parallel),
         Weight::FourBit(ref w4) if !opts.fourbit_exact && rows_block_aligned(w4) && w4.blocksize >= 32 => {
             fourbit_q8_matvec(k, out, w4, x, parallel)
@@ -167,6 +131,22 @@ fn matvec_into(
         Weight::FourBit(ref w4) => fourbit_matvec(k, out, w4, x, parallel),
     }
     Ok(())
+}
+
+/// `out[r] = dot(r)` for every row, in row chunks spread over threads.
+fn dense_rows(out: &mut [f32], parallel: bool, dot: impl Fn(usize) -> f32 + Sync + Send) {
+    for_row_chunks(
+        out,
+        1,
+        DECODE_ROWS_PER_TASK,
+        parallel,
+        || (),
+        |_, r0, o| {
+            for (i, y) in o.iter_mut().enumerate() {
+                *y = dot(r0 + i);
+            }
+        },
+    );
 }
 
 /// Whether every row of a 4-bit weight starts on a block boundary (and so on a byte boundary),
