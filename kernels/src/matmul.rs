@@ -192,9 +192,7 @@ fn fourbit_matvec(k: &Kernels, out: &mut [f32], w: &FourBitRef, x: &[f32], paral
         |scales, r0, o| {
             for (i, y) in o.iter_mut().enumerate() {
                 let r = r0 + i;
-                for (j, s) in scales.iter_mut().enumerate() {
-                    *s = w.absmax.get(r * bpr + j);
-                }
+                w.absmax.decode(r * bpr, scales);
                 *y = k.dot_fourbit(&w.codes[r * half..(r + 1) * half], scales, levels, &xe, &xo, w.blocksize / 2);
             }
         },
