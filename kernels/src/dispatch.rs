@@ -15,6 +15,7 @@ type DotFourBit = unsafe fn(&[u8], &[f32], &[f32; 16], &[f32], &[f32], usize) ->
 type DotInt8 = unsafe fn(&[i8], &[i8]) -> i32;
 type DotInt8x4 = unsafe fn([&[i8]; 4], [&[i8]; 4]) -> [[i32; 4]; 4];
 type DotFourBitQ8 = unsafe fn(&[u8], &[f32], &[i8; 16], &[i8], &[i8], &[i32], usize) -> f32;
+type NestedFactors = unsafe fn(&[u8], &[f32; 256], f32, f32, &[f32], &mut [f32]);
 
 /// The kernels of one instruction-set level.
 #[derive(Clone, Copy)]
@@ -31,6 +32,7 @@ pub struct Kernels {
     dot_fourbit_q8: DotFourBitQ8,
     /// Bytes of codes each SIMD step of `dot_fourbit_q8` consumes.
     fourbit_q8_step: usize,
+    nested_factors: NestedFactors,
 }
 
 impl std::fmt::Debug for Kernels {
@@ -56,6 +58,7 @@ impl Kernels {
             dot_int8_4x4: scalar::dot_int8_4x4,
             dot_fourbit_q8: scalar::dot_fourbit_q8,
             fourbit_q8_step: 1,
+            nested_factors: scalar::nested_factors,
         };
         match isa {
             Isa::Scalar => Some(scalar),
@@ -73,6 +76,7 @@ impl Kernels {
                     dot_int8_4x4: k::dot_int8_4x4,
                     dot_fourbit_q8: k::dot_fourbit_q8,
                     fourbit_q8_step: 32,
+                    nested_factors: k::nested_factors,
                 })
             }
             #[cfg(target_arch = "x86_64")]
@@ -89,6 +93,7 @@ impl Kernels {
                     dot_int8_4x4: k::dot_int8_4x4,
                     dot_fourbit_q8: k::dot_fourbit_q8,
                     fourbit_q8_step: 32,
+                    nested_factors: k::nested_factors,
                 })
             }
             #[cfg(target_arch = "aarch64")]
@@ -105,6 +110,7 @@ impl Kernels {
                     dot_int8_4x4: scalar::dot_int8_4x4,
                     dot_fourbit_q8: k::dot_fourbit_q8,
                     fourbit_q8_step: 16,
+                    nested_factors: scalar::nested_factors,
                 })
             }
             #[allow(unreachable_patterns)]
@@ -190,6 +196,23 @@ impl Kernels {
         }
         // SAFETY: `self` exists only for a supported ISA; lengths and step checked above.
         unsafe { (self.dot_fourbit_q8)(codes, factors, lut, qe, qo, qsum, half_block) }
+    }
+
+    /// Block factors of double-quantized scales sharing one nested scale; see
+    /// [`crate::scalar::nested_factors`]. Bit-identical on every ISA.
+    #[inline]
+    pub fn nested_factors(
+        &self,
+        codes: &[u8],
+        map: &[f32; 256],
+        nested_absmax: f32,
+        offset: f32,
+        xs: &[f32],
+        out: &mut [f32],
+    ) {
+        assert!(codes.len() == out.len() && xs.len() == out.len());
+        // SAFETY: `self` exists only for a supported ISA; lengths checked above.
+        unsafe { (self.nested_factors)(codes, map, nested_absmax, offset, xs, out) }
     }
 
     /// A 4 × 4 tile of exact int8 dot products; see [`crate::scalar::dot_int8_4x4`].

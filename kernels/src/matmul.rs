@@ -11,7 +11,7 @@ use crate::dispatch::Kernels;
 use crate::error::{KernelError, Result};
 use crate::fourbit::code_at;
 use crate::int8::{quantize_activations, round_to_i8, Int8Activations, INV_127, MM_DEQUANT_SCALE};
-use crate::weight::{FourBitRef, Int8Ref, Weight};
+use crate::weight::{AbsmaxRef, FourBitRef, Int8Ref, Weight};
 use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
@@ -236,7 +236,9 @@ fn fourbit_q8_matvec(k: &Kernels, out: &mut [f32], w: &FourBitRef, x: &[f32], pa
     let half = w.cols / 2;
     let bpr = w.cols / w.blocksize;
     let q = quantize_blocks_q8(x, w.blocksize);
-    let q = &q;
+    // weight ≈ lut/127 · absmax, activation ≈ q · scale: one factor absmax · scale/127 per block.
+    let xs: Vec<f32> = q.scale.iter().map(|&s| s * (1.0 / 127.0)).collect();
+    let (q, xs) = (&q, &xs[..]);
     for_row_chunks(
         out,
         1,
@@ -246,11 +248,7 @@ fn fourbit_q8_matvec(k: &Kernels, out: &mut [f32], w: &FourBitRef, x: &[f32], pa
         |factors, r0, o| {
             for (i, y) in o.iter_mut().enumerate() {
                 let r = r0 + i;
-                w.absmax.decode(r * bpr, factors);
-                // weight ≈ lut/127 · absmax, activation ≈ q · scale
-                for (f, &s) in factors.iter_mut().zip(&q.scale) {
-                    *f *= s * (1.0 / 127.0);
-                }
+                block_factors(k, &w.absmax, r * bpr, xs, factors);
                 *y = k.dot_fourbit_q8(
                     &w.codes[r * half..(r + 1) * half],
                     factors,
@@ -263,6 +261,37 @@ fn fourbit_q8_matvec(k: &Kernels, out: &mut [f32], w: &FourBitRef, x: &[f32], pa
             }
         },
     );
+}
+
+/// `out[i] = absmax(first + i) · xs[i]` — the decoded block scales of one row times the
+/// activation blocks' scales, bit-identical to [`AbsmaxRef::decode`] followed by the multiply.
+fn block_factors(k: &Kernels, absmax: &AbsmaxRef, first: usize, xs: &[f32], out: &mut [f32]) {
+    match *absmax {
+        AbsmaxRef::F32(v) => {
+            for ((o, &a), &s) in out.iter_mut().zip(&v[first..first + xs.len()]).zip(xs) {
+                *o = a * s;
+            }
+        }
+        AbsmaxRef::Nested { codes, nested_absmax, nested_blocksize, offset } => {
+            let map = crate::codebook::dynamic_map();
+            // One run per nested block the row touches (one or two for Mistral's shapes).
+            let mut j = 0;
+            while j < out.len() {
+                let b = first + j;
+                let group = b / nested_blocksize;
+                let end = ((group + 1) * nested_blocksize - first).min(out.len());
+                k.nested_factors(
+                    &codes[b..first + end],
+                    map,
+                    nested_absmax[group],
+                    offset,
+                    &xs[j..end],
+                    &mut out[j..end],
+                );
+                j = end;
+            }
+        }
+    }
 }
 
 /// int8 rows: `out_t[r·m + t] = i32(CA[t]·CB[r]) · SCA[t]·SCB[r] · c + Σ_outlier-cols x[t][c]·W̃[r][c]`.

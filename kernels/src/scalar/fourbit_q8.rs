@@ -30,3 +30,13 @@ pub fn dot_fourbit_q8(
     }
     acc
 }
+
+/// The per-block factors of one run of double-quantized blocks that share a nested scale:
+/// `out[i] = (DYNAMIC_MAP[codes[i]] · nested_absmax + offset) · xs[i]`, where the part in
+/// brackets is bitsandbytes' float32 block absmax ([`crate::fourbit::nested_scale`], computed
+/// the same way, multiply then add) and `xs[i]` the activation block's scale / 127.
+pub fn nested_factors(codes: &[u8], map: &[f32; 256], nested_absmax: f32, offset: f32, xs: &[f32], out: &mut [f32]) {
+    for ((o, &c), &x) in out.iter_mut().zip(codes).zip(xs) {
+        *o = (map[c as usize] * nested_absmax + offset) * x;
+    }
+}

@@ -240,6 +240,30 @@ pub unsafe fn dot_fourbit_q8(
     }
 }
 
+/// See [`crate::scalar::nested_factors`]: eight scales at a time, the dynamic-map values
+/// gathered, then the same separate multiply, add and multiply as the scalar code (no FMA).
+///
+/// # Safety
+/// AVX2 must be available; `codes`, `xs` and `out` have equal lengths.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn nested_factors(codes: &[u8], map: &[f32; 256], na: f32, offset: f32, xs: &[f32], out: &mut [f32]) {
+    let n = out.len().min(codes.len()).min(xs.len());
+    let (cp, xp, op) = (codes.as_ptr(), xs.as_ptr(), out.as_mut_ptr());
+    let mut i = 0;
+    // SAFETY: full 8-wide steps stay below n; gather indices are bytes, inside the 256-entry map.
+    unsafe {
+        let (nav, offv) = (_mm256_set1_ps(na), _mm256_set1_ps(offset));
+        while i + 8 <= n {
+            let idx = _mm256_cvtepu8_epi32(_mm_loadl_epi64(cp.add(i) as *const __m128i));
+            let v = _mm256_i32gather_ps::<4>(map.as_ptr(), idx);
+            let v = _mm256_mul_ps(_mm256_add_ps(_mm256_mul_ps(v, nav), offv), _mm256_loadu_ps(xp.add(i)));
+            _mm256_storeu_ps(op.add(i), v);
+            i += 8;
+        }
+    }
+    crate::scalar::nested_factors(&codes[i..n], map, na, offset, &xs[i..n], &mut out[i..n]);
+}
+
 /// See [`crate::scalar::dot_int8_4x4`]; on AVX2 the tile is 16 row dot products (no register
 /// blocking yet).
 ///
