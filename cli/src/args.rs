@@ -94,9 +94,14 @@ pub struct ConvertArgs {
     /// Also keep tensors whose name contains this in high precision (repeatable).
     #[arg(long)]
     pub keep: Vec<String>,
-    /// Quantize embeddings and lm_head too.
+    /// Quantize embeddings and lm_head too, with the main scheme.
     #[arg(long)]
     pub quantize_all: bool,
+    /// Output head (lm_head, or the embedding tied to it): `source` keeps its precision, as
+    /// bitsandbytes does; `int8` halves what decode streams for it. A bitsandbytes checkpoint
+    /// keeps its head either way.
+    #[arg(long, value_enum, default_value = "source")]
+    pub head: Head,
     /// Round double-quant codes like bitsandbytes' CPU kernel (default: nearest, like its CUDA
     /// and PyTorch paths and most published checkpoints).
     #[arg(long)]
@@ -104,6 +109,15 @@ pub struct ConvertArgs {
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,
+}
+
+/// `--head` values.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Head {
+    /// Keep the source precision.
+    Source,
+    /// LLM.int8 rows.
+    Int8,
 }
 
 #[derive(Args, Debug)]

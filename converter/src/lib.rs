@@ -38,4 +38,4 @@ pub mod synth;
 
 pub use convert::{convert, ConvertSummary, ProgressEvent};
 pub use error::{ConvertError, Result};
-pub use plan::{ConvertOptions, QuantChoice};
+pub use plan::{ConvertOptions, HeadChoice, QuantChoice};

@@ -73,8 +73,11 @@ pub struct ConvertOptions {
     /// containing it (`layers.0.`), a pattern with `*` is a glob over the whole name
     /// (`*.down_proj.weight`).
     pub keep: Vec<String>,
-    /// Quantize embeddings and lm_head too.
+    /// Quantize embeddings and lm_head too, with the main scheme.
     pub quantize_all: bool,
+    /// Scheme of the output head (`lm_head.weight`, or the embedding when it is tied to the head)
+    /// when the linear layers are quantized.
+    pub head: HeadChoice,
     /// Rounding rule of double-quant codes: nearest (bitsandbytes on CUDA and its PyTorch
     /// backend; the default) or the lookup table of its CPU kernel.
     pub nested_rule: lowbit_kernels::NestedRule,
@@ -89,9 +92,21 @@ impl Default for ConvertOptions {
             int8_threshold: 6.0,
             keep: Vec::new(),
             quantize_all: false,
+            head: HeadChoice::Source,
             nested_rule: lowbit_kernels::NestedRule::Nearest,
         }
     }
+}
+
+/// How the output head is stored when the linear layers are quantized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HeadChoice {
+    /// In the source's precision, as bitsandbytes leaves it.
+    #[default]
+    Source,
+    /// LLM.int8 rows: half the bytes of f16. Decode reads the whole head for every token, so
+    /// on a small model with a large vocabulary it is a large share of the bytes streamed.
+    Int8,
 }
 
 /// Weight names (suffixes) of the linear layers bitsandbytes replaces.
@@ -166,13 +181,19 @@ impl ConvertOptions {
             || (self.quantize_all && (name == "model.embed_tokens.weight" || name == "lm_head.weight"))
     }
 
-    /// The scheme of tensor `name`, which is `kept` when not quantized.
-    pub fn scheme_for(&self, name: &str, rank: usize, kept: Scheme, orig_dtype: &str) -> Scheme {
+    /// The scheme of tensor `name`, which is `kept` when not quantized. `tied`: the embedding
+    /// doubles as the output head.
+    pub fn scheme_for(&self, name: &str, rank: usize, kept: Scheme, orig_dtype: &str, tied: bool) -> Scheme {
         if let Some(d) = self.quant.dense() {
             return d;
         }
         if !self.quantizes(name, rank) {
-            return kept;
+            let head = name == "lm_head.weight" || (tied && name == "model.embed_tokens.weight");
+            return if head && rank == 2 && self.head == HeadChoice::Int8 && !self.kept(name) {
+                Scheme::Int8
+            } else {
+                kept
+            };
         }
         match self.quant {
             QuantChoice::Int8 => Scheme::Int8,
@@ -407,7 +428,7 @@ pub fn plan_folder(dir: &Path, src: &SafetensorsSource, opts: &ConvertOptions) -
         let scheme = if prequantized && opts.quant.dense().is_none() {
             dense(t.dtype)
         } else {
-            opts.scheme_for(&t.name, t.shape.len(), dense(t.dtype), t.dtype.torch_name())
+            opts.scheme_for(&t.name, t.shape.len(), dense(t.dtype), t.dtype.torch_name(), dims.tied)
         };
         jobs.push(Job::Float { name: t.name.clone(), dtype: t.dtype, shape: t.shape.clone(), scheme });
     }
@@ -512,7 +533,7 @@ pub fn plan_gguf(src: &GgufSource, opts: &ConvertOptions) -> Result<Plan> {
             Some(GgmlType::BF16) => Scheme::Bf16,
             _ => Scheme::F16,
         };
-        let scheme = opts.scheme_for(&t.name, t.shape.len(), kept, "float32");
+        let scheme = opts.scheme_for(&t.name, t.shape.len(), kept, "float32", dims.tied);
         jobs.push(Job::Float { name: t.name.clone(), dtype: SrcDtype::F32, shape: t.shape.clone(), scheme });
     }
     check_complete(&dims, &jobs, &mut warnings)?;
@@ -563,9 +584,12 @@ mod tests {
         assert!(all.quantizes("lm_head.weight", 2));
         let keep = ConvertOptions { keep: vec!["*.down_proj.weight".into()], ..Default::default() };
         assert!(!keep.quantizes("model.layers.3.mlp.down_proj.weight", 2));
-        assert_eq!(keep.scheme_for("model.layers.3.mlp.down_proj.weight", 2, Scheme::Bf16, "bfloat16"), Scheme::Bf16);
+        assert_eq!(
+            keep.scheme_for("model.layers.3.mlp.down_proj.weight", 2, Scheme::Bf16, "bfloat16", false),
+            Scheme::Bf16
+        );
         let f16 = ConvertOptions { quant: QuantChoice::F16, ..Default::default() };
-        assert_eq!(f16.scheme_for("model.norm.weight", 1, Scheme::F32, "float32"), Scheme::F16);
+        assert_eq!(f16.scheme_for("model.norm.weight", 1, Scheme::F32, "float32", false), Scheme::F16);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use lowbit_convert::{convert, ConvertOptions, ProgressEvent, QuantChoice};
+use lowbit_convert::{convert, ConvertOptions, HeadChoice, ProgressEvent, QuantChoice};
 use lowbit_format::{FourBitKind, ModelFile, Nested, Scheme};
 use lowbit_kernels::{quantize_4bit, quantize_int8, Absmax, FourBitOptions, NestedRule};
 use safetensors::Dtype;
@@ -48,10 +48,13 @@ fn check_tensors(out: &Path, tiny: &Tiny, dtype: Dtype, o: &ConvertOptions) {
         assert_eq!(t.info.shape, shape.iter().map(|&d| d as u64).collect::<Vec<_>>(), "{name}");
         let src = round_trip(x, dtype);
         let quantized = is_linear(name) || (o.quantize_all && (name.contains("embed") || name.contains("lm_head")));
+        let tied = !tiny.tensors.iter().any(|t| t.0 == "lm_head.weight");
+        let head = name == "lm_head.weight" || (tied && name == "model.embed_tokens.weight");
         let expect_scheme = match o.quant {
             QuantChoice::F16 => Scheme::F16,
             QuantChoice::Bf16 => Scheme::Bf16,
             QuantChoice::F32 => Scheme::F32,
+            _ if head && !quantized && o.head == HeadChoice::Int8 => Scheme::Int8,
             _ if !quantized => dense_scheme(dtype),
             QuantChoice::Int8 => Scheme::Int8,
             q => Scheme::FourBit {
@@ -223,6 +226,27 @@ fn odd_shapes_tied_embeddings_and_rope_parameters() {
         assert_eq!(c["rope_parameters"]["rope_theta"], 500000.0, "original keys kept");
         assert!(f.tensor("lm_head.weight").is_none(), "tied: no lm_head");
         assert_eq!(f.metadata().architecture, "llama");
+    }
+}
+
+/// `--head int8`: the head (lm_head, or the embedding when tied) becomes LLM.int8 rows equal to
+/// the kernels' quantizer on the source; an untied embedding stays in its source precision.
+#[test]
+fn int8_head_tied_and_untied() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (cfg, seed) in [(mistral(), 9), (odd_llama(), 10)] {
+        let tiny = build(cfg, seed);
+        let dir = tmp.path().join(format!("m{seed}"));
+        write(&dir, &tiny, &Layout { dtype: Dtype::BF16, ..Default::default() });
+        for q in [QuantChoice::Nf4, QuantChoice::Int8, QuantChoice::F16] {
+            let o = ConvertOptions { quant: q, head: HeadChoice::Int8, ..Default::default() };
+            let out = tmp.path().join(format!("h{seed}-{}.lowbit", q.label()));
+            run(&dir, &out, &o).unwrap();
+            check_tensors(&out, &tiny, Dtype::BF16, &o);
+            let f = ModelFile::open(&out).unwrap();
+            let heads = f.tensors().iter().filter(|t| t.scheme == Scheme::Int8 && !is_linear(&t.name)).count();
+            assert_eq!(heads, if q == QuantChoice::F16 { 0 } else { 1 }, "{seed} {q:?}");
+        }
     }
 }
 

@@ -1,10 +1,10 @@
 //! `lowbit convert`: a progress bar over the converter, then a summary.
 
-use crate::args::{ConvertArgs, Quant};
+use crate::args::{ConvertArgs, Head, Quant};
 use crate::stats::{human, peak_rss};
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
-use lowbit_convert::{convert, ConvertOptions, ProgressEvent, QuantChoice};
+use lowbit_convert::{convert, ConvertOptions, HeadChoice, ProgressEvent, QuantChoice};
 
 pub fn run(a: ConvertArgs) -> Result<()> {
     let quant = match a.quant {
@@ -22,6 +22,10 @@ pub fn run(a: ConvertArgs) -> Result<()> {
         int8_threshold: a.threshold,
         keep: a.keep.clone(),
         quantize_all: a.quantize_all,
+        head: match a.head {
+            Head::Source => HeadChoice::Source,
+            Head::Int8 => HeadChoice::Int8,
+        },
         nested_rule: if a.bnb_cpu_rounding {
             lowbit_kernels::NestedRule::CpuLut
         } else {
