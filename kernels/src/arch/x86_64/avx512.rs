@@ -9,6 +9,12 @@
 use core::arch::x86_64::*;
 use half::{bf16, f16};
 
+/// How far ahead (bytes) the weight-streaming kernels prefetch. The hardware prefetcher alone
+/// left the 4-bit decode loop waiting on its code loads (half its samples sat on them): with
+/// this, 14336×4096 nf4 matvec went from 15.4 to 20.4 GB/s on one thread (1024: 19.9, 4096:
+/// 20.4; measured on a Xeon with AVX-512/VNNI).
+const PREFETCH: usize = 2048;
+
 /// See [`crate::scalar::dot_f32`].
 ///
 /// # Safety
@@ -170,6 +176,7 @@ pub unsafe fn dot_int8(a: &[i8], w: &[i8]) -> i32 {
         while i < n {
             let left = n - i;
             let m: __mmask64 = if left >= 64 { !0 } else { (1u64 << left) - 1 };
+            _mm_prefetch::<_MM_HINT_T0>(wp.wrapping_add(i + PREFETCH));
             let va = _mm512_maskz_loadu_epi8(m, ap.add(i));
             let vw = _mm512_maskz_loadu_epi8(m, wp.add(i));
             acc[k] = _mm512_dpbusd_epi32(acc[k], _mm512_xor_si512(va, flip), vw);
@@ -198,6 +205,7 @@ pub unsafe fn dot_int8(a: &[i8], w: &[i8]) -> i32 {
 /// # Safety
 /// AVX-512F/BW/VL and VNNI must be available; `half_block` is a multiple of 32; `codes`, `qe`,
 /// `qo` hold `factors.len() * half_block` elements; `qsum[b]` = Σ of block b's activations.
+
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
 pub unsafe fn dot_fourbit_q8(
     codes: &[u8],
@@ -220,6 +228,7 @@ pub unsafe fn dot_fourbit_q8(
         let nib = _mm512_set1_epi8(0x0F);
         // One 64-byte step: the biased integer lane sums of codes/activations at byte `i`.
         let step = |i: usize| {
+            _mm_prefetch::<_MM_HINT_T0>(cp.wrapping_add(i + PREFETCH) as *const i8);
             let v = _mm512_loadu_si512(cp.add(i) as *const _);
             let wh = _mm512_shuffle_epi8(table, _mm512_and_si512(_mm512_srli_epi16(v, 4), nib));
             let wl = _mm512_shuffle_epi8(table, _mm512_and_si512(v, nib));
