@@ -1,6 +1,6 @@
 """Side-by-side speed race: llama.cpp (through llama-cpp-python, compiled locally by pip) against
 lowbit on SmolLM2-135M-Instruct, same prompt of 128 tokens, 64 decoded tokens, 1 and 2 threads,
-runs alternated. llama.cpp's Q4_0 and Q8_0 files are made from the shipped Q4_1 GGUF by
+runs alternated. llama.cpp's Q4_0, IQ4_NL and Q8_0 files are made from the shipped Q4_1 GGUF by
 llama.cpp's own quantizer; lowbit's nf4 and int8 files by `lowbit convert`. Prints tokens/s and
 the ratios lowbit / llama.cpp. Not part of CI.
 
@@ -33,6 +33,7 @@ def quantize(ftype, name):
 
 models = {
     "Q4_0": quantize(llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0, "smollm2.Q4_0.gguf"),
+    "IQ4_NL": quantize(llama_cpp.LLAMA_FTYPE_MOSTLY_IQ4_NL, "smollm2.IQ4_NL.gguf"),
     "Q8_0": quantize(llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0, "smollm2.Q8_0.gguf"),
 }
 
@@ -76,7 +77,11 @@ def ours(model, threads):
     return prefill, decode
 
 
-pairs = [("nf4", os.path.join(work, "smollm2.nf4.lowbit"), "Q4_0"), ("int8", os.path.join(work, "smollm2.int8.lowbit"), "Q8_0")]
+pairs = [
+    ("nf4", os.path.join(work, "smollm2.nf4.lowbit"), "Q4_0"),
+    ("nf4", os.path.join(work, "smollm2.nf4.lowbit"), "IQ4_NL"),
+    ("int8", os.path.join(work, "smollm2.int8.lowbit"), "Q8_0"),
+]
 print("| threads | lowbit | llama.cpp | prefill lowbit / llama.cpp (tok/s) | ratio | decode lowbit / llama.cpp (tok/s) | ratio |")
 print("|---|---|---|---|---|---|---|")
 for threads in (1, 2):
