@@ -97,10 +97,10 @@ pub struct ConvertArgs {
     /// Quantize embeddings and lm_head too, with the main scheme.
     #[arg(long)]
     pub quantize_all: bool,
-    /// Output head (lm_head, or the embedding tied to it): `source` keeps its precision, as
-    /// bitsandbytes does; `int8` halves what decode streams for it. A bitsandbytes checkpoint
-    /// keeps its head either way.
-    #[arg(long, value_enum, default_value = "source")]
+    /// Output head (lm_head, or the embedding tied to it) when the layers are quantized: `int8`
+    /// halves what decode streams for it; `source` keeps its precision, as bitsandbytes does. A
+    /// bitsandbytes checkpoint keeps its head either way.
+    #[arg(long, value_enum, default_value = "int8")]
     pub head: Head,
     /// Round double-quant codes like bitsandbytes' CPU kernel (default: nearest, like its CUDA
     /// and PyTorch paths and most published checkpoints).

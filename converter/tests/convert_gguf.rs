@@ -135,17 +135,21 @@ fn gguf_converts_to_the_hugging_face_tensors() {
     assert_eq!(m.sources[0].bytes, std::fs::metadata(&gguf).unwrap().len());
 
     // NF4: high-precision tensors keep F32/F16 sources exactly, dequantized blocks go to f16;
-    // the linear layers are our NF4 of the dequantized values.
+    // the linear layers are our NF4 of the dequantized values, the head LLM.int8 rows.
     let out = tmp.path().join("nf4.lowbit");
     run(&gguf, &out, &opts(QuantChoice::Nf4)).unwrap();
     let f = ModelFile::open(&out).unwrap();
-    for (name, _, v, kept) in &expected {
+    for (name, shape, v, kept) in &expected {
         let t = f.tensor(name).unwrap();
         if name.ends_with("proj.weight") {
             let q = quantize_4bit(v, &FourBitOptions::default()).unwrap();
             assert!(t.part("codes").unwrap() == q.codes, "{name}");
             let Absmax::Nested { codes, .. } = q.absmax else { panic!() };
             assert!(t.part("absmax").unwrap() == codes, "{name}");
+        } else if name == "lm_head.weight" {
+            let q = lowbit_kernels::quantize_int8(v, shape[0], shape[1]).unwrap();
+            assert_eq!(t.info.scheme, Scheme::Int8, "{name}");
+            assert!(t.part("cb").unwrap() == q.cb.iter().map(|&c| c as u8).collect::<Vec<_>>(), "{name}");
         } else {
             assert_eq!(&t.info.scheme, kept, "{name}");
         }
@@ -195,7 +199,9 @@ fn smollm2_gguf_to_nf4() {
     let s = run(&gguf, &out, &opts(QuantChoice::Nf4)).unwrap();
     let f = ModelFile::open(&out).unwrap();
     assert_eq!(f.tensors().len(), 2 + 30 * 9, "embeddings, final norm, 30 layers (tied: no lm_head)");
-    assert_eq!(s.quantized_params, 30 * (2 * 576 * 576 + 2 * 192 * 576 + 3 * 1536 * 576));
+    // The linear layers, and the tied embedding as the int8 head.
+    assert_eq!(s.quantized_params, 30 * (2 * 576 * 576 + 2 * 192 * 576 + 3 * 1536 * 576) + 49152 * 576);
+    assert_eq!(f.tensor("model.embed_tokens.weight").unwrap().info.scheme, Scheme::Int8);
     assert!(f.metadata().tokenizer_json.is_some() && f.metadata().chat_template.is_some());
     let model = GgufModel::open(&gguf).unwrap();
     let name = "model.layers.7.self_attn.k_proj.weight";

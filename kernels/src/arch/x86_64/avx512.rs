@@ -205,7 +205,6 @@ pub unsafe fn dot_int8(a: &[i8], w: &[i8]) -> i32 {
 /// # Safety
 /// AVX-512F/BW/VL and VNNI must be available; `half_block` is a multiple of 32; `codes`, `qe`,
 /// `qo` hold `factors.len() * half_block` elements; `qsum[b]` = Σ of block b's activations.
-
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
 pub unsafe fn dot_fourbit_q8(
     codes: &[u8],
