@@ -15,6 +15,8 @@ type DotFourBit = unsafe fn(&[u8], &[f32], &[f32; 16], &[f32], &[f32], usize) ->
 type DotInt8 = unsafe fn(&[i8], &[i8]) -> i32;
 type DotInt8x4 = unsafe fn([&[i8]; 4], [&[i8]; 4]) -> [[i32; 4]; 4];
 type DotFourBitQ8 = unsafe fn(&[u8], &[f32], &[i8; 16], &[i8], &[i8], &[i32], usize) -> f32;
+type FourBitQ8Tile =
+    unsafe fn([&[u8]; 4], [&[f32]; 4], &[i8; 16], [&[i8]; 4], [&[i8]; 4], [&[f32]; 4], [&[i32]; 4]) -> [[f32; 4]; 4];
 type NestedFactors = unsafe fn(&[u8], &[f32; 256], f32, f32, &[f32], &mut [f32]);
 
 /// The kernels of one instruction-set level.
@@ -33,6 +35,8 @@ pub struct Kernels {
     /// Bytes of codes each SIMD step of `dot_fourbit_q8` consumes.
     fourbit_q8_step: usize,
     nested_factors: NestedFactors,
+    /// The prefill tile of the 4-bit integer route, where it beats dequantize + f32 gemm.
+    fourbit_q8_tile: Option<FourBitQ8Tile>,
 }
 
 impl std::fmt::Debug for Kernels {
@@ -59,6 +63,7 @@ impl Kernels {
             dot_fourbit_q8: scalar::dot_fourbit_q8,
             fourbit_q8_step: 1,
             nested_factors: scalar::nested_factors,
+            fourbit_q8_tile: None,
         };
         match isa {
             Isa::Scalar => Some(scalar),
@@ -77,6 +82,7 @@ impl Kernels {
                     dot_fourbit_q8: k::dot_fourbit_q8,
                     fourbit_q8_step: 32,
                     nested_factors: k::nested_factors,
+                    fourbit_q8_tile: None,
                 })
             }
             #[cfg(target_arch = "x86_64")]
@@ -94,6 +100,7 @@ impl Kernels {
                     dot_fourbit_q8: k::dot_fourbit_q8,
                     fourbit_q8_step: 32,
                     nested_factors: k::nested_factors,
+                    fourbit_q8_tile: Some(k::fourbit_q8_tile),
                 })
             }
             #[cfg(target_arch = "aarch64")]
@@ -111,6 +118,7 @@ impl Kernels {
                     dot_fourbit_q8: k::dot_fourbit_q8,
                     fourbit_q8_step: 16,
                     nested_factors: scalar::nested_factors,
+                    fourbit_q8_tile: None,
                 })
             }
             #[allow(unreachable_patterns)]
@@ -213,6 +221,36 @@ impl Kernels {
         assert!(codes.len() == out.len() && xs.len() == out.len());
         // SAFETY: `self` exists only for a supported ISA; lengths checked above.
         unsafe { (self.nested_factors)(codes, map, nested_absmax, offset, xs, out) }
+    }
+
+    /// Whether this level has a prefill tile for the 4-bit integer route (without one, 4-bit
+    /// prefill dequantizes tiles and runs f32 gemm).
+    #[inline]
+    pub fn has_fourbit_q8_tile(&self) -> bool {
+        self.fourbit_q8_tile.is_some()
+    }
+
+    /// A 4 × 4 tile of the 4-bit integer route (blocks of 64); see
+    /// [`crate::scalar::fourbit_q8_tile`]. `None` where this level has no such kernel.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    pub fn fourbit_q8_tile(
+        &self,
+        codes: [&[u8]; 4],
+        wf: [&[f32]; 4],
+        lut: &[i8; 16],
+        qe: [&[i8]; 4],
+        qo: [&[i8]; 4],
+        xs: [&[f32]; 4],
+        qsum: [&[i32]; 4],
+    ) -> Option<[[f32; 4]; 4]> {
+        let f = self.fourbit_q8_tile?;
+        let nb = wf[0].len();
+        assert!(wf.iter().all(|w| w.len() == nb) && xs.iter().all(|x| x.len() == nb));
+        assert!(qsum.iter().all(|q| q.len() == nb));
+        assert!(codes.iter().all(|c| c.len() >= 32 * nb) && qe.iter().chain(&qo).all(|q| q.len() >= 32 * nb));
+        // SAFETY: `self` exists only for a supported ISA; lengths checked above.
+        Some(unsafe { f(codes, wf, lut, qe, qo, xs, qsum) })
     }
 
     /// A 4 × 4 tile of exact int8 dot products; see [`crate::scalar::dot_int8_4x4`].

@@ -25,8 +25,10 @@ pub struct MatmulOptions {
     /// in blocks aligned with the weight blocks, levels looked up as int8, exact integer block
     /// sums (llama.cpp's IQ4_NL approach; several times faster on CPUs without fast float
     /// permutes). `true`: the exact float path — every weight dequantized to its bitsandbytes
-    /// f32 value and multiplied in f32. Prefill (m > 1) always takes the exact path: a per-token
-    /// int8 route measured faster but lost too much on tokens with outlier activations.
+    /// f32 value and multiplied in f32. Prefill (m > 1) takes the integer route too where the
+    /// ISA has its tile kernel (AVX-512 VNNI, blocks of 64), with the same per-block activation
+    /// quantization as decode; an earlier per-token int8 route (one scale per token) lost too
+    /// much on tokens with outlier activations.
     pub fourbit_exact: bool,
 }
 
@@ -83,6 +85,11 @@ pub fn matmul_with(k: &Kernels, out: &mut [f32], w: &Weight, x: &[f32], m: usize
     let mut out_t = vec![0f32; rows * m];
     match w {
         Weight::Int8(w8) => int8_rows(k, &mut out_t, w8, x, m, opts, parallel),
+        Weight::FourBit(w4)
+            if !opts.fourbit_exact && w4.blocksize == 64 && rows_block_aligned(w4) && k.has_fourbit_q8_tile() =>
+        {
+            fourbit_q8_matmul(k, &mut out_t, w4, x, m, parallel)
+        }
         _ => tiled_dequant_gemm(&mut out_t, w, x, m, parallel),
     }
     for r in 0..rows {
@@ -258,6 +265,72 @@ fn fourbit_q8_matvec(k: &Kernels, out: &mut [f32], w: &FourBitRef, x: &[f32], pa
                     &q.sum,
                     w.blocksize / 2,
                 );
+            }
+        },
+    );
+}
+
+/// Prefill through the 4-bit integer route: every token's activations quantized per block of
+/// 64 as in decode, then 4 × 4 tiles of rows × tokens ([`Kernels::fourbit_q8_tile`]).
+fn fourbit_q8_matmul(k: &Kernels, out_t: &mut [f32], w: &FourBitRef, x: &[f32], m: usize, parallel: bool) {
+    let (rows, cols) = (w.rows, w.cols);
+    let nb = cols / 64;
+    let half = cols / 2;
+    let lut = w.kind.int8_levels();
+    let quant = |t: usize| {
+        let q = quantize_blocks_q8(&x[t * cols..(t + 1) * cols], 64);
+        let xs: Vec<f32> = q.scale.iter().map(|&s| s * (1.0 / 127.0)).collect();
+        (q, xs)
+    };
+    let toks: Vec<(BlockQ8, Vec<f32>)> =
+        if parallel { (0..m).into_par_iter().map(quant).collect() } else { (0..m).map(quant).collect() };
+    // Missing tokens of the last tile: all-zero activations (their results are dropped).
+    let zero =
+        (BlockQ8 { qe: vec![0; half], qo: vec![0; half], scale: vec![0.0; nb], sum: vec![0; nb] }, vec![0f32; nb]);
+    let tok = |t: usize| toks.get(t).unwrap_or(&zero);
+    let per_thread = rows.div_ceil(4 * rayon::current_num_threads()).max(4);
+    let chunk = per_thread.next_multiple_of(4).min(64);
+    for_row_chunks(
+        out_t,
+        m,
+        chunk,
+        parallel,
+        || vec![0f32; chunk * nb],
+        |wf, r0, o| {
+            let n = o.len() / m;
+            for (i, f) in wf.chunks_mut(nb).take(n).enumerate() {
+                w.absmax.decode((r0 + i) * nb, f);
+            }
+            // Tokens in groups of 16 (64 KiB of activations at 4096 columns, L2-resident) over
+            // all row tiles of the chunk (≤ 128 KiB of codes).
+            for t0 in (0..m).step_by(16) {
+                for rt in (0..n).step_by(4) {
+                    let nr = (n - rt).min(4);
+                    // Missing rows of the last tile repeat its last row (results dropped).
+                    let row = |i: usize| rt + i.min(nr - 1);
+                    let codes: [&[u8]; 4] =
+                        std::array::from_fn(|i| &w.codes[(r0 + row(i)) * half..(r0 + row(i) + 1) * half]);
+                    let wfs: [&[f32]; 4] = std::array::from_fn(|i| &wf[row(i) * nb..(row(i) + 1) * nb]);
+                    for tt in (t0..(t0 + 16).min(m)).step_by(4) {
+                        let q: [&(BlockQ8, Vec<f32>); 4] = std::array::from_fn(|j| tok(tt + j));
+                        let tile = k
+                            .fourbit_q8_tile(
+                                codes,
+                                wfs,
+                                &lut,
+                                q.map(|q| &q.0.qe[..]),
+                                q.map(|q| &q.0.qo[..]),
+                                q.map(|q| &q.1[..]),
+                                q.map(|q| &q.0.sum[..]),
+                            )
+                            .expect("checked by the caller");
+                        for (i, tr) in tile.iter().enumerate().take(nr) {
+                            for (j, &v) in tr.iter().enumerate().take((m - tt).min(4)) {
+                                o[(rt + i) * m + tt + j] = v;
+                            }
+                        }
+                    }
+                }
             }
         },
     );

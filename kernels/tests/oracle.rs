@@ -19,6 +19,11 @@ fn close(a: f32, b: f32, mag: f32) -> bool {
     (a - b).abs() <= 1e-5 * mag + 1e-6
 }
 
+/// Four rows of a test tile as slices.
+fn four<T>(v: &[Vec<T>]) -> [&[T]; 4] {
+    std::array::from_fn(|i| &v[i][..])
+}
+
 fn vecf(len: impl Into<proptest::sample::SizeRange>) -> impl Strategy<Value = Vec<f32>> {
     prop::collection::vec(prop_oneof![8 => -4.0f32..4.0, 1 => Just(0.0f32), 1 => -1000.0f32..1000.0], len)
 }
@@ -122,6 +127,44 @@ proptest! {
         }
     }
 
+    /// The prefill tile of the 4-bit integer route against the scalar oracle, for block counts
+    /// odd and even (the odd last block runs half a 512-bit step).
+    #[test]
+    fn fourbit_q8_tile_matches_scalar(nb in 1usize..12, seed in any::<u64>()) {
+        let n = nb * 32;
+        let mut rng = seed;
+        let mut next = || { rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); (rng >> 33) as u32 };
+        let codes: Vec<Vec<u8>> = (0..4).map(|_| (0..n).map(|_| next() as u8).collect()).collect();
+        let wf: Vec<Vec<f32>> = (0..4).map(|_| (0..nb).map(|_| (next() % 1000) as f32 / 3.1e4).collect()).collect();
+        let mut q = || -> Vec<i8> { (0..n).map(|_| ((next() % 255) as i32 - 127) as i8).collect() };
+        let qe: Vec<Vec<i8>> = (0..4).map(|_| q()).collect();
+        let qo: Vec<Vec<i8>> = (0..4).map(|_| q()).collect();
+        let xs: Vec<Vec<f32>> = (0..4).map(|_| (0..nb).map(|_| (next() % 1000) as f32 / 9.7e5).collect()).collect();
+        let qsum: Vec<Vec<i32>> = (0..4)
+            .map(|t| (0..nb).map(|b| (b * 32..(b + 1) * 32).map(|i| qe[t][i] as i32 + qo[t][i] as i32).sum()).collect())
+            .collect();
+        for kind in [FourBitKind::Nf4, FourBitKind::Fp4] {
+            let lut = kind.int8_levels();
+            let want = scalar::fourbit_q8_tile(four(&codes), four(&wf), &lut, four(&qe), four(&qo), four(&xs), four(&qsum));
+            for k in simd_levels() {
+                let Some(got) = k.fourbit_q8_tile(four(&codes), four(&wf), &lut, four(&qe), four(&qo), four(&xs), four(&qsum)) else { continue };
+                for r in 0..4 {
+                    for t in 0..4 {
+                        // As for the row kernel: exact block sums, float accumulation bounded by
+                        // the biased lane magnitudes (|level| + 128)·|q|, doubled.
+                        let terms: f32 = (0..n).map(|i| {
+                            let hi = ((lut[(codes[r][i] >> 4) as usize] as i32).abs() + 128) * (qe[t][i] as i32).abs();
+                            let lo = ((lut[(codes[r][i] & 15) as usize] as i32).abs() + 128) * (qo[t][i] as i32).abs();
+                            wf[r][i / 32] * xs[t][i / 32] * 2.0 * (hi + lo) as f32
+                        }).sum();
+                        let tol = (nb as f32 + 6.0) * f32::EPSILON * terms + 1e-6;
+                        prop_assert!((got[r][t] - want[r][t]).abs() <= tol, "{} {kind:?} r={r} t={t}: {} vs {}", k.isa(), got[r][t], want[r][t]);
+                    }
+                }
+            }
+        }
+    }
+
     /// Double-quant block factors are bit-identical on every ISA (they feed every row's dot).
     #[test]
     fn nested_factors_are_bit_identical(
@@ -163,6 +206,7 @@ proptest! {
         // Rounding slack of the integer routes, from first principles: with the activation
         // rounded to a step s_x and the weight to a step s_w, each term is off by at most
         // |w|·s_x/2 + |x|·s_w/2 + s_x·s_w/4 (plus float16 rounding of activations for int8).
+        // `fourbit_q8`: the 4-bit integer route ran (decode, or prefill where the ISA has its tile).
         let slack = |t: usize, r: usize, deq: &[f32], int8: bool, fourbit_q8: bool| -> f64 {
             let xr = &x[t * cols..(t + 1) * cols];
             let wr = &deq[r * cols..(r + 1) * cols];
@@ -173,7 +217,7 @@ proptest! {
                     e += w.abs() as f64 * (sx / 2.0 + xv.abs() as f64 / 1024.0);
                 }
             }
-            if fourbit_q8 && m == 1 && cols % 64 == 0 {
+            if fourbit_q8 && cols % 64 == 0 {
                 for (wb, xb) in wr.chunks(64).zip(xr.chunks(64)) {
                     let sx = xb.iter().fold(0f32, |a, v| a.max(v.abs())) as f64 / 127.0;
                     let sw = wb.iter().fold(0f32, |a, v| a.max(v.abs())) as f64 / 127.0;
@@ -188,6 +232,7 @@ proptest! {
             let int8 = matches!(weight, Weight::Int8(_));
             let q8 = matches!(weight, Weight::FourBit(_)) && !fourbit_exact;
             for k in simd_levels() {
+                let q8 = q8 && (m == 1 || k.has_fourbit_q8_tile());
                 let mut out = vec![0f32; m * rows];
                 matmul_with(&k, &mut out, weight, &x, m, &MatmulOptions { int8_threshold: 0.0, fourbit_exact }).unwrap();
                 for t in 0..m {

@@ -40,3 +40,34 @@ pub fn nested_factors(codes: &[u8], map: &[f32; 256], nested_absmax: f32, offset
         *o = (map[c as usize] * nested_absmax + offset) * x;
     }
 }
+
+/// A 4 × 4 tile of the integer route for prefill, blocks of 64: `out[r][t] = Σ_b wf[r][b] ·
+/// xs[t][b] · Σ_{j in b} lut[code_j] · q_j` for weight rows `r` (codes, decoded block absmax
+/// `wf`) and tokens `t` (de-interleaved int8 activations `qe`/`qo`, block scales / 127 `xs`).
+/// The block sums are exact integers; `qsum[t][b]` (Σ of block b's activations) is what the
+/// VNNI version needs to undo its unsigned bias. Every row holds `wf[r].len()` blocks.
+pub fn fourbit_q8_tile(
+    codes: [&[u8]; 4],
+    wf: [&[f32]; 4],
+    lut: &[i8; 16],
+    qe: [&[i8]; 4],
+    qo: [&[i8]; 4],
+    xs: [&[f32]; 4],
+    _qsum: [&[i32]; 4],
+) -> [[f32; 4]; 4] {
+    std::array::from_fn(|r| {
+        std::array::from_fn(|t| {
+            let mut acc = 0f32;
+            for (b, &f) in wf[r].iter().enumerate() {
+                let mut isum = 0i32;
+                for i in b * 32..(b + 1) * 32 {
+                    let byte = codes[r][i];
+                    isum += lut[(byte >> 4) as usize] as i32 * qe[t][i] as i32;
+                    isum += lut[(byte & 0x0F) as usize] as i32 * qo[t][i] as i32;
+                }
+                acc += f * (xs[t][b] * isum as f32);
+            }
+            acc
+        })
+    })
+}

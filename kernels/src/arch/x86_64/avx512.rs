@@ -292,6 +292,92 @@ pub unsafe fn dot_fourbit_q8(
     }
 }
 
+/// See [`crate::scalar::fourbit_q8_tile`]: four weight rows against four tokens, two blocks of
+/// 64 per 512-bit step as in [`dot_fourbit_q8`]. Each row's nibbles are looked up once per step
+/// and feed four tokens; each token's activations feed four rows. Per block pair and (row,
+/// token): two `vpdpbusd`, a convert, and the two scales as one multiply and one FMA with
+/// vectors holding block b's scale in lanes 0–7 and block b+1's in lanes 8–15. The unsigned
+/// bias (+128 on the table) is taken off at the end as `128 · Σ_b wf·xs·qsum`.
+///
+/// # Safety
+/// AVX-512F/BW/VL and VNNI must be available; with `nb = wf[0].len()`, every `wf[r]`, `xs[t]`,
+/// `qsum[t]` holds `nb` entries and every `codes[r]`, `qe[t]`, `qo[t]` at least `32 · nb` bytes.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+pub unsafe fn fourbit_q8_tile(
+    codes: [&[u8]; 4],
+    wf: [&[f32]; 4],
+    lut: &[i8; 16],
+    qe: [&[i8]; 4],
+    qo: [&[i8]; 4],
+    xs: [&[f32]; 4],
+    qsum: [&[i32]; 4],
+) -> [[f32; 4]; 4] {
+    let nb = wf[0].len();
+    // SAFETY: the odd last block loads 32 bytes through a mask; every other load is a full step
+    // inside the 32·nb bytes (or nb entries) the caller guarantees.
+    unsafe {
+        let biased: [u8; 16] = std::array::from_fn(|i| (lut[i] as i16 + 128) as u8);
+        let table = _mm512_broadcast_i32x4(_mm_loadu_si128(biased.as_ptr() as *const __m128i));
+        let nib = _mm512_set1_epi8(0x0F);
+        let halves = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+        // Scales of blocks b (lanes 0–7) and b + 1 (lanes 8–15, zero past the end).
+        let pair = |p: *const f32, b: usize, two: bool| {
+            let v = if two { _mm_castpd_ps(_mm_load_sd(p.add(b) as *const f64)) } else { _mm_load_ss(p.add(b)) };
+            _mm512_permutexvar_ps(halves, _mm512_castps128_ps512(v))
+        };
+        let mut acc = [[_mm512_setzero_ps(); 4]; 4];
+        let mut b = 0;
+        while b < nb {
+            let two = b + 1 < nb;
+            let m: __mmask64 = if two { !0 } else { 0xFFFF_FFFF };
+            let i = b * 32;
+            let mut wh = [_mm512_setzero_si512(); 4];
+            let mut wl = [_mm512_setzero_si512(); 4];
+            for r in 0..4 {
+                _mm_prefetch::<_MM_HINT_T0>(codes[r].as_ptr().wrapping_add(i + 256) as *const i8);
+                let v = _mm512_maskz_loadu_epi8(m, codes[r].as_ptr().add(i) as *const i8);
+                wh[r] = _mm512_shuffle_epi8(table, _mm512_and_si512(_mm512_srli_epi16(v, 4), nib));
+                wl[r] = _mm512_shuffle_epi8(table, _mm512_and_si512(v, nib));
+            }
+            let wfv: [__m512; 4] = std::array::from_fn(|r| pair(wf[r].as_ptr(), b, two));
+            for t in 0..4 {
+                let e = _mm512_maskz_loadu_epi8(m, qe[t].as_ptr().add(i));
+                let o = _mm512_maskz_loadu_epi8(m, qo[t].as_ptr().add(i));
+                let xv = pair(xs[t].as_ptr(), b, two);
+                for r in 0..4 {
+                    let s = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), wh[r], e), wl[r], o);
+                    let fx = _mm512_mul_ps(_mm512_cvtepi32_ps(s), xv);
+                    acc[r][t] = _mm512_fmadd_ps(fx, wfv[r], acc[r][t]);
+                }
+            }
+            b += 2;
+        }
+        let mut out: [[f32; 4]; 4] = std::array::from_fn(|r| std::array::from_fn(|t| _mm512_reduce_add_ps(acc[r][t])));
+        // The bias, sixteen blocks at a time.
+        let mut bias = [[_mm512_setzero_ps(); 4]; 4];
+        let mut j = 0;
+        while j < nb {
+            let left = nb - j;
+            let m: __mmask16 = if left >= 16 { !0 } else { (1u16 << left) - 1 };
+            let w: [__m512; 4] = std::array::from_fn(|r| _mm512_maskz_loadu_ps(m, wf[r].as_ptr().add(j)));
+            for t in 0..4 {
+                let q = _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(m, qsum[t].as_ptr().add(j)));
+                let cq = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, xs[t].as_ptr().add(j)), q);
+                for r in 0..4 {
+                    bias[r][t] = _mm512_fmadd_ps(w[r], cq, bias[r][t]);
+                }
+            }
+            j += 16;
+        }
+        for r in 0..4 {
+            for t in 0..4 {
+                out[r][t] -= 128.0 * _mm512_reduce_add_ps(bias[r][t]);
+            }
+        }
+        out
+    }
+}
+
 /// See [`crate::scalar::nested_factors`]: sixteen scales at a time, the dynamic-map values
 /// gathered, then the same separate multiply, add and multiply (no FMA), so the factors are
 /// bit-identical to the scalar ones.
