@@ -17,6 +17,7 @@ type DotInt8x4 = unsafe fn([&[i8]; 4], [&[i8]; 4]) -> [[i32; 4]; 4];
 type DotFourBitQ8 = unsafe fn(&[u8], &[f32], &[i8; 16], &[i8], &[i8], &[i32], usize) -> f32;
 type FourBitQ8Tile =
     unsafe fn([&[u8]; 4], [&[f32]; 4], &[i8; 16], [&[i8]; 4], [&[i8]; 4], [&[f32]; 4], [&[i32]; 4]) -> [[f32; 4]; 4];
+type QuantizeQ8 = unsafe fn(&[f32], usize, &mut [i8], &mut [i8], &mut [f32], &mut [i32]);
 type NestedFactors = unsafe fn(&[u8], &[f32; 256], f32, f32, &[f32], &mut [f32]);
 
 /// The kernels of one instruction-set level.
@@ -35,6 +36,7 @@ pub struct Kernels {
     /// Bytes of codes each SIMD step of `dot_fourbit_q8` consumes.
     fourbit_q8_step: usize,
     nested_factors: NestedFactors,
+    quantize_q8: QuantizeQ8,
     /// The prefill tile of the 4-bit integer route, where it beats dequantize + f32 gemm.
     fourbit_q8_tile: Option<FourBitQ8Tile>,
 }
@@ -63,6 +65,7 @@ impl Kernels {
             dot_fourbit_q8: scalar::dot_fourbit_q8,
             fourbit_q8_step: 1,
             nested_factors: scalar::nested_factors,
+            quantize_q8: scalar::quantize_q8,
             fourbit_q8_tile: None,
         };
         match isa {
@@ -82,6 +85,7 @@ impl Kernels {
                     dot_fourbit_q8: k::dot_fourbit_q8,
                     fourbit_q8_step: 32,
                     nested_factors: k::nested_factors,
+                    quantize_q8: scalar::quantize_q8,
                     fourbit_q8_tile: None,
                 })
             }
@@ -100,6 +104,7 @@ impl Kernels {
                     dot_fourbit_q8: k::dot_fourbit_q8,
                     fourbit_q8_step: 32,
                     nested_factors: k::nested_factors,
+                    quantize_q8: k::quantize_q8,
                     fourbit_q8_tile: Some(k::fourbit_q8_tile),
                 })
             }
@@ -118,6 +123,7 @@ impl Kernels {
                     dot_fourbit_q8: k::dot_fourbit_q8,
                     fourbit_q8_step: 16,
                     nested_factors: scalar::nested_factors,
+                    quantize_q8: scalar::quantize_q8,
                     fourbit_q8_tile: None,
                 })
             }
@@ -221,6 +227,17 @@ impl Kernels {
         assert!(codes.len() == out.len() && xs.len() == out.len());
         // SAFETY: `self` exists only for a supported ISA; lengths checked above.
         unsafe { (self.nested_factors)(codes, map, nested_absmax, offset, xs, out) }
+    }
+
+    /// Activations to int8 per block for the integer route; see [`crate::scalar::quantize_q8`].
+    /// Bit-identical on every ISA.
+    #[inline]
+    pub fn quantize_q8(&self, x: &[f32], blocksize: usize, qe: &mut [i8], qo: &mut [i8], xs: &mut [f32], sum: &mut [i32]) {
+        let nb = x.len().div_ceil(blocksize.max(1));
+        assert!(blocksize > 0 && blocksize.is_multiple_of(2));
+        assert!(qe.len() >= x.len().div_ceil(2) && qo.len() >= x.len().div_ceil(2) && xs.len() >= nb && sum.len() >= nb);
+        // SAFETY: `self` exists only for a supported ISA; lengths checked above.
+        unsafe { (self.quantize_q8)(x, blocksize, qe, qo, xs, sum) }
     }
 
     /// Whether this level has a prefill tile for the 4-bit integer route (without one, 4-bit

@@ -10,7 +10,7 @@
 use crate::dispatch::Kernels;
 use crate::error::{KernelError, Result};
 use crate::fourbit::code_at;
-use crate::int8::{quantize_activations, round_to_i8, Int8Activations, INV_127, MM_DEQUANT_SCALE};
+use crate::int8::{quantize_activations, Int8Activations, INV_127, MM_DEQUANT_SCALE};
 use crate::weight::{AbsmaxRef, FourBitRef, Int8Ref, Weight};
 use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
@@ -92,9 +92,13 @@ pub fn matmul_with(k: &Kernels, out: &mut [f32], w: &Weight, x: &[f32], m: usize
         }
         _ => tiled_dequant_gemm(&mut out_t, w, x, m, parallel),
     }
-    for r in 0..rows {
+    // Blocked transpose: 64 rows × m stay in L1 while each token's 64 outputs are written.
+    for r0 in (0..rows).step_by(64) {
+        let r1 = (r0 + 64).min(rows);
         for t in 0..m {
-            out[t * rows + r] = out_t[r * m + t];
+            for (r, o) in (r0..r1).zip(&mut out[t * rows + r0..t * rows + r1]) {
+                *o = out_t[r * m + t];
+            }
         }
     }
     Ok(())
@@ -206,46 +210,51 @@ fn fourbit_matvec(k: &Kernels, out: &mut [f32], w: &FourBitRef, x: &[f32], paral
     );
 }
 
-/// Activations quantized to int8 in blocks of `blocksize`, de-interleaved like the codes.
+/// Activations of `m` tokens (plus zero padding) quantized to int8 in blocks, de-interleaved like
+/// the codes, in flat token-major buffers ([`Kernels::quantize_q8`]).
 struct BlockQ8 {
     qe: Vec<i8>,
     qo: Vec<i8>,
-    scale: Vec<f32>,
+    xs: Vec<f32>,
     sum: Vec<i32>,
+    half: usize,
+    nb: usize,
 }
 
-fn quantize_blocks_q8(x: &[f32], blocksize: usize) -> BlockQ8 {
-    let mut q = BlockQ8 {
-        qe: Vec::with_capacity(x.len() / 2),
-        qo: Vec::with_capacity(x.len() / 2),
-        scale: Vec::new(),
-        sum: Vec::new(),
-    };
-    for block in x.chunks(blocksize) {
-        let am = block.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let inv = if am > 0.0 { 127.0 / am } else { 0.0 };
-        let mut sum = 0i32;
-        for pair in block.chunks(2) {
-            let a = round_to_i8(pair[0] * inv);
-            let b = round_to_i8(pair.get(1).copied().unwrap_or(0.0) * inv);
-            q.qe.push(a);
-            q.qo.push(b);
-            sum += a as i32 + b as i32;
+impl BlockQ8 {
+    /// Quantizes `m` rows of `x` (`cols` wide) and pads with all-zero tokens up to `padded`.
+    fn new(k: &Kernels, x: &[f32], m: usize, cols: usize, blocksize: usize, padded: usize) -> BlockQ8 {
+        let (half, nb) = (cols.div_ceil(2), cols.div_ceil(blocksize));
+        let mut q =
+            BlockQ8 { qe: vec![0; padded * half], qo: vec![0; padded * half], xs: vec![0.0; padded * nb], sum: vec![0; padded * nb], half, nb };
+        for t in 0..m {
+            let (h, b) = (t * half..(t + 1) * half, t * nb..(t + 1) * nb);
+            k.quantize_q8(&x[t * cols..(t + 1) * cols], blocksize, &mut q.qe[h.clone()], &mut q.qo[h], &mut q.xs[b.clone()], &mut q.sum[b]);
         }
-        q.scale.push(am / 127.0);
-        q.sum.push(sum);
+        q
     }
-    q
+
+    fn qe(&self, t: usize) -> &[i8] {
+        &self.qe[t * self.half..(t + 1) * self.half]
+    }
+    fn qo(&self, t: usize) -> &[i8] {
+        &self.qo[t * self.half..(t + 1) * self.half]
+    }
+    fn xs(&self, t: usize) -> &[f32] {
+        &self.xs[t * self.nb..(t + 1) * self.nb]
+    }
+    fn sum(&self, t: usize) -> &[i32] {
+        &self.sum[t * self.nb..(t + 1) * self.nb]
+    }
 }
 
 fn fourbit_q8_matvec(k: &Kernels, out: &mut [f32], w: &FourBitRef, x: &[f32], parallel: bool) {
     let lut = w.kind.int8_levels();
     let half = w.cols / 2;
     let bpr = w.cols / w.blocksize;
-    let q = quantize_blocks_q8(x, w.blocksize);
-    // weight ≈ lut/127 · absmax, activation ≈ q · scale: one factor absmax · scale/127 per block.
-    let xs: Vec<f32> = q.scale.iter().map(|&s| s * (1.0 / 127.0)).collect();
-    let (q, xs) = (&q, &xs[..]);
+    // weight ≈ lut/127 · absmax, activation ≈ q · xs·127: one factor absmax · xs per block.
+    let q = BlockQ8::new(k, x, 1, w.cols, w.blocksize, 1);
+    let q = &q;
     for_row_chunks(
         out,
         1,
@@ -255,14 +264,14 @@ fn fourbit_q8_matvec(k: &Kernels, out: &mut [f32], w: &FourBitRef, x: &[f32], pa
         |factors, r0, o| {
             for (i, y) in o.iter_mut().enumerate() {
                 let r = r0 + i;
-                block_factors(k, &w.absmax, r * bpr, xs, factors);
+                block_factors(k, &w.absmax, r * bpr, q.xs(0), factors);
                 *y = k.dot_fourbit_q8(
                     &w.codes[r * half..(r + 1) * half],
                     factors,
                     &lut,
-                    &q.qe,
-                    &q.qo,
-                    &q.sum,
+                    q.qe(0),
+                    q.qo(0),
+                    q.sum(0),
                     w.blocksize / 2,
                 );
             }
@@ -277,17 +286,9 @@ fn fourbit_q8_matmul(k: &Kernels, out_t: &mut [f32], w: &FourBitRef, x: &[f32], 
     let nb = cols / 64;
     let half = cols / 2;
     let lut = w.kind.int8_levels();
-    let quant = |t: usize| {
-        let q = quantize_blocks_q8(&x[t * cols..(t + 1) * cols], 64);
-        let xs: Vec<f32> = q.scale.iter().map(|&s| s * (1.0 / 127.0)).collect();
-        (q, xs)
-    };
-    let toks: Vec<(BlockQ8, Vec<f32>)> =
-        if parallel { (0..m).into_par_iter().map(quant).collect() } else { (0..m).map(quant).collect() };
-    // Missing tokens of the last tile: all-zero activations (their results are dropped).
-    let zero =
-        (BlockQ8 { qe: vec![0; half], qo: vec![0; half], scale: vec![0.0; nb], sum: vec![0; nb] }, vec![0f32; nb]);
-    let tok = |t: usize| toks.get(t).unwrap_or(&zero);
+    // Tokens of the last tile past m are all-zero (their results are dropped).
+    let q = BlockQ8::new(k, x, m, cols, 64, m.next_multiple_of(4));
+    let q = &q;
     let per_thread = rows.div_ceil(4 * rayon::current_num_threads()).max(4);
     let chunk = per_thread.next_multiple_of(4).min(64);
     for_row_chunks(
@@ -312,16 +313,15 @@ fn fourbit_q8_matmul(k: &Kernels, out_t: &mut [f32], w: &FourBitRef, x: &[f32], 
                         std::array::from_fn(|i| &w.codes[(r0 + row(i)) * half..(r0 + row(i) + 1) * half]);
                     let wfs: [&[f32]; 4] = std::array::from_fn(|i| &wf[row(i) * nb..(row(i) + 1) * nb]);
                     for tt in (t0..(t0 + 16).min(m)).step_by(4) {
-                        let q: [&(BlockQ8, Vec<f32>); 4] = std::array::from_fn(|j| tok(tt + j));
                         let tile = k
                             .fourbit_q8_tile(
                                 codes,
                                 wfs,
                                 &lut,
-                                q.map(|q| &q.0.qe[..]),
-                                q.map(|q| &q.0.qo[..]),
-                                q.map(|q| &q.1[..]),
-                                q.map(|q| &q.0.sum[..]),
+                                std::array::from_fn(|j| q.qe(tt + j)),
+                                std::array::from_fn(|j| q.qo(tt + j)),
+                                std::array::from_fn(|j| q.xs(tt + j)),
+                                std::array::from_fn(|j| q.sum(tt + j)),
                             )
                             .expect("checked by the caller");
                         for (i, tr) in tile.iter().enumerate().take(nr) {

@@ -165,6 +165,49 @@ proptest! {
         }
     }
 
+    /// Activation quantization for the integer route is bit-identical on every ISA, for block
+    /// sizes 64 (the SIMD case) and others, whole and partial last blocks.
+    #[test]
+    fn quantize_q8_is_bit_identical(x in vecf(0usize..400), bs_pow in 1u32..8) {
+        let bs = 1usize << bs_pow;
+        let (half, nb) = (x.len().div_ceil(2), x.len().div_ceil(bs));
+        let run = |f: &dyn Fn(&mut [i8], &mut [i8], &mut [f32], &mut [i32])| {
+            let (mut qe, mut qo, mut xs, mut sum) = (vec![0i8; half], vec![0i8; half], vec![0f32; nb], vec![0i32; nb]);
+            f(&mut qe, &mut qo, &mut xs, &mut sum);
+            (qe, qo, xs.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), sum)
+        };
+        let want = run(&|qe, qo, xs, sum| scalar::quantize_q8(&x, bs, qe, qo, xs, sum));
+        // The oracle itself: q = round(x · 127 / absmax) per block, sums of those.
+        for (b, block) in x.chunks(bs).enumerate() {
+            let am = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let mut s = 0;
+            for (j, &v) in block.iter().enumerate() {
+                let q = if am > 0.0 { (v * (127.0 / am)).round_ties_even() as i32 } else { 0 };
+                let i = (b * bs + j) / 2;
+                prop_assert_eq!(q, if j % 2 == 0 { want.0[i] } else { want.1[i] } as i32);
+                s += q;
+            }
+            prop_assert_eq!(s, want.3[b]);
+        }
+        for k in simd_levels() {
+            let got = run(&|qe, qo, xs, sum| k.quantize_q8(&x, bs, qe, qo, xs, sum));
+            prop_assert_eq!(&got, &want, "{}", k.isa());
+        }
+        // Whole blocks of 64, the case the SIMD code takes.
+        let x64: Vec<f32> = x.iter().copied().cycle().take(x.len().next_multiple_of(64).max(64)).collect();
+        let (half, nb) = (x64.len() / 2, x64.len() / 64);
+        let run = |f: &dyn Fn(&mut [i8], &mut [i8], &mut [f32], &mut [i32])| {
+            let (mut qe, mut qo, mut xs, mut sum) = (vec![0i8; half], vec![0i8; half], vec![0f32; nb], vec![0i32; nb]);
+            f(&mut qe, &mut qo, &mut xs, &mut sum);
+            (qe, qo, xs.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), sum)
+        };
+        let want = run(&|qe, qo, xs, sum| scalar::quantize_q8(&x64, 64, qe, qo, xs, sum));
+        for k in simd_levels() {
+            let got = run(&|qe, qo, xs, sum| k.quantize_q8(&x64, 64, qe, qo, xs, sum));
+            prop_assert_eq!(&got, &want, "{} (blocks of 64)", k.isa());
+        }
+    }
+
     /// Double-quant block factors are bit-identical on every ISA (they feed every row's dot).
     #[test]
     fn nested_factors_are_bit_identical(

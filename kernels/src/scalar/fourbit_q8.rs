@@ -71,3 +71,26 @@ pub fn fourbit_q8_tile(
         })
     })
 }
+
+/// Quantizes activations `x` to int8 in blocks of `blocksize` (even; the last block may be
+/// short) for the integer route: per block, `q = round_half_even(x · 127 / absmax)`,
+/// de-interleaved like the codes (`qe[i] = q[2i]`, `qo[i] = q[2i + 1]`, 0 past the end),
+/// `xs[b] = (absmax / 127) / 127` (the activation's share of the block factor) and `sum[b] = Σ q`.
+/// `qe`, `qo` hold `ceil(len / 2)` entries, `xs`, `sum` one per block.
+pub fn quantize_q8(x: &[f32], blocksize: usize, qe: &mut [i8], qo: &mut [i8], xs: &mut [f32], sum: &mut [i32]) {
+    let mut k = 0;
+    for (b, block) in x.chunks(blocksize).enumerate() {
+        let am = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let inv = if am > 0.0 { 127.0 / am } else { 0.0 };
+        let mut s = 0i32;
+        for pair in block.chunks(2) {
+            let a = crate::int8::round_to_i8(pair[0] * inv);
+            let c = crate::int8::round_to_i8(pair.get(1).copied().unwrap_or(0.0) * inv);
+            (qe[k], qo[k]) = (a, c);
+            s += a as i32 + c as i32;
+            k += 1;
+        }
+        xs[b] = am / 127.0 * (1.0 / 127.0);
+        sum[b] = s;
+    }
+}

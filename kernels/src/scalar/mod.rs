@@ -9,5 +9,5 @@ mod int8;
 
 pub use dense::{dot_bf16, dot_f16, dot_f32};
 pub use fourbit::dot_fourbit;
-pub use fourbit_q8::{dot_fourbit_q8, fourbit_q8_tile, nested_factors};
+pub use fourbit_q8::{dot_fourbit_q8, fourbit_q8_tile, nested_factors, quantize_q8};
 pub use int8::{dot_int8, dot_int8_4x4};
