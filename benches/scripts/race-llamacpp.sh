@@ -20,6 +20,7 @@ cargo build --release --quiet -p lowbit-cli
 work="$cache/race"
 mkdir -p "$work"
 for q in nf4 int8; do
-  [ -f "$work/smollm2.$q.lowbit" ] || ./target/release/lowbit convert "$gguf" -o "$work/smollm2.$q.lowbit" --quant $q -q
+  # Converted every run (under a second each), so the files reflect the current converter.
+  ./target/release/lowbit convert "$gguf" -o "$work/smollm2.$q.lowbit" --quant $q -q
 done
 "$venv/bin/python" benches/scripts/race_llamacpp.py "$gguf" "$work" "$root/target/release/lowbit" data/genesis-kjv.txt

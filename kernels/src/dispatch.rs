@@ -232,10 +232,20 @@ impl Kernels {
     /// Activations to int8 per block for the integer route; see [`crate::scalar::quantize_q8`].
     /// Bit-identical on every ISA.
     #[inline]
-    pub fn quantize_q8(&self, x: &[f32], blocksize: usize, qe: &mut [i8], qo: &mut [i8], xs: &mut [f32], sum: &mut [i32]) {
+    pub fn quantize_q8(
+        &self,
+        x: &[f32],
+        blocksize: usize,
+        qe: &mut [i8],
+        qo: &mut [i8],
+        xs: &mut [f32],
+        sum: &mut [i32],
+    ) {
         let nb = x.len().div_ceil(blocksize.max(1));
         assert!(blocksize > 0 && blocksize.is_multiple_of(2));
-        assert!(qe.len() >= x.len().div_ceil(2) && qo.len() >= x.len().div_ceil(2) && xs.len() >= nb && sum.len() >= nb);
+        assert!(
+            qe.len() >= x.len().div_ceil(2) && qo.len() >= x.len().div_ceil(2) && xs.len() >= nb && sum.len() >= nb
+        );
         // SAFETY: `self` exists only for a supported ISA; lengths checked above.
         unsafe { (self.quantize_q8)(x, blocksize, qe, qo, xs, sum) }
     }

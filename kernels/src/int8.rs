@@ -3,6 +3,7 @@
 
 use crate::error::{KernelError, Result};
 use half::f16;
+use half::slice::HalfFloatSliceExt;
 
 /// bitsandbytes' dequantization constant for `CB * SCB / 127` (float32 of 1/127).
 pub const INV_127: f32 = 1.0 / 127.0;
@@ -125,28 +126,35 @@ pub fn quantize_activations(x: &[f32], rows: usize, cols: usize, threshold: f32,
     out.ca.resize(rows * cols, 0);
     out.sca.clear();
     out.outlier_cols.clear();
-    let h = |v: f32| f16::from_f32(v).to_f32();
+    // The float16 cast, once for the whole matrix through half's slice conversions (F16C where
+    // the CPU has it; one call per element dominated this function).
+    let mut halfs = vec![f16::ZERO; rows * cols];
+    halfs.convert_from_f32_slice(&x[..rows * cols]);
+    let mut hx = vec![0f32; rows * cols];
+    halfs.convert_to_f32_slice(&mut hx);
     let is_outlier = |v: f32| threshold > 0.0 && v.abs() >= threshold;
     if threshold > 0.0 {
         let mut flag = vec![false; cols];
-        for row in x.chunks(cols.max(1)).take(rows) {
+        for row in hx.chunks(cols.max(1)).take(rows) {
             for (f, &v) in flag.iter_mut().zip(row) {
-                *f |= is_outlier(h(v));
+                *f |= is_outlier(v);
             }
         }
         out.outlier_cols.extend(flag.iter().enumerate().filter(|(_, &f)| f).map(|(c, _)| c));
     }
-    let mut tmp = vec![0f32; cols];
     for r in 0..rows {
-        let row = &x[r * cols..(r + 1) * cols];
-        for (t, &v) in tmp.iter_mut().zip(row) {
-            let v = h(v);
-            *t = if is_outlier(v) { 0.0 } else { v };
+        let tmp = &mut hx[r * cols..(r + 1) * cols];
+        if threshold > 0.0 {
+            for t in tmp.iter_mut() {
+                if is_outlier(*t) {
+                    *t = 0.0;
+                }
+            }
         }
         let am = tmp.iter().fold(0f32, |m, v| m.max(v.abs()));
         out.sca.push(am);
         let dst = &mut out.ca[r * cols..(r + 1) * cols];
-        quantize_row(&tmp, am, dst);
+        quantize_row(tmp, am, dst);
         // bitsandbytes zeroes outlier columns only when there is more than one row; with one row
         // the outlier entries were already zeroed before quantizing, which gives the same codes.
         for &c in &out.outlier_cols {

@@ -225,11 +225,24 @@ impl BlockQ8 {
     /// Quantizes `m` rows of `x` (`cols` wide) and pads with all-zero tokens up to `padded`.
     fn new(k: &Kernels, x: &[f32], m: usize, cols: usize, blocksize: usize, padded: usize) -> BlockQ8 {
         let (half, nb) = (cols.div_ceil(2), cols.div_ceil(blocksize));
-        let mut q =
-            BlockQ8 { qe: vec![0; padded * half], qo: vec![0; padded * half], xs: vec![0.0; padded * nb], sum: vec![0; padded * nb], half, nb };
+        let mut q = BlockQ8 {
+            qe: vec![0; padded * half],
+            qo: vec![0; padded * half],
+            xs: vec![0.0; padded * nb],
+            sum: vec![0; padded * nb],
+            half,
+            nb,
+        };
         for t in 0..m {
             let (h, b) = (t * half..(t + 1) * half, t * nb..(t + 1) * nb);
-            k.quantize_q8(&x[t * cols..(t + 1) * cols], blocksize, &mut q.qe[h.clone()], &mut q.qo[h], &mut q.xs[b.clone()], &mut q.sum[b]);
+            k.quantize_q8(
+                &x[t * cols..(t + 1) * cols],
+                blocksize,
+                &mut q.qe[h.clone()],
+                &mut q.qo[h],
+                &mut q.xs[b.clone()],
+                &mut q.sum[b],
+            );
         }
         q
     }
@@ -375,15 +388,13 @@ fn int8_rows(k: &Kernels, out_t: &mut [f32], w: &Int8Ref, x: &[f32], m: usize, o
     let act = &act;
     let ca = |t: usize| &act.ca[t * cols..(t + 1) * cols];
     let cb = |r: usize| &w.cb[r * cols..(r + 1) * cols];
-    // Integer sum → float: bitsandbytes' scaling, then the outlier columns in floating point.
-    let finish = |r: usize, t: usize, isum: i32| {
-        let scb = w.scb[r];
-        let mut v = isum as f32 * (act.sca[t] * scb) * MM_DEQUANT_SCALE;
-        for &c in &act.outlier_cols {
-            v += x[t * cols + c] * (w.cb[r * cols + c] as f32 * (scb * INV_127));
-        }
-        v
-    };
+    // Integer sum → float with bitsandbytes' scaling; the outlier columns are added afterwards.
+    let finish = |r: usize, t: usize, isum: i32| isum as f32 * (act.sca[t] * w.scb[r]) * MM_DEQUANT_SCALE;
+    // The outlier columns of x, column-major (k × m), so each (row, column) pair adds one
+    // contiguous run over the tokens.
+    let outliers = &act.outlier_cols;
+    let xo: Vec<f32> = outliers.iter().flat_map(|&c| (0..m).map(move |t| x[t * cols + c])).collect();
+    let xo = &xo;
     for_row_chunks(
         out_t,
         m,
@@ -416,6 +427,18 @@ fn int8_rows(k: &Kernels, out_t: &mut [f32], w: &Int8Ref, x: &[f32], m: usize, o
             for r in r..n {
                 for t in 0..m {
                     o[r * m + t] = finish(r0 + r, t, k.dot_int8(ca(t), cb(r0 + r)));
+                }
+            }
+            // The outlier columns in floating point, against the dequantized weights, in column
+            // order (the same additions in the same order as one column at a time per output).
+            for (i, orow) in o.chunks_mut(m).enumerate() {
+                let rr = r0 + i;
+                let s = w.scb[rr] * INV_127;
+                for (j, &c) in outliers.iter().enumerate() {
+                    let wv = w.cb[rr * cols + c] as f32 * s;
+                    for (y, &xv) in orow.iter_mut().zip(&xo[j * m..(j + 1) * m]) {
+                        *y += xv * wv;
+                    }
                 }
             }
         },

@@ -381,16 +381,16 @@ pub unsafe fn fourbit_q8_tile(
 #[inline]
 fn hsum16(v: [__m512; 16]) -> __m512 {
     // Within each 128-bit lane: pairs of vectors, then pairs of pairs.
-    let s: [__m512; 8] =
-        std::array::from_fn(|i| _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1])));
+    let s: [__m512; 8] = std::array::from_fn(|i| {
+        _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]))
+    });
     let u: [__m512; 4] = std::array::from_fn(|i| {
         let (a, b) = (_mm512_castps_pd(s[2 * i]), _mm512_castps_pd(s[2 * i + 1]));
         _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)))
     });
     // Across the four 128-bit lanes.
-    let lanes = |a: __m512, b: __m512| {
-        _mm512_add_ps(_mm512_shuffle_f32x4::<0x88>(a, b), _mm512_shuffle_f32x4::<0xDD>(a, b))
-    };
+    let lanes =
+        |a: __m512, b: __m512| _mm512_add_ps(_mm512_shuffle_f32x4::<0x88>(a, b), _mm512_shuffle_f32x4::<0xDD>(a, b));
     lanes(lanes(u[0], u[1]), lanes(u[2], u[3]))
 }
 
