@@ -82,14 +82,15 @@ pub fn matmul_with(k: &Kernels, out: &mut [f32], w: &Weight, x: &[f32], m: usize
         gemm_f32(out, data, x, m, rows, cols, parallel);
         return Ok(());
     }
+    if let Weight::FourBit(w4) = w {
+        if !opts.fourbit_exact && w4.blocksize == 64 && rows_block_aligned(w4) && k.has_fourbit_q8_tile() {
+            fourbit_q8_matmul(k, out, w4, x, m, parallel);
+            return Ok(());
+        }
+    }
     let mut out_t = vec![0f32; rows * m];
     match w {
         Weight::Int8(w8) => int8_rows(k, &mut out_t, w8, x, m, opts, parallel),
-        Weight::FourBit(w4)
-            if !opts.fourbit_exact && w4.blocksize == 64 && rows_block_aligned(w4) && k.has_fourbit_q8_tile() =>
-        {
-            fourbit_q8_matmul(k, &mut out_t, w4, x, m, parallel)
-        }
         _ => tiled_dequant_gemm(&mut out_t, w, x, m, parallel),
     }
     // Blocked transpose: 64 rows × m stay in L1 while each token's 64 outputs are written.
@@ -294,7 +295,7 @@ fn fourbit_q8_matvec(k: &Kernels, out: &mut [f32], w: &FourBitRef, x: &[f32], pa
 
 /// Prefill through the 4-bit integer route: every token's activations quantized per block of
 /// 64 as in decode, then 4 × 4 tiles of rows × tokens ([`Kernels::fourbit_q8_tile`]).
-fn fourbit_q8_matmul(k: &Kernels, out_t: &mut [f32], w: &FourBitRef, x: &[f32], m: usize, parallel: bool) {
+fn fourbit_q8_matmul(k: &Kernels, out: &mut [f32], w: &FourBitRef, x: &[f32], m: usize, parallel: bool) {
     let (rows, cols) = (w.rows, w.cols);
     let nb = cols / 64;
     let half = cols / 2;
@@ -304,49 +305,81 @@ fn fourbit_q8_matmul(k: &Kernels, out_t: &mut [f32], w: &FourBitRef, x: &[f32], 
     let q = &q;
     let per_thread = rows.div_ceil(4 * rayon::current_num_threads()).max(4);
     let chunk = per_thread.next_multiple_of(4).min(64);
-    for_row_chunks(
-        out_t,
-        m,
-        chunk,
-        parallel,
-        || vec![0f32; chunk * nb],
-        |wf, r0, o| {
-            let n = o.len() / m;
-            for (i, f) in wf.chunks_mut(nb).take(n).enumerate() {
-                w.absmax.decode((r0 + i) * nb, f);
-            }
-            // Tokens in groups of 16 (64 KiB of activations at 4096 columns, L2-resident) over
-            // all row tiles of the chunk (≤ 128 KiB of codes).
-            for t0 in (0..m).step_by(16) {
-                for rt in (0..n).step_by(4) {
-                    let nr = (n - rt).min(4);
-                    // Missing rows of the last tile repeat its last row (results dropped).
-                    let row = |i: usize| rt + i.min(nr - 1);
-                    let codes: [&[u8]; 4] =
-                        std::array::from_fn(|i| &w.codes[(r0 + row(i)) * half..(r0 + row(i) + 1) * half]);
-                    let wfs: [&[f32]; 4] = std::array::from_fn(|i| &wf[row(i) * nb..(row(i) + 1) * nb]);
-                    for tt in (t0..(t0 + 16).min(m)).step_by(4) {
-                        let tile = k
-                            .fourbit_q8_tile(
-                                codes,
-                                wfs,
-                                &lut,
-                                std::array::from_fn(|j| q.qe(tt + j)),
-                                std::array::from_fn(|j| q.qo(tt + j)),
-                                std::array::from_fn(|j| q.xs(tt + j)),
-                                std::array::from_fn(|j| q.sum(tt + j)),
-                            )
-                            .expect("checked by the caller");
-                        for (i, tr) in tile.iter().enumerate().take(nr) {
-                            for (j, &v) in tr.iter().enumerate().take((m - tt).min(4)) {
-                                o[(rt + i) * m + tt + j] = v;
-                            }
+    assert_eq!(out.len(), m * rows);
+    let cells = Cells { ptr: out.as_mut_ptr(), len: out.len() };
+    let work = |wf: &mut Vec<f32>, ci: usize| {
+        let r0 = ci * chunk;
+        let n = (rows - r0).min(chunk);
+        for (i, f) in wf.chunks_mut(nb).take(n).enumerate() {
+            w.absmax.decode((r0 + i) * nb, f);
+        }
+        // Tokens in groups of 16 (64 KiB of activations at 4096 columns, L2-resident) over all
+        // row tiles of the chunk (≤ 128 KiB of codes).
+        for t0 in (0..m).step_by(16) {
+            for rt in (0..n).step_by(4) {
+                let nr = (n - rt).min(4);
+                // Missing rows of the last tile repeat its last row (results dropped).
+                let row = |i: usize| rt + i.min(nr - 1);
+                let codes: [&[u8]; 4] =
+                    std::array::from_fn(|i| &w.codes[(r0 + row(i)) * half..(r0 + row(i) + 1) * half]);
+                let wfs: [&[f32]; 4] = std::array::from_fn(|i| &wf[row(i) * nb..(row(i) + 1) * nb]);
+                for tt in (t0..(t0 + 16).min(m)).step_by(4) {
+                    let tile = k
+                        .fourbit_q8_tile(
+                            codes,
+                            wfs,
+                            &lut,
+                            std::array::from_fn(|j| q.qe(tt + j)),
+                            std::array::from_fn(|j| q.qo(tt + j)),
+                            std::array::from_fn(|j| q.xs(tt + j)),
+                            std::array::from_fn(|j| q.sum(tt + j)),
+                        )
+                        .expect("checked by the caller");
+                    for (i, tr) in tile.iter().enumerate().take(nr) {
+                        for (j, &v) in tr.iter().enumerate().take((m - tt).min(4)) {
+                            // SAFETY: this task alone writes rows r0 .. r0 + n of every token.
+                            unsafe { cells.set((tt + j) * rows + r0 + rt + i, v) };
                         }
                     }
                 }
             }
-        },
-    );
+        }
+    };
+    let chunks = rows.div_ceil(chunk);
+    let init = || vec![0f32; chunk * nb];
+    if parallel {
+        (0..chunks).into_par_iter().for_each_init(init, work);
+    } else {
+        let mut wf = init();
+        (0..chunks).for_each(|ci| work(&mut wf, ci));
+    }
+}
+
+/// The output of a product shared by tasks that each write a disjoint set of cells (their own
+/// weight rows, for every token), so results land in place without a transpose.
+#[derive(Clone, Copy)]
+struct Cells {
+    ptr: *mut f32,
+    len: usize,
+}
+
+// SAFETY: `Cells` is only a pointer to a live `&mut [f32]` borrowed for the whole parallel
+// region; tasks write disjoint indices (see `set`), so sharing it between threads is sound.
+unsafe impl Send for Cells {}
+// SAFETY: as above.
+unsafe impl Sync for Cells {}
+
+impl Cells {
+    /// Writes cell `i`.
+    ///
+    /// # Safety
+    /// No other task may access cell `i` during the parallel region.
+    #[inline]
+    unsafe fn set(self, i: usize, v: f32) {
+        assert!(i < self.len);
+        // SAFETY: in bounds (checked), and exclusively this task's cell (caller's contract).
+        unsafe { *self.ptr.add(i) = v }
+    }
 }
 
 /// `out[i] = absmax(first + i) · xs[i]` — the decoded block scales of one row times the
