@@ -27,6 +27,7 @@ pub fn random_weights(n: usize, seed: u64) -> Vec<f32> {
 }
 
 /// Owned storage of one weight matrix in one scheme.
+#[derive(Clone)]
 pub enum Stored {
     /// f32.
     F32(Vec<f32>),
