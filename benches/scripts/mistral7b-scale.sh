@@ -35,16 +35,21 @@ for q in nf4 int8; do
   /usr/bin/time -f "convert: %e s wall, peak RSS %M KiB" $bin --threads $threads convert "$work/mistral-7b" -o "$out" --quant $q -q
   $bin inspect "$out" | grep -E "opened|total"
   size=$(stat -c %s "$out")
-  # Decode in the background to sample RSS while it runs.
+  # Run in the background and sample RSS every second; the last sample is taken while decoding.
   $bin --threads $threads run -m "$out" -f "$work/prompt.txt" -n 48 --ignore-eos > /dev/null 2> "$work/run.$q.log" &
   pid=$!
-  sleep 20; echo "RSS while decoding: $(rss $pid)"
+  last=""
+  while kill -0 $pid 2>/dev/null; do
+    r=$(rss $pid); [ -n "$r" ] && last=$r
+    sleep 1
+  done
   wait $pid
+  echo "RSS while decoding (last sample): $last"
   tail -1 "$work/run.$q.log"
   python3 -c "import sys; s=$size; bw=$bw; print(f'file {s/1e9:.2f} GB; bandwidth bound {bw*1e9/s:.2f} tok/s')"
 done
 
 echo "== Qwen2.5-0.5B, 50 tokens =="
 [ -f "$work/qwen2.5-0.5b/config.json" ] || $bin synth --preset qwen2.5-0.5b -o "$work/qwen2.5-0.5b"
-[ -f "$work/qwen.nf4.lowbit" ] || $bin convert "$work/qwen2.5-0.5b" -o "$work/qwen.nf4.lowbit" --quant nf4 -q
+$bin convert "$work/qwen2.5-0.5b" -o "$work/qwen.nf4.lowbit" --quant nf4 -q
 /usr/bin/time -f "50 tokens: %e s wall (including load)" $bin --threads $threads run -m "$work/qwen.nf4.lowbit" -p "Hello" -n 50 --ignore-eos > /dev/null
