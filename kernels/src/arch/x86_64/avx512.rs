@@ -15,6 +15,12 @@ use half::{bf16, f16};
 /// 20.4; measured on a Xeon with AVX-512/VNNI).
 const PREFETCH: usize = 2048;
 
+/// The 4-bit decode loop prefetches further, into L2 only: it computes four times as much per
+/// byte as int8, and from DRAM at two threads an L1 prefetch 2 KiB ahead left it at 58–77 % of
+/// the probe; into L2 8 KiB ahead it ran at 76–80 %, and Mistral-7B nf4 decode went from
+/// 5.3–5.7 to 5.9–6.0 tok/s.
+const PREFETCH_L2: usize = 8192;
+
 /// See [`crate::scalar::dot_f32`].
 ///
 /// # Safety
@@ -226,7 +232,7 @@ pub unsafe fn dot_fourbit_q8(
         let nib = _mm512_set1_epi8(0x0F);
         // One 64-byte step: the biased integer lane sums of codes/activations at byte `i`.
         let step = |i: usize| {
-            _mm_prefetch::<_MM_HINT_T0>(cp.wrapping_add(i + PREFETCH) as *const i8);
+            _mm_prefetch::<_MM_HINT_T1>(cp.wrapping_add(i + PREFETCH_L2) as *const i8);
             let v = _mm512_loadu_si512(cp.add(i) as *const _);
             let wh = _mm512_shuffle_epi8(table, _mm512_and_si512(_mm512_srli_epi16(v, 4), nib));
             let wl = _mm512_shuffle_epi8(table, _mm512_and_si512(v, nib));
