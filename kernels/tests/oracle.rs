@@ -19,6 +19,9 @@ fn close(a: f32, b: f32, mag: f32) -> bool {
     (a - b).abs() <= 1e-5 * mag + 1e-6
 }
 
+/// A call of a `quantize_q8` implementation on prepared output buffers.
+type QuantizeFn<'a> = dyn Fn(&mut [i8], &mut [i8], &mut [f32], &mut [i32]) + 'a;
+
 /// Four rows of a test tile as slices.
 fn four<T>(v: &[Vec<T>]) -> [&[T]; 4] {
     std::array::from_fn(|i| &v[i][..])
@@ -171,7 +174,7 @@ proptest! {
     fn quantize_q8_is_bit_identical(x in vecf(0usize..400), bs_pow in 1u32..8) {
         let bs = 1usize << bs_pow;
         let (half, nb) = (x.len().div_ceil(2), x.len().div_ceil(bs));
-        let run = |f: &dyn Fn(&mut [i8], &mut [i8], &mut [f32], &mut [i32])| {
+        let run = |f: &QuantizeFn| {
             let (mut qe, mut qo, mut xs, mut sum) = (vec![0i8; half], vec![0i8; half], vec![0f32; nb], vec![0i32; nb]);
             f(&mut qe, &mut qo, &mut xs, &mut sum);
             (qe, qo, xs.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), sum)
@@ -196,7 +199,7 @@ proptest! {
         // Whole blocks of 64, the case the SIMD code takes.
         let x64: Vec<f32> = x.iter().copied().cycle().take(x.len().next_multiple_of(64).max(64)).collect();
         let (half, nb) = (x64.len() / 2, x64.len() / 64);
-        let run = |f: &dyn Fn(&mut [i8], &mut [i8], &mut [f32], &mut [i32])| {
+        let run = |f: &QuantizeFn| {
             let (mut qe, mut qo, mut xs, mut sum) = (vec![0i8; half], vec![0i8; half], vec![0f32; nb], vec![0i32; nb]);
             f(&mut qe, &mut qo, &mut xs, &mut sum);
             (qe, qo, xs.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), sum)
