@@ -1,5 +1,6 @@
 //! Differential: every SIMD kernel this CPU has against the scalar oracle on arbitrary blocks —
-//! integer dot products exactly, float ones within the summation-order bound.
+//! integer dot products exactly, float ones within the summation-order bound; activation
+//! quantization bit for bit.
 #![no_main]
 use lowbit_kernels::{scalar, FourBitKind, Isa, Kernels};
 
@@ -42,6 +43,21 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
             let got = k.dot_fourbit_q8(codes, &scales, &lut, &qe, &qo, &qsum, half);
             assert!((got - want_q8).abs() <= tol_q8, "{} fourbit_q8 {got} vs {want_q8}", k.isa());
             assert_eq!(k.dot_int8(&qe, &qo), scalar::dot_int8(&qe, &qo), "{} int8", k.isa());
+        }
+    }
+    // Activation quantization for the integer route: bit-identical on every ISA, in blocks of 64
+    // (the SIMD case) and of the fuzzed size, over the body read as floats.
+    let x: Vec<f32> = body.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).filter(|v| v.is_finite()).collect();
+    for bs in [64, 2 * half] {
+        let (h, nb) = (x.len().div_ceil(2), x.len().div_ceil(bs));
+        let run = |k: &Kernels| {
+            let (mut qe, mut qo, mut xs, mut sum) = (vec![0i8; h], vec![0i8; h], vec![0f32; nb], vec![0i32; nb]);
+            k.quantize_q8(&x, bs, &mut qe, &mut qo, &mut xs, &mut sum);
+            (qe, qo, xs.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), sum)
+        };
+        let want = run(&Kernels::for_isa(Isa::Scalar).expect("scalar"));
+        for k in Isa::all_supported().into_iter().filter_map(Kernels::for_isa) {
+            assert!(run(&k) == want, "{} quantize_q8 (blocks of {bs})", k.isa());
         }
     }
 });

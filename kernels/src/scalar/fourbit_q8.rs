@@ -81,7 +81,8 @@ pub fn quantize_q8(x: &[f32], blocksize: usize, qe: &mut [i8], qo: &mut [i8], xs
     let mut k = 0;
     for (b, block) in x.chunks(blocksize).enumerate() {
         let am = block.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let inv = if am > 0.0 { 127.0 / am } else { 0.0 };
+        // A block so small that 127/absmax overflows counts as zero.
+        let inv = if am > 0.0 && (127.0 / am).is_finite() { 127.0 / am } else { 0.0 };
         let mut s = 0i32;
         for pair in block.chunks(2) {
             let a = crate::int8::round_to_i8(pair[0] * inv);

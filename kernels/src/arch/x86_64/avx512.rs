@@ -428,7 +428,7 @@ pub unsafe fn quantize_q8(x: &[f32], blocksize: usize, qe: &mut [i8], qo: &mut [
             let v: [__m512; 4] = std::array::from_fn(|j| _mm512_loadu_ps(p.add(16 * j)));
             let a = v.map(|v| _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v), abs)));
             let am = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_max_ps(a[0], a[1]), _mm512_max_ps(a[2], a[3])));
-            let inv = _mm512_set1_ps(if am > 0.0 { 127.0 / am } else { 0.0 });
+            let inv = _mm512_set1_ps(if am > 0.0 && (127.0 / am).is_finite() { 127.0 / am } else { 0.0 });
             let mut total = _mm512_setzero_si512();
             for h in 0..2 {
                 let (lo, hi) = (v[2 * h], v[2 * h + 1]);
