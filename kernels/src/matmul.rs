@@ -11,7 +11,7 @@ use crate::dispatch::Kernels;
 use crate::error::{KernelError, Result};
 use crate::fourbit::code_at;
 use crate::int8::{quantize_activations, Int8Activations, INV_127, MM_DEQUANT_SCALE};
-use crate::weight::{AbsmaxRef, FourBitRef, Int8Ref, Weight};
+use crate::weight::{nested_runs, AbsmaxRef, FourBitRef, Int8Ref, Weight};
 use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
@@ -394,20 +394,9 @@ fn block_factors(k: &Kernels, absmax: &AbsmaxRef, first: usize, xs: &[f32], out:
         AbsmaxRef::Nested { codes, nested_absmax, nested_blocksize, offset } => {
             let map = crate::codebook::dynamic_map();
             // One run per nested block the row touches (one or two for Mistral's shapes).
-            let mut j = 0;
-            while j < out.len() {
-                let b = first + j;
-                let group = b / nested_blocksize;
-                let end = ((group + 1) * nested_blocksize - first).min(out.len());
-                k.nested_factors(
-                    &codes[b..first + end],
-                    map,
-                    nested_absmax[group],
-                    offset,
-                    &xs[j..end],
-                    &mut out[j..end],
-                );
-                j = end;
+            for (run, group) in nested_runs(first, out.len(), nested_blocksize) {
+                let c = &codes[first + run.start..first + run.end];
+                k.nested_factors(c, map, nested_absmax[group], offset, &xs[run.clone()], &mut out[run]);
             }
         }
     }

@@ -46,18 +46,11 @@ impl AbsmaxRef<'_> {
             AbsmaxRef::F32(v) => out.copy_from_slice(&v[first..first + out.len()]),
             AbsmaxRef::Nested { codes, nested_absmax, nested_blocksize, offset } => {
                 let map = crate::codebook::dynamic_map();
-                // Walk nested block by nested block: one division per group instead of one per
-                // block (a 64-bit divide costs more than the rest of the loop together).
-                let mut j = 0;
-                while j < out.len() {
-                    let b = first + j;
-                    let group = b / nested_blocksize;
-                    let end = ((group + 1) * nested_blocksize - first).min(out.len());
+                for (run, group) in nested_runs(first, out.len(), nested_blocksize) {
                     let na = nested_absmax[group];
-                    for (o, &c) in out[j..end].iter_mut().zip(&codes[b..]) {
+                    for (o, &c) in out[run.clone()].iter_mut().zip(&codes[first + run.start..]) {
                         *o = map[c as usize] * na + offset;
                     }
-                    j = end;
                 }
             }
         }
@@ -73,6 +66,27 @@ impl AbsmaxRef<'_> {
             }
         }
     }
+}
+
+/// The runs of blocks `first .. first + len` that share one nested scale, as (range relative to
+/// `first`, nested group). Walking group by group costs one division per group instead of one
+/// per block (a 64-bit divide costs more than the rest of a decode loop together).
+pub(crate) fn nested_runs(
+    first: usize,
+    len: usize,
+    nested_blocksize: usize,
+) -> impl Iterator<Item = (std::ops::Range<usize>, usize)> {
+    let mut j = 0;
+    std::iter::from_fn(move || {
+        if j >= len {
+            return None;
+        }
+        let group = (first + j) / nested_blocksize;
+        let end = ((group + 1) * nested_blocksize - first).min(len);
+        let run = j..end;
+        j = end;
+        Some((run, group))
+    })
 }
 
 /// A 4-bit weight matrix, `rows × cols`, in bitsandbytes' flat-block layout.
