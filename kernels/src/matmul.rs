@@ -1,10 +1,12 @@
 //! Matrix products against stored weights: `out[t][r] = Σ_c x[t][c] · W[r][c]` for `m` tokens.
 //!
 //! Decode (`m == 1`) streams each weight row once through a dot-product kernel, spread over rows
-//! with rayon. Prefill (`m > 1`) works on tiles of rows: quantized tiles are dequantized into a
-//! small per-thread buffer and multiplied with `gemm` (never a dequantized copy of the whole
-//! matrix), int8 runs integer dot products against activations quantized once per call.
-//! Results are produced row-major per weight row (`outT`, rows × m) so every rayon task owns a
+//! with rayon. Prefill (`m > 1`) works on tiles of rows: 4-bit weights on the integer route run
+//! 4 × 4 row × token VNNI tiles against activations quantized once per call and write their
+//! results in place; int8 runs integer dot products the same way (LLM.int8 activations); other
+//! quantized tiles (and 4-bit on the exact path) are dequantized into a small per-thread buffer
+//! and multiplied with `gemm` — never a dequantized copy of the whole matrix. Those last two
+//! produce results row-major per weight row (`outT`, rows × m) so every rayon task owns a
 //! contiguous slice, then transposed.
 
 use crate::dispatch::Kernels;
