@@ -195,6 +195,36 @@ pub unsafe fn dot_int8(a: &[i8], w: &[i8]) -> i32 {
     }
 }
 
+/// The int8 level table biased by +128 (`vpdpbusd` takes one unsigned operand), in every
+/// 128-bit lane for `vpshufb`.
+#[target_feature(enable = "avx512f,avx512bw")]
+#[inline]
+fn biased_table(lut: &[i8; 16]) -> __m512i {
+    let biased: [u8; 16] = std::array::from_fn(|i| (lut[i] as i16 + 128) as u8);
+    // SAFETY: a 16-byte load from a 16-byte array.
+    _mm512_broadcast_i32x4(unsafe { _mm_loadu_si128(biased.as_ptr() as *const __m128i) })
+}
+
+/// The scales of blocks `b` (lanes 0–7) and `b + 1` (lanes 8–15; zero unless `two`): one 4- or
+/// 8-byte load and one permute, matching the lane layout of two 64-blocks per register.
+///
+/// # Safety
+/// `p.add(b)` (and `p.add(b + 1)` if `two`) must be readable.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn scale_pair(p: *const f32, b: usize, two: bool) -> __m512 {
+    let halves = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+    // SAFETY: the caller guarantees the one or two floats are readable.
+    let v = unsafe {
+        if two {
+            _mm_castpd_ps(_mm_load_sd(p.add(b) as *const f64))
+        } else {
+            _mm_load_ss(p.add(b))
+        }
+    };
+    _mm512_permutexvar_ps(halves, _mm512_castps128_ps512(v))
+}
+
 /// See [`crate::scalar::dot_fourbit_q8`]. Nibbles index the int8 level table with `vpshufb`
 /// and `vpdpbusd` multiplies them by the activations. `vpdpbusd` needs an unsigned operand, so
 /// the table is biased by +128: each block's integer sum then carries `128 · Σq` extra, which is
@@ -227,8 +257,7 @@ pub unsafe fn dot_fourbit_q8(
     // SAFETY: loads stay within `factors.len() * half_block` bytes of codes/qe/qo and within
     // `factors.len()` entries of factors/qsum (caller's contract); the tails are masked.
     unsafe {
-        let biased: [u8; 16] = std::array::from_fn(|i| (lut[i] as i16 + 128) as u8);
-        let table = _mm512_broadcast_i32x4(_mm_loadu_si128(biased.as_ptr() as *const __m128i));
+        let table = biased_table(lut);
         let nib = _mm512_set1_epi8(0x0F);
         // One 64-byte step: the biased integer lane sums of codes/activations at byte `i`.
         let step = |i: usize| {
@@ -244,13 +273,7 @@ pub unsafe fn dot_fourbit_q8(
         if half_block == 32 {
             // Factors of blocks b (lanes 0–7) and b + 1 (lanes 8–15): one 8-byte load and one
             // permute. (Two masked FMAs with broadcasts compiled to two FMAs plus two blends.)
-            let halves = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
-            let pair = |b: usize| {
-                _mm512_permutexvar_ps(
-                    halves,
-                    _mm512_castps128_ps512(_mm_castpd_ps(_mm_load_sd(fp.add(b) as *const f64))),
-                )
-            };
+            let pair = |b: usize| scale_pair(fp, b, true);
             // Two blocks a step, four steps an iteration, four independent accumulators.
             while b + 8 <= nb {
                 for (u, a) in acc.iter_mut().enumerate() {
@@ -325,15 +348,9 @@ pub unsafe fn fourbit_q8_tile(
     // SAFETY: the odd last block loads 32 bytes through a mask; every other load is a full step
     // inside the 32·nb bytes (or nb entries) the caller guarantees.
     unsafe {
-        let biased: [u8; 16] = std::array::from_fn(|i| (lut[i] as i16 + 128) as u8);
-        let table = _mm512_broadcast_i32x4(_mm_loadu_si128(biased.as_ptr() as *const __m128i));
+        let table = biased_table(lut);
         let nib = _mm512_set1_epi8(0x0F);
-        let halves = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
-        // Scales of blocks b (lanes 0–7) and b + 1 (lanes 8–15, zero past the end).
-        let pair = |p: *const f32, b: usize, two: bool| {
-            let v = if two { _mm_castpd_ps(_mm_load_sd(p.add(b) as *const f64)) } else { _mm_load_ss(p.add(b)) };
-            _mm512_permutexvar_ps(halves, _mm512_castps128_ps512(v))
-        };
+        let pair = |p: *const f32, b: usize, two: bool| scale_pair(p, b, two);
         let mut acc = [[_mm512_setzero_ps(); 4]; 4];
         let mut b = 0;
         while b < nb {
