@@ -8,7 +8,8 @@
 //! multiplied once, against a probe streaming the same total — what decode of a model larger
 //! than the cache sees, layer after layer.
 //!
-//! `cargo run --release -p lowbit-benches --bin kernel-report [-- --quick] [--cold-mib N]`
+//! `cargo run --release -p lowbit-benches --bin kernel-report [-- --quick] [--cold-mib N]
+//! [--schemes nf4,int8] [--matvec-only]`
 
 use lowbit_benches::{bandwidth_probe, random_weights, Stored};
 use lowbit_kernels::{matmul, MatmulOptions};
@@ -26,6 +27,22 @@ fn best(reps: usize, mut f: impl FnMut()) -> f64 {
         .fold(f64::INFINITY, f64::min)
 }
 
+/// `reps` timed pairs (seconds) of `a` then `b`, after one untimed run of each.
+fn alternate<A, B>(reps: usize, mut a: impl FnMut() -> A, mut b: impl FnMut() -> B) -> Vec<(f64, f64)> {
+    a();
+    b();
+    (0..reps)
+        .map(|_| {
+            let t = Instant::now();
+            a();
+            let ta = t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            b();
+            (ta, t.elapsed().as_secs_f64())
+        })
+        .collect()
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
@@ -35,11 +52,17 @@ fn main() {
         .and_then(|i| args.get(i + 1))
         .map(|v| v.parse().expect("--cold-mib takes a number of MiB"))
         .unwrap_or(2048);
+    let value = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).cloned();
+    let matvec_only = args.iter().any(|a| a == "--matvec-only");
     let shapes: &[(usize, usize)] =
         if quick { &[(14336, 4096)] } else { &[(4096, 4096), (1024, 4096), (14336, 4096), (4096, 14336)] };
-    let schemes = ["nf4", "int8", "f16", "f32"];
+    let all_schemes = ["nf4", "int8", "f16", "f32"];
+    let chosen = value("--schemes").unwrap_or_else(|| all_schemes.join(","));
+    let schemes: Vec<&str> = all_schemes.into_iter().filter(|s| chosen.split(',').any(|c| c == *s)).collect();
+    // The matmul ratios need f32 gemm as their reference.
+    assert!(matvec_only || schemes.contains(&"f32"), "matmul figures need f32 in --schemes (or --matvec-only)");
     let opts = MatmulOptions::default();
-    println!("isa: {}", lowbit_kernels::kernels().isa());
+    println!("isa: {}", lowbit_kernels::kernels().label());
     for &(rows, cols) in shapes {
         let w = random_weights(rows * cols, 42);
         let stored: Vec<(&str, Stored)> = schemes.iter().map(|&s| (s, Stored::new(s, &w, rows, cols))).collect();
@@ -78,26 +101,35 @@ fn main() {
                     let copies = (cold_mib << 20).div_ceil(bytes).max(2);
                     let all: Vec<Stored> = (0..copies).map(|_| s.clone()).collect();
                     let probe_buf = vec![1f32; copies * bytes / 4];
-                    let tp = best(3, || {
-                        std::hint::black_box(bandwidth_probe(&probe_buf));
-                    });
-                    drop(probe_buf);
                     let mut out = vec![0f32; rows];
-                    let t = best(3, || {
+                    let pass = || {
                         for c in &all {
                             matmul(&mut out, &c.view(rows, cols), &x[..cols], 1, &opts).expect("matvec");
                         }
-                    });
-                    let (bw, probe_bw) = ((copies * bytes) as f64 / t, (copies * bytes) as f64 / tp);
+                    };
+                    // Probe and kernel alternate, and each pair gives one ratio: on a shared
+                    // host the bandwidth drifts by a quarter between seconds, which separate
+                    // best-ofs would fold into the ratio.
+                    let reps = if quick { 5 } else { 7 };
+                    let pairs = alternate(reps, || std::hint::black_box(bandwidth_probe(&probe_buf)), pass);
+                    drop(probe_buf);
+                    let total = (copies * bytes) as f64;
+                    let tp = pairs.iter().map(|p| p.0).fold(f64::INFINITY, f64::min);
+                    let t = pairs.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
+                    let mut ratios: Vec<f64> = pairs.iter().map(|(a, b)| a / b).collect();
+                    ratios.sort_by(f64::total_cmp);
                     println!(
-                        "matvec {name:>5} cold: {:8.3} ms  {:6.2} GB/s  probe {:6.2} GB/s  {:5.1}% of probe  ({copies} copies)",
+                        "matvec {name:>5} cold: {:8.3} ms  {:6.2} GB/s  probe {:6.2} GB/s  {:5.1}% of probe (median of {reps} alternated pairs; range {:.1}–{:.1}%)  ({copies} copies)",
                         t / copies as f64 * 1e3,
-                        bw / 1e9,
-                        probe_bw / 1e9,
-                        100.0 * bw / probe_bw
+                        total / t / 1e9,
+                        total / tp / 1e9,
+                        100.0 * ratios[reps / 2],
+                        100.0 * ratios[0],
+                        100.0 * ratios[reps - 1]
                     );
                 }
-                for m in [16usize, 128] {
+                for m in if matvec_only { &[][..] } else { &[16usize, 128][..] } {
+                    let m = *m;
                     let mut gf32 = 0.0;
                     for (name, s) in stored.iter().rev() {
                         let view = s.view(rows, cols);
