@@ -213,14 +213,24 @@ fn fourbit_matvec(k: &Kernels, out: &mut [f32], w: &FourBitRef, x: &[f32], paral
     );
 }
 
+/// 64 bytes on a 64-byte boundary: the unit of [`BlockQ8`]'s buffers, so that every 512-bit
+/// load of the activations stays inside one cache line. (From 16-byte-aligned vectors, the L1-
+/// resident 4-bit decode loop ran 20 % slower: each load split across two lines.)
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C, align(64))]
+struct Line([i8; 64]);
+
 /// Activations of `m` tokens (plus zero padding) quantized to int8 in blocks, de-interleaved like
-/// the codes, in flat token-major buffers ([`Kernels::quantize_q8`]).
+/// the codes, in flat token-major buffers ([`Kernels::quantize_q8`]); each token's codes start
+/// on a cache line.
 struct BlockQ8 {
-    qe: Vec<i8>,
-    qo: Vec<i8>,
+    qe: Vec<Line>,
+    qo: Vec<Line>,
     xs: Vec<f32>,
     sum: Vec<i32>,
     half: usize,
+    /// Bytes from one token's codes to the next: `half` rounded up to whole lines.
+    stride: usize,
     nb: usize,
 }
 
@@ -228,21 +238,24 @@ impl BlockQ8 {
     /// Quantizes `m` rows of `x` (`cols` wide) and pads with all-zero tokens up to `padded`.
     fn new(k: &Kernels, x: &[f32], m: usize, cols: usize, blocksize: usize, padded: usize) -> BlockQ8 {
         let (half, nb) = (cols.div_ceil(2), cols.div_ceil(blocksize));
+        let stride = half.next_multiple_of(64);
+        let lines = padded * stride / 64;
         let mut q = BlockQ8 {
-            qe: vec![0; padded * half],
-            qo: vec![0; padded * half],
+            qe: vec![Line([0; 64]); lines],
+            qo: vec![Line([0; 64]); lines],
             xs: vec![0.0; padded * nb],
             sum: vec![0; padded * nb],
             half,
+            stride,
             nb,
         };
         for t in 0..m {
-            let (h, b) = (t * half..(t + 1) * half, t * nb..(t + 1) * nb);
+            let (h, b) = (t * stride..t * stride + half, t * nb..(t + 1) * nb);
             k.quantize_q8(
                 &x[t * cols..(t + 1) * cols],
                 blocksize,
-                &mut q.qe[h.clone()],
-                &mut q.qo[h],
+                &mut bytemuck::cast_slice_mut(&mut q.qe)[h.clone()],
+                &mut bytemuck::cast_slice_mut(&mut q.qo)[h],
                 &mut q.xs[b.clone()],
                 &mut q.sum[b],
             );
@@ -251,10 +264,10 @@ impl BlockQ8 {
     }
 
     fn qe(&self, t: usize) -> &[i8] {
-        &self.qe[t * self.half..(t + 1) * self.half]
+        &bytemuck::cast_slice(&self.qe)[t * self.stride..t * self.stride + self.half]
     }
     fn qo(&self, t: usize) -> &[i8] {
-        &self.qo[t * self.half..(t + 1) * self.half]
+        &bytemuck::cast_slice(&self.qo)[t * self.stride..t * self.stride + self.half]
     }
     fn xs(&self, t: usize) -> &[f32] {
         &self.xs[t * self.nb..(t + 1) * self.nb]
