@@ -37,12 +37,12 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
                 })
                 .sum();
         let tol_q8 = (blocks as f32 + 5.0) * f32::EPSILON * terms + 1e-6;
-        for k in Isa::all_supported().into_iter().filter_map(Kernels::for_isa) {
+        for k in Kernels::variants() {
             let got = k.dot_fourbit(codes, &scales, levels, &xe, &xo, half);
-            assert!((got - want).abs() <= 1e-5 * mag + 1e-6, "{} fourbit {got} vs {want}", k.isa());
+            assert!((got - want).abs() <= 1e-5 * mag + 1e-6, "{} fourbit {got} vs {want}", k.label());
             let got = k.dot_fourbit_q8(codes, &scales, &lut, &qe, &qo, &qsum, half);
-            assert!((got - want_q8).abs() <= tol_q8, "{} fourbit_q8 {got} vs {want_q8}", k.isa());
-            assert_eq!(k.dot_int8(&qe, &qo), scalar::dot_int8(&qe, &qo), "{} int8", k.isa());
+            assert!((got - want_q8).abs() <= tol_q8, "{} fourbit_q8 {got} vs {want_q8}", k.label());
+            assert_eq!(k.dot_int8(&qe, &qo), scalar::dot_int8(&qe, &qo), "{} int8", k.label());
         }
     }
     // Activation quantization for the integer route: bit-identical on every ISA, in blocks of 64
@@ -56,8 +56,8 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
             (qe, qo, xs.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), sum)
         };
         let want = run(&Kernels::for_isa(Isa::Scalar).expect("scalar"));
-        for k in Isa::all_supported().into_iter().filter_map(Kernels::for_isa) {
-            assert!(run(&k) == want, "{} quantize_q8 (blocks of {bs})", k.isa());
+        for k in Kernels::variants() {
+            assert!(run(&k) == want, "{} quantize_q8 (blocks of {bs})", k.label());
         }
     }
 });

@@ -24,6 +24,8 @@ type NestedFactors = unsafe fn(&[u8], &[f32; 256], f32, f32, &[f32], &mut [f32])
 #[derive(Clone, Copy)]
 pub struct Kernels {
     isa: Isa,
+    /// The level's name plus any optional extension its kernels use ("avx512+vbmi").
+    label: &'static str,
     dot_f32: DotF32,
     dot_f16: DotF16,
     dot_bf16: DotBf16,
@@ -43,7 +45,7 @@ pub struct Kernels {
 
 impl std::fmt::Debug for Kernels {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Kernels").field("isa", &self.isa).finish()
+        f.debug_struct("Kernels").field("isa", &self.isa).field("label", &self.label).finish()
     }
 }
 
@@ -55,6 +57,7 @@ impl Kernels {
         }
         let scalar = Kernels {
             isa: Isa::Scalar,
+            label: "scalar",
             dot_f32: scalar::dot_f32,
             dot_f16: scalar::dot_f16,
             dot_bf16: scalar::dot_bf16,
@@ -75,6 +78,7 @@ impl Kernels {
                 use crate::arch::x86_64::avx2 as k;
                 Some(Kernels {
                     isa,
+                    label: isa.name(),
                     dot_f32: k::dot_f32,
                     dot_f16: k::dot_f16,
                     dot_bf16: k::dot_bf16,
@@ -94,6 +98,7 @@ impl Kernels {
                 use crate::arch::x86_64::avx512 as k;
                 Some(Kernels {
                     isa,
+                    label: isa.name(),
                     dot_f32: k::dot_f32,
                     dot_f16: k::dot_f16,
                     dot_bf16: k::dot_bf16,
@@ -107,12 +112,23 @@ impl Kernels {
                     quantize_q8: k::quantize_q8,
                     fourbit_q8_tile: Some(k::fourbit_q8_tile),
                 })
+                .map(|plain| {
+                    // vpermb saves two instructions a 4-bit decode step where VBMI exists (Ice
+                    // Lake, Zen 4 and later; Cascade Lake has VNNI without it): 4096-wide rows
+                    // from L1 went from 66 to 53 ns on our Xeon.
+                    if Self::vbmi() {
+                        Kernels { label: "avx512+vbmi", dot_fourbit_q8: k::dot_fourbit_q8_vbmi, ..plain }
+                    } else {
+                        plain
+                    }
+                })
             }
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => {
                 use crate::arch::aarch64::neon as k;
                 Some(Kernels {
                     isa,
+                    label: isa.name(),
                     dot_f32: k::dot_f32,
                     dot_f16: k::dot_f16,
                     dot_bf16: k::dot_bf16,
@@ -135,6 +151,32 @@ impl Kernels {
     /// The level these kernels run.
     pub fn isa(&self) -> Isa {
         self.isa
+    }
+
+    /// The level's name and any optional extension in use, e.g. `avx512+vbmi`.
+    pub fn label(&self) -> &'static str {
+        self.label
+    }
+
+    /// Every kernel table this CPU can run, slowest first: each supported level, and where a
+    /// level uses an optional extension, that level without it as well — so tests reach the
+    /// code other CPUs of the level run.
+    pub fn variants() -> Vec<Kernels> {
+        let mut out = Vec::new();
+        for k in Isa::all_supported().into_iter().filter_map(Kernels::for_isa) {
+            #[cfg(target_arch = "x86_64")]
+            if k.isa == Isa::Avx512 && Self::vbmi() {
+                use crate::arch::x86_64::avx512 as a;
+                out.push(Kernels { label: "avx512", dot_fourbit_q8: a::dot_fourbit_q8, ..k });
+            }
+            out.push(k);
+        }
+        out
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn vbmi() -> bool {
+        std::arch::is_x86_feature_detected!("avx512vbmi")
     }
 
     /// `Σ w·x`; slices must have equal length.

@@ -9,7 +9,7 @@ use lowbit_kernels::{
 use proptest::prelude::*;
 
 fn simd_levels() -> Vec<Kernels> {
-    let v: Vec<Kernels> = Isa::all_supported().into_iter().filter_map(Kernels::for_isa).collect();
+    let v = Kernels::variants();
     assert!(!v.is_empty());
     v
 }
@@ -41,9 +41,9 @@ proptest! {
         let w16: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
         let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
         for k in simd_levels() {
-            prop_assert!(close(k.dot_f32(&w, &x), scalar::dot_f32(&w, &x), mag), "{} f32", k.isa());
-            prop_assert!(close(k.dot_f16(&w16, &x), scalar::dot_f16(&w16, &x), mag * 1.01), "{} f16", k.isa());
-            prop_assert!(close(k.dot_bf16(&wb, &x), scalar::dot_bf16(&wb, &x), mag * 1.01), "{} bf16", k.isa());
+            prop_assert!(close(k.dot_f32(&w, &x), scalar::dot_f32(&w, &x), mag), "{} f32", k.label());
+            prop_assert!(close(k.dot_f16(&w16, &x), scalar::dot_f16(&w16, &x), mag * 1.01), "{} f16", k.label());
+            prop_assert!(close(k.dot_bf16(&wb, &x), scalar::dot_bf16(&wb, &x), mag * 1.01), "{} bf16", k.label());
         }
     }
 
@@ -52,7 +52,7 @@ proptest! {
         let (a, w) = pair;
         let want = scalar::dot_int8(&a, &w);
         for k in simd_levels() {
-            prop_assert_eq!(k.dot_int8(&a, &w), want, "{}", k.isa());
+            prop_assert_eq!(k.dot_int8(&a, &w), want, "{}", k.label());
         }
     }
 
@@ -66,7 +66,7 @@ proptest! {
         let wr = [&w[0][..], &w[1], &w[2], &w[3]];
         let want = scalar::dot_int8_4x4(ar, wr);
         for k in simd_levels() {
-            prop_assert_eq!(k.dot_int8_4x4(ar, wr), want, "{}", k.isa());
+            prop_assert_eq!(k.dot_int8_4x4(ar, wr), want, "{}", k.label());
         }
     }
 
@@ -91,7 +91,7 @@ proptest! {
             let mag: f32 = (0..n).map(|i| scales[i / half] * (xe[i].abs() + xo[i].abs())).sum();
             for k in simd_levels() {
                 let got = k.dot_fourbit(&codes, &scales, levels, &xe, &xo, half);
-                prop_assert!(close(got, want, mag), "{} {kind:?} bs={bs}: {got} vs {want}", k.isa());
+                prop_assert!(close(got, want, mag), "{} {kind:?} bs={bs}: {got} vs {want}", k.label());
             }
         }
     }
@@ -125,7 +125,7 @@ proptest! {
             let tol = (blocks as f32 + 5.0) * f32::EPSILON * terms + 1e-6;
             for k in simd_levels() {
                 let got = k.dot_fourbit_q8(&codes, &factors, &lut, &qe, &qo, &qsum, half);
-                prop_assert!((got - want).abs() <= tol, "{} {kind:?} half={half}: {got} vs {want}", k.isa());
+                prop_assert!((got - want).abs() <= tol, "{} {kind:?} half={half}: {got} vs {want}", k.label());
             }
         }
     }
@@ -161,7 +161,7 @@ proptest! {
                             wf[r][i / 32] * xs[t][i / 32] * 2.0 * (hi + lo) as f32
                         }).sum();
                         let tol = (nb as f32 + 6.0) * f32::EPSILON * terms + 1e-6;
-                        prop_assert!((got[r][t] - want[r][t]).abs() <= tol, "{} {kind:?} r={r} t={t}: {} vs {}", k.isa(), got[r][t], want[r][t]);
+                        prop_assert!((got[r][t] - want[r][t]).abs() <= tol, "{} {kind:?} r={r} t={t}: {} vs {}", k.label(), got[r][t], want[r][t]);
                     }
                 }
             }
@@ -197,7 +197,7 @@ proptest! {
         }
         for k in simd_levels() {
             let got = run(&|qe, qo, xs, sum| k.quantize_q8(&x, bs, qe, qo, xs, sum));
-            prop_assert_eq!(&got, &want, "{}", k.isa());
+            prop_assert_eq!(&got, &want, "{}", k.label());
         }
         // Whole blocks of 64, the case the SIMD code takes.
         let x64: Vec<f32> = x.iter().copied().cycle().take(x.len().next_multiple_of(64).max(64)).collect();
@@ -210,7 +210,7 @@ proptest! {
         let want = run(&|qe, qo, xs, sum| scalar::quantize_q8(&x64, 64, qe, qo, xs, sum));
         for k in simd_levels() {
             let got = run(&|qe, qo, xs, sum| k.quantize_q8(&x64, 64, qe, qo, xs, sum));
-            prop_assert_eq!(&got, &want, "{} (blocks of 64)", k.isa());
+            prop_assert_eq!(&got, &want, "{} (blocks of 64)", k.label());
         }
     }
 
@@ -233,7 +233,7 @@ proptest! {
         for k in simd_levels() {
             let mut got = vec![0f32; codes.len()];
             k.nested_factors(&codes, map, na, offset, &xs, &mut got);
-            prop_assert_eq!(got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{}", k.isa());
+            prop_assert_eq!(got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{}", k.label());
         }
     }
 
@@ -294,7 +294,7 @@ proptest! {
                         }
                         let got = out[t * rows + r] as f64;
                         let allowed = rel as f64 * mag + 1e-5 + slack(t, r, deq, int8, q8);
-                        prop_assert!((got - want).abs() <= allowed, "{} {:?} t={t} r={r}: {got} vs {want}", k.isa(), std::mem::discriminant(weight));
+                        prop_assert!((got - want).abs() <= allowed, "{} {:?} t={t} r={r}: {got} vs {want}", k.label(), std::mem::discriminant(weight));
                     }
                 }
             }
@@ -463,6 +463,6 @@ fn fourbit_q8_regression_case(data: &[u8]) {
     for k in simd_levels() {
         let got = k.dot_fourbit_q8(codes, &factors, &lut, &qe, &qo, &qsum, half);
         let tol = (blocks as f32 + 5.0) * f32::EPSILON * terms + 1e-6;
-        assert!((got - want).abs() <= tol, "{}: {got} vs {want} (tolerance {tol})", k.isa());
+        assert!((got - want).abs() <= tol, "{}: {got} vs {want} (tolerance {tol})", k.label());
     }
 }

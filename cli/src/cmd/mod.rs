@@ -21,7 +21,7 @@ pub fn open(path: &Path) -> Result<(ModelFile, f64)> {
 /// `lowbit cpu`.
 pub fn cpu(a: crate::args::CpuArgs) -> Result<()> {
     println!("best: {}", lowbit_kernels::Isa::best());
-    println!("in use: {}", lowbit_kernels::kernels().isa());
+    println!("in use: {}", lowbit_kernels::kernels().label());
     println!("supported: {:?}", lowbit_kernels::Isa::all_supported());
     if let Some(mib) = a.bandwidth {
         anyhow::ensure!(mib > 0, "--bandwidth needs a size in MiB");

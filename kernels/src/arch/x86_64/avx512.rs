@@ -250,6 +250,40 @@ pub unsafe fn dot_fourbit_q8(
     qsum: &[i32],
     half_block: usize,
 ) -> f32 {
+    // SAFETY: the caller's contract is this function's.
+    unsafe { fourbit_q8::<false>(codes, factors, lut, qe, qo, qsum, half_block) }
+}
+
+/// [`dot_fourbit_q8`] with the nibble lookups through VBMI's `vpermb` ([`lookup`]).
+///
+/// # Safety
+/// As [`dot_fourbit_q8`], and AVX-512 VBMI must be available.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma")]
+pub unsafe fn dot_fourbit_q8_vbmi(
+    codes: &[u8],
+    factors: &[f32],
+    lut: &[i8; 16],
+    qe: &[i8],
+    qo: &[i8],
+    qsum: &[i32],
+    half_block: usize,
+) -> f32 {
+    // SAFETY: the caller's contract is this function's.
+    unsafe { fourbit_q8::<true>(codes, factors, lut, qe, qo, qsum, half_block) }
+}
+
+/// # Safety
+/// Inlined only into the two wrappers above, whose contract it has.
+#[inline(always)]
+unsafe fn fourbit_q8<const VBMI: bool>(
+    codes: &[u8],
+    factors: &[f32],
+    lut: &[i8; 16],
+    qe: &[i8],
+    qo: &[i8],
+    qsum: &[i32],
+    half_block: usize,
+) -> f32 {
     debug_assert!(half_block.is_multiple_of(32));
     debug_assert!(qsum.len() >= factors.len());
     let nb = factors.len();
@@ -263,8 +297,7 @@ pub unsafe fn dot_fourbit_q8(
         let step = |i: usize| {
             _mm_prefetch::<_MM_HINT_T1>(cp.wrapping_add(i + PREFETCH_L2) as *const i8);
             let v = _mm512_loadu_si512(cp.add(i) as *const _);
-            let wh = _mm512_shuffle_epi8(table, _mm512_and_si512(_mm512_srli_epi16(v, 4), nib));
-            let wl = _mm512_shuffle_epi8(table, _mm512_and_si512(v, nib));
+            let (wh, wl) = lookup::<VBMI>(v, table, nib);
             let s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wh, _mm512_loadu_si512(ep.add(i) as *const _));
             _mm512_dpbusd_epi32(s, wl, _mm512_loadu_si512(op.add(i) as *const _))
         };
@@ -321,6 +354,27 @@ pub unsafe fn dot_fourbit_q8(
         }
         let total = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
         _mm512_reduce_add_ps(total) - 128.0 * _mm512_reduce_add_ps(bias)
+    }
+}
+
+/// The high- and low-nibble lookups of 64 code bytes in the (four times repeated) biased
+/// table. VBMI's `vpermb` indexes by the low six bits, so neither nibble needs masking: two
+/// fewer instructions per 64 bytes.
+///
+/// # Safety
+/// Inlined only into functions that enable AVX-512 BW, and VBMI when `VBMI`.
+#[inline(always)]
+unsafe fn lookup<const VBMI: bool>(v: __m512i, table: __m512i, nib: __m512i) -> (__m512i, __m512i) {
+    // SAFETY: the features are the caller's contract.
+    unsafe {
+        if VBMI {
+            (_mm512_permutexvar_epi8(_mm512_srli_epi16(v, 4), table), _mm512_permutexvar_epi8(v, table))
+        } else {
+            (
+                _mm512_shuffle_epi8(table, _mm512_and_si512(_mm512_srli_epi16(v, 4), nib)),
+                _mm512_shuffle_epi8(table, _mm512_and_si512(v, nib)),
+            )
+        }
     }
 }
 
