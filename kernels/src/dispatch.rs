@@ -113,11 +113,16 @@ impl Kernels {
                     fourbit_q8_tile: Some(k::fourbit_q8_tile),
                 })
                 .map(|plain| {
-                    // vpermb saves two instructions a 4-bit decode step where VBMI exists (Ice
-                    // Lake, Zen 4 and later; Cascade Lake has VNNI without it): 4096-wide rows
-                    // from L1 went from 66 to 53 ns on our Xeon.
+                    // vpermb saves two instructions per 64 code bytes where VBMI exists (Ice
+                    // Lake, Zen 4 and later; Cascade Lake has VNNI without it): 4096-wide decode
+                    // rows from L1 went from 66 to 53 ns on our Xeon.
                     if Self::vbmi() {
-                        Kernels { label: "avx512+vbmi", dot_fourbit_q8: k::dot_fourbit_q8_vbmi, ..plain }
+                        Kernels {
+                            label: "avx512+vbmi",
+                            dot_fourbit_q8: k::dot_fourbit_q8_vbmi,
+                            fourbit_q8_tile: Some(k::fourbit_q8_tile_vbmi),
+                            ..plain
+                        }
                     } else {
                         plain
                     }
@@ -167,7 +172,12 @@ impl Kernels {
             #[cfg(target_arch = "x86_64")]
             if k.isa == Isa::Avx512 && Self::vbmi() {
                 use crate::arch::x86_64::avx512 as a;
-                out.push(Kernels { label: "avx512", dot_fourbit_q8: a::dot_fourbit_q8, ..k });
+                out.push(Kernels {
+                    label: "avx512",
+                    dot_fourbit_q8: a::dot_fourbit_q8,
+                    fourbit_q8_tile: Some(a::fourbit_q8_tile),
+                    ..k
+                });
             }
             out.push(k);
         }

@@ -398,6 +398,40 @@ pub unsafe fn fourbit_q8_tile(
     xs: [&[f32]; 4],
     qsum: [&[i32]; 4],
 ) -> [[f32; 4]; 4] {
+    // SAFETY: the caller's contract is this function's.
+    unsafe { tile::<false>(codes, wf, lut, qe, qo, xs, qsum) }
+}
+
+/// [`fourbit_q8_tile`] with the nibble lookups through VBMI's `vpermb` ([`lookup`]).
+///
+/// # Safety
+/// As [`fourbit_q8_tile`], and AVX-512 VBMI must be available.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma")]
+pub unsafe fn fourbit_q8_tile_vbmi(
+    codes: [&[u8]; 4],
+    wf: [&[f32]; 4],
+    lut: &[i8; 16],
+    qe: [&[i8]; 4],
+    qo: [&[i8]; 4],
+    xs: [&[f32]; 4],
+    qsum: [&[i32]; 4],
+) -> [[f32; 4]; 4] {
+    // SAFETY: the caller's contract is this function's.
+    unsafe { tile::<true>(codes, wf, lut, qe, qo, xs, qsum) }
+}
+
+/// # Safety
+/// Inlined only into the two wrappers above, whose contract it has.
+#[inline(always)]
+unsafe fn tile<const VBMI: bool>(
+    codes: [&[u8]; 4],
+    wf: [&[f32]; 4],
+    lut: &[i8; 16],
+    qe: [&[i8]; 4],
+    qo: [&[i8]; 4],
+    xs: [&[f32]; 4],
+    qsum: [&[i32]; 4],
+) -> [[f32; 4]; 4] {
     let nb = wf[0].len();
     // SAFETY: the odd last block loads 32 bytes through a mask; every other load is a full step
     // inside the 32·nb bytes (or nb entries) the caller guarantees.
@@ -416,8 +450,7 @@ pub unsafe fn fourbit_q8_tile(
             for r in 0..4 {
                 _mm_prefetch::<_MM_HINT_T0>(codes[r].as_ptr().wrapping_add(i + 256) as *const i8);
                 let v = _mm512_maskz_loadu_epi8(m, codes[r].as_ptr().add(i) as *const i8);
-                wh[r] = _mm512_shuffle_epi8(table, _mm512_and_si512(_mm512_srli_epi16(v, 4), nib));
-                wl[r] = _mm512_shuffle_epi8(table, _mm512_and_si512(v, nib));
+                (wh[r], wl[r]) = lookup::<VBMI>(v, table, nib);
             }
             let wfv: [__m512; 4] = std::array::from_fn(|r| pair(wf[r].as_ptr(), b, two));
             for t in 0..4 {
