@@ -11,7 +11,8 @@ pub enum Isa {
     Scalar,
     /// x86-64 AVX2 + FMA + F16C.
     Avx2,
-    /// x86-64 AVX-512 F/BW/VL with VNNI (Ice Lake and later, Zen 4).
+    /// x86-64 AVX-512 F/BW/VL with VNNI (Cascade Lake, Ice Lake and later, Zen 4); VBMI, where
+    /// present, is used as well (see [`crate::Kernels::label`]).
     Avx512,
     /// aarch64 Advanced SIMD.
     Neon,

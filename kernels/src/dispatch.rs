@@ -184,9 +184,12 @@ impl Kernels {
         out
     }
 
+    /// Whether the AVX-512 tables use VBMI: when the CPU has it, unless `LOWBIT_VBMI=0` asks
+    /// for the plain AVX-512 kernels (what VNNI CPUs without VBMI run), e.g. to time them.
     #[cfg(target_arch = "x86_64")]
     fn vbmi() -> bool {
         std::arch::is_x86_feature_detected!("avx512vbmi")
+            && std::env::var("LOWBIT_VBMI").map_or(true, |v| v.trim() != "0")
     }
 
     /// `Σ w·x`; slices must have equal length.

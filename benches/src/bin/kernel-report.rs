@@ -58,6 +58,9 @@ fn main() {
         if quick { &[(14336, 4096)] } else { &[(4096, 4096), (1024, 4096), (14336, 4096), (4096, 14336)] };
     let all_schemes = ["nf4", "int8", "f16", "f32"];
     let chosen = value("--schemes").unwrap_or_else(|| all_schemes.join(","));
+    if let Some(bad) = chosen.split(',').find(|c| !all_schemes.contains(c)) {
+        panic!("unknown scheme {bad:?} in --schemes (known: {})", all_schemes.join(","));
+    }
     let schemes: Vec<&str> = all_schemes.into_iter().filter(|s| chosen.split(',').any(|c| c == *s)).collect();
     // The matmul ratios need f32 gemm as their reference.
     assert!(matvec_only || schemes.contains(&"f32"), "matmul figures need f32 in --schemes (or --matvec-only)");
@@ -75,7 +78,7 @@ fn main() {
                 for (name, s) in &stored {
                     let view = s.view(rows, cols);
                     // The probe streams as many bytes as this weight occupies, so both see the
-                    // same cache effects (the 32 MiB L3 of this machine holds part of a 58 MB int8
+                    // same cache effects (a last-level cache may hold part or all of a 58 MB int8
                     // matrix between repetitions).
                     let probe_buf = vec![1f32; view.byte_len() / 4];
                     let tp = best(if quick { 5 } else { 10 }, || {
@@ -114,22 +117,22 @@ fn main() {
                     let pairs = alternate(reps, || std::hint::black_box(bandwidth_probe(&probe_buf)), pass);
                     drop(probe_buf);
                     let total = (copies * bytes) as f64;
-                    let tp = pairs.iter().map(|p| p.0).fold(f64::INFINITY, f64::min);
-                    let t = pairs.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
-                    let mut ratios: Vec<f64> = pairs.iter().map(|(a, b)| a / b).collect();
-                    ratios.sort_by(f64::total_cmp);
+                    // The median pair by ratio, and its own figures, so the line adds up.
+                    let mut by_ratio = pairs.clone();
+                    by_ratio.sort_by(|a, b| (a.0 / a.1).total_cmp(&(b.0 / b.1)));
+                    let (tp, t) = by_ratio[reps / 2];
+                    let (lo, hi) = (by_ratio[0].0 / by_ratio[0].1, by_ratio[reps - 1].0 / by_ratio[reps - 1].1);
                     println!(
                         "matvec {name:>5} cold: {:8.3} ms  {:6.2} GB/s  probe {:6.2} GB/s  {:5.1}% of probe (median of {reps} alternated pairs; range {:.1}–{:.1}%)  ({copies} copies)",
                         t / copies as f64 * 1e3,
                         total / t / 1e9,
                         total / tp / 1e9,
-                        100.0 * ratios[reps / 2],
-                        100.0 * ratios[0],
-                        100.0 * ratios[reps - 1]
+                        100.0 * tp / t,
+                        100.0 * lo,
+                        100.0 * hi
                     );
                 }
-                for m in if matvec_only { &[][..] } else { &[16usize, 128][..] } {
-                    let m = *m;
+                for &m in if matvec_only { &[][..] } else { &[16usize, 128][..] } {
                     let mut gf32 = 0.0;
                     for (name, s) in stored.iter().rev() {
                         let view = s.view(rows, cols);

@@ -1,10 +1,11 @@
-//! AVX-512 kernels. The 4-bit lookup is one `vpermps` per 16 codes (the 16-entry table fits a
-//! register), and int8 products use VNNI's `vpdpbusd`.
+//! AVX-512 kernels. The exact 4-bit path looks levels up with one `vpermps` per 16 codes (the
+//! 16-entry table fits a register); the integer route looks int8 levels up with `vpshufb`, or
+//! VBMI's `vpermb` in the `_vbmi` variants; int8 products use VNNI's `vpdpbusd`.
 //!
 //! # Safety (for every function here)
-//! The caller must ensure the CPU supports AVX-512 F, BW, VL and VNNI (plus AVX2/FMA), which
-//! `crate::dispatch::Kernels` guarantees by construction, and must pass slices with the lengths
-//! documented on the matching `crate::scalar` function.
+//! The caller must ensure the CPU supports AVX-512 F, BW, VL and VNNI (plus AVX2/FMA), and VBMI
+//! for the `_vbmi` functions, which `crate::dispatch::Kernels` guarantees by construction, and
+//! must pass slices with the lengths documented on the matching `crate::scalar` function.
 
 use core::arch::x86_64::*;
 use half::{bf16, f16};
@@ -196,7 +197,8 @@ pub unsafe fn dot_int8(a: &[i8], w: &[i8]) -> i32 {
 }
 
 /// The int8 level table biased by +128 (`vpdpbusd` takes one unsigned operand), in every
-/// 128-bit lane for `vpshufb`.
+/// 128-bit lane: what `vpshufb` indexes per lane, and, as 64 bytes repeating every 16, what
+/// `vpermb` indexes across the register.
 #[target_feature(enable = "avx512f,avx512bw")]
 #[inline]
 fn biased_table(lut: &[i8; 16]) -> __m512i {
@@ -225,7 +227,7 @@ unsafe fn scale_pair(p: *const f32, b: usize, two: bool) -> __m512 {
     _mm512_permutexvar_ps(halves, _mm512_castps128_ps512(v))
 }
 
-/// See [`crate::scalar::dot_fourbit_q8`]. Nibbles index the int8 level table with `vpshufb`
+/// See [`crate::scalar::dot_fourbit_q8`]. Nibbles index the int8 level table ([`lookup`])
 /// and `vpdpbusd` multiplies them by the activations. `vpdpbusd` needs an unsigned operand, so
 /// the table is biased by +128: each block's integer sum then carries `128 · Σq` extra, which is
 /// taken off once at the end as `128 · Σ_b factor[b] · qsum[b]` (a float dot product over
@@ -322,8 +324,7 @@ unsafe fn fourbit_q8<const VBMI: bool>(
                 // The odd last block: the same step with the upper half masked to zero.
                 let i = b * 32;
                 let v = _mm512_zextsi256_si512(_mm256_loadu_si256(cp.add(i) as *const __m256i));
-                let wh = _mm512_shuffle_epi8(table, _mm512_and_si512(_mm512_srli_epi16(v, 4), nib));
-                let wl = _mm512_shuffle_epi8(table, _mm512_and_si512(v, nib));
+                let (wh, wl) = lookup::<VBMI>(v, table, nib);
                 let qh = _mm512_maskz_loadu_epi8(0xFFFF_FFFF, ep.add(i));
                 let ql = _mm512_maskz_loadu_epi8(0xFFFF_FFFF, op.add(i));
                 let s = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), wh, qh), wl, ql);
@@ -357,12 +358,15 @@ unsafe fn fourbit_q8<const VBMI: bool>(
     }
 }
 
-/// The high- and low-nibble lookups of 64 code bytes in the (four times repeated) biased
-/// table. VBMI's `vpermb` indexes by the low six bits, so neither nibble needs masking: two
-/// fewer instructions per 64 bytes.
+/// The high- and low-nibble lookups of 64 code bytes in the biased table. `vpshufb` needs each
+/// index masked to four bits (bit 7 would zero the byte). VBMI's `vpermb` reads six bits, and the
+/// table repeats every 16 bytes across the 64, so bits 4–5 — after the 16-bit shift, the
+/// neighbouring byte's low bits — select the same entry: no masks, two fewer instructions per 64
+/// bytes.
 ///
 /// # Safety
-/// Inlined only into functions that enable AVX-512 BW, and VBMI when `VBMI`.
+/// The CPU must have AVX-512 BW, and VBMI when `VBMI`; reached only from the `#[target_feature]`
+/// wrappers that enable them (where it and its callers are inlined: checked in the disassembly).
 #[inline(always)]
 unsafe fn lookup<const VBMI: bool>(v: __m512i, table: __m512i, nib: __m512i) -> (__m512i, __m512i) {
     // SAFETY: the features are the caller's contract.
