@@ -36,5 +36,5 @@ pub use dispatch::{kernels, try_kernels, Kernels};
 pub use error::{KernelError, Result};
 pub use fourbit::{quantize_4bit, Absmax, FourBitKind, FourBitOptions, FourBitTensor, NestedRule};
 pub use int8::{quantize_int8, Int8Tensor};
-pub use matmul::{matmul, matmul_with, matvec, MatmulOptions};
+pub use matmul::{gemm_strided, matmul, matmul_with, matvec, MatmulOptions};
 pub use weight::{AbsmaxRef, FourBitRef, Int8Ref, Weight};

@@ -549,6 +549,25 @@ fn gemm_f32(out: &mut [f32], w: &[f32], x: &[f32], m: usize, rows: usize, cols: 
     gemm_call(out, (rows as isize, 1), x, (cols as isize, 1), w, (1, cols as isize), m, rows, cols, par);
 }
 
+/// `dst = lhs · rhs` for an `mm × kk` and a `kk × nn` f32 matrix, each given by a slice and
+/// its (row, column) strides in elements, through the `gemm` crate — for callers such as the
+/// runtime's attention that multiply strided views without copying them. Panics if a stride
+/// reaches outside its slice.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_strided(
+    dst: &mut [f32],
+    dst_s: (isize, isize),
+    lhs: &[f32],
+    lhs_s: (isize, isize),
+    rhs: &[f32],
+    rhs_s: (isize, isize),
+    mm: usize,
+    nn: usize,
+    kk: usize,
+) {
+    gemm_call(dst, dst_s, lhs, lhs_s, rhs, rhs_s, mm, nn, kk, gemm::Parallelism::None);
+}
+
 /// `dst (mm × nn) = lhs (mm × kk) · rhs (kk × nn)` with (row, column) strides, overwriting dst.
 #[allow(clippy::too_many_arguments)]
 fn gemm_call(

@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod attention;
 pub mod config;
 mod error;
 pub mod generate;

@@ -2,6 +2,7 @@
 //! `Qwen2ForCausalLM`), over weights that stay in the mmap. Prefill runs the batched matmul
 //! kernels over all new tokens at once; decode (one token) runs matvec.
 
+use crate::attention::{prefill_attention, Heads};
 use crate::config::ModelConfig;
 use crate::error::{Result, RuntimeError};
 use crate::kv_cache::KvCache;
@@ -158,6 +159,12 @@ impl<'a> Model<'a> {
         let t = q.len() / (nh * hd);
         out.clear();
         out.resize(t * nh * hd, 0.0);
+        if p0 == 0 && t > 1 {
+            // A prompt into an empty cache: every key is in `k`/`v`, so whole blocks of queries
+            // go through gemm.
+            let shape = Heads { head_dim: hd, heads: nh, kv_heads: nkv, window: c.sliding_window };
+            return prefill_attention(out, q, k, v, t, &shape);
+        }
         let scale = 1.0 / (hd as f32).sqrt();
         let kv_at = |pos: usize, kvh: usize| -> (&[f32], &[f32]) {
             let (kr, vr) = if pos >= p0 {

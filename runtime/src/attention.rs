@@ -1,0 +1,140 @@
+//! Prompt attention as matrix products. Decode (one query) and prompts that continue a cached
+//! sequence go through the per-query loop in `model.rs`; a prompt into an empty cache has every
+//! key and value in its own buffers, so blocks of queries can go through gemm.
+
+use crate::ops::softmax;
+use lowbit_kernels::gemm_strided;
+use rayon::prelude::*;
+
+/// Queries per block: bounds the score buffer to `QB ×` (keys the block sees) floats per head.
+const QB: usize = 128;
+
+/// The attention shape of one layer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Heads {
+    /// Elements per head.
+    pub head_dim: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads (grouped-query attention: `heads / kv_heads` queries share one).
+    pub kv_heads: usize,
+    /// Mistral's sliding window: query `p` sees keys `p - window + 1 ..= p`.
+    pub window: Option<usize>,
+}
+
+/// Causal (sliding-window) attention of `t` tokens at positions `0..t`: `q` holds `t × heads ×
+/// head_dim` values, `k` and `v` `t × kv_heads × head_dim`, `out` receives `t × heads ×
+/// head_dim`. Per head and block of queries, scores = Q·Kᵀ as one gemm over the keys the block
+/// can see, masked and softmaxed row by row, then P·V as a second gemm. (The per-query loop made
+/// a dot-kernel call per key and took about 40 % of a 560-token SmolLM2 prefill.)
+pub(crate) fn prefill_attention(out: &mut [f32], q: &[f32], k: &[f32], v: &[f32], t: usize, shape: &Heads) {
+    let Heads { head_dim: hd, heads: nh, kv_heads: nkv, window } = *shape;
+    let group = nh / nkv;
+    let (qd, kvd) = (nh * hd, nkv * hd);
+    assert!(q.len() >= t * qd && k.len() >= t * kvd && v.len() >= t * kvd && out.len() >= t * qd);
+    let scale = 1.0 / (hd as f32).sqrt();
+    let (qs, kvs) = (qd as isize, kvd as isize);
+    let first_key = |pos: usize| window.map_or(0, |w| (pos + 1).saturating_sub(w));
+    let heads: Vec<Vec<f32>> = (0..nh)
+        .into_par_iter()
+        .map(|h| {
+            let kvh = h / group;
+            let mut oh = vec![0f32; t * hd];
+            let mut scores = Vec::new();
+            for i0 in (0..t).step_by(QB) {
+                let i1 = (i0 + QB).min(t);
+                let klo = first_key(i0);
+                let nk = i1 - klo;
+                scores.clear();
+                scores.resize((i1 - i0) * nk, 0.0);
+                let (kh, vh) = (&k[klo * kvd + kvh * hd..], &v[klo * kvd + kvh * hd..]);
+                let qh = &q[i0 * qd + h * hd..];
+                gemm_strided(&mut scores, (nk as isize, 1), qh, (qs, 1), kh, (1, kvs), i1 - i0, nk, hd);
+                for (r, row) in scores.chunks_mut(nk).enumerate() {
+                    let pos = i0 + r;
+                    // Keys outside the window or in the future weigh exactly zero in P·V.
+                    let (a, b) = (first_key(pos) - klo, pos + 1 - klo);
+                    row[..a].fill(0.0);
+                    row[b..].fill(0.0);
+                    let live = &mut row[a..b];
+                    live.iter_mut().for_each(|s| *s *= scale);
+                    softmax(live);
+                }
+                gemm_strided(
+                    &mut oh[i0 * hd..i1 * hd],
+                    (hd as isize, 1),
+                    &scores,
+                    (nk as isize, 1),
+                    vh,
+                    (kvs, 1),
+                    i1 - i0,
+                    hd,
+                    nk,
+                );
+            }
+            oh
+        })
+        .collect();
+    for (h, oh) in heads.iter().enumerate() {
+        for (i, row) in oh.chunks_exact(hd).enumerate() {
+            out[i * qd + h * hd..i * qd + (h + 1) * hd].copy_from_slice(row);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Attention straight from its definition, in f64.
+    fn reference(q: &[f32], k: &[f32], v: &[f32], t: usize, s: &Heads) -> Vec<f32> {
+        let (hd, nh, nkv) = (s.head_dim, s.heads, s.kv_heads);
+        let mut out = vec![0f32; t * nh * hd];
+        for i in 0..t {
+            for h in 0..nh {
+                let kvh = h / (nh / nkv);
+                let lo = s.window.map_or(0, |w| (i + 1).saturating_sub(w));
+                let qv = &q[(i * nh + h) * hd..][..hd];
+                let scores: Vec<f64> = (lo..=i)
+                    .map(|p| {
+                        let kv = &k[(p * nkv + kvh) * hd..][..hd];
+                        qv.iter().zip(kv).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() / (hd as f64).sqrt()
+                    })
+                    .collect();
+                let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                let sum: f64 = e.iter().sum();
+                for d in 0..hd {
+                    let acc: f64 = (lo..=i).zip(&e).map(|(p, w)| w / sum * v[(p * nkv + kvh) * hd + d] as f64).sum();
+                    out[(i * nh + h) * hd + d] = acc as f32;
+                }
+            }
+        }
+        out
+    }
+
+    /// Block boundaries (t above and at multiples of 128), windows shorter and longer than a
+    /// block, grouped and plain heads.
+    #[test]
+    fn matches_the_definition() {
+        let mut seed = 7u64;
+        let mut next = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0
+        };
+        for (t, window, nh, nkv) in
+            [(2, None, 2, 1), (130, None, 4, 2), (300, Some(50), 4, 2), (257, Some(200), 3, 3), (128, Some(1), 2, 2)]
+        {
+            let shape = Heads { head_dim: 16, heads: nh, kv_heads: nkv, window };
+            let q: Vec<f32> = (0..t * nh * 16).map(|_| next()).collect();
+            let k: Vec<f32> = (0..t * nkv * 16).map(|_| next()).collect();
+            let v: Vec<f32> = (0..t * nkv * 16).map(|_| next()).collect();
+            let mut got = vec![f32::NAN; t * nh * 16];
+            prefill_attention(&mut got, &q, &k, &v, t, &shape);
+            let want = reference(&q, &k, &v, t, &shape);
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!((g - w).abs() <= 1e-4 * (1.0 + w.abs()), "t={t} window={window:?} [{i}]: {g} vs {w}");
+            }
+        }
+    }
+}
