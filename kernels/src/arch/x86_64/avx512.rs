@@ -10,16 +10,12 @@
 use core::arch::x86_64::*;
 use half::{bf16, f16};
 
-/// How far ahead (bytes) the int8 decode loop prefetches into L1. The hardware prefetcher alone
-/// left the weight-streaming loops waiting on their loads (half the 4-bit loop's samples sat on
-/// its code loads): a prefetch this far ahead took 14336×4096 int8 matvec from 21.5 to 27.5
-/// GB/s and nf4 from 15.4 to 20.4 on one thread (measured on a Xeon with AVX-512/VNNI).
-const PREFETCH: usize = 2048;
-
-/// The 4-bit decode loop prefetches further, into L2 only: it computes four times as much per
-/// byte as int8, and from DRAM at two threads an L1 prefetch 2 KiB ahead left it at 58–77 % of
-/// the probe; into L2 8 KiB ahead it ran at 76–80 %, and Mistral-7B nf4 decode went from
-/// 5.3–5.7 to 5.9–6.0 tok/s.
+/// How far ahead (bytes) the decode loops prefetch, into L2. The hardware prefetcher alone left
+/// the weight-streaming loops waiting on their loads (half the 4-bit loop's samples sat on its
+/// code loads). An L1 prefetch 2 KiB ahead took 14336×4096 int8 matvec from 21.5 to 27.5 GB/s
+/// and nf4 from 15.4 to 20.4 on one thread; from DRAM at two threads, into L2 8 KiB ahead did
+/// better for both: nf4 76–80 % of the probe against 58–77 % (Mistral-7B nf4 decode 5.3–5.7 →
+/// 5.9–6.0 tok/s), int8 90.6–92.0 % against 81.8–87.3 % in alternated runs (Xeon, AVX-512).
 const PREFETCH_L2: usize = 8192;
 
 /// See [`crate::scalar::dot_f32`].
@@ -183,7 +179,7 @@ pub unsafe fn dot_int8(a: &[i8], w: &[i8]) -> i32 {
         while i < n {
             let left = n - i;
             let m: __mmask64 = if left >= 64 { !0 } else { (1u64 << left) - 1 };
-            _mm_prefetch::<_MM_HINT_T0>(wp.wrapping_add(i + PREFETCH));
+            _mm_prefetch::<_MM_HINT_T1>(wp.wrapping_add(i + PREFETCH_L2));
             let va = _mm512_maskz_loadu_epi8(m, ap.add(i));
             let vw = _mm512_maskz_loadu_epi8(m, wp.add(i));
             acc[k] = _mm512_dpbusd_epi32(acc[k], _mm512_xor_si512(va, flip), vw);
