@@ -527,7 +527,7 @@ fn tiled_dequant_gemm(out_t: &mut [f32], w: &Weight, x: &[f32], m: usize, parall
             let n = o.len() / m;
             dequantize_rows(w, r0, n, buf);
             // o (n × m) = buf (n × cols) · xᵀ (cols × m)
-            gemm_call(
+            gemm_strided(
                 o,
                 (m as isize, 1),
                 &buf[..n * cols],
@@ -537,22 +537,22 @@ fn tiled_dequant_gemm(out_t: &mut [f32], w: &Weight, x: &[f32], m: usize, parall
                 n,
                 m,
                 cols,
-                gemm::Parallelism::None,
+                false,
             );
         },
     );
 }
 
 fn gemm_f32(out: &mut [f32], w: &[f32], x: &[f32], m: usize, rows: usize, cols: usize, parallel: bool) {
-    let par = if parallel { gemm::Parallelism::Rayon(rayon::current_num_threads()) } else { gemm::Parallelism::None };
     // out (m × rows) = x (m × cols) · Wᵀ (cols × rows)
-    gemm_call(out, (rows as isize, 1), x, (cols as isize, 1), w, (1, cols as isize), m, rows, cols, par);
+    gemm_strided(out, (rows as isize, 1), x, (cols as isize, 1), w, (1, cols as isize), m, rows, cols, parallel);
 }
 
 /// `dst = lhs · rhs` for an `mm × kk` and a `kk × nn` f32 matrix, each given by a slice and
-/// its (row, column) strides in elements, through the `gemm` crate — for callers such as the
-/// runtime's attention that multiply strided views without copying them. Panics if a stride
-/// reaches outside its slice.
+/// its (row, column) strides in elements, through the `gemm` crate (over the current rayon
+/// pool when `parallel`): the matmul paths here use it, and so does the runtime's attention,
+/// which multiplies strided views without copying them. Panics if a stride reaches outside its
+/// slice.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_strided(
     dst: &mut [f32],
@@ -564,24 +564,9 @@ pub fn gemm_strided(
     mm: usize,
     nn: usize,
     kk: usize,
+    parallel: bool,
 ) {
-    gemm_call(dst, dst_s, lhs, lhs_s, rhs, rhs_s, mm, nn, kk, gemm::Parallelism::None);
-}
-
-/// `dst (mm × nn) = lhs (mm × kk) · rhs (kk × nn)` with (row, column) strides, overwriting dst.
-#[allow(clippy::too_many_arguments)]
-fn gemm_call(
-    dst: &mut [f32],
-    dst_s: (isize, isize),
-    lhs: &[f32],
-    lhs_s: (isize, isize),
-    rhs: &[f32],
-    rhs_s: (isize, isize),
-    mm: usize,
-    nn: usize,
-    kk: usize,
-    par: gemm::Parallelism,
-) {
+    let par = if parallel { gemm::Parallelism::Rayon(rayon::current_num_threads()) } else { gemm::Parallelism::None };
     let last = |s: (isize, isize), r: usize, c: usize| {
         (r.saturating_sub(1)) as isize * s.0 + (c.saturating_sub(1)) as isize * s.1
     };

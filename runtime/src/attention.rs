@@ -49,7 +49,7 @@ pub(crate) fn prefill_attention(out: &mut [f32], q: &[f32], k: &[f32], v: &[f32]
                 scores.resize((i1 - i0) * nk, 0.0);
                 let (kh, vh) = (&k[klo * kvd + kvh * hd..], &v[klo * kvd + kvh * hd..]);
                 let qh = &q[i0 * qd + h * hd..];
-                gemm_strided(&mut scores, (nk as isize, 1), qh, (qs, 1), kh, (1, kvs), i1 - i0, nk, hd);
+                gemm_strided(&mut scores, (nk as isize, 1), qh, (qs, 1), kh, (1, kvs), i1 - i0, nk, hd, false);
                 for (r, row) in scores.chunks_mut(nk).enumerate() {
                     let pos = i0 + r;
                     // Keys outside the window or in the future weigh exactly zero in P·V.
@@ -70,6 +70,7 @@ pub(crate) fn prefill_attention(out: &mut [f32], q: &[f32], k: &[f32], v: &[f32]
                     i1 - i0,
                     hd,
                     nk,
+                    false,
                 );
             }
             oh

@@ -10,6 +10,30 @@
 use core::arch::x86_64::*;
 use half::{bf16, f16};
 
+/// The plain and the VBMI entry point of a kernel body generic over `VBMI`: the same code
+/// compiled twice, with and without `avx512vbmi` among its target features. The plain one
+/// carries the given docs.
+macro_rules! vbmi_pair {
+    ($(#[$doc:meta])* $plain:ident, $vbmi:ident = $body:ident($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty) => {
+        $(#[$doc])*
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+        pub unsafe fn $plain($($arg: $ty),*) -> $ret {
+            // SAFETY: the caller's contract is the body's.
+            unsafe { $body::<false>($($arg),*) }
+        }
+
+        #[doc = concat!("[`", stringify!($plain), "`] with the nibble lookups through VBMI's `vpermb` ([`lookup`]).")]
+        ///
+        /// # Safety
+        #[doc = concat!("As [`", stringify!($plain), "`], and AVX-512 VBMI must be available.")]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma")]
+        pub unsafe fn $vbmi($($arg: $ty),*) -> $ret {
+            // SAFETY: the caller's contract is the body's, VBMI included.
+            unsafe { $body::<true>($($arg),*) }
+        }
+    };
+}
+
 /// How far ahead (bytes) the decode loops prefetch, into L2. The hardware prefetcher alone left
 /// the weight-streaming loops waiting on their loads (half the 4-bit loop's samples sat on its
 /// code loads). An L1 prefetch 2 KiB ahead took 14336×4096 int8 matvec from 21.5 to 27.5 GB/s
@@ -223,55 +247,30 @@ unsafe fn scale_pair(p: *const f32, b: usize, two: bool) -> __m512 {
     _mm512_permutexvar_ps(halves, _mm512_castps128_ps512(v))
 }
 
-/// See [`crate::scalar::dot_fourbit_q8`]. Nibbles index the int8 level table ([`lookup`])
-/// and `vpdpbusd` multiplies them by the activations. `vpdpbusd` needs an unsigned operand, so
-/// the table is biased by +128: each block's integer sum then carries `128 · Σq` extra, which is
-/// taken off once at the end as `128 · Σ_b factor[b] · qsum[b]` (a float dot product over
-/// blocks, 16 at a time).
-///
-/// Blocks of 64 (half_block 32, the default) go two to a 512-bit register: lanes 0–7 hold one
-/// block's partial sums and lanes 8–15 the next one's, and one FMA applies both factors. Larger blocks run whole 64-byte steps inside one block. On a Sapphire Rapids-class
-/// Xeon this (with the gathered factors) took 14336×4096 matvec from 12.7 to 15.4 GB/s on one
-/// thread before prefetching; an earlier 512-bit attempt measured 30 % slower than 256-bit on
-/// Zen 4, which splits 512-bit shuffles — re-measure there before tuning for it.
-///
-/// # Safety
-/// AVX-512F/BW/VL and VNNI must be available; `half_block` is a multiple of 32; `codes`, `qe`,
-/// `qo` hold `factors.len() * half_block` elements; `qsum[b]` = Σ of block b's activations.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
-pub unsafe fn dot_fourbit_q8(
-    codes: &[u8],
-    factors: &[f32],
-    lut: &[i8; 16],
-    qe: &[i8],
-    qo: &[i8],
-    qsum: &[i32],
-    half_block: usize,
-) -> f32 {
-    // SAFETY: the caller's contract is this function's.
-    unsafe { fourbit_q8::<false>(codes, factors, lut, qe, qo, qsum, half_block) }
-}
-
-/// [`dot_fourbit_q8`] with the nibble lookups through VBMI's `vpermb` ([`lookup`]).
-///
-/// # Safety
-/// As [`dot_fourbit_q8`], and AVX-512 VBMI must be available.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma")]
-pub unsafe fn dot_fourbit_q8_vbmi(
-    codes: &[u8],
-    factors: &[f32],
-    lut: &[i8; 16],
-    qe: &[i8],
-    qo: &[i8],
-    qsum: &[i32],
-    half_block: usize,
-) -> f32 {
-    // SAFETY: the caller's contract is this function's.
-    unsafe { fourbit_q8::<true>(codes, factors, lut, qe, qo, qsum, half_block) }
+vbmi_pair! {
+    /// See [`crate::scalar::dot_fourbit_q8`]. Nibbles index the int8 level table ([`lookup`])
+    /// and `vpdpbusd` multiplies them by the activations. `vpdpbusd` needs an unsigned operand, so
+    /// the table is biased by +128: each block's integer sum then carries `128 · Σq` extra, which is
+    /// taken off once at the end as `128 · Σ_b factor[b] · qsum[b]` (a float dot product over
+    /// blocks, 16 at a time).
+    ///
+    /// Blocks of 64 (half_block 32, the default) go two to a 512-bit register: lanes 0–7 hold one
+    /// block's partial sums and lanes 8–15 the next one's, and one FMA applies both factors.
+    /// Larger blocks run whole 64-byte steps inside one block. On a Sapphire Rapids-class Xeon
+    /// this (with the gathered factors) took 14336×4096 matvec from 12.7 to 15.4 GB/s on one
+    /// thread before prefetching; an earlier 512-bit attempt measured 30 % slower than 256-bit on
+    /// Zen 4, which splits 512-bit shuffles — re-measure there before tuning for it.
+    ///
+    /// # Safety
+    /// AVX-512F/BW/VL and VNNI must be available; `half_block` is a multiple of 32; `codes`, `qe`,
+    /// `qo` hold `factors.len() * half_block` elements; `qsum[b]` = Σ of block b's activations.
+    dot_fourbit_q8, dot_fourbit_q8_vbmi = fourbit_q8(
+        codes: &[u8], factors: &[f32], lut: &[i8; 16], qe: &[i8], qo: &[i8], qsum: &[i32], half_block: usize
+    ) -> f32
 }
 
 /// # Safety
-/// Inlined only into the two wrappers above, whose contract it has.
+/// Inlined only into the two entry points `vbmi_pair!` makes of it, whose contract it has.
 #[inline(always)]
 unsafe fn fourbit_q8<const VBMI: bool>(
     codes: &[u8],
@@ -378,50 +377,25 @@ unsafe fn lookup<const VBMI: bool>(v: __m512i, table: __m512i, nib: __m512i) -> 
     }
 }
 
-/// See [`crate::scalar::fourbit_q8_tile`]: four weight rows against four tokens, two blocks of
-/// 64 per 512-bit step as in [`dot_fourbit_q8`]. Each row's nibbles are looked up once per step
-/// and feed four tokens; each token's activations feed four rows. Per block pair and (row,
-/// token): two `vpdpbusd`, a convert, and the two scales as one multiply and one FMA with
-/// vectors holding block b's scale in lanes 0–7 and block b+1's in lanes 8–15. The unsigned
-/// bias (+128 on the table) is taken off at the end as `128 · Σ_b wf·xs·qsum`.
-///
-/// # Safety
-/// AVX-512F/BW/VL and VNNI must be available; with `nb = wf[0].len()`, every `wf[r]`, `xs[t]`,
-/// `qsum[t]` holds `nb` entries and every `codes[r]`, `qe[t]`, `qo[t]` at least `32 · nb` bytes.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
-pub unsafe fn fourbit_q8_tile(
-    codes: [&[u8]; 4],
-    wf: [&[f32]; 4],
-    lut: &[i8; 16],
-    qe: [&[i8]; 4],
-    qo: [&[i8]; 4],
-    xs: [&[f32]; 4],
-    qsum: [&[i32]; 4],
-) -> [[f32; 4]; 4] {
-    // SAFETY: the caller's contract is this function's.
-    unsafe { tile::<false>(codes, wf, lut, qe, qo, xs, qsum) }
-}
-
-/// [`fourbit_q8_tile`] with the nibble lookups through VBMI's `vpermb` ([`lookup`]).
-///
-/// # Safety
-/// As [`fourbit_q8_tile`], and AVX-512 VBMI must be available.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma")]
-pub unsafe fn fourbit_q8_tile_vbmi(
-    codes: [&[u8]; 4],
-    wf: [&[f32]; 4],
-    lut: &[i8; 16],
-    qe: [&[i8]; 4],
-    qo: [&[i8]; 4],
-    xs: [&[f32]; 4],
-    qsum: [&[i32]; 4],
-) -> [[f32; 4]; 4] {
-    // SAFETY: the caller's contract is this function's.
-    unsafe { tile::<true>(codes, wf, lut, qe, qo, xs, qsum) }
+vbmi_pair! {
+    /// See [`crate::scalar::fourbit_q8_tile`]: four weight rows against four tokens, two blocks of
+    /// 64 per 512-bit step as in [`dot_fourbit_q8`]. Each row's nibbles are looked up once per step
+    /// and feed four tokens; each token's activations feed four rows. Per block pair and (row,
+    /// token): two `vpdpbusd`, a convert, and the two scales as one multiply and one FMA with
+    /// vectors holding block b's scale in lanes 0–7 and block b+1's in lanes 8–15. The unsigned
+    /// bias (+128 on the table) is taken off at the end as `128 · Σ_b wf·xs·qsum`.
+    ///
+    /// # Safety
+    /// AVX-512F/BW/VL and VNNI must be available; with `nb = wf[0].len()`, every `wf[r]`, `xs[t]`,
+    /// `qsum[t]` holds `nb` entries and every `codes[r]`, `qe[t]`, `qo[t]` at least `32 · nb` bytes.
+    fourbit_q8_tile, fourbit_q8_tile_vbmi = tile(
+        codes: [&[u8]; 4], wf: [&[f32]; 4], lut: &[i8; 16], qe: [&[i8]; 4], qo: [&[i8]; 4], xs: [&[f32]; 4],
+        qsum: [&[i32]; 4]
+    ) -> [[f32; 4]; 4]
 }
 
 /// # Safety
-/// Inlined only into the two wrappers above, whose contract it has.
+/// Inlined only into the two entry points `vbmi_pair!` makes of it, whose contract it has.
 #[inline(always)]
 unsafe fn tile<const VBMI: bool>(
     codes: [&[u8]; 4],
