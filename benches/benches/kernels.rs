@@ -49,5 +49,39 @@ fn mistral_shapes(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, matvec_by_isa, mistral_shapes);
+/// The 4-bit integer-route row kernel alone on one 4096-wide row, every operand in L1 and on
+/// 64-byte lines (as the decode path lays them out), for every kernel variant: what the VBMI
+/// lookup and the activation alignment were measured with.
+fn fourbit_q8_row(c: &mut Criterion) {
+    /// 64 bytes on a 64-byte boundary.
+    #[derive(Clone, Copy)]
+    #[repr(C, align(64))]
+    struct Line([u8; 64]);
+    fn aligned(n: usize, seed: usize) -> Vec<Line> {
+        (0..n / 64).map(|l| Line(std::array::from_fn(|i| ((l * 64 + i) * 7919 + seed) as u8))).collect()
+    }
+    fn as_u8(v: &[Line]) -> &[u8] {
+        // SAFETY: `Line` is 64 plain bytes without padding.
+        unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, v.len() * 64) }
+    }
+    fn as_i8(v: &[Line]) -> &[i8] {
+        // SAFETY: as for `as_u8`; i8 has u8's layout.
+        unsafe { std::slice::from_raw_parts(v.as_ptr() as *const i8, v.len() * 64) }
+    }
+    let (cols, half, nb) = (4096usize, 2048usize, 64usize);
+    let (codes, qe, qo) = (aligned(half, 0), aligned(half, 31), aligned(half, 17));
+    let factors: Vec<f32> = (0..nb).map(|i| 1.0 + i as f32 * 0.01).collect();
+    let qsum: Vec<i32> = (0..nb as i32).collect();
+    let lut = lowbit_kernels::FourBitKind::Nf4.int8_levels();
+    let mut g = c.benchmark_group("fourbit_q8_row");
+    g.throughput(Throughput::Bytes(half as u64));
+    for k in Kernels::variants() {
+        g.bench_with_input(BenchmarkId::new(k.label(), cols), &(), |b, _| {
+            b.iter(|| k.dot_fourbit_q8(as_u8(&codes), &factors, &lut, as_i8(&qe), as_i8(&qo), &qsum, 32))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, matvec_by_isa, mistral_shapes, fourbit_q8_row);
 criterion_main!(benches);

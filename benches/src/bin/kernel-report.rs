@@ -9,7 +9,7 @@
 //! than the cache sees, layer after layer.
 //!
 //! `cargo run --release -p lowbit-benches --bin kernel-report [-- --quick] [--cold-mib N]
-//! [--schemes nf4,int8] [--matvec-only]`
+//! [--schemes nf4,int8] [--matvec-only] [--shape ROWSxCOLS]`
 
 use lowbit_benches::{bandwidth_probe, random_weights, Stored};
 use lowbit_kernels::{matmul, MatmulOptions};
@@ -54,8 +54,16 @@ fn main() {
         .unwrap_or(2048);
     let value = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).cloned();
     let matvec_only = args.iter().any(|a| a == "--matvec-only");
-    let shapes: &[(usize, usize)] =
-        if quick { &[(14336, 4096)] } else { &[(4096, 4096), (1024, 4096), (14336, 4096), (4096, 14336)] };
+    // `--shape RxC` measures one shape instead of the Mistral-7B four (e.g. an L2-sized 512x4096).
+    let custom: Option<(usize, usize)> = value("--shape").map(|v| {
+        let (r, c) = v.split_once('x').expect("--shape takes ROWSxCOLS");
+        (r.parse().expect("--shape rows"), c.parse().expect("--shape cols"))
+    });
+    let shapes: Vec<(usize, usize)> = match custom {
+        Some(s) => vec![s],
+        None if quick => vec![(14336, 4096)],
+        None => vec![(4096, 4096), (1024, 4096), (14336, 4096), (4096, 14336)],
+    };
     let all_schemes = ["nf4", "int8", "f16", "f32"];
     let chosen = value("--schemes").unwrap_or_else(|| all_schemes.join(","));
     if let Some(bad) = chosen.split(',').find(|c| !all_schemes.contains(c)) {
@@ -66,7 +74,7 @@ fn main() {
     assert!(matvec_only || schemes.contains(&"f32"), "matmul figures need f32 in --schemes (or --matvec-only)");
     let opts = MatmulOptions::default();
     println!("isa: {}", lowbit_kernels::kernels().label());
-    for &(rows, cols) in shapes {
+    for &(rows, cols) in &shapes {
         let w = random_weights(rows * cols, 42);
         let stored: Vec<(&str, Stored)> = schemes.iter().map(|&s| (s, Stored::new(s, &w, rows, cols))).collect();
         drop(w);
