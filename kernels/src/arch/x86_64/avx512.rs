@@ -298,6 +298,14 @@ unsafe fn fourbit_q8<const VBMI: bool>(
             let s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wh, _mm512_loadu_si512(ep.add(i) as *const _));
             _mm512_dpbusd_epi32(s, wl, _mm512_loadu_si512(op.add(i) as *const _))
         };
+        // The same for 32 bytes at `i`, the upper half of the register zero.
+        let half_step = |i: usize| {
+            let v = _mm512_zextsi256_si512(_mm256_loadu_si256(cp.add(i) as *const __m256i));
+            let (wh, wl) = lookup::<VBMI>(v, table, nib);
+            let qh = _mm512_maskz_loadu_epi8(0xFFFF_FFFF, ep.add(i));
+            let ql = _mm512_maskz_loadu_epi8(0xFFFF_FFFF, op.add(i));
+            _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), wh, qh), wl, ql)
+        };
         let mut acc = [_mm512_setzero_ps(); 4];
         let mut b = 0;
         if half_block == 32 {
@@ -316,23 +324,21 @@ unsafe fn fourbit_q8<const VBMI: bool>(
                 b += 2;
             }
             if b < nb {
-                // The odd last block: the same step with the upper half masked to zero.
-                let i = b * 32;
-                let v = _mm512_zextsi256_si512(_mm256_loadu_si256(cp.add(i) as *const __m256i));
-                let (wh, wl) = lookup::<VBMI>(v, table, nib);
-                let qh = _mm512_maskz_loadu_epi8(0xFFFF_FFFF, ep.add(i));
-                let ql = _mm512_maskz_loadu_epi8(0xFFFF_FFFF, op.add(i));
-                let s = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), wh, qh), wl, ql);
-                acc[2] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(*fp.add(b)), acc[2]);
+                // The odd last block.
+                acc[2] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(half_step(b * 32)), _mm512_set1_ps(*fp.add(b)), acc[2]);
             }
         } else {
             for (j, &f) in factors.iter().enumerate() {
                 let mut s = _mm512_setzero_si512();
                 let mut i = j * half_block;
                 let end = i + half_block;
-                while i < end {
+                while i + 64 <= end {
                     s = _mm512_add_epi32(s, step(i));
                     i += 64;
+                }
+                if i < end {
+                    // half_block an odd multiple of 32 (96, 160, …): a 32-byte remainder.
+                    s = _mm512_add_epi32(s, half_step(i));
                 }
                 acc[j & 3] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(f), acc[j & 3]);
             }
