@@ -33,7 +33,8 @@ fn run(cli: args::Cli) -> anyhow::Result<()> {
     let threads = match cli.threads {
         Some(0) => anyhow::bail!("--threads must be at least 1"),
         Some(n) => n,
-        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        // 0 lets rayon choose: RAYON_NUM_THREADS if set, else every core.
+        None => 0,
     };
     match cli.command {
         args::Command::Convert(a) => global_pool(threads, || cmd::convert::run(a)),
