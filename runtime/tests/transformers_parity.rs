@@ -48,8 +48,14 @@ fn check_variant(variant: &str) {
         let path = convert_to(&dir, quant, tmp.path());
         let file = ModelFile::open(&path).unwrap();
         // The exact float path (prefill), and the integer 4-bit route both as prefill (tiles of
-        // tokens) and as decode (every position fed one token at a time).
-        for (exact, one_by_one) in [(true, false), (false, false), (false, true)] {
+        // tokens) and as decode (every position fed one token at a time). `fourbit_exact` does
+        // nothing to int8, which runs prefill and decode only.
+        let runs: &[(bool, bool)] = match quant {
+            QuantChoice::Nf4 => &[(true, false), (false, false), (false, true)],
+            _ => &[(true, false), (false, true)],
+        };
+        let mut kl_exact = f64::NAN;
+        for &(exact, one_by_one) in runs {
             let mut model = Model::new(&file).unwrap();
             model.set_options(lowbit_kernels::MatmulOptions { fourbit_exact: exact, ..model.options() });
             let mut cache = model.new_cache(64);
@@ -68,6 +74,13 @@ fn check_variant(variant: &str) {
                 ids.len()
             );
             assert!(kl < bound, "{variant} {}: mean KL {kl} ≥ {bound}", quant.label());
+            if exact {
+                kl_exact = kl;
+            } else if quant == QuantChoice::Nf4 {
+                // What the integer route may cost over the exact path on the same file
+                // (measured ≤ 0.003 nats on these models): the bound above cannot see that.
+                assert!(kl <= kl_exact + 0.01, "{variant} nf4 integer route: mean KL {kl} vs exact {kl_exact}");
+            }
         }
     }
 }
