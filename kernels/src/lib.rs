@@ -27,6 +27,7 @@ mod dispatch;
 mod error;
 pub mod fourbit;
 pub mod int8;
+mod lined;
 mod matmul;
 pub mod scalar;
 mod weight;

@@ -13,6 +13,7 @@ use crate::dispatch::Kernels;
 use crate::error::{KernelError, Result};
 use crate::fourbit::code_at;
 use crate::int8::{quantize_activations, Int8Activations, INV_127, MM_DEQUANT_SCALE};
+use crate::lined::Lined;
 use crate::weight::{nested_runs, AbsmaxRef, FourBitRef, Int8Ref, Weight};
 use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
@@ -202,7 +203,7 @@ fn fourbit_matvec(k: &Kernels, out: &mut [f32], w: &FourBitRef, x: &[f32], paral
         1,
         DECODE_ROWS_PER_TASK,
         parallel,
-        || vec![0f32; bpr],
+        || Lined::<f32>::zeroed(bpr),
         |scales, r0, o| {
             for (i, y) in o.iter_mut().enumerate() {
                 let r = r0 + i;
@@ -213,21 +214,14 @@ fn fourbit_matvec(k: &Kernels, out: &mut [f32], w: &FourBitRef, x: &[f32], paral
     );
 }
 
-/// 64 bytes on a 64-byte boundary: the unit of [`BlockQ8`]'s buffers, so that every 512-bit
-/// load of the activations stays inside one cache line. (From 16-byte-aligned vectors, the L1-
-/// resident 4-bit decode loop ran 20 % slower: each load split across two lines.)
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-#[repr(C, align(64))]
-struct Line([i8; 64]);
-
 /// Activations of `m` tokens (plus zero padding) quantized to int8 in blocks, de-interleaved like
 /// the codes, in flat token-major buffers ([`Kernels::quantize_q8`]); each token's codes start
-/// on a cache line.
+/// on a cache line, and no buffer shares a line with anything a thread writes ([`Lined`]).
 struct BlockQ8 {
-    qe: Vec<Line>,
-    qo: Vec<Line>,
-    xs: Vec<f32>,
-    sum: Vec<i32>,
+    qe: Lined<i8>,
+    qo: Lined<i8>,
+    xs: Lined<f32>,
+    sum: Lined<i32>,
     half: usize,
     /// Bytes from one token's codes to the next: `half` rounded up to whole lines.
     stride: usize,
@@ -239,12 +233,11 @@ impl BlockQ8 {
     fn new(k: &Kernels, x: &[f32], m: usize, cols: usize, blocksize: usize, padded: usize) -> BlockQ8 {
         let (half, nb) = (cols.div_ceil(2), cols.div_ceil(blocksize));
         let stride = half.next_multiple_of(64);
-        let lines = padded * stride / 64;
         let mut q = BlockQ8 {
-            qe: vec![Line([0; 64]); lines],
-            qo: vec![Line([0; 64]); lines],
-            xs: vec![0.0; padded * nb],
-            sum: vec![0; padded * nb],
+            qe: Lined::zeroed(padded * stride),
+            qo: Lined::zeroed(padded * stride),
+            xs: Lined::zeroed(padded * nb),
+            sum: Lined::zeroed(padded * nb),
             half,
             stride,
             nb,
@@ -254,8 +247,8 @@ impl BlockQ8 {
             k.quantize_q8(
                 &x[t * cols..(t + 1) * cols],
                 blocksize,
-                &mut bytemuck::cast_slice_mut(&mut q.qe)[h.clone()],
-                &mut bytemuck::cast_slice_mut(&mut q.qo)[h],
+                &mut q.qe[h.clone()],
+                &mut q.qo[h],
                 &mut q.xs[b.clone()],
                 &mut q.sum[b],
             );
@@ -264,10 +257,10 @@ impl BlockQ8 {
     }
 
     fn qe(&self, t: usize) -> &[i8] {
-        &bytemuck::cast_slice(&self.qe)[t * self.stride..t * self.stride + self.half]
+        &self.qe[t * self.stride..t * self.stride + self.half]
     }
     fn qo(&self, t: usize) -> &[i8] {
-        &bytemuck::cast_slice(&self.qo)[t * self.stride..t * self.stride + self.half]
+        &self.qo[t * self.stride..t * self.stride + self.half]
     }
     fn xs(&self, t: usize) -> &[f32] {
         &self.xs[t * self.nb..(t + 1) * self.nb]
@@ -289,7 +282,7 @@ fn fourbit_q8_matvec(k: &Kernels, out: &mut [f32], w: &FourBitRef, x: &[f32], pa
         1,
         DECODE_ROWS_PER_TASK,
         parallel,
-        || vec![0f32; bpr],
+        || Lined::<f32>::zeroed(bpr),
         |factors, r0, o| {
             for (i, y) in o.iter_mut().enumerate() {
                 let r = r0 + i;
@@ -322,7 +315,7 @@ fn fourbit_q8_matmul(k: &Kernels, out: &mut [f32], w: &FourBitRef, x: &[f32], m:
     let chunk = per_thread.next_multiple_of(4).min(64);
     assert_eq!(out.len(), m * rows);
     let cells = Cells { ptr: out.as_mut_ptr(), len: out.len() };
-    let work = |wf: &mut Vec<f32>, ci: usize| {
+    let work = |wf: &mut Lined<f32>, ci: usize| {
         let r0 = ci * chunk;
         let n = (rows - r0).min(chunk);
         for (i, f) in wf.chunks_mut(nb).take(n).enumerate() {
@@ -361,7 +354,7 @@ fn fourbit_q8_matmul(k: &Kernels, out: &mut [f32], w: &FourBitRef, x: &[f32], m:
         }
     };
     let chunks = rows.div_ceil(chunk);
-    let init = || vec![0f32; chunk * nb];
+    let init = || Lined::<f32>::zeroed(chunk * nb);
     if parallel {
         (0..chunks).into_par_iter().for_each_init(init, work);
     } else {
