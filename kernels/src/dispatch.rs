@@ -94,40 +94,7 @@ impl Kernels {
                 })
             }
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => {
-                use crate::arch::x86_64::avx512 as k;
-                Some(Kernels {
-                    isa,
-                    label: isa.name(),
-                    dot_f32: k::dot_f32,
-                    dot_f16: k::dot_f16,
-                    dot_bf16: k::dot_bf16,
-                    dot_fourbit: k::dot_fourbit,
-                    fourbit_step: 16,
-                    dot_int8: k::dot_int8,
-                    dot_int8_4x4: k::dot_int8_4x4,
-                    dot_fourbit_q8: k::dot_fourbit_q8,
-                    fourbit_q8_step: 32,
-                    nested_factors: k::nested_factors,
-                    quantize_q8: k::quantize_q8,
-                    fourbit_q8_tile: Some(k::fourbit_q8_tile),
-                })
-                .map(|plain| {
-                    // vpermb saves two instructions per 64 code bytes where VBMI exists (Ice
-                    // Lake, Zen 4 and later; Cascade Lake has VNNI without it): a 4096-wide decode
-                    // row from L1 takes 59.7 ns against 68.6 on our Xeon (bench `fourbit_q8_row`).
-                    if Self::vbmi() {
-                        Kernels {
-                            label: "avx512+vbmi",
-                            dot_fourbit_q8: k::dot_fourbit_q8_vbmi,
-                            fourbit_q8_tile: Some(k::fourbit_q8_tile_vbmi),
-                            ..plain
-                        }
-                    } else {
-                        plain
-                    }
-                })
-            }
+            Isa::Avx512 => Some(Self::avx512(Self::vbmi())),
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => {
                 use crate::arch::aarch64::neon as k;
@@ -171,17 +138,45 @@ impl Kernels {
         for k in Isa::all_supported().into_iter().filter_map(Kernels::for_isa) {
             #[cfg(target_arch = "x86_64")]
             if k.isa == Isa::Avx512 && Self::vbmi() {
-                use crate::arch::x86_64::avx512 as a;
-                out.push(Kernels {
-                    label: "avx512",
-                    dot_fourbit_q8: a::dot_fourbit_q8,
-                    fourbit_q8_tile: Some(a::fourbit_q8_tile),
-                    ..k
-                });
+                out.push(Self::avx512(false));
             }
             out.push(k);
         }
         out
+    }
+
+    /// The AVX-512 table, with VBMI's nibble lookups or without. vpermb saves two instructions
+    /// per 64 code bytes where VBMI exists (Ice Lake, Zen 4 and later; Cascade Lake has VNNI
+    /// without it): a 4096-wide decode row from L1 takes 59.7 ns against 68.6 on our Xeon (bench
+    /// `fourbit_q8_row`).
+    #[cfg(target_arch = "x86_64")]
+    fn avx512(vbmi: bool) -> Kernels {
+        use crate::arch::x86_64::avx512 as k;
+        let plain = Kernels {
+            isa: Isa::Avx512,
+            label: Isa::Avx512.name(),
+            dot_f32: k::dot_f32,
+            dot_f16: k::dot_f16,
+            dot_bf16: k::dot_bf16,
+            dot_fourbit: k::dot_fourbit,
+            fourbit_step: 16,
+            dot_int8: k::dot_int8,
+            dot_int8_4x4: k::dot_int8_4x4,
+            dot_fourbit_q8: k::dot_fourbit_q8,
+            fourbit_q8_step: 32,
+            nested_factors: k::nested_factors,
+            quantize_q8: k::quantize_q8,
+            fourbit_q8_tile: Some(k::fourbit_q8_tile),
+        };
+        if !vbmi {
+            return plain;
+        }
+        Kernels {
+            label: "avx512+vbmi",
+            dot_fourbit_q8: k::dot_fourbit_q8_vbmi,
+            fourbit_q8_tile: Some(k::fourbit_q8_tile_vbmi),
+            ..plain
+        }
     }
 
     /// Whether the AVX-512 tables use VBMI: when the CPU has it, unless `LOWBIT_VBMI=0` asks
