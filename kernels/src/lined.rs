@@ -5,8 +5,9 @@
 //! row. Allocated as plain `Vec<f32>`, such buffers land wherever the allocator puts them, and
 //! when one thread's factor buffer shared a cache line with data the other thread read, the line
 //! travelled between the cores once per row. That depended on the heap layout, so the same build
-//! ran a 14336×4096 nf4 matvec at 65 % of the memory probe in one process and 85 % in the next
-//! (2 threads, cold). Buffers of whole, aligned lines cannot share.
+//! ran a 14336×4096 nf4 matvec at 68.9 % of the memory probe in one run and 88.5 % in another
+//! minutes later (2 threads, cold; now 78–81 % every run). Buffers of whole, aligned lines cannot
+//! share.
 
 use bytemuck::Pod;
 use std::marker::PhantomData;
