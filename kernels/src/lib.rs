@@ -30,6 +30,7 @@ pub mod int8;
 mod lined;
 mod matmul;
 pub mod scalar;
+pub mod team;
 mod weight;
 
 pub use cpu::Isa;

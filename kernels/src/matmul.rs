@@ -93,8 +93,8 @@ pub fn matmul_with(k: &Kernels, out: &mut [f32], w: &Weight, x: &[f32], m: usize
     }
     let mut out_t = vec![0f32; rows * m];
     match w {
-        Weight::Int8(w8) => int8_rows(k, &mut out_t, w8, x, m, opts, parallel),
-        _ => tiled_dequant_gemm(&mut out_t, w, x, m, parallel),
+        Weight::Int8(w8) => int8_rows(k, &mut out_t, w8, x, m, opts, Par::new(parallel, false)),
+        _ => tiled_dequant_gemm(&mut out_t, w, x, m, Par::new(parallel, false)),
     }
     // Blocked transpose: 64 rows × m stay in L1 while each token's 64 outputs are written.
     for r0 in (0..rows).step_by(64) {
@@ -108,21 +108,48 @@ pub fn matmul_with(k: &Kernels, out: &mut [f32], w: &Weight, x: &[f32], m: usize
     Ok(())
 }
 
-/// Runs `f(first_row, rows_chunk)` over `chunk`-row pieces of `out`, in parallel when asked.
+/// How a loop over row chunks runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Par {
+    /// On the calling thread.
+    Serial,
+    /// Over the current rayon pool: prefill, where each call runs long enough that waking the
+    /// pool costs nothing.
+    Rayon,
+    /// Over the spinning team of the pool's size ([`crate::team`]): decode, where calls are
+    /// short and rayon's wake-ups took a tenth of each.
+    Team,
+}
+
+impl Par {
+    fn new(parallel: bool, decode: bool) -> Par {
+        match (parallel, decode) {
+            (false, _) => Par::Serial,
+            (true, false) => Par::Rayon,
+            (true, true) => Par::Team,
+        }
+    }
+}
+
+/// Runs `f(first_row, rows_chunk)` over `chunk`-row pieces of `out`, in parallel as asked.
 fn for_row_chunks<S: Send>(
     out: &mut [f32],
     per_row: usize,
     chunk: usize,
-    parallel: bool,
+    par: Par,
     init: impl Fn() -> S + Sync + Send,
     f: impl Fn(&mut S, usize, &mut [f32]) + Sync + Send,
 ) {
     let step = chunk * per_row;
-    if parallel {
-        out.par_chunks_mut(step).enumerate().for_each_init(init, |s, (i, c)| f(s, i * chunk, c));
-    } else {
-        let mut s = init();
-        out.chunks_mut(step).enumerate().for_each(|(i, c)| f(&mut s, i * chunk, c));
+    match par {
+        Par::Team => crate::team::for_each_chunk_mut(out, step, init, |s, i, c| f(s, i * chunk, c)),
+        Par::Serial => {
+            let mut s = init();
+            out.chunks_mut(step).enumerate().for_each(|(i, c)| f(&mut s, i * chunk, c));
+        }
+        Par::Rayon => {
+            out.par_chunks_mut(step).enumerate().for_each_init(init, |s, (i, c)| f(s, i * chunk, c));
+        }
     }
 }
 
@@ -135,26 +162,27 @@ fn matvec_into(
     parallel: bool,
 ) -> Result<()> {
     let cols = w.cols();
+    let par = Par::new(parallel, true);
     match *w {
-        Weight::F32 { data, .. } => dense_rows(out, parallel, |r| k.dot_f32(&data[r * cols..(r + 1) * cols], x)),
-        Weight::F16 { data, .. } => dense_rows(out, parallel, |r| k.dot_f16(&data[r * cols..(r + 1) * cols], x)),
-        Weight::Bf16 { data, .. } => dense_rows(out, parallel, |r| k.dot_bf16(&data[r * cols..(r + 1) * cols], x)),
-        Weight::Int8(ref w8) => int8_rows(k, out, w8, x, 1, opts, parallel),
+        Weight::F32 { data, .. } => dense_rows(out, par, |r| k.dot_f32(&data[r * cols..(r + 1) * cols], x)),
+        Weight::F16 { data, .. } => dense_rows(out, par, |r| k.dot_f16(&data[r * cols..(r + 1) * cols], x)),
+        Weight::Bf16 { data, .. } => dense_rows(out, par, |r| k.dot_bf16(&data[r * cols..(r + 1) * cols], x)),
+        Weight::Int8(ref w8) => int8_rows(k, out, w8, x, 1, opts, par),
         Weight::FourBit(ref w4) if !opts.fourbit_exact && rows_block_aligned(w4) && w4.blocksize >= 32 => {
-            fourbit_q8_matvec(k, out, w4, x, parallel)
+            fourbit_q8_matvec(k, out, w4, x, par)
         }
-        Weight::FourBit(ref w4) => fourbit_matvec(k, out, w4, x, parallel),
+        Weight::FourBit(ref w4) => fourbit_matvec(k, out, w4, x, par),
     }
     Ok(())
 }
 
 /// `out[r] = dot(r)` for every row, in row chunks spread over threads.
-fn dense_rows(out: &mut [f32], parallel: bool, dot: impl Fn(usize) -> f32 + Sync + Send) {
+fn dense_rows(out: &mut [f32], par: Par, dot: impl Fn(usize) -> f32 + Sync + Send) {
     for_row_chunks(
         out,
         1,
         DECODE_ROWS_PER_TASK,
-        parallel,
+        par,
         || (),
         |_, r0, o| {
             for (i, y) in o.iter_mut().enumerate() {
@@ -170,7 +198,7 @@ fn rows_block_aligned(w: &FourBitRef) -> bool {
     w.cols.is_multiple_of(w.blocksize)
 }
 
-fn fourbit_matvec(k: &Kernels, out: &mut [f32], w: &FourBitRef, x: &[f32], parallel: bool) {
+fn fourbit_matvec(k: &Kernels, out: &mut [f32], w: &FourBitRef, x: &[f32], par: Par) {
     let levels = w.kind.levels();
     if !rows_block_aligned(w) {
         // Blocks straddle rows: the plain per-element formula (small or odd-shaped models only).
@@ -178,7 +206,7 @@ fn fourbit_matvec(k: &Kernels, out: &mut [f32], w: &FourBitRef, x: &[f32], paral
             out,
             1,
             DECODE_ROWS_PER_TASK,
-            parallel,
+            par,
             || (),
             |_, r0, o| {
                 for (i, y) in o.iter_mut().enumerate() {
@@ -202,7 +230,7 @@ fn fourbit_matvec(k: &Kernels, out: &mut [f32], w: &FourBitRef, x: &[f32], paral
         out,
         1,
         DECODE_ROWS_PER_TASK,
-        parallel,
+        par,
         || Lined::<f32>::zeroed(bpr),
         |scales, r0, o| {
             for (i, y) in o.iter_mut().enumerate() {
@@ -270,7 +298,7 @@ impl BlockQ8 {
     }
 }
 
-fn fourbit_q8_matvec(k: &Kernels, out: &mut [f32], w: &FourBitRef, x: &[f32], parallel: bool) {
+fn fourbit_q8_matvec(k: &Kernels, out: &mut [f32], w: &FourBitRef, x: &[f32], par: Par) {
     let lut = w.kind.int8_levels();
     let half = w.cols / 2;
     let bpr = w.cols / w.blocksize;
@@ -281,7 +309,7 @@ fn fourbit_q8_matvec(k: &Kernels, out: &mut [f32], w: &FourBitRef, x: &[f32], pa
         out,
         1,
         DECODE_ROWS_PER_TASK,
-        parallel,
+        par,
         || Lined::<f32>::zeroed(bpr),
         |factors, r0, o| {
             for (i, y) in o.iter_mut().enumerate() {
@@ -411,7 +439,7 @@ fn block_factors(k: &Kernels, absmax: &AbsmaxRef, first: usize, xs: &[f32], out:
 }
 
 /// int8 rows: `out_t[r·m + t] = i32(CA[t]·CB[r]) · SCA[t]·SCB[r] · c + Σ_outlier-cols x[t][c]·W̃[r][c]`.
-fn int8_rows(k: &Kernels, out_t: &mut [f32], w: &Int8Ref, x: &[f32], m: usize, opts: &MatmulOptions, parallel: bool) {
+fn int8_rows(k: &Kernels, out_t: &mut [f32], w: &Int8Ref, x: &[f32], m: usize, opts: &MatmulOptions, par: Par) {
     let cols = w.cols;
     let mut act = Int8Activations::default();
     quantize_activations(x, m, cols, opts.int8_threshold, &mut act);
@@ -429,7 +457,7 @@ fn int8_rows(k: &Kernels, out_t: &mut [f32], w: &Int8Ref, x: &[f32], m: usize, o
         out_t,
         m,
         DECODE_ROWS_PER_TASK,
-        parallel,
+        par,
         || (),
         |_, r0, o| {
             let n = o.len() / m;
@@ -504,7 +532,7 @@ fn dequantize_rows(w: &Weight, r0: usize, n: usize, buf: &mut [f32]) {
     }
 }
 
-fn tiled_dequant_gemm(out_t: &mut [f32], w: &Weight, x: &[f32], m: usize, parallel: bool) {
+fn tiled_dequant_gemm(out_t: &mut [f32], w: &Weight, x: &[f32], m: usize, par: Par) {
     let cols = w.cols();
     let rows = w.rows();
     // At least two tiles per thread when there is enough work, so rayon can balance.
@@ -514,7 +542,7 @@ fn tiled_dequant_gemm(out_t: &mut [f32], w: &Weight, x: &[f32], m: usize, parall
         out_t,
         m,
         tile,
-        parallel,
+        par,
         || vec![0f32; tile * cols],
         |buf, r0, o| {
             let n = o.len() / m;

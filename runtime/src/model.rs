@@ -196,7 +196,11 @@ impl<'a> Model<'a> {
                 o.iter_mut().zip(vr).for_each(|(acc, &val)| *acc += a * val);
             }
         };
-        if t * nh > 1 {
+        if t == 1 && nh > 1 {
+            // Decode: on the spinning team, like the matvecs around it (rayon's workers would
+            // have gone to sleep between the calls).
+            lowbit_kernels::team::for_each_chunk_mut(out, hd, Vec::new, |s, i, o| work(s, (i, o)));
+        } else if t * nh > 1 {
             out.par_chunks_mut(hd).enumerate().for_each_init(Vec::new, work);
         } else {
             let mut s = Vec::new();

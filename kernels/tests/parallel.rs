@@ -1,0 +1,125 @@
+//! Decode's parallel products — over the spinning team ([`lowbit_kernels::team`]) — give the
+//! same bits as the same products on one thread, for every scheme and row kernel, on shapes big
+//! enough to be split (the oracle tests' shapes are small enough to stay on one thread), with
+//! row counts that leave a short last task; and the team's own loops hand out every task once.
+
+use half::{bf16, f16};
+use lowbit_kernels::{
+    quantize_4bit, quantize_int8, team, AbsmaxRef, FourBitKind, FourBitOptions, FourBitRef, Int8Ref, Kernels,
+    MatmulOptions, Weight,
+};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 33) as u32 % 20001) as f32 / 10000.0 - 1.0
+        })
+        .collect()
+}
+
+fn in_pool<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> T {
+    rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(f)
+}
+
+/// One-thread output against 2- and 3-thread outputs of the same matvec, bit for bit.
+fn same_bits_on_any_team(k: &Kernels, weight: &Weight, x: &[f32], opts: &MatmulOptions) {
+    let run = |threads| {
+        in_pool(threads, || {
+            let mut out = vec![0f32; weight.rows()];
+            lowbit_kernels::matmul_with(k, &mut out, weight, x, 1, opts).unwrap();
+            out.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        })
+    };
+    let one = run(1);
+    for threads in [2, 3] {
+        // Several calls in a row: the team's workers are then spinning, not parked.
+        for _ in 0..3 {
+            assert_eq!(run(threads), one, "{} {weight:?} at {threads} threads", k.label());
+        }
+    }
+}
+
+#[test]
+fn parallel_matvec_equals_serial_for_every_scheme() {
+    // 301 rows: not a multiple of the 16-row task; 64·300 and 330 columns: ≥ 65,536
+    // multiply-adds (the parallel threshold), 330 not a multiple of the 64-block, so 4-bit rows
+    // straddle blocks there (the per-element path).
+    for cols in [320usize, 330] {
+        let rows = 301;
+        let w = values(rows * cols, cols as u64);
+        let mut x: Vec<f32> = values(cols, 7).iter().map(|v| v * 3.0).collect();
+        x[3] = 9.0; // an LLM.int8 outlier column
+        let w16: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
+        let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
+        let q8 = quantize_int8(&w, rows, cols).unwrap();
+        let mut weights = vec![
+            Weight::F32 { rows, cols, data: &w },
+            Weight::F16 { rows, cols, data: &w16 },
+            Weight::Bf16 { rows, cols, data: &wb },
+            Weight::Int8(Int8Ref { rows, cols, cb: &q8.cb, scb: &q8.scb }),
+        ];
+        let fourbit: Vec<_> = [FourBitKind::Nf4, FourBitKind::Fp4]
+            .into_iter()
+            .map(|kind| (kind, quantize_4bit(&w, &FourBitOptions { kind, ..Default::default() }).unwrap()))
+            .collect();
+        for (kind, q) in &fourbit {
+            let lowbit_kernels::Absmax::Nested { codes, nested_absmax, nested_blocksize, offset } = &q.absmax else {
+                unreachable!("double quantization is the default")
+            };
+            let absmax =
+                AbsmaxRef::Nested { codes, nested_absmax, nested_blocksize: *nested_blocksize, offset: *offset };
+            weights.push(Weight::FourBit(FourBitRef {
+                kind: *kind,
+                rows,
+                cols,
+                blocksize: 64,
+                codes: &q.codes,
+                absmax,
+            }));
+        }
+        for k in Kernels::variants() {
+            for weight in &weights {
+                for fourbit_exact in [false, true] {
+                    let opts = MatmulOptions { fourbit_exact, ..Default::default() };
+                    same_bits_on_any_team(&k, weight, &x, &opts);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn team_loops_hand_out_every_task_once() {
+    for threads in [1, 2, 3] {
+        in_pool(threads, || {
+            for n in [0usize, 1, 2, 3, 17, 1000] {
+                let hits: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+                team::for_each_task(
+                    n,
+                    || (),
+                    |_, i| {
+                        hits[i].fetch_add(1, Relaxed);
+                    },
+                );
+                assert!(hits.iter().all(|h| h.load(Relaxed) == 1), "{threads} threads, {n} tasks");
+                // Pieces cover the slice in order, the last one short.
+                let mut data: Vec<usize> = vec![0; n];
+                team::for_each_chunk_mut(
+                    &mut data,
+                    7,
+                    || (),
+                    |_, i, piece| {
+                        assert!(piece.len() == 7 || (i + 1) * 7 >= n);
+                        for (j, v) in piece.iter_mut().enumerate() {
+                            *v = i * 7 + j;
+                        }
+                    },
+                );
+                assert!(data.iter().enumerate().all(|(i, &v)| v == i));
+            }
+        });
+    }
+}
