@@ -22,9 +22,10 @@
 //! job does not hold the caller up.
 
 use crossbeam_utils::CachePadded;
-use std::cell::UnsafeCell;
+use std::any::Any;
+use std::cell::{Cell, UnsafeCell};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::*};
 use std::sync::{Condvar, Mutex, OnceLock, TryLockError};
 use std::time::{Duration, Instant};
 
@@ -38,12 +39,16 @@ const CLOSED: u64 = 1 << 32;
 const ACTIVE: u64 = CLOSED - 1;
 const EPOCH_SHIFT: u32 = 33;
 
+/// Teams are kept per size up to this many threads; a larger rayon pool gets a team this large.
+const MAX_TEAM: usize = 256;
+
 /// A job as the workers see it: the caller's closure with its lifetime erased. Only read by a
 /// worker that entered the job, and the caller outlives every such worker's use of it.
 type Job = *const (dyn Fn() + Sync);
 
 struct Shared {
     /// Epoch, closed flag and active count. Workers spin reading it, so it has a line of its own.
+    /// It starts closed, so no worker can enter before the first job is published.
     state: CachePadded<AtomicU64>,
     /// The current job; written only by the submitting caller while no worker is inside a job.
     job: CachePadded<UnsafeCell<Option<Job>>>,
@@ -53,8 +58,10 @@ struct Shared {
     sleepers: CachePadded<AtomicUsize>,
     park: Mutex<()>,
     wake: Condvar,
-    /// A worker's part of the job panicked; the caller panics in turn.
-    panicked: AtomicBool,
+    /// The first panic of a worker's share of the current job, re-raised on the caller.
+    panic: Mutex<Option<Box<dyn Any + Send>>>,
+    /// More threads than the machine has cores: waiting threads yield instead of spinning.
+    crowded: bool,
 }
 
 // SAFETY: `job` is the only non-Sync field. It is written by the one caller holding `submit`,
@@ -63,22 +70,75 @@ struct Shared {
 // the caller's release store of the new epoch orders after the write.
 unsafe impl Sync for Shared {}
 
+thread_local! {
+    /// This thread is running a share of a team job (as a worker or as its caller): a nested
+    /// parallel loop runs on it alone.
+    static IN_JOB: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks the current thread as inside a job until dropped.
+struct InJob(bool);
+
+impl InJob {
+    fn enter() -> InJob {
+        InJob(IN_JOB.with(|f| f.replace(true)))
+    }
+}
+
+impl Drop for InJob {
+    fn drop(&mut self) {
+        IN_JOB.with(|f| f.set(self.0));
+    }
+}
+
 /// A team of `size` threads counting the caller.
 struct Team {
     shared: &'static Shared,
 }
 
+/// Closes the published job and waits until every worker that entered it has left — also when
+/// the caller's own share unwinds, so no worker can touch the borrowed closure afterwards.
+struct Drain(&'static Shared);
+
+impl Drop for Drain {
+    fn drop(&mut self) {
+        let sh = self.0;
+        sh.state.fetch_or(CLOSED, AcqRel);
+        let mut spins = 0u32;
+        while sh.state.load(Acquire) & ACTIVE != 0 {
+            // A worker preempted inside its task holds us up for a timeslice; let it run.
+            spins = spins.wrapping_add(1);
+            if sh.crowded || spins.is_multiple_of(1024) {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+        // SAFETY: closed and drained: no worker is inside the job or can enter it.
+        unsafe { *sh.job.get() = None };
+        if std::thread::panicking() {
+            // The caller's own panic goes on; a worker's from the same job must not surface in
+            // the next one. Leaked, not dropped: a payload's drop could panic mid-unwind.
+            if let Some(p) = sh.panic.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                std::mem::forget(p);
+            }
+        }
+    }
+}
+
 impl Team {
     /// Starts `size − 1` workers. The threads live as long as the process.
     fn start(size: usize) -> Team {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let shared: &'static Shared = Box::leak(Box::new(Shared {
-            state: CachePadded::new(AtomicU64::new(0)),
+            state: CachePadded::new(AtomicU64::new(CLOSED)),
             job: CachePadded::new(UnsafeCell::new(None)),
             submit: Mutex::new(()),
             sleepers: CachePadded::new(AtomicUsize::new(0)),
             park: Mutex::new(()),
             wake: Condvar::new(),
-            panicked: AtomicBool::new(false),
+            panic: Mutex::new(None),
+            crowded: size > cores,
         }));
         for i in 1..size {
             // If the system refuses a thread the team is just smaller: jobs still complete,
@@ -91,8 +151,8 @@ impl Team {
     /// Runs `body` on the calling thread and on every worker that joins in time, and returns
     /// when all of them have finished it. `body` shares the work out itself (typically by an
     /// atomic task counter) and must leave none undone when the caller's own call returns.
-    /// If the team is busy with another caller's job (or this is a worker's nested call),
-    /// `body` runs on the calling thread alone.
+    /// If the team is busy with another caller's job, `body` runs on the calling thread alone.
+    /// A panic in any share reaches the caller once every share has finished.
     fn run(&self, body: &(dyn Fn() + Sync)) {
         let sh = self.shared;
         let _guard = match sh.submit.try_lock() {
@@ -100,38 +160,36 @@ impl Team {
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
             Err(TryLockError::WouldBlock) => return body(),
         };
-        // SAFETY: the erased lifetime is never relied on past this call: the job is closed and
-        // drained before it returns or unwinds, and cleared below.
-        let job: Job = unsafe { std::mem::transmute::<&(dyn Fn() + Sync), &'static (dyn Fn() + Sync)>(body) };
-        // SAFETY: we hold `submit`, and the previous job was closed and drained, so no worker
-        // reads the cell until it enters the epoch published next.
-        unsafe { *sh.job.get() = Some(job) };
-        // The epoch wraps after 2^31 jobs; a worker only compares it for inequality.
-        let epoch = (sh.state.load(Relaxed) >> EPOCH_SHIFT).wrapping_add(1) & (u64::MAX >> EPOCH_SHIFT);
-        sh.state.store(epoch << EPOCH_SHIFT, SeqCst);
-        // Pairs with the worker's increment-then-check in `park`: one of the two sees the other.
-        if sh.sleepers.load(SeqCst) > 0 {
-            let _p = sh.park.lock().unwrap_or_else(|p| p.into_inner());
-            sh.wake.notify_all();
+        let _in_job = InJob::enter();
+        {
+            // SAFETY: the erased lifetime is never relied on past this block: `Drain` closes
+            // the job, waits for the workers inside it and clears the cell before the block is
+            // left, by return or by unwinding.
+            let job: Job = unsafe { std::mem::transmute::<&(dyn Fn() + Sync), &'static (dyn Fn() + Sync)>(body) };
+            // SAFETY: we hold `submit`, and the previous job was closed and drained, so no
+            // worker reads the cell until it enters the epoch published next.
+            unsafe { *sh.job.get() = Some(job) };
+            let _drain = Drain(sh);
+            // The epoch wraps after 2^31 jobs; a worker only compares it for inequality.
+            let epoch = (sh.state.load(Relaxed) >> EPOCH_SHIFT).wrapping_add(1) & (u64::MAX >> EPOCH_SHIFT);
+            sh.state.store(epoch << EPOCH_SHIFT, SeqCst);
+            // Pairs with the worker's increment-then-check in `wait_for_epoch`: one of the two
+            // sees the other.
+            if sh.sleepers.load(SeqCst) > 0 {
+                let _p = sh.park.lock().unwrap_or_else(|p| p.into_inner());
+                sh.wake.notify_all();
+            }
+            body();
         }
-        let mine = catch_unwind(AssertUnwindSafe(body));
-        sh.state.fetch_or(CLOSED, AcqRel);
-        while sh.state.load(Acquire) & ACTIVE != 0 {
-            std::hint::spin_loop();
-        }
-        // SAFETY: closed and drained: no worker is inside the job or can enter it.
-        unsafe { *sh.job.get() = None };
-        let others = sh.panicked.swap(false, Relaxed);
-        if let Err(p) = mine {
+        // Drained: every worker's panic, if any, is stored.
+        if let Some(p) = sh.panic.lock().unwrap_or_else(|p| p.into_inner()).take() {
             resume_unwind(p);
-        }
-        if others {
-            panic!("a lowbit team worker panicked");
         }
     }
 }
 
 fn worker(sh: &'static Shared) {
+    let _in_job = InJob::enter();
     let mut seen = 0u64;
     loop {
         let state = wait_for_epoch(sh, seen);
@@ -141,12 +199,14 @@ fn worker(sh: &'static Shared) {
         while cur >> EPOCH_SHIFT == seen && cur & CLOSED == 0 {
             match sh.state.compare_exchange_weak(cur, cur + 1, Acquire, Relaxed) {
                 Ok(_) => {
-                    // SAFETY: entered: the caller wrote the job before publishing this epoch
-                    // (ordered by the acquire above) and keeps it alive until we leave.
-                    let job = unsafe { (*sh.job.get()).expect("a published job") };
-                    // SAFETY: as above; the closure is Sync, shared by every participant.
-                    if catch_unwind(AssertUnwindSafe(|| unsafe { (*job)() })).is_err() {
-                        sh.panicked.store(true, Relaxed);
+                    // SAFETY: entered an open job: the caller wrote it before publishing this
+                    // epoch (ordered by the acquire above) and keeps it alive until we leave.
+                    if let Some(job) = unsafe { *sh.job.get() } {
+                        // SAFETY: as above; the closure is Sync, shared by every participant.
+                        if let Err(p) = catch_unwind(AssertUnwindSafe(|| unsafe { (*job)() })) {
+                            // Kept for the caller (dropping a payload could itself panic here).
+                            sh.panic.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(p);
+                        }
                     }
                     sh.state.fetch_sub(1, Release);
                     break;
@@ -157,7 +217,8 @@ fn worker(sh: &'static Shared) {
     }
 }
 
-/// Spins until the epoch moves past `seen`, parking after [`SPIN`]; returns the state word.
+/// Waits until the epoch moves past `seen` — spinning (or yielding, when the team has more
+/// threads than the machine has cores), and parking after [`SPIN`]; returns the state word.
 fn wait_for_epoch(sh: &Shared, seen: u64) -> u64 {
     let mut since = Instant::now();
     let mut spins = 0u32;
@@ -166,7 +227,11 @@ fn wait_for_epoch(sh: &Shared, seen: u64) -> u64 {
         if s >> EPOCH_SHIFT != seen {
             return s;
         }
-        std::hint::spin_loop();
+        if sh.crowded {
+            std::thread::yield_now();
+        } else {
+            std::hint::spin_loop();
+        }
         spins = spins.wrapping_add(1);
         if spins.is_multiple_of(256) && since.elapsed() > SPIN {
             let mut g = sh.park.lock().unwrap_or_else(|p| p.into_inner());
@@ -191,16 +256,24 @@ fn wait_for_epoch(sh: &Shared, seen: u64) -> u64 {
 /// takes the next tasks of the other shares, so a late or missing worker costs nothing but its
 /// share's wait.
 pub fn for_each_task<S>(n: usize, init: impl Fn() -> S + Sync + Send, f: impl Fn(&mut S, usize) + Sync + Send) {
-    let size = rayon::current_num_threads();
+    let size = rayon::current_num_threads().min(MAX_TEAM);
+    let serial = || {
+        let mut state = init();
+        (0..n).for_each(|i| f(&mut state, i));
+    };
+    // One task, or a loop nested inside a team job: nothing to share out.
+    if n <= 1 || IN_JOB.with(Cell::get) {
+        return serial();
+    }
     if !enabled() {
         use rayon::prelude::*;
-        return (0..n).into_par_iter().for_each_init(init, f);
+        return (0..n).into_par_iter().for_each_init(&init, &f);
     }
     let Some(team) = team(size) else {
-        let mut state = init();
-        return (0..n).for_each(|i| f(&mut state, i));
+        return serial();
     };
-    let share = |p: usize| p * n / size;
+    // Share p starts at ⌊p·n/size⌋ (in u128: p·n may not fit a usize).
+    let share = |p: usize| (p as u128 * n as u128 / size as u128) as usize;
     // Next task of each share, on lines of their own: every thread bumps its own per task.
     let next: Vec<CachePadded<AtomicUsize>> = (0..size).map(|p| CachePadded::new(AtomicUsize::new(share(p)))).collect();
     let joined = AtomicUsize::new(0);
@@ -258,47 +331,56 @@ pub fn enabled() -> bool {
     *ON.get_or_init(|| std::env::var("LOWBIT_TEAM").map_or(true, |v| v != "0"))
 }
 
-/// The process's team of `size` threads, started on first use; `None` for one thread.
+/// The process's team of `size` threads (at most [`MAX_TEAM`]), started on first use; `None` for
+/// one thread. Lock-free after the first call for a size.
 fn team(size: usize) -> Option<&'static Team> {
-    static TEAMS: OnceLock<Mutex<Vec<(usize, &'static Team)>>> = OnceLock::new();
+    static TEAMS: [OnceLock<Team>; MAX_TEAM + 1] = [const { OnceLock::new() }; MAX_TEAM + 1];
     if size < 2 {
         return None;
     }
-    let mut teams = TEAMS.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(&(_, t)) = teams.iter().find(|(s, _)| *s == size) {
-        return Some(t);
-    }
-    let t: &'static Team = Box::leak(Box::new(Team::start(size)));
-    teams.push((size, t));
-    Some(t)
+    Some(TEAMS[size.min(MAX_TEAM)].get_or_init(|| Team::start(size.min(MAX_TEAM))))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicUsize;
+    use std::collections::HashSet;
+    use std::thread::ThreadId;
 
-    /// Every task runs exactly once, across many jobs, with and without parked workers.
+    /// A job whose tasks are slow enough that the workers take part: every task runs exactly
+    /// once, and threads other than the caller ran some of them.
+    fn slow_job(t: &Team, n: usize) -> HashSet<ThreadId> {
+        let next = AtomicUsize::new(0);
+        let hits: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+        let who = Mutex::new(HashSet::new());
+        t.run(&|| loop {
+            let i = next.fetch_add(1, Relaxed);
+            if i >= n {
+                break;
+            }
+            hits[i].fetch_add(1, Relaxed);
+            who.lock().unwrap().insert(std::thread::current().id());
+            std::thread::sleep(Duration::from_micros(200));
+        });
+        assert!(hits.iter().all(|h| h.load(Relaxed) == 1));
+        who.into_inner().unwrap()
+    }
+
     #[test]
-    fn runs_every_task_once() {
+    fn runs_every_task_once_and_workers_take_part() {
         let t = team(3).unwrap();
-        for round in 0..200 {
-            let n = round % 37 + 1;
-            let next = AtomicUsize::new(0);
-            let hits: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
-            t.run(&|| loop {
-                let i = next.fetch_add(1, Relaxed);
-                if i >= n {
-                    break;
-                }
-                hits[i].fetch_add(1, Relaxed);
-            });
-            assert!(hits.iter().all(|h| h.load(Relaxed) == 1), "round {round}");
-            if round == 100 {
+        let me = std::thread::current().id();
+        let mut helped = 0;
+        for round in 0..40 {
+            if slow_job(t, round % 9 + 4).iter().any(|&id| id != me) {
+                helped += 1;
+            }
+            if round == 20 {
                 // Let the workers park, so the next job has to wake them.
                 std::thread::sleep(SPIN * 2);
             }
         }
+        assert!(helped > 0, "no worker ever took part");
     }
 
     /// Concurrent callers and nested calls fall back to running alone instead of waiting.
@@ -325,18 +407,35 @@ mod tests {
         });
     }
 
-    /// A panic in a worker's or the caller's share reaches the caller, and the team still works.
+    /// A panic in the caller's share, or in a worker's share alone, reaches the caller with its
+    /// message, and the team keeps working.
     #[test]
     fn panics_reach_the_caller() {
         let t = team(4).unwrap();
         for _ in 0..20 {
             let r = catch_unwind(AssertUnwindSafe(|| t.run(&|| panic!("boom"))));
-            assert!(r.is_err());
+            assert_eq!(r.unwrap_err().downcast_ref::<&str>(), Some(&"boom"));
         }
-        let n = AtomicUsize::new(0);
-        t.run(&|| {
-            n.fetch_add(1, Relaxed);
-        });
-        assert!(n.load(Relaxed) >= 1);
+        let me = std::thread::current().id();
+        let mut worker_panics = 0;
+        for _ in 0..20 {
+            let next = AtomicUsize::new(0);
+            let r = catch_unwind(AssertUnwindSafe(|| {
+                t.run(&|| {
+                    while next.fetch_add(1, Relaxed) < 16 {
+                        assert!(std::thread::current().id() == me, "worker share");
+                        std::thread::sleep(Duration::from_micros(200));
+                    }
+                })
+            }));
+            if let Err(p) = r {
+                let msg = p.downcast_ref::<&str>().copied().or(p.downcast_ref::<String>().map(String::as_str));
+                assert_eq!(msg, Some("worker share"));
+                worker_panics += 1;
+            }
+        }
+        assert!(worker_panics > 0, "no worker ever took part");
+        // Nothing left over: a clean job afterwards does not panic.
+        assert!(!slow_job(t, 8).is_empty());
     }
 }
