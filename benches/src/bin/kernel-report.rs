@@ -43,35 +43,50 @@ fn alternate<A, B>(reps: usize, mut a: impl FnMut() -> A, mut b: impl FnMut() ->
         .collect()
 }
 
+/// Memory-bound matvec and compute-bound matmul figures at Mistral-7B shapes.
+#[derive(clap::Parser)]
+struct Args {
+    /// 14336×4096 only, five pairs instead of seven.
+    #[arg(long)]
+    quick: bool,
+    /// Total size of the distinct copies of the "cold" pass, in MiB.
+    #[arg(long, default_value_t = 2048)]
+    cold_mib: usize,
+    /// Comma-separated schemes (nf4, int8, f16, f32); matmul figures need f32.
+    #[arg(long, value_delimiter = ',', default_values_t = ["nf4", "int8", "f16", "f32"].map(String::from))]
+    schemes: Vec<String>,
+    /// Skip the matmul figures.
+    #[arg(long)]
+    matvec_only: bool,
+    /// One shape `ROWSxCOLS` instead of the Mistral-7B four (e.g. an L2-sized 512x4096).
+    #[arg(long, value_parser = parse_shape)]
+    shape: Option<(usize, usize)>,
+}
+
+fn parse_shape(v: &str) -> Result<(usize, usize), String> {
+    let bad = || format!("{v:?} is not ROWSxCOLS");
+    let (r, c) = v.split_once('x').ok_or_else(bad)?;
+    Ok((r.parse().map_err(|_| bad())?, c.parse().map_err(|_| bad())?))
+}
+
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let quick = args.iter().any(|a| a == "--quick");
-    let cold_mib: usize = args
-        .iter()
-        .position(|a| a == "--cold-mib")
-        .and_then(|i| args.get(i + 1))
-        .map(|v| v.parse().expect("--cold-mib takes a number of MiB"))
-        .unwrap_or(2048);
-    let value = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).cloned();
-    let matvec_only = args.iter().any(|a| a == "--matvec-only");
-    // `--shape RxC` measures one shape instead of the Mistral-7B four (e.g. an L2-sized 512x4096).
-    let custom: Option<(usize, usize)> = value("--shape").map(|v| {
-        let (r, c) = v.split_once('x').expect("--shape takes ROWSxCOLS");
-        (r.parse().expect("--shape rows"), c.parse().expect("--shape cols"))
-    });
-    let shapes: Vec<(usize, usize)> = match custom {
+    let Args { quick, cold_mib, schemes: chosen, matvec_only, shape } = clap::Parser::parse();
+    let shapes: Vec<(usize, usize)> = match shape {
         Some(s) => vec![s],
         None if quick => vec![(14336, 4096)],
         None => vec![(4096, 4096), (1024, 4096), (14336, 4096), (4096, 14336)],
     };
     let all_schemes = ["nf4", "int8", "f16", "f32"];
-    let chosen = value("--schemes").unwrap_or_else(|| all_schemes.join(","));
-    if let Some(bad) = chosen.split(',').find(|c| !all_schemes.contains(c)) {
-        panic!("unknown scheme {bad:?} in --schemes (known: {})", all_schemes.join(","));
+    if let Some(bad) = chosen.iter().find(|c| !all_schemes.contains(&c.as_str())) {
+        eprintln!("unknown scheme {bad:?} in --schemes (known: {})", all_schemes.join(","));
+        std::process::exit(2);
     }
-    let schemes: Vec<&str> = all_schemes.into_iter().filter(|s| chosen.split(',').any(|c| c == *s)).collect();
+    let schemes: Vec<&str> = all_schemes.into_iter().filter(|s| chosen.iter().any(|c| c == s)).collect();
     // The matmul ratios need f32 gemm as their reference.
-    assert!(matvec_only || schemes.contains(&"f32"), "matmul figures need f32 in --schemes (or --matvec-only)");
+    if !matvec_only && !schemes.contains(&"f32") {
+        eprintln!("matmul figures need f32 in --schemes (or --matvec-only)");
+        std::process::exit(2);
+    }
     let opts = MatmulOptions::default();
     println!("isa: {}", lowbit_kernels::kernels().label());
     for &(rows, cols) in &shapes {
