@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
 # The test command (what .ci/run calls): fetches the small real model the end-to-end tests use,
-# then runs every test of the workspace in release mode (the model tests run real forward passes).
+# then runs every test of the workspace in release mode (the model tests run real forward passes),
+# then the kernels' tests for aarch64 under qemu (scripts/test-neon.sh; LOWBIT_SKIP_NEON=1 skips
+# them).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 LOWBIT_SMOLLM2="$(scripts/fetch-smollm2.sh)"
 export LOWBIT_SMOLLM2
 cargo test --workspace --release "$@"
+# (Only on a full run: arguments are a filter for the workspace tests.)
+if [ $# -eq 0 ] && [ "${LOWBIT_SKIP_NEON:-0}" != 1 ]; then
+  scripts/test-neon.sh
+fi
