@@ -1,5 +1,6 @@
 //! Criterion benches of every kernel on every ISA this CPU has: dot products per row (bench id
-//! `"{kernel}/{isa}/{k}"`, throughput in weight bytes) and matvec/matmul at Mistral-7B shapes.
+//! `"{kernel}/{isa}/{k}"`, throughput in weight bytes) and matvec/matmul at Mistral-7B shapes on
+//! 1 and 2 threads (`"{scheme}/{rows}x{cols}/{threads}t/m/{m}"`).
 //! `kernel-report` prints the same figures as ratios to a bandwidth probe and to f32 gemm.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -35,16 +36,21 @@ fn mistral_shapes(c: &mut Criterion) {
         for scheme in ["nf4", "int8", "f16", "f32"] {
             let s = Stored::new(scheme, &w, rows, cols);
             let view = s.view(rows, cols);
-            let mut g = c.benchmark_group(format!("{scheme}/{rows}x{cols}"));
-            g.sample_size(10);
-            for m in [1usize, 16, 128] {
-                g.throughput(Throughput::Elements((2 * m * rows * cols) as u64));
-                let mut out = vec![0f32; m * rows];
-                g.bench_function(BenchmarkId::new("m", m), |b| {
-                    b.iter(|| matmul(&mut out, &view, &x[..m * cols], m, &opts).expect("matmul"))
-                });
+            for threads in [1usize, 2] {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("thread pool");
+                let mut g = c.benchmark_group(format!("{scheme}/{rows}x{cols}/{threads}t"));
+                g.sample_size(10);
+                for m in [1usize, 16, 128] {
+                    g.throughput(Throughput::Elements((2 * m * rows * cols) as u64));
+                    let mut out = vec![0f32; m * rows];
+                    // Inside the pool, as the CLI runs: decode's matvec then uses the team of
+                    // the pool's size, prefill the pool itself.
+                    g.bench_function(BenchmarkId::new("m", m), |b| {
+                        pool.install(|| b.iter(|| matmul(&mut out, &view, &x[..m * cols], m, &opts).expect("matmul")))
+                    });
+                }
+                g.finish();
             }
-            g.finish();
         }
     }
 }
