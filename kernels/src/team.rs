@@ -13,7 +13,9 @@
 //! Team workers instead spin on one atomic word for a while (`SPIN`) after each job, so a job
 //! published within that time starts on every worker within about a microsecond; after it they
 //! park on a condition variable, and the next job pays one wake-up. The caller takes part in
-//! every job, so a team of `n` has `n − 1` workers.
+//! every job, so a team of `n` has `n − 1` workers. A team with more threads than the machine
+//! has cores yields instead of spinning; a loop nested inside a job runs on its thread alone;
+//! `LOWBIT_TEAM=0` sends the loops back to rayon ([`enabled`]).
 //!
 //! The job is a borrowed closure, so the caller must not return while a worker may still call
 //! it. Workers *enter* a job by incrementing a count in the same word as the job's epoch; when
