@@ -41,7 +41,7 @@ impl Default for MatmulOptions {
     }
 }
 
-/// Weight rows per rayon task in decode; small enough to balance 2–16 threads on 1024-row
+/// Weight rows per task in decode; small enough to balance 2–16 threads on 1024-row
 /// matrices, big enough that scheduling costs nothing next to a 4096-wide dot product.
 const DECODE_ROWS_PER_TASK: usize = 16;
 /// Elements dequantized at a time per thread in prefill (4 MiB of f32). Big tiles matter: gemm
