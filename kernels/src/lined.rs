@@ -6,8 +6,8 @@
 //! when one thread's factor buffer shared a cache line with data the other thread read, the line
 //! travelled between the cores once per row. That depended on the heap layout, so the same build
 //! ran a 14336×4096 nf4 matvec at 68.9 % of the memory probe in one run and 88.5 % in another
-//! minutes later (2 threads, cold; now 78–81 % every run). Buffers of whole, aligned lines cannot
-//! share.
+//! minutes later (2 threads, cold; 78–81 % in every run once the buffers were lined, before decode
+//! moved to [`crate::team`]). Buffers of whole, aligned lines cannot share.
 
 use bytemuck::Pod;
 use std::marker::PhantomData;

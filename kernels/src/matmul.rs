@@ -92,9 +92,10 @@ pub fn matmul_with(k: &Kernels, out: &mut [f32], w: &Weight, x: &[f32], m: usize
         }
     }
     let mut out_t = vec![0f32; rows * m];
+    let prefill = if parallel { Par::Rayon } else { Par::Serial };
     match w {
-        Weight::Int8(w8) => int8_rows(k, &mut out_t, w8, x, m, opts, Par::new(parallel, false)),
-        _ => tiled_dequant_gemm(&mut out_t, w, x, m, Par::new(parallel, false)),
+        Weight::Int8(w8) => int8_rows(k, &mut out_t, w8, x, m, opts, prefill),
+        _ => tiled_dequant_gemm(&mut out_t, w, x, m, prefill),
     }
     // Blocked transpose: 64 rows × m stay in L1 while each token's 64 outputs are written.
     for r0 in (0..rows).step_by(64) {
@@ -119,16 +120,6 @@ enum Par {
     /// Over the spinning team of the pool's size ([`crate::team`]): decode, where calls are
     /// short and rayon's wake-ups took a tenth of each.
     Team,
-}
-
-impl Par {
-    fn new(parallel: bool, decode: bool) -> Par {
-        match (parallel, decode) {
-            (false, _) => Par::Serial,
-            (true, false) => Par::Rayon,
-            (true, true) => Par::Team,
-        }
-    }
 }
 
 /// Runs `f(first_row, rows_chunk)` over `chunk`-row pieces of `out`, in parallel as asked.
@@ -162,7 +153,7 @@ fn matvec_into(
     parallel: bool,
 ) -> Result<()> {
     let cols = w.cols();
-    let par = Par::new(parallel, true);
+    let par = if parallel { Par::Team } else { Par::Serial };
     match *w {
         Weight::F32 { data, .. } => dense_rows(out, par, |r| k.dot_f32(&data[r * cols..(r + 1) * cols], x)),
         Weight::F16 { data, .. } => dense_rows(out, par, |r| k.dot_f16(&data[r * cols..(r + 1) * cols], x)),

@@ -444,7 +444,8 @@ mod tests {
             }
         }
         assert!(worker_panics > 0, "no worker ever took part");
-        // Nothing left over: a clean job afterwards does not panic.
-        assert!(!slow_job(t, 8).is_empty());
+        // Nothing left over from the worker panics: a clean job afterwards completes without
+        // one (it would panic here, failing the test).
+        slow_job(t, 8);
     }
 }
