@@ -11,8 +11,8 @@
 //! `cargo run --release -p lowbit-benches --bin kernel-report [-- --quick] [--cold-mib N]
 //! [--schemes nf4,int8] [--matvec-only] [--shape ROWSxCOLS]`
 
-use lowbit_benches::{bandwidth_probe, random_weights, Stored};
-use lowbit_kernels::{matmul, MatmulOptions};
+use lowbit_benches::{random_weights, Stored};
+use lowbit_kernels::{bandwidth_probe, matmul, MatmulOptions};
 use std::time::Instant;
 
 /// Best of `reps` runs of `f`, in seconds: the least disturbed run.

@@ -26,11 +26,7 @@ pub fn cpu(a: crate::args::CpuArgs) -> Result<()> {
     if let Some(mib) = a.bandwidth {
         anyhow::ensure!(mib > 0, "--bandwidth needs a size in MiB");
         let buf = vec![1f32; mib << 18];
-        let k = lowbit_kernels::kernels();
-        let probe = || -> f32 {
-            use rayon::prelude::*;
-            buf.par_chunks(1 << 16).map(|c| k.dot_f32(c, c)).sum()
-        };
+        let probe = || lowbit_kernels::bandwidth_probe(&buf);
         std::hint::black_box(probe());
         let best = (0..5)
             .map(|_| {
