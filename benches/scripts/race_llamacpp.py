@@ -1,6 +1,6 @@
 """Side-by-side speed race: llama.cpp (through llama-cpp-python, compiled locally by pip) against
 lowbit on SmolLM2-135M-Instruct, same prompt of 128 tokens, 64 decoded tokens, 1 and 2 threads,
-runs alternated. llama.cpp's Q4_0, IQ4_NL and Q8_0 files are made from the shipped Q4_1 GGUF by
+runs alternated three times, medians. llama.cpp's Q4_0, IQ4_NL and Q8_0 files are made from the shipped Q4_1 GGUF by
 llama.cpp's own quantizer; lowbit's nf4 and int8 files by `lowbit convert`. Prints tokens/s and
 the ratios lowbit / llama.cpp. Not part of CI.
 
@@ -9,6 +9,7 @@ Run: benches/scripts/race-llamacpp.sh
 
 import ctypes
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -87,9 +88,9 @@ print("|---|---|---|---|---|---|---|")
 for threads in (1, 2):
     for ours_name, ours_model, theirs in pairs:
         a, b = [], []
-        for _ in range(reps):  # alternate, keep the best of each
+        for _ in range(reps):  # alternate, keep the median of each
             a.append(ours(ours_model, threads))
             b.append(llamacpp(models[theirs], threads))
-        op, od = max(x[0] for x in a), max(x[1] for x in a)
-        lp, ld = max(x[0] for x in b), max(x[1] for x in b)
+        op, od = statistics.median(x[0] for x in a), statistics.median(x[1] for x in a)
+        lp, ld = statistics.median(x[0] for x in b), statistics.median(x[1] for x in b)
         print(f"| {threads} | {ours_name} | {theirs} | {op:.0f} / {lp:.0f} | {op / lp:.2f} | {od:.1f} / {ld:.1f} | {od / ld:.2f} |")

@@ -167,6 +167,9 @@ pub struct SampleArgs {
     /// Keep generating past end-of-sequence tokens (for timing).
     #[arg(long)]
     pub ignore_eos: bool,
+    /// Print where each forward pass spent its time, per operation (prefill and decode).
+    #[arg(long)]
+    pub profile: bool,
 }
 
 #[derive(Args, Debug)]

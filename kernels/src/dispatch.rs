@@ -9,11 +9,16 @@ use half::{bf16, f16};
 use std::sync::OnceLock;
 
 type DotF32 = unsafe fn(&[f32], &[f32]) -> f32;
+type AxpyF32 = unsafe fn(&mut [f32], f32, &[f32]);
+type DotF32Rows = unsafe fn(&mut [f32], &[f32], &[f32], usize);
+type AxpyF32Rows = unsafe fn(&mut [f32], &[f32], &[f32], usize);
 type DotF16 = unsafe fn(&[f16], &[f32]) -> f32;
 type DotBf16 = unsafe fn(&[bf16], &[f32]) -> f32;
 type DotFourBit = unsafe fn(&[u8], &[f32], &[f32; 16], &[f32], &[f32], usize) -> f32;
 type DotInt8 = unsafe fn(&[i8], &[i8]) -> i32;
 type DotInt8x4 = unsafe fn([&[i8]; 4], [&[i8]; 4]) -> [[i32; 4]; 4];
+type DotInt8Rows4 = unsafe fn(&[i8], [&[i8]; 4]) -> [i32; 4];
+type DotFourBitQ8Rows4 = unsafe fn([&[u8]; 4], [&[f32]; 4], &[i8; 16], &[i8], &[i8], &[i32], usize) -> [f32; 4];
 type DotFourBitQ8 = unsafe fn(&[u8], &[f32], &[i8; 16], &[i8], &[i8], &[i32], usize) -> f32;
 type FourBitQ8Tile =
     unsafe fn([&[u8]; 4], [&[f32]; 4], &[i8; 16], [&[i8]; 4], [&[i8]; 4], [&[f32]; 4], [&[i32]; 4]) -> [[f32; 4]; 4];
@@ -27,6 +32,9 @@ pub struct Kernels {
     /// The level's name plus any optional extension its kernels use ("avx512+vbmi").
     label: &'static str,
     dot_f32: DotF32,
+    axpy_f32: AxpyF32,
+    dot_f32_rows: DotF32Rows,
+    axpy_f32_rows: AxpyF32Rows,
     dot_f16: DotF16,
     dot_bf16: DotBf16,
     dot_fourbit: DotFourBit,
@@ -34,6 +42,10 @@ pub struct Kernels {
     fourbit_step: usize,
     dot_int8: DotInt8,
     dot_int8_4x4: DotInt8x4,
+    /// Four int8 rows against one activation row, where it beats four row calls.
+    dot_int8_x4: Option<DotInt8Rows4>,
+    /// Four 4-bit rows against the same activations, where it beats four row calls.
+    dot_fourbit_q8_x4: Option<DotFourBitQ8Rows4>,
     dot_fourbit_q8: DotFourBitQ8,
     /// Bytes of codes each SIMD step of `dot_fourbit_q8` consumes.
     fourbit_q8_step: usize,
@@ -59,12 +71,17 @@ impl Kernels {
             isa: Isa::Scalar,
             label: "scalar",
             dot_f32: scalar::dot_f32,
+            axpy_f32: scalar::axpy_f32,
+            dot_f32_rows: scalar::dot_f32_rows,
+            axpy_f32_rows: scalar::axpy_f32_rows,
             dot_f16: scalar::dot_f16,
             dot_bf16: scalar::dot_bf16,
             dot_fourbit: scalar::dot_fourbit,
             fourbit_step: 1,
             dot_int8: scalar::dot_int8,
             dot_int8_4x4: scalar::dot_int8_4x4,
+            dot_int8_x4: None,
+            dot_fourbit_q8_x4: None,
             dot_fourbit_q8: scalar::dot_fourbit_q8,
             fourbit_q8_step: 1,
             nested_factors: scalar::nested_factors,
@@ -80,17 +97,22 @@ impl Kernels {
                     isa,
                     label: isa.name(),
                     dot_f32: k::dot_f32,
+                    axpy_f32: k::axpy_f32,
+                    dot_f32_rows: k::dot_f32_rows,
+                    axpy_f32_rows: k::axpy_f32_rows,
                     dot_f16: k::dot_f16,
                     dot_bf16: k::dot_bf16,
                     dot_fourbit: k::dot_fourbit,
                     fourbit_step: 8,
                     dot_int8: k::dot_int8,
                     dot_int8_4x4: k::dot_int8_4x4,
+                    dot_int8_x4: Some(k::dot_int8_x4),
+                    dot_fourbit_q8_x4: Some(k::dot_fourbit_q8_x4),
                     dot_fourbit_q8: k::dot_fourbit_q8,
                     fourbit_q8_step: 32,
                     nested_factors: k::nested_factors,
-                    quantize_q8: scalar::quantize_q8,
-                    fourbit_q8_tile: None,
+                    quantize_q8: k::quantize_q8,
+                    fourbit_q8_tile: Some(k::fourbit_q8_tile),
                 })
             }
             #[cfg(target_arch = "x86_64")]
@@ -102,12 +124,17 @@ impl Kernels {
                     isa,
                     label: isa.name(),
                     dot_f32: k::dot_f32,
+                    axpy_f32: scalar::axpy_f32,
+                    dot_f32_rows: scalar::dot_f32_rows,
+                    axpy_f32_rows: scalar::axpy_f32_rows,
                     dot_f16: k::dot_f16,
                     dot_bf16: k::dot_bf16,
                     dot_fourbit: k::dot_fourbit,
                     fourbit_step: 4,
                     dot_int8: k::dot_int8,
                     dot_int8_4x4: scalar::dot_int8_4x4,
+                    dot_int8_x4: None,
+                    dot_fourbit_q8_x4: None,
                     dot_fourbit_q8: k::dot_fourbit_q8,
                     fourbit_q8_step: 16,
                     nested_factors: scalar::nested_factors,
@@ -156,12 +183,18 @@ impl Kernels {
             isa: Isa::Avx512,
             label: Isa::Avx512.name(),
             dot_f32: k::dot_f32,
+            axpy_f32: k::axpy_f32,
+            // The AVX2 row loops: their four-row blocking is what matters at head sizes 64–128.
+            dot_f32_rows: crate::arch::x86_64::avx2::dot_f32_rows,
+            axpy_f32_rows: crate::arch::x86_64::avx2::axpy_f32_rows,
             dot_f16: k::dot_f16,
             dot_bf16: k::dot_bf16,
             dot_fourbit: k::dot_fourbit,
             fourbit_step: 16,
             dot_int8: k::dot_int8,
             dot_int8_4x4: k::dot_int8_4x4,
+            dot_int8_x4: None,
+            dot_fourbit_q8_x4: None,
             dot_fourbit_q8: k::dot_fourbit_q8,
             fourbit_q8_step: 32,
             nested_factors: k::nested_factors,
@@ -193,6 +226,39 @@ impl Kernels {
         assert_eq!(w.len(), x.len());
         // SAFETY: `self` exists only for a supported ISA; lengths checked above.
         unsafe { (self.dot_f32)(w, x) }
+    }
+
+    /// `y += a·x` with one fused multiply-add per element (bit-identical on every ISA); slices
+    /// must have equal length.
+    #[inline]
+    pub fn axpy_f32(&self, y: &mut [f32], a: f32, x: &[f32]) {
+        assert_eq!(y.len(), x.len());
+        // SAFETY: `self` exists only for a supported ISA; lengths checked above.
+        unsafe { (self.axpy_f32)(y, a, x) }
+    }
+
+    /// `out[j] = Σ q·rows[j·stride ..]` (see [`crate::scalar::dot_f32_rows`]); each entry within
+    /// the dot-product tolerance of the scalar one.
+    ///
+    /// # Panics
+    /// If `rows` is too short for `out.len()` rows `stride` apart, or `stride < q.len()`.
+    #[inline]
+    pub fn dot_f32_rows(&self, out: &mut [f32], q: &[f32], rows: &[f32], stride: usize) {
+        assert!(out.is_empty() || (stride >= q.len() && rows_fit(out.len(), stride, q.len(), rows.len())));
+        // SAFETY: `self` exists only for a supported ISA; lengths checked above.
+        unsafe { (self.dot_f32_rows)(out, q, rows, stride) }
+    }
+
+    /// `y += Σ_j a[j]·rows[j·stride ..]`, one fused multiply-add per element and row in row order
+    /// (bit-identical on every ISA; see [`crate::scalar::axpy_f32_rows`]).
+    ///
+    /// # Panics
+    /// If `rows` is too short for `a.len()` rows `stride` apart, or `stride < y.len()`.
+    #[inline]
+    pub fn axpy_f32_rows(&self, y: &mut [f32], a: &[f32], rows: &[f32], stride: usize) {
+        assert!(a.is_empty() || (stride >= y.len() && rows_fit(a.len(), stride, y.len(), rows.len())));
+        // SAFETY: `self` exists only for a supported ISA; lengths checked above.
+        unsafe { (self.axpy_f32_rows)(y, a, rows, stride) }
     }
 
     /// `Σ f32(w)·x`; slices must have equal length.
@@ -260,6 +326,33 @@ impl Kernels {
         }
         // SAFETY: `self` exists only for a supported ISA; lengths and step checked above.
         unsafe { (self.dot_fourbit_q8)(codes, factors, lut, qe, qo, qsum, half_block) }
+    }
+
+    /// Four block-aligned 4-bit rows against the same int8 activations (see
+    /// [`crate::scalar::dot_fourbit_q8_x4`]), each row equal to [`Kernels::dot_fourbit_q8`] of it;
+    /// `None` where this level has no such kernel or the block size does not suit it.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    pub fn dot_fourbit_q8_x4(
+        &self,
+        codes: [&[u8]; 4],
+        factors: [&[f32]; 4],
+        lut: &[i8; 16],
+        qe: &[i8],
+        qo: &[i8],
+        qsum: &[i32],
+        half_block: usize,
+    ) -> Option<[f32; 4]> {
+        let f = self.dot_fourbit_q8_x4?;
+        if !half_block.is_multiple_of(self.fourbit_q8_step) {
+            return None;
+        }
+        let nb = factors[0].len();
+        let n = nb * half_block;
+        assert!(factors.iter().all(|f| f.len() == nb) && codes.iter().all(|c| c.len() >= n));
+        assert!(qe.len() >= n && qo.len() >= n && qsum.len() >= nb);
+        // SAFETY: `self` exists only for a supported ISA; lengths and step checked above.
+        Some(unsafe { f(codes, factors, lut, qe, qo, qsum, half_block) })
     }
 
     /// Block factors of double-quantized scales sharing one nested scale; see
@@ -339,6 +432,16 @@ impl Kernels {
         unsafe { (self.dot_int8_4x4)(a, w) }
     }
 
+    /// Four exact int8 row products against one activation row (see
+    /// [`crate::scalar::dot_int8_x4`]); `None` where this level has no such kernel.
+    #[inline]
+    pub fn dot_int8_x4(&self, a: &[i8], w: [&[i8]; 4]) -> Option<[i32; 4]> {
+        let f = self.dot_int8_x4?;
+        assert!(w.iter().all(|w| w.len() == a.len()));
+        // SAFETY: `self` exists only for a supported ISA; lengths checked above.
+        Some(unsafe { f(a, w) })
+    }
+
     /// Exact `Σ a·w` in i32; entries must lie in -127..=127 (as LLM.int8 produces).
     #[inline]
     pub fn dot_int8(&self, a: &[i8], w: &[i8]) -> i32 {
@@ -346,6 +449,11 @@ impl Kernels {
         // SAFETY: `self` exists only for a supported ISA; lengths checked above.
         unsafe { (self.dot_int8)(a, w) }
     }
+}
+
+/// Whether `n ≥ 1` rows of `width` elements, `stride` apart, fit in `len` elements.
+fn rows_fit(n: usize, stride: usize, width: usize, len: usize) -> bool {
+    (n - 1).checked_mul(stride).and_then(|o| o.checked_add(width)).is_some_and(|end| end <= len)
 }
 
 /// The process-wide kernels: `LOWBIT_ISA` if set, else the best level. Chosen once.

@@ -296,25 +296,44 @@ fn fourbit_q8_matvec(k: &Kernels, out: &mut [f32], w: &FourBitRef, x: &[f32], pa
     // weight ≈ lut/127 · absmax, activation ≈ q · xs·127: one factor absmax · xs per block.
     let q = BlockQ8::new(k, x, 1, w.cols, w.blocksize, 1);
     let q = &q;
+    // The activation scales repeated once per row of a task, so one `block_factors` call covers
+    // a task's rows (their blocks are consecutive): per-row calls cost more than the factors
+    // themselves on narrow rows (576 columns are 9 blocks).
+    let mut xs_rows = Lined::<f32>::zeroed(DECODE_ROWS_PER_TASK * bpr);
+    xs_rows.chunks_mut(bpr).for_each(|c| c.copy_from_slice(q.xs(0)));
+    let xs_rows = &xs_rows;
     for_row_chunks(
         out,
         1,
         DECODE_ROWS_PER_TASK,
         par,
-        || Lined::<f32>::zeroed(bpr),
+        || Lined::<f32>::zeroed(DECODE_ROWS_PER_TASK * bpr),
         |factors, r0, o| {
-            for (i, y) in o.iter_mut().enumerate() {
-                let r = r0 + i;
-                block_factors(k, &w.absmax, r * bpr, q.xs(0), factors);
-                *y = k.dot_fourbit_q8(
-                    &w.codes[r * half..(r + 1) * half],
-                    factors,
+            let nf = o.len() * bpr;
+            block_factors(k, &w.absmax, r0 * bpr, &xs_rows[..nf], &mut factors[..nf]);
+            let row = |i: usize| &w.codes[(r0 + i) * half..(r0 + i + 1) * half];
+            let fac = |i: usize| &factors[i * bpr..(i + 1) * bpr];
+            let (qe, qo, qsum, hb) = (q.qe(0), q.qo(0), q.sum(0), w.blocksize / 2);
+            // Four rows a call where the level has that kernel (the activations are loaded once
+            // for the four; narrow rows spend as much on a call as on its arithmetic).
+            let mut i = 0;
+            while i + 4 <= o.len() {
+                let Some(v) = k.dot_fourbit_q8_x4(
+                    std::array::from_fn(|j| row(i + j)),
+                    std::array::from_fn(|j| fac(i + j)),
                     &lut,
-                    q.qe(0),
-                    q.qo(0),
-                    q.sum(0),
-                    w.blocksize / 2,
-                );
+                    qe,
+                    qo,
+                    qsum,
+                    hb,
+                ) else {
+                    break;
+                };
+                o[i..i + 4].copy_from_slice(&v);
+                i += 4;
+            }
+            for (j, y) in o.iter_mut().enumerate().skip(i) {
+                *y = k.dot_fourbit_q8(row(j), fac(j), &lut, qe, qo, qsum, hb);
             }
         },
     );
@@ -453,6 +472,16 @@ fn int8_rows(k: &Kernels, out_t: &mut [f32], w: &Int8Ref, x: &[f32], m: usize, o
         |_, r0, o| {
             let n = o.len() / m;
             let mut r = 0;
+            if m == 1 {
+                // Decode: four rows a call where the level has that kernel.
+                while r + 4 <= n {
+                    let Some(v) = k.dot_int8_x4(ca(0), std::array::from_fn(|i| cb(r0 + r + i))) else { break };
+                    for (i, &isum) in v.iter().enumerate() {
+                        o[r + i] = finish(r0 + r + i, 0, isum);
+                    }
+                    r += 4;
+                }
+            }
             // 4 × 4 tiles: each weight and activation vector loaded once feeds four products.
             while r + 4 <= n {
                 let wr = [cb(r0 + r), cb(r0 + r + 1), cb(r0 + r + 2), cb(r0 + r + 3)];

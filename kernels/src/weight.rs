@@ -164,6 +164,20 @@ fn expect_len(what: &'static str, expected: usize, got: usize) -> Result<()> {
 }
 
 impl Weight<'_> {
+    /// The storage scheme's short name (`nf4`, `fp4`, `int8`, `f16`, `bf16`, `f32`).
+    pub fn scheme_name(&self) -> &'static str {
+        match self {
+            Weight::F32 { .. } => "f32",
+            Weight::F16 { .. } => "f16",
+            Weight::Bf16 { .. } => "bf16",
+            Weight::Int8(_) => "int8",
+            Weight::FourBit(w) => match w.kind {
+                crate::FourBitKind::Nf4 => "nf4",
+                crate::FourBitKind::Fp4 => "fp4",
+            },
+        }
+    }
+
     /// Output features.
     pub fn rows(&self) -> usize {
         match self {

@@ -56,6 +56,75 @@ proptest! {
         }
     }
 
+    /// Attention's row loops: scores within the dot tolerance of the scalar ones (strides wider
+    /// than the rows, counts not a multiple of four, widths not a multiple of eight), the
+    /// weighted sum of values bit for bit.
+    #[test]
+    fn attention_row_kernels_match_scalar(
+        n in 0usize..40, d in 1usize..80, gap in 0usize..20, seed in any::<u64>(),
+    ) {
+        let stride = d + gap;
+        let mut rng = seed;
+        let mut next = || { rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); ((rng >> 33) % 2000) as f32 / 250.0 - 4.0 };
+        let rows: Vec<f32> = (0..n.saturating_sub(1) * stride + d).map(|_| next()).collect();
+        let q: Vec<f32> = (0..d).map(|_| next()).collect();
+        let a: Vec<f32> = (0..n).map(|_| next()).collect();
+        let y0: Vec<f32> = (0..d).map(|_| next()).collect();
+        let mut want = vec![0f32; n];
+        scalar::dot_f32_rows(&mut want, &q, &rows, stride);
+        let mut want_y = y0.clone();
+        scalar::axpy_f32_rows(&mut want_y, &a, &rows, stride);
+        for k in simd_levels() {
+            let mut got = vec![0f32; n];
+            k.dot_f32_rows(&mut got, &q, &rows, stride);
+            for j in 0..n {
+                let mag: f32 = q.iter().zip(&rows[j * stride..]).map(|(a, b)| (a * b).abs()).sum();
+                prop_assert!(close(got[j], want[j], mag), "{} row {j}: {} vs {}", k.label(), got[j], want[j]);
+            }
+            let mut y = y0.clone();
+            k.axpy_f32_rows(&mut y, &a, &rows, stride);
+            prop_assert_eq!(&y, &want_y, "{}", k.label());
+            let mut y1 = y0.clone();
+            k.axpy_f32(&mut y1, 0.75, &rows[..d]);
+            let mut w1 = y0.clone();
+            scalar::axpy_f32(&mut w1, 0.75, &rows[..d]);
+            prop_assert_eq!(y1, w1, "{} axpy", k.label());
+        }
+    }
+
+    /// Decode's four-row int8 kernel is exact, and the four-row 4-bit kernel gives each row
+    /// exactly what the one-row kernel of the same level gives (so a row's result does not
+    /// depend on which call it fell in).
+    #[test]
+    fn four_row_decode_kernels(blocks in 0usize..12, half in prop_oneof![Just(16usize), Just(32usize), Just(64usize)], seed in any::<u64>()) {
+        let n = blocks * half;
+        let mut rng = seed;
+        let mut next = || { rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); (rng >> 33) as u32 };
+        let i8s = |next: &mut dyn FnMut() -> u32, len: usize| -> Vec<i8> { (0..len).map(|_| ((next() % 255) as i32 - 127) as i8).collect() };
+        let a = i8s(&mut next, n + 7);
+        let w: Vec<Vec<i8>> = (0..4).map(|_| i8s(&mut next, n + 7)).collect();
+        let want = scalar::dot_int8_x4(&a, four(&w));
+        for k in simd_levels() {
+            if let Some(got) = k.dot_int8_x4(&a, four(&w)) {
+                prop_assert_eq!(got, want, "{}", k.label());
+            }
+        }
+        let codes: Vec<Vec<u8>> = (0..4).map(|_| (0..n).map(|_| next() as u8).collect()).collect();
+        let factors: Vec<Vec<f32>> = (0..4).map(|_| (0..blocks).map(|_| (next() % 1000) as f32 / 9.7e5).collect()).collect();
+        let (qe, qo) = (i8s(&mut next, n), i8s(&mut next, n));
+        let qsum: Vec<i32> = (0..blocks).map(|b| (b * half..(b + 1) * half).map(|i| qe[i] as i32 + qo[i] as i32).sum()).collect();
+        for kind in [FourBitKind::Nf4, FourBitKind::Fp4] {
+            let lut = kind.int8_levels();
+            for k in simd_levels() {
+                let Some(got) = k.dot_fourbit_q8_x4(four(&codes), four(&factors), &lut, &qe, &qo, &qsum, half) else { continue };
+                for r in 0..4 {
+                    let one = k.dot_fourbit_q8(&codes[r], &factors[r], &lut, &qe, &qo, &qsum, half);
+                    prop_assert_eq!(got[r].to_bits(), one.to_bits(), "{} {:?} row {}", k.label(), kind, r);
+                }
+            }
+        }
+    }
+
     #[test]
     fn int8_tile_is_exact(n in 0usize..300, seed in any::<u64>()) {
         let mut rng = seed;

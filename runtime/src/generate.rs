@@ -56,7 +56,9 @@ pub fn generate(
     stats.prefill = start.elapsed();
     let start = Instant::now();
     loop {
+        let timer = model.profiler().start();
         let next = sampler.sample(&logits, &history);
+        model.profiler().stop(timer, crate::profile::Phase::Decode, || "sampling".into());
         if stop.contains(&next) {
             break;
         }

@@ -60,6 +60,24 @@ impl KvCache {
         (&l.k[s..s + self.width], &l.v[s..s + self.width])
     }
 
+    /// The keys and values of `layer` as slot-major slices (`slots × width` each, as many slots
+    /// as have been written so far).
+    pub fn layer(&self, layer: usize) -> (&[f32], &[f32]) {
+        let l = &self.layers[layer];
+        (&l.k, &l.v)
+    }
+
+    /// The slots that hold positions `lo ..= hi` (all cached and inside the window), in position
+    /// order, as `(first slot, count)` runs: one run, or two where the ring wraps (the second
+    /// then has a count of 0 when it does not).
+    pub fn slot_runs(&self, lo: usize, hi: usize) -> [(usize, usize); 2] {
+        let (a, n) = (self.slot(lo), hi + 1 - lo);
+        match self.window {
+            Some(w) if a + n > w => [(a, w - a), (0, n - (w - a))],
+            _ => [(a, n), (0, 0)],
+        }
+    }
+
     /// Stores the key and value of `pos` in `layer`.
     pub fn put(&mut self, layer: usize, pos: usize, k: &[f32], v: &[f32]) {
         let slot = self.slot(pos);
@@ -82,8 +100,34 @@ impl KvCache {
         self.layers.iter().map(|l| (l.k.len() + l.v.len()) * 4).sum()
     }
 
+    /// The width of one slot (kv heads × head dim).
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
     /// Forgets everything.
     pub fn clear(&mut self) {
         self.len = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_runs_follow_the_ring() {
+        let mut c = KvCache::new(1, 2, Some(4), 100);
+        for p in 0..6 {
+            c.put(0, p, &[p as f32, 0.0], &[0.0, p as f32]);
+        }
+        // Positions 2..=5 sit in slots 2, 3, 0, 1.
+        assert_eq!(c.slot_runs(2, 5), [(2, 2), (0, 2)]);
+        assert_eq!(c.slot_runs(4, 5), [(0, 2), (0, 0)]);
+        let (k, _) = c.layer(0);
+        let keys: Vec<f32> = c.slot_runs(2, 5).iter().flat_map(|&(s, n)| (s..s + n).map(|i| k[i * 2])).collect();
+        assert_eq!(keys, [2.0, 3.0, 4.0, 5.0]);
+        let full = KvCache::new(1, 2, None, 10);
+        assert_eq!(full.slot_runs(3, 7), [(3, 5), (0, 0)]);
     }
 }

@@ -7,6 +7,7 @@ use crate::config::ModelConfig;
 use crate::error::{Result, RuntimeError};
 use crate::kv_cache::KvCache;
 use crate::ops::{add_inplace, rmsnorm, silu_mul, softmax, Rope};
+use crate::profile::{Phase, ProfileReport, Profiler};
 use crate::weights::ModelWeights;
 use lowbit_format::ModelFile;
 use lowbit_kernels::{matmul, MatmulOptions, Weight};
@@ -20,6 +21,7 @@ pub struct Model<'a> {
     weights: ModelWeights<'a>,
     rope: Rope,
     opts: MatmulOptions,
+    profiler: Profiler,
 }
 
 /// Which logits a forward pass returns.
@@ -46,7 +48,7 @@ impl<'a> Model<'a> {
         let rope = Rope::new(config.head_dim, config.rope_theta);
         let opts =
             MatmulOptions { int8_threshold: file.metadata().quantization.int8_threshold, ..MatmulOptions::default() };
-        Ok(Model { config, weights, rope, opts })
+        Ok(Model { config, weights, rope, opts, profiler: Profiler::default() })
     }
 
     /// The kernel options in use (int8 threshold from the file, 4-bit route).
@@ -57,6 +59,21 @@ impl<'a> Model<'a> {
     /// Changes the kernel options (e.g. the exact float 4-bit path).
     pub fn set_options(&mut self, opts: MatmulOptions) {
         self.opts = opts;
+    }
+
+    /// Turns per-operation timing on or off ([`crate::profile`]); off by default.
+    pub fn set_profiling(&self, on: bool) {
+        self.profiler.set_enabled(on);
+    }
+
+    /// The per-operation times recorded since profiling was turned on (or last reset).
+    pub fn profile_report(&self) -> ProfileReport {
+        self.profiler.report()
+    }
+
+    /// The recorder, for callers that time their own steps beside the forward pass (sampling).
+    pub fn profiler(&self) -> &Profiler {
+        &self.profiler
     }
 
     /// A cache for up to `context` positions (ignored beyond the window for sliding-window models).
@@ -83,11 +100,28 @@ impl<'a> Model<'a> {
         let (qd, kvd) = (nh * hd, nkv * hd);
         let p0 = cache.len;
 
+        let prof = &self.profiler;
+        let phase = Phase::of(t);
+        // A linear layer, timed under its role and its weight's scheme.
+        let lin = |out: &mut Vec<f32>, role: &str, w: &Weight, x: &[f32], m: usize| -> Result<()> {
+            let s = prof.start();
+            linear(out, w, x, m, &self.opts)?;
+            prof.stop(s, phase, || format!("matmul {role} ({})", w.scheme_name()));
+            Ok(())
+        };
+        let timed = |op: &'static str, f: &mut dyn FnMut()| {
+            let s = prof.start();
+            f();
+            prof.stop(s, phase, || op.to_string());
+        };
+
         // 1. embeddings
         let mut h = vec![0f32; t * hsz];
-        for (row, &id) in h.chunks_mut(hsz).zip(tokens) {
-            self.weights.embed.dequantize_row(id as usize, row);
-        }
+        timed("embedding", &mut || {
+            for (row, &id) in h.chunks_mut(hsz).zip(tokens) {
+                self.weights.embed.dequantize_row(id as usize, row);
+            }
+        });
         let mut x = vec![0f32; t * hsz];
         let (mut q, mut k, mut v, mut att, mut o) =
             (Vec::new(), Vec::new(), Vec::new(), vec![0f32; t * qd], Vec::new());
@@ -95,40 +129,57 @@ impl<'a> Model<'a> {
 
         for (li, lw) in self.weights.layers.iter().enumerate() {
             // 2a. input RMSNorm
-            for (xr, hr) in x.chunks_mut(hsz).zip(h.chunks(hsz)) {
-                rmsnorm(xr, hr, &lw.input_norm, c.rms_norm_eps);
-            }
+            timed("rmsnorm", &mut || {
+                for (xr, hr) in x.chunks_mut(hsz).zip(h.chunks(hsz)) {
+                    rmsnorm(xr, hr, &lw.input_norm, c.rms_norm_eps);
+                }
+            });
             // 2b. projections (+ Qwen2 biases)
-            linear(&mut q, &lw.q, &x, t, &self.opts)?;
-            linear(&mut k, &lw.k, &x, t, &self.opts)?;
-            linear(&mut v, &lw.v, &x, t, &self.opts)?;
+            lin(&mut q, "q/k/v", &lw.q, &x, t)?;
+            lin(&mut k, "q/k/v", &lw.k, &x, t)?;
+            lin(&mut v, "q/k/v", &lw.v, &x, t)?;
             if let Some([bq, bk, bv]) = &lw.qkv_bias {
-                q.chunks_mut(qd).for_each(|r| add_inplace(r, bq));
-                k.chunks_mut(kvd).for_each(|r| add_inplace(r, bk));
-                v.chunks_mut(kvd).for_each(|r| add_inplace(r, bv));
+                timed("bias", &mut || {
+                    q.chunks_mut(qd).for_each(|r| add_inplace(r, bq));
+                    k.chunks_mut(kvd).for_each(|r| add_inplace(r, bk));
+                    v.chunks_mut(kvd).for_each(|r| add_inplace(r, bv));
+                });
             }
             // 2c. rotary embedding, rotate_half layout
-            for i in 0..t {
-                self.rope.apply(&mut q[i * qd..(i + 1) * qd], hd, p0 + i);
-                self.rope.apply(&mut k[i * kvd..(i + 1) * kvd], hd, p0 + i);
-            }
+            timed("rope", &mut || {
+                for i in 0..t {
+                    self.rope.apply(&mut q[i * qd..(i + 1) * qd], hd, p0 + i);
+                    self.rope.apply(&mut k[i * kvd..(i + 1) * kvd], hd, p0 + i);
+                }
+            });
             // 2d/e. causal (sliding-window) grouped-query attention
-            self.attention(&mut att, &q, &k, &v, cache, li, p0);
-            for i in 0..t {
-                cache.put(li, p0 + i, &k[i * kvd..(i + 1) * kvd], &v[i * kvd..(i + 1) * kvd]);
+            if t == 1 {
+                // Decode attends over the cache alone, so its key and value go in first (the
+                // slot a ring reuses belongs to the one position the window has just left).
+                timed("kv cache store", &mut || cache.put(li, p0, &k, &v));
+                timed("attention", &mut || self.decode_attention(&mut att, &q, cache, li, p0));
+            } else {
+                timed("attention", &mut || self.attention(&mut att, &q, &k, &v, cache, li, p0));
+                timed("kv cache store", &mut || {
+                    for i in 0..t {
+                        cache.put(li, p0 + i, &k[i * kvd..(i + 1) * kvd], &v[i * kvd..(i + 1) * kvd]);
+                    }
+                });
             }
             // 2f. output projection and residual
-            linear(&mut o, &lw.o, &att, t, &self.opts)?;
-            add_inplace(&mut h, &o);
+            lin(&mut o, "o", &lw.o, &att, t)?;
+            timed("residual add", &mut || add_inplace(&mut h, &o));
             // 2g. MLP: down(silu(gate(x)) ⊙ up(x)) and residual
-            for (xr, hr) in x.chunks_mut(hsz).zip(h.chunks(hsz)) {
-                rmsnorm(xr, hr, &lw.post_norm, c.rms_norm_eps);
-            }
-            linear(&mut gate, &lw.gate, &x, t, &self.opts)?;
-            linear(&mut up, &lw.up, &x, t, &self.opts)?;
-            silu_mul(&mut gate, &up);
-            linear(&mut down, &lw.down, &gate, t, &self.opts)?;
-            add_inplace(&mut h, &down);
+            timed("rmsnorm", &mut || {
+                for (xr, hr) in x.chunks_mut(hsz).zip(h.chunks(hsz)) {
+                    rmsnorm(xr, hr, &lw.post_norm, c.rms_norm_eps);
+                }
+            });
+            lin(&mut gate, "gate/up", &lw.gate, &x, t)?;
+            lin(&mut up, "gate/up", &lw.up, &x, t)?;
+            timed("silu·mul", &mut || silu_mul(&mut gate, &up));
+            lin(&mut down, "down", &lw.down, &gate, t)?;
+            timed("residual add", &mut || add_inplace(&mut h, &down));
         }
         cache.len += t;
 
@@ -139,12 +190,51 @@ impl<'a> Model<'a> {
         };
         let rows = t - first;
         let mut xn = vec![0f32; rows * hsz];
-        for (xr, hr) in xn.chunks_mut(hsz).zip(h[first * hsz..].chunks(hsz)) {
-            rmsnorm(xr, hr, &self.weights.norm, c.rms_norm_eps);
-        }
+        timed("rmsnorm", &mut || {
+            for (xr, hr) in xn.chunks_mut(hsz).zip(h[first * hsz..].chunks(hsz)) {
+                rmsnorm(xr, hr, &self.weights.norm, c.rms_norm_eps);
+            }
+        });
         let mut logits = Vec::new();
-        linear(&mut logits, &self.weights.lm_head, &xn, rows, &self.opts)?;
+        lin(&mut logits, "head", &self.weights.lm_head, &xn, rows)?;
         Ok(logits)
+    }
+
+    /// Attention of the one query at `pos`, whose key and value are already cached: per head,
+    /// the scores against the cached keys (contiguous runs of slots, so the kernels step through
+    /// rows without a call per key), softmax, and the weighted sum of the values. On the spinning
+    /// team, like the matvecs around it (rayon's workers would have gone to sleep between calls).
+    fn decode_attention(&self, out: &mut Vec<f32>, q: &[f32], cache: &KvCache, layer: usize, pos: usize) {
+        let c = &self.config;
+        let (hd, nh, nkv) = (c.head_dim, c.num_heads, c.num_kv_heads);
+        let (group, kvd) = (nh / nkv, cache.width());
+        out.clear();
+        out.resize(nh * hd, 0.0);
+        let scale = 1.0 / (hd as f32).sqrt();
+        let lo = c.sliding_window.map_or(0, |w| (pos + 1).saturating_sub(w));
+        let runs = cache.slot_runs(lo, pos);
+        let (kc, vc) = cache.layer(layer);
+        let kern = lowbit_kernels::kernels();
+        let work = |scores: &mut Vec<f32>, head: usize, o: &mut [f32]| {
+            let qh = &q[head * hd..(head + 1) * hd];
+            let col = (head / group) * hd;
+            scores.clear();
+            scores.resize(pos + 1 - lo, 0.0);
+            let mut at = 0;
+            for &(s0, n) in runs.iter().filter(|r| r.1 > 0) {
+                kern.dot_f32_rows(&mut scores[at..at + n], qh, &kc[s0 * kvd + col..], kvd);
+                at += n;
+            }
+            scores.iter_mut().for_each(|s| *s *= scale);
+            softmax(scores);
+            o.fill(0.0);
+            let mut at = 0;
+            for &(s0, n) in runs.iter().filter(|r| r.1 > 0) {
+                kern.axpy_f32_rows(o, &scores[at..at + n], &vc[s0 * kvd + col..], kvd);
+                at += n;
+            }
+        };
+        lowbit_kernels::team::for_each_chunk_mut(out, hd, Vec::new, |s, head, o| work(s, head, o));
     }
 
     /// Attention for new positions `p0 .. p0 + T`: each query sees the keys at positions
@@ -191,16 +281,10 @@ impl<'a> Model<'a> {
             o.fill(0.0);
             for (p, &a) in (lo..=pos).zip(scores.iter()) {
                 let (_, vr) = kv_at(p, kvh);
-                // Plain multiply-add, not f32::mul_add: without FMA enabled at compile time
-                // mul_add is a libm call per element.
-                o.iter_mut().zip(vr).for_each(|(acc, &val)| *acc += a * val);
+                kern.axpy_f32(o, a, vr);
             }
         };
-        if t == 1 && nh > 1 {
-            // Decode: on the spinning team, like the matvecs around it (rayon's workers would
-            // have gone to sleep between the calls).
-            lowbit_kernels::team::for_each_chunk_mut(out, hd, Vec::new, |s, i, o| work(s, (i, o)));
-        } else if t * nh > 1 {
+        if t * nh > 1 {
             out.par_chunks_mut(hd).enumerate().for_each_init(Vec::new, work);
         } else {
             let mut s = Vec::new();

@@ -32,6 +32,15 @@ fn stop_ids(model: &Model, codec: &TextCodec) -> Vec<u32> {
     ids
 }
 
+/// The per-operation table of `--profile`, per prefill pass and per decode step (the head runs
+/// once per pass, so its call count is the number of passes).
+fn report_profile(model: &Model) {
+    let r = model.profile_report();
+    let passes = |phase| r.ops.iter().find(|o| o.phase == phase && o.op.starts_with("matmul head")).map(|o| o.calls);
+    eprintln!("[profile, lowbit_kernels {} level]\n{}", lowbit_kernels::kernels().label(), r.table(passes));
+    model.profiler().reset();
+}
+
 fn report(load_secs: f64, s: &GenStats) {
     eprintln!(
         "\n[load {:.0} ms | prefill {} tok, {:.1} tok/s | decode {} tok, {:.1} tok/s | peak RSS {}]",
@@ -102,9 +111,13 @@ pub fn run(a: RunArgs) -> Result<()> {
     };
     let mut cache = model.new_cache(a.sample.ctx);
     let mut s = sampler(&a.sample)?;
+    model.set_profiling(a.sample.profile);
     let (_, st) = stream_generate(&model, &codec, &mut cache, &prompt, &a.sample, &mut s)?;
     println!();
     report(load, &st);
+    if a.sample.profile {
+        report_profile(&model);
+    }
     Ok(())
 }
 
@@ -126,6 +139,7 @@ pub fn chat(a: ChatArgs) -> Result<()> {
     // since the last one (the template renders the whole conversation; its prefix is unchanged).
     let mut fed: Vec<u32> = Vec::new();
     let mut s = sampler(&a.sample)?;
+    model.set_profiling(a.sample.profile);
     let stdin = std::io::stdin();
     loop {
         eprint!("> ");
@@ -148,6 +162,9 @@ pub fn chat(a: ChatArgs) -> Result<()> {
         fed.extend_from_slice(new);
         fed.extend_from_slice(&reply);
         report(load, &st);
+        if a.sample.profile {
+            report_profile(&model);
+        }
         msgs.push(Message { role: "assistant".into(), content: codec.decode(&reply)? });
     }
     Ok(())

@@ -16,3 +16,25 @@ pub fn dot_f16(w: &[f16], x: &[f32]) -> f32 {
 pub fn dot_bf16(w: &[bf16], x: &[f32]) -> f32 {
     w.iter().zip(x).fold(0.0, |acc, (&a, &b)| a.to_f32().mul_add(b, acc))
 }
+
+/// `y[i] = fma(a, x[i], y[i])`: one fused multiply-add per element, so every ISA gives the same
+/// bits (attention's weighted sum of values).
+pub fn axpy_f32(y: &mut [f32], a: f32, x: &[f32]) {
+    y.iter_mut().zip(x).for_each(|(y, &x)| *y = a.mul_add(x, *y));
+}
+
+/// `out[j] = Σ_i q[i] · rows[j·stride + i]` for `j < out.len()`: one query against rows laid out
+/// `stride` apart (attention scores over cached keys). Each entry is [`dot_f32`] of its row.
+pub fn dot_f32_rows(out: &mut [f32], q: &[f32], rows: &[f32], stride: usize) {
+    for (j, o) in out.iter_mut().enumerate() {
+        *o = dot_f32(q, &rows[j * stride..j * stride + q.len()]);
+    }
+}
+
+/// `y[i] = fma(a[j], rows[j·stride + i], y[i])` for `j = 0, 1, …` in order: the weighted sum of
+/// rows `stride` apart (attention's values), bit-identical on every ISA.
+pub fn axpy_f32_rows(y: &mut [f32], a: &[f32], rows: &[f32], stride: usize) {
+    for (j, &aj) in a.iter().enumerate() {
+        axpy_f32(y, aj, &rows[j * stride..j * stride + y.len()]);
+    }
+}

@@ -31,6 +31,20 @@ pub fn dot_fourbit_q8(
     acc
 }
 
+/// Four block-aligned rows against the same activations: `out[r]` = [`dot_fourbit_q8`] of row
+/// `r` (decode's micro-kernel: each activation vector loaded once feeds four rows).
+pub fn dot_fourbit_q8_x4(
+    codes: [&[u8]; 4],
+    factors: [&[f32]; 4],
+    lut: &[i8; 16],
+    qe: &[i8],
+    qo: &[i8],
+    qsum: &[i32],
+    half_block: usize,
+) -> [f32; 4] {
+    std::array::from_fn(|r| dot_fourbit_q8(codes[r], factors[r], lut, qe, qo, qsum, half_block))
+}
+
 /// The per-block factors of one run of double-quantized blocks that share a nested scale:
 /// `out[i] = (DYNAMIC_MAP[codes[i]] · nested_absmax + offset) · xs[i]`, where the part in
 /// brackets is bitsandbytes' float32 block absmax ([`crate::fourbit::nested_scale`], computed

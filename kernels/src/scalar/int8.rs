@@ -12,3 +12,9 @@ pub fn dot_int8(a: &[i8], w: &[i8]) -> i32 {
 pub fn dot_int8_4x4(a: [&[i8]; 4], w: [&[i8]; 4]) -> [[i32; 4]; 4] {
     std::array::from_fn(|i| std::array::from_fn(|j| dot_int8(a[j], w[i])))
 }
+
+/// Four weight rows against one activation row: `out[i] = Σ a·w[i]` (decode's micro-kernel:
+/// each activation vector loaded once feeds four rows).
+pub fn dot_int8_x4(a: &[i8], w: [&[i8]; 4]) -> [i32; 4] {
+    w.map(|w| dot_int8(a, w))
+}

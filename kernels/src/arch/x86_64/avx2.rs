@@ -62,6 +62,123 @@ pub unsafe fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
     }
 }
 
+/// See [`crate::scalar::axpy_f32`]; one FMA per element, so bit-identical to it.
+///
+/// # Safety
+/// AVX2 and FMA must be available; `y.len() == x.len()`.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn axpy_f32(y: &mut [f32], a: f32, x: &[f32]) {
+    let n = y.len().min(x.len());
+    let (yp, xp) = (y.as_mut_ptr(), x.as_ptr());
+    let mut i = 0;
+    // SAFETY: every access stays below n, which bounds both slices.
+    unsafe {
+        let av = _mm256_set1_ps(a);
+        while i + 8 <= n {
+            _mm256_storeu_ps(yp.add(i), _mm256_fmadd_ps(av, _mm256_loadu_ps(xp.add(i)), _mm256_loadu_ps(yp.add(i))));
+            i += 8;
+        }
+        while i < n {
+            *yp.add(i) = a.mul_add(*xp.add(i), *yp.add(i));
+            i += 1;
+        }
+    }
+}
+
+/// Lane `r` of the result = the sum of `v[r]`'s eight lanes.
+#[inline(always)]
+unsafe fn hsum4(v: [__m256; 4]) -> __m128 {
+    // SAFETY: plain register arithmetic; AVX is enabled by the caller.
+    unsafe {
+        let h = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
+        _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1))
+    }
+}
+
+/// See [`crate::scalar::dot_f32_rows`]: four rows at a time, each query vector loaded once for
+/// the four.
+///
+/// # Safety
+/// AVX2 and FMA must be available; `rows` holds `(out.len() − 1)·stride + q.len()` elements
+/// (when `out` is not empty).
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dot_f32_rows(out: &mut [f32], q: &[f32], rows: &[f32], stride: usize) {
+    let (n, d) = (out.len(), q.len());
+    let (qp, rp) = (q.as_ptr(), rows.as_ptr());
+    let mut j = 0;
+    // SAFETY: row j reads rp[j·stride .. j·stride + d], inside `rows` by the caller's contract.
+    unsafe {
+        while j + 4 <= n {
+            let mut acc = [_mm256_setzero_ps(); 4];
+            let mut i = 0;
+            while i + 8 <= d {
+                let qv = _mm256_loadu_ps(qp.add(i));
+                for (r, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(_mm256_loadu_ps(rp.add((j + r) * stride + i)), qv, *a);
+                }
+                i += 8;
+            }
+            let mut s = [0f32; 4];
+            _mm_storeu_ps(s.as_mut_ptr(), hsum4(acc));
+            for (r, sr) in s.iter_mut().enumerate() {
+                for ii in i..d {
+                    *sr = (*qp.add(ii)).mul_add(*rp.add((j + r) * stride + ii), *sr);
+                }
+            }
+            out[j..j + 4].copy_from_slice(&s);
+            j += 4;
+        }
+        for (jj, o) in out.iter_mut().enumerate().skip(j) {
+            *o = dot_f32(q, std::slice::from_raw_parts(rp.add(jj * stride), d));
+        }
+    }
+}
+
+/// See [`crate::scalar::axpy_f32_rows`]: 32 columns at a time stay in registers across all the
+/// rows (one FMA per element and row, in row order, so bit-identical to the scalar code).
+///
+/// # Safety
+/// AVX2 and FMA must be available; `rows` holds `(a.len() − 1)·stride + y.len()` elements (when
+/// `a` is not empty).
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn axpy_f32_rows(y: &mut [f32], a: &[f32], rows: &[f32], stride: usize) {
+    let d = y.len();
+    let (yp, rp) = (y.as_mut_ptr(), rows.as_ptr());
+    let mut c = 0;
+    // SAFETY: row j reads rp[j·stride + c ..] below j·stride + d, inside `rows` by the caller's
+    // contract; y accesses stay below d.
+    unsafe {
+        while c + 32 <= d {
+            let mut acc: [__m256; 4] = std::array::from_fn(|u| _mm256_loadu_ps(yp.add(c + 8 * u)));
+            for (j, &aj) in a.iter().enumerate() {
+                let (av, p) = (_mm256_set1_ps(aj), rp.add(j * stride + c));
+                for (u, v) in acc.iter_mut().enumerate() {
+                    *v = _mm256_fmadd_ps(av, _mm256_loadu_ps(p.add(8 * u)), *v);
+                }
+            }
+            for (u, v) in acc.iter().enumerate() {
+                _mm256_storeu_ps(yp.add(c + 8 * u), *v);
+            }
+            c += 32;
+        }
+        while c + 8 <= d {
+            let mut v = _mm256_loadu_ps(yp.add(c));
+            for (j, &aj) in a.iter().enumerate() {
+                v = _mm256_fmadd_ps(_mm256_set1_ps(aj), _mm256_loadu_ps(rp.add(j * stride + c)), v);
+            }
+            _mm256_storeu_ps(yp.add(c), v);
+            c += 8;
+        }
+        for i in c..d {
+            let mut v = *yp.add(i);
+            for (j, &aj) in a.iter().enumerate() {
+                v = aj.mul_add(*rp.add(j * stride + i), v);
+            }
+            *yp.add(i) = v;
+        }
+    }
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 unsafe fn dot_half(w: *const u16, x: &[f32], n: usize, bf: bool) -> f32 {
@@ -192,8 +309,7 @@ pub unsafe fn dot_int8(a: &[i8], w: &[i8]) -> i32 {
     }
 }
 
-/// See [`crate::scalar::dot_fourbit_q8`]. Nibbles index the int8 level table with `vpshufb`;
-/// `vpmaddubsw(|w|, sign(q, w))` gives exact i16 pair sums (|w|, |q| ≤ 127).
+/// See [`crate::scalar::dot_fourbit_q8`]; [`fourbit_q8_rows`] with one row.
 ///
 /// # Safety
 /// AVX2 must be available; `half_block` is a multiple of 32; `codes`, `qe`, `qo` hold
@@ -208,35 +324,215 @@ pub unsafe fn dot_fourbit_q8(
     _qsum: &[i32],
     half_block: usize,
 ) -> f32 {
+    // SAFETY: the caller's contract is the body's.
+    unsafe {
+        let acc = fourbit_q8_rows([codes.as_ptr()], [factors.as_ptr()], factors.len(), lut, qe, qo, half_block);
+        // The four-row kernel's lane sum, so a row gives the same bits through either.
+        let z = _mm256_setzero_ps();
+        _mm_cvtss_f32(hsum4([acc[0], z, z, z]))
+    }
+}
+
+/// See [`crate::scalar::dot_fourbit_q8_x4`]: four rows against the same activations, each
+/// activation vector loaded (and its absolute value taken) once for the four. Each row's result
+/// is bit-identical to [`dot_fourbit_q8`] of that row.
+///
+/// # Safety
+/// AVX2 must be available; `half_block` is a multiple of 32; every `codes[r]`, `qe`, `qo` hold
+/// `nb * half_block` elements and every `factors[r]` `nb` entries, `nb = factors[0].len()`.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dot_fourbit_q8_x4(
+    codes: [&[u8]; 4],
+    factors: [&[f32]; 4],
+    lut: &[i8; 16],
+    qe: &[i8],
+    qo: &[i8],
+    _qsum: &[i32],
+    half_block: usize,
+) -> [f32; 4] {
+    let mut out = [0f32; 4];
+    // SAFETY: the caller's contract is the body's.
+    unsafe {
+        let acc = fourbit_q8_rows(
+            codes.map(|c| c.as_ptr()),
+            factors.map(|f| f.as_ptr()),
+            factors[0].len(),
+            lut,
+            qe,
+            qo,
+            half_block,
+        );
+        _mm_storeu_ps(out.as_mut_ptr(), hsum4(acc));
+    }
+    out
+}
+
+/// How far ahead (bytes) the decode loops prefetch, into L2, as the AVX-512 ones do.
+const PREFETCH_L2: usize = 8192;
+
+/// The per-lane partial sums of `R` block-aligned 4-bit rows against int8 activations
+/// (`nb` blocks each). Nibbles index the int8 level table with `vpshufb`;
+/// `vpmaddubsw(|q|, sign(w, q))` gives exact i16 pair sums (|w|, |q| ≤ 127), widened to i32 by
+/// `vpmaddwd` with ones; each block's sum is converted and scaled once, into one accumulator per
+/// row (the same order for any `R`).
+///
+/// # Safety
+/// AVX2 and FMA enabled (callers are `#[target_feature]` functions); every `codes[r]` and the
+/// activations hold `nb * half_block` bytes, every `factors[r]` `nb` floats, `half_block` a
+/// multiple of 32.
+#[inline(always)]
+unsafe fn fourbit_q8_rows<const R: usize>(
+    codes: [*const u8; R],
+    factors: [*const f32; R],
+    nb: usize,
+    lut: &[i8; 16],
+    qe: &[i8],
+    qo: &[i8],
+    half_block: usize,
+) -> [__m256; R] {
     debug_assert!(half_block.is_multiple_of(32));
-    let (cp, ep, op) = (codes.as_ptr(), qe.as_ptr(), qo.as_ptr());
-    // SAFETY: loads stay within `factors.len() * half_block` bytes (caller's contract).
+    let (ep, op) = (qe.as_ptr(), qo.as_ptr());
+    // SAFETY: loads stay within `nb * half_block` bytes (caller's contract); prefetches may point
+    // anywhere.
     unsafe {
         let table = _mm256_broadcastsi128_si256(_mm_loadu_si128(lut.as_ptr() as *const __m128i));
         let nib = _mm256_set1_epi8(0x0F);
         let ones = _mm256_set1_epi16(1);
-        let mut acc = [_mm256_setzero_ps(); 2];
-        for (b, &f) in factors.iter().enumerate() {
-            let mut isum = _mm256_setzero_si256();
+        let mut acc = [_mm256_setzero_ps(); R];
+        for b in 0..nb {
+            let mut isum = [_mm256_setzero_si256(); R];
             let mut i = b * half_block;
             let end = i + half_block;
             while i < end {
+                let qh = _mm256_loadu_si256(ep.add(i) as *const __m256i);
+                let ql = _mm256_loadu_si256(op.add(i) as *const __m256i);
+                let (aqh, aql) = (_mm256_abs_epi8(qh), _mm256_abs_epi8(ql));
+                for (r, s) in isum.iter_mut().enumerate() {
+                    _mm_prefetch::<_MM_HINT_T1>(codes[r].wrapping_add(i + PREFETCH_L2) as *const i8);
+                    let v = _mm256_loadu_si256(codes[r].add(i) as *const __m256i);
+                    let wh = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(v, 4), nib));
+                    let wl = _mm256_shuffle_epi8(table, _mm256_and_si256(v, nib));
+                    let ph = _mm256_maddubs_epi16(aqh, _mm256_sign_epi8(wh, qh));
+                    let pl = _mm256_maddubs_epi16(aql, _mm256_sign_epi8(wl, ql));
+                    // Widen each product vector separately: their i16 sum could overflow.
+                    *s = _mm256_add_epi32(
+                        *s,
+                        _mm256_add_epi32(_mm256_madd_epi16(ph, ones), _mm256_madd_epi16(pl, ones)),
+                    );
+                }
+                i += 32;
+            }
+            for (r, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r]), _mm256_set1_ps(*factors[r].add(b)), *a);
+            }
+        }
+        acc
+    }
+}
+
+/// See [`crate::scalar::fourbit_q8_tile`]: per weight row, its nibbles looked up once per block
+/// and used against the four tokens (`vpmaddubsw(|w|, sign(q, w))`), one accumulator per token;
+/// the block sum is scaled by the token's and then the row's factor, as on AVX-512.
+///
+/// # Safety
+/// AVX2 and FMA must be available; with `nb = wf[0].len()`, every `wf[r]`, `xs[t]` holds `nb`
+/// entries and every `codes[r]`, `qe[t]`, `qo[t]` at least `32 · nb` bytes.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn fourbit_q8_tile(
+    codes: [&[u8]; 4],
+    wf: [&[f32]; 4],
+    lut: &[i8; 16],
+    qe: [&[i8]; 4],
+    qo: [&[i8]; 4],
+    xs: [&[f32]; 4],
+    _qsum: [&[i32]; 4],
+) -> [[f32; 4]; 4] {
+    let nb = wf[0].len();
+    let mut out = [[0f32; 4]; 4];
+    // SAFETY: block b reads 32 bytes at 32·b of codes/qe/qo and entry b of wf/xs: inside the
+    // lengths the caller guarantees.
+    unsafe {
+        let table = _mm256_broadcastsi128_si256(_mm_loadu_si128(lut.as_ptr() as *const __m128i));
+        let nib = _mm256_set1_epi8(0x0F);
+        let ones = _mm256_set1_epi16(1);
+        for (r, row_out) in out.iter_mut().enumerate() {
+            let cp = codes[r].as_ptr();
+            let mut acc = [_mm256_setzero_ps(); 4];
+            for b in 0..nb {
+                let i = 32 * b;
+                _mm_prefetch::<_MM_HINT_T0>(cp.wrapping_add(i + 256) as *const i8);
                 let v = _mm256_loadu_si256(cp.add(i) as *const __m256i);
                 let wh = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(v, 4), nib));
                 let wl = _mm256_shuffle_epi8(table, _mm256_and_si256(v, nib));
-                let qh = _mm256_loadu_si256(ep.add(i) as *const __m256i);
-                let ql = _mm256_loadu_si256(op.add(i) as *const __m256i);
-                let ph = _mm256_maddubs_epi16(_mm256_abs_epi8(wh), _mm256_sign_epi8(qh, wh));
-                let pl = _mm256_maddubs_epi16(_mm256_abs_epi8(wl), _mm256_sign_epi8(ql, wl));
-                // Widen each product vector separately: their i16 sum could overflow.
-                isum =
-                    _mm256_add_epi32(isum, _mm256_add_epi32(_mm256_madd_epi16(ph, ones), _mm256_madd_epi16(pl, ones)));
-                i += 32;
+                let (awh, awl) = (_mm256_abs_epi8(wh), _mm256_abs_epi8(wl));
+                let f = _mm256_set1_ps(*wf[r].get_unchecked(b));
+                for (t, a) in acc.iter_mut().enumerate() {
+                    let qh = _mm256_loadu_si256(qe[t].as_ptr().add(i) as *const __m256i);
+                    let ql = _mm256_loadu_si256(qo[t].as_ptr().add(i) as *const __m256i);
+                    let ph = _mm256_maddubs_epi16(awh, _mm256_sign_epi8(qh, wh));
+                    let pl = _mm256_maddubs_epi16(awl, _mm256_sign_epi8(ql, wl));
+                    let s = _mm256_add_epi32(_mm256_madd_epi16(ph, ones), _mm256_madd_epi16(pl, ones));
+                    let fx = _mm256_mul_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(*xs[t].get_unchecked(b)));
+                    *a = _mm256_fmadd_ps(fx, f, *a);
+                }
             }
-            let k = b & 1;
-            acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(f), acc[k]);
+            _mm_storeu_ps(row_out.as_mut_ptr(), hsum4(acc));
         }
-        hsum(_mm256_add_ps(acc[0], acc[1]))
+    }
+    out
+}
+
+/// See [`crate::scalar::quantize_q8`]; blocks of 64 with a whole number of blocks run here
+/// (anything else goes to the scalar code). Scaled, rounded half-even by `vcvtps2dq` under the
+/// default rounding mode (what the scalar code's magic-number rounding gives), narrowed with
+/// saturating packs (the values are within ±127), put back in order by one permute, then split
+/// into even and odd elements by a byte shuffle.
+///
+/// # Safety
+/// AVX2 must be available; the slices have the lengths the scalar function documents.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn quantize_q8(x: &[f32], blocksize: usize, qe: &mut [i8], qo: &mut [i8], xs: &mut [f32], sum: &mut [i32]) {
+    if blocksize != 64 || !x.len().is_multiple_of(64) {
+        return crate::scalar::quantize_q8(x, blocksize, qe, qo, xs, sum);
+    }
+    let nb = x.len() / 64;
+    assert!(qe.len() >= nb * 32 && qo.len() >= nb * 32 && xs.len() >= nb && sum.len() >= nb);
+    // SAFETY: block b reads x[64b .. 64b + 64] and writes 32 bytes at 32b of qe/qo: all in
+    // bounds by the lengths asserted above.
+    unsafe {
+        let abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFF_FFFF));
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        let split = _mm256_setr_epi8(
+            0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15, 0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15,
+        );
+        for b in 0..nb {
+            let p = x.as_ptr().add(64 * b);
+            let v: [__m256; 8] = std::array::from_fn(|j| _mm256_loadu_ps(p.add(8 * j)));
+            let mut m = _mm256_and_ps(v[0], abs);
+            for vj in &v[1..] {
+                m = _mm256_max_ps(m, _mm256_and_ps(*vj, abs));
+            }
+            let m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+            let m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+            let am = _mm_cvtss_f32(_mm_max_ss(m2, _mm_shuffle_ps(m2, m2, 1)));
+            let inv = _mm256_set1_ps(if am > 0.0 && (127.0 / am).is_finite() { 127.0 / am } else { 0.0 });
+            let c: [__m256i; 8] = std::array::from_fn(|j| _mm256_cvtps_epi32(_mm256_mul_ps(v[j], inv)));
+            let mut total = c[0];
+            for cj in &c[1..] {
+                total = _mm256_add_epi32(total, *cj);
+            }
+            for h in 0..2 {
+                let (a, bb) =
+                    (_mm256_packs_epi32(c[4 * h], c[4 * h + 1]), _mm256_packs_epi32(c[4 * h + 2], c[4 * h + 3]));
+                // Bytes in order 0..32 of this half block, then evens | odds per 128-bit lane.
+                let q = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(a, bb), order);
+                let q = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_shuffle_epi8(q, split));
+                _mm_storeu_si128(qe.as_mut_ptr().add(32 * b + 16 * h) as *mut __m128i, _mm256_castsi256_si128(q));
+                _mm_storeu_si128(qo.as_mut_ptr().add(32 * b + 16 * h) as *mut __m128i, _mm256_extracti128_si256(q, 1));
+            }
+            xs[b] = am / 127.0 * (1.0 / 127.0);
+            sum[b] = hsum_i32(total);
+        }
     }
 }
 
@@ -264,13 +560,48 @@ pub unsafe fn nested_factors(codes: &[u8], map: &[f32; 256], na: f32, offset: f3
     crate::scalar::nested_factors(&codes[i..n], map, na, offset, &xs[i..n], &mut out[i..n]);
 }
 
-/// See [`crate::scalar::dot_int8_4x4`]; on AVX2 the tile is 16 row dot products (no register
-/// blocking yet).
+/// See [`crate::scalar::dot_int8_x4`]: each 32 activation bytes loaded, and their absolute
+/// value taken, once for four weight rows (`vpmaddubsw(|a|, sign(w, a))`).
+///
+/// # Safety
+/// AVX2 must be available; all five slices have the same length.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dot_int8_x4(a: &[i8], w: [&[i8]; 4]) -> [i32; 4] {
+    let n = a.len();
+    let ap = a.as_ptr();
+    let wp = w.map(|w| w.as_ptr());
+    let mut i = 0;
+    // SAFETY: full loads stay below n, which every slice holds; the tail is scalar.
+    unsafe {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_si256(); 4];
+        while i + 32 <= n {
+            let va = _mm256_loadu_si256(ap.add(i) as *const __m256i);
+            let aa = _mm256_abs_epi8(va);
+            for (r, s) in acc.iter_mut().enumerate() {
+                _mm_prefetch::<_MM_HINT_T1>(wp[r].wrapping_add(i + PREFETCH_L2));
+                let vw = _mm256_loadu_si256(wp[r].add(i) as *const __m256i);
+                *s = _mm256_add_epi32(*s, _mm256_madd_epi16(_mm256_maddubs_epi16(aa, _mm256_sign_epi8(vw, va)), ones));
+            }
+            i += 32;
+        }
+        std::array::from_fn(|r| {
+            let mut s = hsum_i32(acc[r]);
+            for j in i..n {
+                s += *ap.add(j) as i32 * *wp[r].add(j) as i32;
+            }
+            s
+        })
+    }
+}
+
+/// See [`crate::scalar::dot_int8_4x4`]: per weight row, [`dot_int8_x4`] against the four
+/// activation rows (the row's vector loaded once for the four; exact, so the roles can swap).
 ///
 /// # Safety
 /// AVX2 must be available; all eight slices have the same length.
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn dot_int8_4x4(a: [&[i8]; 4], w: [&[i8]; 4]) -> [[i32; 4]; 4] {
-    // SAFETY: same contract as dot_int8, which the caller upholds for every pair.
-    std::array::from_fn(|i| std::array::from_fn(|j| unsafe { dot_int8(a[j], w[i]) }))
+    // SAFETY: same contract as dot_int8_x4, which the caller upholds for every row.
+    std::array::from_fn(|i| unsafe { dot_int8_x4(w[i], a) })
 }

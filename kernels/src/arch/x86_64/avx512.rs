@@ -73,6 +73,28 @@ pub unsafe fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
     }
 }
 
+/// See [`crate::scalar::axpy_f32`]; one FMA per element, so bit-identical to it.
+///
+/// # Safety
+/// AVX-512F must be available; `y.len() == x.len()`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+pub unsafe fn axpy_f32(y: &mut [f32], a: f32, x: &[f32]) {
+    let n = y.len().min(x.len());
+    let (yp, xp) = (y.as_mut_ptr(), x.as_ptr());
+    let mut i = 0;
+    // SAFETY: every access is masked to the n elements both slices hold.
+    unsafe {
+        let av = _mm512_set1_ps(a);
+        while i < n {
+            let left = n - i;
+            let m: __mmask16 = if left >= 16 { !0 } else { (1u16 << left) - 1 };
+            let v = _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(m, xp.add(i)), _mm512_maskz_loadu_ps(m, yp.add(i)));
+            _mm512_mask_storeu_ps(yp.add(i), m, v);
+            i += 16;
+        }
+    }
+}
+
 /// Converts 16 f16 or bf16 values at `p` (as raw u16) to f32.
 #[inline(always)]
 unsafe fn load16_f16(p: *const u16, m: __mmask16) -> __m512 {
