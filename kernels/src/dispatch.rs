@@ -10,6 +10,8 @@ use std::sync::OnceLock;
 
 type DotF32 = unsafe fn(&[f32], &[f32]) -> f32;
 type AxpyF32 = unsafe fn(&mut [f32], f32, &[f32]);
+type ExpSub = unsafe fn(&mut [f32], f32);
+type SiluMul = unsafe fn(&mut [f32], &[f32]);
 type DotF32Rows = unsafe fn(&mut [f32], &[f32], &[f32], usize);
 type AxpyF32Rows = unsafe fn(&mut [f32], &[f32], &[f32], usize);
 type DotF16 = unsafe fn(&[f16], &[f32]) -> f32;
@@ -33,6 +35,8 @@ pub struct Kernels {
     label: &'static str,
     dot_f32: DotF32,
     axpy_f32: AxpyF32,
+    exp_sub: ExpSub,
+    silu_mul: SiluMul,
     dot_f32_rows: DotF32Rows,
     axpy_f32_rows: AxpyF32Rows,
     dot_f16: DotF16,
@@ -72,6 +76,8 @@ impl Kernels {
             label: "scalar",
             dot_f32: scalar::dot_f32,
             axpy_f32: scalar::axpy_f32,
+            exp_sub: scalar::exp_sub,
+            silu_mul: scalar::silu_mul,
             dot_f32_rows: scalar::dot_f32_rows,
             axpy_f32_rows: scalar::axpy_f32_rows,
             dot_f16: scalar::dot_f16,
@@ -98,6 +104,8 @@ impl Kernels {
                     label: isa.name(),
                     dot_f32: k::dot_f32,
                     axpy_f32: k::axpy_f32,
+                    exp_sub: k::exp_sub,
+                    silu_mul: k::silu_mul,
                     dot_f32_rows: k::dot_f32_rows,
                     axpy_f32_rows: k::axpy_f32_rows,
                     dot_f16: k::dot_f16,
@@ -125,6 +133,8 @@ impl Kernels {
                     label: isa.name(),
                     dot_f32: k::dot_f32,
                     axpy_f32: scalar::axpy_f32,
+                    exp_sub: scalar::exp_sub,
+                    silu_mul: scalar::silu_mul,
                     dot_f32_rows: scalar::dot_f32_rows,
                     axpy_f32_rows: scalar::axpy_f32_rows,
                     dot_f16: k::dot_f16,
@@ -184,6 +194,8 @@ impl Kernels {
             label: Isa::Avx512.name(),
             dot_f32: k::dot_f32,
             axpy_f32: k::axpy_f32,
+            exp_sub: crate::arch::x86_64::avx2::exp_sub,
+            silu_mul: crate::arch::x86_64::avx2::silu_mul,
             // The AVX2 row loops: their four-row blocking is what matters at head sizes 64–128.
             dot_f32_rows: crate::arch::x86_64::avx2::dot_f32_rows,
             axpy_f32_rows: crate::arch::x86_64::avx2::axpy_f32_rows,
@@ -235,6 +247,22 @@ impl Kernels {
         assert_eq!(y.len(), x.len());
         // SAFETY: `self` exists only for a supported ISA; lengths checked above.
         unsafe { (self.axpy_f32)(y, a, x) }
+    }
+
+    /// `x[i] = exp(x[i] − sub)`, bit-identical on every ISA ([`crate::scalar::exp_sub`]).
+    #[inline]
+    pub fn exp_sub(&self, x: &mut [f32], sub: f32) {
+        // SAFETY: `self` exists only for a supported ISA; the kernel touches only `x`.
+        unsafe { (self.exp_sub)(x, sub) }
+    }
+
+    /// `gate = silu(gate) ⊙ up`, bit-identical on every ISA ([`crate::scalar::silu_mul`]);
+    /// slices must have equal length.
+    #[inline]
+    pub fn silu_mul(&self, gate: &mut [f32], up: &[f32]) {
+        assert_eq!(gate.len(), up.len());
+        // SAFETY: `self` exists only for a supported ISA; lengths checked above.
+        unsafe { (self.silu_mul)(gate, up) }
     }
 
     /// `out[j] = Σ q·rows[j·stride ..]` (see [`crate::scalar::dot_f32_rows`]); each entry within

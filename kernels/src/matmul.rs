@@ -349,8 +349,12 @@ fn fourbit_q8_matmul(k: &Kernels, out: &mut [f32], w: &FourBitRef, x: &[f32], m:
     // Tokens of the last tile past m are all-zero (their results are dropped).
     let q = BlockQ8::new(k, x, m, cols, 64, m.next_multiple_of(4));
     let q = &q;
-    let per_thread = rows.div_ceil(4 * rayon::current_num_threads()).max(4);
-    let chunk = per_thread.next_multiple_of(4).min(64);
+    // Chunks of at most 64 rows (a multiple of the 4-row tile), at least four per thread, and
+    // as many as a multiple of the thread count where the rows allow, so no thread is left with
+    // one chunk more than the others (576 rows in 64-row chunks were 9 tasks for 2 threads).
+    let threads = rayon::current_num_threads().max(1);
+    let want = rows.div_ceil(64).max(4 * threads).next_multiple_of(threads);
+    let chunk = rows.div_ceil(want).next_multiple_of(4).clamp(4, 64);
     assert_eq!(out.len(), m * rows);
     let cells = Cells { ptr: out.as_mut_ptr(), len: out.len() };
     let work = |wf: &mut Lined<f32>, ci: usize| {

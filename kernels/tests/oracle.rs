@@ -92,6 +92,28 @@ proptest! {
         }
     }
 
+    /// Softmax numerators and SiLU: the same bits on every ISA, special values included.
+    #[test]
+    fn exp_kernels_are_bit_identical(x in prop::collection::vec(prop_oneof![
+        6 => -30.0f32..30.0, 1 => -100.0f32..100.0,
+        1 => prop::sample::select(vec![0.0f32, -0.0, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, -87.4, -87.3, 88.3, 88.4]),
+    ], 0..70), sub in -5.0f32..5.0) {
+        let up: Vec<f32> = x.iter().map(|v| v * 0.5 + 1.0).collect();
+        let mut want = x.clone();
+        scalar::exp_sub(&mut want, sub);
+        let mut want_g = x.clone();
+        scalar::silu_mul(&mut want_g, &up);
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        for k in simd_levels() {
+            let mut got = x.clone();
+            k.exp_sub(&mut got, sub);
+            prop_assert_eq!(bits(&got), bits(&want), "{} exp", k.label());
+            let mut g = x.clone();
+            k.silu_mul(&mut g, &up);
+            prop_assert_eq!(bits(&g), bits(&want_g), "{} silu", k.label());
+        }
+    }
+
     /// Decode's four-row int8 kernel is exact, and the four-row 4-bit kernel gives each row
     /// exactly what the one-row kernel of the same level gives (so a row's result does not
     /// depend on which call it fell in).

@@ -126,6 +126,8 @@ impl<'a> Model<'a> {
         let (mut q, mut k, mut v, mut att, mut o) =
             (Vec::new(), Vec::new(), Vec::new(), vec![0f32; t * qd], Vec::new());
         let (mut gate, mut up, mut down) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut rope_cos, mut rope_sin) = (Vec::new(), Vec::new());
+        timed("rope", &mut || (rope_cos, rope_sin) = self.rope.tables(p0, t));
 
         for (li, lw) in self.weights.layers.iter().enumerate() {
             // 2a. input RMSNorm
@@ -148,8 +150,9 @@ impl<'a> Model<'a> {
             // 2c. rotary embedding, rotate_half layout
             timed("rope", &mut || {
                 for i in 0..t {
-                    self.rope.apply(&mut q[i * qd..(i + 1) * qd], hd, p0 + i);
-                    self.rope.apply(&mut k[i * kvd..(i + 1) * kvd], hd, p0 + i);
+                    let (cos, sin) = (&rope_cos[i * hd / 2..(i + 1) * hd / 2], &rope_sin[i * hd / 2..(i + 1) * hd / 2]);
+                    Rope::apply_with(&mut q[i * qd..(i + 1) * qd], hd, cos, sin);
+                    Rope::apply_with(&mut k[i * kvd..(i + 1) * kvd], hd, cos, sin);
                 }
             });
             // 2d/e. causal (sliding-window) grouped-query attention

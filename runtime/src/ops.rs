@@ -3,7 +3,8 @@
 
 /// `out = x · rsqrt(mean(x²) + eps) ⊙ w` (Mistral/Llama RMSNorm; the weight has no +1).
 pub fn rmsnorm(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
-    let ms = x.iter().map(|&v| v * v).sum::<f32>() / x.len() as f32;
+    // The sum of squares as the kernels' dot product (vectorized, unlike a float sum).
+    let ms = lowbit_kernels::kernels().dot_f32(x, x) / x.len() as f32;
     let inv = 1.0 / (ms + eps).sqrt();
     for ((o, &v), &g) in out.iter_mut().zip(x).zip(w) {
         *o = g * (v * inv);
@@ -23,19 +24,26 @@ impl Rope {
         Rope { inv_freq }
     }
 
+    /// The cosines and sines of positions `p0 .. p0 + n`, `n × head_dim/2` each, for
+    /// [`Rope::apply_with`]: computed once per forward pass, not once per layer.
+    pub fn tables(&self, p0: usize, n: usize) -> (Vec<f32>, Vec<f32>) {
+        // transformers multiplies the position and inv_freq in f32, then takes cos/sin.
+        (p0..p0 + n)
+            .flat_map(|pos| self.inv_freq.iter().map(move |&f| pos as f32 * f))
+            .map(|a| (a.cos(), a.sin()))
+            .unzip()
+    }
+
     /// Rotates every head of `x` (heads × head_dim, contiguous) for position `pos`, in
     /// rotate_half layout: element i pairs with i + d/2.
     pub fn apply(&self, x: &mut [f32], head_dim: usize, pos: usize) {
+        let (cos, sin) = self.tables(pos, 1);
+        Self::apply_with(x, head_dim, &cos, &sin);
+    }
+
+    /// [`Rope::apply`] with one position's row of [`Rope::tables`].
+    pub fn apply_with(x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) {
         let half = head_dim / 2;
-        // transformers multiplies the position and inv_freq in f32, then takes cos/sin.
-        let (cos, sin): (Vec<f32>, Vec<f32>) = self
-            .inv_freq
-            .iter()
-            .map(|&f| {
-                let a = pos as f32 * f;
-                (a.cos(), a.sin())
-            })
-            .unzip();
         for head in x.chunks_mut(head_dim) {
             for i in 0..half {
                 let (a, b) = (head[i], head[i + half]);
@@ -46,23 +54,19 @@ impl Rope {
     }
 }
 
-/// In-place softmax.
+/// In-place softmax (the exponential from the kernels: a fixed polynomial, the same bits on
+/// every ISA).
 pub fn softmax(x: &mut [f32]) {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f32;
-    for v in x.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
-    }
+    lowbit_kernels::kernels().exp_sub(x, max);
+    let sum: f32 = x.iter().sum();
     let inv = 1.0 / sum;
     x.iter_mut().for_each(|v| *v *= inv);
 }
 
-/// `gate = silu(gate) ⊙ up`, silu(z) = z·sigmoid(z).
+/// `gate = silu(gate) ⊙ up`, silu(z) = z·sigmoid(z) (see [`lowbit_kernels::Kernels::silu_mul`]).
 pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
-    for (g, &u) in gate.iter_mut().zip(up) {
-        *g = *g / (1.0 + (-*g).exp()) * u;
-    }
+    lowbit_kernels::kernels().silu_mul(gate, up);
 }
 
 /// `x += y`.

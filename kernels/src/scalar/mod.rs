@@ -2,11 +2,14 @@
 //! a faster path. SIMD versions in `arch/` have the same names and signatures and are tested
 //! against these.
 
+mod activation;
 mod dense;
 mod fourbit;
 mod fourbit_q8;
 mod int8;
 
+pub use activation::{exp_f32, exp_sub, silu_mul};
+pub(crate) use activation::{EXP_MAX, EXP_MIN, EXP_POLY, LN2_HI, LN2_LO, LOG2E};
 pub use dense::{axpy_f32, axpy_f32_rows, dot_bf16, dot_f16, dot_f32, dot_f32_rows};
 pub use fourbit::dot_fourbit;
 pub use fourbit_q8::{dot_fourbit_q8, dot_fourbit_q8_x4, fourbit_q8_tile, nested_factors, quantize_q8};

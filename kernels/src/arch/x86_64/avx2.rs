@@ -605,3 +605,75 @@ pub unsafe fn dot_int8_4x4(a: [&[i8]; 4], w: [&[i8]; 4]) -> [[i32; 4]; 4] {
     // SAFETY: same contract as dot_int8_x4, which the caller upholds for every row.
     std::array::from_fn(|i| unsafe { dot_int8_x4(w[i], a) })
 }
+
+/// [`crate::scalar::exp_f32`] of eight lanes, step for step (the out-of-range lanes are
+/// computed on clamped inputs, then replaced as the scalar code returns early).
+#[inline(always)]
+unsafe fn exp8(x: __m256) -> __m256 {
+    use crate::scalar::{EXP_MAX, EXP_MIN, EXP_POLY, LN2_HI, LN2_LO, LOG2E};
+    // SAFETY: plain register arithmetic; AVX2 and FMA are enabled by the caller.
+    unsafe {
+        let xc = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(EXP_MIN)), _mm256_set1_ps(EXP_MAX));
+        let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
+            xc,
+            _mm256_set1_ps(LOG2E),
+        ));
+        let r = _mm256_fmadd_ps(n, _mm256_set1_ps(-LN2_HI), xc);
+        let r = _mm256_fmadd_ps(n, _mm256_set1_ps(-LN2_LO), r);
+        let mut p = _mm256_set1_ps(EXP_POLY[0]);
+        for &c in &EXP_POLY[1..] {
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+        }
+        let e = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0));
+        let pow2 = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(n), _mm256_set1_epi32(127)), 23);
+        let v = _mm256_mul_ps(e, _mm256_castsi256_ps(pow2));
+        let v = _mm256_blendv_ps(v, _mm256_setzero_ps(), _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(EXP_MIN)));
+        let v =
+            _mm256_blendv_ps(v, _mm256_set1_ps(f32::INFINITY), _mm256_cmp_ps::<_CMP_GT_OQ>(x, _mm256_set1_ps(EXP_MAX)));
+        _mm256_blendv_ps(v, x, _mm256_cmp_ps::<_CMP_UNORD_Q>(x, x))
+    }
+}
+
+/// See [`crate::scalar::exp_sub`]; bit-identical to it.
+///
+/// # Safety
+/// AVX2 and FMA must be available.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn exp_sub(x: &mut [f32], sub: f32) {
+    let n = x.len();
+    let p = x.as_mut_ptr();
+    let mut i = 0;
+    // SAFETY: every access stays below n.
+    unsafe {
+        let s = _mm256_set1_ps(sub);
+        while i + 8 <= n {
+            _mm256_storeu_ps(p.add(i), exp8(_mm256_sub_ps(_mm256_loadu_ps(p.add(i)), s)));
+            i += 8;
+        }
+    }
+    crate::scalar::exp_sub(&mut x[i..], sub);
+}
+
+/// See [`crate::scalar::silu_mul`]; bit-identical to it.
+///
+/// # Safety
+/// AVX2 and FMA must be available; `gate.len() == up.len()`.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    let n = gate.len().min(up.len());
+    let (gp, up_) = (gate.as_mut_ptr(), up.as_ptr());
+    let mut i = 0;
+    // SAFETY: every access stays below n, which bounds both slices.
+    unsafe {
+        let one = _mm256_set1_ps(1.0);
+        let neg = _mm256_set1_ps(-0.0);
+        while i + 8 <= n {
+            let g = _mm256_loadu_ps(gp.add(i));
+            let e = exp8(_mm256_xor_ps(g, neg));
+            let v = _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(one, e)), _mm256_loadu_ps(up_.add(i)));
+            _mm256_storeu_ps(gp.add(i), v);
+            i += 8;
+        }
+    }
+    crate::scalar::silu_mul(&mut gate[i..n], &up[i..n]);
+}
