@@ -367,8 +367,25 @@ pub unsafe fn dot_fourbit_q8_x4(
     out
 }
 
-/// How far ahead (bytes) the decode loops prefetch, into L2, as the AVX-512 ones do.
-const PREFETCH_L2: usize = 8192;
+/// How far ahead (bytes) of the bytes being read the decode loops prefetch, into L2. 14336×4096
+/// matvec from DRAM, one thread, `LOWBIT_ISA=avx2`: int8 57 % of the probe at 8 KiB, 72 % at
+/// 16–64 KiB; nf4 27 % without prefetching, 47–50 % with (see docs/PERFORMANCE.md).
+const PREFETCH_L2: usize = 16384;
+
+/// Prefetches the weights [`PREFETCH_L2`] bytes past `first + done`, where `first` starts the
+/// rows a multi-row kernel streams and `done` counts the bytes it has consumed: the rows of a
+/// product are consecutive, so R rows read 32 bytes a step each move through one region R·32
+/// bytes a step. (Prefetching each row's own stream ahead only reached the rows being read.)
+/// Two lines, for the 128 bytes four rows consume per step; one covers a single row's two steps.
+#[inline(always)]
+fn ahead(first: *const u8, done: usize) {
+    let p = first.wrapping_add(done + PREFETCH_L2) as *const i8;
+    // SAFETY: a prefetch never faults, whatever the address; SSE is baseline on x86-64.
+    unsafe {
+        _mm_prefetch::<_MM_HINT_T1>(p);
+        _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(64));
+    }
+}
 
 /// The per-lane partial sums of `R` block-aligned 4-bit rows against int8 activations
 /// (`nb` blocks each). Nibbles index the int8 level table with `vpshufb`;
@@ -407,8 +424,8 @@ unsafe fn fourbit_q8_rows<const R: usize>(
                 let qh = _mm256_loadu_si256(ep.add(i) as *const __m256i);
                 let ql = _mm256_loadu_si256(op.add(i) as *const __m256i);
                 let (aqh, aql) = (_mm256_abs_epi8(qh), _mm256_abs_epi8(ql));
+                ahead(codes[0], R * i);
                 for (r, s) in isum.iter_mut().enumerate() {
-                    _mm_prefetch::<_MM_HINT_T1>(codes[r].wrapping_add(i + PREFETCH_L2) as *const i8);
                     let v = _mm256_loadu_si256(codes[r].add(i) as *const __m256i);
                     let wh = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(v, 4), nib));
                     let wl = _mm256_shuffle_epi8(table, _mm256_and_si256(v, nib));
@@ -578,8 +595,8 @@ pub unsafe fn dot_int8_x4(a: &[i8], w: [&[i8]; 4]) -> [i32; 4] {
         while i + 32 <= n {
             let va = _mm256_loadu_si256(ap.add(i) as *const __m256i);
             let aa = _mm256_abs_epi8(va);
+            ahead(wp[0] as *const u8, 4 * i);
             for (r, s) in acc.iter_mut().enumerate() {
-                _mm_prefetch::<_MM_HINT_T1>(wp[r].wrapping_add(i + PREFETCH_L2));
                 let vw = _mm256_loadu_si256(wp[r].add(i) as *const __m256i);
                 *s = _mm256_add_epi32(*s, _mm256_madd_epi16(_mm256_maddubs_epi16(aa, _mm256_sign_epi8(vw, va)), ones));
             }
