@@ -10,6 +10,17 @@ LOWBIT_SMOLLM2="$(scripts/fetch-smollm2.sh)"
 export LOWBIT_SMOLLM2
 cargo test --workspace --release "$@"
 # (Only on a full run: arguments are a filter for the workspace tests.)
+neon=0
 if [ $# -eq 0 ] && [ "${LOWBIT_SKIP_NEON:-0}" != 1 ]; then
   scripts/test-neon.sh
+  neon=1
 fi
+# The kernel tests run every instruction-set level this CPU has; say which ones they could not.
+cargo run --release -q -p lowbit-cli -- cpu | while read -r line; do
+  case "$line" in
+    "not available: neon "*) [ "$neon" = 1 ] && continue ;;
+  esac
+  case "$line" in
+    "not available: "*) echo "SKIPPED: the kernels of level ${line#not available: }: not run on this CPU" ;;
+  esac
+done

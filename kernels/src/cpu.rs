@@ -11,6 +11,9 @@ pub enum Isa {
     Scalar,
     /// x86-64 AVX2 + FMA + F16C.
     Avx2,
+    /// AVX2 plus VNNI's `vpdpbusd` on 256-bit vectors for the integer kernels: AVX-VNNI (Alder
+    /// Lake and later, Zen 5), or the same instruction from AVX-512 VNNI + VL.
+    AvxVnni,
     /// x86-64 AVX-512 F/BW/VL with VNNI (Cascade Lake, Ice Lake and later, Zen 4); VBMI, where
     /// present, is used as well (see [`crate::Kernels::label`]).
     Avx512,
@@ -20,13 +23,14 @@ pub enum Isa {
 
 impl Isa {
     /// Every level, slowest first.
-    pub const ALL: [Isa; 4] = [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon];
+    pub const ALL: [Isa; 5] = [Isa::Scalar, Isa::Avx2, Isa::AvxVnni, Isa::Avx512, Isa::Neon];
 
     /// The lowercase name used by `LOWBIT_ISA`.
     pub fn name(self) -> &'static str {
         match self {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
+            Isa::AvxVnni => "avxvnni",
             Isa::Avx512 => "avx512",
             Isa::Neon => "neon",
         }
@@ -51,6 +55,8 @@ impl Isa {
                     && std::arch::is_x86_feature_detected!("f16c")
             }
             #[cfg(target_arch = "x86_64")]
+            Isa::AvxVnni => Isa::Avx2.is_supported() && (Isa::has_avxvnni() || Isa::has_avx512vnni_vl()),
+            #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => {
                 Isa::Avx2.is_supported()
                     && std::arch::is_x86_feature_detected!("avx512f")
@@ -62,6 +68,33 @@ impl Isa {
             Isa::Neon => std::arch::is_aarch64_feature_detected!("neon"),
             #[allow(unreachable_patterns)]
             _ => false,
+        }
+    }
+
+    /// Whether the CPU has AVX-VNNI (the VEX encoding of 256-bit `vpdpbusd`).
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) fn has_avxvnni() -> bool {
+        std::arch::is_x86_feature_detected!("avxvnni")
+    }
+
+    /// Whether the CPU has AVX-512 VNNI with VL (the EVEX encoding of 256-bit `vpdpbusd`).
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) fn has_avx512vnni_vl() -> bool {
+        std::arch::is_x86_feature_detected!("avx512vnni") && std::arch::is_x86_feature_detected!("avx512vl")
+    }
+
+    /// What a level needs that this CPU lacks, for saying why it was not run (`None` if it
+    /// runs here, or belongs to another architecture).
+    pub fn missing(self) -> Option<&'static str> {
+        if self.is_supported() {
+            return None;
+        }
+        match self {
+            Isa::Avx2 => Some("AVX2, FMA and F16C"),
+            Isa::AvxVnni => Some("AVX2 with AVX-VNNI (or AVX-512 VNNI and VL)"),
+            Isa::Avx512 => Some("AVX-512 F, BW, VL and VNNI"),
+            Isa::Neon => Some("an aarch64 CPU with NEON"),
+            Isa::Scalar => None,
         }
     }
 

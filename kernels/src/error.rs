@@ -44,7 +44,7 @@ pub enum KernelError {
     #[error("instruction set {0} is not supported on this CPU")]
     UnsupportedIsa(String),
     /// An unknown name in `LOWBIT_ISA` or an API call.
-    #[error("unknown instruction set {0:?} (expected scalar, avx2, avx512, neon)")]
+    #[error("unknown instruction set {0:?} (expected scalar, avx2, avxvnni, avx512, neon)")]
     UnknownIsa(String),
 }
 

@@ -147,6 +147,36 @@ proptest! {
         }
     }
 
+    /// The 256-bit VNNI decode kernels keep each lane's sums exact and then do what the AVX2 ones
+    /// do, so both levels give the same bits (the prefill tile is held to the scalar oracle like
+    /// every other level's).
+    #[test]
+    fn avxvnni_matches_avx2_bit_for_bit(nb in 1usize..12, seed in any::<u64>()) {
+        let n = nb * 32;
+        let mut rng = seed;
+        let mut next = || { rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); (rng >> 33) as u32 };
+        let codes: Vec<Vec<u8>> = (0..4).map(|_| (0..n).map(|_| next() as u8).collect()).collect();
+        let wf: Vec<Vec<f32>> = (0..4).map(|_| (0..nb).map(|_| (next() % 1000) as f32 / 3.1e4).collect()).collect();
+        let mut q = || -> Vec<i8> { (0..n).map(|_| ((next() % 255) as i32 - 127) as i8).collect() };
+        let qe: Vec<Vec<i8>> = (0..4).map(|_| q()).collect();
+        let qo: Vec<Vec<i8>> = (0..4).map(|_| q()).collect();
+        let qsum: Vec<Vec<i32>> = (0..4)
+            .map(|t| (0..nb).map(|b| (b * 32..(b + 1) * 32).map(|i| qe[t][i] as i32 + qo[t][i] as i32).sum()).collect())
+            .collect();
+        let levels = simd_levels();
+        let Some(avx2) = levels.iter().find(|k| k.isa() == Isa::Avx2) else { return Ok(()) };
+        let lut = FourBitKind::Nf4.int8_levels();
+        let bits = |v: [f32; 4]| v.map(f32::to_bits);
+        for k in levels.iter().filter(|k| k.isa() == Isa::AvxVnni) {
+            let args = (four(&codes), four(&wf), &lut, &qe[0][..], &qo[0][..], &qsum[0][..], 32);
+            let want = avx2.dot_fourbit_q8_x4(args.0, args.1, args.2, args.3, args.4, args.5, args.6).unwrap();
+            let got = k.dot_fourbit_q8_x4(args.0, args.1, args.2, args.3, args.4, args.5, args.6).unwrap();
+            prop_assert_eq!(bits(got), bits(want), "{} rows", k.label());
+            let one = k.dot_fourbit_q8(&codes[1], &wf[1], &lut, &qe[0], &qo[0], &qsum[0], 32);
+            prop_assert_eq!(one.to_bits(), want[1].to_bits(), "{} one row", k.label());
+        }
+    }
+
     #[test]
     fn int8_tile_is_exact(n in 0usize..300, seed in any::<u64>()) {
         let mut rng = seed;

@@ -23,6 +23,11 @@ pub fn cpu(a: crate::args::CpuArgs) -> Result<()> {
     println!("best: {}", lowbit_kernels::Isa::best());
     println!("in use: {}", lowbit_kernels::kernels().label());
     println!("supported: {:?}", lowbit_kernels::Isa::all_supported());
+    for isa in lowbit_kernels::Isa::ALL {
+        if let Some(needs) = isa.missing() {
+            println!("not available: {isa} (needs {needs})");
+        }
+    }
     if let Some(mib) = a.bandwidth {
         anyhow::ensure!(mib > 0, "--bandwidth needs a size in MiB");
         let buf = vec![1f32; mib << 18];

@@ -1,0 +1,357 @@
+//! The AVX2 level's integer kernels with VNNI's `vpdpbusd` on 256-bit vectors: four u8 × i8
+//! products summed into each i32 lane in one instruction, where AVX2 needs
+//! `vpsignb` + `vpmaddubsw` + `vpmaddwd` and an add. `vpdpbusd` takes one unsigned operand, so
+//! the 4-bit level table is biased by +128 (and `128 · Σq` per block taken off), and int8
+//! activations are biased by +128 (and `128 · Σw` per row taken off), as on AVX-512.
+//!
+//! Every kernel body is compiled twice by `vnni_pair!`: with AVX-VNNI's VEX encoding (Alder
+//! Lake and later, Zen 5: [`crate::Isa::AvxVnni`]) and with AVX-512 VNNI's EVEX encoding of the
+//! same 256-bit instruction (`avx512vnni` + `avx512vl`), which is how machines with AVX-512 run
+//! and test this code.
+//!
+//! # Safety (for every function here)
+//! The caller must ensure the CPU supports AVX2 and FMA plus AVX-VNNI (the `_vex` functions) or
+//! AVX-512 VNNI and VL (the `_evex` functions), which `crate::dispatch::Kernels` guarantees by
+//! construction, and must pass slices with the lengths documented on the matching
+//! `crate::scalar` function.
+
+use core::arch::x86_64::*;
+
+/// The VEX and EVEX entry points of a kernel body generic over `EVEX`.
+macro_rules! vnni_pair {
+    ($(#[$doc:meta])* $vex:ident, $evex:ident = $body:ident($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty) => {
+        $(#[$doc])*
+        #[target_feature(enable = "avx2,fma,avxvnni")]
+        pub unsafe fn $vex($($arg: $ty),*) -> $ret {
+            // SAFETY: the caller's contract is the body's.
+            unsafe { $body::<false>($($arg),*) }
+        }
+
+        #[doc = concat!("[`", stringify!($vex), "`] with AVX-512 VNNI's encoding of `vpdpbusd`.")]
+        ///
+        /// # Safety
+        #[doc = concat!("As [`", stringify!($vex), "`], with AVX-512 VNNI and VL instead of AVX-VNNI.")]
+        #[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512vnni")]
+        pub unsafe fn $evex($($arg: $ty),*) -> $ret {
+            // SAFETY: the caller's contract is the body's.
+            unsafe { $body::<true>($($arg),*) }
+        }
+    };
+}
+
+/// `acc + Σ₄ a·b` per i32 lane (a unsigned, b signed) in the encoding `EVEX` selects.
+///
+/// # Safety
+/// AVX-VNNI, or AVX-512 VNNI + VL when `EVEX`; reached only from the `vnni_pair!` entry points.
+#[inline(always)]
+unsafe fn dpbusd<const EVEX: bool>(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
+    // SAFETY: the features are the caller's contract.
+    unsafe {
+        if EVEX {
+            _mm256_dpbusd_epi32(acc, a, b)
+        } else {
+            _mm256_dpbusd_avx_epi32(acc, a, b)
+        }
+    }
+}
+
+/// The int8 level table biased by +128, in both 128-bit lanes (what `vpshufb` indexes).
+#[inline(always)]
+unsafe fn biased_table(lut: &[i8; 16]) -> __m256i {
+    let biased: [u8; 16] = std::array::from_fn(|i| (lut[i] as i16 + 128) as u8);
+    // SAFETY: a 16-byte load from a 16-byte array; AVX2 is enabled by the caller.
+    unsafe { _mm256_broadcastsi128_si256(_mm_loadu_si128(biased.as_ptr() as *const __m128i)) }
+}
+
+/// Lane `r` of the result = the sum of `v[r]`'s eight lanes (the AVX2 level's reduction).
+#[inline(always)]
+unsafe fn hsum4(v: [__m256; 4]) -> __m128 {
+    // SAFETY: plain register arithmetic; AVX is enabled by the caller.
+    unsafe {
+        let h = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
+        _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1))
+    }
+}
+
+#[inline(always)]
+unsafe fn hsum_i32(v: __m256i) -> i32 {
+    // SAFETY: plain register arithmetic; AVX2 is enabled by the caller.
+    unsafe {
+        let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+        _mm_cvtsi128_si32(s)
+    }
+}
+
+/// Prefetch distance, as on the AVX2 level (see `avx2::ahead`).
+const PREFETCH_L2: usize = 16384;
+
+#[inline(always)]
+fn ahead(first: *const u8, done: usize) {
+    let p = first.wrapping_add(done + PREFETCH_L2) as *const i8;
+    // SAFETY: a prefetch never faults, whatever the address; SSE is baseline on x86-64.
+    unsafe {
+        _mm_prefetch::<_MM_HINT_T1>(p);
+        _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(64));
+    }
+}
+
+/// The per-lane partial sums of `R` rows of the 4-bit integer route (see
+/// `avx2::fourbit_q8_rows`; here each 32-byte step is two `vpdpbusd` per row). The table's +128
+/// bias adds `128 · Σq` over each lane's bytes to that lane; two more `vpdpbusd` per step,
+/// shared by the rows, compute exactly that and it is taken off each block's sums, so every lane
+/// holds what the AVX2 kernel's lane holds and the results are the same bits.
+///
+/// # Safety
+/// As `avx2::fourbit_q8_rows`; `qsum` holds `nb` entries.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn fourbit_q8_rows<const R: usize, const EVEX: bool>(
+    codes: [*const u8; R],
+    factors: [*const f32; R],
+    nb: usize,
+    lut: &[i8; 16],
+    qe: &[i8],
+    qo: &[i8],
+    _qsum: &[i32],
+    half_block: usize,
+) -> [__m256; R] {
+    let (ep, op) = (qe.as_ptr(), qo.as_ptr());
+    // SAFETY: loads stay within `nb * half_block` bytes and `nb` entries (caller's contract).
+    unsafe {
+        let table = biased_table(lut);
+        let nib = _mm256_set1_epi8(0x0F);
+        let c128 = _mm256_set1_epi8(-128);
+        let mut acc = [_mm256_setzero_ps(); R];
+        for b in 0..nb {
+            let mut isum = [_mm256_setzero_si256(); R];
+            let mut corr = _mm256_setzero_si256();
+            let mut i = b * half_block;
+            let end = i + half_block;
+            while i < end {
+                let qh = _mm256_loadu_si256(ep.add(i) as *const __m256i);
+                let ql = _mm256_loadu_si256(op.add(i) as *const __m256i);
+                corr = dpbusd::<EVEX>(dpbusd::<EVEX>(corr, c128, qh), c128, ql);
+                ahead(codes[0], R * i);
+                for (r, s) in isum.iter_mut().enumerate() {
+                    let v = _mm256_loadu_si256(codes[r].add(i) as *const __m256i);
+                    let wh = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(v, 4), nib));
+                    let wl = _mm256_shuffle_epi8(table, _mm256_and_si256(v, nib));
+                    *s = dpbusd::<EVEX>(dpbusd::<EVEX>(*s, wh, qh), wl, ql);
+                }
+                i += 32;
+            }
+            for (r, a) in acc.iter_mut().enumerate() {
+                let exact = _mm256_sub_epi32(isum[r], corr);
+                *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(exact), _mm256_set1_ps(*factors[r].add(b)), *a);
+            }
+        }
+        acc
+    }
+}
+
+/// `−128 · qsum` in lane 0 and zeros elsewhere: where a block's biased integer sum starts.
+#[inline(always)]
+unsafe fn unbias(qsum: i32) -> __m256i {
+    // SAFETY: plain register moves; AVX2 is enabled by the caller.
+    unsafe { _mm256_zextsi128_si256(_mm_cvtsi32_si128(qsum.wrapping_mul(-128))) }
+}
+
+vnni_pair! {
+    /// See [`crate::scalar::dot_fourbit_q8`]; one row of [`dot_fourbit_q8_x4_vex`], with the same
+    /// bits.
+    ///
+    /// # Safety
+    /// AVX2, FMA and AVX-VNNI must be available; `half_block` is a multiple of 32; `codes`, `qe`,
+    /// `qo` hold `factors.len() * half_block` elements, `qsum` `factors.len()`.
+    dot_fourbit_q8_vex, dot_fourbit_q8_evex = dot_fourbit_q8(
+        codes: &[u8], factors: &[f32], lut: &[i8; 16], qe: &[i8], qo: &[i8], qsum: &[i32], half_block: usize
+    ) -> f32
+}
+
+#[inline(always)]
+unsafe fn dot_fourbit_q8<const EVEX: bool>(
+    codes: &[u8],
+    factors: &[f32],
+    lut: &[i8; 16],
+    qe: &[i8],
+    qo: &[i8],
+    qsum: &[i32],
+    half_block: usize,
+) -> f32 {
+    // SAFETY: the caller's contract.
+    unsafe {
+        let acc = fourbit_q8_rows::<1, EVEX>(
+            [codes.as_ptr()],
+            [factors.as_ptr()],
+            factors.len(),
+            lut,
+            qe,
+            qo,
+            qsum,
+            half_block,
+        );
+        let z = _mm256_setzero_ps();
+        _mm_cvtss_f32(hsum4([acc[0], z, z, z]))
+    }
+}
+
+vnni_pair! {
+    /// See [`crate::scalar::dot_fourbit_q8_x4`]: four rows against the same activations, two
+    /// `vpdpbusd` per row and 64 weights; each row bit-identical to [`dot_fourbit_q8_vex`].
+    ///
+    /// # Safety
+    /// AVX2, FMA and AVX-VNNI must be available; `half_block` is a multiple of 32; every
+    /// `codes[r]`, `qe`, `qo` hold `nb * half_block` elements, every `factors[r]` and `qsum` `nb`,
+    /// `nb = factors[0].len()`.
+    dot_fourbit_q8_x4_vex, dot_fourbit_q8_x4_evex = dot_fourbit_q8_x4(
+        codes: [&[u8]; 4], factors: [&[f32]; 4], lut: &[i8; 16], qe: &[i8], qo: &[i8], qsum: &[i32],
+        half_block: usize
+    ) -> [f32; 4]
+}
+
+#[inline(always)]
+unsafe fn dot_fourbit_q8_x4<const EVEX: bool>(
+    codes: [&[u8]; 4],
+    factors: [&[f32]; 4],
+    lut: &[i8; 16],
+    qe: &[i8],
+    qo: &[i8],
+    qsum: &[i32],
+    half_block: usize,
+) -> [f32; 4] {
+    let mut out = [0f32; 4];
+    // SAFETY: the caller's contract.
+    unsafe {
+        let acc = fourbit_q8_rows::<4, EVEX>(
+            codes.map(|c| c.as_ptr()),
+            factors.map(|f| f.as_ptr()),
+            factors[0].len(),
+            lut,
+            qe,
+            qo,
+            qsum,
+            half_block,
+        );
+        _mm_storeu_ps(out.as_mut_ptr(), hsum4(acc));
+    }
+    out
+}
+
+vnni_pair! {
+    /// See [`crate::scalar::fourbit_q8_tile`]: per weight row, its nibbles looked up once per
+    /// block (biased) and fed to four tokens with two `vpdpbusd` each, from `−128 · qsum` (see
+    /// `fourbit_q8_rows`); the exact block sum is scaled by the token's and then the row's factor.
+    ///
+    /// # Safety
+    /// AVX2, FMA and AVX-VNNI must be available; with `nb = wf[0].len()`, every `wf[r]`, `xs[t]`,
+    /// `qsum[t]` holds `nb` entries and every `codes[r]`, `qe[t]`, `qo[t]` at least `32 · nb`
+    /// bytes.
+    fourbit_q8_tile_vex, fourbit_q8_tile_evex = fourbit_q8_tile(
+        codes: [&[u8]; 4], wf: [&[f32]; 4], lut: &[i8; 16], qe: [&[i8]; 4], qo: [&[i8]; 4], xs: [&[f32]; 4],
+        qsum: [&[i32]; 4]
+    ) -> [[f32; 4]; 4]
+}
+
+#[inline(always)]
+unsafe fn fourbit_q8_tile<const EVEX: bool>(
+    codes: [&[u8]; 4],
+    wf: [&[f32]; 4],
+    lut: &[i8; 16],
+    qe: [&[i8]; 4],
+    qo: [&[i8]; 4],
+    xs: [&[f32]; 4],
+    qsum: [&[i32]; 4],
+) -> [[f32; 4]; 4] {
+    let nb = wf[0].len();
+    let mut out = [[0f32; 4]; 4];
+    // SAFETY: block b reads 32 bytes at 32·b of codes/qe/qo and entry b of wf/xs/qsum: inside
+    // the lengths the caller guarantees.
+    unsafe {
+        let table = biased_table(lut);
+        let nib = _mm256_set1_epi8(0x0F);
+        for (r, row_out) in out.iter_mut().enumerate() {
+            let cp = codes[r].as_ptr();
+            let mut acc = [_mm256_setzero_ps(); 4];
+            for b in 0..nb {
+                let i = 32 * b;
+                _mm_prefetch::<_MM_HINT_T0>(cp.wrapping_add(i + 256) as *const i8);
+                let v = _mm256_loadu_si256(cp.add(i) as *const __m256i);
+                let wh = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(v, 4), nib));
+                let wl = _mm256_shuffle_epi8(table, _mm256_and_si256(v, nib));
+                let f = _mm256_set1_ps(*wf[r].get_unchecked(b));
+                for (t, a) in acc.iter_mut().enumerate() {
+                    let qh = _mm256_loadu_si256(qe[t].as_ptr().add(i) as *const __m256i);
+                    let ql = _mm256_loadu_si256(qo[t].as_ptr().add(i) as *const __m256i);
+                    let s = dpbusd::<EVEX>(dpbusd::<EVEX>(unbias(*qsum[t].get_unchecked(b)), wh, qh), wl, ql);
+                    let fx = _mm256_mul_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(*xs[t].get_unchecked(b)));
+                    *a = _mm256_fmadd_ps(fx, f, *a);
+                }
+            }
+            _mm_storeu_ps(row_out.as_mut_ptr(), hsum4(acc));
+        }
+    }
+    out
+}
+
+/// Four int8 rows against one activation row (see [`crate::scalar::dot_int8_x4`]): the
+/// activations biased to unsigned once per 32 bytes, one `vpdpbusd` per row and step, and a
+/// second against ones for the row's sum (the bias taken off at the end, `128 · Σw`). The prefill
+/// tile's body; decode keeps the AVX2 kernel (see `Kernels::avxvnni`).
+///
+/// # Safety
+/// AVX2, FMA and AVX-VNNI (or AVX-512 VNNI + VL when `EVEX`); all five slices have the same
+/// length; reached only from the `vnni_pair!` entry points.
+#[inline(always)]
+unsafe fn dot_int8_x4<const EVEX: bool>(a: &[i8], w: [&[i8]; 4]) -> [i32; 4] {
+    let n = a.len();
+    let ap = a.as_ptr();
+    let wp = w.map(|w| w.as_ptr());
+    let mut i = 0;
+    // SAFETY: full loads stay below n, which every slice holds; the tail is scalar.
+    unsafe {
+        let flip = _mm256_set1_epi8(-128);
+        let ones = _mm256_set1_epi8(1);
+        let mut acc = [_mm256_setzero_si256(); 4];
+        let mut sums = [_mm256_setzero_si256(); 4];
+        while i + 32 <= n {
+            let va = _mm256_xor_si256(_mm256_loadu_si256(ap.add(i) as *const __m256i), flip);
+            ahead(wp[0] as *const u8, 4 * i);
+            for r in 0..4 {
+                let vw = _mm256_loadu_si256(wp[r].add(i) as *const __m256i);
+                acc[r] = dpbusd::<EVEX>(acc[r], va, vw);
+                sums[r] = dpbusd::<EVEX>(sums[r], ones, vw);
+            }
+            i += 32;
+        }
+        let mut out = [0i32; 4];
+        for (r, o) in out.iter_mut().enumerate() {
+            *o = hsum_i32(acc[r]).wrapping_sub(128i32.wrapping_mul(hsum_i32(sums[r])));
+            for j in i..n {
+                *o += *ap.add(j) as i32 * *wp[r].add(j) as i32;
+            }
+        }
+        out
+    }
+}
+
+vnni_pair! {
+    /// See [`crate::scalar::dot_int8_4x4`]: per weight row, `dot_int8_x4` against the four
+    /// activation rows (exact, so the roles can swap).
+    ///
+    /// # Safety
+    /// AVX2, FMA and AVX-VNNI must be available; all eight slices have the same length.
+    dot_int8_4x4_vex, dot_int8_4x4_evex = dot_int8_4x4(a: [&[i8]; 4], w: [&[i8]; 4]) -> [[i32; 4]; 4]
+}
+
+#[inline(always)]
+unsafe fn dot_int8_4x4<const EVEX: bool>(a: [&[i8]; 4], w: [&[i8]; 4]) -> [[i32; 4]; 4] {
+    // A loop, not `array::from_fn`: the body must inline into this function's features.
+    let mut out = [[0i32; 4]; 4];
+    for (o, wi) in out.iter_mut().zip(w) {
+        // SAFETY: same contract as dot_int8_x4 for every row.
+        *o = unsafe { dot_int8_x4::<EVEX>(wi, a) };
+    }
+    out
+}
