@@ -57,6 +57,9 @@ pub enum RuntimeError {
     /// Sampling parameters out of range.
     #[error("sampling: {0}")]
     Sampling(String),
+    /// Runtime options out of range, or the worker threads could not start.
+    #[error("options: {0}")]
+    Options(String),
 }
 
 /// Result alias for the runtime.

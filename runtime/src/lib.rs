@@ -11,6 +11,8 @@
 
 mod attention;
 pub mod config;
+pub mod conversation;
+pub mod engine;
 mod error;
 pub mod generate;
 pub mod kv_cache;
@@ -22,6 +24,8 @@ pub mod text;
 pub mod weights;
 
 pub use config::ModelConfig;
+pub use conversation::Conversation;
+pub use engine::{Engine, RuntimeOptions};
 pub use error::{Result, RuntimeError};
 pub use generate::{generate, GenStats, TextStream};
 pub use kv_cache::KvCache;

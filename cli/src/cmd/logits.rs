@@ -3,21 +3,21 @@
 use crate::args::LogitsArgs;
 use crate::npy;
 use anyhow::Result;
-use lowbit_kernels::MatmulOptions;
-use lowbit_runtime::{Logits, Model, TextCodec};
+use lowbit_runtime::{Logits, RuntimeOptions};
 
-pub fn run(a: LogitsArgs) -> Result<()> {
-    let (file, _) = super::open(&a.model)?;
-    let mut model = Model::new(&file)?;
-    model.set_options(MatmulOptions { fourbit_exact: a.exact, ..model.options() });
+pub fn run(a: LogitsArgs, threads: Option<usize>) -> Result<()> {
+    let engine = super::engine(&a.model, &RuntimeOptions { threads, fourbit_exact: a.exact })?;
     let tokens = match (&a.tokens, &a.text) {
         (Some(t), _) => t.clone(),
-        (None, Some(text)) => TextCodec::from_metadata(file.metadata())?.encode(text, true)?,
+        (None, Some(text)) => engine.codec()?.encode(text, true)?,
         (None, None) => anyhow::bail!("give --tokens 1,2,3 or --text TEXT"),
     };
     anyhow::ensure!(!tokens.is_empty(), "no tokens to score");
-    let mut cache = model.new_cache(tokens.len());
-    let logits = model.forward(&mut cache, &tokens, Logits::All)?;
+    let model = engine.model();
+    let logits = engine.run(|model| {
+        let mut cache = model.new_cache(tokens.len());
+        model.forward(&mut cache, &tokens, Logits::All)
+    })?;
     npy::write_f32(&a.out, &[tokens.len(), model.config.vocab_size], &logits)?;
     eprintln!("wrote {} x {} logits to {}", tokens.len(), model.config.vocab_size, a.out.display());
     Ok(())

@@ -18,6 +18,11 @@ pub fn open(path: &Path) -> Result<(ModelFile, f64)> {
     Ok((file, t.elapsed().as_secs_f64()))
 }
 
+/// Opens a model to run, naming the path in any error.
+pub fn engine(path: &Path, opts: &lowbit_runtime::RuntimeOptions) -> Result<lowbit_runtime::Engine> {
+    lowbit_runtime::Engine::open(path, opts).with_context(|| format!("opening {}", path.display()))
+}
+
 /// `lowbit cpu`.
 pub fn cpu(a: crate::args::CpuArgs) -> Result<()> {
     println!("best: {}", lowbit_kernels::Isa::best());

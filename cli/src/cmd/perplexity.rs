@@ -10,8 +10,7 @@
 use crate::args::PerplexityArgs;
 use anyhow::{Context, Result};
 use half::f16;
-use lowbit_kernels::MatmulOptions;
-use lowbit_runtime::{Logits, Model, TextCodec};
+use lowbit_runtime::{Logits, Model, RuntimeOptions, TextCodec};
 use std::io::{Read, Write};
 use std::time::Instant;
 
@@ -25,12 +24,14 @@ fn argmax(l: &[f32]) -> usize {
     l.iter().enumerate().fold(0, |b, (i, &v)| if v > l[b] { i } else { b })
 }
 
-pub fn run(a: PerplexityArgs) -> Result<()> {
+pub fn run(a: PerplexityArgs, threads: Option<usize>) -> Result<()> {
     anyhow::ensure!(a.ctx >= 4, "--ctx must be at least 4");
-    let (file, _) = super::open(&a.model)?;
-    let mut model = Model::new(&file)?;
-    model.set_options(MatmulOptions { fourbit_exact: a.exact, ..model.options() });
-    let codec = TextCodec::from_metadata(file.metadata())?;
+    let engine = super::engine(&a.model, &RuntimeOptions { threads, fourbit_exact: a.exact })?;
+    let codec = engine.codec()?;
+    engine.run(|model| score(&a, model, codec))
+}
+
+fn score(a: &PerplexityArgs, model: &Model, codec: &TextCodec) -> Result<()> {
     let bytes = std::fs::read(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
     let text = String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("{} is not UTF-8 text", a.file.display()))?;
     let tokens = codec.encode(&text, false)?;

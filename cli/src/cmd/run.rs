@@ -3,8 +3,10 @@
 use crate::args::{ChatArgs, RunArgs, SampleArgs};
 use crate::stats;
 use anyhow::{Context, Result};
-use lowbit_kernels::MatmulOptions;
-use lowbit_runtime::{generate, GenStats, KvCache, Message, Model, Sampler, SamplerConfig, TextCodec, TextStream};
+use lowbit_runtime::{
+    generate, Conversation, Engine, GenStats, KvCache, Message, Model, RuntimeOptions, Sampler, SamplerConfig,
+    TextCodec, TextStream,
+};
 use std::io::{BufRead, Write};
 use std::time::Instant;
 
@@ -16,20 +18,6 @@ fn sampler(a: &SampleArgs) -> Result<Sampler> {
         repetition_penalty: a.repeat_penalty,
         seed: a.seed,
     })?)
-}
-
-/// Ids that end generation: the config's EOS ids plus the tokenizer's eos token and, for
-/// ChatML models, `<|im_end|>`.
-fn stop_ids(model: &Model, codec: &TextCodec) -> Vec<u32> {
-    let mut ids = model.config.eos_token_ids.clone();
-    for t in [codec.eos_token(), Some("<|im_end|>"), Some("</s>")].into_iter().flatten() {
-        if let Some(id) = codec.token_id(t) {
-            ids.push(id);
-        }
-    }
-    ids.sort_unstable();
-    ids.dedup();
-    ids
 }
 
 /// The per-operation table of `--profile`, per prefill pass and per decode step (the head runs
@@ -53,19 +41,29 @@ fn report(load_secs: f64, s: &GenStats) {
     );
 }
 
+/// Opens the model for `run` and `chat`, timing the load.
+fn open(path: &std::path::Path, threads: Option<usize>, a: &SampleArgs) -> Result<(Engine, f64)> {
+    let t = Instant::now();
+    let engine = Engine::open(path, &RuntimeOptions { threads, fourbit_exact: a.exact })
+        .with_context(|| format!("opening {}", path.display()))?;
+    Ok((engine, t.elapsed().as_secs_f64()))
+}
+
+#[allow(clippy::too_many_arguments)]
 fn stream_generate(
     model: &Model,
     codec: &TextCodec,
+    stop_ids: &[u32],
     cache: &mut KvCache,
     prompt: &[u32],
     a: &SampleArgs,
     sampler: &mut Sampler,
 ) -> Result<(Vec<u32>, GenStats)> {
-    let stop = if a.ignore_eos { Vec::new() } else { stop_ids(model, codec) };
+    let stop = if a.ignore_eos { &[][..] } else { stop_ids };
     let mut stream = TextStream::default();
     let mut out = std::io::stdout().lock();
     let mut err = None;
-    let res = generate(model, cache, prompt, a.max_tokens, sampler, &stop, |id| match stream.push(codec, id) {
+    let res = generate(model, cache, prompt, a.max_tokens, sampler, stop, |id| match stream.push(codec, id) {
         Ok(Some(piece)) => {
             let _ = out.write_all(piece.as_bytes());
             let _ = out.flush();
@@ -83,13 +81,9 @@ fn stream_generate(
     Ok(res)
 }
 
-pub fn run(a: RunArgs) -> Result<()> {
-    let t = Instant::now();
-    let (file, _) = super::open(&a.model)?;
-    let mut model = Model::new(&file)?;
-    model.set_options(MatmulOptions { fourbit_exact: a.sample.exact, ..model.options() });
-    let codec = TextCodec::from_metadata(file.metadata())?;
-    let load = t.elapsed().as_secs_f64();
+pub fn run(a: RunArgs, threads: Option<usize>) -> Result<()> {
+    let (engine, load) = open(&a.model, threads, &a.sample)?;
+    let codec = engine.codec()?;
     let text = match (&a.prompt, &a.file) {
         (Some(p), _) => p.clone(),
         (None, Some(f)) => {
@@ -109,63 +103,47 @@ pub fn run(a: RunArgs) -> Result<()> {
     } else {
         codec.encode(&text, true)?
     };
-    let mut cache = model.new_cache(a.sample.ctx);
     let mut s = sampler(&a.sample)?;
-    model.set_profiling(a.sample.profile);
-    let (_, st) = stream_generate(&model, &codec, &mut cache, &prompt, &a.sample, &mut s)?;
-    println!();
-    report(load, &st);
-    if a.sample.profile {
-        report_profile(&model);
-    }
-    Ok(())
-}
-
-pub fn chat(a: ChatArgs) -> Result<()> {
-    let t = Instant::now();
-    let (file, _) = super::open(&a.model)?;
-    let mut model = Model::new(&file)?;
-    model.set_options(MatmulOptions { fourbit_exact: a.sample.exact, ..model.options() });
-    let codec = TextCodec::from_metadata(file.metadata())?;
-    anyhow::ensure!(codec.has_template(), "this model file has no chat template; use `lowbit run`");
-    let load = t.elapsed().as_secs_f64();
-    eprintln!("[loaded in {:.0} ms; empty line or Ctrl-D ends the chat]", load * 1e3);
-    let mut msgs = Vec::new();
-    if let Some(s) = &a.system {
-        msgs.push(Message { role: "system".into(), content: s.clone() });
-    }
-    let mut cache = model.new_cache(a.sample.ctx);
-    // The KV cache keeps every earlier turn: each turn only prefills the tokens that are new
-    // since the last one (the template renders the whole conversation; its prefix is unchanged).
-    let mut fed: Vec<u32> = Vec::new();
-    let mut s = sampler(&a.sample)?;
-    model.set_profiling(a.sample.profile);
-    let stdin = std::io::stdin();
-    loop {
-        eprint!("> ");
-        std::io::stderr().flush()?;
-        let mut line = String::new();
-        if stdin.lock().read_line(&mut line)? == 0 || line.trim().is_empty() {
-            break;
-        }
-        msgs.push(Message { role: "user".into(), content: line.trim_end().to_string() });
-        let ids = codec.encode(&codec.apply_chat_template(&msgs, true)?, false)?;
-        let common = fed.iter().zip(&ids).take_while(|(a, b)| a == b).count();
-        if common < fed.len() {
-            // The template re-rendered earlier text differently: start over.
-            cache = model.new_cache(a.sample.ctx);
-            fed.clear();
-        }
-        let new = &ids[fed.len()..];
-        let (reply, st) = stream_generate(&model, &codec, &mut cache, new, &a.sample, &mut s)?;
+    engine.run(|model| -> Result<()> {
+        let mut cache = model.new_cache(a.sample.ctx);
+        model.set_profiling(a.sample.profile);
+        let (_, st) = stream_generate(model, codec, engine.stop_ids(), &mut cache, &prompt, &a.sample, &mut s)?;
         println!();
-        fed.extend_from_slice(new);
-        fed.extend_from_slice(&reply);
         report(load, &st);
         if a.sample.profile {
-            report_profile(&model);
+            report_profile(model);
         }
-        msgs.push(Message { role: "assistant".into(), content: codec.decode(&reply)? });
-    }
-    Ok(())
+        Ok(())
+    })
+}
+
+pub fn chat(a: ChatArgs, threads: Option<usize>) -> Result<()> {
+    let (engine, load) = open(&a.model, threads, &a.sample)?;
+    let codec = engine.codec()?;
+    anyhow::ensure!(codec.has_template(), "this model file has no chat template; use `lowbit run`");
+    eprintln!("[loaded in {:.0} ms; empty line or Ctrl-D ends the chat]", load * 1e3);
+    let mut s = sampler(&a.sample)?;
+    engine.run(|model| -> Result<()> {
+        model.set_profiling(a.sample.profile);
+        // The KV cache keeps every earlier turn: each turn prefills only what is new.
+        let mut conv = Conversation::new(model, a.system.as_deref(), a.sample.ctx);
+        let stdin = std::io::stdin();
+        loop {
+            eprint!("> ");
+            std::io::stderr().flush()?;
+            let mut line = String::new();
+            if stdin.lock().read_line(&mut line)? == 0 || line.trim().is_empty() {
+                break;
+            }
+            let (new, cache) = conv.user_turn(model, codec, line.trim_end())?;
+            let (reply, st) = stream_generate(model, codec, engine.stop_ids(), cache, &new, &a.sample, &mut s)?;
+            println!();
+            report(load, &st);
+            if a.sample.profile {
+                report_profile(model);
+            }
+            conv.assistant_turn(codec, &new, &reply)?;
+        }
+        Ok(())
+    })
 }
