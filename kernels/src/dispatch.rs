@@ -48,8 +48,11 @@ pub struct Kernels {
     dot_int8_4x4: DotInt8x4,
     /// Four int8 rows against one activation row, where it beats four row calls.
     dot_int8_x4: Option<DotInt8Rows4>,
-    /// Four 4-bit rows against the same activations, where it beats four row calls.
-    dot_fourbit_q8_x4: Option<DotFourBitQ8Rows4>,
+    /// Four 4-bit rows against the same activations, where it beats four row calls, and the
+    /// one-row kernel that gives the same bits (for the rows left over).
+    dot_fourbit_q8_x4: Option<(DotFourBitQ8Rows4, DotFourBitQ8)>,
+    /// The widest rows (in weights) decode runs through the four-row kernels.
+    x4_max_cols: usize,
     dot_fourbit_q8: DotFourBitQ8,
     /// Bytes of codes each SIMD step of `dot_fourbit_q8` consumes.
     fourbit_q8_step: usize,
@@ -88,6 +91,7 @@ impl Kernels {
             dot_int8_4x4: scalar::dot_int8_4x4,
             dot_int8_x4: None,
             dot_fourbit_q8_x4: None,
+            x4_max_cols: 0,
             dot_fourbit_q8: scalar::dot_fourbit_q8,
             fourbit_q8_step: 1,
             nested_factors: scalar::nested_factors,
@@ -115,7 +119,8 @@ impl Kernels {
                     dot_int8: k::dot_int8,
                     dot_int8_4x4: k::dot_int8_4x4,
                     dot_int8_x4: Some(k::dot_int8_x4),
-                    dot_fourbit_q8_x4: Some(k::dot_fourbit_q8_x4),
+                    dot_fourbit_q8_x4: Some((k::dot_fourbit_q8_x4, k::dot_fourbit_q8)),
+                    x4_max_cols: usize::MAX,
                     dot_fourbit_q8: k::dot_fourbit_q8,
                     fourbit_q8_step: 32,
                     nested_factors: k::nested_factors,
@@ -147,6 +152,7 @@ impl Kernels {
                     dot_int8_4x4: scalar::dot_int8_4x4,
                     dot_int8_x4: None,
                     dot_fourbit_q8_x4: None,
+                    x4_max_cols: 0,
                     dot_fourbit_q8: k::dot_fourbit_q8,
                     fourbit_q8_step: 16,
                     nested_factors: scalar::nested_factors,
@@ -204,7 +210,7 @@ impl Kernels {
                 label: "avxvnni(evex)",
                 dot_int8_4x4: k::dot_int8_4x4_evex,
                 dot_fourbit_q8: k::dot_fourbit_q8_evex,
-                dot_fourbit_q8_x4: Some(k::dot_fourbit_q8_x4_evex),
+                dot_fourbit_q8_x4: Some((k::dot_fourbit_q8_x4_evex, k::dot_fourbit_q8_evex)),
                 fourbit_q8_tile: Some(k::fourbit_q8_tile_evex),
                 ..avx2
             }
@@ -214,7 +220,7 @@ impl Kernels {
                 label: "avxvnni",
                 dot_int8_4x4: k::dot_int8_4x4_vex,
                 dot_fourbit_q8: k::dot_fourbit_q8_vex,
-                dot_fourbit_q8_x4: Some(k::dot_fourbit_q8_x4_vex),
+                dot_fourbit_q8_x4: Some((k::dot_fourbit_q8_x4_vex, k::dot_fourbit_q8_vex)),
                 fourbit_q8_tile: Some(k::fourbit_q8_tile_vex),
                 ..avx2
             }
@@ -244,8 +250,17 @@ impl Kernels {
             fourbit_step: 16,
             dot_int8: k::dot_int8,
             dot_int8_4x4: k::dot_int8_4x4,
-            dot_int8_x4: None,
-            dot_fourbit_q8_x4: None,
+            // Rows narrower than Mistral's 4096 decode four at a time on 256-bit VNNI, where the
+            // one-row 512-bit kernel's per-row work outweighs its wider steps: SmolLM2 (576 and
+            // 1536 wide) nf4 decode on a Zen 4 ran 116 against 84–99 tok/s on one thread, 183–190
+            // against 134–167 on two; at 14336×4096 the two were level (64–68 % and 79–84 % of
+            // the probe).
+            dot_int8_x4: Some(crate::arch::x86_64::avx2::dot_int8_x4),
+            dot_fourbit_q8_x4: Some((
+                crate::arch::x86_64::avxvnni::dot_fourbit_q8_x4_evex,
+                crate::arch::x86_64::avxvnni::dot_fourbit_q8_evex,
+            )),
+            x4_max_cols: 4095,
             dot_fourbit_q8: k::dot_fourbit_q8,
             fourbit_q8_step: 32,
             nested_factors: k::nested_factors,
@@ -395,9 +410,16 @@ impl Kernels {
         unsafe { (self.dot_fourbit_q8)(codes, factors, lut, qe, qo, qsum, half_block) }
     }
 
+    /// Whether decode runs rows `cols` wide four at a time ([`Kernels::dot_fourbit_q8_x4`],
+    /// [`Kernels::dot_fourbit_q8_x1`], [`Kernels::dot_int8_x4`]).
+    #[inline]
+    pub fn x4_for(&self, cols: usize) -> bool {
+        cols <= self.x4_max_cols
+    }
+
     /// Four block-aligned 4-bit rows against the same int8 activations (see
-    /// [`crate::scalar::dot_fourbit_q8_x4`]), each row equal to [`Kernels::dot_fourbit_q8`] of it;
-    /// `None` where this level has no such kernel or the block size does not suit it.
+    /// [`crate::scalar::dot_fourbit_q8_x4`]), each row equal to [`Kernels::dot_fourbit_q8_x1`] of
+    /// it; `None` where this level has no such kernel or the block size does not suit it.
     #[allow(clippy::too_many_arguments)]
     #[inline]
     pub fn dot_fourbit_q8_x4(
@@ -410,7 +432,7 @@ impl Kernels {
         qsum: &[i32],
         half_block: usize,
     ) -> Option<[f32; 4]> {
-        let f = self.dot_fourbit_q8_x4?;
+        let (f, _) = self.dot_fourbit_q8_x4?;
         if !half_block.is_multiple_of(self.fourbit_q8_step) {
             return None;
         }
@@ -420,6 +442,32 @@ impl Kernels {
         assert!(qe.len() >= n && qo.len() >= n && qsum.len() >= nb);
         // SAFETY: `self` exists only for a supported ISA; lengths and step checked above.
         Some(unsafe { f(codes, factors, lut, qe, qo, qsum, half_block) })
+    }
+
+    /// One row through the kernel that gives the same bits as a row of
+    /// [`Kernels::dot_fourbit_q8_x4`] (the plain row kernel where the level has no four-row one).
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    pub fn dot_fourbit_q8_x1(
+        &self,
+        codes: &[u8],
+        factors: &[f32],
+        lut: &[i8; 16],
+        qe: &[i8],
+        qo: &[i8],
+        qsum: &[i32],
+        half_block: usize,
+    ) -> f32 {
+        let Some((_, one)) = self.dot_fourbit_q8_x4 else {
+            return self.dot_fourbit_q8(codes, factors, lut, qe, qo, qsum, half_block);
+        };
+        let n = factors.len() * half_block;
+        assert!(codes.len() >= n && qe.len() >= n && qo.len() >= n && qsum.len() >= factors.len());
+        if !half_block.is_multiple_of(self.fourbit_q8_step) {
+            return scalar::dot_fourbit_q8(codes, factors, lut, qe, qo, qsum, half_block);
+        }
+        // SAFETY: `self` exists only for a supported ISA; lengths and step checked above.
+        unsafe { one(codes, factors, lut, qe, qo, qsum, half_block) }
     }
 
     /// Block factors of double-quantized scales sharing one nested scale; see

@@ -314,10 +314,13 @@ fn fourbit_q8_matvec(k: &Kernels, out: &mut [f32], w: &FourBitRef, x: &[f32], pa
             let row = |i: usize| &w.codes[(r0 + i) * half..(r0 + i + 1) * half];
             let fac = |i: usize| &factors[i * bpr..(i + 1) * bpr];
             let (qe, qo, qsum, hb) = (q.qe(0), q.qo(0), q.sum(0), w.blocksize / 2);
-            // Four rows a call where the level has that kernel (the activations are loaded once
-            // for the four; narrow rows spend as much on a call as on its arithmetic).
+            // Four rows a call where the level has that kernel for rows this wide (the
+            // activations are loaded once for the four; narrow rows spend as much on a call as
+            // on its arithmetic); the rest through its one-row twin, so no row's bits depend on
+            // which call it fell in.
+            let x4 = k.x4_for(w.cols);
             let mut i = 0;
-            while i + 4 <= o.len() {
+            while x4 && i + 4 <= o.len() {
                 let Some(v) = k.dot_fourbit_q8_x4(
                     std::array::from_fn(|j| row(i + j)),
                     std::array::from_fn(|j| fac(i + j)),
@@ -333,7 +336,11 @@ fn fourbit_q8_matvec(k: &Kernels, out: &mut [f32], w: &FourBitRef, x: &[f32], pa
                 i += 4;
             }
             for (j, y) in o.iter_mut().enumerate().skip(i) {
-                *y = k.dot_fourbit_q8(row(j), fac(j), &lut, qe, qo, qsum, hb);
+                *y = if x4 {
+                    k.dot_fourbit_q8_x1(row(j), fac(j), &lut, qe, qo, qsum, hb)
+                } else {
+                    k.dot_fourbit_q8(row(j), fac(j), &lut, qe, qo, qsum, hb)
+                };
             }
         },
     );
@@ -476,8 +483,8 @@ fn int8_rows(k: &Kernels, out_t: &mut [f32], w: &Int8Ref, x: &[f32], m: usize, o
         |_, r0, o| {
             let n = o.len() / m;
             let mut r = 0;
-            if m == 1 {
-                // Decode: four rows a call where the level has that kernel.
+            if m == 1 && k.x4_for(cols) {
+                // Decode: four rows a call where the level has that kernel for rows this wide.
                 while r + 4 <= n {
                     let Some(v) = k.dot_int8_x4(ca(0), std::array::from_fn(|i| cb(r0 + r + i))) else { break };
                     for (i, &isum) in v.iter().enumerate() {

@@ -140,7 +140,7 @@ proptest! {
             for k in simd_levels() {
                 let Some(got) = k.dot_fourbit_q8_x4(four(&codes), four(&factors), &lut, &qe, &qo, &qsum, half) else { continue };
                 for r in 0..4 {
-                    let one = k.dot_fourbit_q8(&codes[r], &factors[r], &lut, &qe, &qo, &qsum, half);
+                    let one = k.dot_fourbit_q8_x1(&codes[r], &factors[r], &lut, &qe, &qo, &qsum, half);
                     prop_assert_eq!(got[r].to_bits(), one.to_bits(), "{} {:?} row {}", k.label(), kind, r);
                 }
             }
