@@ -46,7 +46,9 @@ for q in nf4 int8; do
   wait $pid
   echo "RSS while decoding (last sample): $last"
   tail -1 "$work/run.$q.log"
-  python3 -c "import sys; s=$size; bw=$bw; print(f'file {s/1e9:.2f} GB; bandwidth bound {bw*1e9/s:.2f} tok/s')"
+  # The host's bandwidth moves between runs: probe again right after decoding and give both bounds.
+  bw2=$($bin --threads $threads cpu --bandwidth 4096 | awk '/bandwidth/{print $2}')
+  python3 -c "s=$size; print(f'file {s/1e9:.2f} GB; bandwidth bound {$bw*1e9/s:.2f} tok/s at the first probe ($bw GB/s), {$bw2*1e9/s:.2f} at the one after decoding ($bw2 GB/s)')"
 done
 
 echo "== Qwen2.5-0.5B, 50 tokens =="
