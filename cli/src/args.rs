@@ -106,6 +106,10 @@ pub struct ConvertArgs {
     /// and PyTorch paths and most published checkpoints).
     #[arg(long)]
     pub bnb_cpu_rounding: bool,
+    /// 4-bit blocks exactly as bitsandbytes quantizes them (block absmax, nearest code) instead
+    /// of searching each block's scale for the least error.
+    #[arg(long)]
+    pub bnb_exact: bool,
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,

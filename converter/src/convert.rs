@@ -228,7 +228,7 @@ fn execute(
             }
             let i = order[k];
             let _permit = budget.acquire(need[i]);
-            let done = run_job(&jobs[i], src, opts.nested_rule).and_then(|parts| {
+            let done = run_job(&jobs[i], src, opts.nested_rule, !opts.bnb_exact).and_then(|parts| {
                 let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
                 Ok(writer.write_tensor(i, &refs)?)
             });

@@ -81,6 +81,10 @@ pub struct ConvertOptions {
     /// Rounding rule of double-quant codes: nearest (bitsandbytes on CUDA and its PyTorch
     /// backend; the default) or the lookup table of its CPU kernel.
     pub nested_rule: lowbit_kernels::NestedRule,
+    /// bitsandbytes' own 4-bit quantizer (block absmax, nearest code), byte for byte, instead of
+    /// the default that searches each block's scale and codes for the least squared error
+    /// ([`lowbit_kernels::fourbit::search_block`]); both are read by bitsandbytes the same way.
+    pub bnb_exact: bool,
 }
 
 impl Default for ConvertOptions {
@@ -94,6 +98,7 @@ impl Default for ConvertOptions {
             quantize_all: false,
             head: HeadChoice::Int8,
             nested_rule: lowbit_kernels::NestedRule::Nearest,
+            bnb_exact: false,
         }
     }
 }

@@ -29,6 +29,7 @@ fn fourbit_parts(
     n: usize,
     scheme: &Scheme,
     rule: NestedRule,
+    scale_search: bool,
 ) -> Result<Vec<Vec<u8>>> {
     let Scheme::FourBit { kind, blocksize, nested, .. } = scheme else {
         unreachable!("fourbit_parts is called for 4-bit schemes")
@@ -38,7 +39,7 @@ fn fourbit_parts(
         lowbit_format::FourBitKind::Nf4 => lowbit_kernels::FourBitKind::Nf4,
         lowbit_format::FourBitKind::Fp4 => lowbit_kernels::FourBitKind::Fp4,
     };
-    let opts = FourBitOptions { kind, blocksize, double_quant: false, nested_rule: rule };
+    let opts = FourBitOptions { kind, blocksize, double_quant: false, nested_rule: rule, scale_search };
     // A multiple of the block size, and even, so each chunk's codes fill whole bytes.
     let chunk = (CHUNK_ELEMS / blocksize).max(1) * blocksize;
     let mut codes = Vec::with_capacity(n.div_ceil(2));
@@ -120,7 +121,7 @@ fn dense_parts(src: &dyn TensorSource, name: &str, dtype: SrcDtype, n: usize, sc
 }
 
 /// Makes the parts of `job`, in the scheme's part order.
-pub(crate) fn run_job(job: &Job, src: &dyn TensorSource, rule: NestedRule) -> Result<Vec<Vec<u8>>> {
+pub(crate) fn run_job(job: &Job, src: &dyn TensorSource, rule: NestedRule, scale_search: bool) -> Result<Vec<Vec<u8>>> {
     match job {
         Job::Bnb(b) => b.parts(src),
         Job::BnbDense(b, scheme) => {
@@ -132,7 +133,7 @@ pub(crate) fn run_job(job: &Job, src: &dyn TensorSource, rule: NestedRule) -> Re
         Job::Float { name, dtype, shape, scheme } => {
             let n: usize = shape.iter().product();
             match scheme {
-                Scheme::FourBit { .. } => fourbit_parts(src, name, n, scheme, rule),
+                Scheme::FourBit { .. } => fourbit_parts(src, name, n, scheme, rule, scale_search),
                 Scheme::Int8 => int8_parts(src, name, shape[0], shape[1]),
                 _ => dense_parts(src, name, *dtype, n, scheme),
             }

@@ -62,6 +62,7 @@ fn prequantized_equals_our_quantization_of_the_source() {
             double_quant,
             nested_rule: NestedRule::CpuLut,
             head: HeadChoice::Source,
+            bnb_exact: true,
             ..Default::default()
         };
         run(&bnb("source").unwrap(), &ours, &o).unwrap();
@@ -96,7 +97,8 @@ fn with_the_nearest_rule_only_nested_codes_differ() {
         let pre = tmp.path().join(format!("{variant}-pre.lowbit"));
         let ours = tmp.path().join(format!("{variant}-nearest.lowbit"));
         run(&bnb(variant).unwrap(), &pre, &opts(quant)).unwrap();
-        run(&bnb("source").unwrap(), &ours, &ConvertOptions { head: HeadChoice::Source, ..opts(quant) }).unwrap();
+        let o = ConvertOptions { head: HeadChoice::Source, bnb_exact: true, ..opts(quant) };
+        run(&bnb("source").unwrap(), &ours, &o).unwrap();
         let (a, b) = (ModelFile::open(&pre).unwrap(), ModelFile::open(&ours).unwrap());
         let (mut differ, mut total) = (0, 0);
         for t in b.tensors().iter().filter(|t| is_quantized(&t.scheme)) {

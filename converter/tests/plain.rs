@@ -88,6 +88,7 @@ fn check_tensors(out: &Path, tiny: &Tiny, dtype: Dtype, o: &ConvertOptions) {
                         blocksize: *blocksize as usize,
                         double_quant: nested.is_some(),
                         nested_rule: o.nested_rule,
+                        scale_search: !o.bnb_exact,
                     },
                 )
                 .unwrap();

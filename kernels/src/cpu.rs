@@ -80,7 +80,9 @@ impl Isa {
     /// Whether the CPU has AVX-512 VNNI with VL (the EVEX encoding of 256-bit `vpdpbusd`).
     #[cfg(target_arch = "x86_64")]
     pub(crate) fn has_avx512vnni_vl() -> bool {
-        std::arch::is_x86_feature_detected!("avx512vnni") && std::arch::is_x86_feature_detected!("avx512vl")
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512vnni")
+            && std::arch::is_x86_feature_detected!("avx512vl")
     }
 
     /// What a level needs that this CPU lacks, for saying why it was not run (`None` if it

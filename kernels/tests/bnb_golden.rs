@@ -89,7 +89,13 @@ fn fourbit_matches_bitsandbytes() {
         let x = g.f32(t["input"].as_str().unwrap());
         let q = quantize_4bit(
             &x,
-            &FourBitOptions { kind, blocksize, double_quant: false, nested_rule: NestedRule::Nearest },
+            &FourBitOptions {
+                kind,
+                blocksize,
+                double_quant: false,
+                nested_rule: NestedRule::Nearest,
+                scale_search: false,
+            },
         )
         .unwrap();
         // First level: codes and scales bit for bit (bitsandbytes' CPU path is its PyTorch kernel).

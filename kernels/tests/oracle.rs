@@ -544,6 +544,28 @@ fn matmul_rejects_bad_shapes() {
     assert!(matmul_with(&k, &mut out, &bad, &[1.0; 3], 1, &MatmulOptions::default()).is_err());
 }
 
+/// NaN and ±∞ among the activations quantize the same way on every level (NaN skipped by the
+/// block maximum and quantized to 0; an infinite maximum gives a zero scale).
+#[test]
+fn quantize_q8_non_finite_is_bit_identical() {
+    for special in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        for at in [0usize, 5, 63] {
+            let mut x: Vec<f32> = (0..128).map(|i| (i as f32 - 40.0) * 0.37).collect();
+            x[at] = special;
+            let run = |f: &QuantizeFn| {
+                let (mut qe, mut qo, mut xs, mut sum) = (vec![0i8; 64], vec![0i8; 64], vec![0f32; 2], vec![0i32; 2]);
+                f(&mut qe, &mut qo, &mut xs, &mut sum);
+                (qe, qo, xs.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), sum)
+            };
+            let want = run(&|qe, qo, xs, sum| scalar::quantize_q8(&x, 64, qe, qo, xs, sum));
+            for k in simd_levels() {
+                let got = run(&|qe, qo, xs, sum| k.quantize_q8(&x, 64, qe, qo, xs, sum));
+                assert_eq!(got, want, "{} {special} at {at}", k.label());
+            }
+        }
+    }
+}
+
 #[test]
 fn isa_env_names() {
     assert_eq!(Isa::from_name("AVX2").unwrap(), Isa::Avx2);

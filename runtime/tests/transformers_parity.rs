@@ -77,9 +77,11 @@ fn check_variant(variant: &str) {
             if exact {
                 kl_exact = kl;
             } else if quant == QuantChoice::Nf4 {
-                // What the integer route may cost over the exact path on the same file
-                // (measured ≤ 0.003 nats on these models): the bound above cannot see that.
-                assert!(kl <= kl_exact + 0.01, "{variant} nf4 integer route: mean KL {kl} vs exact {kl_exact}");
+                // What the integer route may cost over the exact path on the same file: the bound
+                // above cannot see that. It grows with the quantization noise already there:
+                // with the default (searched) 4-bit scales, −0.001 to +0.0023 nats on the models
+                // whose nf4 KL is 0.06–0.15, +0.011 on `tied`, whose nf4 KL is 0.50 (2.3 %).
+                assert!(kl <= kl_exact * 1.05 + 0.005, "{variant} nf4 integer route: mean KL {kl} vs exact {kl_exact}");
             }
         }
     }

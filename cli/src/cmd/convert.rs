@@ -31,6 +31,7 @@ pub fn run(a: ConvertArgs) -> Result<()> {
         } else {
             lowbit_kernels::NestedRule::Nearest
         },
+        bnb_exact: a.bnb_exact,
     };
     let bar = if a.quiet { ProgressBar::hidden() } else { ProgressBar::new(0) };
     bar.set_style(

@@ -9,6 +9,7 @@ mod fourbit_q8;
 mod int8;
 
 pub use activation::{exp_f32, exp_sub, silu_mul};
+#[cfg(target_arch = "x86_64")]
 pub(crate) use activation::{EXP_MAX, EXP_MIN, EXP_POLY, LN2_HI, LN2_LO, LOG2E};
 pub use dense::{axpy_f32, axpy_f32_rows, dot_bf16, dot_f16, dot_f32, dot_f32_rows};
 pub use fourbit::dot_fourbit;

@@ -525,15 +525,22 @@ pub unsafe fn quantize_q8(x: &[f32], blocksize: usize, qe: &mut [i8], qo: &mut [
         for b in 0..nb {
             let p = x.as_ptr().add(64 * b);
             let v: [__m256; 8] = std::array::from_fn(|j| _mm256_loadu_ps(p.add(8 * j)));
-            let mut m = _mm256_and_ps(v[0], abs);
-            for vj in &v[1..] {
-                m = _mm256_max_ps(m, _mm256_and_ps(*vj, abs));
+            // `vmaxps` returns its second operand when either is NaN: the running maximum goes
+            // second, so NaN inputs are skipped as `f32::max` skips them.
+            let mut m = _mm256_setzero_ps();
+            for vj in &v {
+                m = _mm256_max_ps(_mm256_and_ps(*vj, abs), m);
             }
             let m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
             let m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
             let am = _mm_cvtss_f32(_mm_max_ss(m2, _mm_shuffle_ps(m2, m2, 1)));
             let inv = _mm256_set1_ps(if am > 0.0 && (127.0 / am).is_finite() { 127.0 / am } else { 0.0 });
-            let c: [__m256i; 8] = std::array::from_fn(|j| _mm256_cvtps_epi32(_mm256_mul_ps(v[j], inv)));
+            // A NaN product (a NaN input, or ±∞ times a zero scale) converts to 0 as the scalar
+            // cast does, not to `vcvtps2dq`'s i32::MIN.
+            let c: [__m256i; 8] = std::array::from_fn(|j| {
+                let p = _mm256_mul_ps(v[j], inv);
+                _mm256_cvtps_epi32(_mm256_and_ps(p, _mm256_cmp_ps::<_CMP_ORD_Q>(p, p)))
+            });
             let mut total = c[0];
             for cj in &c[1..] {
                 total = _mm256_add_epi32(total, *cj);

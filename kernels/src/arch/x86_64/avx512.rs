@@ -529,14 +529,21 @@ pub unsafe fn quantize_q8(x: &[f32], blocksize: usize, qe: &mut [i8], qo: &mut [
         for b in 0..nb {
             let p = x.as_ptr().add(64 * b);
             let v: [__m512; 4] = std::array::from_fn(|j| _mm512_loadu_ps(p.add(16 * j)));
-            let a = v.map(|v| _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v), abs)));
+            // NaN lanes count as 0 in the maximum, as `f32::max` skips them.
+            let a = v.map(|v| {
+                let a = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v), abs));
+                _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_ORD_Q>(a, a), a)
+            });
             let am = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_max_ps(a[0], a[1]), _mm512_max_ps(a[2], a[3])));
             let inv = _mm512_set1_ps(if am > 0.0 && (127.0 / am).is_finite() { 127.0 / am } else { 0.0 });
             let mut total = _mm512_setzero_si512();
             for h in 0..2 {
                 let (lo, hi) = (v[2 * h], v[2 * h + 1]);
-                let e = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_permutex2var_ps(lo, even, hi), inv));
-                let o = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_permutex2var_ps(lo, odd, hi), inv));
+                // A NaN product converts to 0 as the scalar cast does, not to i32::MIN.
+                let cvt =
+                    |p: __m512| _mm512_cvtps_epi32(_mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_ORD_Q>(p, p), p));
+                let e = cvt(_mm512_mul_ps(_mm512_permutex2var_ps(lo, even, hi), inv));
+                let o = cvt(_mm512_mul_ps(_mm512_permutex2var_ps(lo, odd, hi), inv));
                 total = _mm512_add_epi32(total, _mm512_add_epi32(e, o));
                 _mm_storeu_si128(qe.as_mut_ptr().add(32 * b + 16 * h) as *mut __m128i, _mm512_cvtepi32_epi8(e));
                 _mm_storeu_si128(qo.as_mut_ptr().add(32 * b + 16 * h) as *mut __m128i, _mm512_cvtepi32_epi8(o));
