@@ -208,11 +208,31 @@ fn block_error(block: &[f32], levels: &[f32; 16], scale: f32, codes: &[u8]) -> f
     block.iter().zip(codes).map(|(&w, &c)| (w as f64).powi(2) * ((w - levels[c as usize] * scale) as f64).powi(2)).sum()
 }
 
-/// Nearest codes of `block / scale` (clamped to [−1, 1]) into `codes`.
-fn nearest_codes(block: &[f32], scale: f32, table: &codebook::SortedTable, codes: &mut Vec<u8>) {
+/// Resolution of [`nearest_lut`]: [−1, 1] in steps of 1/`LUT_HALF`.
+const LUT_HALF: f32 = 2048.0;
+
+/// The nearest code of each value of [−1, 1] in steps of 1/2048 — the search's candidate codes
+/// (bitsandbytes' own candidate is always computed exactly; a candidate off by one code near a
+/// boundary is still scored exactly, so the table only saves the search a binary search per
+/// weight and candidate).
+fn nearest_lut(kind: FourBitKind) -> &'static [u8] {
+    static NF4: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    static FP4: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let cell = match kind {
+        FourBitKind::Nf4 => &NF4,
+        FourBitKind::Fp4 => &FP4,
+    };
+    cell.get_or_init(|| {
+        let table = kind.sorted();
+        (0..=2 * LUT_HALF as usize).map(|i| table.codes[bucketize(i as f32 / LUT_HALF - 1.0, &table.bounds)]).collect()
+    })
+}
+
+/// Nearest codes of `block / scale` (clamped to [−1, 1]) into `codes`, through [`nearest_lut`].
+fn nearest_codes(block: &[f32], scale: f32, lut: &[u8], codes: &mut Vec<u8>) {
     let inv = 1.0 / scale;
     codes.clear();
-    codes.extend(block.iter().map(|&w| table.codes[bucketize((w * inv).clamp(-1.0, 1.0), &table.bounds)]));
+    codes.extend(block.iter().map(|&w| lut[(((w * inv).clamp(-1.0, 1.0) + 1.0) * LUT_HALF + 0.5) as usize]));
 }
 
 /// One block's scale and codes by search: bitsandbytes' choice (absmax, nearest codes) is the
@@ -225,6 +245,7 @@ fn nearest_codes(block: &[f32], scale: f32, table: &codebook::SortedTable, codes
 /// one code per element.
 pub fn search_block(block: &[f32], kind: FourBitKind, full: bool, codes: &mut Vec<u8>) -> f32 {
     let table = kind.sorted();
+    let lut = nearest_lut(kind);
     let levels = kind.levels();
     let am = absmax_of(block);
     codes.clear();
@@ -240,7 +261,7 @@ pub fn search_block(block: &[f32], kind: FourBitKind, full: bool, codes: &mut Ve
         if k == 0 {
             trial.clone_from(codes);
         } else {
-            nearest_codes(block, am * (1.0 - SEARCH_STEP * k as f32), table, &mut trial);
+            nearest_codes(block, am * (1.0 - SEARCH_STEP * k as f32), lut, &mut trial);
         }
         // The scale minimising the weighted error for these codes: Σ q·w·l / Σ q·l², q = w².
         let (wl, ll) = block.iter().zip(&trial).fold((0f64, 0f64), |(wl, ll), (&w, &c)| {
