@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Quality at equal size, both sides in one run (see quality_table.py): SmolLM2-135M-Instruct's
+# Q4_1 GGUF made into llama.cpp's F16, Q4_0, IQ4_NL, Q4_K_M and Q8_0 by its own quantizer and
+# into lowbit's f32, nf4 (searched scales, the default), nf4 --bnb-exact and int8 by `lowbit
+# convert`; each scored on a text as llama.cpp's perplexity tool scores (chunks of 256, the second
+# half of each), as a ratio to its own float file, with the KL divergence to that float file and
+# top-1 agreement. Uses the llama-cpp-python venv of race-llamacpp.sh (built the first time).
+#
+#   benches/scripts/quality-table.sh [TEXT]      (default data/genesis-kjv.txt)
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$root"
+cache="${LOWBIT_CACHE:-$root/.cache}"
+venv="$cache/llamacpp"
+if grep -q amx_int8 /proc/cpuinfo 2>/dev/null; then
+  venv="$cache/llamacpp-noamx"
+  export CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AVX_VNNI=ON"
+fi
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+"$venv/bin/python" -c "import llama_cpp" 2>/dev/null || "$venv/bin/pip" install --quiet --no-cache-dir "llama-cpp-python==0.3.36"
+gguf="$(scripts/fetch-smollm2.sh)"
+cargo build --release --quiet -p lowbit-cli
+bin="$root/target/release/lowbit"
+work="$cache/quality"
+mkdir -p "$work"
+text="${1:-data/genesis-kjv.txt}"
+echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'); text: $text; commit: $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+# Converted every run, so the files reflect the current converter.
+$bin convert "$gguf" -o "$work/f32.lowbit" --quant f32 -q > /dev/null
+$bin convert "$gguf" -o "$work/nf4.lowbit" --quant nf4 -q > /dev/null
+$bin convert "$gguf" -o "$work/nf4-bnb-exact.lowbit" --quant nf4 --bnb-exact -q > /dev/null
+$bin convert "$gguf" -o "$work/int8.lowbit" --quant int8 -q > /dev/null
+base="$work/lowbit-base.npy"
+$bin --threads 2 perplexity -m "$work/f32.lowbit" -f "$text" -c 256 --save-logits "$base" > "$work/f32.txt" 2> /dev/null
+for m in nf4 nf4-bnb-exact int8; do
+  $bin --threads 2 perplexity -m "$work/$m.lowbit" -f "$text" -c 256 --kl-base "$base" > "$work/$m.txt" 2> /dev/null
+done
+"$venv/bin/python" benches/scripts/quality_table.py "$gguf" "$work" "$text"
