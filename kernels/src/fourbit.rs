@@ -200,12 +200,12 @@ const SEARCH_STEPS: usize = 12;
 const SEARCH_STEP: f32 = 0.02;
 
 /// The weighted squared error of a block quantized with `scale` and `codes`: each weight's error
-/// counts `w²` times, so the search does not trade the largest weights of a block — the ones the
-/// products depend on most — for the bulk (llama.cpp weighs IQ4_NL's search the same way when it
-/// has no importance matrix). Minimising the plain squared error lowered the KL divergence to the
-/// float model on SmolLM2 but raised the perplexity.
+/// counts `|w|` times, so the search does not trade the largest weights of a block — the ones the
+/// products depend on most — for the bulk. On SmolLM2 (KL to the f32 model / perplexity):
+/// unweighted 0.445 / 10.70, weighted by `w²` (llama.cpp's IQ4_NL weighting without an importance
+/// matrix) 0.428 / 10.21, by `|w|` 0.417 / 10.16; bitsandbytes' absmax 0.494 / 10.45.
 fn block_error(block: &[f32], levels: &[f32; 16], scale: f32, codes: &[u8]) -> f64 {
-    block.iter().zip(codes).map(|(&w, &c)| (w as f64).powi(2) * ((w - levels[c as usize] * scale) as f64).powi(2)).sum()
+    block.iter().zip(codes).map(|(&w, &c)| (w as f64).abs() * ((w - levels[c as usize] * scale) as f64).powi(2)).sum()
 }
 
 /// Resolution of [`nearest_lut`]: [−1, 1] in steps of 1/`LUT_HALF`.
@@ -263,9 +263,9 @@ pub fn search_block(block: &[f32], kind: FourBitKind, full: bool, codes: &mut Ve
         } else {
             nearest_codes(block, am * (1.0 - SEARCH_STEP * k as f32), lut, &mut trial);
         }
-        // The scale minimising the weighted error for these codes: Σ q·w·l / Σ q·l², q = w².
+        // The scale minimising the weighted error for these codes: Σ q·w·l / Σ q·l², q = |w|.
         let (wl, ll) = block.iter().zip(&trial).fold((0f64, 0f64), |(wl, ll), (&w, &c)| {
-            let (l, q) = (levels[c as usize] as f64, (w as f64).powi(2));
+            let (l, q) = (levels[c as usize] as f64, (w as f64).abs());
             (wl + q * w as f64 * l, ll + q * l * l)
         });
         if ll <= 0.0 || wl <= 0.0 {
@@ -431,9 +431,9 @@ mod tests {
             let q = quantize_4bit(&x, &FourBitOptions { kind, double_quant: false, scale_search: true, ..Default::default() }).unwrap();
             let deq = |q: &FourBitTensor| { let mut v = vec![0f32; q.len]; q.dequantize(&mut v).unwrap(); v };
             let back = deq(&q);
-            let err: f64 = x.iter().zip(&back).map(|(a, b)| (*a as f64).powi(2) * ((a - b) as f64).powi(2)).sum();
+            let err: f64 = x.iter().zip(&back).map(|(a, b)| (*a as f64).abs() * ((a - b) as f64).powi(2)).sum();
             let bnb = deq(&quantize_4bit(&x, &FourBitOptions { kind, double_quant: false, ..Default::default() }).unwrap());
-            let err_bnb: f64 = x.iter().zip(&bnb).map(|(a, b)| (*a as f64).powi(2) * ((a - b) as f64).powi(2)).sum();
+            let err_bnb: f64 = x.iter().zip(&bnb).map(|(a, b)| (*a as f64).abs() * ((a - b) as f64).powi(2)).sum();
             proptest::prop_assert!(err <= err_bnb * (1.0 + 1e-6) + 1e-12, "{err} > {err_bnb}");
         }
     }
