@@ -8,12 +8,12 @@ beside the quantized one. lowbit's side comes from `lowbit perplexity` (the same
 output files are read from WORK). Prints one markdown table. Run: benches/scripts/quality-table.sh
 """
 
-import ctypes
 import os
 import re
 import sys
 
 import llama_cpp
+import llamacpp_files
 import numpy as np
 
 gguf, work, text_path = sys.argv[1:4]
@@ -21,15 +21,7 @@ CTX = 256
 
 
 def quantize(ftype, name):
-    out = os.path.join(work, name)
-    if not os.path.exists(out):
-        params = llama_cpp.llama_model_quantize_default_params()
-        params.ftype = ftype
-        params.allow_requantize = True
-        params.nthread = 2
-        rc = llama_cpp.llama_model_quantize(gguf.encode(), out.encode(), ctypes.byref(params))
-        assert rc == 0, f"quantize {name} failed: {rc}"
-    return out
+    return llamacpp_files.quantize(gguf, work, ftype, name)
 
 
 files = {

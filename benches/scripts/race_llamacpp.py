@@ -7,7 +7,6 @@ the ratios lowbit / llama.cpp. Not part of CI.
 Run: benches/scripts/race-llamacpp.sh
 """
 
-import ctypes
 import os
 import statistics
 import subprocess
@@ -15,21 +14,14 @@ import sys
 import time
 
 import llama_cpp
+import llamacpp_files
 
 gguf, work, lowbit, text_path = sys.argv[1:5]
 reps = 3
 
 
 def quantize(ftype, name):
-    out = os.path.join(work, name)
-    if not os.path.exists(out):
-        params = llama_cpp.llama_model_quantize_default_params()
-        params.ftype = ftype
-        params.allow_requantize = True
-        params.nthread = 2
-        rc = llama_cpp.llama_model_quantize(gguf.encode(), out.encode(), ctypes.byref(params))
-        assert rc == 0, f"quantize {name} failed: {rc}"
-    return out
+    return llamacpp_files.quantize(gguf, work, ftype, name)
 
 
 models = {

@@ -21,7 +21,7 @@ unsafe fn hsum(v: __m256) -> f32 {
 }
 
 #[inline(always)]
-unsafe fn hsum_i32(v: __m256i) -> i32 {
+pub(super) unsafe fn hsum_i32(v: __m256i) -> i32 {
     // SAFETY: plain register arithmetic; AVX2 is enabled by the caller.
     unsafe {
         let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
@@ -87,7 +87,7 @@ pub unsafe fn axpy_f32(y: &mut [f32], a: f32, x: &[f32]) {
 
 /// Lane `r` of the result = the sum of `v[r]`'s eight lanes.
 #[inline(always)]
-unsafe fn hsum4(v: [__m256; 4]) -> __m128 {
+pub(super) unsafe fn hsum4(v: [__m256; 4]) -> __m128 {
     // SAFETY: plain register arithmetic; AVX is enabled by the caller.
     unsafe {
         let h = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
@@ -378,7 +378,7 @@ const PREFETCH_L2: usize = 16384;
 /// bytes a step. (Prefetching each row's own stream ahead only reached the rows being read.)
 /// Two lines, for the 128 bytes four rows consume per step; one covers a single row's two steps.
 #[inline(always)]
-fn ahead(first: *const u8, done: usize) {
+pub(super) fn ahead(first: *const u8, done: usize) {
     let p = first.wrapping_add(done + PREFETCH_L2) as *const i8;
     // SAFETY: a prefetch never faults, whatever the address; SSE is baseline on x86-64.
     unsafe {

@@ -15,6 +15,7 @@
 //! construction, and must pass slices with the lengths documented on the matching
 //! `crate::scalar` function.
 
+use super::avx2::{ahead, hsum4, hsum_i32};
 use core::arch::x86_64::*;
 
 /// The VEX and EVEX entry points of a kernel body generic over `EVEX`.
@@ -61,40 +62,6 @@ unsafe fn biased_table(lut: &[i8; 16]) -> __m256i {
     let biased: [u8; 16] = std::array::from_fn(|i| (lut[i] as i16 + 128) as u8);
     // SAFETY: a 16-byte load from a 16-byte array; AVX2 is enabled by the caller.
     unsafe { _mm256_broadcastsi128_si256(_mm_loadu_si128(biased.as_ptr() as *const __m128i)) }
-}
-
-/// Lane `r` of the result = the sum of `v[r]`'s eight lanes (the AVX2 level's reduction).
-#[inline(always)]
-unsafe fn hsum4(v: [__m256; 4]) -> __m128 {
-    // SAFETY: plain register arithmetic; AVX is enabled by the caller.
-    unsafe {
-        let h = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
-        _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1))
-    }
-}
-
-#[inline(always)]
-unsafe fn hsum_i32(v: __m256i) -> i32 {
-    // SAFETY: plain register arithmetic; AVX2 is enabled by the caller.
-    unsafe {
-        let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
-        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
-        _mm_cvtsi128_si32(s)
-    }
-}
-
-/// Prefetch distance, as on the AVX2 level (see `avx2::ahead`).
-const PREFETCH_L2: usize = 16384;
-
-#[inline(always)]
-fn ahead(first: *const u8, done: usize) {
-    let p = first.wrapping_add(done + PREFETCH_L2) as *const i8;
-    // SAFETY: a prefetch never faults, whatever the address; SSE is baseline on x86-64.
-    unsafe {
-        _mm_prefetch::<_MM_HINT_T1>(p);
-        _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(64));
-    }
 }
 
 /// The per-lane partial sums of `R` rows of the 4-bit integer route (see
