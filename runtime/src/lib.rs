@@ -20,6 +20,7 @@ pub mod model;
 pub mod ops;
 pub mod profile;
 pub mod sampler;
+pub mod score;
 pub mod text;
 pub mod weights;
 

@@ -99,3 +99,34 @@ fn tokenizer_and_chat_template_match_transformers() {
         assert_eq!(codec.encode(&rendered, false).unwrap(), want);
     }
 }
+
+/// A completion's per-token log-probabilities from one pass equal the log-softmax of the
+/// position-by-position logits over the same tokens (the scoring an RL loop's reference model
+/// needs), and a perplexity chunk's targets are scored from the same rows.
+#[test]
+fn completion_logprobs_match_the_full_logits() {
+    use lowbit_runtime::score::{completion_logprobs, log_softmax, score_chunk};
+    let file = ModelFile::open(model_file()).unwrap();
+    let model = Model::new(&file).unwrap();
+    let codec = TextCodec::from_metadata(file.metadata()).unwrap();
+    let vocab = model.config.vocab_size;
+    let prompt = codec.encode("The capital of France is", true).unwrap();
+    let completion = codec.encode(" Paris, a city on the Seine.", false).unwrap();
+    let got = completion_logprobs(&model, &prompt, &completion).unwrap();
+    let all: Vec<u32> = prompt.iter().chain(&completion).copied().collect();
+    let mut cache = model.new_cache(all.len());
+    let logits = model.forward(&mut cache, &all, Logits::All).unwrap();
+    assert_eq!(got.len(), completion.len());
+    for (i, &t) in completion.iter().enumerate() {
+        let row = prompt.len() - 1 + i;
+        let want = log_softmax(&logits[row * vocab..(row + 1) * vocab])[t as usize];
+        assert!((got[i] - want).abs() < 1e-4, "token {i}: {} vs {want}", got[i]);
+    }
+    // " Paris" after that prompt is likely.
+    assert!(got[0] > -2.0, "{}", got[0]);
+    let chunk: Vec<u32> = all.iter().copied().cycle().take(16).collect();
+    let s = score_chunk(&model, &chunk).unwrap();
+    assert_eq!(s.targets, chunk[9..].to_vec());
+    assert_eq!(s.logprobs.len(), 7 * vocab);
+    assert!(s.nll().is_finite() && s.nll() > 0.0);
+}

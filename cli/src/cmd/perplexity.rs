@@ -10,19 +10,10 @@
 use crate::args::PerplexityArgs;
 use anyhow::{Context, Result};
 use half::f16;
-use lowbit_runtime::{Logits, Model, RuntimeOptions, TextCodec};
+use lowbit_runtime::sampler::argmax;
+use lowbit_runtime::{score, Model, RuntimeOptions, TextCodec};
 use std::io::{Read, Write};
 use std::time::Instant;
-
-fn log_softmax(l: &[f32]) -> Vec<f32> {
-    let max = l.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let lse = max + l.iter().map(|&v| ((v - max) as f64).exp()).sum::<f64>().ln() as f32;
-    l.iter().map(|&v| v - lse).collect()
-}
-
-fn argmax(l: &[f32]) -> usize {
-    l.iter().enumerate().fold(0, |b, (i, &v)| if v > l[b] { i } else { b })
-}
 
 pub fn run(a: PerplexityArgs, threads: Option<usize>) -> Result<()> {
     anyhow::ensure!(a.ctx >= 4, "--ctx must be at least 4");
@@ -35,14 +26,11 @@ fn score(a: &PerplexityArgs, model: &Model, codec: &TextCodec) -> Result<()> {
     let bytes = std::fs::read(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
     let text = String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("{} is not UTF-8 text", a.file.display()))?;
     let tokens = codec.encode(&text, false)?;
-    let mut n_chunks = tokens.len() / a.ctx;
-    if a.chunks > 0 {
-        n_chunks = n_chunks.min(a.chunks);
-    }
+    let chunks = score::perplexity_chunks(&tokens, a.ctx, a.chunks, model.config.bos_token_id);
+    let n_chunks = chunks.len();
     anyhow::ensure!(n_chunks > 0, "the text has {} tokens, fewer than one chunk of {}", tokens.len(), a.ctx);
     let vocab = model.config.vocab_size;
-    let first = a.ctx / 2;
-    let scored_per_chunk = a.ctx - 1 - first;
+    let scored_per_chunk = a.ctx - 1 - a.ctx / 2;
 
     let mut base = match &a.kl_base {
         Some(p) => Some(F16Rows::open(p, vocab)?),
@@ -55,28 +43,18 @@ fn score(a: &PerplexityArgs, model: &Model, codec: &TextCodec) -> Result<()> {
     let (mut nll, mut count) = (0f64, 0usize);
     let (mut kl_sum, mut same_top) = (0f64, 0usize);
     let t = Instant::now();
-    for ch in 0..n_chunks {
-        let mut chunk = tokens[ch * a.ctx..(ch + 1) * a.ctx].to_vec();
-        if let Some(bos) = model.config.bos_token_id {
-            chunk[0] = bos;
-        }
-        let mut cache = model.new_cache(a.ctx);
-        let logits = model.forward(&mut cache, &chunk, Logits::All)?;
-        for j in first..a.ctx - 1 {
-            let lp = log_softmax(&logits[j * vocab..(j + 1) * vocab]);
-            nll -= lp[chunk[j + 1] as usize] as f64;
-            count += 1;
+    for (ch, chunk) in chunks.iter().enumerate() {
+        let scored = score::score_chunk(model, chunk)?;
+        nll += scored.nll();
+        count += scored.targets.len();
+        for lp in scored.logprobs.chunks(vocab) {
             if let Some(w) = &mut save {
-                w.push(&lp)?;
+                w.push(lp)?;
             }
             if let Some(b) = &mut base {
                 let bp = b.next_row()?;
-                kl_sum += bp
-                    .iter()
-                    .zip(&lp)
-                    .map(|(&p, &q)| if p > -30.0 { (p as f64).exp() * (p - q) as f64 } else { 0.0 })
-                    .sum::<f64>();
-                same_top += usize::from(argmax(&bp) == argmax(&lp));
+                kl_sum += score::kl_divergence(&bp, lp);
+                same_top += usize::from(argmax(&bp) == argmax(lp));
             }
         }
         eprint!("\r[{}/{}] ppl {:.4}", ch + 1, n_chunks, (nll / count as f64).exp());
