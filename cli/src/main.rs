@@ -27,11 +27,20 @@ fn main() -> ExitCode {
     }
 }
 
+/// The most worker threads per core `--threads` accepts.
+const MAX_THREADS_PER_CORE: usize = 8;
+
 fn run(cli: args::Cli) -> anyhow::Result<()> {
     // An invalid LOWBIT_ISA is an error up front, not a silent fallback.
     lowbit_kernels::try_kernels()?;
     if cli.threads == Some(0) {
         anyhow::bail!("--threads must be at least 1");
+    }
+    // Thousands of workers (a typo, or a value meant for another tool) would take minutes to
+    // start and then spin against each other: a few per core is the most that can help.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if let Some(n) = cli.threads.filter(|&n| n > MAX_THREADS_PER_CORE * cores) {
+        anyhow::bail!("--threads {n} is more than {MAX_THREADS_PER_CORE} per core ({cores} cores here)");
     }
     // None lets rayon choose: RAYON_NUM_THREADS if set, else every core.
     let threads = cli.threads;

@@ -15,15 +15,34 @@ pub fn write_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
     header.push_str(&" ".repeat(unpadded.next_multiple_of(64) - unpadded));
     header.push('\n');
     let tmp = path.with_extension("npy.tmp");
-    let mut f =
-        std::io::BufWriter::new(std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?);
-    f.write_all(b"\x93NUMPY\x01\x00")?;
-    f.write_all(&(header.len() as u16).to_le_bytes())?;
-    f.write_all(header.as_bytes())?;
-    for v in data {
-        f.write_all(&v.to_le_bytes())?;
+    let write = || -> Result<()> {
+        let mut f = std::io::BufWriter::new(
+            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?,
+        );
+        f.write_all(b"\x93NUMPY\x01\x00")?;
+        f.write_all(&(header.len() as u16).to_le_bytes())?;
+        f.write_all(header.as_bytes())?;
+        for v in data {
+            f.write_all(&v.to_le_bytes())?;
+        }
+        f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+    };
+    // A failed write (a full disk) leaves neither a partial output nor the temporary file.
+    write()
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Refuses an output path that names one of the inputs (it would be overwritten while read).
+pub fn check_not_input(out: &Path, inputs: &[&Path]) -> Result<()> {
+    let Ok(o) = out.canonicalize() else { return Ok(()) };
+    for i in inputs {
+        if i.canonicalize().is_ok_and(|i| i == o) {
+            anyhow::bail!("the output {} is also an input; choose another path", out.display());
+        }
     }
-    f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-    std::fs::rename(&tmp, path)?;
     Ok(())
 }

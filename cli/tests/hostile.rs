@@ -136,3 +136,37 @@ fn killed_conversion_leaves_nothing_at_the_output() {
         assert!(name == "big" || name.starts_with(".out.lowbit.tmp-"), "unexpected {name}");
     }
 }
+
+/// Arguments that used to hang, abort or quietly do the wrong thing.
+#[test]
+fn argument_limits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("tiny.lowbit");
+    convert(&data("converter/tests/data/gguf/tiny.gguf"), &model, "nf4");
+    let m = model.to_str().unwrap();
+    // Ten thousand workers used to take minutes to start.
+    fails(bin().args(["--threads", "10000", "run", "-m", m, "-p", "hi"]), "per core");
+    fails(bin().args(["--threads", "10000", "cpu"]), "per core");
+    // An allocation that cannot succeed is an error, not an abort.
+    fails(bin().args(["cpu", "--bandwidth", "100000000000"]), "cannot allocate");
+    fails(bin().args(["cpu", "--bandwidth", "18446744073709551615"]), "--bandwidth");
+    // The output may not be the model being read; the model stays as it was.
+    let before = std::fs::read(&model).unwrap();
+    fails(bin().args(["logits", "-m", m, "--tokens", "1,2", "--out", m]), "also an input");
+    assert_eq!(std::fs::read(&model).unwrap(), before);
+    // A base saved with another chunk length is refused, not read out of step.
+    let base = tmp.path().join("base.npy");
+    let text = data("data/genesis-kjv.txt");
+    let t = text.to_str().unwrap();
+    let ok = bin()
+        .args(["perplexity", "-m", m, "-f", t, "-c", "16", "--chunks", "3", "--save-logits", base.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    fails(
+        bin().args(["perplexity", "-m", m, "-f", t, "-c", "32", "--chunks", "3", "--kl-base", base.to_str().unwrap()]),
+        "same text, -c and --chunks",
+    );
+    fails(bin().args(["perplexity", "-m", m, "-f", t, "--save-logits", t]), "also an input");
+    assert!(std::fs::metadata(&text).unwrap().len() > 30_000, "the text was not overwritten");
+}

@@ -6,6 +6,7 @@ use anyhow::Result;
 use lowbit_runtime::{Logits, RuntimeOptions};
 
 pub fn run(a: LogitsArgs, threads: Option<usize>) -> Result<()> {
+    npy::check_not_input(&a.out, &[&a.model])?;
     let engine = super::engine(&a.model, &RuntimeOptions { threads, fourbit_exact: a.exact })?;
     let tokens = match (&a.tokens, &a.text) {
         (Some(t), _) => t.clone(),
@@ -14,6 +15,12 @@ pub fn run(a: LogitsArgs, threads: Option<usize>) -> Result<()> {
     };
     anyhow::ensure!(!tokens.is_empty(), "no tokens to score");
     let model = engine.model();
+    let max = model.config.max_position_embeddings;
+    anyhow::ensure!(
+        tokens.len() <= max,
+        "{} tokens are more than the model's {max} positions (max_position_embeddings)",
+        tokens.len()
+    );
     let logits = engine.run(|model| {
         let mut cache = model.new_cache(tokens.len());
         model.forward(&mut cache, &tokens, Logits::All)

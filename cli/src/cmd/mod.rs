@@ -35,7 +35,10 @@ pub fn cpu(a: crate::args::CpuArgs) -> Result<()> {
     }
     if let Some(mib) = a.bandwidth {
         anyhow::ensure!(mib > 0, "--bandwidth needs a size in MiB");
-        let buf = vec![1f32; mib << 18];
+        let n = mib.checked_mul(1 << 18).context("--bandwidth: that many MiB cannot be addressed")?;
+        let mut buf: Vec<f32> = Vec::new();
+        buf.try_reserve_exact(n).map_err(|_| anyhow::anyhow!("--bandwidth {mib}: cannot allocate {mib} MiB"))?;
+        buf.resize(n, 1.0);
         let probe = || lowbit_kernels::bandwidth_probe(&buf);
         std::hint::black_box(probe());
         let best = (0..5)

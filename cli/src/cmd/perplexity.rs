@@ -8,6 +8,7 @@
 //! mean KL divergence KL(base ‖ this) and how often both pick the same top-1 token.
 
 use crate::args::PerplexityArgs;
+use crate::npy;
 use anyhow::{Context, Result};
 use half::f16;
 use lowbit_runtime::sampler::argmax;
@@ -33,9 +34,24 @@ fn score(a: &PerplexityArgs, model: &Model, codec: &TextCodec) -> Result<()> {
     let scored_per_chunk = a.ctx - 1 - a.ctx / 2;
 
     let mut base = match &a.kl_base {
-        Some(p) => Some(F16Rows::open(p, vocab)?),
+        Some(p) => {
+            let rows = F16Rows::open(p, vocab)?;
+            anyhow::ensure!(
+                rows.left == n_chunks * scored_per_chunk,
+                "{} holds {} positions but this run scores {} ({} chunks of {}): make the base with the same text, -c and --chunks",
+                p.display(),
+                rows.left,
+                n_chunks * scored_per_chunk,
+                n_chunks,
+                a.ctx
+            );
+            Some(rows)
+        }
         None => None,
     };
+    if let Some(out) = &a.save_logits {
+        npy::check_not_input(out, &[&a.model, &a.file])?;
+    }
     let mut save = match &a.save_logits {
         Some(p) => Some(F16Writer::create(p, n_chunks * scored_per_chunk, vocab)?),
         None => None,
