@@ -36,7 +36,7 @@ for q in nf4 int8; do
   $bin inspect "$out" | grep -E "opened|total"
   size=$(stat -c %s "$out")
   # Run in the background and sample RSS every second; the last sample is taken while decoding.
-  $bin --threads $threads run -m "$out" -f "$work/prompt.txt" -n 48 --ignore-eos > /dev/null 2> "$work/run.$q.log" &
+  $bin --threads $threads run --raw -m "$out" -f "$work/prompt.txt" -n 48 --ignore-eos > /dev/null 2> "$work/run.$q.log" &
   pid=$!
   last=""
   while kill -0 $pid 2>/dev/null; do
@@ -54,4 +54,4 @@ done
 echo "== Qwen2.5-0.5B, 50 tokens =="
 [ -f "$work/qwen2.5-0.5b/config.json" ] || $bin synth --preset qwen2.5-0.5b -o "$work/qwen2.5-0.5b"
 $bin convert "$work/qwen2.5-0.5b" -o "$work/qwen.nf4.lowbit" --quant nf4 -q
-/usr/bin/time -f "50 tokens: %e s wall (including load)" $bin --threads $threads run -m "$work/qwen.nf4.lowbit" -p "Hello" -n 50 --ignore-eos > /dev/null
+/usr/bin/time -f "50 tokens: %e s wall (including load)" $bin --threads $threads run --raw -m "$work/qwen.nf4.lowbit" -p "Hello" -n 50 --ignore-eos > /dev/null

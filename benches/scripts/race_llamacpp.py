@@ -62,7 +62,7 @@ def llamacpp(model, threads):
 
 
 def ours(model, threads):
-    r = subprocess.run([lowbit, "--threads", str(threads), "run", "-m", model, "-f", prompt_file, "-n", "65", "--ignore-eos"],
+    r = subprocess.run([lowbit, "--threads", str(threads), "run", "--raw", "-m", model, "-f", prompt_file, "-n", "65", "--ignore-eos"],
                        capture_output=True, text=True, check=True)
     line = r.stderr.strip().splitlines()[-1]
     prefill = float(line.split("prefill ")[1].split(" tok, ")[1].split(" tok/s")[0])

@@ -36,7 +36,7 @@ for q in f32 f16 int8 int8-f16head nf4 nf4-f16head nf4-exact; do
     kl=$(echo "$out" | awk '/^KL/{print $5}')
     top=$(echo "$out" | awk '/^KL/{print $(NF)}')
   fi
-  speed=$($bin --threads 2 run -m "$m" -f "$work/prompt.txt" -n 64 "${exact[@]}" 2>&1 >/dev/null | tail -1)
+  speed=$($bin --threads 2 run --raw -m "$m" -f "$work/prompt.txt" -n 64 "${exact[@]}" 2>&1 >/dev/null | tail -1)
   pre=$(echo "$speed" | sed -E 's/.*prefill [0-9]+ tok, ([0-9.]+) tok\/s.*/\1/')
   dec=$(echo "$speed" | sed -E 's/.*decode [0-9]+ tok, ([0-9.]+) tok\/s.*/\1/')
   echo "| $q | ${size} MB | $bpw | $ppl | $kl | $top | $pre | $dec |"

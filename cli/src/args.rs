@@ -8,7 +8,7 @@ use std::path::PathBuf;
 #[command(version, about)]
 pub struct Cli {
     /// Worker threads (default: all cores).
-    #[arg(long, global = true)]
+    #[arg(short = 't', long, global = true)]
     pub threads: Option<usize>,
     #[command(subcommand)]
     pub command: Command,
@@ -148,7 +148,7 @@ pub struct SampleArgs {
     #[arg(short = 'n', long, default_value_t = 128)]
     pub max_tokens: usize,
     /// Temperature (0 = greedy).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub temp: f32,
     /// Top-k (0 = off).
     #[arg(long, default_value_t = 0)]
@@ -159,11 +159,11 @@ pub struct SampleArgs {
     /// Repetition penalty (1 = off).
     #[arg(long, default_value_t = 1.0)]
     pub repeat_penalty: f32,
-    /// Random seed.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    /// Random seed (default: a new one each run, printed when sampling, so a run can be repeated).
+    #[arg(short = 's', long)]
+    pub seed: Option<u64>,
     /// Context length (positions kept for models without a sliding window).
-    #[arg(long, default_value_t = 4096)]
+    #[arg(short = 'c', long, default_value_t = 4096)]
     pub ctx: usize,
     /// Exact float 4-bit decode path instead of the faster integer route.
     #[arg(long)]
@@ -184,12 +184,16 @@ pub struct RunArgs {
     /// Prompt text.
     #[arg(short, long, conflicts_with = "file")]
     pub prompt: Option<String>,
-    /// Read the prompt from a file.
+    /// Read the prompt from a file (`-` reads standard input).
     #[arg(short, long)]
     pub file: Option<PathBuf>,
-    /// Wrap the prompt in the chat template as one user turn.
-    #[arg(long)]
+    /// Wrap the prompt in the chat template as one user turn (the default when the model has a
+    /// template; an error when it has none).
+    #[arg(long, conflicts_with = "raw")]
     pub chat: bool,
+    /// Plain completion of the prompt, without the chat template.
+    #[arg(long)]
+    pub raw: bool,
     /// System message (with --chat).
     #[arg(long)]
     pub system: Option<String>,

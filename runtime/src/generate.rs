@@ -23,13 +23,21 @@ pub struct GenStats {
 
 impl GenStats {
     /// Prefill tokens per second.
+    /// (0 when nothing was prefilled.)
     pub fn prefill_tps(&self) -> f64 {
-        self.prompt_tokens as f64 / self.prefill.as_secs_f64().max(1e-9)
+        if self.prefill.is_zero() {
+            return 0.0;
+        }
+        self.prompt_tokens as f64 / self.prefill.as_secs_f64()
     }
 
     /// Decode tokens per second (the first generated token comes from the prefill).
+    /// (0 when fewer than two tokens were generated.)
     pub fn decode_tps(&self) -> f64 {
-        self.generated.saturating_sub(1) as f64 / self.decode.as_secs_f64().max(1e-9)
+        if self.generated < 2 || self.decode.is_zero() {
+            return 0.0;
+        }
+        (self.generated - 1) as f64 / self.decode.as_secs_f64()
     }
 }
 
@@ -45,12 +53,13 @@ pub fn generate(
     stop: &[u32],
     mut on_token: impl FnMut(u32) -> bool,
 ) -> Result<(Vec<u32>, GenStats)> {
-    let mut stats = GenStats { prompt_tokens: prompt.len(), ..Default::default() };
+    let mut stats = GenStats::default();
     let mut history: Vec<u32> = prompt.to_vec();
     let mut out = Vec::new();
     if max_tokens == 0 || prompt.is_empty() {
         return Ok((out, stats));
     }
+    stats.prompt_tokens = prompt.len();
     let start = Instant::now();
     let mut logits = model.forward(cache, prompt, Logits::Last)?;
     stats.prefill = start.elapsed();

@@ -10,14 +10,47 @@ use lowbit_runtime::{
 use std::io::{BufRead, Write};
 use std::time::Instant;
 
+/// The sampler; without `--seed` a new seed each run, printed when it matters (sampling), so
+/// `--seed N` repeats the run.
 fn sampler(a: &SampleArgs) -> Result<Sampler> {
-    Ok(Sampler::new(SamplerConfig {
+    let seed = a.seed.unwrap_or_else(|| {
+        use std::hash::{BuildHasher, RandomState};
+        // RandomState is seeded from the OS once per process: a fresh 64-bit value each run.
+        RandomState::new().hash_one(std::time::SystemTime::now())
+    });
+    let s = Sampler::new(SamplerConfig {
         temperature: a.temp,
         top_k: a.top_k,
         top_p: a.top_p,
         repetition_penalty: a.repeat_penalty,
-        seed: a.seed,
-    })?)
+        seed,
+    })?;
+    if a.temp > 0.0 && a.seed.is_none() {
+        eprintln!("[seed {seed}]");
+    }
+    Ok(s)
+}
+
+/// Reads a prompt file (`-`: standard input), refusing one too large to fit `ctx` tokens before
+/// it is all read (a token rarely covers more than a few dozen bytes).
+fn read_prompt(path: &std::path::Path, ctx: usize) -> Result<String> {
+    use std::io::Read;
+    let limit = (ctx as u64).saturating_mul(64).saturating_add(1 << 20);
+    let mut bytes = Vec::new();
+    let read = if path.as_os_str() == "-" {
+        std::io::stdin().lock().take(limit + 1).read_to_end(&mut bytes)
+    } else {
+        let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+        anyhow::ensure!(!meta.is_dir(), "{} is a directory, not a prompt file", path.display());
+        std::fs::File::open(path).and_then(|f| f.take(limit + 1).read_to_end(&mut bytes))
+    };
+    read.with_context(|| format!("reading {}", path.display()))?;
+    anyhow::ensure!(
+        bytes.len() as u64 <= limit,
+        "the prompt in {} is over {limit} bytes, more than a context of {ctx} tokens can hold (raise --ctx)",
+        path.display()
+    );
+    String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("{} is not UTF-8 text", path.display()))
 }
 
 /// The per-operation table of `--profile`, per prefill pass and per decode step (the head runs
@@ -86,13 +119,13 @@ pub fn run(a: RunArgs, threads: Option<usize>) -> Result<()> {
     let codec = engine.codec()?;
     let text = match (&a.prompt, &a.file) {
         (Some(p), _) => p.clone(),
-        (None, Some(f)) => {
-            let bytes = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
-            String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("{} is not UTF-8 text", f.display()))?
-        }
-        (None, None) => anyhow::bail!("give a prompt with -p TEXT or -f FILE"),
+        (None, Some(f)) => read_prompt(f, a.sample.ctx)?,
+        (None, None) => anyhow::bail!("give a prompt with -p TEXT or -f FILE (-f - reads standard input)"),
     };
-    let prompt = if a.chat {
+    anyhow::ensure!(!a.chat || codec.has_template(), "this model file has no chat template; leave out --chat");
+    // As llama.cpp's conversation mode: an instruct model gets its template unless asked not to
+    // (given raw text it usually ends its turn at once).
+    let prompt = if (a.chat || codec.has_template()) && !a.raw {
         let mut msgs = Vec::new();
         if let Some(s) = &a.system {
             msgs.push(Message { role: "system".into(), content: s.clone() });

@@ -1,0 +1,86 @@
+//! The `lowbit` command line as a llama.cpp user types it: short flags, prompts from standard
+//! input, a printed random seed that `--seed` repeats, the chat template by default, and honest
+//! figures when nothing is generated.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_lowbit"))
+}
+
+fn tiny(dir: &Path) -> PathBuf {
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../converter/tests/data/gguf/tiny.gguf");
+    let out = dir.join("tiny.lowbit");
+    let o =
+        bin().args(["convert", src.to_str().unwrap(), "-o", out.to_str().unwrap(), "--quant", "nf4", "-q"]).output();
+    assert!(o.unwrap().status.success());
+    out
+}
+
+fn ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn short_flags_stdin_prompts_and_seeds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = tiny(tmp.path());
+    let m = m.to_str().unwrap();
+    // -t, -c, -s and -n as llama.cpp spells them.
+    let a =
+        ok(bin().args(["-t", "1", "run", "-m", m, "-p", "hello", "-c", "64", "-n", "6", "--temp", "0.8", "-s", "7"]));
+    let b =
+        ok(bin().args(["run", "-m", m, "-p", "hello", "-n", "6", "--temp", "0.8", "--seed", "7", "--threads", "1"]));
+    assert_eq!(a.stdout, b.stdout, "the same seed gives the same text");
+    // Without --seed a sampled run prints the seed it drew, and that seed repeats the run.
+    let c = ok(bin().args(["run", "-m", m, "-p", "hello", "-n", "6", "--temp", "0.8"]));
+    let err = stderr(&c);
+    let seed = err.split("[seed ").nth(1).and_then(|s| s.split(']').next()).unwrap_or_else(|| panic!("no seed: {err}"));
+    let d = ok(bin().args(["run", "-m", m, "-p", "hello", "-n", "6", "--temp", "0.8", "--seed", seed]));
+    assert_eq!(c.stdout, d.stdout);
+    // -f - reads the prompt from standard input: the same text as -p.
+    let mut child = bin()
+        .args(["run", "-m", m, "-f", "-", "-n", "6"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"hello").unwrap();
+    let e = child.wait_with_output().unwrap();
+    assert!(e.status.success(), "{}", stderr(&e));
+    let f = ok(bin().args(["run", "-m", m, "-p", "hello", "-n", "6"]));
+    assert_eq!(e.stdout, f.stdout);
+    // A negative temperature is a bad temperature, not an unknown argument.
+    let g = bin().args(["run", "-m", m, "-p", "hello", "--temp", "-1"]).output().unwrap();
+    assert_eq!(g.status.code(), Some(2));
+    assert!(stderr(&g).contains("temperature -1 must be ≥ 0"), "{}", stderr(&g));
+}
+
+#[test]
+fn template_by_default_raw_on_request_and_no_tokens_no_speed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = tiny(tmp.path());
+    let m = m.to_str().unwrap();
+    // The tiny model has a chat template: `run` uses it unless --raw, so the two prompts differ
+    // (the templated one is longer) and --chat is the same as the default.
+    let chat = stderr(&ok(bin().args(["run", "-m", m, "-p", "hello", "-n", "1"])));
+    let forced = stderr(&ok(bin().args(["run", "-m", m, "-p", "hello", "-n", "1", "--chat"])));
+    let raw = stderr(&ok(bin().args(["run", "-m", m, "-p", "hello", "-n", "1", "--raw"])));
+    let prompt_tokens = |s: &str| -> usize {
+        s.split("prefill ").nth(1).and_then(|t| t.split(" tok").next()).and_then(|n| n.parse().ok()).unwrap()
+    };
+    assert!(prompt_tokens(&chat) > prompt_tokens(&raw), "{chat} / {raw}");
+    assert_eq!(prompt_tokens(&chat), prompt_tokens(&forced));
+    // -n 0 generates nothing and reports no speed out of thin air.
+    let none = stderr(&ok(bin().args(["run", "-m", m, "-p", "hello", "-n", "0"])));
+    assert!(none.contains("prefill 0 tok, 0.0 tok/s | decode 0 tok, 0.0 tok/s"), "{none}");
+}
