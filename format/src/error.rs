@@ -9,12 +9,13 @@ use std::path::{Path, PathBuf};
 #[non_exhaustive]
 pub enum FormatError {
     /// Reading or writing failed.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file.
         path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
+        /// The OS error: in the message, not also a `source` (a report that prints the chain would
+        /// say it twice).
+        error: std::io::Error,
     },
     /// The disk, a quota or a file-size limit (`ulimit -f`) ran out while writing.
     #[error("{path}: no space left (disk full, quota or file size limit); the output was not written")]
@@ -269,7 +270,7 @@ impl FormatError {
             ErrorKind::StorageFull | ErrorKind::FileTooLarge | ErrorKind::QuotaExceeded => {
                 FormatError::DiskFull { path: path.to_path_buf() }
             }
-            _ => FormatError::Io { path: path.to_path_buf(), source },
+            _ => FormatError::Io { path: path.to_path_buf(), error: source },
         }
     }
 }

@@ -14,13 +14,23 @@ use std::time::Instant;
 /// Opens a model file, reporting how long it took (it should be milliseconds: nothing is copied).
 pub fn open(path: &Path) -> Result<(ModelFile, f64)> {
     let t = Instant::now();
-    let file = ModelFile::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let file = ModelFile::open(path).map_err(|e| named(path, e))?;
     Ok((file, t.elapsed().as_secs_f64()))
 }
 
 /// Opens a model to run, naming the path in any error.
 pub fn engine(path: &Path, opts: &lowbit_runtime::RuntimeOptions) -> Result<lowbit_runtime::Engine> {
-    lowbit_runtime::Engine::open(path, opts).with_context(|| format!("opening {}", path.display()))
+    lowbit_runtime::Engine::open(path, opts).map_err(|e| named(path, e))
+}
+
+/// An error about the file at `path`, naming it once: errors from reading a file already start
+/// with its path.
+pub fn named(path: &Path, e: impl std::error::Error + Send + Sync + 'static) -> anyhow::Error {
+    if e.to_string().contains(&path.display().to_string()) {
+        anyhow::Error::new(e)
+    } else {
+        anyhow::Error::new(e).context(format!("opening {}", path.display()))
+    }
 }
 
 /// `lowbit cpu`.
