@@ -84,3 +84,32 @@ fn template_by_default_raw_on_request_and_no_tokens_no_speed() {
     let none = stderr(&ok(bin().args(["run", "-m", m, "-p", "hello", "-n", "0"])));
     assert!(none.contains("prefill 0 tok, 0.0 tok/s | decode 0 tok, 0.0 tok/s"), "{none}");
 }
+
+/// A chat whose context fills up drops its oldest turns and goes on; a message that cannot fit
+/// at all is refused and the chat goes on; /clear and /exit work; each turn reports its own
+/// figures.
+#[test]
+fn chat_survives_a_full_context() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = tiny(tmp.path());
+    let mut child = bin()
+        .args(["chat", "-m", m.to_str().unwrap(), "-c", "96", "-n", "8", "--ignore-eos", "--system", "be brief"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let long = "word ".repeat(200);
+    let input = format!(
+        "one two three\nfour five six\nseven eight nine\nten eleven\n{long}\n/clear\nagain\n/exit\nnever read\n"
+    );
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("the context was full: dropped"), "{err}");
+    assert!(err.contains("does not fit"), "{err}");
+    assert!(err.contains("[conversation cleared]"), "{err}");
+    assert_eq!(err.matches("[prefill ").count(), 5, "five answered turns: {err}");
+    assert!(!err.contains("[load "), "turns report their own figures: {err}");
+}

@@ -153,7 +153,10 @@ pub fn chat(a: ChatArgs, threads: Option<usize>) -> Result<()> {
     let (engine, load) = open(&a.model, threads, &a.sample)?;
     let codec = engine.codec()?;
     anyhow::ensure!(codec.has_template(), "this model file has no chat template; use `lowbit run`");
-    eprintln!("[loaded in {:.0} ms; empty line or Ctrl-D ends the chat]", load * 1e3);
+    eprintln!(
+        "[loaded in {:.0} ms; /clear forgets the conversation, /exit or an empty line ends it, a line ending in \\ continues on the next]",
+        load * 1e3
+    );
     let mut s = sampler(&a.sample)?;
     engine.run(|model| -> Result<()> {
         model.set_profiling(a.sample.profile);
@@ -163,14 +166,31 @@ pub fn chat(a: ChatArgs, threads: Option<usize>) -> Result<()> {
         loop {
             eprint!("> ");
             std::io::stderr().flush()?;
-            let mut line = String::new();
-            if stdin.lock().read_line(&mut line)? == 0 || line.trim().is_empty() {
-                break;
+            let Some(text) = read_turn(&mut stdin.lock(), a.sample.ctx)? else { break };
+            match text.trim() {
+                "" | "/exit" => break,
+                "/clear" => {
+                    conv.clear(model);
+                    eprintln!("[conversation cleared]");
+                    continue;
+                }
+                _ => {}
             }
-            let (new, cache) = conv.user_turn(model, codec, line.trim_end())?;
-            let (reply, st) = stream_generate(model, codec, engine.stop_ids(), cache, &new, &a.sample, &mut s)?;
+            let dropped = conv.dropped_messages();
+            let new = match conv.user_turn(model, codec, &text, a.sample.max_tokens.min(a.sample.ctx / 2)) {
+                Ok(turn) => turn,
+                Err(e @ lowbit_runtime::RuntimeError::ContextFull { .. }) => {
+                    eprintln!("[this message does not fit: {e}; try a shorter one or a larger --ctx]");
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if conv.dropped_messages() > dropped {
+                eprintln!("[the context was full: dropped the {} oldest messages]", conv.dropped_messages() - dropped);
+            }
+            let (reply, st) = stream_generate(model, codec, engine.stop_ids(), conv.cache(), &new, &a.sample, &mut s)?;
             println!();
-            report(load, &st);
+            report_turn(&st);
             if a.sample.profile {
                 report_profile(model);
             }
@@ -178,4 +198,41 @@ pub fn chat(a: ChatArgs, threads: Option<usize>) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// One message from the chat's input: lines ending in `\` continue on the next. `None` at the
+/// end of the input. At most what a context of `ctx` tokens can hold is read.
+fn read_turn(input: &mut impl BufRead, ctx: usize) -> Result<Option<String>> {
+    use std::io::Read;
+    let limit = (ctx as u64).saturating_mul(64).saturating_add(1 << 20);
+    let mut text = String::new();
+    loop {
+        let mut line = String::new();
+        if input.by_ref().take(limit + 1).read_line(&mut line)? == 0 {
+            return Ok((!text.is_empty()).then_some(text));
+        }
+        anyhow::ensure!(line.len() as u64 <= limit, "an input line of over {limit} bytes cannot fit the context");
+        let line = line.trim_end_matches(['\n', '\r']);
+        match line.strip_suffix('\\') {
+            Some(part) => {
+                text.push_str(part);
+                text.push('\n');
+            }
+            None => {
+                text.push_str(line);
+                return Ok(Some(text));
+            }
+        }
+    }
+}
+
+/// A chat turn's figures (the load time was printed once, at the start).
+fn report_turn(s: &GenStats) {
+    eprintln!(
+        "[prefill {} tok, {:.1} tok/s | decode {} tok, {:.1} tok/s]",
+        s.prompt_tokens,
+        s.prefill_tps(),
+        s.generated,
+        s.decode_tps()
+    );
 }
