@@ -8,12 +8,12 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum ConvertError {
     /// Reading a source file failed.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file.
         path: PathBuf,
-        /// OS error.
-        source: std::io::Error,
+        /// OS error (in the message, not also a `source`, so a chain does not repeat it).
+        error: std::io::Error,
     },
     /// A file the checkpoint needs is missing (a shard, config.json, the source folder).
     #[error("{0}: missing (the checkpoint is incomplete)")]
@@ -108,7 +108,7 @@ impl ConvertError {
         if source.kind() == std::io::ErrorKind::NotFound {
             ConvertError::Missing(path.to_path_buf())
         } else {
-            ConvertError::Io { path: path.to_path_buf(), source }
+            ConvertError::Io { path: path.to_path_buf(), error: source }
         }
     }
 

@@ -33,6 +33,7 @@ mod error;
 pub mod gguf;
 pub mod plan;
 mod quantize;
+mod sidefile;
 pub mod source;
 pub mod synth;
 

@@ -9,6 +9,7 @@
 use crate::bnb::{self, BnbTensor};
 use crate::config::{normalise, Dims, Expect};
 use crate::error::{ConvertError, Result};
+use crate::sidefile;
 use crate::source::gguf::GgufSource;
 use crate::source::safetensors::SafetensorsSource;
 use crate::source::{SrcDtype, TensorSource};
@@ -305,11 +306,7 @@ fn check_complete(dims: &Dims, jobs: &[Job], warnings: &mut Vec<String>) -> Resu
 
 /// Reads an optional JSON file that must hold an object.
 fn read_json_object(path: &Path) -> Result<Option<Value>> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(ConvertError::io(path, e)),
-    };
+    let Some(text) = sidefile::read(path, sidefile::MAX_JSON_BYTES)? else { return Ok(None) };
     let bad = |problem: String| ConvertError::BadJson { what: path.display().to_string(), problem };
     let v: Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
     if !v.is_object() {
@@ -348,17 +345,16 @@ pub fn plan_folder(dir: &Path, src: &SafetensorsSource, opts: &ConvertOptions) -
     let mut files = vec![cfg_path];
 
     let tok_path = dir.join("tokenizer.json");
-    let tokenizer_json = match std::fs::read_to_string(&tok_path) {
-        Ok(t) => {
+    let tokenizer_json = match sidefile::read(&tok_path, sidefile::MAX_TOKENIZER_BYTES)? {
+        Some(t) => {
             check_tokenizer(&t, &mut warnings);
             files.push(tok_path);
             Some(t)
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        None => {
             warnings.push("no tokenizer.json: the file will only accept token ids".into());
             None
         }
-        Err(e) => return Err(ConvertError::io(&tok_path, e)),
     };
     let tc_path = dir.join("tokenizer_config.json");
     let tokenizer_config = read_json_object(&tc_path)?;
@@ -366,13 +362,12 @@ pub fn plan_folder(dir: &Path, src: &SafetensorsSource, opts: &ConvertOptions) -
         files.push(tc_path);
     }
     let jinja = dir.join("chat_template.jinja");
-    let chat_template = match std::fs::read_to_string(&jinja) {
-        Ok(t) => {
+    let chat_template = match sidefile::read(&jinja, sidefile::MAX_TEMPLATE_BYTES)? {
+        Some(t) => {
             files.push(jinja);
             Some(t)
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => tokenizer_config.as_ref().and_then(template_of),
-        Err(e) => return Err(ConvertError::io(&jinja, e)),
+        None => tokenizer_config.as_ref().and_then(template_of),
     };
     let gen_path = dir.join("generation_config.json");
     let generation_config = read_json_object(&gen_path)?;

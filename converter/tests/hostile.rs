@@ -272,3 +272,42 @@ fn failure_leaves_an_existing_output_untouched() {
     assert!(run(&d, &out, &opts(QuantChoice::Nf4)).is_err());
     assert_eq!(std::fs::read(&out).unwrap(), b"previous");
 }
+
+/// Side files that are not regular files, or far larger than such a file can be, are refused
+/// before they are read: `/dev/zero` behind config.json or tokenizer.json used to fill memory,
+/// a FIFO to hang the conversion.
+#[test]
+fn side_files_are_regular_and_bounded() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (i, name) in [
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+        "model.safetensors.index.json",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let d = good(tmp.path(), &format!("zero{i}"), if name.contains("index") { 2 } else { 1 });
+        let p = d.join(name);
+        let _ = std::fs::remove_file(&p);
+        std::os::unix::fs::symlink("/dev/zero", &p).unwrap();
+        let e = fails(&d);
+        // An index that is not a regular file is not taken for one: the folder then lacks its
+        // single-file model.safetensors.
+        let want = if name.contains("index") { "missing" } else { "not a regular file" };
+        assert!(e.to_string().contains(want), "{name}: {e}");
+    }
+    let d = good(tmp.path(), "fifo", 1);
+    let p = d.join("chat_template.jinja");
+    let status = std::process::Command::new("mkfifo").arg(&p).status().unwrap();
+    assert!(status.success());
+    let e = fails(&d);
+    assert!(e.to_string().contains("not a regular file"), "{e}");
+    let d = good(tmp.path(), "huge", 1);
+    // A sparse 200 MB tokenizer.json: over the cap without writing the bytes.
+    std::fs::File::create(d.join("tokenizer.json")).unwrap().set_len(200 << 20).unwrap();
+    let e = fails(&d);
+    assert!(e.to_string().contains("more than the"), "{e}");
+}

@@ -50,11 +50,8 @@ const MAX_INDEX_BYTES: u64 = 64 << 20;
 /// The index's `weight_map`: tensor name → shard file name.
 fn read_index(index: &Path) -> Result<BTreeMap<String, String>> {
     let bad = |problem: String| ConvertError::BadJson { what: index.display().to_string(), problem };
-    let len = std::fs::metadata(index).map_err(|e| ConvertError::io(index, e))?.len();
-    if len > MAX_INDEX_BYTES {
-        return Err(bad(format!("{len} bytes is too large for a shard index")));
-    }
-    let text = std::fs::read_to_string(index).map_err(|e| ConvertError::io(index, e))?;
+    let text =
+        crate::sidefile::read(index, MAX_INDEX_BYTES)?.ok_or_else(|| ConvertError::Missing(index.to_path_buf()))?;
     let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
     let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| bad("no weight_map object".into()))?;
     let mut out = BTreeMap::new();
