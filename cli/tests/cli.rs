@@ -113,3 +113,28 @@ fn chat_survives_a_full_context() {
     assert_eq!(err.matches("[prefill ").count(), 5, "five answered turns: {err}");
     assert!(!err.contains("[load "), "turns report their own figures: {err}");
 }
+
+/// docs/CLI.md keeps up with `--help`: every subcommand has its section and every long flag a
+/// subcommand's help lists appears in the file.
+#[test]
+fn cli_doc_lists_every_subcommand_and_flag() {
+    let doc = std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/CLI.md")).unwrap();
+    let help = String::from_utf8(ok(bin().arg("--help")).stdout).unwrap();
+    let commands: Vec<String> = help
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .filter(|c| c != "help")
+        .collect();
+    assert!(commands.len() >= 8, "{help}");
+    for c in &commands {
+        assert!(doc.contains(&format!("## `{c}`")), "docs/CLI.md has no section for `{c}`");
+        let sub = String::from_utf8(ok(bin().args([c.as_str(), "--help"])).stdout).unwrap();
+        for flag in sub.split_whitespace().filter(|w| w.starts_with("--") && w.len() > 2) {
+            let flag = flag.trim_end_matches([',', '.', ')']);
+            assert!(doc.contains(flag), "docs/CLI.md does not mention {flag} of `{c}`");
+        }
+    }
+}
