@@ -83,7 +83,8 @@ pub struct ConvertOptions {
     /// backend; the default) or the lookup table of its CPU kernel.
     pub nested_rule: lowbit_kernels::NestedRule,
     /// bitsandbytes' own 4-bit quantizer (block absmax, nearest code), byte for byte, instead of
-    /// the default that searches each block's scale and codes for the least squared error
+    /// the default that searches each block's scale and codes for the least |w|-weighted squared
+    /// error
     /// ([`lowbit_kernels::fourbit::search_block`]); both are read by bitsandbytes the same way.
     pub bnb_exact: bool,
 }

@@ -113,7 +113,7 @@ pub struct FourBitOptions {
     pub double_quant: bool,
     /// Rounding rule of the nested codes.
     pub nested_rule: NestedRule,
-    /// Choose each block's stored scale and codes to minimise its squared error
+    /// Choose each block's stored scale and codes to minimise its |w|-weighted squared error
     /// ([`search_block`]) instead of bitsandbytes' absmax and nearest code. The file layout and
     /// the dequantization formula are unchanged, so bitsandbytes reads the blocks as it reads its
     /// own; `false` (the default here) gives bitsandbytes' bytes exactly.
@@ -230,7 +230,8 @@ fn nearest_lut(kind: FourBitKind) -> &'static [u8] {
 
 /// Nearest codes of `block / scale` (clamped to [−1, 1]) into `codes`, through [`nearest_lut`].
 fn nearest_codes(block: &[f32], scale: f32, lut: &[u8], codes: &mut Vec<u8>) {
-    let inv = 1.0 / scale;
+    // Clamped as bitsandbytes clamps its absmax: a tinier scale would make 1/scale infinite.
+    let inv = 1.0 / scale.max(1e-38);
     codes.clear();
     codes.extend(block.iter().map(|&w| lut[(((w * inv).clamp(-1.0, 1.0) + 1.0) * LUT_HALF + 0.5) as usize]));
 }

@@ -33,20 +33,24 @@ impl Conversation {
     /// dropped (the system prompt stays) and the cache starts over; when even the new message
     /// alone does not fit, it is an error and the conversation is as it was.
     pub fn user_turn(&mut self, model: &Model, codec: &TextCodec, text: &str, reserve: usize) -> Result<Vec<u32>> {
-        self.messages.push(Message { role: "user".into(), content: text.into() });
-        let mut ids = codec.encode(&codec.apply_chat_template(&self.messages, true)?, false)?;
-        let first = usize::from(self.messages.first().is_some_and(|m| m.role == "system"));
-        while ids.len() + reserve > self.context && self.messages.len() > first + 1 {
+        // Trim a copy: a message that cannot fit leaves the conversation as it was.
+        let mut messages = self.messages.clone();
+        messages.push(Message { role: "user".into(), content: text.into() });
+        let mut ids = codec.encode(&codec.apply_chat_template(&messages, true)?, false)?;
+        let first = usize::from(messages.first().is_some_and(|m| m.role == "system"));
+        let mut dropped = 0;
+        while ids.len() + reserve > self.context && messages.len() > first + 1 {
             // The oldest exchange after the system prompt: a user message and its reply.
-            let n = if self.messages.get(first + 1).is_some_and(|m| m.role == "assistant") { 2 } else { 1 };
-            self.messages.drain(first..first + n);
-            self.dropped += n;
-            ids = codec.encode(&codec.apply_chat_template(&self.messages, true)?, false)?;
+            let n = if messages.get(first + 1).is_some_and(|m| m.role == "assistant") { 2 } else { 1 };
+            messages.drain(first..first + n);
+            dropped += n;
+            ids = codec.encode(&codec.apply_chat_template(&messages, true)?, false)?;
         }
         if ids.len() + reserve > self.context {
-            self.messages.pop();
             return Err(RuntimeError::ContextFull { tokens: ids.len() + reserve, context: self.context });
         }
+        self.messages = messages;
+        self.dropped += dropped;
         let common = self.fed.iter().zip(&ids).take_while(|(a, b)| a == b).count();
         if common < self.fed.len() {
             // Turns were dropped, or the template re-rendered earlier text differently: start over.
@@ -79,6 +83,9 @@ impl Conversation {
     pub fn assistant_turn(&mut self, codec: &TextCodec, prompt: &[u32], reply: &[u32]) -> Result<()> {
         self.fed.extend_from_slice(prompt);
         self.fed.extend_from_slice(reply);
+        // The last sampled token (or, with nothing generated, the prompt) may not have run
+        // through the model: the cache holds what it holds, and the next turn prefills the rest.
+        self.fed.truncate(self.cache.len);
         self.messages.push(Message { role: "assistant".into(), content: codec.decode(reply)? });
         Ok(())
     }

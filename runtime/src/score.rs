@@ -22,7 +22,10 @@ pub fn kl_divergence(base: &[f32], other: &[f32]) -> f64 {
 /// `max_chunks` of them, 0 for all), each with its first token replaced by `bos` where the model
 /// has one, so every chunk starts a fresh context.
 pub fn perplexity_chunks(tokens: &[u32], ctx: usize, max_chunks: usize, bos: Option<u32>) -> Vec<Vec<u32>> {
-    let mut n = tokens.len() / ctx.max(1);
+    if ctx == 0 {
+        return Vec::new();
+    }
+    let mut n = tokens.len() / ctx;
     if max_chunks > 0 {
         n = n.min(max_chunks);
     }
@@ -86,6 +89,10 @@ pub fn completion_logprobs(model: &Model, prompt: &[u32], completion: &[u32]) ->
     }
     let vocab = model.config.vocab_size;
     let all: Vec<u32> = prompt.iter().chain(completion).copied().collect();
+    // The last token is only looked up, never run: check them all here.
+    if let Some(&id) = all.iter().find(|&&id| id as usize >= vocab) {
+        return Err(RuntimeError::BadToken { id, vocab });
+    }
     let mut cache = model.new_cache(all.len());
     let logits = model.forward(&mut cache, &all[..all.len() - 1], Logits::All)?;
     Ok(completion
@@ -117,6 +124,7 @@ mod tests {
         let c = perplexity_chunks(&t, 8, 0, Some(1));
         assert_eq!(c, vec![vec![1, 11, 12, 13, 14, 15, 16, 17], vec![1, 19, 20, 21, 22, 23, 24, 25]]);
         assert_eq!(perplexity_chunks(&t, 8, 1, None), vec![(10..18).collect::<Vec<u32>>()]);
+        assert!(perplexity_chunks(&t, 0, 0, Some(1)).is_empty());
         let s = ScoredChunk { logprobs: vec![-1.0, -2.0, -0.5, -3.0], targets: vec![1, 0] };
         assert_eq!(s.nll(), 2.5);
     }

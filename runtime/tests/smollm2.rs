@@ -130,3 +130,36 @@ fn completion_logprobs_match_the_full_logits() {
     assert_eq!(s.logprobs.len(), 7 * vocab);
     assert!(s.nll().is_finite() && s.nll() > 0.0);
 }
+
+/// A conversation keeps its cache and its record of fed tokens in step (a reply's last token,
+/// never run through the model, is prefilled with the next turn), drops its oldest turns when
+/// the context is full, and is left as it was by a message that cannot fit at all.
+#[test]
+fn conversation_stays_consistent_when_the_context_fills() {
+    use lowbit_runtime::{Conversation, RuntimeError};
+    let file = ModelFile::open(model_file()).unwrap();
+    let model = Model::new(&file).unwrap();
+    let codec = TextCodec::from_metadata(file.metadata()).unwrap();
+    let mut conv = Conversation::new(&model, Some("Be brief."), 128);
+    let reply = codec.encode("Sure, here it is.", false).unwrap();
+    let mut dropped_any = false;
+    for turn in 0..6 {
+        let new = conv.user_turn(&model, &codec, &format!("Question number {turn}, please?"), 16).unwrap();
+        assert_eq!(conv.cached_tokens(), conv.cache().len, "turn {turn}");
+        model.forward(conv.cache(), &new, Logits::Last).unwrap();
+        // As generation does: every reply token but the last goes through the model.
+        model.forward(conv.cache(), &reply[..reply.len() - 1], Logits::Last).unwrap();
+        conv.assistant_turn(&codec, &new, &reply).unwrap();
+        assert_eq!(conv.cached_tokens(), conv.cache().len, "turn {turn}");
+        dropped_any |= conv.dropped_messages() > 0;
+    }
+    assert!(dropped_any, "six turns of about 30 tokens overflow 128 positions");
+    assert_eq!(conv.messages()[0].role, "system");
+    let before = conv.messages().to_vec();
+    let long = "word ".repeat(300);
+    assert!(matches!(conv.user_turn(&model, &codec, &long, 16), Err(RuntimeError::ContextFull { .. })));
+    assert_eq!(conv.messages(), &before[..], "a message that cannot fit leaves the conversation as it was");
+    // A completion token outside the vocabulary is an error, not a panic.
+    let bad = lowbit_runtime::score::completion_logprobs(&model, &[1, 2], &[3, 1_000_000]);
+    assert!(matches!(bad, Err(RuntimeError::BadToken { .. })));
+}

@@ -104,6 +104,17 @@ struct F16Writer {
     out: std::io::BufWriter<std::fs::File>,
     tmp: std::path::PathBuf,
     path: std::path::PathBuf,
+    /// Renamed into place: nothing to clean up.
+    done: bool,
+}
+
+impl Drop for F16Writer {
+    /// A run that fails (a bad chunk, a short base file, a full disk) leaves no temporary file.
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 impl F16Writer {
@@ -119,7 +130,7 @@ impl F16Writer {
         out.write_all(b"\x93NUMPY\x01\x00")?;
         out.write_all(&(header.len() as u16).to_le_bytes())?;
         out.write_all(header.as_bytes())?;
-        Ok(F16Writer { out, tmp, path: path.to_path_buf() })
+        Ok(F16Writer { out, tmp, path: path.to_path_buf(), done: false })
     }
 
     fn push(&mut self, row: &[f32]) -> Result<()> {
@@ -129,9 +140,11 @@ impl F16Writer {
         Ok(())
     }
 
-    fn finish(self) -> Result<()> {
-        self.out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    fn finish(mut self) -> Result<()> {
+        self.out.flush()?;
+        self.out.get_ref().sync_all()?;
         std::fs::rename(&self.tmp, &self.path)?;
+        self.done = true;
         Ok(())
     }
 }

@@ -122,6 +122,10 @@ pub fn run(a: RunArgs, threads: Option<usize>) -> Result<()> {
         (None, None) => anyhow::bail!("give a prompt with -p TEXT or -f FILE (-f - reads standard input)"),
     };
     anyhow::ensure!(!a.chat || codec.has_template(), "this model file has no chat template; leave out --chat");
+    anyhow::ensure!(
+        a.system.is_none() || (codec.has_template() && !a.raw),
+        "--system goes into the chat template; it needs a model with one, without --raw"
+    );
     // As llama.cpp's conversation mode: an instruct model gets its template unless asked not to
     // (given raw text it usually ends its turn at once).
     let prompt = if (a.chat || codec.has_template()) && !a.raw {
@@ -188,7 +192,15 @@ pub fn chat(a: ChatArgs, threads: Option<usize>) -> Result<()> {
             if conv.dropped_messages() > dropped {
                 eprintln!("[the context was full: dropped the {} oldest messages]", conv.dropped_messages() - dropped);
             }
-            let (reply, st) = stream_generate(model, codec, engine.stop_ids(), conv.cache(), &new, &a.sample, &mut s)?;
+            // Without a sliding window the reply may use only what the context has left.
+            let cache = conv.cache();
+            let budget = if cache.fits(new.len() + a.sample.max_tokens) {
+                a.sample.max_tokens
+            } else {
+                cache.capacity().saturating_sub(cache.len + new.len())
+            };
+            let turn = SampleArgs { max_tokens: budget, ..a.sample.clone() };
+            let (reply, st) = stream_generate(model, codec, engine.stop_ids(), cache, &new, &turn, &mut s)?;
             println!();
             report_turn(&st);
             if a.sample.profile {
@@ -208,10 +220,14 @@ fn read_turn(input: &mut impl BufRead, ctx: usize) -> Result<Option<String>> {
     let mut text = String::new();
     loop {
         let mut line = String::new();
-        if input.by_ref().take(limit + 1).read_line(&mut line)? == 0 {
+        let left = limit + 1 - text.len() as u64;
+        if input.by_ref().take(left).read_line(&mut line)? == 0 {
             return Ok((!text.is_empty()).then_some(text));
         }
-        anyhow::ensure!(line.len() as u64 <= limit, "an input line of over {limit} bytes cannot fit the context");
+        anyhow::ensure!(
+            (text.len() + line.len()) as u64 <= limit,
+            "a message of over {limit} bytes cannot fit the context"
+        );
         let line = line.trim_end_matches(['\n', '\r']);
         match line.strip_suffix('\\') {
             Some(part) => {
