@@ -173,10 +173,10 @@ pub fn quantize_4bit(x: &[f32], opts: &FourBitOptions) -> Result<FourBitTensor> 
         *byte |= if i.is_multiple_of(2) { code << 4 } else { code };
         i += 1;
     };
-    let mut block_codes = Vec::with_capacity(opts.blocksize);
+    let (mut block_codes, mut trial) = (Vec::with_capacity(opts.blocksize), Vec::with_capacity(opts.blocksize));
     for block in x.chunks(opts.blocksize) {
         if opts.scale_search {
-            absmax.push(search_block(block, opts.kind, block.len() == opts.blocksize, &mut block_codes));
+            absmax.push(search_block(block, opts.kind, block.len() == opts.blocksize, &mut block_codes, &mut trial));
             block_codes.iter().for_each(|&c| put(c));
             continue;
         }
@@ -243,8 +243,8 @@ fn nearest_codes(block: &[f32], scale: f32, lut: &[u8], codes: &mut Vec<u8>) {
 /// bitsandbytes' by this measure. A smaller scale lets the inner levels fit the bulk of the
 /// weights at the cost of clipping the largest, which the least-squares scale then rebalances
 /// (llama.cpp's IQ4_NL searches its scales the same way). Returns the scale; `codes` receives
-/// one code per element.
-pub fn search_block(block: &[f32], kind: FourBitKind, full: bool, codes: &mut Vec<u8>) -> f32 {
+/// one code per element; `trial` is scratch, kept by the caller so no block allocates.
+pub fn search_block(block: &[f32], kind: FourBitKind, full: bool, codes: &mut Vec<u8>, trial: &mut Vec<u8>) -> f32 {
     let table = kind.sorted();
     let lut = nearest_lut(kind);
     let levels = kind.levels();
@@ -255,35 +255,36 @@ pub fn search_block(block: &[f32], kind: FourBitKind, full: bool, codes: &mut Ve
         return am;
     }
     let mut best = (block_error(block, levels, am, codes), am);
-    let mut trial = Vec::with_capacity(block.len());
-    let mut best_codes = codes.clone();
+    // k = 0 re-fits bitsandbytes' own codes; k ≥ 1 tries a smaller scale first. The best codes
+    // so far stay in `codes`; a better candidate is swapped in from `trial`.
     for k in 0..=SEARCH_STEPS {
-        // k = 0 re-fits bitsandbytes' own codes; k ≥ 1 tries a smaller scale first.
-        if k == 0 {
-            trial.clone_from(codes);
+        let cand: &[u8] = if k == 0 {
+            codes
         } else {
-            nearest_codes(block, am * (1.0 - SEARCH_STEP * k as f32), lut, &mut trial);
-        }
-        // The scale minimising the weighted error for these codes: Σ q·w·l / Σ q·l², q = |w|.
-        let (wl, ll) = block.iter().zip(&trial).fold((0f64, 0f64), |(wl, ll), (&w, &c)| {
-            let (l, q) = (levels[c as usize] as f64, (w as f64).abs());
-            (wl + q * w as f64 * l, ll + q * l * l)
-        });
-        if ll <= 0.0 || wl <= 0.0 {
-            continue;
-        }
-        let scale = (wl / ll) as f32;
-        if !scale.is_finite() || scale <= 0.0 {
-            continue;
-        }
-        let err = block_error(block, levels, scale, &trial);
+            nearest_codes(block, am * (1.0 - SEARCH_STEP * k as f32), lut, trial);
+            trial
+        };
+        let Some(scale) = weighted_ls_scale(block, levels, cand) else { continue };
+        let err = block_error(block, levels, scale, cand);
         if err < best.0 {
             best = (err, scale);
-            best_codes.clone_from(&trial);
+            if k > 0 {
+                std::mem::swap(codes, trial);
+            }
         }
     }
-    codes.clone_from(&best_codes);
     best.1
+}
+
+/// The scale minimising the |w|-weighted error for fixed codes, `Σ q·w·l / Σ q·l²` with q = |w|;
+/// `None` when it is not a finite positive number.
+fn weighted_ls_scale(block: &[f32], levels: &[f32; 16], codes: &[u8]) -> Option<f32> {
+    let (wl, ll) = block.iter().zip(codes).fold((0f64, 0f64), |(wl, ll), (&w, &c)| {
+        let (l, q) = (levels[c as usize] as f64, (w as f64).abs());
+        (wl + q * w as f64 * l, ll + q * l * l)
+    });
+    let scale = (wl / ll) as f32;
+    (ll > 0.0 && wl > 0.0 && scale.is_finite() && scale > 0.0).then_some(scale)
 }
 
 /// Mean of float32 values as a float32. torch sums in float32 with a cascade; summing in f64 and
@@ -418,8 +419,8 @@ mod tests {
             let kind = if fp4 { FourBitKind::Fp4 } else { FourBitKind::Nf4 };
             let levels = kind.levels();
             for block in x.chunks(64) {
-                let mut codes = Vec::new();
-                let s = search_block(block, kind, block.len() == 64, &mut codes);
+                let (mut codes, mut trial) = (Vec::new(), Vec::new());
+                let s = search_block(block, kind, block.len() == 64, &mut codes, &mut trial);
                 let am = absmax_of(block);
                 proptest::prop_assert!(s.is_finite() && (s > 0.0 || am == 0.0), "scale {s}");
                 proptest::prop_assert_eq!(codes.len(), block.len());
