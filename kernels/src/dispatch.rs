@@ -401,13 +401,32 @@ impl Kernels {
         qsum: &[i32],
         half_block: usize,
     ) -> f32 {
+        self.row_q8(self.dot_fourbit_q8, codes, factors, lut, qe, qo, qsum, half_block)
+    }
+
+    /// Runs the one-row 4-bit kernel `f` of this level after checking the lengths; block sizes
+    /// the SIMD loop does not step evenly through go to the scalar code.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn row_q8(
+        &self,
+        f: DotFourBitQ8,
+        codes: &[u8],
+        factors: &[f32],
+        lut: &[i8; 16],
+        qe: &[i8],
+        qo: &[i8],
+        qsum: &[i32],
+        half_block: usize,
+    ) -> f32 {
         let n = factors.len() * half_block;
         assert!(codes.len() >= n && qe.len() >= n && qo.len() >= n && qsum.len() >= factors.len());
         if !half_block.is_multiple_of(self.fourbit_q8_step) {
             return scalar::dot_fourbit_q8(codes, factors, lut, qe, qo, qsum, half_block);
         }
-        // SAFETY: `self` exists only for a supported ISA; lengths and step checked above.
-        unsafe { (self.dot_fourbit_q8)(codes, factors, lut, qe, qo, qsum, half_block) }
+        // SAFETY: `f` is one of this level's kernels, and `self` exists only for a supported
+        // ISA; lengths and step checked above.
+        unsafe { f(codes, factors, lut, qe, qo, qsum, half_block) }
     }
 
     /// Whether decode runs rows `cols` wide four at a time ([`Kernels::dot_fourbit_q8_x4`],
@@ -458,16 +477,8 @@ impl Kernels {
         qsum: &[i32],
         half_block: usize,
     ) -> f32 {
-        let Some((_, one)) = self.dot_fourbit_q8_x4 else {
-            return self.dot_fourbit_q8(codes, factors, lut, qe, qo, qsum, half_block);
-        };
-        let n = factors.len() * half_block;
-        assert!(codes.len() >= n && qe.len() >= n && qo.len() >= n && qsum.len() >= factors.len());
-        if !half_block.is_multiple_of(self.fourbit_q8_step) {
-            return scalar::dot_fourbit_q8(codes, factors, lut, qe, qo, qsum, half_block);
-        }
-        // SAFETY: `self` exists only for a supported ISA; lengths and step checked above.
-        unsafe { one(codes, factors, lut, qe, qo, qsum, half_block) }
+        let f = self.dot_fourbit_q8_x4.map_or(self.dot_fourbit_q8, |(_, one)| one);
+        self.row_q8(f, codes, factors, lut, qe, qo, qsum, half_block)
     }
 
     /// Block factors of double-quantized scales sharing one nested scale; see
