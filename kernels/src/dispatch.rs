@@ -197,9 +197,8 @@ impl Kernels {
 
     /// The AVX2 table with the integer kernels on 256-bit VNNI: AVX-VNNI's encoding, or AVX-512
     /// VNNI's (`evex`) on CPUs that have that instead (the same instruction on the same vectors).
-    /// Int8 decode keeps the AVX2 kernel: on a Zen 4 (EVEX encoding) its SmolLM2 decode ran at 108
-    /// tok/s against 92 with the two-`vpdpbusd` one (one thread); the VNNI int8 prefill tile ran
-    /// 416 against 325.
+    /// Int8 decode keeps the AVX2 kernel, which measured faster than a two-`vpdpbusd` one (the row
+    /// sum costs a second product); the int8 prefill tile is VNNI's (docs/PERFORMANCE.md).
     #[cfg(target_arch = "x86_64")]
     fn avxvnni(evex: bool) -> Kernels {
         use crate::arch::x86_64::avxvnni as k;
@@ -250,11 +249,9 @@ impl Kernels {
             fourbit_step: 16,
             dot_int8: k::dot_int8,
             dot_int8_4x4: k::dot_int8_4x4,
-            // Rows narrower than Mistral's 4096 decode four at a time on 256-bit VNNI, where the
-            // one-row 512-bit kernel's per-row work outweighs its wider steps: SmolLM2 (576 and
-            // 1536 wide) nf4 decode on a Zen 4 ran 116 against 84–99 tok/s on one thread, 183–190
-            // against 134–167 on two; at 14336×4096 the two were level (64–68 % and 79–84 % of
-            // the probe).
+            // Rows narrower than Mistral's 4096 decode four at a time on 256-bit VNNI: on narrow
+            // rows the one-row 512-bit kernel's per-row work outweighs its wider steps, on wide
+            // ones the two measured level (docs/PERFORMANCE.md, "AVX-512, narrow rows").
             dot_int8_x4: Some(crate::arch::x86_64::avx2::dot_int8_x4),
             dot_fourbit_q8_x4: Some((
                 crate::arch::x86_64::avxvnni::dot_fourbit_q8_x4_evex,
