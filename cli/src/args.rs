@@ -26,6 +26,8 @@ pub enum Command {
     Run(RunArgs),
     /// Interactive multi-turn chat using the model's chat template.
     Chat(ChatArgs),
+    /// Generate for a JSONL file of requests, many at once, results in input order.
+    Batch(BatchArgs),
     /// Write the logits of every position to a .npy file.
     Logits(LogitsArgs),
     /// Perplexity of a text file (llama.cpp's scoring), optionally KL divergence against a base.
@@ -156,9 +158,18 @@ pub struct SampleArgs {
     /// Top-p.
     #[arg(long, default_value_t = 1.0)]
     pub top_p: f32,
+    /// Min-p: drop tokens less likely than this times the most likely one (0 = off).
+    #[arg(long, default_value_t = 0.0)]
+    pub min_p: f32,
     /// Repetition penalty (1 = off).
     #[arg(long, default_value_t = 1.0)]
     pub repeat_penalty: f32,
+    /// Presence penalty: subtracted from the logit of every token already in the text (0 = off).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    pub presence_penalty: f32,
+    /// Frequency penalty: subtracted once per earlier occurrence of a token (0 = off).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    pub frequency_penalty: f32,
     /// Random seed (default: a new one each run, printed when sampling, so a run can be repeated).
     #[arg(short = 's', long)]
     pub seed: Option<u64>,
@@ -209,6 +220,37 @@ pub struct ChatArgs {
     /// System message.
     #[arg(long)]
     pub system: Option<String>,
+    #[command(flatten)]
+    pub sample: SampleArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct BatchArgs {
+    /// Model file.
+    #[arg(short, long)]
+    pub model: PathBuf,
+    /// Requests, one JSON object a line: "prompt" (text, completed as is) or "messages" (a chat,
+    /// through the model's template), and optionally "id", "max_tokens", "temperature",
+    /// "top_p", "top_k", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty",
+    /// "seed", "stop", "n", "logprobs" (the flags below are their defaults).
+    #[arg(short, long)]
+    pub input: PathBuf,
+    /// Results, one JSON object a line in input order: "id", "choices" (text, finish_reason,
+    /// token_ids, logprobs), "usage"; or "id" and "error".
+    #[arg(short, long)]
+    pub out: PathBuf,
+    /// Sequences decoded together (each holds a KV cache of up to --ctx positions).
+    #[arg(long, default_value_t = 8)]
+    pub parallel: usize,
+    /// Prompt tokens prefilled per step between decode steps.
+    #[arg(long, default_value_t = 256)]
+    pub prefill_chunk: usize,
+    /// Keep the output's finished lines and run only the requests not in it.
+    #[arg(long)]
+    pub resume: bool,
+    /// No progress bar.
+    #[arg(long, short)]
+    pub quiet: bool,
     #[command(flatten)]
     pub sample: SampleArgs,
 }

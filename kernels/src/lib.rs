@@ -23,6 +23,7 @@
 mod arch;
 pub mod codebook;
 mod cpu;
+mod decode;
 mod dispatch;
 mod error;
 pub mod fourbit;
@@ -39,6 +40,6 @@ pub use dispatch::{kernels, try_kernels, Kernels};
 pub use error::{KernelError, Result};
 pub use fourbit::{quantize_4bit, Absmax, FourBitKind, FourBitOptions, FourBitTensor, NestedRule};
 pub use int8::{quantize_int8, Int8Tensor};
-pub use matmul::{gemm_strided, matmul, matmul_with, matvec, MatmulOptions};
+pub use matmul::{gemm_strided, matmul, matmul_rows, matmul_rows_with, matmul_with, matvec, MatmulOptions};
 pub use probe::bandwidth_probe;
 pub use weight::{AbsmaxRef, FourBitRef, Int8Ref, Weight};

@@ -11,7 +11,6 @@
 
 use crate::dispatch::Kernels;
 use crate::error::{KernelError, Result};
-use crate::fourbit::code_at;
 use crate::int8::{quantize_activations, Int8Activations, INV_127, MM_DEQUANT_SCALE};
 use crate::lined::Lined;
 use crate::weight::{nested_runs, AbsmaxRef, FourBitRef, Int8Ref, Weight};
@@ -43,12 +42,12 @@ impl Default for MatmulOptions {
 
 /// Weight rows per task in decode; small enough to balance 2–16 threads on 1024-row
 /// matrices, big enough that scheduling costs nothing next to a 4096-wide dot product.
-const DECODE_ROWS_PER_TASK: usize = 16;
+pub(crate) const DECODE_ROWS_PER_TASK: usize = 16;
 /// Elements dequantized at a time per thread in prefill (4 MiB of f32). Big tiles matter: gemm
 /// packs the activations again for every tile, so 32-row tiles ran at half the f32 speed.
 const PREFILL_TILE_ELEMS: usize = 1 << 20;
 /// Below this many multiply-adds a call stays on the calling thread.
-const PARALLEL_MIN_WORK: usize = 1 << 16;
+pub(crate) const PARALLEL_MIN_WORK: usize = 1 << 16;
 
 /// `out (m × rows) = x (m × cols) · Wᵀ` with the process-wide kernels.
 pub fn matmul(out: &mut [f32], w: &Weight, x: &[f32], m: usize, opts: &MatmulOptions) -> Result<()> {
@@ -60,8 +59,32 @@ pub fn matvec(out: &mut [f32], w: &Weight, x: &[f32], opts: &MatmulOptions) -> R
     matmul_with(crate::kernels(), out, w, x, 1, opts)
 }
 
-/// [`matmul`] with explicit kernels (tests and benches use this to run every ISA).
-pub fn matmul_with(k: &Kernels, out: &mut [f32], w: &Weight, x: &[f32], m: usize, opts: &MatmulOptions) -> Result<()> {
+/// `out (m × rows) = x (m × cols) · Wᵀ` for `m` independent decode tokens: every row of `out` is
+/// bit for bit what [`matvec`] gives for that row of `x` alone, whatever the other rows are (a
+/// batch of sequences decodes the same tokens as each would alone), while each weight row is
+/// read from memory once for all `m`. [`matmul`] instead treats the rows as one prompt (LLM.int8
+/// shares outlier columns between them; tiles reduce in their own order).
+pub fn matmul_rows(out: &mut [f32], w: &Weight, x: &[f32], m: usize, opts: &MatmulOptions) -> Result<()> {
+    matmul_rows_with(crate::kernels(), out, w, x, m, opts)
+}
+
+/// [`matmul_rows`] with explicit kernels.
+pub fn matmul_rows_with(
+    k: &Kernels,
+    out: &mut [f32],
+    w: &Weight,
+    x: &[f32],
+    m: usize,
+    opts: &MatmulOptions,
+) -> Result<()> {
+    let Some(parallel) = check_shapes(w, out, x, m)? else { return Ok(()) };
+    crate::decode::rows(k, out, w, x, m, opts, parallel);
+    Ok(())
+}
+
+/// Checks the shapes of a product; `None` when there is nothing to compute (`out` is then
+/// final), else whether the work is worth spreading over threads.
+fn check_shapes(w: &Weight, out: &mut [f32], x: &[f32], m: usize) -> Result<Option<bool>> {
     w.validate()?;
     let (rows, cols) = (w.rows(), w.cols());
     let check = |what, expected: Option<usize>, got| match expected {
@@ -71,15 +94,22 @@ pub fn matmul_with(k: &Kernels, out: &mut [f32], w: &Weight, x: &[f32], m: usize
     check("x", m.checked_mul(cols), x.len())?;
     check("out", m.checked_mul(rows), out.len())?;
     if m == 0 || rows == 0 {
-        return Ok(());
+        return Ok(None);
     }
     if cols == 0 {
         out.fill(0.0);
-        return Ok(());
+        return Ok(None);
     }
-    let parallel = m.saturating_mul(rows).saturating_mul(cols) >= PARALLEL_MIN_WORK;
+    Ok(Some(m.saturating_mul(rows).saturating_mul(cols) >= PARALLEL_MIN_WORK))
+}
+
+/// [`matmul`] with explicit kernels (tests and benches use this to run every ISA).
+pub fn matmul_with(k: &Kernels, out: &mut [f32], w: &Weight, x: &[f32], m: usize, opts: &MatmulOptions) -> Result<()> {
+    let Some(parallel) = check_shapes(w, out, x, m)? else { return Ok(()) };
+    let (rows, cols) = (w.rows(), w.cols());
     if m == 1 {
-        return matvec_into(k, out, w, x, opts, parallel);
+        crate::decode::rows(k, out, w, x, 1, opts, parallel);
+        return Ok(());
     }
     if let Weight::F32 { data, .. } = w {
         gemm_f32(out, data, x, m, rows, cols, parallel);
@@ -97,7 +127,13 @@ pub fn matmul_with(k: &Kernels, out: &mut [f32], w: &Weight, x: &[f32], m: usize
         Weight::Int8(w8) => int8_rows(k, &mut out_t, w8, x, m, opts, prefill),
         _ => tiled_dequant_gemm(&mut out_t, w, x, m, prefill),
     }
-    // Blocked transpose: 64 rows × m stay in L1 while each token's 64 outputs are written.
+    transpose_into(out, &out_t, rows, m);
+    Ok(())
+}
+
+/// `out (m × rows)` from `out_t (rows × m)`.
+pub(crate) fn transpose_into(out: &mut [f32], out_t: &[f32], rows: usize, m: usize) {
+    // Blocked: 64 rows × m stay in L1 while each token's 64 outputs are written.
     for r0 in (0..rows).step_by(64) {
         let r1 = (r0 + 64).min(rows);
         for t in 0..m {
@@ -106,12 +142,11 @@ pub fn matmul_with(k: &Kernels, out: &mut [f32], w: &Weight, x: &[f32], m: usize
             }
         }
     }
-    Ok(())
 }
 
 /// How a loop over row chunks runs.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Par {
+pub(crate) enum Par {
     /// On the calling thread.
     Serial,
     /// Over the current rayon pool: prefill, where each call runs long enough that waking the
@@ -123,7 +158,7 @@ enum Par {
 }
 
 /// Runs `f(first_row, rows_chunk)` over `chunk`-row pieces of `out`, in parallel as asked.
-fn for_row_chunks<S: Send>(
+pub(crate) fn for_row_chunks<S: Send>(
     out: &mut [f32],
     per_row: usize,
     chunk: usize,
@@ -144,99 +179,16 @@ fn for_row_chunks<S: Send>(
     }
 }
 
-fn matvec_into(
-    k: &Kernels,
-    out: &mut [f32],
-    w: &Weight,
-    x: &[f32],
-    opts: &MatmulOptions,
-    parallel: bool,
-) -> Result<()> {
-    let cols = w.cols();
-    let par = if parallel { Par::Team } else { Par::Serial };
-    match *w {
-        Weight::F32 { data, .. } => dense_rows(out, par, |r| k.dot_f32(&data[r * cols..(r + 1) * cols], x)),
-        Weight::F16 { data, .. } => dense_rows(out, par, |r| k.dot_f16(&data[r * cols..(r + 1) * cols], x)),
-        Weight::Bf16 { data, .. } => dense_rows(out, par, |r| k.dot_bf16(&data[r * cols..(r + 1) * cols], x)),
-        Weight::Int8(ref w8) => int8_rows(k, out, w8, x, 1, opts, par),
-        Weight::FourBit(ref w4) if !opts.fourbit_exact && rows_block_aligned(w4) && w4.blocksize >= 32 => {
-            fourbit_q8_matvec(k, out, w4, x, par)
-        }
-        Weight::FourBit(ref w4) => fourbit_matvec(k, out, w4, x, par),
-    }
-    Ok(())
-}
-
-/// `out[r] = dot(r)` for every row, in row chunks spread over threads.
-fn dense_rows(out: &mut [f32], par: Par, dot: impl Fn(usize) -> f32 + Sync + Send) {
-    for_row_chunks(
-        out,
-        1,
-        DECODE_ROWS_PER_TASK,
-        par,
-        || (),
-        |_, r0, o| {
-            for (i, y) in o.iter_mut().enumerate() {
-                *y = dot(r0 + i);
-            }
-        },
-    );
-}
-
 /// Whether every row of a 4-bit weight starts on a block boundary (and so on a byte boundary),
 /// which the SIMD row kernels need. Mistral's and Llama's shapes always are.
-fn rows_block_aligned(w: &FourBitRef) -> bool {
+pub(crate) fn rows_block_aligned(w: &FourBitRef) -> bool {
     w.cols.is_multiple_of(w.blocksize)
-}
-
-fn fourbit_matvec(k: &Kernels, out: &mut [f32], w: &FourBitRef, x: &[f32], par: Par) {
-    let levels = w.kind.levels();
-    if !rows_block_aligned(w) {
-        // Blocks straddle rows: the plain per-element formula (small or odd-shaped models only).
-        for_row_chunks(
-            out,
-            1,
-            DECODE_ROWS_PER_TASK,
-            par,
-            || (),
-            |_, r0, o| {
-                for (i, y) in o.iter_mut().enumerate() {
-                    let base = (r0 + i) * w.cols;
-                    let mut acc = 0f32;
-                    for (c, &xv) in x.iter().enumerate() {
-                        let e = base + c;
-                        acc += levels[code_at(w.codes, e) as usize] * w.absmax.get(e / w.blocksize) * xv;
-                    }
-                    *y = acc;
-                }
-            },
-        );
-        return;
-    }
-    let half = w.cols / 2;
-    let xe: Vec<f32> = x.iter().step_by(2).copied().collect();
-    let xo: Vec<f32> = x.iter().skip(1).step_by(2).copied().collect();
-    let bpr = w.cols / w.blocksize;
-    for_row_chunks(
-        out,
-        1,
-        DECODE_ROWS_PER_TASK,
-        par,
-        || Lined::<f32>::zeroed(bpr),
-        |scales, r0, o| {
-            for (i, y) in o.iter_mut().enumerate() {
-                let r = r0 + i;
-                w.absmax.decode(r * bpr, scales);
-                *y = k.dot_fourbit(&w.codes[r * half..(r + 1) * half], scales, levels, &xe, &xo, w.blocksize / 2);
-            }
-        },
-    );
 }
 
 /// Activations of `m` tokens (plus zero padding) quantized to int8 in blocks, de-interleaved like
 /// the codes, in flat token-major buffers ([`Kernels::quantize_q8`]); each token's codes start
 /// on a cache line, and no buffer shares a line with anything a thread writes ([`Lined`]).
-struct BlockQ8 {
+pub(crate) struct BlockQ8 {
     qe: Lined<i8>,
     qo: Lined<i8>,
     xs: Lined<f32>,
@@ -249,7 +201,7 @@ struct BlockQ8 {
 
 impl BlockQ8 {
     /// Quantizes `m` rows of `x` (`cols` wide) and pads with all-zero tokens up to `padded`.
-    fn new(k: &Kernels, x: &[f32], m: usize, cols: usize, blocksize: usize, padded: usize) -> BlockQ8 {
+    pub(crate) fn new(k: &Kernels, x: &[f32], m: usize, cols: usize, blocksize: usize, padded: usize) -> BlockQ8 {
         let (half, nb) = (cols.div_ceil(2), cols.div_ceil(blocksize));
         let stride = half.next_multiple_of(64);
         let mut q = BlockQ8 {
@@ -275,75 +227,18 @@ impl BlockQ8 {
         q
     }
 
-    fn qe(&self, t: usize) -> &[i8] {
+    pub(crate) fn qe(&self, t: usize) -> &[i8] {
         &self.qe[t * self.stride..t * self.stride + self.half]
     }
-    fn qo(&self, t: usize) -> &[i8] {
+    pub(crate) fn qo(&self, t: usize) -> &[i8] {
         &self.qo[t * self.stride..t * self.stride + self.half]
     }
-    fn xs(&self, t: usize) -> &[f32] {
+    pub(crate) fn xs(&self, t: usize) -> &[f32] {
         &self.xs[t * self.nb..(t + 1) * self.nb]
     }
-    fn sum(&self, t: usize) -> &[i32] {
+    pub(crate) fn sum(&self, t: usize) -> &[i32] {
         &self.sum[t * self.nb..(t + 1) * self.nb]
     }
-}
-
-fn fourbit_q8_matvec(k: &Kernels, out: &mut [f32], w: &FourBitRef, x: &[f32], par: Par) {
-    let lut = w.kind.int8_levels();
-    let half = w.cols / 2;
-    let bpr = w.cols / w.blocksize;
-    // weight ≈ lut/127 · absmax, activation ≈ q · xs·127: one factor absmax · xs per block.
-    let q = BlockQ8::new(k, x, 1, w.cols, w.blocksize, 1);
-    let q = &q;
-    // The activation scales repeated once per row of a task, so one `block_factors` call covers
-    // a task's rows (their blocks are consecutive): per-row calls cost more than the factors
-    // themselves on narrow rows (576 columns are 9 blocks).
-    let mut xs_rows = Lined::<f32>::zeroed(DECODE_ROWS_PER_TASK * bpr);
-    xs_rows.chunks_mut(bpr).for_each(|c| c.copy_from_slice(q.xs(0)));
-    let xs_rows = &xs_rows;
-    for_row_chunks(
-        out,
-        1,
-        DECODE_ROWS_PER_TASK,
-        par,
-        || Lined::<f32>::zeroed(DECODE_ROWS_PER_TASK * bpr),
-        |factors, r0, o| {
-            let nf = o.len() * bpr;
-            block_factors(k, &w.absmax, r0 * bpr, &xs_rows[..nf], &mut factors[..nf]);
-            let row = |i: usize| &w.codes[(r0 + i) * half..(r0 + i + 1) * half];
-            let fac = |i: usize| &factors[i * bpr..(i + 1) * bpr];
-            let (qe, qo, qsum, hb) = (q.qe(0), q.qo(0), q.sum(0), w.blocksize / 2);
-            // Four rows a call where the level has that kernel for rows this wide (the
-            // activations are loaded once for the four; narrow rows spend as much on a call as
-            // on its arithmetic); the rest through its one-row twin, so no row's bits depend on
-            // which call it fell in.
-            let x4 = k.x4_for(w.cols);
-            let mut i = 0;
-            while x4 && i + 4 <= o.len() {
-                let Some(v) = k.dot_fourbit_q8_x4(
-                    std::array::from_fn(|j| row(i + j)),
-                    std::array::from_fn(|j| fac(i + j)),
-                    &lut,
-                    qe,
-                    qo,
-                    qsum,
-                    hb,
-                ) else {
-                    break;
-                };
-                o[i..i + 4].copy_from_slice(&v);
-                i += 4;
-            }
-            for (j, y) in o.iter_mut().enumerate().skip(i) {
-                *y = if x4 {
-                    k.dot_fourbit_q8_x1(row(j), fac(j), &lut, qe, qo, qsum, hb)
-                } else {
-                    k.dot_fourbit_q8(row(j), fac(j), &lut, qe, qo, qsum, hb)
-                };
-            }
-        },
-    );
 }
 
 /// Prefill through the 4-bit integer route: every token's activations quantized per block of
@@ -441,7 +336,7 @@ impl Cells {
 
 /// `out[i] = absmax(first + i) · xs[i]` — the decoded block scales of one row times the
 /// activation blocks' scales, bit-identical to [`AbsmaxRef::decode`] followed by the multiply.
-fn block_factors(k: &Kernels, absmax: &AbsmaxRef, first: usize, xs: &[f32], out: &mut [f32]) {
+pub(crate) fn block_factors(k: &Kernels, absmax: &AbsmaxRef, first: usize, xs: &[f32], out: &mut [f32]) {
     match *absmax {
         AbsmaxRef::F32(v) => {
             for ((o, &a), &s) in out.iter_mut().zip(&v[first..first + xs.len()]).zip(xs) {
@@ -483,16 +378,6 @@ fn int8_rows(k: &Kernels, out_t: &mut [f32], w: &Int8Ref, x: &[f32], m: usize, o
         |_, r0, o| {
             let n = o.len() / m;
             let mut r = 0;
-            if m == 1 && k.x4_for(cols) {
-                // Decode: four rows a call where the level has that kernel for rows this wide.
-                while r + 4 <= n {
-                    let Some(v) = k.dot_int8_x4(ca(0), std::array::from_fn(|i| cb(r0 + r + i))) else { break };
-                    for (i, &isum) in v.iter().enumerate() {
-                        o[r + i] = finish(r0 + r + i, 0, isum);
-                    }
-                    r += 4;
-                }
-            }
             // 4 × 4 tiles: each weight and activation vector loaded once feeds four products.
             while r + 4 <= n {
                 let wr = [cb(r0 + r), cb(r0 + r + 1), cb(r0 + r + 2), cb(r0 + r + 3)];

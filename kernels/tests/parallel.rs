@@ -1,7 +1,8 @@
 //! Decode's parallel products — over the spinning team ([`lowbit_kernels::team`]) — give the
 //! same bits as the same products on one thread, for every scheme and row kernel, on shapes big
 //! enough to be split (the oracle tests' shapes are small enough to stay on one thread), with
-//! row counts that leave a short last task; and the team's own loops hand out every task once.
+//! row counts that leave a short last task; a batch of decode tokens gives each the bits of its
+//! own matvec; and the team's own loops hand out every task once.
 
 use half::{bf16, f16};
 use lowbit_kernels::{
@@ -42,52 +43,103 @@ fn same_bits_on_any_team(k: &Kernels, weight: &Weight, x: &[f32], opts: &MatmulO
     }
 }
 
+/// Calls `f` with every scheme's weight (`rows × cols`) and an activation row with an LLM.int8
+/// outlier column.
+fn with_every_scheme(rows: usize, cols: usize, mut f: impl FnMut(&Weight, &[f32])) {
+    let w = values(rows * cols, cols as u64);
+    let mut x: Vec<f32> = values(cols, 7).iter().map(|v| v * 3.0).collect();
+    x[3] = 9.0; // an LLM.int8 outlier column
+    let w16: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
+    let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
+    let q8 = quantize_int8(&w, rows, cols).unwrap();
+    let mut weights = vec![
+        Weight::F32 { rows, cols, data: &w },
+        Weight::F16 { rows, cols, data: &w16 },
+        Weight::Bf16 { rows, cols, data: &wb },
+        Weight::Int8(Int8Ref { rows, cols, cb: &q8.cb, scb: &q8.scb }),
+    ];
+    let fourbit: Vec<_> = [FourBitKind::Nf4, FourBitKind::Fp4]
+        .into_iter()
+        .map(|kind| (kind, quantize_4bit(&w, &FourBitOptions { kind, ..Default::default() }).unwrap()))
+        .collect();
+    for (kind, q) in &fourbit {
+        let lowbit_kernels::Absmax::Nested { codes, nested_absmax, nested_blocksize, offset } = &q.absmax else {
+            unreachable!("double quantization is the default")
+        };
+        let absmax = AbsmaxRef::Nested { codes, nested_absmax, nested_blocksize: *nested_blocksize, offset: *offset };
+        weights.push(Weight::FourBit(FourBitRef { kind: *kind, rows, cols, blocksize: 64, codes: &q.codes, absmax }));
+    }
+    for weight in &weights {
+        f(weight, &x);
+    }
+}
+
 #[test]
 fn parallel_matvec_equals_serial_for_every_scheme() {
     // 301 rows: not a multiple of the 16-row task; 64·300 and 330 columns: ≥ 65,536
     // multiply-adds (the parallel threshold), 330 not a multiple of the 64-block, so 4-bit rows
     // straddle blocks there (the per-element path).
     for cols in [320usize, 330] {
-        let rows = 301;
-        let w = values(rows * cols, cols as u64);
-        let mut x: Vec<f32> = values(cols, 7).iter().map(|v| v * 3.0).collect();
-        x[3] = 9.0; // an LLM.int8 outlier column
-        let w16: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
-        let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
-        let q8 = quantize_int8(&w, rows, cols).unwrap();
-        let mut weights = vec![
-            Weight::F32 { rows, cols, data: &w },
-            Weight::F16 { rows, cols, data: &w16 },
-            Weight::Bf16 { rows, cols, data: &wb },
-            Weight::Int8(Int8Ref { rows, cols, cb: &q8.cb, scb: &q8.scb }),
-        ];
-        let fourbit: Vec<_> = [FourBitKind::Nf4, FourBitKind::Fp4]
-            .into_iter()
-            .map(|kind| (kind, quantize_4bit(&w, &FourBitOptions { kind, ..Default::default() }).unwrap()))
-            .collect();
-        for (kind, q) in &fourbit {
-            let lowbit_kernels::Absmax::Nested { codes, nested_absmax, nested_blocksize, offset } = &q.absmax else {
-                unreachable!("double quantization is the default")
-            };
-            let absmax =
-                AbsmaxRef::Nested { codes, nested_absmax, nested_blocksize: *nested_blocksize, offset: *offset };
-            weights.push(Weight::FourBit(FourBitRef {
-                kind: *kind,
-                rows,
-                cols,
-                blocksize: 64,
-                codes: &q.codes,
-                absmax,
-            }));
-        }
-        for k in Kernels::variants() {
-            for weight in &weights {
+        with_every_scheme(301, cols, |weight, x| {
+            for k in Kernels::variants() {
                 for fourbit_exact in [false, true] {
                     let opts = MatmulOptions { fourbit_exact, ..Default::default() };
-                    same_bits_on_any_team(&k, weight, &x, &opts);
+                    same_bits_on_any_team(&k, weight, x, &opts);
                 }
             }
-        }
+        });
+    }
+}
+
+/// A batch of decode tokens through `matmul_rows` gives every token the bits of its own matvec,
+/// whatever its neighbours (other outlier columns, other scales, 1 to 9 of them: the int8 tile's
+/// four-token groups and their remainder), on one thread and on the team.
+#[test]
+fn batched_decode_rows_equal_their_matvecs() {
+    for cols in [320usize, 330, 4096] {
+        let rows = if cols == 4096 { 37 } else { 301 };
+        with_every_scheme(rows, cols, |weight, x| {
+            // Token t: the base row scaled and shifted, with an outlier of its own in column 5t.
+            let tokens: Vec<Vec<f32>> = (0..9)
+                .map(|t| {
+                    let mut v: Vec<f32> =
+                        x.iter().zip(values(cols, 100 + t as u64)).map(|(a, b)| a * 0.5 + b).collect();
+                    v[(5 * t) % cols] = 7.5 + t as f32;
+                    v
+                })
+                .collect();
+            for k in Kernels::variants() {
+                for fourbit_exact in [false, true] {
+                    let opts = MatmulOptions { fourbit_exact, ..Default::default() };
+                    let alone: Vec<Vec<u32>> = tokens
+                        .iter()
+                        .map(|x| {
+                            let mut out = vec![0f32; rows];
+                            lowbit_kernels::matmul_with(&k, &mut out, weight, x, 1, &opts).unwrap();
+                            out.iter().map(|v| v.to_bits()).collect()
+                        })
+                        .collect();
+                    for (m, threads) in [(2, 1), (5, 2), (9, 2), (4, 3)] {
+                        let xs: Vec<f32> = tokens[..m].concat();
+                        let got = in_pool(threads, || {
+                            let mut out = vec![0f32; m * rows];
+                            lowbit_kernels::matmul_rows_with(&k, &mut out, weight, &xs, m, &opts).unwrap();
+                            out
+                        });
+                        for (t, row) in got.chunks(rows).enumerate() {
+                            let bits: Vec<u32> = row.iter().map(|v| v.to_bits()).collect();
+                            assert_eq!(
+                                bits,
+                                alone[t],
+                                "{} {} {cols} cols m={m} token {t} exact={fourbit_exact}",
+                                k.label(),
+                                weight.scheme_name()
+                            );
+                        }
+                    }
+                }
+            }
+        });
     }
 }
 

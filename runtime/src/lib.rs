@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 mod attention;
+pub mod batch;
 pub mod config;
 pub mod conversation;
 pub mod engine;

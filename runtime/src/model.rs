@@ -10,7 +10,7 @@ use crate::ops::{add_inplace, rmsnorm, silu_mul, softmax, Rope};
 use crate::profile::{Phase, ProfileReport, Profiler};
 use crate::weights::ModelWeights;
 use lowbit_format::ModelFile;
-use lowbit_kernels::{matmul, MatmulOptions, Weight};
+use lowbit_kernels::{matmul, matmul_rows, MatmulOptions, Weight};
 use rayon::prelude::*;
 
 /// A loaded model: configuration plus views of its weights.
@@ -33,11 +33,12 @@ pub enum Logits {
     All,
 }
 
-fn linear(out: &mut Vec<f32>, w: &Weight, x: &[f32], m: usize, opts: &MatmulOptions) -> Result<()> {
-    out.clear();
-    out.resize(m * w.rows(), 0.0);
-    matmul(out, w, x, m, opts)?;
-    Ok(())
+/// The rows of one forward pass.
+enum Rows<'c, 'k> {
+    /// New tokens of one sequence, at the positions after what its cache holds.
+    Prompt(&'c mut KvCache),
+    /// One token of each sequence, each at its own cache's next position.
+    Decode(&'c mut [&'k mut KvCache]),
 }
 
 impl<'a> Model<'a> {
@@ -85,6 +86,30 @@ impl<'a> Model<'a> {
     /// Runs `tokens` (at positions `cache.len ..`) through the model, appends them to the cache and
     /// returns logits.
     pub fn forward(&self, cache: &mut KvCache, tokens: &[u32], which: Logits) -> Result<Vec<f32>> {
+        if tokens.len() == 1 {
+            // One token is a decode batch of one: the same code as a sequence decoding among
+            // others, so a sequence's tokens never depend on whether it had company.
+            return self.forward_decode(&mut [cache], tokens);
+        }
+        self.pass(Rows::Prompt(cache), tokens, which)
+    }
+
+    /// One decode step of several sequences: `tokens[i]` goes into `caches[i]` at its own
+    /// position, and row `i` of the result (`caches.len() × vocab`) is its next-token logits —
+    /// bit for bit what [`Model::forward`] gives that sequence alone. The weights are read once
+    /// for all of them ([`lowbit_kernels::matmul_rows`]); each attends over its own cache.
+    pub fn forward_decode(&self, caches: &mut [&mut KvCache], tokens: &[u32]) -> Result<Vec<f32>> {
+        if caches.len() != tokens.len() {
+            return Err(RuntimeError::Options(format!(
+                "a decode step needs one token per sequence ({} tokens, {} caches)",
+                tokens.len(),
+                caches.len()
+            )));
+        }
+        self.pass(Rows::Decode(caches), tokens, Logits::All)
+    }
+
+    fn pass(&self, mut rows: Rows, tokens: &[u32], which: Logits) -> Result<Vec<f32>> {
         let c = &self.config;
         let t = tokens.len();
         if t == 0 {
@@ -93,19 +118,38 @@ impl<'a> Model<'a> {
         if let Some(&id) = tokens.iter().find(|&&id| id as usize >= c.vocab_size) {
             return Err(RuntimeError::BadToken { id, vocab: c.vocab_size });
         }
-        if !cache.fits(t) {
-            return Err(RuntimeError::ContextFull { tokens: cache.len + t, context: cache.capacity() });
-        }
+        // Each row's position: a prompt's run on from its cache, decode rows sit at their own.
+        let positions: Vec<usize> = match &rows {
+            Rows::Prompt(cache) => {
+                if !cache.fits(t) {
+                    return Err(RuntimeError::ContextFull { tokens: cache.len + t, context: cache.capacity() });
+                }
+                (cache.len..cache.len + t).collect()
+            }
+            Rows::Decode(caches) => {
+                if let Some(full) = caches.iter().find(|c| !c.fits(1)) {
+                    return Err(RuntimeError::ContextFull { tokens: full.len + 1, context: full.capacity() });
+                }
+                caches.iter().map(|c| c.len).collect()
+            }
+        };
+        let decode = matches!(rows, Rows::Decode(_));
         let (hd, nh, nkv, hsz) = (c.head_dim, c.num_heads, c.num_kv_heads, c.hidden_size);
         let (qd, kvd) = (nh * hd, nkv * hd);
-        let p0 = cache.len;
 
         let prof = &self.profiler;
-        let phase = Phase::of(t);
-        // A linear layer, timed under its role and its weight's scheme.
+        let phase = if decode { Phase::Decode } else { Phase::Prefill };
+        // A linear layer, timed under its role and its weight's scheme. Decode rows are
+        // independent tokens (each computed as if alone), a prompt's are one matrix.
         let lin = |out: &mut Vec<f32>, role: &str, w: &Weight, x: &[f32], m: usize| -> Result<()> {
             let s = prof.start();
-            linear(out, w, x, m, &self.opts)?;
+            out.clear();
+            out.resize(m * w.rows(), 0.0);
+            if decode {
+                matmul_rows(out, w, x, m, &self.opts)?;
+            } else {
+                matmul(out, w, x, m, &self.opts)?;
+            }
             prof.stop(s, phase, || format!("matmul {role} ({})", w.scheme_name()));
             Ok(())
         };
@@ -127,7 +171,17 @@ impl<'a> Model<'a> {
             (Vec::new(), Vec::new(), Vec::new(), vec![0f32; t * qd], Vec::new());
         let (mut gate, mut up, mut down) = (Vec::new(), Vec::new(), Vec::new());
         let (mut rope_cos, mut rope_sin) = (Vec::new(), Vec::new());
-        timed("rope", &mut || (rope_cos, rope_sin) = self.rope.tables(p0, t));
+        timed("rope", &mut || {
+            (rope_cos, rope_sin) = if decode {
+                positions.iter().map(|&p| self.rope.tables(p, 1)).fold((Vec::new(), Vec::new()), |(mut c, mut s), r| {
+                    c.extend(r.0);
+                    s.extend(r.1);
+                    (c, s)
+                })
+            } else {
+                self.rope.tables(positions[0], t)
+            }
+        });
 
         for (li, lw) in self.weights.layers.iter().enumerate() {
             // 2a. input RMSNorm
@@ -156,18 +210,28 @@ impl<'a> Model<'a> {
                 }
             });
             // 2d/e. causal (sliding-window) grouped-query attention
-            if t == 1 {
-                // Decode attends over the cache alone, so its key and value go in first (the
-                // slot a ring reuses belongs to the one position the window has just left).
-                timed("kv cache store", &mut || cache.put(li, p0, &k, &v));
-                timed("attention", &mut || self.decode_attention(&mut att, &q, cache, li, p0));
-            } else {
-                timed("attention", &mut || self.attention(&mut att, &q, &k, &v, cache, li, p0));
-                timed("kv cache store", &mut || {
-                    for i in 0..t {
-                        cache.put(li, p0 + i, &k[i * kvd..(i + 1) * kvd], &v[i * kvd..(i + 1) * kvd]);
-                    }
-                });
+            match &mut rows {
+                Rows::Decode(caches) => {
+                    // Decode attends over the cache alone, so each key and value goes in first
+                    // (the slot a ring reuses belongs to the one position the window has just
+                    // left).
+                    timed("kv cache store", &mut || {
+                        for (i, cache) in caches.iter_mut().enumerate() {
+                            cache.put(li, positions[i], &k[i * kvd..(i + 1) * kvd], &v[i * kvd..(i + 1) * kvd]);
+                        }
+                    });
+                    let caches: Vec<&KvCache> = caches.iter().map(|c| &**c).collect();
+                    timed("attention", &mut || self.decode_attention(&mut att, &q, &caches, li, &positions));
+                }
+                Rows::Prompt(cache) => {
+                    let p0 = positions[0];
+                    timed("attention", &mut || self.attention(&mut att, &q, &k, &v, cache, li, p0));
+                    timed("kv cache store", &mut || {
+                        for i in 0..t {
+                            cache.put(li, p0 + i, &k[i * kvd..(i + 1) * kvd], &v[i * kvd..(i + 1) * kvd]);
+                        }
+                    });
+                }
             }
             // 2f. output projection and residual
             lin(&mut o, "o", &lw.o, &att, t)?;
@@ -184,42 +248,49 @@ impl<'a> Model<'a> {
             lin(&mut down, "down", &lw.down, &gate, t)?;
             timed("residual add", &mut || add_inplace(&mut h, &down));
         }
-        cache.len += t;
+        match rows {
+            Rows::Prompt(cache) => cache.len += t,
+            Rows::Decode(caches) => caches.iter_mut().for_each(|c| c.len += 1),
+        }
 
         // 3. final norm and lm_head
         let first = match which {
             Logits::Last => t - 1,
             Logits::All => 0,
         };
-        let rows = t - first;
-        let mut xn = vec![0f32; rows * hsz];
+        let n = t - first;
+        let mut xn = vec![0f32; n * hsz];
         timed("rmsnorm", &mut || {
             for (xr, hr) in xn.chunks_mut(hsz).zip(h[first * hsz..].chunks(hsz)) {
                 rmsnorm(xr, hr, &self.weights.norm, c.rms_norm_eps);
             }
         });
         let mut logits = Vec::new();
-        lin(&mut logits, "head", &self.weights.lm_head, &xn, rows)?;
+        lin(&mut logits, "head", &self.weights.lm_head, &xn, n)?;
         Ok(logits)
     }
 
-    /// Attention of the one query at `pos`, whose key and value are already cached: per head,
-    /// the scores against the cached keys (contiguous runs of slots, so the kernels step through
-    /// rows without a call per key), softmax, and the weighted sum of the values. On the spinning
-    /// team, like the matvecs around it (rayon's workers would have gone to sleep between calls).
-    fn decode_attention(&self, out: &mut Vec<f32>, q: &[f32], cache: &KvCache, layer: usize, pos: usize) {
+    /// Attention of one query per sequence, at `positions[i]` over `caches[i]`, whose key and
+    /// value are already cached: per (sequence, head), the scores against the cached keys
+    /// (contiguous runs of slots, so the kernels step through rows without a call per key),
+    /// softmax, and the weighted sum of the values. On the spinning team, like the matvecs
+    /// around it (rayon's workers would have gone to sleep between calls).
+    fn decode_attention(&self, out: &mut Vec<f32>, q: &[f32], caches: &[&KvCache], layer: usize, positions: &[usize]) {
         let c = &self.config;
         let (hd, nh, nkv) = (c.head_dim, c.num_heads, c.num_kv_heads);
-        let (group, kvd) = (nh / nkv, cache.width());
+        let group = nh / nkv;
         out.clear();
-        out.resize(nh * hd, 0.0);
+        out.resize(caches.len() * nh * hd, 0.0);
         let scale = 1.0 / (hd as f32).sqrt();
-        let lo = c.sliding_window.map_or(0, |w| (pos + 1).saturating_sub(w));
-        let runs = cache.slot_runs(lo, pos);
-        let (kc, vc) = cache.layer(layer);
         let kern = lowbit_kernels::kernels();
-        let work = |scores: &mut Vec<f32>, head: usize, o: &mut [f32]| {
-            let qh = &q[head * hd..(head + 1) * hd];
+        let work = |scores: &mut Vec<f32>, idx: usize, o: &mut [f32]| {
+            let (seq, head) = (idx / nh, idx % nh);
+            let (cache, pos) = (caches[seq], positions[seq]);
+            let kvd = cache.width();
+            let lo = c.sliding_window.map_or(0, |w| (pos + 1).saturating_sub(w));
+            let runs = cache.slot_runs(lo, pos);
+            let (kc, vc) = cache.layer(layer);
+            let qh = &q[idx * hd..(idx + 1) * hd];
             let col = (head / group) * hd;
             scores.clear();
             scores.resize(pos + 1 - lo, 0.0);
@@ -237,7 +308,7 @@ impl<'a> Model<'a> {
                 at += n;
             }
         };
-        lowbit_kernels::team::for_each_chunk_mut(out, hd, Vec::new, |s, head, o| work(s, head, o));
+        lowbit_kernels::team::for_each_chunk_mut(out, hd, Vec::new, work);
     }
 
     /// Attention for new positions `p0 .. p0 + T`: each query sees the keys at positions

@@ -12,16 +12,33 @@ pub struct SamplerConfig {
     pub top_k: usize,
     /// Keep the smallest set whose probability reaches p (1 = all).
     pub top_p: f32,
+    /// Drop tokens less likely than `min_p` times the most likely one (0 = off).
+    pub min_p: f32,
     /// Values above 1 discourage tokens already in the sequence (transformers' rule: positive
     /// logits are divided by it, negative ones multiplied).
     pub repetition_penalty: f32,
+    /// OpenAI's presence penalty: subtracted once from the logit of every token already in
+    /// the sequence (-2 ..= 2; 0 = off).
+    pub presence_penalty: f32,
+    /// OpenAI's frequency penalty: subtracted from a token's logit once per occurrence so far
+    /// (-2 ..= 2; 0 = off).
+    pub frequency_penalty: f32,
     /// Random seed.
     pub seed: u64,
 }
 
 impl Default for SamplerConfig {
     fn default() -> Self {
-        SamplerConfig { temperature: 0.0, top_k: 0, top_p: 1.0, repetition_penalty: 1.0, seed: 0 }
+        SamplerConfig {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            repetition_penalty: 1.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            seed: 0,
+        }
     }
 }
 
@@ -40,6 +57,14 @@ impl Sampler {
         }
         if !(cfg.top_p > 0.0 && cfg.top_p <= 1.0) {
             return Err(RuntimeError::Sampling(format!("top-p {} must be in (0, 1]", cfg.top_p)));
+        }
+        if !(0.0..=1.0).contains(&cfg.min_p) {
+            return Err(RuntimeError::Sampling(format!("min-p {} must be in [0, 1]", cfg.min_p)));
+        }
+        for (name, v) in [("presence penalty", cfg.presence_penalty), ("frequency penalty", cfg.frequency_penalty)] {
+            if !(-2.0..=2.0).contains(&v) {
+                return Err(RuntimeError::Sampling(format!("{name} {v} must be in [-2, 2]")));
+            }
         }
         if !(cfg.repetition_penalty > 0.0 && cfg.repetition_penalty.is_finite()) {
             return Err(RuntimeError::Sampling(format!("repetition penalty {} must be > 0", cfg.repetition_penalty)));
@@ -60,13 +85,16 @@ impl Sampler {
     /// Picks a token from `logits` given the tokens generated or prompted so far.
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
         let mut l = logits.to_vec();
-        if self.cfg.repetition_penalty != 1.0 {
+        let c = &self.cfg;
+        if c.repetition_penalty != 1.0 || c.presence_penalty != 0.0 || c.frequency_penalty != 0.0 {
             let mut seen = history.to_vec();
             seen.sort_unstable();
-            seen.dedup();
-            for &id in &seen {
-                if let Some(v) = l.get_mut(id as usize) {
-                    *v = if *v > 0.0 { *v / self.cfg.repetition_penalty } else { *v * self.cfg.repetition_penalty };
+            for run in seen.chunk_by(|a, b| a == b) {
+                if let Some(v) = l.get_mut(run[0] as usize) {
+                    if c.repetition_penalty != 1.0 {
+                        *v = if *v > 0.0 { *v / c.repetition_penalty } else { *v * c.repetition_penalty };
+                    }
+                    *v -= c.presence_penalty + c.frequency_penalty * run.len() as f32;
                 }
             }
         }
@@ -82,6 +110,13 @@ impl Sampler {
         let mut probs: Vec<f32> = idx.iter().map(|&i| ((l[i as usize] - max) / self.cfg.temperature).exp()).collect();
         let sum: f32 = probs.iter().sum();
         probs.iter_mut().for_each(|p| *p /= sum);
+        if self.cfg.min_p > 0.0 {
+            // probs[0] is the largest: keep those within min_p of it (at least one).
+            let floor = probs[0] * self.cfg.min_p;
+            let keep = probs.iter().take_while(|&&p| p >= floor).count().max(1);
+            probs.truncate(keep);
+            idx.truncate(keep);
+        }
         if self.cfg.top_p < 1.0 {
             let mut acc = 0.0;
             let keep = probs.iter().position(|&p| {
@@ -145,5 +180,22 @@ mod tests {
         let mut p = Sampler::new(SamplerConfig { repetition_penalty: 2.0, ..Default::default() }).unwrap();
         assert_eq!(p.sample(&logits, &[1]), 2);
         assert!(Sampler::new(SamplerConfig { top_p: 0.0, ..Default::default() }).is_err());
+        assert!(Sampler::new(SamplerConfig { min_p: 1.5, ..Default::default() }).is_err());
+        assert!(Sampler::new(SamplerConfig { presence_penalty: 2.5, ..Default::default() }).is_err());
+    }
+
+    #[test]
+    fn presence_frequency_and_min_p() {
+        let logits = [0.1, 2.0, 1.9, -1.0];
+        // Token 1 seen twice: 2.0 - 0.04 - 2·0.04 = 1.88 < 1.9; once: 1.92 > 1.9.
+        let cfg = SamplerConfig { presence_penalty: 0.04, frequency_penalty: 0.04, ..Default::default() };
+        assert_eq!(Sampler::new(cfg).unwrap().sample(&logits, &[1, 1]), 2);
+        assert_eq!(Sampler::new(cfg).unwrap().sample(&logits, &[1]), 1);
+        // min_p 0.5 at temperature 1 keeps tokens 1 and 2 only (e^-0.1 ≈ 0.9 of the top).
+        let cfg = SamplerConfig { temperature: 1.0, min_p: 0.5, seed: 3, ..Default::default() };
+        let mut s = Sampler::new(cfg).unwrap();
+        let drawn: Vec<u32> = (0..200).map(|_| s.sample(&logits, &[])).collect();
+        assert!(drawn.iter().all(|&t| t == 1 || t == 2), "{drawn:?}");
+        assert!(drawn.contains(&1) && drawn.contains(&2));
     }
 }

@@ -22,7 +22,10 @@ fn sampler(a: &SampleArgs) -> Result<Sampler> {
         temperature: a.temp,
         top_k: a.top_k,
         top_p: a.top_p,
+        min_p: a.min_p,
         repetition_penalty: a.repeat_penalty,
+        presence_penalty: a.presence_penalty,
+        frequency_penalty: a.frequency_penalty,
         seed,
     })?;
     if a.temp > 0.0 && a.seed.is_none() {

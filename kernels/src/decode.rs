@@ -1,0 +1,240 @@
+//! Decode products: each weight row streamed once through a dot-product kernel, for one token
+//! (matvec) or for a batch of independent tokens (the rows of several sequences decoding
+//! together). Every token's result is computed by the same kernel calls, with the same
+//! arguments, as when it is alone — its activations are quantized on their own, its block factors
+//! formed on their own — so a batch changes how often a weight row comes from memory, never a
+//! bit of any result. Rows are spread over the spinning team in tasks of
+//! [`DECODE_ROWS_PER_TASK`]; a task runs all tokens over its rows while they are in cache.
+
+use crate::dispatch::Kernels;
+use crate::fourbit::code_at;
+use crate::int8::{quantize_activations, Int8Activations, INV_127, MM_DEQUANT_SCALE};
+use crate::lined::Lined;
+use crate::matmul::{
+    block_factors, for_row_chunks, rows_block_aligned, transpose_into, BlockQ8, MatmulOptions, Par,
+    DECODE_ROWS_PER_TASK,
+};
+use crate::weight::{FourBitRef, Int8Ref, Weight};
+
+/// `out (m × rows)`: row `t` is `W · x[t]`, bit-identical to `m == 1` on that row alone.
+pub(crate) fn rows(
+    k: &Kernels,
+    out: &mut [f32],
+    w: &Weight,
+    x: &[f32],
+    m: usize,
+    opts: &MatmulOptions,
+    parallel: bool,
+) {
+    let par = if parallel { Par::Team } else { Par::Serial };
+    if m == 1 {
+        return rows_t(k, out, w, x, 1, opts, par);
+    }
+    // Tasks own contiguous weight rows, so they write `rows × m`; transposed afterwards.
+    let mut out_t = vec![0f32; out.len()];
+    rows_t(k, &mut out_t, w, x, m, opts, par);
+    transpose_into(out, &out_t, w.rows(), m);
+}
+
+/// [`rows`] into `out_t (rows × m)`.
+fn rows_t(k: &Kernels, out_t: &mut [f32], w: &Weight, x: &[f32], m: usize, opts: &MatmulOptions, par: Par) {
+    let cols = w.cols();
+    let xt = |t: usize| &x[t * cols..(t + 1) * cols];
+    match *w {
+        Weight::F32 { data, .. } => dense_rows(out_t, m, par, |r, t| k.dot_f32(&data[r * cols..(r + 1) * cols], xt(t))),
+        Weight::F16 { data, .. } => dense_rows(out_t, m, par, |r, t| k.dot_f16(&data[r * cols..(r + 1) * cols], xt(t))),
+        Weight::Bf16 { data, .. } => {
+            dense_rows(out_t, m, par, |r, t| k.dot_bf16(&data[r * cols..(r + 1) * cols], xt(t)))
+        }
+        Weight::Int8(ref w8) => int8_rows(k, out_t, w8, x, m, opts, par),
+        Weight::FourBit(ref w4) if !opts.fourbit_exact && rows_block_aligned(w4) && w4.blocksize >= 32 => {
+            fourbit_q8_rows(k, out_t, w4, x, m, par)
+        }
+        Weight::FourBit(ref w4) => fourbit_rows(k, out_t, w4, x, m, par),
+    }
+}
+
+/// `out_t[r·m + t] = dot(r, t)` for every row and token, in row chunks spread over threads.
+fn dense_rows(out_t: &mut [f32], m: usize, par: Par, dot: impl Fn(usize, usize) -> f32 + Sync + Send) {
+    for_row_chunks(
+        out_t,
+        m,
+        DECODE_ROWS_PER_TASK,
+        par,
+        || (),
+        |_, r0, o| {
+            for (i, y) in o.chunks_mut(m).enumerate() {
+                for (t, y) in y.iter_mut().enumerate() {
+                    *y = dot(r0 + i, t);
+                }
+            }
+        },
+    );
+}
+
+/// The exact float 4-bit path: every weight dequantized to its bitsandbytes value.
+fn fourbit_rows(k: &Kernels, out_t: &mut [f32], w: &FourBitRef, x: &[f32], m: usize, par: Par) {
+    let levels = w.kind.levels();
+    let cols = w.cols;
+    if !rows_block_aligned(w) {
+        // Blocks straddle rows: the plain per-element formula (small or odd-shaped models only).
+        return dense_rows(out_t, m, par, |r, t| {
+            let base = r * cols;
+            let mut acc = 0f32;
+            for (c, &xv) in x[t * cols..(t + 1) * cols].iter().enumerate() {
+                let e = base + c;
+                acc += levels[code_at(w.codes, e) as usize] * w.absmax.get(e / w.blocksize) * xv;
+            }
+            acc
+        });
+    }
+    let half = cols / 2;
+    let xe: Vec<f32> = x.iter().step_by(2).copied().collect();
+    let xo: Vec<f32> = x.iter().skip(1).step_by(2).copied().collect();
+    let bpr = cols / w.blocksize;
+    for_row_chunks(
+        out_t,
+        m,
+        DECODE_ROWS_PER_TASK,
+        par,
+        || Lined::<f32>::zeroed(bpr),
+        |scales, r0, o| {
+            for (i, y) in o.chunks_mut(m).enumerate() {
+                let r = r0 + i;
+                w.absmax.decode(r * bpr, scales);
+                for (t, y) in y.iter_mut().enumerate() {
+                    let (xe, xo) = (&xe[t * half..(t + 1) * half], &xo[t * half..(t + 1) * half]);
+                    *y = k.dot_fourbit(&w.codes[r * half..(r + 1) * half], scales, levels, xe, xo, w.blocksize / 2);
+                }
+            }
+        },
+    );
+}
+
+/// The 4-bit integer route: activations quantized per block of the weights, levels as int8.
+fn fourbit_q8_rows(k: &Kernels, out_t: &mut [f32], w: &FourBitRef, x: &[f32], m: usize, par: Par) {
+    let lut = w.kind.int8_levels();
+    let half = w.cols / 2;
+    let bpr = w.cols / w.blocksize;
+    // weight ≈ lut/127 · absmax, activation ≈ q · xs·127: one factor absmax · xs per block.
+    let q = BlockQ8::new(k, x, m, w.cols, w.blocksize, m);
+    let q = &q;
+    // Each token's activation scales repeated once per row of a task, so one `block_factors`
+    // call covers a task's rows (their blocks are consecutive): per-row calls cost more than the
+    // factors themselves on narrow rows (576 columns are 9 blocks).
+    let mut xs_rows = Lined::<f32>::zeroed(m * DECODE_ROWS_PER_TASK * bpr);
+    for (t, rows) in xs_rows.chunks_mut(DECODE_ROWS_PER_TASK * bpr).enumerate() {
+        rows.chunks_mut(bpr).for_each(|c| c.copy_from_slice(q.xs(t)));
+    }
+    let xs_rows = &xs_rows;
+    let x4 = k.x4_for(w.cols);
+    for_row_chunks(
+        out_t,
+        m,
+        DECODE_ROWS_PER_TASK,
+        par,
+        || Lined::<f32>::zeroed(DECODE_ROWS_PER_TASK * bpr),
+        |factors, r0, o| {
+            let n = o.len() / m;
+            let nf = n * bpr;
+            let row = |i: usize| &w.codes[(r0 + i) * half..(r0 + i + 1) * half];
+            let (lut, hb) = (&lut, w.blocksize / 2);
+            for t in 0..m {
+                let xs = &xs_rows[t * DECODE_ROWS_PER_TASK * bpr..][..nf];
+                block_factors(k, &w.absmax, r0 * bpr, xs, &mut factors[..nf]);
+                let fac = |i: usize| &factors[i * bpr..(i + 1) * bpr];
+                let (qe, qo, qsum) = (q.qe(t), q.qo(t), q.sum(t));
+                // Four rows a call where the level has that kernel for rows this wide (the
+                // activations are loaded once for the four; narrow rows spend as much on a call
+                // as on its arithmetic); the rest through its one-row twin, so no row's bits
+                // depend on which call it fell in.
+                let mut i = 0;
+                while x4 && i + 4 <= n {
+                    let codes = std::array::from_fn(|j| row(i + j));
+                    let Some(v) =
+                        k.dot_fourbit_q8_x4(codes, std::array::from_fn(|j| fac(i + j)), lut, qe, qo, qsum, hb)
+                    else {
+                        break;
+                    };
+                    for (j, &v) in v.iter().enumerate() {
+                        o[(i + j) * m + t] = v;
+                    }
+                    i += 4;
+                }
+                for i in i..n {
+                    o[i * m + t] = if x4 {
+                        k.dot_fourbit_q8_x1(row(i), fac(i), lut, qe, qo, qsum, hb)
+                    } else {
+                        k.dot_fourbit_q8(row(i), fac(i), lut, qe, qo, qsum, hb)
+                    };
+                }
+            }
+        },
+    );
+}
+
+/// LLM.int8 rows, each token with its own activation scale and outlier columns (as alone).
+/// Integer sums are exact, so the 4 × 4 tile may serve several tokens at once; the float parts
+/// (scaling, then the outlier columns in column order) follow the one-token order.
+fn int8_rows(k: &Kernels, out_t: &mut [f32], w: &Int8Ref, x: &[f32], m: usize, opts: &MatmulOptions, par: Par) {
+    let cols = w.cols;
+    let acts: Vec<Int8Activations> = (0..m)
+        .map(|t| {
+            let mut a = Int8Activations::default();
+            quantize_activations(&x[t * cols..(t + 1) * cols], 1, cols, opts.int8_threshold, &mut a);
+            a
+        })
+        .collect();
+    let acts = &acts;
+    let ca = |t: usize| acts[t].ca.as_slice();
+    let cb = |r: usize| &w.cb[r * cols..(r + 1) * cols];
+    let finish = |r: usize, t: usize, isum: i32| isum as f32 * (acts[t].sca[0] * w.scb[r]) * MM_DEQUANT_SCALE;
+    let x4 = k.x4_for(cols);
+    for_row_chunks(
+        out_t,
+        m,
+        DECODE_ROWS_PER_TASK,
+        par,
+        || (),
+        |_, r0, o| {
+            let n = o.len() / m;
+            let mut r = 0;
+            while r + 4 <= n {
+                let wr: [&[i8]; 4] = std::array::from_fn(|i| cb(r0 + r + i));
+                let mut t = 0;
+                while t + 4 <= m {
+                    let tile = k.dot_int8_4x4(std::array::from_fn(|j| ca(t + j)), wr);
+                    for (i, row) in tile.iter().enumerate() {
+                        for (j, &isum) in row.iter().enumerate() {
+                            o[(r + i) * m + t + j] = finish(r0 + r + i, t + j, isum);
+                        }
+                    }
+                    t += 4;
+                }
+                for t in t..m {
+                    let sums = if x4 { k.dot_int8_x4(ca(t), wr) } else { None };
+                    let sums = sums.unwrap_or_else(|| wr.map(|w| k.dot_int8(ca(t), w)));
+                    for (i, &isum) in sums.iter().enumerate() {
+                        o[(r + i) * m + t] = finish(r0 + r + i, t, isum);
+                    }
+                }
+                r += 4;
+            }
+            for r in r..n {
+                for t in 0..m {
+                    o[r * m + t] = finish(r0 + r, t, k.dot_int8(ca(t), cb(r0 + r)));
+                }
+            }
+            // Each token's outlier columns in floating point, against the dequantized weights.
+            for (i, orow) in o.chunks_mut(m).enumerate() {
+                let rr = r0 + i;
+                let s = w.scb[rr] * INV_127;
+                for (t, y) in orow.iter_mut().enumerate() {
+                    for &c in &acts[t].outlier_cols {
+                        *y += x[t * cols + c] * (w.cb[rr * cols + c] as f32 * s);
+                    }
+                }
+            }
+        },
+    );
+}

@@ -1,0 +1,105 @@
+//! Batch invariance: sequences decoding together in one `forward_decode` get, at every step,
+//! the same logits bit for bit as each decoding alone through `forward` — for every scheme, for a
+//! sliding-window model whose ring wraps mid-batch, for grouped-query heads and tied embeddings,
+//! and for the real SmolLM2 converted to nf4 and int8.
+
+mod common;
+
+use lowbit_convert::QuantChoice;
+use lowbit_format::ModelFile;
+use lowbit_runtime::{KvCache, Logits, Model};
+use std::path::PathBuf;
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// Prefills `prompts` one by one, then decodes `steps` greedy tokens for all of them together
+/// and, from copies of the same caches, for each alone; every step's logits must be identical.
+fn check(model: &Model, prompts: &[Vec<u32>], steps: usize, what: &str) {
+    let vocab = model.config.vocab_size;
+    let mut together: Vec<KvCache> = Vec::new();
+    let mut next = Vec::new();
+    for p in prompts {
+        let mut cache = model.new_cache(256);
+        let logits = model.forward(&mut cache, p, Logits::Last).unwrap();
+        next.push(common::argmax(&logits) as u32);
+        together.push(cache);
+    }
+    let mut alone = together.clone();
+    for step in 0..steps {
+        let mut refs: Vec<&mut KvCache> = together.iter_mut().collect();
+        let batch = model.forward_decode(&mut refs, &next).unwrap();
+        assert_eq!(batch.len(), prompts.len() * vocab);
+        for (i, cache) in alone.iter_mut().enumerate() {
+            let one = model.forward(cache, &[next[i]], Logits::Last).unwrap();
+            let row = &batch[i * vocab..(i + 1) * vocab];
+            assert!(bits(row) == bits(&one), "{what}: sequence {i} differs at step {step}");
+        }
+        for (i, row) in batch.chunks(vocab).enumerate() {
+            next[i] = common::argmax(row) as u32;
+        }
+    }
+    for (a, b) in together.iter().zip(&alone) {
+        assert_eq!(a.len, b.len);
+    }
+}
+
+fn tiny(variant: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/tiny").join(variant)
+}
+
+#[test]
+fn tiny_models_decode_the_same_in_a_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    // Prompts of different lengths, so the sequences sit at different positions (and, with
+    // the window of 5, at different places in their rings).
+    let prompts: Vec<Vec<u32>> = vec![vec![1, 5, 9], vec![2, 7, 11, 13, 17, 19, 23], vec![4], vec![3, 8, 30, 31, 6]];
+    for variant in ["swa", "gqa1", "tied"] {
+        for quant in [QuantChoice::F32, QuantChoice::Bf16, QuantChoice::Nf4, QuantChoice::Fp4, QuantChoice::Int8] {
+            let sub = dir.path().join(format!("{variant}-{}", quant.label()));
+            std::fs::create_dir_all(&sub).unwrap();
+            let path = common::convert_to(&tiny(variant), quant, &sub);
+            let file = ModelFile::open(&path).unwrap();
+            let model = Model::new(&file).unwrap();
+            check(&model, &prompts, 12, &format!("{variant} {}", quant.label()));
+        }
+    }
+}
+
+#[test]
+fn decode_step_checks_its_arguments() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = common::convert_to(&tiny("gqa1"), QuantChoice::F32, dir.path());
+    let file = ModelFile::open(&path).unwrap();
+    let model = Model::new(&file).unwrap();
+    let (mut a, mut b) = (model.new_cache(4), model.new_cache(4));
+    assert!(model.forward_decode(&mut [&mut a, &mut b], &[1]).is_err(), "one token for two caches");
+    assert!(model.forward_decode(&mut [&mut a], &[u32::MAX]).is_err(), "token outside the vocabulary");
+    model.forward(&mut b, &[1, 2, 3, 4], Logits::Last).unwrap();
+    assert!(model.forward_decode(&mut [&mut a, &mut b], &[1, 1]).is_err(), "a full cache");
+    assert_eq!(a.len, 0, "a refused step leaves every cache as it was");
+    assert!(model.forward_decode(&mut [], &[]).unwrap().is_empty());
+}
+
+#[test]
+fn smollm2_decodes_the_same_in_a_batch() {
+    let Some(gguf) = std::env::var_os("LOWBIT_SMOLLM2").map(PathBuf::from) else {
+        eprintln!("SKIPPED: LOWBIT_SMOLLM2 is not set (scripts/test.sh sets it)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let prompts: Vec<Vec<u32>> = vec![
+        (1..40).collect(),
+        vec![504, 3458, 282, 4649, 314],
+        (200..207).collect(),
+        vec![9, 10],
+        (1000..1100).step_by(3).collect(),
+    ];
+    for quant in [QuantChoice::Nf4, QuantChoice::Int8] {
+        let path = common::convert_to(&gguf, quant, dir.path());
+        let file = ModelFile::open(&path).unwrap();
+        let model = Model::new(&file).unwrap();
+        check(&model, &prompts, 6, &format!("SmolLM2 {}", quant.label()));
+    }
+}
