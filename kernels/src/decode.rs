@@ -116,14 +116,15 @@ fn fourbit_q8_rows(k: &Kernels, out_t: &mut [f32], w: &FourBitRef, x: &[f32], m:
     let lut = w.kind.int8_levels();
     let half = w.cols / 2;
     let bpr = w.cols / w.blocksize;
+    let task = DECODE_ROWS_PER_TASK * bpr;
     // weight ≈ lut/127 · absmax, activation ≈ q · xs·127: one factor absmax · xs per block.
     let q = BlockQ8::new(k, x, m, w.cols, w.blocksize, m);
     let q = &q;
     // Each token's activation scales repeated once per row of a task, so one `block_factors`
     // call covers a task's rows (their blocks are consecutive): per-row calls cost more than the
     // factors themselves on narrow rows (576 columns are 9 blocks).
-    let mut xs_rows = Lined::<f32>::zeroed(m * DECODE_ROWS_PER_TASK * bpr);
-    for (t, rows) in xs_rows.chunks_mut(DECODE_ROWS_PER_TASK * bpr).enumerate() {
+    let mut xs_rows = Lined::<f32>::zeroed(m * task);
+    for (t, rows) in xs_rows.chunks_mut(task).enumerate() {
         rows.chunks_mut(bpr).for_each(|c| c.copy_from_slice(q.xs(t)));
     }
     let xs_rows = &xs_rows;
@@ -133,39 +134,68 @@ fn fourbit_q8_rows(k: &Kernels, out_t: &mut [f32], w: &FourBitRef, x: &[f32], m:
         m,
         DECODE_ROWS_PER_TASK,
         par,
-        || Lined::<f32>::zeroed(DECODE_ROWS_PER_TASK * bpr),
-        |factors, r0, o| {
+        || (Lined::<f32>::zeroed(task), Lined::<f32>::zeroed(m * task)),
+        |(scales, factors), r0, o| {
             let n = o.len() / m;
             let nf = n * bpr;
+            if m == 1 {
+                block_factors(k, &w.absmax, r0 * bpr, &xs_rows[..nf], &mut factors[..nf]);
+            } else {
+                // The block scales decoded once for every token, then multiplied by each token's:
+                // the same bits as `block_factors` (decode, then multiply).
+                w.absmax.decode(r0 * bpr, &mut scales[..nf]);
+                for t in 0..m {
+                    let (f, xs) = (&mut factors[t * task..t * task + nf], &xs_rows[t * task..t * task + nf]);
+                    for ((f, &a), &s) in f.iter_mut().zip(&scales[..nf]).zip(xs) {
+                        *f = a * s;
+                    }
+                }
+            }
+            let factors = &factors[..];
             let row = |i: usize| &w.codes[(r0 + i) * half..(r0 + i + 1) * half];
+            let fac = |t: usize, i: usize| &factors[t * task + i * bpr..t * task + (i + 1) * bpr];
             let (lut, hb) = (&lut, w.blocksize / 2);
-            for t in 0..m {
-                let xs = &xs_rows[t * DECODE_ROWS_PER_TASK * bpr..][..nf];
-                block_factors(k, &w.absmax, r0 * bpr, xs, &mut factors[..nf]);
-                let fac = |i: usize| &factors[i * bpr..(i + 1) * bpr];
-                let (qe, qo, qsum) = (q.qe(t), q.qo(t), q.sum(t));
-                // Four rows a call where the level has that kernel for rows this wide (the
-                // activations are loaded once for the four; narrow rows spend as much on a call
-                // as on its arithmetic); the rest through its one-row twin, so no row's bits
-                // depend on which call it fell in.
-                let mut i = 0;
-                while x4 && i + 4 <= n {
-                    let codes = std::array::from_fn(|j| row(i + j));
-                    let Some(v) =
-                        k.dot_fourbit_q8_x4(codes, std::array::from_fn(|j| fac(i + j)), lut, qe, qo, qsum, hb)
-                    else {
-                        break;
-                    };
+            let mut i = 0;
+            // Four rows a call where the level has that kernel for rows this wide (the
+            // activations are loaded once for the four; narrow rows spend as much on a call as
+            // on its arithmetic), two tokens a call where there are two (the rows' codes looked
+            // up once for both); the rest through the one-row twin, so no row's bits depend on
+            // which call it fell in.
+            while x4 && i + 4 <= n {
+                let codes: [&[u8]; 4] = std::array::from_fn(|j| row(i + j));
+                let mut t = 0;
+                while t + 2 <= m {
+                    let facs = [0, 1].map(|u| std::array::from_fn(|j| fac(t + u, i + j)));
+                    let (qe, qo, qs) = ([q.qe(t), q.qe(t + 1)], [q.qo(t), q.qo(t + 1)], [q.sum(t), q.sum(t + 1)]);
+                    let Some(v) = k.dot_fourbit_q8_x4t2(codes, facs, lut, qe, qo, qs, hb) else { break };
+                    for (u, v) in v.iter().enumerate() {
+                        for (j, &v) in v.iter().enumerate() {
+                            o[(i + j) * m + t + u] = v;
+                        }
+                    }
+                    t += 2;
+                }
+                for t in t..m {
+                    let facs = std::array::from_fn(|j| fac(t, i + j));
+                    let v = k.dot_fourbit_q8_x4(codes, facs, lut, q.qe(t), q.qo(t), q.sum(t), hb);
+                    let v = v.unwrap_or_else(|| {
+                        std::array::from_fn(|j| {
+                            k.dot_fourbit_q8_x1(codes[j], facs[j], lut, q.qe(t), q.qo(t), q.sum(t), hb)
+                        })
+                    });
                     for (j, &v) in v.iter().enumerate() {
                         o[(i + j) * m + t] = v;
                     }
-                    i += 4;
                 }
-                for i in i..n {
+                i += 4;
+            }
+            for i in i..n {
+                for t in 0..m {
+                    let (qe, qo, qs) = (q.qe(t), q.qo(t), q.sum(t));
                     o[i * m + t] = if x4 {
-                        k.dot_fourbit_q8_x1(row(i), fac(i), lut, qe, qo, qsum, hb)
+                        k.dot_fourbit_q8_x1(row(i), fac(t, i), lut, qe, qo, qs, hb)
                     } else {
-                        k.dot_fourbit_q8(row(i), fac(i), lut, qe, qo, qsum, hb)
+                        k.dot_fourbit_q8(row(i), fac(t, i), lut, qe, qo, qs, hb)
                     };
                 }
             }

@@ -21,6 +21,8 @@ type DotInt8 = unsafe fn(&[i8], &[i8]) -> i32;
 type DotInt8x4 = unsafe fn([&[i8]; 4], [&[i8]; 4]) -> [[i32; 4]; 4];
 type DotInt8Rows4 = unsafe fn(&[i8], [&[i8]; 4]) -> [i32; 4];
 type DotFourBitQ8Rows4 = unsafe fn([&[u8]; 4], [&[f32]; 4], &[i8; 16], &[i8], &[i8], &[i32], usize) -> [f32; 4];
+type DotFourBitQ8Rows4T2 =
+    unsafe fn([&[u8]; 4], [[&[f32]; 4]; 2], &[i8; 16], [&[i8]; 2], [&[i8]; 2], [&[i32]; 2], usize) -> [[f32; 4]; 2];
 type DotFourBitQ8 = unsafe fn(&[u8], &[f32], &[i8; 16], &[i8], &[i8], &[i32], usize) -> f32;
 type FourBitQ8Tile =
     unsafe fn([&[u8]; 4], [&[f32]; 4], &[i8; 16], [&[i8]; 4], [&[i8]; 4], [&[f32]; 4], [&[i32]; 4]) -> [[f32; 4]; 4];
@@ -51,6 +53,8 @@ pub struct Kernels {
     /// Four 4-bit rows against the same activations, where it beats four row calls, and the
     /// one-row kernel that gives the same bits (for the rows left over).
     dot_fourbit_q8_x4: Option<(DotFourBitQ8Rows4, DotFourBitQ8)>,
+    /// The four-row kernel for two tokens at once (batched decode), with its bits.
+    dot_fourbit_q8_x4t2: Option<DotFourBitQ8Rows4T2>,
     /// The widest rows (in weights) decode runs through the four-row kernels.
     x4_max_cols: usize,
     dot_fourbit_q8: DotFourBitQ8,
@@ -91,6 +95,7 @@ impl Kernels {
             dot_int8_4x4: scalar::dot_int8_4x4,
             dot_int8_x4: None,
             dot_fourbit_q8_x4: None,
+            dot_fourbit_q8_x4t2: None,
             x4_max_cols: 0,
             dot_fourbit_q8: scalar::dot_fourbit_q8,
             fourbit_q8_step: 1,
@@ -120,6 +125,7 @@ impl Kernels {
                     dot_int8_4x4: k::dot_int8_4x4,
                     dot_int8_x4: Some(k::dot_int8_x4),
                     dot_fourbit_q8_x4: Some((k::dot_fourbit_q8_x4, k::dot_fourbit_q8)),
+                    dot_fourbit_q8_x4t2: Some(k::dot_fourbit_q8_x4t2),
                     x4_max_cols: usize::MAX,
                     dot_fourbit_q8: k::dot_fourbit_q8,
                     fourbit_q8_step: 32,
@@ -210,6 +216,7 @@ impl Kernels {
                 dot_int8_4x4: k::dot_int8_4x4_evex,
                 dot_fourbit_q8: k::dot_fourbit_q8_evex,
                 dot_fourbit_q8_x4: Some((k::dot_fourbit_q8_x4_evex, k::dot_fourbit_q8_evex)),
+                dot_fourbit_q8_x4t2: Some(k::dot_fourbit_q8_x4t2_evex),
                 fourbit_q8_tile: Some(k::fourbit_q8_tile_evex),
                 ..avx2
             }
@@ -220,6 +227,7 @@ impl Kernels {
                 dot_int8_4x4: k::dot_int8_4x4_vex,
                 dot_fourbit_q8: k::dot_fourbit_q8_vex,
                 dot_fourbit_q8_x4: Some((k::dot_fourbit_q8_x4_vex, k::dot_fourbit_q8_vex)),
+                dot_fourbit_q8_x4t2: Some(k::dot_fourbit_q8_x4t2_vex),
                 fourbit_q8_tile: Some(k::fourbit_q8_tile_vex),
                 ..avx2
             }
@@ -257,6 +265,7 @@ impl Kernels {
                 crate::arch::x86_64::avxvnni::dot_fourbit_q8_x4_evex,
                 crate::arch::x86_64::avxvnni::dot_fourbit_q8_evex,
             )),
+            dot_fourbit_q8_x4t2: Some(crate::arch::x86_64::avxvnni::dot_fourbit_q8_x4t2_evex),
             x4_max_cols: 4095,
             dot_fourbit_q8: k::dot_fourbit_q8,
             fourbit_q8_step: 32,
@@ -456,6 +465,33 @@ impl Kernels {
         let n = nb * half_block;
         assert!(factors.iter().all(|f| f.len() == nb) && codes.iter().all(|c| c.len() >= n));
         assert!(qe.len() >= n && qo.len() >= n && qsum.len() >= nb);
+        // SAFETY: `self` exists only for a supported ISA; lengths and step checked above.
+        Some(unsafe { f(codes, factors, lut, qe, qo, qsum, half_block) })
+    }
+
+    /// [`Kernels::dot_fourbit_q8_x4`] for two tokens (see [`crate::scalar::dot_fourbit_q8_x4t2`]):
+    /// `out[t][r]` has the bits of row `r` of the four-row kernel on token `t` alone; `None`
+    /// where this level has no such kernel or the block size does not suit it.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    pub fn dot_fourbit_q8_x4t2(
+        &self,
+        codes: [&[u8]; 4],
+        factors: [[&[f32]; 4]; 2],
+        lut: &[i8; 16],
+        qe: [&[i8]; 2],
+        qo: [&[i8]; 2],
+        qsum: [&[i32]; 2],
+        half_block: usize,
+    ) -> Option<[[f32; 4]; 2]> {
+        let f = self.dot_fourbit_q8_x4t2?;
+        if !half_block.is_multiple_of(self.fourbit_q8_step) {
+            return None;
+        }
+        let nb = factors[0][0].len();
+        let n = nb * half_block;
+        assert!(factors.iter().flatten().all(|f| f.len() == nb) && codes.iter().all(|c| c.len() >= n));
+        assert!(qe.iter().chain(&qo).all(|q| q.len() >= n) && qsum.iter().all(|q| q.len() >= nb));
         // SAFETY: `self` exists only for a supported ISA; lengths and step checked above.
         Some(unsafe { f(codes, factors, lut, qe, qo, qsum, half_block) })
     }

@@ -177,6 +177,41 @@ proptest! {
         }
     }
 
+    /// The two-token four-row kernel gives every (row, token) the bits of the four-row kernel
+    /// on that token alone (what makes batched decode equal to decode alone), on every level
+    /// that has it; and the scalar twin is two scalar four-row calls.
+    #[test]
+    fn two_token_rows_match_one_token_rows(nb in 1usize..12, hb in prop_oneof![Just(32usize), Just(64)], seed in any::<u64>()) {
+        let n = nb * hb;
+        let mut rng = seed;
+        let mut next = || { rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); (rng >> 33) as u32 };
+        let codes: Vec<Vec<u8>> = (0..4).map(|_| (0..n).map(|_| next() as u8).collect()).collect();
+        let mut f = || -> Vec<Vec<f32>> { (0..4).map(|_| (0..nb).map(|_| (next() % 1000) as f32 / 3.1e4).collect()).collect() };
+        let (f0, f1) = (f(), f());
+        let mut q = || -> Vec<i8> { (0..n).map(|_| ((next() % 255) as i32 - 127) as i8).collect() };
+        let (qe, qo): (Vec<Vec<i8>>, Vec<Vec<i8>>) = ((0..2).map(|_| q()).collect(), (0..2).map(|_| q()).collect());
+        let qsum: Vec<Vec<i32>> = (0..2)
+            .map(|t| (0..nb).map(|b| (b * hb..(b + 1) * hb).map(|i| qe[t][i] as i32 + qo[t][i] as i32).sum()).collect())
+            .collect();
+        let lut = FourBitKind::Fp4.int8_levels();
+        let bits = |v: [f32; 4]| v.map(f32::to_bits);
+        let facs = [four(&f0), four(&f1)];
+        let scalar2 = lowbit_kernels::scalar::dot_fourbit_q8_x4t2(
+            four(&codes), facs, &lut, [&qe[0], &qe[1]], [&qo[0], &qo[1]], [&qsum[0], &qsum[1]], hb);
+        for t in 0..2 {
+            let one = lowbit_kernels::scalar::dot_fourbit_q8_x4(four(&codes), facs[t], &lut, &qe[t], &qo[t], &qsum[t], hb);
+            prop_assert_eq!(bits(scalar2[t]), bits(one));
+        }
+        for k in simd_levels() {
+            let Some(two) = k.dot_fourbit_q8_x4t2(
+                four(&codes), facs, &lut, [&qe[0], &qe[1]], [&qo[0], &qo[1]], [&qsum[0], &qsum[1]], hb) else { continue };
+            for t in 0..2 {
+                let one = k.dot_fourbit_q8_x4(four(&codes), facs[t], &lut, &qe[t], &qo[t], &qsum[t], hb).unwrap();
+                prop_assert_eq!(bits(two[t]), bits(one), "{} token {}", k.label(), t);
+            }
+        }
+    }
+
     #[test]
     fn int8_tile_is_exact(n in 0usize..300, seed in any::<u64>()) {
         let mut rng = seed;

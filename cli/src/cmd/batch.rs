@@ -10,6 +10,7 @@ use lowbit_runtime::{Message, RuntimeOptions, SamplerConfig, TextCodec};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Seek, Write};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Instant;
@@ -34,7 +35,6 @@ const FIELDS: &[&str] = &[
 ];
 
 pub fn run(a: BatchArgs, threads: Option<usize>) -> Result<()> {
-    anyhow::ensure!(!a.sample.profile, "--profile is for `lowbit run`; `lowbit batch` reports its own throughput");
     anyhow::ensure!(a.out != a.input, "the output must not be the input file");
     let input = open_input(&a.input)?;
     let total = count_lines(&a.input)?;
@@ -55,6 +55,7 @@ pub fn run(a: BatchArgs, threads: Option<usize>) -> Result<()> {
         queue: a.parallel * 2,
         prefill_chunk: a.prefill_chunk,
     };
+    engine.model().set_profiling(a.sample.profile);
     let sched = Scheduler::start(engine.clone(), opts)?;
     let seed = a.sample.seed.unwrap_or(0);
     let defaults = SamplerConfig {
@@ -150,6 +151,15 @@ pub fn run(a: BatchArgs, threads: Option<usize>) -> Result<()> {
         a.parallel,
         stats::peak_rss().map(stats::human).unwrap_or_else(|| "?".into())
     );
+    if a.sample.profile {
+        let m = sched.metrics();
+        let (steps, rows) = (m.decode_steps.load(Relaxed), m.decode_rows.load(Relaxed));
+        eprintln!(
+            "[{steps} decode steps carried {rows} sequence-steps, {:.2} a step]",
+            rows as f64 / steps.max(1) as f64
+        );
+        super::run::report_profile(engine.model());
+    }
     anyhow::ensure!(
         failed == 0,
         "{failed} of {submitted} requests failed; their lines in {} carry an \"error\" field",

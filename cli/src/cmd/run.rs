@@ -58,7 +58,7 @@ fn read_prompt(path: &std::path::Path, ctx: usize) -> Result<String> {
 
 /// The per-operation table of `--profile`, per prefill pass and per decode step (the head runs
 /// once per pass, so its call count is the number of passes).
-fn report_profile(model: &Model) {
+pub fn report_profile(model: &Model) {
     let r = model.profile_report();
     let passes = |phase| r.ops.iter().find(|o| o.phase == phase && o.op.starts_with("matmul head")).map(|o| o.calls);
     eprintln!("[profile, lowbit_kernels {} level]\n{}", lowbit_kernels::kernels().label(), r.table(passes));

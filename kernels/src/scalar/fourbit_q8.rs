@@ -45,6 +45,23 @@ pub fn dot_fourbit_q8_x4(
     std::array::from_fn(|r| dot_fourbit_q8(codes[r], factors[r], lut, qe, qo, qsum, half_block))
 }
 
+/// [`dot_fourbit_q8_x4`] for two tokens (batched decode): `out[t]` is the four rows against
+/// token `t`'s activations and factors (`factors[t][r]`: row `r`'s block factors for token `t`).
+/// The SIMD versions look each row's codes up once for both tokens and give every (row, token)
+/// the bits of their four-row kernel on that token alone.
+#[allow(clippy::too_many_arguments)]
+pub fn dot_fourbit_q8_x4t2(
+    codes: [&[u8]; 4],
+    factors: [[&[f32]; 4]; 2],
+    lut: &[i8; 16],
+    qe: [&[i8]; 2],
+    qo: [&[i8]; 2],
+    qsum: [&[i32]; 2],
+    half_block: usize,
+) -> [[f32; 4]; 2] {
+    std::array::from_fn(|t| dot_fourbit_q8_x4(codes, factors[t], lut, qe[t], qo[t], qsum[t], half_block))
+}
+
 /// The per-block factors of one run of double-quantized blocks that share a nested scale:
 /// `out[i] = (DYNAMIC_MAP[codes[i]] · nested_absmax + offset) · xs[i]`, where the part in
 /// brackets is bitsandbytes' float32 block absmax ([`crate::fourbit::nested_scale`], computed

@@ -13,5 +13,7 @@ pub use activation::{exp_f32, exp_sub, silu_mul};
 pub(crate) use activation::{EXP_MAX, EXP_MIN, EXP_POLY, LN2_HI, LN2_LO, LOG2E};
 pub use dense::{axpy_f32, axpy_f32_rows, dot_bf16, dot_f16, dot_f32, dot_f32_rows};
 pub use fourbit::dot_fourbit;
-pub use fourbit_q8::{dot_fourbit_q8, dot_fourbit_q8_x4, fourbit_q8_tile, nested_factors, quantize_q8};
+pub use fourbit_q8::{
+    dot_fourbit_q8, dot_fourbit_q8_x4, dot_fourbit_q8_x4t2, fourbit_q8_tile, nested_factors, quantize_q8,
+};
 pub use int8::{dot_int8, dot_int8_4x4, dot_int8_x4};

@@ -326,7 +326,15 @@ pub unsafe fn dot_fourbit_q8(
 ) -> f32 {
     // SAFETY: the caller's contract is the body's.
     unsafe {
-        let acc = fourbit_q8_rows([codes.as_ptr()], [factors.as_ptr()], factors.len(), lut, qe, qo, half_block);
+        let [acc] = fourbit_q8_rows::<1, 1>(
+            [codes.as_ptr()],
+            [[factors.as_ptr()]],
+            factors.len(),
+            lut,
+            [qe.as_ptr()],
+            [qo.as_ptr()],
+            half_block,
+        );
         // The four-row kernel's lane sum, so a row gives the same bits through either.
         let z = _mm256_setzero_ps();
         _mm_cvtss_f32(hsum4([acc[0], z, z, z]))
@@ -353,13 +361,13 @@ pub unsafe fn dot_fourbit_q8_x4(
     let mut out = [0f32; 4];
     // SAFETY: the caller's contract is the body's.
     unsafe {
-        let acc = fourbit_q8_rows(
+        let [acc] = fourbit_q8_rows::<4, 1>(
             codes.map(|c| c.as_ptr()),
-            factors.map(|f| f.as_ptr()),
+            [factors.map(|f| f.as_ptr())],
             factors[0].len(),
             lut,
-            qe,
-            qo,
+            [qe.as_ptr()],
+            [qo.as_ptr()],
             half_block,
         );
         _mm_storeu_ps(out.as_mut_ptr(), hsum4(acc));
@@ -387,64 +395,106 @@ pub(super) fn ahead(first: *const u8, done: usize) {
     }
 }
 
-/// The per-lane partial sums of `R` block-aligned 4-bit rows against int8 activations
-/// (`nb` blocks each). Nibbles index the int8 level table with `vpshufb`;
-/// `vpmaddubsw(|q|, sign(w, q))` gives exact i16 pair sums (|w|, |q| ≤ 127), widened to i32 by
-/// `vpmaddwd` with ones; each block's sum is converted and scaled once, into one accumulator per
-/// row (the same order for any `R`).
+/// The per-lane partial sums of `R` block-aligned 4-bit rows against the int8 activations of
+/// `T` tokens (`nb` blocks each). Nibbles index the int8 level table with `vpshufb`, once per
+/// row and step for all tokens; `vpmaddubsw(|q|, sign(w, q))` gives exact i16 pair sums
+/// (|w|, |q| ≤ 127), widened to i32 by `vpmaddwd` with ones; each block's sum is converted and
+/// scaled once, into one accumulator per row and token. A (row, token) pair goes through the
+/// same operations in the same order for any `R` and `T`, so its bits never depend on which
+/// rows and tokens share the call.
 ///
 /// # Safety
-/// AVX2 and FMA enabled (callers are `#[target_feature]` functions); every `codes[r]` and the
-/// activations hold `nb * half_block` bytes, every `factors[r]` `nb` floats, `half_block` a
-/// multiple of 32.
+/// AVX2 and FMA enabled (callers are `#[target_feature]` functions); every `codes[r]` and every
+/// token's activations hold `nb * half_block` bytes, every `factors[t][r]` `nb` floats,
+/// `half_block` a multiple of 32.
 #[inline(always)]
-unsafe fn fourbit_q8_rows<const R: usize>(
+unsafe fn fourbit_q8_rows<const R: usize, const T: usize>(
     codes: [*const u8; R],
-    factors: [*const f32; R],
+    factors: [[*const f32; R]; T],
     nb: usize,
     lut: &[i8; 16],
-    qe: &[i8],
-    qo: &[i8],
+    qe: [*const i8; T],
+    qo: [*const i8; T],
     half_block: usize,
-) -> [__m256; R] {
+) -> [[__m256; R]; T] {
     debug_assert!(half_block.is_multiple_of(32));
-    let (ep, op) = (qe.as_ptr(), qo.as_ptr());
     // SAFETY: loads stay within `nb * half_block` bytes (caller's contract); prefetches may point
     // anywhere.
     unsafe {
         let table = _mm256_broadcastsi128_si256(_mm_loadu_si128(lut.as_ptr() as *const __m128i));
         let nib = _mm256_set1_epi8(0x0F);
         let ones = _mm256_set1_epi16(1);
-        let mut acc = [_mm256_setzero_ps(); R];
+        let mut acc = [[_mm256_setzero_ps(); R]; T];
         for b in 0..nb {
-            let mut isum = [_mm256_setzero_si256(); R];
+            let mut isum = [[_mm256_setzero_si256(); R]; T];
             let mut i = b * half_block;
             let end = i + half_block;
             while i < end {
-                let qh = _mm256_loadu_si256(ep.add(i) as *const __m256i);
-                let ql = _mm256_loadu_si256(op.add(i) as *const __m256i);
-                let (aqh, aql) = (_mm256_abs_epi8(qh), _mm256_abs_epi8(ql));
+                let qh: [__m256i; T] = std::array::from_fn(|t| _mm256_loadu_si256(qe[t].add(i) as *const __m256i));
+                let ql: [__m256i; T] = std::array::from_fn(|t| _mm256_loadu_si256(qo[t].add(i) as *const __m256i));
+                let aqh = qh.map(|v| _mm256_abs_epi8(v));
+                let aql = ql.map(|v| _mm256_abs_epi8(v));
                 ahead(codes[0], R * i);
-                for (r, s) in isum.iter_mut().enumerate() {
+                for r in 0..R {
                     let v = _mm256_loadu_si256(codes[r].add(i) as *const __m256i);
                     let wh = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(v, 4), nib));
                     let wl = _mm256_shuffle_epi8(table, _mm256_and_si256(v, nib));
-                    let ph = _mm256_maddubs_epi16(aqh, _mm256_sign_epi8(wh, qh));
-                    let pl = _mm256_maddubs_epi16(aql, _mm256_sign_epi8(wl, ql));
-                    // Widen each product vector separately: their i16 sum could overflow.
-                    *s = _mm256_add_epi32(
-                        *s,
-                        _mm256_add_epi32(_mm256_madd_epi16(ph, ones), _mm256_madd_epi16(pl, ones)),
-                    );
+                    for t in 0..T {
+                        let ph = _mm256_maddubs_epi16(aqh[t], _mm256_sign_epi8(wh, qh[t]));
+                        let pl = _mm256_maddubs_epi16(aql[t], _mm256_sign_epi8(wl, ql[t]));
+                        // Widen each product vector separately: their i16 sum could overflow.
+                        isum[t][r] = _mm256_add_epi32(
+                            isum[t][r],
+                            _mm256_add_epi32(_mm256_madd_epi16(ph, ones), _mm256_madd_epi16(pl, ones)),
+                        );
+                    }
                 }
                 i += 32;
             }
-            for (r, a) in acc.iter_mut().enumerate() {
-                *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r]), _mm256_set1_ps(*factors[r].add(b)), *a);
+            for t in 0..T {
+                for r in 0..R {
+                    let f = _mm256_set1_ps(*factors[t][r].add(b));
+                    acc[t][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t][r]), f, acc[t][r]);
+                }
             }
         }
         acc
     }
+}
+
+/// See [`crate::scalar::dot_fourbit_q8_x4t2`]: [`dot_fourbit_q8_x4`] for two tokens at once,
+/// each row's codes looked up once for both; every (row, token) bit-identical to
+/// [`dot_fourbit_q8_x4`] of that token.
+///
+/// # Safety
+/// As [`dot_fourbit_q8_x4`], for both tokens' activations and factors.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dot_fourbit_q8_x4t2(
+    codes: [&[u8]; 4],
+    factors: [[&[f32]; 4]; 2],
+    lut: &[i8; 16],
+    qe: [&[i8]; 2],
+    qo: [&[i8]; 2],
+    _qsum: [&[i32]; 2],
+    half_block: usize,
+) -> [[f32; 4]; 2] {
+    let mut out = [[0f32; 4]; 2];
+    // SAFETY: the caller's contract is the body's.
+    unsafe {
+        let acc = fourbit_q8_rows::<4, 2>(
+            codes.map(|c| c.as_ptr()),
+            factors.map(|f| f.map(|f| f.as_ptr())),
+            factors[0][0].len(),
+            lut,
+            qe.map(|q| q.as_ptr()),
+            qo.map(|q| q.as_ptr()),
+            half_block,
+        );
+        for (o, a) in out.iter_mut().zip(acc) {
+            _mm_storeu_ps(o.as_mut_ptr(), hsum4(a));
+        }
+    }
+    out
 }
 
 /// See [`crate::scalar::fourbit_q8_tile`]: per weight row, its nibbles looked up once per block

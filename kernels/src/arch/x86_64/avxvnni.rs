@@ -64,54 +64,60 @@ unsafe fn biased_table(lut: &[i8; 16]) -> __m256i {
     unsafe { _mm256_broadcastsi128_si256(_mm_loadu_si128(biased.as_ptr() as *const __m128i)) }
 }
 
-/// The per-lane partial sums of `R` rows of the 4-bit integer route (see
-/// `avx2::fourbit_q8_rows`; here each 32-byte step is two `vpdpbusd` per row). The table's +128
-/// bias adds `128 · Σq` over each lane's bytes to that lane; two more `vpdpbusd` per step,
-/// shared by the rows, compute exactly that and it is taken off each block's sums, so every lane
-/// holds what the AVX2 kernel's lane holds and the results are the same bits.
+/// The per-lane partial sums of `R` rows of the 4-bit integer route against `T` tokens (see
+/// `avx2::fourbit_q8_rows`; here each 32-byte step is two `vpdpbusd` per row and token, the
+/// nibbles looked up once per row for all tokens). The table's +128 bias adds `128 · Σq` over
+/// each lane's bytes to that lane; two more `vpdpbusd` per step and token, shared by the rows,
+/// compute exactly that and it is taken off each block's sums, so every lane holds what the
+/// AVX2 kernel's lane holds and the results are the same bits — for any `R` and `T`.
 ///
 /// # Safety
-/// As `avx2::fourbit_q8_rows`; `qsum` holds `nb` entries.
+/// As `avx2::fourbit_q8_rows`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn fourbit_q8_rows<const R: usize, const EVEX: bool>(
+unsafe fn fourbit_q8_rows<const R: usize, const T: usize, const EVEX: bool>(
     codes: [*const u8; R],
-    factors: [*const f32; R],
+    factors: [[*const f32; R]; T],
     nb: usize,
     lut: &[i8; 16],
-    qe: &[i8],
-    qo: &[i8],
-    _qsum: &[i32],
+    qe: [*const i8; T],
+    qo: [*const i8; T],
     half_block: usize,
-) -> [__m256; R] {
-    let (ep, op) = (qe.as_ptr(), qo.as_ptr());
+) -> [[__m256; R]; T] {
     // SAFETY: loads stay within `nb * half_block` bytes and `nb` entries (caller's contract).
     unsafe {
         let table = biased_table(lut);
         let nib = _mm256_set1_epi8(0x0F);
         let c128 = _mm256_set1_epi8(-128);
-        let mut acc = [_mm256_setzero_ps(); R];
+        let mut acc = [[_mm256_setzero_ps(); R]; T];
         for b in 0..nb {
-            let mut isum = [_mm256_setzero_si256(); R];
-            let mut corr = _mm256_setzero_si256();
+            let mut isum = [[_mm256_setzero_si256(); R]; T];
+            let mut corr = [_mm256_setzero_si256(); T];
             let mut i = b * half_block;
             let end = i + half_block;
             while i < end {
-                let qh = _mm256_loadu_si256(ep.add(i) as *const __m256i);
-                let ql = _mm256_loadu_si256(op.add(i) as *const __m256i);
-                corr = dpbusd::<EVEX>(dpbusd::<EVEX>(corr, c128, qh), c128, ql);
+                let qh: [__m256i; T] = std::array::from_fn(|t| _mm256_loadu_si256(qe[t].add(i) as *const __m256i));
+                let ql: [__m256i; T] = std::array::from_fn(|t| _mm256_loadu_si256(qo[t].add(i) as *const __m256i));
+                for t in 0..T {
+                    corr[t] = dpbusd::<EVEX>(dpbusd::<EVEX>(corr[t], c128, qh[t]), c128, ql[t]);
+                }
                 ahead(codes[0], R * i);
-                for (r, s) in isum.iter_mut().enumerate() {
+                for r in 0..R {
                     let v = _mm256_loadu_si256(codes[r].add(i) as *const __m256i);
                     let wh = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(v, 4), nib));
                     let wl = _mm256_shuffle_epi8(table, _mm256_and_si256(v, nib));
-                    *s = dpbusd::<EVEX>(dpbusd::<EVEX>(*s, wh, qh), wl, ql);
+                    for t in 0..T {
+                        isum[t][r] = dpbusd::<EVEX>(dpbusd::<EVEX>(isum[t][r], wh, qh[t]), wl, ql[t]);
+                    }
                 }
                 i += 32;
             }
-            for (r, a) in acc.iter_mut().enumerate() {
-                let exact = _mm256_sub_epi32(isum[r], corr);
-                *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(exact), _mm256_set1_ps(*factors[r].add(b)), *a);
+            for t in 0..T {
+                for r in 0..R {
+                    let exact = _mm256_sub_epi32(isum[t][r], corr[t]);
+                    let f = _mm256_set1_ps(*factors[t][r].add(b));
+                    acc[t][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(exact), f, acc[t][r]);
+                }
             }
         }
         acc
@@ -149,14 +155,14 @@ unsafe fn dot_fourbit_q8<const EVEX: bool>(
 ) -> f32 {
     // SAFETY: the caller's contract.
     unsafe {
-        let acc = fourbit_q8_rows::<1, EVEX>(
+        let _ = qsum;
+        let [acc] = fourbit_q8_rows::<1, 1, EVEX>(
             [codes.as_ptr()],
-            [factors.as_ptr()],
+            [[factors.as_ptr()]],
             factors.len(),
             lut,
-            qe,
-            qo,
-            qsum,
+            [qe.as_ptr()],
+            [qo.as_ptr()],
             half_block,
         );
         let z = _mm256_setzero_ps();
@@ -191,17 +197,59 @@ unsafe fn dot_fourbit_q8_x4<const EVEX: bool>(
     let mut out = [0f32; 4];
     // SAFETY: the caller's contract.
     unsafe {
-        let acc = fourbit_q8_rows::<4, EVEX>(
+        let _ = qsum;
+        let [acc] = fourbit_q8_rows::<4, 1, EVEX>(
             codes.map(|c| c.as_ptr()),
-            factors.map(|f| f.as_ptr()),
+            [factors.map(|f| f.as_ptr())],
             factors[0].len(),
             lut,
-            qe,
-            qo,
-            qsum,
+            [qe.as_ptr()],
+            [qo.as_ptr()],
             half_block,
         );
         _mm_storeu_ps(out.as_mut_ptr(), hsum4(acc));
+    }
+    out
+}
+
+vnni_pair! {
+    /// See [`crate::scalar::dot_fourbit_q8_x4t2`]: [`dot_fourbit_q8_x4_vex`] for two tokens,
+    /// each row's codes looked up once for both; every (row, token) bit-identical to
+    /// [`dot_fourbit_q8_x4_vex`] of that token.
+    ///
+    /// # Safety
+    /// As [`dot_fourbit_q8_x4_vex`], for both tokens' activations, factors and sums.
+    dot_fourbit_q8_x4t2_vex, dot_fourbit_q8_x4t2_evex = dot_fourbit_q8_x4t2(
+        codes: [&[u8]; 4], factors: [[&[f32]; 4]; 2], lut: &[i8; 16], qe: [&[i8]; 2], qo: [&[i8]; 2],
+        qsum: [&[i32]; 2], half_block: usize
+    ) -> [[f32; 4]; 2]
+}
+
+#[inline(always)]
+unsafe fn dot_fourbit_q8_x4t2<const EVEX: bool>(
+    codes: [&[u8]; 4],
+    factors: [[&[f32]; 4]; 2],
+    lut: &[i8; 16],
+    qe: [&[i8]; 2],
+    qo: [&[i8]; 2],
+    _qsum: [&[i32]; 2],
+    half_block: usize,
+) -> [[f32; 4]; 2] {
+    let mut out = [[0f32; 4]; 2];
+    // SAFETY: the caller's contract.
+    unsafe {
+        let acc = fourbit_q8_rows::<4, 2, EVEX>(
+            codes.map(|c| c.as_ptr()),
+            factors.map(|f| f.map(|f| f.as_ptr())),
+            factors[0][0].len(),
+            lut,
+            qe.map(|q| q.as_ptr()),
+            qo.map(|q| q.as_ptr()),
+            half_block,
+        );
+        for (o, a) in out.iter_mut().zip(acc) {
+            _mm_storeu_ps(o.as_mut_ptr(), hsum4(a));
+        }
     }
     out
 }
