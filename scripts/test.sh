@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# The test command (what .ci/run calls): fetches the small real model the end-to-end tests use,
-# then runs every test of the workspace in release mode (the model tests run real forward passes),
-# then the kernels' tests for aarch64 under qemu (scripts/test-neon.sh; LOWBIT_SKIP_NEON=1 skips
+# The test command (what .ci/run calls): fetches the small real model the end-to-end tests use
+# and makes the Python environment with the `openai` client the server test drives, then runs
+# every test of the workspace in release mode (the model tests run real forward passes), then
+# the kernels' tests for aarch64 under qemu (scripts/test-neon.sh; LOWBIT_SKIP_NEON=1 skips
 # them).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 LOWBIT_SMOLLM2="$(scripts/fetch-smollm2.sh)"
 export LOWBIT_SMOLLM2
+# The official `openai` client, for the server's end-to-end test.
+LOWBIT_TEST_PYTHON="$(scripts/test-venv.sh)"
+export LOWBIT_TEST_PYTHON
 cargo test --workspace --release "$@"
 # (Only on a full run: arguments are a filter for the workspace tests.)
 neon=0

@@ -28,6 +28,8 @@ pub enum Command {
     Chat(ChatArgs),
     /// Generate for a JSONL file of requests, many at once, results in input order.
     Batch(BatchArgs),
+    /// Serve the model over HTTP with OpenAI's API (chat and completions, streaming).
+    Serve(ServeArgs),
     /// Write the logits of every position to a .npy file.
     Logits(LogitsArgs),
     /// Perplexity of a text file (llama.cpp's scoring), optionally KL divergence against a base.
@@ -253,6 +255,43 @@ pub struct BatchArgs {
     pub quiet: bool,
     #[command(flatten)]
     pub sample: SampleArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Model file.
+    #[arg(short, long)]
+    pub model: PathBuf,
+    /// Address to listen on (another than loopback exposes the model to the network).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port (0 picks a free one; the address is printed when serving starts).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Sequences decoded together (slots); each holds a KV cache of up to --ctx positions.
+    #[arg(long, default_value_t = 4)]
+    pub parallel: usize,
+    /// Positions per sequence (prompt and reply), cut to what the model was trained for.
+    #[arg(short = 'c', long, default_value_t = 4096)]
+    pub ctx: usize,
+    /// Requests that may wait for a slot; more get 503 with Retry-After.
+    #[arg(long, default_value_t = 64)]
+    pub queue: usize,
+    /// Prompt tokens prefilled per step between decode steps.
+    #[arg(long, default_value_t = 256)]
+    pub prefill_chunk: usize,
+    /// Require `Authorization: Bearer KEY` on every route but /health.
+    #[arg(long)]
+    pub api_key: Option<String>,
+    /// Model name reported by /v1/models and in responses (default: the file name).
+    #[arg(long)]
+    pub model_name: Option<String>,
+    /// Largest request body accepted, in KiB.
+    #[arg(long, default_value_t = 4096)]
+    pub max_body_kib: usize,
+    /// Exact float 4-bit decode path instead of the faster integer route.
+    #[arg(long)]
+    pub exact: bool,
 }
 
 #[derive(Args, Debug)]

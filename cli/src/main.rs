@@ -52,6 +52,7 @@ fn run(cli: args::Cli) -> anyhow::Result<()> {
         args::Command::Run(a) => cmd::run::run(a, threads),
         args::Command::Chat(a) => cmd::run::chat(a, threads),
         args::Command::Batch(a) => cmd::batch::run(a, threads),
+        args::Command::Serve(a) => cmd::serve(a, threads),
         args::Command::Logits(a) => cmd::logits::run(a, threads),
         args::Command::Perplexity(a) => cmd::perplexity::run(a, threads),
         args::Command::Cpu(a) => global_pool(threads, || cmd::cpu(a)),

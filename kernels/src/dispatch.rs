@@ -158,6 +158,7 @@ impl Kernels {
                     dot_int8_4x4: scalar::dot_int8_4x4,
                     dot_int8_x4: None,
                     dot_fourbit_q8_x4: None,
+                    dot_fourbit_q8_x4t2: None,
                     x4_max_cols: 0,
                     dot_fourbit_q8: k::dot_fourbit_q8,
                     fourbit_q8_step: 16,

@@ -40,6 +40,7 @@ fn collect(rx: &Receiver<Event>, n: usize) -> (Vec<Choice>, Usage) {
                 choices[choice].text += &text;
                 choices[choice].reason = Some(reason);
             }
+            Event::PromptLogprobs { .. } => {}
             Event::Finished(usage) => return (choices, usage),
             Event::Failed(e) => panic!("request failed: {e}"),
         }
@@ -247,4 +248,36 @@ fn text_stop_strings_and_logprobs_on_smollm2() {
     let (c, _) = collect(&rx, 1);
     assert_eq!(c[0].reason, Some(FinishReason::Stop));
     assert_eq!(c[0].text, full.text[..cut], "stop string {stop:?}");
+}
+
+#[test]
+fn prompt_logprobs_score_a_text_across_prefill_chunks() {
+    let e = engine(tiny_file());
+    let s = Scheduler::start(e.clone(), BatchOptions { parallel: 2, context: 64, queue: 2, prefill_chunk: 5 }).unwrap();
+    let prompt: Vec<u32> = (0..23).map(|i| (i * 11 + 3) % 60).collect();
+    let req = Request { prompt: prompt.clone(), max_tokens: 0, prompt_logprobs: Some(2), ..Default::default() };
+    let (_, rx) = s.submit_channel(req).unwrap();
+    let mut got = Vec::new();
+    loop {
+        match rx.recv_timeout(Duration::from_secs(60)).unwrap() {
+            Event::PromptLogprobs { start, items } => {
+                assert_eq!(start, got.len() + 1, "in order, from position 1");
+                got.extend(items);
+            }
+            Event::Done { reason, .. } => assert_eq!(reason, FinishReason::Length),
+            Event::Finished(u) => {
+                assert_eq!((u.prompt_tokens, u.completion_tokens), (23, 0));
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(got.len(), 22);
+    // One pass over the whole text gives the same scores (chunks reduce in another order).
+    let want = e.run(|m| lowbit_runtime::score::completion_logprobs(m, &prompt[..1], &prompt[1..]).unwrap());
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert!((g.logprob - w).abs() < 1e-4, "position {}: {} vs {w}", i + 1, g.logprob);
+        assert_eq!(g.top.len(), 2);
+        assert!(g.top[0].1 >= g.logprob);
+    }
 }

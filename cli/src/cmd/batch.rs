@@ -263,6 +263,7 @@ fn request(
         stop,
         n: count("n", 1)?,
         logprobs,
+        prompt_logprobs: None,
         ignore_eos: false,
     })
 }
@@ -291,6 +292,7 @@ fn collector(slot: usize, id: Value, n: usize, tx: mpsc::Sender<(usize, Value)>)
                     c["logprobs"] = Value::Array(std::mem::take(&mut logprobs[choice]));
                 }
             }
+            Event::PromptLogprobs { .. } => {}
             Event::Finished(u) => {
                 let usage = json!({
                     "prompt_tokens": u.prompt_tokens,

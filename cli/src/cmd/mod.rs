@@ -91,3 +91,24 @@ pub fn synth(a: crate::args::SynthArgs) -> Result<()> {
     );
     Ok(())
 }
+
+/// `lowbit serve`: the HTTP server of `lowbit-server`.
+pub fn serve(a: crate::args::ServeArgs, threads: Option<usize>) -> Result<()> {
+    anyhow::ensure!(a.max_body_kib > 0, "--max-body-kib must be at least 1");
+    let opts = lowbit_server::ServeOptions {
+        model: a.model.clone(),
+        host: a.host,
+        port: a.port,
+        runtime: lowbit_runtime::RuntimeOptions { threads, fourbit_exact: a.exact },
+        batch: lowbit_runtime::batch::BatchOptions {
+            parallel: a.parallel,
+            context: a.ctx,
+            queue: a.queue,
+            prefill_chunk: a.prefill_chunk,
+        },
+        api_key: a.api_key,
+        model_name: a.model_name,
+        max_body: a.max_body_kib.saturating_mul(1024),
+    };
+    lowbit_server::serve(opts).map_err(|e| named(&a.model, e))
+}

@@ -18,6 +18,9 @@ pub struct Request {
     pub n: usize,
     /// Report each generated token's log-probability and this many most likely alternatives.
     pub logprobs: Option<usize>,
+    /// Report the log-probability of every prompt token after the first (and this many most
+    /// likely alternatives), as OpenAI's `echo` with `logprobs` does: scoring a given text.
+    pub prompt_logprobs: Option<usize>,
     /// Keep going past end-of-sequence tokens (benchmarks: every request runs `max_tokens`).
     pub ignore_eos: bool,
 }
@@ -31,6 +34,7 @@ impl Default for Request {
             stop: Vec::new(),
             n: 1,
             logprobs: None,
+            prompt_logprobs: None,
             ignore_eos: false,
         }
     }
@@ -94,6 +98,14 @@ pub enum Event {
         text: String,
         /// Its log-probability, if asked for.
         logprob: Option<TokenLogprob>,
+    },
+    /// Log-probabilities of the prompt tokens at positions `start ..` (sent as prefill goes,
+    /// before any generated token; position 0 has none).
+    PromptLogprobs {
+        /// Position of the first item.
+        start: usize,
+        /// One per prompt token.
+        items: Vec<TokenLogprob>,
     },
     /// Completion `choice` ended; `text` is what was still held back (usually empty).
     Done {

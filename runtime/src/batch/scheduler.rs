@@ -214,7 +214,7 @@ impl Scheduler {
         if !r.stop.is_empty() && !self.has_codec {
             return bad("stop strings need a tokenizer, and the model file has none".into());
         }
-        if r.logprobs.is_some_and(|k| k > MAX_TOP_LOGPROBS) {
+        if r.logprobs.is_some_and(|k| k > MAX_TOP_LOGPROBS) || r.prompt_logprobs.is_some_and(|k| k > MAX_TOP_LOGPROBS) {
             return bad(format!("top logprobs must be at most {MAX_TOP_LOGPROBS}"));
         }
         Sampler::new(r.sampling).map_err(|e| SubmitError::Invalid(e.to_string()))?;
@@ -375,7 +375,7 @@ impl<'e> Loop<'e> {
             completion_tokens: 0,
             first_token: None,
         };
-        if job.req.max_tokens == 0 {
+        if job.req.max_tokens == 0 && job.req.prompt_logprobs.is_none() {
             for choice in 0..job.req.n {
                 job.send(Event::Done { choice, reason: FinishReason::Length, text: String::new() });
             }
@@ -495,26 +495,51 @@ impl<'e> Loop<'e> {
         };
         let job = &mut self.jobs[j];
         let chunk = &job.req.prompt[start..end];
-        match model.forward(&mut job.seqs[0].cache, chunk, Logits::Last) {
-            Ok(logits) => {
-                job.prefilled = end;
-                self.ctx.metrics.prompt_tokens.fetch_add((end - start) as u64, Relaxed);
-                if end < job.req.prompt.len() {
-                    return;
-                }
-                for choice in 1..job.req.n {
-                    let mut seq = new_seq(&mut self.spare, self.opts.context, model, job, choice);
-                    seq.cache.clone_from(&job.seqs[0].cache);
-                    job.seqs.push(seq);
-                }
-                for s in 0..job.seqs.len() {
-                    accept(&self.ctx, job, s, &logits);
-                }
-            }
+        let which = if job.req.prompt_logprobs.is_some() { Logits::All } else { Logits::Last };
+        let logits = match model.forward(&mut job.seqs[0].cache, chunk, which) {
+            Ok(l) => l,
             Err(e) => {
                 job.send(Event::Failed(format!("prefill failed: {e}")));
                 job.cancel.store(true, Relaxed);
+                return;
             }
+        };
+        job.prefilled = end;
+        self.ctx.metrics.prompt_tokens.fetch_add((end - start) as u64, Relaxed);
+        let vocab = model.config.vocab_size;
+        if let Some(k) = job.req.prompt_logprobs {
+            // Row r predicts the prompt token at position start + r + 1.
+            let prompt = &job.req.prompt;
+            let items: Vec<TokenLogprob> = logits
+                .chunks(vocab)
+                .enumerate()
+                .filter_map(|(r, row)| prompt.get(start + r + 1).map(|&id| token_logprob(row, id, k)))
+                .collect();
+            job.send(Event::PromptLogprobs { start: start + 1, items });
+        }
+        if end < job.req.prompt.len() {
+            return;
+        }
+        let last = &logits[logits.len() - vocab..];
+        if job.req.max_tokens == 0 {
+            // Scoring only: every completion ends before its first token.
+            for choice in 0..job.req.n {
+                if choice > 0 {
+                    let seq = new_seq(&mut self.spare, self.opts.context, model, job, choice);
+                    job.seqs.push(seq);
+                }
+                job.seqs[choice].done = true;
+                job.send(Event::Done { choice, reason: FinishReason::Length, text: String::new() });
+            }
+            return;
+        }
+        for choice in 1..job.req.n {
+            let mut seq = new_seq(&mut self.spare, self.opts.context, model, job, choice);
+            seq.cache.clone_from(&job.seqs[0].cache);
+            job.seqs.push(seq);
+        }
+        for s in 0..job.seqs.len() {
+            accept(&self.ctx, job, s, last);
         }
     }
 }

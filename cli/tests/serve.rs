@@ -1,0 +1,124 @@
+//! `lowbit serve` end to end: the real binary on SmolLM2 nf4, on loopback with port 0, driven by
+//! the official `openai` Python client and raw HTTP (serve_client.py: greedy answers equal to
+//! `lowbit run`, streaming, concurrency, stop strings, `n`, scoring, every kind of bad request,
+//! disconnects, a full queue), then stopped with SIGTERM, which must end it cleanly.
+//!
+//! Needs LOWBIT_SMOLLM2 (the GGUF) and LOWBIT_TEST_PYTHON (a Python with `openai`); scripts/test.sh
+//! provides both (scripts/test-venv.sh makes the environment).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_lowbit"))
+}
+
+/// A running server, killed if the test fails before stopping it.
+struct Server {
+    child: Child,
+    url: String,
+    stderr: mpsc::Receiver<String>,
+}
+
+impl Server {
+    fn start(model: &Path, extra: &[&str]) -> Server {
+        let mut child = bin()
+            .args(["-t", "2", "serve", "-m", model.to_str().unwrap(), "--port", "0", "--model-name", "smollm2"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("lowbit serve starts");
+        let (tx, rx) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("listening on ") {
+                    let _ = tx.send(url.to_string());
+                }
+            }
+        });
+        let (etx, erx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = etx.send(line);
+            }
+        });
+        let url = rx.recv_timeout(Duration::from_secs(120)).expect("the server prints its address");
+        assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+        Server { child, url, stderr: erx }
+    }
+
+    /// SIGTERM, then the exit status and everything it wrote to stderr.
+    fn stop(mut self) -> (std::process::ExitStatus, String) {
+        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let start = std::time::Instant::now();
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(start.elapsed() < Duration::from_secs(60), "the server did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let log: Vec<String> = self.stderr.try_iter().collect();
+        (status, log.join("\n"))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn openai_client_against_the_real_server() {
+    let (Some(python), Some(gguf)) = (std::env::var_os("LOWBIT_TEST_PYTHON"), std::env::var_os("LOWBIT_SMOLLM2"))
+    else {
+        eprintln!("SKIPPED: LOWBIT_TEST_PYTHON or LOWBIT_SMOLLM2 is not set (scripts/test.sh sets both)");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("smollm2.nf4.lowbit");
+    let o = bin()
+        .args(["convert"])
+        .arg(&gguf)
+        .args(["-o", model.to_str().unwrap(), "--quant", "nf4", "-q"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // What `lowbit run` answers (through the chat template, greedy).
+    let prompt = "What is the capital of France? Answer in two sentences.";
+    let o =
+        bin().args(["run", "-m", model.to_str().unwrap(), "-p", prompt, "-n", "32", "--temp", "0"]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8(o.stdout).unwrap();
+    let text = text.strip_suffix('\n').unwrap_or(&text);
+    let expected = tmp.path().join("expected.json");
+    let json = serde_json::json!({ "prompt": prompt, "max_tokens": 32, "text": text });
+    std::fs::write(&expected, json.to_string()).unwrap();
+
+    let main =
+        Server::start(&model, &["--api-key", "secret", "--parallel", "4", "--ctx", "512", "--max-body-kib", "64"]);
+    let busy = Server::start(&model, &["--parallel", "1", "--queue", "1"]);
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/serve_client.py");
+    let o = Command::new(python).arg(&script).args([&main.url, &busy.url]).arg(&expected).output().unwrap();
+    let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "serve_client.py failed:\n{out}\n{err}");
+    assert!(out.contains("all checks passed"), "{out}");
+
+    for server in [main, busy] {
+        let (status, log) = server.stop();
+        assert!(status.success(), "exit on SIGTERM: {status}\n{log}");
+        assert!(log.contains("shutting down"), "{log}");
+        // One log line per request, with its token counts and times.
+        assert!(log.contains("chat: prompt "), "{log}");
+    }
+}

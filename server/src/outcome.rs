@@ -1,0 +1,117 @@
+//! A request's events gathered into its result (non-streaming answers), turned into an SSE
+//! stream (streaming ones), and the one log line each request gets.
+
+use crate::error::ApiError;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use lowbit_runtime::batch::{Event, FinishReason, TokenLogprob, Usage};
+use lowbit_runtime::TextCodec;
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+/// One completion's result.
+#[derive(Debug, Default, Clone)]
+pub struct Choice {
+    /// Generated ids.
+    pub ids: Vec<u32>,
+    /// Generated text (stop strings left out).
+    pub text: String,
+    /// Per generated token, when asked for.
+    pub logprobs: Vec<TokenLogprob>,
+    /// Why it ended.
+    pub reason: Option<FinishReason>,
+}
+
+/// A finished request.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Its completions.
+    pub choices: Vec<Choice>,
+    /// Prompt tokens' log-probabilities from position 1, when asked for.
+    pub prompt_logprobs: Vec<TokenLogprob>,
+    /// Counts and times.
+    pub usage: Usage,
+}
+
+/// Waits for every event of a request with `n` completions.
+pub async fn collect(mut rx: UnboundedReceiver<Event>, n: usize) -> Result<Outcome, ApiError> {
+    let mut out = Outcome { choices: vec![Choice::default(); n], ..Default::default() };
+    while let Some(e) = rx.recv().await {
+        match e {
+            Event::Token { choice, id, text, logprob } => {
+                let c = &mut out.choices[choice];
+                c.ids.push(id);
+                c.text += &text;
+                c.logprobs.extend(logprob);
+            }
+            Event::PromptLogprobs { items, .. } => out.prompt_logprobs.extend(items),
+            Event::Done { choice, reason, text } => {
+                out.choices[choice].text += &text;
+                out.choices[choice].reason = Some(reason);
+            }
+            Event::Finished(usage) => {
+                out.usage = usage;
+                return Ok(out);
+            }
+            Event::Failed(why) => return Err(ApiError::internal(why)),
+        }
+    }
+    Err(ApiError::internal("the scheduler stopped before the request finished"))
+}
+
+/// The text of one token as OpenAI's logprobs list it (a piece of a multi-byte character
+/// shows as U+FFFD).
+pub fn token_text(codec: Option<&TextCodec>, id: u32) -> String {
+    codec.and_then(|c| c.decode(&[id]).ok()).unwrap_or_default()
+}
+
+/// The log line of a finished request: id, endpoint, token counts and times.
+pub fn log_line(id: &str, endpoint: &str, u: &Usage) {
+    let decode = u.total.saturating_sub(u.time_to_first_token).as_secs_f64();
+    let tps = if u.completion_tokens > 1 && decode > 0.0 { (u.completion_tokens - 1) as f64 / decode } else { 0.0 };
+    eprintln!(
+        "{id} {endpoint}: prompt {} tokens, generated {}, queued {:.0} ms, first token {:.0} ms, {tps:.1} tok/s, total {:.0} ms",
+        u.prompt_tokens,
+        u.completion_tokens,
+        u.queued.as_secs_f64() * 1e3,
+        u.time_to_first_token.as_secs_f64() * 1e3,
+        u.total.as_secs_f64() * 1e3
+    );
+}
+
+/// What a streamed event becomes: SSE data lines, and whether the stream ends after them.
+pub type Translate = Box<dyn FnMut(Event) -> (Vec<String>, bool) + Send>;
+
+/// Streams a request as server-sent events: `translate` turns each scheduler event into
+/// `data:` payloads; `[DONE]` closes the stream. Dropping the stream (a client that went away)
+/// drops the receiver, which cancels the request and frees its slot.
+pub fn sse(first: Vec<String>, rx: UnboundedReceiver<Event>, translate: Translate) -> Response {
+    struct State {
+        rx: UnboundedReceiver<Event>,
+        queue: VecDeque<String>,
+        ended: bool,
+        translate: Translate,
+    }
+    let state = State { rx, queue: first.into(), ended: false, translate };
+    let stream = futures_util::stream::unfold(state, |mut s| async move {
+        loop {
+            if let Some(data) = s.queue.pop_front() {
+                return Some((Ok::<_, Infallible>(SseEvent::default().data(data)), s));
+            }
+            if s.ended {
+                return None;
+            }
+            let (items, end) = match s.rx.recv().await {
+                Some(e) => (s.translate)(e),
+                None => (vec![ApiError::internal("the scheduler stopped").body().to_string()], true),
+            };
+            s.queue.extend(items);
+            if end {
+                s.queue.push_back("[DONE]".into());
+                s.ended = true;
+            }
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
+}
