@@ -17,6 +17,11 @@
 //! has cores yields instead of spinning; a loop nested inside a job runs on its thread alone;
 //! `LOWBIT_TEAM=0` sends the loops back to rayon ([`enabled`]).
 //!
+//! A [`Team`] belongs to its owner (a runtime engine holds one) and stops its threads when
+//! dropped; [`Team::install`] puts it in charge of the loops the calling thread runs, so two
+//! engines decode in parallel, each on its own threads. Loops with no installed team use a
+//! process-wide team per pool size.
+//!
 //! The job is a borrowed closure, so the caller must not return while a worker may still call
 //! it. Workers *enter* a job by incrementing a count in the same word as the job's epoch; when
 //! the caller runs out of work it *closes* the job (a flag in that word, after which nobody can
@@ -25,10 +30,12 @@
 
 use crossbeam_utils::CachePadded;
 use std::any::Any;
+use std::cell::RefCell;
 use std::cell::{Cell, UnsafeCell};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::*};
-use std::sync::{Condvar, Mutex, OnceLock, TryLockError};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, TryLockError};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// How long an idle worker spins before parking. Decode's gaps between calls (norms, rope,
@@ -64,8 +71,14 @@ struct Shared {
     panic: Mutex<Option<Box<dyn Any + Send>>>,
     /// More threads than the machine has cores: waiting threads yield instead of spinning.
     crowded: bool,
+    /// The team is being dropped: workers exit at the next epoch.
+    quit: AtomicBool,
 }
 
+// SAFETY: `job` is the only field that is not Send: a pointer to the caller's closure, which
+// only the protocol described on `Sync` below hands between threads (workers read it inside a
+// job the caller keeps alive); every other field is Send.
+unsafe impl Send for Shared {}
 // SAFETY: `job` is the only non-Sync field. It is written by the one caller holding `submit`,
 // only while the state word says no worker is inside a job (none entered the new epoch yet, and
 // the previous one was closed and drained), and read by workers only after entering a job, which
@@ -76,6 +89,8 @@ thread_local! {
     /// This thread is running a share of a team job (as a worker or as its caller): a nested
     /// parallel loop runs on it alone.
     static IN_JOB: Cell<bool> = const { Cell::new(false) };
+    /// The team [`Team::install`] put in charge of this thread's loops, if any.
+    static CURRENT: RefCell<Option<Arc<Inner>>> = const { RefCell::new(None) };
 }
 
 /// Marks the current thread as inside a job until dropped.
@@ -93,16 +108,33 @@ impl Drop for InJob {
     }
 }
 
-/// A team of `size` threads counting the caller.
-struct Team {
-    shared: &'static Shared,
+/// A team of threads that spin between jobs, owned by whoever runs decode loops on it (an engine):
+/// its workers stop when it is dropped. [`Team::install`] makes it the team of the loops the
+/// calling thread runs; without one, loops use a process-wide team per pool size. Teams of
+/// different owners run their jobs at the same time; callers sharing one take turns (a caller
+/// that finds it busy runs its loop alone).
+pub struct Team {
+    inner: Arc<Inner>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// What [`Team::install`] shares with the thread: the job state and the team's size.
+struct Inner {
+    shared: Arc<Shared>,
+    size: usize,
+}
+
+impl std::fmt::Debug for Team {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Team").field("size", &self.inner.size).finish()
+    }
 }
 
 /// Closes the published job and waits until every worker that entered it has left — also when
 /// the caller's own share unwinds, so no worker can touch the borrowed closure afterwards.
-struct Drain(&'static Shared);
+struct Drain<'a>(&'a Shared);
 
-impl Drop for Drain {
+impl Drop for Drain<'_> {
     fn drop(&mut self) {
         let sh = self.0;
         sh.state.fetch_or(CLOSED, AcqRel);
@@ -129,10 +161,35 @@ impl Drop for Drain {
 }
 
 impl Team {
-    /// Starts `size − 1` workers. The threads live as long as the process.
+    /// A team of `size` threads counting the caller: starts `size − 1` workers (at most
+    /// [`MAX_TEAM`] in all), which stop when the team is dropped.
+    pub fn new(size: usize) -> Team {
+        Team::start(size.clamp(1, MAX_TEAM))
+    }
+
+    /// Threads taking part in a job, the caller included.
+    pub fn size(&self) -> usize {
+        self.inner.size
+    }
+
+    /// Runs `f` with this team in charge of the parallel loops the calling thread runs
+    /// ([`for_each_task`], [`for_each_chunk_mut`]) instead of the process-wide one.
+    pub fn install<R>(&self, f: impl FnOnce() -> R) -> R {
+        struct Restore(Option<Arc<Inner>>);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                let prev = self.0.take();
+                CURRENT.with(|c| *c.borrow_mut() = prev);
+            }
+        }
+        let prev = CURRENT.with(|c| c.borrow_mut().replace(self.inner.clone()));
+        let _restore = Restore(prev);
+        f()
+    }
+
     fn start(size: usize) -> Team {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let shared: &'static Shared = Box::leak(Box::new(Shared {
+        let shared = Arc::new(Shared {
             state: CachePadded::new(AtomicU64::new(CLOSED)),
             job: CachePadded::new(UnsafeCell::new(None)),
             submit: Mutex::new(()),
@@ -141,13 +198,17 @@ impl Team {
             wake: Condvar::new(),
             panic: Mutex::new(None),
             crowded: size > cores,
-        }));
-        for i in 1..size {
-            // If the system refuses a thread the team is just smaller: jobs still complete,
-            // since the caller does whatever no worker takes.
-            let _ = std::thread::Builder::new().name(format!("lowbit-team-{i}")).spawn(move || worker(shared));
-        }
-        Team { shared }
+            quit: AtomicBool::new(false),
+        });
+        let threads = (1..size)
+            .filter_map(|i| {
+                // If the system refuses a thread the team is just smaller: jobs still complete,
+                // since the caller does whatever no worker takes.
+                let sh = shared.clone();
+                std::thread::Builder::new().name(format!("lowbit-team-{i}")).spawn(move || worker(&sh)).ok()
+            })
+            .collect();
+        Team { inner: Arc::new(Inner { shared, size }), threads }
     }
 
     /// Runs `body` on the calling thread and on every worker that joins in time, and returns
@@ -155,8 +216,34 @@ impl Team {
     /// atomic task counter) and must leave none undone when the caller's own call returns.
     /// If the team is busy with another caller's job, `body` runs on the calling thread alone.
     /// A panic in any share reaches the caller once every share has finished.
+    #[cfg(test)]
     fn run(&self, body: &(dyn Fn() + Sync)) {
-        let sh = self.shared;
+        self.inner.run(body)
+    }
+}
+
+impl Drop for Team {
+    fn drop(&mut self) {
+        let sh = &self.inner.shared;
+        // Under the submit lock no job is running; a new epoch with `quit` set sends every
+        // worker, spinning or parked, out of its loop.
+        let _guard = sh.submit.lock().unwrap_or_else(|p| p.into_inner());
+        sh.quit.store(true, SeqCst);
+        let epoch = (sh.state.load(Relaxed) >> EPOCH_SHIFT).wrapping_add(1) & (u64::MAX >> EPOCH_SHIFT);
+        sh.state.store((epoch << EPOCH_SHIFT) | CLOSED, SeqCst);
+        {
+            let _p = sh.park.lock().unwrap_or_else(|p| p.into_inner());
+            sh.wake.notify_all();
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Inner {
+    fn run(&self, body: &(dyn Fn() + Sync)) {
+        let sh = &*self.shared;
         let _guard = match sh.submit.try_lock() {
             Ok(g) => g,
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
@@ -190,11 +277,14 @@ impl Team {
     }
 }
 
-fn worker(sh: &'static Shared) {
+fn worker(sh: &Shared) {
     let _in_job = InJob::enter();
     let mut seen = 0u64;
     loop {
         let state = wait_for_epoch(sh, seen);
+        if sh.quit.load(SeqCst) {
+            return;
+        }
         seen = state >> EPOCH_SHIFT;
         let mut cur = state;
         // Enter the job unless the caller closed it (or a newer one replaced it) meanwhile.
@@ -258,7 +348,8 @@ fn wait_for_epoch(sh: &Shared, seen: u64) -> u64 {
 /// takes the next tasks of the other shares, so a late or missing worker costs nothing but its
 /// share's wait.
 pub fn for_each_task<S>(n: usize, init: impl Fn() -> S + Sync + Send, f: impl Fn(&mut S, usize) + Sync + Send) {
-    let size = rayon::current_num_threads().min(MAX_TEAM);
+    let installed = CURRENT.with(|c| c.borrow().clone());
+    let size = installed.as_ref().map_or_else(|| rayon::current_num_threads().min(MAX_TEAM), |t| t.size);
     let serial = || {
         let mut state = init();
         (0..n).for_each(|i| f(&mut state, i));
@@ -271,8 +362,13 @@ pub fn for_each_task<S>(n: usize, init: impl Fn() -> S + Sync + Send, f: impl Fn
         use rayon::prelude::*;
         return (0..n).into_par_iter().for_each_init(&init, &f);
     }
-    let Some(team) = team(size) else {
-        return serial();
+    let team = match &installed {
+        Some(t) if t.size > 1 => &**t,
+        Some(_) => return serial(),
+        None => match team(size) {
+            Some(t) => &*t.inner,
+            None => return serial(),
+        },
     };
     // Share p starts at ⌊p·n/size⌋ (in u128: p·n may not fit a usize).
     let share = |p: usize| (p as u128 * n as u128 / size as u128) as usize;
@@ -414,6 +510,51 @@ mod tests {
                 });
             }
         });
+    }
+
+    /// Two owned teams run jobs at the same time, each with its own workers (one process-wide
+    /// team would run the second caller's job on that caller alone); an installed team is the
+    /// one loops use; dropping a team stops its threads.
+    #[test]
+    fn owned_teams_work_side_by_side_and_stop_when_dropped() {
+        let (a, b) = (Team::new(3), Team::new(3));
+        assert_eq!((a.size(), a.threads.len()), (3, 2));
+        let barrier = std::sync::Barrier::new(2);
+        let helped = std::thread::scope(|s| {
+            let jobs = [&a, &b].map(|t| {
+                let barrier = &barrier;
+                s.spawn(move || {
+                    let me = std::thread::current().id();
+                    (0..20)
+                        .filter(|_| {
+                            barrier.wait();
+                            slow_job(t, 8).iter().any(|&id| id != me)
+                        })
+                        .count()
+                })
+            });
+            jobs.map(|j| j.join().unwrap())
+        });
+        assert!(helped.iter().all(|&h| h > 0), "both teams shared their jobs while running together: {helped:?}");
+        // Loops inside `install` run on that team: its workers, not the global team's.
+        let names = Mutex::new(HashSet::new());
+        a.install(|| {
+            for_each_task(
+                64,
+                || (),
+                |_, _| {
+                    names.lock().unwrap().insert(std::thread::current().name().map(str::to_string));
+                    std::thread::sleep(Duration::from_micros(100));
+                },
+            )
+        });
+        assert!(
+            names.into_inner().unwrap().len() > 1 || std::thread::available_parallelism().map_or(1, |n| n.get()) < 2
+        );
+        // Dropping joins the workers (it would hang if one did not stop), spinning or parked.
+        drop(a);
+        std::thread::sleep(SPIN * 2);
+        drop(b);
     }
 
     /// A panic in the caller's share, or in a worker's share alone, reaches the caller with its

@@ -38,6 +38,9 @@ pub struct Engine {
     codec: std::result::Result<TextCodec, String>,
     stop: Vec<u32>,
     pool: rayon::ThreadPool,
+    /// Decode's spinning threads, this engine's own: engines used from different threads
+    /// decode in parallel instead of taking turns on one process-wide team.
+    team: lowbit_kernels::team::Team,
 }
 
 impl Engine {
@@ -62,7 +65,8 @@ impl Engine {
             .num_threads(opts.threads.unwrap_or(0))
             .build()
             .map_err(|e| RuntimeError::Options(format!("cannot start the worker threads: {e}")))?;
-        Ok(Engine { loaded, codec, stop, pool })
+        let team = lowbit_kernels::team::Team::new(pool.current_num_threads());
+        Ok(Engine { loaded, codec, stop, pool, team })
     }
 
     /// The model.
@@ -94,9 +98,10 @@ impl Engine {
     /// Runs `f` as a worker of the engine's pool. A forward pass makes hundreds of parallel calls
     /// per token; issued from outside the pool each would wake a worker and put the caller to
     /// sleep (a third of one-thread decode time went to the scheduler), while from inside the
-    /// caller takes part and one thread needs no wake-ups at all.
+    /// caller takes part and one thread needs no wake-ups at all. Decode's parallel loops run on
+    /// the engine's own team.
     pub fn run<R: Send>(&self, f: impl FnOnce(&Model<'_>) -> R + Send) -> R {
-        self.pool.install(|| f(self.model()))
+        self.pool.install(|| self.team.install(|| f(self.model())))
     }
 }
 

@@ -31,6 +31,7 @@ pub async fn handle(app: &App, ready: &Ready, body: &[u8]) -> Result<Response, A
         stop: params::stops(&o)?,
         n,
         logprobs: logprobs.then_some(top),
+        ignore_eos: params::flag(&o, "ignore_eos", false)?,
         ..Request::default()
     };
     let stream = params::flag(&o, "stream", false)?;

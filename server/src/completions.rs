@@ -43,6 +43,7 @@ pub async fn handle(app: &App, ready: &Ready, body: &[u8]) -> Result<Response, A
         n,
         logprobs,
         prompt_logprobs: if echo { logprobs } else { None },
+        ignore_eos: params::flag(&o, "ignore_eos", false)?,
         ..Request::default()
     };
     let rid = format!("cmpl-{id}");
