@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The test command (what .ci/run calls): fetches the small real model the end-to-end tests use
 # and makes the Python environment with the `openai` client the server test drives, then runs
-# every test of the workspace in release mode (the model tests run real forward passes), then
-# the kernels' tests for aarch64 under qemu (scripts/test-neon.sh; LOWBIT_SKIP_NEON=1 skips
-# them).
+# every test of the workspace in release mode (the model tests run real forward passes), the
+# Python package's tests (scripts/test-python.sh), then the kernels' tests for aarch64 under
+# qemu (scripts/test-neon.sh; LOWBIT_SKIP_NEON=1 skips them).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -13,6 +13,11 @@ export LOWBIT_SMOLLM2
 LOWBIT_TEST_PYTHON="$(scripts/test-venv.sh)"
 export LOWBIT_TEST_PYTHON
 cargo test --workspace --release "$@"
+# The Python package: its wheel built and installed into a fresh venv, then pytest (only on a
+# full run, like the aarch64 stage).
+if [ $# -eq 0 ]; then
+  scripts/test-python.sh
+fi
 # (Only on a full run: arguments are a filter for the workspace tests.)
 neon=0
 if [ $# -eq 0 ] && [ "${LOWBIT_SKIP_NEON:-0}" != 1 ]; then

@@ -16,8 +16,10 @@ server="$cache/llama-server/llama-server"
 if ! [ -x "$server" ]; then
   build="$cache/llama-server-build"
   mkdir -p "$build"
-  [ -x "$build/venv/bin/cmake" ] || { python3 -m venv "$build/venv" && "$build/venv/bin/pip" install --quiet cmake ninja; }
-  "$build/venv/bin/pip" download --quiet --no-deps --no-binary :all: "llama-cpp-python==0.3.36" -d "$build/sdist"
+  [ -x "$build/venv/bin/cmake" ] || { python3 -m venv "$build/venv" && "$build/venv/bin/pip" install --quiet cmake ninja scikit-build-core; }
+  # Without build isolation pip reads the source package's metadata with the backend installed
+  # above, instead of building CMake from source for an isolated one.
+  "$build/venv/bin/pip" download --quiet --no-deps --no-binary :all: --no-build-isolation "llama-cpp-python==0.3.36" -d "$build/sdist"
   tar -xzf "$build"/sdist/llama_cpp_python-0.3.36.tar.gz -C "$build"
   src="$build/llama_cpp_python-0.3.36/vendor/llama.cpp"
   PATH="$build/venv/bin:$PATH" cmake -S "$src" -B "$build/out" -G Ninja -DCMAKE_BUILD_TYPE=Release \

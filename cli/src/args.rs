@@ -135,6 +135,9 @@ pub struct InspectArgs {
     /// Context length for the RAM estimate.
     #[arg(long, default_value_t = 4096)]
     pub ctx: usize,
+    /// Sequences run at once (`serve --parallel`, `batch --parallel`) for the RAM estimate.
+    #[arg(long, default_value_t = 1)]
+    pub parallel: usize,
     /// Print every tensor.
     #[arg(long)]
     pub tensors: bool,

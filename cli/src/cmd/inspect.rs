@@ -83,14 +83,19 @@ pub fn run(a: InspectArgs) -> Result<()> {
                 c.rope_theta,
                 c.sliding_window.map_or("none".into(), |w| w.to_string())
             );
+            // `serve` and `batch` keep one cache (and one step's activations) per sequence.
+            let n = a.parallel.max(1);
+            let (kv_all, scratch_all) = (kv.saturating_mul(n), scratch.saturating_mul(n));
+            let who = if n > 1 { format!(" for {n} sequences") } else { String::new() };
             println!(
-                "RAM to run at context {}: weights {} (mapped) + KV cache {} (f32, {} slots) + scratch {} ≈ {}",
+                "RAM to run at context {}{who}: weights {} (mapped) + KV cache {} (f32, {} slots{}) + scratch {} ≈ {}",
                 a.ctx,
                 human(file.file_len()),
-                human(kv as u64),
+                human(kv_all as u64),
                 slots,
-                human(scratch as u64),
-                human(file.file_len() + kv as u64 + scratch as u64)
+                if n > 1 { format!(" × {n}") } else { String::new() },
+                human(scratch_all as u64),
+                human(file.file_len() + kv_all as u64 + scratch_all as u64)
             );
         }
         Err(e) => println!("\nconfig: {e}"),

@@ -1,0 +1,99 @@
+"""Type stubs of the `lowbit` extension module."""
+
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
+
+__version__: str
+
+class LowbitError(Exception):
+    """A model file or source lowbit cannot use."""
+
+class Llama:
+    """A quantized model, loaded and ready: llama-cpp-python's `Llama` interface on lowbit's
+    batched engine. Safe to share between threads; calls from several threads run batched."""
+
+    def __init__(
+        self,
+        model_path: str,
+        n_ctx: int = 2048,
+        n_threads: Optional[int] = None,
+        seed: int = 0xFFFFFFFF,
+        verbose: bool = False,
+        n_parallel: int = 4,
+        quant: str = "nf4",
+        **kwargs: Any,
+    ) -> None:
+        """`model_path`: a lowbit file, or a GGUF file / Hugging Face or bitsandbytes folder,
+        converted once with `quant` into the cache (`LOWBIT_CACHE`, else `~/.cache/lowbit`).
+        Other llama-cpp-python arguments (n_gpu_layers, use_mmap, ...) are accepted and ignored."""
+    def n_ctx(self) -> int: ...
+    def n_vocab(self) -> int: ...
+    @property
+    def metadata(self) -> Dict[str, str]: ...
+    def tokenize(self, text: bytes, add_bos: bool = True, special: bool = False) -> List[int]: ...
+    def detokenize(self, tokens: Sequence[int], special: bool = False) -> bytes: ...
+    def __call__(self, prompt: Union[str, List[int]], **kwargs: Any) -> Any: ...
+    def create_completion(
+        self,
+        prompt: Union[str, List[int]],
+        max_tokens: Optional[int] = 16,
+        temperature: float = 0.8,
+        top_p: float = 0.95,
+        top_k: int = 40,
+        min_p: float = 0.05,
+        repeat_penalty: float = 1.0,
+        stop: Optional[Union[str, List[str]]] = None,
+        seed: Optional[int] = None,
+        stream: bool = False,
+        logprobs: Optional[int] = None,
+        echo: bool = False,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
+        **kwargs: Any,
+    ) -> Union[Dict[str, Any], Iterator[Dict[str, Any]]]: ...
+    def create_chat_completion(
+        self,
+        messages: List[Dict[str, Any]],
+        max_tokens: Optional[int] = None,
+        temperature: float = 0.2,
+        top_p: float = 0.95,
+        top_k: int = 40,
+        min_p: float = 0.05,
+        repeat_penalty: float = 1.0,
+        stop: Optional[Union[str, List[str]]] = None,
+        seed: Optional[int] = None,
+        stream: bool = False,
+        logprobs: bool = False,
+        top_logprobs: Optional[int] = None,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
+        n: int = 1,
+        **kwargs: Any,
+    ) -> Union[Dict[str, Any], Iterator[Dict[str, Any]]]: ...
+    def generate_batch(
+        self,
+        prompts: Sequence[Union[str, List[Dict[str, Any]]]],
+        n: int = 1,
+        max_tokens: Optional[int] = 16,
+        temperature: float = 0.8,
+        top_p: float = 0.95,
+        top_k: int = 40,
+        min_p: float = 0.05,
+        repeat_penalty: float = 1.0,
+        stop: Optional[Union[str, List[str]]] = None,
+        seed: Optional[int] = None,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
+    ) -> List[Dict[str, Any]]:
+        """Many prompts at once on the batched engine; one result per prompt, in order."""
+    def score(self, prompts: Sequence[str], completions: Sequence[str]) -> List[List[float]]:
+        """Per-token log-probabilities of each completion given its prompt."""
+    def close(self) -> None:
+        """Frees the model now; later calls raise ValueError."""
+    def __enter__(self) -> "Llama": ...
+    def __exit__(self, *args: Any) -> bool: ...
+
+def convert(src: str, dst: str, quant: str = "nf4", progress: Optional[Callable[[int, int], None]] = None) -> None:
+    """Converts a Hugging Face / bitsandbytes folder or a GGUF file into a lowbit file."""
+
+def inspect(path: str, n_ctx: int = 4096) -> Dict[str, Any]:
+    """A lowbit file's architecture, quantization, tensors, bits per weight and RAM estimate."""

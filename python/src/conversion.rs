@@ -1,0 +1,145 @@
+//! Conversion from Python: `lowbit.convert`, `lowbit.inspect`, and the cache that lets
+//! `Llama(model_path=...)` take a GGUF file or a Hugging Face / bitsandbytes folder directly.
+
+use crate::lowbit_err;
+use lowbit_convert::{ConvertOptions, ProgressEvent, QuantChoice};
+use lowbit_format::ModelFile;
+use pyo3::exceptions::{PyFileNotFoundError, PyValueError};
+use pyo3::prelude::*;
+use serde_json::{json, Value};
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+fn quant_choice(quant: &str) -> PyResult<QuantChoice> {
+    Ok(match quant {
+        "nf4" => QuantChoice::Nf4,
+        "fp4" => QuantChoice::Fp4,
+        "int8" => QuantChoice::Int8,
+        "f16" => QuantChoice::F16,
+        "bf16" => QuantChoice::Bf16,
+        "f32" => QuantChoice::F32,
+        other => {
+            return Err(PyValueError::new_err(format!("quant {other:?} is not one of nf4, fp4, int8, f16, bf16, f32")))
+        }
+    })
+}
+
+/// Whether `path` is something to convert (a folder or a GGUF file) rather than a lowbit file.
+fn is_source(path: &Path) -> bool {
+    path.is_dir() || path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+}
+
+/// Where converted models are kept: `$LOWBIT_CACHE/converted`, else `~/.cache/lowbit`.
+fn cache_dir() -> PathBuf {
+    match std::env::var_os("LOWBIT_CACHE") {
+        Some(d) => PathBuf::from(d).join("converted"),
+        None => std::env::var_os("HOME")
+            .map_or_else(|| PathBuf::from(".lowbit-cache"), |h| PathBuf::from(h).join(".cache/lowbit")),
+    }
+}
+
+/// A key for a source: its canonical path, every file's name, size and modification time, the
+/// scheme and the converter's version — a changed source or option converts anew.
+fn source_key(src: &Path, quant: &str) -> std::io::Result<String> {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    std::fs::canonicalize(src)?.hash(&mut h);
+    let mut files: Vec<PathBuf> = if src.is_dir() {
+        std::fs::read_dir(src)?.filter_map(|e| e.ok().map(|e| e.path())).collect()
+    } else {
+        vec![src.to_path_buf()]
+    };
+    files.sort();
+    for f in files {
+        let m = std::fs::metadata(&f)?;
+        f.file_name().hash(&mut h);
+        m.len().hash(&mut h);
+        m.modified().ok().hash(&mut h);
+    }
+    quant.hash(&mut h);
+    env!("CARGO_PKG_VERSION").hash(&mut h);
+    Ok(format!("{:016x}", h.finish()))
+}
+
+/// The lowbit file to open for `path`: itself, or its cached conversion (made now if missing).
+pub fn resolve(py: Python<'_>, path: &Path, quant: &str, verbose: bool) -> PyResult<PathBuf> {
+    if !is_source(path) {
+        return Ok(path.to_path_buf());
+    }
+    quant_choice(quant)?;
+    let key = source_key(path, quant).map_err(|e| lowbit_err(format!("{}: {e}", path.display())))?;
+    let stem = path.file_stem().map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned());
+    let dir = cache_dir();
+    let out = dir.join(format!("{stem}.{quant}.{key}.lowbit"));
+    if out.is_file() {
+        if verbose {
+            eprintln!("lowbit: using the cached conversion {}", out.display());
+        }
+        return Ok(out);
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| lowbit_err(format!("{}: {e}", dir.display())))?;
+    if verbose {
+        eprintln!("lowbit: converting {} to {quant} into {}", path.display(), out.display());
+    }
+    convert_file(py, path, &out, quant, None)?;
+    Ok(out)
+}
+
+/// Converts `src` into `dst` (written to a temporary file and renamed: never a partial file).
+pub fn convert_file(py: Python<'_>, src: &Path, dst: &Path, quant: &str, progress: Option<Py<PyAny>>) -> PyResult<()> {
+    if !src.exists() {
+        return Err(PyFileNotFoundError::new_err(format!("{}: no such file or folder", src.display())));
+    }
+    let opts = ConvertOptions { quant: quant_choice(quant)?, ..ConvertOptions::default() };
+    // Progress is reported from the converter's threads; the callback runs with the GIL, and
+    // the first exception it raises is kept and raised at the end.
+    let done = Mutex::new((0u64, 0u64, None::<PyErr>));
+    let report = |e: ProgressEvent| {
+        let Some(cb) = &progress else { return };
+        let (d, t) = {
+            let mut g = done.lock().unwrap_or_else(|p| p.into_inner());
+            match e {
+                ProgressEvent::Start { total_bytes } => g.1 = total_bytes,
+                ProgressEvent::Tensor { bytes, .. } => g.0 += bytes,
+            }
+            (g.0, g.1)
+        };
+        Python::attach(|py| {
+            if let Err(err) = cb.call1(py, (d, t)) {
+                done.lock().unwrap_or_else(|p| p.into_inner()).2.get_or_insert(err);
+            }
+        });
+    };
+    let result = py.detach(|| lowbit_convert::convert(src, dst, &opts, &report));
+    if let Some(err) = done.into_inner().unwrap_or_else(|p| p.into_inner()).2 {
+        return Err(err);
+    }
+    result.map(|_| ()).map_err(lowbit_err)
+}
+
+/// The summary `lowbit.inspect` returns.
+pub fn inspect(path: &Path, n_ctx: usize) -> PyResult<Value> {
+    if !path.exists() {
+        return Err(PyFileNotFoundError::new_err(format!("{}: no such file", path.display())));
+    }
+    let file = ModelFile::open(path).map_err(lowbit_err)?;
+    let meta = file.metadata();
+    let tensors: Vec<Value> = file
+        .tensors()
+        .iter()
+        .map(|t| json!({ "name": t.name, "scheme": t.scheme.label(), "shape": t.shape, "bytes": t.length }))
+        .collect();
+    let weights: u64 = file.tensors().iter().map(|t| t.shape.iter().product::<u64>()).sum();
+    let bytes: u64 = file.tensors().iter().map(|t| t.length).sum();
+    let config = lowbit_runtime::ModelConfig::from_json(&meta.config).map_err(lowbit_err)?;
+    let slots = config.sliding_window.map_or(n_ctx, |w| w.min(n_ctx));
+    let kv = 2 * config.num_layers * slots * config.num_kv_heads * config.head_dim * 4;
+    Ok(json!({
+        "architecture": meta.architecture,
+        "quantization": serde_json::to_value(&meta.quantization).unwrap_or(Value::Null),
+        "tensors": tensors,
+        "bits_per_weight": if weights > 0 { bytes as f64 * 8.0 / weights as f64 } else { 0.0 },
+        "file_bytes": file.file_len(),
+        "ram_bytes": { "n_ctx": n_ctx, "weights": file.file_len(), "kv_cache": kv, "total": file.file_len() + kv as u64 },
+    }))
+}
