@@ -72,6 +72,8 @@ fn flag(cfg: &Value, key: &str) -> Result<Option<bool>> {
 /// `rope_parameters` when that is where it is, else the default), and returns the dimensions.
 /// Things worth telling the user go to `warnings`.
 pub fn normalise(cfg: &mut Value, warnings: &mut Vec<String>) -> Result<Dims> {
+    lowbit_format::limits::check_config(cfg)
+        .map_err(|(key, problem)| ConvertError::Config(format!("{key}: {problem}")))?;
     let obj = cfg.as_object_mut().ok_or_else(|| ConvertError::Config("config.json is not a JSON object".into()))?;
     let arch = match obj.get("architectures") {
         None | Some(Value::Null) => None,

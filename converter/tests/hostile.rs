@@ -207,6 +207,14 @@ fn bad_configs_and_options() {
         (|c: &mut serde_json::Value| c["architectures"] = serde_json::json!(["GPT2LMHeadModel"])) as fn(&mut _),
         |c| c["num_attention_heads"] = "four".into(),
         |c| c["quantization_config"] = serde_json::json!({"quant_method": "gptq", "bits": 4}),
+        // Values taken on trust before: a billion layers, a non-positive or non-numeric RoPE
+        // base, a negative or string epsilon, a huge vocabulary.
+        |c| c["num_hidden_layers"] = 1_000_000_000u64.into(),
+        |c| c["rope_theta"] = 0.0.into(),
+        |c| c["rope_theta"] = (-1e4).into(),
+        |c| c["rms_norm_eps"] = (-1e-6).into(),
+        |c| c["rms_norm_eps"] = "tiny".into(),
+        |c| c["vocab_size"] = (1u64 << 40).into(),
     ]
     .into_iter()
     .enumerate()

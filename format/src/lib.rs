@@ -32,6 +32,7 @@
 mod error;
 mod header;
 pub mod layout;
+pub mod limits;
 mod reader;
 mod scheme;
 mod validate;

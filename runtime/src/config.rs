@@ -73,6 +73,7 @@ impl ModelConfig {
     /// Reads and checks a Hugging Face `config.json` value. Both `rope_theta` at top level
     /// (older files, the Mistral repos) and transformers 5's `rope_parameters` are accepted.
     pub fn from_json(cfg: &Value) -> Result<ModelConfig> {
+        lowbit_format::limits::check_config(cfg).map_err(|(key, problem)| bad(&key, problem))?;
         let model_type = cfg.get("model_type").and_then(Value::as_str).unwrap_or("llama").to_string();
         if !["mistral", "llama", "qwen2"].contains(&model_type.as_str()) {
             return Err(bad("model_type", format!("{model_type:?} is not supported (mistral, llama, qwen2)")));
@@ -153,8 +154,24 @@ mod tests {
         v5.as_object_mut().unwrap().remove("rope_theta");
         v5["rope_parameters"] = json!({"rope_theta": 500000.0, "rope_type": "default"});
         assert_eq!(ModelConfig::from_json(&v5).unwrap().rope_theta, 500000.0);
-        let mut bad_heads = base;
+        let mut bad_heads = base.clone();
         bad_heads["num_key_value_heads"] = json!(3);
         assert!(ModelConfig::from_json(&bad_heads).is_err());
+        // A header written by anything: sizes and floats are range-checked, not trusted (a
+        // billion layers would have aborted on allocation).
+        for (key, v) in [
+            ("num_hidden_layers", json!(1_000_000_000u64)),
+            ("rope_theta", json!(0.0)),
+            ("rms_norm_eps", json!("1e-6")),
+            ("rms_norm_eps", json!(-1.0)),
+            ("max_position_embeddings", json!(0)),
+        ] {
+            let mut c = base.clone();
+            c[key] = v;
+            assert!(
+                matches!(ModelConfig::from_json(&c), Err(RuntimeError::Config { key: k, .. }) if k == key),
+                "{key}"
+            );
+        }
     }
 }

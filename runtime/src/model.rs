@@ -44,7 +44,14 @@ enum Rows<'c, 'k> {
 impl<'a> Model<'a> {
     /// Reads the configuration from the file's metadata and checks every tensor.
     pub fn new(file: &'a ModelFile) -> Result<Model<'a>> {
+        let arch = &file.metadata().architecture;
         let config = ModelConfig::from_json(&file.metadata().config)?;
+        if *arch != config.model_type {
+            return Err(RuntimeError::Config {
+                key: "architecture".into(),
+                problem: format!("the header says {arch:?}, its config.json says {:?}", config.model_type),
+            });
+        }
         let weights = ModelWeights::load(file, &config)?;
         let rope = Rope::new(config.head_dim, config.rope_theta);
         let opts =
