@@ -78,6 +78,18 @@ pub enum ConvertError {
     /// The configuration (config.json or the options) is unsupported.
     #[error("config: {0}")]
     Config(String),
+    /// A weight is NaN or infinite (a damaged checkpoint), or too large for the output's float16.
+    #[error("tensor {tensor}: element {index} is {value}{why}")]
+    NonFinite {
+        /// Tensor name.
+        tensor: String,
+        /// Flat index of the first such element.
+        index: usize,
+        /// Its value (as read).
+        value: f32,
+        /// What makes it unusable.
+        why: &'static str,
+    },
     /// Quantization rejected a tensor (NaN/inf, …).
     #[error("tensor {tensor}: {source}")]
     Kernel {

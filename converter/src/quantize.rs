@@ -105,16 +105,42 @@ fn same_dtype(dtype: SrcDtype, scheme: &Scheme) -> bool {
     )
 }
 
-/// A dense tensor: the source bytes themselves when the dtype does not change (bit-exact, NaN
-/// payloads included), else converted chunk by chunk with round-to-nearest-even.
+/// The first element of `x` (starting at flat index `start`) that is not finite, or that
+/// float16 cannot hold when `scheme` is float16, as an error: a model with NaN or infinite
+/// weights produces NaN logits, which no later error explains.
+fn check_dense(name: &str, start: usize, x: &[f32], scheme: &Scheme) -> Result<()> {
+    let f16 = matches!(scheme, Scheme::F16);
+    match x.iter().position(|&v| !v.is_finite() || (f16 && half::f16::from_f32(v).is_infinite())) {
+        None => Ok(()),
+        Some(i) => Err(ConvertError::NonFinite {
+            tensor: name.to_string(),
+            index: start + i,
+            value: x[i],
+            why: if x[i].is_finite() {
+                ", too large for float16: keep the tensor in f32 (--keep) or convert to bf16"
+            } else {
+                ": the checkpoint is damaged"
+            },
+        }),
+    }
+}
+
+/// A dense tensor: the source bytes themselves when the dtype does not change (bit-exact),
+/// else converted chunk by chunk with round-to-nearest-even; either way every element is
+/// checked to be finite first.
 fn dense_parts(src: &dyn TensorSource, name: &str, dtype: SrcDtype, n: usize, scheme: &Scheme) -> Result<Vec<Vec<u8>>> {
+    let mut x = Vec::new();
     if same_dtype(dtype, scheme) {
+        for start in (0..n).step_by(CHUNK_ELEMS) {
+            src.read_f32(name, start, CHUNK_ELEMS.min(n - start), &mut x)?;
+            check_dense(name, start, &x, scheme)?;
+        }
         return Ok(vec![src.read_raw(name, 0, n)?]);
     }
     let mut out = Vec::with_capacity(n * dense_size(scheme));
-    let mut x = Vec::new();
     for start in (0..n).step_by(CHUNK_ELEMS) {
         src.read_f32(name, start, CHUNK_ELEMS.min(n - start), &mut x)?;
+        check_dense(name, start, &x, scheme)?;
         encode_dense(&x, scheme, &mut out);
     }
     Ok(vec![out])
@@ -126,6 +152,7 @@ pub(crate) fn run_job(job: &Job, src: &dyn TensorSource, rule: NestedRule, scale
         Job::Bnb(b) => b.parts(src),
         Job::BnbDense(b, scheme) => {
             let x = b.dequantize(src)?;
+            check_dense(b.name(), 0, &x, scheme)?;
             let mut out = Vec::with_capacity(x.len() * dense_size(scheme));
             encode_dense(&x, scheme, &mut out);
             Ok(vec![out])

@@ -253,6 +253,28 @@ fn non_finite_weights_are_refused_by_the_quantizer() {
         matches!(&e, ConvertError::Kernel { tensor, .. } if tensor == "model.layers.1.mlp.gate_proj.weight"),
         "{e}"
     );
+    // Tensors stored unquantized are checked too: a NaN in a norm kept in float16 beside nf4
+    // layers, an infinity in a layer converted to f32 (both went through without a word).
+    let d = good(tmp.path(), "norm", 1);
+    edit_tensors(&d, |v| {
+        let t = v.iter_mut().find(|t| t.0 == "model.layers.0.input_layernorm.weight").unwrap();
+        t.3[6..8].copy_from_slice(&half::f16::NAN.to_le_bytes());
+    });
+    let e = fails(&d);
+    assert!(
+        matches!(&e, ConvertError::NonFinite { tensor, index: 3, .. } if tensor == "model.layers.0.input_layernorm.weight"),
+        "{e}"
+    );
+    let d = good(tmp.path(), "inf", 1);
+    edit_tensors(&d, |v| {
+        let t = v.iter_mut().find(|t| t.0 == "model.layers.1.mlp.up_proj.weight").unwrap();
+        t.3[0..2].copy_from_slice(&half::f16::INFINITY.to_le_bytes());
+    });
+    for quant in [QuantChoice::F32, QuantChoice::F16] {
+        let e = fails_with(&d, &ConvertOptions { quant, ..Default::default() });
+        assert!(matches!(&e, ConvertError::NonFinite { index: 0, .. }), "{e}");
+        assert!(e.to_string().contains("damaged"), "{e}");
+    }
 }
 
 #[test]
