@@ -139,6 +139,33 @@ fn cli_doc_lists_every_subcommand_and_flag() {
     }
 }
 
+/// Every `lowbit …` command line in the README and docs/ARCHITECTURE.md names a real
+/// subcommand, and every long flag it uses is one that subcommand's `--help` lists: the
+/// documentation cannot drift from the tool.
+#[test]
+fn readme_commands_use_real_subcommands_and_flags() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut checked = 0;
+    for doc in ["README.md", "docs/ARCHITECTURE.md"] {
+        let text = std::fs::read_to_string(root.join(doc)).unwrap();
+        for line in text.lines().map(str::trim).filter(|l| l.starts_with("lowbit ")) {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let Some(&sub) = words.get(1) else { continue };
+            let help = bin().args([sub, "--help"]).output().unwrap();
+            assert!(help.status.success(), "{doc}: `{line}` names no subcommand {sub:?}");
+            let help = String::from_utf8(help.stdout).unwrap();
+            for w in words.iter().take_while(|w| !w.starts_with('#')).filter(|w| w.starts_with("--")) {
+                let flag = w.trim_start_matches(['[', '(']).split(['=', ']', ')', '|']).next().unwrap();
+                if flag.len() > 2 {
+                    assert!(help.contains(flag), "{doc}: `{line}` uses {flag}, which `lowbit {sub} --help` does not list");
+                }
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 15, "only {checked} command lines found");
+}
+
 /// `lowbit batch`: results in input order, greedy text equal to `lowbit run --raw`, a bad line
 /// reported in its place (and in the exit status) without stopping the others, and `--resume`
 /// finishing an interrupted output.
