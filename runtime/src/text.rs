@@ -38,6 +38,10 @@ fn special(cfg: Option<&Value>, key: &str) -> Option<String> {
     }
 }
 
+/// Template instructions one rendering may run: a chat template spends a few hundred per
+/// message, so this covers conversations of thousands of messages.
+const TEMPLATE_FUEL: u64 = 5_000_000;
+
 impl TextCodec {
     /// Loads the tokenizer and template from a model file's metadata.
     pub fn from_metadata(meta: &Metadata) -> Result<TextCodec> {
@@ -93,6 +97,9 @@ impl TextCodec {
             .ok_or_else(|| RuntimeError::Template("the model file has no chat template".into()))?;
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Strict);
+        // A template is a program from the model file: bound its work, so one with runaway
+        // loops fails in well under a second instead of running for minutes.
+        env.set_fuel(Some(TEMPLATE_FUEL));
         env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
             Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
         });
@@ -123,6 +130,19 @@ mod tests {
             bos: Some(bos.into()),
             eos: Some(eos.into()),
         }
+    }
+
+    #[test]
+    fn runaway_templates_run_out_of_fuel() {
+        let c = codec("{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}", "", "");
+        let start = std::time::Instant::now();
+        let e = c.apply_chat_template(&msgs(&[("user", "hi")]), true).unwrap_err();
+        assert!(e.to_string().contains("fuel"), "{e}");
+        assert!(start.elapsed().as_secs() < 10);
+        // A long but ordinary conversation still renders.
+        let c = codec("{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}", "", "");
+        let many: Vec<(&str, &str)> = (0..5000).map(|_| ("user", "a message")).collect();
+        assert!(c.apply_chat_template(&msgs(&many), true).is_ok());
     }
 
     fn msgs(turns: &[(&str, &str)]) -> Vec<Message> {
