@@ -20,11 +20,13 @@ class Llama:
         verbose: bool = False,
         n_parallel: int = 4,
         quant: str = "nf4",
+        kv_type: str = "f32",
         **kwargs: Any,
     ) -> None:
         """`model_path`: a lowbit file, or a GGUF file / Hugging Face or bitsandbytes folder,
         converted once with `quant` into the cache (`LOWBIT_CACHE`, else `~/.cache/lowbit`).
-        Other llama-cpp-python arguments (n_gpu_layers, use_mmap, ...) are accepted and ignored."""
+        `kv_type="f16"` halves the KV cache's memory. Other llama-cpp-python arguments
+        (n_gpu_layers, use_mmap, ...) are accepted and ignored."""
     def n_ctx(self) -> int: ...
     def n_vocab(self) -> int: ...
     @property

@@ -119,6 +119,22 @@ pub struct ConvertArgs {
     pub quiet: bool,
 }
 
+/// `--kv-type` values.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KvTypeArg {
+    F32,
+    F16,
+}
+
+impl KvTypeArg {
+    pub fn kv(self) -> lowbit_runtime::KvType {
+        match self {
+            KvTypeArg::F32 => lowbit_runtime::KvType::F32,
+            KvTypeArg::F16 => lowbit_runtime::KvType::F16,
+        }
+    }
+}
+
 /// `--head` values.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Head {
@@ -138,6 +154,9 @@ pub struct InspectArgs {
     /// Sequences run at once (`serve --parallel`, `batch --parallel`) for the RAM estimate.
     #[arg(long, default_value_t = 1)]
     pub parallel: usize,
+    /// KV cache element type for the RAM estimate.
+    #[arg(long, value_enum, default_value = "f32")]
+    pub kv_type: KvTypeArg,
     /// Print every tensor.
     #[arg(long)]
     pub tensors: bool,
@@ -184,6 +203,9 @@ pub struct SampleArgs {
     /// Exact float 4-bit decode path instead of the faster integer route.
     #[arg(long)]
     pub exact: bool,
+    /// KV cache element type: f32 (exact) or f16 (half the memory).
+    #[arg(long, value_enum, default_value = "f32")]
+    pub kv_type: KvTypeArg,
     /// Keep generating past end-of-sequence tokens (for timing).
     #[arg(long)]
     pub ignore_eos: bool,
@@ -289,6 +311,9 @@ pub struct ServeArgs {
     /// Model name reported by /v1/models and in responses (default: the file name).
     #[arg(long)]
     pub model_name: Option<String>,
+    /// KV cache element type: f32 (exact) or f16 (half the memory).
+    #[arg(long, value_enum, default_value = "f32")]
+    pub kv_type: KvTypeArg,
     /// Largest request body accepted, in KiB.
     #[arg(long, default_value_t = 4096)]
     pub max_body_kib: usize,

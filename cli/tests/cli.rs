@@ -157,7 +157,10 @@ fn readme_commands_use_real_subcommands_and_flags() {
             for w in words.iter().take_while(|w| !w.starts_with('#')).filter(|w| w.starts_with("--")) {
                 let flag = w.trim_start_matches(['[', '(']).split(['=', ']', ')', '|']).next().unwrap();
                 if flag.len() > 2 {
-                    assert!(help.contains(flag), "{doc}: `{line}` uses {flag}, which `lowbit {sub} --help` does not list");
+                    assert!(
+                        help.contains(flag),
+                        "{doc}: `{line}` uses {flag}, which `lowbit {sub} --help` does not list"
+                    );
                 }
             }
             checked += 1;

@@ -9,7 +9,7 @@ mod py_json;
 mod shapes;
 
 use lowbit_runtime::batch::{BatchOptions, Event, Handle, Request, Scheduler, SubmitError};
-use lowbit_runtime::{Engine, Message, RuntimeOptions, SamplerConfig};
+use lowbit_runtime::{Engine, KvType, Message, RuntimeOptions, SamplerConfig};
 use py_json::{from_py, to_py};
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyFileNotFoundError, PyRuntimeError, PyStopIteration, PyValueError};
@@ -196,7 +196,7 @@ impl Llama {
     /// Loads `model_path`: a lowbit file, or a GGUF file / Hugging Face or bitsandbytes folder,
     /// converted once with `quant` into the cache (`LOWBIT_CACHE`, else `~/.cache/lowbit`).
     #[new]
-    #[pyo3(signature = (model_path, n_ctx=2048, n_threads=None, seed=DEFAULT_SEED, verbose=false, n_parallel=4, quant="nf4", **_kwargs))]
+    #[pyo3(signature = (model_path, n_ctx=2048, n_threads=None, seed=DEFAULT_SEED, verbose=false, n_parallel=4, quant="nf4", kv_type="f32", **_kwargs))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -207,8 +207,14 @@ impl Llama {
         verbose: bool,
         n_parallel: usize,
         quant: &str,
+        kv_type: &str,
         _kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Llama> {
+        let kv_type = match kv_type {
+            "f32" => KvType::F32,
+            "f16" => KvType::F16,
+            other => return Err(PyValueError::new_err(format!("kv_type {other:?} is not f32 or f16"))),
+        };
         if !model_path.exists() {
             return Err(PyFileNotFoundError::new_err(format!("{}: no such file or folder", model_path.display())));
         }
@@ -218,7 +224,7 @@ impl Llama {
         let file = conversion::resolve(py, &model_path, quant, verbose)?;
         let inner = py.detach(|| -> Result<Inner, String> {
             let engine = Arc::new(
-                Engine::open(&file, &RuntimeOptions { threads: n_threads, fourbit_exact: false })
+                Engine::open(&file, &RuntimeOptions { threads: n_threads, fourbit_exact: false, kv_type })
                     .map_err(|e| e.to_string())?,
             );
             let trained = engine.model().config.max_position_embeddings;

@@ -28,6 +28,8 @@ pub struct RuntimeOptions {
     /// The exact float path for 4-bit weights (bitsandbytes' dequantized values) instead of the
     /// integer route.
     pub fourbit_exact: bool,
+    /// Element type of the KV caches the model makes.
+    pub kv_type: crate::KvType,
 }
 
 /// A loaded model, ready to run; `Send + Sync`, so it can be shared across threads.
@@ -58,6 +60,7 @@ impl Engine {
         let loaded = Loaded::try_new(file, |f| {
             let mut model = Model::new(f)?;
             model.set_options(MatmulOptions { fourbit_exact: opts.fourbit_exact, ..model.options() });
+            model.set_kv_type(opts.kv_type);
             Ok::<_, RuntimeError>(model)
         })?;
         let stop = stop_ids(loaded.borrow_dependent(), codec.as_ref().ok());

@@ -30,7 +30,7 @@ pub use conversation::Conversation;
 pub use engine::{Engine, RuntimeOptions};
 pub use error::{Result, RuntimeError};
 pub use generate::{generate, GenStats, TextStream};
-pub use kv_cache::KvCache;
+pub use kv_cache::{KvCache, KvType};
 pub use model::{Logits, Model};
 pub use profile::{Phase, ProfileReport};
 pub use sampler::{Sampler, SamplerConfig};

@@ -5,7 +5,7 @@
 use crate::attention::{prefill_attention, Heads};
 use crate::config::ModelConfig;
 use crate::error::{Result, RuntimeError};
-use crate::kv_cache::KvCache;
+use crate::kv_cache::{KvCache, KvType, LayerView};
 use crate::ops::{add_inplace, rmsnorm, silu_mul, softmax, Rope};
 use crate::profile::{Phase, ProfileReport, Profiler};
 use crate::weights::ModelWeights;
@@ -21,6 +21,7 @@ pub struct Model<'a> {
     weights: ModelWeights<'a>,
     rope: Rope,
     opts: MatmulOptions,
+    kv_type: KvType,
     profiler: Profiler,
 }
 
@@ -56,7 +57,7 @@ impl<'a> Model<'a> {
         let rope = Rope::new(config.head_dim, config.rope_theta);
         let opts =
             MatmulOptions { int8_threshold: file.metadata().quantization.int8_threshold, ..MatmulOptions::default() };
-        Ok(Model { config, weights, rope, opts, profiler: Profiler::default() })
+        Ok(Model { config, weights, rope, opts, kv_type: KvType::F32, profiler: Profiler::default() })
     }
 
     /// The kernel options in use (int8 threshold from the file, 4-bit route).
@@ -87,7 +88,17 @@ impl<'a> Model<'a> {
     /// A cache for up to `context` positions (ignored beyond the window for sliding-window models).
     pub fn new_cache(&self, context: usize) -> KvCache {
         let c = &self.config;
-        KvCache::new(c.num_layers, c.num_kv_heads * c.head_dim, c.sliding_window, context)
+        KvCache::new(c.num_layers, c.num_kv_heads * c.head_dim, c.sliding_window, context, self.kv_type)
+    }
+
+    /// The element type of the caches [`Model::new_cache`] makes.
+    pub fn kv_type(&self) -> KvType {
+        self.kv_type
+    }
+
+    /// Sets the element type of the caches [`Model::new_cache`] makes from now on.
+    pub fn set_kv_type(&mut self, kv: KvType) {
+        self.kv_type = kv;
     }
 
     /// Runs `tokens` (at positions `cache.len ..`) through the model, appends them to the cache and
@@ -290,20 +301,28 @@ impl<'a> Model<'a> {
         out.resize(caches.len() * nh * hd, 0.0);
         let scale = 1.0 / (hd as f32).sqrt();
         let kern = lowbit_kernels::kernels();
-        let work = |scores: &mut Vec<f32>, idx: usize, o: &mut [f32]| {
+        let work = |(scores, rows): &mut (Vec<f32>, Vec<f32>), idx: usize, o: &mut [f32]| {
             let (seq, head) = (idx / nh, idx % nh);
             let (cache, pos) = (caches[seq], positions[seq]);
             let kvd = cache.width();
             let lo = c.sliding_window.map_or(0, |w| (pos + 1).saturating_sub(w));
             let runs = cache.slot_runs(lo, pos);
-            let (kc, vc) = cache.layer(layer);
+            let view = cache.layer(layer);
             let qh = &q[idx * hd..(idx + 1) * hd];
             let col = (head / group) * hd;
             scores.clear();
             scores.resize(pos + 1 - lo, 0.0);
             let mut at = 0;
             for &(s0, n) in runs.iter().filter(|r| r.1 > 0) {
-                kern.dot_f32_rows(&mut scores[at..at + n], qh, &kc[s0 * kvd + col..], kvd);
+                match view {
+                    LayerView::F32(kc, _) => kern.dot_f32_rows(&mut scores[at..at + n], qh, &kc[s0 * kvd + col..], kvd),
+                    // The head's rows converted (exactly) first: the same products as an f32
+                    // cache holding the rounded values.
+                    LayerView::F16(..) => {
+                        cache.gather(layer, false, s0, n, col, hd, rows);
+                        kern.dot_f32_rows(&mut scores[at..at + n], qh, rows, hd)
+                    }
+                }
                 at += n;
             }
             scores.iter_mut().for_each(|s| *s *= scale);
@@ -311,11 +330,17 @@ impl<'a> Model<'a> {
             o.fill(0.0);
             let mut at = 0;
             for &(s0, n) in runs.iter().filter(|r| r.1 > 0) {
-                kern.axpy_f32_rows(o, &scores[at..at + n], &vc[s0 * kvd + col..], kvd);
+                match view {
+                    LayerView::F32(_, vc) => kern.axpy_f32_rows(o, &scores[at..at + n], &vc[s0 * kvd + col..], kvd),
+                    LayerView::F16(..) => {
+                        cache.gather(layer, true, s0, n, col, hd, rows);
+                        kern.axpy_f32_rows(o, &scores[at..at + n], rows, hd)
+                    }
+                }
                 at += n;
             }
         };
-        lowbit_kernels::team::for_each_chunk_mut(out, hd, Vec::new, work);
+        lowbit_kernels::team::for_each_chunk_mut(out, hd, || (Vec::new(), Vec::new()), work);
     }
 
     /// Attention for new positions `p0 .. p0 + T`: each query sees the keys at positions
@@ -337,12 +362,15 @@ impl<'a> Model<'a> {
             return prefill_attention(out, q, k, v, t, &shape);
         }
         let scale = 1.0 / (hd as f32).sqrt();
+        let (kc, vc) = cache.layer_f32(layer);
+        let (kc, vc) = (&kc[..], &vc[..]);
         let kv_at = |pos: usize, kvh: usize| -> (&[f32], &[f32]) {
             let (kr, vr) = if pos >= p0 {
                 let i = pos - p0;
                 (&k[i * kvd..(i + 1) * kvd], &v[i * kvd..(i + 1) * kvd])
             } else {
-                cache.get(layer, pos)
+                let s = cache.slot(pos) * kvd;
+                (&kc[s..s + kvd], &vc[s..s + kvd])
             };
             (&kr[kvh * hd..(kvh + 1) * hd], &vr[kvh * hd..(kvh + 1) * hd])
         };

@@ -7,7 +7,7 @@ mod common;
 
 use lowbit_convert::QuantChoice;
 use lowbit_format::ModelFile;
-use lowbit_runtime::{KvCache, Logits, Model};
+use lowbit_runtime::{KvCache, KvType, Logits, Model};
 use std::path::PathBuf;
 
 fn bits(v: &[f32]) -> Vec<u32> {
@@ -61,8 +61,11 @@ fn tiny_models_decode_the_same_in_a_batch() {
             std::fs::create_dir_all(&sub).unwrap();
             let path = common::convert_to(&tiny(variant), quant, &sub);
             let file = ModelFile::open(&path).unwrap();
-            let model = Model::new(&file).unwrap();
+            let mut model = Model::new(&file).unwrap();
             check(&model, &prompts, 12, &format!("{variant} {}", quant.label()));
+            // The f16 cache too (its rows are converted per head before the same kernels).
+            model.set_kv_type(KvType::F16);
+            check(&model, &prompts, 12, &format!("{variant} {} kv f16", quant.label()));
         }
     }
 }

@@ -42,7 +42,10 @@ pub fn run(a: BatchArgs, threads: Option<usize>) -> Result<()> {
     let mut out = open_output(&a.out, a.resume)?;
 
     let t0 = Instant::now();
-    let engine = Arc::new(super::engine(&a.model, &RuntimeOptions { threads, fourbit_exact: a.sample.exact })?);
+    let engine = Arc::new(super::engine(
+        &a.model,
+        &RuntimeOptions { threads, fourbit_exact: a.sample.exact, kv_type: a.sample.kv_type.kv() },
+    )?);
     let codec = engine.codec().ok();
     // As llama.cpp does, a context past what the model was trained for is cut to it.
     let trained = engine.model().config.max_position_embeddings;

@@ -68,7 +68,7 @@ pub fn run(a: InspectArgs) -> Result<()> {
     match ModelConfig::from_json(&m.config) {
         Ok(c) => {
             let slots = c.sliding_window.map_or(a.ctx, |w| w.min(a.ctx));
-            let kv = 2 * c.num_layers * slots * c.num_kv_heads * c.head_dim * 4;
+            let kv = 2 * c.num_layers * slots * c.num_kv_heads * c.head_dim * a.kv_type.kv().bytes();
             // Activations of one decode step are a few vectors of hidden/intermediate/vocab size.
             let scratch = 4 * (8 * c.hidden_size + 3 * c.intermediate_size + 2 * c.vocab_size);
             println!(
@@ -88,10 +88,11 @@ pub fn run(a: InspectArgs) -> Result<()> {
             let (kv_all, scratch_all) = (kv.saturating_mul(n), scratch.saturating_mul(n));
             let who = if n > 1 { format!(" for {n} sequences") } else { String::new() };
             println!(
-                "RAM to run at context {}{who}: weights {} (mapped) + KV cache {} (f32, {} slots{}) + scratch {} ≈ {}",
+                "RAM to run at context {}{who}: weights {} (mapped) + KV cache {} ({}, {} slots{}) + scratch {} ≈ {}",
                 a.ctx,
                 human(file.file_len()),
                 human(kv_all as u64),
+                a.kv_type.kv().name(),
                 slots,
                 if n > 1 { format!(" × {n}") } else { String::new() },
                 human(scratch_all as u64),

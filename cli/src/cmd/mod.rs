@@ -99,7 +99,7 @@ pub fn serve(a: crate::args::ServeArgs, threads: Option<usize>) -> Result<()> {
         model: a.model.clone(),
         host: a.host,
         port: a.port,
-        runtime: lowbit_runtime::RuntimeOptions { threads, fourbit_exact: a.exact },
+        runtime: lowbit_runtime::RuntimeOptions { threads, fourbit_exact: a.exact, kv_type: a.kv_type.kv() },
         batch: lowbit_runtime::batch::BatchOptions {
             parallel: a.parallel,
             context: a.ctx,

@@ -18,7 +18,7 @@ use std::time::Instant;
 
 pub fn run(a: PerplexityArgs, threads: Option<usize>) -> Result<()> {
     anyhow::ensure!(a.ctx >= 4, "--ctx must be at least 4");
-    let engine = super::engine(&a.model, &RuntimeOptions { threads, fourbit_exact: a.exact })?;
+    let engine = super::engine(&a.model, &RuntimeOptions { threads, fourbit_exact: a.exact, ..Default::default() })?;
     let codec = engine.codec()?;
     engine.run(|model| score(&a, model, codec))
 }
