@@ -87,6 +87,12 @@ def test_threads_share_one_llama(llm):
     assert got == alone
 
 
+def test_f16_kv_cache_generates():
+    with lowbit.Llama(model_path=MODEL, n_ctx=256, kv_type="f16") as m:
+        r = m.create_completion(PROMPT, max_tokens=8, temperature=0)
+    assert r["choices"][0]["text"]
+
+
 def test_seeds_repeat(llm):
     a = llm.create_completion(PROMPT, max_tokens=12, temperature=1.0, seed=5)["choices"][0]["text"]
     b = llm.create_completion(PROMPT, max_tokens=12, temperature=1.0, seed=5)["choices"][0]["text"]
@@ -138,6 +144,8 @@ def test_bad_arguments_raise(llm, tmp_path):
         lowbit.Llama(model_path=str(bad))
     with pytest.raises(ValueError):
         lowbit.Llama(model_path=MODEL, n_ctx=0)
+    with pytest.raises(ValueError):
+        lowbit.Llama(model_path=MODEL, kv_type="q3")
     with pytest.raises(ValueError):
         llm.create_completion(PROMPT, temperature=-1)
     with pytest.raises(ValueError):
