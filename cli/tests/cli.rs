@@ -234,6 +234,12 @@ fn batch_runs_a_jsonl_file_in_order_and_resumes() {
         assert_eq!(a["id"], b["id"]);
         assert_eq!(a["choices"], b["choices"], "greedy and seeded results repeat");
     }
+    // Resuming a finished output reruns only the failed line, which keeps one line.
+    let o = run(&["--resume"]);
+    assert!(stderr(&o).contains("4 already in the output skipped"), "{}", stderr(&o));
+    let again = results(&out);
+    assert_eq!(again.len(), 5, "{again:?}");
+    assert_eq!(again.iter().filter(|v| v["id"] == "c").count(), 1);
     // Without --resume an existing output is started afresh.
     let o = run(&[]);
     assert_eq!(o.status.code(), Some(2));

@@ -35,9 +35,14 @@ pub fn check_config(cfg: &serde_json::Value) -> Result<(), (String, String)> {
             },
         }
     }
-    let theta = cfg.get("rope_theta").or_else(|| cfg.get("rope_parameters").and_then(|r| r.get("rope_theta")));
-    let eps = cfg.get("rms_norm_eps");
-    for (key, v, hi) in [("rope_theta", theta, 1e12), ("rms_norm_eps", eps, 1.0)] {
+    // Both places a RoPE base may be given are checked: readers prefer one or the other.
+    let nested = cfg.get("rope_parameters").and_then(|r| r.get("rope_theta"));
+    let checks = [
+        ("rope_theta", cfg.get("rope_theta"), 1e12),
+        ("rope_theta", nested, 1e12),
+        ("rms_norm_eps", cfg.get("rms_norm_eps"), 1.0),
+    ];
+    for (key, v, hi) in checks {
         match v {
             None | Some(Value::Null) => {}
             Some(v) => match v.as_f64() {
@@ -69,6 +74,7 @@ mod tests {
             (json!({"rope_theta": 0.0}), "rope_theta"),
             (json!({"rope_theta": -1.0}), "rope_theta"),
             (json!({"rope_parameters": {"rope_theta": "big"}}), "rope_theta"),
+            (json!({"rope_theta": 1e4, "rope_parameters": {"rope_theta": 0.0}}), "rope_theta"),
             (json!({"rms_norm_eps": -1e-6}), "rms_norm_eps"),
             (json!({"rms_norm_eps": "small"}), "rms_norm_eps"),
         ] {

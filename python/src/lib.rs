@@ -88,24 +88,34 @@ impl Llama {
 /// A request's events (in a mutex so the GIL-free wait can borrow them from any thread).
 type Events = Mutex<Receiver<Event>>;
 
-/// Waits for the next event with the GIL released, checking for Ctrl-C every 50 ms: an
-/// interrupt cancels the request and raises KeyboardInterrupt.
+/// Waits for the next event with the GIL released, checking for Ctrl-C after every wait (at
+/// most 50 ms, also while events keep arriving): an interrupt cancels the request and raises
+/// KeyboardInterrupt.
 fn next_event(py: Python<'_>, rx: &Events, handle: &Handle) -> PyResult<Option<Event>> {
     loop {
         let got = py.detach(|| match rx.lock() {
             Ok(r) => r.recv_timeout(Duration::from_millis(50)),
             Err(_) => Err(RecvTimeoutError::Disconnected),
         });
+        if let Err(e) = py.check_signals() {
+            handle.cancel();
+            return Err(e);
+        }
         match got {
             Ok(e) => return Ok(Some(e)),
             Err(RecvTimeoutError::Disconnected) => return Ok(None),
-            Err(RecvTimeoutError::Timeout) => {
-                if let Err(e) = py.check_signals() {
-                    handle.cancel();
-                    return Err(e);
-                }
-            }
+            Err(RecvTimeoutError::Timeout) => {}
         }
+    }
+}
+
+/// Cancels a request when dropped unfinished (an exception part-way through a batch): nothing
+/// keeps running that no one will read.
+struct CancelOnDrop(Handle);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
     }
 }
 
@@ -228,8 +238,10 @@ impl Llama {
                     .map_err(|e| e.to_string())?,
             );
             let trained = engine.model().config.max_position_embeddings;
+            // Everything a caller submits may wait (generate_batch of any size): a queued request
+            // holds only its prompt.
             let opts =
-                BatchOptions { parallel: n_parallel, context: n_ctx.min(trained), queue: 1024, prefill_chunk: 256 };
+                BatchOptions { parallel: n_parallel, context: n_ctx.min(trained), queue: 1 << 20, prefill_chunk: 256 };
             let scheduler = Scheduler::start(engine.clone(), opts).map_err(|e| e.to_string())?;
             Ok(Inner { engine, scheduler })
         });
@@ -516,11 +528,11 @@ impl Llama {
                 ..Request::default()
             };
             let (handle, rx) = self.submit(&inner, req)?;
-            pending.push((handle, rx, kind));
+            pending.push((CancelOnDrop(handle), rx, kind));
         }
         let mut out = Vec::new();
         for (i, (handle, rx, kind)) in pending.iter().enumerate() {
-            let c = wait(py, rx, handle, n)?;
+            let c = wait(py, rx, &handle.0, n)?;
             out.push(shapes::whole(kind, &format!("batch-{i}"), &self.model_path, &c, Some(codec)));
         }
         to_py(py, &Value::Array(out))
@@ -544,11 +556,11 @@ impl Llama {
             }
             let req = Request { prompt: ids, max_tokens: 0, prompt_logprobs: Some(0), ..Request::default() };
             let (handle, rx) = self.submit(&inner, req)?;
-            pending.push((handle, rx, start));
+            pending.push((CancelOnDrop(handle), rx, start));
         }
         let mut out = Vec::new();
         for (handle, rx, start) in &pending {
-            let c = wait(py, rx, handle, 1)?;
+            let c = wait(py, rx, &handle.0, 1)?;
             // prompt_logprobs[k] is the log-probability of token k + 1.
             out.push(c.prompt_logprobs.iter().skip(start - 1).map(|l| l.logprob).collect());
         }
@@ -596,6 +608,14 @@ struct Stream {
     started: Mutex<bool>,
 }
 
+impl Drop for Stream {
+    fn drop(&mut self) {
+        if let Ok(Some((_, handle))) = self.rx.get_mut().map(|g| g.take()) {
+            handle.cancel();
+        }
+    }
+}
+
 #[pymethods]
 impl Stream {
     fn __iter__(slf: Py<Self>) -> Py<Self> {
@@ -608,7 +628,15 @@ impl Stream {
             if let Some(v) = self.pending.lock().map_err(|_| lock("lock poisoned"))?.pop() {
                 return to_py(py, &v);
             }
-            let mut guard = self.rx.lock().map_err(|_| lock("lock poisoned"))?;
+            // Never wait for this lock with the GIL held while another thread waits inside it
+            // with the GIL released: that would deadlock.
+            let mut guard = match self.rx.try_lock() {
+                Ok(g) => g,
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    return Err(PyRuntimeError::new_err("this stream is being read by another thread"))
+                }
+                Err(std::sync::TryLockError::Poisoned(_)) => return Err(lock("lock poisoned")),
+            };
             let Some((rx, handle)) = guard.as_ref() else { return Err(PyStopIteration::new_err(())) };
             let mut started = self.started.lock().map_err(|_| lock("lock poisoned"))?;
             let first = !*started;

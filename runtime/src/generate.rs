@@ -66,7 +66,7 @@ pub fn generate(
     let start = Instant::now();
     loop {
         let timer = model.profiler().start();
-        let next = sampler.sample(&logits, &history);
+        let next = sampler.sample(&logits, &history, prompt.len());
         model.profiler().stop(timer, crate::profile::Phase::Decode, || "sampling".into());
         if stop.contains(&next) {
             break;

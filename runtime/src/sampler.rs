@@ -82,19 +82,29 @@ impl Sampler {
         (z >> 40) as f32 / (1u64 << 24) as f32
     }
 
-    /// Picks a token from `logits` given the tokens generated or prompted so far.
-    pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
+    /// Picks a token from `logits` given the tokens so far: `history` is the prompt's first
+    /// `prompt_len` tokens, then the generated ones. The repetition penalty looks at all of it
+    /// (as transformers does); the presence and frequency penalties at the generated tokens only
+    /// (as OpenAI defines them: a prompt full of commas must not forbid commas).
+    pub fn sample(&mut self, logits: &[f32], history: &[u32], prompt_len: usize) -> u32 {
         let mut l = logits.to_vec();
         let c = &self.cfg;
-        if c.repetition_penalty != 1.0 || c.presence_penalty != 0.0 || c.frequency_penalty != 0.0 {
-            let mut seen = history.to_vec();
+        let counts = |tokens: &[u32]| {
+            let mut seen = tokens.to_vec();
             seen.sort_unstable();
-            for run in seen.chunk_by(|a, b| a == b) {
-                if let Some(v) = l.get_mut(run[0] as usize) {
-                    if c.repetition_penalty != 1.0 {
-                        *v = if *v > 0.0 { *v / c.repetition_penalty } else { *v * c.repetition_penalty };
-                    }
-                    *v -= c.presence_penalty + c.frequency_penalty * run.len() as f32;
+            seen.chunk_by(|a, b| a == b).map(|run| (run[0], run.len())).collect::<Vec<_>>()
+        };
+        if c.repetition_penalty != 1.0 {
+            for (id, _) in counts(history) {
+                if let Some(v) = l.get_mut(id as usize) {
+                    *v = if *v > 0.0 { *v / c.repetition_penalty } else { *v * c.repetition_penalty };
+                }
+            }
+        }
+        if c.presence_penalty != 0.0 || c.frequency_penalty != 0.0 {
+            for (id, n) in counts(&history[prompt_len.min(history.len())..]) {
+                if let Some(v) = l.get_mut(id as usize) {
+                    *v -= c.presence_penalty + c.frequency_penalty * n as f32;
                 }
             }
         }
@@ -158,15 +168,15 @@ mod tests {
     fn greedy_and_seeded() {
         let logits = [0.1, 2.0, 1.9, -1.0];
         let mut g = Sampler::new(SamplerConfig::default()).unwrap();
-        assert_eq!(g.sample(&logits, &[]), 1);
+        assert_eq!(g.sample(&logits, &[], 0), 1);
         let cfg = SamplerConfig { temperature: 1.0, seed: 7, ..Default::default() };
         let a: Vec<u32> = {
             let mut s = Sampler::new(cfg).unwrap();
-            (0..20).map(|_| s.sample(&logits, &[])).collect()
+            (0..20).map(|_| s.sample(&logits, &[], 0)).collect()
         };
         let b: Vec<u32> = {
             let mut s = Sampler::new(cfg).unwrap();
-            (0..20).map(|_| s.sample(&logits, &[])).collect()
+            (0..20).map(|_| s.sample(&logits, &[], 0)).collect()
         };
         assert_eq!(a, b);
         assert!(a.iter().any(|&t| t != a[0]), "temperature 1 over close logits should vary");
@@ -176,9 +186,9 @@ mod tests {
     fn top_k_one_is_greedy_and_penalty_applies() {
         let logits = [0.1, 2.0, 1.9, -1.0];
         let mut s = Sampler::new(SamplerConfig { temperature: 1.0, top_k: 1, ..Default::default() }).unwrap();
-        assert_eq!(s.sample(&logits, &[]), 1);
+        assert_eq!(s.sample(&logits, &[], 0), 1);
         let mut p = Sampler::new(SamplerConfig { repetition_penalty: 2.0, ..Default::default() }).unwrap();
-        assert_eq!(p.sample(&logits, &[1]), 2);
+        assert_eq!(p.sample(&logits, &[1], 0), 2);
         assert!(Sampler::new(SamplerConfig { top_p: 0.0, ..Default::default() }).is_err());
         assert!(Sampler::new(SamplerConfig { min_p: 1.5, ..Default::default() }).is_err());
         assert!(Sampler::new(SamplerConfig { presence_penalty: 2.5, ..Default::default() }).is_err());
@@ -189,12 +199,14 @@ mod tests {
         let logits = [0.1, 2.0, 1.9, -1.0];
         // Token 1 seen twice: 2.0 - 0.04 - 2·0.04 = 1.88 < 1.9; once: 1.92 > 1.9.
         let cfg = SamplerConfig { presence_penalty: 0.04, frequency_penalty: 0.04, ..Default::default() };
-        assert_eq!(Sampler::new(cfg).unwrap().sample(&logits, &[1, 1]), 2);
-        assert_eq!(Sampler::new(cfg).unwrap().sample(&logits, &[1]), 1);
+        assert_eq!(Sampler::new(cfg).unwrap().sample(&logits, &[1, 1], 0), 2);
+        assert_eq!(Sampler::new(cfg).unwrap().sample(&logits, &[1], 0), 1);
+        // Prompt tokens do not count for these two penalties.
+        assert_eq!(Sampler::new(cfg).unwrap().sample(&logits, &[1, 1, 1, 1], 4), 1);
         // min_p 0.5 at temperature 1 keeps tokens 1 and 2 only (e^-0.1 ≈ 0.9 of the top).
         let cfg = SamplerConfig { temperature: 1.0, min_p: 0.5, seed: 3, ..Default::default() };
         let mut s = Sampler::new(cfg).unwrap();
-        let drawn: Vec<u32> = (0..200).map(|_| s.sample(&logits, &[])).collect();
+        let drawn: Vec<u32> = (0..200).map(|_| s.sample(&logits, &[], 0)).collect();
         assert!(drawn.iter().all(|&t| t == 1 || t == 2), "{drawn:?}");
         assert!(drawn.contains(&1) && drawn.contains(&2));
     }

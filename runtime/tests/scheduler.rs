@@ -213,6 +213,7 @@ fn bad_requests_are_refused_with_a_reason() {
     // Options out of range.
     let e = engine(tiny_file());
     assert!(Scheduler::start(e.clone(), BatchOptions { parallel: 0, ..Default::default() }).is_err());
+    assert!(Scheduler::start(e.clone(), BatchOptions { queue: 0, ..Default::default() }).is_err());
     assert!(Scheduler::start(e, BatchOptions { context: usize::MAX, ..Default::default() }).is_err());
 }
 

@@ -2,11 +2,24 @@
 
 use crate::error::ApiError;
 use axum::http::HeaderMap;
-use lowbit_runtime::batch::{Event, Request, Scheduler, SubmitError};
+use lowbit_runtime::batch::{Event, Handle, Request, Scheduler, SubmitError};
 use lowbit_runtime::{Engine, TextCodec};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+/// A submitted request's events; dropping it cancels the request (a no-op once it finished).
+pub struct Pending {
+    /// The events, in order.
+    pub rx: UnboundedReceiver<Event>,
+    handle: Handle,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.handle.cancel();
+    }
+}
 
 /// The loaded model and its scheduler.
 pub struct Ready {
@@ -87,12 +100,12 @@ impl Ready {
         self.engine.codec().map_err(|e| ApiError::bad(format!("this model cannot take text: {e}")))
     }
 
-    /// Queues `req`; its events arrive on the returned receiver, and dropping the receiver
-    /// (a client that went away) cancels it.
-    pub fn submit(&self, req: Request) -> Result<UnboundedReceiver<Event>, ApiError> {
+    /// Queues `req`; its events arrive on the returned [`Pending`], and dropping it (a client
+    /// that went away, even before its first token) cancels the request.
+    pub fn submit(&self, req: Request) -> Result<Pending, ApiError> {
         let (tx, rx) = unbounded_channel();
         match self.scheduler.submit(req, Box::new(move |e| tx.send(e).is_ok())) {
-            Ok(_) => Ok(rx),
+            Ok(handle) => Ok(Pending { rx, handle }),
             Err(SubmitError::QueueFull(n)) => Err(ApiError::unavailable(
                 format!("the server is busy: every slot is in use and {n} requests wait"),
                 Some(1),

@@ -1,6 +1,7 @@
 //! A request's events gathered into its result (non-streaming answers), turned into an SSE
 //! stream (streaming ones), and the one log line each request gets.
 
+use crate::app::Pending;
 use crate::error::ApiError;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -8,7 +9,6 @@ use lowbit_runtime::batch::{Event, FinishReason, TokenLogprob, Usage};
 use lowbit_runtime::TextCodec;
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use tokio::sync::mpsc::UnboundedReceiver;
 
 /// One completion's result.
 #[derive(Debug, Default, Clone)]
@@ -35,9 +35,9 @@ pub struct Outcome {
 }
 
 /// Waits for every event of a request with `n` completions.
-pub async fn collect(mut rx: UnboundedReceiver<Event>, n: usize) -> Result<Outcome, ApiError> {
+pub async fn collect(mut p: Pending, n: usize) -> Result<Outcome, ApiError> {
     let mut out = Outcome { choices: vec![Choice::default(); n], ..Default::default() };
-    while let Some(e) = rx.recv().await {
+    while let Some(e) = p.rx.recv().await {
         match e {
             Event::Token { choice, id, text, logprob } => {
                 let c = &mut out.choices[choice];
@@ -85,10 +85,10 @@ pub type Translate = Box<dyn FnMut(Event) -> (Vec<String>, bool) + Send>;
 
 /// Streams a request as server-sent events: `translate` turns each scheduler event into
 /// `data:` payloads; `[DONE]` closes the stream. Dropping the stream (a client that went away)
-/// drops the receiver, which cancels the request and frees its slot.
-pub fn sse(first: Vec<String>, rx: UnboundedReceiver<Event>, translate: Translate) -> Response {
+/// drops the [`Pending`], which cancels the request and frees its slot.
+pub fn sse(first: Vec<String>, rx: Pending, translate: Translate) -> Response {
     struct State {
-        rx: UnboundedReceiver<Event>,
+        rx: Pending,
         queue: VecDeque<String>,
         ended: bool,
         translate: Translate,
@@ -102,7 +102,7 @@ pub fn sse(first: Vec<String>, rx: UnboundedReceiver<Event>, translate: Translat
             if s.ended {
                 return None;
             }
-            let (items, end) = match s.rx.recv().await {
+            let (items, end) = match s.rx.rx.recv().await {
                 Some(e) => (s.translate)(e),
                 None => (vec![ApiError::internal("the scheduler stopped").body().to_string()], true),
             };

@@ -331,23 +331,29 @@ fn count_lines(path: &std::path::Path) -> Result<usize> {
     Ok(n)
 }
 
-/// Ids of the requests an earlier run finished (lines without an "error"); a last line cut off
-/// by an interruption is removed.
+/// Ids of the requests an earlier run finished. The output is rewritten (through a temporary
+/// file) with those lines only: error lines, whose requests run again, and a last line cut off
+/// by an interruption go, so every id ends up with one line.
 fn finished_ids(path: &std::path::Path) -> Result<HashSet<String>> {
     let mut ids = HashSet::new();
-    let Ok(mut f) = std::fs::OpenOptions::new().read(true).write(true).open(path) else { return Ok(ids) };
-    let mut text = Vec::new();
-    f.read_to_end(&mut text).with_context(|| format!("reading {}", path.display()))?;
-    let complete = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-    if complete < text.len() {
-        f.set_len(complete as u64).with_context(|| format!("truncating {}", path.display()))?;
-    }
-    for line in text[..complete].split(|&b| b == b'\n') {
+    let Ok(meta) = std::fs::metadata(path) else { return Ok(ids) };
+    anyhow::ensure!(meta.is_file(), "{} is not a regular file", path.display());
+    let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut kept = Vec::new();
+    for line in text.split_inclusive(|&b| b == b'\n').filter(|l| l.ends_with(b"\n")) {
         if let Ok(Value::Object(o)) = serde_json::from_slice::<Value>(line) {
             if let (Some(id), None) = (o.get("id"), o.get("error")) {
-                ids.insert(id.to_string());
+                if ids.insert(id.to_string()) {
+                    kept.extend_from_slice(line);
+                }
             }
         }
+    }
+    if kept.len() != text.len() {
+        let tmp = path.with_extension("jsonl.tmp");
+        std::fs::write(&tmp, &kept)
+            .and_then(|_| std::fs::rename(&tmp, path))
+            .with_context(|| format!("rewriting {}", path.display()))?;
     }
     Ok(ids)
 }

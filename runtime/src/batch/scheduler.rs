@@ -135,8 +135,9 @@ impl Scheduler {
         if opts.context == 0 || opts.context > max {
             return bad(format!("context {} must be in 1..={max} (the model's max_position_embeddings)", opts.context));
         }
-        if opts.prefill_chunk == 0 || opts.queue > 1 << 20 {
-            return bad("the prefill chunk must be at least 1 and the queue at most 2^20".into());
+        // A queue of 0 would be a rendezvous channel, which only meets an idle scheduler.
+        if opts.prefill_chunk == 0 || opts.queue == 0 || opts.queue > 1 << 20 {
+            return bad("the prefill chunk must be at least 1 and the queue between 1 and 2^20".into());
         }
         let (tx, rx) = mpsc::sync_channel(opts.queue);
         let metrics = Arc::new(Metrics::default());
@@ -429,6 +430,7 @@ impl<'e> Loop<'e> {
         for mut s in pending.collect::<Vec<_>>() {
             (s.sink)(Event::Failed(why.into()));
         }
+        self.ctx.metrics.queued.store(0, Relaxed);
         for mut job in self.jobs.drain(..) {
             job.send(Event::Failed(why.into()));
         }
@@ -565,7 +567,7 @@ fn new_seq(spare: &mut Vec<KvCache>, context: usize, model: &Model, job: &Job, c
 /// end-of-sequence id, a stop string, `max_tokens` or a full context.
 fn accept(ctx: &Ctx, job: &mut Job, s: usize, logits: &[f32]) {
     let seq = &mut job.seqs[s];
-    let id = seq.sampler.sample(logits, &seq.history);
+    let id = seq.sampler.sample(logits, &seq.history, job.req.prompt.len());
     if !job.req.ignore_eos && ctx.stop_ids.contains(&id) {
         let text = seq.stop.finish();
         seq.done = true;
