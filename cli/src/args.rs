@@ -206,6 +206,10 @@ pub struct SampleArgs {
     /// KV cache element type: f32 (exact) or f16 (half the memory).
     #[arg(long, value_enum, default_value = "f32")]
     pub kv_type: KvTypeArg,
+    /// Scheme a GGUF file or Hugging Face folder given as the model is converted to (once; the
+    /// result is cached in $LOWBIT_CACHE/converted or ~/.cache/lowbit).
+    #[arg(long, value_enum, default_value = "nf4")]
+    pub quant: Quant,
     /// Keep generating past end-of-sequence tokens (for timing).
     #[arg(long)]
     pub ignore_eos: bool,
@@ -314,6 +318,9 @@ pub struct ServeArgs {
     /// KV cache element type: f32 (exact) or f16 (half the memory).
     #[arg(long, value_enum, default_value = "f32")]
     pub kv_type: KvTypeArg,
+    /// Scheme a GGUF file or Hugging Face folder given as the model is converted to (once, cached).
+    #[arg(long, value_enum, default_value = "nf4")]
+    pub quant: Quant,
     /// Largest request body accepted, in KiB.
     #[arg(long, default_value_t = 4096)]
     pub max_body_kib: usize,

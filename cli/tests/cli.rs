@@ -169,6 +169,32 @@ fn readme_commands_use_real_subcommands_and_flags() {
     assert!(checked >= 15, "only {checked} command lines found");
 }
 
+/// `run` and `chat` take a GGUF file directly: converted once into the cache, then reused; a
+/// GGUF given where a lowbit file is needed says what it is and what to run.
+#[test]
+fn gguf_runs_directly_through_the_cache() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gguf = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../converter/tests/data/gguf/tiny.gguf");
+    let gguf = gguf.to_str().unwrap();
+    let cache = tmp.path().join("cache");
+    let run = || {
+        bin()
+            .env("LOWBIT_CACHE", &cache)
+            .args(["run", "-m", gguf, "-p", "hello", "-n", "4", "--temp", "0", "--quant", "int8"])
+            .output()
+            .unwrap()
+    };
+    let first = run();
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert!(stderr(&first).contains("converted"), "{}", stderr(&first));
+    let second = run();
+    assert!(stderr(&second).contains("using the int8 conversion"), "{}", stderr(&second));
+    assert_eq!(first.stdout, second.stdout);
+    assert_eq!(std::fs::read_dir(cache.join("converted")).unwrap().count(), 1);
+    let o = bin().args(["inspect", gguf]).output().unwrap();
+    assert!(!o.status.success() && stderr(&o).contains("it is a GGUF file"), "{}", stderr(&o));
+}
+
 /// `lowbit batch`: results in input order, greedy text equal to `lowbit run --raw`, a bad line
 /// reported in its place (and in the exit status) without stopping the others, and `--resume`
 /// finishing an interrupted output.

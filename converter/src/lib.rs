@@ -27,6 +27,7 @@
 #![warn(missing_docs)]
 
 pub mod bnb;
+pub mod cache;
 pub mod config;
 mod convert;
 mod error;

@@ -30,7 +30,7 @@ pub enum FormatError {
         path: PathBuf,
     },
     /// The first 8 bytes are not `LOWBIT\0\0`.
-    #[error("not a lowbit file (magic {found:02x?})")]
+    #[error("not a lowbit file{}", magic_hint(found))]
     BadMagic {
         /// The bytes found.
         found: [u8; 8],
@@ -272,6 +272,18 @@ impl FormatError {
             }
             _ => FormatError::Io { path: path.to_path_buf(), error: source },
         }
+    }
+}
+
+/// What a file that is not a lowbit file seems to be, and what to do with it.
+fn magic_hint(found: &[u8; 8]) -> String {
+    if found.starts_with(b"GGUF") {
+        ": it is a GGUF file; convert it with `lowbit convert FILE -o OUT.lowbit`, or give it to `lowbit run` or `chat` directly".into()
+    } else if u64::from_le_bytes(*found) < 1 << 27 && found[..4] != [0; 4] {
+        ": it looks like a safetensors file; convert the folder holding it and its config.json with `lowbit convert`"
+            .into()
+    } else {
+        format!(" (it starts with {found:02x?})")
     }
 }
 

@@ -7,7 +7,6 @@ use lowbit_format::ModelFile;
 use pyo3::exceptions::{PyFileNotFoundError, PyValueError};
 use pyo3::prelude::*;
 use serde_json::{json, Value};
-use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -25,64 +24,21 @@ fn quant_choice(quant: &str) -> PyResult<QuantChoice> {
     })
 }
 
-/// Whether `path` is something to convert (a folder or a GGUF file) rather than a lowbit file.
-fn is_source(path: &Path) -> bool {
-    path.is_dir() || path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
-}
-
-/// Where converted models are kept: `$LOWBIT_CACHE/converted`, else `~/.cache/lowbit`.
-fn cache_dir() -> PathBuf {
-    match std::env::var_os("LOWBIT_CACHE") {
-        Some(d) => PathBuf::from(d).join("converted"),
-        None => std::env::var_os("HOME")
-            .map_or_else(|| PathBuf::from(".lowbit-cache"), |h| PathBuf::from(h).join(".cache/lowbit")),
-    }
-}
-
-/// A key for a source: its canonical path, every file's name, size and modification time, the
-/// scheme and the converter's version — a changed source or option converts anew.
-fn source_key(src: &Path, quant: &str) -> std::io::Result<String> {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    std::fs::canonicalize(src)?.hash(&mut h);
-    let mut files: Vec<PathBuf> = if src.is_dir() {
-        std::fs::read_dir(src)?.filter_map(|e| e.ok().map(|e| e.path())).collect()
-    } else {
-        vec![src.to_path_buf()]
-    };
-    files.sort();
-    for f in files {
-        let m = std::fs::metadata(&f)?;
-        f.file_name().hash(&mut h);
-        m.len().hash(&mut h);
-        m.modified().ok().hash(&mut h);
-    }
-    quant.hash(&mut h);
-    env!("CARGO_PKG_VERSION").hash(&mut h);
-    Ok(format!("{:016x}", h.finish()))
-}
-
 /// The lowbit file to open for `path`: itself, or its cached conversion (made now if missing).
 pub fn resolve(py: Python<'_>, path: &Path, quant: &str, verbose: bool) -> PyResult<PathBuf> {
-    if !is_source(path) {
+    if !lowbit_convert::cache::is_source(path) {
         return Ok(path.to_path_buf());
     }
-    quant_choice(quant)?;
-    let key = source_key(path, quant).map_err(|e| lowbit_err(format!("{}: {e}", path.display())))?;
-    let stem = path.file_stem().map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned());
-    let dir = cache_dir();
-    let out = dir.join(format!("{stem}.{quant}.{key}.lowbit"));
-    if out.is_file() {
-        if verbose {
-            eprintln!("lowbit: using the cached conversion {}", out.display());
-        }
-        return Ok(out);
-    }
-    std::fs::create_dir_all(&dir).map_err(|e| lowbit_err(format!("{}: {e}", dir.display())))?;
+    let opts = ConvertOptions { quant: quant_choice(quant)?, ..ConvertOptions::default() };
     if verbose {
-        eprintln!("lowbit: converting {} to {quant} into {}", path.display(), out.display());
+        eprintln!(
+            "lowbit: {} is a source: using its {quant} conversion in {}",
+            path.display(),
+            lowbit_convert::cache::cache_dir().display()
+        );
     }
-    convert_file(py, path, &out, quant, None)?;
-    Ok(out)
+    let (file, _) = py.detach(|| lowbit_convert::cache::resolve(path, &opts, &|_| {})).map_err(lowbit_err)?;
+    Ok(file)
 }
 
 /// Converts `src` into `dst` (written to a temporary file and renamed: never a partial file).

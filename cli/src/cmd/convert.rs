@@ -6,17 +6,21 @@ use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 use lowbit_convert::{convert, ConvertOptions, HeadChoice, ProgressEvent, QuantChoice};
 
-pub fn run(a: ConvertArgs) -> Result<()> {
-    let quant = match a.quant {
+/// The converter's scheme for a `--quant` value.
+pub fn quant_choice(q: Quant) -> QuantChoice {
+    match q {
         Quant::Nf4 => QuantChoice::Nf4,
         Quant::Fp4 => QuantChoice::Fp4,
         Quant::Int8 => QuantChoice::Int8,
         Quant::F16 => QuantChoice::F16,
         Quant::Bf16 => QuantChoice::Bf16,
         Quant::F32 => QuantChoice::F32,
-    };
+    }
+}
+
+pub fn run(a: ConvertArgs) -> Result<()> {
     let opts = ConvertOptions {
-        quant,
+        quant: quant_choice(a.quant),
         blocksize: a.blocksize,
         double_quant: !a.no_double_quant,
         int8_threshold: a.threshold,

@@ -95,8 +95,9 @@ pub fn synth(a: crate::args::SynthArgs) -> Result<()> {
 /// `lowbit serve`: the HTTP server of `lowbit-server`.
 pub fn serve(a: crate::args::ServeArgs, threads: Option<usize>) -> Result<()> {
     anyhow::ensure!(a.max_body_kib > 0, "--max-body-kib must be at least 1");
+    let model = model_path(&a.model, a.quant)?;
     let opts = lowbit_server::ServeOptions {
-        model: a.model.clone(),
+        model,
         host: a.host,
         port: a.port,
         runtime: lowbit_runtime::RuntimeOptions { threads, fourbit_exact: a.exact, kv_type: a.kv_type.kv() },
@@ -107,8 +108,43 @@ pub fn serve(a: crate::args::ServeArgs, threads: Option<usize>) -> Result<()> {
             prefill_chunk: a.prefill_chunk,
         },
         api_key: a.api_key,
-        model_name: a.model_name,
+        // Named after what the user gave, not the cache's file name.
+        model_name: a.model_name.or_else(|| a.model.file_stem().map(|s| s.to_string_lossy().into_owned())),
         max_body: a.max_body_kib.saturating_mul(1024),
     };
     lowbit_server::serve(opts).map_err(|e| named(&a.model, e))
+}
+
+/// The lowbit file to run for `path`: itself, or — for a GGUF file or a Hugging Face /
+/// bitsandbytes folder — its conversion to `quant`, made once (with a progress bar) and then
+/// taken from the cache.
+pub fn model_path(path: &Path, quant: crate::args::Quant) -> Result<std::path::PathBuf> {
+    use indicatif::{ProgressBar, ProgressStyle};
+    use lowbit_convert::{cache, ConvertOptions, ProgressEvent};
+    if !path.exists() {
+        anyhow::bail!("{}: no such file or folder", path.display());
+    }
+    if !cache::is_source(path) {
+        return Ok(path.to_path_buf());
+    }
+    let opts = ConvertOptions { quant: convert::quant_choice(quant), ..ConvertOptions::default() };
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} converting {bar:30} {bytes}/{total_bytes} ETA {eta}")
+            .expect("valid template"),
+    );
+    let progress = |e: ProgressEvent| match e {
+        ProgressEvent::Start { total_bytes } => bar.set_length(total_bytes),
+        ProgressEvent::Tensor { bytes, .. } => bar.inc(bytes),
+    };
+    let res = cache::resolve(path, &opts, &progress);
+    bar.finish_and_clear();
+    let (file, converted) = res.map_err(|e| named(path, e))?;
+    let label = opts.quant.label();
+    if converted {
+        eprintln!("[converted {} to {label} once: {}]", path.display(), file.display());
+    } else {
+        eprintln!("[using the {label} conversion of {} cached at {}]", path.display(), file.display());
+    }
+    Ok(file)
 }

@@ -79,6 +79,7 @@ fn report(load_secs: f64, s: &GenStats) {
 
 /// Opens the model for `run` and `chat`, timing the load.
 fn open(path: &std::path::Path, threads: Option<usize>, a: &SampleArgs) -> Result<(Engine, f64)> {
+    let path = &super::model_path(path, a.quant)?;
     let t = Instant::now();
     let engine = super::engine(path, &RuntimeOptions { threads, fourbit_exact: a.exact, kv_type: a.kv_type.kv() })?;
     Ok((engine, t.elapsed().as_secs_f64()))
