@@ -160,6 +160,9 @@ pub struct InspectArgs {
     /// Print every tensor.
     #[arg(long)]
     pub tensors: bool,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -239,6 +242,9 @@ pub struct RunArgs {
     /// System message (with --chat).
     #[arg(long)]
     pub system: Option<String>,
+    /// Print one JSON object (text, token ids and counts, timings) instead of streaming text.
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub sample: SampleArgs,
 }

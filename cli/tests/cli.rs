@@ -169,6 +169,29 @@ fn readme_commands_use_real_subcommands_and_flags() {
     assert!(checked >= 15, "only {checked} command lines found");
 }
 
+/// `--json`: `run` prints one object whose text is what the streamed run prints, `inspect` one
+/// object with the RAM estimate.
+#[test]
+fn json_output_of_run_and_inspect() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = tiny(tmp.path());
+    let m = m.to_str().unwrap();
+    let streamed = ok(bin().args(["run", "-m", m, "-p", "hello", "-n", "6", "--temp", "0"]));
+    let o = ok(bin().args(["run", "-m", m, "-p", "hello", "-n", "6", "--temp", "0", "--json"]));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON object");
+    let text = String::from_utf8(streamed.stdout).unwrap();
+    // The stream holds back a character cut off by the last token; the whole text shows it as
+    // U+FFFD.
+    assert_eq!(v["text"].as_str().unwrap().trim_end_matches('\u{FFFD}'), text.strip_suffix('\n').unwrap());
+    assert_eq!(v["token_ids"].as_array().unwrap().len() as u64, v["generated_tokens"].as_u64().unwrap());
+    let o = ok(bin().args(["inspect", m, "--json", "--ctx", "64", "--parallel", "2", "--kv-type", "f16"]));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON object");
+    assert_eq!(v["ram"]["parallel"], 2);
+    assert_eq!(v["ram"]["kv_type"], "f16");
+    assert!(v["ram"]["total"].as_u64().unwrap() > v["file_bytes"].as_u64().unwrap());
+    assert!(v["bits_per_weight"].as_f64().unwrap() > 4.0);
+}
+
 /// `run` and `chat` take a GGUF file directly: converted once into the cache, then reused; a
 /// GGUF given where a lowbit file is needed says what it is and what to run.
 #[test]

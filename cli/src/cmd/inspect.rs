@@ -8,6 +8,10 @@ use std::collections::BTreeMap;
 
 pub fn run(a: InspectArgs) -> Result<()> {
     let (file, secs) = super::open(&a.file)?;
+    if a.json {
+        println!("{}", summary(&file, &a)?);
+        return Ok(());
+    }
     let m = file.metadata();
     println!("file: {} ({}), opened and validated in {:.1} ms", a.file.display(), human(file.file_len()), secs * 1e3);
     println!("architecture: {}", m.architecture);
@@ -113,4 +117,62 @@ pub fn verify(a: VerifyArgs) -> Result<()> {
     anyhow::ensure!(bad.is_empty(), "{} of {} tensors failed verification", bad.len(), file.tensors().len());
     println!("ok: {} tensors, {} verified", file.tensors().len(), human(file.file_len()));
     Ok(())
+}
+
+/// `inspect --json`: what the text shows, as one object.
+fn summary(file: &lowbit_format::ModelFile, a: &InspectArgs) -> Result<serde_json::Value> {
+    use serde_json::json;
+    let m = file.metadata();
+    let mut per: BTreeMap<&str, (u64, u64, usize)> = BTreeMap::new();
+    for t in file.tensors() {
+        let e = per.entry(t.scheme.label()).or_default();
+        e.0 += t.shape.iter().product::<u64>();
+        e.1 += t.length;
+        e.2 += 1;
+    }
+    let schemes: serde_json::Map<String, serde_json::Value> = per
+        .iter()
+        .map(|(k, (p, b, n))| {
+            (
+                k.to_string(),
+                json!({ "tensors": n, "parameters": p, "bytes": b, "bits_per_weight": *b as f64 * 8.0 / *p as f64 }),
+            )
+        })
+        .collect();
+    let (params, bytes) = per.values().fold((0u64, 0u64), |(p, b), v| (p + v.0, b + v.1));
+    let mut out = json!({
+        "file": a.file.display().to_string(),
+        "file_bytes": file.file_len(),
+        "architecture": m.architecture,
+        "converter": { "name": m.converter.name, "version": m.converter.version },
+        "quantization": m.quantization,
+        "tokenizer": m.tokenizer_json.is_some(),
+        "chat_template": m.chat_template.is_some(),
+        "sources": m.sources,
+        "schemes": schemes,
+        "parameters": params,
+        "bits_per_weight": if params > 0 { bytes as f64 * 8.0 / params as f64 } else { 0.0 },
+    });
+    if a.tensors {
+        out["tensors"] = file
+            .tensors()
+            .iter()
+            .map(|t| json!({ "name": t.name, "scheme": t.scheme.label(), "shape": t.shape, "bytes": t.length, "offset": t.offset, "crc32": t.crc32 }))
+            .collect();
+    }
+    let c = ModelConfig::from_json(&m.config)?;
+    let slots = c.sliding_window.map_or(a.ctx, |w| w.min(a.ctx));
+    let n = a.parallel.max(1);
+    let kv = 2 * c.num_layers * slots * c.num_kv_heads * c.head_dim * a.kv_type.kv().bytes() * n;
+    let scratch = 4 * (8 * c.hidden_size + 3 * c.intermediate_size + 2 * c.vocab_size) * n;
+    out["ram"] = json!({
+        "context": a.ctx,
+        "parallel": n,
+        "kv_type": a.kv_type.kv().name(),
+        "weights": file.file_len(),
+        "kv_cache": kv,
+        "scratch": scratch,
+        "total": file.file_len() + kv as u64 + scratch as u64,
+    });
+    Ok(out)
 }

@@ -147,6 +147,25 @@ pub fn run(a: RunArgs, threads: Option<usize>) -> Result<()> {
     engine.run(|model| -> Result<()> {
         let mut cache = model.new_cache(a.sample.ctx);
         model.set_profiling(a.sample.profile);
+        if a.json {
+            // One object on stdout, nothing streamed.
+            let stop = if a.sample.ignore_eos { &[][..] } else { engine.stop_ids() };
+            let (ids, st) = generate(model, &mut cache, &prompt, a.sample.max_tokens, &mut s, stop, |_| true)?;
+            let out = serde_json::json!({
+                "text": codec.decode(&ids)?,
+                "token_ids": ids,
+                "prompt_tokens": st.prompt_tokens,
+                "generated_tokens": st.generated,
+                "load_ms": load * 1e3,
+                "prefill_ms": st.prefill.as_secs_f64() * 1e3,
+                "decode_ms": st.decode.as_secs_f64() * 1e3,
+                "prefill_tokens_per_s": st.prefill_tps(),
+                "decode_tokens_per_s": st.decode_tps(),
+                "peak_rss_bytes": stats::peak_rss(),
+            });
+            println!("{out}");
+            return Ok(());
+        }
         let (_, st) = stream_generate(model, codec, engine.stop_ids(), &mut cache, &prompt, &a.sample, &mut s)?;
         println!();
         report(load, &st);
