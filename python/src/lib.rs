@@ -8,7 +8,7 @@ mod conversion;
 mod py_json;
 mod shapes;
 
-use lowbit_runtime::batch::{BatchOptions, Event, Handle, Request, Scheduler, SubmitError};
+use lowbit_runtime::batch::{BatchOptions, Event, Handle, Outcome, Request, Scheduler, SubmitError};
 use lowbit_runtime::{Engine, KvType, Message, RuntimeOptions, SamplerConfig};
 use py_json::{from_py, to_py};
 use pyo3::create_exception;
@@ -16,7 +16,7 @@ use pyo3::exceptions::{PyException, PyFileNotFoundError, PyRuntimeError, PyStopI
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 use serde_json::{json, Value};
-use shapes::{Collected, Kind};
+use shapes::Kind;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -120,13 +120,10 @@ impl Drop for CancelOnDrop {
 }
 
 /// Every event of a request, gathered.
-fn wait(py: Python<'_>, rx: &Events, handle: &Handle, n: usize) -> PyResult<Collected> {
-    let mut c = Collected::new(n);
+fn wait(py: Python<'_>, rx: &Events, handle: &Handle, n: usize) -> PyResult<Outcome> {
+    let mut c = Outcome::new(n);
     while let Some(e) = next_event(py, rx, handle)? {
-        if let Event::Failed(why) = &e {
-            return Err(PyRuntimeError::new_err(why.clone()));
-        }
-        if c.push(e) {
+        if c.push(e).map_err(PyRuntimeError::new_err)? {
             return Ok(c);
         }
     }

@@ -3,11 +3,12 @@
 
 use crate::app::{App, Ready};
 use crate::error::ApiError;
-use crate::outcome::{collect, log_line, sse, token_text, Translate};
+use crate::outcome::{collect, log_line, sse, Translate};
 use crate::params::{self, Body};
 use axum::response::{IntoResponse, Response};
-use lowbit_runtime::batch::{Event, Request, TokenLogprob};
-use lowbit_runtime::{Message, TextCodec};
+use lowbit_runtime::batch::outcome::chat_logprobs;
+use lowbit_runtime::batch::{Event, Request};
+use lowbit_runtime::Message;
 use serde_json::{json, Value};
 
 /// Handles one chat request.
@@ -61,7 +62,7 @@ pub async fn handle(app: &App, ready: &Ready, body: &[u8]) -> Result<Response, A
                 if text.is_empty() && logprob.is_none() {
                     return (Vec::new(), false);
                 }
-                let lp = logprob.map(|l| json!({ "content": [token_logprob(engine.codec().ok(), id, &l)] }));
+                let lp = logprob.map(|l| chat_logprobs(engine.codec().ok(), &[id], &[l]));
                 let c =
                     json!([{ "index": choice, "delta": { "content": text }, "logprobs": lp, "finish_reason": null }]);
                 (vec![chunk(c)], false)
@@ -98,11 +99,7 @@ pub async fn handle(app: &App, ready: &Ready, body: &[u8]) -> Result<Response, A
         .iter()
         .enumerate()
         .map(|(i, c)| {
-            let lp = logprobs.then(|| {
-                let content: Vec<Value> =
-                    c.ids.iter().zip(&c.logprobs).map(|(&t, l)| token_logprob(Some(codec), t, l)).collect();
-                json!({ "content": content })
-            });
+            let lp = logprobs.then(|| chat_logprobs(Some(codec), &c.ids, &c.logprobs));
             json!({
                 "index": i,
                 "message": { "role": "assistant", "content": c.text },
@@ -129,17 +126,6 @@ pub fn usage(u: &lowbit_runtime::batch::Usage) -> Value {
         "completion_tokens": u.completion_tokens,
         "total_tokens": u.prompt_tokens + u.completion_tokens,
     })
-}
-
-/// One token's entry in a chat `logprobs.content` list.
-fn token_logprob(codec: Option<&TextCodec>, id: u32, l: &TokenLogprob) -> Value {
-    let entry = |id: u32, lp: f32| {
-        let t = token_text(codec, id);
-        json!({ "token": t, "logprob": lp, "bytes": t.as_bytes() })
-    };
-    let mut v = entry(id, l.logprob);
-    v["top_logprobs"] = Value::Array(l.top.iter().map(|&(t, lp)| entry(t, lp)).collect());
-    v
 }
 
 /// `messages`: a non-empty list of `{role, content}`, content a string or a list of text parts.

@@ -4,12 +4,13 @@
 use crate::app::{App, Ready};
 use crate::chat::usage;
 use crate::error::ApiError;
-use crate::outcome::{collect, log_line, sse, token_text, Outcome, Translate};
+use crate::outcome::{collect, log_line, sse, Translate};
 use crate::params::{self, Body};
 use axum::response::{IntoResponse, Response};
-use lowbit_runtime::batch::{Event, Request, TokenLogprob, Usage};
+use lowbit_runtime::batch::outcome::completion_logprobs;
+use lowbit_runtime::batch::{Event, Request, Usage};
 use lowbit_runtime::TextCodec;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 /// One prompt as given: its token ids and its text (for `echo`).
 struct Prompt {
@@ -69,10 +70,7 @@ pub async fn handle(app: &App, ready: &Ready, body: &[u8]) -> Result<Response, A
         let engine = ready.engine.clone();
         let translate: Translate = Box::new(move |e| match e {
             Event::Token { choice, id, text, logprob } => {
-                let lp = logprob.map(|l| {
-                    let t = token_text(engine.codec().ok(), id);
-                    json!({ "tokens": [t], "token_logprobs": [l.logprob], "top_logprobs": [top(engine.codec().ok(), &l)] })
-                });
+                let lp = logprob.map(|l| completion_logprobs(engine.codec().ok(), None, &[id], &[l]));
                 (vec![chunk(choice, text, lp.unwrap_or(Value::Null), Value::Null)], false)
             }
             Event::PromptLogprobs { .. } => (Vec::new(), false),
@@ -91,9 +89,10 @@ pub async fn handle(app: &App, ready: &Ready, body: &[u8]) -> Result<Response, A
     let mut total = Usage::default();
     for (p, rx) in prompts.iter().zip(pending) {
         let out = collect(rx, n).await?;
-        for (j, c) in out.choices.iter().enumerate() {
+        for c in &out.choices {
             let text = if echo { p.text.clone() + &c.text } else { c.text.clone() };
-            let lp = logprobs.map(|_| choice_logprobs(codec, p, &out, j, echo)).unwrap_or(Value::Null);
+            let prompt = echo.then_some((&p.ids[..], &out.prompt_logprobs[..]));
+            let lp = logprobs.map_or(Value::Null, |_| completion_logprobs(codec, prompt, &c.ids, &c.logprobs));
             choices.push(json!({
                 "index": choices.len(),
                 "text": text,
@@ -112,49 +111,6 @@ pub async fn handle(app: &App, ready: &Ready, body: &[u8]) -> Result<Response, A
     body["choices"] = Value::Array(choices);
     body["usage"] = usage(&total);
     Ok(axum::Json(body).into_response())
-}
-
-/// `{token: logprob}` of one step's alternatives.
-fn top(codec: Option<&TextCodec>, l: &TokenLogprob) -> Value {
-    Value::Object(l.top.iter().map(|&(t, lp)| (token_text(codec, t), json!(lp))).collect::<Map<_, _>>())
-}
-
-/// The legacy `logprobs` object of completion `j`: tokens, their log-probabilities, the top
-/// alternatives and each token's character offset in the text (the prompt's first, with
-/// `echo`; its first token has no log-probability).
-fn choice_logprobs(codec: Option<&TextCodec>, p: &Prompt, out: &Outcome, j: usize, echo: bool) -> Value {
-    let c = &out.choices[j];
-    let (mut tokens, mut lps, mut tops) = (Vec::new(), Vec::new(), Vec::new());
-    if echo {
-        for (i, &id) in p.ids.iter().enumerate() {
-            tokens.push(token_text(codec, id));
-            match i.checked_sub(1).and_then(|k| out.prompt_logprobs.get(k)) {
-                Some(l) => {
-                    lps.push(json!(l.logprob));
-                    tops.push(top(codec, l));
-                }
-                None => {
-                    lps.push(Value::Null);
-                    tops.push(Value::Null);
-                }
-            }
-        }
-    }
-    for (&id, l) in c.ids.iter().zip(&c.logprobs) {
-        tokens.push(token_text(codec, id));
-        lps.push(json!(l.logprob));
-        tops.push(top(codec, l));
-    }
-    let mut at = 0usize;
-    let offsets: Vec<usize> = tokens
-        .iter()
-        .map(|t| {
-            let o = at;
-            at += t.chars().count();
-            o
-        })
-        .collect();
-    json!({ "tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets })
 }
 
 /// `prompt`: a string, a list of strings, a list of token ids or a list of such lists.

@@ -5,65 +5,19 @@ use crate::app::Pending;
 use crate::error::ApiError;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use lowbit_runtime::batch::{Event, FinishReason, TokenLogprob, Usage};
-use lowbit_runtime::TextCodec;
+use lowbit_runtime::batch::{Event, Outcome, Usage};
 use std::collections::VecDeque;
 use std::convert::Infallible;
 
-/// One completion's result.
-#[derive(Debug, Default, Clone)]
-pub struct Choice {
-    /// Generated ids.
-    pub ids: Vec<u32>,
-    /// Generated text (stop strings left out).
-    pub text: String,
-    /// Per generated token, when asked for.
-    pub logprobs: Vec<TokenLogprob>,
-    /// Why it ended.
-    pub reason: Option<FinishReason>,
-}
-
-/// A finished request.
-#[derive(Debug, Default)]
-pub struct Outcome {
-    /// Its completions.
-    pub choices: Vec<Choice>,
-    /// Prompt tokens' log-probabilities from position 1, when asked for.
-    pub prompt_logprobs: Vec<TokenLogprob>,
-    /// Counts and times.
-    pub usage: Usage,
-}
-
 /// Waits for every event of a request with `n` completions.
 pub async fn collect(mut p: Pending, n: usize) -> Result<Outcome, ApiError> {
-    let mut out = Outcome { choices: vec![Choice::default(); n], ..Default::default() };
+    let mut out = Outcome::new(n);
     while let Some(e) = p.rx.recv().await {
-        match e {
-            Event::Token { choice, id, text, logprob } => {
-                let c = &mut out.choices[choice];
-                c.ids.push(id);
-                c.text += &text;
-                c.logprobs.extend(logprob);
-            }
-            Event::PromptLogprobs { items, .. } => out.prompt_logprobs.extend(items),
-            Event::Done { choice, reason, text } => {
-                out.choices[choice].text += &text;
-                out.choices[choice].reason = Some(reason);
-            }
-            Event::Finished(usage) => {
-                out.usage = usage;
-                return Ok(out);
-            }
-            Event::Failed(why) => return Err(ApiError::internal(why)),
+        if out.push(e).map_err(ApiError::internal)? {
+            return Ok(out);
         }
     }
     Err(ApiError::internal("the scheduler stopped before the request finished"))
-}
-
-/// The text of one token as OpenAI's logprobs list it (a piece of a multi-byte character
-/// shows as U+FFFD).
-pub fn token_text(codec: Option<&TextCodec>, id: u32) -> String {
-    codec.and_then(|c| c.decode(&[id]).ok()).unwrap_or_default()
 }
 
 /// The log line of a finished request: id, endpoint, token counts and times.
