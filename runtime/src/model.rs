@@ -5,7 +5,7 @@
 use crate::attention::{prefill_attention, Heads};
 use crate::config::ModelConfig;
 use crate::error::{Result, RuntimeError};
-use crate::kv_cache::{KvCache, KvType, LayerView};
+use crate::kv_cache::{HeadView, KvCache, KvType};
 use crate::ops::{add_inplace, rmsnorm, silu_mul, softmax, Rope};
 use crate::profile::{Phase, ProfileReport, Profiler};
 use crate::weights::ModelWeights;
@@ -88,7 +88,7 @@ impl<'a> Model<'a> {
     /// A cache for up to `context` positions (ignored beyond the window for sliding-window models).
     pub fn new_cache(&self, context: usize) -> KvCache {
         let c = &self.config;
-        KvCache::new(c.num_layers, c.num_kv_heads * c.head_dim, c.sliding_window, context, self.kv_type)
+        KvCache::new(c.num_layers, c.num_kv_heads, c.head_dim, c.sliding_window, context, self.kv_type)
     }
 
     /// The element type of the caches [`Model::new_cache`] makes.
@@ -304,22 +304,21 @@ impl<'a> Model<'a> {
         let work = |(scores, rows): &mut (Vec<f32>, Vec<f32>), idx: usize, o: &mut [f32]| {
             let (seq, head) = (idx / nh, idx % nh);
             let (cache, pos) = (caches[seq], positions[seq]);
-            let kvd = cache.width();
             let lo = c.sliding_window.map_or(0, |w| (pos + 1).saturating_sub(w));
             let runs = cache.slot_runs(lo, pos);
-            let view = cache.layer(layer);
+            let kvh = head / group;
+            let view = cache.head(layer, kvh);
             let qh = &q[idx * hd..(idx + 1) * hd];
-            let col = (head / group) * hd;
             scores.clear();
             scores.resize(pos + 1 - lo, 0.0);
             let mut at = 0;
             for &(s0, n) in runs.iter().filter(|r| r.1 > 0) {
                 match view {
-                    LayerView::F32(kc, _) => kern.dot_f32_rows(&mut scores[at..at + n], qh, &kc[s0 * kvd + col..], kvd),
-                    // The head's rows converted (exactly) first: the same products as an f32
-                    // cache holding the rounded values.
-                    LayerView::F16(..) => {
-                        cache.gather(layer, false, s0, n, col, hd, rows);
+                    HeadView::F32(kc, _) => kern.dot_f32_rows(&mut scores[at..at + n], qh, &kc[s0 * hd..], hd),
+                    // The rows converted (exactly) first: the same products as an f32 cache
+                    // holding the rounded values.
+                    HeadView::F16(..) => {
+                        cache.gather(layer, false, kvh, s0, n, rows);
                         kern.dot_f32_rows(&mut scores[at..at + n], qh, rows, hd)
                     }
                 }
@@ -331,9 +330,9 @@ impl<'a> Model<'a> {
             let mut at = 0;
             for &(s0, n) in runs.iter().filter(|r| r.1 > 0) {
                 match view {
-                    LayerView::F32(_, vc) => kern.axpy_f32_rows(o, &scores[at..at + n], &vc[s0 * kvd + col..], kvd),
-                    LayerView::F16(..) => {
-                        cache.gather(layer, true, s0, n, col, hd, rows);
+                    HeadView::F32(_, vc) => kern.axpy_f32_rows(o, &scores[at..at + n], &vc[s0 * hd..], hd),
+                    HeadView::F16(..) => {
+                        cache.gather(layer, true, kvh, s0, n, rows);
                         kern.axpy_f32_rows(o, &scores[at..at + n], rows, hd)
                     }
                 }
@@ -362,17 +361,16 @@ impl<'a> Model<'a> {
             return prefill_attention(out, q, k, v, t, &shape);
         }
         let scale = 1.0 / (hd as f32).sqrt();
-        let (kc, vc) = cache.layer_f32(layer);
-        let (kc, vc) = (&kc[..], &vc[..]);
+        let cached: Vec<_> = (0..nkv).map(|h| cache.head_f32(layer, h)).collect();
         let kv_at = |pos: usize, kvh: usize| -> (&[f32], &[f32]) {
-            let (kr, vr) = if pos >= p0 {
-                let i = pos - p0;
-                (&k[i * kvd..(i + 1) * kvd], &v[i * kvd..(i + 1) * kvd])
+            if pos >= p0 {
+                let i = (pos - p0) * kvd + kvh * hd;
+                (&k[i..i + hd], &v[i..i + hd])
             } else {
-                let s = cache.slot(pos) * kvd;
-                (&kc[s..s + kvd], &vc[s..s + kvd])
-            };
-            (&kr[kvh * hd..(kvh + 1) * hd], &vr[kvh * hd..(kvh + 1) * hd])
+                let (kc, vc) = &cached[kvh];
+                let s = cache.slot(pos) * hd;
+                (&kc[s..s + hd], &vc[s..s + hd])
+            }
         };
         let kern = lowbit_kernels::kernels();
         let work = |scores: &mut Vec<f32>, (idx, o): (usize, &mut [f32])| {
