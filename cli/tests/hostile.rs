@@ -170,3 +170,38 @@ fn argument_limits() {
     fails(bin().args(["perplexity", "-m", m, "-f", t, "--save-logits", t]), "also an input");
     assert!(std::fs::metadata(&text).unwrap().len() > 30_000, "the text was not overwritten");
 }
+
+/// A model file truncated by another process while `run` has it mapped: a message naming the
+/// file and exit status 2, not a bare SIGBUS.
+#[cfg(target_os = "linux")]
+#[test]
+fn model_truncated_while_mapped_is_reported() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let tmp = tempfile::tempdir().unwrap();
+    let m = tmp.path().join("victim.lowbit");
+    convert(&data("converter/tests/data/gguf/tiny.gguf"), &m, "nf4");
+    // The prompt comes from stdin, which `run` reads after mapping the model.
+    let mut child = bin()
+        .args(["run", "-m", m.to_str().unwrap(), "-f", "-", "-n", "4"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let maps = format!("/proc/{}/maps", child.id());
+    let start = std::time::Instant::now();
+    while !std::fs::read_to_string(&maps).unwrap_or_default().contains("victim.lowbit") {
+        assert!(start.elapsed().as_secs() < 60, "the model was never mapped");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // Keep the header's first page; every tensor is past it.
+    std::fs::OpenOptions::new().write(true).open(&m).unwrap().set_len(4096).unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"hello").unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "status {:?}; stderr: {err}", out.status);
+    assert!(err.contains("victim.lowbit changed while in use"), "{err}");
+}

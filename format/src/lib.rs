@@ -30,6 +30,7 @@
 #![warn(missing_docs)]
 
 mod error;
+pub mod fault;
 mod header;
 pub mod layout;
 pub mod limits;

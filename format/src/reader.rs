@@ -26,6 +26,8 @@ pub struct ChecksumMismatch {
 /// An open, validated lowbit file.
 #[derive(Debug)]
 pub struct ModelFile {
+    /// Declared before the map, so the watch ends before the unmapping.
+    _watch: crate::fault::Watch,
     mmap: Mmap,
     header: Header,
     parts: Vec<Vec<PartLayout>>,
@@ -73,13 +75,15 @@ impl ModelFile {
         // borrows `self`, so none outlives it. Mapping a file is only unsound if the file
         // changes underneath: we check sizes against the map's own length (taken at mapping
         // time), but another process truncating the file later would make reads of the lost
-        // pages raise SIGBUS, and one rewriting it would change bytes under `&[u8]`s. No check
-        // here can exclude that; lowbit files are written once and renamed into place, never
-        // modified, and docs/FORMAT.md tells users not to truncate a file that is in use.
+        // pages raise SIGBUS (which `fault::watch` turns into a message and exit status 2), and
+        // one rewriting it would change bytes under `&[u8]`s. No check here can exclude that;
+        // lowbit files are written once and renamed into place, never modified, and
+        // docs/FORMAT.md tells users not to change a file that is in use.
         let mmap = unsafe { Mmap::map(&file) }.map_err(io)?;
+        let watch = crate::fault::watch(mmap.as_ptr(), mmap.len(), path);
         let v = validate(&mmap)?;
         let by_name = v.header.tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
-        Ok(ModelFile { mmap, header: v.header, parts: v.parts, by_name, data_start: v.data_start })
+        Ok(ModelFile { _watch: watch, mmap, header: v.header, parts: v.parts, by_name, data_start: v.data_start })
     }
 
     /// Runs every check [`ModelFile::open`] runs on a file held in memory, returning its header.

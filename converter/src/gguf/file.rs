@@ -10,14 +10,18 @@ use std::path::{Path, PathBuf};
 
 /// Where a file's bytes live.
 enum Storage {
-    Mapped(memmap2::Mmap),
+    /// The watch first, so it ends before the unmapping.
+    Mapped {
+        _watch: lowbit_format::fault::Watch,
+        map: memmap2::Mmap,
+    },
     Owned(Vec<u8>),
 }
 
 impl Storage {
     fn bytes(&self) -> &[u8] {
         match self {
-            Storage::Mapped(m) => m,
+            Storage::Mapped { map, .. } => map,
             Storage::Owned(v) => v,
         }
     }
@@ -67,10 +71,11 @@ impl GgufFile {
         }
         // SAFETY: the map is read-only and every access goes through offsets the parser checked
         // against its length. Another process truncating the file while it is mapped could still
-        // fault (SIGBUS); that is the usual, accepted risk of reading model files via mmap.
+        // fault (SIGBUS), which the watch turns into a message naming the file and exit status 2.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+        let watch = lowbit_format::fault::watch(map.as_ptr(), map.len(), path);
         let header = GgufHeader::parse(&map)?;
-        Ok(GgufFile { path: Some(path.to_path_buf()), storage: Storage::Mapped(map), header })
+        Ok(GgufFile { path: Some(path.to_path_buf()), storage: Storage::Mapped { _watch: watch, map }, header })
     }
 
     /// Parses a copy of `bytes` (for tests and fuzzing; real files should use [`GgufFile::open`]).
