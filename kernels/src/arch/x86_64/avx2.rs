@@ -417,6 +417,33 @@ unsafe fn fourbit_q8_rows<const R: usize, const T: usize>(
     qo: [*const i8; T],
     half_block: usize,
 ) -> [[__m256; R]; T] {
+    // Blocks of 64 (bitsandbytes' default) are one step each: a copy with that constant has no
+    // inner loop, and its block sums never outlive the step (no spilled registers).
+    // SAFETY: the caller's contract is the callee's.
+    unsafe {
+        if half_block == 32 {
+            fourbit_q8_rows_hb::<R, T, 32>(codes, factors, nb, lut, qe, qo, half_block)
+        } else {
+            fourbit_q8_rows_hb::<R, T, 0>(codes, factors, nb, lut, qe, qo, half_block)
+        }
+    }
+}
+
+/// [`fourbit_q8_rows`] with the half block a constant `HB` (0: `half_block` at run time).
+///
+/// # Safety
+/// As [`fourbit_q8_rows`].
+#[inline(always)]
+unsafe fn fourbit_q8_rows_hb<const R: usize, const T: usize, const HB: usize>(
+    codes: [*const u8; R],
+    factors: [[*const f32; R]; T],
+    nb: usize,
+    lut: &[i8; 16],
+    qe: [*const i8; T],
+    qo: [*const i8; T],
+    half_block: usize,
+) -> [[__m256; R]; T] {
+    let half_block = if HB != 0 { HB } else { half_block };
     debug_assert!(half_block.is_multiple_of(32));
     // SAFETY: loads stay within `nb * half_block` bytes (caller's contract); prefetches may point
     // anywhere.
