@@ -87,6 +87,20 @@ fn fourbit_q8_row(c: &mut Criterion) {
         });
     }
     g.finish();
+    // Four rows a call (decode's path), all in L1: the kernel's own speed, without memory.
+    let rows: Vec<Vec<Line>> = (0..4).map(|r| aligned(half, 101 * r)).collect();
+    let mut g = c.benchmark_group("fourbit_q8_x4");
+    g.throughput(Throughput::Bytes(4 * half as u64));
+    for k in Kernels::variants() {
+        let four: [&[u8]; 4] = std::array::from_fn(|r| as_u8(&rows[r]));
+        if k.dot_fourbit_q8_x4(four, [&factors[..]; 4], &lut, as_i8(&qe), as_i8(&qo), &qsum, 32).is_none() {
+            continue;
+        }
+        g.bench_with_input(BenchmarkId::new(k.label(), cols), &(), |b, _| {
+            b.iter(|| k.dot_fourbit_q8_x4(four, [&factors[..]; 4], &lut, as_i8(&qe), as_i8(&qo), &qsum, 32))
+        });
+    }
+    g.finish();
 }
 
 criterion_group!(benches, matvec_by_isa, mistral_shapes, fourbit_q8_row);
