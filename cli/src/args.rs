@@ -68,9 +68,14 @@ pub struct SynthArgs {
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Quant {
+    /// NormalFloat4 in blocks of 64 with double-quantized scales (QLoRA's 4-bit)
     Nf4,
+    /// bitsandbytes' FP4
     Fp4,
+    /// LLM.int8: one scale per row, outlier columns in floating point (bitsandbytes' 8-bit).
     Int8,
+    /// Block int8: one f16 scale per 32 weights (the 8-bit that loses least).
+    Q8,
     F16,
     Bf16,
     F32,
@@ -140,7 +145,7 @@ impl KvTypeArg {
 pub enum Head {
     /// Keep the source precision.
     Source,
-    /// LLM.int8 rows.
+    /// 8-bit rows: block int8 in a q8 file, LLM.int8 otherwise
     Int8,
 }
 

@@ -244,7 +244,7 @@ fn execute(
     for t in writer.tensors() {
         let n: u64 = t.info.shape.iter().product();
         params += n;
-        if matches!(t.info.scheme, Scheme::FourBit { .. } | Scheme::Int8) {
+        if matches!(t.info.scheme, Scheme::FourBit { .. } | Scheme::Int8 | Scheme::Q8 { .. }) {
             qparams += n;
             qbytes += t.parts.iter().map(|p| p.len).sum::<u64>();
         }

@@ -27,6 +27,8 @@ pub enum QuantChoice {
     Fp4,
     /// LLM.int8.
     Int8,
+    /// Block int8 (int8 in blocks of 32 with an f16 scale each).
+    Q8,
     /// float16 everywhere.
     F16,
     /// bfloat16 everywhere.
@@ -42,6 +44,7 @@ impl QuantChoice {
             QuantChoice::Nf4 => "nf4",
             QuantChoice::Fp4 => "fp4",
             QuantChoice::Int8 => "int8",
+            QuantChoice::Q8 => "q8",
             QuantChoice::F16 => "f16",
             QuantChoice::Bf16 => "bf16",
             QuantChoice::F32 => "f32",
@@ -110,13 +113,16 @@ impl Default for ConvertOptions {
 pub enum HeadChoice {
     /// In the source's precision, as bitsandbytes leaves it.
     Source,
-    /// LLM.int8 rows (the default): half the bytes of f16. Decode reads the whole head for
+    /// 8-bit rows (the default; block int8 in a `q8` file, LLM.int8 otherwise): half the bytes of f16. Decode reads the whole head for
     /// every token, so on a small model with a large vocabulary it is a large share of the bytes
     /// streamed: on SmolLM2-135M (tied 49152×576 head) nf4 decode went from 70 to 97 tok/s on
     /// one thread for +0.002 nats of KL divergence; llama.cpp quantizes its head too (Q6_K/Q8_0).
     #[default]
     Int8,
 }
+
+/// Block size of `--quant q8` (llama.cpp's Q8_0 uses the same).
+pub const Q8_BLOCKSIZE: u32 = 32;
 
 /// Weight names (suffixes) of the linear layers bitsandbytes replaces.
 const LINEAR: [&str; 7] = [
@@ -192,20 +198,33 @@ impl ConvertOptions {
 
     /// The scheme of tensor `name`, which is `kept` when not quantized. `tied`: the embedding
     /// doubles as the output head.
-    pub fn scheme_for(&self, name: &str, rank: usize, kept: Scheme, orig_dtype: &str, tied: bool) -> Scheme {
+    pub fn scheme_for(&self, name: &str, shape: &[usize], kept: Scheme, orig_dtype: &str, tied: bool) -> Scheme {
+        let rank = shape.len();
+        // Block int8 needs whole blocks per row; a matrix without them gets LLM.int8 rows.
+        let q8 = if shape.last().is_some_and(|c| c % Q8_BLOCKSIZE as usize == 0) {
+            Scheme::Q8 { blocksize: Q8_BLOCKSIZE }
+        } else {
+            Scheme::Int8
+        };
         if let Some(d) = self.quant.dense() {
             return d;
         }
         if !self.quantizes(name, rank) {
             let head = name == "lm_head.weight" || (tied && name == "model.embed_tokens.weight");
             return if head && rank == 2 && self.head == HeadChoice::Int8 && !self.kept(name) {
-                Scheme::Int8
+                // The 8-bit head: block int8 in a q8 file, LLM.int8 rows otherwise.
+                if self.quant == QuantChoice::Q8 {
+                    q8
+                } else {
+                    Scheme::Int8
+                }
             } else {
                 kept
             };
         }
         match self.quant {
             QuantChoice::Int8 => Scheme::Int8,
+            QuantChoice::Q8 => q8,
             q => Scheme::FourBit {
                 kind: if q == QuantChoice::Fp4 { FourBitKind::Fp4 } else { FourBitKind::Nf4 },
                 blocksize: self.blocksize as u32,
@@ -431,7 +450,7 @@ pub fn plan_folder(dir: &Path, src: &SafetensorsSource, opts: &ConvertOptions) -
         let scheme = if prequantized && opts.quant.dense().is_none() {
             dense(t.dtype)
         } else {
-            opts.scheme_for(&t.name, t.shape.len(), dense(t.dtype), t.dtype.torch_name(), dims.tied)
+            opts.scheme_for(&t.name, &t.shape, dense(t.dtype), t.dtype.torch_name(), dims.tied)
         };
         jobs.push(Job::Float { name: t.name.clone(), dtype: t.dtype, shape: t.shape.clone(), scheme });
     }
@@ -536,7 +555,7 @@ pub fn plan_gguf(src: &GgufSource, opts: &ConvertOptions) -> Result<Plan> {
             Some(GgmlType::BF16) => Scheme::Bf16,
             _ => Scheme::F16,
         };
-        let scheme = opts.scheme_for(&t.name, t.shape.len(), kept, "float32", dims.tied);
+        let scheme = opts.scheme_for(&t.name, &t.shape, kept, "float32", dims.tied);
         jobs.push(Job::Float { name: t.name.clone(), dtype: SrcDtype::F32, shape: t.shape.clone(), scheme });
     }
     check_complete(&dims, &jobs, &mut warnings)?;
@@ -588,11 +607,11 @@ mod tests {
         let keep = ConvertOptions { keep: vec!["*.down_proj.weight".into()], ..Default::default() };
         assert!(!keep.quantizes("model.layers.3.mlp.down_proj.weight", 2));
         assert_eq!(
-            keep.scheme_for("model.layers.3.mlp.down_proj.weight", 2, Scheme::Bf16, "bfloat16", false),
+            keep.scheme_for("model.layers.3.mlp.down_proj.weight", &[4, 4], Scheme::Bf16, "bfloat16", false),
             Scheme::Bf16
         );
         let f16 = ConvertOptions { quant: QuantChoice::F16, ..Default::default() };
-        assert_eq!(f16.scheme_for("model.norm.weight", 1, Scheme::F32, "float32", false), Scheme::F16);
+        assert_eq!(f16.scheme_for("model.norm.weight", &[4], Scheme::F32, "float32", false), Scheme::F16);
     }
 
     #[test]

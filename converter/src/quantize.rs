@@ -81,6 +81,21 @@ fn int8_parts(src: &dyn TensorSource, name: &str, rows: usize, cols: usize) -> R
     Ok(vec![cb, scb])
 }
 
+fn q8_parts(src: &dyn TensorSource, name: &str, rows: usize, cols: usize, blocksize: usize) -> Result<Vec<Vec<u8>>> {
+    let rows_per = (CHUNK_ELEMS / cols.max(1)).max(1);
+    let mut qs = Vec::with_capacity(rows * cols);
+    let mut scales = Vec::with_capacity(rows * cols / blocksize * 2);
+    let mut x = Vec::new();
+    for r0 in (0..rows).step_by(rows_per) {
+        let nr = rows_per.min(rows - r0);
+        src.read_f32(name, r0 * cols, nr * cols, &mut x)?;
+        let q = lowbit_kernels::q8::quantize(&x, nr, cols, blocksize).map_err(kernel(name))?;
+        qs.extend(q.qs.iter().map(|&v| v as u8));
+        scales.extend(q.scales.iter().flat_map(|v| v.to_le_bytes()));
+    }
+    Ok(vec![qs, scales])
+}
+
 /// Appends `x` encoded as the dense `scheme`.
 fn encode_dense(x: &[f32], scheme: &Scheme, out: &mut Vec<u8>) {
     match scheme {
@@ -162,6 +177,7 @@ pub(crate) fn run_job(job: &Job, src: &dyn TensorSource, rule: NestedRule, scale
             match scheme {
                 Scheme::FourBit { .. } => fourbit_parts(src, name, n, scheme, rule, scale_search),
                 Scheme::Int8 => int8_parts(src, name, shape[0], shape[1]),
+                Scheme::Q8 { blocksize } => q8_parts(src, name, shape[0], shape[1], *blocksize as usize),
                 _ => dense_parts(src, name, *dtype, n, scheme),
             }
         }

@@ -54,9 +54,11 @@ fn check_tensors(out: &Path, tiny: &Tiny, dtype: Dtype, o: &ConvertOptions) {
             QuantChoice::F16 => Scheme::F16,
             QuantChoice::Bf16 => Scheme::Bf16,
             QuantChoice::F32 => Scheme::F32,
+            QuantChoice::Q8 if head && !quantized && o.head == HeadChoice::Int8 => Scheme::Q8 { blocksize: 32 },
             _ if head && !quantized && o.head == HeadChoice::Int8 => Scheme::Int8,
             _ if !quantized => dense_scheme(dtype),
             QuantChoice::Int8 => Scheme::Int8,
+            QuantChoice::Q8 => Scheme::Q8 { blocksize: 32 },
             q => Scheme::FourBit {
                 kind: if q == QuantChoice::Fp4 { FourBitKind::Fp4 } else { FourBitKind::Nf4 },
                 blocksize: o.blocksize as u32,
@@ -79,6 +81,13 @@ fn check_tensors(out: &Path, tiny: &Tiny, dtype: Dtype, o: &ConvertOptions) {
                 let cb: Vec<u8> = q.cb.iter().map(|&v| v as u8).collect();
                 assert!(t.part("cb").unwrap() == cb, "{name}: int8 codes");
                 assert_eq!(f32s(t.part("scb").unwrap()), q.scb, "{name}: SCB");
+            }
+            Scheme::Q8 { blocksize } => {
+                let q = lowbit_kernels::q8::quantize(&src, shape[0], shape[1], *blocksize as usize).unwrap();
+                let qs: Vec<u8> = q.qs.iter().map(|&v| v as u8).collect();
+                assert!(t.part("qs").unwrap() == qs, "{name}: q8 values");
+                let scales: Vec<u8> = q.scales.iter().flat_map(|v| v.to_le_bytes()).collect();
+                assert!(t.part("scales").unwrap() == scales, "{name}: q8 scales");
             }
             Scheme::FourBit { kind, blocksize, nested, .. } => {
                 let q = quantize_4bit(
@@ -117,6 +126,7 @@ fn every_scheme_from_each_source_dtype() {
             QuantChoice::Nf4,
             QuantChoice::Fp4,
             QuantChoice::Int8,
+            QuantChoice::Q8,
             QuantChoice::F16,
             QuantChoice::Bf16,
             QuantChoice::F32,
@@ -142,6 +152,8 @@ fn every_scheme_from_each_source_dtype() {
                     assert!((4.1..4.3).contains(&bpw), "{bpw}");
                 }
                 QuantChoice::Int8 => assert!((8.0..8.6).contains(&s.quantized_bits_per_weight().unwrap())),
+                // 8 bits + 16 per 32.
+                QuantChoice::Q8 => assert!((8.5..8.8).contains(&s.quantized_bits_per_weight().unwrap())),
                 _ => assert_eq!(s.quantized_params, 0),
             }
         }

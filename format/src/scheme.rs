@@ -15,6 +15,9 @@ pub const PART_ALIGN: u64 = 64;
 /// Block sizes bitsandbytes uses for 4-bit and blockwise 8-bit quantization.
 pub const BLOCKSIZES: [u32; 8] = [32, 64, 128, 256, 512, 1024, 2048, 4096];
 
+/// Block sizes of the block int8 scheme ([`Scheme::Q8`]).
+pub const Q8_BLOCKSIZES: [u32; 2] = [32, 64];
+
 /// Dtypes a 4-bit tensor may record as its original dtype.
 pub const ORIG_DTYPES: [&str; 3] = ["float32", "float16", "bfloat16"];
 
@@ -64,6 +67,13 @@ pub enum Scheme {
     Bf16,
     /// LLM.int8 row-wise: parts `cb` (i8, rows·cols, row-major) and `scb` (f32 per row). 2-D only.
     Int8,
+    /// Block int8: parts `qs` (i8, rows·cols, row-major) and `scales` (f16 per block of
+    /// `blocksize` consecutive elements of a row, row-major); element = qs · scale. 2-D only,
+    /// `cols` a multiple of `blocksize` (32 or 64).
+    Q8 {
+        /// Elements per block (32 or 64).
+        blocksize: u32,
+    },
     /// bitsandbytes 4-bit: parts `codes` (u8, ⌈n/2⌉, first element in the high nibble),
     /// `absmax` (f32 per block, or u8 dynamic-map codes when nested) and, when nested,
     /// `nested_absmax` (f32 per nested block) and `nested_offset` (one f32).
@@ -93,13 +103,14 @@ pub struct PartLayout {
 }
 
 impl Scheme {
-    /// Short name ("f32", "f16", "bf16", "int8", "nf4", "fp4").
+    /// Short name ("f32", "f16", "bf16", "int8", "q8", "nf4", "fp4").
     pub fn label(&self) -> &'static str {
         match self {
             Scheme::F32 => "f32",
             Scheme::F16 => "f16",
             Scheme::Bf16 => "bf16",
             Scheme::Int8 => "int8",
+            Scheme::Q8 { .. } => "q8",
             Scheme::FourBit { kind: FourBitKind::Nf4, .. } => "nf4",
             Scheme::FourBit { kind: FourBitKind::Fp4, .. } => "fp4",
         }
@@ -144,6 +155,23 @@ impl Scheme {
                     });
                 }
                 vec![("cb", n), ("scb", mul(shape[0], 4)?)]
+            }
+            Scheme::Q8 { blocksize } => {
+                let bad = |problem| FormatError::BadShape { tensor: tensor.into(), shape: shape.to_vec(), problem };
+                if shape.len() != 2 {
+                    return Err(bad("q8 tensors must be 2-D"));
+                }
+                if !Q8_BLOCKSIZES.contains(blocksize) {
+                    return Err(FormatError::BadBlocksize {
+                        tensor: tensor.into(),
+                        which: "blocksize",
+                        blocksize: *blocksize,
+                    });
+                }
+                if !shape[1].is_multiple_of(u64::from(*blocksize)) {
+                    return Err(bad("q8 rows must be a whole number of blocks"));
+                }
+                vec![("qs", n), ("scales", mul(n / u64::from(*blocksize), 2)?)]
             }
             Scheme::FourBit { blocksize, nested, orig_dtype, .. } => {
                 check_blocksize(tensor, "blocksize", *blocksize)?;
@@ -253,6 +281,24 @@ mod tests {
         assert_eq!(p.iter().map(|x| (x.name, x.offset, x.len)).collect::<Vec<_>>(), [("cb", 0, 15), ("scb", 64, 12)]);
         assert_eq!(Scheme::Bf16.byte_len(&[2, 3, 4]).unwrap(), 48);
         assert!(p.iter().all(|x| x.offset % PART_ALIGN == 0));
+    }
+
+    #[test]
+    fn q8_parts_and_refusals() {
+        let q8 = |blocksize| Scheme::Q8 { blocksize };
+        let p = q8(32).parts(&[3, 64]).unwrap();
+        assert_eq!(
+            p.iter().map(|x| (x.name, x.offset, x.len)).collect::<Vec<_>>(),
+            [("qs", 0, 192), ("scales", 192, 12)]
+        );
+        assert_eq!(q8(64).byte_len(&[2, 128]).unwrap(), 256 + 8);
+        assert!(matches!(q8(32).parts(&[64]), Err(FormatError::BadShape { .. })));
+        assert!(matches!(q8(32).parts(&[2, 48]), Err(FormatError::BadShape { .. })));
+        assert!(matches!(q8(16).parts(&[2, 64]), Err(FormatError::BadBlocksize { .. })));
+        assert_eq!(q8(32).label(), "q8");
+        let json = serde_json::to_string(&q8(32)).unwrap();
+        assert_eq!(json, r#"{"type":"q8","blocksize":32}"#);
+        assert_eq!(serde_json::from_str::<Scheme>(&json).unwrap(), q8(32));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::matmul::{
     block_factors, for_row_chunks, rows_block_aligned, transpose_into, BlockQ8, MatmulOptions, Par,
     DECODE_ROWS_PER_TASK,
 };
-use crate::weight::{FourBitRef, Int8Ref, Weight};
+use crate::weight::{FourBitRef, Int8Ref, Q8Ref, Weight};
 
 /// `out (m × rows)`: row `t` is `W · x[t]`, bit-identical to `m == 1` on that row alone.
 pub(crate) fn rows(
@@ -47,6 +47,7 @@ fn rows_t(k: &Kernels, out_t: &mut [f32], w: &Weight, x: &[f32], m: usize, opts:
             dense_rows(out_t, m, par, |r, t| k.dot_bf16(&data[r * cols..(r + 1) * cols], xt(t)))
         }
         Weight::Int8(ref w8) => int8_rows(k, out_t, w8, x, m, opts, par),
+        Weight::Q8(ref w8) => q8_rows(k, out_t, w8, x, m, par),
         Weight::FourBit(ref w4) if !opts.fourbit_exact && rows_block_aligned(w4) && w4.blocksize >= 32 => {
             fourbit_q8_rows(k, out_t, w4, x, m, par)
         }
@@ -268,6 +269,58 @@ fn int8_rows(k: &Kernels, out_t: &mut [f32], w: &Int8Ref, x: &[f32], m: usize, o
                         let rr = r0 + i;
                         orow[t] += xc * (w.cb[rr * cols + c] as f32 * (w.scb[rr] * INV_127));
                     }
+                }
+            }
+        },
+    );
+}
+
+/// Block int8 rows: each token's activations quantized on their own in the weight's blocks, then
+/// four rows a call where the level has that kernel (each row's bits those of the one-row
+/// kernel, so which call a row falls in changes nothing).
+fn q8_rows(k: &Kernels, out_t: &mut [f32], w: &Q8Ref, x: &[f32], m: usize, par: Par) {
+    let (cols, bs) = (w.cols, w.blocksize);
+    let nb = cols / bs;
+    let mut q = Lined::<i8>::zeroed(m * cols);
+    let mut d = Lined::<f32>::zeroed(m * nb);
+    for t in 0..m {
+        crate::q8::quantize_activations(
+            &x[t * cols..(t + 1) * cols],
+            bs,
+            &mut q[t * cols..(t + 1) * cols],
+            &mut d[t * nb..(t + 1) * nb],
+        );
+    }
+    let (q, d) = (&q, &d);
+    let qt = |t: usize| &q[t * cols..(t + 1) * cols];
+    let dt = |t: usize| &d[t * nb..(t + 1) * nb];
+    let row = |r: usize| (&w.qs[r * cols..(r + 1) * cols], &w.scales[r * nb..(r + 1) * nb]);
+    for_row_chunks(
+        out_t,
+        m,
+        DECODE_ROWS_PER_TASK,
+        par,
+        || (),
+        |_, r0, o| {
+            let n = o.len() / m;
+            let mut i = 0;
+            while i + 4 <= n {
+                let rows: [_; 4] = std::array::from_fn(|j| row(r0 + i + j));
+                let (wr, sr) = (rows.map(|r| r.0), rows.map(|r| r.1));
+                for t in 0..m {
+                    let v = k
+                        .dot_q8_x4(wr, sr, qt(t), dt(t), bs)
+                        .unwrap_or_else(|| rows.map(|(w, s)| k.dot_q8(w, s, qt(t), dt(t), bs)));
+                    for (j, &v) in v.iter().enumerate() {
+                        o[(i + j) * m + t] = v;
+                    }
+                }
+                i += 4;
+            }
+            for i in i..n {
+                let (w, s) = row(r0 + i);
+                for t in 0..m {
+                    o[i * m + t] = k.dot_q8(w, s, qt(t), dt(t), bs);
                 }
             }
         },

@@ -28,6 +28,8 @@ type FourBitQ8Tile =
     unsafe fn([&[u8]; 4], [&[f32]; 4], &[i8; 16], [&[i8]; 4], [&[i8]; 4], [&[f32]; 4], [&[i32]; 4]) -> [[f32; 4]; 4];
 type QuantizeQ8 = unsafe fn(&[f32], usize, &mut [i8], &mut [i8], &mut [f32], &mut [i32]);
 type NestedFactors = unsafe fn(&[u8], &[f32; 256], f32, f32, &[f32], &mut [f32]);
+type DotQ8 = unsafe fn(&[i8], &[f16], &[i8], &[f32], usize) -> f32;
+type DotQ8Rows4 = unsafe fn([&[i8]; 4], [&[f16]; 4], &[i8], &[f32], usize) -> [f32; 4];
 
 /// The kernels of one instruction-set level.
 #[derive(Clone, Copy)]
@@ -50,6 +52,9 @@ pub struct Kernels {
     dot_int8_4x4: DotInt8x4,
     /// Four int8 rows against one activation row, where it beats four row calls.
     dot_int8_x4: Option<DotInt8Rows4>,
+    /// Block int8 rows: one, and four against the same activations (each row the one-row bits).
+    dot_q8: DotQ8,
+    dot_q8_x4: Option<DotQ8Rows4>,
     /// Four 4-bit rows against the same activations, where it beats four row calls, and the
     /// one-row kernel that gives the same bits (for the rows left over).
     dot_fourbit_q8_x4: Option<(DotFourBitQ8Rows4, DotFourBitQ8)>,
@@ -94,6 +99,8 @@ impl Kernels {
             dot_int8: scalar::dot_int8,
             dot_int8_4x4: scalar::dot_int8_4x4,
             dot_int8_x4: None,
+            dot_q8: scalar::dot_q8,
+            dot_q8_x4: None,
             dot_fourbit_q8_x4: None,
             dot_fourbit_q8_x4t2: None,
             x4_max_cols: 0,
@@ -124,6 +131,8 @@ impl Kernels {
                     dot_int8: k::dot_int8,
                     dot_int8_4x4: k::dot_int8_4x4,
                     dot_int8_x4: Some(k::dot_int8_x4),
+                    dot_q8: k::dot_q8,
+                    dot_q8_x4: Some(k::dot_q8_x4),
                     dot_fourbit_q8_x4: Some((k::dot_fourbit_q8_x4, k::dot_fourbit_q8)),
                     dot_fourbit_q8_x4t2: Some(k::dot_fourbit_q8_x4t2),
                     x4_max_cols: usize::MAX,
@@ -157,6 +166,8 @@ impl Kernels {
                     dot_int8: k::dot_int8,
                     dot_int8_4x4: scalar::dot_int8_4x4,
                     dot_int8_x4: None,
+                    dot_q8: scalar::dot_q8,
+                    dot_q8_x4: None,
                     dot_fourbit_q8_x4: None,
                     dot_fourbit_q8_x4t2: None,
                     x4_max_cols: 0,
@@ -262,6 +273,8 @@ impl Kernels {
             // rows the one-row 512-bit kernel's per-row work outweighs its wider steps, on wide
             // ones the two measured level (docs/PERFORMANCE.md, "AVX-512, narrow rows").
             dot_int8_x4: Some(crate::arch::x86_64::avx2::dot_int8_x4),
+            dot_q8: crate::arch::x86_64::avx2::dot_q8,
+            dot_q8_x4: Some(crate::arch::x86_64::avx2::dot_q8_x4),
             dot_fourbit_q8_x4: Some((
                 crate::arch::x86_64::avxvnni::dot_fourbit_q8_x4_evex,
                 crate::arch::x86_64::avxvnni::dot_fourbit_q8_evex,
@@ -600,6 +613,42 @@ impl Kernels {
         assert!(w.iter().all(|w| w.len() == a.len()));
         // SAFETY: `self` exists only for a supported ISA; lengths checked above.
         Some(unsafe { f(a, w) })
+    }
+
+    /// A block int8 row against block int8 activations ([`crate::scalar::dot_q8`]): exact block
+    /// sums, the float sum within the dot-product tolerance of the scalar one.
+    ///
+    /// # Panics
+    /// If `blocksize` is not 32 or 64, or the lengths do not agree (`w`, `q`: `scale.len() ·
+    /// blocksize`; `d`: `scale.len()`).
+    #[inline]
+    pub fn dot_q8(&self, w: &[i8], scale: &[f16], q: &[i8], d: &[f32], blocksize: usize) -> f32 {
+        let n = scale.len() * blocksize;
+        assert!(crate::q8::BLOCKSIZES.contains(&blocksize) && w.len() == n && q.len() == n && d.len() == scale.len());
+        // SAFETY: `self` exists only for a supported ISA; lengths checked above.
+        unsafe { (self.dot_q8)(w, scale, q, d, blocksize) }
+    }
+
+    /// Four block int8 rows against the same activations, each row bit-identical to
+    /// [`Kernels::dot_q8`] of it; `None` where this level has no such kernel.
+    ///
+    /// # Panics
+    /// As [`Kernels::dot_q8`], for every row.
+    #[inline]
+    pub fn dot_q8_x4(
+        &self,
+        w: [&[i8]; 4],
+        scale: [&[f16]; 4],
+        q: &[i8],
+        d: &[f32],
+        blocksize: usize,
+    ) -> Option<[f32; 4]> {
+        let f = self.dot_q8_x4?;
+        let n = scale[0].len() * blocksize;
+        assert!(crate::q8::BLOCKSIZES.contains(&blocksize) && q.len() == n && d.len() == scale[0].len());
+        assert!((0..4).all(|r| w[r].len() == n && scale[r].len() == scale[0].len()));
+        // SAFETY: `self` exists only for a supported ISA; lengths checked above.
+        Some(unsafe { f(w, scale, q, d, blocksize) })
     }
 
     /// Exact `Σ a·w` in i32; entries must lie in -127..=127 (as LLM.int8 produces).

@@ -7,6 +7,7 @@
 //!   block scales — bytes, scales and dequantized floats equal bitsandbytes' own.
 //! - **LLM.int8** ([`int8`]): row-wise int8 weights (`CB`, `SCB`) and per-token int8 activations
 //!   with outlier columns computed in floating point.
+//! - **Block int8** ([`q8`]): int8 weights in blocks of 32 or 64 with one f16 scale each.
 //! - **Dense** f32 / f16 / bf16.
 //!
 //! Products ([`matmul`], [`matvec`]) never materialise a dequantized weight matrix. Every kernel
@@ -31,6 +32,7 @@ pub mod int8;
 mod lined;
 mod matmul;
 mod probe;
+pub mod q8;
 pub mod scalar;
 pub mod team;
 mod weight;
@@ -42,4 +44,5 @@ pub use fourbit::{quantize_4bit, Absmax, FourBitKind, FourBitOptions, FourBitTen
 pub use int8::{quantize_int8, Int8Tensor};
 pub use matmul::{gemm_strided, matmul, matmul_rows, matmul_rows_with, matmul_with, matvec, MatmulOptions};
 pub use probe::bandwidth_probe;
-pub use weight::{AbsmaxRef, FourBitRef, Int8Ref, Weight};
+pub use q8::Q8Tensor;
+pub use weight::{AbsmaxRef, FourBitRef, Int8Ref, Q8Ref, Weight};

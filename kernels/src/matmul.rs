@@ -115,6 +115,12 @@ pub fn matmul_with(k: &Kernels, out: &mut [f32], w: &Weight, x: &[f32], m: usize
         gemm_f32(out, data, x, m, rows, cols, parallel);
         return Ok(());
     }
+    // Block int8 prefill runs decode's row kernels for every token (each row read once, the
+    // integer products from L1): the same numbers as decode.
+    if let Weight::Q8(_) = w {
+        crate::decode::rows(k, out, w, x, m, opts, parallel);
+        return Ok(());
+    }
     if let Weight::FourBit(w4) = w {
         if !opts.fourbit_exact && w4.blocksize == 64 && rows_block_aligned(w4) && k.has_fourbit_q8_tile() {
             fourbit_q8_matmul(k, out, w4, x, m, parallel);

@@ -119,6 +119,22 @@ pub struct Int8Ref<'a> {
     pub scb: &'a [f32],
 }
 
+/// A block int8 weight matrix, `rows × cols`: each row a whole number of blocks of `blocksize`
+/// int8 values with one f16 scale each (see [`crate::q8`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Q8Ref<'a> {
+    /// Output features.
+    pub rows: usize,
+    /// Input features (a multiple of `blocksize`).
+    pub cols: usize,
+    /// Elements per block (32 or 64).
+    pub blocksize: usize,
+    /// Row-major values.
+    pub qs: &'a [i8],
+    /// Block scales, row-major (`cols / blocksize` per row).
+    pub scales: &'a [f16],
+}
+
 /// A weight matrix `rows × cols` (output features × input features) in any stored scheme.
 #[derive(Debug, Clone, Copy)]
 pub enum Weight<'a> {
@@ -151,6 +167,8 @@ pub enum Weight<'a> {
     },
     /// LLM.int8.
     Int8(Int8Ref<'a>),
+    /// Block int8.
+    Q8(Q8Ref<'a>),
     /// NF4 / FP4.
     FourBit(FourBitRef<'a>),
 }
@@ -171,6 +189,7 @@ impl Weight<'_> {
             Weight::F16 { .. } => "f16",
             Weight::Bf16 { .. } => "bf16",
             Weight::Int8(_) => "int8",
+            Weight::Q8(_) => "q8",
             Weight::FourBit(w) => match w.kind {
                 crate::FourBitKind::Nf4 => "nf4",
                 crate::FourBitKind::Fp4 => "fp4",
@@ -183,6 +202,7 @@ impl Weight<'_> {
         match self {
             Weight::F32 { rows, .. } | Weight::F16 { rows, .. } | Weight::Bf16 { rows, .. } => *rows,
             Weight::Int8(w) => w.rows,
+            Weight::Q8(w) => w.rows,
             Weight::FourBit(w) => w.rows,
         }
     }
@@ -192,6 +212,7 @@ impl Weight<'_> {
         match self {
             Weight::F32 { cols, .. } | Weight::F16 { cols, .. } | Weight::Bf16 { cols, .. } => *cols,
             Weight::Int8(w) => w.cols,
+            Weight::Q8(w) => w.cols,
             Weight::FourBit(w) => w.cols,
         }
     }
@@ -207,6 +228,13 @@ impl Weight<'_> {
             Weight::Int8(w) => {
                 expect_len("cb", n, w.cb.len())?;
                 expect_len("scb", rows, w.scb.len())
+            }
+            Weight::Q8(w) => {
+                if !crate::q8::BLOCKSIZES.contains(&w.blocksize) || !cols.is_multiple_of(w.blocksize) {
+                    return Err(KernelError::BadBlocksize(w.blocksize));
+                }
+                expect_len("qs", n, w.qs.len())?;
+                expect_len("scales", n / w.blocksize, w.scales.len())
             }
             Weight::FourBit(w) => {
                 check_blocksize(w.blocksize)?;
@@ -238,6 +266,13 @@ impl Weight<'_> {
                 let s = w.scb[r] * INV_127;
                 out.iter_mut().zip(&w.cb[range]).for_each(|(o, &c)| *o = c as f32 * s);
             }
+            Weight::Q8(w) => {
+                let scales = &w.scales[r * cols / w.blocksize..(r + 1) * cols / w.blocksize];
+                for ((o, q), s) in out.chunks_mut(w.blocksize).zip(w.qs[range].chunks(w.blocksize)).zip(scales) {
+                    let s = s.to_f32();
+                    o.iter_mut().zip(q).for_each(|(o, &q)| *o = q as f32 * s);
+                }
+            }
             Weight::FourBit(w) => {
                 let levels = w.kind.levels();
                 for (o, i) in out.iter_mut().zip(range) {
@@ -254,6 +289,7 @@ impl Weight<'_> {
             Weight::F16 { data, .. } => data.len() * 2,
             Weight::Bf16 { data, .. } => data.len() * 2,
             Weight::Int8(w) => w.cb.len() + w.scb.len() * 4,
+            Weight::Q8(w) => w.qs.len() + w.scales.len() * 2,
             Weight::FourBit(w) => {
                 w.codes.len()
                     + match w.absmax {

@@ -4,7 +4,7 @@
 use half::{bf16, f16};
 use lowbit_kernels::{
     fourbit::code_at, matmul_with, quantize_4bit, quantize_int8, scalar, AbsmaxRef, FourBitKind, FourBitOptions,
-    FourBitRef, Int8Ref, Isa, Kernels, MatmulOptions, Weight,
+    FourBitRef, Int8Ref, Isa, Kernels, MatmulOptions, Q8Ref, Weight,
 };
 use proptest::prelude::*;
 
@@ -496,6 +496,73 @@ proptest! {
         let mut deq8 = vec![0f32; w.len()];
         q8.dequantize(&mut deq8).unwrap();
         check(&Weight::Int8(Int8Ref { rows, cols, cb: &q8.cb, scb: &q8.scb }), &deq8, 1e-5)?;
+    }
+
+    /// Block int8 on every level: the product against an f64 product of the dequantized
+    /// weights within the activation rounding, every token's row bit-identical to that token
+    /// alone (batch invariance, prefill = decode), the four-row kernel bit-identical to the
+    /// one-row kernel, and the one-row kernel within the dot tolerance of the scalar one.
+    #[test]
+    fn q8_every_isa(
+        rows in 1usize..12, nb in 1usize..6, bs in prop_oneof![Just(32usize), Just(64usize)],
+        m in prop_oneof![2 => Just(1usize), 1 => 2usize..5, 1 => Just(33usize)], seed in any::<u64>(),
+    ) {
+        let cols = nb * bs;
+        let mut rng = seed;
+        let mut next = || { rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); ((rng >> 33) as u32 % 20001) as f32 / 10000.0 - 1.0 };
+        let mut w: Vec<f32> = (0..rows * cols).map(|_| next()).collect();
+        w[0] = 9.0; // one large weight coarsens only its own block
+        let x: Vec<f32> = (0..m * cols).map(|_| next() * 3.0).collect();
+        let t = lowbit_kernels::q8::quantize(&w, rows, cols, bs).unwrap();
+        let weight = Weight::Q8(Q8Ref { rows, cols, blocksize: bs, qs: &t.qs, scales: &t.scales });
+        weight.validate().unwrap();
+        let mut deq = vec![0f32; rows * cols];
+        for (r, row) in deq.chunks_mut(cols).enumerate() {
+            weight.dequantize_row(r, row);
+        }
+        for k in simd_levels() {
+            let mut out = vec![0f32; m * rows];
+            matmul_with(&k, &mut out, &weight, &x, m, &MatmulOptions::default()).unwrap();
+            for tk in 0..m {
+                let xt = &x[tk * cols..(tk + 1) * cols];
+                let mut alone = vec![0f32; rows];
+                matmul_with(&k, &mut alone, &weight, xt, 1, &MatmulOptions::default()).unwrap();
+                prop_assert_eq!(&alone[..], &out[tk * rows..(tk + 1) * rows], "{} token {} alone", k.label(), tk);
+                for r in 0..rows {
+                    let (mut want, mut mag, mut slack) = (0f64, 0f64, 0f64);
+                    for (wb, xb) in deq[r * cols..(r + 1) * cols].chunks(bs).zip(xt.chunks(bs)) {
+                        let sx = xb.iter().fold(0f32, |a, v| a.max(v.abs())) as f64 / 127.0;
+                        for (&wv, &xv) in wb.iter().zip(xb) {
+                            let p = wv as f64 * xv as f64;
+                            want += p;
+                            mag += p.abs();
+                            slack += wv.abs() as f64 * sx / 2.0;
+                        }
+                    }
+                    let got = out[tk * rows + r] as f64;
+                    prop_assert!((got - want).abs() <= 1e-5 * mag + 1e-5 + slack * 1.001, "{} t={tk} r={r}: {got} vs {want}", k.label());
+                }
+            }
+            // The row kernels directly.
+            let (mut q, mut d) = (vec![0i8; cols], vec![0f32; nb]);
+            lowbit_kernels::q8::quantize_activations(&x[..cols], bs, &mut q, &mut d);
+            let row = |r: usize| (&t.qs[r * cols..(r + 1) * cols], &t.scales[r * nb..(r + 1) * nb]);
+            for r in 0..rows {
+                let (wr, sr) = row(r);
+                let want = scalar::dot_q8(wr, sr, &q, &d, bs);
+                let got = k.dot_q8(wr, sr, &q, &d, bs);
+                let mag: f32 = wr.iter().zip(&q).map(|(&a, &b)| (a as f32 * b as f32).abs()).sum::<f32>() * sr.iter().zip(&d).map(|(s, d)| s.to_f32() * d).fold(0f32, f32::max);
+                prop_assert!(close(got, want, mag), "{} row {r}: {got} vs {want}", k.label());
+            }
+            if rows >= 4 {
+                let (wr, sr): (Vec<_>, Vec<_>) = (0..4).map(row).unzip();
+                if let Some(v) = k.dot_q8_x4([wr[0], wr[1], wr[2], wr[3]], [sr[0], sr[1], sr[2], sr[3]], &q, &d, bs) {
+                    for r in 0..4 {
+                        prop_assert_eq!(v[r].to_bits(), k.dot_q8(wr[r], sr[r], &q, &d, bs).to_bits(), "{} x4 row {}", k.label(), r);
+                    }
+                }
+            }
+        }
     }
 
     /// Quantize → dequantize error is bounded by half the widest gap between neighbouring

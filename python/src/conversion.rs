@@ -15,11 +15,12 @@ fn quant_choice(quant: &str) -> PyResult<QuantChoice> {
         "nf4" => QuantChoice::Nf4,
         "fp4" => QuantChoice::Fp4,
         "int8" => QuantChoice::Int8,
+        "q8" => QuantChoice::Q8,
         "f16" => QuantChoice::F16,
         "bf16" => QuantChoice::Bf16,
         "f32" => QuantChoice::F32,
         other => {
-            return Err(PyValueError::new_err(format!("quant {other:?} is not one of nf4, fp4, int8, f16, bf16, f32")))
+            return Err(PyValueError::new_err(format!("quant {other:?} is not one of nf4, fp4, int8, q8, f16, bf16, f32")))
         }
     })
 }

@@ -4,7 +4,7 @@
 use crate::config::ModelConfig;
 use crate::error::{Result, RuntimeError};
 use lowbit_format::{ModelFile, Scheme, TensorRef};
-use lowbit_kernels::{AbsmaxRef, FourBitKind, FourBitRef, Int8Ref, Weight};
+use lowbit_kernels::{AbsmaxRef, FourBitKind, FourBitRef, Int8Ref, Q8Ref, Weight};
 
 fn bad(name: &str, problem: impl Into<String>) -> RuntimeError {
     RuntimeError::BadTensor { name: name.to_string(), problem: problem.into() }
@@ -29,6 +29,13 @@ pub fn matrix<'a>(file: &'a ModelFile, name: &str, rows: usize, cols: usize) -> 
         Scheme::F16 => Weight::F16 { rows, cols, data: bytemuck::cast_slice(t.part_u16("data")?) },
         Scheme::Bf16 => Weight::Bf16 { rows, cols, data: bytemuck::cast_slice(t.part_u16("data")?) },
         Scheme::Int8 => Weight::Int8(Int8Ref { rows, cols, cb: t.part_i8("cb")?, scb: t.part_f32("scb")? }),
+        Scheme::Q8 { blocksize } => Weight::Q8(Q8Ref {
+            rows,
+            cols,
+            blocksize: *blocksize as usize,
+            qs: t.part_i8("qs")?,
+            scales: bytemuck::cast_slice(t.part_u16("scales")?),
+        }),
         Scheme::FourBit { kind, blocksize, nested, .. } => {
             let kind = match kind {
                 lowbit_format::FourBitKind::Nf4 => FourBitKind::Nf4,

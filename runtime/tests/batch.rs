@@ -1,7 +1,7 @@
 //! Batch invariance: sequences decoding together in one `forward_decode` get, at every step,
 //! the same logits bit for bit as each decoding alone through `forward` — for every scheme, for a
 //! sliding-window model whose ring wraps mid-batch, for grouped-query heads and tied embeddings,
-//! and for the real SmolLM2 converted to nf4 and int8.
+//! and for the real SmolLM2 converted to nf4, int8 and q8.
 
 mod common;
 
@@ -56,7 +56,14 @@ fn tiny_models_decode_the_same_in_a_batch() {
     // the window of 5, at different places in their rings).
     let prompts: Vec<Vec<u32>> = vec![vec![1, 5, 9], vec![2, 7, 11, 13, 17, 19, 23], vec![4], vec![3, 8, 30, 31, 6]];
     for variant in ["swa", "gqa1", "tied"] {
-        for quant in [QuantChoice::F32, QuantChoice::Bf16, QuantChoice::Nf4, QuantChoice::Fp4, QuantChoice::Int8] {
+        for quant in [
+            QuantChoice::F32,
+            QuantChoice::Bf16,
+            QuantChoice::Nf4,
+            QuantChoice::Fp4,
+            QuantChoice::Int8,
+            QuantChoice::Q8,
+        ] {
             let sub = dir.path().join(format!("{variant}-{}", quant.label()));
             std::fs::create_dir_all(&sub).unwrap();
             let path = common::convert_to(&tiny(variant), quant, &sub);
@@ -99,7 +106,7 @@ fn smollm2_decodes_the_same_in_a_batch() {
         vec![9, 10],
         (1000..1100).step_by(3).collect(),
     ];
-    for quant in [QuantChoice::Nf4, QuantChoice::Int8] {
+    for quant in [QuantChoice::Nf4, QuantChoice::Int8, QuantChoice::Q8] {
         let path = common::convert_to(&gguf, quant, dir.path());
         let file = ModelFile::open(&path).unwrap();
         let model = Model::new(&file).unwrap();

@@ -12,6 +12,7 @@ pub fn quant_choice(q: Quant) -> QuantChoice {
         Quant::Nf4 => QuantChoice::Nf4,
         Quant::Fp4 => QuantChoice::Fp4,
         Quant::Int8 => QuantChoice::Int8,
+        Quant::Q8 => QuantChoice::Q8,
         Quant::F16 => QuantChoice::F16,
         Quant::Bf16 => QuantChoice::Bf16,
         Quant::F32 => QuantChoice::F32,

@@ -778,3 +778,102 @@ pub unsafe fn silu_mul(gate: &mut [f32], up: &[f32]) {
     }
     crate::scalar::silu_mul(&mut gate[i..n], &up[i..n]);
 }
+
+/// The per-lane partial sums of `R` block int8 rows against one token's block int8 activations
+/// (`nb` blocks of `bs`, a multiple of 32): per 32 bytes and row `vpmaddubsw(|w|, sign(q, w))`
+/// (exact i16 pair sums, and exact for a stored −128 too: |−128| reads as the unsigned 128),
+/// widened by `vpmaddwd` with ones; each block's sum converted and scaled once. The activations
+/// are loaded once for the `R` rows; a row goes through the same operations for any `R`.
+///
+/// # Safety
+/// AVX2, FMA and F16C enabled (callers are `#[target_feature]` functions); every `w[r]` and `q`
+/// hold `nb · bs` bytes, every `scale[r]` and `d` `nb` entries, `bs` a multiple of 32.
+#[inline(always)]
+unsafe fn q8_rows<const R: usize>(
+    w: [*const i8; R],
+    scale: [*const f16; R],
+    q: *const i8,
+    d: *const f32,
+    nb: usize,
+    bs: usize,
+) -> [__m256; R] {
+    // SAFETY: loads stay within `nb · bs` bytes and `nb` entries (caller's contract); prefetches
+    // may point anywhere.
+    unsafe {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); R];
+        // Each block's factor scale·d, eight blocks a conversion and multiply ahead of the
+        // integer work (the same single rounding as the scalar code's product).
+        let mut f = [[0f32; 8]; R];
+        for b0 in (0..nb).step_by(8) {
+            let n = (nb - b0).min(8);
+            for r in 0..R {
+                if n == 8 {
+                    let sv = _mm256_cvtph_ps(_mm_loadu_si128(scale[r].add(b0) as *const __m128i));
+                    _mm256_storeu_ps(f[r].as_mut_ptr(), _mm256_mul_ps(sv, _mm256_loadu_ps(d.add(b0))));
+                } else {
+                    for (j, fj) in f[r].iter_mut().enumerate().take(n) {
+                        let bits = (*scale[r].add(b0 + j)).to_bits();
+                        let sv = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)));
+                        *fj = sv * *d.add(b0 + j);
+                    }
+                }
+            }
+            for (j, b) in (b0..b0 + n).enumerate() {
+                let mut isum = [_mm256_setzero_si256(); R];
+                let mut i = b * bs;
+                while i < (b + 1) * bs {
+                    let qv = _mm256_loadu_si256(q.add(i) as *const __m256i);
+                    ahead(w[0] as *const u8, R * i);
+                    for r in 0..R {
+                        let wv = _mm256_loadu_si256(w[r].add(i) as *const __m256i);
+                        let p = _mm256_maddubs_epi16(_mm256_abs_epi8(wv), _mm256_sign_epi8(qv, wv));
+                        isum[r] = _mm256_add_epi32(isum[r], _mm256_madd_epi16(p, ones));
+                    }
+                    i += 32;
+                }
+                for r in 0..R {
+                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r]), _mm256_set1_ps(f[r][j]), acc[r]);
+                }
+            }
+        }
+        acc
+    }
+}
+
+/// See [`crate::scalar::dot_q8`]; [`q8_rows`] with one row.
+///
+/// # Safety
+/// AVX2, FMA and F16C must be available; `blocksize` is a multiple of 32; `w` and `q` hold
+/// `scale.len() · blocksize` values and `d` `scale.len()` entries.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q8(w: &[i8], scale: &[f16], q: &[i8], d: &[f32], blocksize: usize) -> f32 {
+    // SAFETY: the caller's contract is the body's.
+    unsafe {
+        let [acc] = q8_rows::<1>([w.as_ptr()], [scale.as_ptr()], q.as_ptr(), d.as_ptr(), scale.len(), blocksize);
+        let z = _mm256_setzero_ps();
+        _mm_cvtss_f32(hsum4([acc, z, z, z]))
+    }
+}
+
+/// Four block int8 rows against the same activations, each row bit-identical to [`dot_q8`].
+///
+/// # Safety
+/// As [`dot_q8`], for each of the four rows and their scales.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q8_x4(w: [&[i8]; 4], scale: [&[f16]; 4], q: &[i8], d: &[f32], blocksize: usize) -> [f32; 4] {
+    let mut out = [0f32; 4];
+    // SAFETY: the caller's contract is the body's.
+    unsafe {
+        let acc = q8_rows::<4>(
+            w.map(|w| w.as_ptr()),
+            scale.map(|s| s.as_ptr()),
+            q.as_ptr(),
+            d.as_ptr(),
+            scale[0].len(),
+            blocksize,
+        );
+        _mm_storeu_ps(out.as_mut_ptr(), hsum4(acc));
+    }
+    out
+}

@@ -1,0 +1,15 @@
+//! Block int8 weights against block int8 activations.
+
+use half::f16;
+
+/// `Σ_b (Σ_{i in b} w[i]·q[i]) · (scale[b] · d[b])` over blocks of `blocksize`, the block sums
+/// exact in i32, the float sum in block order. `w` and `q` hold `scale.len() · blocksize` values.
+pub fn dot_q8(w: &[i8], scale: &[f16], q: &[i8], d: &[f32], blocksize: usize) -> f32 {
+    let mut acc = 0f32;
+    for (b, (&s, &d)) in scale.iter().zip(d).enumerate() {
+        let r = b * blocksize..(b + 1) * blocksize;
+        let isum: i32 = w[r.clone()].iter().zip(&q[r]).map(|(&a, &c)| a as i32 * c as i32).sum();
+        acc += isum as f32 * (s.to_f32() * d);
+    }
+    acc
+}
