@@ -240,7 +240,11 @@ impl ConvertOptions {
         let four = matches!(self.quant, QuantChoice::Nf4 | QuantChoice::Fp4);
         QuantSettings {
             scheme: self.quant.label().into(),
-            blocksize: four.then_some(self.blocksize as u32),
+            blocksize: if four {
+                Some(self.blocksize as u32)
+            } else {
+                (self.quant == QuantChoice::Q8).then_some(Q8_BLOCKSIZE)
+            },
             double_quant: four && self.double_quant,
             int8_threshold: self.int8_threshold,
             kept: self.keep.clone(),

@@ -144,7 +144,12 @@ fn every_scheme_from_each_source_dtype() {
             let m = ModelFile::open(&out).unwrap().metadata().clone();
             assert_eq!(m.quantization.scheme, q.label());
             assert_eq!(m.quantization.source_format, "safetensors");
-            assert_eq!(m.quantization.blocksize, matches!(q, QuantChoice::Nf4 | QuantChoice::Fp4).then_some(64));
+            let blocksize = match q {
+                QuantChoice::Nf4 | QuantChoice::Fp4 => Some(64),
+                QuantChoice::Q8 => Some(32),
+                _ => None,
+            };
+            assert_eq!(m.quantization.blocksize, blocksize);
             match q {
                 QuantChoice::Nf4 | QuantChoice::Fp4 => {
                     // 4 bits + (1 byte + 4/256) per 64 → ≈ 4.13 bits, plus part padding.
