@@ -115,11 +115,14 @@ pub fn matmul_with(k: &Kernels, out: &mut [f32], w: &Weight, x: &[f32], m: usize
         gemm_f32(out, data, x, m, rows, cols, parallel);
         return Ok(());
     }
-    // Block int8 prefill runs decode's row kernels for every token (each row read once, the
-    // integer products from L1): the same numbers as decode.
+    // Block int8 prefill of a few tokens runs decode's row kernels for each (the same numbers
+    // as decode); from Q8_GEMM_MIN tokens on, dequantized tiles through f32 gemm are faster (the
+    // integer route pays a convert and an FMA per 32 weights and token).
     if let Weight::Q8(_) = w {
-        crate::decode::rows(k, out, w, x, m, opts, parallel);
-        return Ok(());
+        if m < Q8_GEMM_MIN {
+            crate::decode::rows(k, out, w, x, m, opts, parallel);
+            return Ok(());
+        }
     }
     if let Weight::FourBit(w4) = w {
         if !opts.fourbit_exact && w4.blocksize == 64 && rows_block_aligned(w4) && k.has_fourbit_q8_tile() {
@@ -425,6 +428,9 @@ fn int8_rows(k: &Kernels, out_t: &mut [f32], w: &Int8Ref, x: &[f32], m: usize, o
     );
 }
 
+/// Tokens from which block int8 prefill goes through f32 gemm.
+const Q8_GEMM_MIN: usize = 16;
+
 /// Dequantizes rows `r0..r0+n` of `w` into `buf` (row-major, `n × cols`).
 fn dequantize_rows(w: &Weight, r0: usize, n: usize, buf: &mut [f32]) {
     let cols = w.cols();
@@ -441,6 +447,15 @@ fn dequantize_rows(w: &Weight, r0: usize, n: usize, buf: &mut [f32]) {
                     pair[0] = levels[(byte >> 4) as usize] * s;
                     pair[1] = levels[(byte & 0x0F) as usize] * s;
                 }
+            }
+        }
+        Weight::Q8(ref w8) => {
+            let (bs, nb) = (w8.blocksize, n * cols / w8.blocksize);
+            let mut scales = vec![0f32; nb];
+            w8.scales[r0 * cols / bs..r0 * cols / bs + nb].convert_to_f32_slice(&mut scales);
+            let qs = &w8.qs[r0 * cols..(r0 + n) * cols];
+            for ((o, q), &s) in buf[..n * cols].chunks_mut(bs).zip(qs.chunks(bs)).zip(&scales) {
+                o.iter_mut().zip(q).for_each(|(o, &q)| *o = q as f32 * s);
             }
         }
         // half's slice conversions use F16C when the CPU has it.

@@ -498,10 +498,11 @@ proptest! {
         check(&Weight::Int8(Int8Ref { rows, cols, cb: &q8.cb, scb: &q8.scb }), &deq8, 1e-5)?;
     }
 
-    /// Block int8 on every level: the product against an f64 product of the dequantized
-    /// weights within the activation rounding, every token's row bit-identical to that token
-    /// alone (batch invariance, prefill = decode), the four-row kernel bit-identical to the
-    /// one-row kernel, and the one-row kernel within the dot tolerance of the scalar one.
+    /// Block int8 on every level: the product (prefill's matmul and decode's rows) against an
+    /// f64 product of the dequantized weights within the activation rounding, every token's
+    /// decode row bit-identical to that token alone (batch invariance), the four-row kernel
+    /// bit-identical to the one-row kernel, and the one-row kernel within the dot tolerance of
+    /// the scalar one.
     #[test]
     fn q8_every_isa(
         rows in 1usize..12, nb in 1usize..6, bs in prop_oneof![Just(32usize), Just(64usize)],
@@ -521,14 +522,15 @@ proptest! {
             weight.dequantize_row(r, row);
         }
         for k in simd_levels() {
-            let mut out = vec![0f32; m * rows];
+            let (mut out, mut rows_out) = (vec![0f32; m * rows], vec![0f32; m * rows]);
             matmul_with(&k, &mut out, &weight, &x, m, &MatmulOptions::default()).unwrap();
+            lowbit_kernels::matmul_rows_with(&k, &mut rows_out, &weight, &x, m, &MatmulOptions::default()).unwrap();
             for tk in 0..m {
                 let xt = &x[tk * cols..(tk + 1) * cols];
                 let mut alone = vec![0f32; rows];
                 matmul_with(&k, &mut alone, &weight, xt, 1, &MatmulOptions::default()).unwrap();
-                prop_assert_eq!(&alone[..], &out[tk * rows..(tk + 1) * rows], "{} token {} alone", k.label(), tk);
-                for r in 0..rows {
+                prop_assert_eq!(&alone[..], &rows_out[tk * rows..(tk + 1) * rows], "{} token {} alone", k.label(), tk);
+                for (r, &dec) in rows_out[tk * rows..(tk + 1) * rows].iter().enumerate() {
                     let (mut want, mut mag, mut slack) = (0f64, 0f64, 0f64);
                     for (wb, xb) in deq[r * cols..(r + 1) * cols].chunks(bs).zip(xt.chunks(bs)) {
                         let sx = xb.iter().fold(0f32, |a, v| a.max(v.abs())) as f64 / 127.0;
@@ -539,8 +541,9 @@ proptest! {
                             slack += wv.abs() as f64 * sx / 2.0;
                         }
                     }
-                    let got = out[tk * rows + r] as f64;
-                    prop_assert!((got - want).abs() <= 1e-5 * mag + 1e-5 + slack * 1.001, "{} t={tk} r={r}: {got} vs {want}", k.label());
+                    for (what, got) in [("matmul", out[tk * rows + r] as f64), ("rows", dec as f64)] {
+                        prop_assert!((got - want).abs() <= 1e-5 * mag + 1e-5 + slack * 1.001, "{} {what} t={tk} r={r}: {got} vs {want}", k.label());
+                    }
                 }
             }
             // The row kernels directly.
