@@ -8,6 +8,7 @@ import _thread
 import json
 import math
 import os
+import shutil
 import subprocess
 import threading
 import time
@@ -19,6 +20,7 @@ import lowbit
 MODEL = os.environ["LOWBIT_TEST_MODEL"]
 GGUF = os.environ["LOWBIT_TEST_GGUF"]
 BIN = os.environ["LOWBIT_BIN"]
+TINY_HF = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "runtime", "tests", "data", "tiny", "h96")
 PROMPT = "The three primary colors are"
 QUESTION = "What is the capital of France?"
 
@@ -204,6 +206,31 @@ def test_gguf_converts_once_into_the_cache(tmp_path, monkeypatch):
     assert cached[0].stat().st_mtime_ns == stamp and time.time() - start < 5
     info = lowbit.inspect(str(cached[0]), n_ctx=256)
     assert info["architecture"] == "llama" and info["quantization"]["scheme"] == "int8"
+
+
+def test_hf_folder_converts_once_and_again_when_it_changes(tmp_path, monkeypatch):
+    # A tiny random Mistral saved by transformers (config.json + model.safetensors).
+    src = tmp_path / "tiny"
+    shutil.copytree(TINY_HF, src)
+    monkeypatch.setenv("LOWBIT_CACHE", str(tmp_path / "cache"))
+    with lowbit.Llama(model_path=str(src), quant="q8", n_ctx=64) as m:
+        vocab = m.n_vocab()
+    converted = tmp_path / "cache" / "converted"
+    cached = list(converted.glob("*.lowbit"))
+    assert len(cached) == 1 and lowbit.inspect(str(cached[0]))["quantization"]["scheme"] == "q8"
+    stamp = cached[0].stat().st_mtime_ns
+    with lowbit.Llama(model_path=str(src), quant="q8", n_ctx=64) as m:
+        assert m.n_vocab() == vocab
+    assert [p.stat().st_mtime_ns for p in converted.glob("*.lowbit")] == [stamp], "a hit reuses the file"
+    # Another scheme, and a changed source, are other entries.
+    with lowbit.Llama(model_path=str(src), quant="nf4", n_ctx=64):
+        pass
+    config = json.loads((src / "config.json").read_text())
+    config["rms_norm_eps"] = config.get("rms_norm_eps", 1e-6) * 2
+    (src / "config.json").write_text(json.dumps(config))
+    with lowbit.Llama(model_path=str(src), quant="q8", n_ctx=64):
+        pass
+    assert len(list(converted.glob("*.lowbit"))) == 3
 
 
 def test_convert_reports_progress(tmp_path):
