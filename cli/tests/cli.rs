@@ -170,9 +170,9 @@ fn readme_commands_use_real_subcommands_and_flags() {
 }
 
 /// `--json`: `run` prints one object whose text is what the streamed run prints, `inspect` one
-/// object with the RAM estimate.
+/// object with the RAM estimate, `perplexity` one with the figures of its text lines.
 #[test]
-fn json_output_of_run_and_inspect() {
+fn json_output_of_run_inspect_and_perplexity() {
     let tmp = tempfile::tempdir().unwrap();
     let m = tiny(tmp.path());
     let m = m.to_str().unwrap();
@@ -190,6 +190,54 @@ fn json_output_of_run_and_inspect() {
     assert_eq!(v["ram"]["kv_type"], "f16");
     assert!(v["ram"]["total"].as_u64().unwrap() > v["file_bytes"].as_u64().unwrap());
     assert!(v["bits_per_weight"].as_f64().unwrap() > 4.0);
+    // perplexity: the object's figure is the text line's; against its own logits, KL 0.
+    let text = tmp.path().join("text.txt");
+    std::fs::write(&text, "one two three four five six seven eight nine ten eleven twelve ".repeat(8)).unwrap();
+    let t = text.to_str().unwrap();
+    let base = tmp.path().join("base.npy");
+    let plain = ok(bin().args(["perplexity", "-m", m, "-f", t, "-c", "16", "--chunks", "3"]));
+    let o = ok(bin().args(["perplexity", "-m", m, "-f", t, "-c", "16", "--chunks", "3", "--json"]));
+    ok(bin().args([
+        "perplexity",
+        "-m",
+        m,
+        "-f",
+        t,
+        "-c",
+        "16",
+        "--chunks",
+        "3",
+        "--save-logits",
+        base.to_str().unwrap(),
+    ]));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON object");
+    let line = String::from_utf8(plain.stdout).unwrap();
+    assert!(
+        line.starts_with(&format!(
+            "perplexity: {:.4} over {} tokens",
+            v["perplexity"].as_f64().unwrap(),
+            v["scored_tokens"]
+        )),
+        "{line}"
+    );
+    assert_eq!((v["chunks"].as_u64(), v["ctx"].as_u64()), (Some(3), Some(16)));
+    let o = ok(bin().args([
+        "perplexity",
+        "-m",
+        m,
+        "-f",
+        t,
+        "-c",
+        "16",
+        "--chunks",
+        "3",
+        "--json",
+        "--kl-base",
+        base.to_str().unwrap(),
+    ]));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON object");
+    assert!(v["kl_divergence"].as_f64().unwrap().abs() < 1e-3, "{v}");
+    assert_eq!(v["top1_agreement"].as_f64(), Some(1.0));
 }
 
 /// `run` and `chat` take a GGUF file directly: converted once into the cache, then reused; a

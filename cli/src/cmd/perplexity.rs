@@ -77,6 +77,25 @@ fn score(a: &PerplexityArgs, model: &Model, codec: &TextCodec) -> Result<()> {
     }
     eprintln!();
     let secs = t.elapsed().as_secs_f64();
+    if let Some(w) = save {
+        w.finish()?;
+    }
+    if a.json {
+        let mut out = serde_json::json!({
+            "perplexity": (nll / count as f64).exp(),
+            "scored_tokens": count,
+            "chunks": n_chunks,
+            "ctx": a.ctx,
+            "seconds": secs,
+            "tokens_per_s": (n_chunks * a.ctx) as f64 / secs,
+        });
+        if base.is_some() {
+            out["kl_divergence"] = serde_json::json!(kl_sum / count as f64);
+            out["top1_agreement"] = serde_json::json!(same_top as f64 / count as f64);
+        }
+        println!("{out}");
+        return Ok(());
+    }
     println!(
         "perplexity: {:.4} over {} tokens in {} chunks of {} ({:.1} s, {:.0} tok/s)",
         (nll / count as f64).exp(),
@@ -92,9 +111,6 @@ fn score(a: &PerplexityArgs, model: &Model, codec: &TextCodec) -> Result<()> {
             kl_sum / count as f64,
             100.0 * same_top as f64 / count as f64
         );
-    }
-    if let Some(w) = save {
-        w.finish()?;
     }
     Ok(())
 }
