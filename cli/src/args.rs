@@ -119,6 +119,10 @@ pub struct ConvertArgs {
     /// of searching each block's scale for the least error.
     #[arg(long)]
     pub bnb_exact: bool,
+    /// Merge a PEFT LoRA adapter folder into the weights before quantizing, scaled by SCALE
+    /// (default 1); repeat for several, applied in order
+    #[arg(long, value_name = "DIR[:SCALE]")]
+    pub lora: Vec<lowbit_convert::lora::LoraSpec>,
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,

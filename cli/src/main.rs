@@ -18,6 +18,15 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
     let cli = args::Cli::parse();
+    // Output piped into a reader that stops early (`lowbit inspect F | head`) ends the process
+    // quietly, as it does other command-line tools, instead of a panic in `println!`. Not for
+    // `serve`, whose sockets must outlive any client.
+    if !matches!(cli.command, args::Command::Serve(_)) {
+        // SAFETY: as above: a disposition set before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

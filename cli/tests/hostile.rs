@@ -205,3 +205,24 @@ fn model_truncated_while_mapped_is_reported() {
     assert_eq!(out.status.code(), Some(2), "status {:?}; stderr: {err}", out.status);
     assert!(err.contains("victim.lowbit changed while in use"), "{err}");
 }
+
+/// Output piped into a reader that stops early ends the process quietly (SIGPIPE, as `cat`
+/// does), not with a panic in `println!`.
+#[cfg(unix)]
+#[test]
+fn closed_stdout_is_not_a_panic() {
+    use std::process::Stdio;
+    let tmp = tempfile::tempdir().unwrap();
+    let m = tmp.path().join("tiny.lowbit");
+    convert(&data("converter/tests/data/gguf/tiny.gguf"), &m, "nf4");
+    let mut child = bin()
+        .args(["inspect", m.to_str().unwrap(), "--tensors"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+}

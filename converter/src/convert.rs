@@ -296,14 +296,32 @@ pub fn convert(
         }
         let g = GgufSource::open(src)?;
         let plan = plan_gguf(&g, opts)?;
-        return execute(plan, &g, out, opts, progress, start);
+        return execute_merged(plan, &g, out, opts, progress, start);
     }
     if !src.is_dir() {
         return Err(ConvertError::Missing(src.to_path_buf()));
     }
     let source = SafetensorsSource::open(src)?;
     let plan = plan_folder(src, &source, opts)?;
-    execute(plan, &source, out, opts, progress, start)
+    execute_merged(plan, &source, out, opts, progress, start)
+}
+
+/// [`execute`], through the LoRA adapters of `opts` when there are any.
+fn execute_merged(
+    mut plan: Plan,
+    src: &dyn TensorSource,
+    out: &Path,
+    opts: &ConvertOptions,
+    progress: &(dyn Fn(ProgressEvent) + Sync),
+    start: Instant,
+) -> Result<ConvertSummary> {
+    if opts.lora.is_empty() {
+        return execute(plan, src, out, opts, progress, start);
+    }
+    let adapters = opts.lora.iter().map(|spec| crate::lora::load(spec, src)).collect::<Result<Vec<_>>>()?;
+    let merged = crate::lora::Merged::new(src, adapters)?;
+    plan.metadata.adapters = merged.records();
+    execute(plan, &merged, out, opts, progress, start)
 }
 
 #[cfg(test)]

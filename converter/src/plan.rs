@@ -90,6 +90,8 @@ pub struct ConvertOptions {
     /// error
     /// ([`lowbit_kernels::fourbit::search_block`]); both are read by bitsandbytes the same way.
     pub bnb_exact: bool,
+    /// PEFT LoRA adapters merged into the weights before quantization, in order.
+    pub lora: Vec<crate::lora::LoraSpec>,
 }
 
 impl Default for ConvertOptions {
@@ -104,6 +106,7 @@ impl Default for ConvertOptions {
             head: HeadChoice::Int8,
             nested_rule: lowbit_kernels::NestedRule::Nearest,
             bnb_exact: false,
+            lora: Vec::new(),
         }
     }
 }
@@ -478,6 +481,7 @@ pub fn plan_folder(dir: &Path, src: &SafetensorsSource, opts: &ConvertOptions) -
         quantization,
         converter: converter_info(),
         sources: Vec::new(),
+        adapters: Vec::new(),
     };
     files.extend(src.files());
     Ok(Plan { metadata, jobs, warnings, files })
@@ -574,6 +578,7 @@ pub fn plan_gguf(src: &GgufSource, opts: &ConvertOptions) -> Result<Plan> {
         quantization: opts.settings("gguf"),
         converter: converter_info(),
         sources: Vec::new(),
+        adapters: Vec::new(),
     };
     Ok(Plan { metadata, jobs, warnings, files: vec![src.path().to_path_buf()] })
 }

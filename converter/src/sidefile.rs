@@ -17,6 +17,14 @@ pub(crate) const MAX_TEMPLATE_BYTES: u64 = 1 << 20;
 /// The text of the side file at `path`, `None` if there is none; an error if it is not a
 /// regular file, is larger than `cap`, or is not UTF-8.
 pub(crate) fn read(path: &Path, cap: u64) -> Result<Option<String>> {
+    let Some(bytes) = read_bytes(path, cap)? else { return Ok(None) };
+    let bad = |problem: String| ConvertError::BadJson { what: path.display().to_string(), problem };
+    String::from_utf8(bytes).map(Some).map_err(|_| bad("not UTF-8 text".into()))
+}
+
+/// The bytes of the file at `path`, `None` if there is none; an error if it is not a regular
+/// file or is larger than `cap`.
+pub(crate) fn read_bytes(path: &Path, cap: u64) -> Result<Option<Vec<u8>>> {
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -36,7 +44,7 @@ pub(crate) fn read(path: &Path, cap: u64) -> Result<Option<String>> {
     if bytes.len() as u64 > cap {
         return Err(bad(format!("grew past the {cap} bytes read for such a file")));
     }
-    String::from_utf8(bytes).map(Some).map_err(|_| bad("not UTF-8 text".into()))
+    Ok(Some(bytes))
 }
 
 #[cfg(test)]

@@ -99,6 +99,20 @@ pub struct Metadata {
     /// Source files and their digests.
     #[serde(default)]
     pub sources: Vec<SourceDigest>,
+    /// LoRA adapters merged into the weights at conversion, in the order applied.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub adapters: Vec<AdapterRecord>,
+}
+
+/// A LoRA adapter merged into a file's weights.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdapterRecord {
+    /// The adapter folder's name.
+    pub name: String,
+    /// SHA-256 of its `adapter_model.safetensors`, 64 lowercase hex digits.
+    pub sha256: String,
+    /// The user's scale on top of the adapter's own `lora_alpha / r`.
+    pub scale: f32,
 }
 
 impl Metadata {

@@ -158,6 +158,7 @@ fn minimal_metadata_round_trips() {
         quantization: QuantSettings::default(),
         converter: ConverterInfo::default(),
         sources: vec![],
+        adapters: vec![],
     };
     let w =
         Writer::create(&path, m.clone(), vec![TensorSpec { name: "x".into(), scheme: Scheme::F16, shape: vec![1] }])

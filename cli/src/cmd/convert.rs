@@ -37,6 +37,7 @@ pub fn run(a: ConvertArgs) -> Result<()> {
             lowbit_kernels::NestedRule::Nearest
         },
         bnb_exact: a.bnb_exact,
+        lora: a.lora.clone(),
     };
     let bar = if a.quiet { ProgressBar::hidden() } else { ProgressBar::new(0) };
     bar.set_style(

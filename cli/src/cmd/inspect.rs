@@ -30,6 +30,9 @@ pub fn run(a: InspectArgs) -> Result<()> {
         if m.tokenizer_json.is_some() { "yes" } else { "no" },
         if m.chat_template.is_some() { "yes" } else { "no" }
     );
+    for a in &m.adapters {
+        println!("LoRA adapter merged: {} (adapter_model.safetensors sha256 {}), scale {}", a.name, a.sha256, a.scale);
+    }
     for s in &m.sources {
         println!("source: {} ({}) sha256 {}", s.file, human(s.bytes), s.sha256);
     }
@@ -149,6 +152,7 @@ fn summary(file: &lowbit_format::ModelFile, a: &InspectArgs) -> Result<serde_jso
         "tokenizer": m.tokenizer_json.is_some(),
         "chat_template": m.chat_template.is_some(),
         "sources": m.sources,
+        "adapters": m.adapters,
         "schemes": schemes,
         "parameters": params,
         "bits_per_weight": if params > 0 { bytes as f64 * 8.0 / params as f64 } else { 0.0 },

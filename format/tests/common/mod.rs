@@ -24,6 +24,7 @@ pub fn meta() -> Metadata {
         },
         converter: ConverterInfo { name: "test".into(), version: "0".into() },
         sources: vec![SourceDigest { file: "model.safetensors".into(), bytes: 123, sha256: "ab".repeat(32) }],
+        adapters: vec![AdapterRecord { name: "my-lora".into(), sha256: "cd".repeat(32), scale: 0.5 }],
     }
 }
 

@@ -1,0 +1,482 @@
+//! PEFT LoRA adapters merged into the base weights at conversion, before quantization.
+//!
+//! An adapter folder holds `adapter_config.json` and `adapter_model.safetensors` as PEFT's
+//! `save_pretrained` writes them: `base_model.model.<module>.lora_A.weight` (r × in),
+//! `….lora_B.weight` (out × r), for DoRA `….lora_magnitude_vector` (out), and full replacement
+//! tensors for `modules_to_save` and trained biases. For each targeted linear, in f32:
+//! `W' = W + s·B·A` with `s = scale · lora_alpha / r` (`/ √r` with `use_rslora`; `r` and
+//! `lora_alpha` per module from `rank_pattern` / `alpha_pattern`); with DoRA
+//! `W' = (m / ‖W + s·B·A‖_row) ⊙ (W + s·B·A)`. Several adapters apply in order. [`Merged`] wraps
+//! a tensor source and serves merged rows, so the pipeline still streams tensor by tensor.
+//!
+//! `fan_in_fan_out` only concerns GPT-2's `Conv1D` weights; PEFT turns it off for the `Linear`
+//! layers of Llama, Mistral and Qwen2, and so does this.
+
+use crate::error::{ConvertError, Result};
+use crate::sidefile;
+use crate::source::{SrcDtype, SrcTensor, TensorSource};
+use lowbit_format::AdapterRecord;
+use regex::Regex;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// Largest adapter weights file read (the adapter is held in memory, as f32).
+const MAX_ADAPTER_BYTES: u64 = 8 << 30;
+
+/// `DIR` or `DIR:SCALE` from the command line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraSpec {
+    /// The adapter folder.
+    pub dir: PathBuf,
+    /// Multiplies the adapter's own scaling (1 = as trained).
+    pub scale: f32,
+}
+
+impl std::str::FromStr for LoraSpec {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<LoraSpec, String> {
+        // A trailing `:number` is the scale; anything else is part of the path.
+        if let Some((dir, scale)) = s.rsplit_once(':') {
+            if let Ok(scale) = scale.parse::<f32>() {
+                if !scale.is_finite() {
+                    return Err(format!("adapter scale {scale} is not a finite number"));
+                }
+                return Ok(LoraSpec { dir: dir.into(), scale });
+            }
+        }
+        Ok(LoraSpec { dir: s.into(), scale: 1.0 })
+    }
+}
+
+/// One targeted linear's low-rank update.
+#[derive(Debug)]
+struct Delta {
+    /// r × in.
+    a: Vec<f32>,
+    /// out × r.
+    b: Vec<f32>,
+    r: usize,
+    /// The whole scaling: user scale · alpha / r (or / √r).
+    s: f32,
+    /// DoRA's magnitude per output row.
+    magnitude: Option<Vec<f32>>,
+}
+
+/// A loaded adapter.
+#[derive(Debug)]
+pub struct Adapter {
+    record: AdapterRecord,
+    deltas: HashMap<String, Delta>,
+    /// Base tensor name → full replacement values (modules_to_save, biases) and shape.
+    replace: HashMap<String, (Vec<usize>, Vec<f32>)>,
+}
+
+impl Adapter {
+    /// What the output file records about it.
+    pub fn record(&self) -> &AdapterRecord {
+        &self.record
+    }
+}
+
+fn bad(dir: &Path, problem: impl Into<String>) -> ConvertError {
+    ConvertError::Config(format!("LoRA adapter {}: {}", dir.display(), problem.into()))
+}
+
+/// The adapter configuration fields that change the math.
+struct AdapterConfig {
+    r: usize,
+    alpha: f64,
+    rslora: bool,
+    dora: bool,
+    rank_pattern: Vec<(String, usize)>,
+    alpha_pattern: Vec<(String, f64)>,
+}
+
+/// PEFT's pattern lookup: the first key `p` such that the module name is `p` or ends in `.p`, `p`
+/// read as a regular expression.
+fn pattern_value<T: Copy>(patterns: &[(Regex, T)], module: &str) -> Option<T> {
+    patterns.iter().find(|(re, _)| re.is_match(module)).map(|(_, v)| *v)
+}
+
+fn compile<T: Copy>(dir: &Path, patterns: &[(String, T)]) -> Result<Vec<(Regex, T)>> {
+    patterns
+        .iter()
+        .map(|(p, v)| {
+            Regex::new(&format!(r"^(.*\.)?({p})$"))
+                .map(|re| (re, *v))
+                .map_err(|e| bad(dir, format!("pattern {p:?} is not a regular expression this reader supports: {e}")))
+        })
+        .collect()
+}
+
+fn parse_config(dir: &Path, text: &str, v: &Value) -> Result<AdapterConfig> {
+    let field = |k: &str| v.get(k).filter(|x| !x.is_null());
+    match field("peft_type").and_then(Value::as_str) {
+        Some("LORA") | None => {}
+        Some(other) => return Err(bad(dir, format!("peft_type {other:?}: only LORA adapters can be merged"))),
+    }
+    let r = field("r")
+        .and_then(Value::as_u64)
+        .filter(|&r| r > 0)
+        .ok_or_else(|| bad(dir, "r must be a positive integer"))?;
+    let alpha = match field("lora_alpha") {
+        None => 8.0,
+        Some(a) => a.as_f64().filter(|a| a.is_finite()).ok_or_else(|| bad(dir, "lora_alpha must be a number"))?,
+    };
+    let flag = |k: &str| field(k).and_then(Value::as_bool).unwrap_or(false);
+    // The patterns in the file's order: PEFT takes the first that matches.
+    let map = |k: &str| -> Result<Vec<(String, f64)>> {
+        match field(k) {
+            None => Ok(Vec::new()),
+            Some(Value::Object(_)) => ordered_object(text, k)
+                .ok_or_else(|| bad(dir, format!("{k} must be an object")))?
+                .into_iter()
+                .map(|(p, x)| {
+                    x.as_f64()
+                        .filter(|x| x.is_finite())
+                        .map(|x| (p.clone(), x))
+                        .ok_or_else(|| bad(dir, format!("{k}[{p:?}] is not a number")))
+                })
+                .collect(),
+            Some(_) => Err(bad(dir, format!("{k} must be an object"))),
+        }
+    };
+    let rank_pattern = map("rank_pattern")?
+        .into_iter()
+        .map(|(p, x)| {
+            if x >= 1.0 && x.fract() == 0.0 {
+                Ok((p, x as usize))
+            } else {
+                Err(bad(dir, format!("rank_pattern[{p:?}] = {x} is not a rank")))
+            }
+        })
+        .collect::<Result<_>>()?;
+    // Options that would change the math in ways this merge does not implement.
+    for k in ["lora_bias", "use_qalora", "use_bdlora"] {
+        if field(k).and_then(Value::as_bool).unwrap_or(false) {
+            return Err(bad(dir, format!("{k} is set; adapters with it cannot be merged here")));
+        }
+    }
+    for k in ["layer_replication", "target_parameters", "trainable_token_indices"] {
+        if field(k)
+            .is_some_and(|v| !(v.as_array().is_some_and(Vec::is_empty) || v.as_object().is_some_and(|o| o.is_empty())))
+        {
+            return Err(bad(dir, format!("{k} is set; adapters with it cannot be merged here")));
+        }
+    }
+    match field("bias").and_then(Value::as_str) {
+        None | Some("none") | Some("all") | Some("lora_only") => {}
+        Some(other) => return Err(bad(dir, format!("bias {other:?} is not none, all or lora_only"))),
+    }
+    Ok(AdapterConfig {
+        r: r as usize,
+        alpha,
+        rslora: flag("use_rslora"),
+        dora: flag("use_dora"),
+        rank_pattern,
+        alpha_pattern: map("alpha_pattern")?,
+    })
+}
+
+/// The entries of the top-level object `key` of the JSON `text`, in the file's order (a
+/// `serde_json::Value` keeps them sorted).
+fn ordered_object(text: &str, key: &str) -> Option<Vec<(String, Value)>> {
+    use serde::de::{Deserializer, MapAccess, Visitor};
+    struct Entries;
+    impl<'de> Visitor<'de> for Entries {
+        type Value = Vec<(String, Value)>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> std::result::Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(e) = m.next_entry::<String, Value>()? {
+                out.push(e);
+            }
+            Ok(out)
+        }
+    }
+    struct Top<'k>(&'k str);
+    impl<'de> Visitor<'de> for Top<'_> {
+        type Value = Option<Vec<(String, Value)>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> std::result::Result<Self::Value, A::Error> {
+            let mut found = None;
+            while let Some(k) = m.next_key::<String>()? {
+                if k == self.0 {
+                    found = Some(m.next_value_seed(OrderedSeed)?);
+                } else {
+                    m.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+            Ok(found)
+        }
+    }
+    struct OrderedSeed;
+    impl<'de> serde::de::DeserializeSeed<'de> for OrderedSeed {
+        type Value = Vec<(String, Value)>;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<Self::Value, D::Error> {
+            d.deserialize_map(Entries)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    de.deserialize_map(Top(key)).ok().flatten()
+}
+
+/// Reads the adapter in `spec.dir`, checking every tensor against `base` (which the update
+/// applies to).
+pub fn load(spec: &LoraSpec, base: &dyn TensorSource) -> Result<Adapter> {
+    let dir = &spec.dir;
+    if !dir.is_dir() {
+        return Err(bad(dir, "not a folder (an adapter is the folder holding adapter_config.json)"));
+    }
+    let weights = dir.join("adapter_model.safetensors");
+    if !weights.exists() {
+        return Err(if dir.join("adapter_model.bin").exists() {
+            bad(dir, "adapter_model.bin is a pickle, which lowbit does not load: save the adapter with safetensors (PEFT's save_pretrained(..., safe_serialization=True), the default)")
+        } else {
+            ConvertError::Missing(weights)
+        });
+    }
+    let config_path = dir.join("adapter_config.json");
+    let text = sidefile::read(&config_path, sidefile::MAX_JSON_BYTES)?
+        .ok_or_else(|| ConvertError::Missing(config_path.clone()))?;
+    let config: Value = serde_json::from_str(&text)
+        .map_err(|e| ConvertError::BadJson { what: config_path.display().to_string(), problem: e.to_string() })?;
+    let cfg = parse_config(dir, &text, &config)?;
+    let bytes =
+        sidefile::read_bytes(&weights, MAX_ADAPTER_BYTES)?.ok_or_else(|| ConvertError::Missing(weights.clone()))?;
+    let sha256 = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| ConvertError::BadSafetensors { path: weights.clone(), problem: e.to_string() })?;
+    let rank_patterns = compile(dir, &cfg.rank_pattern)?;
+    let alpha_patterns = compile(dir, &cfg.alpha_pattern)?;
+
+    let f32s = |name: &str| -> Result<(Vec<usize>, Vec<f32>)> {
+        let t = st
+            .tensor(name)
+            .map_err(|e| ConvertError::BadSafetensors { path: weights.clone(), problem: format!("{name}: {e}") })?;
+        let dtype = match t.dtype() {
+            safetensors::Dtype::F32 => SrcDtype::F32,
+            safetensors::Dtype::F16 => SrcDtype::F16,
+            safetensors::Dtype::BF16 => SrcDtype::Bf16,
+            other => return Err(ConvertError::UnsupportedDtype { tensor: name.into(), dtype: format!("{other:?}") }),
+        };
+        let mut out = Vec::new();
+        crate::source::decode_f32(dtype, t.data(), &mut out);
+        if let Some(i) = out.iter().position(|x| !x.is_finite()) {
+            return Err(bad(dir, format!("{name}: element {i} is {}", out[i])));
+        }
+        Ok((t.shape().to_vec(), out))
+    };
+    let base_shape = |name: &str| -> Result<&SrcTensor> {
+        base.get(name).ok_or_else(|| {
+            bad(dir, format!("it changes {name}, which the base model does not have (an adapter for another model?)"))
+        })
+    };
+
+    let mut deltas = HashMap::new();
+    let mut replace = HashMap::new();
+    let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
+    names.sort();
+    for key in &names {
+        let Some(module_key) = key.strip_prefix("base_model.model.") else {
+            return Err(bad(dir, format!("tensor {key} is not under base_model.model. (not a PEFT LoRA adapter?)")));
+        };
+        if let Some(module) = module_key.strip_suffix(".lora_A.weight") {
+            let target = format!("{module}.weight");
+            let t = base_shape(&target)?;
+            let (ash, a) = f32s(key)?;
+            let bkey = format!("base_model.model.{module}.lora_B.weight");
+            let (bsh, b) = f32s(&bkey).map_err(|_| bad(dir, format!("{key} has no {bkey}")))?;
+            let (rows, cols) = match t.shape[..] {
+                [rows, cols] => (rows, cols),
+                _ => return Err(bad(dir, format!("{target} is not a matrix"))),
+            };
+            let r = ash.first().copied().unwrap_or(0);
+            if ash != [r, cols] || bsh != [rows, r] || r == 0 {
+                return Err(bad(
+                    dir,
+                    format!("{module}: lora_A {ash:?} and lora_B {bsh:?} do not fit the base weight [{rows}, {cols}]"),
+                ));
+            }
+            let want_r = pattern_value(&rank_patterns, module).unwrap_or(cfg.r);
+            if r != want_r {
+                return Err(bad(dir, format!("{module}: rank {r} in the weights, {want_r} in adapter_config.json")));
+            }
+            let alpha = pattern_value(&alpha_patterns, module).unwrap_or(cfg.alpha);
+            let s = spec.scale as f64 * alpha / if cfg.rslora { (r as f64).sqrt() } else { r as f64 };
+            let magnitude = if cfg.dora {
+                let m = ["lora_magnitude_vector", "lora_magnitude_vector.weight"]
+                    .iter()
+                    .map(|suffix| format!("base_model.model.{module}.{suffix}"))
+                    .find(|k| names.contains(k))
+                    .ok_or_else(|| {
+                        bad(dir, format!("{module}: use_dora is set but there is no lora_magnitude_vector"))
+                    })?;
+                let (msh, m) = f32s(&m)?;
+                if msh != [rows] {
+                    return Err(bad(dir, format!("{module}: magnitude vector {msh:?}, expected [{rows}]")));
+                }
+                Some(m)
+            } else {
+                None
+            };
+            deltas.insert(target, Delta { a, b, r, s: s as f32, magnitude });
+        } else if module_key.ends_with(".lora_B.weight") || module_key.contains(".lora_magnitude_vector") {
+            let module = module_key.split(".lora_").next().unwrap_or(module_key);
+            if !names.contains(&format!("base_model.model.{module}.lora_A.weight")) {
+                return Err(bad(dir, format!("{key} has no lora_A beside it")));
+            }
+        } else {
+            // modules_to_save and trained biases: full tensors that replace the base's.
+            let target = module_key.replace(".modules_to_save", "");
+            let t = base_shape(&target)?;
+            let (sh, v) = f32s(key)?;
+            if sh != t.shape {
+                return Err(bad(dir, format!("{key} has shape {sh:?}, the base's {target} {:?}", t.shape)));
+            }
+            replace.insert(target, (sh, v));
+        }
+    }
+    if deltas.is_empty() && replace.is_empty() {
+        return Err(bad(dir, "no LoRA tensors in adapter_model.safetensors"));
+    }
+    let name = dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned());
+    Ok(Adapter { record: AdapterRecord { name, sha256, scale: spec.scale }, deltas, replace })
+}
+
+/// A tensor source with adapters merged into the tensors they change.
+pub struct Merged<'a> {
+    base: &'a dyn TensorSource,
+    adapters: Vec<Adapter>,
+}
+
+impl<'a> Merged<'a> {
+    /// Wraps `base`; refuses adapters that change a tensor stored quantized by bitsandbytes.
+    pub fn new(base: &'a dyn TensorSource, adapters: Vec<Adapter>) -> Result<Merged<'a>> {
+        for a in &adapters {
+            for name in a.deltas.keys().chain(a.replace.keys()) {
+                let t = base.get(name).expect("checked when loaded");
+                if !t.dtype.is_float() {
+                    return Err(ConvertError::Config(format!(
+                        "LoRA adapter {}: {name} is stored quantized ({}) in the base; merging into a bitsandbytes checkpoint is not supported — convert the unquantized base with --lora",
+                        a.record.name, t.dtype_name
+                    )));
+                }
+            }
+        }
+        Ok(Merged { base, adapters })
+    }
+
+    /// The records of the adapters, in order.
+    pub fn records(&self) -> Vec<AdapterRecord> {
+        self.adapters.iter().map(|a| a.record.clone()).collect()
+    }
+
+    fn touched(&self, name: &str) -> bool {
+        self.adapters.iter().any(|a| a.deltas.contains_key(name) || a.replace.contains_key(name))
+    }
+}
+
+impl Delta {
+    /// Applies the update to `rows` (row-major, `cols` wide) holding weight rows `r0 ..`.
+    fn apply(&self, rows: &mut [f32], r0: usize, cols: usize) {
+        for (i, w) in rows.chunks_mut(cols).enumerate() {
+            let r = r0 + i;
+            let mut delta = vec![0f32; cols];
+            for k in 0..self.r {
+                let bk = self.b[r * self.r + k];
+                for (d, &a) in delta.iter_mut().zip(&self.a[k * cols..(k + 1) * cols]) {
+                    *d += bk * a;
+                }
+            }
+            for (w, d) in w.iter_mut().zip(&delta) {
+                *w += self.s * d;
+            }
+            if let Some(m) = &self.magnitude {
+                let norm = w.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>().sqrt() as f32;
+                let f = m[r] / norm;
+                w.iter_mut().for_each(|x| *x *= f);
+            }
+        }
+    }
+}
+
+impl TensorSource for Merged<'_> {
+    fn list(&self) -> &[SrcTensor] {
+        self.base.list()
+    }
+
+    fn read_raw(&self, name: &str, start: usize, len: usize) -> Result<Vec<u8>> {
+        if !self.touched(name) {
+            return self.base.read_raw(name, start, len);
+        }
+        let mut x = Vec::new();
+        self.read_f32(name, start, len, &mut x)?;
+        // In the listed dtype, rounded once from the f32 merge.
+        let dtype = self.base.get(name).map_or(SrcDtype::F32, |t| t.dtype);
+        Ok(match dtype {
+            SrcDtype::F16 => x.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect(),
+            SrcDtype::Bf16 => x.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect(),
+            _ => x.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        })
+    }
+
+    fn read_f32(&self, name: &str, start: usize, len: usize, out: &mut Vec<f32>) -> Result<()> {
+        if !self.touched(name) {
+            return self.base.read_f32(name, start, len, out);
+        }
+        let t = self.base.get(name).expect("touched tensors exist");
+        let cols = t.shape.last().copied().unwrap_or(1).max(1);
+        // Whole rows: DoRA normalises each row.
+        let (r0, r1) = (start / cols, (start + len).div_ceil(cols));
+        let mut rows = Vec::new();
+        self.base.read_f32(name, r0 * cols, (r1 - r0) * cols, &mut rows)?;
+        for a in &self.adapters {
+            if let Some((_, v)) = a.replace.get(name) {
+                rows.copy_from_slice(&v[r0 * cols..r1 * cols]);
+            } else if let Some(d) = a.deltas.get(name) {
+                d.apply(&mut rows, r0, cols);
+            }
+        }
+        out.clear();
+        out.extend_from_slice(&rows[start - r0 * cols..start - r0 * cols + len]);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse_a_trailing_scale() {
+        assert_eq!("a/b".parse::<LoraSpec>().unwrap(), LoraSpec { dir: "a/b".into(), scale: 1.0 });
+        assert_eq!("a/b:0.5".parse::<LoraSpec>().unwrap(), LoraSpec { dir: "a/b".into(), scale: 0.5 });
+        assert_eq!("c:/x".parse::<LoraSpec>().unwrap().dir, PathBuf::from("c:/x"));
+        assert!("a:inf".parse::<LoraSpec>().is_err());
+    }
+
+    #[test]
+    fn patterns_keep_the_files_order() {
+        let text = r#"{"r": 4, "rank_pattern": {"z_proj": 1, "a_proj": 2, "m": 3}, "other": [1]}"#;
+        let keys: Vec<String> = ordered_object(text, "rank_pattern").unwrap().into_iter().map(|e| e.0).collect();
+        assert_eq!(keys, ["z_proj", "a_proj", "m"]);
+        assert!(ordered_object(text, "alpha_pattern").is_none());
+    }
+
+    #[test]
+    fn patterns_match_whole_name_parts() {
+        let p = compile(Path::new("x"), &[("q_proj".to_string(), 1usize), (r"layers\.1\..*v_proj".to_string(), 2)])
+            .unwrap();
+        assert_eq!(pattern_value(&p, "model.layers.0.self_attn.q_proj"), Some(1));
+        assert_eq!(pattern_value(&p, "model.layers.0.self_attn.xq_proj"), None);
+        assert_eq!(pattern_value(&p, "model.layers.1.self_attn.v_proj"), Some(2));
+        assert_eq!(pattern_value(&p, "model.layers.0.self_attn.v_proj"), None);
+    }
+}
