@@ -386,8 +386,8 @@ pub struct PerplexityArgs {
     /// Exact float 4-bit path.
     #[arg(long)]
     pub exact: bool,
-    /// Print one JSON object (perplexity, counts, timing, and KL and top-1 with --kl-base)
-    /// instead of text; the progress line still goes to stderr.
+    /// Print one JSON object (perplexity, counts, timing, and KL and top-1 with --kl-base; in
+    /// total and per chunk) instead of text; the progress line still goes to stderr.
     #[arg(long)]
     pub json: bool,
 }

@@ -221,6 +221,11 @@ fn json_output_of_run_inspect_and_perplexity() {
         "{line}"
     );
     assert_eq!((v["chunks"].as_u64(), v["ctx"].as_u64()), (Some(3), Some(16)));
+    // The total is the chunks' (equal counts per chunk): the geometric mean of their perplexities.
+    let per: Vec<f64> = v["per_chunk"].as_array().unwrap().iter().map(|c| c["perplexity"].as_f64().unwrap()).collect();
+    assert_eq!(per.len(), 3);
+    let mean = (per.iter().map(|p| p.ln()).sum::<f64>() / 3.0).exp();
+    assert!((mean - v["perplexity"].as_f64().unwrap()).abs() < 1e-9, "{per:?} {v}");
     let o = ok(bin().args([
         "perplexity",
         "-m",

@@ -53,6 +53,19 @@ fn runtime_input_errors() {
     fails(bin().args(["run", "-m", m, "-f", bad.to_str().unwrap()]), "not UTF-8");
     let nope = tmp.path().join("nope.lowbit");
     fails(bin().args(["run", "-m", nope.to_str().unwrap(), "-p", "x"]), "nope.lowbit");
+    // A source that does not exist is named once, as missing, not as an incomplete checkpoint.
+    let out = fails(
+        bin().args([
+            "convert",
+            tmp.path().join("no-such-model").to_str().unwrap(),
+            "-o",
+            tmp.path().join("o.lowbit").to_str().unwrap(),
+        ]),
+        "no-such-model: no such file or folder",
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("no-such-model").count(), 1, "{err}");
+    assert!(!err.contains("incomplete"), "{err}");
     fails(bin().args(["inspect", tmp.path().to_str().unwrap()]), "not a regular file");
     let env_bad = bin().env("LOWBIT_ISA", "sse9").args(["cpu"]).output().unwrap();
     assert_eq!(env_bad.status.code(), Some(2));

@@ -287,6 +287,9 @@ pub fn convert(
     let start = Instant::now();
     opts.validate()?;
     check_output_folder(out)?;
+    if !src.exists() {
+        return Err(ConvertError::NoSource(src.to_path_buf()));
+    }
     if src.is_file() {
         if !is_gguf(src)? {
             return Err(ConvertError::Config(format!(

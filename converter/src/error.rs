@@ -18,6 +18,9 @@ pub enum ConvertError {
     /// A file the checkpoint needs is missing (a shard, config.json, the source folder).
     #[error("{0}: missing (the checkpoint is incomplete)")]
     Missing(PathBuf),
+    /// The source to convert does not exist.
+    #[error("{0}: no such file or folder (give a Hugging Face or bitsandbytes checkpoint folder, or a GGUF file)")]
+    NoSource(PathBuf),
     /// The folder the output should go into does not exist.
     #[error("{0}: the output folder does not exist")]
     OutputFolder(PathBuf),

@@ -55,7 +55,16 @@ pub fn run(a: ConvertArgs) -> Result<()> {
     };
     let res = convert(&a.src, &a.out, &opts, &progress);
     bar.finish_and_clear();
-    let s = res.map_err(|e| anyhow::anyhow!(e)).map_err(|e| e.context(format!("converting {}", a.src.display())))?;
+    // The source's path once: most conversion errors already start with the file they concern.
+    let s = res.map_err(|e| {
+        let named = e.to_string().contains(&a.src.display().to_string());
+        let e = anyhow::anyhow!(e);
+        if named {
+            e
+        } else {
+            e.context(format!("converting {}", a.src.display()))
+        }
+    })?;
     for w in &s.warnings {
         eprintln!("warning: {w}");
     }

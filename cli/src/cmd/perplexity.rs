@@ -59,19 +59,32 @@ fn score(a: &PerplexityArgs, model: &Model, codec: &TextCodec) -> Result<()> {
     let (mut nll, mut count) = (0f64, 0usize);
     let (mut kl_sum, mut same_top) = (0f64, 0usize);
     let t = Instant::now();
+    let mut per_chunk = Vec::new();
     for (ch, chunk) in chunks.iter().enumerate() {
         let scored = score::score_chunk(model, chunk)?;
-        nll += scored.nll();
-        count += scored.targets.len();
+        let (chunk_nll, n) = (scored.nll(), scored.targets.len());
+        nll += chunk_nll;
+        count += n;
+        let (mut chunk_kl, mut chunk_top) = (0f64, 0usize);
         for lp in scored.logprobs.chunks(vocab) {
             if let Some(w) = &mut save {
                 w.push(lp)?;
             }
             if let Some(b) = &mut base {
                 let bp = b.next_row()?;
-                kl_sum += score::kl_divergence(&bp, lp);
-                same_top += usize::from(argmax(&bp) == argmax(lp));
+                let kl = score::kl_divergence(&bp, lp);
+                let same = usize::from(argmax(&bp) == argmax(lp));
+                (kl_sum, chunk_kl) = (kl_sum + kl, chunk_kl + kl);
+                (same_top, chunk_top) = (same_top + same, chunk_top + same);
             }
+        }
+        if a.json {
+            let mut c = serde_json::json!({ "perplexity": (chunk_nll / n as f64).exp() });
+            if base.is_some() {
+                c["kl_divergence"] = serde_json::json!(chunk_kl / n as f64);
+                c["top1_agreement"] = serde_json::json!(chunk_top as f64 / n as f64);
+            }
+            per_chunk.push(c);
         }
         eprint!("\r[{}/{}] ppl {:.4}", ch + 1, n_chunks, (nll / count as f64).exp());
     }
@@ -88,6 +101,7 @@ fn score(a: &PerplexityArgs, model: &Model, codec: &TextCodec) -> Result<()> {
             "ctx": a.ctx,
             "seconds": secs,
             "tokens_per_s": (n_chunks * a.ctx) as f64 / secs,
+            "per_chunk": per_chunk,
         });
         if base.is_some() {
             out["kl_divergence"] = serde_json::json!(kl_sum / count as f64);
