@@ -216,7 +216,7 @@ fn model_truncated_while_mapped_is_reported() {
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "status {:?}; stderr: {err}", out.status);
-    assert!(err.contains("victim.lowbit changed while in use"), "{err}");
+    assert!(err.contains("victim.lowbit could not be read while in use"), "{err}");
 }
 
 /// Output piped into a reader that stops early ends the process quietly (SIGPIPE, as `cat`

@@ -274,9 +274,19 @@ pub fn load(spec: &LoraSpec, base: &dyn TensorSource) -> Result<Adapter> {
         Ok((t.shape().to_vec(), out))
     };
     let base_shape = |name: &str| -> Result<&SrcTensor> {
-        base.get(name).ok_or_else(|| {
+        let t = base.get(name).ok_or_else(|| {
             bad(dir, format!("it changes {name}, which the base model does not have (an adapter for another model?)"))
-        })
+        })?;
+        if !t.dtype.is_float() {
+            return Err(bad(
+                dir,
+                format!(
+                    "{name} is stored quantized ({}) in the base; merging into a bitsandbytes checkpoint is not supported — convert the unquantized base with --lora",
+                    t.dtype_name
+                ),
+            ));
+        }
+        Ok(t)
     };
 
     let mut deltas = HashMap::new();
@@ -292,7 +302,10 @@ pub fn load(spec: &LoraSpec, base: &dyn TensorSource) -> Result<Adapter> {
             let t = base_shape(&target)?;
             let (ash, a) = f32s(key)?;
             let bkey = format!("base_model.model.{module}.lora_B.weight");
-            let (bsh, b) = f32s(&bkey).map_err(|_| bad(dir, format!("{key} has no {bkey}")))?;
+            if !names.contains(&bkey) {
+                return Err(bad(dir, format!("{key} has no {bkey}")));
+            }
+            let (bsh, b) = f32s(&bkey)?;
             let (rows, cols) = match t.shape[..] {
                 [rows, cols] => (rows, cols),
                 _ => return Err(bad(dir, format!("{target} is not a matrix"))),
@@ -332,9 +345,18 @@ pub fn load(spec: &LoraSpec, base: &dyn TensorSource) -> Result<Adapter> {
             if !names.contains(&format!("base_model.model.{module}.lora_A.weight")) {
                 return Err(bad(dir, format!("{key} has no lora_A beside it")));
             }
+            if module_key.contains(".lora_magnitude_vector") && !cfg.dora {
+                return Err(bad(dir, format!("{key} is a DoRA magnitude vector but use_dora is not set")));
+            }
+        } else if module_key.contains(".lora_") {
+            return Err(bad(
+                dir,
+                format!("{key}: this kind of LoRA tensor (embedding or convolution LoRA) cannot be merged here"),
+            ));
         } else {
-            // modules_to_save and trained biases: full tensors that replace the base's.
-            let target = module_key.replace(".modules_to_save", "");
+            // modules_to_save and trained biases: full tensors that replace the base's (PEFT
+            // names a wrapped layer's own parameters under `base_layer`).
+            let target = module_key.replace(".modules_to_save", "").replace(".base_layer", "");
             let t = base_shape(&target)?;
             let (sh, v) = f32s(key)?;
             if sh != t.shape {
@@ -384,8 +406,9 @@ impl<'a> Merged<'a> {
 }
 
 impl Delta {
-    /// Applies the update to `rows` (row-major, `cols` wide) holding weight rows `r0 ..`.
-    fn apply(&self, rows: &mut [f32], r0: usize, cols: usize) {
+    /// Applies the update to `rows` (row-major, `cols` wide) holding weight rows `r0 ..`; `Err`
+    /// with the row whose DoRA norm is zero.
+    fn apply(&self, rows: &mut [f32], r0: usize, cols: usize) -> std::result::Result<(), usize> {
         for (i, w) in rows.chunks_mut(cols).enumerate() {
             let r = r0 + i;
             let mut delta = vec![0f32; cols];
@@ -400,10 +423,14 @@ impl Delta {
             }
             if let Some(m) = &self.magnitude {
                 let norm = w.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>().sqrt() as f32;
+                if norm == 0.0 {
+                    return Err(r);
+                }
                 let f = m[r] / norm;
                 w.iter_mut().for_each(|x| *x *= f);
             }
         }
+        Ok(())
     }
 }
 
@@ -441,7 +468,12 @@ impl TensorSource for Merged<'_> {
             if let Some((_, v)) = a.replace.get(name) {
                 rows.copy_from_slice(&v[r0 * cols..r1 * cols]);
             } else if let Some(d) = a.deltas.get(name) {
-                d.apply(&mut rows, r0, cols);
+                d.apply(&mut rows, r0, cols).map_err(|r| {
+                    ConvertError::Config(format!(
+                        "LoRA adapter {}: row {r} of {name} is all zeros after the update, which DoRA cannot normalise",
+                        a.record.name
+                    ))
+                })?;
             }
         }
         out.clear();

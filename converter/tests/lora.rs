@@ -148,6 +148,16 @@ fn quantized_output_and_bad_adapters() {
         .replace("\"lora_bias\": false", "\"lora_bias\": true");
     std::fs::write(dora_off.join("adapter_config.json"), cfg).unwrap();
     assert!(fail(&dora_off).contains("lora_bias is set"));
+    // A bitsandbytes 4-bit base: refused as such (its packed codes are not the weights).
+    let e = convert(
+        &data("tests/data/bnb/nf4"),
+        &tmp.path().join("z.lowbit"),
+        &opts(vec![LoraSpec { dir: data("tests/data/lora/plain"), scale: 1.0 }]),
+        &|_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("merging into a bitsandbytes checkpoint is not supported"), "{e}");
     // An adapter for another model: its tensors do not fit.
     let other = f32_with(&tmp.path().join("other-base.lowbit"), vec![]);
     assert!(other.is_ok());

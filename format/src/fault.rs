@@ -40,6 +40,9 @@ const EMPTY: Slot = Slot {
     message: UnsafeCell::new([0; MESSAGE]),
 };
 static WATCHED: [Slot; SLOTS] = [EMPTY; SLOTS];
+/// Handlers reading the slots right now: a dropped watch's slot is not handed out again until
+/// they are done, so a handler never reads a message being rewritten.
+static READERS: AtomicUsize = AtomicUsize::new(0);
 
 /// A registered mapping; dropping it (before the mapping goes) unregisters it.
 #[derive(Debug)]
@@ -50,7 +53,10 @@ pub struct Watch {
 impl Drop for Watch {
     fn drop(&mut self) {
         if let Some(i) = self.slot {
-            WATCHED[i].start.store(0, Release);
+            WATCHED[i].start.store(0, SeqCst);
+            while READERS.load(SeqCst) != 0 {
+                std::hint::spin_loop();
+            }
             WATCHED[i].taken.store(false, Release);
         }
     }
@@ -66,8 +72,8 @@ pub fn watch(start: *const u8, len: usize, path: &Path) -> Watch {
         return Watch { slot: None };
     };
     let text = format!(
-        "error: the file {} changed while in use (it was truncated or replaced on disk after it was opened); \
-         nothing more can be read from it. Keep a file that is in use unchanged, and start again.\n",
+        "error: the file {} could not be read while in use: it was truncated (or became unreadable) after it was \
+         opened, and nothing more can be read from it. Keep a file that is in use unchanged, and start again.\n",
         path.display()
     );
     let n = text.len().min(MESSAGE);
@@ -88,10 +94,11 @@ mod handler {
     use std::sync::OnceLock;
 
     struct Previous(UnsafeCell<MaybeUninit<libc::sigaction>>);
-    // SAFETY: written once inside `OnceLock::get_or_init` before the handler is installed, and
-    // only read afterwards.
+    // SAFETY: written once, by the `sigaction` call that installs the handler, and only read by
+    // the handler afterwards. (The kernel copies the old action out just after the new one takes
+    // effect; a foreign SIGBUS in that instant reads the zeroed static: SIG_DFL, the default.)
     unsafe impl Sync for Previous {}
-    static PREVIOUS: Previous = Previous(UnsafeCell::new(MaybeUninit::uninit()));
+    static PREVIOUS: Previous = Previous(UnsafeCell::new(MaybeUninit::zeroed()));
 
     /// Installs the handler once; whether it is in place.
     pub(super) fn install() -> bool {
@@ -114,14 +121,16 @@ mod handler {
         // of a published slot are not written while it is published.
         unsafe {
             let addr = (*info).si_addr() as usize;
+            READERS.fetch_add(1, SeqCst);
             for s in &WATCHED {
-                let start = s.start.load(Acquire);
+                let start = s.start.load(SeqCst);
                 if start != 0 && addr >= start && addr - start < s.len.load(Relaxed) {
                     let n = s.message_len.load(Relaxed);
                     libc::write(2, s.message.get() as *const libc::c_void, n);
                     libc::_exit(2);
                 }
             }
+            READERS.fetch_sub(1, SeqCst);
             // Not ours: what was there before runs, or the default action (the fault repeats on
             // return and kills the process as it would have).
             let prev = (*PREVIOUS.0.get()).assume_init_ref();
@@ -130,6 +139,9 @@ mod handler {
                     let mut dfl: libc::sigaction = std::mem::zeroed();
                     dfl.sa_sigaction = libc::SIG_DFL;
                     libc::sigaction(libc::SIGBUS, &dfl, std::ptr::null_mut());
+                    // A signal sent with kill does not repeat on return as a fault does: raise
+                    // it again (it is delivered, under the default action, once this returns).
+                    libc::raise(libc::SIGBUS);
                 }
                 f if prev.sa_flags & libc::SA_SIGINFO != 0 => {
                     let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) = std::mem::transmute(f);

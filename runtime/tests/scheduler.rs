@@ -51,7 +51,7 @@ fn tiny_file() -> &'static PathBuf {
     static F: OnceLock<PathBuf> = OnceLock::new();
     F.get_or_init(|| {
         let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/tiny/gqa1");
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("sched-tiny-{}", std::process::id()));
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("sched-tiny");
         std::fs::create_dir_all(&dir).unwrap();
         common::convert_to(&src, QuantChoice::Nf4, &dir)
     })
@@ -61,7 +61,9 @@ fn smollm2_file() -> Option<&'static PathBuf> {
     static F: OnceLock<Option<PathBuf>> = OnceLock::new();
     F.get_or_init(|| {
         let gguf = PathBuf::from(std::env::var_os("LOWBIT_SMOLLM2")?);
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("sched-smollm2-{}", std::process::id()));
+        // One folder reused by every run: a static never drops, so a folder per process would
+        // leave a converted model behind each time.
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("sched-smollm2");
         std::fs::create_dir_all(&dir).unwrap();
         Some(common::convert_to(&gguf, QuantChoice::Nf4, &dir))
     })

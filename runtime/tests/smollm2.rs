@@ -26,7 +26,9 @@ fn model_file() -> &'static PathBuf {
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf")
         });
         assert!(gguf.exists(), "{} is missing: run scripts/fetch-smollm2.sh (scripts/test.sh does)", gguf.display());
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("smollm2-{}", std::process::id()));
+        // One folder reused by every run: a static never drops, so a folder per process would
+        // leave a converted model behind each time.
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("smollm2-f32");
         std::fs::create_dir_all(&dir).unwrap();
         common::convert_to(&gguf, QuantChoice::F32, &dir)
     })
