@@ -190,7 +190,7 @@ fn missing_files_and_tensors() {
     copy_dir(&d, &d2);
     std::fs::remove_file(d2.join("model.safetensors")).unwrap();
     assert!(matches!(fails(&d2), ConvertError::Missing(_)));
-    assert!(matches!(fails(&tmp.path().join("nowhere")), ConvertError::Missing(_)));
+    assert!(matches!(fails(&tmp.path().join("nowhere")), ConvertError::NoSource(_)));
     // The weights file instead of its folder.
     assert!(matches!(fails(&d.join("model.safetensors")), ConvertError::Config(_)));
     let d2 = tmp.path().join("no-lm-head");
