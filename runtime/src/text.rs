@@ -21,6 +21,9 @@ pub struct TextCodec {
     template: Option<String>,
     bos: Option<String>,
     eos: Option<String>,
+    /// How many times longer (in bytes) normalization and pre-tokenization can make a text, at
+    /// most ([`expansion`]).
+    expansion: f64,
 }
 
 impl std::fmt::Debug for TextCodec {
@@ -38,6 +41,41 @@ fn special(cfg: Option<&Value>, key: &str) -> Option<String> {
     }
 }
 
+/// The most bytes a text may become inside the tokenizer before it is refused: a normalizer that
+/// replaces a character with a long string would otherwise turn a few KiB into GiBs.
+const MAX_NORMALIZED_BYTES: f64 = (256u64 << 20) as f64;
+
+/// An upper bound on how many bytes one byte of text can become through a tokenizer.json
+/// normalizer or pre-tokenizer (`part`): replacements by their length ratio, Unicode
+/// normalization by its longest decomposition, sequences by the product; kinds this does not know
+/// (and precompiled charsmaps, which can map to anything) count as 64.
+fn expansion(part: Option<&Value>) -> f64 {
+    let Some(v) = part.filter(|v| !v.is_null()) else { return 1.0 };
+    let len = |k: &str| v.get(k).and_then(Value::as_str).map_or(0, str::len) as f64;
+    match v.get("type").and_then(Value::as_str).unwrap_or("") {
+        "Sequence" => {
+            let list = v.get("normalizers").or_else(|| v.get("pretokenizers")).and_then(Value::as_array);
+            list.map_or(64.0, |l| l.iter().map(|p| expansion(Some(p))).product())
+        }
+        "Replace" => {
+            let content = len("content");
+            match v.get("pattern").and_then(|p| p.get("String")).and_then(Value::as_str) {
+                Some(p) if !p.is_empty() => (content / p.len() as f64).max(1.0),
+                // A regex may match every position, even an empty one.
+                _ => 1.0 + content,
+            }
+        }
+        "Prepend" => 1.0 + len("prepend"),
+        "Metaspace" => 3.0 + len("replacement"),
+        "NFD" | "NFKD" | "NFC" | "NFKC" => 18.0,
+        "Lowercase" | "BertNormalizer" | "BertPreTokenizer" => 3.0,
+        "ByteLevel" => 2.0,
+        "Strip" | "StripAccents" | "Whitespace" | "WhitespaceSplit" | "Split" | "Punctuation" | "Digits"
+        | "UnicodeScripts" => 1.0,
+        _ => 64.0,
+    }
+}
+
 /// Template instructions one rendering may run: a chat template spends a few hundred per
 /// message, so this covers conversations of thousands of messages.
 const TEMPLATE_FUEL: u64 = 5_000_000;
@@ -49,16 +87,27 @@ impl TextCodec {
             RuntimeError::Tokenizer("this model file has no tokenizer; use token ids (--tokens)".into())
         })?;
         let tokenizer = json.parse::<tokenizers::Tokenizer>().map_err(|e| RuntimeError::Tokenizer(e.to_string()))?;
+        let parts: Value = serde_json::from_str(json).map_err(|e| RuntimeError::Tokenizer(e.to_string()))?;
+        let expansion = expansion(parts.get("normalizer")) * expansion(parts.get("pre_tokenizer"));
         let cfg = meta.tokenizer_config.as_ref();
         let template = meta
             .chat_template
             .clone()
             .or_else(|| cfg.and_then(|c| c.get("chat_template")).and_then(Value::as_str).map(str::to_string));
-        Ok(TextCodec { tokenizer, template, bos: special(cfg, "bos_token"), eos: special(cfg, "eos_token") })
+        Ok(TextCodec { tokenizer, template, bos: special(cfg, "bos_token"), eos: special(cfg, "eos_token"), expansion })
     }
 
     /// Token ids of `text`; `special` adds the tokenizer's own BOS/EOS handling (its post-processor).
+    /// A text this tokenizer could blow up past [`MAX_NORMALIZED_BYTES`] is refused first.
     pub fn encode(&self, text: &str, special: bool) -> Result<Vec<u32>> {
+        if text.len() as f64 * self.expansion > MAX_NORMALIZED_BYTES {
+            return Err(RuntimeError::Tokenizer(format!(
+                "this tokenizer's normalizer can make text up to {:.0} times longer, and {} bytes of it could become more than the {} MiB it may take: use a shorter text",
+                self.expansion,
+                text.len(),
+                MAX_NORMALIZED_BYTES as u64 >> 20
+            )));
+        }
         let enc = self.tokenizer.encode(text, special).map_err(|e| RuntimeError::Tokenizer(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
     }
@@ -129,7 +178,43 @@ mod tests {
             template: Some(template.into()),
             bos: Some(bos.into()),
             eos: Some(eos.into()),
+            expansion: 1.0,
         }
+    }
+
+    /// A normalizer that replaces a character with 256 KiB: a 4 KiB prompt would need 1 GiB, so it
+    /// is refused before encoding; a short one still encodes.
+    #[test]
+    fn expanding_normalizers_are_bounded() {
+        let content = "x".repeat(256 << 10);
+        let tok = format!(
+            r#"{{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],"normalizer":{{"type":"Sequence","normalizers":[{{"type":"Replace","pattern":{{"String":"a"}},"content":"{content}"}},{{"type":"Lowercase"}}]}},"pre_tokenizer":null,"post_processor":null,"decoder":null,"model":{{"type":"WordLevel","vocab":{{"<unk>":0}},"unk_token":"<unk>"}}}}"#
+        );
+        let meta = Metadata {
+            architecture: "llama".into(),
+            config: serde_json::json!({}),
+            tokenizer_json: Some(tok),
+            tokenizer_config: None,
+            chat_template: None,
+            generation_config: None,
+            quantization: Default::default(),
+            converter: Default::default(),
+            sources: vec![],
+            adapters: vec![],
+        };
+        let c = TextCodec::from_metadata(&meta).unwrap();
+        assert_eq!(c.expansion, 3.0 * (256 << 10) as f64);
+        let start = std::time::Instant::now();
+        let e = c.encode(&"a".repeat(4096), false).unwrap_err().to_string();
+        assert!(e.contains("times longer"), "{e}");
+        assert!(start.elapsed().as_millis() < 500);
+        assert!(c.encode("a", false).is_ok());
+        assert_eq!(expansion(None), 1.0);
+        assert_eq!(
+            expansion(Some(&serde_json::json!({"type": "Replace", "pattern": {"Regex": "."}, "content": "abc"}))),
+            4.0
+        );
+        assert_eq!(expansion(Some(&serde_json::json!({"type": "Precompiled"}))), 64.0);
     }
 
     #[test]
