@@ -258,9 +258,8 @@ fn int8_rows(k: &Kernels, out_t: &mut [f32], w: &Int8Ref, x: &[f32], m: usize, o
             }
             // Each token's outlier columns in floating point, against the dequantized weights,
             // in column order per (row, token). Columns outside, rows inside: the adds into one
-            // output form a chain, and a chain per row in flight at once hides its latency
-            // (rows inside cost a float add's latency per column and row: 4 % of a SmolLM2
-            // decode step, in its head).
+            // output form a chain, and with a chain per row in flight at once no add waits for
+            // the one before it (docs/PERFORMANCE.md).
             for t in 0..m {
                 let xt = &x[t * cols..(t + 1) * cols];
                 for &c in &acts[t].outlier_cols {

@@ -84,8 +84,8 @@ impl Store {
 
 /// Cached keys and values of one layer, head-major: `kv_heads × slots × head_dim` each, so one
 /// head's cached rows are contiguous. Decode attention streams them from memory every step (the
-/// weights pass through the caches in between); rows of one head interleaved with the other
-/// heads' (slot-major) were read at 40 % of the bandwidth of contiguous ones.
+/// weights pass through the caches in between), and the hardware prefetchers follow a contiguous
+/// run where they lose rows interleaved with the other heads' (docs/PERFORMANCE.md).
 #[derive(Debug, Clone)]
 pub struct LayerCache {
     k: Store,
