@@ -248,8 +248,8 @@ impl Kernels {
 
     /// The AVX-512 table, with VBMI's nibble lookups or without. vpermb saves two instructions
     /// per 64 code bytes where VBMI exists (Ice Lake, Zen 4 and later; Cascade Lake has VNNI
-    /// without it): a 4096-wide decode row from L1 takes 59.7 ns against 68.6 on our Xeon (bench
-    /// `fourbit_q8_row`).
+    /// without it), which shows in a decode row from L1 (bench `fourbit_q8_row`;
+    /// docs/PERFORMANCE.md).
     #[cfg(target_arch = "x86_64")]
     fn avx512(vbmi: bool) -> Kernels {
         use crate::arch::x86_64::avx512 as k;

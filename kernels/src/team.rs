@@ -2,13 +2,10 @@
 //!
 //! Decode makes hundreds of parallel calls per token, each a millisecond or less. Through rayon,
 //! a worker that found no work for a few dozen rounds goes to sleep on a futex, and the next
-//! call has to wake it. On the 2-vCPU VM this project is measured on, a wake-up takes 27–51 µs
-//! to reach the sleeper and costs the waker 14–19 µs inside the system call, against about
-//! 1 µs for a thread still spinning (`cargo run --release -p lowbit-benches --bin
-//! wake-latency`). Timestamps inside a 14336×4096 nf4 matvec at two threads (a temporary
-//! instrumentation, not kept) showed the calling thread starting its first row 35 µs into the
-//! call and the second thread 40–90 µs in, about a tenth of the call's 1.2 ms; on the team,
-//! both started within 7 µs.
+//! call has to wake it: tens of microseconds to reach the sleeper and more inside the waker's
+//! system call, against about one for a thread still spinning — a tenth of a large matvec's
+//! time (`cargo run --release -p lowbit-benches --bin wake-latency`; the figures are in
+//! docs/PERFORMANCE.md).
 //!
 //! Team workers instead spin on one atomic word for a while (`SPIN`) after each job, so a job
 //! published within that time starts on every worker within about a microsecond; after it they
@@ -40,7 +37,7 @@ use std::time::{Duration, Instant};
 
 /// How long an idle worker spins before parking. Decode's gaps between calls (norms, rope,
 /// sampling) are microseconds to a few hundred of them; a parked worker costs the next call a
-/// wake-up of 20–50 µs, a spinning one costs an otherwise idle core.
+/// wake-up, a spinning one costs an otherwise idle core.
 const SPIN: Duration = Duration::from_millis(2);
 
 /// Bits of the state word: the job's epoch above `CLOSED`, the workers inside it below.

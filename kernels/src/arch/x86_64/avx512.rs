@@ -36,10 +36,8 @@ macro_rules! vbmi_pair {
 
 /// How far ahead (bytes) the decode loops prefetch, into L2. The hardware prefetcher alone left
 /// the weight-streaming loops waiting on their loads (half the 4-bit loop's samples sat on its
-/// code loads). An L1 prefetch 2 KiB ahead took 14336×4096 int8 matvec from 21.5 to 27.5 GB/s
-/// and nf4 from 15.4 to 20.4 on one thread; from DRAM at two threads, into L2 8 KiB ahead did
-/// better for both: nf4 76–80 % of the probe against 58–77 % (Mistral-7B nf4 decode 5.3–5.7 →
-/// 5.9–6.0 tok/s), int8 90.6–92.0 % against 81.8–87.3 % in alternated runs (Xeon, AVX-512).
+/// code loads); into L2 8 KiB ahead beat an L1 prefetch 2 KiB ahead and none, from DRAM at one
+/// and two threads (docs/PERFORMANCE.md).
 const PREFETCH_L2: usize = 8192;
 
 /// See [`crate::scalar::dot_f32`].
