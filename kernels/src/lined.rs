@@ -13,8 +13,8 @@ use bytemuck::Pod;
 use std::marker::PhantomData;
 
 /// 64 bytes on a 64-byte boundary. Also what keeps every 512-bit load of the quantized
-/// activations inside one line (from 16-byte-aligned vectors, the L1-resident 4-bit decode loop
-/// ran 20 % slower: each load split across two lines).
+/// activations inside one line: a load split across two lines costs the L1-resident 4-bit
+/// decode loop dearly (docs/PERFORMANCE.md).
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 #[repr(C, align(64))]
 pub(crate) struct Line([u8; 64]);

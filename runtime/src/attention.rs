@@ -25,8 +25,8 @@ pub(crate) struct Heads {
 /// Causal (sliding-window) attention of `t` tokens at positions `0..t`: `q` holds `t × heads ×
 /// head_dim` values, `k` and `v` `t × kv_heads × head_dim`, `out` receives `t × heads ×
 /// head_dim`. Per head and block of queries, scores = Q·Kᵀ as one gemm over the keys the block
-/// can see, masked and softmaxed row by row, then P·V as a second gemm. (The per-query loop made
-/// a dot-kernel call per key and took about 40 % of a 560-token SmolLM2 prefill.)
+/// can see, masked and softmaxed row by row, then P·V as a second gemm (a dot-kernel call per
+/// key and query cost a large share of a long prefill; docs/PERFORMANCE.md).
 pub(crate) fn prefill_attention(out: &mut [f32], q: &[f32], k: &[f32], v: &[f32], t: usize, shape: &Heads) {
     let Heads { head_dim: hd, heads: nh, kv_heads: nkv, window } = *shape;
     let group = nh / nkv;

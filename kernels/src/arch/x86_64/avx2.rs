@@ -375,9 +375,9 @@ pub unsafe fn dot_fourbit_q8_x4(
     out
 }
 
-/// How far ahead (bytes) of the bytes being read the decode loops prefetch, into L2. 14336×4096
-/// matvec from DRAM, one thread, `LOWBIT_ISA=avx2`: int8 57 % of the probe at 8 KiB, 72 % at
-/// 16–64 KiB; nf4 27 % without prefetching, 47–50 % with (see docs/PERFORMANCE.md).
+/// How far ahead (bytes) of the bytes being read the decode loops prefetch, into L2: from DRAM
+/// at one thread the AVX2 loops reached far more of the bandwidth with it than without, and
+/// 16 KiB did as well as anything up to 64 (docs/PERFORMANCE.md).
 const PREFETCH_L2: usize = 16384;
 
 /// Prefetches the weights [`PREFETCH_L2`] bytes past `first + done`, where `first` starts the

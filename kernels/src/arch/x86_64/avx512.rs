@@ -276,10 +276,9 @@ vbmi_pair! {
     ///
     /// Blocks of 64 (half_block 32, the default) go two to a 512-bit register: lanes 0–7 hold one
     /// block's partial sums and lanes 8–15 the next one's, and one FMA applies both factors.
-    /// Larger blocks run whole 64-byte steps inside one block. On a Sapphire Rapids-class Xeon
-    /// this (with the gathered factors) took 14336×4096 matvec from 12.7 to 15.4 GB/s on one
-    /// thread before prefetching; an earlier 512-bit attempt measured 30 % slower than 256-bit on
-    /// Zen 4, which splits 512-bit shuffles — re-measure there before tuning for it.
+    /// Larger blocks run whole 64-byte steps inside one block. Zen 4 splits 512-bit shuffles, so
+    /// narrow rows decode through the 256-bit kernel instead (`Kernels::avx512`; the figures of
+    /// both are in docs/PERFORMANCE.md).
     ///
     /// # Safety
     /// AVX-512F/BW/VL and VNNI must be available; `half_block` is a multiple of 32; `codes`, `qe`,
