@@ -20,7 +20,9 @@ fn quant_choice(quant: &str) -> PyResult<QuantChoice> {
         "bf16" => QuantChoice::Bf16,
         "f32" => QuantChoice::F32,
         other => {
-            return Err(PyValueError::new_err(format!("quant {other:?} is not one of nf4, fp4, int8, q8, f16, bf16, f32")))
+            return Err(PyValueError::new_err(format!(
+                "quant {other:?} is not one of nf4, fp4, int8, q8, f16, bf16, f32"
+            )))
         }
     })
 }
@@ -48,22 +50,21 @@ pub fn convert_file(py: Python<'_>, src: &Path, dst: &Path, quant: &str, progres
         return Err(PyFileNotFoundError::new_err(format!("{}: no such file or folder", src.display())));
     }
     let opts = ConvertOptions { quant: quant_choice(quant)?, ..ConvertOptions::default() };
-    // Progress is reported from the converter's threads; the callback runs with the GIL, and
-    // the first exception it raises is kept and raised at the end.
+    // Progress is reported from the converter's threads; the callback runs with the GIL and
+    // under the lock that counts the bytes, so it sees the counts in increasing order (the last
+    // call is the whole), and the first exception it raises is kept and raised at the end.
     let done = Mutex::new((0u64, 0u64, None::<PyErr>));
     let report = |e: ProgressEvent| {
         let Some(cb) = &progress else { return };
-        let (d, t) = {
-            let mut g = done.lock().unwrap_or_else(|p| p.into_inner());
-            match e {
-                ProgressEvent::Start { total_bytes } => g.1 = total_bytes,
-                ProgressEvent::Tensor { bytes, .. } => g.0 += bytes,
-            }
-            (g.0, g.1)
-        };
+        let mut g = done.lock().unwrap_or_else(|p| p.into_inner());
+        match e {
+            ProgressEvent::Start { total_bytes } => g.1 = total_bytes,
+            ProgressEvent::Tensor { bytes, .. } => g.0 += bytes,
+        }
+        let (d, t) = (g.0, g.1);
         Python::attach(|py| {
             if let Err(err) = cb.call1(py, (d, t)) {
-                done.lock().unwrap_or_else(|p| p.into_inner()).2.get_or_insert(err);
+                g.2.get_or_insert(err);
             }
         });
     };
