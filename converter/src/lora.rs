@@ -409,9 +409,10 @@ impl Delta {
     /// Applies the update to `rows` (row-major, `cols` wide) holding weight rows `r0 ..`; `Err`
     /// with the row whose DoRA norm is zero.
     fn apply(&self, rows: &mut [f32], r0: usize, cols: usize) -> std::result::Result<(), usize> {
+        let mut delta = vec![0f32; cols];
         for (i, w) in rows.chunks_mut(cols).enumerate() {
             let r = r0 + i;
-            let mut delta = vec![0f32; cols];
+            delta.fill(0.0);
             for k in 0..self.r {
                 let bk = self.b[r * self.r + k];
                 for (d, &a) in delta.iter_mut().zip(&self.a[k * cols..(k + 1) * cols]) {
