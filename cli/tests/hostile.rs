@@ -210,8 +210,10 @@ fn model_truncated_while_mapped_is_reported() {
     }
     // Keep the header's first page; every tensor is past it.
     std::fs::OpenOptions::new().write(true).open(&m).unwrap().set_len(4096).unwrap();
+    // The child may touch a tensor and fail before it reads stdin; a closed pipe is then
+    // expected, and the outcome checked below is the same.
     let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(b"hello").unwrap();
+    let _ = stdin.write_all(b"hello");
     drop(stdin);
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
