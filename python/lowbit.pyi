@@ -25,8 +25,9 @@ class Llama:
     ) -> None:
         """`model_path`: a lowbit file, or a GGUF file / Hugging Face or bitsandbytes folder,
         converted once with `quant` into the cache (`LOWBIT_CACHE`, else `~/.cache/lowbit`).
-        `kv_type="f16"` halves the KV cache's memory. Other llama-cpp-python arguments
-        (n_gpu_layers, use_mmap, ...) are accepted and ignored."""
+        `kv_type="f16"` halves the KV cache's memory, `"q8"` (int8 in blocks of 32) takes about a
+        quarter. Other llama-cpp-python arguments (n_gpu_layers, use_mmap, ...) are accepted and
+        ignored."""
     def n_ctx(self) -> int: ...
     def n_vocab(self) -> int: ...
     @property

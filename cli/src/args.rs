@@ -133,6 +133,8 @@ pub struct ConvertArgs {
 pub enum KvTypeArg {
     F32,
     F16,
+    // int8 in blocks of 32 with an f16 scale each.
+    Q8,
 }
 
 impl KvTypeArg {
@@ -140,6 +142,7 @@ impl KvTypeArg {
         match self {
             KvTypeArg::F32 => lowbit_runtime::KvType::F32,
             KvTypeArg::F16 => lowbit_runtime::KvType::F16,
+            KvTypeArg::Q8 => lowbit_runtime::KvType::Q8,
         }
     }
 }
@@ -215,7 +218,7 @@ pub struct SampleArgs {
     /// Exact float 4-bit decode path instead of the faster integer route.
     #[arg(long)]
     pub exact: bool,
-    /// KV cache element type: f32 (exact) or f16 (half the memory).
+    /// KV cache element type: f32 (exact), f16 (half the memory) or q8 (int8 in blocks of 32, 53 % of f16).
     #[arg(long, value_enum, default_value = "f32")]
     pub kv_type: KvTypeArg,
     /// Scheme a GGUF file or Hugging Face folder given as the model is converted to (once; the
@@ -330,7 +333,7 @@ pub struct ServeArgs {
     /// Model name reported by /v1/models and in responses (default: the file name).
     #[arg(long)]
     pub model_name: Option<String>,
-    /// KV cache element type: f32 (exact) or f16 (half the memory).
+    /// KV cache element type: f32 (exact), f16 (half the memory) or q8 (int8 in blocks of 32, 53 % of f16).
     #[arg(long, value_enum, default_value = "f32")]
     pub kv_type: KvTypeArg,
     /// Scheme a GGUF file or Hugging Face folder given as the model is converted to (once, cached).

@@ -190,6 +190,15 @@ fn json_output_of_run_inspect_and_perplexity() {
     assert_eq!(v["ram"]["kv_type"], "f16");
     assert!(v["ram"]["total"].as_u64().unwrap() > v["file_bytes"].as_u64().unwrap());
     assert!(v["bits_per_weight"].as_f64().unwrap() > 4.0);
+    // A q8 cache: a byte per value plus an f16 scale per 32, against f16's two bytes.
+    let q8 = ok(bin().args(["inspect", m, "--json", "--ctx", "64", "--parallel", "2", "--kv-type", "q8"]));
+    let q8: serde_json::Value = serde_json::from_slice(&q8.stdout).unwrap();
+    let (kq, kf) = (q8["ram"]["kv_cache"].as_u64().unwrap(), v["ram"]["kv_cache"].as_u64().unwrap());
+    assert!(kq < kf && kq * 2 > kf, "q8 {kq} bytes against f16 {kf}");
+    // run with a q8 cache, greedy: a reply of the asked length.
+    let o = ok(bin().args(["run", "-m", m, "-p", "hello", "-n", "6", "--temp", "0", "--json", "--kv-type", "q8"]));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(r["generated_tokens"].as_u64().unwrap() > 0);
     // perplexity: the object's figure is the text line's; against its own logits, KL 0.
     let text = tmp.path().join("text.txt");
     std::fs::write(&text, "one two three four five six seven eight nine ten eleven twelve ".repeat(8)).unwrap();

@@ -213,6 +213,35 @@ impl Kernels {
         out
     }
 
+    /// The kernel tables of this build's architecture that [`Kernels::variants`] leaves out
+    /// because the CPU cannot run them, each with what it lacks — so a test run can say what it
+    /// did not check instead of passing silently.
+    pub fn not_run() -> Vec<(&'static str, &'static str)> {
+        let mut out = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            for isa in [Isa::Avx2, Isa::Avx512] {
+                if let Some(needs) = isa.missing() {
+                    out.push((isa.name(), needs));
+                }
+            }
+            if Isa::Avx2.is_supported() && !Isa::has_avxvnni() {
+                out.push(("avxvnni (VEX encoding)", "AVX-VNNI"));
+            }
+            if Isa::Avx2.is_supported() && !Isa::has_avx512vnni_vl() {
+                out.push(("avxvnni(evex)", "AVX-512 VNNI and VL"));
+            }
+            if Isa::Avx512.is_supported() && !std::arch::is_x86_feature_detected!("avx512vbmi") {
+                out.push(("avx512+vbmi", "AVX-512 VBMI"));
+            }
+        }
+        #[cfg(target_arch = "aarch64")]
+        if let Some(needs) = Isa::Neon.missing() {
+            out.push(("neon", needs));
+        }
+        out
+    }
+
     /// The AVX2 table with the integer kernels on 256-bit VNNI: AVX-VNNI's encoding, or AVX-512
     /// VNNI's (`evex`) on CPUs that have that instead (the same instruction on the same vectors).
     /// Int8 decode keeps the AVX2 kernel, which measured faster than a two-`vpdpbusd` one (the row

@@ -719,3 +719,18 @@ fn fourbit_q8_regression_case(data: &[u8]) {
         assert!((got - want).abs() <= tol, "{}: {got} vs {want} (tolerance {tol})", k.label());
     }
 }
+
+/// Says which kernel tables this CPU could not run, so a passing run on a machine without
+/// AVX-512 (or AVX-VNNI) does not read as having checked them. Written straight to stderr,
+/// which the test harness does not capture.
+#[test]
+fn report_levels_not_run() {
+    use std::io::Write;
+    let ran: Vec<&str> = simd_levels().iter().map(|k| k.label()).collect();
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "kernel levels checked here: {}", ran.join(", "));
+    for (label, needs) in Kernels::not_run() {
+        assert!(!ran.contains(&label), "{label} both ran and was reported as not run");
+        let _ = writeln!(err, "NOT RUN on this CPU: {label} kernels (needs {needs})");
+    }
+}

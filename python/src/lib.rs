@@ -217,10 +217,9 @@ impl Llama {
         kv_type: &str,
         _kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Llama> {
-        let kv_type = match kv_type {
-            "f32" => KvType::F32,
-            "f16" => KvType::F16,
-            other => return Err(PyValueError::new_err(format!("kv_type {other:?} is not f32 or f16"))),
+        let kv_type = match KvType::from_name(kv_type) {
+            Some(k) => k,
+            None => return Err(PyValueError::new_err(format!("kv_type {kv_type:?} is not f32, f16 or q8"))),
         };
         if !model_path.exists() {
             return Err(PyFileNotFoundError::new_err(format!("{}: no such file or folder", model_path.display())));

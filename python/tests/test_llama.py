@@ -89,8 +89,9 @@ def test_threads_share_one_llama(llm):
     assert got == alone
 
 
-def test_f16_kv_cache_generates():
-    with lowbit.Llama(model_path=MODEL, n_ctx=256, kv_type="f16") as m:
+@pytest.mark.parametrize("kv_type", ["f16", "q8"])
+def test_smaller_kv_caches_generate(kv_type):
+    with lowbit.Llama(model_path=MODEL, n_ctx=256, kv_type=kv_type) as m:
         r = m.create_completion(PROMPT, max_tokens=8, temperature=0)
     assert r["choices"][0]["text"]
 

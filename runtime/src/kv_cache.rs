@@ -1,7 +1,8 @@
 //! Key/value cache. With a sliding window W it is a ring of W slots indexed by position mod W,
 //! so memory stays flat however long generation runs; without one it grows up to the context
-//! length and a longer sequence is an error. Keys and values are kept as f32 (exact) or f16
-//! (half the memory; each value rounded once when stored).
+//! length and a longer sequence is an error. Keys and values are kept as f32 (exact), f16
+//! (half the memory; each value rounded once when stored) or q8 (about a quarter: int8 in
+//! blocks of [`Q8_BLOCK`] with one f16 scale each, as llama.cpp's `q8_0` cache).
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;
@@ -15,38 +16,117 @@ pub enum KvType {
     F32,
     /// float16: half the memory, each key and value rounded to f16 when stored.
     F16,
+    /// int8 in blocks of [`Q8_BLOCK`] along each head's row, one f16 scale (absmax / 127) per
+    /// block: 34 bytes per 32 values.
+    Q8,
 }
 
+/// Values per scale of a q8 cache (a row shorter than a block, or its tail, is a short block).
+pub const Q8_BLOCK: usize = 32;
+
 impl KvType {
-    /// Bytes per cached element.
-    pub fn bytes(self) -> usize {
+    /// Bytes one cached row of `n` values (one kv head's key or value at one position) takes.
+    pub fn row_bytes(self, n: usize) -> usize {
         match self {
-            KvType::F32 => 4,
-            KvType::F16 => 2,
+            KvType::F32 => 4 * n,
+            KvType::F16 => 2 * n,
+            KvType::Q8 => n + 2 * n.div_ceil(Q8_BLOCK),
         }
     }
 
-    /// `f32` or `f16`.
+    /// `f32`, `f16` or `q8`.
     pub fn name(self) -> &'static str {
         match self {
             KvType::F32 => "f32",
             KvType::F16 => "f16",
+            KvType::Q8 => "q8",
         }
+    }
+
+    /// Parses a name as [`KvType::name`] writes it.
+    pub fn from_name(s: &str) -> Option<KvType> {
+        [KvType::F32, KvType::F16, KvType::Q8].into_iter().find(|k| k.name() == s)
     }
 }
 
-/// One tensor of cached values (keys or values of a layer), slot-major.
+/// One tensor of cached values (keys or values of a layer), slot-major. Positions and lengths
+/// are in elements and, for q8, whole rows.
 #[derive(Debug, Clone)]
 enum Store {
     F32(Vec<f32>),
     F16(Vec<f16>),
+    Q8(Q8Rows),
+}
+
+/// Rows of `row` values as int8 with one f16 scale per block of [`Q8_BLOCK`] (the last block of
+/// a row may be short): `value = q · scale`.
+#[derive(Debug, Clone)]
+struct Q8Rows {
+    row: usize,
+    q: Vec<i8>,
+    scales: Vec<f16>,
+}
+
+impl Q8Rows {
+    /// Scales before element `elems` (a whole number of rows).
+    fn blocks(&self, elems: usize) -> usize {
+        debug_assert!(elems.is_multiple_of(self.row), "q8 cache access in whole rows");
+        elems / self.row * self.row.div_ceil(Q8_BLOCK)
+    }
+
+    /// Quantizes whole rows of `x` into place `at`: per block, scale = f16(absmax / 127) and
+    /// q = round-half-even(x / scale), clamped to ±127 (f16 rounding may shrink the scale).
+    fn write(&mut self, at: usize, x: &[f32]) {
+        let (s, nb) = (self.blocks(at), self.blocks(x.len()));
+        let q = &mut self.q[at..at + x.len()];
+        let blocks = q
+            .chunks_mut(self.row)
+            .zip(x.chunks(self.row))
+            .flat_map(|(qr, xr)| qr.chunks_mut(Q8_BLOCK).zip(xr.chunks(Q8_BLOCK)));
+        for ((qb, xb), scale) in blocks.zip(&mut self.scales[s..s + nb]) {
+            let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = f16::from_f32(amax / 127.0);
+            let inv = if d.to_f32() > 0.0 { 1.0 / d.to_f32() } else { 0.0 };
+            for (o, &v) in qb.iter_mut().zip(xb) {
+                *o = (v * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
+            }
+            *scale = d;
+        }
+    }
+
+    /// Whole rows from element `at` as f32 (`q · scale`).
+    fn read(&self, at: usize, out: &mut [f32]) {
+        let (s, nb) = (self.blocks(at), self.blocks(out.len()));
+        let q = &self.q[at..at + out.len()];
+        let blocks = out
+            .chunks_mut(self.row)
+            .zip(q.chunks(self.row))
+            .flat_map(|(or, qr)| or.chunks_mut(Q8_BLOCK).zip(qr.chunks(Q8_BLOCK)));
+        for ((ob, qb), scale) in blocks.zip(&self.scales[s..s + nb]) {
+            let d = scale.to_f32();
+            for (o, &v) in ob.iter_mut().zip(qb) {
+                *o = v as f32 * d;
+            }
+        }
+    }
 }
 
 impl Store {
-    fn len(&self) -> usize {
+    /// Bytes allocated.
+    fn bytes(&self) -> usize {
         match self {
-            Store::F32(v) => v.len(),
-            Store::F16(v) => v.len(),
+            Store::F32(v) => 4 * v.len(),
+            Store::F16(v) => 2 * v.len(),
+            Store::Q8(r) => r.q.len() + 2 * r.scales.len(),
+        }
+    }
+
+    /// An empty store of the same type.
+    fn empty_like(&self) -> Store {
+        match self {
+            Store::F32(_) => Store::F32(Vec::new()),
+            Store::F16(_) => Store::F16(Vec::new()),
+            Store::Q8(r) => Store::Q8(Q8Rows { row: r.row, q: Vec::new(), scales: Vec::new() }),
         }
     }
 
@@ -54,6 +134,11 @@ impl Store {
         match self {
             Store::F32(v) => v.resize(n, 0.0),
             Store::F16(v) => v.resize(n, f16::ZERO),
+            Store::Q8(r) => {
+                let nb = r.blocks(n);
+                r.q.resize(n, 0);
+                r.scales.resize(nb, f16::ZERO);
+            }
         }
     }
 
@@ -61,6 +146,7 @@ impl Store {
         match self {
             Store::F32(v) => v[at..at + x.len()].copy_from_slice(x),
             Store::F16(v) => v[at..at + x.len()].convert_from_f32_slice(x),
+            Store::Q8(r) => r.write(at, x),
         }
     }
 
@@ -69,15 +155,21 @@ impl Store {
         match (self, src) {
             (Store::F32(d), Store::F32(s)) => d[at..at + n].copy_from_slice(&s[from..from + n]),
             (Store::F16(d), Store::F16(s)) => d[at..at + n].copy_from_slice(&s[from..from + n]),
+            (Store::Q8(d), Store::Q8(s)) => {
+                d.q[at..at + n].copy_from_slice(&s.q[from..from + n]);
+                let (a, f, nb) = (d.blocks(at), s.blocks(from), s.blocks(n));
+                d.scales[a..a + nb].copy_from_slice(&s.scales[f..f + nb]);
+            }
             _ => unreachable!("a cache has one element type"),
         }
     }
 
-    /// Elements `at .. at + out.len()` as f32 (exact for both types).
+    /// Elements `at .. at + out.len()` as f32: exact for f32 and f16, `q · scale` for q8.
     fn read(&self, at: usize, out: &mut [f32]) {
         match self {
             Store::F32(v) => out.copy_from_slice(&v[at..at + out.len()]),
             Store::F16(v) => v[at..at + out.len()].convert_to_f32_slice(out),
+            Store::Q8(r) => r.read(at, out),
         }
     }
 }
@@ -102,6 +194,8 @@ pub enum HeadView<'a> {
     F32(&'a [f32], &'a [f32]),
     /// float16 keys and values.
     F16(&'a [f16], &'a [f16]),
+    /// int8 keys and values with their block scales (read through [`KvCache::gather`]).
+    Q8,
 }
 
 /// The cache of every layer plus the number of positions already processed.
@@ -135,6 +229,7 @@ impl KvCache {
         let store = || match kind {
             KvType::F32 => Store::F32(Vec::new()),
             KvType::F16 => Store::F16(Vec::new()),
+            KvType::Q8 => Store::Q8(Q8Rows { row: head_dim, q: Vec::new(), scales: Vec::new() }),
         };
         KvCache {
             layers: (0..num_layers).map(|_| LayerCache { k: store(), v: store(), slots: 0 }).collect(),
@@ -177,6 +272,7 @@ impl KvCache {
         match l {
             LayerCache { k: Store::F32(k), v: Store::F32(v), .. } => HeadView::F32(&k[r.clone()], &v[r]),
             LayerCache { k: Store::F16(k), v: Store::F16(v), .. } => HeadView::F16(&k[r.clone()], &v[r]),
+            LayerCache { k: Store::Q8(_), v: Store::Q8(_), .. } => HeadView::Q8,
             _ => unreachable!("a cache has one element type"),
         }
     }
@@ -192,7 +288,7 @@ impl KvCache {
     }
 
     /// Kv head `kvh`'s keys and values in `layer` as f32 (`slots × head_dim`): borrowed for an
-    /// f32 cache, converted (exactly) for an f16 one.
+    /// f32 cache, converted (exactly) for an f16 one, dequantized for q8.
     pub fn head_f32(&self, layer: usize, kvh: usize) -> (Cow<'_, [f32]>, Cow<'_, [f32]>) {
         match self.head(layer, kvh) {
             HeadView::F32(k, v) => (Cow::Borrowed(k), Cow::Borrowed(v)),
@@ -203,6 +299,15 @@ impl KvCache {
                     Cow::Owned(out)
                 };
                 (conv(k), conv(v))
+            }
+            HeadView::Q8 => {
+                let slots = self.layers[layer].slots;
+                let mut out = [Vec::new(), Vec::new()];
+                for (values, o) in out.iter_mut().enumerate() {
+                    self.gather(layer, values == 1, kvh, 0, slots, o);
+                }
+                let [k, v] = out;
+                (Cow::Owned(k), Cow::Owned(v))
             }
         }
     }
@@ -228,10 +333,7 @@ impl KvCache {
             // rows move to their place in the larger block.
             let slots = (slot + 1).max((l.slots * 2).min(cap));
             for store in [&mut l.k, &mut l.v] {
-                let mut grown = match store {
-                    Store::F32(_) => Store::F32(Vec::new()),
-                    Store::F16(_) => Store::F16(Vec::new()),
-                };
+                let mut grown = store.empty_like();
                 grown.resize(nkv * slots * hd);
                 for h in 0..nkv {
                     grown.copy_from(h * slots * hd, store, h * l.slots * hd, l.slots * hd);
@@ -249,7 +351,7 @@ impl KvCache {
 
     /// Bytes currently allocated.
     pub fn bytes(&self) -> usize {
-        self.layers.iter().map(|l| (l.k.len() + l.v.len()) * self.kind.bytes()).sum()
+        self.layers.iter().map(|l| l.k.bytes() + l.v.bytes()).sum()
     }
 
     /// The width of one slot (kv heads × head dim).
@@ -285,6 +387,49 @@ mod tests {
         assert_eq!(out, rounded(&v[2..4]));
         assert_eq!(c.bytes(), 2 * 16 * 2);
         assert!(matches!(c.head(1, 0), HeadView::F16(..)));
+    }
+
+    /// A q8 cache: each block within half a step of its scale of the stored value, the scale
+    /// f16(absmax / 127), exact zeros, a short last block of a row, rows kept through growth
+    /// and every reader, and a quarter of f32's bytes plus the scales.
+    #[test]
+    fn q8_cache_quantizes_per_block() {
+        let hd = 40; // one block of 32 and a short one of 8 per row
+        let mut c = KvCache::new(1, 2, hd, None, 64, KvType::Q8);
+        let row = |p: usize, h: usize| -> Vec<f32> {
+            (0..hd)
+                .map(|i| if i == 5 { 0.0 } else { ((p * 7 + h * 3 + i) as f32 * 0.37).sin() * (1 + i % 9) as f32 })
+                .collect()
+        };
+        for p in 0..5 {
+            let k: Vec<f32> = (0..2).flat_map(|h| row(p, h)).collect();
+            let v: Vec<f32> = k.iter().map(|x| -2.0 * x).collect();
+            c.put(0, p, &k, &v);
+        }
+        assert!(matches!(c.head(0, 1), HeadView::Q8));
+        for h in 0..2 {
+            let (kc, vc) = c.head_f32(0, h);
+            for p in 0..5 {
+                let want = row(p, h);
+                for (b, block) in want.chunks(Q8_BLOCK).enumerate() {
+                    let d = f16::from_f32(block.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0).to_f32();
+                    for (i, &w) in block.iter().enumerate() {
+                        let j = p * hd + b * Q8_BLOCK + i;
+                        assert!((kc[j] - w).abs() <= 0.5 * d * 1.001, "p={p} h={h} [{j}]: {} vs {w}", kc[j]);
+                        assert!((vc[j] + 2.0 * w).abs() <= d * 1.001);
+                        assert_eq!(kc[j] / d, (kc[j] / d).round(), "a multiple of the scale");
+                    }
+                }
+                assert_eq!(kc[p * hd + 5], 0.0);
+            }
+            let mut out = Vec::new();
+            c.gather(0, false, h, 3, 2, &mut out);
+            assert_eq!(out, kc[3 * hd..5 * hd]);
+        }
+        let slots = 8; // grown 1 → 2 → 4 → 8
+        assert_eq!(c.bytes(), 2 * 2 * slots * (hd + 2 * 2));
+        assert_eq!(KvType::Q8.row_bytes(hd), hd + 4);
+        assert_eq!(KvType::from_name("q8"), Some(KvType::Q8));
     }
 
     /// Growing keeps every head's rows in place, in order.

@@ -70,9 +70,12 @@ fn tiny_models_decode_the_same_in_a_batch() {
             let file = ModelFile::open(&path).unwrap();
             let mut model = Model::new(&file).unwrap();
             check(&model, &prompts, 12, &format!("{variant} {}", quant.label()));
-            // The f16 cache too (its rows are converted per head before the same kernels).
-            model.set_kv_type(KvType::F16);
-            check(&model, &prompts, 12, &format!("{variant} {} kv f16", quant.label()));
+            // The f16 and q8 caches too (their rows are converted per head before the same
+            // kernels).
+            for kv in [KvType::F16, KvType::Q8] {
+                model.set_kv_type(kv);
+                check(&model, &prompts, 12, &format!("{variant} {} kv {}", quant.label(), kv.name()));
+            }
         }
     }
 }

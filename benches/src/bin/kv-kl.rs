@@ -1,7 +1,8 @@
-//! What an f16 KV cache costs in accuracy: decodes a text token by token (teacher forcing: the
-//! text's own next token is fed) with an f32 and an f16 cache side by side, and reports the mean
-//! KL divergence of the f16 run's next-token distribution from the f32 run's and how often
-//! their top tokens agree.
+//! What a smaller KV cache costs in accuracy: decodes a text token by token (teacher forcing:
+//! the text's own next token is fed) with an f32 cache and, side by side, one of each other
+//! type (f16, q8), and reports the mean KL divergence of that run's next-token distribution from
+//! the f32 run's and how often their top tokens agree. An f32 run against itself comes first: it
+//! must give 0 (decode is deterministic), which checks the measurement.
 //!
 //!   cargo run --release -p lowbit-benches --bin kv-kl -- MODEL.lowbit TEXT [TOKENS]
 //!
@@ -10,23 +11,13 @@
 
 use lowbit_runtime::score::log_softmax;
 use lowbit_runtime::{Engine, KvType, Logits, RuntimeOptions};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let (model, text) = match (args.first(), args.get(1)) {
-        (Some(m), Some(t)) => (PathBuf::from(m), PathBuf::from(t)),
-        _ => {
-            eprintln!("usage: kv-kl MODEL.lowbit TEXT [TOKENS]");
-            std::process::exit(2);
-        }
-    };
-    let limit: usize = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(512);
-    let open = |kv| Engine::open(&model, &RuntimeOptions { kv_type: kv, ..Default::default() }).expect("model opens");
-    let (a, b) = (open(KvType::F32), open(KvType::F16));
-    let text = std::fs::read_to_string(&text).expect("text reads");
-    let ids = a.codec().expect("tokenizer").encode(&text, true).expect("encodes");
-    let ids = &ids[..limit.min(ids.len())];
+/// Mean KL (nats) of `kv`'s next-token distributions from f32's, top-1 agreement and the
+/// number of decoded positions.
+fn compare(model: &Path, ids: &[u32], kv: KvType) -> (f64, f64, usize) {
+    let open = |kv| Engine::open(model, &RuntimeOptions { kv_type: kv, ..Default::default() }).expect("model opens");
+    let (a, b) = (open(KvType::F32), open(kv));
     let prompt = 16.min(ids.len() - 1);
     let (mut kl, mut agree, mut n) = (0f64, 0usize, 0usize);
     a.run(|ma| {
@@ -45,10 +36,33 @@ fn main() {
             }
         })
     });
-    println!(
-        "{}: {n} decoded positions, f16 KV cache against f32: mean KL {:.2e}, top-1 agreement {:.2} %",
-        model.display(),
-        kl / n as f64,
-        100.0 * agree as f64 / n as f64
-    );
+    (kl / n as f64, 100.0 * agree as f64 / n as f64, n)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (model, text) = match (args.first(), args.get(1)) {
+        (Some(m), Some(t)) => (PathBuf::from(m), PathBuf::from(t)),
+        _ => {
+            eprintln!("usage: kv-kl MODEL.lowbit TEXT [TOKENS]");
+            std::process::exit(2);
+        }
+    };
+    let limit: usize = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(512);
+    let text = std::fs::read_to_string(&text).expect("text reads");
+    let probe = Engine::open(&model, &RuntimeOptions::default()).expect("model opens");
+    let ids = probe.codec().expect("tokenizer").encode(&text, true).expect("encodes");
+    drop(probe);
+    let ids = &ids[..limit.min(ids.len())];
+    println!("{}:", model.display());
+    for kv in [KvType::F32, KvType::F16, KvType::Q8] {
+        let (kl, agree, n) = compare(&model, ids, kv);
+        println!(
+            "  {} KV cache against f32: {n} decoded positions, mean KL {kl:.2e}, top-1 agreement {agree:.2} %",
+            kv.name()
+        );
+        if kv == KvType::F32 {
+            assert_eq!(kl, 0.0, "an f32 run differs from itself");
+        }
+    }
 }

@@ -75,7 +75,7 @@ pub fn run(a: InspectArgs) -> Result<()> {
     match ModelConfig::from_json(&m.config) {
         Ok(c) => {
             let slots = c.sliding_window.map_or(a.ctx, |w| w.min(a.ctx));
-            let kv = 2 * c.num_layers * slots * c.num_kv_heads * c.head_dim * a.kv_type.kv().bytes();
+            let kv = 2 * c.num_layers * slots * c.num_kv_heads * a.kv_type.kv().row_bytes(c.head_dim);
             // Activations of one decode step are a few vectors of hidden/intermediate/vocab size.
             let scratch = 4 * (8 * c.hidden_size + 3 * c.intermediate_size + 2 * c.vocab_size);
             println!(
@@ -167,7 +167,7 @@ fn summary(file: &lowbit_format::ModelFile, a: &InspectArgs) -> Result<serde_jso
     let c = ModelConfig::from_json(&m.config)?;
     let slots = c.sliding_window.map_or(a.ctx, |w| w.min(a.ctx));
     let n = a.parallel.max(1);
-    let kv = 2 * c.num_layers * slots * c.num_kv_heads * c.head_dim * a.kv_type.kv().bytes() * n;
+    let kv = 2 * c.num_layers * slots * c.num_kv_heads * a.kv_type.kv().row_bytes(c.head_dim) * n;
     let scratch = 4 * (8 * c.hidden_size + 3 * c.intermediate_size + 2 * c.vocab_size) * n;
     out["ram"] = json!({
         "context": a.ctx,
