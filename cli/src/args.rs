@@ -152,7 +152,7 @@ impl KvTypeArg {
 pub enum Head {
     /// Keep the source precision.
     Source,
-    /// 8-bit rows: block int8 in a q8 file, LLM.int8 otherwise
+    /// 8-bit rows: block int8 (q8) where rows are whole blocks of 32, LLM.int8 otherwise
     Int8,
 }
 

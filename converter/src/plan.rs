@@ -116,10 +116,12 @@ impl Default for ConvertOptions {
 pub enum HeadChoice {
     /// In the source's precision, as bitsandbytes leaves it.
     Source,
-    /// 8-bit rows (the default; block int8 in a `q8` file, LLM.int8 otherwise): half the bytes of f16. Decode reads the whole head for
-    /// every token, so on a small model with a large vocabulary it is a large share of the bytes
-    /// streamed: on SmolLM2-135M (tied 49152×576 head) nf4 decode went from 70 to 97 tok/s on
-    /// one thread for +0.002 nats of KL divergence; llama.cpp quantizes its head too (Q6_K/Q8_0).
+    /// 8-bit rows (the default): block int8 (`q8`, an f16 scale per 32 weights) where the rows
+    /// are whole blocks, LLM.int8 otherwise; about half the bytes of f16. Decode reads the whole
+    /// head for every token, so on a small model with a large vocabulary it is a large share of
+    /// the bytes streamed; llama.cpp quantizes its head too (Q6_K/Q8_0). Block int8 has no
+    /// outlier columns to handle, which makes it faster than LLM.int8 rows as well as closer to
+    /// the source (docs/PERFORMANCE.md).
     #[default]
     Int8,
 }
@@ -215,12 +217,8 @@ impl ConvertOptions {
         if !self.quantizes(name, rank) {
             let head = name == "lm_head.weight" || (tied && name == "model.embed_tokens.weight");
             return if head && rank == 2 && self.head == HeadChoice::Int8 && !self.kept(name) {
-                // The 8-bit head: block int8 in a q8 file, LLM.int8 rows otherwise.
-                if self.quant == QuantChoice::Q8 {
-                    q8
-                } else {
-                    Scheme::Int8
-                }
+                // The 8-bit head: block int8 where the rows are whole blocks, LLM.int8 otherwise.
+                q8
             } else {
                 kept
             };

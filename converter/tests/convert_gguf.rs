@@ -147,9 +147,16 @@ fn gguf_converts_to_the_hugging_face_tensors() {
             let Absmax::Nested { codes, .. } = q.absmax else { panic!() };
             assert!(t.part("absmax").unwrap() == codes, "{name}");
         } else if name == "lm_head.weight" {
-            let q = lowbit_kernels::quantize_int8(v, shape[0], shape[1]).unwrap();
-            assert_eq!(t.info.scheme, Scheme::Int8, "{name}");
-            assert!(t.part("cb").unwrap() == q.cb.iter().map(|&c| c as u8).collect::<Vec<_>>(), "{name}");
+            // The 8-bit head is block int8 where rows are whole blocks of 32, LLM.int8 otherwise.
+            if shape[1] % 32 == 0 {
+                let q = lowbit_kernels::q8::quantize(v, shape[0], shape[1], 32).unwrap();
+                assert_eq!(t.info.scheme, Scheme::Q8 { blocksize: 32 }, "{name}");
+                assert!(t.part("qs").unwrap() == q.qs.iter().map(|&c| c as u8).collect::<Vec<_>>(), "{name}");
+            } else {
+                let q = lowbit_kernels::quantize_int8(v, shape[0], shape[1]).unwrap();
+                assert_eq!(t.info.scheme, Scheme::Int8, "{name}");
+                assert!(t.part("cb").unwrap() == q.cb.iter().map(|&c| c as u8).collect::<Vec<_>>(), "{name}");
+            }
         } else {
             assert_eq!(&t.info.scheme, kept, "{name}");
         }
@@ -199,9 +206,9 @@ fn smollm2_gguf_to_nf4() {
     let s = run(&gguf, &out, &opts(QuantChoice::Nf4)).unwrap();
     let f = ModelFile::open(&out).unwrap();
     assert_eq!(f.tensors().len(), 2 + 30 * 9, "embeddings, final norm, 30 layers (tied: no lm_head)");
-    // The linear layers, and the tied embedding as the int8 head.
+    // The linear layers, and the tied embedding as the 8-bit (block int8) head.
     assert_eq!(s.quantized_params, 30 * (2 * 576 * 576 + 2 * 192 * 576 + 3 * 1536 * 576) + 49152 * 576);
-    assert_eq!(f.tensor("model.embed_tokens.weight").unwrap().info.scheme, Scheme::Int8);
+    assert_eq!(f.tensor("model.embed_tokens.weight").unwrap().info.scheme, Scheme::Q8 { blocksize: 32 });
     assert!(f.metadata().tokenizer_json.is_some() && f.metadata().chat_template.is_some());
     let model = GgufModel::open(&gguf).unwrap();
     let name = "model.layers.7.self_attn.k_proj.weight";

@@ -276,10 +276,13 @@ fn prompt_logprobs_score_a_text_across_prefill_chunks() {
         }
     }
     assert_eq!(got.len(), 22);
-    // One pass over the whole text gives the same scores (chunks reduce in another order).
+    // One pass over the whole text gives the same scores up to the route: the file's q8 head
+    // multiplies chunks of fewer than 16 tokens on the integer route (activations quantized per
+    // block of 32; this model's rows are one block) and longer runs through f32 gemm, which
+    // moved a log-probability by up to 0.013 here; a misplaced position moves it by far more.
     let want = e.run(|m| lowbit_runtime::score::completion_logprobs(m, &prompt[..1], &prompt[1..]).unwrap());
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-        assert!((g.logprob - w).abs() < 1e-4, "position {}: {} vs {w}", i + 1, g.logprob);
+        assert!((g.logprob - w).abs() < 0.05, "position {}: {} vs {w}", i + 1, g.logprob);
         assert_eq!(g.top.len(), 2);
         assert!(g.top[0].1 >= g.logprob);
     }
