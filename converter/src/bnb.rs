@@ -420,6 +420,78 @@ impl BnbTensor {
     }
 }
 
+impl BnbTensor {
+    /// Elements `start .. start + len` of the weight (flat, row-major) dequantized exactly as
+    /// [`BnbTensor::dequantize`] does, reading only the codes of that range: what merging a
+    /// LoRA adapter into a pre-quantized weight reads, a chunk at a time.
+    pub fn dequantize_range(&self, src: &dyn TensorSource, start: usize, len: usize) -> Result<Vec<f32>> {
+        let n: usize = self.shape().iter().product();
+        assert!(start + len <= n, "range inside the tensor");
+        let f32s = |b: &[u8]| -> Vec<f32> {
+            b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+        };
+        let read_all = |name: &str| -> Result<Vec<u8>> {
+            let t = src.get(name).ok_or_else(|| ConvertError::MissingTensor(name.into()))?;
+            src.read_raw(name, 0, t.numel())
+        };
+        let mut out = Vec::with_capacity(len);
+        match self {
+            BnbTensor::FourBit { name, kind, blocksize, nested, .. } => {
+                let bs = *blocksize as usize;
+                let (b0, b1) = (start / bs, (start + len).div_ceil(bs));
+                let (c0, c1) = (start / 2, (start + len).div_ceil(2));
+                let codes = src.read_raw(name, c0, c1 - c0)?;
+                let scales: Vec<f32> = match nested {
+                    None => f32s(&src.read_raw(&format!("{name}.absmax"), b0, b1 - b0)?),
+                    Some(nd) => {
+                        let c = src.read_raw(&format!("{name}.absmax"), b0, b1 - b0)?;
+                        let na = f32s(&read_all(&format!("{name}.nested_absmax"))?);
+                        let nbs = nd.blocksize as usize;
+                        c.iter()
+                            .enumerate()
+                            .map(|(i, &code)| {
+                                let g = na.get((b0 + i) / nbs).copied().unwrap_or(0.0);
+                                lowbit_kernels::fourbit::nested_scale(code, g, nd.offset)
+                            })
+                            .collect()
+                    }
+                };
+                if let Some(i) = scales.iter().position(|v| !v.is_finite()) {
+                    return Err(bad(name, format!("block scale {} is not finite", b0 + i)));
+                }
+                let levels = match kind {
+                    FourBitKind::Nf4 => lowbit_kernels::FourBitKind::Nf4,
+                    FourBitKind::Fp4 => lowbit_kernels::FourBitKind::Fp4,
+                }
+                .levels();
+                for i in start..start + len {
+                    let code = lowbit_kernels::fourbit::code_at(&codes, i - 2 * c0);
+                    out.push(lowbit_kernels::fourbit::dequantize_code(levels, code, scales[i / bs - b0]));
+                }
+            }
+            BnbTensor::Int8 { name, shape } => {
+                let cols = shape[1].max(1);
+                let cb = src.read_raw(name, start, len)?;
+                let scb = f32s(&read_all(&format!("{}.SCB", name.strip_suffix(".weight").unwrap_or(name)))?);
+                out.resize(len, 0.0);
+                // Row by row (the range may start and end inside rows).
+                let mut i = 0;
+                while i < len {
+                    let r = (start + i) / cols;
+                    let end = ((r + 1) * cols - start).min(len);
+                    if !scb[r].is_finite() {
+                        return Err(bad(name, format!("SCB[{r}] is not finite")));
+                    }
+                    let row: Vec<i8> = cb[i..end].iter().map(|&c| c as i8).collect();
+                    lowbit_kernels::int8::dequantize_row(&row, scb[r], &mut out[i..end]);
+                    i = end;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// What a checkpoint's `config.json` says about quantization.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QuantConfig {

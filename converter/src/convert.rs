@@ -11,15 +11,17 @@
 //! the end; any error drops the writer, which deletes the temporary file, so nothing appears at
 //! the output path unless the conversion succeeded.
 
+use crate::bnb::BnbTensor;
 use crate::error::{ConvertError, Result};
 use crate::plan::{plan_folder, plan_gguf, ConvertOptions, Job, Plan};
 use crate::quantize::{run_job, working_bytes};
 use crate::source::gguf::GgufSource;
 use crate::source::safetensors::SafetensorsSource;
-use crate::source::TensorSource;
+use crate::source::{SrcDtype, TensorSource};
 use lowbit_format::{Scheme, SourceDigest, TensorSpec, Writer};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -321,9 +323,28 @@ fn execute_merged(
     if opts.lora.is_empty() {
         return execute(plan, src, out, opts, progress, start);
     }
-    let adapters = opts.lora.iter().map(|spec| crate::lora::load(spec, src)).collect::<Result<Vec<_>>>()?;
-    let merged = crate::lora::Merged::new(src, adapters)?;
+    // A bitsandbytes checkpoint's quantized weights, which adapters may change too (QLoRA).
+    let quantized: HashMap<String, BnbTensor> = plan
+        .jobs
+        .iter()
+        .filter_map(|j| match j {
+            Job::Bnb(b) | Job::BnbDense(b, _) => Some((b.name().to_string(), b.clone())),
+            Job::Float { .. } => None,
+        })
+        .collect();
+    let adapters = opts.lora.iter().map(|spec| crate::lora::load(spec, src, &quantized)).collect::<Result<Vec<_>>>()?;
+    let merged = crate::lora::Merged::new(src, adapters, quantized);
     plan.metadata.adapters = merged.records();
+    // A changed bitsandbytes weight is read merged, as f32, and quantized again into its own
+    // scheme (or the dense one asked for).
+    for job in &mut plan.jobs {
+        let (b, scheme) = match job {
+            Job::Bnb(b) if merged.changes(b.name()) => (b.clone(), b.scheme()),
+            Job::BnbDense(b, s) if merged.changes(b.name()) => (b.clone(), s.clone()),
+            _ => continue,
+        };
+        *job = Job::Float { name: b.name().to_string(), dtype: SrcDtype::F32, shape: b.shape().to_vec(), scheme };
+    }
     execute(plan, &merged, out, opts, progress, start)
 }
 

@@ -12,6 +12,7 @@
 //! `fan_in_fan_out` only concerns GPT-2's `Conv1D` weights; PEFT turns it off for the `Linear`
 //! layers of Llama, Mistral and Qwen2, and so does this.
 
+use crate::bnb::BnbTensor;
 use crate::error::{ConvertError, Result};
 use crate::sidefile;
 use crate::source::{SrcDtype, SrcTensor, TensorSource};
@@ -229,7 +230,7 @@ fn ordered_object(text: &str, key: &str) -> Option<Vec<(String, Value)>> {
 
 /// Reads the adapter in `spec.dir`, checking every tensor against `base` (which the update
 /// applies to).
-pub fn load(spec: &LoraSpec, base: &dyn TensorSource) -> Result<Adapter> {
+pub fn load(spec: &LoraSpec, base: &dyn TensorSource, quantized: &HashMap<String, BnbTensor>) -> Result<Adapter> {
     let dir = &spec.dir;
     if !dir.is_dir() {
         return Err(bad(dir, "not a folder (an adapter is the folder holding adapter_config.json)"));
@@ -273,20 +274,21 @@ pub fn load(spec: &LoraSpec, base: &dyn TensorSource) -> Result<Adapter> {
         }
         Ok((t.shape().to_vec(), out))
     };
-    let base_shape = |name: &str| -> Result<&SrcTensor> {
+    // The logical shape of a base weight: a bitsandbytes weight is listed packed.
+    let base_shape = |name: &str| -> Result<Vec<usize>> {
+        if let Some(b) = quantized.get(name) {
+            return Ok(b.shape().to_vec());
+        }
         let t = base.get(name).ok_or_else(|| {
             bad(dir, format!("it changes {name}, which the base model does not have (an adapter for another model?)"))
         })?;
         if !t.dtype.is_float() {
             return Err(bad(
                 dir,
-                format!(
-                    "{name} is stored quantized ({}) in the base; merging into a bitsandbytes checkpoint is not supported — convert the unquantized base with --lora",
-                    t.dtype_name
-                ),
+                format!("{name} is stored as {} in the base, which cannot be merged into", t.dtype_name),
             ));
         }
-        Ok(t)
+        Ok(t.shape.clone())
     };
 
     let mut deltas = HashMap::new();
@@ -306,7 +308,7 @@ pub fn load(spec: &LoraSpec, base: &dyn TensorSource) -> Result<Adapter> {
                 return Err(bad(dir, format!("{key} has no {bkey}")));
             }
             let (bsh, b) = f32s(&bkey)?;
-            let (rows, cols) = match t.shape[..] {
+            let (rows, cols) = match t[..] {
                 [rows, cols] => (rows, cols),
                 _ => return Err(bad(dir, format!("{target} is not a matrix"))),
             };
@@ -359,8 +361,8 @@ pub fn load(spec: &LoraSpec, base: &dyn TensorSource) -> Result<Adapter> {
             let target = module_key.replace(".modules_to_save", "").replace(".base_layer", "");
             let t = base_shape(&target)?;
             let (sh, v) = f32s(key)?;
-            if sh != t.shape {
-                return Err(bad(dir, format!("{key} has shape {sh:?}, the base's {target} {:?}", t.shape)));
+            if sh != t {
+                return Err(bad(dir, format!("{key} has shape {sh:?}, the base's {target} {t:?}")));
             }
             replace.insert(target, (sh, v));
         }
@@ -372,27 +374,30 @@ pub fn load(spec: &LoraSpec, base: &dyn TensorSource) -> Result<Adapter> {
     Ok(Adapter { record: AdapterRecord { name, sha256, scale: spec.scale }, deltas, replace })
 }
 
-/// A tensor source with adapters merged into the tensors they change.
+/// A tensor source with adapters merged into the tensors they change. A weight stored
+/// quantized by bitsandbytes (QLoRA's base) is dequantized as bitsandbytes does, merged in f32
+/// and read as f32, to be quantized again — what PEFT's `merge_and_unload` does to a
+/// `Linear4bit` or `Linear8bitLt`.
 pub struct Merged<'a> {
     base: &'a dyn TensorSource,
     adapters: Vec<Adapter>,
+    quantized: HashMap<String, BnbTensor>,
 }
 
 impl<'a> Merged<'a> {
-    /// Wraps `base`; refuses adapters that change a tensor stored quantized by bitsandbytes.
-    pub fn new(base: &'a dyn TensorSource, adapters: Vec<Adapter>) -> Result<Merged<'a>> {
-        for a in &adapters {
-            for name in a.deltas.keys().chain(a.replace.keys()) {
-                let t = base.get(name).expect("checked when loaded");
-                if !t.dtype.is_float() {
-                    return Err(ConvertError::Config(format!(
-                        "LoRA adapter {}: {name} is stored quantized ({}) in the base; merging into a bitsandbytes checkpoint is not supported — convert the unquantized base with --lora",
-                        a.record.name, t.dtype_name
-                    )));
-                }
-            }
-        }
-        Ok(Merged { base, adapters })
+    /// Wraps `base`, whose bitsandbytes weights are `quantized` (by output name); the adapters
+    /// were loaded against the same two.
+    pub fn new(
+        base: &'a dyn TensorSource,
+        adapters: Vec<Adapter>,
+        quantized: HashMap<String, BnbTensor>,
+    ) -> Merged<'a> {
+        Merged { base, adapters, quantized }
+    }
+
+    /// Whether any adapter changes `name`.
+    pub fn changes(&self, name: &str) -> bool {
+        self.touched(name)
     }
 
     /// The records of the adapters, in order.
@@ -446,8 +451,12 @@ impl TensorSource for Merged<'_> {
         }
         let mut x = Vec::new();
         self.read_f32(name, start, len, &mut x)?;
-        // In the listed dtype, rounded once from the f32 merge.
-        let dtype = self.base.get(name).map_or(SrcDtype::F32, |t| t.dtype);
+        // In the listed dtype, rounded once from the f32 merge (a bitsandbytes weight is read
+        // as f32).
+        let dtype = match self.quantized.contains_key(name) {
+            true => SrcDtype::F32,
+            false => self.base.get(name).map_or(SrcDtype::F32, |t| t.dtype),
+        };
         Ok(match dtype {
             SrcDtype::F16 => x.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect(),
             SrcDtype::Bf16 => x.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect(),
@@ -459,12 +468,18 @@ impl TensorSource for Merged<'_> {
         if !self.touched(name) {
             return self.base.read_f32(name, start, len, out);
         }
-        let t = self.base.get(name).expect("touched tensors exist");
-        let cols = t.shape.last().copied().unwrap_or(1).max(1);
+        let shape = match self.quantized.get(name) {
+            Some(b) => b.shape(),
+            None => &self.base.get(name).expect("touched tensors exist").shape,
+        };
+        let cols = shape.last().copied().unwrap_or(1).max(1);
         // Whole rows: DoRA normalises each row.
         let (r0, r1) = (start / cols, (start + len).div_ceil(cols));
         let mut rows = Vec::new();
-        self.base.read_f32(name, r0 * cols, (r1 - r0) * cols, &mut rows)?;
+        match self.quantized.get(name) {
+            Some(b) => rows = b.dequantize_range(self.base, r0 * cols, (r1 - r0) * cols)?,
+            None => self.base.read_f32(name, r0 * cols, (r1 - r0) * cols, &mut rows)?,
+        }
         for a in &self.adapters {
             if let Some((_, v)) = a.replace.get(name) {
                 rows.copy_from_slice(&v[r0 * cols..r1 * cols]);

@@ -148,16 +148,6 @@ fn quantized_output_and_bad_adapters() {
         .replace("\"lora_bias\": false", "\"lora_bias\": true");
     std::fs::write(biased.join("adapter_config.json"), cfg).unwrap();
     assert!(fail(&biased).contains("lora_bias is set"));
-    // A bitsandbytes 4-bit base: refused as such (its packed codes are not the weights).
-    let e = convert(
-        &data("tests/data/bnb/nf4"),
-        &tmp.path().join("z.lowbit"),
-        &opts(vec![LoraSpec { dir: data("tests/data/lora/plain"), scale: 1.0 }]),
-        &|_| {},
-    )
-    .unwrap_err()
-    .to_string();
-    assert!(e.contains("merging into a bitsandbytes checkpoint is not supported"), "{e}");
     // An adapter for another model: its tensors do not fit.
     let e = convert(
         &data("../runtime/tests/data/tiny/gqa1"),
@@ -168,4 +158,138 @@ fn quantized_output_and_bad_adapters() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("do not fit") || e.contains("does not have"), "{e}");
+}
+
+/// Writes a PEFT LoRA adapter (r = 4, α = 8) for the bitsandbytes fixtures' model (hidden 128,
+/// 4 heads × 32, 2 kv heads, intermediate 192, 2 layers) on q_proj, v_proj and down_proj, with
+/// seeded random A and B; returns its folder and each target's (name, A, B, rows, cols).
+type Target = (String, Vec<f32>, Vec<f32>, usize, usize);
+fn qlora_adapter(dir: &Path) -> Vec<Target> {
+    let mut seed = 0x9e3779b97f4a7c15u64;
+    let mut next = move || {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.2
+    };
+    let r = 4;
+    let mut targets = Vec::new();
+    for l in 0..2 {
+        for (module, rows, cols) in
+            [("self_attn.q_proj", 128, 128), ("self_attn.v_proj", 64, 128), ("mlp.down_proj", 128, 192)]
+        {
+            let a: Vec<f32> = (0..r * cols).map(|_| next()).collect();
+            let b: Vec<f32> = (0..rows * r).map(|_| next()).collect();
+            targets.push((format!("model.layers.{l}.{module}"), a, b, rows, cols));
+        }
+    }
+    let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let data: Vec<(String, Vec<usize>, Vec<u8>)> = targets
+        .iter()
+        .flat_map(|(m, a, b, rows, cols)| {
+            [
+                (format!("base_model.model.{m}.lora_A.weight"), vec![r, *cols], bytes(a)),
+                (format!("base_model.model.{m}.lora_B.weight"), vec![*rows, r], bytes(b)),
+            ]
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = data
+        .iter()
+        .map(|(n, s, d)| {
+            (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d).unwrap())
+        })
+        .collect();
+    std::fs::create_dir_all(dir).unwrap();
+    safetensors::serialize_to_file(views, None, &dir.join("adapter_model.safetensors")).unwrap();
+    let cfg = r#"{"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj", "down_proj"],
+        "use_rslora": false, "use_dora": false, "lora_bias": false, "bias": "none", "fan_in_fan_out": false}"#;
+    std::fs::write(dir.join("adapter_config.json"), cfg).unwrap();
+    targets
+}
+
+/// A QLoRA fine-tune: the adapter merged into a bitsandbytes NF4 (double-quant) or LLM.int8
+/// base, as PEFT's `merge_and_unload` does for `Linear4bit` / `Linear8bitLt`. The merged weight
+/// is the base dequantized as bitsandbytes does plus (α/r)·B·A — checked against that sum
+/// computed here from the base's dequantized conversion — and is quantized again into the
+/// base's own scheme (bitsandbytes' quantizer byte for byte with `--bnb-exact`); every tensor the
+/// adapter leaves alone stays the pre-quantized one, byte for byte.
+#[test]
+fn merges_into_a_bitsandbytes_base() {
+    use lowbit_format::Scheme;
+    use lowbit_kernels::{quantize_4bit, quantize_int8, Absmax, FourBitKind, FourBitOptions, NestedRule};
+    let tmp = tempfile::tempdir().unwrap();
+    let targets = qlora_adapter(&tmp.path().join("qlora"));
+    let spec = vec![LoraSpec { dir: tmp.path().join("qlora"), scale: 1.0 }];
+    for variant in ["nf4_dq", "int8"] {
+        let src = data(&format!("tests/data/bnb/{variant}"));
+        if !src.join("model.safetensors").is_file() {
+            eprintln!("skipping: {} is absent", src.display());
+            return;
+        }
+        let conv = |name: &str, quant: QuantChoice, lora: Vec<LoraSpec>| {
+            let out = tmp.path().join(format!("{variant}-{name}.lowbit"));
+            let o =
+                ConvertOptions { quant, lora, bnb_exact: true, nested_rule: NestedRule::CpuLut, ..Default::default() };
+            convert(&src, &out, &o, &|_| {}).unwrap();
+            ModelFile::open(&out).unwrap()
+        };
+        let deq = conv("deq", QuantChoice::F32, vec![]);
+        let merged = conv("merged", QuantChoice::F32, spec.clone());
+        let kept = conv("kept", QuantChoice::Nf4, vec![]);
+        let requant = conv("requant", QuantChoice::Nf4, spec.clone());
+        assert_eq!(requant.metadata().adapters.len(), 1);
+        let mut expected = std::collections::HashMap::new();
+        for (m, a, b, rows, cols) in &targets {
+            let name = format!("{m}.weight");
+            let w = tensor(&deq, &name);
+            let got = tensor(&merged, &name);
+            let mut want = w.clone();
+            for r in 0..*rows {
+                for c in 0..*cols {
+                    let d: f32 = (0..4).map(|k| b[r * 4 + k] * a[k * cols + c]).sum();
+                    want[r * cols + c] += 2.0 * d;
+                }
+            }
+            for (i, (g, x)) in got.iter().zip(&want).enumerate() {
+                assert!((g - x).abs() <= 1e-5 * (1.0 + x.abs()), "{variant} {name}[{i}]: {g} vs {x}");
+            }
+            assert!(got != w, "{variant} {name}: the adapter changed it");
+            expected.insert(name, (got, *rows, *cols));
+        }
+        let mut requantized = 0;
+        for t in kept.tensors() {
+            let new = requant.tensor(&t.name).unwrap();
+            let Some((w, rows, cols)) = expected.get(&t.name) else {
+                let old = kept.tensor(&t.name).unwrap();
+                for p in old.parts() {
+                    assert!(new.part(p.name).unwrap() == old.part(p.name).unwrap(), "{variant} {}", t.name);
+                }
+                continue;
+            };
+            assert_eq!(new.info.scheme, t.scheme, "{variant} {}: the base's scheme", t.name);
+            requantized += 1;
+            match &t.scheme {
+                Scheme::FourBit { .. } => {
+                    let q = quantize_4bit(
+                        w,
+                        &FourBitOptions {
+                            kind: FourBitKind::Nf4,
+                            blocksize: 64,
+                            double_quant: true,
+                            nested_rule: NestedRule::CpuLut,
+                            scale_search: false,
+                        },
+                    )
+                    .unwrap();
+                    assert!(new.part("codes").unwrap() == q.codes, "{variant} {}", t.name);
+                    let Absmax::Nested { codes, .. } = q.absmax else { panic!("nested") };
+                    assert!(new.part("absmax").unwrap() == codes, "{variant} {}", t.name);
+                }
+                Scheme::Int8 => {
+                    let q = quantize_int8(w, *rows, *cols).unwrap();
+                    assert!(new.part("cb").unwrap() == q.cb.iter().map(|&c| c as u8).collect::<Vec<_>>(), "{}", t.name);
+                }
+                other => panic!("{variant} {}: {other:?}", t.name),
+            }
+        }
+        assert_eq!(requantized, targets.len(), "{variant}");
+    }
 }
