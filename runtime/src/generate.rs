@@ -51,6 +51,21 @@ pub fn generate(
     max_tokens: usize,
     sampler: &mut Sampler,
     stop: &[u32],
+    on_token: impl FnMut(u32) -> bool,
+) -> Result<(Vec<u32>, GenStats)> {
+    generate_with_progress(model, cache, prompt, max_tokens, sampler, stop, &|_, _| {}, on_token)
+}
+
+/// [`generate`], calling `on_prefill(layers done, layers)` while the prompt is read.
+#[allow(clippy::too_many_arguments)]
+pub fn generate_with_progress(
+    model: &Model,
+    cache: &mut KvCache,
+    prompt: &[u32],
+    max_tokens: usize,
+    sampler: &mut Sampler,
+    stop: &[u32],
+    on_prefill: &dyn Fn(usize, usize),
     mut on_token: impl FnMut(u32) -> bool,
 ) -> Result<(Vec<u32>, GenStats)> {
     let mut stats = GenStats::default();
@@ -61,7 +76,7 @@ pub fn generate(
     }
     stats.prompt_tokens = prompt.len();
     let start = Instant::now();
-    let mut logits = model.forward(cache, prompt, Logits::Last)?;
+    let mut logits = model.forward_with_progress(cache, prompt, Logits::Last, on_prefill)?;
     stats.prefill = start.elapsed();
     let start = Instant::now();
     loop {

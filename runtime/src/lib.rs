@@ -29,7 +29,7 @@ pub use config::ModelConfig;
 pub use conversation::Conversation;
 pub use engine::{Engine, RuntimeOptions};
 pub use error::{Result, RuntimeError};
-pub use generate::{generate, GenStats, TextStream};
+pub use generate::{generate, generate_with_progress, GenStats, TextStream};
 pub use kv_cache::{KvCache, KvType};
 pub use model::{Logits, Model};
 pub use profile::{Phase, ProfileReport};

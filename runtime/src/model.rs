@@ -109,7 +109,23 @@ impl<'a> Model<'a> {
             // others, so a sequence's tokens never depend on whether it had company.
             return self.forward_decode(&mut [cache], tokens);
         }
-        self.pass(Rows::Prompt(cache), tokens, which)
+        self.pass(Rows::Prompt(cache), tokens, which, None)
+    }
+
+    /// [`Model::forward`] calling `progress(layers done, layers)` after each layer of a prompt:
+    /// what a caller shows while a long prompt is read (the pass is one matrix per layer, so
+    /// layers are its natural steps).
+    pub fn forward_with_progress(
+        &self,
+        cache: &mut KvCache,
+        tokens: &[u32],
+        which: Logits,
+        progress: &dyn Fn(usize, usize),
+    ) -> Result<Vec<f32>> {
+        if tokens.len() == 1 {
+            return self.forward_decode(&mut [cache], tokens);
+        }
+        self.pass(Rows::Prompt(cache), tokens, which, Some(progress))
     }
 
     /// One decode step of several sequences: `tokens[i]` goes into `caches[i]` at its own
@@ -124,10 +140,16 @@ impl<'a> Model<'a> {
                 caches.len()
             )));
         }
-        self.pass(Rows::Decode(caches), tokens, Logits::All)
+        self.pass(Rows::Decode(caches), tokens, Logits::All, None)
     }
 
-    fn pass(&self, mut rows: Rows, tokens: &[u32], which: Logits) -> Result<Vec<f32>> {
+    fn pass(
+        &self,
+        mut rows: Rows,
+        tokens: &[u32],
+        which: Logits,
+        progress: Option<&dyn Fn(usize, usize)>,
+    ) -> Result<Vec<f32>> {
         let c = &self.config;
         let t = tokens.len();
         if t == 0 {
@@ -265,6 +287,9 @@ impl<'a> Model<'a> {
             timed("silu·mul", &mut || silu_mul(&mut gate, &up));
             lin(&mut down, "down", &lw.down, &gate, t)?;
             timed("residual add", &mut || add_inplace(&mut h, &down));
+            if let Some(p) = progress {
+                p(li + 1, self.weights.layers.len());
+            }
         }
         match rows {
             Rows::Prompt(cache) => cache.len += t,

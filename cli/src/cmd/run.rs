@@ -4,8 +4,8 @@ use crate::args::{ChatArgs, RunArgs, SampleArgs};
 use crate::stats;
 use anyhow::{Context, Result};
 use lowbit_runtime::{
-    generate, Conversation, Engine, GenStats, KvCache, Message, Model, RuntimeOptions, Sampler, SamplerConfig,
-    TextCodec, TextStream,
+    generate, generate_with_progress, Conversation, Engine, GenStats, KvCache, Message, Model, RuntimeOptions, Sampler,
+    SamplerConfig, TextCodec, TextStream,
 };
 use std::io::{BufRead, Write};
 use std::time::Instant;
@@ -99,22 +99,67 @@ fn stream_generate(
     let mut stream = TextStream::default();
     let mut out = std::io::stdout().lock();
     let mut err = None;
-    let res = generate(model, cache, prompt, a.max_tokens, sampler, stop, |id| match stream.push(codec, id) {
-        Ok(Some(piece)) => {
-            let _ = out.write_all(piece.as_bytes());
-            let _ = out.flush();
-            true
+    let bar = PrefillBar::new(prompt.len());
+    let on_prefill = |done: usize, layers: usize| bar.layer(done, layers);
+    let res = generate_with_progress(model, cache, prompt, a.max_tokens, sampler, stop, &on_prefill, |id| {
+        bar.clear();
+        match stream.push(codec, id) {
+            Ok(Some(piece)) => {
+                let _ = out.write_all(piece.as_bytes());
+                let _ = out.flush();
+                true
+            }
+            Ok(None) => true,
+            Err(e) => {
+                err = Some(e);
+                false
+            }
         }
-        Ok(None) => true,
-        Err(e) => {
-            err = Some(e);
-            false
-        }
-    })?;
+    });
+    bar.clear();
+    let res = res?;
     if let Some(e) = err {
         return Err(e.into());
     }
     Ok(res)
+}
+
+/// A progress bar on standard error for a prompt that takes a while to read: hidden at first
+/// and drawn only once the prompt has taken a second and standard error is a terminal, so short
+/// prompts and piped output see nothing.
+struct PrefillBar {
+    bar: indicatif::ProgressBar,
+    start: Instant,
+    tty: bool,
+}
+
+impl PrefillBar {
+    fn new(tokens: usize) -> PrefillBar {
+        use std::io::IsTerminal;
+        let bar = indicatif::ProgressBar::hidden();
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "reading the prompt ({msg} tokens) {bar:30} layer {pos}/{len} {elapsed}",
+            )
+            .expect("valid template"),
+        );
+        bar.set_message(tokens.to_string());
+        PrefillBar { bar, start: Instant::now(), tty: std::io::stderr().is_terminal() }
+    }
+
+    fn layer(&self, done: usize, layers: usize) {
+        if self.bar.is_hidden() && self.tty && self.start.elapsed().as_secs_f32() >= 1.0 && done < layers {
+            self.bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+        }
+        self.bar.set_length(layers as u64);
+        self.bar.set_position(done as u64);
+    }
+
+    fn clear(&self) {
+        if !self.bar.is_finished() {
+            self.bar.finish_and_clear();
+        }
+    }
 }
 
 pub fn run(a: RunArgs, threads: Option<usize>) -> Result<()> {
