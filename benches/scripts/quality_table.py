@@ -96,7 +96,13 @@ def lowbit_row(name, label):
 
 _, size, ppl_f32, _ = lowbit_row("f32", "lowbit f32")
 rows.append(("lowbit f32", size, ppl_f32, 1.0, None, None))
-for name, label in [("nf4", "lowbit nf4 (default)"), ("nf4-bnb-exact", "lowbit nf4 --bnb-exact"), ("int8", "lowbit int8"), ("q8", "lowbit q8")]:
+for name, label in [
+    ("nf4", "lowbit nf4 (default)"),
+    ("nf4-imatrix", "lowbit nf4 --imatrix"),
+    ("nf4-bnb-exact", "lowbit nf4 --bnb-exact"),
+    ("int8", "lowbit int8"),
+    ("q8", "lowbit q8"),
+]:
     _, size, ppl, kl = lowbit_row(name, label)
     rows.append((label, size, ppl, ppl / ppl_f32, float(kl.group(1)), float(kl.group(2)) / 100))
 

@@ -34,10 +34,32 @@ pub enum Command {
     Logits(LogitsArgs),
     /// Perplexity of a text file (llama.cpp's scoring), optionally KL divergence against a base.
     Perplexity(PerplexityArgs),
+    /// Measure how large each linear layer's input columns run on a calibration text, for
+    /// `convert --imatrix`.
+    Imatrix(ImatrixArgs),
     /// Show which instruction sets the kernels use (and measure memory bandwidth).
     Cpu(CpuArgs),
     /// Write a synthetic checkpoint with a real model's names and shapes and random weights.
     Synth(SynthArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ImatrixArgs {
+    /// Model file (an f32 or f16 conversion measures the activations of the unquantized model).
+    #[arg(short, long)]
+    pub model: PathBuf,
+    /// Calibration text.
+    #[arg(short, long)]
+    pub file: PathBuf,
+    /// Output importance file.
+    #[arg(short, long)]
+    pub out: PathBuf,
+    /// Chunk length in tokens (each chunk starts a fresh context).
+    #[arg(short = 'c', long, default_value_t = 512)]
+    pub ctx: usize,
+    /// Read at most this many chunks (0 = all).
+    #[arg(long, default_value_t = 0)]
+    pub chunks: usize,
 }
 
 #[derive(Args, Debug)]
@@ -123,6 +145,10 @@ pub struct ConvertArgs {
     /// (default 1); repeat for several, applied in order
     #[arg(long, value_name = "DIR[:SCALE]")]
     pub lora: Vec<lowbit_convert::lora::LoraSpec>,
+    /// Weight the 4-bit scale search by an importance file from `lowbit imatrix` (how large
+    /// each column's activations run on calibration text)
+    #[arg(long, value_name = "FILE")]
+    pub imatrix: Option<PathBuf>,
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,

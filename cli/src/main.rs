@@ -64,6 +64,7 @@ fn run(cli: args::Cli) -> anyhow::Result<()> {
         args::Command::Serve(a) => cmd::serve(a, threads),
         args::Command::Logits(a) => cmd::logits::run(a, threads),
         args::Command::Perplexity(a) => cmd::perplexity::run(a, threads),
+        args::Command::Imatrix(a) => cmd::perplexity::imatrix(a, threads),
         args::Command::Cpu(a) => global_pool(threads, || cmd::cpu(a)),
         args::Command::Synth(a) => global_pool(threads, || cmd::synth(a)),
     }

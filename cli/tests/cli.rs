@@ -356,3 +356,66 @@ fn batch_runs_a_jsonl_file_in_order_and_resumes() {
     assert_eq!(o.status.code(), Some(2));
     assert_eq!(results(&out).len(), 5);
 }
+
+/// `imatrix` reads a text through a model and writes the mean x² of every linear weight's input
+/// columns; `convert --imatrix` weights the 4-bit search with it (other codes than without), and
+/// refuses a file made for another model.
+#[test]
+fn imatrix_then_convert_with_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gguf = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../converter/tests/data/gguf/tiny.gguf");
+    let f32_file = tmp.path().join("f32.lowbit");
+    ok(bin().args(["convert", gguf.to_str().unwrap(), "-o", f32_file.to_str().unwrap(), "--quant", "f32", "-q"]));
+    let text = tmp.path().join("calib.txt");
+    std::fs::write(&text, "the quick brown fox jumps over the lazy dog and then runs away ".repeat(20)).unwrap();
+    let im = tmp.path().join("tiny.imatrix");
+    let o = ok(bin().args([
+        "imatrix",
+        "-m",
+        f32_file.to_str().unwrap(),
+        "-f",
+        text.to_str().unwrap(),
+        "-o",
+        im.to_str().unwrap(),
+        "-c",
+        "16",
+    ]));
+    let layers = lowbit_format::ModelFile::open(&f32_file)
+        .unwrap()
+        .tensors()
+        .iter()
+        .filter(|t| t.name.ends_with("self_attn.q_proj.weight"))
+        .count();
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&format!("{} weights", 7 * layers)), "{o:?}");
+    let (plain, weighted) = (tmp.path().join("plain.lowbit"), tmp.path().join("weighted.lowbit"));
+    ok(bin().args(["convert", gguf.to_str().unwrap(), "-o", plain.to_str().unwrap(), "-q"]));
+    ok(bin().args([
+        "convert",
+        gguf.to_str().unwrap(),
+        "-o",
+        weighted.to_str().unwrap(),
+        "-q",
+        "--imatrix",
+        im.to_str().unwrap(),
+    ]));
+    let (a, b) = (lowbit_format::ModelFile::open(&plain).unwrap(), lowbit_format::ModelFile::open(&weighted).unwrap());
+    let name = "model.layers.0.mlp.down_proj.weight";
+    assert!(a.tensor(name).unwrap().part("codes").unwrap() != b.tensor(name).unwrap().part("codes").unwrap());
+    // A model of another shape: refused, and no file is left.
+    let other = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../runtime/tests/data/tiny/h96");
+    let out = tmp.path().join("other.lowbit");
+    let o = bin()
+        .args([
+            "convert",
+            other.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "-q",
+            "--imatrix",
+            im.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!o.status.success() && stderr(&o).contains("importance file"), "{}", stderr(&o));
+    assert!(!out.exists());
+}

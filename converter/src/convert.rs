@@ -189,6 +189,9 @@ fn execute(
 ) -> Result<ConvertSummary> {
     let Plan { mut metadata, jobs, warnings, files } = plan;
     check_not_a_source(out, &files)?;
+    if let Some(m) = &opts.imatrix {
+        check_imatrix(m, &jobs)?;
+    }
     let file_bytes: u64 = files.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum();
     let job_bytes: Vec<u64> = jobs
         .iter()
@@ -230,7 +233,8 @@ fn execute(
             }
             let i = order[k];
             let _permit = budget.acquire(need[i]);
-            let done = run_job(&jobs[i], src, opts.nested_rule, !opts.bnb_exact).and_then(|parts| {
+            let importance = opts.imatrix.as_deref().and_then(|m| m.get(jobs[i].name()));
+            let done = run_job(&jobs[i], src, opts.nested_rule, !opts.bnb_exact, importance).and_then(|parts| {
                 let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
                 Ok(writer.write_tensor(i, &refs)?)
             });
@@ -309,6 +313,29 @@ pub fn convert(
     let source = SafetensorsSource::open(src)?;
     let plan = plan_folder(src, &source, opts)?;
     execute_merged(plan, &source, out, opts, progress, start)
+}
+
+/// An importance file must fit the 4-bit weights it names and name at least one of them.
+fn check_imatrix(m: &crate::imatrix::Imatrix, jobs: &[Job]) -> Result<()> {
+    let mut used = 0;
+    for j in jobs {
+        let Job::Float { name, shape, scheme: Scheme::FourBit { .. }, .. } = j else { continue };
+        let Some(v) = m.get(name) else { continue };
+        let cols = shape.last().copied().unwrap_or(0);
+        if v.len() != cols {
+            return Err(ConvertError::Config(format!(
+                "the importance file has {} columns for {name}, which has {cols}: it was made for another model",
+                v.len()
+            )));
+        }
+        used += 1;
+    }
+    if used == 0 {
+        return Err(ConvertError::Config(
+            "the importance file covers none of the weights quantized to 4 bits (made for another model, or --quant is not nf4/fp4)".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// [`execute`], through the LoRA adapters of `opts` when there are any.

@@ -32,6 +32,7 @@ pub mod config;
 mod convert;
 mod error;
 pub mod gguf;
+pub mod imatrix;
 pub mod lora;
 pub mod plan;
 mod quantize;

@@ -92,6 +92,9 @@ pub struct ConvertOptions {
     pub bnb_exact: bool,
     /// PEFT LoRA adapters merged into the weights before quantization, in order.
     pub lora: Vec<crate::lora::LoraSpec>,
+    /// Importance of each linear weight's input columns (`lowbit imatrix`): the 4-bit scale
+    /// search weights each weight's error by its column's value too.
+    pub imatrix: Option<std::sync::Arc<crate::imatrix::Imatrix>>,
 }
 
 impl Default for ConvertOptions {
@@ -107,6 +110,7 @@ impl Default for ConvertOptions {
             nested_rule: lowbit_kernels::NestedRule::Nearest,
             bnb_exact: false,
             lora: Vec::new(),
+            imatrix: None,
         }
     }
 }

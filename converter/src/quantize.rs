@@ -7,7 +7,9 @@ use crate::error::{ConvertError, Result};
 use crate::plan::Job;
 use crate::source::{SrcDtype, TensorSource};
 use lowbit_format::Scheme;
-use lowbit_kernels::{fourbit, quantize_4bit, quantize_int8, Absmax, FourBitOptions, NestedRule};
+use lowbit_kernels::{
+    fourbit, quantize_4bit_weighted, quantize_int8, Absmax, ColumnImportance, FourBitOptions, NestedRule,
+};
 
 /// Elements converted per chunk: 4 Mi elements = 16 MiB as f32.
 pub(crate) const CHUNK_ELEMS: usize = 1 << 22;
@@ -30,6 +32,7 @@ fn fourbit_parts(
     scheme: &Scheme,
     rule: NestedRule,
     scale_search: bool,
+    importance: Option<&[f32]>,
 ) -> Result<Vec<Vec<u8>>> {
     let Scheme::FourBit { kind, blocksize, nested, .. } = scheme else {
         unreachable!("fourbit_parts is called for 4-bit schemes")
@@ -47,7 +50,9 @@ fn fourbit_parts(
     let mut x = Vec::new();
     for start in (0..n).step_by(chunk) {
         src.read_f32(name, start, chunk.min(n - start), &mut x)?;
-        let q = quantize_4bit(&x, &opts).map_err(kernel(name))?;
+        let importance =
+            importance.map(|per_column| ColumnImportance { per_column, first_column: start % per_column.len() });
+        let q = quantize_4bit_weighted(&x, &opts, importance).map_err(kernel(name))?;
         codes.extend_from_slice(&q.codes);
         match q.absmax {
             Absmax::F32(a) => absmax.extend(a),
@@ -162,7 +167,13 @@ fn dense_parts(src: &dyn TensorSource, name: &str, dtype: SrcDtype, n: usize, sc
 }
 
 /// Makes the parts of `job`, in the scheme's part order.
-pub(crate) fn run_job(job: &Job, src: &dyn TensorSource, rule: NestedRule, scale_search: bool) -> Result<Vec<Vec<u8>>> {
+pub(crate) fn run_job(
+    job: &Job,
+    src: &dyn TensorSource,
+    rule: NestedRule,
+    scale_search: bool,
+    importance: Option<&[f32]>,
+) -> Result<Vec<Vec<u8>>> {
     match job {
         Job::Bnb(b) => b.parts(src),
         Job::BnbDense(b, scheme) => {
@@ -175,7 +186,12 @@ pub(crate) fn run_job(job: &Job, src: &dyn TensorSource, rule: NestedRule, scale
         Job::Float { name, dtype, shape, scheme } => {
             let n: usize = shape.iter().product();
             match scheme {
-                Scheme::FourBit { .. } => fourbit_parts(src, name, n, scheme, rule, scale_search),
+                Scheme::FourBit { .. } => {
+                    // Importance per input column, when there is one for this weight and it fits.
+                    let cols = shape.last().copied().unwrap_or(0);
+                    let importance = importance.filter(|v| v.len() == cols && cols > 0);
+                    fourbit_parts(src, name, n, scheme, rule, scale_search, importance)
+                }
                 Scheme::Int8 => int8_parts(src, name, shape[0], shape[1]),
                 Scheme::Q8 { blocksize } => q8_parts(src, name, shape[0], shape[1], *blocksize as usize),
                 _ => dense_parts(src, name, *dtype, n, scheme),

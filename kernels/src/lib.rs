@@ -40,7 +40,10 @@ mod weight;
 pub use cpu::Isa;
 pub use dispatch::{kernels, try_kernels, Kernels};
 pub use error::{KernelError, Result};
-pub use fourbit::{quantize_4bit, Absmax, FourBitKind, FourBitOptions, FourBitTensor, NestedRule};
+pub use fourbit::{
+    quantize_4bit, quantize_4bit_weighted, Absmax, ColumnImportance, FourBitKind, FourBitOptions, FourBitTensor,
+    NestedRule,
+};
 pub use int8::{quantize_int8, Int8Tensor};
 pub use matmul::{gemm_strided, matmul, matmul_rows, matmul_rows_with, matmul_with, matvec, MatmulOptions};
 pub use probe::bandwidth_probe;

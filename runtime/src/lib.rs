@@ -16,6 +16,7 @@ pub mod conversation;
 pub mod engine;
 mod error;
 pub mod generate;
+mod imatrix;
 pub mod kv_cache;
 pub mod model;
 pub mod ops;

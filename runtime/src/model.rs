@@ -5,6 +5,7 @@
 use crate::attention::{prefill_attention, Heads};
 use crate::config::ModelConfig;
 use crate::error::{Result, RuntimeError};
+use crate::imatrix::{Input, InputStats};
 use crate::kv_cache::{HeadView, KvCache, KvType};
 use crate::ops::{add_inplace, rmsnorm, silu_mul, softmax, Rope};
 use crate::profile::{Phase, ProfileReport, Profiler};
@@ -23,6 +24,8 @@ pub struct Model<'a> {
     opts: MatmulOptions,
     kv_type: KvType,
     profiler: Profiler,
+    /// Input statistics being collected (`lowbit imatrix`), if any.
+    stats: std::sync::OnceLock<InputStats>,
 }
 
 /// Which logits a forward pass returns.
@@ -57,7 +60,15 @@ impl<'a> Model<'a> {
         let rope = Rope::new(config.head_dim, config.rope_theta);
         let opts =
             MatmulOptions { int8_threshold: file.metadata().quantization.int8_threshold, ..MatmulOptions::default() };
-        Ok(Model { config, weights, rope, opts, kv_type: KvType::F32, profiler: Profiler::default() })
+        Ok(Model {
+            config,
+            weights,
+            rope,
+            opts,
+            kv_type: KvType::F32,
+            profiler: Profiler::default(),
+            stats: Default::default(),
+        })
     }
 
     /// The kernel options in use (int8 threshold from the file, 4-bit route).
@@ -89,6 +100,18 @@ impl<'a> Model<'a> {
     pub fn new_cache(&self, context: usize) -> KvCache {
         let c = &self.config;
         KvCache::new(c.num_layers, c.num_kv_heads, c.head_dim, c.sliding_window, context, self.kv_type)
+    }
+
+    /// Starts collecting, from every later forward pass, the mean square of each linear layer's
+    /// input per column ([`Model::input_stats`]).
+    pub fn collect_input_stats(&self) {
+        self.stats.get_or_init(InputStats::default);
+    }
+
+    /// What [`Model::collect_input_stats`] gathered: per linear weight (by tensor name), the
+    /// mean x² of each input column and the number of rows it is over.
+    pub fn input_stats(&self) -> Vec<(String, Vec<f32>, u64)> {
+        self.stats.get().map_or_else(Vec::new, InputStats::means)
     }
 
     /// The element type of the caches [`Model::new_cache`] makes.
@@ -230,7 +253,13 @@ impl<'a> Model<'a> {
                     rmsnorm(xr, hr, &lw.input_norm, c.rms_norm_eps);
                 }
             });
+            let record = |input: Input, x: &[f32], cols: usize| {
+                if let Some(s) = self.stats.get() {
+                    s.add(li, input, x, cols);
+                }
+            };
             // 2b. projections (+ Qwen2 biases)
+            record(Input::Attention, &x, hsz);
             lin(&mut q, "q/k/v", &lw.q, &x, t)?;
             lin(&mut k, "q/k/v", &lw.k, &x, t)?;
             lin(&mut v, "q/k/v", &lw.v, &x, t)?;
@@ -274,6 +303,7 @@ impl<'a> Model<'a> {
                 }
             }
             // 2f. output projection and residual
+            record(Input::Output, &att, qd);
             lin(&mut o, "o", &lw.o, &att, t)?;
             timed("residual add", &mut || add_inplace(&mut h, &o));
             // 2g. MLP: down(silu(gate(x)) ⊙ up(x)) and residual
@@ -282,9 +312,11 @@ impl<'a> Model<'a> {
                     rmsnorm(xr, hr, &lw.post_norm, c.rms_norm_eps);
                 }
             });
+            record(Input::Mlp, &x, hsz);
             lin(&mut gate, "gate/up", &lw.gate, &x, t)?;
             lin(&mut up, "gate/up", &lw.up, &x, t)?;
             timed("silu·mul", &mut || silu_mul(&mut gate, &up));
+            record(Input::Down, &gate, c.intermediate_size);
             lin(&mut down, "down", &lw.down, &gate, t)?;
             timed("residual add", &mut || add_inplace(&mut h, &down));
             if let Some(p) = progress {

@@ -38,6 +38,10 @@ pub fn run(a: ConvertArgs) -> Result<()> {
         },
         bnb_exact: a.bnb_exact,
         lora: a.lora.clone(),
+        imatrix: match &a.imatrix {
+            Some(p) => Some(std::sync::Arc::new(lowbit_convert::imatrix::Imatrix::read(p)?)),
+            None => None,
+        },
     };
     let bar = if a.quiet { ProgressBar::hidden() } else { ProgressBar::new(0) };
     bar.set_style(

@@ -16,6 +16,43 @@ use lowbit_runtime::{score, Model, RuntimeOptions, TextCodec};
 use std::io::{Read, Write};
 use std::time::Instant;
 
+/// `lowbit imatrix`: the calibration text read in chunks as perplexity reads it (each chunk a
+/// fresh context), with the model collecting each linear layer's input statistics.
+pub fn imatrix(a: crate::args::ImatrixArgs, threads: Option<usize>) -> Result<()> {
+    anyhow::ensure!(a.ctx >= 2, "--ctx must be at least 2");
+    npy::check_not_input(&a.out, &[&a.model, &a.file])?;
+    let engine = super::engine(&a.model, &RuntimeOptions { threads, ..Default::default() })?;
+    let codec = engine.codec()?;
+    let bytes = std::fs::read(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
+    let text = String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("{} is not UTF-8 text", a.file.display()))?;
+    let tokens = codec.encode(&text, false)?;
+    engine.run(|model| {
+        let chunks = score::perplexity_chunks(&tokens, a.ctx, a.chunks, model.config.bos_token_id);
+        anyhow::ensure!(!chunks.is_empty(), "the text has {} tokens, fewer than one chunk of {}", tokens.len(), a.ctx);
+        model.collect_input_stats();
+        let t = Instant::now();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let mut cache = model.new_cache(chunk.len());
+            model.forward(&mut cache, chunk, lowbit_runtime::Logits::Last)?;
+            eprint!("\rchunk {}/{} ({:.1} s)", i + 1, chunks.len(), t.elapsed().as_secs_f64());
+        }
+        eprintln!();
+        let read = (chunks.len() * a.ctx) as u64;
+        let stats = model.input_stats();
+        let m = lowbit_convert::imatrix::Imatrix::new(stats.into_iter().map(|(name, v, _)| (name, v)), read);
+        m.write(&a.out)?;
+        println!(
+            "{}: {} weights, {} tokens of {} in {} chunks",
+            a.out.display(),
+            m.len(),
+            read,
+            a.file.display(),
+            chunks.len()
+        );
+        Ok(())
+    })
+}
+
 pub fn run(a: PerplexityArgs, threads: Option<usize>) -> Result<()> {
     anyhow::ensure!(a.ctx >= 4, "--ctx must be at least 4");
     let engine = super::engine(&a.model, &RuntimeOptions { threads, fourbit_exact: a.exact, ..Default::default() })?;
