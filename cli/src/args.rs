@@ -247,6 +247,10 @@ pub struct SampleArgs {
     /// KV cache element type: f32 (exact), f16 (half the memory) or q8 (int8 in blocks of 32, 53 % of f16).
     #[arg(long, value_enum, default_value = "f32")]
     pub kv_type: KvTypeArg,
+    /// Apply a PEFT LoRA adapter folder beside the weights it changes (y = W x + s·B(A x), the
+    /// file untouched), scaled by SCALE (default 1); repeat for several
+    #[arg(long, value_name = "DIR[:SCALE]")]
+    pub lora: Vec<lowbit_convert::lora::LoraSpec>,
     /// Scheme a GGUF file or Hugging Face folder given as the model is converted to (once; the
     /// result is cached in $LOWBIT_CACHE/converted or ~/.cache/lowbit).
     #[arg(long, value_enum, default_value = "nf4")]
@@ -371,6 +375,10 @@ pub struct ServeArgs {
     /// Exact float 4-bit decode path instead of the faster integer route.
     #[arg(long)]
     pub exact: bool,
+    /// Apply a PEFT LoRA adapter folder beside the weights it changes (y = W x + s·B(A x), the
+    /// file untouched), scaled by SCALE (default 1); repeat for several
+    #[arg(long, value_name = "DIR[:SCALE]")]
+    pub lora: Vec<lowbit_convert::lora::LoraSpec>,
 }
 
 #[derive(Args, Debug)]
@@ -390,6 +398,10 @@ pub struct LogitsArgs {
     /// Exact float 4-bit path.
     #[arg(long)]
     pub exact: bool,
+    /// Apply a PEFT LoRA adapter folder beside the weights it changes (y = W x + s·B(A x), the
+    /// file untouched), scaled by SCALE (default 1); repeat for several
+    #[arg(long, value_name = "DIR[:SCALE]")]
+    pub lora: Vec<lowbit_convert::lora::LoraSpec>,
 }
 
 #[derive(Args, Debug)]
@@ -415,6 +427,10 @@ pub struct PerplexityArgs {
     /// Exact float 4-bit path.
     #[arg(long)]
     pub exact: bool,
+    /// Apply a PEFT LoRA adapter folder beside the weights it changes (y = W x + s·B(A x), the
+    /// file untouched), scaled by SCALE (default 1); repeat for several
+    #[arg(long, value_name = "DIR[:SCALE]")]
+    pub lora: Vec<lowbit_convert::lora::LoraSpec>,
     /// Print one JSON object (perplexity, counts, timing, and KL and top-1 with --kl-base; in
     /// total and per chunk) instead of text; the progress line still goes to stderr.
     #[arg(long)]

@@ -419,3 +419,43 @@ fn imatrix_then_convert_with_it() {
     assert!(!o.status.success() && stderr(&o).contains("importance file"), "{}", stderr(&o));
     assert!(!out.exists());
 }
+
+/// `--lora` at run time: accepted by the commands that run a model, changes what it computes,
+/// and an adapter for another model is refused with the reason.
+#[test]
+fn run_time_lora_flag() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let m = tmp.path().join("h96.lowbit");
+    ok(bin().args([
+        "convert",
+        root.join("runtime/tests/data/tiny/h96").to_str().unwrap(),
+        "-o",
+        m.to_str().unwrap(),
+        "-q",
+        "--quant",
+        "f32",
+    ]));
+    let adapter = root.join("converter/tests/data/lora/plain");
+    let (plain, with) = (tmp.path().join("plain.npy"), tmp.path().join("with.npy"));
+    let m = m.to_str().unwrap();
+    ok(bin().args(["logits", "-m", m, "--tokens", "1,5,9,2", "--out", plain.to_str().unwrap()]));
+    ok(bin().args([
+        "logits",
+        "-m",
+        m,
+        "--tokens",
+        "1,5,9,2",
+        "--out",
+        with.to_str().unwrap(),
+        "--lora",
+        adapter.to_str().unwrap(),
+    ]));
+    assert!(std::fs::read(&plain).unwrap() != std::fs::read(&with).unwrap());
+    let tiny = tiny(tmp.path());
+    let o = bin()
+        .args(["run", "-m", tiny.to_str().unwrap(), "-p", "x", "-n", "2", "--lora", adapter.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!o.status.success() && stderr(&o).contains("do not fit the base weight"), "{}", stderr(&o));
+}

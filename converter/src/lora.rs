@@ -231,6 +231,71 @@ fn ordered_object(text: &str, key: &str) -> Option<Vec<(String, Value)>> {
 /// Reads the adapter in `spec.dir`, checking every tensor against `base` (which the update
 /// applies to).
 pub fn load(spec: &LoraSpec, base: &dyn TensorSource, quantized: &HashMap<String, BnbTensor>) -> Result<Adapter> {
+    // The logical shape of a base weight: a bitsandbytes weight is listed packed.
+    let shape_of = |name: &str| -> std::result::Result<Vec<usize>, String> {
+        if let Some(b) = quantized.get(name) {
+            return Ok(b.shape().to_vec());
+        }
+        let t = base.get(name).ok_or_else(|| {
+            format!("it changes {name}, which the base model does not have (an adapter for another model?)")
+        })?;
+        if !t.dtype.is_float() {
+            return Err(format!("{name} is stored as {} in the base, which cannot be merged into", t.dtype_name));
+        }
+        Ok(t.shape.clone())
+    };
+    load_with(spec, &shape_of)
+}
+
+/// One low-rank update as it is applied beside its weight at run time: `y += scale · B (A x)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunTimeDelta {
+    /// The weight it goes beside (`model.layers.N.self_attn.q_proj.weight`).
+    pub target: String,
+    /// `r × in`, row-major.
+    pub a: Vec<f32>,
+    /// `out × r`, row-major.
+    pub b: Vec<f32>,
+    /// Rank.
+    pub r: usize,
+    /// The whole scaling: user scale · alpha / r (or / √r).
+    pub scale: f32,
+}
+
+/// An adapter for run time against a model whose weights have the shapes `shape_of` gives
+/// (`None` for a weight it does not have): its updates, and its record. DoRA and full
+/// replacement tensors (`modules_to_save`, trained biases) change the weights themselves and
+/// are refused: they are merged at conversion (`convert --lora`).
+pub fn load_for_run_time(
+    spec: &LoraSpec,
+    shape_of: &dyn Fn(&str) -> Option<Vec<usize>>,
+) -> Result<(AdapterRecord, Vec<RunTimeDelta>)> {
+    let shapes = |name: &str| -> std::result::Result<Vec<usize>, String> {
+        shape_of(name)
+            .ok_or_else(|| format!("it changes {name}, which the model does not have (an adapter for another model?)"))
+    };
+    let a = load_with(spec, &shapes)?;
+    let refuse = |what: &str| {
+        bad(
+            &spec.dir,
+            format!("{what} changes the weights themselves: merge this adapter at conversion (lowbit convert --lora)"),
+        )
+    };
+    if !a.replace.is_empty() {
+        return Err(refuse("it has modules_to_save or trained biases, which"));
+    }
+    if a.deltas.values().any(|d| d.magnitude.is_some()) {
+        return Err(refuse("DoRA"));
+    }
+    let mut deltas: Vec<RunTimeDelta> =
+        a.deltas.into_iter().map(|(target, d)| RunTimeDelta { target, a: d.a, b: d.b, r: d.r, scale: d.s }).collect();
+    deltas.sort_by(|x, y| x.target.cmp(&y.target));
+    Ok((a.record, deltas))
+}
+
+/// [`load`] against any base: `shape_of` gives a base weight's `[out, in]` shape, or why the
+/// adapter cannot change it.
+fn load_with(spec: &LoraSpec, shape_of: &dyn Fn(&str) -> std::result::Result<Vec<usize>, String>) -> Result<Adapter> {
     let dir = &spec.dir;
     if !dir.is_dir() {
         return Err(bad(dir, "not a folder (an adapter is the folder holding adapter_config.json)"));
@@ -274,22 +339,7 @@ pub fn load(spec: &LoraSpec, base: &dyn TensorSource, quantized: &HashMap<String
         }
         Ok((t.shape().to_vec(), out))
     };
-    // The logical shape of a base weight: a bitsandbytes weight is listed packed.
-    let base_shape = |name: &str| -> Result<Vec<usize>> {
-        if let Some(b) = quantized.get(name) {
-            return Ok(b.shape().to_vec());
-        }
-        let t = base.get(name).ok_or_else(|| {
-            bad(dir, format!("it changes {name}, which the base model does not have (an adapter for another model?)"))
-        })?;
-        if !t.dtype.is_float() {
-            return Err(bad(
-                dir,
-                format!("{name} is stored as {} in the base, which cannot be merged into", t.dtype_name),
-            ));
-        }
-        Ok(t.shape.clone())
-    };
+    let base_shape = |name: &str| -> Result<Vec<usize>> { shape_of(name).map_err(|e| bad(dir, e)) };
 
     let mut deltas = HashMap::new();
     let mut replace = HashMap::new();

@@ -230,7 +230,7 @@ impl Llama {
         let file = conversion::resolve(py, &model_path, quant, verbose)?;
         let inner = py.detach(|| -> Result<Inner, String> {
             let engine = Arc::new(
-                Engine::open(&file, &RuntimeOptions { threads: n_threads, fourbit_exact: false, kv_type })
+                Engine::open(&file, &RuntimeOptions { threads: n_threads, kv_type, ..Default::default() })
                     .map_err(|e| e.to_string())?,
             );
             let trained = engine.model().config.max_position_embeddings;

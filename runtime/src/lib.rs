@@ -18,6 +18,7 @@ mod error;
 pub mod generate;
 mod imatrix;
 pub mod kv_cache;
+pub mod lora;
 pub mod model;
 pub mod ops;
 pub mod profile;

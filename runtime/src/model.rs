@@ -7,6 +7,7 @@ use crate::config::ModelConfig;
 use crate::error::{Result, RuntimeError};
 use crate::imatrix::{Input, InputStats};
 use crate::kv_cache::{HeadView, KvCache, KvType};
+use crate::lora::{LoraAdapter, LoraTable, Proj};
 use crate::ops::{add_inplace, rmsnorm, silu_mul, softmax, Rope};
 use crate::profile::{Phase, ProfileReport, Profiler};
 use crate::weights::ModelWeights;
@@ -26,6 +27,8 @@ pub struct Model<'a> {
     profiler: Profiler,
     /// Input statistics being collected (`lowbit imatrix`), if any.
     stats: std::sync::OnceLock<InputStats>,
+    /// Run-time LoRA updates.
+    lora: LoraTable,
 }
 
 /// Which logits a forward pass returns.
@@ -68,6 +71,7 @@ impl<'a> Model<'a> {
             kv_type: KvType::F32,
             profiler: Profiler::default(),
             stats: Default::default(),
+            lora: LoraTable::default(),
         })
     }
 
@@ -100,6 +104,26 @@ impl<'a> Model<'a> {
     pub fn new_cache(&self, context: usize) -> KvCache {
         let c = &self.config;
         KvCache::new(c.num_layers, c.num_kv_heads, c.head_dim, c.sliding_window, context, self.kv_type)
+    }
+
+    /// Adds `adapters` beside the weights they change, from every later forward pass (replacing
+    /// any set before); an update for a weight the model does not have, or of the wrong size, is
+    /// an error and changes nothing.
+    pub fn set_adapters(&mut self, adapters: &[LoraAdapter]) -> Result<()> {
+        let layers = &self.weights.layers;
+        self.lora = LoraTable::new(adapters, layers.len(), |l, p| {
+            let w = match p {
+                Proj::Q => &layers[l].q,
+                Proj::K => &layers[l].k,
+                Proj::V => &layers[l].v,
+                Proj::O => &layers[l].o,
+                Proj::Gate => &layers[l].gate,
+                Proj::Up => &layers[l].up,
+                Proj::Down => &layers[l].down,
+            };
+            (w.rows(), w.cols())
+        })?;
+        Ok(())
     }
 
     /// Starts collecting, from every later forward pass, the mean square of each linear layer's
@@ -263,6 +287,13 @@ impl<'a> Model<'a> {
             lin(&mut q, "q/k/v", &lw.q, &x, t)?;
             lin(&mut k, "q/k/v", &lw.k, &x, t)?;
             lin(&mut v, "q/k/v", &lw.v, &x, t)?;
+            if !self.lora.is_empty() {
+                timed("lora", &mut || {
+                    self.lora.apply(li, Proj::Q, &x, &mut q, t);
+                    self.lora.apply(li, Proj::K, &x, &mut k, t);
+                    self.lora.apply(li, Proj::V, &x, &mut v, t);
+                });
+            }
             if let Some([bq, bk, bv]) = &lw.qkv_bias {
                 timed("bias", &mut || {
                     q.chunks_mut(qd).for_each(|r| add_inplace(r, bq));
@@ -305,6 +336,9 @@ impl<'a> Model<'a> {
             // 2f. output projection and residual
             record(Input::Output, &att, qd);
             lin(&mut o, "o", &lw.o, &att, t)?;
+            if !self.lora.is_empty() {
+                timed("lora", &mut || self.lora.apply(li, Proj::O, &att, &mut o, t));
+            }
             timed("residual add", &mut || add_inplace(&mut h, &o));
             // 2g. MLP: down(silu(gate(x)) ⊙ up(x)) and residual
             timed("rmsnorm", &mut || {
@@ -315,9 +349,18 @@ impl<'a> Model<'a> {
             record(Input::Mlp, &x, hsz);
             lin(&mut gate, "gate/up", &lw.gate, &x, t)?;
             lin(&mut up, "gate/up", &lw.up, &x, t)?;
+            if !self.lora.is_empty() {
+                timed("lora", &mut || {
+                    self.lora.apply(li, Proj::Gate, &x, &mut gate, t);
+                    self.lora.apply(li, Proj::Up, &x, &mut up, t);
+                });
+            }
             timed("silu·mul", &mut || silu_mul(&mut gate, &up));
             record(Input::Down, &gate, c.intermediate_size);
             lin(&mut down, "down", &lw.down, &gate, t)?;
+            if !self.lora.is_empty() {
+                timed("lora", &mut || self.lora.apply(li, Proj::Down, &gate, &mut down, t));
+            }
             timed("residual add", &mut || add_inplace(&mut h, &down));
             if let Some(p) = progress {
                 p(li + 1, self.weights.layers.len());

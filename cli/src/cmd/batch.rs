@@ -44,7 +44,12 @@ pub fn run(a: BatchArgs, threads: Option<usize>) -> Result<()> {
     let t0 = Instant::now();
     let engine = Arc::new(super::engine(
         &a.model,
-        &RuntimeOptions { threads, fourbit_exact: a.sample.exact, kv_type: a.sample.kv_type.kv() },
+        &RuntimeOptions {
+            threads,
+            fourbit_exact: a.sample.exact,
+            kv_type: a.sample.kv_type.kv(),
+            adapters: super::adapters(&a.model, &a.sample.lora)?,
+        },
     )?);
     let codec = engine.codec().ok();
     // As llama.cpp does, a context past what the model was trained for is cut to it.

@@ -7,7 +7,9 @@ use lowbit_runtime::{Logits, RuntimeOptions};
 
 pub fn run(a: LogitsArgs, threads: Option<usize>) -> Result<()> {
     npy::check_not_input(&a.out, &[&a.model])?;
-    let engine = super::engine(&a.model, &RuntimeOptions { threads, fourbit_exact: a.exact, ..Default::default() })?;
+    let adapters = super::adapters(&a.model, &a.lora)?;
+    let engine =
+        super::engine(&a.model, &RuntimeOptions { threads, fourbit_exact: a.exact, adapters, ..Default::default() })?;
     let tokens = match (&a.tokens, &a.text) {
         (Some(t), _) => t.clone(),
         (None, Some(text)) => engine.codec()?.encode(text, true)?,

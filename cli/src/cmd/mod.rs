@@ -19,6 +19,30 @@ pub fn open(path: &Path) -> Result<(ModelFile, f64)> {
     Ok((file, t.elapsed().as_secs_f64()))
 }
 
+/// The LoRA adapters of `specs` for run time against the model file at `path` (its weights'
+/// shapes checked).
+pub fn adapters(
+    path: &Path,
+    specs: &[lowbit_convert::lora::LoraSpec],
+) -> Result<Vec<lowbit_runtime::lora::LoraAdapter>> {
+    if specs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let file = lowbit_format::ModelFile::open(path).map_err(|e| named(path, e))?;
+    let shape_of = |name: &str| file.tensor(name).map(|t| t.info.shape.iter().map(|&d| d as usize).collect());
+    specs
+        .iter()
+        .map(|spec| {
+            let (record, deltas) = lowbit_convert::lora::load_for_run_time(spec, &shape_of)?;
+            let deltas = deltas
+                .into_iter()
+                .map(|d| lowbit_runtime::lora::LoraDelta { target: d.target, a: d.a, b: d.b, r: d.r, scale: d.scale })
+                .collect();
+            Ok(lowbit_runtime::lora::LoraAdapter { name: record.name, deltas })
+        })
+        .collect()
+}
+
 /// Opens a model to run, naming the path in any error.
 pub fn engine(path: &Path, opts: &lowbit_runtime::RuntimeOptions) -> Result<lowbit_runtime::Engine> {
     lowbit_runtime::Engine::open(path, opts).map_err(|e| named(path, e))
@@ -96,11 +120,12 @@ pub fn synth(a: crate::args::SynthArgs) -> Result<()> {
 pub fn serve(a: crate::args::ServeArgs, threads: Option<usize>) -> Result<()> {
     anyhow::ensure!(a.max_body_kib > 0, "--max-body-kib must be at least 1");
     let model = model_path(&a.model, a.quant)?;
+    let adapters = adapters(&model, &a.lora)?;
     let opts = lowbit_server::ServeOptions {
         model,
         host: a.host,
         port: a.port,
-        runtime: lowbit_runtime::RuntimeOptions { threads, fourbit_exact: a.exact, kv_type: a.kv_type.kv() },
+        runtime: lowbit_runtime::RuntimeOptions { threads, fourbit_exact: a.exact, kv_type: a.kv_type.kv(), adapters },
         batch: lowbit_runtime::batch::BatchOptions {
             parallel: a.parallel,
             context: a.ctx,

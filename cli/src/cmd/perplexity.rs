@@ -55,7 +55,9 @@ pub fn imatrix(a: crate::args::ImatrixArgs, threads: Option<usize>) -> Result<()
 
 pub fn run(a: PerplexityArgs, threads: Option<usize>) -> Result<()> {
     anyhow::ensure!(a.ctx >= 4, "--ctx must be at least 4");
-    let engine = super::engine(&a.model, &RuntimeOptions { threads, fourbit_exact: a.exact, ..Default::default() })?;
+    let adapters = super::adapters(&a.model, &a.lora)?;
+    let engine =
+        super::engine(&a.model, &RuntimeOptions { threads, fourbit_exact: a.exact, adapters, ..Default::default() })?;
     let codec = engine.codec()?;
     engine.run(|model| score(&a, model, codec))
 }

@@ -81,7 +81,9 @@ fn report(load_secs: f64, s: &GenStats) {
 fn open(path: &std::path::Path, threads: Option<usize>, a: &SampleArgs) -> Result<(Engine, f64)> {
     let path = &super::model_path(path, a.quant)?;
     let t = Instant::now();
-    let engine = super::engine(path, &RuntimeOptions { threads, fourbit_exact: a.exact, kv_type: a.kv_type.kv() })?;
+    let adapters = super::adapters(path, &a.lora)?;
+    let engine =
+        super::engine(path, &RuntimeOptions { threads, fourbit_exact: a.exact, kv_type: a.kv_type.kv(), adapters })?;
     Ok((engine, t.elapsed().as_secs_f64()))
 }
 

@@ -1,0 +1,121 @@
+//! LoRA adapters applied at run time, beside the weights they change: `y = W x + s · B (A x)`,
+//! in f32 — what PEFT computes for an unmerged adapter, and for a QLoRA model (a bitsandbytes
+//! NF4 base plus its adapter) with `--exact`, which gives the base bitsandbytes' dequantized
+//! weights. The base stays untouched, so one file serves with or without the adapter.
+
+use crate::error::{Result, RuntimeError};
+
+/// One low-rank update: `y += scale · B (A x)` beside the weight named `target`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraDelta {
+    /// The weight it goes beside (`model.layers.N.self_attn.q_proj.weight`, …).
+    pub target: String,
+    /// `r × in`, row-major.
+    pub a: Vec<f32>,
+    /// `out × r`, row-major.
+    pub b: Vec<f32>,
+    /// Rank.
+    pub r: usize,
+    /// The whole scaling (user scale · alpha / r, or / √r for rsLoRA).
+    pub scale: f32,
+}
+
+/// An adapter: its name and its updates.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LoraAdapter {
+    /// Shown in messages.
+    pub name: String,
+    /// The updates, any order.
+    pub deltas: Vec<LoraDelta>,
+}
+
+/// The linear layers of a decoder layer an adapter may change, in the order of [`PROJECTIONS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Proj {
+    Q,
+    K,
+    V,
+    O,
+    Gate,
+    Up,
+    Down,
+}
+
+/// Name parts, by [`Proj`].
+const PROJECTIONS: [(&str, Proj); 7] = [
+    ("self_attn.q_proj", Proj::Q),
+    ("self_attn.k_proj", Proj::K),
+    ("self_attn.v_proj", Proj::V),
+    ("self_attn.o_proj", Proj::O),
+    ("mlp.gate_proj", Proj::Gate),
+    ("mlp.up_proj", Proj::Up),
+    ("mlp.down_proj", Proj::Down),
+];
+
+/// Every adapter's updates, by layer and projection.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LoraTable {
+    by_layer: Vec<[Vec<LoraDelta>; 7]>,
+}
+
+impl LoraTable {
+    /// Places each update of `adapters` by its target; `shape` gives a projection's
+    /// `(out, in)`. An update for anything else, or of the wrong size, is an error.
+    pub(crate) fn new(
+        adapters: &[LoraAdapter],
+        layers: usize,
+        shape: impl Fn(usize, Proj) -> (usize, usize),
+    ) -> Result<LoraTable> {
+        let mut by_layer: Vec<[Vec<LoraDelta>; 7]> = (0..layers).map(|_| Default::default()).collect();
+        for a in adapters {
+            for d in &a.deltas {
+                let bad = |problem: String| RuntimeError::Options(format!("LoRA adapter {}: {problem}", a.name));
+                let place = d.target.strip_prefix("model.layers.").and_then(|rest| {
+                    let (layer, proj) = rest.split_once('.')?;
+                    let proj = proj.strip_suffix(".weight")?;
+                    let p = PROJECTIONS.iter().position(|(n, _)| *n == proj)?;
+                    Some((layer.parse::<usize>().ok()?, p))
+                });
+                let Some((layer, p)) = place.filter(|&(l, _)| l < layers) else {
+                    return Err(bad(format!(
+                        "it changes {}, which run-time adapters cannot (merge it at conversion: lowbit convert --lora)",
+                        d.target
+                    )));
+                };
+                let (rows, cols) = shape(layer, PROJECTIONS[p].1);
+                if d.r == 0 || d.a.len() != d.r * cols || d.b.len() != rows * d.r || !d.scale.is_finite() {
+                    return Err(bad(format!("its update of {} does not fit the weight [{rows}, {cols}]", d.target)));
+                }
+                by_layer[layer][p].push(d.clone());
+            }
+        }
+        Ok(LoraTable { by_layer })
+    }
+
+    /// Whether there is nothing to add.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.by_layer.iter().all(|l| l.iter().all(Vec::is_empty))
+    }
+
+    /// Adds every update of `proj` in `layer` to `out` (`tokens × out`) for the inputs `x`
+    /// (`tokens × in`), token by token in a fixed order, so a token's result does not depend
+    /// on which others share the pass.
+    pub(crate) fn apply(&self, layer: usize, proj: Proj, x: &[f32], out: &mut [f32], tokens: usize) {
+        let Some(deltas) = self.by_layer.get(layer).map(|l| &l[proj as usize]) else { return };
+        if deltas.is_empty() || tokens == 0 {
+            return;
+        }
+        let (cols, rows) = (x.len() / tokens, out.len() / tokens);
+        let kern = lowbit_kernels::kernels();
+        let mut ax = Vec::new();
+        for d in deltas {
+            for (xr, or) in x.chunks_exact(cols).zip(out.chunks_exact_mut(rows)) {
+                ax.clear();
+                ax.extend(d.a.chunks_exact(cols).map(|ak| kern.dot_f32(ak, xr) * d.scale));
+                for (o, br) in or.iter_mut().zip(d.b.chunks_exact(d.r)) {
+                    *o += br.iter().zip(&ax).map(|(b, a)| b * a).sum::<f32>();
+                }
+            }
+        }
+    }
+}
