@@ -85,3 +85,83 @@ fn run_time_adapters_equal_merged_ones() {
     let e = adapter(&other, &data("../converter/tests/data/lora/plain")).unwrap_err().to_string();
     assert!(e.contains("does not have") || e.contains("do not fit"), "{e}");
 }
+
+/// Writes a PEFT adapter (r = 4, α = 8, seeded) on q_proj, v_proj and down_proj of both layers
+/// of the bitsandbytes fixtures' model (hidden 128, 2 kv heads of 32, intermediate 192).
+fn qlora_adapter(dir: &Path) {
+    let mut seed = 0x51ed270b27a3f1c5u64;
+    let mut next = move || {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.2
+    };
+    let mut data: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for l in 0..2 {
+        for (module, rows, cols) in
+            [("self_attn.q_proj", 128, 128), ("self_attn.v_proj", 64, 128), ("mlp.down_proj", 128, 192)]
+        {
+            let m = format!("base_model.model.model.layers.{l}.{module}");
+            let a: Vec<u8> = (0..4 * cols).flat_map(|_| next().to_le_bytes()).collect();
+            let b: Vec<u8> = (0..rows * 4).flat_map(|_| next().to_le_bytes()).collect();
+            data.push((format!("{m}.lora_A.weight"), vec![4, cols], a));
+            data.push((format!("{m}.lora_B.weight"), vec![rows, 4], b));
+        }
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView)> = data
+        .iter()
+        .map(|(n, s, d)| {
+            (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d).unwrap())
+        })
+        .collect();
+    std::fs::create_dir_all(dir).unwrap();
+    safetensors::serialize_to_file(views, None, &dir.join("adapter_model.safetensors")).unwrap();
+    std::fs::write(
+        dir.join("adapter_config.json"),
+        r#"{"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj", "down_proj"]}"#,
+    )
+    .unwrap();
+}
+
+/// QLoRA as PEFT runs it: a bitsandbytes NF4 (double-quant) checkpoint, kept 4-bit, with the
+/// exact float path and the adapter at run time, against the base dequantized as bitsandbytes
+/// does with the adapter merged in f32 (`convert --quant f32 --lora`): the same logits up to
+/// summation order.
+#[test]
+fn qlora_at_run_time_equals_the_dequantized_merge() {
+    let src = data("../converter/tests/data/bnb/nf4_dq");
+    if !src.join("model.safetensors").is_file() {
+        eprintln!("skipping: {} is absent", src.display());
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("qlora");
+    qlora_adapter(&dir);
+    let kept = tmp.path().join("kept.lowbit");
+    convert(&src, &kept, &ConvertOptions::default(), &|_| {}).unwrap();
+    let merged = tmp.path().join("merged.lowbit");
+    let o = ConvertOptions {
+        quant: QuantChoice::F32,
+        lora: vec![LoraSpec { dir: dir.clone(), scale: 1.0 }],
+        ..Default::default()
+    };
+    convert(&src, &merged, &o, &|_| {}).unwrap();
+    let (kept, merged) = (ModelFile::open(&kept).unwrap(), ModelFile::open(&merged).unwrap());
+    assert!(kept.tensors().iter().any(|t| matches!(t.scheme, lowbit_format::Scheme::FourBit { .. })), "kept 4-bit");
+    let mut q = Model::new(&kept).unwrap();
+    q.set_options(lowbit_kernels::MatmulOptions { fourbit_exact: true, ..q.options() });
+    q.set_adapters(&[adapter(&kept, &dir).unwrap()]).unwrap();
+    let m = Model::new(&merged).unwrap();
+    let prompt: Vec<u32> = vec![1, 40, 7, 200, 13, 99];
+    let (mut cq, mut cm) = (q.new_cache(32), m.new_cache(32));
+    let a = q.forward(&mut cq, &prompt, Logits::All).unwrap();
+    let b = m.forward(&mut cm, &prompt, Logits::All).unwrap();
+    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert!((x - y).abs() <= 1e-4 * (1.0 + y.abs()), "[{i}]: {x} vs {y}");
+    }
+    for tok in [5u32, 6, 7] {
+        let a = q.forward(&mut cq, &[tok], Logits::Last).unwrap();
+        let b = m.forward(&mut cm, &[tok], Logits::Last).unwrap();
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() <= 1e-4 * (1.0 + y.abs()), "decode: {x} vs {y}");
+        }
+    }
+}
