@@ -45,7 +45,10 @@ pub use fourbit::{
     NestedRule,
 };
 pub use int8::{quantize_int8, Int8Tensor};
-pub use matmul::{gemm_strided, matmul, matmul_rows, matmul_rows_with, matmul_with, matvec, MatmulOptions};
+pub use matmul::{
+    gemm_strided, matmul, matmul_rows, matmul_rows_many, matmul_rows_many_with, matmul_rows_with, matmul_with, matvec,
+    MatmulOptions,
+};
 pub use probe::bandwidth_probe;
 pub use q8::Q8Tensor;
 pub use weight::{AbsmaxRef, FourBitRef, Int8Ref, Q8Ref, Weight};

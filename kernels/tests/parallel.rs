@@ -76,7 +76,7 @@ fn with_every_scheme(rows: usize, cols: usize, mut f: impl FnMut(&Weight, &[f32]
 
 #[test]
 fn parallel_matvec_equals_serial_for_every_scheme() {
-    // 301 rows: not a multiple of the 16-row task; 64·300 and 330 columns: ≥ 65,536
+    // 301 rows: not a multiple of the 32-row task; 64·300 and 330 columns: ≥ 65,536
     // multiply-adds (the parallel threshold), 330 not a multiple of the 64-block, so 4-bit rows
     // straddle blocks there (the per-element path).
     for cols in [320usize, 330] {
@@ -141,6 +141,61 @@ fn batched_decode_rows_equal_their_matvecs() {
             }
         });
     }
+}
+
+/// Several weights over the same input in one call (`matmul_rows_many`: q/k/v, gate/up) give
+/// each weight the bits of its own call, where tasks straddle two weights (301 rows each) and
+/// where a weight of another scheme splits the list, for one and several tokens, on one thread
+/// and on the team.
+#[test]
+fn several_weights_in_one_loop_equal_one_call_each() {
+    let small_w = values(7 * 320, 99);
+    with_every_scheme(301, 320, |weight, x| {
+        let small = Weight::F32 { rows: 7, cols: 320, data: &small_w };
+        let ws = [weight, weight, &small, weight];
+        let tokens: Vec<f32> = (0..3).flat_map(|t| x.iter().map(move |v| v * (1.0 + t as f32 * 0.25))).collect();
+        for k in Kernels::variants() {
+            for fourbit_exact in [false, true] {
+                let opts = MatmulOptions { fourbit_exact, ..Default::default() };
+                for (m, threads) in [(1, 1), (1, 2), (3, 1), (3, 2)] {
+                    let xs = &tokens[..m * 320];
+                    let (alone, joint) = in_pool(threads, || {
+                        let alone: Vec<Vec<f32>> = ws
+                            .iter()
+                            .map(|w| {
+                                let mut out = vec![0f32; m * w.rows()];
+                                lowbit_kernels::matmul_rows_with(&k, &mut out, w, xs, m, &opts).unwrap();
+                                out
+                            })
+                            .collect();
+                        let mut joint = vec![0f32; m * ws.iter().map(|w| w.rows()).sum::<usize>()];
+                        lowbit_kernels::matmul_rows_many_with(&k, &mut joint, &ws, xs, m, &opts).unwrap();
+                        (alone, joint)
+                    });
+                    let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(
+                        bits(&joint),
+                        bits(&alone.concat()),
+                        "{} {} m={m} threads={threads} exact={fourbit_exact}",
+                        k.label(),
+                        weight.scheme_name()
+                    );
+                }
+            }
+        }
+    });
+    // A wrong output length is an error, not a panic.
+    let w = values(4 * 64, 1);
+    let weight = Weight::F32 { rows: 4, cols: 64, data: &w };
+    let mut out = vec![0f32; 7];
+    assert!(lowbit_kernels::matmul_rows_many(
+        &mut out,
+        &[&weight, &weight],
+        &values(64, 2),
+        1,
+        &MatmulOptions::default()
+    )
+    .is_err());
 }
 
 #[test]

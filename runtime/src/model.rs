@@ -12,7 +12,7 @@ use crate::ops::{add_inplace, rmsnorm, silu_mul, softmax, Rope};
 use crate::profile::{Phase, ProfileReport, Profiler};
 use crate::weights::ModelWeights;
 use lowbit_format::ModelFile;
-use lowbit_kernels::{matmul, matmul_rows, MatmulOptions, Weight};
+use lowbit_kernels::{matmul, matmul_rows, matmul_rows_many, MatmulOptions, Weight};
 use rayon::prelude::*;
 
 /// A loaded model: configuration plus views of its weights.
@@ -240,6 +240,31 @@ impl<'a> Model<'a> {
             prof.stop(s, phase, || format!("matmul {role} ({})", w.scheme_name()));
             Ok(())
         };
+        // Linear layers over the same input (q/k/v, gate/up). Decode runs them in one parallel
+        // loop (into `joint`, then split); a prompt's matrices are large enough to run one by one.
+        let mut joint = Vec::new();
+        let mut lin_many =
+            |outs: &mut [&mut Vec<f32>], role: &str, ws: &[&Weight], x: &[f32], m: usize| -> Result<()> {
+                if !decode {
+                    for (out, w) in outs.iter_mut().zip(ws) {
+                        lin(out, role, w, x, m)?;
+                    }
+                    return Ok(());
+                }
+                let s = prof.start();
+                joint.clear();
+                joint.resize(m * ws.iter().map(|w| w.rows()).sum::<usize>(), 0.0);
+                matmul_rows_many(&mut joint, ws, x, m, &self.opts)?;
+                let mut from = 0;
+                for (out, w) in outs.iter_mut().zip(ws) {
+                    let len = m * w.rows();
+                    out.clear();
+                    out.extend_from_slice(&joint[from..from + len]);
+                    from += len;
+                }
+                prof.stop(s, phase, || format!("matmul {role} ({})", ws[0].scheme_name()));
+                Ok(())
+            };
         let timed = |op: &'static str, f: &mut dyn FnMut()| {
             let s = prof.start();
             f();
@@ -284,9 +309,7 @@ impl<'a> Model<'a> {
             };
             // 2b. projections (+ Qwen2 biases)
             record(Input::Attention, &x, hsz);
-            lin(&mut q, "q/k/v", &lw.q, &x, t)?;
-            lin(&mut k, "q/k/v", &lw.k, &x, t)?;
-            lin(&mut v, "q/k/v", &lw.v, &x, t)?;
+            lin_many(&mut [&mut q, &mut k, &mut v], "q/k/v", &[&lw.q, &lw.k, &lw.v], &x, t)?;
             if !self.lora.is_empty() {
                 timed("lora", &mut || {
                     self.lora.apply(li, Proj::Q, &x, &mut q, t);
@@ -347,8 +370,7 @@ impl<'a> Model<'a> {
                 }
             });
             record(Input::Mlp, &x, hsz);
-            lin(&mut gate, "gate/up", &lw.gate, &x, t)?;
-            lin(&mut up, "gate/up", &lw.up, &x, t)?;
+            lin_many(&mut [&mut gate, &mut up], "gate/up", &[&lw.gate, &lw.up], &x, t)?;
             if !self.lora.is_empty() {
                 timed("lora", &mut || {
                     self.lora.apply(li, Proj::Gate, &x, &mut gate, t);
