@@ -376,9 +376,37 @@ pub struct ServeArgs {
     #[arg(long)]
     pub exact: bool,
     /// Apply a PEFT LoRA adapter folder beside the weights it changes (y = W x + s·B(A x), the
-    /// file untouched), scaled by SCALE (default 1); repeat for several
-    #[arg(long, value_name = "DIR[:SCALE]")]
-    pub lora: Vec<lowbit_convert::lora::LoraSpec>,
+    /// file untouched), scaled by SCALE (default 1); repeat for several. With NAME=, only to the
+    /// requests that ask for it ("model": "NAME", or "lora": "NAME")
+    #[arg(long, value_name = "[NAME=]DIR[:SCALE]")]
+    pub lora: Vec<NamedLora>,
+}
+
+/// `[NAME=]DIR[:SCALE]`: a run-time adapter, applied to every request or, named, to those that
+/// pick it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedLora {
+    /// What requests call it; `None`: applied to every request.
+    pub name: Option<String>,
+    /// The folder and scale.
+    pub spec: lowbit_convert::lora::LoraSpec,
+}
+
+impl std::str::FromStr for NamedLora {
+    type Err = String;
+    fn from_str(s: &str) -> Result<NamedLora, String> {
+        // A leading `NAME=` (letters, digits, `_ . -`) names it, unless the whole text is a path
+        // that exists.
+        if !std::path::Path::new(s).exists() {
+            if let Some((name, rest)) = s.split_once('=') {
+                let plain = |c: char| c.is_ascii_alphanumeric() || "_.-".contains(c);
+                if !name.is_empty() && name.len() <= 64 && name.chars().all(plain) && !rest.is_empty() {
+                    return Ok(NamedLora { name: Some(name.to_string()), spec: rest.parse()? });
+                }
+            }
+        }
+        Ok(NamedLora { name: None, spec: s.parse()? })
+    }
 }
 
 #[derive(Args, Debug)]

@@ -399,6 +399,7 @@ impl Llama {
             logprobs,
             prompt_logprobs: if echo { logprobs } else { None },
             ignore_eos: false,
+            adapter: None,
         };
         let (handle, rx) = self.submit(&inner, req)?;
         let kind = Kind::Completion { echo: echo.then_some(text), prompt_ids: ids, logprobs: logprobs.is_some() };
@@ -456,6 +457,7 @@ impl Llama {
             logprobs: logprobs.then(|| top_logprobs.unwrap_or(0)),
             prompt_logprobs: None,
             ignore_eos: false,
+            adapter: None,
         };
         let (handle, rx) = self.submit(&inner, req)?;
         let kind = Kind::Chat { logprobs };

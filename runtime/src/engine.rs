@@ -30,8 +30,10 @@ pub struct RuntimeOptions {
     pub fourbit_exact: bool,
     /// Element type of the KV caches the model makes.
     pub kv_type: crate::KvType,
-    /// LoRA adapters applied beside the weights they change ([`crate::lora`]).
+    /// LoRA adapters applied beside the weights they change ([`crate::lora`]), to every sequence.
     pub adapters: Vec<crate::lora::LoraAdapter>,
+    /// LoRA adapters a sequence (a batch request) picks by name ([`crate::Model::set_named_adapters`]).
+    pub named_adapters: Vec<crate::lora::LoraAdapter>,
 }
 
 /// A loaded model, ready to run; `Send + Sync`, so it can be shared across threads.
@@ -63,7 +65,7 @@ impl Engine {
             let mut model = Model::new(f)?;
             model.set_options(MatmulOptions { fourbit_exact: opts.fourbit_exact, ..model.options() });
             model.set_kv_type(opts.kv_type);
-            model.set_adapters(&opts.adapters)?;
+            model.set_named_adapters(&opts.adapters, &opts.named_adapters)?;
             Ok::<_, RuntimeError>(model)
         })?;
         let stop = stop_ids(loaded.borrow_dependent(), codec.as_ref().ok());

@@ -212,6 +212,8 @@ pub struct KvCache {
     kind: KvType,
     /// Positions processed so far.
     pub len: usize,
+    /// The named LoRA adapter this sequence runs with, and its multiplier.
+    adapter: Option<(usize, f32)>,
 }
 
 impl KvCache {
@@ -239,6 +241,7 @@ impl KvCache {
             context,
             kind,
             len: 0,
+            adapter: None,
         }
     }
 
@@ -359,9 +362,30 @@ impl KvCache {
         self.kv_heads * self.head_dim
     }
 
-    /// Forgets everything.
+    /// Forgets everything, the adapter pick too.
     pub fn clear(&mut self) {
         self.len = 0;
+        self.adapter = None;
+    }
+
+    /// Runs the sequence with the named run-time LoRA adapter `index`
+    /// ([`crate::Model::adapter_index`]), its update multiplied by `scale`, or with none. The
+    /// cached keys and values were computed with the adapter, so it is picked once, on an empty
+    /// cache; a pick on a cache that holds positions is refused.
+    pub fn set_adapter(&mut self, pick: Option<(usize, f32)>) -> crate::Result<()> {
+        if self.len > 0 && pick != self.adapter {
+            return Err(crate::RuntimeError::Options("a sequence's adapter is picked before its first token".into()));
+        }
+        if pick.is_some_and(|(_, s)| !s.is_finite()) {
+            return Err(crate::RuntimeError::Options("an adapter's scale must be a finite number".into()));
+        }
+        self.adapter = pick;
+        Ok(())
+    }
+
+    /// The adapter pick ([`KvCache::set_adapter`]).
+    pub fn adapter(&self) -> Option<(usize, f32)> {
+        self.adapter
     }
 }
 

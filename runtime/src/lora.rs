@@ -52,24 +52,36 @@ const PROJECTIONS: [(&str, Proj); 7] = [
     ("mlp.down_proj", Proj::Down),
 ];
 
-/// Every adapter's updates, by layer and projection.
+/// Every adapter's updates, by layer and projection, each tagged with its adapter. Adapters
+/// are applied to every sequence, or — the named ones — only to the sequences that pick them
+/// ([`crate::KvCache::set_adapter`]).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct LoraTable {
-    by_layer: Vec<[Vec<LoraDelta>; 7]>,
+    by_layer: Vec<[Vec<(usize, LoraDelta)>; 7]>,
+    /// Adapter names, by index: the ones applied to every sequence first, then the named ones.
+    names: Vec<String>,
+    /// How many of `names` (the first ones) are applied to every sequence.
+    always: usize,
 }
 
 impl LoraTable {
-    /// Places each update of `adapters` by its target; `shape` gives a projection's
-    /// `(out, in)`. An update for anything else, or of the wrong size, is an error.
+    /// Places each update of `always` (applied to every sequence) and `named` (applied where a
+    /// sequence picks one) by its target; `shape` gives a projection's `(out, in)`. An update
+    /// for anything else, or of the wrong size, is an error; so are two named adapters with one
+    /// name.
     pub(crate) fn new(
-        adapters: &[LoraAdapter],
+        always: &[LoraAdapter],
+        named: &[LoraAdapter],
         layers: usize,
         shape: impl Fn(usize, Proj) -> (usize, usize),
     ) -> Result<LoraTable> {
-        let mut by_layer: Vec<[Vec<LoraDelta>; 7]> = (0..layers).map(|_| Default::default()).collect();
-        for a in adapters {
+        let mut by_layer: Vec<[Vec<(usize, LoraDelta)>; 7]> = (0..layers).map(|_| Default::default()).collect();
+        for (ai, a) in always.iter().chain(named).enumerate() {
+            let bad = |problem: String| RuntimeError::Options(format!("LoRA adapter {}: {problem}", a.name));
+            if ai >= always.len() && named[..ai - always.len()].iter().any(|b| b.name == a.name) {
+                return Err(bad("two adapters have this name".into()));
+            }
             for d in &a.deltas {
-                let bad = |problem: String| RuntimeError::Options(format!("LoRA adapter {}: {problem}", a.name));
                 let place = d.target.strip_prefix("model.layers.").and_then(|rest| {
                     let (layer, proj) = rest.split_once('.')?;
                     let proj = proj.strip_suffix(".weight")?;
@@ -86,10 +98,11 @@ impl LoraTable {
                 if d.r == 0 || d.a.len() != d.r * cols || d.b.len() != rows * d.r || !d.scale.is_finite() {
                     return Err(bad(format!("its update of {} does not fit the weight [{rows}, {cols}]", d.target)));
                 }
-                by_layer[layer][p].push(d.clone());
+                by_layer[layer][p].push((ai, d.clone()));
             }
         }
-        Ok(LoraTable { by_layer })
+        let names = always.iter().chain(named).map(|a| a.name.clone()).collect();
+        Ok(LoraTable { by_layer, names, always: always.len() })
     }
 
     /// Whether there is nothing to add.
@@ -97,10 +110,29 @@ impl LoraTable {
         self.by_layer.iter().all(|l| l.iter().all(Vec::is_empty))
     }
 
+    /// The index of the named adapter `name` (what [`crate::KvCache::set_adapter`] takes).
+    pub(crate) fn index_of(&self, name: &str) -> Option<usize> {
+        self.names[self.always..].iter().position(|n| n == name).map(|i| i + self.always)
+    }
+
+    /// The names of the adapters a sequence may pick, in the order they were given.
+    pub(crate) fn named(&self) -> &[String] {
+        &self.names[self.always..]
+    }
+
     /// Adds every update of `proj` in `layer` to `out` (`tokens × out`) for the inputs `x`
-    /// (`tokens × in`), token by token in a fixed order, so a token's result does not depend
-    /// on which others share the pass.
-    pub(crate) fn apply(&self, layer: usize, proj: Proj, x: &[f32], out: &mut [f32], tokens: usize) {
+    /// (`tokens × in`): the always-applied adapters' to every token, a named adapter's to the
+    /// tokens whose entry of `picks` names it (with that entry's multiplier). Token by token in
+    /// a fixed order, so a token's result does not depend on which others share the pass.
+    pub(crate) fn apply(
+        &self,
+        layer: usize,
+        proj: Proj,
+        x: &[f32],
+        out: &mut [f32],
+        tokens: usize,
+        picks: &[Option<(usize, f32)>],
+    ) {
         let Some(deltas) = self.by_layer.get(layer).map(|l| &l[proj as usize]) else { return };
         if deltas.is_empty() || tokens == 0 {
             return;
@@ -108,10 +140,19 @@ impl LoraTable {
         let (cols, rows) = (x.len() / tokens, out.len() / tokens);
         let kern = lowbit_kernels::kernels();
         let mut ax = Vec::new();
-        for d in deltas {
-            for (xr, or) in x.chunks_exact(cols).zip(out.chunks_exact_mut(rows)) {
+        for (ai, d) in deltas {
+            for (t, (xr, or)) in x.chunks_exact(cols).zip(out.chunks_exact_mut(rows)).enumerate() {
+                let mult = if *ai < self.always {
+                    1.0
+                } else {
+                    match picks.get(t).copied().flatten() {
+                        Some((pick, mult)) if pick == *ai => mult,
+                        _ => continue,
+                    }
+                };
                 ax.clear();
-                ax.extend(d.a.chunks_exact(cols).map(|ak| kern.dot_f32(ak, xr) * d.scale));
+                // A multiplier of 1 leaves the scaled product's bits as they are.
+                ax.extend(d.a.chunks_exact(cols).map(|ak| kern.dot_f32(ak, xr) * d.scale * mult));
                 for (o, br) in or.iter_mut().zip(d.b.chunks_exact(d.r)) {
                     *o += br.iter().zip(&ax).map(|(b, a)| b * a).sum::<f32>();
                 }

@@ -110,8 +110,16 @@ impl<'a> Model<'a> {
     /// any set before); an update for a weight the model does not have, or of the wrong size, is
     /// an error and changes nothing.
     pub fn set_adapters(&mut self, adapters: &[LoraAdapter]) -> Result<()> {
+        self.set_named_adapters(adapters, &[])
+    }
+
+    /// [`Model::set_adapters`] with, beside the adapters applied to every sequence (`always`),
+    /// adapters a sequence picks by name ([`Model::adapter_index`], [`KvCache::set_adapter`]):
+    /// one base serves several fine-tunes, and sequences with different adapters (or none)
+    /// share a decode step.
+    pub fn set_named_adapters(&mut self, always: &[LoraAdapter], named: &[LoraAdapter]) -> Result<()> {
         let layers = &self.weights.layers;
-        self.lora = LoraTable::new(adapters, layers.len(), |l, p| {
+        self.lora = LoraTable::new(always, named, layers.len(), |l, p| {
             let w = match p {
                 Proj::Q => &layers[l].q,
                 Proj::K => &layers[l].k,
@@ -124,6 +132,17 @@ impl<'a> Model<'a> {
             (w.rows(), w.cols())
         })?;
         Ok(())
+    }
+
+    /// The index of the adapter named `name` among those sequences may pick
+    /// ([`Model::set_named_adapters`]), for [`KvCache::set_adapter`].
+    pub fn adapter_index(&self, name: &str) -> Option<usize> {
+        self.lora.index_of(name)
+    }
+
+    /// The names of the adapters sequences may pick, in the order they were given.
+    pub fn adapter_names(&self) -> &[String] {
+        self.lora.named()
     }
 
     /// Starts collecting, from every later forward pass, the mean square of each linear layer's
@@ -221,6 +240,12 @@ impl<'a> Model<'a> {
             }
         };
         let decode = matches!(rows, Rows::Decode(_));
+        // Each row's named adapter, from its sequence's cache.
+        let picks: Vec<Option<(usize, f32)>> = match &rows {
+            Rows::Prompt(cache) => vec![cache.adapter(); t],
+            Rows::Decode(caches) => caches.iter().map(|c| c.adapter()).collect(),
+        };
+        let picks = &picks[..];
         let (hd, nh, nkv, hsz) = (c.head_dim, c.num_heads, c.num_kv_heads, c.hidden_size);
         let (qd, kvd) = (nh * hd, nkv * hd);
 
@@ -312,9 +337,9 @@ impl<'a> Model<'a> {
             lin_many(&mut [&mut q, &mut k, &mut v], "q/k/v", &[&lw.q, &lw.k, &lw.v], &x, t)?;
             if !self.lora.is_empty() {
                 timed("lora", &mut || {
-                    self.lora.apply(li, Proj::Q, &x, &mut q, t);
-                    self.lora.apply(li, Proj::K, &x, &mut k, t);
-                    self.lora.apply(li, Proj::V, &x, &mut v, t);
+                    self.lora.apply(li, Proj::Q, &x, &mut q, t, picks);
+                    self.lora.apply(li, Proj::K, &x, &mut k, t, picks);
+                    self.lora.apply(li, Proj::V, &x, &mut v, t, picks);
                 });
             }
             if let Some([bq, bk, bv]) = &lw.qkv_bias {
@@ -360,7 +385,7 @@ impl<'a> Model<'a> {
             record(Input::Output, &att, qd);
             lin(&mut o, "o", &lw.o, &att, t)?;
             if !self.lora.is_empty() {
-                timed("lora", &mut || self.lora.apply(li, Proj::O, &att, &mut o, t));
+                timed("lora", &mut || self.lora.apply(li, Proj::O, &att, &mut o, t, picks));
             }
             timed("residual add", &mut || add_inplace(&mut h, &o));
             // 2g. MLP: down(silu(gate(x)) ⊙ up(x)) and residual
@@ -373,15 +398,15 @@ impl<'a> Model<'a> {
             lin_many(&mut [&mut gate, &mut up], "gate/up", &[&lw.gate, &lw.up], &x, t)?;
             if !self.lora.is_empty() {
                 timed("lora", &mut || {
-                    self.lora.apply(li, Proj::Gate, &x, &mut gate, t);
-                    self.lora.apply(li, Proj::Up, &x, &mut up, t);
+                    self.lora.apply(li, Proj::Gate, &x, &mut gate, t, picks);
+                    self.lora.apply(li, Proj::Up, &x, &mut up, t, picks);
                 });
             }
             timed("silu·mul", &mut || silu_mul(&mut gate, &up));
             record(Input::Down, &gate, c.intermediate_size);
             lin(&mut down, "down", &lw.down, &gate, t)?;
             if !self.lora.is_empty() {
-                timed("lora", &mut || self.lora.apply(li, Proj::Down, &gate, &mut down, t));
+                timed("lora", &mut || self.lora.apply(li, Proj::Down, &gate, &mut down, t, picks));
             }
             timed("residual add", &mut || add_inplace(&mut h, &down));
             if let Some(p) = progress {

@@ -165,3 +165,75 @@ fn qlora_at_run_time_equals_the_dequantized_merge() {
         }
     }
 }
+
+/// Named adapters, picked per sequence: a sequence that picks one gets the logits of a model
+/// with that adapter always applied, bit for bit, a sequence that picks none the base's, also
+/// when both share one decode step; a multiplier of 0.5 equals the adapter loaded at scale 0.5;
+/// picking on a cache that holds positions, a non-finite scale or two adapters of one name are
+/// refused.
+#[test]
+fn named_adapters_are_picked_per_sequence() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = common::convert_to(&data("tests/data/tiny/h96"), QuantChoice::F32, tmp.path());
+    let base = ModelFile::open(&base).unwrap();
+    let dir = data("../converter/tests/data/lora/plain");
+    let mut lora = adapter(&base, &dir).unwrap();
+    lora.name = "story".into();
+    let mut served = Model::new(&base).unwrap();
+    served.set_named_adapters(&[], std::slice::from_ref(&lora)).unwrap();
+    let mut always = Model::new(&base).unwrap();
+    always.set_adapters(std::slice::from_ref(&lora)).unwrap();
+    let plain = Model::new(&base).unwrap();
+    assert_eq!(served.adapter_names(), ["story".to_string()]);
+    let idx = served.adapter_index("story").unwrap();
+    assert_eq!(served.adapter_index("other"), None);
+
+    let prompt: Vec<u32> = vec![1, 17, 33, 2, 90, 41, 5];
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    // Alone: the pick gives the always-applied model's logits, no pick the base's.
+    let (mut with, mut without) = (served.new_cache(64), served.new_cache(64));
+    with.set_adapter(Some((idx, 1.0))).unwrap();
+    let (mut a_ref, mut p_ref) = (always.new_cache(64), plain.new_cache(64));
+    assert_eq!(
+        bits(&served.forward(&mut with, &prompt, Logits::Last).unwrap()),
+        bits(&always.forward(&mut a_ref, &prompt, Logits::Last).unwrap())
+    );
+    assert_eq!(
+        bits(&served.forward(&mut without, &prompt[..4], Logits::Last).unwrap()),
+        bits(&plain.forward(&mut p_ref, &prompt[..4], Logits::Last).unwrap())
+    );
+    // Side by side in decode steps.
+    for step in 0..3u32 {
+        let both = served.forward_decode(&mut [&mut with, &mut without], &[step + 7, step + 9]).unwrap();
+        let one = always.forward(&mut a_ref, &[step + 7], Logits::Last).unwrap();
+        let two = plain.forward(&mut p_ref, &[step + 9], Logits::Last).unwrap();
+        let vocab = one.len();
+        assert_eq!(bits(&both[..vocab]), bits(&one), "step {step}: the sequence with the adapter");
+        assert_eq!(bits(&both[vocab..]), bits(&two), "step {step}: the sequence without");
+        assert_ne!(bits(&one), bits(&two));
+    }
+    // A multiplier: the adapter at half strength, as if loaded at scale 0.5.
+    let half = {
+        let shape_of = |name: &str| base.tensor(name).map(|t| t.info.shape.iter().map(|&d| d as usize).collect());
+        let (_, deltas) = load_for_run_time(&LoraSpec { dir: dir.clone(), scale: 0.5 }, &shape_of).unwrap();
+        let deltas = deltas
+            .into_iter()
+            .map(|d| LoraDelta { target: d.target, a: d.a, b: d.b, r: d.r, scale: d.scale })
+            .collect();
+        LoraAdapter { name: "half".into(), deltas }
+    };
+    let mut halved = Model::new(&base).unwrap();
+    halved.set_adapters(&[half]).unwrap();
+    let (mut c1, mut c2) = (served.new_cache(64), halved.new_cache(64));
+    c1.set_adapter(Some((idx, 0.5))).unwrap();
+    let x = served.forward(&mut c1, &prompt, Logits::Last).unwrap();
+    let y = halved.forward(&mut c2, &prompt, Logits::Last).unwrap();
+    assert!(x.iter().zip(&y).all(|(p, q)| (p - q).abs() <= 1e-4 * (1.0 + p.abs())));
+    // Refusals.
+    assert!(c1.set_adapter(None).is_err(), "a cache that holds positions keeps its adapter");
+    assert!(c1.set_adapter(Some((idx, 0.5))).is_ok(), "the same pick again is fine");
+    let mut fresh = served.new_cache(8);
+    assert!(fresh.set_adapter(Some((idx, f32::NAN))).is_err());
+    let mut twice = Model::new(&base).unwrap();
+    assert!(twice.set_named_adapters(&[], &[lora.clone(), lora]).unwrap_err().to_string().contains("two adapters"));
+}

@@ -33,6 +33,7 @@ pub async fn handle(app: &App, ready: &Ready, body: &[u8]) -> Result<Response, A
         n,
         logprobs: logprobs.then_some(top),
         ignore_eos: params::flag(&o, "ignore_eos", false)?,
+        adapter: params::adapter(&o, ready.scheduler.adapter_names())?,
         ..Request::default()
     };
     let stream = params::flag(&o, "stream", false)?;

@@ -45,6 +45,7 @@ pub async fn handle(app: &App, ready: &Ready, body: &[u8]) -> Result<Response, A
         logprobs,
         prompt_logprobs: if echo { logprobs } else { None },
         ignore_eos: params::flag(&o, "ignore_eos", false)?,
+        adapter: params::adapter(&o, ready.scheduler.adapter_names())?,
         ..Request::default()
     };
     let rid = format!("cmpl-{id}");

@@ -25,16 +25,20 @@ pub async fn health(State(app): State<Arc<App>>) -> Response {
     }
 }
 
-/// `GET /v1/models`: the one model served.
+/// `GET /v1/models`: the model served and the adapters loaded with a name.
 pub async fn models(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     if let Err(e) = app.authorize(&headers) {
         return e.into_response();
     }
-    Json(json!({
-        "object": "list",
-        "data": [{ "id": app.model_name, "object": "model", "created": app.started, "owned_by": "lowbit" }],
-    }))
-    .into_response()
+    // The base model, then each adapter a request may name as its model.
+    let mut data =
+        vec![json!({ "id": app.model_name, "object": "model", "created": app.started, "owned_by": "lowbit" })];
+    if let Some(ready) = app.ready.get() {
+        data.extend(ready.scheduler.adapter_names().iter().map(|name| {
+            json!({ "id": name, "object": "model", "created": app.started, "owned_by": "lowbit", "parent": app.model_name })
+        }));
+    }
+    Json(json!({ "object": "list", "data": data })).into_response()
 }
 
 /// `POST /tokenize` `{"content": TEXT, "add_special": false}` → `{"tokens": [ids]}`.

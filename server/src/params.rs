@@ -3,7 +3,7 @@
 //! ignored, as OpenAI-compatible servers do.
 
 use crate::error::ApiError;
-use lowbit_runtime::batch::MAX_TOP_LOGPROBS;
+use lowbit_runtime::batch::{AdapterChoice, MAX_TOP_LOGPROBS};
 use lowbit_runtime::SamplerConfig;
 use serde_json::{Map, Value};
 
@@ -110,4 +110,53 @@ pub fn max_tokens(o: &Body, default: u64, context: usize) -> Result<usize, ApiEr
 /// The number of top alternatives asked for, bounded as OpenAI does.
 pub fn top_logprobs(o: &Body, key: &str) -> Result<usize, ApiError> {
     Ok(count(o, key, 0, MAX_TOP_LOGPROBS as u64)? as usize)
+}
+
+/// The named run-time adapter a request picks: `"lora"` as a name, or as llama-server's list
+/// `[{"id": I, "scale": S}]` (ids in the order the adapters were loaded; entries of scale 0 left
+/// out; one adapter per request), else `"model"` when it names an adapter. `names` are the
+/// adapters loaded with a name; any other `model` means the base model.
+pub fn adapter(o: &Body, names: &[String]) -> Result<Option<AdapterChoice>, ApiError> {
+    let bad = |m: String| ApiError::param("lora", m);
+    match present(o, "lora") {
+        Some(Value::String(name)) => {
+            if names.contains(name) {
+                Ok(Some(AdapterChoice { name: name.clone(), scale: 1.0 }))
+            } else {
+                Err(bad(format!("no adapter is named {name:?} (loaded: {})", loaded(names))))
+            }
+        }
+        Some(Value::Array(list)) => {
+            let mut picked = None;
+            for item in list {
+                let Value::Object(e) = item else { return Err(bad("each lora entry must be an object".into())) };
+                let id =
+                    count(e, "id", u64::MAX, u64::MAX).ok().filter(|&i| i < names.len() as u64).ok_or_else(|| {
+                        bad(format!("each lora entry needs an id below {} (the adapters loaded)", names.len()))
+                    })?;
+                let scale =
+                    number(e, "scale", 1.0, -1e6, 1e6).map_err(|_| bad("a lora scale must be a number".into()))?;
+                if scale != 0.0 {
+                    if picked.is_some() {
+                        return Err(bad("one adapter per request".into()));
+                    }
+                    picked = Some(AdapterChoice { name: names[id as usize].clone(), scale: scale as f32 });
+                }
+            }
+            Ok(picked)
+        }
+        Some(_) => Err(bad("lora must be an adapter's name or a list of {id, scale}".into())),
+        None => Ok(match present(o, "model") {
+            Some(Value::String(m)) if names.contains(m) => Some(AdapterChoice { name: m.clone(), scale: 1.0 }),
+            _ => None,
+        }),
+    }
+}
+
+fn loaded(names: &[String]) -> String {
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
+    }
 }

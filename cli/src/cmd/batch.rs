@@ -49,6 +49,7 @@ pub fn run(a: BatchArgs, threads: Option<usize>) -> Result<()> {
             fourbit_exact: a.sample.exact,
             kv_type: a.sample.kv_type.kv(),
             adapters: super::adapters(&a.model, &a.sample.lora)?,
+            ..RuntimeOptions::default()
         },
     )?);
     let codec = engine.codec().ok();
@@ -273,6 +274,7 @@ fn request(
         logprobs,
         prompt_logprobs: None,
         ignore_eos: false,
+        adapter: None,
     })
 }
 

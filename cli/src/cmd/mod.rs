@@ -120,12 +120,26 @@ pub fn synth(a: crate::args::SynthArgs) -> Result<()> {
 pub fn serve(a: crate::args::ServeArgs, threads: Option<usize>) -> Result<()> {
     anyhow::ensure!(a.max_body_kib > 0, "--max-body-kib must be at least 1");
     let model = model_path(&a.model, a.quant)?;
-    let adapters = adapters(&model, &a.lora)?;
+    let (picked, always): (Vec<_>, Vec<_>) = a.lora.iter().partition(|l| l.name.is_some());
+    let adapters = adapters(&model, &always.iter().map(|l| l.spec.clone()).collect::<Vec<_>>())?;
+    let mut named_adapters = Vec::with_capacity(picked.len());
+    for l in picked {
+        let mut one = self::adapters(&model, std::slice::from_ref(&l.spec))?;
+        let mut adapter = one.pop().expect("one adapter per spec");
+        adapter.name = l.name.clone().expect("partitioned by name");
+        named_adapters.push(adapter);
+    }
     let opts = lowbit_server::ServeOptions {
         model,
         host: a.host,
         port: a.port,
-        runtime: lowbit_runtime::RuntimeOptions { threads, fourbit_exact: a.exact, kv_type: a.kv_type.kv(), adapters },
+        runtime: lowbit_runtime::RuntimeOptions {
+            threads,
+            fourbit_exact: a.exact,
+            kv_type: a.kv_type.kv(),
+            adapters,
+            named_adapters,
+        },
         batch: lowbit_runtime::batch::BatchOptions {
             parallel: a.parallel,
             context: a.ctx,

@@ -82,8 +82,16 @@ fn open(path: &std::path::Path, threads: Option<usize>, a: &SampleArgs) -> Resul
     let path = &super::model_path(path, a.quant)?;
     let t = Instant::now();
     let adapters = super::adapters(path, &a.lora)?;
-    let engine =
-        super::engine(path, &RuntimeOptions { threads, fourbit_exact: a.exact, kv_type: a.kv_type.kv(), adapters })?;
+    let engine = super::engine(
+        path,
+        &RuntimeOptions {
+            threads,
+            fourbit_exact: a.exact,
+            kv_type: a.kv_type.kv(),
+            adapters,
+            ..RuntimeOptions::default()
+        },
+    )?;
     Ok((engine, t.elapsed().as_secs_f64()))
 }
 

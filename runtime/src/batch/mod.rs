@@ -7,6 +7,6 @@ mod scheduler;
 mod stop;
 
 pub use outcome::{Choice, Outcome};
-pub use request::{Event, FinishReason, Request, TokenLogprob, Usage};
+pub use request::{AdapterChoice, Event, FinishReason, Request, TokenLogprob, Usage};
 pub use scheduler::{BatchOptions, Handle, Metrics, Scheduler, Sink, SubmitError, MAX_TOP_LOGPROBS};
 pub use stop::StopText;

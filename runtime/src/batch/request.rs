@@ -23,6 +23,17 @@ pub struct Request {
     pub prompt_logprobs: Option<usize>,
     /// Keep going past end-of-sequence tokens (benchmarks: every request runs `max_tokens`).
     pub ignore_eos: bool,
+    /// A named run-time LoRA adapter to apply ([`crate::RuntimeOptions::named_adapters`]).
+    pub adapter: Option<AdapterChoice>,
+}
+
+/// A named adapter a request runs with, and the multiplier of its update (1 = as loaded).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdapterChoice {
+    /// Its name.
+    pub name: String,
+    /// Multiplies its update.
+    pub scale: f32,
 }
 
 impl Default for Request {
@@ -36,6 +47,7 @@ impl Default for Request {
             logprobs: None,
             prompt_logprobs: None,
             ignore_eos: false,
+            adapter: None,
         }
     }
 }

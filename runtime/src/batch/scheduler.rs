@@ -114,6 +114,8 @@ pub struct Scheduler {
     opts: BatchOptions,
     vocab: usize,
     has_codec: bool,
+    /// Names of the adapters a request may pick.
+    adapters: Vec<String>,
     abort: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -144,6 +146,7 @@ impl Scheduler {
         let abort = Arc::new(AtomicBool::new(false));
         let vocab = engine.model().config.vocab_size;
         let has_codec = engine.codec().is_ok();
+        let adapters = engine.model().adapter_names().to_vec();
         let thread = {
             let (metrics, abort, opts) = (metrics.clone(), abort.clone(), opts.clone());
             std::thread::Builder::new()
@@ -151,12 +154,17 @@ impl Scheduler {
                 .spawn(move || Loop::new(&engine, opts, metrics, abort).run(&engine, rx))
                 .map_err(|e| crate::RuntimeError::Options(format!("cannot start the scheduler thread: {e}")))?
         };
-        Ok(Scheduler { tx: Some(tx), metrics, opts, vocab, has_codec, abort, thread: Some(thread) })
+        Ok(Scheduler { tx: Some(tx), metrics, opts, vocab, has_codec, adapters, abort, thread: Some(thread) })
     }
 
     /// The options it runs with.
     pub fn options(&self) -> &BatchOptions {
         &self.opts
+    }
+
+    /// The names of the adapters a request may pick ([`Request::adapter`]).
+    pub fn adapter_names(&self) -> &[String] {
+        &self.adapters
     }
 
     /// The live counters.
@@ -217,6 +225,18 @@ impl Scheduler {
         }
         if r.logprobs.is_some_and(|k| k > MAX_TOP_LOGPROBS) || r.prompt_logprobs.is_some_and(|k| k > MAX_TOP_LOGPROBS) {
             return bad(format!("top logprobs must be at most {MAX_TOP_LOGPROBS}"));
+        }
+        if let Some(a) = &r.adapter {
+            if !self.adapters.contains(&a.name) {
+                return bad(if self.adapters.is_empty() {
+                    format!("no adapter is loaded (asked for {:?})", a.name)
+                } else {
+                    format!("no adapter is named {:?} (loaded: {})", a.name, self.adapters.join(", "))
+                });
+            }
+            if !a.scale.is_finite() {
+                return bad("an adapter's scale must be a finite number".into());
+            }
         }
         Sampler::new(r.sampling).map_err(|e| SubmitError::Invalid(e.to_string()))?;
         Ok(())
@@ -550,6 +570,8 @@ impl<'e> Loop<'e> {
 fn new_seq(spare: &mut Vec<KvCache>, context: usize, model: &Model, job: &Job, choice: usize) -> Seq {
     let mut cache = spare.pop().unwrap_or_else(|| model.new_cache(context));
     cache.clear();
+    let pick = job.req.adapter.as_ref().and_then(|a| Some((model.adapter_index(&a.name)?, a.scale)));
+    cache.set_adapter(pick).expect("an empty cache, a scale checked at submission");
     let sampling = crate::SamplerConfig { seed: job.req.sampling.seed.wrapping_add(choice as u64), ..job.req.sampling };
     Seq {
         cache,
