@@ -262,6 +262,12 @@ pub struct RunTimeDelta {
     pub scale: f32,
 }
 
+/// [`load_for_run_time`] against the weights of a lowbit file.
+pub fn load_for_file(spec: &LoraSpec, file: &lowbit_format::ModelFile) -> Result<(AdapterRecord, Vec<RunTimeDelta>)> {
+    let shape_of = |name: &str| file.tensor(name).map(|t| t.info.shape.iter().map(|&d| d as usize).collect());
+    load_for_run_time(spec, &shape_of)
+}
+
 /// An adapter for run time against a model whose weights have the shapes `shape_of` gives
 /// (`None` for a weight it does not have): its updates, and its record. DoRA and full
 /// replacement tensors (`modules_to_save`, trained biases) change the weights themselves and

@@ -9,6 +9,7 @@ mod py_json;
 mod shapes;
 
 use lowbit_runtime::batch::{BatchOptions, Event, Handle, Outcome, Request, Scheduler, SubmitError};
+use lowbit_runtime::lora::{LoraAdapter, LoraDelta};
 use lowbit_runtime::{Engine, KvType, Message, RuntimeOptions, SamplerConfig};
 use py_json::{from_py, to_py};
 use pyo3::create_exception;
@@ -203,7 +204,7 @@ impl Llama {
     /// Loads `model_path`: a lowbit file, or a GGUF file / Hugging Face or bitsandbytes folder,
     /// converted once with `quant` into the cache (`LOWBIT_CACHE`, else `~/.cache/lowbit`).
     #[new]
-    #[pyo3(signature = (model_path, n_ctx=2048, n_threads=None, seed=DEFAULT_SEED, verbose=false, n_parallel=4, quant="nf4", kv_type="f32", **_kwargs))]
+    #[pyo3(signature = (model_path, n_ctx=2048, n_threads=None, seed=DEFAULT_SEED, verbose=false, n_parallel=4, quant="nf4", kv_type="f32", lora_path=None, lora_scale=1.0, **_kwargs))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -215,8 +216,18 @@ impl Llama {
         n_parallel: usize,
         quant: &str,
         kv_type: &str,
+        lora_path: Option<PathBuf>,
+        lora_scale: f32,
         _kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Llama> {
+        if let Some(dir) = &lora_path {
+            if !dir.is_dir() {
+                return Err(PyFileNotFoundError::new_err(format!("{}: no such adapter folder", dir.display())));
+            }
+        }
+        if !lora_scale.is_finite() {
+            return Err(PyValueError::new_err("lora_scale must be a finite number"));
+        }
         let kv_type = match KvType::from_name(kv_type) {
             Some(k) => k,
             None => return Err(PyValueError::new_err(format!("kv_type {kv_type:?} is not f32, f16 or q8"))),
@@ -229,8 +240,27 @@ impl Llama {
         }
         let file = conversion::resolve(py, &model_path, quant, verbose)?;
         let inner = py.detach(|| -> Result<Inner, String> {
+            // A PEFT adapter beside the weights, as llama-cpp-python's lora_path (f32, the file
+            // untouched).
+            let adapters = match &lora_path {
+                None => Vec::new(),
+                Some(dir) => {
+                    let model = lowbit_format::ModelFile::open(&file).map_err(|e| e.to_string())?;
+                    let spec = lowbit_convert::lora::LoraSpec { dir: dir.clone(), scale: lora_scale };
+                    let (record, deltas) =
+                        lowbit_convert::lora::load_for_file(&spec, &model).map_err(|e| e.to_string())?;
+                    let deltas = deltas.into_iter().map(|d| LoraDelta {
+                        target: d.target,
+                        a: d.a,
+                        b: d.b,
+                        r: d.r,
+                        scale: d.scale,
+                    });
+                    vec![LoraAdapter { name: record.name, deltas: deltas.collect() }]
+                }
+            };
             let engine = Arc::new(
-                Engine::open(&file, &RuntimeOptions { threads: n_threads, kv_type, ..Default::default() })
+                Engine::open(&file, &RuntimeOptions { threads: n_threads, kv_type, adapters, ..Default::default() })
                     .map_err(|e| e.to_string())?,
             );
             let trained = engine.model().config.max_position_embeddings;

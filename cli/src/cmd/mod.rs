@@ -29,11 +29,10 @@ pub fn adapters(
         return Ok(Vec::new());
     }
     let file = lowbit_format::ModelFile::open(path).map_err(|e| named(path, e))?;
-    let shape_of = |name: &str| file.tensor(name).map(|t| t.info.shape.iter().map(|&d| d as usize).collect());
     specs
         .iter()
         .map(|spec| {
-            let (record, deltas) = lowbit_convert::lora::load_for_run_time(spec, &shape_of)?;
+            let (record, deltas) = lowbit_convert::lora::load_for_file(spec, &file)?;
             let deltas = deltas
                 .into_iter()
                 .map(|d| lowbit_runtime::lora::LoraDelta { target: d.target, a: d.a, b: d.b, r: d.r, scale: d.scale })
