@@ -100,6 +100,8 @@ for name, label in [
     ("nf4", "lowbit nf4 (default)"),
     ("nf4-imatrix", "lowbit nf4 --imatrix"),
     ("nf4-bnb-exact", "lowbit nf4 --bnb-exact"),
+    ("nf4-mix", "lowbit nf4-mix"),
+    ("nf4-mix-imatrix", "lowbit nf4-mix --imatrix"),
     ("int8", "lowbit int8"),
     ("q8", "lowbit q8"),
 ]:

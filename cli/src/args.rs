@@ -92,6 +92,9 @@ pub struct SynthArgs {
 pub enum Quant {
     /// NormalFloat4 in blocks of 64 with double-quantized scales (QLoRA's 4-bit)
     Nf4,
+    /// nf4 with the most sensitive weights (v_proj, down_proj) in block int8
+    #[value(name = "nf4-mix")]
+    Nf4Mix,
     /// bitsandbytes' FP4
     Fp4,
     /// LLM.int8: one scale per row, outlier columns in floating point (bitsandbytes' 8-bit).
@@ -125,6 +128,10 @@ pub struct ConvertArgs {
     /// Also keep tensors whose name contains this in high precision (repeatable).
     #[arg(long)]
     pub keep: Vec<String>,
+    /// Store the 4-bit linear weights matching this pattern in block int8 instead (a name part,
+    /// or a glob like `*.v_proj.weight`; repeatable).
+    #[arg(long, value_name = "PATTERN")]
+    pub q8: Vec<String>,
     /// Quantize embeddings and lm_head too, with the main scheme.
     #[arg(long)]
     pub quantize_all: bool,

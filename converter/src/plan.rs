@@ -23,6 +23,8 @@ use std::path::{Path, PathBuf};
 pub enum QuantChoice {
     /// NF4 (4-bit NormalFloat).
     Nf4,
+    /// NF4 with the tensors that lose most to it ([`NF4_MIX_Q8`]) in block int8.
+    Nf4Mix,
     /// bitsandbytes FP4.
     Fp4,
     /// LLM.int8.
@@ -42,6 +44,7 @@ impl QuantChoice {
     pub fn label(self) -> &'static str {
         match self {
             QuantChoice::Nf4 => "nf4",
+            QuantChoice::Nf4Mix => "nf4-mix",
             QuantChoice::Fp4 => "fp4",
             QuantChoice::Int8 => "int8",
             QuantChoice::Q8 => "q8",
@@ -62,6 +65,10 @@ impl QuantChoice {
     }
 }
 
+/// The linear weights `--quant nf4-mix` stores in block int8: those whose 4-bit rounding cost
+/// the most per byte saved, by measurement on SmolLM2 (docs/PERFORMANCE.md).
+pub const NF4_MIX_Q8: &[&str] = &["*.v_proj.weight", "*.k_proj.weight", "*.down_proj.weight"];
+
 /// Conversion settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConvertOptions {
@@ -77,6 +84,9 @@ pub struct ConvertOptions {
     /// containing it (`layers.0.`), a pattern with `*` is a glob over the whole name
     /// (`*.down_proj.weight`).
     pub keep: Vec<String>,
+    /// Linear weights stored as block int8 (q8) when the scheme is 4-bit, by name pattern as
+    /// `keep` (`*.v_proj.weight`); `nf4-mix` adds [`NF4_MIX_Q8`].
+    pub q8: Vec<String>,
     /// Quantize embeddings and lm_head too, with the main scheme.
     pub quantize_all: bool,
     /// Scheme of the output head (`lm_head.weight`, or the embedding when it is tied to the head)
@@ -105,6 +115,7 @@ impl Default for ConvertOptions {
             double_quant: true,
             int8_threshold: 6.0,
             keep: Vec::new(),
+            q8: Vec::new(),
             quantize_all: false,
             head: HeadChoice::Int8,
             nested_rule: lowbit_kernels::NestedRule::Nearest,
@@ -185,8 +196,8 @@ impl ConvertOptions {
                 self.int8_threshold
             )));
         }
-        if let Some(p) = self.keep.iter().find(|p| p.is_empty()) {
-            return Err(ConvertError::Config(format!("keep pattern {p:?} would match every tensor")));
+        if let Some(p) = self.keep.iter().chain(&self.q8).find(|p| p.is_empty()) {
+            return Err(ConvertError::Config(format!("pattern {p:?} would match every tensor")));
         }
         Ok(())
     }
@@ -194,6 +205,12 @@ impl ConvertOptions {
     /// Whether `name` is kept in high precision by a `keep` pattern.
     pub fn kept(&self, name: &str) -> bool {
         self.keep.iter().any(|k| pattern_matches(k, name))
+    }
+
+    /// Whether the 4-bit linear weight `name` is stored in 8 bits instead (`q8`, `nf4-mix`).
+    pub fn eight_bit(&self, name: &str) -> bool {
+        let mix = if self.quant == QuantChoice::Nf4Mix { NF4_MIX_Q8 } else { &[] };
+        self.q8.iter().map(String::as_str).chain(mix.iter().copied()).any(|p| pattern_matches(p, name))
     }
 
     /// Whether `name` (of rank `rank`) is quantized with the chosen 4-bit/int8 scheme.
@@ -230,6 +247,7 @@ impl ConvertOptions {
         match self.quant {
             QuantChoice::Int8 => Scheme::Int8,
             QuantChoice::Q8 => q8,
+            _ if self.eight_bit(name) => q8,
             q => Scheme::FourBit {
                 kind: if q == QuantChoice::Fp4 { FourBitKind::Fp4 } else { FourBitKind::Nf4 },
                 blocksize: self.blocksize as u32,
@@ -242,7 +260,7 @@ impl ConvertOptions {
     }
 
     fn settings(&self, source_format: &str) -> QuantSettings {
-        let four = matches!(self.quant, QuantChoice::Nf4 | QuantChoice::Fp4);
+        let four = matches!(self.quant, QuantChoice::Nf4 | QuantChoice::Nf4Mix | QuantChoice::Fp4);
         QuantSettings {
             scheme: self.quant.label().into(),
             blocksize: if four {
@@ -626,12 +644,45 @@ mod tests {
     }
 
     #[test]
+    fn q8_patterns_and_the_nf4_mix() {
+        let scheme =
+            |o: &ConvertOptions, n: &str, cols: usize| o.scheme_for(n, &[8, cols], Scheme::F32, "float32", false);
+        let is_four = |s: Scheme| matches!(s, Scheme::FourBit { kind: FourBitKind::Nf4, .. });
+        let q8 = Scheme::Q8 { blocksize: Q8_BLOCKSIZE };
+        let mix = ConvertOptions { quant: QuantChoice::Nf4Mix, ..Default::default() };
+        for n in [
+            "model.layers.2.self_attn.v_proj.weight",
+            "model.layers.2.self_attn.k_proj.weight",
+            "model.layers.0.mlp.down_proj.weight",
+        ] {
+            assert_eq!(scheme(&mix, n, 64), q8, "{n}");
+            // Rows that are not whole blocks of 32 get LLM.int8 rows instead.
+            assert_eq!(scheme(&mix, n, 48), Scheme::Int8, "{n}");
+        }
+        for n in ["model.layers.2.self_attn.q_proj.weight", "model.layers.2.mlp.up_proj.weight"] {
+            assert!(is_four(scheme(&mix, n, 64)), "{n}");
+        }
+        let one = ConvertOptions { q8: vec!["layers.1.".into()], ..Default::default() };
+        assert_eq!(scheme(&one, "model.layers.1.mlp.up_proj.weight", 64), q8);
+        assert!(is_four(scheme(&one, "model.layers.11.mlp.up_proj.weight", 64)));
+        // Only 4-bit layers change: with another scheme the pattern does nothing, and a kept
+        // tensor stays kept.
+        let int8 = ConvertOptions { quant: QuantChoice::Int8, q8: vec!["up_proj".into()], ..Default::default() };
+        assert_eq!(scheme(&int8, "model.layers.1.mlp.up_proj.weight", 64), Scheme::Int8);
+        let kept = ConvertOptions { keep: vec!["up_proj".into()], q8: vec!["up_proj".into()], ..Default::default() };
+        assert_eq!(scheme(&kept, "model.layers.1.mlp.up_proj.weight", 64), Scheme::F32);
+        assert_eq!(mix.settings("gguf").scheme, "nf4-mix");
+        assert!(mix.settings("gguf").double_quant);
+    }
+
+    #[test]
     fn options_are_validated() {
         assert!(ConvertOptions::default().validate().is_ok());
         for o in [
             ConvertOptions { blocksize: 48, ..Default::default() },
             ConvertOptions { int8_threshold: f32::NAN, ..Default::default() },
             ConvertOptions { keep: vec![String::new()], ..Default::default() },
+            ConvertOptions { q8: vec![String::new()], ..Default::default() },
         ] {
             assert!(matches!(o.validate(), Err(ConvertError::Config(_))), "{o:?}");
         }

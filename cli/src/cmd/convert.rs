@@ -10,6 +10,7 @@ use lowbit_convert::{convert, ConvertOptions, HeadChoice, ProgressEvent, QuantCh
 pub fn quant_choice(q: Quant) -> QuantChoice {
     match q {
         Quant::Nf4 => QuantChoice::Nf4,
+        Quant::Nf4Mix => QuantChoice::Nf4Mix,
         Quant::Fp4 => QuantChoice::Fp4,
         Quant::Int8 => QuantChoice::Int8,
         Quant::Q8 => QuantChoice::Q8,
@@ -26,6 +27,7 @@ pub fn run(a: ConvertArgs) -> Result<()> {
         double_quant: !a.no_double_quant,
         int8_threshold: a.threshold,
         keep: a.keep.clone(),
+        q8: a.q8.clone(),
         quantize_all: a.quantize_all,
         head: match a.head {
             Head::Source => HeadChoice::Source,
