@@ -26,6 +26,16 @@ type DotFourBitQ8Rows4T2 =
 type DotFourBitQ8 = unsafe fn(&[u8], &[f32], &[i8; 16], &[i8], &[i8], &[i32], usize) -> f32;
 type FourBitQ8Tile =
     unsafe fn([&[u8]; 4], [&[f32]; 4], &[i8; 16], [&[i8]; 4], [&[i8]; 4], [&[f32]; 4], [&[i32]; 4]) -> [[f32; 4]; 4];
+type FourBitQ8Tile8 = unsafe fn(
+    [&[u8]; 4],
+    [&[f32]; 4],
+    &[i8; 16],
+    [&[i8]; 8],
+    [&[i8]; 8],
+    [&[i8]; 8],
+    [&[i8]; 8],
+    [&[f32]; 8],
+) -> [[f32; 8]; 4];
 type QuantizeQ8 = unsafe fn(&[f32], usize, &mut [i8], &mut [i8], &mut [f32], &mut [i32]);
 type NestedFactors = unsafe fn(&[u8], &[f32; 256], f32, f32, &[f32], &mut [f32]);
 type DotQ8 = unsafe fn(&[i8], &[f16], &[i8], &[f32], usize) -> f32;
@@ -69,6 +79,8 @@ pub struct Kernels {
     quantize_q8: QuantizeQ8,
     /// The prefill tile of the 4-bit integer route, where it beats dequantize + f32 gemm.
     fourbit_q8_tile: Option<FourBitQ8Tile>,
+    /// Its eight-token form, where a level has one (it then takes precedence).
+    fourbit_q8_tile8: Option<FourBitQ8Tile8>,
 }
 
 impl std::fmt::Debug for Kernels {
@@ -109,6 +121,7 @@ impl Kernels {
             nested_factors: scalar::nested_factors,
             quantize_q8: scalar::quantize_q8,
             fourbit_q8_tile: None,
+            fourbit_q8_tile8: None,
         };
         match isa {
             Isa::Scalar => Some(scalar),
@@ -141,6 +154,7 @@ impl Kernels {
                     nested_factors: k::nested_factors,
                     quantize_q8: k::quantize_q8,
                     fourbit_q8_tile: Some(k::fourbit_q8_tile),
+                    fourbit_q8_tile8: Some(k::fourbit_q8_tile8),
                 })
             }
             #[cfg(target_arch = "x86_64")]
@@ -176,6 +190,7 @@ impl Kernels {
                     nested_factors: scalar::nested_factors,
                     quantize_q8: scalar::quantize_q8,
                     fourbit_q8_tile: None,
+                    fourbit_q8_tile8: None,
                 })
             }
             #[allow(unreachable_patterns)]
@@ -259,6 +274,7 @@ impl Kernels {
                 dot_fourbit_q8_x4: Some((k::dot_fourbit_q8_x4_evex, k::dot_fourbit_q8_evex)),
                 dot_fourbit_q8_x4t2: Some(k::dot_fourbit_q8_x4t2_evex),
                 fourbit_q8_tile: Some(k::fourbit_q8_tile_evex),
+                fourbit_q8_tile8: None,
                 ..avx2
             }
         } else {
@@ -270,6 +286,7 @@ impl Kernels {
                 dot_fourbit_q8_x4: Some((k::dot_fourbit_q8_x4_vex, k::dot_fourbit_q8_vex)),
                 dot_fourbit_q8_x4t2: Some(k::dot_fourbit_q8_x4t2_vex),
                 fourbit_q8_tile: Some(k::fourbit_q8_tile_vex),
+                fourbit_q8_tile8: None,
                 ..avx2
             }
         }
@@ -315,6 +332,7 @@ impl Kernels {
             nested_factors: k::nested_factors,
             quantize_q8: k::quantize_q8,
             fourbit_q8_tile: Some(k::fourbit_q8_tile),
+            fourbit_q8_tile8: None,
         };
         if !vbmi {
             return plain;
@@ -323,6 +341,7 @@ impl Kernels {
             label: "avx512+vbmi",
             dot_fourbit_q8: k::dot_fourbit_q8_vbmi,
             fourbit_q8_tile: Some(k::fourbit_q8_tile_vbmi),
+            fourbit_q8_tile8: None,
             ..plain
         }
     }
@@ -623,6 +642,37 @@ impl Kernels {
         assert!(codes.iter().all(|c| c.len() >= 32 * nb) && qe.iter().chain(&qo).all(|q| q.len() >= 32 * nb));
         // SAFETY: `self` exists only for a supported ISA; lengths checked above.
         Some(unsafe { f(codes, wf, lut, qe, qo, xs, qsum) })
+    }
+
+    /// Whether this level has the eight-token prefill tile ([`Kernels::fourbit_q8_tile8`]).
+    #[inline]
+    pub fn has_fourbit_q8_tile8(&self) -> bool {
+        self.fourbit_q8_tile8.is_some()
+    }
+
+    /// Four rows × eight tokens of the 4-bit integer route (blocks of 64): each (row, token) as
+    /// [`Kernels::fourbit_q8_tile`] computes it, given also the tokens' absolute values `aqe`,
+    /// `aqo` (|q| of `qe`, `qo`). `None` where this level has no such kernel.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    pub fn fourbit_q8_tile8(
+        &self,
+        codes: [&[u8]; 4],
+        wf: [&[f32]; 4],
+        lut: &[i8; 16],
+        qe: [&[i8]; 8],
+        qo: [&[i8]; 8],
+        aqe: [&[i8]; 8],
+        aqo: [&[i8]; 8],
+        xs: [&[f32]; 8],
+    ) -> Option<[[f32; 8]; 4]> {
+        let f = self.fourbit_q8_tile8?;
+        let nb = wf[0].len();
+        assert!(wf.iter().all(|w| w.len() == nb) && xs.iter().all(|x| x.len() == nb));
+        assert!(codes.iter().all(|c| c.len() >= 32 * nb));
+        assert!(qe.iter().chain(&qo).chain(&aqe).chain(&aqo).all(|q| q.len() >= 32 * nb));
+        // SAFETY: `self` exists only for a supported ISA; lengths checked above.
+        Some(unsafe { f(codes, wf, lut, qe, qo, aqe, aqo, xs) })
     }
 
     /// A 4 × 4 tile of exact int8 dot products; see [`crate::scalar::dot_int8_4x4`].

@@ -307,9 +307,23 @@ fn fourbit_q8_matmul(k: &Kernels, out: &mut [f32], w: &FourBitRef, x: &[f32], m:
     let nb = cols / 64;
     let half = cols / 2;
     let lut = w.kind.int8_levels();
+    // Tokens a tile takes: eight where the level has that tile, four otherwise.
+    let tt_step = if k.has_fourbit_q8_tile8() { 8 } else { 4 };
     // Tokens of the last tile past m are all-zero (their results are dropped).
-    let q = BlockQ8::new(k, x, m, cols, 64, m.next_multiple_of(4));
+    let padded = m.next_multiple_of(tt_step);
+    let q = BlockQ8::new(k, x, m, cols, 64, padded);
     let q = &q;
+    // The eight-token tile takes the activations' absolute values too, made once here.
+    let abs = |v: &Lined<i8>| {
+        let mut a = Lined::<i8>::zeroed(if tt_step == 8 { v.len() } else { 0 });
+        a.iter_mut().zip(v.iter()).for_each(|(a, &q)| *a = q.unsigned_abs() as i8);
+        a
+    };
+    let (aqe, aqo) = (abs(&q.qe), abs(&q.qo));
+    let (aqe, aqo) = (&aqe, &aqo);
+    fn token<'a>(a: &'a Lined<i8>, q: &BlockQ8, t: usize) -> &'a [i8] {
+        &a[t * q.stride..t * q.stride + q.half]
+    }
     // Chunks of at most 64 rows (a multiple of the 4-row tile), at least four per thread, and
     // as many as a multiple of the thread count where the rows allow, so no thread is left with
     // one chunk more than the others (576 rows in 64-row chunks were 9 tasks for 2 threads).
@@ -334,6 +348,29 @@ fn fourbit_q8_matmul(k: &Kernels, out: &mut [f32], w: &FourBitRef, x: &[f32], m:
                 let codes: [&[u8]; 4] =
                     std::array::from_fn(|i| &w.codes[(r0 + row(i)) * half..(r0 + row(i) + 1) * half]);
                 let wfs: [&[f32]; 4] = std::array::from_fn(|i| &wf[row(i) * nb..(row(i) + 1) * nb]);
+                if tt_step == 8 {
+                    for tt in (t0..(t0 + 16).min(m)).step_by(8) {
+                        let tile = k
+                            .fourbit_q8_tile8(
+                                codes,
+                                wfs,
+                                &lut,
+                                std::array::from_fn(|j| q.qe(tt + j)),
+                                std::array::from_fn(|j| q.qo(tt + j)),
+                                std::array::from_fn(|j| token(aqe, q, tt + j)),
+                                std::array::from_fn(|j| token(aqo, q, tt + j)),
+                                std::array::from_fn(|j| q.xs(tt + j)),
+                            )
+                            .expect("checked above");
+                        for (i, tr) in tile.iter().enumerate().take(nr) {
+                            for (j, &v) in tr.iter().enumerate().take((m - tt).min(8)) {
+                                // SAFETY: this task alone writes rows r0 .. r0 + n of every token.
+                                unsafe { cells.set((tt + j) * rows + r0 + rt + i, v) };
+                            }
+                        }
+                    }
+                    continue;
+                }
                 for tt in (t0..(t0 + 16).min(m)).step_by(4) {
                     let tile = k
                         .fourbit_q8_tile(

@@ -329,6 +329,55 @@ proptest! {
         }
     }
 
+    /// The eight-token prefill tile against the scalar oracle (two 4 × 4 tiles), with the
+    /// activations' absolute values alongside, -127 and 127 included.
+    #[test]
+    fn fourbit_q8_tile8_matches_scalar(nb in 1usize..12, seed in any::<u64>()) {
+        let n = nb * 32;
+        let mut rng = seed;
+        let mut next = || { rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); (rng >> 33) as u32 };
+        let codes: Vec<Vec<u8>> = (0..4).map(|_| (0..n).map(|_| next() as u8).collect()).collect();
+        let wf: Vec<Vec<f32>> = (0..4).map(|_| (0..nb).map(|_| (next() % 1000) as f32 / 3.1e4).collect()).collect();
+        let mut q = || -> Vec<i8> { (0..n).map(|_| ((next() % 255) as i32 - 127) as i8).collect() };
+        let qe: Vec<Vec<i8>> = (0..8).map(|_| q()).collect();
+        let qo: Vec<Vec<i8>> = (0..8).map(|_| q()).collect();
+        let abs = |v: &Vec<Vec<i8>>| -> Vec<Vec<i8>> { v.iter().map(|t| t.iter().map(|x| x.abs()).collect()).collect() };
+        let (aqe, aqo) = (abs(&qe), abs(&qo));
+        let xs: Vec<Vec<f32>> = (0..8).map(|_| (0..nb).map(|_| (next() % 1000) as f32 / 9.7e5).collect()).collect();
+        let qsum: Vec<Vec<i32>> = vec![vec![0; nb]; 8];
+        fn eight(v: &[Vec<i8>]) -> [&[i8]; 8] {
+            std::array::from_fn(|t| v[t].as_slice())
+        }
+        for kind in [FourBitKind::Nf4, FourBitKind::Fp4] {
+            let lut = kind.int8_levels();
+            let half = |h: usize| {
+                fn pick(v: &[Vec<i8>], h: usize) -> [&[i8]; 4] {
+                    std::array::from_fn(|t| v[4 * h + t].as_slice())
+                }
+                let xs4: [&[f32]; 4] = std::array::from_fn(|t| xs[4 * h + t].as_slice());
+                let qs4: [&[i32]; 4] = std::array::from_fn(|t| qsum[4 * h + t].as_slice());
+                scalar::fourbit_q8_tile(four(&codes), four(&wf), &lut, pick(&qe, h), pick(&qo, h), xs4, qs4)
+            };
+            let want = [half(0), half(1)];
+            let xs8: [&[f32]; 8] = std::array::from_fn(|t| xs[t].as_slice());
+            for k in simd_levels() {
+                let Some(got) = k.fourbit_q8_tile8(four(&codes), four(&wf), &lut, eight(&qe), eight(&qo), eight(&aqe), eight(&aqo), xs8) else { continue };
+                for r in 0..4 {
+                    for t in 0..8 {
+                        let terms: f32 = (0..n).map(|i| {
+                            let hi = ((lut[(codes[r][i] >> 4) as usize] as i32).abs() + 128) * (qe[t][i] as i32).abs();
+                            let lo = ((lut[(codes[r][i] & 15) as usize] as i32).abs() + 128) * (qo[t][i] as i32).abs();
+                            wf[r][i / 32] * xs[t][i / 32] * 2.0 * (hi + lo) as f32
+                        }).sum();
+                        let tol = (nb as f32 + 6.0) * f32::EPSILON * terms + 1e-6;
+                        let w = want[t / 4][r][t % 4];
+                        prop_assert!((got[r][t] - w).abs() <= tol, "{} {kind:?} r={r} t={t}: {} vs {}", k.label(), got[r][t], w);
+                    }
+                }
+            }
+        }
+    }
+
     /// Activation quantization for the integer route is bit-identical on every ISA, for block
     /// sizes 64 (the SIMD case) and others, whole and partial last blocks.
     #[test]

@@ -576,6 +576,65 @@ pub unsafe fn fourbit_q8_tile(
     out
 }
 
+/// [`fourbit_q8_tile`] for eight tokens: four rows × eight tokens, each (row, token) with the
+/// 4 × 4 tile's arithmetic. A row's nibbles are looked up once per block for eight tokens, and
+/// the tokens' absolute values come precomputed (`aqe`, `aqo`), so a (row, token) pair costs
+/// `vpsignb` + `vpmaddubsw(|q|, sign(w, q))` per half block and no row needs `vpabsb`: fewer
+/// instructions per weight, and two registers per row instead of four, which leaves room for
+/// eight accumulators.
+///
+/// # Safety
+/// AVX2 and FMA must be available; with `nb = wf[0].len()`, every `wf[r]`, `xs[t]` holds `nb`
+/// entries and every `codes[r]`, `qe[t]`, `qo[t]`, `aqe[t]`, `aqo[t]` at least `32 · nb` bytes,
+/// with `aqe[t][i] = |qe[t][i]|` (≤ 127), likewise `aqo`.
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn fourbit_q8_tile8(
+    codes: [&[u8]; 4],
+    wf: [&[f32]; 4],
+    lut: &[i8; 16],
+    qe: [&[i8]; 8],
+    qo: [&[i8]; 8],
+    aqe: [&[i8]; 8],
+    aqo: [&[i8]; 8],
+    xs: [&[f32]; 8],
+) -> [[f32; 8]; 4] {
+    let nb = wf[0].len();
+    let mut out = [[0f32; 8]; 4];
+    // SAFETY: block b reads 32 bytes at 32·b of codes/qe/qo/aqe/aqo and entry b of wf/xs:
+    // inside the lengths the caller guarantees.
+    unsafe {
+        let table = _mm256_broadcastsi128_si256(_mm_loadu_si128(lut.as_ptr() as *const __m128i));
+        let nib = _mm256_set1_epi8(0x0F);
+        let ones = _mm256_set1_epi16(1);
+        for (r, row_out) in out.iter_mut().enumerate() {
+            let cp = codes[r].as_ptr();
+            let mut acc = [_mm256_setzero_ps(); 8];
+            for b in 0..nb {
+                let i = 32 * b;
+                _mm_prefetch::<_MM_HINT_T0>(cp.wrapping_add(i + 256) as *const i8);
+                let v = _mm256_loadu_si256(cp.add(i) as *const __m256i);
+                let wh = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(v, 4), nib));
+                let wl = _mm256_shuffle_epi8(table, _mm256_and_si256(v, nib));
+                let f = _mm256_set1_ps(*wf[r].get_unchecked(b));
+                for (t, a) in acc.iter_mut().enumerate() {
+                    let load = |q: &[i8]| _mm256_loadu_si256(q.as_ptr().add(i) as *const __m256i);
+                    let ph = _mm256_maddubs_epi16(load(aqe[t]), _mm256_sign_epi8(wh, load(qe[t])));
+                    let pl = _mm256_maddubs_epi16(load(aqo[t]), _mm256_sign_epi8(wl, load(qo[t])));
+                    let s = _mm256_add_epi32(_mm256_madd_epi16(ph, ones), _mm256_madd_epi16(pl, ones));
+                    let fx = _mm256_mul_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(*xs[t].get_unchecked(b)));
+                    *a = _mm256_fmadd_ps(fx, f, *a);
+                }
+            }
+            let lo = hsum4([acc[0], acc[1], acc[2], acc[3]]);
+            let hi = hsum4([acc[4], acc[5], acc[6], acc[7]]);
+            _mm_storeu_ps(row_out.as_mut_ptr(), lo);
+            _mm_storeu_ps(row_out.as_mut_ptr().add(4), hi);
+        }
+    }
+    out
+}
+
 /// See [`crate::scalar::quantize_q8`]; blocks of 64 with a whole number of blocks run here
 /// (anything else goes to the scalar code). Scaled, rounded half-even by `vcvtps2dq` under the
 /// default rounding mode (what the scalar code's magic-number rounding gives), narrowed with
