@@ -29,6 +29,15 @@ pub struct LoraAdapter {
     pub deltas: Vec<LoraDelta>,
 }
 
+/// An update as the forward pass uses it: A (`r × in`), B transposed (`r × out`), the scaling.
+#[derive(Debug, Clone)]
+struct Placed {
+    a: Vec<f32>,
+    bt: Vec<f32>,
+    r: usize,
+    scale: f32,
+}
+
 /// The linear layers of a decoder layer an adapter may change, in the order of [`PROJECTIONS`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Proj {
@@ -57,7 +66,7 @@ const PROJECTIONS: [(&str, Proj); 7] = [
 /// ([`crate::KvCache::set_adapter`]).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct LoraTable {
-    by_layer: Vec<[Vec<(usize, LoraDelta)>; 7]>,
+    by_layer: Vec<[Vec<(usize, Placed)>; 7]>,
     /// Adapter names, by index: the ones applied to every sequence first, then the named ones.
     names: Vec<String>,
     /// How many of `names` (the first ones) are applied to every sequence.
@@ -75,7 +84,7 @@ impl LoraTable {
         layers: usize,
         shape: impl Fn(usize, Proj) -> (usize, usize),
     ) -> Result<LoraTable> {
-        let mut by_layer: Vec<[Vec<(usize, LoraDelta)>; 7]> = (0..layers).map(|_| Default::default()).collect();
+        let mut by_layer: Vec<[Vec<(usize, Placed)>; 7]> = (0..layers).map(|_| Default::default()).collect();
         for (ai, a) in always.iter().chain(named).enumerate() {
             let bad = |problem: String| RuntimeError::Options(format!("LoRA adapter {}: {problem}", a.name));
             if ai >= always.len() && named[..ai - always.len()].iter().any(|b| b.name == a.name) {
@@ -98,7 +107,14 @@ impl LoraTable {
                 if d.r == 0 || d.a.len() != d.r * cols || d.b.len() != rows * d.r || !d.scale.is_finite() {
                     return Err(bad(format!("its update of {} does not fit the weight [{rows}, {cols}]", d.target)));
                 }
-                by_layer[layer][p].push((ai, d.clone()));
+                // B transposed (r × out): its product with A x is then r rows of axpy.
+                let mut bt = vec![0f32; d.b.len()];
+                for (j, row) in d.b.chunks_exact(d.r).enumerate() {
+                    for (k, &v) in row.iter().enumerate() {
+                        bt[k * rows + j] = v;
+                    }
+                }
+                by_layer[layer][p].push((ai, Placed { a: d.a.clone(), bt, r: d.r, scale: d.scale }));
             }
         }
         let names = always.iter().chain(named).map(|a| a.name.clone()).collect();
@@ -139,7 +155,7 @@ impl LoraTable {
         }
         let (cols, rows) = (x.len() / tokens, out.len() / tokens);
         let kern = lowbit_kernels::kernels();
-        let mut ax = Vec::new();
+        let (mut ax, mut bax) = (Vec::new(), Vec::new());
         for (ai, d) in deltas {
             for (t, (xr, or)) in x.chunks_exact(cols).zip(out.chunks_exact_mut(rows)).enumerate() {
                 let mult = if *ai < self.always {
@@ -151,11 +167,14 @@ impl LoraTable {
                     }
                 };
                 ax.clear();
+                ax.resize(d.r, 0.0);
+                kern.dot_f32_rows(&mut ax, xr, &d.a, cols);
                 // A multiplier of 1 leaves the scaled product's bits as they are.
-                ax.extend(d.a.chunks_exact(cols).map(|ak| kern.dot_f32(ak, xr) * d.scale * mult));
-                for (o, br) in or.iter_mut().zip(d.b.chunks_exact(d.r)) {
-                    *o += br.iter().zip(&ax).map(|(b, a)| b * a).sum::<f32>();
-                }
+                ax.iter_mut().for_each(|v| *v = *v * d.scale * mult);
+                bax.clear();
+                bax.resize(rows, 0.0);
+                kern.axpy_f32_rows(&mut bax, &ax, &d.bt, rows);
+                or.iter_mut().zip(&bax).for_each(|(o, v)| *o += v);
             }
         }
     }
