@@ -71,7 +71,7 @@ pub struct CpuArgs {
 
 #[derive(Args, Debug)]
 pub struct SynthArgs {
-    /// mistral-7b-v0.1, mistral-7b-v0.2, mistral-7b-v0.3 or qwen2.5-0.5b.
+    /// mistral-7b-v0.1, mistral-7b-v0.2, mistral-7b-v0.3, qwen2.5-14b, smollm2-135m or qwen2.5-0.5b.
     #[arg(long)]
     pub preset: String,
     /// Output folder.
@@ -86,13 +86,17 @@ pub struct SynthArgs {
     /// Shard size in MiB.
     #[arg(long, default_value_t = 4096)]
     pub shard_mib: u64,
+    /// Write a PEFT LoRA adapter of this rank for the preset instead (all seven linears of
+    /// every layer, alpha = 2·rank, bf16)
+    #[arg(long, value_name = "RANK")]
+    pub adapter_rank: Option<usize>,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Quant {
     /// NormalFloat4 in blocks of 64 with double-quantized scales (QLoRA's 4-bit)
     Nf4,
-    /// nf4 with the most sensitive weights (v_proj, down_proj) in block int8
+    /// nf4 with the most sensitive weights (v_proj, k_proj, down_proj) in block int8
     #[value(name = "nf4-mix")]
     Nf4Mix,
     /// bitsandbytes' FP4

@@ -19,7 +19,8 @@ pub struct Preset {
     pub config: Value,
 }
 
-/// The presets: Mistral-7B v0.1/v0.2/v0.3 and Qwen2.5-0.5B, with their published configs.
+/// The presets: Mistral-7B v0.1/v0.2/v0.3, Qwen2.5-14B, SmolLM2-135M and Qwen2.5-0.5B, with their
+/// published configs.
 pub fn presets() -> Vec<Preset> {
     let mistral = |vocab: u64, theta: f64, window: Value| {
         json!({"architectures": ["MistralForCausalLM"], "model_type": "mistral", "hidden_size": 4096, "intermediate_size": 14336,
@@ -31,6 +32,20 @@ pub fn presets() -> Vec<Preset> {
         Preset { name: "mistral-7b-v0.1", config: mistral(32000, 10000.0, json!(4096)) },
         Preset { name: "mistral-7b-v0.2", config: mistral(32000, 1e6, Value::Null) },
         Preset { name: "mistral-7b-v0.3", config: mistral(32768, 1e6, Value::Null) },
+        Preset {
+            name: "qwen2.5-14b",
+            config: json!({"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 5120, "intermediate_size": 13824,
+                "num_hidden_layers": 48, "num_attention_heads": 40, "num_key_value_heads": 8, "vocab_size": 152064, "rope_theta": 1e6,
+                "sliding_window": 131072, "use_sliding_window": false, "max_position_embeddings": 32768, "rms_norm_eps": 1e-5,
+                "hidden_act": "silu", "tie_word_embeddings": false, "bos_token_id": 151643, "eos_token_id": 151645, "torch_dtype": "bfloat16"}),
+        },
+        Preset {
+            name: "smollm2-135m",
+            config: json!({"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 576, "intermediate_size": 1536,
+                "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3, "vocab_size": 49152, "rope_theta": 100000.0,
+                "max_position_embeddings": 8192, "rms_norm_eps": 1e-5, "hidden_act": "silu", "tie_word_embeddings": true,
+                "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "bfloat16"}),
+        },
         Preset {
             name: "qwen2.5-0.5b",
             config: json!({"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 896, "intermediate_size": 4864,
@@ -113,6 +128,88 @@ fn tokenizer_json() -> String {
     .to_string()
 }
 
+/// Writes `tensors` (bf16, values from [`fill`]) as one safetensors file at `path`, through a
+/// temporary file renamed at the end, filled in chunks across threads. Returns the data bytes.
+fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>)], seed: u64) -> Result<u64> {
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), json!({"format": "pt"}));
+    let mut off = 0u64;
+    let mut spans = Vec::new();
+    for (name, shape) in tensors {
+        let len = shape.iter().product::<usize>() as u64 * 2;
+        header.insert(name.clone(), json!({"dtype": "BF16", "shape": shape, "data_offsets": [off, off + len]}));
+        spans.push((name.clone(), off, len));
+        off += len;
+    }
+    let mut h = serde_json::to_vec(&header).map_err(|e| ConvertError::Config(e.to_string()))?;
+    h.resize(h.len().next_multiple_of(8), b' ');
+    let base = 8 + h.len() as u64;
+    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{file_name}.tmp"));
+    let file = std::fs::File::create(&tmp).map_err(|e| ConvertError::io(&tmp, e))?;
+    file.set_len(base + off).map_err(|e| ConvertError::io(&tmp, e))?;
+    file.write_all_at(&(h.len() as u64).to_le_bytes(), 0).map_err(|e| ConvertError::io(&tmp, e))?;
+    file.write_all_at(&h, 8).map_err(|e| ConvertError::io(&tmp, e))?;
+    // Fill in 16 MiB chunks across threads.
+    const CHUNK: u64 = 16 << 20;
+    let jobs: Vec<(usize, u64, u64)> = spans
+        .iter()
+        .enumerate()
+        .flat_map(|(i, (_, o, l))| (0..*l).step_by(CHUNK as usize).map(move |c| (i, o + c, CHUNK.min(l - c))))
+        .collect();
+    jobs.par_iter().try_for_each(|&(i, at, len)| {
+        let (name, start, _) = &spans[i];
+        let mut buf = vec![0u8; len as usize];
+        fill(name, seed, ((at - start) / 2) as usize, &mut buf);
+        file.write_all_at(&buf, base + at).map_err(|e| ConvertError::io(&tmp, e))
+    })?;
+    file.sync_all().map_err(|e| ConvertError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| ConvertError::io(path, e))?;
+    Ok(off)
+}
+
+/// Writes a synthetic PEFT LoRA adapter of rank `rank` (α = 2·rank) on all seven linear layers
+/// of every layer of `cfg` into `dir` (created): `adapter_config.json` and one bf16
+/// `adapter_model.safetensors`, named and shaped as PEFT saves them. Returns the data bytes.
+pub fn synthesize_adapter(cfg: &Value, dir: &Path, rank: usize, seed: u64, layers: Option<usize>) -> Result<u64> {
+    if rank == 0 || rank > 4096 {
+        return Err(ConvertError::Config(format!("adapter rank {rank} must be in 1..=4096")));
+    }
+    let mut cfg = cfg.clone();
+    if let Some(l) = layers {
+        cfg["num_hidden_layers"] = json!(l);
+    }
+    const MODULES: [&str; 7] = [
+        "self_attn.q_proj",
+        "self_attn.k_proj",
+        "self_attn.v_proj",
+        "self_attn.o_proj",
+        "mlp.gate_proj",
+        "mlp.up_proj",
+        "mlp.down_proj",
+    ];
+    let mut tensors = Vec::new();
+    for (name, shape) in tensor_shapes(&cfg)? {
+        let Some(module) = name.strip_prefix("model.layers.").and_then(|n| n.strip_suffix(".weight")) else { continue };
+        if !MODULES.iter().any(|m| module.ends_with(m)) || shape.len() != 2 {
+            continue;
+        }
+        let (out, inp) = (shape[0], shape[1]);
+        let peft = format!("base_model.model.model.layers.{module}");
+        tensors.push((format!("{peft}.lora_A.weight"), vec![rank, inp]));
+        tensors.push((format!("{peft}.lora_B.weight"), vec![out, rank]));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| ConvertError::io(dir, e))?;
+    let bytes = write_safetensors(&dir.join("adapter_model.safetensors"), &tensors, seed)?;
+    let config = json!({"peft_type": "LORA", "r": rank, "lora_alpha": 2 * rank, "lora_dropout": 0.0,
+        "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        "bias": "none", "task_type": "CAUSAL_LM", "base_model_name_or_path": "synthetic"});
+    let p = dir.join("adapter_config.json");
+    std::fs::write(&p, serde_json::to_string_pretty(&config).map_err(|e| ConvertError::Config(e.to_string()))?)
+        .map_err(|e| ConvertError::io(&p, e))?;
+    Ok(bytes)
+}
+
 /// Writes a synthetic checkpoint for `cfg` into `dir` (created), in shards of about `shard_bytes`.
 /// `layers` overrides the layer count for quicker runs. Returns the bytes of tensor data written.
 pub fn synthesize(cfg: &Value, dir: &Path, seed: u64, layers: Option<usize>, shard_bytes: u64) -> Result<u64> {
@@ -143,41 +240,10 @@ pub fn synthesize(cfg: &Value, dir: &Path, seed: u64, layers: Option<usize>, sha
         } else {
             format!("model-{:05}-of-{:05}.safetensors", si + 1, k)
         };
-        let path = dir.join(&file_name);
-        let mut header = serde_json::Map::new();
-        header.insert("__metadata__".into(), json!({"format": "pt"}));
-        let mut off = 0u64;
-        let mut spans = Vec::new();
-        for (name, shape) in shard {
-            let len = shape.iter().product::<usize>() as u64 * 2;
-            header.insert(name.clone(), json!({"dtype": "BF16", "shape": shape, "data_offsets": [off, off + len]}));
-            spans.push((name.clone(), off, len));
+        for (name, _) in shard {
             weight_map.insert(name.clone(), json!(file_name));
-            off += len;
         }
-        let mut h = serde_json::to_vec(&header).map_err(|e| ConvertError::Config(e.to_string()))?;
-        h.resize(h.len().next_multiple_of(8), b' ');
-        let base = 8 + h.len() as u64;
-        let tmp = dir.join(format!(".{file_name}.tmp"));
-        let file = std::fs::File::create(&tmp).map_err(|e| ConvertError::io(&tmp, e))?;
-        file.set_len(base + off).map_err(|e| ConvertError::io(&tmp, e))?;
-        file.write_all_at(&(h.len() as u64).to_le_bytes(), 0).map_err(|e| ConvertError::io(&tmp, e))?;
-        file.write_all_at(&h, 8).map_err(|e| ConvertError::io(&tmp, e))?;
-        // Fill in 16 MiB chunks across threads.
-        const CHUNK: u64 = 16 << 20;
-        let jobs: Vec<(String, u64, u64)> = spans
-            .iter()
-            .flat_map(|(n, o, l)| (0..*l).step_by(CHUNK as usize).map(move |c| (n.clone(), o + c, CHUNK.min(l - c))))
-            .collect();
-        jobs.par_iter().try_for_each(|(name, at, len)| {
-            let start_elem = (at - spans.iter().find(|s| &s.0 == name).expect("span").1) / 2;
-            let mut buf = vec![0u8; *len as usize];
-            fill(name, seed, start_elem as usize, &mut buf);
-            file.write_all_at(&buf, base + at).map_err(|e| ConvertError::io(&tmp, e))
-        })?;
-        file.sync_all().map_err(|e| ConvertError::io(&tmp, e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| ConvertError::io(&path, e))?;
-        total += off;
+        total += write_safetensors(&dir.join(&file_name), shard, seed)?;
     }
     let write = |name: &str, text: String| -> Result<()> {
         let p = dir.join(name);

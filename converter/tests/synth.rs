@@ -32,6 +32,8 @@ fn synthetic_presets_have_the_real_shapes() {
     assert_eq!(count("mistral-7b-v0.1"), 7_241_732_096);
     assert_eq!(count("mistral-7b-v0.3"), 7_248_023_552);
     assert_eq!(count("qwen2.5-0.5b"), 494_032_768);
+    assert_eq!(count("qwen2.5-14b"), 14_770_033_664);
+    assert_eq!(count("smollm2-135m"), 134_515_008);
 }
 
 #[test]
@@ -59,4 +61,19 @@ fn synthetic_checkpoint_converts_and_runs() {
     let f = ModelFile::open(&out).unwrap();
     assert!(f.metadata().tokenizer_json.is_some());
     assert_eq!(f.tensors().len(), 3 + 2 * 9);
+
+    // A synthetic adapter for the same shapes: every linear of both layers, merged at conversion
+    // (recorded in the file) and loaded for run time.
+    let adapter = tmp.path().join("adapter");
+    let abytes = lowbit_convert::synth::synthesize_adapter(&cfg, &adapter, 4, 3, Some(2)).unwrap();
+    // A: 4 × in, B: out × 4 for q, k, v, o (128/64 rows) and gate, up, down, in bf16.
+    let per_layer = 4 * ((128 + 128) + (128 + 64) * 2 + (128 + 128) + (128 + 256) * 3);
+    assert_eq!(abytes, 2 * 2 * per_layer as u64);
+    let spec = lowbit_convert::lora::LoraSpec { dir: adapter.clone(), scale: 1.0 };
+    let merged = tmp.path().join("m.lowbit");
+    run(&dir, &merged, &ConvertOptions { lora: vec![spec.clone()], ..opts(QuantChoice::Nf4) }).unwrap();
+    assert_eq!(ModelFile::open(&merged).unwrap().metadata().adapters.len(), 1);
+    let (_, deltas) = lowbit_convert::lora::load_for_file(&spec, &f).unwrap();
+    assert_eq!(deltas.len(), 2 * 7);
+    assert!(lowbit_convert::synth::synthesize_adapter(&cfg, &adapter, 0, 3, None).is_err());
 }

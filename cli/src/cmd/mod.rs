@@ -103,9 +103,12 @@ pub fn synth(a: crate::args::SynthArgs) -> Result<()> {
         )
     })?;
     let t = Instant::now();
-    let bytes = lowbit_convert::synth::synthesize(&p.config, &a.out, a.seed, a.layers, a.shard_mib << 20)?;
+    let (bytes, what) = match a.adapter_rank {
+        Some(r) => (lowbit_convert::synth::synthesize_adapter(&p.config, &a.out, r, a.seed, a.layers)?, "adapter for "),
+        None => (lowbit_convert::synth::synthesize(&p.config, &a.out, a.seed, a.layers, a.shard_mib << 20)?, ""),
+    };
     println!(
-        "wrote {} ({:.2} GB of bf16 weights) to {} in {:.1} s, peak RSS {}",
+        "wrote {what}{} ({:.2} GB of bf16 weights) to {} in {:.1} s, peak RSS {}",
         a.preset,
         bytes as f64 / 1e9,
         a.out.display(),
