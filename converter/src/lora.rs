@@ -15,6 +15,7 @@
 use crate::bnb::BnbTensor;
 use crate::error::{ConvertError, Result};
 use crate::sidefile;
+use crate::source::safetensors::SafetensorsSource;
 use crate::source::{SrcDtype, SrcTensor, TensorSource};
 use lowbit_format::AdapterRecord;
 use regex::Regex;
@@ -23,8 +24,9 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-/// Largest adapter weights file read (the adapter is held in memory, as f32).
-const MAX_ADAPTER_BYTES: u64 = 8 << 30;
+/// Elements checked for NaN/inf per read when an adapter is loaded (its tensors are streamed,
+/// never held whole: a rank-64 adapter of a 14B model is half a gigabyte in bf16).
+const CHECK_CHUNK: usize = 1 << 20;
 
 /// `DIR` or `DIR:SCALE` from the command line.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,13 +53,13 @@ impl std::str::FromStr for LoraSpec {
     }
 }
 
-/// One targeted linear's low-rank update.
+/// One targeted linear's low-rank update; A and B stay in the adapter file until used.
 #[derive(Debug)]
 struct Delta {
-    /// r × in.
-    a: Vec<f32>,
-    /// out × r.
-    b: Vec<f32>,
+    /// Tensor name of A (r × in).
+    a: String,
+    /// Tensor name of B (out × r).
+    b: String,
     r: usize,
     /// The whole scaling: user scale · alpha / r (or / √r).
     s: f32,
@@ -65,13 +67,14 @@ struct Delta {
     magnitude: Option<Vec<f32>>,
 }
 
-/// A loaded adapter.
+/// A loaded adapter: its checked configuration, with the tensors read from its file as needed.
 #[derive(Debug)]
 pub struct Adapter {
     record: AdapterRecord,
+    file: SafetensorsSource,
     deltas: HashMap<String, Delta>,
-    /// Base tensor name → full replacement values (modules_to_save, biases) and shape.
-    replace: HashMap<String, (Vec<usize>, Vec<f32>)>,
+    /// Base tensor name → the adapter tensor that replaces it whole (modules_to_save, biases).
+    replace: HashMap<String, String>,
 }
 
 impl Adapter {
@@ -293,8 +296,16 @@ pub fn load_for_run_time(
     if a.deltas.values().any(|d| d.magnitude.is_some()) {
         return Err(refuse("DoRA"));
     }
-    let mut deltas: Vec<RunTimeDelta> =
-        a.deltas.into_iter().map(|(target, d)| RunTimeDelta { target, a: d.a, b: d.b, r: d.r, scale: d.s }).collect();
+    let whole = |name: &str| -> Result<Vec<f32>> {
+        let n = a.file.get(name).map_or(0, |t| t.shape.iter().product());
+        let mut v = Vec::new();
+        a.file.read_f32(name, 0, n, &mut v)?;
+        Ok(v)
+    };
+    let mut deltas = Vec::with_capacity(a.deltas.len());
+    for (target, d) in &a.deltas {
+        deltas.push(RunTimeDelta { target: target.clone(), a: whole(&d.a)?, b: whole(&d.b)?, r: d.r, scale: d.s });
+    }
     deltas.sort_by(|x, y| x.target.cmp(&y.target));
     Ok((a.record, deltas))
 }
@@ -320,37 +331,38 @@ fn load_with(spec: &LoraSpec, shape_of: &dyn Fn(&str) -> std::result::Result<Vec
     let config: Value = serde_json::from_str(&text)
         .map_err(|e| ConvertError::BadJson { what: config_path.display().to_string(), problem: e.to_string() })?;
     let cfg = parse_config(dir, &text, &config)?;
-    let bytes =
-        sidefile::read_bytes(&weights, MAX_ADAPTER_BYTES)?.ok_or_else(|| ConvertError::Missing(weights.clone()))?;
-    let sha256 = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
-    let st = safetensors::SafeTensors::deserialize(&bytes)
-        .map_err(|e| ConvertError::BadSafetensors { path: weights.clone(), problem: e.to_string() })?;
+    let file = SafetensorsSource::open_file(&weights)?;
+    let sha256 = file_sha256(&weights)?;
     let rank_patterns = compile(dir, &cfg.rank_pattern)?;
     let alpha_patterns = compile(dir, &cfg.alpha_pattern)?;
 
-    let f32s = |name: &str| -> Result<(Vec<usize>, Vec<f32>)> {
-        let t = st
-            .tensor(name)
-            .map_err(|e| ConvertError::BadSafetensors { path: weights.clone(), problem: format!("{name}: {e}") })?;
-        let dtype = match t.dtype() {
-            safetensors::Dtype::F32 => SrcDtype::F32,
-            safetensors::Dtype::F16 => SrcDtype::F16,
-            safetensors::Dtype::BF16 => SrcDtype::Bf16,
-            other => return Err(ConvertError::UnsupportedDtype { tensor: name.into(), dtype: format!("{other:?}") }),
-        };
-        let mut out = Vec::new();
-        crate::source::decode_f32(dtype, t.data(), &mut out);
-        if let Some(i) = out.iter().position(|x| !x.is_finite()) {
-            return Err(bad(dir, format!("{name}: element {i} is {}", out[i])));
+    // A tensor's shape, after checking its type and that every element is finite (streamed).
+    let checked = |name: &str| -> Result<Vec<usize>> {
+        let t = file.get(name).ok_or_else(|| ConvertError::MissingTensor(name.to_string()))?;
+        if !t.dtype.is_float() {
+            return Err(ConvertError::UnsupportedDtype { tensor: name.into(), dtype: t.dtype_name.clone() });
         }
-        Ok((t.shape().to_vec(), out))
+        let n: usize = t.shape.iter().product();
+        let mut buf = Vec::new();
+        for start in (0..n).step_by(CHECK_CHUNK) {
+            file.read_f32(name, start, CHECK_CHUNK.min(n - start), &mut buf)?;
+            if let Some(i) = buf.iter().position(|x| !x.is_finite()) {
+                return Err(bad(dir, format!("{name}: element {} is {}", start + i, buf[i])));
+            }
+        }
+        Ok(t.shape.clone())
+    };
+    let f32s = |name: &str| -> Result<(Vec<usize>, Vec<f32>)> {
+        let shape = checked(name)?;
+        let mut out = Vec::new();
+        file.read_f32(name, 0, shape.iter().product(), &mut out)?;
+        Ok((shape, out))
     };
     let base_shape = |name: &str| -> Result<Vec<usize>> { shape_of(name).map_err(|e| bad(dir, e)) };
 
     let mut deltas = HashMap::new();
     let mut replace = HashMap::new();
-    let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
-    names.sort();
+    let names: Vec<String> = file.list().iter().map(|t| t.name.clone()).collect();
     for key in &names {
         let Some(module_key) = key.strip_prefix("base_model.model.") else {
             return Err(bad(dir, format!("tensor {key} is not under base_model.model. (not a PEFT LoRA adapter?)")));
@@ -358,12 +370,12 @@ fn load_with(spec: &LoraSpec, shape_of: &dyn Fn(&str) -> std::result::Result<Vec
         if let Some(module) = module_key.strip_suffix(".lora_A.weight") {
             let target = format!("{module}.weight");
             let t = base_shape(&target)?;
-            let (ash, a) = f32s(key)?;
+            let ash = checked(key)?;
             let bkey = format!("base_model.model.{module}.lora_B.weight");
             if !names.contains(&bkey) {
                 return Err(bad(dir, format!("{key} has no {bkey}")));
             }
-            let (bsh, b) = f32s(&bkey)?;
+            let bsh = checked(&bkey)?;
             let (rows, cols) = match t[..] {
                 [rows, cols] => (rows, cols),
                 _ => return Err(bad(dir, format!("{target} is not a matrix"))),
@@ -397,7 +409,7 @@ fn load_with(spec: &LoraSpec, shape_of: &dyn Fn(&str) -> std::result::Result<Vec
             } else {
                 None
             };
-            deltas.insert(target, Delta { a, b, r, s: s as f32, magnitude });
+            deltas.insert(target, Delta { a: key.clone(), b: bkey, r, s: s as f32, magnitude });
         } else if module_key.ends_with(".lora_B.weight") || module_key.contains(".lora_magnitude_vector") {
             let module = module_key.split(".lora_").next().unwrap_or(module_key);
             if !names.contains(&format!("base_model.model.{module}.lora_A.weight")) {
@@ -416,18 +428,34 @@ fn load_with(spec: &LoraSpec, shape_of: &dyn Fn(&str) -> std::result::Result<Vec
             // names a wrapped layer's own parameters under `base_layer`).
             let target = module_key.replace(".modules_to_save", "").replace(".base_layer", "");
             let t = base_shape(&target)?;
-            let (sh, v) = f32s(key)?;
+            let sh = checked(key)?;
             if sh != t {
                 return Err(bad(dir, format!("{key} has shape {sh:?}, the base's {target} {t:?}")));
             }
-            replace.insert(target, (sh, v));
+            replace.insert(target, key.clone());
         }
     }
     if deltas.is_empty() && replace.is_empty() {
         return Err(bad(dir, "no LoRA tensors in adapter_model.safetensors"));
     }
     let name = dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned());
-    Ok(Adapter { record: AdapterRecord { name, sha256, scale: spec.scale }, deltas, replace })
+    Ok(Adapter { record: AdapterRecord { name, sha256, scale: spec.scale }, file, deltas, replace })
+}
+
+/// The sha256 of the file at `path`, read in pieces.
+fn file_sha256(path: &Path) -> Result<String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| ConvertError::io(path, e))?;
+    let mut hash = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| ConvertError::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        hash.update(&buf[..n]);
+    }
+    Ok(hash.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// A tensor source with adapters merged into the tensors they change. A weight stored
@@ -467,16 +495,17 @@ impl<'a> Merged<'a> {
 }
 
 impl Delta {
-    /// Applies the update to `rows` (row-major, `cols` wide) holding weight rows `r0 ..`; `Err`
-    /// with the row whose DoRA norm is zero.
-    fn apply(&self, rows: &mut [f32], r0: usize, cols: usize) -> std::result::Result<(), usize> {
+    /// Applies the update to `rows` (row-major, `cols` wide) holding weight rows `r0 ..`, given A
+    /// (`r × cols`) and the rows of B for those weight rows (`rows × r`); `Err` with the row
+    /// whose DoRA norm is zero.
+    fn apply(&self, rows: &mut [f32], r0: usize, cols: usize, a: &[f32], b: &[f32]) -> std::result::Result<(), usize> {
         let mut delta = vec![0f32; cols];
         for (i, w) in rows.chunks_mut(cols).enumerate() {
             let r = r0 + i;
             delta.fill(0.0);
             for k in 0..self.r {
-                let bk = self.b[r * self.r + k];
-                for (d, &a) in delta.iter_mut().zip(&self.a[k * cols..(k + 1) * cols]) {
+                let bk = b[i * self.r + k];
+                for (d, &a) in delta.iter_mut().zip(&a[k * cols..(k + 1) * cols]) {
                     *d += bk * a;
                 }
             }
@@ -536,11 +565,16 @@ impl TensorSource for Merged<'_> {
             Some(b) => rows = b.dequantize_range(self.base, r0 * cols, (r1 - r0) * cols)?,
             None => self.base.read_f32(name, r0 * cols, (r1 - r0) * cols, &mut rows)?,
         }
+        let (mut av, mut bv) = (Vec::new(), Vec::new());
         for a in &self.adapters {
-            if let Some((_, v)) = a.replace.get(name) {
-                rows.copy_from_slice(&v[r0 * cols..r1 * cols]);
+            if let Some(key) = a.replace.get(name) {
+                a.file.read_f32(key, r0 * cols, (r1 - r0) * cols, &mut av)?;
+                rows.copy_from_slice(&av);
             } else if let Some(d) = a.deltas.get(name) {
-                d.apply(&mut rows, r0, cols).map_err(|r| {
+                // A whole, and the rows of B for these weight rows, from the adapter file.
+                a.file.read_f32(&d.a, 0, d.r * cols, &mut av)?;
+                a.file.read_f32(&d.b, r0 * d.r, (r1 - r0) * d.r, &mut bv)?;
+                d.apply(&mut rows, r0, cols, &av, &bv).map_err(|r| {
                     ConvertError::Config(format!(
                         "LoRA adapter {}: row {r} of {name} is all zeros after the update, which DoRA cannot normalise",
                         a.record.name

@@ -123,6 +123,24 @@ impl SafetensorsSource {
         Ok(SafetensorsSource { shards, index, tensors, locations })
     }
 
+    /// One safetensors file on its own (a PEFT adapter's `adapter_model.safetensors`).
+    pub fn open_file(path: &Path) -> Result<SafetensorsSource> {
+        let meta = std::fs::metadata(path).map_err(|e| ConvertError::io(path, e))?;
+        if !meta.is_file() {
+            return Err(ConvertError::BadSafetensors {
+                path: path.to_path_buf(),
+                problem: "not a regular file".into(),
+            });
+        }
+        let file = std::fs::File::open(path).map_err(|e| ConvertError::io(path, e))?;
+        let mut found: BTreeMap<String, (SrcTensor, Location)> = BTreeMap::new();
+        for (t, offset) in read_header(&file, path)? {
+            found.insert(t.name.clone(), (t, Location { shard: 0, offset }));
+        }
+        let (tensors, locations) = found.into_values().unzip();
+        Ok(SafetensorsSource { shards: vec![(path.to_path_buf(), file)], index: None, tensors, locations })
+    }
+
     /// The files read: the index (if any), then the shards.
     pub fn files(&self) -> Vec<PathBuf> {
         self.index.iter().cloned().chain(self.shards.iter().map(|(p, _)| p.clone())).collect()
