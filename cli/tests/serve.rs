@@ -123,39 +123,6 @@ fn openai_client_against_the_real_server() {
     }
 }
 
-/// Writes a PEFT adapter for SmolLM2-135M (r = 8, α = 16, seeded, strong enough to change greedy
-/// text) on q_proj and v_proj of every layer.
-fn smollm2_adapter(dir: &Path) {
-    let mut seed = 0x2545f4914f6cdd1du64;
-    let mut next = move |amp: f32| {
-        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * amp
-    };
-    let mut data: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-    for l in 0..30 {
-        for (module, rows) in [("q_proj", 576), ("v_proj", 192)] {
-            let m = format!("base_model.model.model.layers.{l}.self_attn.{module}");
-            let a: Vec<u8> = (0..8 * 576).flat_map(|_| next(0.2).to_le_bytes()).collect();
-            let b: Vec<u8> = (0..rows * 8).flat_map(|_| next(0.2).to_le_bytes()).collect();
-            data.push((format!("{m}.lora_A.weight"), vec![8, 576], a));
-            data.push((format!("{m}.lora_B.weight"), vec![rows, 8], b));
-        }
-    }
-    let views: Vec<(String, safetensors::tensor::TensorView)> = data
-        .iter()
-        .map(|(n, s, d)| {
-            (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d).unwrap())
-        })
-        .collect();
-    std::fs::create_dir_all(dir).unwrap();
-    safetensors::serialize_to_file(views, None, &dir.join("adapter_model.safetensors")).unwrap();
-    std::fs::write(
-        dir.join("adapter_config.json"),
-        r#"{"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"]}"#,
-    )
-    .unwrap();
-}
-
 /// `serve --lora NAME=DIR`: a request that names the adapter (as its model, or in `lora`) gets
 /// what `lowbit run --lora DIR` answers, one that does not gets the base model's answer, also
 /// when both run at once; /v1/models lists the adapter; an unknown one is a 400
@@ -171,8 +138,13 @@ fn named_adapters_per_request() {
     let model = tmp.path().join("smollm2.nf4.lowbit");
     let o = bin().args(["convert"]).arg(&gguf).args(["-o", model.to_str().unwrap(), "-q"]).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // A synthetic PEFT adapter with SmolLM2's shapes on every linear.
     let adapter = tmp.path().join("story-lora");
-    smollm2_adapter(&adapter);
+    let o = bin()
+        .args(["synth", "--preset", "smollm2-135m", "--adapter-rank", "8", "-o", adapter.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let prompt = "Write one sentence about the sea.";
     let answer = |extra: &[&str]| {
         let o = bin()

@@ -241,37 +241,10 @@ def test_convert_reports_progress(tmp_path):
     assert lowbit.inspect(str(tmp_path / "m.lowbit"))["bits_per_weight"] < 6
 
 
-def write_adapter(folder):
-    """A PEFT LoRA adapter for SmolLM2-135M (r = 8, alpha = 16, seeded) on q_proj and v_proj of
-    every layer, as safetensors written by hand (no numpy needed)."""
-    import random
-    import struct
-
-    rng = random.Random(7)
-    tensors = {}
-    for layer in range(30):
-        for module, rows in (("q_proj", 576), ("v_proj", 192)):
-            name = f"base_model.model.model.layers.{layer}.self_attn.{module}"
-            tensors[name + ".lora_A.weight"] = ([8, 576], [rng.uniform(-0.1, 0.1) for _ in range(8 * 576)])
-            tensors[name + ".lora_B.weight"] = ([rows, 8], [rng.uniform(-0.1, 0.1) for _ in range(rows * 8)])
-    header, blobs, offset = {}, [], 0
-    for name, (shape, values) in tensors.items():
-        blob = struct.pack(f"<{len(values)}f", *values)
-        header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + len(blob)]}
-        blobs.append(blob)
-        offset += len(blob)
-    head = json.dumps(header).encode()
-    head += b" " * (-len(head) % 8)
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, "adapter_model.safetensors"), "wb") as f:
-        f.write(struct.pack("<Q", len(head)) + head + b"".join(blobs))
-    with open(os.path.join(folder, "adapter_config.json"), "w") as f:
-        json.dump({"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"]}, f)
-
-
 def test_lora_path_equals_lowbit_run_with_the_adapter(llm, tmp_path):
+    # A synthetic PEFT adapter with SmolLM2's shapes on every linear.
     adapter = str(tmp_path / "adapter")
-    write_adapter(adapter)
+    cli("synth", "--preset", "smollm2-135m", "--adapter-rank", "8", "-o", adapter)
     want = cli("run", "-m", MODEL, "-p", PROMPT, "--raw", "-n", "24", "--temp", "0", "--lora", adapter)
     with lowbit.Llama(model_path=MODEL, n_ctx=256, n_threads=2, lora_path=adapter) as tuned:
         got = tuned.create_completion(PROMPT, max_tokens=24, temperature=0)["choices"][0]["text"]
