@@ -574,6 +574,14 @@ impl TensorSource for Merged<'_> {
                 // A whole, and the rows of B for these weight rows, from the adapter file.
                 a.file.read_f32(&d.a, 0, d.r * cols, &mut av)?;
                 a.file.read_f32(&d.b, r0 * d.r, (r1 - r0) * d.r, &mut bv)?;
+                // Checked when the adapter was loaded; checked again as read, in case the file
+                // changed since.
+                if av.iter().chain(&bv).any(|v| !v.is_finite()) {
+                    return Err(ConvertError::Config(format!(
+                        "LoRA adapter {}: its update of {name} is not finite (did the file change?)",
+                        a.record.name
+                    )));
+                }
                 d.apply(&mut rows, r0, cols, &av, &bv).map_err(|r| {
                     ConvertError::Config(format!(
                         "LoRA adapter {}: row {r} of {name} is all zeros after the update, which DoRA cannot normalise",

@@ -287,7 +287,16 @@ impl<'a> Model<'a> {
                     out.extend_from_slice(&joint[from..from + len]);
                     from += len;
                 }
-                prof.stop(s, phase, || format!("matmul {role} ({})", ws[0].scheme_name()));
+                prof.stop(s, phase, || {
+                    // Every scheme of the group once (nf4-mix has nf4 q beside q8 k and v).
+                    let mut names: Vec<&str> = Vec::new();
+                    for w in ws {
+                        if !names.contains(&w.scheme_name()) {
+                            names.push(w.scheme_name());
+                        }
+                    }
+                    format!("matmul {role} ({})", names.join("+"))
+                });
                 Ok(())
             };
         let timed = |op: &'static str, f: &mut dyn FnMut()| {
