@@ -2,12 +2,10 @@
 //!
 //! The parallel products keep small per-call and per-thread buffers: the activation scales that
 //! every thread reads for every row, and the block factors that each thread rewrites for every
-//! row. Allocated as plain `Vec<f32>`, such buffers land wherever the allocator puts them, and
-//! when one thread's factor buffer shared a cache line with data the other thread read, the line
-//! travelled between the cores once per row. That depended on the heap layout, so the same build
-//! ran a 14336×4096 nf4 matvec at 68.9 % of the memory probe in one run and 88.5 % in another
-//! minutes later (2 threads, cold; 78–81 % in every run once the buffers were lined, before decode
-//! moved to [`crate::team`]). Buffers of whole, aligned lines cannot share.
+//! row. Allocated as plain `Vec<f32>`, such buffers land wherever the allocator puts them, and a
+//! factor buffer that shares a cache line with data another thread reads sends that line between
+//! the cores once per row: a product's speed then depends on the heap layout and changes from
+//! run to run (docs/PERFORMANCE.md). Buffers of whole, aligned lines cannot share.
 
 use bytemuck::Pod;
 use std::marker::PhantomData;

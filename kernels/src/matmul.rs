@@ -41,10 +41,11 @@ impl Default for MatmulOptions {
 }
 
 /// Weight rows per task in decode; small enough to balance 2–16 threads on 1024-row
-/// matrices, big enough that scheduling costs nothing next to a 4096-wide dot product.
+/// matrices, big enough that a task's fixed costs (its block factors, the calls) stay small
+/// next to its rows even when they are only 576 wide (docs/PERFORMANCE.md).
 pub(crate) const DECODE_ROWS_PER_TASK: usize = 32;
 /// Elements dequantized at a time per thread in prefill (4 MiB of f32). Big tiles matter: gemm
-/// packs the activations again for every tile, so 32-row tiles ran at half the f32 speed.
+/// packs the activations again for every tile, which small tiles pay over and over.
 const PREFILL_TILE_ELEMS: usize = 1 << 20;
 /// Below this many multiply-adds a call stays on the calling thread.
 pub(crate) const PARALLEL_MIN_WORK: usize = 1 << 16;
