@@ -78,9 +78,7 @@ pub fn matmul_rows_with(
     m: usize,
     opts: &MatmulOptions,
 ) -> Result<()> {
-    let Some(parallel) = check_shapes(w, out, x, m)? else { return Ok(()) };
-    crate::decode::rows(k, out, w, x, m, opts, parallel);
-    Ok(())
+    matmul_rows_many_with(k, out, &[w], x, m, opts)
 }
 
 /// [`matmul_rows`] of several weights over the same `x` (q, k and v; gate and up): `out` holds
@@ -103,32 +101,23 @@ pub fn matmul_rows_many_with(
 ) -> Result<()> {
     let mut total = 0usize;
     for w in ws {
-        w.validate()?;
         let overflow = || KernelError::Overflow { op: "matmul", rows: w.rows(), cols: m };
         total = total.checked_add(m.checked_mul(w.rows()).ok_or_else(overflow)?).ok_or_else(overflow)?;
     }
     if out.len() != total {
         return Err(KernelError::ShapeMismatch { op: "matmul", what: "out", expected: total, got: out.len() });
     }
-    let (mut from, mut live, mut work) = (0, Vec::with_capacity(ws.len()), 0usize);
+    let (mut from, mut work) = (0, 0usize);
     for w in ws {
         let len = m * w.rows();
-        if check_shapes(w, &mut out[from..from + len], x, m)?.is_some() {
-            work = work.saturating_add(len.saturating_mul(w.cols()));
-            live.push(*w);
-        }
+        check_shapes(w, &mut out[from..from + len], x, m)?;
+        work = work.saturating_add(len.saturating_mul(w.cols()));
         from += len;
     }
-    if live.len() == ws.len() {
+    // No tokens, no columns (`check_shapes` has zeroed the outputs) or no rows: nothing to do. A
+    // weight without rows among others is an empty stretch of the joint loop.
+    if work > 0 {
         crate::decode::rows_many(k, out, ws, x, m, opts, work >= PARALLEL_MIN_WORK);
-    } else {
-        // Some weight had nothing to compute (no rows, no columns): each of the rest alone.
-        let mut from = 0;
-        for w in ws {
-            let len = m * w.rows();
-            matmul_rows_with(k, &mut out[from..from + len], w, x, m, opts)?;
-            from += len;
-        }
     }
     Ok(())
 }
