@@ -27,6 +27,52 @@ fn four<T>(v: &[Vec<T>]) -> [&[T]; 4] {
     std::array::from_fn(|i| &v[i][..])
 }
 
+/// Random inputs of the 4-bit prefill tiles: four rows of `nb` blocks of 64 and `tokens` tokens.
+struct TileInputs {
+    codes: Vec<Vec<u8>>,
+    wf: Vec<Vec<f32>>,
+    qe: Vec<Vec<i8>>,
+    qo: Vec<Vec<i8>>,
+    xs: Vec<Vec<f32>>,
+    qsum: Vec<Vec<i32>>,
+}
+
+fn tile_inputs(nb: usize, seed: u64, tokens: usize) -> TileInputs {
+    let n = nb * 32;
+    let mut rng = seed;
+    let mut next = || {
+        rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (rng >> 33) as u32
+    };
+    let codes: Vec<Vec<u8>> = (0..4).map(|_| (0..n).map(|_| next() as u8).collect()).collect();
+    let wf: Vec<Vec<f32>> = (0..4).map(|_| (0..nb).map(|_| (next() % 1000) as f32 / 3.1e4).collect()).collect();
+    let mut q = || -> Vec<i8> { (0..n).map(|_| ((next() % 255) as i32 - 127) as i8).collect() };
+    let qe: Vec<Vec<i8>> = (0..tokens).map(|_| q()).collect();
+    let qo: Vec<Vec<i8>> = (0..tokens).map(|_| q()).collect();
+    let xs: Vec<Vec<f32>> = (0..tokens).map(|_| (0..nb).map(|_| (next() % 1000) as f32 / 9.7e5).collect()).collect();
+    let qsum = (0..tokens)
+        .map(|t| (0..nb).map(|b| (b * 32..(b + 1) * 32).map(|i| qe[t][i] as i32 + qo[t][i] as i32).sum()).collect())
+        .collect();
+    TileInputs { codes, wf, qe, qo, xs, qsum }
+}
+
+impl TileInputs {
+    /// How far a SIMD tile's (row, token) may be from the scalar one: exact block sums, float
+    /// accumulation bounded by the biased lane magnitudes (|level| + 128)·|q|, doubled.
+    fn tolerance(&self, lut: &[i8; 16], r: usize, t: usize) -> f32 {
+        let nb = self.wf[r].len();
+        let terms: f32 = (0..nb * 32)
+            .map(|i| {
+                let c = self.codes[r][i];
+                let hi = ((lut[(c >> 4) as usize] as i32).abs() + 128) * (self.qe[t][i] as i32).abs();
+                let lo = ((lut[(c & 15) as usize] as i32).abs() + 128) * (self.qo[t][i] as i32).abs();
+                self.wf[r][i / 32] * self.xs[t][i / 32] * 2.0 * (hi + lo) as f32
+            })
+            .sum();
+        (nb as f32 + 6.0) * f32::EPSILON * terms + 1e-6
+    }
+}
+
 fn vecf(len: impl Into<proptest::sample::SizeRange>) -> impl Strategy<Value = Vec<f32>> {
     prop::collection::vec(prop_oneof![8 => -4.0f32..4.0, 1 => Just(0.0f32), 1 => -1000.0f32..1000.0], len)
 }
@@ -295,33 +341,16 @@ proptest! {
     /// odd and even (the odd last block runs half a 512-bit step).
     #[test]
     fn fourbit_q8_tile_matches_scalar(nb in 1usize..12, seed in any::<u64>()) {
-        let n = nb * 32;
-        let mut rng = seed;
-        let mut next = || { rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); (rng >> 33) as u32 };
-        let codes: Vec<Vec<u8>> = (0..4).map(|_| (0..n).map(|_| next() as u8).collect()).collect();
-        let wf: Vec<Vec<f32>> = (0..4).map(|_| (0..nb).map(|_| (next() % 1000) as f32 / 3.1e4).collect()).collect();
-        let mut q = || -> Vec<i8> { (0..n).map(|_| ((next() % 255) as i32 - 127) as i8).collect() };
-        let qe: Vec<Vec<i8>> = (0..4).map(|_| q()).collect();
-        let qo: Vec<Vec<i8>> = (0..4).map(|_| q()).collect();
-        let xs: Vec<Vec<f32>> = (0..4).map(|_| (0..nb).map(|_| (next() % 1000) as f32 / 9.7e5).collect()).collect();
-        let qsum: Vec<Vec<i32>> = (0..4)
-            .map(|t| (0..nb).map(|b| (b * 32..(b + 1) * 32).map(|i| qe[t][i] as i32 + qo[t][i] as i32).sum()).collect())
-            .collect();
+        let d = tile_inputs(nb, seed, 4);
         for kind in [FourBitKind::Nf4, FourBitKind::Fp4] {
             let lut = kind.int8_levels();
-            let want = scalar::fourbit_q8_tile(four(&codes), four(&wf), &lut, four(&qe), four(&qo), four(&xs), four(&qsum));
+            let args = (four(&d.codes), four(&d.wf), &lut, four(&d.qe), four(&d.qo), four(&d.xs), four(&d.qsum));
+            let want = scalar::fourbit_q8_tile(args.0, args.1, args.2, args.3, args.4, args.5, args.6);
             for k in simd_levels() {
-                let Some(got) = k.fourbit_q8_tile(four(&codes), four(&wf), &lut, four(&qe), four(&qo), four(&xs), four(&qsum)) else { continue };
+                let Some(got) = k.fourbit_q8_tile(args.0, args.1, args.2, args.3, args.4, args.5, args.6) else { continue };
                 for r in 0..4 {
                     for t in 0..4 {
-                        // As for the row kernel: exact block sums, float accumulation bounded by
-                        // the biased lane magnitudes (|level| + 128)·|q|, doubled.
-                        let terms: f32 = (0..n).map(|i| {
-                            let hi = ((lut[(codes[r][i] >> 4) as usize] as i32).abs() + 128) * (qe[t][i] as i32).abs();
-                            let lo = ((lut[(codes[r][i] & 15) as usize] as i32).abs() + 128) * (qo[t][i] as i32).abs();
-                            wf[r][i / 32] * xs[t][i / 32] * 2.0 * (hi + lo) as f32
-                        }).sum();
-                        let tol = (nb as f32 + 6.0) * f32::EPSILON * terms + 1e-6;
+                        let tol = d.tolerance(&lut, r, t);
                         prop_assert!((got[r][t] - want[r][t]).abs() <= tol, "{} {kind:?} r={r} t={t}: {} vs {}", k.label(), got[r][t], want[r][t]);
                     }
                 }
@@ -333,44 +362,25 @@ proptest! {
     /// activations' absolute values alongside, -127 and 127 included.
     #[test]
     fn fourbit_q8_tile8_matches_scalar(nb in 1usize..12, seed in any::<u64>()) {
-        let n = nb * 32;
-        let mut rng = seed;
-        let mut next = || { rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); (rng >> 33) as u32 };
-        let codes: Vec<Vec<u8>> = (0..4).map(|_| (0..n).map(|_| next() as u8).collect()).collect();
-        let wf: Vec<Vec<f32>> = (0..4).map(|_| (0..nb).map(|_| (next() % 1000) as f32 / 3.1e4).collect()).collect();
-        let mut q = || -> Vec<i8> { (0..n).map(|_| ((next() % 255) as i32 - 127) as i8).collect() };
-        let qe: Vec<Vec<i8>> = (0..8).map(|_| q()).collect();
-        let qo: Vec<Vec<i8>> = (0..8).map(|_| q()).collect();
-        let abs = |v: &Vec<Vec<i8>>| -> Vec<Vec<i8>> { v.iter().map(|t| t.iter().map(|x| x.abs()).collect()).collect() };
-        let (aqe, aqo) = (abs(&qe), abs(&qo));
-        let xs: Vec<Vec<f32>> = (0..8).map(|_| (0..nb).map(|_| (next() % 1000) as f32 / 9.7e5).collect()).collect();
-        let qsum: Vec<Vec<i32>> = vec![vec![0; nb]; 8];
-        fn eight(v: &[Vec<i8>]) -> [&[i8]; 8] {
+        let d = tile_inputs(nb, seed, 8);
+        let abs = |v: &[Vec<i8>]| -> Vec<Vec<i8>> { v.iter().map(|t| t.iter().map(|x| x.abs()).collect()).collect() };
+        let (aqe, aqo) = (abs(&d.qe), abs(&d.qo));
+        fn eight<T>(v: &[Vec<T>]) -> [&[T]; 8] {
             std::array::from_fn(|t| v[t].as_slice())
+        }
+        fn half<T>(v: &[Vec<T>], h: usize) -> [&[T]; 4] {
+            std::array::from_fn(|t| v[4 * h + t].as_slice())
         }
         for kind in [FourBitKind::Nf4, FourBitKind::Fp4] {
             let lut = kind.int8_levels();
-            let half = |h: usize| {
-                fn pick(v: &[Vec<i8>], h: usize) -> [&[i8]; 4] {
-                    std::array::from_fn(|t| v[4 * h + t].as_slice())
-                }
-                let xs4: [&[f32]; 4] = std::array::from_fn(|t| xs[4 * h + t].as_slice());
-                let qs4: [&[i32]; 4] = std::array::from_fn(|t| qsum[4 * h + t].as_slice());
-                scalar::fourbit_q8_tile(four(&codes), four(&wf), &lut, pick(&qe, h), pick(&qo, h), xs4, qs4)
-            };
-            let want = [half(0), half(1)];
-            let xs8: [&[f32]; 8] = std::array::from_fn(|t| xs[t].as_slice());
+            let want = [0, 1].map(|h| {
+                scalar::fourbit_q8_tile(four(&d.codes), four(&d.wf), &lut, half(&d.qe, h), half(&d.qo, h), half(&d.xs, h), half(&d.qsum, h))
+            });
             for k in simd_levels() {
-                let Some(got) = k.fourbit_q8_tile8(four(&codes), four(&wf), &lut, eight(&qe), eight(&qo), eight(&aqe), eight(&aqo), xs8) else { continue };
+                let Some(got) = k.fourbit_q8_tile8(four(&d.codes), four(&d.wf), &lut, eight(&d.qe), eight(&d.qo), eight(&aqe), eight(&aqo), eight(&d.xs)) else { continue };
                 for r in 0..4 {
                     for t in 0..8 {
-                        let terms: f32 = (0..n).map(|i| {
-                            let hi = ((lut[(codes[r][i] >> 4) as usize] as i32).abs() + 128) * (qe[t][i] as i32).abs();
-                            let lo = ((lut[(codes[r][i] & 15) as usize] as i32).abs() + 128) * (qo[t][i] as i32).abs();
-                            wf[r][i / 32] * xs[t][i / 32] * 2.0 * (hi + lo) as f32
-                        }).sum();
-                        let tol = (nb as f32 + 6.0) * f32::EPSILON * terms + 1e-6;
-                        let w = want[t / 4][r][t % 4];
+                        let (w, tol) = (want[t / 4][r][t % 4], d.tolerance(&lut, r, t));
                         prop_assert!((got[r][t] - w).abs() <= tol, "{} {kind:?} r={r} t={t}: {} vs {}", k.label(), got[r][t], w);
                     }
                 }
