@@ -77,15 +77,15 @@ impl Drop for Server {
     }
 }
 
-#[test]
-fn openai_client_against_the_real_server() {
+/// The Python with `openai` and SmolLM2 converted to nf4 in `dir`, or `None` (the test is then
+/// skipped) when the environment lacks them.
+fn python_and_model(dir: &Path) -> Option<(std::ffi::OsString, PathBuf)> {
     let (Some(python), Some(gguf)) = (std::env::var_os("LOWBIT_TEST_PYTHON"), std::env::var_os("LOWBIT_SMOLLM2"))
     else {
         eprintln!("SKIPPED: LOWBIT_TEST_PYTHON or LOWBIT_SMOLLM2 is not set (scripts/test.sh sets both)");
-        return;
+        return None;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let model = tmp.path().join("smollm2.nf4.lowbit");
+    let model = dir.join("smollm2.nf4.lowbit");
     let o = bin()
         .args(["convert"])
         .arg(&gguf)
@@ -93,6 +93,13 @@ fn openai_client_against_the_real_server() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    Some((python, model))
+}
+
+#[test]
+fn openai_client_against_the_real_server() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some((python, model)) = python_and_model(tmp.path()) else { return };
 
     // What `lowbit run` answers (through the chat template, greedy).
     let prompt = "What is the capital of France? Answer in two sentences.";
@@ -129,15 +136,8 @@ fn openai_client_against_the_real_server() {
 /// (serve_lora_client.py).
 #[test]
 fn named_adapters_per_request() {
-    let (Some(python), Some(gguf)) = (std::env::var_os("LOWBIT_TEST_PYTHON"), std::env::var_os("LOWBIT_SMOLLM2"))
-    else {
-        eprintln!("SKIPPED: LOWBIT_TEST_PYTHON or LOWBIT_SMOLLM2 is not set (scripts/test.sh sets both)");
-        return;
-    };
     let tmp = tempfile::tempdir().unwrap();
-    let model = tmp.path().join("smollm2.nf4.lowbit");
-    let o = bin().args(["convert"]).arg(&gguf).args(["-o", model.to_str().unwrap(), "-q"]).output().unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let Some((python, model)) = python_and_model(tmp.path()) else { return };
     // A synthetic PEFT adapter with SmolLM2's shapes on every linear.
     let adapter = tmp.path().join("story-lora");
     let o = bin()
