@@ -79,7 +79,7 @@ pub struct Kernels {
     quantize_q8: QuantizeQ8,
     /// The prefill tile of the 4-bit integer route, where it beats dequantize + f32 gemm.
     fourbit_q8_tile: Option<FourBitQ8Tile>,
-    /// Its eight-token form, where a level has one (it then takes precedence).
+    /// Its eight-token form (AVX2's), where a level has one instead.
     fourbit_q8_tile8: Option<FourBitQ8Tile8>,
 }
 
@@ -153,7 +153,7 @@ impl Kernels {
                     fourbit_q8_step: 32,
                     nested_factors: k::nested_factors,
                     quantize_q8: k::quantize_q8,
-                    fourbit_q8_tile: Some(k::fourbit_q8_tile),
+                    fourbit_q8_tile: None,
                     fourbit_q8_tile8: Some(k::fourbit_q8_tile8),
                 })
             }
@@ -618,7 +618,7 @@ impl Kernels {
     /// prefill dequantizes tiles and runs f32 gemm).
     #[inline]
     pub fn has_fourbit_q8_tile(&self) -> bool {
-        self.fourbit_q8_tile.is_some()
+        self.fourbit_q8_tile.is_some() || self.fourbit_q8_tile8.is_some()
     }
 
     /// A 4 × 4 tile of the 4-bit integer route (blocks of 64); see

@@ -524,60 +524,9 @@ pub unsafe fn dot_fourbit_q8_x4t2(
     out
 }
 
-/// See [`crate::scalar::fourbit_q8_tile`]: per weight row, its nibbles looked up once per block
-/// and used against the four tokens (`vpmaddubsw(|w|, sign(q, w))`), one accumulator per token;
-/// the block sum is scaled by the token's and then the row's factor, as on AVX-512.
-///
-/// # Safety
-/// AVX2 and FMA must be available; with `nb = wf[0].len()`, every `wf[r]`, `xs[t]` holds `nb`
-/// entries and every `codes[r]`, `qe[t]`, `qo[t]` at least `32 · nb` bytes.
-#[target_feature(enable = "avx2,fma")]
-pub unsafe fn fourbit_q8_tile(
-    codes: [&[u8]; 4],
-    wf: [&[f32]; 4],
-    lut: &[i8; 16],
-    qe: [&[i8]; 4],
-    qo: [&[i8]; 4],
-    xs: [&[f32]; 4],
-    _qsum: [&[i32]; 4],
-) -> [[f32; 4]; 4] {
-    let nb = wf[0].len();
-    let mut out = [[0f32; 4]; 4];
-    // SAFETY: block b reads 32 bytes at 32·b of codes/qe/qo and entry b of wf/xs: inside the
-    // lengths the caller guarantees.
-    unsafe {
-        let table = _mm256_broadcastsi128_si256(_mm_loadu_si128(lut.as_ptr() as *const __m128i));
-        let nib = _mm256_set1_epi8(0x0F);
-        let ones = _mm256_set1_epi16(1);
-        for (r, row_out) in out.iter_mut().enumerate() {
-            let cp = codes[r].as_ptr();
-            let mut acc = [_mm256_setzero_ps(); 4];
-            for b in 0..nb {
-                let i = 32 * b;
-                _mm_prefetch::<_MM_HINT_T0>(cp.wrapping_add(i + 256) as *const i8);
-                let v = _mm256_loadu_si256(cp.add(i) as *const __m256i);
-                let wh = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(v, 4), nib));
-                let wl = _mm256_shuffle_epi8(table, _mm256_and_si256(v, nib));
-                let (awh, awl) = (_mm256_abs_epi8(wh), _mm256_abs_epi8(wl));
-                let f = _mm256_set1_ps(*wf[r].get_unchecked(b));
-                for (t, a) in acc.iter_mut().enumerate() {
-                    let qh = _mm256_loadu_si256(qe[t].as_ptr().add(i) as *const __m256i);
-                    let ql = _mm256_loadu_si256(qo[t].as_ptr().add(i) as *const __m256i);
-                    let ph = _mm256_maddubs_epi16(awh, _mm256_sign_epi8(qh, wh));
-                    let pl = _mm256_maddubs_epi16(awl, _mm256_sign_epi8(ql, wl));
-                    let s = _mm256_add_epi32(_mm256_madd_epi16(ph, ones), _mm256_madd_epi16(pl, ones));
-                    let fx = _mm256_mul_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(*xs[t].get_unchecked(b)));
-                    *a = _mm256_fmadd_ps(fx, f, *a);
-                }
-            }
-            _mm_storeu_ps(row_out.as_mut_ptr(), hsum4(acc));
-        }
-    }
-    out
-}
-
-/// [`fourbit_q8_tile`] for eight tokens: four rows × eight tokens, each (row, token) with the
-/// 4 × 4 tile's arithmetic. A row's nibbles are looked up once per block for eight tokens, and
+/// The AVX2 prefill tile ([`crate::scalar::fourbit_q8_tile`] for four rows and eight tokens):
+/// per block, `vpmaddubsw(|q|, sign(w, q))` per half, the block sum scaled by the token's and
+/// then the row's factor, as on AVX-512. A row's nibbles are looked up once per block for eight tokens, and
 /// the tokens' absolute values come precomputed (`aqe`, `aqo`), so a (row, token) pair costs
 /// `vpsignb` + `vpmaddubsw(|q|, sign(w, q))` per half block and no row needs `vpabsb`: fewer
 /// instructions per weight, and two registers per row instead of four, which leaves room for
