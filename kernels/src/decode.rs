@@ -341,9 +341,15 @@ fn fourbit_q8_task(
         }
     }
     let factors = &factors[..];
+    let hb = w.blocksize / 2;
+    if m == 1 && x4 {
+        let codes = &w.codes[r0 * half..(r0 + n) * half];
+        if k.dot_fourbit_q8_rows(codes, &factors[..nf], lut, q.qe(0), q.qo(0), q.sum(0), hb, o) {
+            return;
+        }
+    }
     let row = |i: usize| &w.codes[(r0 + i) * half..(r0 + i + 1) * half];
     let fac = |t: usize, i: usize| &factors[t * task + i * bpr..t * task + (i + 1) * bpr];
-    let hb = w.blocksize / 2;
     let mut i = 0;
     // Four rows a call where the level has that kernel for rows this wide (the activations are
     // loaded once for the four; narrow rows spend as much on a call as on its arithmetic), two
@@ -451,6 +457,12 @@ fn q8_task(k: &Kernels, o: &mut [f32], w: &Q8Ref, m: usize, q: &[i8], d: &[f32],
     let dt = |t: usize| &d[t * nb..(t + 1) * nb];
     let row = |r: usize| (&w.qs[r * cols..(r + 1) * cols], &w.scales[r * nb..(r + 1) * nb]);
     let n = o.len() / m;
+    if m == 1 {
+        let (w, s) = (&w.qs[r0 * cols..(r0 + n) * cols], &w.scales[r0 * nb..(r0 + n) * nb]);
+        if k.dot_q8_rows(w, s, qt(0), dt(0), bs, o) {
+            return;
+        }
+    }
     let mut i = 0;
     while i + 4 <= n {
         let rows: [_; 4] = std::array::from_fn(|j| row(r0 + i + j));

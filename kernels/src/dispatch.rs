@@ -24,6 +24,7 @@ type DotFourBitQ8Rows4 = unsafe fn([&[u8]; 4], [&[f32]; 4], &[i8; 16], &[i8], &[
 type DotFourBitQ8Rows4T2 =
     unsafe fn([&[u8]; 4], [[&[f32]; 4]; 2], &[i8; 16], [&[i8]; 2], [&[i8]; 2], [&[i32]; 2], usize) -> [[f32; 4]; 2];
 type DotFourBitQ8 = unsafe fn(&[u8], &[f32], &[i8; 16], &[i8], &[i8], &[i32], usize) -> f32;
+type DotFourBitQ8Many = unsafe fn(&[u8], &[f32], &[i8; 16], &[i8], &[i8], &[i32], usize, &mut [f32]);
 type FourBitQ8Tile =
     unsafe fn([&[u8]; 4], [&[f32]; 4], &[i8; 16], [&[i8]; 4], [&[i8]; 4], [&[f32]; 4], [&[i32]; 4]) -> [[f32; 4]; 4];
 type FourBitQ8Tile8 = unsafe fn(
@@ -40,6 +41,7 @@ type QuantizeQ8 = unsafe fn(&[f32], usize, &mut [i8], &mut [i8], &mut [f32], &mu
 type NestedFactors = unsafe fn(&[u8], &[f32; 256], f32, f32, &[f32], &mut [f32]);
 type DotQ8 = unsafe fn(&[i8], &[f16], &[i8], &[f32], usize) -> f32;
 type DotQ8Rows4 = unsafe fn([&[i8]; 4], [&[f16]; 4], &[i8], &[f32], usize) -> [f32; 4];
+type DotQ8Many = unsafe fn(&[i8], &[f16], &[i8], &[f32], usize, &mut [f32]);
 
 /// The kernels of one instruction-set level.
 #[derive(Clone, Copy)]
@@ -65,11 +67,15 @@ pub struct Kernels {
     /// Block int8 rows: one, and four against the same activations (each row the one-row bits).
     dot_q8: DotQ8,
     dot_q8_x4: Option<DotQ8Rows4>,
+    /// A decode task's rows in one call, each with `dot_q8`'s bits.
+    dot_q8_rows: Option<DotQ8Many>,
     /// Four 4-bit rows against the same activations, where it beats four row calls, and the
     /// one-row kernel that gives the same bits (for the rows left over).
     dot_fourbit_q8_x4: Option<(DotFourBitQ8Rows4, DotFourBitQ8)>,
     /// The four-row kernel for two tokens at once (batched decode), with its bits.
     dot_fourbit_q8_x4t2: Option<DotFourBitQ8Rows4T2>,
+    /// A decode task's rows in one call, each with the four-row kernel's bits.
+    dot_fourbit_q8_rows: Option<DotFourBitQ8Many>,
     /// The widest rows (in weights) decode runs through the four-row kernels.
     x4_max_cols: usize,
     dot_fourbit_q8: DotFourBitQ8,
@@ -113,8 +119,10 @@ impl Kernels {
             dot_int8_x4: None,
             dot_q8: scalar::dot_q8,
             dot_q8_x4: None,
+            dot_q8_rows: None,
             dot_fourbit_q8_x4: None,
             dot_fourbit_q8_x4t2: None,
+            dot_fourbit_q8_rows: None,
             x4_max_cols: 0,
             dot_fourbit_q8: scalar::dot_fourbit_q8,
             fourbit_q8_step: 1,
@@ -146,8 +154,10 @@ impl Kernels {
                     dot_int8_x4: Some(k::dot_int8_x4),
                     dot_q8: k::dot_q8,
                     dot_q8_x4: Some(k::dot_q8_x4),
+                    dot_q8_rows: Some(k::dot_q8_rows),
                     dot_fourbit_q8_x4: Some((k::dot_fourbit_q8_x4, k::dot_fourbit_q8)),
                     dot_fourbit_q8_x4t2: Some(k::dot_fourbit_q8_x4t2),
+                    dot_fourbit_q8_rows: Some(k::dot_fourbit_q8_rows),
                     x4_max_cols: usize::MAX,
                     dot_fourbit_q8: k::dot_fourbit_q8,
                     fourbit_q8_step: 32,
@@ -182,8 +192,11 @@ impl Kernels {
                     dot_int8_x4: None,
                     dot_q8: scalar::dot_q8,
                     dot_q8_x4: None,
+                    dot_q8_rows: None,
+                    dot_q8_rows: None,
                     dot_fourbit_q8_x4: None,
                     dot_fourbit_q8_x4t2: None,
+                    dot_fourbit_q8_rows: None,
                     x4_max_cols: 0,
                     dot_fourbit_q8: k::dot_fourbit_q8,
                     fourbit_q8_step: 16,
@@ -273,6 +286,7 @@ impl Kernels {
                 dot_fourbit_q8: k::dot_fourbit_q8_evex,
                 dot_fourbit_q8_x4: Some((k::dot_fourbit_q8_x4_evex, k::dot_fourbit_q8_evex)),
                 dot_fourbit_q8_x4t2: Some(k::dot_fourbit_q8_x4t2_evex),
+                dot_fourbit_q8_rows: None,
                 fourbit_q8_tile: Some(k::fourbit_q8_tile_evex),
                 fourbit_q8_tile8: None,
                 ..avx2
@@ -285,6 +299,7 @@ impl Kernels {
                 dot_fourbit_q8: k::dot_fourbit_q8_vex,
                 dot_fourbit_q8_x4: Some((k::dot_fourbit_q8_x4_vex, k::dot_fourbit_q8_vex)),
                 dot_fourbit_q8_x4t2: Some(k::dot_fourbit_q8_x4t2_vex),
+                dot_fourbit_q8_rows: None,
                 fourbit_q8_tile: Some(k::fourbit_q8_tile_vex),
                 fourbit_q8_tile8: None,
                 ..avx2
@@ -321,11 +336,13 @@ impl Kernels {
             dot_int8_x4: Some(crate::arch::x86_64::avx2::dot_int8_x4),
             dot_q8: crate::arch::x86_64::avx2::dot_q8,
             dot_q8_x4: Some(crate::arch::x86_64::avx2::dot_q8_x4),
+            dot_q8_rows: Some(crate::arch::x86_64::avx2::dot_q8_rows),
             dot_fourbit_q8_x4: Some((
                 crate::arch::x86_64::avxvnni::dot_fourbit_q8_x4_evex,
                 crate::arch::x86_64::avxvnni::dot_fourbit_q8_evex,
             )),
             dot_fourbit_q8_x4t2: Some(crate::arch::x86_64::avxvnni::dot_fourbit_q8_x4t2_evex),
+            dot_fourbit_q8_rows: None,
             x4_max_cols: 4095,
             dot_fourbit_q8: k::dot_fourbit_q8,
             fourbit_q8_step: 32,
@@ -558,6 +575,35 @@ impl Kernels {
         Some(unsafe { f(codes, factors, lut, qe, qo, qsum, half_block) })
     }
 
+    /// Every row of a decode task in one call (see [`crate::scalar::dot_fourbit_q8_rows`]),
+    /// `out[i]` with the bits [`Kernels::dot_fourbit_q8_x1`] gives row `i`; `false` (and `out`
+    /// untouched) where this level has no such kernel or the block size does not suit it.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    pub fn dot_fourbit_q8_rows(
+        &self,
+        codes: &[u8],
+        factors: &[f32],
+        lut: &[i8; 16],
+        qe: &[i8],
+        qo: &[i8],
+        qsum: &[i32],
+        half_block: usize,
+        out: &mut [f32],
+    ) -> bool {
+        let Some(f) = self.dot_fourbit_q8_rows else { return false };
+        if !half_block.is_multiple_of(self.fourbit_q8_step) || out.is_empty() {
+            return false;
+        }
+        let nb = factors.len() / out.len();
+        let n = nb * half_block;
+        assert!(factors.len() == out.len() * nb && codes.len() >= out.len() * n);
+        assert!(qe.len() >= n && qo.len() >= n && qsum.len() >= nb);
+        // SAFETY: `self` exists only for a supported ISA; lengths and step checked above.
+        unsafe { f(codes, factors, lut, qe, qo, qsum, half_block, out) };
+        true
+    }
+
     /// One row through the kernel that gives the same bits as a row of
     /// [`Kernels::dot_fourbit_q8_x4`] (the plain row kernel where the level has no four-row one).
     #[allow(clippy::too_many_arguments)]
@@ -728,6 +774,27 @@ impl Kernels {
         assert!((0..4).all(|r| w[r].len() == n && scale[r].len() == scale[0].len()));
         // SAFETY: `self` exists only for a supported ISA; lengths checked above.
         Some(unsafe { f(w, scale, q, d, blocksize) })
+    }
+
+    /// Every row of a decode task in one call (see [`crate::scalar::dot_q8_rows`]), `out[i]`
+    /// with [`Kernels::dot_q8`]'s bits for row `i`; `false` (and `out` untouched) where this
+    /// level has no such kernel.
+    ///
+    /// # Panics
+    /// As [`Kernels::dot_q8`], for every row.
+    #[inline]
+    pub fn dot_q8_rows(&self, w: &[i8], scale: &[f16], q: &[i8], d: &[f32], blocksize: usize, out: &mut [f32]) -> bool {
+        let Some(f) = self.dot_q8_rows else { return false };
+        if out.is_empty() {
+            return false;
+        }
+        let nb = scale.len() / out.len();
+        let n = nb * blocksize;
+        assert!(crate::q8::BLOCKSIZES.contains(&blocksize) && q.len() == n && d.len() == nb);
+        assert!(scale.len() == out.len() * nb && w.len() == out.len() * n);
+        // SAFETY: `self` exists only for a supported ISA; lengths checked above.
+        unsafe { f(w, scale, q, d, blocksize, out) };
+        true
     }
 
     /// Exact `Σ a·w` in i32; entries must lie in -127..=127 (as LLM.int8 produces).

@@ -190,6 +190,22 @@ proptest! {
                     prop_assert_eq!(got[r].to_bits(), one.to_bits(), "{} {:?} row {}", k.label(), kind, r);
                 }
             }
+            // A task's rows in one call: any count (four-row steps and a tail), each row the
+            // one-row kernel's bits.
+            let rows = (seed % 11) as usize;
+            let all: Vec<Vec<u8>> = (0..rows).map(|r| codes[r % 4].iter().map(|&c| c.rotate_left(r as u32)).collect()).collect();
+            let flat_codes: Vec<u8> = all.concat();
+            let flat_factors: Vec<f32> = (0..rows).flat_map(|r| factors[r % 4].clone()).collect();
+            for k in simd_levels().into_iter().chain([Kernels::for_isa(Isa::Scalar).unwrap()]) {
+                let mut out = vec![f32::NAN; rows];
+                if !k.dot_fourbit_q8_rows(&flat_codes, &flat_factors, &lut, &qe, &qo, &qsum, half, &mut out) {
+                    continue;
+                }
+                for r in 0..rows {
+                    let one = k.dot_fourbit_q8_x1(&all[r], &factors[r % 4], &lut, &qe, &qo, &qsum, half);
+                    prop_assert_eq!(out[r].to_bits(), one.to_bits(), "{} {:?} rows call, row {}", k.label(), kind, r);
+                }
+            }
         }
     }
 
@@ -622,6 +638,13 @@ proptest! {
                     for r in 0..4 {
                         prop_assert_eq!(v[r].to_bits(), k.dot_q8(wr[r], sr[r], &q, &d, bs).to_bits(), "{} x4 row {}", k.label(), r);
                     }
+                }
+            }
+            let mut all = vec![f32::NAN; rows];
+            if k.dot_q8_rows(&t.qs[..rows * cols], &t.scales[..rows * nb], &q, &d, bs, &mut all) {
+                for (r, v) in all.iter().enumerate() {
+                    let (wr, sr) = row(r);
+                    prop_assert_eq!(v.to_bits(), k.dot_q8(wr, sr, &q, &d, bs).to_bits(), "{} rows call, row {}", k.label(), r);
                 }
             }
         }

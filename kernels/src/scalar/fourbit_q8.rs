@@ -45,6 +45,28 @@ pub fn dot_fourbit_q8_x4(
     std::array::from_fn(|r| dot_fourbit_q8(codes[r], factors[r], lut, qe, qo, qsum, half_block))
 }
 
+/// Every row of a decode task against the same activations: `out[i]` = [`dot_fourbit_q8`] of
+/// row `i`, whose `nb = factors.len() / out.len()` blocks of codes follow row `i − 1`'s in
+/// `codes` and whose factors are `factors[i·nb .. (i + 1)·nb]`.
+#[allow(clippy::too_many_arguments)]
+pub fn dot_fourbit_q8_rows(
+    codes: &[u8],
+    factors: &[f32],
+    lut: &[i8; 16],
+    qe: &[i8],
+    qo: &[i8],
+    qsum: &[i32],
+    half_block: usize,
+    out: &mut [f32],
+) {
+    let nb = factors.len() / out.len().max(1);
+    let row = nb * half_block;
+    for (i, o) in out.iter_mut().enumerate() {
+        let codes = &codes[i * row..(i + 1) * row];
+        *o = dot_fourbit_q8(codes, &factors[i * nb..(i + 1) * nb], lut, qe, qo, qsum, half_block);
+    }
+}
+
 /// [`dot_fourbit_q8_x4`] for two tokens (batched decode): `out[t]` is the four rows against
 /// token `t`'s activations and factors (`factors[t][r]`: row `r`'s block factors for token `t`).
 /// The SIMD versions look each row's codes up once for both tokens and give every (row, token)

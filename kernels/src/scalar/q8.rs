@@ -13,3 +13,13 @@ pub fn dot_q8(w: &[i8], scale: &[f16], q: &[i8], d: &[f32], blocksize: usize) ->
     }
     acc
 }
+
+/// Every row of a decode task against the same activations: `out[i]` = [`dot_q8`] of row `i`,
+/// whose `nb = scale.len() / out.len()` blocks follow row `i − 1`'s in `w` and `scale`.
+pub fn dot_q8_rows(w: &[i8], scale: &[f16], q: &[i8], d: &[f32], blocksize: usize, out: &mut [f32]) {
+    let nb = scale.len() / out.len().max(1);
+    let cols = nb * blocksize;
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = dot_q8(&w[i * cols..(i + 1) * cols], &scale[i * nb..(i + 1) * nb], q, d, blocksize);
+    }
+}

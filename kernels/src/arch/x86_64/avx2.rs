@@ -375,6 +375,58 @@ pub unsafe fn dot_fourbit_q8_x4(
     out
 }
 
+/// See [`crate::scalar::dot_fourbit_q8_rows`]: every row of a decode task in one call, four
+/// at a time, then one at a time, each row's bits those of [`dot_fourbit_q8_x4`] (a call per
+/// four rows of 576 weights cost about a quarter of their arithmetic).
+///
+/// # Safety
+/// AVX2 must be available; `half_block` is a multiple of 32; with `n = out.len()` and
+/// `nb = factors.len() / n`, `codes` holds `n * nb * half_block` bytes (row after row), `qe`,
+/// `qo` `nb * half_block` elements and `factors` exactly `n * nb` entries.
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn dot_fourbit_q8_rows(
+    codes: &[u8],
+    factors: &[f32],
+    lut: &[i8; 16],
+    qe: &[i8],
+    qo: &[i8],
+    _qsum: &[i32],
+    half_block: usize,
+    out: &mut [f32],
+) {
+    let n = out.len();
+    let nb = factors.len() / n.max(1);
+    let row_bytes = nb * half_block;
+    let (cp, fp, q) = (codes.as_ptr(), factors.as_ptr(), ([qe.as_ptr()], [qo.as_ptr()]));
+    let mut i = 0;
+    // SAFETY: row i reads `row_bytes` codes at `i·row_bytes` and `nb` factors at `i·nb`, i < n:
+    // inside the lengths the caller guarantees.
+    unsafe {
+        while i + 4 <= n {
+            let rows: [usize; 4] = std::array::from_fn(|j| i + j);
+            let [acc] = fourbit_q8_rows::<4, 1>(
+                rows.map(|r| cp.add(r * row_bytes)),
+                [rows.map(|r| fp.add(r * nb))],
+                nb,
+                lut,
+                q.0,
+                q.1,
+                half_block,
+            );
+            _mm_storeu_ps(out.as_mut_ptr().add(i), hsum4(acc));
+            i += 4;
+        }
+        let z = _mm256_setzero_ps();
+        while i < n {
+            let [[acc]] =
+                fourbit_q8_rows::<1, 1>([cp.add(i * row_bytes)], [[fp.add(i * nb)]], nb, lut, q.0, q.1, half_block);
+            *out.get_unchecked_mut(i) = _mm_cvtss_f32(hsum4([acc, z, z, z]));
+            i += 1;
+        }
+    }
+}
+
 /// How far ahead (bytes) of the bytes being read the decode loops prefetch, into L2: from DRAM
 /// at one thread the AVX2 loops reached far more of the bandwidth with it than without, and
 /// 16 KiB did as well as anything up to 64 (docs/PERFORMANCE.md).
@@ -659,8 +711,8 @@ pub unsafe fn nested_factors(codes: &[u8], map: &[f32; 256], na: f32, offset: f3
     unsafe {
         let (nav, offv) = (_mm256_set1_ps(na), _mm256_set1_ps(offset));
         while i + 8 <= n {
-            let idx = _mm256_cvtepu8_epi32(_mm_loadl_epi64(cp.add(i) as *const __m128i));
-            let v = _mm256_i32gather_ps::<4>(map.as_ptr(), idx);
+            let m = |j: usize| *map.get_unchecked(*cp.add(i + j) as usize);
+            let v = _mm256_setr_ps(m(0), m(1), m(2), m(3), m(4), m(5), m(6), m(7));
             let v = _mm256_mul_ps(_mm256_add_ps(_mm256_mul_ps(v, nav), offv), _mm256_loadu_ps(xp.add(i)));
             _mm256_storeu_ps(op.add(i), v);
             i += 8;
@@ -861,6 +913,45 @@ pub unsafe fn dot_q8(w: &[i8], scale: &[f16], q: &[i8], d: &[f32], blocksize: us
         let [acc] = q8_rows::<1>([w.as_ptr()], [scale.as_ptr()], q.as_ptr(), d.as_ptr(), scale.len(), blocksize);
         let z = _mm256_setzero_ps();
         _mm_cvtss_f32(hsum4([acc, z, z, z]))
+    }
+}
+
+/// See [`crate::scalar::dot_q8_rows`]: every row of a decode task in one call, four at a time
+/// and then one at a time, each row with [`dot_q8`]'s bits.
+///
+/// # Safety
+/// AVX2, FMA and F16C must be available; with `n = out.len()` and `nb = scale.len() / n`,
+/// `scale` holds exactly `n * nb` entries, `w` `n * nb * blocksize`, `q` `nb * blocksize`, `d`
+/// `nb`; `blocksize` is one [`dot_q8`] takes.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q8_rows(w: &[i8], scale: &[f16], q: &[i8], d: &[f32], blocksize: usize, out: &mut [f32]) {
+    let n = out.len();
+    let nb = scale.len() / n.max(1);
+    let cols = nb * blocksize;
+    let (wp, sp) = (w.as_ptr(), scale.as_ptr());
+    let mut i = 0;
+    // SAFETY: row i reads `cols` weights at `i·cols` and `nb` scales at `i·nb`, i < n: inside
+    // the lengths the caller guarantees.
+    unsafe {
+        while i + 4 <= n {
+            let rows: [usize; 4] = std::array::from_fn(|j| i + j);
+            let acc = q8_rows::<4>(
+                rows.map(|r| wp.add(r * cols)),
+                rows.map(|r| sp.add(r * nb)),
+                q.as_ptr(),
+                d.as_ptr(),
+                nb,
+                blocksize,
+            );
+            _mm_storeu_ps(out.as_mut_ptr().add(i), hsum4(acc));
+            i += 4;
+        }
+        let z = _mm256_setzero_ps();
+        while i < n {
+            let [acc] = q8_rows::<1>([wp.add(i * cols)], [sp.add(i * nb)], q.as_ptr(), d.as_ptr(), nb, blocksize);
+            *out.get_unchecked_mut(i) = _mm_cvtss_f32(hsum4([acc, z, z, z]));
+            i += 1;
+        }
     }
 }
 
