@@ -286,7 +286,7 @@ impl Kernels {
                 dot_fourbit_q8: k::dot_fourbit_q8_evex,
                 dot_fourbit_q8_x4: Some((k::dot_fourbit_q8_x4_evex, k::dot_fourbit_q8_evex)),
                 dot_fourbit_q8_x4t2: Some(k::dot_fourbit_q8_x4t2_evex),
-                dot_fourbit_q8_rows: None,
+                dot_fourbit_q8_rows: Some(k::dot_fourbit_q8_rows_evex),
                 fourbit_q8_tile: Some(k::fourbit_q8_tile_evex),
                 fourbit_q8_tile8: None,
                 ..avx2
@@ -299,7 +299,7 @@ impl Kernels {
                 dot_fourbit_q8: k::dot_fourbit_q8_vex,
                 dot_fourbit_q8_x4: Some((k::dot_fourbit_q8_x4_vex, k::dot_fourbit_q8_vex)),
                 dot_fourbit_q8_x4t2: Some(k::dot_fourbit_q8_x4t2_vex),
-                dot_fourbit_q8_rows: None,
+                dot_fourbit_q8_rows: Some(k::dot_fourbit_q8_rows_vex),
                 fourbit_q8_tile: Some(k::fourbit_q8_tile_vex),
                 fourbit_q8_tile8: None,
                 ..avx2
@@ -342,11 +342,13 @@ impl Kernels {
                 crate::arch::x86_64::avxvnni::dot_fourbit_q8_evex,
             )),
             dot_fourbit_q8_x4t2: Some(crate::arch::x86_64::avxvnni::dot_fourbit_q8_x4t2_evex),
-            dot_fourbit_q8_rows: None,
+            dot_fourbit_q8_rows: Some(crate::arch::x86_64::avxvnni::dot_fourbit_q8_rows_evex),
             x4_max_cols: 4095,
             dot_fourbit_q8: k::dot_fourbit_q8,
             fourbit_q8_step: 32,
-            nested_factors: k::nested_factors,
+            // Scalar loads of the map beat the 16-wide gather (AMD Zen 5: a quarter of nf4 decode
+            // went to the gather; docs/PERFORMANCE.md).
+            nested_factors: crate::arch::x86_64::avx2::nested_factors,
             quantize_q8: k::quantize_q8,
             fourbit_q8_tile: Some(k::fourbit_q8_tile),
             fourbit_q8_tile8: None,

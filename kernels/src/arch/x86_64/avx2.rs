@@ -697,8 +697,10 @@ pub unsafe fn quantize_q8(x: &[f32], blocksize: usize, qe: &mut [i8], qo: &mut [
     }
 }
 
-/// See [`crate::scalar::nested_factors`]: eight scales at a time, the dynamic-map values
-/// gathered, then the same separate multiply, add and multiply as the scalar code (no FMA).
+/// See [`crate::scalar::nested_factors`]: eight scales at a time, the dynamic-map values read
+/// by scalar loads (faster than `vgatherdps` on AMD Zen 5, at 8 and 16 lanes alike), then the
+/// same separate multiply, add and multiply as the scalar code (no FMA). Also the AVX-512
+/// level's.
 ///
 /// # Safety
 /// AVX2 must be available; `codes`, `xs` and `out` have equal lengths.
@@ -707,7 +709,7 @@ pub unsafe fn nested_factors(codes: &[u8], map: &[f32; 256], na: f32, offset: f3
     let n = out.len().min(codes.len()).min(xs.len());
     let (cp, xp, op) = (codes.as_ptr(), xs.as_ptr(), out.as_mut_ptr());
     let mut i = 0;
-    // SAFETY: full 8-wide steps stay below n; gather indices are bytes, inside the 256-entry map.
+    // SAFETY: full 8-wide steps stay below n; the codes are bytes, so they index inside the map.
     unsafe {
         let (nav, offv) = (_mm256_set1_ps(na), _mm256_set1_ps(offset));
         while i + 8 <= n {

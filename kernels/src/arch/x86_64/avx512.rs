@@ -575,33 +575,6 @@ unsafe fn half_step<const VBMI: bool>(
     }
 }
 
-/// See [`crate::scalar::nested_factors`]: sixteen scales at a time, the dynamic-map values
-/// gathered, then the same separate multiply, add and multiply (no FMA), so the factors are
-/// bit-identical to the scalar ones.
-///
-/// # Safety
-/// AVX-512F must be available; `codes`, `xs` and `out` have equal lengths.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
-pub unsafe fn nested_factors(codes: &[u8], map: &[f32; 256], na: f32, offset: f32, xs: &[f32], out: &mut [f32]) {
-    let n = out.len().min(codes.len()).min(xs.len());
-    let (cp, xp, op) = (codes.as_ptr(), xs.as_ptr(), out.as_mut_ptr());
-    // SAFETY: every access is masked to the n elements all three slices hold; gather indices
-    // are bytes, so they stay inside the 256-entry map.
-    unsafe {
-        let (na, offset) = (_mm512_set1_ps(na), _mm512_set1_ps(offset));
-        let mut i = 0;
-        while i < n {
-            let left = n - i;
-            let m: __mmask16 = if left >= 16 { !0 } else { (1u16 << left) - 1 };
-            let idx = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, cp.add(i) as *const i8));
-            let v = _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), m, idx, map.as_ptr());
-            let v = _mm512_mul_ps(_mm512_add_ps(_mm512_mul_ps(v, na), offset), _mm512_maskz_loadu_ps(m, xp.add(i)));
-            _mm512_mask_storeu_ps(op.add(i), m, v);
-            i += 16;
-        }
-    }
-}
-
 /// See [`crate::scalar::dot_int8_4x4`]: 16 VNNI accumulators; the activations are biased to
 /// unsigned once per load and each weight row's sum (for the bias correction) rides along.
 ///

@@ -20,10 +20,10 @@ use core::arch::x86_64::*;
 
 /// The VEX and EVEX entry points of a kernel body generic over `EVEX`.
 macro_rules! vnni_pair {
-    ($(#[$doc:meta])* $vex:ident, $evex:ident = $body:ident($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty) => {
+    ($(#[$doc:meta])* $vex:ident, $evex:ident = $body:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)?) => {
         $(#[$doc])*
         #[target_feature(enable = "avx2,fma,avxvnni")]
-        pub unsafe fn $vex($($arg: $ty),*) -> $ret {
+        pub unsafe fn $vex($($arg: $ty),*) $(-> $ret)? {
             // SAFETY: the caller's contract is the body's.
             unsafe { $body::<false>($($arg),*) }
         }
@@ -33,7 +33,7 @@ macro_rules! vnni_pair {
         /// # Safety
         #[doc = concat!("As [`", stringify!($vex), "`], with AVX-512 VNNI and VL instead of AVX-VNNI.")]
         #[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512vnni")]
-        pub unsafe fn $evex($($arg: $ty),*) -> $ret {
+        pub unsafe fn $evex($($arg: $ty),*) $(-> $ret)? {
             // SAFETY: the caller's contract is the body's.
             unsafe { $body::<true>($($arg),*) }
         }
@@ -210,6 +210,72 @@ unsafe fn dot_fourbit_q8_x4<const EVEX: bool>(
         _mm_storeu_ps(out.as_mut_ptr(), hsum4(acc));
     }
     out
+}
+
+vnni_pair! {
+    /// See [`crate::scalar::dot_fourbit_q8_rows`]: every row of a decode task in one call, four
+    /// at a time and then one at a time, each row's bits those of [`dot_fourbit_q8_x4_vex`].
+    ///
+    /// # Safety
+    /// AVX2, FMA and AVX-VNNI must be available; `half_block` is a multiple of 32; with
+    /// `n = out.len()` and `nb = factors.len() / n`, `codes` holds `n * nb * half_block` bytes
+    /// (row after row), `qe`, `qo` `nb * half_block` elements and `factors` exactly `n * nb`.
+    dot_fourbit_q8_rows_vex, dot_fourbit_q8_rows_evex = dot_fourbit_q8_rows(
+        codes: &[u8], factors: &[f32], lut: &[i8; 16], qe: &[i8], qo: &[i8], qsum: &[i32],
+        half_block: usize, out: &mut [f32]
+    )
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn dot_fourbit_q8_rows<const EVEX: bool>(
+    codes: &[u8],
+    factors: &[f32],
+    lut: &[i8; 16],
+    qe: &[i8],
+    qo: &[i8],
+    qsum: &[i32],
+    half_block: usize,
+    out: &mut [f32],
+) {
+    let _ = qsum;
+    let n = out.len();
+    let nb = factors.len() / n.max(1);
+    let row_bytes = nb * half_block;
+    let (cp, fp, q) = (codes.as_ptr(), factors.as_ptr(), ([qe.as_ptr()], [qo.as_ptr()]));
+    let mut i = 0;
+    // SAFETY: row i reads `row_bytes` codes at `i·row_bytes` and `nb` factors at `i·nb`, i < n:
+    // inside the lengths the caller guarantees.
+    unsafe {
+        while i + 4 <= n {
+            let rows: [usize; 4] = std::array::from_fn(|j| i + j);
+            let [acc] = fourbit_q8_rows::<4, 1, EVEX>(
+                rows.map(|r| cp.add(r * row_bytes)),
+                [rows.map(|r| fp.add(r * nb))],
+                nb,
+                lut,
+                q.0,
+                q.1,
+                half_block,
+            );
+            _mm_storeu_ps(out.as_mut_ptr().add(i), hsum4(acc));
+            i += 4;
+        }
+        let z = _mm256_setzero_ps();
+        while i < n {
+            let [[acc]] = fourbit_q8_rows::<1, 1, EVEX>(
+                [cp.add(i * row_bytes)],
+                [[fp.add(i * nb)]],
+                nb,
+                lut,
+                q.0,
+                q.1,
+                half_block,
+            );
+            *out.get_unchecked_mut(i) = _mm_cvtss_f32(hsum4([acc, z, z, z]));
+            i += 1;
+        }
+    }
 }
 
 vnni_pair! {
