@@ -23,6 +23,7 @@ macro_rules! vnni_pair {
     ($(#[$doc:meta])* $vex:ident, $evex:ident = $body:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)?) => {
         $(#[$doc])*
         #[target_feature(enable = "avx2,fma,avxvnni")]
+        #[allow(clippy::too_many_arguments)]
         pub unsafe fn $vex($($arg: $ty),*) $(-> $ret)? {
             // SAFETY: the caller's contract is the body's.
             unsafe { $body::<false>($($arg),*) }
@@ -33,6 +34,7 @@ macro_rules! vnni_pair {
         /// # Safety
         #[doc = concat!("As [`", stringify!($vex), "`], with AVX-512 VNNI and VL instead of AVX-VNNI.")]
         #[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512vnni")]
+        #[allow(clippy::too_many_arguments)]
         pub unsafe fn $evex($($arg: $ty),*) $(-> $ret)? {
             // SAFETY: the caller's contract is the body's.
             unsafe { $body::<true>($($arg),*) }
