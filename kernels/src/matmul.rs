@@ -249,8 +249,17 @@ pub(crate) struct BlockQ8 {
 }
 
 impl BlockQ8 {
-    /// Quantizes `m` rows of `x` (`cols` wide) and pads with all-zero tokens up to `padded`.
-    pub(crate) fn new(k: &Kernels, x: &[f32], m: usize, cols: usize, blocksize: usize, padded: usize) -> BlockQ8 {
+    /// Quantizes `m` rows of `x` (`cols` wide) and pads with all-zero tokens up to `padded`,
+    /// the tokens on rayon's threads when `parallel`.
+    pub(crate) fn new(
+        k: &Kernels,
+        x: &[f32],
+        m: usize,
+        cols: usize,
+        blocksize: usize,
+        padded: usize,
+        parallel: bool,
+    ) -> BlockQ8 {
         let (half, nb) = (cols.div_ceil(2), cols.div_ceil(blocksize));
         let stride = half.next_multiple_of(64);
         let mut q = BlockQ8 {
@@ -262,16 +271,25 @@ impl BlockQ8 {
             stride,
             nb,
         };
-        for t in 0..m {
-            let (h, b) = (t * stride..t * stride + half, t * nb..(t + 1) * nb);
-            k.quantize_q8(
-                &x[t * cols..(t + 1) * cols],
-                blocksize,
-                &mut q.qe[h.clone()],
-                &mut q.qo[h],
-                &mut q.xs[b.clone()],
-                &mut q.sum[b],
-            );
+        let quantize = |qe: &mut [i8], qo: &mut [i8], xs: &mut [f32], sum: &mut [i32], x: &[f32]| {
+            k.quantize_q8(x, blocksize, &mut qe[..half], &mut qo[..half], xs, sum)
+        };
+        let (qe, qo, xs, sum) =
+            (&mut q.qe[..m * stride], &mut q.qo[..m * stride], &mut q.xs[..m * nb], &mut q.sum[..m * nb]);
+        // A prompt's tokens in parallel (each token's quantization is its own); decode's few
+        // tokens on the caller's thread (a team thread, which must not wait on rayon's).
+        if parallel {
+            qe.par_chunks_mut(stride)
+                .zip(qo.par_chunks_mut(stride))
+                .zip(xs.par_chunks_mut(nb).zip(sum.par_chunks_mut(nb)))
+                .zip(x.par_chunks(cols))
+                .for_each(|(((qe, qo), (xs, sum)), x)| quantize(qe, qo, xs, sum, x));
+        } else {
+            qe.chunks_mut(stride)
+                .zip(qo.chunks_mut(stride))
+                .zip(xs.chunks_mut(nb).zip(sum.chunks_mut(nb)))
+                .zip(x.chunks(cols))
+                .for_each(|(((qe, qo), (xs, sum)), x)| quantize(qe, qo, xs, sum, x));
         }
         q
     }
@@ -301,7 +319,7 @@ fn fourbit_q8_matmul(k: &Kernels, out: &mut [f32], w: &FourBitRef, x: &[f32], m:
     let tt_step = if k.has_fourbit_q8_tile8() { 8 } else { 4 };
     // Tokens of the last tile past m are all-zero (their results are dropped).
     let padded = m.next_multiple_of(tt_step);
-    let q = BlockQ8::new(k, x, m, cols, 64, padded);
+    let q = BlockQ8::new(k, x, m, cols, 64, padded, parallel);
     let q = &q;
     // The eight-token tile takes the activations' absolute values too, made once here.
     let abs = |v: &Lined<i8>| {

@@ -82,8 +82,16 @@ pub fn softmax(x: &mut [f32]) {
 }
 
 /// `gate = silu(gate) ⊙ up`, silu(z) = z·sigmoid(z) (see [`lowbit_kernels::Kernels::silu_mul`]).
+/// A prompt's worth runs in parallel pieces (each element's bits do not depend on the split:
+/// the kernels are elementwise and equal the scalar code bit for bit).
 pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
-    lowbit_kernels::kernels().silu_mul(gate, up);
+    const PIECE: usize = 1 << 14;
+    let k = lowbit_kernels::kernels();
+    if gate.len() < 4 * PIECE {
+        return k.silu_mul(gate, up);
+    }
+    use rayon::prelude::*;
+    gate.par_chunks_mut(PIECE).zip(up.par_chunks(PIECE)).for_each(|(g, u)| k.silu_mul(g, u));
 }
 
 /// `x += y`.
