@@ -404,6 +404,13 @@ fn int8_task(k: &Kernels, o: &mut [f32], w: &Int8Ref, x: &[f32], m: usize, acts:
     let x4 = k.x4_for(cols);
     let n = o.len() / m;
     let mut r = 0;
+    let mut sums = [0i32; DECODE_ROWS_PER_TASK];
+    if m == 1 && x4 && n <= sums.len() && k.dot_int8_rows(ca(0), &w.cb[r0 * cols..(r0 + n) * cols], &mut sums[..n]) {
+        for (i, &isum) in sums[..n].iter().enumerate() {
+            o[i] = finish(r0 + i, 0, isum);
+        }
+        r = n;
+    }
     while r + 4 <= n {
         let wr: [&[i8]; 4] = std::array::from_fn(|i| cb(r0 + r + i));
         let mut t = 0;

@@ -20,6 +20,7 @@ type DotFourBit = unsafe fn(&[u8], &[f32], &[f32; 16], &[f32], &[f32], usize) ->
 type DotInt8 = unsafe fn(&[i8], &[i8]) -> i32;
 type DotInt8x4 = unsafe fn([&[i8]; 4], [&[i8]; 4]) -> [[i32; 4]; 4];
 type DotInt8Rows4 = unsafe fn(&[i8], [&[i8]; 4]) -> [i32; 4];
+type DotInt8Many = unsafe fn(&[i8], &[i8], &mut [i32]);
 type DotFourBitQ8Rows4 = unsafe fn([&[u8]; 4], [&[f32]; 4], &[i8; 16], &[i8], &[i8], &[i32], usize) -> [f32; 4];
 type DotFourBitQ8Rows4T2 =
     unsafe fn([&[u8]; 4], [[&[f32]; 4]; 2], &[i8; 16], [&[i8]; 2], [&[i8]; 2], [&[i32]; 2], usize) -> [[f32; 4]; 2];
@@ -64,6 +65,8 @@ pub struct Kernels {
     dot_int8_4x4: DotInt8x4,
     /// Four int8 rows against one activation row, where it beats four row calls.
     dot_int8_x4: Option<DotInt8Rows4>,
+    /// A decode task's int8 rows in one call.
+    dot_int8_rows: Option<DotInt8Many>,
     /// Block int8 rows: one, and four against the same activations (each row the one-row bits).
     dot_q8: DotQ8,
     dot_q8_x4: Option<DotQ8Rows4>,
@@ -117,6 +120,7 @@ impl Kernels {
             dot_int8: scalar::dot_int8,
             dot_int8_4x4: scalar::dot_int8_4x4,
             dot_int8_x4: None,
+            dot_int8_rows: None,
             dot_q8: scalar::dot_q8,
             dot_q8_x4: None,
             dot_q8_rows: None,
@@ -152,6 +156,7 @@ impl Kernels {
                     dot_int8: k::dot_int8,
                     dot_int8_4x4: k::dot_int8_4x4,
                     dot_int8_x4: Some(k::dot_int8_x4),
+                    dot_int8_rows: Some(k::dot_int8_rows),
                     dot_q8: k::dot_q8,
                     dot_q8_x4: Some(k::dot_q8_x4),
                     dot_q8_rows: Some(k::dot_q8_rows),
@@ -190,6 +195,8 @@ impl Kernels {
                     dot_int8: k::dot_int8,
                     dot_int8_4x4: scalar::dot_int8_4x4,
                     dot_int8_x4: None,
+                    dot_int8_rows: None,
+                    dot_int8_rows: None,
                     dot_q8: scalar::dot_q8,
                     dot_q8_x4: None,
                     dot_q8_rows: None,
@@ -334,6 +341,7 @@ impl Kernels {
             // rows the one-row 512-bit kernel's per-row work outweighs its wider steps, on wide
             // ones the two measured level (docs/PERFORMANCE.md, "AVX-512, narrow rows").
             dot_int8_x4: Some(crate::arch::x86_64::avx2::dot_int8_x4),
+            dot_int8_rows: Some(crate::arch::x86_64::avx2::dot_int8_rows),
             dot_q8: crate::arch::x86_64::avx2::dot_q8,
             dot_q8_x4: Some(crate::arch::x86_64::avx2::dot_q8_x4),
             dot_q8_rows: Some(crate::arch::x86_64::avx2::dot_q8_rows),
@@ -740,6 +748,17 @@ impl Kernels {
         assert!(w.iter().all(|w| w.len() == a.len()));
         // SAFETY: `self` exists only for a supported ISA; lengths checked above.
         Some(unsafe { f(a, w) })
+    }
+
+    /// Every row of a decode task in one call ([`crate::scalar::dot_int8_rows`]): `out[i]` the
+    /// exact `Σ a·w_i`; `false` (and `out` untouched) where this level has no such kernel.
+    #[inline]
+    pub fn dot_int8_rows(&self, a: &[i8], w: &[i8], out: &mut [i32]) -> bool {
+        let Some(f) = self.dot_int8_rows else { return false };
+        assert_eq!(w.len(), out.len() * a.len());
+        // SAFETY: `self` exists only for a supported ISA; lengths checked above.
+        unsafe { f(a, w, out) };
+        true
     }
 
     /// A block int8 row against block int8 activations ([`crate::scalar::dot_q8`]): exact block

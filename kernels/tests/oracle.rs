@@ -177,6 +177,16 @@ proptest! {
                 prop_assert_eq!(got, want, "{}", k.label());
             }
         }
+        // A task's rows in one call (four-row steps and a tail): exact too.
+        let rows = (seed % 11) as usize;
+        let flat: Vec<i8> = (0..rows).flat_map(|r| w[r % 4][..a.len()].iter().map(move |&v| v.wrapping_add(r as i8).max(-127))).collect();
+        let want: Vec<i32> = flat.chunks_exact(a.len().max(1)).take(rows).map(|wr| scalar::dot_int8(&a, wr)).collect();
+        for k in simd_levels() {
+            let mut got = vec![i32::MIN; rows];
+            if k.dot_int8_rows(&a, &flat, &mut got) {
+                prop_assert_eq!(&got, &want, "{} rows call", k.label());
+            }
+        }
         let codes: Vec<Vec<u8>> = (0..4).map(|_| (0..n).map(|_| next() as u8).collect()).collect();
         let factors: Vec<Vec<f32>> = (0..4).map(|_| (0..blocks).map(|_| (next() % 1000) as f32 / 9.7e5).collect()).collect();
         let (qe, qo) = (i8s(&mut next, n), i8s(&mut next, n));

@@ -18,3 +18,11 @@ pub fn dot_int8_4x4(a: [&[i8]; 4], w: [&[i8]; 4]) -> [[i32; 4]; 4] {
 pub fn dot_int8_x4(a: &[i8], w: [&[i8]; 4]) -> [i32; 4] {
     w.map(|w| dot_int8(a, w))
 }
+
+/// Every row of a decode task against one activation row: `out[i] = Σ a·w_i`, the rows
+/// `a.len()` wide one after another in `w`.
+pub fn dot_int8_rows(a: &[i8], w: &[i8], out: &mut [i32]) {
+    for (o, w) in out.iter_mut().zip(w.chunks_exact(a.len().max(1))) {
+        *o = dot_int8(a, w);
+    }
+}

@@ -723,6 +723,31 @@ pub unsafe fn nested_factors(codes: &[u8], map: &[f32; 256], na: f32, offset: f3
     crate::scalar::nested_factors(&codes[i..n], map, na, offset, &xs[i..n], &mut out[i..n]);
 }
 
+/// See [`crate::scalar::dot_int8_rows`]: every row of a decode task in one call, four rows at
+/// a time through [`dot_int8_x4`] and the rest through [`dot_int8`] (exact sums either way).
+///
+/// # Safety
+/// AVX2 must be available; `w` holds `out.len() · a.len()` elements.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dot_int8_rows(a: &[i8], w: &[i8], out: &mut [i32]) {
+    let cols = a.len();
+    let n = out.len();
+    let mut i = 0;
+    // SAFETY: row r is `w[r·cols .. (r + 1)·cols]`, r < n, inside `w` (caller's contract);
+    // the callees' contracts are this one's.
+    unsafe {
+        while i + 4 <= n {
+            let rows: [&[i8]; 4] = std::array::from_fn(|j| w.get_unchecked((i + j) * cols..(i + j + 1) * cols));
+            out.get_unchecked_mut(i..i + 4).copy_from_slice(&dot_int8_x4(a, rows));
+            i += 4;
+        }
+        while i < n {
+            *out.get_unchecked_mut(i) = dot_int8(a, w.get_unchecked(i * cols..(i + 1) * cols));
+            i += 1;
+        }
+    }
+}
+
 /// See [`crate::scalar::dot_int8_x4`]: each 32 activation bytes loaded, and their absolute
 /// value taken, once for four weight rows (`vpmaddubsw(|a|, sign(w, a))`).
 ///
