@@ -95,6 +95,23 @@ fn unknown_template_variable_is_an_error() {
 }
 
 #[test]
+fn llm_int8_code_outside_its_range_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = tmp.path().join("m.lowbit");
+    convert(&data("converter/tests/data/gguf/tiny.gguf"), &m, "int8");
+    let file = lowbit_format::ModelFile::open(&m).unwrap();
+    let info = file.header().tensors.iter().find(|t| matches!(t.scheme, lowbit_format::Scheme::Int8)).unwrap().clone();
+    drop(file);
+    // The first code of the first int8 tensor (its `cb` part comes first) set to -128.
+    let mut bytes = std::fs::read(&m).unwrap();
+    bytes[info.offset as usize] = 0x80;
+    let bad = tmp.path().join("bad.lowbit");
+    std::fs::write(&bad, &bytes).unwrap();
+    let out = fails(bin().args(["run", "-m", bad.to_str().unwrap(), "-p", "hi", "-n", "1"]), "-128 at row 0, column 0");
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&info.name));
+}
+
+#[test]
 fn corrupt_and_truncated_files() {
     let tmp = tempfile::tempdir().unwrap();
     let m = tmp.path().join("m.lowbit");

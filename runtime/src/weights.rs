@@ -28,7 +28,21 @@ pub fn matrix<'a>(file: &'a ModelFile, name: &str, rows: usize, cols: usize) -> 
         Scheme::F32 => Weight::F32 { rows, cols, data: t.part_f32("data")? },
         Scheme::F16 => Weight::F16 { rows, cols, data: bytemuck::cast_slice(t.part_u16("data")?) },
         Scheme::Bf16 => Weight::Bf16 { rows, cols, data: bytemuck::cast_slice(t.part_u16("data")?) },
-        Scheme::Int8 => Weight::Int8(Int8Ref { rows, cols, cb: t.part_i8("cb")?, scb: t.part_f32("scb")? }),
+        Scheme::Int8 => {
+            let cb = t.part_i8("cb")?;
+            // LLM.int8 codes are round(127·w / row absmax), within −127..=127; the AVX2 kernels'
+            // sign trick would read a −128 as +128 against negative activations, so a file
+            // holding one (not written by LLM.int8) is refused rather than run wrong.
+            if bytemuck::cast_slice::<i8, u8>(cb).contains(&0x80) {
+                let at = cb.iter().position(|&v| v == i8::MIN).unwrap_or(0);
+                let (r, c) = (at / cols.max(1), at % cols.max(1));
+                return Err(bad(
+                    name,
+                    format!("LLM.int8 code -128 at row {r}, column {c} (LLM.int8 codes lie in -127..=127)"),
+                ));
+            }
+            Weight::Int8(Int8Ref { rows, cols, cb, scb: t.part_f32("scb")? })
+        }
         Scheme::Q8 { blocksize } => Weight::Q8(Q8Ref {
             rows,
             cols,
