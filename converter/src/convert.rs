@@ -2,9 +2,9 @@
 //! config.json), digest the source files, lay the output out, then convert tensors in parallel —
 //! largest first, each read in bounded chunks — and write each in place as soon as it is done.
 //!
-//! Memory: a worker holds one chunk of its tensor as f32 plus that tensor's output; a byte budget
-//! (twice the largest tensor's need, at least 1 GiB) keeps several large tensors from being in
-//! flight at once on many-core machines. Threads: the current rayon pool (run the call inside
+//! Memory: a worker holds one chunk of its tensor as f32 and as output (written at once) plus
+//! that tensor's block scales; a byte budget (twice the largest tensor's need, at least 1 GiB)
+//! keeps several large tensors from being in flight at once on many-core machines. Threads: the current rayon pool (run the call inside
 //! `ThreadPool::install` to use fewer).
 //!
 //! Atomicity: the format's writer fills a temporary file next to the output and renames it at
@@ -14,7 +14,7 @@
 use crate::bnb::BnbTensor;
 use crate::error::{ConvertError, Result};
 use crate::plan::{plan_folder, plan_gguf, ConvertOptions, Job, Plan};
-use crate::quantize::{run_job, working_bytes};
+use crate::quantize::{memory_need, run_job};
 use crate::source::gguf::GgufSource;
 use crate::source::safetensors::SafetensorsSource;
 use crate::source::{SrcDtype, TensorSource};
@@ -215,8 +215,7 @@ fn execute(
         })
         .collect();
     let writer = Writer::create(out, metadata, specs)?;
-    let need: Vec<u64> =
-        jobs.iter().zip(writer.tensors()).map(|(j, t)| t.info.length + working_bytes(j, src)).collect();
+    let need: Vec<u64> = jobs.iter().zip(writer.tensors()).map(|(j, t)| memory_need(j, src, t)).collect();
     let budget = Budget::new(need.iter().copied().max().unwrap_or(0).saturating_mul(2).max(MIN_BUDGET));
 
     // Largest first, so the last tensors to finish are small ones; workers pull from the queue.
@@ -234,9 +233,9 @@ fn execute(
             let i = order[k];
             let _permit = budget.acquire(need[i]);
             let importance = opts.imatrix.as_deref().and_then(|m| m.get(jobs[i].name()));
-            let done = run_job(&jobs[i], src, opts.nested_rule, !opts.bnb_exact, importance).and_then(|parts| {
-                let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
-                Ok(writer.write_tensor(i, &refs)?)
+            let done = writer.tensor_sink(i).map_err(Into::into).and_then(|mut sink| {
+                run_job(&jobs[i], src, opts.nested_rule, !opts.bnb_exact, importance, &mut sink)?;
+                Ok(sink.finish()?)
             });
             if let Err(e) = done {
                 failed.store(true, Ordering::Relaxed);

@@ -1,12 +1,13 @@
 //! Making one output tensor's parts. Float tensors are read and quantized in chunks of whole
-//! blocks (4-bit) or whole rows (int8), so a worker holds one chunk as f32 plus the tensor's
-//! output, never the tensor as f32. Only the kernels' scalar quantizers are used: the output is
-//! byte-identical on every CPU.
+//! blocks (4-bit) or whole rows (int8), and each chunk's codes go to the file at once, so a
+//! worker holds one chunk as f32 plus the tensor's small parts (block scales), never the
+//! tensor. Only the kernels' scalar quantizers are used: the output is byte-identical on every
+//! CPU.
 
 use crate::error::{ConvertError, Result};
 use crate::plan::Job;
 use crate::source::{SrcDtype, TensorSource};
-use lowbit_format::Scheme;
+use lowbit_format::{PlannedTensor, Scheme, TensorSink};
 use lowbit_kernels::{
     fourbit, quantize_4bit_weighted, quantize_int8, Absmax, ColumnImportance, FourBitOptions, NestedRule,
 };
@@ -25,6 +26,7 @@ fn le_bytes(x: &[f32]) -> Vec<u8> {
 /// The 4-bit parts of a float tensor. Chunks are whole blocks of the flattened tensor, so the
 /// codes and block scales equal one [`quantize_4bit`] call over the whole tensor; the double
 /// quantization (which needs the mean of all scales) runs once at the end, on the scales only.
+#[allow(clippy::too_many_arguments)]
 fn fourbit_parts(
     src: &dyn TensorSource,
     name: &str,
@@ -33,7 +35,8 @@ fn fourbit_parts(
     rule: NestedRule,
     scale_search: bool,
     importance: Option<&[f32]>,
-) -> Result<Vec<Vec<u8>>> {
+    sink: &mut TensorSink,
+) -> Result<()> {
     let Scheme::FourBit { kind, blocksize, nested, .. } = scheme else {
         unreachable!("fourbit_parts is called for 4-bit schemes")
     };
@@ -45,7 +48,6 @@ fn fourbit_parts(
     let opts = FourBitOptions { kind, blocksize, double_quant: false, nested_rule: rule, scale_search };
     // A multiple of the block size, and even, so each chunk's codes fill whole bytes.
     let chunk = (CHUNK_ELEMS / blocksize).max(1) * blocksize;
-    let mut codes = Vec::with_capacity(n.div_ceil(2));
     let mut absmax = Vec::with_capacity(n.div_ceil(blocksize));
     let mut x = Vec::new();
     for start in (0..n).step_by(chunk) {
@@ -53,52 +55,68 @@ fn fourbit_parts(
         let importance =
             importance.map(|per_column| ColumnImportance { per_column, first_column: start % per_column.len() });
         let q = quantize_4bit_weighted(&x, &opts, importance).map_err(kernel(name))?;
-        codes.extend_from_slice(&q.codes);
+        sink.write(0, &q.codes)?;
         match q.absmax {
             Absmax::F32(a) => absmax.extend(a),
             Absmax::Nested { .. } => unreachable!("double_quant is off per chunk"),
         }
     }
-    Ok(match nested {
-        None => vec![codes, le_bytes(&absmax)],
+    match nested {
+        None => sink.write(1, &le_bytes(&absmax))?,
         Some(nd) => match fourbit::nest_absmax(&absmax, nd.blocksize as usize, rule) {
-            Absmax::Nested { codes: c, nested_absmax, offset, .. } => {
-                vec![codes, c, le_bytes(&nested_absmax), offset.to_le_bytes().to_vec()]
+            Absmax::Nested { codes, nested_absmax, offset, .. } => {
+                sink.write(1, &codes)?;
+                sink.write(2, &le_bytes(&nested_absmax))?;
+                sink.write(3, &offset.to_le_bytes())?;
             }
             Absmax::F32(_) => unreachable!("nest_absmax nests"),
         },
-    })
+    }
+    Ok(())
 }
 
 /// The LLM.int8 parts of a float `[rows, cols]` tensor, whole rows at a time.
-fn int8_parts(src: &dyn TensorSource, name: &str, rows: usize, cols: usize) -> Result<Vec<Vec<u8>>> {
+fn int8_parts(src: &dyn TensorSource, name: &str, rows: usize, cols: usize, sink: &mut TensorSink) -> Result<()> {
     let rows_per = (CHUNK_ELEMS / cols.max(1)).max(1);
-    let mut cb = Vec::with_capacity(rows * cols);
+    let mut cb = Vec::with_capacity(rows_per.min(rows) * cols);
     let mut scb = Vec::with_capacity(rows * 4);
     let mut x = Vec::new();
     for r0 in (0..rows).step_by(rows_per) {
         let nr = rows_per.min(rows - r0);
         src.read_f32(name, r0 * cols, nr * cols, &mut x)?;
         let q = quantize_int8(&x, nr, cols).map_err(kernel(name))?;
+        cb.clear();
         cb.extend(q.cb.iter().map(|&v| v as u8));
+        sink.write(0, &cb)?;
         scb.extend(q.scb.iter().flat_map(|v| v.to_le_bytes()));
     }
-    Ok(vec![cb, scb])
+    sink.write(1, &scb)?;
+    Ok(())
 }
 
-fn q8_parts(src: &dyn TensorSource, name: &str, rows: usize, cols: usize, blocksize: usize) -> Result<Vec<Vec<u8>>> {
+fn q8_parts(
+    src: &dyn TensorSource,
+    name: &str,
+    rows: usize,
+    cols: usize,
+    blocksize: usize,
+    sink: &mut TensorSink,
+) -> Result<()> {
     let rows_per = (CHUNK_ELEMS / cols.max(1)).max(1);
-    let mut qs = Vec::with_capacity(rows * cols);
+    let mut qs = Vec::with_capacity(rows_per.min(rows) * cols);
     let mut scales = Vec::with_capacity(rows * cols / blocksize * 2);
     let mut x = Vec::new();
     for r0 in (0..rows).step_by(rows_per) {
         let nr = rows_per.min(rows - r0);
         src.read_f32(name, r0 * cols, nr * cols, &mut x)?;
         let q = lowbit_kernels::q8::quantize(&x, nr, cols, blocksize).map_err(kernel(name))?;
+        qs.clear();
         qs.extend(q.qs.iter().map(|&v| v as u8));
+        sink.write(0, &qs)?;
         scales.extend(q.scales.iter().flat_map(|v| v.to_le_bytes()));
     }
-    Ok(vec![qs, scales])
+    sink.write(1, &scales)?;
+    Ok(())
 }
 
 /// Appends `x` encoded as the dense `scheme`.
@@ -148,40 +166,54 @@ fn check_dense(name: &str, start: usize, x: &[f32], scheme: &Scheme) -> Result<(
 /// A dense tensor: the source bytes themselves when the dtype does not change (bit-exact),
 /// else converted chunk by chunk with round-to-nearest-even; either way every element is
 /// checked to be finite first.
-fn dense_parts(src: &dyn TensorSource, name: &str, dtype: SrcDtype, n: usize, scheme: &Scheme) -> Result<Vec<Vec<u8>>> {
-    let mut x = Vec::new();
-    if same_dtype(dtype, scheme) {
-        for start in (0..n).step_by(CHUNK_ELEMS) {
-            src.read_f32(name, start, CHUNK_ELEMS.min(n - start), &mut x)?;
-            check_dense(name, start, &x, scheme)?;
-        }
-        return Ok(vec![src.read_raw(name, 0, n)?]);
-    }
-    let mut out = Vec::with_capacity(n * dense_size(scheme));
+fn dense_parts(
+    src: &dyn TensorSource,
+    name: &str,
+    dtype: SrcDtype,
+    n: usize,
+    scheme: &Scheme,
+    sink: &mut TensorSink,
+) -> Result<()> {
+    let (mut x, mut out) = (Vec::new(), Vec::new());
+    let copy = same_dtype(dtype, scheme);
     for start in (0..n).step_by(CHUNK_ELEMS) {
-        src.read_f32(name, start, CHUNK_ELEMS.min(n - start), &mut x)?;
+        let len = CHUNK_ELEMS.min(n - start);
+        src.read_f32(name, start, len, &mut x)?;
         check_dense(name, start, &x, scheme)?;
-        encode_dense(&x, scheme, &mut out);
+        if copy {
+            sink.write(0, &src.read_raw(name, start, len)?)?;
+        } else {
+            out.clear();
+            encode_dense(&x, scheme, &mut out);
+            sink.write(0, &out)?;
+        }
     }
-    Ok(vec![out])
+    Ok(())
 }
 
-/// Makes the parts of `job`, in the scheme's part order.
+/// Makes the parts of `job`, in the scheme's part order, into `sink` (which the caller
+/// finishes).
 pub(crate) fn run_job(
     job: &Job,
     src: &dyn TensorSource,
     rule: NestedRule,
     scale_search: bool,
     importance: Option<&[f32]>,
-) -> Result<Vec<Vec<u8>>> {
+    sink: &mut TensorSink,
+) -> Result<()> {
     match job {
-        Job::Bnb(b) => b.parts(src),
+        Job::Bnb(b) => {
+            for (i, part) in b.parts(src)?.iter().enumerate() {
+                sink.write(i, part)?;
+            }
+            Ok(())
+        }
         Job::BnbDense(b, scheme) => {
             let x = b.dequantize(src)?;
             check_dense(b.name(), 0, &x, scheme)?;
             let mut out = Vec::with_capacity(x.len() * dense_size(scheme));
             encode_dense(&x, scheme, &mut out);
-            Ok(vec![out])
+            Ok(sink.write(0, &out)?)
         }
         Job::Float { name, dtype, shape, scheme } => {
             let n: usize = shape.iter().product();
@@ -190,29 +222,29 @@ pub(crate) fn run_job(
                     // Importance per input column, when there is one for this weight and it fits.
                     let cols = shape.last().copied().unwrap_or(0);
                     let importance = importance.filter(|v| v.len() == cols && cols > 0);
-                    fourbit_parts(src, name, n, scheme, rule, scale_search, importance)
+                    fourbit_parts(src, name, n, scheme, rule, scale_search, importance, sink)
                 }
-                Scheme::Int8 => int8_parts(src, name, shape[0], shape[1]),
-                Scheme::Q8 { blocksize } => q8_parts(src, name, shape[0], shape[1], *blocksize as usize),
-                _ => dense_parts(src, name, *dtype, n, scheme),
+                Scheme::Int8 => int8_parts(src, name, shape[0], shape[1], sink),
+                Scheme::Q8 { blocksize } => q8_parts(src, name, shape[0], shape[1], *blocksize as usize, sink),
+                _ => dense_parts(src, name, *dtype, n, scheme, sink),
             }
         }
     }
 }
 
-/// Bytes of working memory `job` needs at most besides its output: one chunk as f32 plus its
-/// raw bytes, or the whole tensor as f32 when dequantizing a bitsandbytes tensor.
-pub(crate) fn working_bytes(job: &Job, src: &dyn TensorSource) -> u64 {
+/// Bytes `job` holds at most while it runs: a bitsandbytes tensor's source and output whole
+/// (plus the tensor as f32 when it is dequantized); a float tensor one chunk as f32, as source
+/// bytes and as output, plus the parts after the first, which are kept until the end (block
+/// scales: a small fraction of the tensor).
+pub(crate) fn memory_need(job: &Job, src: &dyn TensorSource, planned: &PlannedTensor) -> u64 {
     let n: u64 = job.shape().iter().map(|&d| d as u64).product();
+    let whole = planned.info.length;
     match job {
-        Job::Bnb(b) => b.source_bytes(src),
-        Job::BnbDense(b, _) => n * 4 + b.source_bytes(src),
-        Job::Float { dtype, scheme, .. } => {
-            if same_dtype(*dtype, scheme) {
-                0
-            } else {
-                n.min(CHUNK_ELEMS as u64) * (4 + dtype.size() as u64)
-            }
+        Job::Bnb(b) => b.source_bytes(src) + whole,
+        Job::BnbDense(b, _) => n * 4 + b.source_bytes(src) + whole,
+        Job::Float { dtype, .. } => {
+            let first = planned.parts.first().map_or(0, |p| p.len);
+            n.min(CHUNK_ELEMS as u64) * (4 + dtype.size() as u64 + 4) + (whole - first)
         }
     }
 }

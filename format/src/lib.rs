@@ -45,7 +45,7 @@ pub use reader::{ChecksumMismatch, ModelFile, TensorRef};
 pub use scheme::{
     FourBitKind, Nested, PartLayout, Scheme, BLOCKSIZES, MAX_ELEMENTS, MAX_RANK, ORIG_DTYPES, PART_ALIGN, Q8_BLOCKSIZES,
 };
-pub use writer::{PlannedTensor, TensorSpec, WriteSummary, Writer};
+pub use writer::{PlannedTensor, TensorSink, TensorSpec, WriteSummary, Writer};
 
 #[cfg(not(target_endian = "little"))]
 compile_error!("lowbit files are little-endian and are mapped in place: big-endian targets are not supported");

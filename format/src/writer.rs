@@ -221,35 +221,33 @@ impl Writer {
                 });
             }
         }
+        let mut sink = self.tensor_sink(index)?;
+        for (i, data) in parts.iter().enumerate() {
+            sink.write(i, data)?;
+        }
+        sink.finish()
+    }
+
+    /// Starts writing tensor `index` piece by piece (see [`TensorSink`]), so a large tensor
+    /// never has to be whole in memory. Fails if the tensor is written or being written.
+    pub fn tensor_sink(&self, index: usize) -> Result<TensorSink<'_>> {
+        let count = self.planned.len();
+        let p = self.planned.get(index).ok_or(FormatError::NoSuchTensor { index, count })?;
         {
             let mut slots = self.lock_slots();
             if slots[index] != Slot::Pending {
-                return Err(FormatError::AlreadyWritten { tensor: name.clone() });
+                return Err(FormatError::AlreadyWritten { tensor: p.info.name.clone() });
             }
             slots[index] = Slot::Writing;
         }
-        let result = self.write_parts(p, parts);
-        self.lock_slots()[index] = match result {
-            Ok(crc) => Slot::Done(crc),
-            Err(_) => Slot::Pending,
-        };
-        result.map(|_| ())
-    }
-
-    /// Writes the parts at their offsets; returns the CRC-32 of the tensor's `length` bytes.
-    fn write_parts(&self, p: &PlannedTensor, parts: &[&[u8]]) -> Result<u32> {
-        let zeros = [0u8; PART_ALIGN as usize];
-        let mut crc = crc32fast::Hasher::new();
-        for (i, (data, layout)) in parts.iter().zip(&p.parts).enumerate() {
-            self.file.write_all_at(data, p.info.offset + layout.offset).map_err(|e| FormatError::io(&self.tmp, e))?;
-            crc.update(data);
-            // The padding before the next part is zeros in the file (a fresh file extended by
-            // `set_len` reads as zeros) and so in the checksum.
-            if let Some(next) = p.parts.get(i + 1) {
-                crc.update(&zeros[..(next.offset - layout.offset - layout.len) as usize]);
-            }
-        }
-        Ok(crc.finalize())
+        let n = p.parts.len();
+        Ok(TensorSink {
+            writer: self,
+            index,
+            filled: vec![0; n],
+            crcs: vec![crc32fast::Hasher::new(); n],
+            finished: false,
+        })
     }
 
     fn lock_slots(&self) -> MutexGuard<'_, Vec<Slot>> {
@@ -296,6 +294,88 @@ impl Writer {
         };
         let _ = File::open(dir).and_then(|d| d.sync_all());
         Ok(WriteSummary { path: self.out.clone(), bytes: self.file_len, tensors: self.planned.len() })
+    }
+}
+
+/// One tensor being written piece by piece: each part's bytes in order (the parts themselves in
+/// any order, interleaved as the caller likes), then [`TensorSink::finish`], which checks every
+/// part is complete and records the tensor's checksum (the parts' CRCs combined with the zero
+/// padding between them). Dropped unfinished, the tensor counts as not written (it may be
+/// written again; the file is still the temporary one).
+#[derive(Debug)]
+pub struct TensorSink<'w> {
+    writer: &'w Writer,
+    index: usize,
+    /// Bytes written so far into each part.
+    filled: Vec<u64>,
+    /// CRC-32 of each part's bytes so far.
+    crcs: Vec<crc32fast::Hasher>,
+    finished: bool,
+}
+
+impl TensorSink<'_> {
+    fn planned(&self) -> &PlannedTensor {
+        &self.writer.planned[self.index]
+    }
+
+    /// Appends `data` to part `part` (its index in the scheme's part order).
+    pub fn write(&mut self, part: usize, data: &[u8]) -> Result<()> {
+        let w = self.writer;
+        let p = &w.planned[self.index];
+        let Some(layout) = p.parts.get(part) else {
+            return Err(FormatError::PartCount { tensor: p.info.name.clone(), expected: p.parts.len(), got: part + 1 });
+        };
+        let at = self.filled[part];
+        let end = at + data.len() as u64;
+        if end > layout.len {
+            return Err(FormatError::PartLength {
+                tensor: p.info.name.clone(),
+                part: layout.name,
+                expected: layout.len,
+                got: end,
+            });
+        }
+        w.file.write_all_at(data, p.info.offset + layout.offset + at).map_err(|e| FormatError::io(&w.tmp, e))?;
+        self.crcs[part].update(data);
+        self.filled[part] = end;
+        Ok(())
+    }
+
+    /// Checks every part is complete and marks the tensor written.
+    pub fn finish(mut self) -> Result<()> {
+        let p = self.planned();
+        for (layout, &got) in p.parts.iter().zip(&self.filled) {
+            if got != layout.len {
+                return Err(FormatError::PartLength {
+                    tensor: p.info.name.clone(),
+                    part: layout.name,
+                    expected: layout.len,
+                    got,
+                });
+            }
+        }
+        // The padding between parts is zeros in the file (a fresh file extended by `set_len`
+        // reads as zeros) and so in the checksum.
+        let zeros = [0u8; PART_ALIGN as usize];
+        let mut crc = crc32fast::Hasher::new();
+        for (i, (layout, part_crc)) in p.parts.iter().zip(&self.crcs).enumerate() {
+            crc.combine(part_crc);
+            if let Some(next) = p.parts.get(i + 1) {
+                crc.update(&zeros[..(next.offset - layout.offset - layout.len) as usize]);
+            }
+        }
+        let crc = crc.finalize();
+        self.writer.lock_slots()[self.index] = Slot::Done(crc);
+        self.finished = true;
+        Ok(())
+    }
+}
+
+impl Drop for TensorSink<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.writer.lock_slots()[self.index] = Slot::Pending;
+        }
     }
 }
 
