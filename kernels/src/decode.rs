@@ -348,6 +348,36 @@ fn fourbit_q8_task(
             return;
         }
     }
+    // A batch: the task's rows in one call per pair of tokens (and one for an odd last token),
+    // each (row, token) with the bits the one-row kernel gives it alone.
+    if m >= 2 && x4 && n <= DECODE_ROWS_PER_TASK {
+        let codes = &w.codes[r0 * half..(r0 + n) * half];
+        let fac_all = |t: usize| &factors[t * task..t * task + nf];
+        let [mut a, mut b] = [[0f32; DECODE_ROWS_PER_TASK]; 2];
+        let mut t = 0;
+        while t + 2 <= m {
+            let (qe, qo, qs) = ([q.qe(t), q.qe(t + 1)], [q.qo(t), q.qo(t + 1)], [q.sum(t), q.sum(t + 1)]);
+            let out = [&mut a[..n], &mut b[..n]];
+            if !k.dot_fourbit_q8_rows_t2(codes, [fac_all(t), fac_all(t + 1)], lut, qe, qo, qs, hb, out) {
+                break;
+            }
+            for i in 0..n {
+                o[i * m + t] = a[i];
+                o[i * m + t + 1] = b[i];
+            }
+            t += 2;
+        }
+        if t + 2 > m {
+            if t < m {
+                let done = k.dot_fourbit_q8_rows(codes, fac_all(t), lut, q.qe(t), q.qo(t), q.sum(t), hb, &mut a[..n]);
+                assert!(done, "a level with the two-token rows kernel has the one-token one");
+                for i in 0..n {
+                    o[i * m + t] = a[i];
+                }
+            }
+            return;
+        }
+    }
     let row = |i: usize| &w.codes[(r0 + i) * half..(r0 + i + 1) * half];
     let fac = |t: usize, i: usize| &factors[t * task + i * bpr..t * task + (i + 1) * bpr];
     let mut i = 0;

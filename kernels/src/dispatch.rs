@@ -26,6 +26,8 @@ type DotFourBitQ8Rows4T2 =
     unsafe fn([&[u8]; 4], [[&[f32]; 4]; 2], &[i8; 16], [&[i8]; 2], [&[i8]; 2], [&[i32]; 2], usize) -> [[f32; 4]; 2];
 type DotFourBitQ8 = unsafe fn(&[u8], &[f32], &[i8; 16], &[i8], &[i8], &[i32], usize) -> f32;
 type DotFourBitQ8Many = unsafe fn(&[u8], &[f32], &[i8; 16], &[i8], &[i8], &[i32], usize, &mut [f32]);
+type DotFourBitQ8ManyT2 =
+    unsafe fn(&[u8], [&[f32]; 2], &[i8; 16], [&[i8]; 2], [&[i8]; 2], [&[i32]; 2], usize, [&mut [f32]; 2]);
 type FourBitQ8Tile =
     unsafe fn([&[u8]; 4], [&[f32]; 4], &[i8; 16], [&[i8]; 4], [&[i8]; 4], [&[f32]; 4], [&[i32]; 4]) -> [[f32; 4]; 4];
 type FourBitQ8Tile8 = unsafe fn(
@@ -79,6 +81,8 @@ pub struct Kernels {
     dot_fourbit_q8_x4t2: Option<DotFourBitQ8Rows4T2>,
     /// A decode task's rows in one call, each with the four-row kernel's bits.
     dot_fourbit_q8_rows: Option<DotFourBitQ8Many>,
+    /// The same for two tokens at once (a decode batch), each (row, token) with its bits.
+    dot_fourbit_q8_rows_t2: Option<DotFourBitQ8ManyT2>,
     /// The widest rows (in weights) decode runs through the four-row kernels.
     x4_max_cols: usize,
     dot_fourbit_q8: DotFourBitQ8,
@@ -127,6 +131,7 @@ impl Kernels {
             dot_fourbit_q8_x4: None,
             dot_fourbit_q8_x4t2: None,
             dot_fourbit_q8_rows: None,
+            dot_fourbit_q8_rows_t2: None,
             x4_max_cols: 0,
             dot_fourbit_q8: scalar::dot_fourbit_q8,
             fourbit_q8_step: 1,
@@ -163,6 +168,7 @@ impl Kernels {
                     dot_fourbit_q8_x4: Some((k::dot_fourbit_q8_x4, k::dot_fourbit_q8)),
                     dot_fourbit_q8_x4t2: Some(k::dot_fourbit_q8_x4t2),
                     dot_fourbit_q8_rows: Some(k::dot_fourbit_q8_rows),
+                    dot_fourbit_q8_rows_t2: Some(k::dot_fourbit_q8_rows_t2),
                     x4_max_cols: usize::MAX,
                     dot_fourbit_q8: k::dot_fourbit_q8,
                     fourbit_q8_step: 32,
@@ -202,6 +208,7 @@ impl Kernels {
                     dot_fourbit_q8_x4: None,
                     dot_fourbit_q8_x4t2: None,
                     dot_fourbit_q8_rows: None,
+                    dot_fourbit_q8_rows_t2: None,
                     x4_max_cols: 0,
                     dot_fourbit_q8: k::dot_fourbit_q8,
                     fourbit_q8_step: 16,
@@ -292,6 +299,7 @@ impl Kernels {
                 dot_fourbit_q8_x4: Some((k::dot_fourbit_q8_x4_evex, k::dot_fourbit_q8_evex)),
                 dot_fourbit_q8_x4t2: Some(k::dot_fourbit_q8_x4t2_evex),
                 dot_fourbit_q8_rows: Some(k::dot_fourbit_q8_rows_evex),
+                dot_fourbit_q8_rows_t2: Some(k::dot_fourbit_q8_rows_t2_evex),
                 fourbit_q8_tile: Some(k::fourbit_q8_tile_evex),
                 fourbit_q8_tile8: None,
                 ..avx2
@@ -305,6 +313,7 @@ impl Kernels {
                 dot_fourbit_q8_x4: Some((k::dot_fourbit_q8_x4_vex, k::dot_fourbit_q8_vex)),
                 dot_fourbit_q8_x4t2: Some(k::dot_fourbit_q8_x4t2_vex),
                 dot_fourbit_q8_rows: Some(k::dot_fourbit_q8_rows_vex),
+                dot_fourbit_q8_rows_t2: Some(k::dot_fourbit_q8_rows_t2_vex),
                 fourbit_q8_tile: Some(k::fourbit_q8_tile_vex),
                 fourbit_q8_tile8: None,
                 ..avx2
@@ -349,6 +358,7 @@ impl Kernels {
             )),
             dot_fourbit_q8_x4t2: Some(crate::arch::x86_64::avxvnni::dot_fourbit_q8_x4t2_evex),
             dot_fourbit_q8_rows: Some(crate::arch::x86_64::avxvnni::dot_fourbit_q8_rows_evex),
+            dot_fourbit_q8_rows_t2: Some(crate::arch::x86_64::avxvnni::dot_fourbit_q8_rows_t2_evex),
             x4_max_cols: 4095,
             dot_fourbit_q8: k::dot_fourbit_q8,
             fourbit_q8_step: 32,
@@ -607,6 +617,37 @@ impl Kernels {
         let n = nb * half_block;
         assert!(factors.len() == out.len() * nb && codes.len() >= out.len() * n);
         assert!(qe.len() >= n && qo.len() >= n && qsum.len() >= nb);
+        // SAFETY: `self` exists only for a supported ISA; lengths and step checked above.
+        unsafe { f(codes, factors, lut, qe, qo, qsum, half_block, out) };
+        true
+    }
+
+    /// [`Kernels::dot_fourbit_q8_rows`] for two tokens (see
+    /// [`crate::scalar::dot_fourbit_q8_rows_t2`]): `out[t][i]` with the bits
+    /// [`Kernels::dot_fourbit_q8_x1`] gives row `i` against token `t`; `false` (and `out`
+    /// untouched) where this level has no such kernel or the block size does not suit it.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    pub fn dot_fourbit_q8_rows_t2(
+        &self,
+        codes: &[u8],
+        factors: [&[f32]; 2],
+        lut: &[i8; 16],
+        qe: [&[i8]; 2],
+        qo: [&[i8]; 2],
+        qsum: [&[i32]; 2],
+        half_block: usize,
+        out: [&mut [f32]; 2],
+    ) -> bool {
+        let Some(f) = self.dot_fourbit_q8_rows_t2 else { return false };
+        let rows = out[0].len();
+        if !half_block.is_multiple_of(self.fourbit_q8_step) || rows == 0 || out[1].len() != rows {
+            return false;
+        }
+        let nb = factors[0].len() / rows;
+        let n = nb * half_block;
+        assert!(factors.iter().all(|f| f.len() == rows * nb) && codes.len() >= rows * n);
+        assert!(qe.iter().chain(&qo).all(|q| q.len() >= n) && qsum.iter().all(|q| q.len() >= nb));
         // SAFETY: `self` exists only for a supported ISA; lengths and step checked above.
         unsafe { f(codes, factors, lut, qe, qo, qsum, half_block, out) };
         true

@@ -215,6 +215,22 @@ proptest! {
                     let one = k.dot_fourbit_q8_x1(&all[r], &factors[r % 4], &lut, &qe, &qo, &qsum, half);
                     prop_assert_eq!(out[r].to_bits(), one.to_bits(), "{} {:?} rows call, row {}", k.label(), kind, r);
                 }
+                // Two tokens at once (the second's activations and factors reversed).
+                let (qe2, qo2): (Vec<i8>, Vec<i8>) = (qo.iter().rev().copied().collect(), qe.iter().rev().copied().collect());
+                let qsum2: Vec<i32> = (0..blocks).map(|b| (b * half..(b + 1) * half).map(|i| qe2[i] as i32 + qo2[i] as i32).sum()).collect();
+                let factors2: Vec<f32> = flat_factors.iter().rev().copied().collect();
+                let (mut o0, mut o1) = (vec![f32::NAN; rows], vec![f32::NAN; rows]);
+                let (fa, fb) = (&flat_factors[..], &factors2[..]);
+                if !k.dot_fourbit_q8_rows_t2(&flat_codes, [fa, fb], &lut, [&qe, &qe2], [&qo, &qo2], [&qsum, &qsum2], half, [&mut o0, &mut o1]) {
+                    continue;
+                }
+                for r in 0..rows {
+                    let nb = blocks;
+                    let one0 = k.dot_fourbit_q8_x1(&all[r], &fa[r * nb..(r + 1) * nb], &lut, &qe, &qo, &qsum, half);
+                    let one1 = k.dot_fourbit_q8_x1(&all[r], &fb[r * nb..(r + 1) * nb], &lut, &qe2, &qo2, &qsum2, half);
+                    prop_assert_eq!(o0[r].to_bits(), one0.to_bits(), "{} {:?} two-token rows call, row {} token 0", k.label(), kind, r);
+                    prop_assert_eq!(o1[r].to_bits(), one1.to_bits(), "{} {:?} two-token rows call, row {} token 1", k.label(), kind, r);
+                }
             }
         }
     }

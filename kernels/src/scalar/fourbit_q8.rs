@@ -67,6 +67,24 @@ pub fn dot_fourbit_q8_rows(
     }
 }
 
+/// [`dot_fourbit_q8_rows`] for two tokens (a decode batch): `out[t][i]` is row `i` against
+/// token `t`'s activations and factors (`factors[t]`: every row's block factors for token `t`).
+#[allow(clippy::too_many_arguments)]
+pub fn dot_fourbit_q8_rows_t2(
+    codes: &[u8],
+    factors: [&[f32]; 2],
+    lut: &[i8; 16],
+    qe: [&[i8]; 2],
+    qo: [&[i8]; 2],
+    qsum: [&[i32]; 2],
+    half_block: usize,
+    out: [&mut [f32]; 2],
+) {
+    for (t, o) in out.into_iter().enumerate() {
+        dot_fourbit_q8_rows(codes, factors[t], lut, qe[t], qo[t], qsum[t], half_block, o);
+    }
+}
+
 /// [`dot_fourbit_q8_x4`] for two tokens (batched decode): `out[t]` is the four rows against
 /// token `t`'s activations and factors (`factors[t][r]`: row `r`'s block factors for token `t`).
 /// The SIMD versions look each row's codes up once for both tokens and give every (row, token)

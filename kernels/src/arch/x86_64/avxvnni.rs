@@ -281,6 +281,78 @@ unsafe fn dot_fourbit_q8_rows<const EVEX: bool>(
 }
 
 vnni_pair! {
+    /// See [`crate::scalar::dot_fourbit_q8_rows_t2`]: [`dot_fourbit_q8_rows_vex`] for two tokens
+    /// at once, each row's codes looked up once for both, every (row, token) with the bits of
+    /// [`dot_fourbit_q8_x4_vex`] on that token alone.
+    ///
+    /// # Safety
+    /// As [`dot_fourbit_q8_rows_vex`], for both tokens' activations and factors; `out[0]` and
+    /// `out[1]` have equal lengths.
+    dot_fourbit_q8_rows_t2_vex, dot_fourbit_q8_rows_t2_evex = dot_fourbit_q8_rows_t2(
+        codes: &[u8], factors: [&[f32]; 2], lut: &[i8; 16], qe: [&[i8]; 2], qo: [&[i8]; 2], qsum: [&[i32]; 2],
+        half_block: usize, out: [&mut [f32]; 2]
+    )
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn dot_fourbit_q8_rows_t2<const EVEX: bool>(
+    codes: &[u8],
+    factors: [&[f32]; 2],
+    lut: &[i8; 16],
+    qe: [&[i8]; 2],
+    qo: [&[i8]; 2],
+    qsum: [&[i32]; 2],
+    half_block: usize,
+    out: [&mut [f32]; 2],
+) {
+    let _ = qsum;
+    let n = out[0].len();
+    let nb = factors[0].len() / n.max(1);
+    let row_bytes = nb * half_block;
+    let cp = codes.as_ptr();
+    let fp = factors.map(|f| f.as_ptr());
+    let (qe, qo) = (qe.map(|q| q.as_ptr()), qo.map(|q| q.as_ptr()));
+    let [o0, o1] = out;
+    let mut i = 0;
+    // SAFETY: row i reads `row_bytes` codes at `i·row_bytes` and, per token, `nb` factors at
+    // `i·nb`, i < n: inside the lengths the caller guarantees.
+    unsafe {
+        while i + 4 <= n {
+            let rows: [usize; 4] = std::array::from_fn(|j| i + j);
+            let acc = fourbit_q8_rows::<4, 2, EVEX>(
+                rows.map(|r| cp.add(r * row_bytes)),
+                fp.map(|f| rows.map(|r| f.add(r * nb))),
+                nb,
+                lut,
+                qe,
+                qo,
+                half_block,
+            );
+            _mm_storeu_ps(o0.as_mut_ptr().add(i), hsum4(acc[0]));
+            _mm_storeu_ps(o1.as_mut_ptr().add(i), hsum4(acc[1]));
+            i += 4;
+        }
+        let z = _mm256_setzero_ps();
+        while i < n {
+            for (t, o) in [&mut *o0, &mut *o1].into_iter().enumerate() {
+                let [[acc]] = fourbit_q8_rows::<1, 1, EVEX>(
+                    [cp.add(i * row_bytes)],
+                    [[fp[t].add(i * nb)]],
+                    nb,
+                    lut,
+                    [qe[t]],
+                    [qo[t]],
+                    half_block,
+                );
+                *o.get_unchecked_mut(i) = _mm_cvtss_f32(hsum4([acc, z, z, z]));
+            }
+            i += 1;
+        }
+    }
+}
+
+vnni_pair! {
     /// See [`crate::scalar::dot_fourbit_q8_x4t2`]: [`dot_fourbit_q8_x4_vex`] for two tokens,
     /// each row's codes looked up once for both; every (row, token) bit-identical to
     /// [`dot_fourbit_q8_x4_vex`] of that token.
