@@ -4,7 +4,9 @@
 # into lowbit's f32, nf4 (searched scales, the default), nf4 --bnb-exact, nf4-mix, int8 and q8 by `lowbit
 # convert`; each scored on a text as llama.cpp's perplexity tool scores (chunks of 256, the second
 # half of each), as a ratio to its own float file, with the KL divergence to that float file and
-# top-1 agreement. Uses the llama-cpp-python venv of race-llamacpp.sh (built the first time).
+# top-1 agreement. Uses the llama-cpp-python venv of race-llamacpp.sh (built the first time);
+# with llama.cpp's tools from serve-race.sh's build tree, also IQ4_NL made with llama.cpp's own
+# importance matrix on the same calibration text.
 #
 #   benches/scripts/quality-table.sh [TEXT]      (default data/genesis-kjv.txt)
 set -euo pipefail
@@ -36,6 +38,19 @@ $bin convert "$gguf" -o "$work/int8.lowbit" --quant int8 -q > /dev/null
 python3 -c "import pydoc_data.topics as t; print('\n\n'.join(t.topics[k] for k in sorted(t.topics))[:120000])" > "$work/calibration.txt"
 $bin --threads 2 imatrix -m "$work/f32.lowbit" -f "$work/calibration.txt" -o "$work/smollm2.imatrix" -c 512 --chunks 40 > /dev/null 2>&1
 $bin convert "$gguf" -o "$work/nf4-imatrix.lowbit" --quant nf4 --imatrix "$work/smollm2.imatrix" -q > /dev/null
+# llama.cpp's IQ4_NL with its own importance matrix from the same calibration text and settings,
+# when its tools can be built from the tree benches/scripts/serve-race.sh configured.
+tools="$cache/llama-server-build/out"
+rm -f "$work/smollm2.IQ4_NL-imatrix.gguf"
+if [ -f "$tools/build.ninja" ] && PATH="$cache/llama-server-build/venv/bin:$PATH" cmake --build "$tools" --target llama-imatrix llama-quantize > /dev/null 2>&1; then
+  [ -f "$work/smollm2.F16.gguf" ] || "$venv/bin/python" -c "import sys; sys.path.insert(0, 'benches/scripts'); import llama_cpp, llamacpp_files; llamacpp_files.quantize('$gguf', '$work', llama_cpp.LLAMA_FTYPE_MOSTLY_F16, 'smollm2.F16.gguf')"
+  LD_LIBRARY_PATH="$tools/bin" "$tools/bin/llama-imatrix" -m "$work/smollm2.F16.gguf" -f "$work/calibration.txt" \
+    -o "$work/smollm2.llamacpp.imatrix" -c 512 --chunks 40 -t 2 > /dev/null 2>&1
+  LD_LIBRARY_PATH="$tools/bin" "$tools/bin/llama-quantize" --allow-requantize --imatrix "$work/smollm2.llamacpp.imatrix" \
+    "$gguf" "$work/smollm2.IQ4_NL-imatrix.gguf" IQ4_NL 2 > /dev/null 2>&1
+else
+  echo "(no IQ4_NL --imatrix row: run benches/scripts/serve-race.sh once to build llama.cpp's tools)"
+fi
 $bin convert "$gguf" -o "$work/nf4-mix.lowbit" --quant nf4-mix -q > /dev/null
 $bin convert "$gguf" -o "$work/nf4-mix-imatrix.lowbit" --quant nf4-mix --imatrix "$work/smollm2.imatrix" -q > /dev/null
 $bin convert "$gguf" -o "$work/q8.lowbit" --quant q8 -q > /dev/null

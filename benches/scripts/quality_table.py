@@ -79,7 +79,12 @@ def score(lps, with_kl):
 rows = []
 ppl_f16, _, _, n = score(base_lp, False)
 rows.append(("llama.cpp F16", os.path.getsize(files["F16"]), ppl_f16, 1.0, None, None))
-for name in ["Q4_0", "IQ4_NL", "Q4_K_M", "Q8_0"]:
+# IQ4_NL with llama.cpp's own importance matrix on lowbit's calibration text, when
+# quality-table.sh could make it (it needs llama.cpp's tools, built by serve-race.sh).
+with_imatrix = os.path.join(work, "smollm2.IQ4_NL-imatrix.gguf")
+if os.path.exists(with_imatrix):
+    files["IQ4_NL --imatrix"] = with_imatrix
+for name in [n for n in ["Q4_0", "IQ4_NL", "IQ4_NL --imatrix", "Q4_K_M", "Q8_0"] if n in files]:
     llm = load(files[name])
     lps = [chunk_logprobs(llm, ch) for ch in chunks]
     del llm
