@@ -14,6 +14,8 @@ type ExpSub = unsafe fn(&mut [f32], f32);
 type SiluMul = unsafe fn(&mut [f32], &[f32]);
 type DotF32Rows = unsafe fn(&mut [f32], &[f32], &[f32], usize);
 type AxpyF32Rows = unsafe fn(&mut [f32], &[f32], &[f32], usize);
+type DotBf16Rows = unsafe fn(&mut [f32], &[f32], &[bf16], usize);
+type AxpyBf16Rows = unsafe fn(&mut [f32], &[f32], &[bf16], usize);
 type DotF16 = unsafe fn(&[f16], &[f32]) -> f32;
 type DotBf16 = unsafe fn(&[bf16], &[f32]) -> f32;
 type DotFourBit = unsafe fn(&[u8], &[f32], &[f32; 16], &[f32], &[f32], usize) -> f32;
@@ -58,6 +60,8 @@ pub struct Kernels {
     silu_mul: SiluMul,
     dot_f32_rows: DotF32Rows,
     axpy_f32_rows: AxpyF32Rows,
+    dot_bf16_rows: DotBf16Rows,
+    axpy_bf16_rows: AxpyBf16Rows,
     dot_f16: DotF16,
     dot_bf16: DotBf16,
     dot_fourbit: DotFourBit,
@@ -117,6 +121,8 @@ impl Kernels {
             silu_mul: scalar::silu_mul,
             dot_f32_rows: scalar::dot_f32_rows,
             axpy_f32_rows: scalar::axpy_f32_rows,
+            dot_bf16_rows: scalar::dot_bf16_rows,
+            axpy_bf16_rows: scalar::axpy_bf16_rows,
             dot_f16: scalar::dot_f16,
             dot_bf16: scalar::dot_bf16,
             dot_fourbit: scalar::dot_fourbit,
@@ -154,6 +160,8 @@ impl Kernels {
                     silu_mul: k::silu_mul,
                     dot_f32_rows: k::dot_f32_rows,
                     axpy_f32_rows: k::axpy_f32_rows,
+                    dot_bf16_rows: k::dot_bf16_rows,
+                    axpy_bf16_rows: k::axpy_bf16_rows,
                     dot_f16: k::dot_f16,
                     dot_bf16: k::dot_bf16,
                     dot_fourbit: k::dot_fourbit,
@@ -194,6 +202,8 @@ impl Kernels {
                     silu_mul: scalar::silu_mul,
                     dot_f32_rows: scalar::dot_f32_rows,
                     axpy_f32_rows: scalar::axpy_f32_rows,
+                    dot_bf16_rows: scalar::dot_bf16_rows,
+                    axpy_bf16_rows: scalar::axpy_bf16_rows,
                     dot_f16: k::dot_f16,
                     dot_bf16: k::dot_bf16,
                     dot_fourbit: k::dot_fourbit,
@@ -338,6 +348,8 @@ impl Kernels {
             // The AVX2 row loops: their four-row blocking is what matters at head sizes 64–128.
             dot_f32_rows: crate::arch::x86_64::avx2::dot_f32_rows,
             axpy_f32_rows: crate::arch::x86_64::avx2::axpy_f32_rows,
+            dot_bf16_rows: crate::arch::x86_64::avx2::dot_bf16_rows,
+            axpy_bf16_rows: crate::arch::x86_64::avx2::axpy_bf16_rows,
             dot_f16: k::dot_f16,
             dot_bf16: k::dot_bf16,
             dot_fourbit: k::dot_fourbit,
@@ -444,6 +456,29 @@ impl Kernels {
         assert!(a.is_empty() || (stride >= y.len() && rows_fit(a.len(), stride, y.len(), rows.len())));
         // SAFETY: `self` exists only for a supported ISA; lengths checked above.
         unsafe { (self.axpy_f32_rows)(y, a, rows, stride) }
+    }
+
+    /// [`Kernels::dot_f32_rows`] over bf16 rows, widened exactly: the bits it gives over the
+    /// widened rows (run-time LoRA keeps bf16 adapters in bf16).
+    ///
+    /// # Panics
+    /// As [`Kernels::dot_f32_rows`].
+    #[inline]
+    pub fn dot_bf16_rows(&self, out: &mut [f32], q: &[f32], rows: &[bf16], stride: usize) {
+        assert!(out.is_empty() || (stride >= q.len() && rows_fit(out.len(), stride, q.len(), rows.len())));
+        // SAFETY: `self` exists only for a supported ISA; lengths checked above.
+        unsafe { (self.dot_bf16_rows)(out, q, rows, stride) }
+    }
+
+    /// [`Kernels::axpy_f32_rows`] over bf16 rows, widened exactly (the same bits).
+    ///
+    /// # Panics
+    /// As [`Kernels::axpy_f32_rows`].
+    #[inline]
+    pub fn axpy_bf16_rows(&self, y: &mut [f32], a: &[f32], rows: &[bf16], stride: usize) {
+        assert!(a.is_empty() || (stride >= y.len() && rows_fit(a.len(), stride, y.len(), rows.len())));
+        // SAFETY: `self` exists only for a supported ISA; lengths checked above.
+        unsafe { (self.axpy_bf16_rows)(y, a, rows, stride) }
     }
 
     /// `Σ f32(w)·x`; slices must have equal length.

@@ -130,6 +130,17 @@ proptest! {
             let mut y = y0.clone();
             k.axpy_f32_rows(&mut y, &a, &rows, stride);
             prop_assert_eq!(&y, &want_y, "{}", k.label());
+            // bf16 rows: the bits of the f32 kernels over the widened values.
+            let rows16: Vec<bf16> = rows.iter().map(|&v| bf16::from_f32(v)).collect();
+            let wide: Vec<f32> = rows16.iter().map(|v| v.to_f32()).collect();
+            let (mut g16, mut g32) = (vec![0f32; n], vec![0f32; n]);
+            k.dot_bf16_rows(&mut g16, &q, &rows16, stride);
+            k.dot_f32_rows(&mut g32, &q, &wide, stride);
+            prop_assert_eq!(g16.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), g32.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{} bf16 dot", k.label());
+            let (mut y16, mut y32) = (y0.clone(), y0.clone());
+            k.axpy_bf16_rows(&mut y16, &a, &rows16, stride);
+            k.axpy_f32_rows(&mut y32, &a, &wide, stride);
+            prop_assert_eq!(y16.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), y32.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{} bf16 axpy", k.label());
             let mut y1 = y0.clone();
             k.axpy_f32(&mut y1, 0.75, &rows[..d]);
             let mut w1 = y0.clone();

@@ -4,6 +4,7 @@
 //! weights. The base stays untouched, so one file serves with or without the adapter.
 
 use crate::error::{Result, RuntimeError};
+use half::bf16;
 use lowbit_kernels::team;
 use rayon::prelude::*;
 
@@ -42,10 +43,55 @@ pub struct LoraAdapter {
 /// An update as the forward pass uses it: A (`r × in`), B transposed (`r × out`), the scaling.
 #[derive(Debug, Clone)]
 struct Placed {
-    a: Vec<f32>,
-    bt: Vec<f32>,
+    a: Store,
+    bt: Store,
     r: usize,
     scale: f32,
+}
+
+/// An adapter matrix: in bfloat16 when that holds every value exactly (adapters are mostly
+/// saved in bf16), which halves its memory and the bytes each token reads, else in f32. The
+/// kernels widen bf16 on load, so either gives the same bits.
+#[derive(Debug, Clone)]
+enum Store {
+    F32(Vec<f32>),
+    Bf16(Vec<bf16>),
+}
+
+impl Store {
+    fn new(v: Vec<f32>) -> Store {
+        if v.iter().all(|&x| bf16::from_f32(x).to_f32().to_bits() == x.to_bits()) {
+            Store::Bf16(v.iter().map(|&x| bf16::from_f32(x)).collect())
+        } else {
+            Store::F32(v)
+        }
+    }
+
+    /// `out[j] = q · row j` over rows `stride` apart from element `from`.
+    fn dot_rows(&self, out: &mut [f32], q: &[f32], from: usize, stride: usize) {
+        let k = lowbit_kernels::kernels();
+        match self {
+            Store::F32(v) => k.dot_f32_rows(out, q, &v[from..], stride),
+            Store::Bf16(v) => k.dot_bf16_rows(out, q, &v[from..], stride),
+        }
+    }
+
+    /// `y += Σ_j a[j]·row j` over rows `stride` apart from element `from`.
+    fn axpy_rows(&self, y: &mut [f32], a: &[f32], from: usize, stride: usize) {
+        let k = lowbit_kernels::kernels();
+        match self {
+            Store::F32(v) => k.axpy_f32_rows(y, a, &v[from..], stride),
+            Store::Bf16(v) => k.axpy_bf16_rows(y, a, &v[from..], stride),
+        }
+    }
+
+    #[cfg(test)]
+    fn bytes(&self) -> usize {
+        match self {
+            Store::F32(v) => v.len() * 4,
+            Store::Bf16(v) => v.len() * 2,
+        }
+    }
 }
 
 /// The linear layers of a decoder layer an adapter may change, in the order of [`PROJECTIONS`].
@@ -124,7 +170,8 @@ impl LoraTable {
                         bt[k * rows + j] = v;
                     }
                 }
-                by_layer[layer][p].push((ai, Placed { a: d.a.clone(), bt, r: d.r, scale: d.scale }));
+                let (a, bt) = (Store::new(d.a.clone()), Store::new(bt));
+                by_layer[layer][p].push((ai, Placed { a, bt, r: d.r, scale: d.scale }));
             }
         }
         let names = always.iter().chain(named).map(|a| a.name.clone()).collect();
@@ -165,7 +212,6 @@ impl LoraTable {
             return;
         }
         let (cols, rows) = (x.len() / tokens, out.len() / tokens);
-        let kern = lowbit_kernels::kernels();
         for (ai, d) in deltas {
             let mult = |t: usize| {
                 if *ai < self.always {
@@ -179,7 +225,7 @@ impl LoraTable {
             let ax = |x: &[f32], mult: f32, ax: &mut Vec<f32>| {
                 ax.clear();
                 ax.resize(d.r, 0.0);
-                kern.dot_f32_rows(ax, x, &d.a, cols);
+                d.a.dot_rows(ax, x, 0, cols);
                 // A multiplier of 1 leaves the scaled product's bits as they are.
                 ax.iter_mut().for_each(|v| *v = *v * d.scale * mult);
             };
@@ -187,7 +233,7 @@ impl LoraTable {
             let add_b = |ax: &[f32], c0: usize, out: &mut [f32], bax: &mut Vec<f32>| {
                 bax.clear();
                 bax.resize(out.len(), 0.0);
-                kern.axpy_f32_rows(bax, ax, &d.bt[c0..], rows);
+                d.bt.axpy_rows(bax, ax, c0, rows);
                 out.iter_mut().zip(bax.iter()).for_each(|(o, v)| *o += v);
             };
             if tokens == 1 {
@@ -212,6 +258,61 @@ impl LoraTable {
                     team::for_each_chunk_mut(out, rows, init, token);
                 } else {
                     out.par_chunks_mut(rows).enumerate().for_each_init(init, |s, (t, or)| token(s, t, or));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An adapter whose values bf16 holds exactly is kept in bf16 (half the bytes) and gives the
+    /// bits its f32 copy gives, for one token and several; both agree with the plain product.
+    #[test]
+    fn bf16_storage_gives_the_f32_bits() {
+        let (r, cols, rows) = (3usize, 40usize, 2100usize);
+        let mut seed = 7u64;
+        let mut next = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            bf16::from_f32(((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5).to_f32()
+        };
+        let a: Vec<f32> = (0..r * cols).map(|_| next()).collect();
+        let b: Vec<f32> = (0..rows * r).map(|_| next()).collect();
+        let target = "model.layers.0.mlp.up_proj.weight".to_string();
+        let adapter =
+            LoraAdapter { name: "t".into(), deltas: vec![LoraDelta { target, a, b: b.clone(), r, scale: 0.75 }] };
+        let table = LoraTable::new(std::slice::from_ref(&adapter), &[], 1, |_, _| (rows, cols)).unwrap();
+        let mut f32_table = table.clone();
+        for (_, p) in f32_table.by_layer.iter_mut().flatten().flatten() {
+            for s in [&mut p.a, &mut p.bt] {
+                if let Store::Bf16(v) = s {
+                    *s = Store::F32(v.iter().map(|x| x.to_f32()).collect());
+                }
+            }
+        }
+        let bytes = |t: &LoraTable| {
+            t.by_layer.iter().flatten().flatten().map(|(_, p)| p.a.bytes() + p.bt.bytes()).sum::<usize>()
+        };
+        assert_eq!(bytes(&table) * 2, bytes(&f32_table));
+        for tokens in [1usize, 5] {
+            let x: Vec<f32> = (0..tokens * cols).map(|_| next()).collect();
+            let base: Vec<f32> = (0..tokens * rows).map(|_| next()).collect();
+            let (mut got, mut want) = (base.clone(), base.clone());
+            table.apply(0, Proj::Up, &x, &mut got, tokens, &[]);
+            f32_table.apply(0, Proj::Up, &x, &mut want, tokens, &[]);
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want));
+            let d = &adapter.deltas[0];
+            for t in 0..tokens {
+                let xt = &x[t * cols..(t + 1) * cols];
+                let ax: Vec<f64> = (0..r)
+                    .map(|k| (0..cols).map(|c| d.a[k * cols + c] as f64 * xt[c] as f64).sum::<f64>() * 0.75)
+                    .collect();
+                for j in 0..rows {
+                    let plain = base[t * rows + j] as f64 + (0..r).map(|k| b[j * r + k] as f64 * ax[k]).sum::<f64>();
+                    assert!((got[t * rows + j] as f64 - plain).abs() < 1e-4, "token {t} row {j}");
                 }
             }
         }

@@ -38,3 +38,16 @@ pub fn axpy_f32_rows(y: &mut [f32], a: &[f32], rows: &[f32], stride: usize) {
         axpy_f32(y, aj, &rows[j * stride..j * stride + y.len()]);
     }
 }
+
+/// [`dot_f32_rows`] over bf16 rows, each widened to f32 (exactly): the bits of
+/// [`dot_f32_rows`] over the widened rows.
+pub fn dot_bf16_rows(out: &mut [f32], q: &[f32], rows: &[bf16], stride: usize) {
+    let wide: Vec<f32> = rows.iter().map(|v| v.to_f32()).collect();
+    dot_f32_rows(out, q, &wide, stride);
+}
+
+/// [`axpy_f32_rows`] over bf16 rows, each widened to f32 (exactly).
+pub fn axpy_bf16_rows(y: &mut [f32], a: &[f32], rows: &[bf16], stride: usize) {
+    let wide: Vec<f32> = rows.iter().map(|v| v.to_f32()).collect();
+    axpy_f32_rows(y, a, &wide, stride);
+}

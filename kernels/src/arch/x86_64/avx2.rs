@@ -31,31 +31,77 @@ pub(super) unsafe fn hsum_i32(v: __m256i) -> i32 {
     }
 }
 
+/// Elements the row loops read: f32, or bf16 widened to f32 on load (exactly, so a bf16 row
+/// gives the bits its f32 copy gives).
+pub(super) trait RowElem: Copy {
+    /// Eight elements at `p` as f32.
+    ///
+    /// # Safety
+    /// AVX2 enabled (inlined into `#[target_feature]` callers); eight elements readable at `p`.
+    unsafe fn load8(p: *const Self) -> __m256;
+    /// One element as f32.
+    fn widen(self) -> f32;
+}
+
+impl RowElem for f32 {
+    #[inline(always)]
+    unsafe fn load8(p: *const f32) -> __m256 {
+        // SAFETY: the caller's contract.
+        unsafe { _mm256_loadu_ps(p) }
+    }
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self
+    }
+}
+
+impl RowElem for bf16 {
+    #[inline(always)]
+    unsafe fn load8(p: *const bf16) -> __m256 {
+        // SAFETY: the caller's contract; a bf16 is the top half of the f32 it widens to.
+        unsafe {
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i))))
+        }
+    }
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self.to_f32()
+    }
+}
+
 /// See [`crate::scalar::dot_f32`].
 ///
 /// # Safety
 /// AVX2 and FMA must be available; `w.len() == x.len()`.
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
-    let n = w.len().min(x.len());
-    let (wp, xp) = (w.as_ptr(), x.as_ptr());
-    let mut acc = [_mm256_setzero_ps(); 4];
+    // SAFETY: both hold n elements.
+    unsafe { dot_body(w.as_ptr(), x.as_ptr(), w.len().min(x.len())) }
+}
+
+/// `Σ w·x` over `n` elements, `x` widened from `E`.
+///
+/// # Safety
+/// AVX2 and FMA enabled (callers are `#[target_feature]` functions); `n` elements at each.
+#[inline(always)]
+unsafe fn dot_body<E: RowElem>(wp: *const f32, xp: *const E, n: usize) -> f32 {
     let mut i = 0;
     // SAFETY: every load stays below n.
     unsafe {
+        let mut acc = [_mm256_setzero_ps(); 4];
         while i + 32 <= n {
             for (j, a) in acc.iter_mut().enumerate() {
-                *a = _mm256_fmadd_ps(_mm256_loadu_ps(wp.add(i + 8 * j)), _mm256_loadu_ps(xp.add(i + 8 * j)), *a);
+                *a = _mm256_fmadd_ps(_mm256_loadu_ps(wp.add(i + 8 * j)), E::load8(xp.add(i + 8 * j)), *a);
             }
             i += 32;
         }
         while i + 8 <= n {
-            acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(wp.add(i)), _mm256_loadu_ps(xp.add(i)), acc[0]);
+            acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(wp.add(i)), E::load8(xp.add(i)), acc[0]);
             i += 8;
         }
         let mut s = hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
         while i < n {
-            s = (*wp.add(i)).mul_add(*xp.add(i), s);
+            s = (*wp.add(i)).mul_add((*xp.add(i)).widen(), s);
             i += 1;
         }
         s
@@ -103,10 +149,31 @@ pub(super) unsafe fn hsum4(v: [__m256; 4]) -> __m128 {
 /// (when `out` is not empty).
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn dot_f32_rows(out: &mut [f32], q: &[f32], rows: &[f32], stride: usize) {
+    // SAFETY: the caller's contract is the body's.
+    unsafe { dot_rows_body(out, q, rows.as_ptr(), stride) }
+}
+
+/// See [`crate::scalar::dot_bf16_rows`]: [`dot_f32_rows`] over bf16 rows widened on load, with
+/// the bits of [`dot_f32_rows`] over the widened values.
+///
+/// # Safety
+/// As [`dot_f32_rows`].
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dot_bf16_rows(out: &mut [f32], q: &[f32], rows: &[bf16], stride: usize) {
+    // SAFETY: the caller's contract is the body's.
+    unsafe { dot_rows_body(out, q, rows.as_ptr(), stride) }
+}
+
+/// The body of [`dot_f32_rows`] for rows of `E`.
+///
+/// # Safety
+/// As [`dot_f32_rows`], with AVX2 and FMA enabled by the caller.
+#[inline(always)]
+unsafe fn dot_rows_body<E: RowElem>(out: &mut [f32], q: &[f32], rp: *const E, stride: usize) {
     let (n, d) = (out.len(), q.len());
-    let (qp, rp) = (q.as_ptr(), rows.as_ptr());
+    let qp = q.as_ptr();
     let mut j = 0;
-    // SAFETY: row j reads rp[j·stride .. j·stride + d], inside `rows` by the caller's contract.
+    // SAFETY: row j reads rp[j·stride .. j·stride + d], inside the rows by the caller's contract.
     unsafe {
         while j + 4 <= n {
             let mut acc = [_mm256_setzero_ps(); 4];
@@ -114,7 +181,7 @@ pub unsafe fn dot_f32_rows(out: &mut [f32], q: &[f32], rows: &[f32], stride: usi
             while i + 8 <= d {
                 let qv = _mm256_loadu_ps(qp.add(i));
                 for (r, a) in acc.iter_mut().enumerate() {
-                    *a = _mm256_fmadd_ps(_mm256_loadu_ps(rp.add((j + r) * stride + i)), qv, *a);
+                    *a = _mm256_fmadd_ps(E::load8(rp.add((j + r) * stride + i)), qv, *a);
                 }
                 i += 8;
             }
@@ -122,14 +189,14 @@ pub unsafe fn dot_f32_rows(out: &mut [f32], q: &[f32], rows: &[f32], stride: usi
             _mm_storeu_ps(s.as_mut_ptr(), hsum4(acc));
             for (r, sr) in s.iter_mut().enumerate() {
                 for ii in i..d {
-                    *sr = (*qp.add(ii)).mul_add(*rp.add((j + r) * stride + ii), *sr);
+                    *sr = (*qp.add(ii)).mul_add((*rp.add((j + r) * stride + ii)).widen(), *sr);
                 }
             }
             out[j..j + 4].copy_from_slice(&s);
             j += 4;
         }
         for (jj, o) in out.iter_mut().enumerate().skip(j) {
-            *o = dot_f32(q, std::slice::from_raw_parts(rp.add(jj * stride), d));
+            *o = dot_body(qp, rp.add(jj * stride), d);
         }
     }
 }
@@ -142,10 +209,31 @@ pub unsafe fn dot_f32_rows(out: &mut [f32], q: &[f32], rows: &[f32], stride: usi
 /// `a` is not empty).
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn axpy_f32_rows(y: &mut [f32], a: &[f32], rows: &[f32], stride: usize) {
+    // SAFETY: the caller's contract is the body's.
+    unsafe { axpy_rows_body(y, a, rows.as_ptr(), stride) }
+}
+
+/// See [`crate::scalar::axpy_bf16_rows`]: [`axpy_f32_rows`] over bf16 rows widened on load, with
+/// its bits over the widened values.
+///
+/// # Safety
+/// As [`axpy_f32_rows`].
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn axpy_bf16_rows(y: &mut [f32], a: &[f32], rows: &[bf16], stride: usize) {
+    // SAFETY: the caller's contract is the body's.
+    unsafe { axpy_rows_body(y, a, rows.as_ptr(), stride) }
+}
+
+/// The body of [`axpy_f32_rows`] for rows of `E`.
+///
+/// # Safety
+/// As [`axpy_f32_rows`], with AVX2 and FMA enabled by the caller.
+#[inline(always)]
+unsafe fn axpy_rows_body<E: RowElem>(y: &mut [f32], a: &[f32], rp: *const E, stride: usize) {
     let d = y.len();
-    let (yp, rp) = (y.as_mut_ptr(), rows.as_ptr());
+    let yp = y.as_mut_ptr();
     let mut c = 0;
-    // SAFETY: row j reads rp[j·stride + c ..] below j·stride + d, inside `rows` by the caller's
+    // SAFETY: row j reads rp[j·stride + c ..] below j·stride + d, inside the rows by the caller's
     // contract; y accesses stay below d.
     unsafe {
         while c + 32 <= d {
@@ -153,7 +241,7 @@ pub unsafe fn axpy_f32_rows(y: &mut [f32], a: &[f32], rows: &[f32], stride: usiz
             for (j, &aj) in a.iter().enumerate() {
                 let (av, p) = (_mm256_set1_ps(aj), rp.add(j * stride + c));
                 for (u, v) in acc.iter_mut().enumerate() {
-                    *v = _mm256_fmadd_ps(av, _mm256_loadu_ps(p.add(8 * u)), *v);
+                    *v = _mm256_fmadd_ps(av, E::load8(p.add(8 * u)), *v);
                 }
             }
             for (u, v) in acc.iter().enumerate() {
@@ -164,7 +252,7 @@ pub unsafe fn axpy_f32_rows(y: &mut [f32], a: &[f32], rows: &[f32], stride: usiz
         while c + 8 <= d {
             let mut v = _mm256_loadu_ps(yp.add(c));
             for (j, &aj) in a.iter().enumerate() {
-                v = _mm256_fmadd_ps(_mm256_set1_ps(aj), _mm256_loadu_ps(rp.add(j * stride + c)), v);
+                v = _mm256_fmadd_ps(_mm256_set1_ps(aj), E::load8(rp.add(j * stride + c)), v);
             }
             _mm256_storeu_ps(yp.add(c), v);
             c += 8;
@@ -172,7 +260,7 @@ pub unsafe fn axpy_f32_rows(y: &mut [f32], a: &[f32], rows: &[f32], stride: usiz
         for i in c..d {
             let mut v = *yp.add(i);
             for (j, &aj) in a.iter().enumerate() {
-                v = aj.mul_add(*rp.add(j * stride + i), v);
+                v = aj.mul_add((*rp.add(j * stride + i)).widen(), v);
             }
             *yp.add(i) = v;
         }
