@@ -6,7 +6,7 @@
 
 use crate::error::{ConvertError, Result};
 use crate::plan::Job;
-use crate::source::{SrcDtype, TensorSource};
+use crate::source::TensorSource;
 use lowbit_format::{PlannedTensor, Scheme, TensorSink};
 use lowbit_kernels::{
     fourbit, quantize_4bit_weighted, quantize_int8, Absmax, ColumnImportance, FourBitOptions, NestedRule,
@@ -135,14 +135,6 @@ fn dense_size(scheme: &Scheme) -> usize {
     }
 }
 
-/// Whether a `dtype` tensor is stored as `scheme` by copying its bytes.
-fn same_dtype(dtype: SrcDtype, scheme: &Scheme) -> bool {
-    matches!(
-        (dtype, scheme),
-        (SrcDtype::F32, Scheme::F32) | (SrcDtype::F16, Scheme::F16) | (SrcDtype::Bf16, Scheme::Bf16)
-    )
-}
-
 /// The first element of `x` (starting at flat index `start`) that is not finite, or that
 /// float16 cannot hold when `scheme` is float16, as an error: a model with NaN or infinite
 /// weights produces NaN logits, which no later error explains.
@@ -163,30 +155,17 @@ fn check_dense(name: &str, start: usize, x: &[f32], scheme: &Scheme) -> Result<(
     }
 }
 
-/// A dense tensor: the source bytes themselves when the dtype does not change (bit-exact),
-/// else converted chunk by chunk with round-to-nearest-even; either way every element is
-/// checked to be finite first.
-fn dense_parts(
-    src: &dyn TensorSource,
-    name: &str,
-    dtype: SrcDtype,
-    n: usize,
-    scheme: &Scheme,
-    sink: &mut TensorSink,
-) -> Result<()> {
+/// A dense tensor, converted chunk by chunk with round-to-nearest-even after every element is
+/// checked to be finite. A tensor already in the output dtype comes out bit-exact, since a
+/// finite f32, f16 or bf16 value survives the trip through f32 unchanged, and is read once.
+fn dense_parts(src: &dyn TensorSource, name: &str, n: usize, scheme: &Scheme, sink: &mut TensorSink) -> Result<()> {
     let (mut x, mut out) = (Vec::new(), Vec::new());
-    let copy = same_dtype(dtype, scheme);
     for start in (0..n).step_by(CHUNK_ELEMS) {
-        let len = CHUNK_ELEMS.min(n - start);
-        src.read_f32(name, start, len, &mut x)?;
+        src.read_f32(name, start, CHUNK_ELEMS.min(n - start), &mut x)?;
         check_dense(name, start, &x, scheme)?;
-        if copy {
-            sink.write(0, &src.read_raw(name, start, len)?)?;
-        } else {
-            out.clear();
-            encode_dense(&x, scheme, &mut out);
-            sink.write(0, &out)?;
-        }
+        out.clear();
+        encode_dense(&x, scheme, &mut out);
+        sink.write(0, &out)?;
     }
     Ok(())
 }
@@ -215,7 +194,7 @@ pub(crate) fn run_job(
             encode_dense(&x, scheme, &mut out);
             Ok(sink.write(0, &out)?)
         }
-        Job::Float { name, dtype, shape, scheme } => {
+        Job::Float { name, shape, scheme, .. } => {
             let n: usize = shape.iter().product();
             match scheme {
                 Scheme::FourBit { .. } => {
@@ -226,7 +205,7 @@ pub(crate) fn run_job(
                 }
                 Scheme::Int8 => int8_parts(src, name, shape[0], shape[1], sink),
                 Scheme::Q8 { blocksize } => q8_parts(src, name, shape[0], shape[1], *blocksize as usize, sink),
-                _ => dense_parts(src, name, *dtype, n, scheme, sink),
+                _ => dense_parts(src, name, n, scheme, sink),
             }
         }
     }
