@@ -15,7 +15,7 @@
 //! construction, and must pass slices with the lengths documented on the matching
 //! `crate::scalar` function.
 
-use super::avx2::{ahead, hsum4, hsum_i32};
+use super::avx2::{ahead, fourbit_rows_task, hsum4, hsum_i32};
 use core::arch::x86_64::*;
 
 /// The VEX and EVEX entry points of a kernel body generic over `EVEX`.
@@ -241,43 +241,9 @@ unsafe fn dot_fourbit_q8_rows<const EVEX: bool>(
     out: &mut [f32],
 ) {
     let _ = qsum;
-    let n = out.len();
-    let nb = factors.len() / n.max(1);
-    let row_bytes = nb * half_block;
-    let (cp, fp, q) = (codes.as_ptr(), factors.as_ptr(), ([qe.as_ptr()], [qo.as_ptr()]));
-    let mut i = 0;
-    // SAFETY: row i reads `row_bytes` codes at `i·row_bytes` and `nb` factors at `i·nb`, i < n:
-    // inside the lengths the caller guarantees.
-    unsafe {
-        while i + 4 <= n {
-            let rows: [usize; 4] = std::array::from_fn(|j| i + j);
-            let [acc] = fourbit_q8_rows::<4, 1, EVEX>(
-                rows.map(|r| cp.add(r * row_bytes)),
-                [rows.map(|r| fp.add(r * nb))],
-                nb,
-                lut,
-                q.0,
-                q.1,
-                half_block,
-            );
-            _mm_storeu_ps(out.as_mut_ptr().add(i), hsum4(acc));
-            i += 4;
-        }
-        let z = _mm256_setzero_ps();
-        while i < n {
-            let [[acc]] = fourbit_q8_rows::<1, 1, EVEX>(
-                [cp.add(i * row_bytes)],
-                [[fp.add(i * nb)]],
-                nb,
-                lut,
-                q.0,
-                q.1,
-                half_block,
-            );
-            *out.get_unchecked_mut(i) = _mm_cvtss_f32(hsum4([acc, z, z, z]));
-            i += 1;
-        }
-    }
+    // SAFETY: row i reads `nb·half_block` codes at `i·nb·half_block` and `nb` factors at `i·nb`,
+    // i below `out.len()`: inside the lengths the caller guarantees.
+    unsafe { fourbit_rows_task!(fourbit_q8_rows, EVEX; 1; codes, [factors], lut, [qe], [qo], half_block, [out]) }
 }
 
 vnni_pair! {
@@ -307,49 +273,9 @@ unsafe fn dot_fourbit_q8_rows_t2<const EVEX: bool>(
     out: [&mut [f32]; 2],
 ) {
     let _ = qsum;
-    let n = out[0].len();
-    let nb = factors[0].len() / n.max(1);
-    let row_bytes = nb * half_block;
-    let cp = codes.as_ptr();
-    let fp = factors.map(|f| f.as_ptr());
-    let (qe, qo) = (qe.map(|q| q.as_ptr()), qo.map(|q| q.as_ptr()));
-    let [o0, o1] = out;
-    let mut i = 0;
-    // SAFETY: row i reads `row_bytes` codes at `i·row_bytes` and, per token, `nb` factors at
-    // `i·nb`, i < n: inside the lengths the caller guarantees.
-    unsafe {
-        while i + 4 <= n {
-            let rows: [usize; 4] = std::array::from_fn(|j| i + j);
-            let acc = fourbit_q8_rows::<4, 2, EVEX>(
-                rows.map(|r| cp.add(r * row_bytes)),
-                fp.map(|f| rows.map(|r| f.add(r * nb))),
-                nb,
-                lut,
-                qe,
-                qo,
-                half_block,
-            );
-            _mm_storeu_ps(o0.as_mut_ptr().add(i), hsum4(acc[0]));
-            _mm_storeu_ps(o1.as_mut_ptr().add(i), hsum4(acc[1]));
-            i += 4;
-        }
-        let z = _mm256_setzero_ps();
-        while i < n {
-            for (t, o) in [&mut *o0, &mut *o1].into_iter().enumerate() {
-                let [[acc]] = fourbit_q8_rows::<1, 1, EVEX>(
-                    [cp.add(i * row_bytes)],
-                    [[fp[t].add(i * nb)]],
-                    nb,
-                    lut,
-                    [qe[t]],
-                    [qo[t]],
-                    half_block,
-                );
-                *o.get_unchecked_mut(i) = _mm_cvtss_f32(hsum4([acc, z, z, z]));
-            }
-            i += 1;
-        }
-    }
+    // SAFETY: row i reads `nb·half_block` codes at `i·nb·half_block` and, per token, `nb` factors
+    // at `i·nb`, i below `out[0].len()`: inside the lengths the caller guarantees.
+    unsafe { fourbit_rows_task!(fourbit_q8_rows, EVEX; 2; codes, factors, lut, qe, qo, half_block, out) }
 }
 
 vnni_pair! {
