@@ -348,13 +348,30 @@ fn fourbit_q8_task(
             return;
         }
     }
-    // A batch: the task's rows in one call per pair of tokens (and one for an odd last token),
-    // each (row, token) with the bits the one-row kernel gives it alone.
+    // A batch: the task's rows in one call per four tokens where the level has that kernel,
+    // then per pair of tokens (and one for an odd last token), each (row, token) with the bits
+    // the one-row kernel gives it alone.
     if m >= 2 && x4 && n <= DECODE_ROWS_PER_TASK {
         let codes = &w.codes[r0 * half..(r0 + n) * half];
         let fac_all = |t: usize| &factors[t * task..t * task + nf];
         let [mut a, mut b] = [[0f32; DECODE_ROWS_PER_TASK]; 2];
+        let [mut c, mut d] = [[0f32; DECODE_ROWS_PER_TASK]; 2];
         let mut t = 0;
+        while t + 4 <= m {
+            let ts: [usize; 4] = std::array::from_fn(|u| t + u);
+            let out = [&mut a[..n], &mut b[..n], &mut c[..n], &mut d[..n]];
+            if !k.dot_fourbit_q8_rows_t4(codes, ts.map(fac_all), lut, ts.map(|t| q.qe(t)), ts.map(|t| q.qo(t)), hb, out)
+            {
+                break;
+            }
+            for i in 0..n {
+                o[i * m + t] = a[i];
+                o[i * m + t + 1] = b[i];
+                o[i * m + t + 2] = c[i];
+                o[i * m + t + 3] = d[i];
+            }
+            t += 4;
+        }
         while t + 2 <= m {
             let (qe, qo, qs) = ([q.qe(t), q.qe(t + 1)], [q.qo(t), q.qo(t + 1)], [q.sum(t), q.sum(t + 1)]);
             let out = [&mut a[..n], &mut b[..n]];
@@ -504,7 +521,20 @@ fn q8_task(k: &Kernels, o: &mut [f32], w: &Q8Ref, m: usize, q: &[i8], d: &[f32],
     while i + 4 <= n {
         let rows: [_; 4] = std::array::from_fn(|j| row(r0 + i + j));
         let (wr, sr) = (rows.map(|r| r.0), rows.map(|r| r.1));
-        for t in 0..m {
+        // Four tokens a call where the level has that kernel (the rows' bytes read and their
+        // sums formed once for the four), the rest one token a call.
+        let mut t0 = 0;
+        while t0 + 4 <= m {
+            let ts: [usize; 4] = std::array::from_fn(|u| t0 + u);
+            let Some(v) = k.dot_q8_x4t4(wr, sr, ts.map(qt), ts.map(dt), bs) else { break };
+            for (u, v) in v.iter().enumerate() {
+                for (j, &v) in v.iter().enumerate() {
+                    o[(i + j) * m + t0 + u] = v;
+                }
+            }
+            t0 += 4;
+        }
+        for t in t0..m {
             let v = k
                 .dot_q8_x4(wr, sr, qt(t), dt(t), bs)
                 .unwrap_or_else(|| rows.map(|(w, s)| k.dot_q8(w, s, qt(t), dt(t), bs)));

@@ -30,6 +30,8 @@ type DotFourBitQ8 = unsafe fn(&[u8], &[f32], &[i8; 16], &[i8], &[i8], &[i32], us
 type DotFourBitQ8Many = unsafe fn(&[u8], &[f32], &[i8; 16], &[i8], &[i8], &[i32], usize, &mut [f32]);
 type DotFourBitQ8ManyT2 =
     unsafe fn(&[u8], [&[f32]; 2], &[i8; 16], [&[i8]; 2], [&[i8]; 2], [&[i32]; 2], usize, [&mut [f32]; 2]);
+type DotFourBitQ8ManyT4 = unsafe fn(&[u8], [&[f32]; 4], &[i8; 16], [&[i8]; 4], [&[i8]; 4], usize, [&mut [f32]; 4]);
+type DotQ8Rows4T4 = unsafe fn([&[i8]; 4], [&[f16]; 4], [&[i8]; 4], [&[f32]; 4], usize) -> [[f32; 4]; 4];
 type FourBitQ8Tile =
     unsafe fn([&[u8]; 4], [&[f32]; 4], &[i8; 16], [&[i8]; 4], [&[i8]; 4], [&[f32]; 4], [&[i32]; 4]) -> [[f32; 4]; 4];
 type FourBitQ8Tile8 = unsafe fn(
@@ -76,6 +78,7 @@ pub struct Kernels {
     /// Block int8 rows: one, and four against the same activations (each row the one-row bits).
     dot_q8: DotQ8,
     dot_q8_x4: Option<DotQ8Rows4>,
+    dot_q8_x4t4: Option<DotQ8Rows4T4>,
     /// A decode task's rows in one call, each with `dot_q8`'s bits.
     dot_q8_rows: Option<DotQ8Many>,
     /// Four 4-bit rows against the same activations, where it beats four row calls, and the
@@ -87,6 +90,7 @@ pub struct Kernels {
     dot_fourbit_q8_rows: Option<DotFourBitQ8Many>,
     /// The same for two tokens at once (a decode batch), each (row, token) with its bits.
     dot_fourbit_q8_rows_t2: Option<DotFourBitQ8ManyT2>,
+    dot_fourbit_q8_rows_t4: Option<DotFourBitQ8ManyT4>,
     /// The widest rows (in weights) decode runs through the four-row kernels.
     x4_max_cols: usize,
     dot_fourbit_q8: DotFourBitQ8,
@@ -133,11 +137,13 @@ impl Kernels {
             dot_int8_rows: None,
             dot_q8: scalar::dot_q8,
             dot_q8_x4: None,
+            dot_q8_x4t4: None,
             dot_q8_rows: None,
             dot_fourbit_q8_x4: None,
             dot_fourbit_q8_x4t2: None,
             dot_fourbit_q8_rows: None,
             dot_fourbit_q8_rows_t2: None,
+            dot_fourbit_q8_rows_t4: None,
             x4_max_cols: 0,
             dot_fourbit_q8: scalar::dot_fourbit_q8,
             fourbit_q8_step: 1,
@@ -172,11 +178,13 @@ impl Kernels {
                     dot_int8_rows: Some(k::dot_int8_rows),
                     dot_q8: k::dot_q8,
                     dot_q8_x4: Some(k::dot_q8_x4),
+                    dot_q8_x4t4: None,
                     dot_q8_rows: Some(k::dot_q8_rows),
                     dot_fourbit_q8_x4: Some((k::dot_fourbit_q8_x4, k::dot_fourbit_q8)),
                     dot_fourbit_q8_x4t2: Some(k::dot_fourbit_q8_x4t2),
                     dot_fourbit_q8_rows: Some(k::dot_fourbit_q8_rows),
                     dot_fourbit_q8_rows_t2: Some(k::dot_fourbit_q8_rows_t2),
+                    dot_fourbit_q8_rows_t4: None,
                     x4_max_cols: usize::MAX,
                     dot_fourbit_q8: k::dot_fourbit_q8,
                     fourbit_q8_step: 32,
@@ -214,11 +222,13 @@ impl Kernels {
                     dot_int8_rows: None,
                     dot_q8: scalar::dot_q8,
                     dot_q8_x4: None,
+                    dot_q8_x4t4: None,
                     dot_q8_rows: None,
                     dot_fourbit_q8_x4: None,
                     dot_fourbit_q8_x4t2: None,
                     dot_fourbit_q8_rows: None,
                     dot_fourbit_q8_rows_t2: None,
+                    dot_fourbit_q8_rows_t4: None,
                     x4_max_cols: 0,
                     dot_fourbit_q8: k::dot_fourbit_q8,
                     fourbit_q8_step: 16,
@@ -310,6 +320,7 @@ impl Kernels {
                 dot_fourbit_q8_x4t2: Some(k::dot_fourbit_q8_x4t2_evex),
                 dot_fourbit_q8_rows: Some(k::dot_fourbit_q8_rows_evex),
                 dot_fourbit_q8_rows_t2: Some(k::dot_fourbit_q8_rows_t2_evex),
+                dot_fourbit_q8_rows_t4: None,
                 fourbit_q8_tile: Some(k::fourbit_q8_tile_evex),
                 fourbit_q8_tile8: None,
                 ..avx2
@@ -324,6 +335,7 @@ impl Kernels {
                 dot_fourbit_q8_x4t2: Some(k::dot_fourbit_q8_x4t2_vex),
                 dot_fourbit_q8_rows: Some(k::dot_fourbit_q8_rows_vex),
                 dot_fourbit_q8_rows_t2: Some(k::dot_fourbit_q8_rows_t2_vex),
+                dot_fourbit_q8_rows_t4: None,
                 fourbit_q8_tile: Some(k::fourbit_q8_tile_vex),
                 fourbit_q8_tile8: None,
                 ..avx2
@@ -363,6 +375,7 @@ impl Kernels {
             dot_int8_rows: Some(crate::arch::x86_64::avx2::dot_int8_rows),
             dot_q8: crate::arch::x86_64::avx2::dot_q8,
             dot_q8_x4: Some(crate::arch::x86_64::avx2::dot_q8_x4),
+            dot_q8_x4t4: Some(k::dot_q8_x4t4),
             dot_q8_rows: Some(crate::arch::x86_64::avx2::dot_q8_rows),
             dot_fourbit_q8_x4: Some((
                 crate::arch::x86_64::avxvnni::dot_fourbit_q8_x4_evex,
@@ -371,6 +384,7 @@ impl Kernels {
             dot_fourbit_q8_x4t2: Some(crate::arch::x86_64::avxvnni::dot_fourbit_q8_x4t2_evex),
             dot_fourbit_q8_rows: Some(crate::arch::x86_64::avxvnni::dot_fourbit_q8_rows_evex),
             dot_fourbit_q8_rows_t2: Some(crate::arch::x86_64::avxvnni::dot_fourbit_q8_rows_t2_evex),
+            dot_fourbit_q8_rows_t4: Some(k::dot_fourbit_q8_rows_t4),
             x4_max_cols: 4095,
             dot_fourbit_q8: k::dot_fourbit_q8,
             fourbit_q8_step: 32,
@@ -387,6 +401,7 @@ impl Kernels {
         Kernels {
             label: "avx512+vbmi",
             dot_fourbit_q8: k::dot_fourbit_q8_vbmi,
+            dot_fourbit_q8_rows_t4: Some(k::dot_fourbit_q8_rows_t4_vbmi),
             fourbit_q8_tile: Some(k::fourbit_q8_tile_vbmi),
             fourbit_q8_tile8: None,
             ..plain
@@ -688,6 +703,36 @@ impl Kernels {
         true
     }
 
+    /// [`Kernels::dot_fourbit_q8_rows`] for four tokens (see
+    /// [`crate::scalar::dot_fourbit_q8_rows_t4`]): `out[t][i]` with the bits
+    /// [`Kernels::dot_fourbit_q8_x1`] gives row `i` against token `t`; `false` (and `out`
+    /// untouched) where this level has no such kernel or the block size does not suit it.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    pub fn dot_fourbit_q8_rows_t4(
+        &self,
+        codes: &[u8],
+        factors: [&[f32]; 4],
+        lut: &[i8; 16],
+        qe: [&[i8]; 4],
+        qo: [&[i8]; 4],
+        half_block: usize,
+        out: [&mut [f32]; 4],
+    ) -> bool {
+        let Some(f) = self.dot_fourbit_q8_rows_t4 else { return false };
+        let rows = out[0].len();
+        if !half_block.is_multiple_of(self.fourbit_q8_step) || rows == 0 || out.iter().any(|o| o.len() != rows) {
+            return false;
+        }
+        let nb = factors[0].len() / rows;
+        let n = nb * half_block;
+        assert!(factors.iter().all(|f| f.len() == rows * nb) && codes.len() >= rows * n);
+        assert!(qe.iter().chain(&qo).all(|q| q.len() >= n));
+        // SAFETY: `self` exists only for a supported ISA; lengths and step checked above.
+        unsafe { f(codes, factors, lut, qe, qo, half_block, out) };
+        true
+    }
+
     /// One row through the kernel that gives the same bits as a row of
     /// [`Kernels::dot_fourbit_q8_x4`] (the plain row kernel where the level has no four-row one).
     #[allow(clippy::too_many_arguments)]
@@ -847,6 +892,27 @@ impl Kernels {
         assert!(crate::q8::BLOCKSIZES.contains(&blocksize) && w.len() == n && q.len() == n && d.len() == scale.len());
         // SAFETY: `self` exists only for a supported ISA; lengths checked above.
         unsafe { (self.dot_q8)(w, scale, q, d, blocksize) }
+    }
+
+    /// Four block int8 rows against four tokens (see [`crate::scalar::dot_q8_x4t4`]):
+    /// `out[t][r]` with the bits [`Kernels::dot_q8_x4`] gives row `r` against token `t`; `None`
+    /// where this level has no such kernel.
+    #[inline]
+    pub fn dot_q8_x4t4(
+        &self,
+        w: [&[i8]; 4],
+        scale: [&[f16]; 4],
+        q: [&[i8]; 4],
+        d: [&[f32]; 4],
+        blocksize: usize,
+    ) -> Option<[[f32; 4]; 4]> {
+        let f = self.dot_q8_x4t4?;
+        let nb = scale[0].len();
+        let n = nb * blocksize;
+        assert!(crate::q8::BLOCKSIZES.contains(&blocksize));
+        assert!((0..4).all(|i| w[i].len() == n && scale[i].len() == nb && q[i].len() == n && d[i].len() == nb));
+        // SAFETY: `self` exists only for a supported ISA; lengths checked above.
+        Some(unsafe { f(w, scale, q, d, blocksize) })
     }
 
     /// Four block int8 rows against the same activations, each row bit-identical to

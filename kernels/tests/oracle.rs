@@ -242,6 +242,27 @@ proptest! {
                     prop_assert_eq!(o0[r].to_bits(), one0.to_bits(), "{} {:?} two-token rows call, row {} token 0", k.label(), kind, r);
                     prop_assert_eq!(o1[r].to_bits(), one1.to_bits(), "{} {:?} two-token rows call, row {} token 1", k.label(), kind, r);
                 }
+                // Four tokens at once: the two above, then each with its activations rotated.
+                let rot = |v: &[i8]| -> Vec<i8> { let mut v = v.to_vec(); let k = 5 % v.len().max(1); v.rotate_left(k); v };
+                let (qe3, qo3, qe4, qo4) = (rot(&qe), rot(&qo), rot(&qe2), rot(&qo2));
+                let sums = |e: &[i8], o: &[i8]| -> Vec<i32> { (0..blocks).map(|b| (b * half..(b + 1) * half).map(|i| e[i] as i32 + o[i] as i32).sum()).collect() };
+                let (qsum3, qsum4) = (sums(&qe3, &qo3), sums(&qe4, &qo4));
+                let factors3: Vec<f32> = flat_factors.iter().map(|f| f * 1.5).collect();
+                let factors4: Vec<f32> = factors2.iter().map(|f| f * 0.75).collect();
+                let fs = [&flat_factors[..], &factors2[..], &factors3[..], &factors4[..]];
+                let (qes, qos, qss) = ([&qe[..], &qe2, &qe3, &qe4], [&qo[..], &qo2, &qo3, &qo4], [&qsum[..], &qsum2, &qsum3, &qsum4]);
+                let mut outs: [Vec<f32>; 4] = std::array::from_fn(|_| vec![f32::NAN; rows]);
+                let [o0, o1, o2, o3] = outs.each_mut().map(|o| &mut o[..]);
+                if !k.dot_fourbit_q8_rows_t4(&flat_codes, fs, &lut, qes, qos, half, [o0, o1, o2, o3]) {
+                    continue;
+                }
+                for r in 0..rows {
+                    let nb = blocks;
+                    for t in 0..4 {
+                        let one = k.dot_fourbit_q8_x1(&all[r], &fs[t][r * nb..(r + 1) * nb], &lut, qes[t], qos[t], qss[t], half);
+                        prop_assert_eq!(outs[t][r].to_bits(), one.to_bits(), "{} {:?} four-token rows call, row {} token {}", k.label(), kind, r, t);
+                    }
+                }
             }
         }
     }
@@ -674,6 +695,24 @@ proptest! {
                 if let Some(v) = k.dot_q8_x4([wr[0], wr[1], wr[2], wr[3]], [sr[0], sr[1], sr[2], sr[3]], &q, &d, bs) {
                     for r in 0..4 {
                         prop_assert_eq!(v[r].to_bits(), k.dot_q8(wr[r], sr[r], &q, &d, bs).to_bits(), "{} x4 row {}", k.label(), r);
+                    }
+                }
+                if m >= 4 {
+                    // Four tokens a call: each (row, token) the one-token kernel's bits.
+                    let (mut qs, mut ds) = (vec![vec![0i8; cols]; 4], vec![vec![0f32; nb]; 4]);
+                    for tk in 0..4 {
+                        lowbit_kernels::q8::quantize_activations(&x[tk * cols..(tk + 1) * cols], bs, &mut qs[tk], &mut ds[tk]);
+                    }
+                    let (w4, s4) = ([wr[0], wr[1], wr[2], wr[3]], [sr[0], sr[1], sr[2], sr[3]]);
+                    let q4: [&[i8]; 4] = std::array::from_fn(|tk| &qs[tk][..]);
+                    let d4: [&[f32]; 4] = std::array::from_fn(|tk| &ds[tk][..]);
+                    if let Some(v) = k.dot_q8_x4t4(w4, s4, q4, d4, bs) {
+                        for tk in 0..4 {
+                            let one = k.dot_q8_x4(w4, s4, &qs[tk], &ds[tk], bs).expect("a level with x4t4 has x4");
+                            for r in 0..4 {
+                                prop_assert_eq!(v[tk][r].to_bits(), one[r].to_bits(), "{} x4t4 row {} token {}", k.label(), r, tk);
+                            }
+                        }
                     }
                 }
             }

@@ -85,6 +85,25 @@ pub fn dot_fourbit_q8_rows_t2(
     }
 }
 
+/// [`dot_fourbit_q8_rows`] for four tokens (a decode batch): `out[t][i]` is row `i` against
+/// token `t`'s activations and factors. The SIMD version looks each row's codes up once for the
+/// four and gives every (row, token) the bits of that level's one-token kernel.
+#[allow(clippy::too_many_arguments)]
+pub fn dot_fourbit_q8_rows_t4(
+    codes: &[u8],
+    factors: [&[f32]; 4],
+    lut: &[i8; 16],
+    qe: [&[i8]; 4],
+    qo: [&[i8]; 4],
+    qsum: [&[i32]; 4],
+    half_block: usize,
+    out: [&mut [f32]; 4],
+) {
+    for (t, o) in out.into_iter().enumerate() {
+        dot_fourbit_q8_rows(codes, factors[t], lut, qe[t], qo[t], qsum[t], half_block, o);
+    }
+}
+
 /// [`dot_fourbit_q8_x4`] for two tokens (batched decode): `out[t]` is the four rows against
 /// token `t`'s activations and factors (`factors[t][r]`: row `r`'s block factors for token `t`).
 /// The SIMD versions look each row's codes up once for both tokens and give every (row, token)

@@ -15,8 +15,8 @@ pub(crate) use activation::{EXP_MAX, EXP_MIN, EXP_POLY, LN2_HI, LN2_LO, LOG2E};
 pub use dense::{axpy_bf16_rows, axpy_f32, axpy_f32_rows, dot_bf16, dot_bf16_rows, dot_f16, dot_f32, dot_f32_rows};
 pub use fourbit::dot_fourbit;
 pub use fourbit_q8::{
-    dot_fourbit_q8, dot_fourbit_q8_rows, dot_fourbit_q8_rows_t2, dot_fourbit_q8_x4, dot_fourbit_q8_x4t2,
-    fourbit_q8_tile, nested_factors, quantize_q8,
+    dot_fourbit_q8, dot_fourbit_q8_rows, dot_fourbit_q8_rows_t2, dot_fourbit_q8_rows_t4, dot_fourbit_q8_x4,
+    dot_fourbit_q8_x4t2, fourbit_q8_tile, nested_factors, quantize_q8,
 };
 pub use int8::{dot_int8, dot_int8_4x4, dot_int8_rows, dot_int8_x4};
-pub use q8::{dot_q8, dot_q8_rows};
+pub use q8::{dot_q8, dot_q8_rows, dot_q8_x4t4};

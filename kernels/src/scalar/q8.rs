@@ -23,3 +23,15 @@ pub fn dot_q8_rows(w: &[i8], scale: &[f16], q: &[i8], d: &[f32], blocksize: usiz
         *o = dot_q8(&w[i * cols..(i + 1) * cols], &scale[i * nb..(i + 1) * nb], q, d, blocksize);
     }
 }
+
+/// Four rows against four tokens (a decode batch): `out[t][r]` = [`dot_q8`] of row `r` and
+/// token `t`. The SIMD version gives every pair the bits of its level's one-token kernel.
+pub fn dot_q8_x4t4(
+    w: [&[i8]; 4],
+    scale: [&[f16]; 4],
+    q: [&[i8]; 4],
+    d: [&[f32]; 4],
+    blocksize: usize,
+) -> [[f32; 4]; 4] {
+    std::array::from_fn(|t| std::array::from_fn(|r| dot_q8(w[r], scale[r], q[t], d[t], blocksize)))
+}

@@ -14,10 +14,11 @@ use half::{bf16, f16};
 /// compiled twice, with and without `avx512vbmi` among its target features. The plain one
 /// carries the given docs.
 macro_rules! vbmi_pair {
-    ($(#[$doc:meta])* $plain:ident, $vbmi:ident = $body:ident($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty) => {
+    ($(#[$doc:meta])* $plain:ident, $vbmi:ident = $body:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)?) => {
         $(#[$doc])*
         #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
-        pub unsafe fn $plain($($arg: $ty),*) -> $ret {
+        #[allow(clippy::too_many_arguments)]
+        pub unsafe fn $plain($($arg: $ty),*) $(-> $ret)? {
             // SAFETY: the caller's contract is the body's.
             unsafe { $body::<false>($($arg),*) }
         }
@@ -27,7 +28,8 @@ macro_rules! vbmi_pair {
         /// # Safety
         #[doc = concat!("As [`", stringify!($plain), "`], and AVX-512 VBMI must be available.")]
         #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma")]
-        pub unsafe fn $vbmi($($arg: $ty),*) -> $ret {
+        #[allow(clippy::too_many_arguments)]
+        pub unsafe fn $vbmi($($arg: $ty),*) $(-> $ret)? {
             // SAFETY: the caller's contract is the body's, VBMI included.
             unsafe { $body::<true>($($arg),*) }
         }
@@ -482,6 +484,229 @@ unsafe fn tile<const VBMI: bool>(
         _mm512_storeu_ps(out.as_mut_ptr() as *mut f32, sums);
         out
     }
+}
+
+vbmi_pair! {
+    /// See [`crate::scalar::dot_fourbit_q8_rows_t4`]: a decode task's rows against four tokens,
+    /// every (row, token) with the bits of the 256-bit VNNI row kernel
+    /// (`avxvnni::dot_fourbit_q8_x4_evex`, this level's one-token kernel for these rows) on that
+    /// token alone. Each 512-bit register holds one token's eight lanes in its low half and the
+    /// next token's in its high half, lane for lane what the 256-bit kernel holds, so one
+    /// `vpdpbusd`, convert and FMA serve two tokens, and a row's codes, loaded into both halves,
+    /// are looked up once for all four.
+    ///
+    /// # Safety
+    /// AVX-512F/BW/VL and VNNI must be available; `half_block` is a multiple of 32; with
+    /// `n = out[0].len()` (every `out[t]` as long) and `nb = factors[0].len() / n`, `codes` holds
+    /// `n * nb * half_block` bytes (row after row), every `qe[t]`, `qo[t]` `nb * half_block`
+    /// elements and every `factors[t]` exactly `n * nb`.
+    dot_fourbit_q8_rows_t4, dot_fourbit_q8_rows_t4_vbmi = fourbit_rows_t4(
+        codes: &[u8], factors: [&[f32]; 4], lut: &[i8; 16], qe: [&[i8]; 4], qo: [&[i8]; 4], half_block: usize,
+        out: [&mut [f32]; 4]
+    )
+}
+
+/// # Safety
+/// Inlined only into the two entry points `vbmi_pair!` makes of it, whose contract it has.
+#[inline(always)]
+unsafe fn fourbit_rows_t4<const VBMI: bool>(
+    codes: &[u8],
+    factors: [&[f32]; 4],
+    lut: &[i8; 16],
+    qe: [&[i8]; 4],
+    qo: [&[i8]; 4],
+    half_block: usize,
+    out: [&mut [f32]; 4],
+) {
+    let n = out[0].len();
+    let nb = factors[0].len() / n.max(1);
+    let row_bytes = nb * half_block;
+    let cp = codes.as_ptr();
+    let fp = factors.map(|f| f.as_ptr());
+    let (qe, qo) = (qe.map(|q| q.as_ptr()), qo.map(|q| q.as_ptr()));
+    let op = out.map(|o| o.as_mut_ptr());
+    // SAFETY: row i reads `row_bytes` codes at `i·row_bytes` and, per token, `nb` factors at
+    // `i·nb`, i < n: inside the lengths the caller guarantees; stores stay below n.
+    unsafe {
+        let mut i = 0;
+        while i + 4 <= n {
+            let rows: [usize; 4] = std::array::from_fn(|j| i + j);
+            let c = rows.map(|r| cp.add(r * row_bytes));
+            let f = fp.map(|f| rows.map(|r| f.add(r * nb)));
+            let acc = rows_t4::<4, VBMI>(c, f, nb, lut, qe, qo, half_block);
+            // Each token's four rows summed as the 256-bit kernel's `hsum4` sums them.
+            for p in 0..2 {
+                let [lo, hi] = split(acc[p]);
+                _mm_storeu_ps(op[2 * p].add(i), super::avx2::hsum4(lo));
+                _mm_storeu_ps(op[2 * p + 1].add(i), super::avx2::hsum4(hi));
+            }
+            i += 4;
+        }
+        let z = _mm256_setzero_ps();
+        while i < n {
+            let f = fp.map(|f| [f.add(i * nb)]);
+            let acc = rows_t4::<1, VBMI>([cp.add(i * row_bytes)], f, nb, lut, qe, qo, half_block);
+            for p in 0..2 {
+                let [[lo], [hi]] = split(acc[p]);
+                *op[2 * p].add(i) = _mm_cvtss_f32(super::avx2::hsum4([lo, z, z, z]));
+                *op[2 * p + 1].add(i) = _mm_cvtss_f32(super::avx2::hsum4([hi, z, z, z]));
+            }
+            i += 1;
+        }
+    }
+}
+
+/// The low (first token's) and high (second token's) halves of each register.
+#[inline(always)]
+fn split<const R: usize>(acc: [__m512; R]) -> [[__m256; R]; 2] {
+    // SAFETY: register moves; AVX-512F is enabled wherever this is inlined.
+    unsafe {
+        [
+            acc.map(|a| _mm512_castps512_ps256(a)),
+            acc.map(|a| _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(a)))),
+        ]
+    }
+}
+
+/// Two tokens' 32 bytes at `i` in the two halves of one register.
+///
+/// # Safety
+/// 32 bytes readable at `a + i` and `b + i`.
+#[inline(always)]
+unsafe fn token_pair(a: *const i8, b: *const i8, i: usize) -> __m512i {
+    // SAFETY: the caller's contract.
+    unsafe {
+        let lo = _mm512_castsi256_si512(_mm256_loadu_si256(a.add(i) as *const __m256i));
+        _mm512_inserti64x4::<1>(lo, _mm256_loadu_si256(b.add(i) as *const __m256i))
+    }
+}
+
+/// The lane sums of `R` rows against four tokens as two token pairs (`[pair][row]`, the pair's
+/// first token in lanes 0–7): per 32-byte step and row, the codes go into both halves and are
+/// looked up once; per pair, two `vpdpbusd` and the pair's `128 · Σq` correction, as in
+/// `avxvnni::fourbit_q8_rows`; per block, the exact sum converted and scaled by each token's
+/// factor (the pair's two factors broadcast into the two halves).
+///
+/// # Safety
+/// Inlined into [`fourbit_rows_t4`]'s entry points, whose contract covers every pointer.
+#[inline(always)]
+unsafe fn rows_t4<const R: usize, const VBMI: bool>(
+    codes: [*const u8; R],
+    factors: [[*const f32; R]; 4],
+    nb: usize,
+    lut: &[i8; 16],
+    qe: [*const i8; 4],
+    qo: [*const i8; 4],
+    half_block: usize,
+) -> [[__m512; R]; 2] {
+    // SAFETY: loads stay within `nb * half_block` bytes and `nb` entries (caller's contract).
+    unsafe {
+        let table = biased_table(lut);
+        let nib = _mm512_set1_epi8(0x0F);
+        let c128 = _mm512_set1_epi8(-128);
+        let mut acc = [[_mm512_setzero_ps(); R]; 2];
+        for b in 0..nb {
+            let mut isum = [[_mm512_setzero_si512(); R]; 2];
+            let mut corr = [_mm512_setzero_si512(); 2];
+            let mut i = b * half_block;
+            let end = i + half_block;
+            while i < end {
+                let qh: [__m512i; 2] = std::array::from_fn(|p| token_pair(qe[2 * p], qe[2 * p + 1], i));
+                let ql: [__m512i; 2] = std::array::from_fn(|p| token_pair(qo[2 * p], qo[2 * p + 1], i));
+                for p in 0..2 {
+                    corr[p] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(corr[p], c128, qh[p]), c128, ql[p]);
+                }
+                super::avx2::ahead(codes[0], R * i);
+                for r in 0..R {
+                    let v = _mm512_broadcast_i64x4(_mm256_loadu_si256(codes[r].add(i) as *const __m256i));
+                    let (wh, wl) = lookup::<VBMI>(v, table, nib);
+                    for p in 0..2 {
+                        isum[p][r] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(isum[p][r], wh, qh[p]), wl, ql[p]);
+                    }
+                }
+                i += 32;
+            }
+            for p in 0..2 {
+                for r in 0..R {
+                    let exact = _mm512_sub_epi32(isum[p][r], corr[p]);
+                    let lo = _mm512_set1_ps(*factors[2 * p][r].add(b));
+                    let f = _mm512_mask_broadcastss_ps(lo, 0xFF00, _mm_load_ss(factors[2 * p + 1][r].add(b)));
+                    acc[p][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(exact), f, acc[p][r]);
+                }
+            }
+        }
+        acc
+    }
+}
+
+/// See [`crate::scalar::dot_q8_x4t4`]: four block int8 rows against four tokens, every (row,
+/// token) with the bits of `avx2::dot_q8_x4` (this level's one-token kernel) on that token
+/// alone. As in [`dot_fourbit_q8_rows_t4`], a register holds two tokens, one per half, each
+/// half lane for lane what the AVX2 kernel holds: `vpdpbusd` of the activations biased to
+/// unsigned (+128) and the row, minus `128 · Σw` per lane (one more `vpdpbusd` per row, shared
+/// by the tokens), is the exact sum `vpmaddubsw` + `vpmaddwd` give; each block's sum is
+/// converted and scaled by `scale · d` rounded once, as there.
+///
+/// # Safety
+/// AVX-512F/BW/VL, VNNI and F16C must be available; `blocksize` is a multiple of 32; every
+/// `w[r]`, `q[t]` hold `nb · blocksize` values and every `scale[r]`, `d[t]` `nb` entries,
+/// `nb = scale[0].len()`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn dot_q8_x4t4(
+    w: [&[i8]; 4],
+    scale: [&[f16]; 4],
+    q: [&[i8]; 4],
+    d: [&[f32]; 4],
+    blocksize: usize,
+) -> [[f32; 4]; 4] {
+    let nb = scale[0].len();
+    let (wp, sp) = (w.map(|w| w.as_ptr()), scale.map(|s| s.as_ptr()));
+    let (qp, dp) = (q.map(|q| q.as_ptr()), d.map(|d| d.as_ptr()));
+    let mut out = [[0f32; 4]; 4];
+    // SAFETY: loads stay within `nb · blocksize` bytes and `nb` entries (caller's contract).
+    unsafe {
+        let c128 = _mm512_set1_epi8(-128);
+        let mut acc = [[_mm512_setzero_ps(); 4]; 2];
+        for b in 0..nb {
+            // Row r's scale in all sixteen lanes; token pair p's d in its two halves.
+            let s: [__m512; 4] = std::array::from_fn(|r| {
+                let bits = (*sp[r].add(b)).to_bits();
+                _mm512_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+            });
+            let dv: [__m512; 2] = std::array::from_fn(|p| {
+                _mm512_mask_broadcastss_ps(_mm512_set1_ps(*dp[2 * p].add(b)), 0xFF00, _mm_load_ss(dp[2 * p + 1].add(b)))
+            });
+            let mut isum = [[_mm512_setzero_si512(); 4]; 2];
+            let mut corr = [_mm512_setzero_si512(); 4];
+            let mut i = b * blocksize;
+            while i < (b + 1) * blocksize {
+                let qu: [__m512i; 2] =
+                    std::array::from_fn(|p| _mm512_xor_si512(token_pair(qp[2 * p], qp[2 * p + 1], i), c128));
+                super::avx2::ahead(wp[0] as *const u8, 4 * i);
+                for r in 0..4 {
+                    let wv = _mm512_broadcast_i64x4(_mm256_loadu_si256(wp[r].add(i) as *const __m256i));
+                    corr[r] = _mm512_dpbusd_epi32(corr[r], c128, wv);
+                    for p in 0..2 {
+                        isum[p][r] = _mm512_dpbusd_epi32(isum[p][r], qu[p], wv);
+                    }
+                }
+                i += 32;
+            }
+            for p in 0..2 {
+                for r in 0..4 {
+                    let exact = _mm512_sub_epi32(isum[p][r], corr[r]);
+                    let f = _mm512_mul_ps(s[r], dv[p]);
+                    acc[p][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(exact), f, acc[p][r]);
+                }
+            }
+        }
+        for p in 0..2 {
+            let [lo, hi] = split(acc[p]);
+            _mm_storeu_ps(out[2 * p].as_mut_ptr(), super::avx2::hsum4(lo));
+            _mm_storeu_ps(out[2 * p + 1].as_mut_ptr(), super::avx2::hsum4(hi));
+        }
+    }
+    out
 }
 
 /// Lane `i` of the result = the sum of `v[i]`'s sixteen lanes: a transpose-and-add tree (45
