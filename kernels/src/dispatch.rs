@@ -16,6 +16,8 @@ type DotF32Rows = unsafe fn(&mut [f32], &[f32], &[f32], usize);
 type AxpyF32Rows = unsafe fn(&mut [f32], &[f32], &[f32], usize);
 type DotBf16Rows = unsafe fn(&mut [f32], &[f32], &[bf16], usize);
 type AxpyBf16Rows = unsafe fn(&mut [f32], &[f32], &[bf16], usize);
+type DotF16Rows = unsafe fn(&mut [f32], &[f32], &[f16], usize);
+type AxpyF16Rows = unsafe fn(&mut [f32], &[f32], &[f16], usize);
 type DotF16 = unsafe fn(&[f16], &[f32]) -> f32;
 type DotBf16 = unsafe fn(&[bf16], &[f32]) -> f32;
 type DotFourBit = unsafe fn(&[u8], &[f32], &[f32; 16], &[f32], &[f32], usize) -> f32;
@@ -64,6 +66,8 @@ pub struct Kernels {
     axpy_f32_rows: AxpyF32Rows,
     dot_bf16_rows: DotBf16Rows,
     axpy_bf16_rows: AxpyBf16Rows,
+    dot_f16_rows: DotF16Rows,
+    axpy_f16_rows: AxpyF16Rows,
     dot_f16: DotF16,
     dot_bf16: DotBf16,
     dot_fourbit: DotFourBit,
@@ -127,6 +131,8 @@ impl Kernels {
             axpy_f32_rows: scalar::axpy_f32_rows,
             dot_bf16_rows: scalar::dot_bf16_rows,
             axpy_bf16_rows: scalar::axpy_bf16_rows,
+            dot_f16_rows: scalar::dot_f16_rows,
+            axpy_f16_rows: scalar::axpy_f16_rows,
             dot_f16: scalar::dot_f16,
             dot_bf16: scalar::dot_bf16,
             dot_fourbit: scalar::dot_fourbit,
@@ -168,6 +174,8 @@ impl Kernels {
                     axpy_f32_rows: k::axpy_f32_rows,
                     dot_bf16_rows: k::dot_bf16_rows,
                     axpy_bf16_rows: k::axpy_bf16_rows,
+                    dot_f16_rows: k::dot_f16_rows,
+                    axpy_f16_rows: k::axpy_f16_rows,
                     dot_f16: k::dot_f16,
                     dot_bf16: k::dot_bf16,
                     dot_fourbit: k::dot_fourbit,
@@ -212,6 +220,8 @@ impl Kernels {
                     axpy_f32_rows: scalar::axpy_f32_rows,
                     dot_bf16_rows: scalar::dot_bf16_rows,
                     axpy_bf16_rows: scalar::axpy_bf16_rows,
+                    dot_f16_rows: scalar::dot_f16_rows,
+                    axpy_f16_rows: scalar::axpy_f16_rows,
                     dot_f16: k::dot_f16,
                     dot_bf16: k::dot_bf16,
                     dot_fourbit: k::dot_fourbit,
@@ -362,6 +372,8 @@ impl Kernels {
             axpy_f32_rows: crate::arch::x86_64::avx2::axpy_f32_rows,
             dot_bf16_rows: crate::arch::x86_64::avx2::dot_bf16_rows,
             axpy_bf16_rows: crate::arch::x86_64::avx2::axpy_bf16_rows,
+            dot_f16_rows: crate::arch::x86_64::avx2::dot_f16_rows,
+            axpy_f16_rows: crate::arch::x86_64::avx2::axpy_f16_rows,
             dot_f16: k::dot_f16,
             dot_bf16: k::dot_bf16,
             dot_fourbit: k::dot_fourbit,
@@ -494,6 +506,29 @@ impl Kernels {
         assert!(a.is_empty() || (stride >= y.len() && rows_fit(a.len(), stride, y.len(), rows.len())));
         // SAFETY: `self` exists only for a supported ISA; lengths checked above.
         unsafe { (self.axpy_bf16_rows)(y, a, rows, stride) }
+    }
+
+    /// [`Kernels::dot_f32_rows`] over f16 rows, widened exactly: the bits it gives over the
+    /// widened rows (an f16 KV cache is read in place).
+    ///
+    /// # Panics
+    /// As [`Kernels::dot_f32_rows`].
+    #[inline]
+    pub fn dot_f16_rows(&self, out: &mut [f32], q: &[f32], rows: &[f16], stride: usize) {
+        assert!(out.is_empty() || (stride >= q.len() && rows_fit(out.len(), stride, q.len(), rows.len())));
+        // SAFETY: `self` exists only for a supported ISA; lengths checked above.
+        unsafe { (self.dot_f16_rows)(out, q, rows, stride) }
+    }
+
+    /// [`Kernels::axpy_f32_rows`] over f16 rows, widened exactly (the same bits).
+    ///
+    /// # Panics
+    /// As [`Kernels::axpy_f32_rows`].
+    #[inline]
+    pub fn axpy_f16_rows(&self, y: &mut [f32], a: &[f32], rows: &[f16], stride: usize) {
+        assert!(a.is_empty() || (stride >= y.len() && rows_fit(a.len(), stride, y.len(), rows.len())));
+        // SAFETY: `self` exists only for a supported ISA; lengths checked above.
+        unsafe { (self.axpy_f16_rows)(y, a, rows, stride) }
     }
 
     /// `Σ f32(w)·x`; slices must have equal length.

@@ -141,6 +141,17 @@ proptest! {
             k.axpy_bf16_rows(&mut y16, &a, &rows16, stride);
             k.axpy_f32_rows(&mut y32, &a, &wide, stride);
             prop_assert_eq!(y16.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), y32.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{} bf16 axpy", k.label());
+            // f16 rows likewise.
+            let rowsh: Vec<f16> = rows.iter().map(|&v| f16::from_f32(v)).collect();
+            let wide: Vec<f32> = rowsh.iter().map(|v| v.to_f32()).collect();
+            let (mut gh, mut g32) = (vec![0f32; n], vec![0f32; n]);
+            k.dot_f16_rows(&mut gh, &q, &rowsh, stride);
+            k.dot_f32_rows(&mut g32, &q, &wide, stride);
+            prop_assert_eq!(gh.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), g32.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{} f16 dot", k.label());
+            let (mut yh, mut y32) = (y0.clone(), y0.clone());
+            k.axpy_f16_rows(&mut yh, &a, &rowsh, stride);
+            k.axpy_f32_rows(&mut y32, &a, &wide, stride);
+            prop_assert_eq!(yh.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), y32.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{} f16 axpy", k.label());
             let mut y1 = y0.clone();
             k.axpy_f32(&mut y1, 0.75, &rows[..d]);
             let mut w1 = y0.clone();

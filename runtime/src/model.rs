@@ -471,9 +471,11 @@ impl<'a> Model<'a> {
             for &(s0, n) in runs.iter().filter(|r| r.1 > 0) {
                 match view {
                     HeadView::F32(kc, _) => kern.dot_f32_rows(&mut scores[at..at + n], qh, &kc[s0 * hd..], hd),
-                    // The rows converted (exactly) first: the same products as an f32 cache
-                    // holding the rounded values.
-                    HeadView::F16(..) | HeadView::Q8 => {
+                    // Widened exactly on load: the same products as an f32 cache holding the
+                    // rounded values.
+                    HeadView::F16(kc, _) => kern.dot_f16_rows(&mut scores[at..at + n], qh, &kc[s0 * hd..], hd),
+                    // The rows dequantized first.
+                    HeadView::Q8 => {
                         cache.gather(layer, false, kvh, s0, n, rows);
                         kern.dot_f32_rows(&mut scores[at..at + n], qh, rows, hd)
                     }
@@ -487,7 +489,8 @@ impl<'a> Model<'a> {
             for &(s0, n) in runs.iter().filter(|r| r.1 > 0) {
                 match view {
                     HeadView::F32(_, vc) => kern.axpy_f32_rows(o, &scores[at..at + n], &vc[s0 * hd..], hd),
-                    HeadView::F16(..) | HeadView::Q8 => {
+                    HeadView::F16(_, vc) => kern.axpy_f16_rows(o, &scores[at..at + n], &vc[s0 * hd..], hd),
+                    HeadView::Q8 => {
                         cache.gather(layer, true, kvh, s0, n, rows);
                         kern.axpy_f32_rows(o, &scores[at..at + n], rows, hd)
                     }

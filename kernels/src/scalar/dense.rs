@@ -46,6 +46,18 @@ pub fn dot_bf16_rows(out: &mut [f32], q: &[f32], rows: &[bf16], stride: usize) {
     dot_f32_rows(out, q, &wide, stride);
 }
 
+/// [`dot_f32_rows`] over f16 rows, each widened to f32 (exactly).
+pub fn dot_f16_rows(out: &mut [f32], q: &[f32], rows: &[f16], stride: usize) {
+    let wide: Vec<f32> = rows.iter().map(|v| v.to_f32()).collect();
+    dot_f32_rows(out, q, &wide, stride);
+}
+
+/// [`axpy_f32_rows`] over f16 rows, each widened to f32 (exactly).
+pub fn axpy_f16_rows(y: &mut [f32], a: &[f32], rows: &[f16], stride: usize) {
+    let wide: Vec<f32> = rows.iter().map(|v| v.to_f32()).collect();
+    axpy_f32_rows(y, a, &wide, stride);
+}
+
 /// [`axpy_f32_rows`] over bf16 rows, each widened to f32 (exactly).
 pub fn axpy_bf16_rows(y: &mut [f32], a: &[f32], rows: &[bf16], stride: usize) {
     let wide: Vec<f32> = rows.iter().map(|v| v.to_f32()).collect();

@@ -69,6 +69,18 @@ impl RowElem for bf16 {
     }
 }
 
+impl RowElem for f16 {
+    #[inline(always)]
+    unsafe fn load8(p: *const f16) -> __m256 {
+        // SAFETY: the caller's contract; F16C is enabled wherever f16 rows are read.
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)) }
+    }
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self.to_f32()
+    }
+}
+
 /// See [`crate::scalar::dot_f32`].
 ///
 /// # Safety
@@ -164,6 +176,17 @@ pub unsafe fn dot_bf16_rows(out: &mut [f32], q: &[f32], rows: &[bf16], stride: u
     unsafe { dot_rows_body(out, q, rows.as_ptr(), stride) }
 }
 
+/// See [`crate::scalar::dot_f16_rows`]: [`dot_f32_rows`] over f16 rows widened on load (F16C),
+/// with the bits of [`dot_f32_rows`] over the widened values.
+///
+/// # Safety
+/// As [`dot_f32_rows`], and F16C must be available.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_f16_rows(out: &mut [f32], q: &[f32], rows: &[f16], stride: usize) {
+    // SAFETY: the caller's contract is the body's.
+    unsafe { dot_rows_body(out, q, rows.as_ptr(), stride) }
+}
+
 /// The body of [`dot_f32_rows`] for rows of `E`.
 ///
 /// # Safety
@@ -220,6 +243,17 @@ pub unsafe fn axpy_f32_rows(y: &mut [f32], a: &[f32], rows: &[f32], stride: usiz
 /// As [`axpy_f32_rows`].
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn axpy_bf16_rows(y: &mut [f32], a: &[f32], rows: &[bf16], stride: usize) {
+    // SAFETY: the caller's contract is the body's.
+    unsafe { axpy_rows_body(y, a, rows.as_ptr(), stride) }
+}
+
+/// See [`crate::scalar::axpy_f16_rows`]: [`axpy_f32_rows`] over f16 rows widened on load (F16C),
+/// with its bits over the widened values.
+///
+/// # Safety
+/// As [`axpy_f32_rows`], and F16C must be available.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn axpy_f16_rows(y: &mut [f32], a: &[f32], rows: &[f16], stride: usize) {
     // SAFETY: the caller's contract is the body's.
     unsafe { axpy_rows_body(y, a, rows.as_ptr(), stride) }
 }
