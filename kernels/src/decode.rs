@@ -11,7 +11,7 @@ use crate::fourbit::code_at;
 use crate::int8::{quantize_activations, Int8Activations, INV_127, MM_DEQUANT_SCALE};
 use crate::lined::Lined;
 use crate::matmul::{
-    block_factors, for_row_chunks, rows_block_aligned, transpose_into, BlockQ8, MatmulOptions, Par,
+    block_factors, for_row_chunks, rows_block_aligned, transpose_into, BlockQ8, MatmulOptions, Par, RowsThen,
     DECODE_ROWS_PER_TASK,
 };
 use crate::weight::{FourBitRef, Int8Ref, Q8Ref, Weight};
@@ -26,14 +26,16 @@ pub(crate) fn rows(
     opts: &MatmulOptions,
     parallel: bool,
 ) {
-    rows_many(k, out, &[w], x, m, opts, parallel);
+    rows_many(k, out, &[w], x, m, opts, parallel, None);
 }
 
 /// [`rows`] for several weights over the same input (q, k and v; gate and up), their `m × rows`
 /// results one after the other in `out`: where their activations are prepared alike (the same
 /// scheme and blocks), they are prepared once and every weight's rows go through one parallel
 /// loop, so the threads meet once instead of once per weight. Each row's result is the one
-/// [`rows`] gives for its weight alone.
+/// [`rows`] gives for its weight alone. `then`, if given, runs on each task's finished rows of
+/// each weight (see [`crate::RowsThen`]) in the same parallel loop.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn rows_many(
     k: &Kernels,
     out: &mut [f32],
@@ -42,6 +44,7 @@ pub(crate) fn rows_many(
     m: usize,
     opts: &MatmulOptions,
     parallel: bool,
+    then: Option<&RowsThen<'_>>,
 ) {
     let par = if parallel { Par::Team } else { Par::Serial };
     let (mut i, mut from) = (0, 0);
@@ -53,12 +56,12 @@ pub(crate) fn rows_many(
         let out = &mut out[from..from + len];
         if m == 1 {
             // One token: `rows × 1` is `1 × rows`, so the tasks write in place.
-            run(k, out, group, route, x, m, opts, par);
+            run(k, out, group, i, route, x, m, opts, par, then);
         } else {
             // Tasks own contiguous weight rows, so they write `rows × m` (of every weight, one
             // after the other); transposed afterwards.
             let mut out_t = vec![0f32; len];
-            run(k, &mut out_t, group, route, x, m, opts, par);
+            run(k, &mut out_t, group, i, route, x, m, opts, par, then);
             let mut at = 0;
             for w in group {
                 let len = w.rows() * m;
@@ -103,17 +106,20 @@ impl Route {
 
 /// The rows of every weight in `ws` (all of one route) into `out_t`, the weights' `rows × m`
 /// blocks one after the other, in one parallel loop: a task's rows may span two weights, and
-/// each weight's share goes to that weight's kernels.
+/// each weight's share goes to that weight's kernels (and to `then`, with the weight's index
+/// among all of the call's weights: `first` is `ws[0]`'s).
 #[allow(clippy::too_many_arguments)]
 fn run(
     k: &Kernels,
     out_t: &mut [f32],
     ws: &[&Weight],
+    first: usize,
     route: Route,
     x: &[f32],
     m: usize,
     opts: &MatmulOptions,
     par: Par,
+    then: Option<&RowsThen<'_>>,
 ) {
     let cols = ws[0].cols();
     let prep = &Prepared::new(k, route, x, m, cols, opts);
@@ -141,6 +147,9 @@ fn run(
                 let upto = end.min(starts[wi + 1]);
                 let piece = &mut o[(r - r0) * m..(upto - r0) * m];
                 prep.rows(k, scratch, ws[wi], &luts[wi], r - starts[wi], piece);
+                if let Some(then) = then {
+                    then(first + wi, r - starts[wi], piece);
+                }
                 (r, wi) = (upto, wi + 1);
             }
         },

@@ -99,6 +99,38 @@ pub fn matmul_rows_many_with(
     m: usize,
     opts: &MatmulOptions,
 ) -> Result<()> {
+    rows_many_checked(k, out, ws, x, m, opts, None)
+}
+
+/// What [`matmul_rows_many_then`] runs on each finished piece of a product, inside the parallel
+/// loop that made it: `(weight index in ws, first row of the piece, piece)`, the piece holding
+/// `rows × m` results, a row's `m` tokens together (for `m == 1`, the rows of `out` in place).
+/// The pieces of one call never overlap; each row is in exactly one.
+pub type RowsThen<'a> = dyn Fn(usize, usize, &mut [f32]) + Sync + 'a;
+
+/// [`matmul_rows_many`], then `then` on each finished piece of rows while it is in cache, in
+/// the same parallel loop (a low-rank update beside the weight costs no second meeting of the
+/// threads). What `then` writes is in the result.
+pub fn matmul_rows_many_then(
+    out: &mut [f32],
+    ws: &[&Weight],
+    x: &[f32],
+    m: usize,
+    opts: &MatmulOptions,
+    then: &RowsThen<'_>,
+) -> Result<()> {
+    rows_many_checked(crate::kernels(), out, ws, x, m, opts, Some(then))
+}
+
+fn rows_many_checked(
+    k: &Kernels,
+    out: &mut [f32],
+    ws: &[&Weight],
+    x: &[f32],
+    m: usize,
+    opts: &MatmulOptions,
+    then: Option<&RowsThen<'_>>,
+) -> Result<()> {
     let mut total = 0usize;
     for w in ws {
         let overflow = || KernelError::Overflow { op: "matmul", rows: w.rows(), cols: m };
@@ -117,7 +149,7 @@ pub fn matmul_rows_many_with(
     // No tokens, no columns (`check_shapes` has zeroed the outputs) or no rows: nothing to do. A
     // weight without rows among others is an empty stretch of the joint loop.
     if work > 0 {
-        crate::decode::rows_many(k, out, ws, x, m, opts, work >= PARALLEL_MIN_WORK);
+        crate::decode::rows_many(k, out, ws, x, m, opts, work >= PARALLEL_MIN_WORK, then);
     }
     Ok(())
 }

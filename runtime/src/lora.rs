@@ -40,13 +40,46 @@ pub struct LoraAdapter {
     pub deltas: Vec<LoraDelta>,
 }
 
-/// An update as the forward pass uses it: A (`r × in`), B transposed (`r × out`), the scaling.
+/// Output columns per block of the stored B (see [`Placed`]).
+const B_BLOCK: usize = 32;
+
+/// Blocks of B a piece prefetches ahead of the one it reads.
+const B_AHEAD: usize = 4;
+
+/// An update as the forward pass uses it: A (`r × in`), B transposed (`r × out`) and stored in
+/// blocks of [`B_BLOCK`] output columns (block after block, each `r × width` row-major), the
+/// scaling. `B (A x)` is then, per block, `r` rows of axpy over bytes that lie together: a piece
+/// of output rows (what one task of a product finishes) reads one stretch of memory instead
+/// of `r` rows far apart.
 #[derive(Debug, Clone)]
 struct Placed {
     a: Store,
     bt: Store,
     r: usize,
+    out: usize,
     scale: f32,
+}
+
+impl Placed {
+    /// `out[i] += (B · ax)[c0 + i]`: each column's sum over the rank in rank order (one FMA
+    /// chain from zero), so its bits do not depend on which columns share a call.
+    fn add_b(&self, ax: &[f32], c0: usize, out: &mut [f32]) {
+        let mut bax = [0f32; B_BLOCK];
+        let mut c = c0;
+        let mut done = 0;
+        while done < out.len() {
+            let block = c / B_BLOCK;
+            let start = block * B_BLOCK;
+            let width = B_BLOCK.min(self.out - start);
+            let len = (start + width - c).min(out.len() - done);
+            let bax = &mut bax[..len];
+            bax.fill(0.0);
+            self.bt.prefetch((start + B_AHEAD * B_BLOCK) * self.r, B_BLOCK * self.r);
+            self.bt.axpy_rows(bax, ax, start * self.r + (c - start), width);
+            out[done..done + len].iter_mut().zip(bax.iter()).for_each(|(o, v)| *o += v);
+            (c, done) = (c + len, done + len);
+        }
+    }
 }
 
 /// An adapter matrix: in bfloat16 when that holds every value exactly (adapters are mostly
@@ -85,6 +118,14 @@ impl Store {
         }
     }
 
+    /// Hints that elements `from .. from + len` will be read soon.
+    fn prefetch(&self, from: usize, len: usize) {
+        match self {
+            Store::F32(v) => lowbit_kernels::prefetch(v, from, len),
+            Store::Bf16(v) => lowbit_kernels::prefetch(v, from, len),
+        }
+    }
+
     #[cfg(test)]
     fn bytes(&self) -> usize {
         match self {
@@ -116,6 +157,14 @@ const PROJECTIONS: [(&str, Proj); 7] = [
     ("mlp.up_proj", Proj::Up),
     ("mlp.down_proj", Proj::Down),
 ];
+
+/// One token's scaled `A x` for the updates of a group of projections of one layer
+/// ([`LoraTable::prepare`]): per projection, per update, `None` where the token does not take it.
+pub(crate) struct LoraAx {
+    layer: usize,
+    projs: Vec<Proj>,
+    per: Vec<Vec<Option<Vec<f32>>>>,
+}
 
 /// Every adapter's updates, by layer and projection, each tagged with its adapter. Adapters
 /// are applied to every sequence, or — the named ones — only to the sequences that pick them
@@ -163,15 +212,17 @@ impl LoraTable {
                 if d.r == 0 || d.a.len() != d.r * cols || d.b.len() != rows * d.r || !d.scale.is_finite() {
                     return Err(bad(format!("its update of {} does not fit the weight [{rows}, {cols}]", d.target)));
                 }
-                // B transposed (r × out): its product with A x is then r rows of axpy.
+                // B transposed (r × out) in blocks of output columns (see `Placed`).
                 let mut bt = vec![0f32; d.b.len()];
                 for (j, row) in d.b.chunks_exact(d.r).enumerate() {
+                    let start = j / B_BLOCK * B_BLOCK;
+                    let width = B_BLOCK.min(rows - start);
                     for (k, &v) in row.iter().enumerate() {
-                        bt[k * rows + j] = v;
+                        bt[start * d.r + k * width + (j - start)] = v;
                     }
                 }
                 let (a, bt) = (Store::new(d.a.clone()), Store::new(bt));
-                by_layer[layer][p].push((ai, Placed { a, bt, r: d.r, scale: d.scale }));
+                by_layer[layer][p].push((ai, Placed { a, bt, r: d.r, out: rows, scale: d.scale }));
             }
         }
         let names = always.iter().chain(named).map(|a| a.name.clone()).collect();
@@ -191,6 +242,73 @@ impl LoraTable {
     /// The names of the adapters a sequence may pick, in the order they were given.
     pub(crate) fn named(&self) -> &[String] {
         &self.names[self.always..]
+    }
+
+    /// The scaled `A x` of every update of each projection in `projs` (all over the input `x`,
+    /// one token) for [`LoraTable::add_rows`]; `None` when no update applies to this token.
+    /// What [`LoraTable::apply`] computes first, with its bits.
+    pub(crate) fn prepare(
+        &self,
+        layer: usize,
+        projs: &[Proj],
+        x: &[f32],
+        pick: Option<(usize, f32)>,
+    ) -> Option<LoraAx> {
+        let l = self.by_layer.get(layer)?;
+        // The A matrices the next group will read (after this group's product, attention or
+        // the next layer's norm) start coming in now: a few kilobytes each, read once a token,
+        // too short a stream for the hardware prefetcher.
+        let last = projs.last().map_or(0, |&p| p as usize);
+        let (nl, np) = if last + 1 < PROJECTIONS.len() { (layer, last + 1) } else { (layer + 1, 0) };
+        if let Some(next) = self.by_layer.get(nl) {
+            let group = match PROJECTIONS[np].1 {
+                Proj::Q | Proj::K | Proj::V => np..np + 3,
+                Proj::Gate | Proj::Up => np..np + 2,
+                _ => np..np + 1,
+            };
+            for (_, d) in group.flat_map(|p| &next[p]) {
+                d.a.prefetch(0, usize::MAX);
+            }
+        }
+        let mut any = false;
+        let per = projs
+            .iter()
+            .map(|&p| {
+                l[p as usize]
+                    .iter()
+                    .map(|(ai, d)| {
+                        let mult = if *ai < self.always {
+                            1.0
+                        } else {
+                            match pick {
+                                Some((i, mult)) if i == *ai => mult,
+                                _ => return None,
+                            }
+                        };
+                        any = true;
+                        let mut ax = vec![0f32; d.r];
+                        d.a.dot_rows(&mut ax, x, 0, x.len());
+                        ax.iter_mut().for_each(|v| *v = *v * d.scale * mult);
+                        Some(ax)
+                    })
+                    .collect()
+            })
+            .collect();
+        any.then_some(LoraAx { layer, projs: projs.to_vec(), per })
+    }
+
+    /// Adds the updates of projection `which` (an index into the `projs` given to
+    /// [`LoraTable::prepare`]) to the piece of its output that starts at row `r0`: the bits
+    /// [`LoraTable::apply`] gives those rows (each column sums over the rank in the same order).
+    /// Made for [`lowbit_kernels::matmul_rows_many_then`] with one token.
+    pub(crate) fn add_rows(&self, ax: &LoraAx, which: usize, r0: usize, piece: &mut [f32]) {
+        let Some(&proj) = ax.projs.get(which) else { return };
+        let deltas = &self.by_layer[ax.layer][proj as usize];
+        for ((_, d), a) in deltas.iter().zip(&ax.per[which]) {
+            if let Some(a) = a {
+                d.add_b(a, r0, piece);
+            }
+        }
     }
 
     /// Adds every update of `proj` in `layer` to `out` (`tokens × out`) for the inputs `x`
@@ -230,34 +348,28 @@ impl LoraTable {
                 ax.iter_mut().for_each(|v| *v = *v * d.scale * mult);
             };
             // `out += B ax` over the output columns `c0 ..` that `out` holds.
-            let add_b = |ax: &[f32], c0: usize, out: &mut [f32], bax: &mut Vec<f32>| {
-                bax.clear();
-                bax.resize(out.len(), 0.0);
-                d.bt.axpy_rows(bax, ax, c0, rows);
-                out.iter_mut().zip(bax.iter()).for_each(|(o, v)| *o += v);
-            };
             if tokens == 1 {
-                // Decode: A x once, then B's columns in pieces over the team (each column sums
-                // over the rank in the same order whatever the pieces).
+                // One token outside a product (the decode pass adds its updates inside the
+                // products instead): A x once, then B's columns in pieces over the team (each
+                // column sums over the rank in the same order whatever the pieces).
                 let Some(m) = mult(0) else { continue };
                 let mut a = Vec::new();
                 ax(x, m, &mut a);
                 let a = &a;
-                team::for_each_chunk_mut(out, B_PIECE, Vec::new, |bax, i, piece| add_b(a, i * B_PIECE, piece, bax));
+                team::for_each_chunk_mut(out, B_PIECE, || (), |_, i, piece| d.add_b(a, i * B_PIECE, piece));
             } else {
                 // The tokens in parallel, each on its own: a batch's few on the team, like the
                 // decode products around them, a prompt's on rayon, like the prompt products.
-                let token = |(a, bax): &mut (Vec<f32>, Vec<f32>), t: usize, or: &mut [f32]| {
+                let token = |a: &mut Vec<f32>, t: usize, or: &mut [f32]| {
                     if let Some(m) = mult(t) {
                         ax(&x[t * cols..(t + 1) * cols], m, a);
-                        add_b(a, 0, or, bax);
+                        d.add_b(a, 0, or);
                     }
                 };
-                let init = || (Vec::new(), Vec::new());
                 if tokens <= TEAM_TOKENS {
-                    team::for_each_chunk_mut(out, rows, init, token);
+                    team::for_each_chunk_mut(out, rows, Vec::new, token);
                 } else {
-                    out.par_chunks_mut(rows).enumerate().for_each_init(init, |s, (t, or)| token(s, t, or));
+                    out.par_chunks_mut(rows).enumerate().for_each_init(Vec::new, |a, (t, or)| token(a, t, or));
                 }
             }
         }
@@ -267,6 +379,44 @@ impl LoraTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One token's updates added piece by piece inside a product (`prepare` + `add_rows`, pieces
+    /// of any length at any row) give the bits `apply` gives the whole output.
+    #[test]
+    fn pieces_give_the_whole_outputs_bits() {
+        let (r, cols, rows) = (5usize, 24usize, 150usize);
+        let mut seed = 11u64;
+        let mut next = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        };
+        let target = "model.layers.0.self_attn.o_proj.weight".to_string();
+        let deltas = vec![LoraDelta {
+            target,
+            a: (0..r * cols).map(|_| next()).collect(),
+            b: (0..rows * r).map(|_| next()).collect(),
+            r,
+            scale: 1.25,
+        }];
+        let table = LoraTable::new(&[LoraAdapter { name: "t".into(), deltas }], &[], 1, |_, _| (rows, cols)).unwrap();
+        let x: Vec<f32> = (0..cols).map(|_| next()).collect();
+        let base: Vec<f32> = (0..rows).map(|_| next()).collect();
+        let mut want = base.clone();
+        table.apply(0, Proj::O, &x, &mut want, 1, &[]);
+        let ax = table.prepare(0, &[Proj::O], &x, None).unwrap();
+        for piece in [1usize, 7, 32, 33, 150] {
+            let mut got = base.clone();
+            let mut r0 = 0;
+            while r0 < rows {
+                let end = (r0 + piece).min(rows);
+                table.add_rows(&ax, 0, r0, &mut got[r0..end]);
+                r0 = end;
+            }
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "pieces of {piece}");
+        }
+        assert!(table.prepare(0, &[Proj::Q], &x, None).is_none(), "no update of q");
+    }
 
     /// An adapter whose values bf16 holds exactly is kept in bf16 (half the bytes) and gives the
     /// bits its f32 copy gives, for one token and several; both agree with the plain product.

@@ -7,12 +7,12 @@ use crate::config::ModelConfig;
 use crate::error::{Result, RuntimeError};
 use crate::imatrix::{Input, InputStats};
 use crate::kv_cache::{HeadView, KvCache, KvType};
-use crate::lora::{LoraAdapter, LoraTable, Proj};
+use crate::lora::{LoraAdapter, LoraAx, LoraTable, Proj};
 use crate::ops::{add_inplace, rmsnorm, silu_mul, softmax, Rope};
 use crate::profile::{Phase, ProfileReport, Profiler};
 use crate::weights::ModelWeights;
 use lowbit_format::ModelFile;
-use lowbit_kernels::{matmul, matmul_rows, matmul_rows_many, MatmulOptions, Weight};
+use lowbit_kernels::{matmul, matmul_rows, matmul_rows_many, matmul_rows_many_then, MatmulOptions, RowsThen, Weight};
 use rayon::prelude::*;
 
 /// A loaded model: configuration plus views of its weights.
@@ -253,11 +253,20 @@ impl<'a> Model<'a> {
         let phase = if decode { Phase::Decode } else { Phase::Prefill };
         // A linear layer, timed under its role and its weight's scheme. Decode rows are
         // independent tokens (each computed as if alone), a prompt's are one matrix.
-        let lin = |out: &mut Vec<f32>, role: &str, w: &Weight, x: &[f32], m: usize| -> Result<()> {
+        // `then` (decode only) runs on each finished piece of the product, in its parallel loop.
+        let lin = |out: &mut Vec<f32>,
+                   role: &str,
+                   w: &Weight,
+                   x: &[f32],
+                   m: usize,
+                   then: Option<&RowsThen<'_>>|
+         -> Result<()> {
             let s = prof.start();
             out.clear();
             out.resize(m * w.rows(), 0.0);
-            if decode {
+            if let Some(then) = then {
+                matmul_rows_many_then(out, &[w], x, m, &self.opts, then)?;
+            } else if decode {
                 matmul_rows(out, w, x, m, &self.opts)?;
             } else {
                 matmul(out, w, x, m, &self.opts)?;
@@ -268,42 +277,66 @@ impl<'a> Model<'a> {
         // Linear layers over the same input (q/k/v, gate/up). Decode runs them in one parallel
         // loop (into `joint`, then split); a prompt's matrices are large enough to run one by one.
         let mut joint = Vec::new();
-        let mut lin_many =
-            |outs: &mut [&mut Vec<f32>], role: &str, ws: &[&Weight], x: &[f32], m: usize| -> Result<()> {
-                if !decode {
-                    for (out, w) in outs.iter_mut().zip(ws) {
-                        lin(out, role, w, x, m)?;
-                    }
-                    return Ok(());
-                }
-                let s = prof.start();
-                joint.clear();
-                joint.resize(m * ws.iter().map(|w| w.rows()).sum::<usize>(), 0.0);
-                matmul_rows_many(&mut joint, ws, x, m, &self.opts)?;
-                let mut from = 0;
+        let mut lin_many = |outs: &mut [&mut Vec<f32>],
+                            role: &str,
+                            ws: &[&Weight],
+                            x: &[f32],
+                            m: usize,
+                            then: Option<&RowsThen<'_>>|
+         -> Result<()> {
+            if !decode {
                 for (out, w) in outs.iter_mut().zip(ws) {
-                    let len = m * w.rows();
-                    out.clear();
-                    out.extend_from_slice(&joint[from..from + len]);
-                    from += len;
+                    lin(out, role, w, x, m, None)?;
                 }
-                prof.stop(s, phase, || {
-                    // Every scheme of the group once (nf4-mix has nf4 q beside q8 k and v).
-                    let mut names: Vec<&str> = Vec::new();
-                    for w in ws {
-                        if !names.contains(&w.scheme_name()) {
-                            names.push(w.scheme_name());
-                        }
+                return Ok(());
+            }
+            let s = prof.start();
+            joint.clear();
+            joint.resize(m * ws.iter().map(|w| w.rows()).sum::<usize>(), 0.0);
+            match then {
+                Some(then) => matmul_rows_many_then(&mut joint, ws, x, m, &self.opts, then)?,
+                None => matmul_rows_many(&mut joint, ws, x, m, &self.opts)?,
+            }
+            let mut from = 0;
+            for (out, w) in outs.iter_mut().zip(ws) {
+                let len = m * w.rows();
+                out.clear();
+                out.extend_from_slice(&joint[from..from + len]);
+                from += len;
+            }
+            prof.stop(s, phase, || {
+                // Every scheme of the group once (nf4-mix has nf4 q beside q8 k and v).
+                let mut names: Vec<&str> = Vec::new();
+                for w in ws {
+                    if !names.contains(&w.scheme_name()) {
+                        names.push(w.scheme_name());
                     }
-                    format!("matmul {role} ({})", names.join("+"))
-                });
-                Ok(())
-            };
+                }
+                format!("matmul {role} ({})", names.join("+"))
+            });
+            Ok(())
+        };
         let timed = |op: &'static str, f: &mut dyn FnMut()| {
             let s = prof.start();
             f();
             prof.stop(s, phase, || op.to_string());
         };
+        // One decode token's adapter updates go into the products' own parallel loops: their
+        // `A x` first (here), each piece of `B (A x)` as the product finishes it (`then`); a
+        // batch's and a prompt's run after the products (`LoraTable::apply`). Both give the same
+        // bits.
+        let fused = decode && t == 1 && !self.lora.is_empty();
+        let lora_ax = |li: usize, projs: &[Proj], x: &[f32]| -> Option<LoraAx> {
+            if !fused {
+                return None;
+            }
+            let s = prof.start();
+            let ax = self.lora.prepare(li, projs, x, picks[0]);
+            prof.stop(s, phase, || "lora".to_string());
+            ax
+        };
+        let lora_then = |ax: &LoraAx, wi: usize, r0: usize, piece: &mut [f32]| self.lora.add_rows(ax, wi, r0, piece);
+        let apart = !fused && !self.lora.is_empty();
 
         // 1. embeddings
         let mut h = vec![0f32; t * hsz];
@@ -343,8 +376,11 @@ impl<'a> Model<'a> {
             };
             // 2b. projections (+ Qwen2 biases)
             record(Input::Attention, &x, hsz);
-            lin_many(&mut [&mut q, &mut k, &mut v], "q/k/v", &[&lw.q, &lw.k, &lw.v], &x, t)?;
-            if !self.lora.is_empty() {
+            let ax = lora_ax(li, &[Proj::Q, Proj::K, Proj::V], &x);
+            let then = ax.as_ref().map(|ax| move |wi: usize, r0: usize, p: &mut [f32]| lora_then(ax, wi, r0, p));
+            let then = then.as_ref().map(|f| f as &RowsThen);
+            lin_many(&mut [&mut q, &mut k, &mut v], "q/k/v", &[&lw.q, &lw.k, &lw.v], &x, t, then)?;
+            if apart {
                 timed("lora", &mut || {
                     self.lora.apply(li, Proj::Q, &x, &mut q, t, picks);
                     self.lora.apply(li, Proj::K, &x, &mut k, t, picks);
@@ -392,8 +428,10 @@ impl<'a> Model<'a> {
             }
             // 2f. output projection and residual
             record(Input::Output, &att, qd);
-            lin(&mut o, "o", &lw.o, &att, t)?;
-            if !self.lora.is_empty() {
+            let ax = lora_ax(li, &[Proj::O], &att);
+            let then = ax.as_ref().map(|ax| move |wi: usize, r0: usize, p: &mut [f32]| lora_then(ax, wi, r0, p));
+            lin(&mut o, "o", &lw.o, &att, t, then.as_ref().map(|f| f as &RowsThen))?;
+            if apart {
                 timed("lora", &mut || self.lora.apply(li, Proj::O, &att, &mut o, t, picks));
             }
             timed("residual add", &mut || add_inplace(&mut h, &o));
@@ -404,8 +442,11 @@ impl<'a> Model<'a> {
                 }
             });
             record(Input::Mlp, &x, hsz);
-            lin_many(&mut [&mut gate, &mut up], "gate/up", &[&lw.gate, &lw.up], &x, t)?;
-            if !self.lora.is_empty() {
+            let ax = lora_ax(li, &[Proj::Gate, Proj::Up], &x);
+            let then = ax.as_ref().map(|ax| move |wi: usize, r0: usize, p: &mut [f32]| lora_then(ax, wi, r0, p));
+            let then = then.as_ref().map(|f| f as &RowsThen);
+            lin_many(&mut [&mut gate, &mut up], "gate/up", &[&lw.gate, &lw.up], &x, t, then)?;
+            if apart {
                 timed("lora", &mut || {
                     self.lora.apply(li, Proj::Gate, &x, &mut gate, t, picks);
                     self.lora.apply(li, Proj::Up, &x, &mut up, t, picks);
@@ -413,8 +454,10 @@ impl<'a> Model<'a> {
             }
             timed("silu·mul", &mut || silu_mul(&mut gate, &up));
             record(Input::Down, &gate, c.intermediate_size);
-            lin(&mut down, "down", &lw.down, &gate, t)?;
-            if !self.lora.is_empty() {
+            let ax = lora_ax(li, &[Proj::Down], &gate);
+            let then = ax.as_ref().map(|ax| move |wi: usize, r0: usize, p: &mut [f32]| lora_then(ax, wi, r0, p));
+            lin(&mut down, "down", &lw.down, &gate, t, then.as_ref().map(|f| f as &RowsThen))?;
+            if apart {
                 timed("lora", &mut || self.lora.apply(li, Proj::Down, &gate, &mut down, t, picks));
             }
             timed("residual add", &mut || add_inplace(&mut h, &down));
@@ -440,7 +483,7 @@ impl<'a> Model<'a> {
             }
         });
         let mut logits = Vec::new();
-        lin(&mut logits, "head", &self.weights.lm_head, &xn, n)?;
+        lin(&mut logits, "head", &self.weights.lm_head, &xn, n, None)?;
         Ok(logits)
     }
 

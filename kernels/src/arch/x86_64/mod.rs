@@ -3,3 +3,17 @@
 pub mod avx2;
 pub mod avx512;
 pub mod avxvnni;
+
+/// Hints that the cache lines of `bytes` bytes from `p` be brought into L2.
+///
+/// A prefetch never faults and changes no result, whatever the address, so this is safe to call
+/// with any pointer.
+#[inline]
+pub fn prefetch_l2(p: *const u8, bytes: usize) {
+    for off in (0..bytes).step_by(64) {
+        // SAFETY: a prefetch never faults; SSE is baseline on x86-64.
+        unsafe {
+            core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T1 }>(p.wrapping_add(off) as *const i8)
+        };
+    }
+}
