@@ -28,8 +28,9 @@ class Llama:
         """`model_path`: a lowbit file, or a GGUF file / Hugging Face or bitsandbytes folder,
         converted once with `quant` into the cache (`LOWBIT_CACHE`, else `~/.cache/lowbit`).
         `kv_type="f16"` halves the KV cache's memory, `"q8"` (int8 in blocks of 32) takes about a
-        quarter. `lora_path`: a PEFT LoRA adapter folder applied beside the weights (scaled by
-        `lora_scale`; the file untouched), as llama-cpp-python's. Other llama-cpp-python arguments (n_gpu_layers, use_mmap, ...) are accepted and
+        quarter. `lora_path`: a PEFT LoRA adapter folder (or the adapter file `lowbit convert
+        ADAPTER_DIR` makes of it) applied beside the weights (scaled by `lora_scale`; the file
+        untouched), as llama-cpp-python's. Other llama-cpp-python arguments (n_gpu_layers, use_mmap, ...) are accepted and
         ignored."""
     def n_ctx(self) -> int: ...
     def n_vocab(self) -> int: ...

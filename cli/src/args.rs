@@ -16,7 +16,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Convert a Hugging Face folder (safetensors, plain or bitsandbytes) or a GGUF file.
+    /// Convert a Hugging Face folder (safetensors, plain or bitsandbytes) or a GGUF file; or a
+    /// PEFT LoRA adapter folder on its own, into an adapter file for --lora.
     Convert(ConvertArgs),
     /// Show a model file's metadata, tensors and memory needs.
     Inspect(InspectArgs),
@@ -258,7 +259,8 @@ pub struct SampleArgs {
     /// KV cache element type: f32 (exact), f16 (half the memory) or q8 (int8 in blocks of 32, 53 % of f16).
     #[arg(long, value_enum, default_value = "f32")]
     pub kv_type: KvTypeArg,
-    /// Apply a PEFT LoRA adapter folder beside the weights it changes (y = W x + s·B(A x), the
+    /// Apply a PEFT LoRA adapter (its folder, or the file `lowbit convert ADAPTER_DIR` makes of
+    /// it) beside the weights it changes (y = W x + s·B(A x), the
     /// file untouched), scaled by SCALE (default 1); repeat for several
     #[arg(long, value_name = "DIR[:SCALE]")]
     pub lora: Vec<lowbit_convert::lora::LoraSpec>,
@@ -386,7 +388,8 @@ pub struct ServeArgs {
     /// Exact float 4-bit decode path instead of the faster integer route.
     #[arg(long)]
     pub exact: bool,
-    /// Apply a PEFT LoRA adapter folder beside the weights it changes (y = W x + s·B(A x), the
+    /// Apply a PEFT LoRA adapter (its folder, or the file `lowbit convert ADAPTER_DIR` makes of
+    /// it) beside the weights it changes (y = W x + s·B(A x), the
     /// file untouched), scaled by SCALE (default 1); repeat for several. With NAME=, only to the
     /// requests that ask for it ("model": "NAME", or "lora": "NAME")
     #[arg(long, value_name = "[NAME=]DIR[:SCALE]")]
@@ -437,7 +440,8 @@ pub struct LogitsArgs {
     /// Exact float 4-bit path.
     #[arg(long)]
     pub exact: bool,
-    /// Apply a PEFT LoRA adapter folder beside the weights it changes (y = W x + s·B(A x), the
+    /// Apply a PEFT LoRA adapter (its folder, or the file `lowbit convert ADAPTER_DIR` makes of
+    /// it) beside the weights it changes (y = W x + s·B(A x), the
     /// file untouched), scaled by SCALE (default 1); repeat for several
     #[arg(long, value_name = "DIR[:SCALE]")]
     pub lora: Vec<lowbit_convert::lora::LoraSpec>,
@@ -466,7 +470,8 @@ pub struct PerplexityArgs {
     /// Exact float 4-bit path.
     #[arg(long)]
     pub exact: bool,
-    /// Apply a PEFT LoRA adapter folder beside the weights it changes (y = W x + s·B(A x), the
+    /// Apply a PEFT LoRA adapter (its folder, or the file `lowbit convert ADAPTER_DIR` makes of
+    /// it) beside the weights it changes (y = W x + s·B(A x), the
     /// file untouched), scaled by SCALE (default 1); repeat for several
     #[arg(long, value_name = "DIR[:SCALE]")]
     pub lora: Vec<lowbit_convert::lora::LoraSpec>,

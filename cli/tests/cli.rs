@@ -452,6 +452,18 @@ fn run_time_lora_flag() {
         adapter.to_str().unwrap(),
     ]));
     assert!(std::fs::read(&plain).unwrap() != std::fs::read(&with).unwrap());
+    // The adapter converted on its own gives the same logits; as a model it is refused.
+    let file = tmp.path().join("plain.adapter.lowbit");
+    ok(bin().args(["convert", adapter.to_str().unwrap(), "-o", file.to_str().unwrap(), "-q"]));
+    let from_file = tmp.path().join("from-file.npy");
+    ok(bin()
+        .args(["logits", "-m", m, "--tokens", "1,5,9,2", "--out", from_file.to_str().unwrap(), "--lora"])
+        .arg(&file));
+    assert_eq!(std::fs::read(&with).unwrap(), std::fs::read(&from_file).unwrap());
+    let o = bin().args(["run", "-m", file.to_str().unwrap(), "-p", "x", "-n", "2"]).output().unwrap();
+    assert!(o.status.code() == Some(2) && stderr(&o).contains("LoRA adapter file"), "{}", stderr(&o));
+    let i = bin().args(["inspect", file.to_str().unwrap()]).output().unwrap();
+    assert!(i.status.success() && String::from_utf8_lossy(&i.stdout).contains("target weights"));
     let tiny = tiny(tmp.path());
     let o = bin()
         .args(["run", "-m", tiny.to_str().unwrap(), "-p", "x", "-n", "2", "--lora", adapter.to_str().unwrap()])

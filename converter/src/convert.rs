@@ -309,6 +309,19 @@ pub fn convert(
     if !src.is_dir() {
         return Err(ConvertError::Missing(src.to_path_buf()));
     }
+    if crate::lora_file::is_adapter_folder(src) {
+        // A PEFT adapter on its own: an adapter file for `--lora` (its pairs as stored).
+        if !opts.lora.is_empty() {
+            return Err(ConvertError::Config(format!(
+                "{} is a LoRA adapter: it converts on its own (no --lora), or merges into a base with convert BASE --lora {}",
+                src.display(),
+                src.display()
+            )));
+        }
+        check_not_a_source(out, &[src.join("adapter_model.safetensors")])?;
+        let spec = crate::lora::LoraSpec { dir: src.to_path_buf(), scale: 1.0 };
+        return crate::lora_file::convert_adapter(&spec, out);
+    }
     let source = SafetensorsSource::open(src)?;
     let plan = plan_folder(src, &source, opts)?;
     execute_merged(plan, &source, out, opts, progress, start)

@@ -34,6 +34,7 @@ mod error;
 pub mod gguf;
 pub mod imatrix;
 pub mod lora;
+pub mod lora_file;
 pub mod plan;
 mod quantize;
 mod sidefile;

@@ -82,6 +82,51 @@ impl Adapter {
     pub fn record(&self) -> &AdapterRecord {
         &self.record
     }
+
+    /// The weights its low-rank updates change, sorted.
+    pub(crate) fn targets(&self) -> Vec<String> {
+        let mut t: Vec<String> = self.deltas.keys().cloned().collect();
+        t.sort();
+        t
+    }
+
+    /// A target's rank and whole scaling (user scale · alpha / r, or / √r).
+    pub(crate) fn rank_and_scale(&self, target: &str) -> (usize, f32) {
+        self.deltas.get(target).map_or((0, 0.0), |d| (d.r, d.s))
+    }
+
+    /// A target's A (r × in) and B (out × r) as f32.
+    pub(crate) fn pair_f32(&self, target: &str) -> Result<(Vec<f32>, Vec<f32>)> {
+        let d = self.deltas.get(target).ok_or_else(|| ConvertError::MissingTensor(target.to_string()))?;
+        let whole = |name: &str| -> Result<Vec<f32>> {
+            let n = self.file.get(name).map_or(0, |t| t.shape.iter().product());
+            let mut v = Vec::new();
+            self.file.read_f32(name, 0, n, &mut v)?;
+            Ok(v)
+        };
+        Ok((whole(&d.a)?, whole(&d.b)?))
+    }
+
+    /// A target's A and B as stored: dtype and shape of each.
+    pub(crate) fn pair_layout(&self, target: &str) -> Result<[(SrcDtype, Vec<usize>); 2]> {
+        let d = self.deltas.get(target).ok_or_else(|| ConvertError::MissingTensor(target.to_string()))?;
+        let layout = |name: &str| -> Result<(SrcDtype, Vec<usize>)> {
+            let t = self.file.get(name).ok_or_else(|| ConvertError::MissingTensor(name.to_string()))?;
+            Ok((t.dtype, t.shape.clone()))
+        };
+        Ok([layout(&d.a)?, layout(&d.b)?])
+    }
+
+    /// A target's A and B as stored: the raw little-endian bytes of each, in the dtypes
+    /// [`Adapter::pair_layout`] gives.
+    pub(crate) fn pair_raw(&self, target: &str) -> Result<[Vec<u8>; 2]> {
+        let d = self.deltas.get(target).ok_or_else(|| ConvertError::MissingTensor(target.to_string()))?;
+        let raw = |name: &str| -> Result<Vec<u8>> {
+            let n = self.file.get(name).map_or(0, |t| t.shape.iter().product());
+            self.file.read_raw(name, 0, n)
+        };
+        Ok([raw(&d.a)?, raw(&d.b)?])
+    }
 }
 
 fn bad(dir: &Path, problem: impl Into<String>) -> ConvertError {
@@ -265,9 +310,13 @@ pub struct RunTimeDelta {
     pub scale: f32,
 }
 
-/// [`load_for_run_time`] against the weights of a lowbit file.
+/// [`load_for_run_time`] against the weights of a lowbit file; `spec.dir` may also be an adapter
+/// file made by `lowbit convert ADAPTER_DIR` ([`crate::lora_file`]).
 pub fn load_for_file(spec: &LoraSpec, file: &lowbit_format::ModelFile) -> Result<(AdapterRecord, Vec<RunTimeDelta>)> {
     let shape_of = |name: &str| file.tensor(name).map(|t| t.info.shape.iter().map(|&d| d as usize).collect());
+    if spec.dir.is_file() {
+        return crate::lora_file::load_adapter_file(spec, &shape_of);
+    }
     load_for_run_time(spec, &shape_of)
 }
 
@@ -283,7 +332,24 @@ pub fn load_for_run_time(
         shape_of(name)
             .ok_or_else(|| format!("it changes {name}, which the model does not have (an adapter for another model?)"))
     };
-    let a = load_with(spec, &shapes)?;
+    let a = load_low_rank(spec, &shapes)?;
+    let mut deltas = Vec::with_capacity(a.deltas.len());
+    for target in a.targets() {
+        let (r, scale) = a.rank_and_scale(&target);
+        let (av, bv) = a.pair_f32(&target)?;
+        deltas.push(RunTimeDelta { target, a: av, b: bv, r, scale });
+    }
+    Ok((a.record, deltas))
+}
+
+/// The adapter in `spec.dir` against base weights of the shapes `shapes` gives, refused if it
+/// changes the weights themselves (DoRA, full replacement tensors): what run time and an
+/// adapter file can hold.
+pub(crate) fn load_low_rank(
+    spec: &LoraSpec,
+    shapes: &dyn Fn(&str) -> std::result::Result<Vec<usize>, String>,
+) -> Result<Adapter> {
+    let a = load_with(spec, shapes)?;
     let refuse = |what: &str| {
         bad(
             &spec.dir,
@@ -296,18 +362,7 @@ pub fn load_for_run_time(
     if a.deltas.values().any(|d| d.magnitude.is_some()) {
         return Err(refuse("DoRA"));
     }
-    let whole = |name: &str| -> Result<Vec<f32>> {
-        let n = a.file.get(name).map_or(0, |t| t.shape.iter().product());
-        let mut v = Vec::new();
-        a.file.read_f32(name, 0, n, &mut v)?;
-        Ok(v)
-    };
-    let mut deltas = Vec::with_capacity(a.deltas.len());
-    for (target, d) in &a.deltas {
-        deltas.push(RunTimeDelta { target: target.clone(), a: whole(&d.a)?, b: whole(&d.b)?, r: d.r, scale: d.s });
-    }
-    deltas.sort_by(|x, y| x.target.cmp(&y.target));
-    Ok((a.record, deltas))
+    Ok(a)
 }
 
 /// [`load`] against any base: `shape_of` gives a base weight's `[out, in]` shape, or why the

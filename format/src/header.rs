@@ -104,7 +104,11 @@ pub struct Metadata {
     pub adapters: Vec<AdapterRecord>,
 }
 
-/// A LoRA adapter merged into a file's weights.
+/// The `architecture` of a file that holds a LoRA adapter on its own (low-rank pairs to apply
+/// beside a base model's weights at run time) rather than a model.
+pub const ADAPTER_ARCHITECTURE: &str = "lora-adapter";
+
+/// A LoRA adapter merged into a file's weights (or, in an adapter file, the adapter it holds).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AdapterRecord {
     /// The adapter folder's name.

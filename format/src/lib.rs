@@ -40,7 +40,9 @@ mod validate;
 mod writer;
 
 pub use error::{FormatError, Result};
-pub use header::{AdapterRecord, ConverterInfo, Header, Metadata, QuantSettings, SourceDigest, TensorInfo};
+pub use header::{
+    AdapterRecord, ConverterInfo, Header, Metadata, QuantSettings, SourceDigest, TensorInfo, ADAPTER_ARCHITECTURE,
+};
 pub use reader::{ChecksumMismatch, ModelFile, TensorRef};
 pub use scheme::{
     FourBitKind, Nested, PartLayout, Scheme, BLOCKSIZES, MAX_ELEMENTS, MAX_RANK, ORIG_DTYPES, PART_ALIGN, Q8_BLOCKSIZES,

@@ -221,8 +221,9 @@ impl Llama {
         _kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Llama> {
         if let Some(dir) = &lora_path {
-            if !dir.is_dir() {
-                return Err(PyFileNotFoundError::new_err(format!("{}: no such adapter folder", dir.display())));
+            // An adapter folder, or the adapter file `lowbit convert ADAPTER_DIR` makes.
+            if !dir.exists() {
+                return Err(PyFileNotFoundError::new_err(format!("{}: no such adapter folder or file", dir.display())));
             }
         }
         if !lora_scale.is_finite() {

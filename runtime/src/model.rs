@@ -52,6 +52,13 @@ impl<'a> Model<'a> {
     /// Reads the configuration from the file's metadata and checks every tensor.
     pub fn new(file: &'a ModelFile) -> Result<Model<'a>> {
         let arch = &file.metadata().architecture;
+        if arch == lowbit_format::ADAPTER_ARCHITECTURE {
+            return Err(RuntimeError::Config {
+                key: "architecture".into(),
+                problem: "this is a LoRA adapter file, not a model: run it beside its base model with --lora FILE"
+                    .into(),
+            });
+        }
         let config = ModelConfig::from_json(&file.metadata().config)?;
         if *arch != config.model_type {
             return Err(RuntimeError::Config {

@@ -86,6 +86,62 @@ fn run_time_adapters_equal_merged_ones() {
     assert!(e.contains("does not have") || e.contains("do not fit"), "{e}");
 }
 
+/// An adapter converted on its own (`lowbit convert ADAPTER_DIR`) loads to the folder's updates
+/// bit for bit (pairs, ranks, resolved scalings, times a scale given at load), so it runs the
+/// same; against another model, or as a model, it is refused with the reason; DoRA does not
+/// convert on its own.
+#[test]
+fn adapter_files_hold_the_folders_updates() {
+    use lowbit_convert::lora::load_for_file;
+    let tmp = tempfile::tempdir().unwrap();
+    let base = common::convert_to(&data("tests/data/tiny/h96"), QuantChoice::F32, tmp.path());
+    let base = ModelFile::open(&base).unwrap();
+    for variant in ["plain", "patterns"] {
+        let dir = data(&format!("../converter/tests/data/lora/{variant}"));
+        let out = tmp.path().join(format!("{variant}.adapter.lowbit"));
+        convert(&dir, &out, &ConvertOptions::default(), &|_| {}).unwrap();
+        for scale in [1.0f32, 0.5] {
+            let (rf, from_folder) = load_for_file(&LoraSpec { dir: dir.clone(), scale }, &base).unwrap();
+            let (rl, from_file) = load_for_file(&LoraSpec { dir: out.clone(), scale }, &base).unwrap();
+            assert_eq!(rf, rl, "{variant}: the record");
+            assert_eq!(from_folder.len(), from_file.len());
+            for (x, y) in from_folder.iter().zip(&from_file) {
+                assert_eq!((&x.target, x.r, x.scale.to_bits()), (&y.target, y.r, y.scale.to_bits()), "{variant}");
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&x.a), bits(&y.a), "{variant} {} A", x.target);
+                assert_eq!(bits(&x.b), bits(&y.b), "{variant} {} B", x.target);
+            }
+        }
+        // As a model: refused, saying what it is.
+        let file = ModelFile::open(&out).unwrap();
+        let Err(e) = Model::new(&file) else { panic!("an adapter file is not a model") };
+        let e = e.to_string();
+        assert!(e.contains("LoRA adapter file") && e.contains("--lora"), "{e}");
+    }
+    // Against another model.
+    let out = tmp.path().join("plain.adapter.lowbit");
+    std::fs::create_dir_all(tmp.path().join("o")).unwrap();
+    let other = common::convert_to(&data("tests/data/tiny/gqa1"), QuantChoice::F32, &tmp.path().join("o"));
+    let other = ModelFile::open(&other).unwrap();
+    let e = load_for_file(&LoraSpec { dir: out.clone(), scale: 1.0 }, &other).unwrap_err().to_string();
+    assert!(e.contains("does not have") || e.contains("needs"), "{e}");
+    // A model file where an adapter is expected.
+    let model_path = tmp.path().join("o").read_dir().unwrap().next().unwrap().unwrap().path();
+    let e = load_for_file(&LoraSpec { dir: model_path, scale: 1.0 }, &base).unwrap_err().to_string();
+    assert!(e.contains("not an adapter"), "{e}");
+    // DoRA changes the weights: merged at conversion only.
+    let e = convert(
+        &data("../converter/tests/data/lora/dora"),
+        &tmp.path().join("d.lowbit"),
+        &ConvertOptions::default(),
+        &|_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("merge this adapter at conversion"), "{e}");
+    assert!(!tmp.path().join("d.lowbit").exists());
+}
+
 /// Writes a PEFT adapter (r = 4, α = 8, seeded) on q_proj, v_proj and down_proj of both layers
 /// of the bitsandbytes fixtures' model (hidden 128, 2 kv heads of 32, intermediate 192).
 fn qlora_adapter(dir: &Path) {

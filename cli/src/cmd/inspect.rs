@@ -30,8 +30,10 @@ pub fn run(a: InspectArgs) -> Result<()> {
         if m.tokenizer_json.is_some() { "yes" } else { "no" },
         if m.chat_template.is_some() { "yes" } else { "no" }
     );
+    let adapter_file = m.architecture == lowbit_format::ADAPTER_ARCHITECTURE;
     for a in &m.adapters {
-        println!("LoRA adapter merged: {} (adapter_model.safetensors sha256 {}), scale {}", a.name, a.sha256, a.scale);
+        let what = if adapter_file { "LoRA adapter" } else { "LoRA adapter merged" };
+        println!("{what}: {} (adapter_model.safetensors sha256 {}), scale {}", a.name, a.sha256, a.scale);
     }
     for s in &m.sources {
         println!("source: {} ({}) sha256 {}", s.file, human(s.bytes), s.sha256);
@@ -71,6 +73,22 @@ pub fn run(a: InspectArgs) -> Result<()> {
                 t.crc32
             );
         }
+    }
+    if adapter_file {
+        // An adapter runs beside a base model (`--lora FILE`): its targets and ranks.
+        let targets = m.config.pointer("/lora/targets").and_then(|t| t.as_object());
+        let mut ranks: BTreeMap<u64, usize> = BTreeMap::new();
+        for t in targets.into_iter().flatten() {
+            *ranks.entry(t.1.get("r").and_then(|r| r.as_u64()).unwrap_or(0)).or_default() += 1;
+        }
+        let ranks: Vec<String> = ranks.iter().map(|(r, n)| format!("{n} at rank {r}")).collect();
+        println!(
+            "\nLoRA adapter for run time (--lora {}): {} target weights ({})",
+            a.file.display(),
+            targets.map_or(0, |t| t.len()),
+            ranks.join(", ")
+        );
+        return Ok(());
     }
     match ModelConfig::from_json(&m.config) {
         Ok(c) => {
@@ -163,6 +181,10 @@ fn summary(file: &lowbit_format::ModelFile, a: &InspectArgs) -> Result<serde_jso
             .iter()
             .map(|t| json!({ "name": t.name, "scheme": t.scheme.label(), "shape": t.shape, "bytes": t.length, "offset": t.offset, "crc32": t.crc32 }))
             .collect();
+    }
+    if m.architecture == lowbit_format::ADAPTER_ARCHITECTURE {
+        out["lora"] = m.config.get("lora").cloned().unwrap_or_default();
+        return Ok(out);
     }
     let c = ModelConfig::from_json(&m.config)?;
     let slots = c.sliding_window.map_or(a.ctx, |w| w.min(a.ctx));
