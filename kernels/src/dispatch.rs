@@ -388,7 +388,7 @@ impl Kernels {
             dot_q8: crate::arch::x86_64::avx2::dot_q8,
             dot_q8_x4: Some(crate::arch::x86_64::avx2::dot_q8_x4),
             dot_q8_x4t4: Some(k::dot_q8_x4t4),
-            dot_q8_rows: Some(crate::arch::x86_64::avx2::dot_q8_rows),
+            dot_q8_rows: Some(k::dot_q8_rows),
             dot_fourbit_q8_x4: Some((
                 crate::arch::x86_64::avxvnni::dot_fourbit_q8_x4_evex,
                 crate::arch::x86_64::avxvnni::dot_fourbit_q8_evex,

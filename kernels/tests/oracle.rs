@@ -649,7 +649,7 @@ proptest! {
     /// the scalar one.
     #[test]
     fn q8_every_isa(
-        rows in 1usize..12, nb in 1usize..6, bs in prop_oneof![Just(32usize), Just(64usize)],
+        rows in 1usize..12, nb in 1usize..12, bs in prop_oneof![Just(32usize), Just(64usize)],
         m in prop_oneof![2 => Just(1usize), 1 => 2usize..5, 1 => Just(33usize)], seed in any::<u64>(),
     ) {
         let cols = nb * bs;

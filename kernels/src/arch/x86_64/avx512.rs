@@ -639,6 +639,86 @@ unsafe fn rows_t4<const R: usize, const VBMI: bool>(
     }
 }
 
+/// See [`crate::scalar::dot_q8_rows`]: a decode task's block int8 rows against one token, two
+/// rows to a 512-bit register (row `i` in the low half, `i + 1` in the high), every row with
+/// the bits of `avx2::dot_q8` / `avx2::dot_q8_x4` (this level's other block int8 kernels): each
+/// half holds, lane for lane, what the AVX2 kernel holds — `vpdpbusd` of the activations biased
+/// to unsigned and the rows, minus `128 · Σw` per lane, is the exact sum `vpmaddubsw` +
+/// `vpmaddwd` give — and the block factors are the same single products `scale · d`.
+///
+/// # Safety
+/// AVX-512F/BW/VL, VNNI and F16C must be available; with `n = out.len()` and
+/// `nb = scale.len() / n`, `scale` holds exactly `n * nb` entries, `w` `n * nb * blocksize`, `q`
+/// `nb * blocksize`, `d` `nb`; `blocksize` is a multiple of 32.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn dot_q8_rows(w: &[i8], scale: &[f16], q: &[i8], d: &[f32], blocksize: usize, out: &mut [f32]) {
+    let n = out.len();
+    let nb = scale.len() / n.max(1);
+    let cols = nb * blocksize;
+    let (wp, sp, qp, dp) = (w.as_ptr(), scale.as_ptr(), q.as_ptr(), d.as_ptr());
+    let mut i = 0;
+    // SAFETY: row r reads `cols` weights at `r·cols` and `nb` scales at `r·nb`, r < n; `q` and
+    // `d` hold `cols` and `nb` entries: the lengths the caller guarantees.
+    unsafe {
+        let c128 = _mm512_set1_epi8(-128);
+        while i + 4 <= n {
+            let rw: [*const i8; 4] = std::array::from_fn(|j| wp.add((i + j) * cols));
+            let rs: [*const f16; 4] = std::array::from_fn(|j| sp.add((i + j) * nb));
+            let mut acc = [_mm512_setzero_ps(); 2];
+            // Each block's factor scale·d, eight blocks a conversion and multiply ahead.
+            let mut f = [[0f32; 8]; 4];
+            for b0 in (0..nb).step_by(8) {
+                let len = (nb - b0).min(8);
+                for r in 0..4 {
+                    if len == 8 {
+                        let sv = _mm256_cvtph_ps(_mm_loadu_si128(rs[r].add(b0) as *const __m128i));
+                        _mm256_storeu_ps(f[r].as_mut_ptr(), _mm256_mul_ps(sv, _mm256_loadu_ps(dp.add(b0))));
+                    } else {
+                        for (j, fj) in f[r].iter_mut().enumerate().take(len) {
+                            let bits = (*rs[r].add(b0 + j)).to_bits();
+                            *fj = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32))) * *dp.add(b0 + j);
+                        }
+                    }
+                }
+                for (j, b) in (b0..b0 + len).enumerate() {
+                    let mut isum = [_mm512_setzero_si512(); 2];
+                    let mut corr = [_mm512_setzero_si512(); 2];
+                    let mut k = b * blocksize;
+                    while k < (b + 1) * blocksize {
+                        let qv = _mm512_xor_si512(
+                            _mm512_broadcast_i64x4(_mm256_loadu_si256(qp.add(k) as *const __m256i)),
+                            c128,
+                        );
+                        super::avx2::ahead(rw[0] as *const u8, 4 * k);
+                        for p in 0..2 {
+                            let wv = token_pair(rw[2 * p], rw[2 * p + 1], k);
+                            corr[p] = _mm512_dpbusd_epi32(corr[p], c128, wv);
+                            isum[p] = _mm512_dpbusd_epi32(isum[p], qv, wv);
+                        }
+                        k += 32;
+                    }
+                    for p in 0..2 {
+                        let exact = _mm512_sub_epi32(isum[p], corr[p]);
+                        let fv = _mm512_mask_broadcastss_ps(
+                            _mm512_set1_ps(f[2 * p][j]),
+                            0xFF00,
+                            _mm_load_ss(&f[2 * p + 1][j]),
+                        );
+                        acc[p] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(exact), fv, acc[p]);
+                    }
+                }
+            }
+            let [[lo0, lo1], [hi0, hi1]] = split(acc);
+            _mm_storeu_ps(out.as_mut_ptr().add(i), super::avx2::hsum4([lo0, hi0, lo1, hi1]));
+            i += 4;
+        }
+        for r in i..n {
+            let (wr, sr) = (&w[r * cols..(r + 1) * cols], &scale[r * nb..(r + 1) * nb]);
+            *out.get_unchecked_mut(r) = super::avx2::dot_q8(wr, sr, q, d, blocksize);
+        }
+    }
+}
+
 /// See [`crate::scalar::dot_q8_x4t4`]: four block int8 rows against four tokens, every (row,
 /// token) with the bits of `avx2::dot_q8_x4` (this level's one-token kernel) on that token
 /// alone. As in [`dot_fourbit_q8_rows_t4`], a register holds two tokens, one per half, each
