@@ -34,6 +34,8 @@ type DotFourBitQ8ManyT2 =
     unsafe fn(&[u8], [&[f32]; 2], &[i8; 16], [&[i8]; 2], [&[i8]; 2], [&[i32]; 2], usize, [&mut [f32]; 2]);
 type DotFourBitQ8ManyT4 = unsafe fn(&[u8], [&[f32]; 4], &[i8; 16], [&[i8]; 4], [&[i8]; 4], usize, [&mut [f32]; 4]);
 type DotQ8Rows4T4 = unsafe fn([&[i8]; 4], [&[f16]; 4], [&[i8]; 4], [&[f32]; 4], usize) -> [[f32; 4]; 4];
+type FourBitQ8TileRun =
+    unsafe fn([&[u8]; 4], [&[f32]; 4], &[i8; 16], &[i8], &[i8], usize, &[f32], &[i32], usize, &mut [f32]);
 type FourBitQ8Tile =
     unsafe fn([&[u8]; 4], [&[f32]; 4], &[i8; 16], [&[i8]; 4], [&[i8]; 4], [&[f32]; 4], [&[i32]; 4]) -> [[f32; 4]; 4];
 type FourBitQ8Tile8 = unsafe fn(
@@ -106,6 +108,7 @@ pub struct Kernels {
     fourbit_q8_tile: Option<FourBitQ8Tile>,
     /// Its eight-token form (AVX2's), where a level has one instead.
     fourbit_q8_tile8: Option<FourBitQ8Tile8>,
+    fourbit_q8_tile_run: Option<FourBitQ8TileRun>,
 }
 
 impl std::fmt::Debug for Kernels {
@@ -157,6 +160,7 @@ impl Kernels {
             quantize_q8: scalar::quantize_q8,
             fourbit_q8_tile: None,
             fourbit_q8_tile8: None,
+            fourbit_q8_tile_run: None,
         };
         match isa {
             Isa::Scalar => Some(scalar),
@@ -200,6 +204,7 @@ impl Kernels {
                     quantize_q8: k::quantize_q8,
                     fourbit_q8_tile: None,
                     fourbit_q8_tile8: Some(k::fourbit_q8_tile8),
+                    fourbit_q8_tile_run: None,
                 })
             }
             #[cfg(target_arch = "x86_64")]
@@ -246,6 +251,7 @@ impl Kernels {
                     quantize_q8: scalar::quantize_q8,
                     fourbit_q8_tile: None,
                     fourbit_q8_tile8: None,
+                    fourbit_q8_tile_run: None,
                 })
             }
             #[allow(unreachable_patterns)]
@@ -333,6 +339,7 @@ impl Kernels {
                 dot_fourbit_q8_rows_t4: None,
                 fourbit_q8_tile: Some(k::fourbit_q8_tile_evex),
                 fourbit_q8_tile8: None,
+                fourbit_q8_tile_run: None,
                 ..avx2
             }
         } else {
@@ -348,6 +355,7 @@ impl Kernels {
                 dot_fourbit_q8_rows_t4: None,
                 fourbit_q8_tile: Some(k::fourbit_q8_tile_vex),
                 fourbit_q8_tile8: None,
+                fourbit_q8_tile_run: None,
                 ..avx2
             }
         }
@@ -406,6 +414,7 @@ impl Kernels {
             quantize_q8: k::quantize_q8,
             fourbit_q8_tile: Some(k::fourbit_q8_tile),
             fourbit_q8_tile8: None,
+            fourbit_q8_tile_run: Some(k::fourbit_q8_tile_run),
         };
         if !vbmi {
             return plain;
@@ -416,6 +425,7 @@ impl Kernels {
             dot_fourbit_q8_rows_t4: Some(k::dot_fourbit_q8_rows_t4_vbmi),
             fourbit_q8_tile: Some(k::fourbit_q8_tile_vbmi),
             fourbit_q8_tile8: None,
+            fourbit_q8_tile_run: Some(k::fourbit_q8_tile_run_vbmi),
             ..plain
         }
     }
@@ -852,6 +862,55 @@ impl Kernels {
         assert!(codes.iter().all(|c| c.len() >= 32 * nb) && qe.iter().chain(&qo).all(|q| q.len() >= 32 * nb));
         // SAFETY: `self` exists only for a supported ISA; lengths checked above.
         Some(unsafe { f(codes, wf, lut, qe, qo, xs, qsum) })
+    }
+
+    /// [`Kernels::fourbit_q8_tile`] over a run of `tokens` tokens (a multiple of 4) with the four
+    /// rows looked up once: `out[4·t + r]` gets the bits the tile gives (row r, token t). Token
+    /// `t`'s activations start at `t · q_stride` in `qe` / `qo`, its scales and sums at `t · nb`
+    /// in `xs` / `qsum` (`nb = wf[0].len()`). `None` where this level has no such kernel or the
+    /// rows are too wide for it.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    pub fn fourbit_q8_tile_run(
+        &self,
+        codes: [&[u8]; 4],
+        wf: [&[f32]; 4],
+        lut: &[i8; 16],
+        qe: &[i8],
+        qo: &[i8],
+        q_stride: usize,
+        xs: &[f32],
+        qsum: &[i32],
+        tokens: usize,
+        out: &mut [f32],
+    ) -> Option<()> {
+        let f = self.fourbit_q8_tile_run?;
+        let nb = wf[0].len();
+        #[cfg(target_arch = "x86_64")]
+        if nb.div_ceil(2) > crate::arch::x86_64::avx512::TILE_RUN_MAX_PAIRS {
+            return None;
+        }
+        assert!(tokens.is_multiple_of(4) && q_stride >= 32 * nb);
+        assert!(wf.iter().all(|w| w.len() == nb) && codes.iter().all(|c| c.len() >= 32 * nb));
+        let span = tokens.saturating_sub(1) * q_stride + 32 * nb;
+        assert!(tokens == 0 || (qe.len() >= span && qo.len() >= span));
+        assert!(xs.len() >= tokens * nb && qsum.len() >= tokens * nb && out.len() >= 4 * tokens);
+        // SAFETY: `self` exists only for a supported ISA; lengths checked above.
+        unsafe { f(codes, wf, lut, qe, qo, q_stride, xs, qsum, tokens, out) };
+        Some(())
+    }
+
+    /// Whether this level has [`Kernels::fourbit_q8_tile_run`] for rows of `nb` blocks of 64.
+    #[inline]
+    pub fn has_fourbit_q8_tile_run(&self, nb: usize) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        let fits = nb.div_ceil(2) <= crate::arch::x86_64::avx512::TILE_RUN_MAX_PAIRS;
+        #[cfg(not(target_arch = "x86_64"))]
+        let fits = {
+            let _ = nb;
+            false
+        };
+        self.fourbit_q8_tile_run.is_some() && fits
     }
 
     /// Whether this level has the eight-token prefill tile ([`Kernels::fourbit_q8_tile8`]).

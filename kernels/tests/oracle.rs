@@ -443,6 +443,46 @@ proptest! {
         }
     }
 
+    /// The tile over a run of tokens (rows looked up once) gives, for every (row, token), the
+    /// bits of the tile on that group of four: runs of 4–16 tokens laid out `stride` apart.
+    #[test]
+    fn fourbit_q8_tile_run_is_the_tile(nb in 1usize..12, groups in 1usize..5, seed in any::<u64>()) {
+        let tokens = 4 * groups;
+        let d = tile_inputs(nb, seed, tokens);
+        let stride = (32 * nb).next_multiple_of(64) + 64;
+        let flat = |v: &[Vec<i8>]| -> Vec<i8> {
+            let mut out = vec![0i8; tokens * stride];
+            for (t, x) in v.iter().enumerate() {
+                out[t * stride..t * stride + x.len()].copy_from_slice(x);
+            }
+            out
+        };
+        let (qe, qo) = (flat(&d.qe), flat(&d.qo));
+        let xs: Vec<f32> = d.xs.concat();
+        let qsum: Vec<i32> = d.qsum.concat();
+        for kind in [FourBitKind::Nf4, FourBitKind::Fp4] {
+            let lut = kind.int8_levels();
+            for k in simd_levels() {
+                let mut out = vec![f32::NAN; 4 * tokens];
+                if k.fourbit_q8_tile_run(four(&d.codes), four(&d.wf), &lut, &qe, &qo, stride, &xs, &qsum, tokens, &mut out).is_none() {
+                    continue;
+                }
+                for g in 0..groups {
+                    let qe4: [&[i8]; 4] = std::array::from_fn(|t| d.qe[4 * g + t].as_slice());
+                    let qo4: [&[i8]; 4] = std::array::from_fn(|t| d.qo[4 * g + t].as_slice());
+                    let xs4: [&[f32]; 4] = std::array::from_fn(|t| d.xs[4 * g + t].as_slice());
+                    let qs4: [&[i32]; 4] = std::array::from_fn(|t| d.qsum[4 * g + t].as_slice());
+                    let tile = k.fourbit_q8_tile(four(&d.codes), four(&d.wf), &lut, qe4, qo4, xs4, qs4).expect("a level with runs has the tile");
+                    for r in 0..4 {
+                        for t in 0..4 {
+                            prop_assert_eq!(out[4 * (4 * g + t) + r].to_bits(), tile[r][t].to_bits(), "{} {:?} r={} token {}", k.label(), kind, r, 4 * g + t);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// The eight-token prefill tile against the scalar oracle (two 4 × 4 tiles), with the
     /// activations' absolute values alongside, -127 and 127 included.
     #[test]

@@ -789,6 +789,119 @@ pub unsafe fn dot_q8_x4t4(
     out
 }
 
+/// Block pairs (of 64 weights each) [`tile_run`] looks up into its buffer: rows up to 4096
+/// weights.
+pub const TILE_RUN_MAX_PAIRS: usize = 32;
+
+vbmi_pair! {
+    /// [`fourbit_q8_tile`] over a run of tokens: the four rows' nibbles are looked up once into a
+    /// buffer (biased int8 levels, as the tile holds them), then every group of four tokens runs
+    /// the tile's arithmetic against the buffer — the same operations in the same order, so each
+    /// (row, token) has the tile's bits, without a lookup per row and group or a call per tile.
+    /// Token `t`'s activations are at `qe[t·q_stride ..]` / `qo[t·q_stride ..]`, its scales and
+    /// sums at `xs[t·nb ..]` / `qsum[t·nb ..]`; `out[4·t + r]` receives (row r, token t).
+    ///
+    /// # Safety
+    /// AVX-512F/BW/VL and VNNI must be available; with `nb = wf[0].len()` (at most
+    /// `2 · TILE_RUN_MAX_PAIRS`), every `wf[r]` holds `nb` entries and every `codes[r]` at least
+    /// `32 · nb` bytes; `tokens` is a multiple of 4; `qe`, `qo` hold `(tokens − 1)·q_stride + 32·nb`
+    /// elements, `xs`, `qsum` `tokens · nb`, `out` `4 · tokens`.
+    fourbit_q8_tile_run, fourbit_q8_tile_run_vbmi = tile_run(
+        codes: [&[u8]; 4], wf: [&[f32]; 4], lut: &[i8; 16], qe: &[i8], qo: &[i8], q_stride: usize, xs: &[f32],
+        qsum: &[i32], tokens: usize, out: &mut [f32]
+    )
+}
+
+/// # Safety
+/// Inlined only into the two entry points `vbmi_pair!` makes of it, whose contract it has.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_run<const VBMI: bool>(
+    codes: [&[u8]; 4],
+    wf: [&[f32]; 4],
+    lut: &[i8; 16],
+    qe: &[i8],
+    qo: &[i8],
+    q_stride: usize,
+    xs: &[f32],
+    qsum: &[i32],
+    tokens: usize,
+    out: &mut [f32],
+) {
+    let nb = wf[0].len();
+    let pairs = nb.div_ceil(2);
+    debug_assert!(pairs <= TILE_RUN_MAX_PAIRS && tokens.is_multiple_of(4));
+    // SAFETY: loads stay inside the lengths the caller guarantees (the odd last block through
+    // masks, as in `tile`); the buffer holds `8 · pairs` registers.
+    unsafe {
+        let table = biased_table(lut);
+        let nib = _mm512_set1_epi8(0x0F);
+        // Per block pair and row, the high and low nibbles' levels: [pair][row][high, low].
+        // Only the first `8 · pairs` are written and read (not zeroed: 16 KiB a call).
+        let mut buf = [std::mem::MaybeUninit::<__m512i>::uninit(); 8 * TILE_RUN_MAX_PAIRS];
+        for p in 0..pairs {
+            let m: __mmask64 = if 2 * p + 1 < nb { !0 } else { 0xFFFF_FFFF };
+            for r in 0..4 {
+                let v = _mm512_maskz_loadu_epi8(m, codes[r].as_ptr().add(64 * p) as *const i8);
+                let (h, l) = lookup::<VBMI>(v, table, nib);
+                buf[8 * p + 2 * r].write(h);
+                buf[8 * p + 2 * r + 1].write(l);
+            }
+        }
+        let minus128 = _mm512_set1_ps(-128.0);
+        for t0 in (0..tokens).step_by(4) {
+            let (qe, qo): ([*const i8; 4], [*const i8; 4]) = (
+                std::array::from_fn(|t| qe.as_ptr().add((t0 + t) * q_stride)),
+                std::array::from_fn(|t| qo.as_ptr().add((t0 + t) * q_stride)),
+            );
+            let xt: [*const f32; 4] = std::array::from_fn(|t| xs.as_ptr().add((t0 + t) * nb));
+            let st: [*const i32; 4] = std::array::from_fn(|t| qsum.as_ptr().add((t0 + t) * nb));
+            let mut acc = [[_mm512_setzero_ps(); 4]; 4];
+            for p in 0..pairs {
+                let b = 2 * p;
+                let two = b + 1 < nb;
+                let m: __mmask64 = if two { !0 } else { 0xFFFF_FFFF };
+                let i = b * 32;
+                let wfv: [__m512; 4] = std::array::from_fn(|r| scale_pair(wf[r].as_ptr(), b, two));
+                for t in 0..4 {
+                    let e = _mm512_maskz_loadu_epi8(m, qe[t].add(i));
+                    let o = _mm512_maskz_loadu_epi8(m, qo[t].add(i));
+                    let xv = scale_pair(xt[t], b, two);
+                    for r in 0..4 {
+                        let (wh, wl) = (buf[8 * p + 2 * r].assume_init(), buf[8 * p + 2 * r + 1].assume_init());
+                        let s = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), wh, e), wl, o);
+                        let fx = _mm512_mul_ps(_mm512_cvtepi32_ps(s), xv);
+                        acc[r][t] = _mm512_fmadd_ps(fx, wfv[r], acc[r][t]);
+                    }
+                }
+            }
+            // The bias, as in `tile`.
+            let mut j = 0;
+            while j < nb {
+                let left = nb - j;
+                let m: __mmask16 = if left >= 16 { !0 } else { (1u16 << left) - 1 };
+                let w: [__m512; 4] = std::array::from_fn(|r| _mm512_maskz_loadu_ps(m, wf[r].as_ptr().add(j)));
+                for t in 0..4 {
+                    let q = _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(m, st[t].add(j)));
+                    let cq = _mm512_mul_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, xt[t].add(j)), q), minus128);
+                    for r in 0..4 {
+                        acc[r][t] = _mm512_fmadd_ps(w[r], cq, acc[r][t]);
+                    }
+                }
+                j += 16;
+            }
+            let sums = hsum16(std::array::from_fn(|i| acc[i / 4][i % 4]));
+            let mut v = [0f32; 16];
+            _mm512_storeu_ps(v.as_mut_ptr(), sums);
+            for t in 0..4 {
+                for r in 0..4 {
+                    out[4 * (t0 + t) + r] = v[4 * r + t];
+                }
+            }
+        }
+    }
+}
+
 /// Lane `i` of the result = the sum of `v[i]`'s sixteen lanes: a transpose-and-add tree (45
 /// instructions instead of sixteen separate reductions).
 #[target_feature(enable = "avx512f")]
