@@ -339,7 +339,7 @@ impl Kernels {
                 dot_fourbit_q8_rows_t4: None,
                 fourbit_q8_tile: Some(k::fourbit_q8_tile_evex),
                 fourbit_q8_tile8: None,
-                fourbit_q8_tile_run: None,
+                fourbit_q8_tile_run: Some(k::fourbit_q8_tile_run_evex),
                 ..avx2
             }
         } else {
@@ -355,7 +355,7 @@ impl Kernels {
                 dot_fourbit_q8_rows_t4: None,
                 fourbit_q8_tile: Some(k::fourbit_q8_tile_vex),
                 fourbit_q8_tile8: None,
-                fourbit_q8_tile_run: None,
+                fourbit_q8_tile_run: Some(k::fourbit_q8_tile_run_vex),
                 ..avx2
             }
         }
@@ -886,8 +886,7 @@ impl Kernels {
     ) -> Option<()> {
         let f = self.fourbit_q8_tile_run?;
         let nb = wf[0].len();
-        #[cfg(target_arch = "x86_64")]
-        if nb.div_ceil(2) > crate::arch::x86_64::avx512::TILE_RUN_MAX_PAIRS {
+        if !self.has_fourbit_q8_tile_run(nb) {
             return None;
         }
         assert!(tokens.is_multiple_of(4) && q_stride >= 32 * nb);
@@ -904,7 +903,9 @@ impl Kernels {
     #[inline]
     pub fn has_fourbit_q8_tile_run(&self, nb: usize) -> bool {
         #[cfg(target_arch = "x86_64")]
-        let fits = nb.div_ceil(2) <= crate::arch::x86_64::avx512::TILE_RUN_MAX_PAIRS;
+        // The AVX-512 and the VNNI kernels' buffers: rows up to 4096 weights either way.
+        let fits = nb.div_ceil(2) <= crate::arch::x86_64::avx512::TILE_RUN_MAX_PAIRS
+            && nb <= crate::arch::x86_64::avxvnni::TILE_RUN_MAX_BLOCKS;
         #[cfg(not(target_arch = "x86_64"))]
         let fits = {
             let _ = nb;

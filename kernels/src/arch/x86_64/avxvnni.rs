@@ -376,6 +376,119 @@ unsafe fn fourbit_q8_tile<const EVEX: bool>(
     out
 }
 
+/// Blocks (of 64 weights) [`fourbit_q8_tile_run_vex`] looks up into its buffer: rows up to
+/// 4096 weights.
+pub const TILE_RUN_MAX_BLOCKS: usize = 64;
+
+vnni_pair! {
+    /// [`fourbit_q8_tile_vex`] over a run of tokens: the four rows' nibbles are looked up once
+    /// into a buffer, then each row meets the run's tokens eight (or four) at a time with the
+    /// tile's arithmetic — the same operations in the same order, so every (row, token) has the
+    /// tile's bits, without a lookup per row and four tokens or a call per tile. The layout of
+    /// the arguments is that of `avx512::fourbit_q8_tile_run`.
+    ///
+    /// # Safety
+    /// AVX2, FMA and AVX-VNNI must be available; with `nb = wf[0].len()` (at most
+    /// [`TILE_RUN_MAX_BLOCKS`]), every `wf[r]` holds `nb` entries and every `codes[r]` at least
+    /// `32 · nb` bytes; `tokens` is a multiple of 4; `qe`, `qo` hold
+    /// `(tokens − 1)·q_stride + 32·nb` elements, `xs`, `qsum` `tokens · nb`, `out` `4 · tokens`.
+    fourbit_q8_tile_run_vex, fourbit_q8_tile_run_evex = fourbit_q8_tile_run(
+        codes: [&[u8]; 4], wf: [&[f32]; 4], lut: &[i8; 16], qe: &[i8], qo: &[i8], q_stride: usize, xs: &[f32],
+        qsum: &[i32], tokens: usize, out: &mut [f32]
+    )
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn fourbit_q8_tile_run<const EVEX: bool>(
+    codes: [&[u8]; 4],
+    wf: [&[f32]; 4],
+    lut: &[i8; 16],
+    qe: &[i8],
+    qo: &[i8],
+    q_stride: usize,
+    xs: &[f32],
+    qsum: &[i32],
+    tokens: usize,
+    out: &mut [f32],
+) {
+    let nb = wf[0].len();
+    debug_assert!(nb <= TILE_RUN_MAX_BLOCKS && tokens.is_multiple_of(4));
+    // SAFETY: block b reads 32 bytes at 32·b of each row's codes and of each token's activations
+    // (token t from t·q_stride) and entry b of wf / a token's xs and qsum: inside the caller's
+    // lengths. The buffer's first `8 · nb` registers are written before they are read.
+    unsafe {
+        let table = biased_table(lut);
+        let nib = _mm256_set1_epi8(0x0F);
+        let mut buf = [std::mem::MaybeUninit::<__m256i>::uninit(); 8 * TILE_RUN_MAX_BLOCKS];
+        for r in 0..4 {
+            for b in 0..nb {
+                let v = _mm256_loadu_si256(codes[r].as_ptr().add(32 * b) as *const __m256i);
+                buf[2 * (r * nb + b)].write(_mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(v, 4), nib)));
+                buf[2 * (r * nb + b) + 1].write(_mm256_shuffle_epi8(table, _mm256_and_si256(v, nib)));
+            }
+        }
+        let buf = &buf[..8 * nb];
+        let mut t0 = 0;
+        while t0 + 8 <= tokens {
+            tile_run_tokens::<8, EVEX>(buf, wf, qe, qo, q_stride, xs, qsum, t0, out);
+            t0 += 8;
+        }
+        if t0 < tokens {
+            tile_run_tokens::<4, EVEX>(buf, wf, qe, qo, q_stride, xs, qsum, t0, out);
+        }
+    }
+}
+
+/// Tokens `t0 .. t0 + T` of [`fourbit_q8_tile_run`] against the looked-up rows in `buf`.
+///
+/// # Safety
+/// As [`fourbit_q8_tile_run`], with `buf` its looked-up rows and `t0 + T ≤ tokens`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_run_tokens<const T: usize, const EVEX: bool>(
+    buf: &[std::mem::MaybeUninit<__m256i>],
+    wf: [&[f32]; 4],
+    qe: &[i8],
+    qo: &[i8],
+    q_stride: usize,
+    xs: &[f32],
+    qsum: &[i32],
+    t0: usize,
+    out: &mut [f32],
+) {
+    let nb = wf[0].len();
+    // SAFETY: the caller's contract.
+    unsafe {
+        let pe: [*const i8; T] = std::array::from_fn(|t| qe.as_ptr().add((t0 + t) * q_stride));
+        let po: [*const i8; T] = std::array::from_fn(|t| qo.as_ptr().add((t0 + t) * q_stride));
+        let px: [*const f32; T] = std::array::from_fn(|t| xs.as_ptr().add((t0 + t) * nb));
+        let ps: [*const i32; T] = std::array::from_fn(|t| qsum.as_ptr().add((t0 + t) * nb));
+        for r in 0..4 {
+            let mut acc = [_mm256_setzero_ps(); T];
+            for b in 0..nb {
+                let i = 32 * b;
+                let (wh, wl) = (buf[2 * (r * nb + b)].assume_init(), buf[2 * (r * nb + b) + 1].assume_init());
+                let f = _mm256_set1_ps(*wf[r].get_unchecked(b));
+                for (t, a) in acc.iter_mut().enumerate() {
+                    let qh = _mm256_loadu_si256(pe[t].add(i) as *const __m256i);
+                    let ql = _mm256_loadu_si256(po[t].add(i) as *const __m256i);
+                    let s = dpbusd::<EVEX>(dpbusd::<EVEX>(unbias(*ps[t].add(b)), wh, qh), wl, ql);
+                    let fx = _mm256_mul_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(*px[t].add(b)));
+                    *a = _mm256_fmadd_ps(fx, f, *a);
+                }
+            }
+            for g in 0..T / 4 {
+                let mut v = [0f32; 4];
+                _mm_storeu_ps(v.as_mut_ptr(), hsum4([acc[4 * g], acc[4 * g + 1], acc[4 * g + 2], acc[4 * g + 3]]));
+                for (u, &x) in v.iter().enumerate() {
+                    *out.get_unchecked_mut(4 * (t0 + 4 * g + u) + r) = x;
+                }
+            }
+        }
+    }
+}
+
 /// Four int8 rows against one activation row (see [`crate::scalar::dot_int8_x4`]): the
 /// activations biased to unsigned once per 32 bytes, one `vpdpbusd` per row and step, and a
 /// second against ones for the row's sum (the bias taken off at the end, `128 · Σw`). The prefill
