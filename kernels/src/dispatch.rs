@@ -903,9 +903,7 @@ impl Kernels {
     #[inline]
     pub fn has_fourbit_q8_tile_run(&self, nb: usize) -> bool {
         #[cfg(target_arch = "x86_64")]
-        // The AVX-512 and the VNNI kernels' buffers: rows up to 4096 weights either way.
-        let fits = nb.div_ceil(2) <= crate::arch::x86_64::avx512::TILE_RUN_MAX_PAIRS
-            && nb <= crate::arch::x86_64::avxvnni::TILE_RUN_MAX_BLOCKS;
+        let fits = nb <= crate::arch::x86_64::TILE_RUN_MAX_BLOCKS;
         #[cfg(not(target_arch = "x86_64"))]
         let fits = {
             let _ = nb;

@@ -789,9 +789,8 @@ pub unsafe fn dot_q8_x4t4(
     out
 }
 
-/// Block pairs (of 64 weights each) [`tile_run`] looks up into its buffer: rows up to 4096
-/// weights.
-pub const TILE_RUN_MAX_PAIRS: usize = 32;
+/// Block pairs (of 64 weights each) [`tile_run`] looks up into its buffer.
+const TILE_RUN_MAX_PAIRS: usize = super::TILE_RUN_MAX_BLOCKS / 2;
 
 vbmi_pair! {
     /// [`fourbit_q8_tile`] over a run of tokens: the four rows' nibbles are looked up once into a
@@ -803,7 +802,7 @@ vbmi_pair! {
     ///
     /// # Safety
     /// AVX-512F/BW/VL and VNNI must be available; with `nb = wf[0].len()` (at most
-    /// `2 · TILE_RUN_MAX_PAIRS`), every `wf[r]` holds `nb` entries and every `codes[r]` at least
+    /// `TILE_RUN_MAX_BLOCKS`), every `wf[r]` holds `nb` entries and every `codes[r]` at least
     /// `32 · nb` bytes; `tokens` is a multiple of 4; `qe`, `qo` hold `(tokens − 1)·q_stride + 32·nb`
     /// elements, `xs`, `qsum` `tokens · nb`, `out` `4 · tokens`.
     fourbit_q8_tile_run, fourbit_q8_tile_run_vbmi = tile_run(

@@ -16,6 +16,7 @@
 //! `crate::scalar` function.
 
 use super::avx2::{ahead, fourbit_rows_task, hsum4, hsum_i32};
+use super::TILE_RUN_MAX_BLOCKS;
 use core::arch::x86_64::*;
 
 /// The VEX and EVEX entry points of a kernel body generic over `EVEX`.
@@ -375,10 +376,6 @@ unsafe fn fourbit_q8_tile<const EVEX: bool>(
     }
     out
 }
-
-/// Blocks (of 64 weights) [`fourbit_q8_tile_run_vex`] looks up into its buffer: rows up to
-/// 4096 weights.
-pub const TILE_RUN_MAX_BLOCKS: usize = 64;
 
 vnni_pair! {
     /// [`fourbit_q8_tile_vex`] over a run of tokens: the four rows' nibbles are looked up once

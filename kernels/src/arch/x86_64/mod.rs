@@ -4,6 +4,10 @@ pub mod avx2;
 pub mod avx512;
 pub mod avxvnni;
 
+/// Blocks of 64 weights the prefill tile runs (`avx512::fourbit_q8_tile_run`,
+/// `avxvnni::fourbit_q8_tile_run_vex`) look up into their buffers: rows up to 4096 weights.
+pub const TILE_RUN_MAX_BLOCKS: usize = 64;
+
 /// Hints that the cache lines of `bytes` bytes from `p` be brought into L2.
 ///
 /// A prefetch never faults and changes no result, whatever the address, so this is safe to call
