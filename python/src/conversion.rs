@@ -90,6 +90,18 @@ pub fn inspect(path: &Path, n_ctx: usize) -> PyResult<Value> {
         .collect();
     let weights: u64 = file.tensors().iter().map(|t| t.shape.iter().product::<u64>()).sum();
     let bytes: u64 = file.tensors().iter().map(|t| t.length).sum();
+    let bits_per_weight = if weights > 0 { bytes as f64 * 8.0 / weights as f64 } else { 0.0 };
+    if meta.architecture == lowbit_format::ADAPTER_ARCHITECTURE {
+        // An adapter file (`lowbit.convert(ADAPTER_DIR, ...)`): no model to run, so no RAM plan.
+        return Ok(json!({
+            "architecture": meta.architecture,
+            "lora": meta.config.get("lora").cloned().unwrap_or(Value::Null),
+            "adapters": serde_json::to_value(&meta.adapters).unwrap_or(Value::Null),
+            "tensors": tensors,
+            "bits_per_weight": bits_per_weight,
+            "file_bytes": file.file_len(),
+        }));
+    }
     let config = lowbit_runtime::ModelConfig::from_json(&meta.config).map_err(lowbit_err)?;
     let slots = config.sliding_window.map_or(n_ctx, |w| w.min(n_ctx));
     let kv = 2 * config.num_layers * slots * config.num_kv_heads * config.head_dim * 4;
@@ -97,7 +109,7 @@ pub fn inspect(path: &Path, n_ctx: usize) -> PyResult<Value> {
         "architecture": meta.architecture,
         "quantization": serde_json::to_value(&meta.quantization).unwrap_or(Value::Null),
         "tensors": tensors,
-        "bits_per_weight": if weights > 0 { bytes as f64 * 8.0 / weights as f64 } else { 0.0 },
+        "bits_per_weight": bits_per_weight,
         "file_bytes": file.file_len(),
         "ram_bytes": { "n_ctx": n_ctx, "weights": file.file_len(), "kv_cache": kv, "total": file.file_len() + kv as u64 },
     }))

@@ -254,6 +254,12 @@ def test_lora_path_equals_lowbit_run_with_the_adapter(llm, tmp_path):
     assert got != base, "the adapter changes the greedy text"
     with lowbit.Llama(model_path=MODEL, n_ctx=256, n_threads=2, lora_path=adapter, lora_scale=0.0) as off:
         assert off.create_completion(PROMPT, max_tokens=24, temperature=0)["choices"][0]["text"] == base
+    # The adapter converted on its own (lowbit.convert of the folder) gives the same text.
+    adapter_file = str(tmp_path / "adapter.lowbit")
+    lowbit.convert(adapter, adapter_file)
+    assert lowbit.inspect(adapter_file)["architecture"] == "lora-adapter"
+    with lowbit.Llama(model_path=MODEL, n_ctx=256, n_threads=2, lora_path=adapter_file, lora_scale=3.0) as f:
+        assert f.create_completion(PROMPT, max_tokens=24, temperature=0)["choices"][0]["text"] == got
     with pytest.raises(FileNotFoundError):
         lowbit.Llama(model_path=MODEL, lora_path=str(tmp_path / "missing"))
     with pytest.raises(ValueError):

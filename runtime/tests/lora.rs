@@ -129,6 +129,54 @@ fn adapter_files_hold_the_folders_updates() {
     let model_path = tmp.path().join("o").read_dir().unwrap().next().unwrap().unwrap().path();
     let e = load_for_file(&LoraSpec { dir: model_path, scale: 1.0 }, &base).unwrap_err().to_string();
     assert!(e.contains("not an adapter"), "{e}");
+    // Crafted adapter files: each refused with the tensor or field named.
+    let good = ModelFile::open(&out).unwrap();
+    let rewrite = |name: &str, edit: &dyn Fn(&mut lowbit_format::Metadata, &str, &mut Vec<u8>)| -> String {
+        let path = tmp.path().join(name);
+        let mut meta = good.metadata().clone();
+        let mut datas: Vec<(lowbit_format::TensorSpec, Vec<u8>)> = good
+            .tensors()
+            .iter()
+            .map(|t| {
+                let spec = lowbit_format::TensorSpec {
+                    name: t.name.clone(),
+                    scheme: t.scheme.clone(),
+                    shape: t.shape.clone(),
+                };
+                (spec, good.tensor(&t.name).unwrap().part("data").unwrap().to_vec())
+            })
+            .collect();
+        for (spec, data) in datas.iter_mut() {
+            edit(&mut meta, &spec.name, data);
+        }
+        let w = lowbit_format::Writer::create(&path, meta, datas.iter().map(|d| d.0.clone()).collect()).unwrap();
+        for (i, (_, data)) in datas.iter().enumerate() {
+            w.write_tensor(i, &[data]).unwrap();
+        }
+        w.finish().unwrap();
+        load_for_file(&LoraSpec { dir: path, scale: 1.0 }, &base).unwrap_err().to_string()
+    };
+    let first = good.tensors()[0].name.clone();
+    let e = rewrite("nan.lowbit", &|_, name, data| {
+        if name == first {
+            // The first element of the first tensor (f32 in this fixture) becomes NaN.
+            data[..4].copy_from_slice(&f32::NAN.to_le_bytes());
+        }
+    });
+    assert!(e.contains(&first) && e.contains("NaN"), "{e}");
+    let target = first.trim_end_matches(".lora_a").trim_end_matches(".lora_b").to_string();
+    let e = rewrite("rank.lowbit", &|meta, _, _| {
+        meta.config["lora"]["targets"][&target]["r"] = 3.into();
+    });
+    assert!(e.contains(&target) && e.contains("rank 3"), "{e}");
+    let e = rewrite("scale.lowbit", &|meta, _, _| {
+        meta.config["lora"]["targets"][&target]["scale"] = "big".into();
+    });
+    assert!(e.contains("not a finite number"), "{e}");
+    let e = rewrite("empty.lowbit", &|meta, _, _| {
+        meta.config["lora"]["targets"] = serde_json::json!({});
+    });
+    assert!(e.contains("no targets"), "{e}");
     // DoRA changes the weights: merged at conversion only.
     let e = convert(
         &data("../converter/tests/data/lora/dora"),
