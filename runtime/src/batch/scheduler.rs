@@ -456,11 +456,27 @@ impl<'e> Loop<'e> {
         }
     }
 
-    /// One prefill chunk of the oldest waiting prompt, then one decode pass over every sequence
-    /// with a token to feed.
+    /// Prefill chunks of the waiting prompts, oldest first, up to `prefill_chunk` tokens in all
+    /// (at least one chunk), then one decode pass over every sequence with a token to feed. A
+    /// burst of short prompts so joins the decode batch in one step instead of one a step, and
+    /// the running sequences wait for no more prompt tokens a step than before. Each prompt is
+    /// cut into chunks at the same places whatever else is waiting, so its results do not
+    /// depend on its neighbours.
     fn step(&mut self, model: &Model) {
-        if let Some(j) = self.jobs.iter().position(|j| j.prefilled < j.req.prompt.len() && !j.cancel.load(Relaxed)) {
+        let mut budget = self.opts.prefill_chunk;
+        let mut first = true;
+        while let Some(j) = self.jobs.iter().position(|j| j.prefilled < j.req.prompt.len() && !j.cancel.load(Relaxed)) {
+            let job = &self.jobs[j];
+            let chunk = (job.prefilled + self.opts.prefill_chunk).min(job.req.prompt.len()) - job.prefilled;
+            if chunk > budget && !first {
+                break;
+            }
             self.prefill_chunk(model, j);
+            budget = budget.saturating_sub(chunk);
+            first = false;
+            if budget == 0 {
+                break;
+            }
         }
         // Cancellation can arrive from another thread at any time: decide once who runs.
         let live: Vec<bool> = self.jobs.iter().map(|j| !j.cancel.load(Relaxed)).collect();
