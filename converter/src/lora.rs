@@ -63,6 +63,10 @@ struct Delta {
     r: usize,
     /// The whole scaling: user scale · alpha / r (or / √r).
     s: f32,
+    /// This module's `lora_alpha` and divisor (r, or √r with rsLoRA), which give `s` for any
+    /// user scale: `f32(scale · alpha / divisor)`, computed in f64.
+    alpha: f64,
+    divisor: f64,
     /// DoRA's magnitude per output row.
     magnitude: Option<Vec<f32>>,
 }
@@ -93,6 +97,12 @@ impl Adapter {
     /// A target's rank and whole scaling (user scale · alpha / r, or / √r).
     pub(crate) fn rank_and_scale(&self, target: &str) -> (usize, f32) {
         self.deltas.get(target).map_or((0, 0.0), |d| (d.r, d.s))
+    }
+
+    /// A target's `lora_alpha` and divisor (r, or √r with rsLoRA): [`scaling`] of them and a
+    /// user scale is its whole scaling.
+    pub(crate) fn alpha_and_divisor(&self, target: &str) -> (f64, f64) {
+        self.deltas.get(target).map_or((0.0, 1.0), |d| (d.alpha, d.divisor))
     }
 
     /// A target's A (r × in) and B (out × r) as f32.
@@ -369,6 +379,12 @@ pub(crate) fn load_low_rank(
 /// adapter cannot change it.
 fn load_with(spec: &LoraSpec, shape_of: &dyn Fn(&str) -> std::result::Result<Vec<usize>, String>) -> Result<Adapter> {
     let dir = &spec.dir;
+    if dir.is_file() {
+        return Err(bad(
+            dir,
+            "an adapter file (lowbit convert ADAPTER_DIR) is applied at run time (--lora); to merge an adapter at conversion give its PEFT folder",
+        ));
+    }
     if !dir.is_dir() {
         return Err(bad(dir, "not a folder (an adapter is the folder holding adapter_config.json)"));
     }
@@ -447,7 +463,8 @@ fn load_with(spec: &LoraSpec, shape_of: &dyn Fn(&str) -> std::result::Result<Vec
                 return Err(bad(dir, format!("{module}: rank {r} in the weights, {want_r} in adapter_config.json")));
             }
             let alpha = pattern_value(&alpha_patterns, module).unwrap_or(cfg.alpha);
-            let s = spec.scale as f64 * alpha / if cfg.rslora { (r as f64).sqrt() } else { r as f64 };
+            let divisor = if cfg.rslora { (r as f64).sqrt() } else { r as f64 };
+            let s = scaling(spec.scale, alpha, divisor);
             let magnitude = if cfg.dora {
                 let m = ["lora_magnitude_vector", "lora_magnitude_vector.weight"]
                     .iter()
@@ -464,7 +481,7 @@ fn load_with(spec: &LoraSpec, shape_of: &dyn Fn(&str) -> std::result::Result<Vec
             } else {
                 None
             };
-            deltas.insert(target, Delta { a: key.clone(), b: bkey, r, s: s as f32, magnitude });
+            deltas.insert(target, Delta { a: key.clone(), b: bkey, r, s, alpha, divisor, magnitude });
         } else if module_key.ends_with(".lora_B.weight") || module_key.contains(".lora_magnitude_vector") {
             let module = module_key.split(".lora_").next().unwrap_or(module_key);
             if !names.contains(&format!("base_model.model.{module}.lora_A.weight")) {
@@ -495,6 +512,12 @@ fn load_with(spec: &LoraSpec, shape_of: &dyn Fn(&str) -> std::result::Result<Vec
     }
     let name = dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned());
     Ok(Adapter { record: AdapterRecord { name, sha256, scale: spec.scale }, file, deltas, replace })
+}
+
+/// The whole scaling of an update: `user scale · alpha / divisor` in f64, rounded once to f32
+/// (the folder and the adapter file compute it alike, so they give the same bits).
+pub(crate) fn scaling(scale: f32, alpha: f64, divisor: f64) -> f32 {
+    (scale as f64 * alpha / divisor) as f32
 }
 
 /// The sha256 of the file at `path`, read in pieces.

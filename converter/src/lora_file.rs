@@ -1,19 +1,21 @@
 //! A PEFT LoRA adapter converted on its own into a lowbit file (`lowbit convert ADAPTER_DIR -o
 //! A.lowbit`), to run beside any base model it fits (`--lora A.lowbit`). The adapter is checked
 //! once (ranks against `adapter_config.json`, shapes, every value finite), its scaling resolved
-//! per weight (`rank_pattern`, `alpha_pattern`, rsLoRA, the scale given at conversion), and its
+//! per weight (`rank_pattern`, `alpha_pattern`, rsLoRA), and its
 //! pairs copied in their own dtype, so loading it is a map and a read — no JSON patterns or
 //! safetensors parsing.
 //!
 //! Layout: the file's architecture is [`ADAPTER_ARCHITECTURE`]; `config` is
-//! `{"lora": {"targets": {TARGET: {"r": r, "scale": s}}}}`, `s` the whole scaling; tensors
+//! `{"lora": {"targets": {TARGET: {"r": r, "alpha": a, "divisor": d, "scale": s}}}}` — the module's
+//! `lora_alpha`, its divisor (r, or √r with rsLoRA), and `s = a / d` for reading; a loader
+//! computes `f32(SCALE · a / d)` in f64 as the folder's loader does; tensors
 //! `TARGET.lora_a` (`r × in`) and `TARGET.lora_b` (`out × r`) for every target weight; the
 //! adapter's name, sha256 and conversion scale in `adapters`. DoRA and full replacement tensors
 //! change the weights themselves and are merged at conversion instead (`convert --lora`).
 
 use crate::convert::ConvertSummary;
 use crate::error::{ConvertError, Result};
-use crate::lora::{load_low_rank, LoraSpec, RunTimeDelta};
+use crate::lora::{load_low_rank, scaling, LoraSpec, RunTimeDelta};
 use crate::source::safetensors::SafetensorsSource;
 use crate::source::{SrcDtype, TensorSource};
 use lowbit_format::{
@@ -66,7 +68,14 @@ pub fn convert_adapter(spec: &LoraSpec, out: &Path) -> Result<ConvertSummary> {
     let mut params = 0u64;
     for t in &targets {
         let (r, scale) = adapter.rank_and_scale(t);
-        table.insert(t.clone(), json!({ "r": r, "scale": scale }));
+        let (alpha, divisor) = adapter.alpha_and_divisor(t);
+        if !scale.is_finite() || !alpha.is_finite() {
+            return Err(ConvertError::Config(format!(
+                "LoRA adapter {}: {t}: its scaling lora_alpha / r = {alpha} / {divisor} is not a finite number",
+                spec.dir.display()
+            )));
+        }
+        table.insert(t.clone(), json!({ "r": r, "alpha": alpha, "divisor": divisor, "scale": scale }));
         let [(da, sa), (db, sb)] = adapter.pair_layout(t)?;
         for (kind, dtype, shape) in [("lora_a", da, sa), ("lora_b", db, sb)] {
             params += shape.iter().product::<usize>() as u64;
@@ -138,9 +147,12 @@ pub fn load_adapter_file(
     let mut deltas = Vec::with_capacity(targets.len());
     for (target, entry) in targets {
         let r = entry.get("r").and_then(Value::as_u64).filter(|&r| r > 0).map(|r| r as usize);
-        let scale = entry.get("scale").and_then(Value::as_f64).map(|s| s as f32 * spec.scale);
-        let (Some(r), Some(scale)) = (r, scale.filter(|s| s.is_finite())) else {
-            return Err(bad(format!("{target}: rank or scale missing or not a finite number")));
+        let alpha = entry.get("alpha").and_then(Value::as_f64).filter(|a| a.is_finite());
+        let divisor = entry.get("divisor").and_then(Value::as_f64).filter(|d| d.is_finite() && *d > 0.0);
+        // The folder's own formula, so a scale given at load gives the folder's bits.
+        let scale = alpha.zip(divisor).map(|(a, d)| scaling(spec.scale, a, d)).filter(|s| s.is_finite());
+        let (Some(r), Some(scale)) = (r, scale) else {
+            return Err(bad(format!("{target}: rank or scaling (alpha, divisor) missing or not a finite number")));
         };
         let Some(shape) = shape_of(target) else {
             return Err(bad(format!(

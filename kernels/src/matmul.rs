@@ -418,7 +418,7 @@ fn fourbit_q8_matmul(k: &Kernels, out: &mut [f32], w: &FourBitRef, x: &[f32], m:
                     }
                     continue;
                 }
-                // The run of up to 16 tokens in one call where the level has it.
+                // The run of up to `group` tokens in one call where the level has it.
                 let run = (t0 + group).min(padded) - t0;
                 let mut vals = [0f32; 4 * RUN_GROUP];
                 let ran = k.fourbit_q8_tile_run(

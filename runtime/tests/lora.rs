@@ -100,7 +100,8 @@ fn adapter_files_hold_the_folders_updates() {
         let dir = data(&format!("../converter/tests/data/lora/{variant}"));
         let out = tmp.path().join(format!("{variant}.adapter.lowbit"));
         convert(&dir, &out, &ConvertOptions::default(), &|_| {}).unwrap();
-        for scale in [1.0f32, 0.5] {
+        // Scales that round differently if the file's scaling were computed another way.
+        for scale in [1.0f32, 0.5, 0.3, 0.9, 3.7] {
             let (rf, from_folder) = load_for_file(&LoraSpec { dir: dir.clone(), scale }, &base).unwrap();
             let (rl, from_file) = load_for_file(&LoraSpec { dir: out.clone(), scale }, &base).unwrap();
             assert_eq!(rf, rl, "{variant}: the record");
@@ -170,13 +171,21 @@ fn adapter_files_hold_the_folders_updates() {
     });
     assert!(e.contains(&target) && e.contains("rank 3"), "{e}");
     let e = rewrite("scale.lowbit", &|meta, _, _| {
-        meta.config["lora"]["targets"][&target]["scale"] = "big".into();
+        meta.config["lora"]["targets"][&target]["alpha"] = "big".into();
     });
     assert!(e.contains("not a finite number"), "{e}");
     let e = rewrite("empty.lowbit", &|meta, _, _| {
         meta.config["lora"]["targets"] = serde_json::json!({});
     });
     assert!(e.contains("no targets"), "{e}");
+    // An adapter file cannot be merged at conversion (its folder can).
+    let o = ConvertOptions {
+        quant: QuantChoice::F32,
+        lora: vec![LoraSpec { dir: out.clone(), scale: 1.0 }],
+        ..Default::default()
+    };
+    let e = convert(&data("tests/data/tiny/h96"), &tmp.path().join("m.lowbit"), &o, &|_| {}).unwrap_err().to_string();
+    assert!(e.contains("applied at run time"), "{e}");
     // DoRA changes the weights: merged at conversion only.
     let e = convert(
         &data("../converter/tests/data/lora/dora"),
