@@ -10,7 +10,7 @@
 //! `lora_alpha`, its divisor (r, or √r with rsLoRA), and `s = a / d` for reading; a loader
 //! computes `f32(SCALE · a / d)` in f64 as the folder's loader does; tensors
 //! `TARGET.lora_a` (`r × in`) and `TARGET.lora_b` (`out × r`) for every target weight; the
-//! adapter's name, sha256 and conversion scale in `adapters`. DoRA and full replacement tensors
+//! adapter's name, sha256 and scale (1) in `adapters`. DoRA and full replacement tensors
 //! change the weights themselves and are merged at conversion instead (`convert --lora`).
 
 use crate::convert::ConvertSummary;
