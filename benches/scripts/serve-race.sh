@@ -5,6 +5,9 @@
 #
 #   benches/scripts/serve-race.sh [THREADS]     (default 2)
 #
+# LOWBIT_SERVE_ARGS adds flags to `lowbit serve` (e.g. "--kv-type f16", the cache type
+# llama-server uses by default; lowbit's default is f32).
+#
 # llama-server is built once from the llama.cpp that llama-cpp-python's source package vendors
 # (the same release the other races use), with CMake from PyPI in a build venv: minutes.
 set -euo pipefail
@@ -42,5 +45,5 @@ import sys; sys.path.insert(0, 'benches/scripts')
 from llamacpp_files import quantize
 print(quantize('$gguf', '$work', 2, 'smollm2.Q4_0.gguf'))")"
 echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//') | lowbit $(./target/release/lowbit cpu | grep 'in use')"
-echo "commit: $(git rev-parse --short HEAD) | date: $(date -u +%F) | threads: $threads"
+echo "commit: $(git rev-parse --short HEAD) | date: $(date -u +%F) | threads: $threads | lowbit serve extra flags: ${LOWBIT_SERVE_ARGS:-none}"
 python3 benches/scripts/serve_race.py ./target/release/lowbit "$work/smollm2.nf4.lowbit" "$server" "$q4" data/genesis-kjv.txt "$threads"

@@ -56,7 +56,7 @@ def start(name):
     port = free_port()
     if name == "lowbit":
         cmd = [lowbit_bin, "-t", threads, "serve", "-m", lowbit_model, "--port", str(port),
-               "--parallel", str(PARALLEL), "-c", str(CTX)]
+               "--parallel", str(PARALLEL), "-c", str(CTX)] + os.environ.get("LOWBIT_SERVE_ARGS", "").split()
     else:
         # llama-server splits -c over its slots: the same context per slot as lowbit.
         cmd = [llama_bin, "-m", llama_gguf, "--port", str(port), "-np", str(PARALLEL), "-t", threads,
