@@ -55,12 +55,11 @@ $bin convert "$gguf" -o "$work/nf4-mix.lowbit" --quant nf4-mix -q > /dev/null
 $bin convert "$gguf" -o "$work/nf4-mix-imatrix.lowbit" --quant nf4-mix --imatrix "$work/smollm2.imatrix" -q > /dev/null
 $bin convert "$gguf" -o "$work/q8.lowbit" --quant q8 -q > /dev/null
 # IQ4_NL's size class: nf4 in blocks of 32 with v_proj in block int8.
-$bin convert "$gguf" -o "$work/nf4-bs32-v8.lowbit" --quant nf4 --blocksize 32 --q8 '*.v_proj.weight' -q > /dev/null
-$bin convert "$gguf" -o "$work/nf4-bs32-v8-imatrix.lowbit" --quant nf4 --blocksize 32 --q8 '*.v_proj.weight' \
-  --imatrix "$work/smollm2.imatrix" -q > /dev/null
+$bin convert "$gguf" -o "$work/nf4-plus.lowbit" --quant nf4-plus -q > /dev/null
+$bin convert "$gguf" -o "$work/nf4-plus-imatrix.lowbit" --quant nf4-plus --imatrix "$work/smollm2.imatrix" -q > /dev/null
 base="$work/lowbit-base.npy"
 $bin --threads 2 perplexity -m "$work/f32.lowbit" -f "$text" -c 256 --save-logits "$base" > "$work/f32.txt" 2> /dev/null
-for m in nf4 nf4-imatrix nf4-bnb-exact nf4-mix nf4-mix-imatrix nf4-bs32-v8 nf4-bs32-v8-imatrix int8 q8; do
+for m in nf4 nf4-imatrix nf4-bnb-exact nf4-mix nf4-mix-imatrix nf4-plus nf4-plus-imatrix int8 q8; do
   $bin --threads 2 perplexity -m "$work/$m.lowbit" -f "$text" -c 256 --kl-base "$base" > "$work/$m.txt" 2> /dev/null
 done
 "$venv/bin/python" benches/scripts/quality_table.py "$gguf" "$work" "$text"

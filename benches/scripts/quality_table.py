@@ -107,8 +107,8 @@ for name, label in [
     ("nf4-bnb-exact", "lowbit nf4 --bnb-exact"),
     ("nf4-mix", "lowbit nf4-mix"),
     ("nf4-mix-imatrix", "lowbit nf4-mix --imatrix"),
-    ("nf4-bs32-v8", "lowbit nf4 --blocksize 32 --q8 '*.v_proj.weight'"),
-    ("nf4-bs32-v8-imatrix", "lowbit nf4 --blocksize 32 --q8 '*.v_proj.weight' --imatrix"),
+    ("nf4-plus", "lowbit nf4-plus"),
+    ("nf4-plus-imatrix", "lowbit nf4-plus --imatrix"),
     ("int8", "lowbit int8"),
     ("q8", "lowbit q8"),
 ]:

@@ -100,6 +100,9 @@ pub enum Quant {
     /// nf4 with the most sensitive weights (v_proj, k_proj, down_proj) in block int8
     #[value(name = "nf4-mix")]
     Nf4Mix,
+    /// nf4 in blocks of 32 with v_proj in block int8: better than llama.cpp's IQ4_NL at its size
+    #[value(name = "nf4-plus")]
+    Nf4Plus,
     /// bitsandbytes' FP4
     Fp4,
     /// LLM.int8: one scale per row, outlier columns in floating point (bitsandbytes' 8-bit).
@@ -121,9 +124,9 @@ pub struct ConvertArgs {
     /// Storage scheme of the linear layers.
     #[arg(long, value_enum, default_value = "nf4")]
     pub quant: Quant,
-    /// 4-bit block size (32 … 4096).
-    #[arg(long, default_value_t = 64)]
-    pub blocksize: usize,
+    /// 4-bit block size (32 … 4096) [default: 64; 32 for nf4-plus].
+    #[arg(long)]
+    pub blocksize: Option<usize>,
     /// Keep 4-bit block scales in float32 instead of double-quantizing them.
     #[arg(long)]
     pub no_double_quant: bool,

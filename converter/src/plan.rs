@@ -25,6 +25,8 @@ pub enum QuantChoice {
     Nf4,
     /// NF4 with the tensors that lose most to it ([`NF4_MIX_Q8`]) in block int8.
     Nf4Mix,
+    /// NF4 in blocks of 32 with v_proj ([`NF4_PLUS_Q8`]) in block int8: IQ4_NL's size class.
+    Nf4Plus,
     /// bitsandbytes FP4.
     Fp4,
     /// LLM.int8.
@@ -45,12 +47,23 @@ impl QuantChoice {
         match self {
             QuantChoice::Nf4 => "nf4",
             QuantChoice::Nf4Mix => "nf4-mix",
+            QuantChoice::Nf4Plus => "nf4-plus",
             QuantChoice::Fp4 => "fp4",
             QuantChoice::Int8 => "int8",
             QuantChoice::Q8 => "q8",
             QuantChoice::F16 => "f16",
             QuantChoice::Bf16 => "bf16",
             QuantChoice::F32 => "f32",
+        }
+    }
+
+    /// The 4-bit block size this choice uses unless told otherwise: 32 for `nf4-plus`, else
+    /// bitsandbytes' 64.
+    pub fn default_blocksize(self) -> usize {
+        if self == QuantChoice::Nf4Plus {
+            32
+        } else {
+            64
         }
     }
 
@@ -68,6 +81,10 @@ impl QuantChoice {
 /// The linear weights `--quant nf4-mix` stores in block int8: those whose 4-bit rounding cost
 /// the most per byte saved, by measurement on SmolLM2 (docs/PERFORMANCE.md).
 pub const NF4_MIX_Q8: &[&str] = &["*.v_proj.weight", "*.k_proj.weight", "*.down_proj.weight"];
+
+/// The linear weights `--quant nf4-plus` stores in block int8: with blocks of 32 elsewhere, the
+/// one choice that put SmolLM2 ahead of llama.cpp's IQ4_NL at a smaller file (docs/PERFORMANCE.md).
+pub const NF4_PLUS_Q8: &[&str] = &["*.v_proj.weight"];
 
 /// Conversion settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -105,6 +122,13 @@ pub struct ConvertOptions {
     /// Importance of each linear weight's input columns (`lowbit imatrix`): the 4-bit scale
     /// search weights each weight's error by its column's value too.
     pub imatrix: Option<std::sync::Arc<crate::imatrix::Imatrix>>,
+}
+
+impl ConvertOptions {
+    /// The defaults with `quant` and its block size ([`QuantChoice::default_blocksize`]).
+    pub fn for_quant(quant: QuantChoice) -> ConvertOptions {
+        ConvertOptions { quant, blocksize: quant.default_blocksize(), ..ConvertOptions::default() }
+    }
 }
 
 impl Default for ConvertOptions {
@@ -209,7 +233,11 @@ impl ConvertOptions {
 
     /// Whether the 4-bit linear weight `name` is stored in 8 bits instead (`q8`, `nf4-mix`).
     pub fn eight_bit(&self, name: &str) -> bool {
-        let mix = if self.quant == QuantChoice::Nf4Mix { NF4_MIX_Q8 } else { &[] };
+        let mix = match self.quant {
+            QuantChoice::Nf4Mix => NF4_MIX_Q8,
+            QuantChoice::Nf4Plus => NF4_PLUS_Q8,
+            _ => &[],
+        };
         self.q8.iter().map(String::as_str).chain(mix.iter().copied()).any(|p| pattern_matches(p, name))
     }
 
@@ -260,7 +288,8 @@ impl ConvertOptions {
     }
 
     fn settings(&self, source_format: &str) -> QuantSettings {
-        let four = matches!(self.quant, QuantChoice::Nf4 | QuantChoice::Nf4Mix | QuantChoice::Fp4);
+        let four =
+            matches!(self.quant, QuantChoice::Nf4 | QuantChoice::Nf4Mix | QuantChoice::Nf4Plus | QuantChoice::Fp4);
         QuantSettings {
             scheme: self.quant.label().into(),
             blocksize: if four {
@@ -673,6 +702,13 @@ mod tests {
         assert_eq!(scheme(&kept, "model.layers.1.mlp.up_proj.weight", 64), Scheme::F32);
         assert_eq!(mix.settings("gguf").scheme, "nf4-mix");
         assert!(mix.settings("gguf").double_quant);
+        // nf4-plus: v_proj in block int8, the rest nf4 in blocks of 32.
+        let plus = ConvertOptions::for_quant(QuantChoice::Nf4Plus);
+        assert_eq!(scheme(&plus, "model.layers.2.self_attn.v_proj.weight", 64), q8);
+        for n in ["model.layers.2.self_attn.k_proj.weight", "model.layers.0.mlp.down_proj.weight"] {
+            assert!(matches!(scheme(&plus, n, 64), Scheme::FourBit { blocksize: 32, .. }), "{n}");
+        }
+        assert_eq!((plus.settings("gguf").scheme.as_str(), plus.settings("gguf").blocksize), ("nf4-plus", Some(32)));
     }
 
     #[test]

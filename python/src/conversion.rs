@@ -14,6 +14,7 @@ fn quant_choice(quant: &str) -> PyResult<QuantChoice> {
     Ok(match quant {
         "nf4" => QuantChoice::Nf4,
         "nf4-mix" => QuantChoice::Nf4Mix,
+        "nf4-plus" => QuantChoice::Nf4Plus,
         "fp4" => QuantChoice::Fp4,
         "int8" => QuantChoice::Int8,
         "q8" => QuantChoice::Q8,
@@ -22,7 +23,7 @@ fn quant_choice(quant: &str) -> PyResult<QuantChoice> {
         "f32" => QuantChoice::F32,
         other => {
             return Err(PyValueError::new_err(format!(
-                "quant {other:?} is not one of nf4, nf4-mix, fp4, int8, q8, f16, bf16, f32"
+                "quant {other:?} is not one of nf4, nf4-mix, nf4-plus, fp4, int8, q8, f16, bf16, f32"
             )))
         }
     })
@@ -33,7 +34,7 @@ pub fn resolve(py: Python<'_>, path: &Path, quant: &str, verbose: bool) -> PyRes
     if !lowbit_convert::cache::is_source(path) {
         return Ok(path.to_path_buf());
     }
-    let opts = ConvertOptions { quant: quant_choice(quant)?, ..ConvertOptions::default() };
+    let opts = ConvertOptions::for_quant(quant_choice(quant)?);
     if verbose {
         eprintln!(
             "lowbit: {} is a source: using its {quant} conversion in {}",
@@ -50,7 +51,7 @@ pub fn convert_file(py: Python<'_>, src: &Path, dst: &Path, quant: &str, progres
     if !src.exists() {
         return Err(PyFileNotFoundError::new_err(format!("{}: no such file or folder", src.display())));
     }
-    let opts = ConvertOptions { quant: quant_choice(quant)?, ..ConvertOptions::default() };
+    let opts = ConvertOptions::for_quant(quant_choice(quant)?);
     // Progress is reported from the converter's threads; the callback runs with the GIL and
     // under the lock that counts the bytes, so it sees the counts in increasing order (the last
     // call is the whole), and the first exception it raises is kept and raised at the end.

@@ -11,6 +11,7 @@ pub fn quant_choice(q: Quant) -> QuantChoice {
     match q {
         Quant::Nf4 => QuantChoice::Nf4,
         Quant::Nf4Mix => QuantChoice::Nf4Mix,
+        Quant::Nf4Plus => QuantChoice::Nf4Plus,
         Quant::Fp4 => QuantChoice::Fp4,
         Quant::Int8 => QuantChoice::Int8,
         Quant::Q8 => QuantChoice::Q8,
@@ -21,9 +22,10 @@ pub fn quant_choice(q: Quant) -> QuantChoice {
 }
 
 pub fn run(a: ConvertArgs) -> Result<()> {
+    let quant = quant_choice(a.quant);
     let opts = ConvertOptions {
-        quant: quant_choice(a.quant),
-        blocksize: a.blocksize,
+        quant,
+        blocksize: a.blocksize.unwrap_or(quant.default_blocksize()),
         double_quant: !a.no_double_quant,
         int8_threshold: a.threshold,
         keep: a.keep.clone(),

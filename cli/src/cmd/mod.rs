@@ -168,7 +168,7 @@ pub fn model_path(path: &Path, quant: crate::args::Quant) -> Result<std::path::P
     if !cache::is_source(path) {
         return Ok(path.to_path_buf());
     }
-    let opts = ConvertOptions { quant: convert::quant_choice(quant), ..ConvertOptions::default() };
+    let opts = ConvertOptions::for_quant(convert::quant_choice(quant));
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("{spinner} converting {bar:30} {bytes}/{total_bytes} ETA {eta}")
