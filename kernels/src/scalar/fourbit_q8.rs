@@ -80,14 +80,12 @@ pub fn dot_fourbit_q8_rows_t2(
     half_block: usize,
     out: [&mut [f32]; 2],
 ) {
-    for (t, o) in out.into_iter().enumerate() {
-        dot_fourbit_q8_rows(codes, factors[t], lut, qe[t], qo[t], qsum[t], half_block, o);
-    }
+    rows_per_token(codes, factors, lut, qe, qo, qsum, half_block, out);
 }
 
-/// [`dot_fourbit_q8_rows`] for four tokens (a decode batch): `out[t][i]` is row `i` against
-/// token `t`'s activations and factors. The SIMD version looks each row's codes up once for the
-/// four and gives every (row, token) the bits of that level's one-token kernel.
+/// [`dot_fourbit_q8_rows`] for four tokens (a decode batch), as [`dot_fourbit_q8_rows_t2`]. The
+/// SIMD version looks each row's codes up once for the four and gives every (row, token) the
+/// bits of that level's one-token kernel.
 #[allow(clippy::too_many_arguments)]
 pub fn dot_fourbit_q8_rows_t4(
     codes: &[u8],
@@ -98,6 +96,21 @@ pub fn dot_fourbit_q8_rows_t4(
     qsum: [&[i32]; 4],
     half_block: usize,
     out: [&mut [f32]; 4],
+) {
+    rows_per_token(codes, factors, lut, qe, qo, qsum, half_block, out);
+}
+
+/// [`dot_fourbit_q8_rows`] of each of `T` tokens.
+#[allow(clippy::too_many_arguments)]
+fn rows_per_token<const T: usize>(
+    codes: &[u8],
+    factors: [&[f32]; T],
+    lut: &[i8; 16],
+    qe: [&[i8]; T],
+    qo: [&[i8]; T],
+    qsum: [&[i32]; T],
+    half_block: usize,
+    out: [&mut [f32]; T],
 ) {
     for (t, o) in out.into_iter().enumerate() {
         dot_fourbit_q8_rows(codes, factors[t], lut, qe[t], qo[t], qsum[t], half_block, o);
