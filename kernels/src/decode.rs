@@ -206,7 +206,7 @@ impl<'x> Prepared<'x> {
                 let task = DECODE_ROWS_PER_TASK * bpr;
                 // weight ≈ lut/127 · absmax, activation ≈ q · xs·127: one factor absmax · xs per
                 // block.
-                let q = BlockQ8::new(k, x, m, cols, bs, m, false);
+                let q = BlockQ8::new(k, x, m, cols, bs, m, false, false);
                 // Each token's activation scales repeated once per row of a task, so one
                 // `block_factors` call covers a task's rows (their blocks are consecutive):
                 // per-row calls cost more than the factors themselves on narrow rows (576

@@ -46,8 +46,8 @@ pub use fourbit::{
 };
 pub use int8::{quantize_int8, Int8Tensor};
 pub use matmul::{
-    gemm_strided, matmul, matmul_rows, matmul_rows_many, matmul_rows_many_then, matmul_rows_many_with,
-    matmul_rows_with, matmul_with, matvec, MatmulOptions, RowsThen,
+    gemm_strided, matmul, matmul_many, matmul_many_with, matmul_rows, matmul_rows_many, matmul_rows_many_then,
+    matmul_rows_many_with, matmul_rows_with, matmul_with, matvec, MatmulOptions, RowsThen,
 };
 pub use probe::bandwidth_probe;
 pub use q8::Q8Tensor;

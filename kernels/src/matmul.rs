@@ -15,7 +15,6 @@ use crate::int8::{quantize_activations, Int8Activations, INV_127, MM_DEQUANT_SCA
 use crate::lined::Lined;
 use crate::weight::{nested_runs, AbsmaxRef, FourBitRef, Int8Ref, Weight};
 use half::slice::HalfFloatSliceExt;
-use rayon::prelude::*;
 
 /// Options of a matrix product.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -53,6 +52,73 @@ pub(crate) const PARALLEL_MIN_WORK: usize = 1 << 16;
 /// `out (m × rows) = x (m × cols) · Wᵀ` with the process-wide kernels.
 pub fn matmul(out: &mut [f32], w: &Weight, x: &[f32], m: usize, opts: &MatmulOptions) -> Result<()> {
     matmul_with(crate::kernels(), out, w, x, m, opts)
+}
+
+/// [`matmul`] of several weights over the same prompt (q, k and v; gate and up): `out` holds
+/// each weight's `m × rows` result, one after the other, each what [`matmul`] gives for it.
+/// 4-bit weights on the integer route share one quantization of `x` and one parallel loop.
+pub fn matmul_many(out: &mut [f32], ws: &[&Weight], x: &[f32], m: usize, opts: &MatmulOptions) -> Result<()> {
+    matmul_many_with(crate::kernels(), out, ws, x, m, opts)
+}
+
+/// [`matmul_many`] with explicit kernels.
+pub fn matmul_many_with(
+    k: &Kernels,
+    out: &mut [f32],
+    ws: &[&Weight],
+    x: &[f32],
+    m: usize,
+    opts: &MatmulOptions,
+) -> Result<()> {
+    let mut total = 0usize;
+    for w in ws {
+        let overflow = || KernelError::Overflow { op: "matmul", rows: w.rows(), cols: m };
+        total = total.checked_add(m.checked_mul(w.rows()).ok_or_else(overflow)?).ok_or_else(overflow)?;
+    }
+    if out.len() != total {
+        return Err(KernelError::ShapeMismatch { op: "matmul", what: "out", expected: total, got: out.len() });
+    }
+    let tiles: Option<Vec<&FourBitRef>> = ws
+        .iter()
+        .map(|w| match w {
+            Weight::FourBit(w4) if m > 1 && fourbit_tiles(k, w4, opts) => Some(w4),
+            _ => None,
+        })
+        .collect();
+    let mut from = 0;
+    let mut parallel = false;
+    for w in ws {
+        let len = m * w.rows();
+        let Some(p) = check_shapes(w, &mut out[from..from + len], x, m)? else {
+            // Nothing to compute for this one (its part is final): the joint loop cannot run.
+            return per_weight(k, out, ws, x, m, opts);
+        };
+        parallel |= p;
+        from += len;
+    }
+    match tiles {
+        Some(w4s) if !w4s.is_empty() && w4s.iter().all(|w| w.cols == w4s[0].cols) => {
+            fourbit_q8_matmul_many(k, out, &w4s, x, m, parallel);
+            Ok(())
+        }
+        _ => per_weight(k, out, ws, x, m, opts),
+    }
+}
+
+/// One [`matmul_with`] per weight into its part of `out`.
+fn per_weight(k: &Kernels, out: &mut [f32], ws: &[&Weight], x: &[f32], m: usize, opts: &MatmulOptions) -> Result<()> {
+    let mut from = 0;
+    for w in ws {
+        let len = m * w.rows();
+        matmul_with(k, &mut out[from..from + len], w, x, m, opts)?;
+        from += len;
+    }
+    Ok(())
+}
+
+/// Whether a prompt's product with `w` runs the 4-bit integer tiles.
+fn fourbit_tiles(k: &Kernels, w: &FourBitRef, opts: &MatmulOptions) -> bool {
+    !opts.fourbit_exact && w.blocksize == 64 && rows_block_aligned(w) && k.has_fourbit_q8_tile()
 }
 
 /// `out (rows) = W · x` for one token.
@@ -197,13 +263,13 @@ pub fn matmul_with(k: &Kernels, out: &mut [f32], w: &Weight, x: &[f32], m: usize
         }
     }
     if let Weight::FourBit(w4) = w {
-        if !opts.fourbit_exact && w4.blocksize == 64 && rows_block_aligned(w4) && k.has_fourbit_q8_tile() {
+        if fourbit_tiles(k, w4, opts) {
             fourbit_q8_matmul(k, out, w4, x, m, parallel);
             return Ok(());
         }
     }
     let mut out_t = vec![0f32; rows * m];
-    let prefill = if parallel { Par::Rayon } else { Par::Serial };
+    let prefill = if parallel { Par::Team } else { Par::Serial };
     match w {
         Weight::Int8(w8) => int8_rows(k, &mut out_t, w8, x, m, opts, prefill),
         _ => tiled_dequant_gemm(&mut out_t, w, x, m, prefill),
@@ -230,11 +296,10 @@ pub(crate) fn transpose_into(out: &mut [f32], out_t: &[f32], rows: usize, m: usi
 pub(crate) enum Par {
     /// On the calling thread.
     Serial,
-    /// Over the current rayon pool: prefill, where each call runs long enough that waking the
-    /// pool costs nothing.
-    Rayon,
     /// Over the spinning team of the pool's size ([`crate::team`]): decode, where calls are
-    /// short and rayon's wake-ups took a tenth of each.
+    /// short and rayon's wake-ups took a tenth of each, and prefill, whose loops follow each
+    /// other with short serial gaps (norms, rope) in which rayon's workers fell asleep, to be
+    /// woken for the next loop (SmolLM2 prefill: 290 wake-ups a prompt, 1.84 of 2 cores busy).
     Team,
 }
 
@@ -254,9 +319,6 @@ pub(crate) fn for_row_chunks<S: Send>(
             let mut s = init();
             out.chunks_mut(step).enumerate().for_each(|(i, c)| f(&mut s, i * chunk, c));
         }
-        Par::Rayon => {
-            out.par_chunks_mut(step).enumerate().for_each_init(init, |s, (i, c)| f(s, i * chunk, c));
-        }
     }
 }
 
@@ -272,6 +334,9 @@ pub(crate) fn rows_block_aligned(w: &FourBitRef) -> bool {
 pub(crate) struct BlockQ8 {
     qe: Lined<i8>,
     qo: Lined<i8>,
+    /// `|qe|`, `|qo|` where asked for (the eight-token AVX2 tile takes them), else empty.
+    aqe: Lined<i8>,
+    aqo: Lined<i8>,
     xs: Lined<f32>,
     sum: Lined<i32>,
     half: usize,
@@ -282,7 +347,8 @@ pub(crate) struct BlockQ8 {
 
 impl BlockQ8 {
     /// Quantizes `m` rows of `x` (`cols` wide) and pads with all-zero tokens up to `padded`,
-    /// the tokens on rayon's threads when `parallel`.
+    /// the tokens on rayon's threads when `parallel`; with `abs`, the codes' absolute values too.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         k: &Kernels,
         x: &[f32],
@@ -291,37 +357,70 @@ impl BlockQ8 {
         blocksize: usize,
         padded: usize,
         parallel: bool,
+        abs: bool,
     ) -> BlockQ8 {
         let (half, nb) = (cols.div_ceil(2), cols.div_ceil(blocksize));
         let stride = half.next_multiple_of(64);
+        let abs_len = if abs { padded * stride } else { 0 };
         let mut q = BlockQ8 {
             qe: Lined::zeroed(padded * stride),
             qo: Lined::zeroed(padded * stride),
+            aqe: Lined::zeroed(abs_len),
+            aqo: Lined::zeroed(abs_len),
             xs: Lined::zeroed(padded * nb),
             sum: Lined::zeroed(padded * nb),
             half,
             stride,
             nb,
         };
-        let quantize = |qe: &mut [i8], qo: &mut [i8], xs: &mut [f32], sum: &mut [i32], x: &[f32]| {
+        let quantize = |x: &[f32], qe: &mut [i8], qo: &mut [i8], xs: &mut [f32], sum: &mut [i32]| {
             k.quantize_q8(x, blocksize, &mut qe[..half], &mut qo[..half], xs, sum)
         };
-        let (qe, qo, xs, sum) =
-            (&mut q.qe[..m * stride], &mut q.qo[..m * stride], &mut q.xs[..m * nb], &mut q.sum[..m * nb]);
-        // A prompt's tokens in parallel (each token's quantization is its own); decode's few
-        // tokens on the caller's thread (a team thread, which must not wait on rayon's).
+        let absolute = |from: &[i8], to: &mut [i8]| {
+            to.iter_mut().zip(from).for_each(|(a, &q)| *a = q.unsigned_abs() as i8);
+        };
+        let BlockQ8 { qe, qo, aqe, aqo, xs, sum, .. } = &mut q;
+        let (qe, qo, xs, sum) = (&mut qe[..m * stride], &mut qo[..m * stride], &mut xs[..m * nb], &mut sum[..m * nb]);
+        let x = &x[..m * cols];
+        // A prompt's tokens in parallel (each token's quantization is its own, with its absolute
+        // values in the same task), on the team like the product that follows: its workers
+        // spin between a prompt's loops where rayon's fall asleep and must be woken for each.
+        // Decode's few tokens on the caller's thread (a team thread already).
         if parallel {
-            qe.par_chunks_mut(stride)
-                .zip(qo.par_chunks_mut(stride))
-                .zip(xs.par_chunks_mut(nb).zip(sum.par_chunks_mut(nb)))
-                .zip(x.par_chunks(cols))
-                .for_each(|(((qe, qo), (xs, sum)), x)| quantize(qe, qo, xs, sum, x));
+            let (cqe, cqo, cxs, csum) = (Cells::new(qe), Cells::new(qo), Cells::new(xs), Cells::new(sum));
+            let (caqe, caqo) = (Cells::new(&mut aqe[..]), Cells::new(&mut aqo[..]));
+            crate::team::for_each_task(
+                m,
+                || (),
+                |_, t| {
+                    // SAFETY: task t alone touches token t's pieces of every buffer.
+                    let (qe, qo, xs, sum) = unsafe {
+                        (
+                            cqe.piece(t * stride, stride),
+                            cqo.piece(t * stride, stride),
+                            cxs.piece(t * nb, nb),
+                            csum.piece(t * nb, nb),
+                        )
+                    };
+                    quantize(&x[t * cols..(t + 1) * cols], qe, qo, xs, sum);
+                    if abs {
+                        // SAFETY: as above.
+                        let (aqe, aqo) = unsafe { (caqe.piece(t * stride, stride), caqo.piece(t * stride, stride)) };
+                        absolute(qe, aqe);
+                        absolute(qo, aqo);
+                    }
+                },
+            );
         } else {
             qe.chunks_mut(stride)
                 .zip(qo.chunks_mut(stride))
                 .zip(xs.chunks_mut(nb).zip(sum.chunks_mut(nb)))
                 .zip(x.chunks(cols))
-                .for_each(|(((qe, qo), (xs, sum)), x)| quantize(qe, qo, xs, sum, x));
+                .for_each(|(((qe, qo), (xs, sum)), x)| quantize(x, qe, qo, xs, sum));
+            if abs {
+                absolute(qe, &mut aqe[..m * stride]);
+                absolute(qo, &mut aqo[..m * stride]);
+            }
         }
         q
     }
@@ -348,37 +447,63 @@ const RUN_GROUP: usize = 64;
 /// Prefill through the 4-bit integer route: every token's activations quantized per block of
 /// 64 as in decode, then 4 × 4 tiles of rows × tokens ([`Kernels::fourbit_q8_tile`]).
 fn fourbit_q8_matmul(k: &Kernels, out: &mut [f32], w: &FourBitRef, x: &[f32], m: usize, parallel: bool) {
-    let (rows, cols) = (w.rows, w.cols);
+    fourbit_q8_matmul_many(k, out, &[w], x, m, parallel)
+}
+
+/// [`fourbit_q8_matmul`] of several weights over the same `x`, their results one after the
+/// other in `out`: the activations are quantized once and one parallel loop runs the row chunks
+/// of all of them (q, k and v of a small model are 576, 192 and 192 rows: alone, each call's
+/// last chunk left a thread waiting). Each weight's results are what its own call gives.
+fn fourbit_q8_matmul_many(k: &Kernels, out: &mut [f32], ws: &[&FourBitRef], x: &[f32], m: usize, parallel: bool) {
+    let cols = ws[0].cols;
+    assert!(ws.iter().all(|w| w.cols == cols));
     let nb = cols / 64;
     let half = cols / 2;
-    let lut = w.kind.int8_levels();
     // Tokens a tile takes: eight where the level has that tile, four otherwise.
     let tt_step = if k.has_fourbit_q8_tile8() { 8 } else { 4 };
     // Tokens of the last tile past m are all-zero (their results are dropped).
     let padded = m.next_multiple_of(tt_step);
-    let q = BlockQ8::new(k, x, m, cols, 64, padded, parallel);
+    // The eight-token tile takes the activations' absolute values too.
+    let q = BlockQ8::new(k, x, m, cols, 64, padded, parallel, tt_step == 8);
     let q = &q;
-    // The eight-token tile takes the activations' absolute values too, made once here.
-    let abs = |v: &Lined<i8>| {
-        let mut a = Lined::<i8>::zeroed(if tt_step == 8 { v.len() } else { 0 });
-        a.iter_mut().zip(v.iter()).for_each(|(a, &q)| *a = q.unsigned_abs() as i8);
-        a
-    };
-    let (aqe, aqo) = (abs(&q.qe), abs(&q.qo));
-    let (aqe, aqo) = (&aqe, &aqo);
+    let (aqe, aqo) = (&q.aqe, &q.aqo);
     fn token<'a>(a: &'a Lined<i8>, q: &BlockQ8, t: usize) -> &'a [i8] {
         &a[t * q.stride..t * q.stride + q.half]
     }
-    // Chunks of at most 64 rows (a multiple of the 4-row tile), at least four per thread, and
-    // as many as a multiple of the thread count where the rows allow, so no thread is left with
-    // one chunk more than the others (576 rows in 64-row chunks were 9 tasks for 2 threads).
+    // Per weight, chunks of at most 64 rows (a multiple of the 4-row tile), at least four per
+    // thread, and as many as a multiple of the thread count where the rows allow, so no thread
+    // is left with one chunk more than the others (576 rows in 64-row chunks were 9 tasks for 2
+    // threads). Tasks run through the weights' chunks in order.
     let threads = rayon::current_num_threads().max(1);
-    let want = rows.div_ceil(64).max(4 * threads).next_multiple_of(threads);
-    let chunk = rows.div_ceil(want).next_multiple_of(4).clamp(4, 64);
-    assert_eq!(out.len(), m * rows);
-    let cells = Cells { ptr: out.as_mut_ptr(), len: out.len() };
+    let chunk_of = |rows: usize| {
+        let want = rows.div_ceil(64).max(4 * threads).next_multiple_of(threads);
+        rows.div_ceil(want).next_multiple_of(4).clamp(4, 64)
+    };
+    let total: usize = ws.iter().map(|w| m * w.rows).sum();
+    assert_eq!(out.len(), total);
+    // (weight, its first output cell, its chunk, its first task) per weight.
+    let mut plan = Vec::with_capacity(ws.len());
+    let (mut cell, mut tasks) = (0, 0);
+    for w in ws {
+        let chunk = chunk_of(w.rows);
+        plan.push((*w, cell, chunk, tasks));
+        cell += m * w.rows;
+        tasks += w.rows.div_ceil(chunk);
+    }
+    let plan = &plan;
+    let max_chunk = plan.iter().map(|p| p.2).max().unwrap_or(4);
+    let cells = Cells::new(out);
     let group = if k.has_fourbit_q8_tile_run(nb) { RUN_GROUP } else { 16 };
-    let work = |wf: &mut Lined<f32>, ci: usize| {
+    let work = |wf: &mut Lined<f32>, task: usize| {
+        let &(w, base, chunk, first) = plan.iter().rev().find(|p| p.3 <= task).expect("task 0 is the first weight's");
+        let (rows, ci) = (w.rows, task - first);
+        let lut = w.kind.int8_levels();
+        let lut = &lut;
+        // This weight's results: cells base .. base + m · rows, token-major.
+        let set = |i: usize, v: f32| {
+            // SAFETY: this task alone writes rows r0 .. r0 + n of every token of this weight.
+            unsafe { cells.set(base + i, v) }
+        };
         let r0 = ci * chunk;
         let n = (rows - r0).min(chunk);
         for (i, f) in wf.chunks_mut(nb).take(n).enumerate() {
@@ -401,7 +526,7 @@ fn fourbit_q8_matmul(k: &Kernels, out: &mut [f32], w: &FourBitRef, x: &[f32], m:
                             .fourbit_q8_tile8(
                                 codes,
                                 wfs,
-                                &lut,
+                                lut,
                                 std::array::from_fn(|j| q.qe(tt + j)),
                                 std::array::from_fn(|j| q.qo(tt + j)),
                                 std::array::from_fn(|j| token(aqe, q, tt + j)),
@@ -411,8 +536,7 @@ fn fourbit_q8_matmul(k: &Kernels, out: &mut [f32], w: &FourBitRef, x: &[f32], m:
                             .expect("checked above");
                         for (i, tr) in tile.iter().enumerate().take(nr) {
                             for (j, &v) in tr.iter().enumerate().take((m - tt).min(8)) {
-                                // SAFETY: this task alone writes rows r0 .. r0 + n of every token.
-                                unsafe { cells.set((tt + j) * rows + r0 + rt + i, v) };
+                                set((tt + j) * rows + r0 + rt + i, v);
                             }
                         }
                     }
@@ -424,7 +548,7 @@ fn fourbit_q8_matmul(k: &Kernels, out: &mut [f32], w: &FourBitRef, x: &[f32], m:
                 let ran = k.fourbit_q8_tile_run(
                     codes,
                     wfs,
-                    &lut,
+                    lut,
                     &q.qe[t0 * q.stride..],
                     &q.qo[t0 * q.stride..],
                     q.stride,
@@ -436,8 +560,7 @@ fn fourbit_q8_matmul(k: &Kernels, out: &mut [f32], w: &FourBitRef, x: &[f32], m:
                 if ran.is_some() {
                     for t in 0..run.min(m - t0) {
                         for i in 0..nr {
-                            // SAFETY: this task alone writes rows r0 .. r0 + n of every token.
-                            unsafe { cells.set((t0 + t) * rows + r0 + rt + i, vals[4 * t + i]) };
+                            set((t0 + t) * rows + r0 + rt + i, vals[4 * t + i]);
                         }
                     }
                     continue;
@@ -447,7 +570,7 @@ fn fourbit_q8_matmul(k: &Kernels, out: &mut [f32], w: &FourBitRef, x: &[f32], m:
                         .fourbit_q8_tile(
                             codes,
                             wfs,
-                            &lut,
+                            lut,
                             std::array::from_fn(|j| q.qe(tt + j)),
                             std::array::from_fn(|j| q.qo(tt + j)),
                             std::array::from_fn(|j| q.xs(tt + j)),
@@ -456,53 +579,72 @@ fn fourbit_q8_matmul(k: &Kernels, out: &mut [f32], w: &FourBitRef, x: &[f32], m:
                         .expect("checked by the caller");
                     for (i, tr) in tile.iter().enumerate().take(nr) {
                         for (j, &v) in tr.iter().enumerate().take((m - tt).min(4)) {
-                            // SAFETY: this task alone writes rows r0 .. r0 + n of every token.
-                            unsafe { cells.set((tt + j) * rows + r0 + rt + i, v) };
+                            set((tt + j) * rows + r0 + rt + i, v);
                         }
                     }
                 }
             }
         }
     };
-    let chunks = rows.div_ceil(chunk);
-    let init = || Lined::<f32>::zeroed(chunk * nb);
+    let init = || Lined::<f32>::zeroed(max_chunk * nb);
     if parallel {
-        (0..chunks).into_par_iter().for_each_init(init, work);
+        crate::team::for_each_task(tasks, init, work);
     } else {
         let mut wf = init();
-        (0..chunks).for_each(|ci| work(&mut wf, ci));
+        (0..tasks).for_each(|task| work(&mut wf, task));
     }
 }
 
-/// The output of a product shared by tasks that each write a disjoint set of cells (their own
-/// weight rows, for every token), so results land in place without a transpose.
-#[derive(Clone, Copy)]
-struct Cells {
-    ptr: *mut f32,
+/// A buffer shared by tasks that each write a disjoint set of its cells (a product's own
+/// weight rows for every token; a prompt's own token), so results land in place without a
+/// transpose or a per-task buffer.
+struct Cells<T> {
+    ptr: *mut T,
     len: usize,
 }
 
-// SAFETY: `Cells` is only a pointer to a live `&mut [f32]` borrowed for the whole parallel
-// region; tasks write disjoint indices (see `set`), so sharing it between threads is sound.
-unsafe impl Send for Cells {}
-// SAFETY: as above.
-unsafe impl Sync for Cells {}
+impl<T> Clone for Cells<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for Cells<T> {}
 
-impl Cells {
+// SAFETY: `Cells` is only a pointer to a live `&mut [T]` borrowed for the whole parallel region;
+// tasks touch disjoint cells (see `set`, `piece`), so sharing it between threads is sound.
+unsafe impl<T: Send> Send for Cells<T> {}
+// SAFETY: as above.
+unsafe impl<T: Send> Sync for Cells<T> {}
+
+impl<T> Cells<T> {
+    fn new(data: &mut [T]) -> Cells<T> {
+        Cells { ptr: data.as_mut_ptr(), len: data.len() }
+    }
+
     /// Writes cell `i`.
     ///
     /// # Safety
     /// No other task may access cell `i` during the parallel region.
     #[inline]
-    unsafe fn set(self, i: usize, v: f32) {
+    unsafe fn set(self, i: usize, v: T) {
         assert!(i < self.len);
         // SAFETY: in bounds (checked), and exclusively this task's cell (caller's contract).
         unsafe { *self.ptr.add(i) = v }
     }
+
+    /// Cells `start .. start + n` as a slice.
+    ///
+    /// # Safety
+    /// No other task may access these cells while the slice lives.
+    #[inline]
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn piece<'a>(self, start: usize, n: usize) -> &'a mut [T] {
+        assert!(start <= self.len && n <= self.len - start);
+        // SAFETY: in bounds (checked), and exclusively this task's cells (caller's contract).
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start), n) }
+    }
 }
 
-/// `out[i] = absmax(first + i) · xs[i]` — the decoded block scales of one row times the
-/// activation blocks' scales, bit-identical to [`AbsmaxRef::decode`] followed by the multiply.
 pub(crate) fn block_factors(k: &Kernels, absmax: &AbsmaxRef, first: usize, xs: &[f32], out: &mut [f32]) {
     match *absmax {
         AbsmaxRef::F32(v) => {
@@ -630,7 +772,7 @@ fn dequantize_rows(w: &Weight, r0: usize, n: usize, buf: &mut [f32]) {
 fn tiled_dequant_gemm(out_t: &mut [f32], w: &Weight, x: &[f32], m: usize, par: Par) {
     let cols = w.cols();
     let rows = w.rows();
-    // At least two tiles per thread when there is enough work, so rayon can balance.
+    // At least two tiles per thread when there is enough work, so the team can balance.
     let per_thread = rows.div_ceil(2 * rayon::current_num_threads()).max(8);
     let tile = (PREFILL_TILE_ELEMS / cols).clamp(8, per_thread);
     for_row_chunks(
@@ -660,8 +802,37 @@ fn tiled_dequant_gemm(out_t: &mut [f32], w: &Weight, x: &[f32], m: usize, par: P
 }
 
 fn gemm_f32(out: &mut [f32], w: &[f32], x: &[f32], m: usize, rows: usize, cols: usize, parallel: bool) {
-    // out (m × rows) = x (m × cols) · Wᵀ (cols × rows)
-    gemm_strided(out, (rows as isize, 1), x, (cols as isize, 1), w, (1, cols as isize), m, rows, cols, parallel);
+    if !parallel {
+        // out (m × rows) = x (m × cols) · Wᵀ (cols × rows)
+        return gemm_strided(
+            out,
+            (rows as isize, 1),
+            x,
+            (cols as isize, 1),
+            w,
+            (1, cols as isize),
+            m,
+            rows,
+            cols,
+            false,
+        );
+    }
+    // Pieces of rows on the team (outT, rows × m, so each piece is contiguous), then transposed.
+    let mut out_t = vec![0f32; rows * m];
+    let tile = rows.div_ceil(4 * rayon::current_num_threads()).clamp(8, 256);
+    for_row_chunks(
+        &mut out_t,
+        m,
+        tile,
+        Par::Team,
+        || (),
+        |_, r0, o| {
+            let n = o.len() / m;
+            let wr = &w[r0 * cols..(r0 + n) * cols];
+            gemm_strided(o, (m as isize, 1), wr, (cols as isize, 1), x, (1, cols as isize), n, m, cols, false);
+        },
+    );
+    transpose_into(out, &out_t, rows, m);
 }
 
 /// `dst = lhs · rhs` for an `mm × kk` and a `kk × nn` f32 matrix, each given by a slice and

@@ -1,4 +1,4 @@
-//! A team of worker threads that spin between jobs, for decode's matrix-vector products.
+//! A team of worker threads that spin between jobs, for the forward pass's parallel loops.
 //!
 //! Decode makes hundreds of parallel calls per token, each a millisecond or less. Through rayon,
 //! a worker that found no work for a few dozen rounds goes to sleep on a futex, and the next
@@ -337,8 +337,9 @@ fn wait_for_epoch(sh: &Shared, seen: u64) -> u64 {
 
 /// Runs `f(state, i)` for every task `i < n`, over the team as large as the current rayon pool
 /// (on the calling thread alone when that pool has one thread), with one `init()` state per
-/// thread that takes part. For decode's short parallel loops; long ones (prefill) do as well on
-/// rayon, and leaving it to them keeps the pool's and the team's threads from competing.
+/// thread that takes part. Every parallel loop of a forward pass runs here, decode's short ones
+/// and a prompt's longer ones alike: a loop left to rayon would compete with the team's
+/// spinning threads, and its workers fall asleep between a prompt's loops.
 ///
 /// Each of the team's threads starts on its own contiguous share of the tasks (so the weight
 /// rows a thread streams are adjacent, as the hardware prefetchers like); a thread that finishes

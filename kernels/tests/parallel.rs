@@ -198,6 +198,72 @@ fn several_weights_in_one_loop_equal_one_call_each() {
     .is_err());
 }
 
+/// A prompt's products of several weights over the same input (`matmul_many`: q/k/v and
+/// gate/up in prefill) give each weight the bits of its own `matmul`: 4-bit weights of 301 rows
+/// (a short last chunk per weight) and 64 rows in one joint loop, and a list with a weight of
+/// another scheme (run one by one), for prompts of 2 to 19 tokens, on one and two threads.
+#[test]
+fn a_prompts_products_in_one_loop_equal_one_call_each() {
+    let (small_w, wide) = (values(64 * 320, 98), values(7 * 320, 99));
+    with_every_scheme(301, 320, |weight, x| {
+        let small_q = quantize_4bit(&small_w, &FourBitOptions::default()).unwrap();
+        let small_4 = match weight {
+            Weight::FourBit(w) => {
+                let lowbit_kernels::Absmax::Nested { codes, nested_absmax, nested_blocksize, offset } = &small_q.absmax
+                else {
+                    unreachable!("double quantization is the default")
+                };
+                let absmax =
+                    AbsmaxRef::Nested { codes, nested_absmax, nested_blocksize: *nested_blocksize, offset: *offset };
+                Some(Weight::FourBit(FourBitRef { rows: 64, codes: &small_q.codes, absmax, ..*w }))
+            }
+            _ => None,
+        };
+        let other = Weight::F32 { rows: 7, cols: 320, data: &wide };
+        let mut lists: Vec<Vec<&Weight>> = vec![vec![weight, &other, weight]];
+        if let Some(s4) = &small_4 {
+            lists.push(vec![weight, s4, s4, weight]);
+        }
+        let tokens: Vec<f32> = (0..19).flat_map(|t| x.iter().map(move |v| v * (1.0 + t as f32 * 0.125))).collect();
+        for k in Kernels::variants() {
+            let opts = MatmulOptions::default();
+            for ws in &lists {
+                for (m, threads) in [(2, 1), (9, 2), (19, 2)] {
+                    let xs = &tokens[..m * 320];
+                    let (alone, joint) = in_pool(threads, || {
+                        let alone: Vec<Vec<f32>> = ws
+                            .iter()
+                            .map(|w| {
+                                let mut out = vec![0f32; m * w.rows()];
+                                lowbit_kernels::matmul_with(&k, &mut out, w, xs, m, &opts).unwrap();
+                                out
+                            })
+                            .collect();
+                        let mut joint = vec![0f32; m * ws.iter().map(|w| w.rows()).sum::<usize>()];
+                        lowbit_kernels::matmul_many_with(&k, &mut joint, ws, xs, m, &opts).unwrap();
+                        (alone, joint)
+                    });
+                    let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(
+                        bits(&joint),
+                        bits(&alone.concat()),
+                        "{} {} × {} m={m} threads={threads}",
+                        k.label(),
+                        weight.scheme_name(),
+                        ws.len()
+                    );
+                }
+            }
+        }
+    });
+    // A wrong output length is an error, not a panic.
+    let w = values(4 * 64, 1);
+    let weight = Weight::F32 { rows: 4, cols: 64, data: &w };
+    let mut out = vec![0f32; 7];
+    assert!(lowbit_kernels::matmul_many(&mut out, &[&weight, &weight], &values(128, 2), 2, &MatmulOptions::default())
+        .is_err());
+}
+
 #[test]
 fn team_loops_hand_out_every_task_once() {
     for threads in [1, 2, 3] {

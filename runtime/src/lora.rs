@@ -6,15 +6,9 @@
 use crate::error::{Result, RuntimeError};
 use half::bf16;
 use lowbit_kernels::team;
-use rayon::prelude::*;
 
 /// Output columns per parallel piece of one token's B product.
 const B_PIECE: usize = 2048;
-
-/// Up to this many tokens (a decode batch) the updates run on the decode team; more (a prompt)
-/// on rayon, which measured faster there (SmolLM2 prefill with a rank-16 adapter at two threads:
-/// 1295–1316 tok/s on rayon, 574–751 on the team).
-const TEAM_TOKENS: usize = 16;
 
 /// One low-rank update: `y += scale · B (A x)` beside the weight named `target`.
 #[derive(Debug, Clone, PartialEq)]
@@ -358,19 +352,15 @@ impl LoraTable {
                 let a = &a;
                 team::for_each_chunk_mut(out, B_PIECE, || (), |_, i, piece| d.add_b(a, i * B_PIECE, piece));
             } else {
-                // The tokens in parallel, each on its own: a batch's few on the team, like the
-                // decode products around them, a prompt's on rayon, like the prompt products.
+                // The tokens in parallel, each on its own, on the team like the products
+                // around them.
                 let token = |a: &mut Vec<f32>, t: usize, or: &mut [f32]| {
                     if let Some(m) = mult(t) {
                         ax(&x[t * cols..(t + 1) * cols], m, a);
                         d.add_b(a, 0, or);
                     }
                 };
-                if tokens <= TEAM_TOKENS {
-                    team::for_each_chunk_mut(out, rows, Vec::new, token);
-                } else {
-                    out.par_chunks_mut(rows).enumerate().for_each_init(Vec::new, |a, (t, or)| token(a, t, or));
-                }
+                team::for_each_chunk_mut(out, rows, Vec::new, token);
             }
         }
     }

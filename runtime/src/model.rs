@@ -12,8 +12,9 @@ use crate::ops::{add_inplace, rmsnorm, silu_mul, softmax, Rope};
 use crate::profile::{Phase, ProfileReport, Profiler};
 use crate::weights::ModelWeights;
 use lowbit_format::ModelFile;
-use lowbit_kernels::{matmul, matmul_rows, matmul_rows_many, matmul_rows_many_then, MatmulOptions, RowsThen, Weight};
-use rayon::prelude::*;
+use lowbit_kernels::{
+    matmul, matmul_many, matmul_rows, matmul_rows_many, matmul_rows_many_then, MatmulOptions, RowsThen, Weight,
+};
 
 /// A loaded model: configuration plus views of its weights.
 #[derive(Debug)]
@@ -281,8 +282,8 @@ impl<'a> Model<'a> {
             prof.stop(s, phase, || format!("matmul {role} ({})", w.scheme_name()));
             Ok(())
         };
-        // Linear layers over the same input (q/k/v, gate/up). Decode runs them in one parallel
-        // loop (into `joint`, then split); a prompt's matrices are large enough to run one by one.
+        // Linear layers over the same input (q/k/v, gate/up), in one parallel loop (into
+        // `joint`, then split).
         let mut joint = Vec::new();
         let mut lin_many = |outs: &mut [&mut Vec<f32>],
                             role: &str,
@@ -291,18 +292,13 @@ impl<'a> Model<'a> {
                             m: usize,
                             then: Option<&RowsThen<'_>>|
          -> Result<()> {
-            if !decode {
-                for (out, w) in outs.iter_mut().zip(ws) {
-                    lin(out, role, w, x, m, None)?;
-                }
-                return Ok(());
-            }
             let s = prof.start();
             joint.clear();
             joint.resize(m * ws.iter().map(|w| w.rows()).sum::<usize>(), 0.0);
             match then {
                 Some(then) => matmul_rows_many_then(&mut joint, ws, x, m, &self.opts, then)?,
-                None => matmul_rows_many(&mut joint, ws, x, m, &self.opts)?,
+                None if decode => matmul_rows_many(&mut joint, ws, x, m, &self.opts)?,
+                None => matmul_many(&mut joint, ws, x, m, &self.opts)?,
             }
             let mut from = 0;
             for (out, w) in outs.iter_mut().zip(ws) {
@@ -601,7 +597,7 @@ impl<'a> Model<'a> {
             }
         };
         if t * nh > 1 {
-            out.par_chunks_mut(hd).enumerate().for_each_init(Vec::new, work);
+            lowbit_kernels::team::for_each_chunk_mut(out, hd, Vec::new, |s, i, o| work(s, (i, o)));
         } else {
             let mut s = Vec::new();
             out.chunks_mut(hd).enumerate().for_each(|item| work(&mut s, item));

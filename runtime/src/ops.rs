@@ -90,8 +90,8 @@ pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
     if gate.len() < 4 * PIECE {
         return k.silu_mul(gate, up);
     }
-    use rayon::prelude::*;
-    gate.par_chunks_mut(PIECE).zip(up.par_chunks(PIECE)).for_each(|(g, u)| k.silu_mul(g, u));
+    // On the team, like the products around it (their threads spin between a prompt's loops).
+    lowbit_kernels::team::for_each_chunk_mut(gate, PIECE, || (), |_, i, g| k.silu_mul(g, &up[i * PIECE..][..g.len()]));
 }
 
 /// `x += y`.
