@@ -44,7 +44,7 @@ pub struct Engine {
     codec: std::result::Result<TextCodec, String>,
     stop: Vec<u32>,
     pool: rayon::ThreadPool,
-    /// Decode's spinning threads, this engine's own: engines used from different threads
+    /// The forward pass's spinning threads, this engine's own: engines used from different threads
     /// decode in parallel instead of taking turns on one process-wide team.
     team: lowbit_kernels::team::Team,
 }
@@ -106,7 +106,7 @@ impl Engine {
     /// Runs `f` as a worker of the engine's pool. A forward pass makes hundreds of parallel calls
     /// per token; issued from outside the pool each would wake a worker and put the caller to
     /// sleep (a third of one-thread decode time went to the scheduler), while from inside the
-    /// caller takes part and one thread needs no wake-ups at all. Decode's parallel loops run on
+    /// caller takes part and one thread needs no wake-ups at all. The pass's parallel loops run on
     /// the engine's own team.
     pub fn run<R: Send>(&self, f: impl FnOnce(&Model<'_>) -> R + Send) -> R {
         self.pool.install(|| self.team.install(|| f(self.model())))
