@@ -161,7 +161,7 @@ enum Prepared<'x> {
     Dense { x: &'x [f32], m: usize },
     Int8 { x: &'x [f32], m: usize, acts: Vec<Int8Activations> },
     Q8 { m: usize, q: Lined<i8>, d: Lined<f32> },
-    FourBitQ8 { m: usize, q: BlockQ8, xs_rows: Lined<f32>, bpr: usize },
+    FourBitQ8 { m: usize, q: Box<BlockQ8>, xs_rows: Lined<f32>, bpr: usize },
     FourBitExact { m: usize, xe: Vec<f32>, xo: Vec<f32>, bpr: usize },
     FourBitPlain { x: &'x [f32], m: usize },
 }
@@ -215,7 +215,7 @@ impl<'x> Prepared<'x> {
                 for (t, rows) in xs_rows.chunks_mut(task).enumerate() {
                     rows.chunks_mut(bpr).for_each(|c| c.copy_from_slice(q.xs(t)));
                 }
-                Prepared::FourBitQ8 { m, q, xs_rows, bpr }
+                Prepared::FourBitQ8 { m, q: Box::new(q), xs_rows, bpr }
             }
             Route::FourBitExact(bs) => Prepared::FourBitExact {
                 m,

@@ -102,6 +102,10 @@ pub struct Kernels {
     dot_fourbit_q8: DotFourBitQ8,
     /// Bytes of codes each SIMD step of `dot_fourbit_q8` consumes.
     fourbit_q8_step: usize,
+    /// Whether the decode kernels that step 32 bytes also take blocks of 32 weights (16 bytes),
+    /// two to a step (all but AVX-512's own one-row and four-token kernels, which leave them to
+    /// the 256-bit ones).
+    fourbit_q8_split: bool,
     nested_factors: NestedFactors,
     quantize_q8: QuantizeQ8,
     /// The prefill tile of the 4-bit integer route, where it beats dequantize + f32 gemm.
@@ -109,6 +113,11 @@ pub struct Kernels {
     /// Its eight-token form (AVX2's), where a level has one instead.
     fourbit_q8_tile8: Option<FourBitQ8Tile8>,
     fourbit_q8_tile_run: Option<FourBitQ8TileRun>,
+    /// The same three for weights in blocks of 32, two to each 32-byte step (one `wf` entry per
+    /// block of 32; the activations stay in blocks of 64).
+    fourbit_q8_tile_split: Option<FourBitQ8Tile>,
+    fourbit_q8_tile8_split: Option<FourBitQ8Tile8>,
+    fourbit_q8_tile_run_split: Option<FourBitQ8TileRun>,
 }
 
 impl std::fmt::Debug for Kernels {
@@ -156,11 +165,15 @@ impl Kernels {
             x4_max_cols: 0,
             dot_fourbit_q8: scalar::dot_fourbit_q8,
             fourbit_q8_step: 1,
+            fourbit_q8_split: false,
             nested_factors: scalar::nested_factors,
             quantize_q8: scalar::quantize_q8,
             fourbit_q8_tile: None,
             fourbit_q8_tile8: None,
             fourbit_q8_tile_run: None,
+            fourbit_q8_tile_split: None,
+            fourbit_q8_tile8_split: None,
+            fourbit_q8_tile_run_split: None,
         };
         match isa {
             Isa::Scalar => Some(scalar),
@@ -200,11 +213,15 @@ impl Kernels {
                     x4_max_cols: usize::MAX,
                     dot_fourbit_q8: k::dot_fourbit_q8,
                     fourbit_q8_step: 32,
+                    fourbit_q8_split: true,
                     nested_factors: k::nested_factors,
                     quantize_q8: k::quantize_q8,
                     fourbit_q8_tile: None,
                     fourbit_q8_tile8: Some(k::fourbit_q8_tile8),
                     fourbit_q8_tile_run: None,
+                    fourbit_q8_tile_split: None,
+                    fourbit_q8_tile8_split: Some(k::fourbit_q8_tile8_split),
+                    fourbit_q8_tile_run_split: None,
                 })
             }
             #[cfg(target_arch = "x86_64")]
@@ -247,11 +264,15 @@ impl Kernels {
                     x4_max_cols: 0,
                     dot_fourbit_q8: k::dot_fourbit_q8,
                     fourbit_q8_step: 16,
+                    fourbit_q8_split: false,
                     nested_factors: scalar::nested_factors,
                     quantize_q8: scalar::quantize_q8,
                     fourbit_q8_tile: None,
                     fourbit_q8_tile8: None,
                     fourbit_q8_tile_run: None,
+                    fourbit_q8_tile_split: None,
+                    fourbit_q8_tile8_split: None,
+                    fourbit_q8_tile_run_split: None,
                 })
             }
             #[allow(unreachable_patterns)]
@@ -340,6 +361,9 @@ impl Kernels {
                 fourbit_q8_tile: Some(k::fourbit_q8_tile_evex),
                 fourbit_q8_tile8: None,
                 fourbit_q8_tile_run: Some(k::fourbit_q8_tile_run_evex),
+                fourbit_q8_tile_split: Some(k::fourbit_q8_tile_split_evex),
+                fourbit_q8_tile8_split: None,
+                fourbit_q8_tile_run_split: Some(k::fourbit_q8_tile_run_split_evex),
                 ..avx2
             }
         } else {
@@ -356,6 +380,9 @@ impl Kernels {
                 fourbit_q8_tile: Some(k::fourbit_q8_tile_vex),
                 fourbit_q8_tile8: None,
                 fourbit_q8_tile_run: Some(k::fourbit_q8_tile_run_vex),
+                fourbit_q8_tile_split: Some(k::fourbit_q8_tile_split_vex),
+                fourbit_q8_tile8_split: None,
+                fourbit_q8_tile_run_split: Some(k::fourbit_q8_tile_run_split_vex),
                 ..avx2
             }
         }
@@ -408,6 +435,7 @@ impl Kernels {
             x4_max_cols: 4095,
             dot_fourbit_q8: k::dot_fourbit_q8,
             fourbit_q8_step: 32,
+            fourbit_q8_split: true,
             // Scalar loads of the map beat the 16-wide gather (AMD Zen 5: a quarter of nf4 decode
             // went to the gather; docs/PERFORMANCE.md).
             nested_factors: crate::arch::x86_64::avx2::nested_factors,
@@ -415,6 +443,10 @@ impl Kernels {
             fourbit_q8_tile: Some(k::fourbit_q8_tile),
             fourbit_q8_tile8: None,
             fourbit_q8_tile_run: Some(k::fourbit_q8_tile_run),
+            // Blocks of 32 through the 256-bit VNNI tiles (AVX-512's own step 64 bytes).
+            fourbit_q8_tile_split: Some(crate::arch::x86_64::avxvnni::fourbit_q8_tile_split_evex),
+            fourbit_q8_tile8_split: None,
+            fourbit_q8_tile_run_split: Some(crate::arch::x86_64::avxvnni::fourbit_q8_tile_run_split_evex),
         };
         if !vbmi {
             return plain;
@@ -599,7 +631,26 @@ impl Kernels {
         qsum: &[i32],
         half_block: usize,
     ) -> f32 {
-        self.row_q8(self.dot_fourbit_q8, codes, factors, lut, qe, qo, qsum, half_block)
+        // Blocks of 32 go to the kernel `dot_fourbit_q8_x1` uses (AVX-512's own one-row kernel
+        // steps 64 bytes), so both give a row the same bits.
+        let f = if self.splits(half_block, factors.len()) {
+            self.dot_fourbit_q8_x4.map_or(self.dot_fourbit_q8, |(_, one)| one)
+        } else {
+            self.dot_fourbit_q8
+        };
+        self.row_q8(f, codes, factors, lut, qe, qo, qsum, half_block)
+    }
+
+    /// Whether the 32-byte-step decode kernels take these blocks: a whole number of steps, or
+    /// blocks of 32 weights two to a step ([`Kernels::fourbit_q8_split`]).
+    #[inline]
+    fn q8_blocks_ok(&self, half_block: usize, nb: usize) -> bool {
+        half_block.is_multiple_of(self.fourbit_q8_step) || self.splits(half_block, nb)
+    }
+
+    #[inline]
+    fn splits(&self, half_block: usize, nb: usize) -> bool {
+        self.fourbit_q8_split && half_block == 16 && nb.is_multiple_of(2)
     }
 
     /// Runs the one-row 4-bit kernel `f` of this level after checking the lengths; block sizes
@@ -619,7 +670,7 @@ impl Kernels {
     ) -> f32 {
         let n = factors.len() * half_block;
         assert!(codes.len() >= n && qe.len() >= n && qo.len() >= n && qsum.len() >= factors.len());
-        if !half_block.is_multiple_of(self.fourbit_q8_step) {
+        if !self.q8_blocks_ok(half_block, factors.len()) {
             return scalar::dot_fourbit_q8(codes, factors, lut, qe, qo, qsum, half_block);
         }
         // SAFETY: `f` is one of this level's kernels, and `self` exists only for a supported
@@ -650,10 +701,10 @@ impl Kernels {
         half_block: usize,
     ) -> Option<[f32; 4]> {
         let (f, _) = self.dot_fourbit_q8_x4?;
-        if !half_block.is_multiple_of(self.fourbit_q8_step) {
+        let nb = factors[0].len();
+        if !self.q8_blocks_ok(half_block, nb) {
             return None;
         }
-        let nb = factors[0].len();
         let n = nb * half_block;
         assert!(factors.iter().all(|f| f.len() == nb) && codes.iter().all(|c| c.len() >= n));
         assert!(qe.len() >= n && qo.len() >= n && qsum.len() >= nb);
@@ -677,10 +728,10 @@ impl Kernels {
         half_block: usize,
     ) -> Option<[[f32; 4]; 2]> {
         let f = self.dot_fourbit_q8_x4t2?;
-        if !half_block.is_multiple_of(self.fourbit_q8_step) {
+        let nb = factors[0][0].len();
+        if !self.q8_blocks_ok(half_block, nb) {
             return None;
         }
-        let nb = factors[0][0].len();
         let n = nb * half_block;
         assert!(factors.iter().flatten().all(|f| f.len() == nb) && codes.iter().all(|c| c.len() >= n));
         assert!(qe.iter().chain(&qo).all(|q| q.len() >= n) && qsum.iter().all(|q| q.len() >= nb));
@@ -705,7 +756,7 @@ impl Kernels {
         out: &mut [f32],
     ) -> bool {
         let Some(f) = self.dot_fourbit_q8_rows else { return false };
-        if !half_block.is_multiple_of(self.fourbit_q8_step) || out.is_empty() {
+        if out.is_empty() || !self.q8_blocks_ok(half_block, factors.len() / out.len()) {
             return false;
         }
         let nb = factors.len() / out.len();
@@ -736,7 +787,7 @@ impl Kernels {
     ) -> bool {
         let Some(f) = self.dot_fourbit_q8_rows_t2 else { return false };
         let rows = out[0].len();
-        if !half_block.is_multiple_of(self.fourbit_q8_step) || rows == 0 || out[1].len() != rows {
+        if rows == 0 || out[1].len() != rows || !self.q8_blocks_ok(half_block, factors[0].len() / rows) {
             return false;
         }
         let nb = factors[0].len() / rows;
@@ -837,11 +888,28 @@ impl Kernels {
     /// Whether this level has a prefill tile for the 4-bit integer route (without one, 4-bit
     /// prefill dequantizes tiles and runs f32 gemm).
     #[inline]
-    pub fn has_fourbit_q8_tile(&self) -> bool {
-        self.fourbit_q8_tile.is_some() || self.fourbit_q8_tile8.is_some()
+    pub fn has_fourbit_q8_tile(&self, split: bool) -> bool {
+        if split {
+            self.fourbit_q8_tile_split.is_some() || self.fourbit_q8_tile8_split.is_some()
+        } else {
+            self.fourbit_q8_tile.is_some() || self.fourbit_q8_tile8.is_some()
+        }
     }
 
-    /// A 4 × 4 tile of the 4-bit integer route (blocks of 64); see
+    /// Steps of 32 code bytes for `entries` block entries (`split`: blocks of 32 weights, two to
+    /// a step, so an even count).
+    fn tile_steps(entries: usize, split: bool) -> usize {
+        if split {
+            assert!(entries.is_multiple_of(2), "blocks of 32 come two to a step");
+            entries / 2
+        } else {
+            entries
+        }
+    }
+
+    /// A 4 × 4 tile of the 4-bit integer route (blocks of 64; with `split`, weights in blocks of
+    /// 32, two to each 32-byte step: `wf` and `qsum` have an entry per block of 32, `xs` one
+    /// per 64 activations); see
     /// [`crate::scalar::fourbit_q8_tile`]. `None` where this level has no such kernel.
     #[allow(clippy::too_many_arguments)]
     #[inline]
@@ -854,12 +922,14 @@ impl Kernels {
         qo: [&[i8]; 4],
         xs: [&[f32]; 4],
         qsum: [&[i32]; 4],
+        split: bool,
     ) -> Option<[[f32; 4]; 4]> {
-        let f = self.fourbit_q8_tile?;
+        let f = if split { self.fourbit_q8_tile_split } else { self.fourbit_q8_tile }?;
         let nb = wf[0].len();
-        assert!(wf.iter().all(|w| w.len() == nb) && xs.iter().all(|x| x.len() == nb));
+        let steps = Self::tile_steps(nb, split);
+        assert!(wf.iter().all(|w| w.len() == nb) && xs.iter().all(|x| x.len() == steps));
         assert!(qsum.iter().all(|q| q.len() == nb));
-        assert!(codes.iter().all(|c| c.len() >= 32 * nb) && qe.iter().chain(&qo).all(|q| q.len() >= 32 * nb));
+        assert!(codes.iter().all(|c| c.len() >= 32 * steps) && qe.iter().chain(&qo).all(|q| q.len() >= 32 * steps));
         // SAFETY: `self` exists only for a supported ISA; lengths checked above.
         Some(unsafe { f(codes, wf, lut, qe, qo, xs, qsum) })
     }
@@ -867,8 +937,8 @@ impl Kernels {
     /// [`Kernels::fourbit_q8_tile`] over a run of `tokens` tokens (a multiple of 4) with the four
     /// rows looked up once: `out[4·t + r]` gets the bits the tile gives (row r, token t). Token
     /// `t`'s activations start at `t · q_stride` in `qe` / `qo`, its scales and sums at `t · nb`
-    /// in `xs` / `qsum` (`nb = wf[0].len()`). `None` where this level has no such kernel or the
-    /// rows are too wide for it.
+    /// in `xs` / `qsum` (`nb = wf[0].len()`; `split` as for [`Kernels::fourbit_q8_tile`]).
+    /// `None` where this level has no such kernel or the rows are too wide for it.
     #[allow(clippy::too_many_arguments)]
     #[inline]
     pub fn fourbit_q8_tile_run(
@@ -883,25 +953,28 @@ impl Kernels {
         qsum: &[i32],
         tokens: usize,
         out: &mut [f32],
+        split: bool,
     ) -> Option<()> {
-        let f = self.fourbit_q8_tile_run?;
+        let f = if split { self.fourbit_q8_tile_run_split } else { self.fourbit_q8_tile_run }?;
         let nb = wf[0].len();
-        if !self.has_fourbit_q8_tile_run(nb) {
+        let steps = Self::tile_steps(nb, split);
+        if !self.has_fourbit_q8_tile_run(steps, split) {
             return None;
         }
-        assert!(tokens.is_multiple_of(4) && q_stride >= 32 * nb);
-        assert!(wf.iter().all(|w| w.len() == nb) && codes.iter().all(|c| c.len() >= 32 * nb));
-        let span = tokens.saturating_sub(1) * q_stride + 32 * nb;
+        assert!(tokens.is_multiple_of(4) && q_stride >= 32 * steps);
+        assert!(wf.iter().all(|w| w.len() == nb) && codes.iter().all(|c| c.len() >= 32 * steps));
+        let span = tokens.saturating_sub(1) * q_stride + 32 * steps;
         assert!(tokens == 0 || (qe.len() >= span && qo.len() >= span));
-        assert!(xs.len() >= tokens * nb && qsum.len() >= tokens * nb && out.len() >= 4 * tokens);
+        assert!(xs.len() >= tokens * steps && qsum.len() >= tokens * nb && out.len() >= 4 * tokens);
         // SAFETY: `self` exists only for a supported ISA; lengths checked above.
         unsafe { f(codes, wf, lut, qe, qo, q_stride, xs, qsum, tokens, out) };
         Some(())
     }
 
-    /// Whether this level has [`Kernels::fourbit_q8_tile_run`] for rows of `nb` blocks of 64.
+    /// Whether this level has [`Kernels::fourbit_q8_tile_run`] for rows of `nb` steps of 32
+    /// code bytes (blocks of 64, or with `split` pairs of blocks of 32).
     #[inline]
-    pub fn has_fourbit_q8_tile_run(&self, nb: usize) -> bool {
+    pub fn has_fourbit_q8_tile_run(&self, nb: usize, split: bool) -> bool {
         #[cfg(target_arch = "x86_64")]
         let fits = nb <= crate::arch::x86_64::TILE_RUN_MAX_BLOCKS;
         #[cfg(not(target_arch = "x86_64"))]
@@ -909,13 +982,17 @@ impl Kernels {
             let _ = nb;
             false
         };
-        self.fourbit_q8_tile_run.is_some() && fits
+        (if split { self.fourbit_q8_tile_run_split.is_some() } else { self.fourbit_q8_tile_run.is_some() }) && fits
     }
 
     /// Whether this level has the eight-token prefill tile ([`Kernels::fourbit_q8_tile8`]).
     #[inline]
-    pub fn has_fourbit_q8_tile8(&self) -> bool {
-        self.fourbit_q8_tile8.is_some()
+    pub fn has_fourbit_q8_tile8(&self, split: bool) -> bool {
+        if split {
+            self.fourbit_q8_tile8_split.is_some()
+        } else {
+            self.fourbit_q8_tile8.is_some()
+        }
     }
 
     /// Four rows × eight tokens of the 4-bit integer route (blocks of 64): each (row, token) as
@@ -933,12 +1010,14 @@ impl Kernels {
         aqe: [&[i8]; 8],
         aqo: [&[i8]; 8],
         xs: [&[f32]; 8],
+        split: bool,
     ) -> Option<[[f32; 8]; 4]> {
-        let f = self.fourbit_q8_tile8?;
+        let f = if split { self.fourbit_q8_tile8_split } else { self.fourbit_q8_tile8 }?;
         let nb = wf[0].len();
-        assert!(wf.iter().all(|w| w.len() == nb) && xs.iter().all(|x| x.len() == nb));
-        assert!(codes.iter().all(|c| c.len() >= 32 * nb));
-        assert!(qe.iter().chain(&qo).chain(&aqe).chain(&aqo).all(|q| q.len() >= 32 * nb));
+        let steps = Self::tile_steps(nb, split);
+        assert!(wf.iter().all(|w| w.len() == nb) && xs.iter().all(|x| x.len() == steps));
+        assert!(codes.iter().all(|c| c.len() >= 32 * steps));
+        assert!(qe.iter().chain(&qo).chain(&aqe).chain(&aqo).all(|q| q.len() >= 32 * steps));
         // SAFETY: `self` exists only for a supported ISA; lengths checked above.
         Some(unsafe { f(codes, wf, lut, qe, qo, aqe, aqo, xs) })
     }

@@ -97,7 +97,9 @@ pub fn matmul_many_with(
         from += len;
     }
     match tiles {
-        Some(w4s) if !w4s.is_empty() && w4s.iter().all(|w| w.cols == w4s[0].cols) => {
+        Some(w4s)
+            if !w4s.is_empty() && w4s.iter().all(|w| w.cols == w4s[0].cols && w.blocksize == w4s[0].blocksize) =>
+        {
             fourbit_q8_matmul_many(k, out, &w4s, x, m, parallel);
             Ok(())
         }
@@ -117,8 +119,14 @@ fn per_weight(k: &Kernels, out: &mut [f32], ws: &[&Weight], x: &[f32], m: usize,
 }
 
 /// Whether a prompt's product with `w` runs the 4-bit integer tiles.
+/// Blocks of 64, or of 32 in rows of whole 64-weight steps (two blocks to each step).
 fn fourbit_tiles(k: &Kernels, w: &FourBitRef, opts: &MatmulOptions) -> bool {
-    !opts.fourbit_exact && w.blocksize == 64 && rows_block_aligned(w) && k.has_fourbit_q8_tile()
+    let blocks = match w.blocksize {
+        64 => rows_block_aligned(w) && k.has_fourbit_q8_tile(false),
+        32 => w.cols.is_multiple_of(64) && k.has_fourbit_q8_tile(true),
+        _ => false,
+    };
+    !opts.fourbit_exact && blocks
 }
 
 /// `out (rows) = W · x` for one token.
@@ -339,6 +347,9 @@ pub(crate) struct BlockQ8 {
     aqo: Lined<i8>,
     xs: Lined<f32>,
     sum: Lined<i32>,
+    /// Sums of each half block where asked for (blocks of 64 activations against weights in
+    /// blocks of 32 on the VNNI tiles, whose bias correction is per half), else empty.
+    halves: Lined<i32>,
     half: usize,
     /// Bytes from one token's codes to the next: `half` rounded up to whole lines.
     stride: usize,
@@ -369,6 +380,7 @@ impl BlockQ8 {
             aqo: Lined::zeroed(abs_len),
             xs: Lined::zeroed(padded * nb),
             sum: Lined::zeroed(padded * nb),
+            halves: Lined::zeroed(0),
             half,
             stride,
             nb,
@@ -437,6 +449,27 @@ impl BlockQ8 {
     pub(crate) fn sum(&self, t: usize) -> &[i32] {
         &self.sum[t * self.nb..(t + 1) * self.nb]
     }
+
+    /// Fills [`BlockQ8::halves`]: per token, the sum of each 32 activations (16 bytes of `qe`
+    /// and of `qo`), for every padded token.
+    pub(crate) fn with_halves(mut self) -> BlockQ8 {
+        let (tokens, per) = (self.qe.len() / self.stride, self.half / 16);
+        let mut halves = Lined::<i32>::zeroed(tokens * per);
+        for (t, h) in halves.chunks_mut(per.max(1)).enumerate().take(tokens) {
+            let (e, o) = (&self.qe[t * self.stride..], &self.qo[t * self.stride..]);
+            for (j, s) in h.iter_mut().enumerate() {
+                *s = (16 * j..16 * j + 16).map(|i| e[i] as i32 + o[i] as i32).sum();
+            }
+        }
+        self.halves = halves;
+        self
+    }
+
+    /// Token `t`'s half-block sums ([`BlockQ8::with_halves`]).
+    pub(crate) fn halves(&self, t: usize) -> &[i32] {
+        let per = self.half / 16;
+        &self.halves[t * per..(t + 1) * per]
+    }
 }
 
 /// Tokens per call of the tile run ([`Kernels::fourbit_q8_tile_run`]): SmolLM2's prefill at one
@@ -455,17 +488,27 @@ fn fourbit_q8_matmul(k: &Kernels, out: &mut [f32], w: &FourBitRef, x: &[f32], m:
 /// of all of them (q, k and v of a small model are 576, 192 and 192 rows: alone, each call's
 /// last chunk left a thread waiting). Each weight's results are what its own call gives.
 fn fourbit_q8_matmul_many(k: &Kernels, out: &mut [f32], ws: &[&FourBitRef], x: &[f32], m: usize, parallel: bool) {
-    let cols = ws[0].cols;
-    assert!(ws.iter().all(|w| w.cols == cols));
-    let nb = cols / 64;
+    let (cols, bs) = (ws[0].cols, ws[0].blocksize);
+    assert!(ws.iter().all(|w| w.cols == cols && w.blocksize == bs));
+    // Weights in blocks of 32 come two to each 32-byte step of the tiles, each half of a step
+    // with its own row factor; the activations stay in blocks of 64 (one factor and sum per
+    // step, shared by the rows, as for blocks of 64).
+    let split = bs == 32;
+    // Block entries per row and token, and steps of 64 weights.
+    let (nb, steps) = (cols / bs, cols / 64);
     let half = cols / 2;
     // Tokens a tile takes: eight where the level has that tile, four otherwise.
-    let tt_step = if k.has_fourbit_q8_tile8() { 8 } else { 4 };
+    let tt_step = if k.has_fourbit_q8_tile8(split) { 8 } else { 4 };
     // Tokens of the last tile past m are all-zero (their results are dropped).
     let padded = m.next_multiple_of(tt_step);
     // The eight-token tile takes the activations' absolute values too.
     let q = BlockQ8::new(k, x, m, cols, 64, padded, parallel, tt_step == 8);
+    // The VNNI tiles correct their bias per half of a step when the halves' factors differ.
+    let q = if split && tt_step != 8 { q.with_halves() } else { q };
     let q = &q;
+    // A token's bias sums as the tiles take them: per block of 64, or per half with `split`.
+    let sums = |t: usize| if split { q.halves(t) } else { q.sum(t) };
+    let sums_from = |t: usize| if split { &q.halves[t * nb..] } else { &q.sum[t * q.nb..] };
     let (aqe, aqo) = (&q.aqe, &q.aqo);
     fn token<'a>(a: &'a Lined<i8>, q: &BlockQ8, t: usize) -> &'a [i8] {
         &a[t * q.stride..t * q.stride + q.half]
@@ -493,7 +536,7 @@ fn fourbit_q8_matmul_many(k: &Kernels, out: &mut [f32], ws: &[&FourBitRef], x: &
     let plan = &plan;
     let max_chunk = plan.iter().map(|p| p.2).max().unwrap_or(4);
     let cells = Cells::new(out);
-    let group = if k.has_fourbit_q8_tile_run(nb) { RUN_GROUP } else { 16 };
+    let group = if k.has_fourbit_q8_tile_run(steps, split) { RUN_GROUP } else { 16 };
     let work = |wf: &mut Lined<f32>, task: usize| {
         let &(w, base, chunk, first) = plan.iter().rev().find(|p| p.3 <= task).expect("task 0 is the first weight's");
         let (rows, ci) = (w.rows, task - first);
@@ -532,6 +575,7 @@ fn fourbit_q8_matmul_many(k: &Kernels, out: &mut [f32], ws: &[&FourBitRef], x: &
                                 std::array::from_fn(|j| token(aqe, q, tt + j)),
                                 std::array::from_fn(|j| token(aqo, q, tt + j)),
                                 std::array::from_fn(|j| q.xs(tt + j)),
+                                split,
                             )
                             .expect("checked above");
                         for (i, tr) in tile.iter().enumerate().take(nr) {
@@ -553,9 +597,10 @@ fn fourbit_q8_matmul_many(k: &Kernels, out: &mut [f32], ws: &[&FourBitRef], x: &
                     &q.qo[t0 * q.stride..],
                     q.stride,
                     &q.xs[t0 * q.nb..],
-                    &q.sum[t0 * q.nb..],
+                    sums_from(t0),
                     run,
                     &mut vals[..4 * run],
+                    split,
                 );
                 if ran.is_some() {
                     for t in 0..run.min(m - t0) {
@@ -574,7 +619,8 @@ fn fourbit_q8_matmul_many(k: &Kernels, out: &mut [f32], ws: &[&FourBitRef], x: &
                             std::array::from_fn(|j| q.qe(tt + j)),
                             std::array::from_fn(|j| q.qo(tt + j)),
                             std::array::from_fn(|j| q.xs(tt + j)),
-                            std::array::from_fn(|j| q.sum(tt + j)),
+                            std::array::from_fn(|j| sums(tt + j)),
+                            split,
                         )
                         .expect("checked by the caller");
                     for (i, tr) in tile.iter().enumerate().take(nr) {

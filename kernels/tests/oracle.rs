@@ -282,8 +282,10 @@ proptest! {
     /// do, so both levels give the same bits (the prefill tile is held to the scalar oracle like
     /// every other level's).
     #[test]
-    fn avxvnni_matches_avx2_bit_for_bit(nb in 1usize..12, seed in any::<u64>()) {
-        let n = nb * 32;
+    fn avxvnni_matches_avx2_bit_for_bit(nb in 1usize..12, hb in prop_oneof![Just(16usize), Just(32)], seed in any::<u64>()) {
+        // Blocks of 32 weights (16 bytes) run two to a step, and only an even count of them.
+        let nb = if hb == 16 { 2 * nb } else { nb };
+        let n = nb * hb;
         let mut rng = seed;
         let mut next = || { rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); (rng >> 33) as u32 };
         let codes: Vec<Vec<u8>> = (0..4).map(|_| (0..n).map(|_| next() as u8).collect()).collect();
@@ -292,18 +294,18 @@ proptest! {
         let qe: Vec<Vec<i8>> = (0..4).map(|_| q()).collect();
         let qo: Vec<Vec<i8>> = (0..4).map(|_| q()).collect();
         let qsum: Vec<Vec<i32>> = (0..4)
-            .map(|t| (0..nb).map(|b| (b * 32..(b + 1) * 32).map(|i| qe[t][i] as i32 + qo[t][i] as i32).sum()).collect())
+            .map(|t| (0..nb).map(|b| (b * hb..(b + 1) * hb).map(|i| qe[t][i] as i32 + qo[t][i] as i32).sum()).collect())
             .collect();
         let levels = simd_levels();
         let Some(avx2) = levels.iter().find(|k| k.isa() == Isa::Avx2) else { return Ok(()) };
         let lut = FourBitKind::Nf4.int8_levels();
         let bits = |v: [f32; 4]| v.map(f32::to_bits);
         for k in levels.iter().filter(|k| k.isa() == Isa::AvxVnni) {
-            let args = (four(&codes), four(&wf), &lut, &qe[0][..], &qo[0][..], &qsum[0][..], 32);
+            let args = (four(&codes), four(&wf), &lut, &qe[0][..], &qo[0][..], &qsum[0][..], hb);
             let want = avx2.dot_fourbit_q8_x4(args.0, args.1, args.2, args.3, args.4, args.5, args.6).unwrap();
             let got = k.dot_fourbit_q8_x4(args.0, args.1, args.2, args.3, args.4, args.5, args.6).unwrap();
-            prop_assert_eq!(bits(got), bits(want), "{} rows", k.label());
-            let one = k.dot_fourbit_q8(&codes[1], &wf[1], &lut, &qe[0], &qo[0], &qsum[0], 32);
+            prop_assert_eq!(bits(got), bits(want), "{} rows hb={}", k.label(), hb);
+            let one = k.dot_fourbit_q8(&codes[1], &wf[1], &lut, &qe[0], &qo[0], &qsum[0], hb);
             prop_assert_eq!(one.to_bits(), want[1].to_bits(), "{} one row", k.label());
         }
     }
@@ -312,7 +314,7 @@ proptest! {
     /// on that token alone (what makes batched decode equal to decode alone), on every level
     /// that has it; and the scalar twin is two scalar four-row calls.
     #[test]
-    fn two_token_rows_match_one_token_rows(nb in 1usize..12, hb in prop_oneof![Just(32usize), Just(64)], seed in any::<u64>()) {
+    fn two_token_rows_match_one_token_rows(nb in 1usize..12, hb in prop_oneof![Just(16usize), Just(32), Just(64)], seed in any::<u64>()) {
         let n = nb * hb;
         let mut rng = seed;
         let mut next = || { rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); (rng >> 33) as u32 };
@@ -432,7 +434,7 @@ proptest! {
             let args = (four(&d.codes), four(&d.wf), &lut, four(&d.qe), four(&d.qo), four(&d.xs), four(&d.qsum));
             let want = scalar::fourbit_q8_tile(args.0, args.1, args.2, args.3, args.4, args.5, args.6);
             for k in simd_levels() {
-                let Some(got) = k.fourbit_q8_tile(args.0, args.1, args.2, args.3, args.4, args.5, args.6) else { continue };
+                let Some(got) = k.fourbit_q8_tile(args.0, args.1, args.2, args.3, args.4, args.5, args.6, false) else { continue };
                 for r in 0..4 {
                     for t in 0..4 {
                         let tol = d.tolerance(&lut, r, t);
@@ -464,7 +466,7 @@ proptest! {
             let lut = kind.int8_levels();
             for k in simd_levels() {
                 let mut out = vec![f32::NAN; 4 * tokens];
-                if k.fourbit_q8_tile_run(four(&d.codes), four(&d.wf), &lut, &qe, &qo, stride, &xs, &qsum, tokens, &mut out).is_none() {
+                if k.fourbit_q8_tile_run(four(&d.codes), four(&d.wf), &lut, &qe, &qo, stride, &xs, &qsum, tokens, &mut out, false).is_none() {
                     continue;
                 }
                 for g in 0..groups {
@@ -472,7 +474,7 @@ proptest! {
                     let qo4: [&[i8]; 4] = std::array::from_fn(|t| d.qo[4 * g + t].as_slice());
                     let xs4: [&[f32]; 4] = std::array::from_fn(|t| d.xs[4 * g + t].as_slice());
                     let qs4: [&[i32]; 4] = std::array::from_fn(|t| d.qsum[4 * g + t].as_slice());
-                    let tile = k.fourbit_q8_tile(four(&d.codes), four(&d.wf), &lut, qe4, qo4, xs4, qs4).expect("a level with runs has the tile");
+                    let tile = k.fourbit_q8_tile(four(&d.codes), four(&d.wf), &lut, qe4, qo4, xs4, qs4, false).expect("a level with runs has the tile");
                     for r in 0..4 {
                         for t in 0..4 {
                             prop_assert_eq!(out[4 * (4 * g + t) + r].to_bits(), tile[r][t].to_bits(), "{} {:?} r={} token {}", k.label(), kind, r, 4 * g + t);
@@ -502,11 +504,95 @@ proptest! {
                 scalar::fourbit_q8_tile(four(&d.codes), four(&d.wf), &lut, half(&d.qe, h), half(&d.qo, h), half(&d.xs, h), half(&d.qsum, h))
             });
             for k in simd_levels() {
-                let Some(got) = k.fourbit_q8_tile8(four(&d.codes), four(&d.wf), &lut, eight(&d.qe), eight(&d.qo), eight(&aqe), eight(&aqo), eight(&d.xs)) else { continue };
+                let Some(got) = k.fourbit_q8_tile8(four(&d.codes), four(&d.wf), &lut, eight(&d.qe), eight(&d.qo), eight(&aqe), eight(&aqo), eight(&d.xs), false) else { continue };
                 for r in 0..4 {
                     for t in 0..8 {
                         let (w, tol) = (want[t / 4][r][t % 4], d.tolerance(&lut, r, t));
                         prop_assert!((got[r][t] - w).abs() <= tol, "{} {kind:?} r={r} t={t}: {} vs {}", k.label(), got[r][t], w);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The prefill tiles for weights in blocks of 32 (two to each 32-byte step; activations in
+    /// blocks of 64) against the scalar one-row kernel on blocks of 32 (factor = row factor ·
+    /// the token factor of its 64-block), and the tile run against its tile bit for bit.
+    #[test]
+    fn split_tiles_match_scalar(steps in prop_oneof![3 => 1usize..10, 1 => 60usize..65], seed in any::<u64>()) {
+        let (nb, tokens) = (2 * steps, 8);
+        let n = 16 * nb;
+        let mut rng = seed;
+        let mut next = || { rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); (rng >> 33) as u32 };
+        let codes: Vec<Vec<u8>> = (0..4).map(|_| (0..n).map(|_| next() as u8).collect()).collect();
+        let wf: Vec<Vec<f32>> = (0..4).map(|_| (0..nb).map(|_| (next() % 1000) as f32 / 3.1e4).collect()).collect();
+        let mut q = || -> Vec<i8> { (0..n).map(|_| ((next() % 255) as i32 - 127) as i8).collect() };
+        let qe: Vec<Vec<i8>> = (0..tokens).map(|_| q()).collect();
+        let qo: Vec<Vec<i8>> = (0..tokens).map(|_| q()).collect();
+        let xs: Vec<Vec<f32>> = (0..tokens).map(|_| (0..steps).map(|_| (next() % 1000) as f32 / 9.7e5).collect()).collect();
+        // Each block of 32's sum (16 bytes of each): the scalar kernel's blocks and the VNNI
+        // tiles' per-half bias corrections.
+        let qsum16: Vec<Vec<i32>> = (0..tokens)
+            .map(|t| (0..nb).map(|b| (b * 16..(b + 1) * 16).map(|i| qe[t][i] as i32 + qo[t][i] as i32).sum()).collect())
+            .collect();
+        let abs = |v: &[Vec<i8>]| -> Vec<Vec<i8>> { v.iter().map(|t| t.iter().map(|x| x.abs()).collect()).collect() };
+        let (aqe, aqo) = (abs(&qe), abs(&qo));
+        fn eight<T>(v: &[Vec<T>]) -> [&[T]; 8] {
+            std::array::from_fn(|t| v[t].as_slice())
+        }
+        fn first4<T>(v: &[Vec<T>], g: usize) -> [&[T]; 4] {
+            std::array::from_fn(|t| v[4 * g + t].as_slice())
+        }
+        for kind in [FourBitKind::Nf4, FourBitKind::Fp4] {
+            let lut = kind.int8_levels();
+            let want = |r: usize, t: usize| {
+                let f: Vec<f32> = (0..nb).map(|b| wf[r][b] * xs[t][b / 2]).collect();
+                scalar::dot_fourbit_q8(&codes[r], &f, &lut, &qe[t], &qo[t], &qsum16[t], 16)
+            };
+            let tol = |r: usize, t: usize| {
+                let terms: f32 = (0..n).map(|i| {
+                    let c = codes[r][i];
+                    let hi = ((lut[(c >> 4) as usize] as i32).abs() + 128) * (qe[t][i] as i32).abs();
+                    let lo = ((lut[(c & 15) as usize] as i32).abs() + 128) * (qo[t][i] as i32).abs();
+                    wf[r][i / 16] * xs[t][i / 32] * 2.0 * (hi + lo) as f32
+                }).sum();
+                (nb as f32 + 6.0) * f32::EPSILON * terms + 1e-6
+            };
+            for k in simd_levels() {
+                if let Some(got) = k.fourbit_q8_tile8(four(&codes), four(&wf), &lut, eight(&qe), eight(&qo), eight(&aqe), eight(&aqo), eight(&xs), true) {
+                    for (r, row) in got.iter().enumerate() {
+                        for (t, &g) in row.iter().enumerate() {
+                            prop_assert!((g - want(r, t)).abs() <= tol(r, t), "{} {kind:?} tile8 r={r} t={t}: {} vs {}", k.label(), g, want(r, t));
+                        }
+                    }
+                }
+                let mut tiles = Vec::new();
+                for g in 0..2 {
+                    let Some(got) = k.fourbit_q8_tile(four(&codes), four(&wf), &lut, first4(&qe, g), first4(&qo, g), first4(&xs, g), first4(&qsum16, g), true) else { break };
+                    for (r, row) in got.iter().enumerate() {
+                        for (t, &v) in row.iter().enumerate() {
+                            let tt = 4 * g + t;
+                            prop_assert!((v - want(r, tt)).abs() <= tol(r, tt), "{} {kind:?} tile r={r} t={tt}: {} vs {}", k.label(), v, want(r, tt));
+                        }
+                    }
+                    tiles.push(got);
+                }
+                let stride = n.next_multiple_of(64) + 64;
+                let flat = |v: &[Vec<i8>]| -> Vec<i8> {
+                    let mut out = vec![0i8; tokens * stride];
+                    for (t, x) in v.iter().enumerate() {
+                        out[t * stride..t * stride + x.len()].copy_from_slice(x);
+                    }
+                    out
+                };
+                let mut out = vec![f32::NAN; 4 * tokens];
+                let ran = k.fourbit_q8_tile_run(four(&codes), four(&wf), &lut, &flat(&qe), &flat(&qo), stride, &xs.concat(), &qsum16.concat(), tokens, &mut out, true);
+                if ran.is_some() {
+                    prop_assert_eq!(tiles.len(), 2, "{} has the split run but not the split tile", k.label());
+                    for t in 0..tokens {
+                        for r in 0..4 {
+                            prop_assert_eq!(out[4 * t + r].to_bits(), tiles[t / 4][r][t % 4].to_bits(), "{} {:?} run r={} t={}", k.label(), kind, r, t);
+                        }
                     }
                 }
             }
@@ -625,8 +711,9 @@ proptest! {
         let check_with = |weight: &Weight, deq: &[f32], rel: f32, fourbit_exact: bool| -> Result<(), TestCaseError> {
             let int8 = matches!(weight, Weight::Int8(_));
             let q8 = matches!(weight, Weight::FourBit(_)) && !fourbit_exact;
+            let split = matches!(weight, Weight::FourBit(w) if w.blocksize == 32);
             for k in simd_levels() {
-                let q8 = q8 && (m == 1 || k.has_fourbit_q8_tile());
+                let q8 = q8 && (m == 1 || k.has_fourbit_q8_tile(split));
                 let mut out = vec![0f32; m * rows];
                 matmul_with(&k, &mut out, weight, &x, m, &MatmulOptions { int8_threshold: 0.0, fourbit_exact }).unwrap();
                 for t in 0..m {
@@ -653,9 +740,10 @@ proptest! {
         let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
         let db: Vec<f32> = wb.iter().map(|v| v.to_f32()).collect();
         check(&Weight::Bf16 { rows, cols, data: &wb }, &db, 1e-5)?;
-        for kind in [FourBitKind::Nf4, FourBitKind::Fp4] {
+        // Blocks of 64, and of 32 (two to each 64-weight step of the SIMD kernels).
+        for (kind, blocksize) in [(FourBitKind::Nf4, 64), (FourBitKind::Fp4, 64), (FourBitKind::Nf4, 32)] {
             for double_quant in [false, true] {
-                let q = quantize_4bit(&w, &FourBitOptions { kind, double_quant, blocksize: 64, ..Default::default() }).unwrap();
+                let q = quantize_4bit(&w, &FourBitOptions { kind, double_quant, blocksize, ..Default::default() }).unwrap();
                 let mut deq = vec![0f32; w.len()];
                 q.dequantize(&mut deq).unwrap();
                 let absmax = match &q.absmax {
@@ -664,7 +752,7 @@ proptest! {
                         AbsmaxRef::Nested { codes, nested_absmax, nested_blocksize: *nested_blocksize, offset: *offset }
                     }
                 };
-                let weight = Weight::FourBit(FourBitRef { kind, rows, cols, blocksize: 64, codes: &q.codes, absmax });
+                let weight = Weight::FourBit(FourBitRef { kind, rows, cols, blocksize, codes: &q.codes, absmax });
                 // The view dequantizes to exactly what the owned tensor does.
                 let mut row = vec![0f32; cols];
                 weight.dequantize_row(rows - 1, &mut row);

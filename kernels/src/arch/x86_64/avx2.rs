@@ -633,9 +633,90 @@ unsafe fn fourbit_q8_rows<const R: usize, const T: usize>(
     unsafe {
         if half_block == 32 {
             fourbit_q8_rows_hb::<R, T, 32>(codes, factors, nb, lut, qe, qo, half_block)
+        } else if half_block == 16 {
+            fourbit_q8_rows_split::<R, T>(codes, factors, nb, lut, qe, qo)
         } else {
             fourbit_q8_rows_hb::<R, T, 0>(codes, factors, nb, lut, qe, qo, half_block)
         }
+    }
+}
+
+/// `[f[0]; 4]` then `[f[1]; 4]`: the factors of the two 32-weight blocks that one 32-byte step
+/// covers, in the lanes that hold each block's sums (bytes 0–15 of a step are the first block's
+/// 32 weights and end in lanes 0–3 after `vpmaddubsw` + `vpmaddwd`).
+///
+/// # Safety
+/// AVX2 enabled; two floats readable at `f`.
+#[inline(always)]
+pub(super) unsafe fn factor_pair(f: *const f32) -> __m256 {
+    // SAFETY: an 8-byte load of the two floats (caller's contract); register moves.
+    unsafe {
+        let two = _mm_castpd_ps(_mm_load_sd(f as *const f64));
+        _mm256_permutevar8x32_ps(_mm256_castps128_ps256(two), _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1))
+    }
+}
+
+/// Step `b`'s block factor(s) from `f`: one broadcast, or with `SPLIT` (blocks of 32 weights,
+/// two to a step) the two blocks' [`factor_pair`].
+///
+/// # Safety
+/// AVX2 enabled; entry `b` (with `SPLIT`, `2b` and `2b + 1`) readable at `f`.
+#[inline(always)]
+pub(super) unsafe fn step_factor<const SPLIT: bool>(f: *const f32, b: usize) -> __m256 {
+    // SAFETY: the caller's contract.
+    unsafe {
+        if SPLIT {
+            factor_pair(f.add(2 * b))
+        } else {
+            _mm256_set1_ps(*f.add(b))
+        }
+    }
+}
+
+/// [`fourbit_q8_rows`] for blocks of 32 weights (16 bytes of codes, bitsandbytes' blocksize
+/// 32): each 32-byte step holds two whole blocks, its exact sums scaled lane by lane by the two
+/// blocks' factors ([`factor_pair`]) — the same instructions per step as blocks of 64.
+///
+/// # Safety
+/// As [`fourbit_q8_rows`] with `half_block` 16 and `nb` even.
+#[inline(always)]
+unsafe fn fourbit_q8_rows_split<const R: usize, const T: usize>(
+    codes: [*const u8; R],
+    factors: [[*const f32; R]; T],
+    nb: usize,
+    lut: &[i8; 16],
+    qe: [*const i8; T],
+    qo: [*const i8; T],
+) -> [[__m256; R]; T] {
+    debug_assert!(nb.is_multiple_of(2));
+    // SAFETY: step s reads 32 bytes at 32·s < 16·nb and factors 2s, 2s + 1 < nb (caller's
+    // contract); prefetches may point anywhere.
+    unsafe {
+        let table = _mm256_broadcastsi128_si256(_mm_loadu_si128(lut.as_ptr() as *const __m128i));
+        let nib = _mm256_set1_epi8(0x0F);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [[_mm256_setzero_ps(); R]; T];
+        for s in 0..nb / 2 {
+            let i = 32 * s;
+            let qh: [__m256i; T] = std::array::from_fn(|t| _mm256_loadu_si256(qe[t].add(i) as *const __m256i));
+            let ql: [__m256i; T] = std::array::from_fn(|t| _mm256_loadu_si256(qo[t].add(i) as *const __m256i));
+            let aqh = qh.map(|v| _mm256_abs_epi8(v));
+            let aql = ql.map(|v| _mm256_abs_epi8(v));
+            ahead(codes[0], R * i);
+            for r in 0..R {
+                let v = _mm256_loadu_si256(codes[r].add(i) as *const __m256i);
+                let wh = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(v, 4), nib));
+                let wl = _mm256_shuffle_epi8(table, _mm256_and_si256(v, nib));
+                for t in 0..T {
+                    let ph = _mm256_maddubs_epi16(aqh[t], _mm256_sign_epi8(wh, qh[t]));
+                    let pl = _mm256_maddubs_epi16(aql[t], _mm256_sign_epi8(wl, ql[t]));
+                    let sum = _mm256_add_epi32(_mm256_madd_epi16(ph, ones), _mm256_madd_epi16(pl, ones));
+                    let f = factor_pair(factors[t][r].add(2 * s));
+                    acc[t][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), f, acc[t][r]);
+                }
+            }
+        }
+        acc
     }
 }
 
@@ -758,7 +839,48 @@ pub unsafe fn fourbit_q8_tile8(
     aqo: [&[i8]; 8],
     xs: [&[f32]; 8],
 ) -> [[f32; 8]; 4] {
-    let nb = wf[0].len();
+    // SAFETY: the caller's contract.
+    unsafe { tile8_g::<false>(codes, wf, lut, qe, qo, aqe, aqo, xs) }
+}
+
+/// [`fourbit_q8_tile8`] for weights in blocks of 32, two to each 32-byte step (`wf` holds one
+/// entry per block of 32, an even count; the activations stay in blocks of 64, one `xs` entry
+/// per step): lanes 0–3 of a step hold the first block's sums, 4–7 the second's, each scaled by
+/// its own row factor ([`factor_pair`]).
+///
+/// # Safety
+/// As [`fourbit_q8_tile8`] with `wf[0].len()` = 2 · `xs[t].len()`.
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn fourbit_q8_tile8_split(
+    codes: [&[u8]; 4],
+    wf: [&[f32]; 4],
+    lut: &[i8; 16],
+    qe: [&[i8]; 8],
+    qo: [&[i8]; 8],
+    aqe: [&[i8]; 8],
+    aqo: [&[i8]; 8],
+    xs: [&[f32]; 8],
+) -> [[f32; 8]; 4] {
+    // SAFETY: the caller's contract.
+    unsafe { tile8_g::<true>(codes, wf, lut, qe, qo, aqe, aqo, xs) }
+}
+
+/// The eight-token tile's body, for blocks of 64 or (`SPLIT`) of 32 weights two to a step.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile8_g<const SPLIT: bool>(
+    codes: [&[u8]; 4],
+    wf: [&[f32]; 4],
+    lut: &[i8; 16],
+    qe: [&[i8]; 8],
+    qo: [&[i8]; 8],
+    aqe: [&[i8]; 8],
+    aqo: [&[i8]; 8],
+    xs: [&[f32]; 8],
+) -> [[f32; 8]; 4] {
+    // Steps of 32 bytes of codes.
+    let nb = if SPLIT { wf[0].len() / 2 } else { wf[0].len() };
     let mut out = [[0f32; 8]; 4];
     // SAFETY: block b reads 32 bytes at 32·b of codes/qe/qo/aqe/aqo and entry b of wf/xs:
     // inside the lengths the caller guarantees.
@@ -775,7 +897,7 @@ pub unsafe fn fourbit_q8_tile8(
                 let v = _mm256_loadu_si256(cp.add(i) as *const __m256i);
                 let wh = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(v, 4), nib));
                 let wl = _mm256_shuffle_epi8(table, _mm256_and_si256(v, nib));
-                let f = _mm256_set1_ps(*wf[r].get_unchecked(b));
+                let f = step_factor::<SPLIT>(wf[r].as_ptr(), b);
                 for (t, a) in acc.iter_mut().enumerate() {
                     let load = |q: &[i8]| _mm256_loadu_si256(q.as_ptr().add(i) as *const __m256i);
                     let ph = _mm256_maddubs_epi16(load(aqe[t]), _mm256_sign_epi8(wh, load(qe[t])));
@@ -794,8 +916,8 @@ pub unsafe fn fourbit_q8_tile8(
     out
 }
 
-/// See [`crate::scalar::quantize_q8`]; blocks of 64 with a whole number of blocks run here
-/// (anything else goes to the scalar code). Scaled, rounded half-even by `vcvtps2dq` under the
+/// See [`crate::scalar::quantize_q8`]; blocks of 64 or 32 with a whole number of blocks run
+/// here (anything else goes to the scalar code). Scaled, rounded half-even by `vcvtps2dq` under the
 /// default rounding mode (what the scalar code's magic-number rounding gives), narrowed with
 /// saturating packs (the values are within ±127), put back in order by one permute, then split
 /// into even and odd elements by a byte shuffle.
@@ -804,13 +926,28 @@ pub unsafe fn fourbit_q8_tile8(
 /// AVX2 must be available; the slices have the lengths the scalar function documents.
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn quantize_q8(x: &[f32], blocksize: usize, qe: &mut [i8], qo: &mut [i8], xs: &mut [f32], sum: &mut [i32]) {
-    if blocksize != 64 || !x.len().is_multiple_of(64) {
+    if !(blocksize == 64 || blocksize == 32) || !x.len().is_multiple_of(blocksize) {
         return crate::scalar::quantize_q8(x, blocksize, qe, qo, xs, sum);
     }
-    let nb = x.len() / 64;
-    assert!(qe.len() >= nb * 32 && qo.len() >= nb * 32 && xs.len() >= nb && sum.len() >= nb);
-    // SAFETY: block b reads x[64b .. 64b + 64] and writes 32 bytes at 32b of qe/qo: all in
-    // bounds by the lengths asserted above.
+    if blocksize == 32 {
+        // SAFETY: the caller's contract is the body's.
+        return unsafe { quantize_q8_bs::<32>(x, qe, qo, xs, sum) };
+    }
+    // SAFETY: the caller's contract is the body's.
+    unsafe { quantize_q8_bs::<64>(x, qe, qo, xs, sum) }
+}
+
+/// [`quantize_q8`] for blocks of `BS` (32 or 64) elements, `BS / 8` registers each.
+///
+/// # Safety
+/// AVX2 enabled; `x.len()` a multiple of `BS`, the outputs as long as the scalar code needs.
+#[inline(always)]
+unsafe fn quantize_q8_bs<const BS: usize>(x: &[f32], qe: &mut [i8], qo: &mut [i8], xs: &mut [f32], sum: &mut [i32]) {
+    let nb = x.len() / BS;
+    let hb = BS / 2;
+    assert!(qe.len() >= nb * hb && qo.len() >= nb * hb && xs.len() >= nb && sum.len() >= nb);
+    // SAFETY: block b reads x[BS·b .. BS·b + BS] and writes BS / 2 bytes at (BS / 2)·b of qe/qo:
+    // all in bounds by the lengths asserted above.
     unsafe {
         let abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFF_FFFF));
         let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
@@ -818,12 +955,13 @@ pub unsafe fn quantize_q8(x: &[f32], blocksize: usize, qe: &mut [i8], qo: &mut [
             0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15, 0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15,
         );
         for b in 0..nb {
-            let p = x.as_ptr().add(64 * b);
-            let v: [__m256; 8] = std::array::from_fn(|j| _mm256_loadu_ps(p.add(8 * j)));
+            let p = x.as_ptr().add(BS * b);
+            let v: [__m256; 8] =
+                std::array::from_fn(|j| if 8 * j < BS { _mm256_loadu_ps(p.add(8 * j)) } else { _mm256_setzero_ps() });
             // `vmaxps` returns its second operand when either is NaN: the running maximum goes
             // second, so NaN inputs are skipped as `f32::max` skips them.
             let mut m = _mm256_setzero_ps();
-            for vj in &v {
+            for vj in &v[..BS / 8] {
                 m = _mm256_max_ps(_mm256_and_ps(*vj, abs), m);
             }
             let m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
@@ -837,17 +975,17 @@ pub unsafe fn quantize_q8(x: &[f32], blocksize: usize, qe: &mut [i8], qo: &mut [
                 _mm256_cvtps_epi32(_mm256_and_ps(p, _mm256_cmp_ps::<_CMP_ORD_Q>(p, p)))
             });
             let mut total = c[0];
-            for cj in &c[1..] {
+            for cj in &c[1..BS / 8] {
                 total = _mm256_add_epi32(total, *cj);
             }
-            for h in 0..2 {
+            for h in 0..BS / 32 {
                 let (a, bb) =
                     (_mm256_packs_epi32(c[4 * h], c[4 * h + 1]), _mm256_packs_epi32(c[4 * h + 2], c[4 * h + 3]));
                 // Bytes in order 0..32 of this half block, then evens | odds per 128-bit lane.
                 let q = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(a, bb), order);
                 let q = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_shuffle_epi8(q, split));
-                _mm_storeu_si128(qe.as_mut_ptr().add(32 * b + 16 * h) as *mut __m128i, _mm256_castsi256_si128(q));
-                _mm_storeu_si128(qo.as_mut_ptr().add(32 * b + 16 * h) as *mut __m128i, _mm256_extracti128_si256(q, 1));
+                _mm_storeu_si128(qe.as_mut_ptr().add(hb * b + 16 * h) as *mut __m128i, _mm256_castsi256_si128(q));
+                _mm_storeu_si128(qo.as_mut_ptr().add(hb * b + 16 * h) as *mut __m128i, _mm256_extracti128_si256(q, 1));
             }
             xs[b] = am / 127.0 * (1.0 / 127.0);
             sum[b] = hsum_i32(total);

@@ -930,7 +930,9 @@ fn hsum16(v: [__m512; 16]) -> __m512 {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
 pub unsafe fn quantize_q8(x: &[f32], blocksize: usize, qe: &mut [i8], qo: &mut [i8], xs: &mut [f32], sum: &mut [i32]) {
     if blocksize != 64 || !x.len().is_multiple_of(64) {
-        return crate::scalar::quantize_q8(x, blocksize, qe, qo, xs, sum);
+        // Blocks of 32 (and whatever else it takes) through the AVX2 kernel: the same bits.
+        // SAFETY: AVX-512F implies AVX2 and FMA; the caller's contract is the callee's.
+        return unsafe { super::avx2::quantize_q8(x, blocksize, qe, qo, xs, sum) };
     }
     let nb = x.len() / 64;
     assert!(qe.len() >= nb * 32 && qo.len() >= nb * 32 && xs.len() >= nb && sum.len() >= nb);

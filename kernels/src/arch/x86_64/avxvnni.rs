@@ -15,7 +15,7 @@
 //! construction, and must pass slices with the lengths documented on the matching
 //! `crate::scalar` function.
 
-use super::avx2::{ahead, fourbit_rows_task, hsum4, hsum_i32};
+use super::avx2::{ahead, factor_pair, fourbit_rows_task, hsum4, hsum_i32, step_factor};
 use super::TILE_RUN_MAX_BLOCKS;
 use core::arch::x86_64::*;
 
@@ -93,6 +93,31 @@ unsafe fn fourbit_q8_rows<const R: usize, const T: usize, const EVEX: bool>(
         let nib = _mm256_set1_epi8(0x0F);
         let c128 = _mm256_set1_epi8(-128);
         let mut acc = [[_mm256_setzero_ps(); R]; T];
+        if half_block == 16 {
+            // Blocks of 32 weights, two to a step, as `avx2::fourbit_q8_rows` runs them: the
+            // step's exact sums (the correction is per lane) scaled lane by lane.
+            for s in 0..nb / 2 {
+                let i = 32 * s;
+                let qh: [__m256i; T] = std::array::from_fn(|t| _mm256_loadu_si256(qe[t].add(i) as *const __m256i));
+                let ql: [__m256i; T] = std::array::from_fn(|t| _mm256_loadu_si256(qo[t].add(i) as *const __m256i));
+                let corr: [__m256i; T] = std::array::from_fn(|t| {
+                    dpbusd::<EVEX>(dpbusd::<EVEX>(_mm256_setzero_si256(), c128, qh[t]), c128, ql[t])
+                });
+                ahead(codes[0], R * i);
+                for r in 0..R {
+                    let v = _mm256_loadu_si256(codes[r].add(i) as *const __m256i);
+                    let wh = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(v, 4), nib));
+                    let wl = _mm256_shuffle_epi8(table, _mm256_and_si256(v, nib));
+                    for t in 0..T {
+                        let sum = dpbusd::<EVEX>(dpbusd::<EVEX>(_mm256_setzero_si256(), wh, qh[t]), wl, ql[t]);
+                        let exact = _mm256_sub_epi32(sum, corr[t]);
+                        let f = factor_pair(factors[t][r].add(2 * s));
+                        acc[t][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(exact), f, acc[t][r]);
+                    }
+                }
+            }
+            return acc;
+        }
         for b in 0..nb {
             let mut isum = [[_mm256_setzero_si256(); R]; T];
             let mut corr = [_mm256_setzero_si256(); T];
@@ -336,6 +361,21 @@ vnni_pair! {
     ) -> [[f32; 4]; 4]
 }
 
+vnni_pair! {
+    /// [`fourbit_q8_tile_vex`] for weights in blocks of 32, two to each 32-byte step (`wf` holds
+    /// one entry per block of 32, an even count; the activations stay in blocks of 64, one `xs`
+    /// entry per step, but `qsum` holds each half's sum, one per block of 32): each step's lanes
+    /// 0–3 hold the first block's sums, 4–7 the second's, each with its own bias correction and
+    /// row factor.
+    ///
+    /// # Safety
+    /// As [`fourbit_q8_tile_vex`] with `wf[0].len()` = `qsum[t].len()` = 2 · `xs[t].len()`.
+    fourbit_q8_tile_split_vex, fourbit_q8_tile_split_evex = fourbit_q8_tile_split(
+        codes: [&[u8]; 4], wf: [&[f32]; 4], lut: &[i8; 16], qe: [&[i8]; 4], qo: [&[i8]; 4], xs: [&[f32]; 4],
+        qsum: [&[i32]; 4]
+    ) -> [[f32; 4]; 4]
+}
+
 #[inline(always)]
 unsafe fn fourbit_q8_tile<const EVEX: bool>(
     codes: [&[u8]; 4],
@@ -346,7 +386,55 @@ unsafe fn fourbit_q8_tile<const EVEX: bool>(
     xs: [&[f32]; 4],
     qsum: [&[i32]; 4],
 ) -> [[f32; 4]; 4] {
-    let nb = wf[0].len();
+    // SAFETY: the caller's contract.
+    unsafe { tile_g::<EVEX, false>(codes, wf, lut, qe, qo, xs, qsum) }
+}
+
+#[inline(always)]
+unsafe fn fourbit_q8_tile_split<const EVEX: bool>(
+    codes: [&[u8]; 4],
+    wf: [&[f32]; 4],
+    lut: &[i8; 16],
+    qe: [&[i8]; 4],
+    qo: [&[i8]; 4],
+    xs: [&[f32]; 4],
+    qsum: [&[i32]; 4],
+) -> [[f32; 4]; 4] {
+    // SAFETY: the caller's contract.
+    unsafe { tile_g::<EVEX, true>(codes, wf, lut, qe, qo, xs, qsum) }
+}
+
+/// Where step `b`'s biased sum starts: `−128 · Σq` of its block in lane 0 (with `SPLIT`, of
+/// its two halves in lanes 0 and 4, which are scaled by different factors).
+///
+/// # Safety
+/// AVX2 enabled; entry `b` (with `SPLIT`, `2b` and `2b + 1`) readable at `q`.
+#[inline(always)]
+unsafe fn step_unbias<const SPLIT: bool>(q: *const i32, b: usize) -> __m256i {
+    // SAFETY: the caller's contract.
+    unsafe {
+        if SPLIT {
+            let (lo, hi) = ((*q.add(2 * b)).wrapping_mul(-128), (*q.add(2 * b + 1)).wrapping_mul(-128));
+            _mm256_setr_epi32(lo, 0, 0, 0, hi, 0, 0, 0)
+        } else {
+            unbias(*q.add(b))
+        }
+    }
+}
+
+/// The 4 × 4 tile's body, for blocks of 64 or (`SPLIT`) of 32 weights two to a step.
+#[inline(always)]
+unsafe fn tile_g<const EVEX: bool, const SPLIT: bool>(
+    codes: [&[u8]; 4],
+    wf: [&[f32]; 4],
+    lut: &[i8; 16],
+    qe: [&[i8]; 4],
+    qo: [&[i8]; 4],
+    xs: [&[f32]; 4],
+    qsum: [&[i32]; 4],
+) -> [[f32; 4]; 4] {
+    // Steps of 32 bytes of codes.
+    let nb = if SPLIT { wf[0].len() / 2 } else { wf[0].len() };
     let mut out = [[0f32; 4]; 4];
     // SAFETY: block b reads 32 bytes at 32·b of codes/qe/qo and entry b of wf/xs/qsum: inside
     // the lengths the caller guarantees.
@@ -362,11 +450,11 @@ unsafe fn fourbit_q8_tile<const EVEX: bool>(
                 let v = _mm256_loadu_si256(cp.add(i) as *const __m256i);
                 let wh = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(v, 4), nib));
                 let wl = _mm256_shuffle_epi8(table, _mm256_and_si256(v, nib));
-                let f = _mm256_set1_ps(*wf[r].get_unchecked(b));
+                let f = step_factor::<SPLIT>(wf[r].as_ptr(), b);
                 for (t, a) in acc.iter_mut().enumerate() {
                     let qh = _mm256_loadu_si256(qe[t].as_ptr().add(i) as *const __m256i);
                     let ql = _mm256_loadu_si256(qo[t].as_ptr().add(i) as *const __m256i);
-                    let s = dpbusd::<EVEX>(dpbusd::<EVEX>(unbias(*qsum[t].get_unchecked(b)), wh, qh), wl, ql);
+                    let s = dpbusd::<EVEX>(dpbusd::<EVEX>(step_unbias::<SPLIT>(qsum[t].as_ptr(), b), wh, qh), wl, ql);
                     let fx = _mm256_mul_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(*xs[t].get_unchecked(b)));
                     *a = _mm256_fmadd_ps(fx, f, *a);
                 }
@@ -395,6 +483,21 @@ vnni_pair! {
     )
 }
 
+vnni_pair! {
+    /// [`fourbit_q8_tile_run_vex`] for weights in blocks of 32, two to a step, as
+    /// [`fourbit_q8_tile_split_vex`] runs them (`wf` and each token's `qsum` hold one entry per
+    /// block of 32, each token's `xs` one per step of 64).
+    ///
+    /// # Safety
+    /// As [`fourbit_q8_tile_run_vex`] with `wf[0].len()` even, at most
+    /// `2 · TILE_RUN_MAX_BLOCKS`; `xs` holds `tokens · wf[0].len() / 2` entries, `qsum`
+    /// `tokens · wf[0].len()`.
+    fourbit_q8_tile_run_split_vex, fourbit_q8_tile_run_split_evex = fourbit_q8_tile_run_split(
+        codes: [&[u8]; 4], wf: [&[f32]; 4], lut: &[i8; 16], qe: &[i8], qo: &[i8], q_stride: usize, xs: &[f32],
+        qsum: &[i32], tokens: usize, out: &mut [f32]
+    )
+}
+
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn fourbit_q8_tile_run<const EVEX: bool>(
@@ -409,7 +512,45 @@ unsafe fn fourbit_q8_tile_run<const EVEX: bool>(
     tokens: usize,
     out: &mut [f32],
 ) {
-    let nb = wf[0].len();
+    // SAFETY: the caller's contract.
+    unsafe { tile_run_g::<EVEX, false>(codes, wf, lut, qe, qo, q_stride, xs, qsum, tokens, out) }
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn fourbit_q8_tile_run_split<const EVEX: bool>(
+    codes: [&[u8]; 4],
+    wf: [&[f32]; 4],
+    lut: &[i8; 16],
+    qe: &[i8],
+    qo: &[i8],
+    q_stride: usize,
+    xs: &[f32],
+    qsum: &[i32],
+    tokens: usize,
+    out: &mut [f32],
+) {
+    // SAFETY: the caller's contract.
+    unsafe { tile_run_g::<EVEX, true>(codes, wf, lut, qe, qo, q_stride, xs, qsum, tokens, out) }
+}
+
+/// The tile run's body, for blocks of 64 or (`SPLIT`) of 32 weights two to a step.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_run_g<const EVEX: bool, const SPLIT: bool>(
+    codes: [&[u8]; 4],
+    wf: [&[f32]; 4],
+    lut: &[i8; 16],
+    qe: &[i8],
+    qo: &[i8],
+    q_stride: usize,
+    xs: &[f32],
+    qsum: &[i32],
+    tokens: usize,
+    out: &mut [f32],
+) {
+    // Steps of 32 bytes of codes.
+    let nb = if SPLIT { wf[0].len() / 2 } else { wf[0].len() };
     debug_assert!(nb <= TILE_RUN_MAX_BLOCKS && tokens.is_multiple_of(4));
     // SAFETY: block b reads 32 bytes at 32·b of each row's codes and of each token's activations
     // (token t from t·q_stride) and entry b of wf / a token's xs and qsum: inside the caller's
@@ -428,11 +569,11 @@ unsafe fn fourbit_q8_tile_run<const EVEX: bool>(
         let buf = &buf[..8 * nb];
         let mut t0 = 0;
         while t0 + 8 <= tokens {
-            tile_run_tokens::<8, EVEX>(buf, wf, qe, qo, q_stride, xs, qsum, t0, out);
+            tile_run_tokens::<8, EVEX, SPLIT>(buf, wf, qe, qo, q_stride, xs, qsum, t0, out);
             t0 += 8;
         }
         if t0 < tokens {
-            tile_run_tokens::<4, EVEX>(buf, wf, qe, qo, q_stride, xs, qsum, t0, out);
+            tile_run_tokens::<4, EVEX, SPLIT>(buf, wf, qe, qo, q_stride, xs, qsum, t0, out);
         }
     }
 }
@@ -443,7 +584,7 @@ unsafe fn fourbit_q8_tile_run<const EVEX: bool>(
 /// As [`fourbit_q8_tile_run`], with `buf` its looked-up rows and `t0 + T ≤ tokens`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile_run_tokens<const T: usize, const EVEX: bool>(
+unsafe fn tile_run_tokens<const T: usize, const EVEX: bool, const SPLIT: bool>(
     buf: &[std::mem::MaybeUninit<__m256i>],
     wf: [&[f32]; 4],
     qe: &[i8],
@@ -454,23 +595,25 @@ unsafe fn tile_run_tokens<const T: usize, const EVEX: bool>(
     t0: usize,
     out: &mut [f32],
 ) {
-    let nb = wf[0].len();
+    // Block entries (a token's `qsum` entries) and steps of 32 bytes (its `xs` entries).
+    let entries = wf[0].len();
+    let nb = if SPLIT { entries / 2 } else { entries };
     // SAFETY: the caller's contract.
     unsafe {
         let pe: [*const i8; T] = std::array::from_fn(|t| qe.as_ptr().add((t0 + t) * q_stride));
         let po: [*const i8; T] = std::array::from_fn(|t| qo.as_ptr().add((t0 + t) * q_stride));
         let px: [*const f32; T] = std::array::from_fn(|t| xs.as_ptr().add((t0 + t) * nb));
-        let ps: [*const i32; T] = std::array::from_fn(|t| qsum.as_ptr().add((t0 + t) * nb));
+        let ps: [*const i32; T] = std::array::from_fn(|t| qsum.as_ptr().add((t0 + t) * entries));
         for r in 0..4 {
             let mut acc = [_mm256_setzero_ps(); T];
             for b in 0..nb {
                 let i = 32 * b;
                 let (wh, wl) = (buf[2 * (r * nb + b)].assume_init(), buf[2 * (r * nb + b) + 1].assume_init());
-                let f = _mm256_set1_ps(*wf[r].get_unchecked(b));
+                let f = step_factor::<SPLIT>(wf[r].as_ptr(), b);
                 for (t, a) in acc.iter_mut().enumerate() {
                     let qh = _mm256_loadu_si256(pe[t].add(i) as *const __m256i);
                     let ql = _mm256_loadu_si256(po[t].add(i) as *const __m256i);
-                    let s = dpbusd::<EVEX>(dpbusd::<EVEX>(unbias(*ps[t].add(b)), wh, qh), wl, ql);
+                    let s = dpbusd::<EVEX>(dpbusd::<EVEX>(step_unbias::<SPLIT>(ps[t], b), wh, qh), wl, ql);
                     let fx = _mm256_mul_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(*px[t].add(b)));
                     *a = _mm256_fmadd_ps(fx, f, *a);
                 }
