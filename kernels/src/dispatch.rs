@@ -443,10 +443,9 @@ impl Kernels {
             fourbit_q8_tile: Some(k::fourbit_q8_tile),
             fourbit_q8_tile8: None,
             fourbit_q8_tile_run: Some(k::fourbit_q8_tile_run),
-            // Blocks of 32 through the 256-bit VNNI tiles (AVX-512's own step 64 bytes).
-            fourbit_q8_tile_split: Some(crate::arch::x86_64::avxvnni::fourbit_q8_tile_split_evex),
+            fourbit_q8_tile_split: Some(k::fourbit_q8_tile_split),
             fourbit_q8_tile8_split: None,
-            fourbit_q8_tile_run_split: Some(crate::arch::x86_64::avxvnni::fourbit_q8_tile_run_split_evex),
+            fourbit_q8_tile_run_split: Some(k::fourbit_q8_tile_run_split),
         };
         if !vbmi {
             return plain;
@@ -458,6 +457,8 @@ impl Kernels {
             fourbit_q8_tile: Some(k::fourbit_q8_tile_vbmi),
             fourbit_q8_tile8: None,
             fourbit_q8_tile_run: Some(k::fourbit_q8_tile_run_vbmi),
+            fourbit_q8_tile_split: Some(k::fourbit_q8_tile_split_vbmi),
+            fourbit_q8_tile_run_split: Some(k::fourbit_q8_tile_run_split_vbmi),
             ..plain
         }
     }

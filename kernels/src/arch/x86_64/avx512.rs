@@ -269,6 +269,88 @@ unsafe fn scale_pair(p: *const f32, b: usize, two: bool) -> __m512 {
     _mm512_permutexvar_ps(halves, _mm512_castps128_ps512(v))
 }
 
+/// Row factors of weights in blocks of 32 for one 64-byte step (four blocks, or two when `two`
+/// is false): entry `k + j` of `p` in lanes `4j .. 4j + 4`, where those blocks' sums lie.
+///
+/// # Safety
+/// Four (two) floats readable at `p.add(k)`.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn scale_quad(p: *const f32, k: usize, two: bool) -> __m512 {
+    let quarters = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    // SAFETY: the caller guarantees the four or two floats are readable.
+    let v = unsafe {
+        if two {
+            _mm_loadu_ps(p.add(k))
+        } else {
+            _mm_castpd_ps(_mm_load_sd(p.add(k) as *const f64))
+        }
+    };
+    _mm512_permutexvar_ps(quarters, _mm512_castps128_ps512(v))
+}
+
+/// A step's row factors: [`scale_pair`] for blocks of 64, [`scale_quad`] for blocks of 32.
+///
+/// # Safety
+/// As the two.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn row_scales<const SPLIT: bool>(p: *const f32, b: usize, two: bool) -> __m512 {
+    // SAFETY: the caller's contract.
+    unsafe {
+        if SPLIT {
+            scale_quad(p, 2 * b, two)
+        } else {
+            scale_pair(p, b, two)
+        }
+    }
+}
+
+/// The unsigned bias of a tile taken off `acc` before its lanes are summed: `−128 · Σ_k wf[k] ·
+/// xs · qsum[k]` over the block entries `k` of the rows (sixteen at a time), with `xs` the
+/// token's factor of the 64 activations block `k` lies in (`k / 2` for weights in blocks of 32,
+/// `SPLIT`, whose `qsum` holds each half's sum).
+///
+/// # Safety
+/// Every `wf[r]` holds `entries` floats, every `qs[t]` `entries` sums and every `xs[t]`
+/// `entries` (`SPLIT`: `entries / 2`) floats.
+#[target_feature(enable = "avx512f,avx512vl")]
+#[inline]
+unsafe fn take_bias<const SPLIT: bool>(
+    acc: &mut [[__m512; 4]; 4],
+    wf: [*const f32; 4],
+    xs: [*const f32; 4],
+    qs: [*const i32; 4],
+    entries: usize,
+) {
+    // SAFETY: masked loads stay inside the lengths of the caller's contract.
+    unsafe {
+        let minus128 = _mm512_set1_ps(-128.0);
+        let twice = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+        let mut j = 0;
+        while j < entries {
+            let left = entries - j;
+            let m: __mmask16 = if left >= 16 { !0 } else { (1u16 << left) - 1 };
+            let w: [__m512; 4] = std::array::from_fn(|r| _mm512_maskz_loadu_ps(m, wf[r].add(j)));
+            for t in 0..4 {
+                let q = _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(m, qs[t].add(j)));
+                let x = if SPLIT {
+                    let half: __mmask8 = if left >= 16 { !0 } else { ((1u16 << left.div_ceil(2)) - 1) as u8 };
+                    let x8 = _mm256_maskz_loadu_ps(half, xs[t].add(j / 2));
+                    _mm512_permutexvar_ps(twice, _mm512_castps256_ps512(x8))
+                } else {
+                    _mm512_maskz_loadu_ps(m, xs[t].add(j))
+                };
+                let cq = _mm512_mul_ps(_mm512_mul_ps(x, q), minus128);
+                for r in 0..4 {
+                    acc[r][t] = _mm512_fmadd_ps(w[r], cq, acc[r][t]);
+                }
+            }
+            j += 16;
+        }
+    }
+}
+
 vbmi_pair! {
     /// See [`crate::scalar::dot_fourbit_q8`]. Nibbles index the int8 level table ([`lookup`])
     /// and `vpdpbusd` multiplies them by the activations. `vpdpbusd` needs an unsigned operand, so
@@ -418,6 +500,19 @@ vbmi_pair! {
     ) -> [[f32; 4]; 4]
 }
 
+vbmi_pair! {
+    /// [`fourbit_q8_tile`] for weights in blocks of 32 (four to each 64-byte step, each with its
+    /// own row factor in its four lanes; `wf` and `qsum` hold an entry per block of 32 — `qsum`
+    /// each half's sum — and `xs` one per 64 activations).
+    ///
+    /// # Safety
+    /// As [`fourbit_q8_tile`] with `wf[r].len()` = `qsum[t].len()` = 2 · `xs[t].len()` = 2 · `nb`.
+    fourbit_q8_tile_split, fourbit_q8_tile_split_vbmi = tile_split(
+        codes: [&[u8]; 4], wf: [&[f32]; 4], lut: &[i8; 16], qe: [&[i8]; 4], qo: [&[i8]; 4], xs: [&[f32]; 4],
+        qsum: [&[i32]; 4]
+    ) -> [[f32; 4]; 4]
+}
+
 /// # Safety
 /// Inlined only into the two entry points `vbmi_pair!` makes of it, whose contract it has.
 #[inline(always)]
@@ -430,7 +525,42 @@ unsafe fn tile<const VBMI: bool>(
     xs: [&[f32]; 4],
     qsum: [&[i32]; 4],
 ) -> [[f32; 4]; 4] {
-    let nb = wf[0].len();
+    // SAFETY: the caller's contract.
+    unsafe { tile_g::<VBMI, false>(codes, wf, lut, qe, qo, xs, qsum) }
+}
+
+/// # Safety
+/// Inlined only into the two entry points `vbmi_pair!` makes of it, whose contract it has.
+#[inline(always)]
+unsafe fn tile_split<const VBMI: bool>(
+    codes: [&[u8]; 4],
+    wf: [&[f32]; 4],
+    lut: &[i8; 16],
+    qe: [&[i8]; 4],
+    qo: [&[i8]; 4],
+    xs: [&[f32]; 4],
+    qsum: [&[i32]; 4],
+) -> [[f32; 4]; 4] {
+    // SAFETY: the caller's contract.
+    unsafe { tile_g::<VBMI, true>(codes, wf, lut, qe, qo, xs, qsum) }
+}
+
+/// The tile's body, for weights in blocks of 64 or (`SPLIT`) of 32.
+///
+/// # Safety
+/// As [`tile`] or [`tile_split`].
+#[inline(always)]
+unsafe fn tile_g<const VBMI: bool, const SPLIT: bool>(
+    codes: [&[u8]; 4],
+    wf: [&[f32]; 4],
+    lut: &[i8; 16],
+    qe: [&[i8]; 4],
+    qo: [&[i8]; 4],
+    xs: [&[f32]; 4],
+    qsum: [&[i32]; 4],
+) -> [[f32; 4]; 4] {
+    // Blocks of 64 activations (steps of 32 code bytes).
+    let nb = xs[0].len();
     // SAFETY: the odd last block loads 32 bytes through a mask; every other load is a full step
     // inside the 32·nb bytes (or nb entries) the caller guarantees.
     unsafe {
@@ -450,7 +580,7 @@ unsafe fn tile<const VBMI: bool>(
                 let v = _mm512_maskz_loadu_epi8(m, codes[r].as_ptr().add(i) as *const i8);
                 (wh[r], wl[r]) = lookup::<VBMI>(v, table, nib);
             }
-            let wfv: [__m512; 4] = std::array::from_fn(|r| pair(wf[r].as_ptr(), b, two));
+            let wfv: [__m512; 4] = std::array::from_fn(|r| row_scales::<SPLIT>(wf[r].as_ptr(), b, two));
             for t in 0..4 {
                 let e = _mm512_maskz_loadu_epi8(m, qe[t].as_ptr().add(i));
                 let o = _mm512_maskz_loadu_epi8(m, qo[t].as_ptr().add(i));
@@ -464,21 +594,8 @@ unsafe fn tile<const VBMI: bool>(
             b += 2;
         }
         // The bias, sixteen blocks at a time, taken off before the lanes are summed.
-        let mut j = 0;
-        let minus128 = _mm512_set1_ps(-128.0);
-        while j < nb {
-            let left = nb - j;
-            let m: __mmask16 = if left >= 16 { !0 } else { (1u16 << left) - 1 };
-            let w: [__m512; 4] = std::array::from_fn(|r| _mm512_maskz_loadu_ps(m, wf[r].as_ptr().add(j)));
-            for t in 0..4 {
-                let q = _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(m, qsum[t].as_ptr().add(j)));
-                let cq = _mm512_mul_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, xs[t].as_ptr().add(j)), q), minus128);
-                for r in 0..4 {
-                    acc[r][t] = _mm512_fmadd_ps(w[r], cq, acc[r][t]);
-                }
-            }
-            j += 16;
-        }
+        let entries = wf[0].len();
+        take_bias::<SPLIT>(&mut acc, wf.map(|w| w.as_ptr()), xs.map(|x| x.as_ptr()), qsum.map(|q| q.as_ptr()), entries);
         let sums = hsum16(std::array::from_fn(|i| acc[i / 4][i % 4]));
         let mut out = [[0f32; 4]; 4];
         _mm512_storeu_ps(out.as_mut_ptr() as *mut f32, sums);
@@ -811,6 +928,20 @@ vbmi_pair! {
     )
 }
 
+vbmi_pair! {
+    /// [`fourbit_q8_tile_run`] for weights in blocks of 32, as [`fourbit_q8_tile_split`] runs them
+    /// (`wf` and each token's `qsum` hold an entry per block of 32, each token's `xs` one per 64
+    /// activations).
+    ///
+    /// # Safety
+    /// As [`fourbit_q8_tile_run`] with `nb = wf[0].len() / 2` in its lengths, `qsum` holding
+    /// `tokens · wf[0].len()` sums.
+    fourbit_q8_tile_run_split, fourbit_q8_tile_run_split_vbmi = tile_run_split(
+        codes: [&[u8]; 4], wf: [&[f32]; 4], lut: &[i8; 16], qe: &[i8], qo: &[i8], q_stride: usize, xs: &[f32],
+        qsum: &[i32], tokens: usize, out: &mut [f32]
+    )
+}
+
 /// # Safety
 /// Inlined only into the two entry points `vbmi_pair!` makes of it, whose contract it has.
 #[inline(always)]
@@ -827,7 +958,51 @@ unsafe fn tile_run<const VBMI: bool>(
     tokens: usize,
     out: &mut [f32],
 ) {
-    let nb = wf[0].len();
+    // SAFETY: the caller's contract.
+    unsafe { tile_run_g::<VBMI, false>(codes, wf, lut, qe, qo, q_stride, xs, qsum, tokens, out) }
+}
+
+/// # Safety
+/// Inlined only into the two entry points `vbmi_pair!` makes of it, whose contract it has.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_run_split<const VBMI: bool>(
+    codes: [&[u8]; 4],
+    wf: [&[f32]; 4],
+    lut: &[i8; 16],
+    qe: &[i8],
+    qo: &[i8],
+    q_stride: usize,
+    xs: &[f32],
+    qsum: &[i32],
+    tokens: usize,
+    out: &mut [f32],
+) {
+    // SAFETY: the caller's contract.
+    unsafe { tile_run_g::<VBMI, true>(codes, wf, lut, qe, qo, q_stride, xs, qsum, tokens, out) }
+}
+
+/// The tile run's body, for weights in blocks of 64 or (`SPLIT`) of 32.
+///
+/// # Safety
+/// As [`tile_run`] or [`tile_run_split`].
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_run_g<const VBMI: bool, const SPLIT: bool>(
+    codes: [&[u8]; 4],
+    wf: [&[f32]; 4],
+    lut: &[i8; 16],
+    qe: &[i8],
+    qo: &[i8],
+    q_stride: usize,
+    xs: &[f32],
+    qsum: &[i32],
+    tokens: usize,
+    out: &mut [f32],
+) {
+    // Row factor (and bias sum) entries, and blocks of 64 activations (steps of 32 code bytes).
+    let entries = wf[0].len();
+    let nb = if SPLIT { entries / 2 } else { entries };
     let pairs = nb.div_ceil(2);
     debug_assert!(pairs <= TILE_RUN_MAX_PAIRS && tokens.is_multiple_of(4));
     // SAFETY: loads stay inside the lengths the caller guarantees (the odd last block through
@@ -847,21 +1022,20 @@ unsafe fn tile_run<const VBMI: bool>(
                 buf[8 * p + 2 * r + 1].write(l);
             }
         }
-        let minus128 = _mm512_set1_ps(-128.0);
         for t0 in (0..tokens).step_by(4) {
             let (qe, qo): ([*const i8; 4], [*const i8; 4]) = (
                 std::array::from_fn(|t| qe.as_ptr().add((t0 + t) * q_stride)),
                 std::array::from_fn(|t| qo.as_ptr().add((t0 + t) * q_stride)),
             );
             let xt: [*const f32; 4] = std::array::from_fn(|t| xs.as_ptr().add((t0 + t) * nb));
-            let st: [*const i32; 4] = std::array::from_fn(|t| qsum.as_ptr().add((t0 + t) * nb));
+            let st: [*const i32; 4] = std::array::from_fn(|t| qsum.as_ptr().add((t0 + t) * entries));
             let mut acc = [[_mm512_setzero_ps(); 4]; 4];
             for p in 0..pairs {
                 let b = 2 * p;
                 let two = b + 1 < nb;
                 let m: __mmask64 = if two { !0 } else { 0xFFFF_FFFF };
                 let i = b * 32;
-                let wfv: [__m512; 4] = std::array::from_fn(|r| scale_pair(wf[r].as_ptr(), b, two));
+                let wfv: [__m512; 4] = std::array::from_fn(|r| row_scales::<SPLIT>(wf[r].as_ptr(), b, two));
                 for t in 0..4 {
                     let e = _mm512_maskz_loadu_epi8(m, qe[t].add(i));
                     let o = _mm512_maskz_loadu_epi8(m, qo[t].add(i));
@@ -875,20 +1049,7 @@ unsafe fn tile_run<const VBMI: bool>(
                 }
             }
             // The bias, as in `tile`.
-            let mut j = 0;
-            while j < nb {
-                let left = nb - j;
-                let m: __mmask16 = if left >= 16 { !0 } else { (1u16 << left) - 1 };
-                let w: [__m512; 4] = std::array::from_fn(|r| _mm512_maskz_loadu_ps(m, wf[r].as_ptr().add(j)));
-                for t in 0..4 {
-                    let q = _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(m, st[t].add(j)));
-                    let cq = _mm512_mul_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, xt[t].add(j)), q), minus128);
-                    for r in 0..4 {
-                        acc[r][t] = _mm512_fmadd_ps(w[r], cq, acc[r][t]);
-                    }
-                }
-                j += 16;
-            }
+            take_bias::<SPLIT>(&mut acc, wf.map(|w| w.as_ptr()), xt, st, entries);
             let sums = hsum16(std::array::from_fn(|i| acc[i / 4][i % 4]));
             let mut v = [0f32; 16];
             _mm512_storeu_ps(v.as_mut_ptr(), sums);
