@@ -358,7 +358,8 @@ pub(crate) struct BlockQ8 {
 
 impl BlockQ8 {
     /// Quantizes `m` rows of `x` (`cols` wide) and pads with all-zero tokens up to `padded`,
-    /// the tokens on rayon's threads when `parallel`; with `abs`, the codes' absolute values too.
+    /// the tokens on the team's threads when `parallel`; with `abs`, the codes' absolute values
+    /// too.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         k: &Kernels,
@@ -848,29 +849,17 @@ fn tiled_dequant_gemm(out_t: &mut [f32], w: &Weight, x: &[f32], m: usize, par: P
 }
 
 fn gemm_f32(out: &mut [f32], w: &[f32], x: &[f32], m: usize, rows: usize, cols: usize, parallel: bool) {
-    if !parallel {
-        // out (m × rows) = x (m × cols) · Wᵀ (cols × rows)
-        return gemm_strided(
-            out,
-            (rows as isize, 1),
-            x,
-            (cols as isize, 1),
-            w,
-            (1, cols as isize),
-            m,
-            rows,
-            cols,
-            false,
-        );
-    }
-    // Pieces of rows on the team (outT, rows × m, so each piece is contiguous), then transposed.
+    // Pieces of a fixed number of rows (outT, rows × m, so each piece is contiguous), on the
+    // team or in turn, then transposed: the same pieces either way, so a prompt's results do
+    // not depend on the thread count (gemm blocks a product by its shape).
+    const ROWS: usize = 64;
     let mut out_t = vec![0f32; rows * m];
-    let tile = rows.div_ceil(4 * rayon::current_num_threads()).clamp(8, 256);
+    let par = if parallel { Par::Team } else { Par::Serial };
     for_row_chunks(
         &mut out_t,
         m,
-        tile,
-        Par::Team,
+        ROWS,
+        par,
         || (),
         |_, r0, o| {
             let n = o.len() / m;

@@ -649,9 +649,10 @@ unsafe fn fourbit_q8_rows<const R: usize, const T: usize>(
 /// AVX2 enabled; two floats readable at `f`.
 #[inline(always)]
 pub(super) unsafe fn factor_pair(f: *const f32) -> __m256 {
-    // SAFETY: an 8-byte load of the two floats (caller's contract); register moves.
+    // SAFETY: an 8-byte load of the two floats (caller's contract; `movq` takes any
+    // alignment, where `_mm_load_sd` would assume an f64's); register moves.
     unsafe {
-        let two = _mm_castpd_ps(_mm_load_sd(f as *const f64));
+        let two = _mm_castsi128_ps(_mm_loadl_epi64(f as *const __m128i));
         _mm256_permutevar8x32_ps(_mm256_castps128_ps256(two), _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1))
     }
 }

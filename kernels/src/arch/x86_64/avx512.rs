@@ -261,7 +261,8 @@ unsafe fn scale_pair(p: *const f32, b: usize, two: bool) -> __m512 {
     // SAFETY: the caller guarantees the one or two floats are readable.
     let v = unsafe {
         if two {
-            _mm_castpd_ps(_mm_load_sd(p.add(b) as *const f64))
+            // `movq`: any alignment (`_mm_load_sd` would assume an f64's).
+            _mm_castsi128_ps(_mm_loadl_epi64(p.add(b) as *const __m128i))
         } else {
             _mm_load_ss(p.add(b))
         }
@@ -283,7 +284,7 @@ unsafe fn scale_quad(p: *const f32, k: usize, two: bool) -> __m512 {
         if two {
             _mm_loadu_ps(p.add(k))
         } else {
-            _mm_castpd_ps(_mm_load_sd(p.add(k) as *const f64))
+            _mm_castsi128_ps(_mm_loadl_epi64(p.add(k) as *const __m128i))
         }
     };
     _mm512_permutexvar_ps(quarters, _mm512_castps128_ps512(v))
