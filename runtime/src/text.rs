@@ -76,9 +76,12 @@ fn expansion(part: Option<&Value>) -> f64 {
     }
 }
 
-/// Template instructions one rendering may run: a chat template spends a few hundred per
-/// message, so this covers conversations of thousands of messages.
-const TEMPLATE_FUEL: u64 = 5_000_000;
+/// Fuel one rendering may spend: one per template instruction and one per 64 bytes of data it
+/// makes (strings built by `~`, `+`, `*` and filters, and output). A chat template spends a few
+/// hundred a message, so this covers conversations of thousands of messages, while a template
+/// that doubles a string in a loop stops before its strings pass 64 MiB (it makes 128 MiB in
+/// all by then).
+const TEMPLATE_FUEL: u64 = 2_000_000;
 
 impl TextCodec {
     /// Loads the tokenizer and template from a model file's metadata.
@@ -155,11 +158,11 @@ impl TextCodec {
         env.add_template("chat", tpl).map_err(|e| RuntimeError::Template(format!("{e:#}")))?;
         let t = env.get_template("chat").map_err(|e| RuntimeError::Template(format!("{e:#}")))?;
         t.render(context! {
-            messages => messages,
+            messages => minijinja::value::Serde(messages),
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos.clone().unwrap_or_default(),
             eos_token => self.eos.clone().unwrap_or_default(),
-            tools => Value::Null,
+            tools => minijinja::Value::from(()),
         })
         .map_err(|e| RuntimeError::Template(format!("{e:#}")))
     }
@@ -228,6 +231,22 @@ mod tests {
         let c = codec("{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}", "", "");
         let many: Vec<(&str, &str)> = (0..5000).map(|_| ("user", "a message")).collect();
         assert!(c.apply_chat_template(&msgs(&many), true).is_ok());
+    }
+
+    /// Strings built up in a loop pay for their bytes: doubling one 40 times (a terabyte) stops
+    /// on fuel at tens of megabytes, by `~`, `+` or a filter alike.
+    #[test]
+    fn growing_strings_run_out_of_fuel() {
+        for grow in ["ns.s ~ ns.s", "ns.s + ns.s", "[ns.s, ns.s]|join", "ns.s * 2"] {
+            let tpl = format!(
+                "{{% set ns = namespace(s='x') %}}{{% for i in range(40) %}}{{% set ns.s = {grow} %}}{{% endfor %}}{{{{ ns.s|length }}}}"
+            );
+            let c = codec(&tpl, "", "");
+            let start = std::time::Instant::now();
+            let e = c.apply_chat_template(&msgs(&[("user", "hi")]), true).unwrap_err();
+            assert!(e.to_string().contains("fuel"), "{grow}: {e}");
+            assert!(start.elapsed().as_secs() < 10, "{grow}");
+        }
     }
 
     fn msgs(turns: &[(&str, &str)]) -> Vec<Message> {
