@@ -436,9 +436,9 @@ impl Kernels {
             dot_fourbit_q8: k::dot_fourbit_q8,
             fourbit_q8_step: 32,
             fourbit_q8_split: true,
-            // Scalar loads of the map beat the 16-wide gather (AMD Zen 5: a quarter of nf4 decode
-            // went to the gather; docs/PERFORMANCE.md).
-            nested_factors: crate::arch::x86_64::avx2::nested_factors,
+            // The map looked up in registers (the 16-wide gather had taken a quarter of nf4
+            // decode on AMD Zen 5, the AVX2 kernel's scalar loads a tenth; docs/PERFORMANCE.md).
+            nested_factors: k::nested_factors,
             quantize_q8: k::quantize_q8,
             fourbit_q8_tile: Some(k::fourbit_q8_tile),
             fourbit_q8_tile8: None,
