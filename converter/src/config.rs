@@ -145,6 +145,11 @@ pub fn normalise(cfg: &mut Value, warnings: &mut Vec<String>) -> Result<Dims> {
             ))
         }
     };
+    if head_dim % 2 != 0 {
+        // Rotary embeddings turn pairs of a head's values: an odd head cannot run (the runtime
+        // refuses such a file at open), so refuse it before writing one.
+        return Err(ConvertError::Config(format!("head_dim {head_dim} is odd; rotary embeddings need pairs")));
+    }
     let overflow = || ConvertError::Config("head counts × head_dim overflow".into());
     let attention_bias = flag(cfg, "attention_bias")?;
     let (qwen2, llama) = (model_type == "qwen2", model_type == "llama");
@@ -306,6 +311,8 @@ mod tests {
             ("vocab_size", json!(-1)),
             ("rope_theta", json!("big")),
             ("tie_word_embeddings", json!("yes")),
+            // An odd head cannot rotate in pairs (found by the `model_config` fuzz target).
+            ("head_dim", json!(63)),
         ] {
             let mut c = base();
             c[k] = v;

@@ -18,7 +18,8 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let xo: Vec<f32> = body[2 * n..3 * n].iter().map(|&b| b as f32 / 64.0 - 2.0).collect();
     let qe: Vec<i8> = body[n..2 * n].iter().map(|&b| (b as i8).max(-127)).collect();
     let qo: Vec<i8> = body[2 * n..3 * n].iter().map(|&b| (b as i8).max(-127)).collect();
-    let qsum: Vec<i32> = (0..blocks).map(|b| (b * half..(b + 1) * half).map(|i| qe[i] as i32 + qo[i] as i32).sum()).collect();
+    let qsum: Vec<i32> =
+        (0..blocks).map(|b| (b * half..(b + 1) * half).map(|i| qe[i] as i32 + qo[i] as i32).sum()).collect();
     for kind in [FourBitKind::Nf4, FourBitKind::Fp4] {
         let levels = kind.levels();
         let want = scalar::dot_fourbit(codes, &scales, levels, &xe, &xo, half);
@@ -33,9 +34,16 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
             .map(|b| {
                 let r = b * half..(b + 1) * half;
                 let f = scales[b];
-                    r.map(|i| f.abs() * 2.0 * (((lut[(codes[i] >> 4) as usize] as i32).abs() + 128) * (qe[i] as i32).abs() + ((lut[(codes[i] & 15) as usize] as i32).abs() + 128) * (qo[i] as i32).abs()) as f32).sum::<f32>()
+                r.map(|i| {
+                    f.abs()
+                        * 2.0
+                        * (((lut[(codes[i] >> 4) as usize] as i32).abs() + 128) * (qe[i] as i32).abs()
+                            + ((lut[(codes[i] & 15) as usize] as i32).abs() + 128) * (qo[i] as i32).abs())
+                            as f32
                 })
-                .sum();
+                .sum::<f32>()
+            })
+            .sum();
         let tol_q8 = (blocks as f32 + 5.0) * f32::EPSILON * terms + 1e-6;
         for k in Kernels::variants() {
             let got = k.dot_fourbit(codes, &scales, levels, &xe, &xo, half);
@@ -47,7 +55,8 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     }
     // Activation quantization for the integer route: bit-identical on every ISA, in blocks of 64
     // (the SIMD case) and of the fuzzed size, over the body read as floats.
-    let x: Vec<f32> = body.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).filter(|v| v.is_finite()).collect();
+    let x: Vec<f32> =
+        body.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).filter(|v| v.is_finite()).collect();
     for bs in [64, 2 * half] {
         let (h, nb) = (x.len().div_ceil(2), x.len().div_ceil(bs));
         let run = |k: &Kernels| {

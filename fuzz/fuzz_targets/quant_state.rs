@@ -13,7 +13,11 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let _ = std::fs::create_dir_all(&dir);
     std::fs::write(dir.join("config.json"), CONFIG).unwrap();
     let f16 = |n: usize| vec![0x3cu8; n * 2]; // 1.0-ish halves
-    let shapes: [(&str, Vec<usize>); 3] = [("model.embed_tokens.weight", vec![16, 64]), ("model.norm.weight", vec![64]), ("model.layers.0.input_layernorm.weight", vec![64])];
+    let shapes: [(&str, Vec<usize>); 3] = [
+        ("model.embed_tokens.weight", vec![16, 64]),
+        ("model.norm.weight", vec![64]),
+        ("model.layers.0.input_layernorm.weight", vec![64]),
+    ];
     let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> =
         shapes.iter().map(|(n, s)| (n.to_string(), Dtype::F16, s.clone(), f16(s.iter().product()))).collect();
     // q_proj quantized by "bitsandbytes": 64×64 codes, 64 absmax, the NF4 table and the fuzz JSON.
@@ -23,8 +27,10 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     owned.push((format!("{p}.absmax"), Dtype::F32, vec![64], vec![0; 256]));
     owned.push((format!("{p}.quant_map"), Dtype::F32, vec![16], nf4));
     owned.push((format!("{p}.quant_state.bitsandbytes__nf4"), Dtype::U8, vec![data.len()], data.to_vec()));
-    let views: Vec<(String, TensorView)> =
-        owned.iter().filter_map(|(n, d, s, b)| TensorView::new(*d, s.clone(), b).ok().map(|v| (n.clone(), v))).collect();
+    let views: Vec<(String, TensorView)> = owned
+        .iter()
+        .filter_map(|(n, d, s, b)| TensorView::new(*d, s.clone(), b).ok().map(|v| (n.clone(), v)))
+        .collect();
     if safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).is_err() {
         return;
     }

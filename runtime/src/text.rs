@@ -89,7 +89,17 @@ impl TextCodec {
         let json = meta.tokenizer_json.as_deref().ok_or_else(|| {
             RuntimeError::Tokenizer("this model file has no tokenizer; use token ids (--tokens)".into())
         })?;
-        let tokenizer = json.parse::<tokenizers::Tokenizer>().map_err(|e| RuntimeError::Tokenizer(e.to_string()))?;
+        // The tokenizers library panics on some malformed parts (a `decoder` of neither of its
+        // layouts): a file that holds one gets an error, not a crash.
+        let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| json.parse::<tokenizers::Tokenizer>()));
+        let tokenizer = match parsed {
+            Ok(t) => t.map_err(|e| RuntimeError::Tokenizer(e.to_string()))?,
+            Err(_) => {
+                return Err(RuntimeError::Tokenizer(
+                    "tokenizer.json is malformed: the tokenizers library failed on it".into(),
+                ))
+            }
+        };
         let parts: Value = serde_json::from_str(json).map_err(|e| RuntimeError::Tokenizer(e.to_string()))?;
         let expansion = expansion(parts.get("normalizer")) * expansion(parts.get("pre_tokenizer"));
         let cfg = meta.tokenizer_config.as_ref();
@@ -231,6 +241,29 @@ mod tests {
         let c = codec("{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}", "", "");
         let many: Vec<(&str, &str)> = (0..5000).map(|_| ("user", "a message")).collect();
         assert!(c.apply_chat_template(&msgs(&many), true).is_ok());
+    }
+
+    /// A decoder of neither layout makes the tokenizers library panic (found by the
+    /// `tokenizer_json` fuzz target): loading the file is an error instead.
+    #[test]
+    fn a_tokenizer_that_panics_the_library_is_an_error() {
+        let tok = r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],"normalizer":null,"pre_tokenizer":null,
+            "post_processor":null,"decoder":{"type":"ByteLevel","add_prefix_space":true,"trim_offset, "content"s":true},
+            "model":{"type":"WordLevel","vocab":{"<unk>":0},"unk_token":"<unk>"}}"#;
+        let meta = Metadata {
+            architecture: "llama".into(),
+            config: serde_json::json!({}),
+            tokenizer_json: Some(tok.into()),
+            tokenizer_config: None,
+            chat_template: None,
+            generation_config: None,
+            quantization: Default::default(),
+            converter: Default::default(),
+            sources: vec![],
+            adapters: vec![],
+        };
+        let e = TextCodec::from_metadata(&meta).unwrap_err();
+        assert!(e.to_string().contains("tokenizer"), "{e}");
     }
 
     /// Strings built up in a loop pay for their bytes: doubling one 40 times (a terabyte) stops
