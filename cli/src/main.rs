@@ -17,6 +17,15 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
+    // The tokenizers library panics on some malformed tokenizer.json parts; the runtime catches
+    // that and reports a malformed tokenizer, so the library's own panic message stays off the
+    // terminal. Every other panic is reported as before.
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !info.location().is_some_and(|l| l.file().contains("/tokenizers-")) {
+            report(info)
+        }
+    }));
     let cli = args::Cli::parse();
     // Output piped into a reader that stops early (`lowbit inspect F | head`) ends the process
     // quietly, as it does other command-line tools, instead of a panic in `println!`. Not for

@@ -94,6 +94,36 @@ fn unknown_template_variable_is_an_error() {
     fails(bin().args(["run", "-m", m.to_str().unwrap(), "--chat", "-p", "hi"]), "chat template");
 }
 
+/// A tokenizer.json whose decoder is not valid JSON makes the tokenizers library panic: the
+/// conversion warns, and running the file is a clean error with no panic message on stderr.
+#[test]
+fn a_tokenizer_that_panics_its_library_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ckpt");
+    let mut cfg = lowbit_convert::synth::presets().into_iter().find(|p| p.name == "mistral-7b-v0.1").unwrap().config;
+    for (k, v) in [
+        ("hidden_size", 64),
+        ("intermediate_size", 128),
+        ("num_attention_heads", 4),
+        ("num_key_value_heads", 2),
+        ("head_dim", 16),
+        ("vocab_size", 300),
+    ] {
+        cfg[k] = v.into();
+    }
+    lowbit_convert::synth::synthesize(&cfg, &dir, 1, Some(1), 1 << 30).unwrap();
+    let tok = r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],"normalizer":null,"pre_tokenizer":null,
+        "post_processor":null,"decoder":{"type":"ByteLevel","add_prefix_space":true,"trim_offset, "content"s":true},
+        "model":{"type":"WordLevel","vocab":{"<unk>":0},"unk_token":"<unk>"}}"#;
+    std::fs::write(dir.join("tokenizer.json"), tok).unwrap();
+    let m = tmp.path().join("t.lowbit");
+    let o =
+        bin().args(["convert", dir.to_str().unwrap(), "-o", m.to_str().unwrap(), "--quant", "int8"]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && err.contains("tokenizer.json does not load") && !err.contains("panicked"), "{err}");
+    fails(bin().args(["run", "-m", m.to_str().unwrap(), "-p", "hi"]), "tokenizer.json is malformed");
+}
+
 #[test]
 fn llm_int8_code_outside_its_range_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
