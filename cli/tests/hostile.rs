@@ -35,6 +35,23 @@ fn only_entries(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect()
 }
 
+/// A one-layer Mistral-shaped checkpoint with random weights (and the synthesizer's tokenizer)
+/// in `dir`.
+fn tiny_checkpoint(dir: &Path) {
+    let mut cfg = lowbit_convert::synth::presets().into_iter().find(|p| p.name == "mistral-7b-v0.1").unwrap().config;
+    for (k, v) in [
+        ("hidden_size", 64),
+        ("intermediate_size", 128),
+        ("num_attention_heads", 4),
+        ("num_key_value_heads", 2),
+        ("head_dim", 16),
+        ("vocab_size", 300),
+    ] {
+        cfg[k] = v.into();
+    }
+    lowbit_convert::synth::synthesize(&cfg, dir, 1, Some(1), 1 << 30).unwrap();
+}
+
 #[test]
 fn runtime_input_errors() {
     let tmp = tempfile::tempdir().unwrap();
@@ -75,18 +92,7 @@ fn runtime_input_errors() {
 fn unknown_template_variable_is_an_error() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("ckpt");
-    let mut cfg = lowbit_convert::synth::presets().into_iter().find(|p| p.name == "mistral-7b-v0.1").unwrap().config;
-    for (k, v) in [
-        ("hidden_size", 64),
-        ("intermediate_size", 128),
-        ("num_attention_heads", 4),
-        ("num_key_value_heads", 2),
-        ("head_dim", 16),
-        ("vocab_size", 300),
-    ] {
-        cfg[k] = v.into();
-    }
-    lowbit_convert::synth::synthesize(&cfg, &dir, 1, Some(1), 1 << 30).unwrap();
+    tiny_checkpoint(&dir);
     let tc = serde_json::json!({"bos_token": "<s>", "eos_token": "</s>", "chat_template": "{{ bos_token }}{{ no_such_variable }}"});
     std::fs::write(dir.join("tokenizer_config.json"), tc.to_string()).unwrap();
     let m = tmp.path().join("t.lowbit");
@@ -100,18 +106,7 @@ fn unknown_template_variable_is_an_error() {
 fn a_tokenizer_that_panics_its_library_is_an_error() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("ckpt");
-    let mut cfg = lowbit_convert::synth::presets().into_iter().find(|p| p.name == "mistral-7b-v0.1").unwrap().config;
-    for (k, v) in [
-        ("hidden_size", 64),
-        ("intermediate_size", 128),
-        ("num_attention_heads", 4),
-        ("num_key_value_heads", 2),
-        ("head_dim", 16),
-        ("vocab_size", 300),
-    ] {
-        cfg[k] = v.into();
-    }
-    lowbit_convert::synth::synthesize(&cfg, &dir, 1, Some(1), 1 << 30).unwrap();
+    tiny_checkpoint(&dir);
     let tok = r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],"normalizer":null,"pre_tokenizer":null,
         "post_processor":null,"decoder":{"type":"ByteLevel","add_prefix_space":true,"trim_offset, "content"s":true},
         "model":{"type":"WordLevel","vocab":{"<unk>":0},"unk_token":"<unk>"}}"#;
