@@ -709,6 +709,15 @@ fn inspect(py: Python<'_>, path: PathBuf, n_ctx: usize) -> PyResult<Py<PyAny>> {
 
 #[pymodule]
 fn lowbit(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // The tokenizers library panics on some malformed tokenizer.json parts; the runtime catches
+    // that and raises a malformed-tokenizer error, so keep the library's panic message off
+    // stderr. The hook belongs to this extension's own Rust code; other panics report as before.
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !info.location().is_some_and(|l| l.file().contains("/tokenizers-")) {
+            report(info)
+        }
+    }));
     m.add_class::<Llama>()?;
     m.add_class::<Stream>()?;
     m.add_function(wrap_pyfunction!(convert, m)?)?;

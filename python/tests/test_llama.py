@@ -138,6 +138,26 @@ def test_echo_logprobs_score_the_prompt(llm):
     assert lp["token_logprobs"][0] is None and all(x <= 0 for x in lp["token_logprobs"][1:])
 
 
+def test_a_tokenizer_that_panics_its_library_is_an_error(tmp_path, capfd):
+    # A decoder that is not valid JSON makes the tokenizers library panic: an exception here,
+    # with no panic message on stderr.
+    src = tmp_path / "ckpt"
+    shutil.copytree(TINY_HF, src)
+    (src / "tokenizer.json").write_text(
+        '{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],"normalizer":null,'
+        '"pre_tokenizer":null,"post_processor":null,'
+        '"decoder":{"type":"ByteLevel","add_prefix_space":true,"trim_offset, "content"s":true},'
+        '"model":{"type":"WordLevel","vocab":{"<unk>":0},"unk_token":"<unk>"}}'
+    )
+    out = tmp_path / "t.lowbit"
+    cli("convert", str(src), "-o", str(out), "--quant", "int8", "-q")
+    capfd.readouterr()
+    with lowbit.Llama(model_path=str(out), n_threads=1) as m:
+        with pytest.raises(lowbit.LowbitError, match="malformed"):
+            m.tokenize(b"hi")
+    assert "panicked" not in capfd.readouterr().err
+
+
 def test_bad_arguments_raise(llm, tmp_path):
     with pytest.raises(FileNotFoundError):
         lowbit.Llama(model_path=str(tmp_path / "missing.lowbit"))
