@@ -14,13 +14,13 @@ use half::{bf16, f16};
 /// compiled twice, with and without `avx512vbmi` among its target features. The plain one
 /// carries the given docs.
 macro_rules! vbmi_pair {
-    ($(#[$doc:meta])* $plain:ident, $vbmi:ident = $body:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)?) => {
+    ($(#[$doc:meta])* $plain:ident, $vbmi:ident = $body:ident $([$extra:expr])? ($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)?) => {
         $(#[$doc])*
         #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
         #[allow(clippy::too_many_arguments)]
         pub unsafe fn $plain($($arg: $ty),*) $(-> $ret)? {
             // SAFETY: the caller's contract is the body's.
-            unsafe { $body::<false>($($arg),*) }
+            unsafe { $body::<false $(, $extra)?>($($arg),*) }
         }
 
         #[doc = concat!("[`", stringify!($plain), "`] with the nibble lookups through VBMI's `vpermb` ([`lookup`]).")]
@@ -31,7 +31,7 @@ macro_rules! vbmi_pair {
         #[allow(clippy::too_many_arguments)]
         pub unsafe fn $vbmi($($arg: $ty),*) $(-> $ret)? {
             // SAFETY: the caller's contract is the body's, VBMI included.
-            unsafe { $body::<true>($($arg),*) }
+            unsafe { $body::<true $(, $extra)?>($($arg),*) }
         }
     };
 }
@@ -495,7 +495,7 @@ vbmi_pair! {
     /// # Safety
     /// AVX-512F/BW/VL and VNNI must be available; with `nb = wf[0].len()`, every `wf[r]`, `xs[t]`,
     /// `qsum[t]` holds `nb` entries and every `codes[r]`, `qe[t]`, `qo[t]` at least `32 · nb` bytes.
-    fourbit_q8_tile, fourbit_q8_tile_vbmi = tile(
+    fourbit_q8_tile, fourbit_q8_tile_vbmi = tile_g[false](
         codes: [&[u8]; 4], wf: [&[f32]; 4], lut: &[i8; 16], qe: [&[i8]; 4], qo: [&[i8]; 4], xs: [&[f32]; 4],
         qsum: [&[i32]; 4]
     ) -> [[f32; 4]; 4]
@@ -508,48 +508,16 @@ vbmi_pair! {
     ///
     /// # Safety
     /// As [`fourbit_q8_tile`] with `wf[r].len()` = `qsum[t].len()` = 2 · `xs[t].len()` = 2 · `nb`.
-    fourbit_q8_tile_split, fourbit_q8_tile_split_vbmi = tile_split(
+    fourbit_q8_tile_split, fourbit_q8_tile_split_vbmi = tile_g[true](
         codes: [&[u8]; 4], wf: [&[f32]; 4], lut: &[i8; 16], qe: [&[i8]; 4], qo: [&[i8]; 4], xs: [&[f32]; 4],
         qsum: [&[i32]; 4]
     ) -> [[f32; 4]; 4]
 }
 
-/// # Safety
-/// Inlined only into the two entry points `vbmi_pair!` makes of it, whose contract it has.
-#[inline(always)]
-unsafe fn tile<const VBMI: bool>(
-    codes: [&[u8]; 4],
-    wf: [&[f32]; 4],
-    lut: &[i8; 16],
-    qe: [&[i8]; 4],
-    qo: [&[i8]; 4],
-    xs: [&[f32]; 4],
-    qsum: [&[i32]; 4],
-) -> [[f32; 4]; 4] {
-    // SAFETY: the caller's contract.
-    unsafe { tile_g::<VBMI, false>(codes, wf, lut, qe, qo, xs, qsum) }
-}
-
-/// # Safety
-/// Inlined only into the two entry points `vbmi_pair!` makes of it, whose contract it has.
-#[inline(always)]
-unsafe fn tile_split<const VBMI: bool>(
-    codes: [&[u8]; 4],
-    wf: [&[f32]; 4],
-    lut: &[i8; 16],
-    qe: [&[i8]; 4],
-    qo: [&[i8]; 4],
-    xs: [&[f32]; 4],
-    qsum: [&[i32]; 4],
-) -> [[f32; 4]; 4] {
-    // SAFETY: the caller's contract.
-    unsafe { tile_g::<VBMI, true>(codes, wf, lut, qe, qo, xs, qsum) }
-}
-
 /// The tile's body, for weights in blocks of 64 or (`SPLIT`) of 32.
 ///
 /// # Safety
-/// As [`tile`] or [`tile_split`].
+/// Inlined only into the entry points `vbmi_pair!` makes of it, whose contract it has.
 #[inline(always)]
 unsafe fn tile_g<const VBMI: bool, const SPLIT: bool>(
     codes: [&[u8]; 4],
@@ -907,7 +875,7 @@ pub unsafe fn dot_q8_x4t4(
     out
 }
 
-/// Block pairs (of 64 weights each) [`tile_run`] looks up into its buffer.
+/// Block pairs (of 64 weights each) [`tile_run_g`] looks up into its buffer.
 const TILE_RUN_MAX_PAIRS: usize = super::TILE_RUN_MAX_BLOCKS / 2;
 
 vbmi_pair! {
@@ -923,7 +891,7 @@ vbmi_pair! {
     /// `TILE_RUN_MAX_BLOCKS`), every `wf[r]` holds `nb` entries and every `codes[r]` at least
     /// `32 · nb` bytes; `tokens` is a multiple of 4; `qe`, `qo` hold `(tokens − 1)·q_stride + 32·nb`
     /// elements, `xs`, `qsum` `tokens · nb`, `out` `4 · tokens`.
-    fourbit_q8_tile_run, fourbit_q8_tile_run_vbmi = tile_run(
+    fourbit_q8_tile_run, fourbit_q8_tile_run_vbmi = tile_run_g[false](
         codes: [&[u8]; 4], wf: [&[f32]; 4], lut: &[i8; 16], qe: &[i8], qo: &[i8], q_stride: usize, xs: &[f32],
         qsum: &[i32], tokens: usize, out: &mut [f32]
     )
@@ -937,56 +905,16 @@ vbmi_pair! {
     /// # Safety
     /// As [`fourbit_q8_tile_run`] with `nb = wf[0].len() / 2` in its lengths, `qsum` holding
     /// `tokens · wf[0].len()` sums.
-    fourbit_q8_tile_run_split, fourbit_q8_tile_run_split_vbmi = tile_run_split(
+    fourbit_q8_tile_run_split, fourbit_q8_tile_run_split_vbmi = tile_run_g[true](
         codes: [&[u8]; 4], wf: [&[f32]; 4], lut: &[i8; 16], qe: &[i8], qo: &[i8], q_stride: usize, xs: &[f32],
         qsum: &[i32], tokens: usize, out: &mut [f32]
     )
 }
 
-/// # Safety
-/// Inlined only into the two entry points `vbmi_pair!` makes of it, whose contract it has.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile_run<const VBMI: bool>(
-    codes: [&[u8]; 4],
-    wf: [&[f32]; 4],
-    lut: &[i8; 16],
-    qe: &[i8],
-    qo: &[i8],
-    q_stride: usize,
-    xs: &[f32],
-    qsum: &[i32],
-    tokens: usize,
-    out: &mut [f32],
-) {
-    // SAFETY: the caller's contract.
-    unsafe { tile_run_g::<VBMI, false>(codes, wf, lut, qe, qo, q_stride, xs, qsum, tokens, out) }
-}
-
-/// # Safety
-/// Inlined only into the two entry points `vbmi_pair!` makes of it, whose contract it has.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile_run_split<const VBMI: bool>(
-    codes: [&[u8]; 4],
-    wf: [&[f32]; 4],
-    lut: &[i8; 16],
-    qe: &[i8],
-    qo: &[i8],
-    q_stride: usize,
-    xs: &[f32],
-    qsum: &[i32],
-    tokens: usize,
-    out: &mut [f32],
-) {
-    // SAFETY: the caller's contract.
-    unsafe { tile_run_g::<VBMI, true>(codes, wf, lut, qe, qo, q_stride, xs, qsum, tokens, out) }
-}
-
 /// The tile run's body, for weights in blocks of 64 or (`SPLIT`) of 32.
 ///
 /// # Safety
-/// As [`tile_run`] or [`tile_run_split`].
+/// Inlined only into the entry points `vbmi_pair!` makes of it, whose contract it has.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile_run_g<const VBMI: bool, const SPLIT: bool>(

@@ -21,13 +21,13 @@ use core::arch::x86_64::*;
 
 /// The VEX and EVEX entry points of a kernel body generic over `EVEX`.
 macro_rules! vnni_pair {
-    ($(#[$doc:meta])* $vex:ident, $evex:ident = $body:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)?) => {
+    ($(#[$doc:meta])* $vex:ident, $evex:ident = $body:ident $([$extra:expr])? ($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)?) => {
         $(#[$doc])*
         #[target_feature(enable = "avx2,fma,avxvnni")]
         #[allow(clippy::too_many_arguments)]
         pub unsafe fn $vex($($arg: $ty),*) $(-> $ret)? {
             // SAFETY: the caller's contract is the body's.
-            unsafe { $body::<false>($($arg),*) }
+            unsafe { $body::<false $(, $extra)?>($($arg),*) }
         }
 
         #[doc = concat!("[`", stringify!($vex), "`] with AVX-512 VNNI's encoding of `vpdpbusd`.")]
@@ -38,7 +38,7 @@ macro_rules! vnni_pair {
         #[allow(clippy::too_many_arguments)]
         pub unsafe fn $evex($($arg: $ty),*) $(-> $ret)? {
             // SAFETY: the caller's contract is the body's.
-            unsafe { $body::<true>($($arg),*) }
+            unsafe { $body::<true $(, $extra)?>($($arg),*) }
         }
     };
 }
@@ -355,7 +355,7 @@ vnni_pair! {
     /// AVX2, FMA and AVX-VNNI must be available; with `nb = wf[0].len()`, every `wf[r]`, `xs[t]`,
     /// `qsum[t]` holds `nb` entries and every `codes[r]`, `qe[t]`, `qo[t]` at least `32 · nb`
     /// bytes.
-    fourbit_q8_tile_vex, fourbit_q8_tile_evex = fourbit_q8_tile(
+    fourbit_q8_tile_vex, fourbit_q8_tile_evex = tile_g[false](
         codes: [&[u8]; 4], wf: [&[f32]; 4], lut: &[i8; 16], qe: [&[i8]; 4], qo: [&[i8]; 4], xs: [&[f32]; 4],
         qsum: [&[i32]; 4]
     ) -> [[f32; 4]; 4]
@@ -370,38 +370,10 @@ vnni_pair! {
     ///
     /// # Safety
     /// As [`fourbit_q8_tile_vex`] with `wf[0].len()` = `qsum[t].len()` = 2 · `xs[t].len()`.
-    fourbit_q8_tile_split_vex, fourbit_q8_tile_split_evex = fourbit_q8_tile_split(
+    fourbit_q8_tile_split_vex, fourbit_q8_tile_split_evex = tile_g[true](
         codes: [&[u8]; 4], wf: [&[f32]; 4], lut: &[i8; 16], qe: [&[i8]; 4], qo: [&[i8]; 4], xs: [&[f32]; 4],
         qsum: [&[i32]; 4]
     ) -> [[f32; 4]; 4]
-}
-
-#[inline(always)]
-unsafe fn fourbit_q8_tile<const EVEX: bool>(
-    codes: [&[u8]; 4],
-    wf: [&[f32]; 4],
-    lut: &[i8; 16],
-    qe: [&[i8]; 4],
-    qo: [&[i8]; 4],
-    xs: [&[f32]; 4],
-    qsum: [&[i32]; 4],
-) -> [[f32; 4]; 4] {
-    // SAFETY: the caller's contract.
-    unsafe { tile_g::<EVEX, false>(codes, wf, lut, qe, qo, xs, qsum) }
-}
-
-#[inline(always)]
-unsafe fn fourbit_q8_tile_split<const EVEX: bool>(
-    codes: [&[u8]; 4],
-    wf: [&[f32]; 4],
-    lut: &[i8; 16],
-    qe: [&[i8]; 4],
-    qo: [&[i8]; 4],
-    xs: [&[f32]; 4],
-    qsum: [&[i32]; 4],
-) -> [[f32; 4]; 4] {
-    // SAFETY: the caller's contract.
-    unsafe { tile_g::<EVEX, true>(codes, wf, lut, qe, qo, xs, qsum) }
 }
 
 /// Where step `b`'s biased sum starts: `−128 · Σq` of its block in lane 0 (with `SPLIT`, of
@@ -477,7 +449,7 @@ vnni_pair! {
     /// [`TILE_RUN_MAX_BLOCKS`]), every `wf[r]` holds `nb` entries and every `codes[r]` at least
     /// `32 · nb` bytes; `tokens` is a multiple of 4; `qe`, `qo` hold
     /// `(tokens − 1)·q_stride + 32·nb` elements, `xs`, `qsum` `tokens · nb`, `out` `4 · tokens`.
-    fourbit_q8_tile_run_vex, fourbit_q8_tile_run_evex = fourbit_q8_tile_run(
+    fourbit_q8_tile_run_vex, fourbit_q8_tile_run_evex = tile_run_g[false](
         codes: [&[u8]; 4], wf: [&[f32]; 4], lut: &[i8; 16], qe: &[i8], qo: &[i8], q_stride: usize, xs: &[f32],
         qsum: &[i32], tokens: usize, out: &mut [f32]
     )
@@ -492,46 +464,10 @@ vnni_pair! {
     /// As [`fourbit_q8_tile_run_vex`] with `wf[0].len()` even, at most
     /// `2 · TILE_RUN_MAX_BLOCKS`; `xs` holds `tokens · wf[0].len() / 2` entries, `qsum`
     /// `tokens · wf[0].len()`.
-    fourbit_q8_tile_run_split_vex, fourbit_q8_tile_run_split_evex = fourbit_q8_tile_run_split(
+    fourbit_q8_tile_run_split_vex, fourbit_q8_tile_run_split_evex = tile_run_g[true](
         codes: [&[u8]; 4], wf: [&[f32]; 4], lut: &[i8; 16], qe: &[i8], qo: &[i8], q_stride: usize, xs: &[f32],
         qsum: &[i32], tokens: usize, out: &mut [f32]
     )
-}
-
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn fourbit_q8_tile_run<const EVEX: bool>(
-    codes: [&[u8]; 4],
-    wf: [&[f32]; 4],
-    lut: &[i8; 16],
-    qe: &[i8],
-    qo: &[i8],
-    q_stride: usize,
-    xs: &[f32],
-    qsum: &[i32],
-    tokens: usize,
-    out: &mut [f32],
-) {
-    // SAFETY: the caller's contract.
-    unsafe { tile_run_g::<EVEX, false>(codes, wf, lut, qe, qo, q_stride, xs, qsum, tokens, out) }
-}
-
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn fourbit_q8_tile_run_split<const EVEX: bool>(
-    codes: [&[u8]; 4],
-    wf: [&[f32]; 4],
-    lut: &[i8; 16],
-    qe: &[i8],
-    qo: &[i8],
-    q_stride: usize,
-    xs: &[f32],
-    qsum: &[i32],
-    tokens: usize,
-    out: &mut [f32],
-) {
-    // SAFETY: the caller's contract.
-    unsafe { tile_run_g::<EVEX, true>(codes, wf, lut, qe, qo, q_stride, xs, qsum, tokens, out) }
 }
 
 /// The tile run's body, for blocks of 64 or (`SPLIT`) of 32 weights two to a step.
@@ -578,10 +514,10 @@ unsafe fn tile_run_g<const EVEX: bool, const SPLIT: bool>(
     }
 }
 
-/// Tokens `t0 .. t0 + T` of [`fourbit_q8_tile_run`] against the looked-up rows in `buf`.
+/// Tokens `t0 .. t0 + T` of [`tile_run_g`] against the looked-up rows in `buf`.
 ///
 /// # Safety
-/// As [`fourbit_q8_tile_run`], with `buf` its looked-up rows and `t0 + T ≤ tokens`.
+/// As [`tile_run_g`], with `buf` its looked-up rows and `t0 + T ≤ tokens`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile_run_tokens<const T: usize, const EVEX: bool, const SPLIT: bool>(
