@@ -194,33 +194,57 @@ pub unsafe fn dot_f16_rows(out: &mut [f32], q: &[f32], rows: &[f16], stride: usi
 #[inline(always)]
 unsafe fn dot_rows_body<E: RowElem>(out: &mut [f32], q: &[f32], rp: *const E, stride: usize) {
     let (n, d) = (out.len(), q.len());
-    let qp = q.as_ptr();
     let mut j = 0;
-    // SAFETY: row j reads rp[j·stride .. j·stride + d], inside the rows by the caller's contract.
+    // SAFETY: the groups read rows j .. j + G, inside the rows by the caller's contract.
     unsafe {
+        // Eight rows a pass keep eight independent FMA chains in flight (four leave the chains'
+        // latency exposed: attention's 64-wide heads and a low-rank A are all chain); each row
+        // keeps the four-row group's bits, so results do not depend on the grouping.
+        while j + 8 <= n {
+            let s = dot_rows_group::<E, 8>(q, rp.add(j * stride), stride);
+            out[j..j + 8].copy_from_slice(&s);
+            j += 8;
+        }
         while j + 4 <= n {
-            let mut acc = [_mm256_setzero_ps(); 4];
-            let mut i = 0;
-            while i + 8 <= d {
-                let qv = _mm256_loadu_ps(qp.add(i));
-                for (r, a) in acc.iter_mut().enumerate() {
-                    *a = _mm256_fmadd_ps(E::load8(rp.add((j + r) * stride + i)), qv, *a);
-                }
-                i += 8;
-            }
-            let mut s = [0f32; 4];
-            _mm_storeu_ps(s.as_mut_ptr(), hsum4(acc));
-            for (r, sr) in s.iter_mut().enumerate() {
-                for ii in i..d {
-                    *sr = (*qp.add(ii)).mul_add((*rp.add((j + r) * stride + ii)).widen(), *sr);
-                }
-            }
+            let s = dot_rows_group::<E, 4>(q, rp.add(j * stride), stride);
             out[j..j + 4].copy_from_slice(&s);
             j += 4;
         }
         for (jj, o) in out.iter_mut().enumerate().skip(j) {
-            *o = dot_body(qp, rp.add(jj * stride), d);
+            *o = dot_body(q.as_ptr(), rp.add(jj * stride), d);
         }
+    }
+}
+
+/// `G` (4 or 8) rows against `q`: one eight-lane chain per row, summed four rows at a time by
+/// [`hsum4`], then the elements past the last multiple of eight in order.
+///
+/// # Safety
+/// AVX2 and FMA enabled by the caller; rows `0 .. G` (`stride` apart) readable for `q.len()`.
+#[inline(always)]
+unsafe fn dot_rows_group<E: RowElem, const G: usize>(q: &[f32], rp: *const E, stride: usize) -> [f32; G] {
+    let (d, qp) = (q.len(), q.as_ptr());
+    // SAFETY: loads stay inside rows 0 .. G by the caller's contract.
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); G];
+        let mut i = 0;
+        while i + 8 <= d {
+            let qv = _mm256_loadu_ps(qp.add(i));
+            for (r, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(E::load8(rp.add(r * stride + i)), qv, *a);
+            }
+            i += 8;
+        }
+        let mut s = [0f32; G];
+        for (four, sf) in acc.chunks_exact(4).zip(s.chunks_exact_mut(4)) {
+            _mm_storeu_ps(sf.as_mut_ptr(), hsum4([four[0], four[1], four[2], four[3]]));
+        }
+        for (r, sr) in s.iter_mut().enumerate() {
+            for ii in i..d {
+                *sr = (*qp.add(ii)).mul_add((*rp.add(r * stride + ii)).widen(), *sr);
+            }
+        }
+        s
     }
 }
 
@@ -270,6 +294,21 @@ unsafe fn axpy_rows_body<E: RowElem>(y: &mut [f32], a: &[f32], rp: *const E, str
     // SAFETY: row j reads rp[j·stride + c ..] below j·stride + d, inside the rows by the caller's
     // contract; y accesses stay below d.
     unsafe {
+        // 64 columns a pass where they fit: eight independent chains (each column's FMAs stay in
+        // row order, so the bits do not change), where 32 leave the FMA latency exposed.
+        while c + 64 <= d {
+            let mut acc: [__m256; 8] = std::array::from_fn(|u| _mm256_loadu_ps(yp.add(c + 8 * u)));
+            for (j, &aj) in a.iter().enumerate() {
+                let (av, p) = (_mm256_set1_ps(aj), rp.add(j * stride + c));
+                for (u, v) in acc.iter_mut().enumerate() {
+                    *v = _mm256_fmadd_ps(av, E::load8(p.add(8 * u)), *v);
+                }
+            }
+            for (u, v) in acc.iter().enumerate() {
+                _mm256_storeu_ps(yp.add(c + 8 * u), *v);
+            }
+            c += 64;
+        }
         while c + 32 <= d {
             let mut acc: [__m256; 4] = std::array::from_fn(|u| _mm256_loadu_ps(yp.add(c + 8 * u)));
             for (j, &aj) in a.iter().enumerate() {
