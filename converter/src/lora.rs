@@ -17,7 +17,7 @@ use crate::error::{ConvertError, Result};
 use crate::sidefile;
 use crate::source::safetensors::SafetensorsSource;
 use crate::source::{SrcDtype, SrcTensor, TensorSource};
-use lowbit_format::AdapterRecord;
+use lowbit_format::{AdapterRecord, AdapterValues};
 use regex::Regex;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -311,9 +311,9 @@ pub struct RunTimeDelta {
     /// The weight it goes beside (`model.layers.N.self_attn.q_proj.weight`).
     pub target: String,
     /// `r × in`, row-major.
-    pub a: Vec<f32>,
+    pub a: AdapterValues,
     /// `out × r`, row-major.
-    pub b: Vec<f32>,
+    pub b: AdapterValues,
     /// Rank.
     pub r: usize,
     /// The whole scaling: user scale · alpha / r (or / √r).
@@ -347,7 +347,7 @@ pub fn load_for_run_time(
     for target in a.targets() {
         let (r, scale) = a.rank_and_scale(&target);
         let (av, bv) = a.pair_f32(&target)?;
-        deltas.push(RunTimeDelta { target, a: av, b: bv, r, scale });
+        deltas.push(RunTimeDelta { target, a: AdapterValues::F32(av), b: AdapterValues::F32(bv), r, scale });
     }
     Ok((a.record, deltas))
 }

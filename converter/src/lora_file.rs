@@ -19,10 +19,12 @@ use crate::lora::{load_low_rank, scaling, LoraSpec, RunTimeDelta};
 use crate::source::safetensors::SafetensorsSource;
 use crate::source::{SrcDtype, TensorSource};
 use lowbit_format::{
-    AdapterRecord, ConverterInfo, Metadata, ModelFile, QuantSettings, Scheme, TensorSpec, Writer, ADAPTER_ARCHITECTURE,
+    AdapterRecord, AdapterValues, ConverterInfo, Metadata, ModelFile, QuantSettings, Scheme, TensorSpec, Writer,
+    ADAPTER_ARCHITECTURE,
 };
 use serde_json::{json, Value};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Whether `dir` holds a PEFT adapter rather than a model: `adapter_config.json` and no
@@ -130,7 +132,7 @@ pub fn load_adapter_file(
 ) -> Result<(AdapterRecord, Vec<RunTimeDelta>)> {
     let path = &spec.dir;
     let bad = |problem: String| ConvertError::Config(format!("LoRA adapter file {}: {problem}", path.display()));
-    let file = ModelFile::open(path)?;
+    let file = Arc::new(ModelFile::open(path)?);
     if !is_adapter_file(&file) {
         return Err(bad(format!(
             "this is a {} model, not an adapter (an adapter is a PEFT folder or a file made from one by lowbit convert)",
@@ -160,7 +162,8 @@ pub fn load_adapter_file(
             )));
         };
         let [rows, cols] = shape[..] else { return Err(bad(format!("{target} is not a matrix in the model"))) };
-        let read = |kind: &str, want: [usize; 2]| -> Result<Vec<f32>> {
+        // Checked here, used in place by the runtime (nothing copied).
+        let check = |kind: &str, want: [usize; 2]| -> Result<AdapterValues> {
             let name = format!("{target}.{kind}");
             let t = file.tensor(&name).ok_or_else(|| ConvertError::MissingTensor(name.clone()))?;
             let shape: Vec<usize> = t.info.shape.iter().map(|&d| d as usize).collect();
@@ -169,19 +172,24 @@ pub fn load_adapter_file(
                     "{name} is {shape:?}; the model's {target} [{rows}, {cols}] with rank {r} needs {want:?}"
                 )));
             }
-            let v: Vec<f32> = match t.info.scheme {
-                Scheme::F32 => t.part_f32("data")?.to_vec(),
-                Scheme::Bf16 => t.part_u16("data")?.iter().map(|&b| half::bf16::from_bits(b).to_f32()).collect(),
-                Scheme::F16 => t.part_u16("data")?.iter().map(|&b| half::f16::from_bits(b).to_f32()).collect(),
+            let bad_value = match t.info.scheme {
+                Scheme::F32 => t.part_f32("data")?.iter().copied().enumerate().find(|(_, v)| !v.is_finite()),
+                Scheme::Bf16 => first_non_finite(t.part_u16("data")?, |b| half::bf16::from_bits(b).to_f32()),
+                Scheme::F16 => first_non_finite(t.part_u16("data")?, |b| half::f16::from_bits(b).to_f32()),
                 _ => return Err(bad(format!("{name} is stored as {}, not as floats", t.info.scheme.label()))),
             };
-            if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-                return Err(bad(format!("{name}: element {i} is {}", v[i])));
+            if let Some((i, v)) = bad_value {
+                return Err(bad(format!("{name}: element {i} is {v}")));
             }
-            Ok(v)
+            Ok(AdapterValues::InFile { file: file.clone(), tensor: name })
         };
-        let (a, b) = (read("lora_a", [r, cols])?, read("lora_b", [rows, r])?);
+        let (a, b) = (check("lora_a", [r, cols])?, check("lora_b", [rows, r])?);
         deltas.push(RunTimeDelta { target: target.clone(), a, b, r, scale });
     }
     Ok((record, deltas))
+}
+
+/// The first element of 16-bit floats `bits` that is not finite, with its value.
+fn first_non_finite(bits: &[u16], widen: impl Fn(u16) -> f32) -> Option<(usize, f32)> {
+    bits.iter().map(|&b| widen(b)).enumerate().find(|(_, v)| !v.is_finite())
 }

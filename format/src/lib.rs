@@ -29,6 +29,7 @@
 
 #![warn(missing_docs)]
 
+pub mod adapter;
 mod error;
 pub mod fault;
 mod header;
@@ -39,6 +40,7 @@ mod scheme;
 mod validate;
 mod writer;
 
+pub use adapter::AdapterValues;
 pub use error::{FormatError, Result};
 pub use header::{
     AdapterRecord, ConverterInfo, Header, Metadata, QuantSettings, SourceDigest, TensorInfo, ADAPTER_ARCHITECTURE,

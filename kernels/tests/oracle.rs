@@ -127,6 +127,21 @@ proptest! {
                 let mag: f32 = q.iter().zip(&rows[j * stride..]).map(|(a, b)| (a * b).abs()).sum();
                 prop_assert!(close(got[j], want[j], mag), "{} row {j}: {} vs {}", k.label(), got[j], want[j]);
             }
+            // A row's bits do not depend on the rows beside it in the call: every row alone,
+            // and the rows split at an arbitrary point, give the whole call's bits.
+            let cut = (seed as usize) % (n + 1);
+            let mut parts = vec![0f32; n];
+            k.dot_f32_rows(&mut parts[..cut], &q, &rows, stride);
+            if cut < n {
+                k.dot_f32_rows(&mut parts[cut..], &q, &rows[cut * stride..], stride);
+            }
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            prop_assert_eq!(bits(&parts), bits(&got), "{} rows split at {}", k.label(), cut);
+            for j in 0..n {
+                let mut one = [0f32];
+                k.dot_f32_rows(&mut one, &q, &rows[j * stride..], stride);
+                prop_assert_eq!(one[0].to_bits(), got[j].to_bits(), "{} row {} alone", k.label(), j);
+            }
             let mut y = y0.clone();
             k.axpy_f32_rows(&mut y, &a, &rows, stride);
             prop_assert_eq!(&y, &want_y, "{}", k.label());

@@ -4,8 +4,10 @@
 //! weights. The base stays untouched, so one file serves with or without the adapter.
 
 use crate::error::{Result, RuntimeError};
-use half::bf16;
+use half::{bf16, f16};
+use lowbit_format::{AdapterValues, ModelFile, Scheme};
 use lowbit_kernels::team;
+use std::sync::Arc;
 
 /// Output columns per parallel piece of one token's B product.
 const B_PIECE: usize = 2048;
@@ -16,9 +18,9 @@ pub struct LoraDelta {
     /// The weight it goes beside (`model.layers.N.self_attn.q_proj.weight`, …).
     pub target: String,
     /// `r × in`, row-major.
-    pub a: Vec<f32>,
+    pub a: AdapterValues,
     /// `out × r`, row-major.
-    pub b: Vec<f32>,
+    pub b: AdapterValues,
     /// Rank.
     pub r: usize,
     /// The whole scaling (user scale · alpha / r, or / √r for rsLoRA).
@@ -34,58 +36,87 @@ pub struct LoraAdapter {
     pub deltas: Vec<LoraDelta>,
 }
 
-/// Output columns per block of the stored B (see [`Placed`]).
-const B_BLOCK: usize = 32;
+/// Rows of B one call of the row kernel takes while adding `B (A x)` to a piece of output.
+const B_ROWS: usize = 64;
 
-/// Blocks of B a piece prefetches ahead of the one it reads.
-const B_AHEAD: usize = 4;
-
-/// An update as the forward pass uses it: A (`r × in`), B transposed (`r × out`) and stored in
-/// blocks of [`B_BLOCK`] output columns (block after block, each `r × width` row-major), the
-/// scaling. `B (A x)` is then, per block, `r` rows of axpy over bytes that lie together: a piece
-/// of output rows (what one task of a product finishes) reads one stretch of memory instead
-/// of `r` rows far apart.
+/// An update as the forward pass uses it: A (`r × in`) and B (`out × r`) as PEFT stores them,
+/// and the scaling. `B (A x)` for a piece of output rows (what one task of a product finishes)
+/// is then one stretch of B's memory, each row a dot product with `A x` whose bits do not depend
+/// on the piece.
 #[derive(Debug, Clone)]
 struct Placed {
     a: Store,
-    bt: Store,
+    b: Store,
     r: usize,
-    out: usize,
     scale: f32,
 }
 
 impl Placed {
-    /// `out[i] += (B · ax)[c0 + i]`: each column's sum over the rank in rank order (one FMA
-    /// chain from zero), so its bits do not depend on which columns share a call.
+    /// `out[i] += (B · ax)[c0 + i]`.
     fn add_b(&self, ax: &[f32], c0: usize, out: &mut [f32]) {
-        let mut bax = [0f32; B_BLOCK];
-        let mut c = c0;
-        let mut done = 0;
-        while done < out.len() {
-            let block = c / B_BLOCK;
-            let start = block * B_BLOCK;
-            let width = B_BLOCK.min(self.out - start);
-            let len = (start + width - c).min(out.len() - done);
-            let bax = &mut bax[..len];
-            bax.fill(0.0);
-            self.bt.prefetch((start + B_AHEAD * B_BLOCK) * self.r, B_BLOCK * self.r);
-            self.bt.axpy_rows(bax, ax, start * self.r + (c - start), width);
-            out[done..done + len].iter_mut().zip(bax.iter()).for_each(|(o, v)| *o += v);
-            (c, done) = (c + len, done + len);
+        let mut bax = [0f32; B_ROWS];
+        for (k, piece) in out.chunks_mut(B_ROWS).enumerate() {
+            let c = c0 + k * B_ROWS;
+            let bax = &mut bax[..piece.len()];
+            self.b.prefetch((c + B_ROWS) * self.r, B_ROWS * self.r);
+            self.b.dot_rows(bax, ax, c * self.r, self.r);
+            piece.iter_mut().zip(bax.iter()).for_each(|(o, v)| *o += v);
         }
     }
 }
 
 /// An adapter matrix: in bfloat16 when that holds every value exactly (adapters are mostly
-/// saved in bf16), which halves its memory and the bytes each token reads, else in f32. The
-/// kernels widen bf16 on load, so either gives the same bits.
+/// saved in bf16), which halves its memory and the bytes each token reads, else in f32; or a
+/// tensor of an adapter file, read in place from the mapping. The kernels widen bf16 and f16
+/// on load, so every form gives the bits of its f32 values.
 #[derive(Debug, Clone)]
 enum Store {
     F32(Vec<f32>),
     Bf16(Vec<bf16>),
+    Mapped(Arc<Mapped>),
 }
 
+/// A matrix's values, wherever they are.
+#[derive(Debug, Clone, Copy)]
+enum View<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [bf16]),
+    F16(&'a [f16]),
+}
+
+self_cell::self_cell!(
+    /// An adapter file's tensor, viewed in place (the file stays mapped while any view lives).
+    struct Mapped {
+        owner: Arc<ModelFile>,
+        #[covariant]
+        dependent: View,
+    }
+
+    impl {Debug}
+);
+
 impl Store {
+    /// The store of `values`; an adapter file's tensor that is not f32, f16 or bf16 data is
+    /// an error (its loader has checked shapes and values).
+    fn of(values: &AdapterValues) -> std::result::Result<Store, String> {
+        match values {
+            AdapterValues::F32(v) => Ok(Store::new(v.clone())),
+            AdapterValues::InFile { file, tensor } => {
+                let mapped = Mapped::try_new(file.clone(), |file| {
+                    let t = file.tensor(tensor).ok_or_else(|| format!("the adapter file has no tensor {tensor}"))?;
+                    let e = |e: lowbit_format::FormatError| e.to_string();
+                    Ok(match &t.info.scheme {
+                        Scheme::F32 => View::F32(t.part_f32("data").map_err(e)?),
+                        Scheme::Bf16 => View::Bf16(bytemuck::cast_slice(t.part_u16("data").map_err(e)?)),
+                        Scheme::F16 => View::F16(bytemuck::cast_slice(t.part_u16("data").map_err(e)?)),
+                        s => return Err(format!("{tensor} is stored as {}, not as floats", s.label())),
+                    })
+                })?;
+                Ok(Store::Mapped(Arc::new(mapped)))
+            }
+        }
+    }
+
     fn new(v: Vec<f32>) -> Store {
         if v.iter().all(|&x| bf16::from_f32(x).to_f32().to_bits() == x.to_bits()) {
             Store::Bf16(v.iter().map(|&x| bf16::from_f32(x)).collect())
@@ -94,37 +125,47 @@ impl Store {
         }
     }
 
-    /// `out[j] = q · row j` over rows `stride` apart from element `from`.
-    fn dot_rows(&self, out: &mut [f32], q: &[f32], from: usize, stride: usize) {
-        let k = lowbit_kernels::kernels();
+    fn view(&self) -> View<'_> {
         match self {
-            Store::F32(v) => k.dot_f32_rows(out, q, &v[from..], stride),
-            Store::Bf16(v) => k.dot_bf16_rows(out, q, &v[from..], stride),
+            Store::F32(v) => View::F32(v),
+            Store::Bf16(v) => View::Bf16(v),
+            Store::Mapped(m) => *m.borrow_dependent(),
         }
     }
 
-    /// `y += Σ_j a[j]·row j` over rows `stride` apart from element `from`.
-    fn axpy_rows(&self, y: &mut [f32], a: &[f32], from: usize, stride: usize) {
+    fn len(&self) -> usize {
+        match self.view() {
+            View::F32(v) => v.len(),
+            View::Bf16(v) => v.len(),
+            View::F16(v) => v.len(),
+        }
+    }
+
+    /// `out[j] = q · row j` over rows `stride` apart from element `from`.
+    fn dot_rows(&self, out: &mut [f32], q: &[f32], from: usize, stride: usize) {
         let k = lowbit_kernels::kernels();
-        match self {
-            Store::F32(v) => k.axpy_f32_rows(y, a, &v[from..], stride),
-            Store::Bf16(v) => k.axpy_bf16_rows(y, a, &v[from..], stride),
+        match self.view() {
+            View::F32(v) => k.dot_f32_rows(out, q, &v[from..], stride),
+            View::Bf16(v) => k.dot_bf16_rows(out, q, &v[from..], stride),
+            View::F16(v) => k.dot_f16_rows(out, q, &v[from..], stride),
         }
     }
 
     /// Hints that elements `from .. from + len` will be read soon.
     fn prefetch(&self, from: usize, len: usize) {
-        match self {
-            Store::F32(v) => lowbit_kernels::prefetch(v, from, len),
-            Store::Bf16(v) => lowbit_kernels::prefetch(v, from, len),
+        match self.view() {
+            View::F32(v) => lowbit_kernels::prefetch(v, from, len),
+            View::Bf16(v) => lowbit_kernels::prefetch(v, from, len),
+            View::F16(v) => lowbit_kernels::prefetch(v, from, len),
         }
     }
 
     #[cfg(test)]
     fn bytes(&self) -> usize {
-        match self {
-            Store::F32(v) => v.len() * 4,
-            Store::Bf16(v) => v.len() * 2,
+        match self.view() {
+            View::F32(v) => v.len() * 4,
+            View::Bf16(v) => v.len() * 2,
+            View::F16(v) => v.len() * 2,
         }
     }
 }
@@ -203,20 +244,14 @@ impl LoraTable {
                     )));
                 };
                 let (rows, cols) = shape(layer, PROJECTIONS[p].1);
-                if d.r == 0 || d.a.len() != d.r * cols || d.b.len() != rows * d.r || !d.scale.is_finite() {
+                let (a, b) = match (Store::of(&d.a), Store::of(&d.b)) {
+                    (Ok(a), Ok(b)) => (a, b),
+                    (Err(e), _) | (_, Err(e)) => return Err(bad(e)),
+                };
+                if d.r == 0 || a.len() != d.r * cols || b.len() != rows * d.r || !d.scale.is_finite() {
                     return Err(bad(format!("its update of {} does not fit the weight [{rows}, {cols}]", d.target)));
                 }
-                // B transposed (r × out) in blocks of output columns (see `Placed`).
-                let mut bt = vec![0f32; d.b.len()];
-                for (j, row) in d.b.chunks_exact(d.r).enumerate() {
-                    let start = j / B_BLOCK * B_BLOCK;
-                    let width = B_BLOCK.min(rows - start);
-                    for (k, &v) in row.iter().enumerate() {
-                        bt[start * d.r + k * width + (j - start)] = v;
-                    }
-                }
-                let (a, bt) = (Store::new(d.a.clone()), Store::new(bt));
-                by_layer[layer][p].push((ai, Placed { a, bt, r: d.r, out: rows, scale: d.scale }));
+                by_layer[layer][p].push((ai, Placed { a, b, r: d.r, scale: d.scale }));
             }
         }
         let names = always.iter().chain(named).map(|a| a.name.clone()).collect();
@@ -383,8 +418,8 @@ mod tests {
         let target = "model.layers.0.self_attn.o_proj.weight".to_string();
         let deltas = vec![LoraDelta {
             target,
-            a: (0..r * cols).map(|_| next()).collect(),
-            b: (0..rows * r).map(|_| next()).collect(),
+            a: AdapterValues::F32((0..r * cols).map(|_| next()).collect()),
+            b: AdapterValues::F32((0..rows * r).map(|_| next()).collect()),
             r,
             scale: 1.25,
         }];
@@ -421,19 +456,27 @@ mod tests {
         let a: Vec<f32> = (0..r * cols).map(|_| next()).collect();
         let b: Vec<f32> = (0..rows * r).map(|_| next()).collect();
         let target = "model.layers.0.mlp.up_proj.weight".to_string();
-        let adapter =
-            LoraAdapter { name: "t".into(), deltas: vec![LoraDelta { target, a, b: b.clone(), r, scale: 0.75 }] };
+        let adapter = LoraAdapter {
+            name: "t".into(),
+            deltas: vec![LoraDelta {
+                target,
+                a: AdapterValues::F32(a.clone()),
+                b: AdapterValues::F32(b.clone()),
+                r,
+                scale: 0.75,
+            }],
+        };
         let table = LoraTable::new(std::slice::from_ref(&adapter), &[], 1, |_, _| (rows, cols)).unwrap();
         let mut f32_table = table.clone();
         for (_, p) in f32_table.by_layer.iter_mut().flatten().flatten() {
-            for s in [&mut p.a, &mut p.bt] {
+            for s in [&mut p.a, &mut p.b] {
                 if let Store::Bf16(v) = s {
                     *s = Store::F32(v.iter().map(|x| x.to_f32()).collect());
                 }
             }
         }
         let bytes = |t: &LoraTable| {
-            t.by_layer.iter().flatten().flatten().map(|(_, p)| p.a.bytes() + p.bt.bytes()).sum::<usize>()
+            t.by_layer.iter().flatten().flatten().map(|(_, p)| p.a.bytes() + p.b.bytes()).sum::<usize>()
         };
         assert_eq!(bytes(&table) * 2, bytes(&f32_table));
         for tokens in [1usize, 5] {
@@ -444,11 +487,10 @@ mod tests {
             f32_table.apply(0, Proj::Up, &x, &mut want, tokens, &[]);
             let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&got), bits(&want));
-            let d = &adapter.deltas[0];
             for t in 0..tokens {
                 let xt = &x[t * cols..(t + 1) * cols];
                 let ax: Vec<f64> = (0..r)
-                    .map(|k| (0..cols).map(|c| d.a[k * cols + c] as f64 * xt[c] as f64).sum::<f64>() * 0.75)
+                    .map(|k| (0..cols).map(|c| a[k * cols + c] as f64 * xt[c] as f64).sum::<f64>() * 0.75)
                     .collect();
                 for j in 0..rows {
                     let plain = base[t * rows + j] as f64 + (0..r).map(|k| b[j * r + k] as f64 * ax[k]).sum::<f64>();

@@ -108,7 +108,10 @@ fn adapter_files_hold_the_folders_updates() {
             assert_eq!(from_folder.len(), from_file.len());
             for (x, y) in from_folder.iter().zip(&from_file) {
                 assert_eq!((&x.target, x.r, x.scale.to_bits()), (&y.target, y.r, y.scale.to_bits()), "{variant}");
-                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                let bits = |v: &lowbit_format::AdapterValues| {
+                    v.to_f32().expect("float values").iter().map(|f| f.to_bits()).collect::<Vec<_>>()
+                };
+                assert!(matches!(y.a, lowbit_format::AdapterValues::InFile { .. }), "used in place");
                 assert_eq!(bits(&x.a), bits(&y.a), "{variant} {} A", x.target);
                 assert_eq!(bits(&x.b), bits(&y.b), "{variant} {} B", x.target);
             }

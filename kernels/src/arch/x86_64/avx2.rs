@@ -193,7 +193,7 @@ pub unsafe fn dot_f16_rows(out: &mut [f32], q: &[f32], rows: &[f16], stride: usi
 /// As [`dot_f32_rows`], with AVX2 and FMA enabled by the caller.
 #[inline(always)]
 unsafe fn dot_rows_body<E: RowElem>(out: &mut [f32], q: &[f32], rp: *const E, stride: usize) {
-    let (n, d) = (out.len(), q.len());
+    let n = out.len();
     let mut j = 0;
     // SAFETY: the groups read rows j .. j + G, inside the rows by the caller's contract.
     unsafe {
@@ -210,14 +210,21 @@ unsafe fn dot_rows_body<E: RowElem>(out: &mut [f32], q: &[f32], rp: *const E, st
             out[j..j + 4].copy_from_slice(&s);
             j += 4;
         }
-        for (jj, o) in out.iter_mut().enumerate().skip(j) {
-            *o = dot_body(q.as_ptr(), rp.add(jj * stride), d);
+        // The last rows with the groups' reduction too, so a row's bits do not depend on how
+        // many rows share the call (a low-rank B is read in pieces of any length).
+        let rest = &mut out[j..];
+        let rp = rp.add(j * stride);
+        match rest.len() {
+            3 => rest.copy_from_slice(&dot_rows_group::<E, 3>(q, rp, stride)),
+            2 => rest.copy_from_slice(&dot_rows_group::<E, 2>(q, rp, stride)),
+            1 => rest.copy_from_slice(&dot_rows_group::<E, 1>(q, rp, stride)),
+            _ => {}
         }
     }
 }
 
-/// `G` (4 or 8) rows against `q`: one eight-lane chain per row, summed four rows at a time by
-/// [`hsum4`], then the elements past the last multiple of eight in order.
+/// `G` rows against `q`: one eight-lane chain per row, summed four rows at a time by [`hsum4`],
+/// then the elements past the last multiple of eight in order.
 ///
 /// # Safety
 /// AVX2 and FMA enabled by the caller; rows `0 .. G` (`stride` apart) readable for `q.len()`.
@@ -236,8 +243,13 @@ unsafe fn dot_rows_group<E: RowElem, const G: usize>(q: &[f32], rp: *const E, st
             i += 8;
         }
         let mut s = [0f32; G];
-        for (four, sf) in acc.chunks_exact(4).zip(s.chunks_exact_mut(4)) {
-            _mm_storeu_ps(sf.as_mut_ptr(), hsum4([four[0], four[1], four[2], four[3]]));
+        for (four, sf) in acc.chunks(4).zip(s.chunks_mut(4)) {
+            // Fewer than four rows are padded with zero vectors: a row's lane of `hsum4` only
+            // ever adds that row's own lanes, so padding leaves its bits as they are.
+            let v: [__m256; 4] = std::array::from_fn(|k| four.get(k).copied().unwrap_or(_mm256_setzero_ps()));
+            let mut lanes = [0f32; 4];
+            _mm_storeu_ps(lanes.as_mut_ptr(), hsum4(v));
+            sf.copy_from_slice(&lanes[..sf.len()]);
         }
         for (r, sr) in s.iter_mut().enumerate() {
             for ii in i..d {
