@@ -302,7 +302,7 @@ pub fn load(spec: &LoraSpec, base: &dyn TensorSource, quantized: &HashMap<String
         }
         Ok(t.shape.clone())
     };
-    load_with(spec, &shape_of)
+    load_with(spec, &shape_of, true)
 }
 
 /// One low-rank update as it is applied beside its weight at run time: `y += scale · B (A x)`.
@@ -342,7 +342,7 @@ pub fn load_for_run_time(
         shape_of(name)
             .ok_or_else(|| format!("it changes {name}, which the model does not have (an adapter for another model?)"))
     };
-    let a = load_low_rank(spec, &shapes)?;
+    let a = load_low_rank(spec, &shapes, true)?;
     let mut deltas = Vec::with_capacity(a.deltas.len());
     for target in a.targets() {
         let (r, scale) = a.rank_and_scale(&target);
@@ -355,11 +355,14 @@ pub fn load_for_run_time(
 /// The adapter in `spec.dir` against base weights of the shapes `shapes` gives, refused if it
 /// changes the weights themselves (DoRA, full replacement tensors): what run time and an
 /// adapter file can hold.
+/// With `check_values` false the caller checks that every value is finite itself, as it
+/// reads them (`lowbit convert ADAPTER_DIR` copies the bytes once instead of reading twice).
 pub(crate) fn load_low_rank(
     spec: &LoraSpec,
     shapes: &dyn Fn(&str) -> std::result::Result<Vec<usize>, String>,
+    check_values: bool,
 ) -> Result<Adapter> {
-    let a = load_with(spec, shapes)?;
+    let a = load_with(spec, shapes, check_values)?;
     let refuse = |what: &str| {
         bad(
             &spec.dir,
@@ -377,7 +380,11 @@ pub(crate) fn load_low_rank(
 
 /// [`load`] against any base: `shape_of` gives a base weight's `[out, in]` shape, or why the
 /// adapter cannot change it.
-fn load_with(spec: &LoraSpec, shape_of: &dyn Fn(&str) -> std::result::Result<Vec<usize>, String>) -> Result<Adapter> {
+fn load_with(
+    spec: &LoraSpec,
+    shape_of: &dyn Fn(&str) -> std::result::Result<Vec<usize>, String>,
+    check_values: bool,
+) -> Result<Adapter> {
     let dir = &spec.dir;
     if dir.is_file() {
         return Err(bad(
@@ -407,13 +414,14 @@ fn load_with(spec: &LoraSpec, shape_of: &dyn Fn(&str) -> std::result::Result<Vec
     let rank_patterns = compile(dir, &cfg.rank_pattern)?;
     let alpha_patterns = compile(dir, &cfg.alpha_pattern)?;
 
-    // A tensor's shape, after checking its type and that every element is finite (streamed).
+    // A tensor's shape, after checking its type and (with `check_values`) that every element is
+    // finite (streamed).
     let checked = |name: &str| -> Result<Vec<usize>> {
         let t = file.get(name).ok_or_else(|| ConvertError::MissingTensor(name.to_string()))?;
         if !t.dtype.is_float() {
             return Err(ConvertError::UnsupportedDtype { tensor: name.into(), dtype: t.dtype_name.clone() });
         }
-        let n: usize = t.shape.iter().product();
+        let n: usize = if check_values { t.shape.iter().product() } else { 0 };
         let mut buf = Vec::new();
         for start in (0..n).step_by(CHECK_CHUNK) {
             file.read_f32(name, start, CHECK_CHUNK.min(n - start), &mut buf)?;

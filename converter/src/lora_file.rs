@@ -63,7 +63,8 @@ pub fn convert_adapter(spec: &LoraSpec, out: &Path) -> Result<ConvertSummary> {
             _ => Err(format!("{target}: lora_A and lora_B are not a pair of matrices")),
         }
     };
-    let adapter = load_low_rank(spec, &shapes)?;
+    // Values are checked below as their bytes are copied: one read of each tensor.
+    let adapter = load_low_rank(spec, &shapes, false)?;
     let targets = adapter.targets();
     let mut specs = Vec::with_capacity(2 * targets.len());
     let mut table = serde_json::Map::new();
@@ -105,6 +106,15 @@ pub fn convert_adapter(spec: &LoraSpec, out: &Path) -> Result<ConvertSummary> {
         // Bytes as stored: the adapter's floats are f32, f16 or bf16 (checked when it was
         // read), each kept in its own scheme.
         let [a, b] = adapter.pair_raw(t)?;
+        let [(da, _), (db, _)] = adapter.pair_layout(t)?;
+        for (kind, dtype, bytes) in [("A", da, &a), ("B", db, &b)] {
+            if let Some((i, v)) = first_non_finite_bytes(dtype, bytes) {
+                return Err(ConvertError::Config(format!(
+                    "LoRA adapter {}: {t} lora_{kind}: element {i} is {v}",
+                    spec.dir.display()
+                )));
+            }
+        }
         writer.write_tensor(2 * i, &[&a])?;
         writer.write_tensor(2 * i + 1, &[&b])?;
     }
@@ -192,4 +202,27 @@ pub fn load_adapter_file(
 /// The first element of 16-bit floats `bits` that is not finite, with its value.
 fn first_non_finite(bits: &[u16], widen: impl Fn(u16) -> f32) -> Option<(usize, f32)> {
     bits.iter().map(|&b| widen(b)).enumerate().find(|(_, v)| !v.is_finite())
+}
+
+/// The first value of little-endian `bytes` of `dtype` (f32, f16 or bf16) that is not finite.
+fn first_non_finite_bytes(dtype: SrcDtype, bytes: &[u8]) -> Option<(usize, f32)> {
+    match dtype {
+        SrcDtype::Bf16 | SrcDtype::F16 => bytes
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .map(|b| {
+                if dtype == SrcDtype::Bf16 {
+                    half::bf16::from_bits(b).to_f32()
+                } else {
+                    half::f16::from_bits(b).to_f32()
+                }
+            })
+            .enumerate()
+            .find(|(_, v)| !v.is_finite()),
+        _ => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .enumerate()
+            .find(|(_, v)| !v.is_finite()),
+    }
 }

@@ -148,6 +148,31 @@ fn quantized_output_and_bad_adapters() {
         .replace("\"lora_bias\": false", "\"lora_bias\": true");
     std::fs::write(biased.join("adapter_config.json"), cfg).unwrap();
     assert!(fail(&biased).contains("lora_bias is set"));
+    // A NaN in the adapter's weights: refused when merging, and when the folder is converted on
+    // its own (which checks values as it copies them), each with no output.
+    let nan = copy("nan");
+    let st = nan.join("adapter_model.safetensors");
+    let mut bytes = std::fs::read(&st).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    let (name, dtype) = header
+        .as_object()
+        .unwrap()
+        .iter()
+        .find(|(_, t)| t["data_offsets"][0] == 0)
+        .map(|(n, t)| (n.clone(), t["dtype"].as_str().unwrap().to_string()))
+        .unwrap();
+    let at = 8 + header_len;
+    match dtype.as_str() {
+        "F32" => bytes[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes()),
+        _ => bytes[at..at + 2].copy_from_slice(&0x7fc0u16.to_le_bytes()), // NaN in bf16 and f16
+    }
+    std::fs::write(&st, bytes).unwrap();
+    let e = fail(&nan);
+    assert!(e.contains(&name) && e.contains("element 0 is NaN"), "{e}");
+    let out = tmp.path().join("nan.adapter.lowbit");
+    let e = convert(&nan, &out, &ConvertOptions::default(), &|_| {}).unwrap_err().to_string();
+    assert!(e.contains("element 0 is NaN") && !out.exists(), "{e}");
     // An adapter for another model: its tensors do not fit.
     let e = convert(
         &data("../runtime/tests/data/tiny/gqa1"),
