@@ -127,6 +127,12 @@ impl Adapter {
         Ok([layout(&d.a)?, layout(&d.b)?])
     }
 
+    /// The adapter's own names of a target's A and B tensors (`base_model.model.….lora_A.weight`).
+    pub(crate) fn pair_names(&self, target: &str) -> Result<[&str; 2]> {
+        let d = self.deltas.get(target).ok_or_else(|| ConvertError::MissingTensor(target.to_string()))?;
+        Ok([&d.a, &d.b])
+    }
+
     /// A target's A and B as stored: the raw little-endian bytes of each, in the dtypes
     /// [`Adapter::pair_layout`] gives.
     pub(crate) fn pair_raw(&self, target: &str) -> Result<[Vec<u8>; 2]> {

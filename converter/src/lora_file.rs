@@ -107,10 +107,12 @@ pub fn convert_adapter(spec: &LoraSpec, out: &Path) -> Result<ConvertSummary> {
         // read), each kept in its own scheme.
         let [a, b] = adapter.pair_raw(t)?;
         let [(da, _), (db, _)] = adapter.pair_layout(t)?;
-        for (kind, dtype, bytes) in [("A", da, &a), ("B", db, &b)] {
+        let [na, nb] = adapter.pair_names(t)?;
+        for (name, dtype, bytes) in [(na, da, &a), (nb, db, &b)] {
             if let Some((i, v)) = first_non_finite_bytes(dtype, bytes) {
+                // As the folder loader says it (`convert --lora`, `--lora DIR`).
                 return Err(ConvertError::Config(format!(
-                    "LoRA adapter {}: {t} lora_{kind}: element {i} is {v}",
+                    "LoRA adapter {}: {name}: element {i} is {v}",
                     spec.dir.display()
                 )));
             }

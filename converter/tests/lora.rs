@@ -172,7 +172,7 @@ fn quantized_output_and_bad_adapters() {
     assert!(e.contains(&name) && e.contains("element 0 is NaN"), "{e}");
     let out = tmp.path().join("nan.adapter.lowbit");
     let e = convert(&nan, &out, &ConvertOptions::default(), &|_| {}).unwrap_err().to_string();
-    assert!(e.contains("element 0 is NaN") && !out.exists(), "{e}");
+    assert!(e.contains(&name) && e.contains("element 0 is NaN") && !out.exists(), "{e}");
     // An adapter for another model: its tensors do not fit.
     let e = convert(
         &data("../runtime/tests/data/tiny/gqa1"),

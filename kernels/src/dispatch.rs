@@ -402,7 +402,7 @@ impl Kernels {
             axpy_f32: k::axpy_f32,
             exp_sub: crate::arch::x86_64::avx2::exp_sub,
             silu_mul: crate::arch::x86_64::avx2::silu_mul,
-            // The AVX2 row loops: their four-row blocking is what matters at head sizes 64–128.
+            // The AVX2 row loops: their eight-row blocking is what matters at head sizes 64–128.
             dot_f32_rows: crate::arch::x86_64::avx2::dot_f32_rows,
             axpy_f32_rows: crate::arch::x86_64::avx2::axpy_f32_rows,
             dot_bf16_rows: crate::arch::x86_64::avx2::dot_bf16_rows,

@@ -241,8 +241,8 @@ impl Llama {
         }
         let file = conversion::resolve(py, &model_path, quant, verbose)?;
         let inner = py.detach(|| -> Result<Inner, String> {
-            // A PEFT adapter beside the weights, as llama-cpp-python's lora_path (f32, the file
-            // untouched).
+            // A PEFT adapter beside the weights, as llama-cpp-python's lora_path (a folder read
+            // into memory, or an adapter file read in place; the model file untouched).
             let adapters = match &lora_path {
                 None => Vec::new(),
                 Some(dir) => {

@@ -143,11 +143,16 @@ impl Store {
 
     /// `out[j] = q · row j` over rows `stride` apart from element `from`.
     fn dot_rows(&self, out: &mut [f32], q: &[f32], from: usize, stride: usize) {
+        if out.is_empty() {
+            return;
+        }
+        // Just the rows read (the scalar kernels widen what they are given).
+        let span = from..from + (out.len() - 1) * stride + q.len();
         let k = lowbit_kernels::kernels();
         match self.view() {
-            View::F32(v) => k.dot_f32_rows(out, q, &v[from..], stride),
-            View::Bf16(v) => k.dot_bf16_rows(out, q, &v[from..], stride),
-            View::F16(v) => k.dot_f16_rows(out, q, &v[from..], stride),
+            View::F32(v) => k.dot_f32_rows(out, q, &v[span], stride),
+            View::Bf16(v) => k.dot_bf16_rows(out, q, &v[span], stride),
+            View::F16(v) => k.dot_f16_rows(out, q, &v[span], stride),
         }
     }
 
@@ -328,7 +333,8 @@ impl LoraTable {
 
     /// Adds the updates of projection `which` (an index into the `projs` given to
     /// [`LoraTable::prepare`]) to the piece of its output that starts at row `r0`: the bits
-    /// [`LoraTable::apply`] gives those rows (each column sums over the rank in the same order).
+    /// [`LoraTable::apply`] gives those rows (each row of B a dot product whose bits do not depend
+    /// on the rows beside it).
     /// Made for [`lowbit_kernels::matmul_rows_many_then`] with one token.
     pub(crate) fn add_rows(&self, ax: &LoraAx, which: usize, r0: usize, piece: &mut [f32]) {
         let Some(&proj) = ax.projs.get(which) else { return };
@@ -379,8 +385,8 @@ impl LoraTable {
             // `out += B ax` over the output columns `c0 ..` that `out` holds.
             if tokens == 1 {
                 // One token outside a product (the decode pass adds its updates inside the
-                // products instead): A x once, then B's columns in pieces over the team (each
-                // column sums over the rank in the same order whatever the pieces).
+                // products instead): A x once, then B's rows in pieces over the team (a row's
+                // dot product has the same bits whatever the pieces).
                 let Some(m) = mult(0) else { continue };
                 let mut a = Vec::new();
                 ax(x, m, &mut a);

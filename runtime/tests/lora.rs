@@ -86,6 +86,85 @@ fn run_time_adapters_equal_merged_ones() {
     assert!(e.contains("does not have") || e.contains("do not fit"), "{e}");
 }
 
+/// A bf16 adapter (how PEFT usually saves them) and an f16 one, converted to adapter files, are
+/// read in place in their own dtype and give the folder's logits bit for bit, prompt and decode.
+#[test]
+fn half_precision_adapter_files_run_in_place_with_the_folders_bits() {
+    use lowbit_convert::lora::load_for_file;
+    use safetensors::{tensor::TensorView, Dtype, SafeTensors};
+    let tmp = tempfile::tempdir().unwrap();
+    let base_src = data("tests/data/tiny/h96");
+    let base = common::convert_to(&base_src, QuantChoice::F32, tmp.path());
+    let base = ModelFile::open(&base).unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(base_src.join("config.json")).unwrap()).unwrap();
+    let bf16_dir = tmp.path().join("bf16");
+    lowbit_convert::synth::synthesize_adapter(&cfg, &bf16_dir, 4, 7, None).unwrap();
+    // The same adapter in f16: every value converted (the synthetic values are small).
+    let f16_dir = tmp.path().join("f16");
+    std::fs::create_dir_all(&f16_dir).unwrap();
+    std::fs::copy(bf16_dir.join("adapter_config.json"), f16_dir.join("adapter_config.json")).unwrap();
+    let raw = std::fs::read(bf16_dir.join("adapter_model.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&raw).unwrap();
+    let halves: Vec<(String, Vec<usize>, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, t)| {
+            assert_eq!(t.dtype(), Dtype::BF16);
+            let bytes = t
+                .data()
+                .chunks_exact(2)
+                .flat_map(|c| {
+                    let v = half::bf16::from_le_bytes([c[0], c[1]]).to_f32();
+                    half::f16::from_f32(v).to_le_bytes()
+                })
+                .collect();
+            (name, t.shape().to_vec(), bytes)
+        })
+        .collect();
+    let views: Vec<(String, TensorView)> = halves
+        .iter()
+        .map(|(n, shape, b)| (n.clone(), TensorView::new(Dtype::F16, shape.clone(), b).unwrap()))
+        .collect();
+    safetensors::serialize_to_file(views, None, &f16_dir.join("adapter_model.safetensors")).unwrap();
+    let to_runtime = |(record, deltas): (lowbit_format::AdapterRecord, Vec<lowbit_convert::lora::RunTimeDelta>)| {
+        let deltas = deltas
+            .into_iter()
+            .map(|d| LoraDelta { target: d.target, a: d.a, b: d.b, r: d.r, scale: d.scale })
+            .collect();
+        LoraAdapter { name: record.name, deltas }
+    };
+    let plain = Model::new(&base).unwrap();
+    let prompt: Vec<u32> = vec![1, 17, 33, 2, 90, 41, 5];
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for (dir, scheme) in [(&bf16_dir, lowbit_format::Scheme::Bf16), (&f16_dir, lowbit_format::Scheme::F16)] {
+        let file = dir.with_extension("lowbit");
+        convert(dir, &file, &ConvertOptions::default(), &|_| {}).unwrap();
+        let spec = |dir: &Path| LoraSpec { dir: dir.to_path_buf(), scale: 0.7 };
+        let from_folder = to_runtime(load_for_file(&spec(dir), &base).unwrap());
+        let from_file = to_runtime(load_for_file(&spec(&file), &base).unwrap());
+        let mapped = ModelFile::open(&file).unwrap();
+        assert!(mapped.tensors().iter().all(|t| t.scheme == scheme), "{scheme:?}: kept in its dtype");
+        assert!(from_file.deltas.iter().all(|d| matches!(d.b, lowbit_format::AdapterValues::InFile { .. })));
+        let mut a = Model::new(&base).unwrap();
+        a.set_adapters(&[from_folder]).unwrap();
+        let mut b = Model::new(&base).unwrap();
+        b.set_adapters(&[from_file]).unwrap();
+        let (mut ca, mut cb, mut cp) = (a.new_cache(32), b.new_cache(32), plain.new_cache(32));
+        let la = a.forward(&mut ca, &prompt, Logits::All).unwrap();
+        let lb = b.forward(&mut cb, &prompt, Logits::All).unwrap();
+        assert_eq!(bits(&la), bits(&lb), "{scheme:?} prompt");
+        let lp = plain.forward(&mut cp, &prompt, Logits::All).unwrap();
+        assert!(la.iter().zip(&lp).any(|(x, y)| (x - y).abs() > 1e-4), "{scheme:?}: the adapter changes the logits");
+        for step in 0..3u32 {
+            let t = [7 + step];
+            let la = a.forward(&mut ca, &t, Logits::All).unwrap();
+            let lb = b.forward(&mut cb, &t, Logits::All).unwrap();
+            assert_eq!(bits(&la), bits(&lb), "{scheme:?} decode step {step}");
+        }
+    }
+}
+
 /// An adapter converted on its own (`lowbit convert ADAPTER_DIR`) loads to the folder's updates
 /// bit for bit (pairs, ranks, resolved scalings, times a scale given at load), so it runs the
 /// same; against another model, or as a model, it is refused with the reason; DoRA does not

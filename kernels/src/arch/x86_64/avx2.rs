@@ -153,8 +153,8 @@ pub(super) unsafe fn hsum4(v: [__m256; 4]) -> __m128 {
     }
 }
 
-/// See [`crate::scalar::dot_f32_rows`]: four rows at a time, each query vector loaded once for
-/// the four.
+/// See [`crate::scalar::dot_f32_rows`]: eight rows at a time (then four, then the rest), each
+/// query vector loaded once for the group, every row with the same reduction.
 ///
 /// # Safety
 /// AVX2 and FMA must be available; `rows` holds `(out.len() − 1)·stride + q.len()` elements
@@ -213,11 +213,10 @@ unsafe fn dot_rows_body<E: RowElem>(out: &mut [f32], q: &[f32], rp: *const E, st
         // The last rows with the groups' reduction too, so a row's bits do not depend on how
         // many rows share the call (a low-rank B is read in pieces of any length).
         let rest = &mut out[j..];
-        let rp = rp.add(j * stride);
         match rest.len() {
-            3 => rest.copy_from_slice(&dot_rows_group::<E, 3>(q, rp, stride)),
-            2 => rest.copy_from_slice(&dot_rows_group::<E, 2>(q, rp, stride)),
-            1 => rest.copy_from_slice(&dot_rows_group::<E, 1>(q, rp, stride)),
+            3 => rest.copy_from_slice(&dot_rows_group::<E, 3>(q, rp.add(j * stride), stride)),
+            2 => rest.copy_from_slice(&dot_rows_group::<E, 2>(q, rp.add(j * stride), stride)),
+            1 => rest.copy_from_slice(&dot_rows_group::<E, 1>(q, rp.add(j * stride), stride)),
             _ => {}
         }
     }
