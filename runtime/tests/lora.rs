@@ -19,10 +19,16 @@ fn data(p: &str) -> PathBuf {
 
 fn adapter(file: &ModelFile, dir: &Path) -> lowbit_convert::Result<LoraAdapter> {
     let shape_of = |name: &str| file.tensor(name).map(|t| t.info.shape.iter().map(|&d| d as usize).collect());
-    let (record, deltas) = load_for_run_time(&LoraSpec { dir: dir.to_path_buf(), scale: 1.0 }, &shape_of)?;
+    load_for_run_time(&LoraSpec { dir: dir.to_path_buf(), scale: 1.0 }, &shape_of).map(to_runtime)
+}
+
+/// A loaded adapter as the runtime takes it.
+fn to_runtime(
+    (record, deltas): (lowbit_format::AdapterRecord, Vec<lowbit_convert::lora::RunTimeDelta>),
+) -> LoraAdapter {
     let deltas =
         deltas.into_iter().map(|d| LoraDelta { target: d.target, a: d.a, b: d.b, r: d.r, scale: d.scale }).collect();
-    Ok(LoraAdapter { name: record.name, deltas })
+    LoraAdapter { name: record.name, deltas }
 }
 
 #[test]
@@ -127,13 +133,6 @@ fn half_precision_adapter_files_run_in_place_with_the_folders_bits() {
         .map(|(n, shape, b)| (n.clone(), TensorView::new(Dtype::F16, shape.clone(), b).unwrap()))
         .collect();
     safetensors::serialize_to_file(views, None, &f16_dir.join("adapter_model.safetensors")).unwrap();
-    let to_runtime = |(record, deltas): (lowbit_format::AdapterRecord, Vec<lowbit_convert::lora::RunTimeDelta>)| {
-        let deltas = deltas
-            .into_iter()
-            .map(|d| LoraDelta { target: d.target, a: d.a, b: d.b, r: d.r, scale: d.scale })
-            .collect();
-        LoraAdapter { name: record.name, deltas }
-    };
     let plain = Model::new(&base).unwrap();
     let prompt: Vec<u32> = vec![1, 17, 33, 2, 90, 41, 5];
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
@@ -410,12 +409,8 @@ fn named_adapters_are_picked_per_sequence() {
     // A multiplier: the adapter at half strength, as if loaded at scale 0.5.
     let half = {
         let shape_of = |name: &str| base.tensor(name).map(|t| t.info.shape.iter().map(|&d| d as usize).collect());
-        let (_, deltas) = load_for_run_time(&LoraSpec { dir: dir.clone(), scale: 0.5 }, &shape_of).unwrap();
-        let deltas = deltas
-            .into_iter()
-            .map(|d| LoraDelta { target: d.target, a: d.a, b: d.b, r: d.r, scale: d.scale })
-            .collect();
-        LoraAdapter { name: "half".into(), deltas }
+        let loaded = load_for_run_time(&LoraSpec { dir: dir.clone(), scale: 0.5 }, &shape_of).unwrap();
+        LoraAdapter { name: "half".into(), ..to_runtime(loaded) }
     };
     let mut halved = Model::new(&base).unwrap();
     halved.set_adapters(&[half]).unwrap();

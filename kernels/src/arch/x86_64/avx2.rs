@@ -308,37 +308,15 @@ unsafe fn axpy_rows_body<E: RowElem>(y: &mut [f32], a: &[f32], rp: *const E, str
         // 64 columns a pass where they fit: eight independent chains (each column's FMAs stay in
         // row order, so the bits do not change), where 32 leave the FMA latency exposed.
         while c + 64 <= d {
-            let mut acc: [__m256; 8] = std::array::from_fn(|u| _mm256_loadu_ps(yp.add(c + 8 * u)));
-            for (j, &aj) in a.iter().enumerate() {
-                let (av, p) = (_mm256_set1_ps(aj), rp.add(j * stride + c));
-                for (u, v) in acc.iter_mut().enumerate() {
-                    *v = _mm256_fmadd_ps(av, E::load8(p.add(8 * u)), *v);
-                }
-            }
-            for (u, v) in acc.iter().enumerate() {
-                _mm256_storeu_ps(yp.add(c + 8 * u), *v);
-            }
+            axpy_cols::<E, 8>(yp.add(c), a, rp.wrapping_add(c), stride);
             c += 64;
         }
         while c + 32 <= d {
-            let mut acc: [__m256; 4] = std::array::from_fn(|u| _mm256_loadu_ps(yp.add(c + 8 * u)));
-            for (j, &aj) in a.iter().enumerate() {
-                let (av, p) = (_mm256_set1_ps(aj), rp.add(j * stride + c));
-                for (u, v) in acc.iter_mut().enumerate() {
-                    *v = _mm256_fmadd_ps(av, E::load8(p.add(8 * u)), *v);
-                }
-            }
-            for (u, v) in acc.iter().enumerate() {
-                _mm256_storeu_ps(yp.add(c + 8 * u), *v);
-            }
+            axpy_cols::<E, 4>(yp.add(c), a, rp.wrapping_add(c), stride);
             c += 32;
         }
         while c + 8 <= d {
-            let mut v = _mm256_loadu_ps(yp.add(c));
-            for (j, &aj) in a.iter().enumerate() {
-                v = _mm256_fmadd_ps(_mm256_set1_ps(aj), E::load8(rp.add(j * stride + c)), v);
-            }
-            _mm256_storeu_ps(yp.add(c), v);
+            axpy_cols::<E, 1>(yp.add(c), a, rp.wrapping_add(c), stride);
             c += 8;
         }
         for i in c..d {
@@ -347,6 +325,28 @@ unsafe fn axpy_rows_body<E: RowElem>(y: &mut [f32], a: &[f32], rp: *const E, str
                 v = aj.mul_add((*rp.add(j * stride + i)).widen(), v);
             }
             *yp.add(i) = v;
+        }
+    }
+}
+
+/// `8·U` columns of [`axpy_rows_body`] at `yp`, held in registers across all the rows.
+///
+/// # Safety
+/// AVX2 and FMA enabled by the caller; `8·U` floats at `yp`, and at `rp + j·stride` for every
+/// row `j < a.len()`.
+#[inline(always)]
+unsafe fn axpy_cols<E: RowElem, const U: usize>(yp: *mut f32, a: &[f32], rp: *const E, stride: usize) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        let mut acc: [__m256; U] = std::array::from_fn(|u| _mm256_loadu_ps(yp.add(8 * u)));
+        for (j, &aj) in a.iter().enumerate() {
+            let (av, p) = (_mm256_set1_ps(aj), rp.add(j * stride));
+            for (u, v) in acc.iter_mut().enumerate() {
+                *v = _mm256_fmadd_ps(av, E::load8(p.add(8 * u)), *v);
+            }
+        }
+        for (u, v) in acc.iter().enumerate() {
+            _mm256_storeu_ps(yp.add(8 * u), *v);
         }
     }
 }
