@@ -53,16 +53,16 @@ pub use probe::bandwidth_probe;
 pub use q8::Q8Tensor;
 pub use weight::{AbsmaxRef, FourBitRef, Int8Ref, Q8Ref, Weight};
 
-/// Hints that `data[from .. from + len]` (clamped to `data`) will be read soon, so its cache
-/// lines start coming into L2: for reads too small or scattered for the hardware prefetcher to
-/// catch (a low-rank update's few kilobytes per task of a product). Changes no result; a no-op
-/// where the architecture has no hint here.
+/// Hints that `data[from .. from + len]` (clamped to `data`) will be read soon, and once: its
+/// cache lines start coming in without displacing the outer caches' contents, for reads too
+/// small or scattered for the hardware prefetcher to catch (a low-rank update's few kilobytes
+/// per task of a product). Changes no result; a no-op where the architecture has no hint here.
 #[inline]
 pub fn prefetch<T>(data: &[T], from: usize, len: usize) {
     let from = from.min(data.len());
     let len = len.min(data.len() - from);
     #[cfg(target_arch = "x86_64")]
-    arch::x86_64::prefetch_l2(data[from..].as_ptr() as *const u8, len * std::mem::size_of::<T>());
+    arch::x86_64::prefetch_once(data[from..].as_ptr() as *const u8, len * std::mem::size_of::<T>());
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (from, len);
 }

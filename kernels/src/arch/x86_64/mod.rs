@@ -8,16 +8,18 @@ pub mod avxvnni;
 /// `avxvnni::fourbit_q8_tile_run_vex`) look up into their buffers: rows up to 4096 weights.
 pub const TILE_RUN_MAX_BLOCKS: usize = 64;
 
-/// Hints that the cache lines of `bytes` bytes from `p` be brought into L2.
+/// Hints that the cache lines of `bytes` bytes from `p` be brought in for one read
+/// (non-temporal: a LoRA adapter's rows are read once a token, as the weights are, and on AMD
+/// Zen 5 its decode ran 5 % faster at one thread than with the lines prefetched into L2).
 ///
 /// A prefetch never faults and changes no result, whatever the address, so this is safe to call
 /// with any pointer.
 #[inline]
-pub fn prefetch_l2(p: *const u8, bytes: usize) {
+pub fn prefetch_once(p: *const u8, bytes: usize) {
     for off in (0..bytes).step_by(64) {
         // SAFETY: a prefetch never faults; SSE is baseline on x86-64.
         unsafe {
-            core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T1 }>(p.wrapping_add(off) as *const i8)
+            core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_NTA }>(p.wrapping_add(off) as *const i8)
         };
     }
 }
