@@ -70,8 +70,9 @@ pub struct SourceDigest {
     pub sha256: String,
 }
 
-/// Everything about the model except its tensors: enough to run it with no other file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Everything about the model except its tensors: enough to run it with no other file. The
+/// default is empty (no architecture, a null config): a start for building one field by field.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Metadata {
     /// Architecture, from config.json's `model_type`: "mistral", "llama", "qwen2".
     pub architecture: String,

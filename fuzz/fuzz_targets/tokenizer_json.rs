@@ -16,13 +16,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         architecture: "llama".into(),
         config: serde_json::json!({}),
         tokenizer_json: Some(json.into()),
-        tokenizer_config: None,
-        chat_template: None,
-        generation_config: None,
-        quantization: Default::default(),
-        converter: Default::default(),
-        sources: vec![],
-        adapters: vec![],
+        ..Default::default()
     };
     let Ok(codec) = TextCodec::from_metadata(&meta) else { return };
     let long = "The quick brown fox jumps over the lazy dog. ".repeat(91);

@@ -207,13 +207,7 @@ mod tests {
             architecture: "llama".into(),
             config: serde_json::json!({}),
             tokenizer_json: Some(tok),
-            tokenizer_config: None,
-            chat_template: None,
-            generation_config: None,
-            quantization: Default::default(),
-            converter: Default::default(),
-            sources: vec![],
-            adapters: vec![],
+            ..Default::default()
         };
         let c = TextCodec::from_metadata(&meta).unwrap();
         assert_eq!(c.expansion, 3.0 * (256 << 10) as f64);
@@ -254,13 +248,7 @@ mod tests {
             architecture: "llama".into(),
             config: serde_json::json!({}),
             tokenizer_json: Some(tok.into()),
-            tokenizer_config: None,
-            chat_template: None,
-            generation_config: None,
-            quantization: Default::default(),
-            converter: Default::default(),
-            sources: vec![],
-            adapters: vec![],
+            ..Default::default()
         };
         let e = TextCodec::from_metadata(&meta).unwrap_err();
         assert!(e.to_string().contains("tokenizer"), "{e}");

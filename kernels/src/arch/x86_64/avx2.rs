@@ -694,6 +694,41 @@ unsafe fn fourbit_q8_rows<const R: usize, const T: usize>(
     }
 }
 
+/// A 32-byte step of codes `v` as the int8 levels of its high and low nibbles (`table` holds
+/// the 16 levels in both lanes).
+///
+/// # Safety
+/// AVX2 enabled (inlined into `#[target_feature]` callers).
+#[inline(always)]
+pub(super) unsafe fn nibbles(table: __m256i, nib: __m256i, v: __m256i) -> (__m256i, __m256i) {
+    // SAFETY: register arithmetic; the caller enables AVX2.
+    unsafe {
+        (
+            _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(v, 4), nib)),
+            _mm256_shuffle_epi8(table, _mm256_and_si256(v, nib)),
+        )
+    }
+}
+
+/// Each of `T` tokens' 32 bytes at `i` of their even (`qe`) and odd (`qo`) activations.
+///
+/// # Safety
+/// AVX2 enabled (inlined into `#[target_feature]` callers); 32 bytes readable at `i` of each.
+#[inline(always)]
+pub(super) unsafe fn step_tokens<const T: usize>(
+    qe: [*const i8; T],
+    qo: [*const i8; T],
+    i: usize,
+) -> ([__m256i; T], [__m256i; T]) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        (
+            std::array::from_fn(|t| _mm256_loadu_si256(qe[t].add(i) as *const __m256i)),
+            std::array::from_fn(|t| _mm256_loadu_si256(qo[t].add(i) as *const __m256i)),
+        )
+    }
+}
+
 /// `[f[0]; 4]` then `[f[1]; 4]`: the factors of the two 32-weight blocks that one 32-byte step
 /// covers, in the lanes that hold each block's sums (bytes 0–15 of a step are the first block's
 /// 32 weights and end in lanes 0–3 after `vpmaddubsw` + `vpmaddwd`).
@@ -752,15 +787,13 @@ unsafe fn fourbit_q8_rows_split<const R: usize, const T: usize>(
         let mut acc = [[_mm256_setzero_ps(); R]; T];
         for s in 0..nb / 2 {
             let i = 32 * s;
-            let qh: [__m256i; T] = std::array::from_fn(|t| _mm256_loadu_si256(qe[t].add(i) as *const __m256i));
-            let ql: [__m256i; T] = std::array::from_fn(|t| _mm256_loadu_si256(qo[t].add(i) as *const __m256i));
+            let (qh, ql) = step_tokens(qe, qo, i);
             let aqh = qh.map(|v| _mm256_abs_epi8(v));
             let aql = ql.map(|v| _mm256_abs_epi8(v));
             ahead(codes[0], R * i);
             for r in 0..R {
                 let v = _mm256_loadu_si256(codes[r].add(i) as *const __m256i);
-                let wh = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(v, 4), nib));
-                let wl = _mm256_shuffle_epi8(table, _mm256_and_si256(v, nib));
+                let (wh, wl) = nibbles(table, nib, v);
                 for t in 0..T {
                     let ph = _mm256_maddubs_epi16(aqh[t], _mm256_sign_epi8(wh, qh[t]));
                     let pl = _mm256_maddubs_epi16(aql[t], _mm256_sign_epi8(wl, ql[t]));
@@ -802,15 +835,13 @@ unsafe fn fourbit_q8_rows_hb<const R: usize, const T: usize, const HB: usize>(
             let mut i = b * half_block;
             let end = i + half_block;
             while i < end {
-                let qh: [__m256i; T] = std::array::from_fn(|t| _mm256_loadu_si256(qe[t].add(i) as *const __m256i));
-                let ql: [__m256i; T] = std::array::from_fn(|t| _mm256_loadu_si256(qo[t].add(i) as *const __m256i));
+                let (qh, ql) = step_tokens(qe, qo, i);
                 let aqh = qh.map(|v| _mm256_abs_epi8(v));
                 let aql = ql.map(|v| _mm256_abs_epi8(v));
                 ahead(codes[0], R * i);
                 for r in 0..R {
                     let v = _mm256_loadu_si256(codes[r].add(i) as *const __m256i);
-                    let wh = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(v, 4), nib));
-                    let wl = _mm256_shuffle_epi8(table, _mm256_and_si256(v, nib));
+                    let (wh, wl) = nibbles(table, nib, v);
                     for t in 0..T {
                         let ph = _mm256_maddubs_epi16(aqh[t], _mm256_sign_epi8(wh, qh[t]));
                         let pl = _mm256_maddubs_epi16(aql[t], _mm256_sign_epi8(wl, ql[t]));
@@ -949,8 +980,7 @@ unsafe fn tile8_g<const SPLIT: bool>(
                 let i = 32 * b;
                 _mm_prefetch::<_MM_HINT_T0>(cp.wrapping_add(i + 256) as *const i8);
                 let v = _mm256_loadu_si256(cp.add(i) as *const __m256i);
-                let wh = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(v, 4), nib));
-                let wl = _mm256_shuffle_epi8(table, _mm256_and_si256(v, nib));
+                let (wh, wl) = nibbles(table, nib, v);
                 let f = step_factor::<SPLIT>(wf[r].as_ptr(), b);
                 for (t, a) in acc.iter_mut().enumerate() {
                     let load = |q: &[i8]| _mm256_loadu_si256(q.as_ptr().add(i) as *const __m256i);

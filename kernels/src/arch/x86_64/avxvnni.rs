@@ -15,7 +15,7 @@
 //! construction, and must pass slices with the lengths documented on the matching
 //! `crate::scalar` function.
 
-use super::avx2::{ahead, factor_pair, fourbit_rows_task, hsum4, hsum_i32, step_factor};
+use super::avx2::{ahead, factor_pair, fourbit_rows_task, hsum4, hsum_i32, nibbles, step_factor, step_tokens};
 use super::TILE_RUN_MAX_BLOCKS;
 use core::arch::x86_64::*;
 
@@ -98,16 +98,14 @@ unsafe fn fourbit_q8_rows<const R: usize, const T: usize, const EVEX: bool>(
             // step's exact sums (the correction is per lane) scaled lane by lane.
             for s in 0..nb / 2 {
                 let i = 32 * s;
-                let qh: [__m256i; T] = std::array::from_fn(|t| _mm256_loadu_si256(qe[t].add(i) as *const __m256i));
-                let ql: [__m256i; T] = std::array::from_fn(|t| _mm256_loadu_si256(qo[t].add(i) as *const __m256i));
+                let (qh, ql) = step_tokens(qe, qo, i);
                 let corr: [__m256i; T] = std::array::from_fn(|t| {
                     dpbusd::<EVEX>(dpbusd::<EVEX>(_mm256_setzero_si256(), c128, qh[t]), c128, ql[t])
                 });
                 ahead(codes[0], R * i);
                 for r in 0..R {
                     let v = _mm256_loadu_si256(codes[r].add(i) as *const __m256i);
-                    let wh = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(v, 4), nib));
-                    let wl = _mm256_shuffle_epi8(table, _mm256_and_si256(v, nib));
+                    let (wh, wl) = nibbles(table, nib, v);
                     for t in 0..T {
                         let sum = dpbusd::<EVEX>(dpbusd::<EVEX>(_mm256_setzero_si256(), wh, qh[t]), wl, ql[t]);
                         let exact = _mm256_sub_epi32(sum, corr[t]);
@@ -124,16 +122,14 @@ unsafe fn fourbit_q8_rows<const R: usize, const T: usize, const EVEX: bool>(
             let mut i = b * half_block;
             let end = i + half_block;
             while i < end {
-                let qh: [__m256i; T] = std::array::from_fn(|t| _mm256_loadu_si256(qe[t].add(i) as *const __m256i));
-                let ql: [__m256i; T] = std::array::from_fn(|t| _mm256_loadu_si256(qo[t].add(i) as *const __m256i));
+                let (qh, ql) = step_tokens(qe, qo, i);
                 for t in 0..T {
                     corr[t] = dpbusd::<EVEX>(dpbusd::<EVEX>(corr[t], c128, qh[t]), c128, ql[t]);
                 }
                 ahead(codes[0], R * i);
                 for r in 0..R {
                     let v = _mm256_loadu_si256(codes[r].add(i) as *const __m256i);
-                    let wh = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(v, 4), nib));
-                    let wl = _mm256_shuffle_epi8(table, _mm256_and_si256(v, nib));
+                    let (wh, wl) = nibbles(table, nib, v);
                     for t in 0..T {
                         isum[t][r] = dpbusd::<EVEX>(dpbusd::<EVEX>(isum[t][r], wh, qh[t]), wl, ql[t]);
                     }
@@ -420,8 +416,7 @@ unsafe fn tile_g<const EVEX: bool, const SPLIT: bool>(
                 let i = 32 * b;
                 _mm_prefetch::<_MM_HINT_T0>(cp.wrapping_add(i + 256) as *const i8);
                 let v = _mm256_loadu_si256(cp.add(i) as *const __m256i);
-                let wh = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(v, 4), nib));
-                let wl = _mm256_shuffle_epi8(table, _mm256_and_si256(v, nib));
+                let (wh, wl) = nibbles(table, nib, v);
                 let f = step_factor::<SPLIT>(wf[r].as_ptr(), b);
                 for (t, a) in acc.iter_mut().enumerate() {
                     let qh = _mm256_loadu_si256(qe[t].as_ptr().add(i) as *const __m256i);
