@@ -7,7 +7,7 @@
 # adapter file `lowbit convert ADAPTER_DIR` makes), alternated with no adapter.
 # Needs about 40 GB of disk under $LOWBIT_CACHE (default .cache); `--run-time` skips the 14B part.
 #
-#   benches/scripts/lora-scale.sh [--run-time]
+#   benches/scripts/lora-scale.sh [--run-time]      (LORA_ROUNDS=N alternated rounds, default 3)
 set -euo pipefail
 only_run_time=false
 [ "${1:-}" = "--run-time" ] && only_run_time=true
@@ -41,14 +41,31 @@ $bin convert "$gguf" -o "$work/smollm2.nf4.lowbit" -q > /dev/null
 [ -f "$work/smollm2-r16/adapter_config.json" ] || $bin synth --preset smollm2-135m --adapter-rank 16 -o "$work/smollm2-r16" > /dev/null
 $bin convert "$work/smollm2-r16" -o "$work/smollm2-r16.lowbit" -q > /dev/null
 head -c 560 data/genesis-kjv.txt > "$work/prompt.txt"
+rounds="${LORA_ROUNDS:-3}"
+log="$work/run-time.log"
+: > "$log"
 for t in 1 2; do
-  for round in 1 2 3; do
+  for round in $(seq "$rounds"); do
     for lora in none r16 r16-file; do
       extra=()
       [ "$lora" = r16 ] && extra=(--lora "$work/smollm2-r16")
       [ "$lora" = r16-file ] && extra=(--lora "$work/smollm2-r16.lowbit")
       line=$($bin --threads $t run --raw -m "$work/smollm2.nf4.lowbit" -f "$work/prompt.txt" -n 65 --ignore-eos "${extra[@]}" 2>&1 >/dev/null | tail -1)
-      echo "threads $t round $round adapter $lora: $line"
+      echo "threads $t round $round adapter $lora: $line" | tee -a "$log"
     done
   done
 done
+# Medians over the rounds, and what the adapter costs against no adapter.
+python3 - "$log" <<'PY'
+import re, statistics, sys
+runs = {}
+for line in open(sys.argv[1]):
+    m = re.match(r"threads (\d+) round \d+ adapter (\S+): .*decode \d+ tok, ([\d.]+) tok/s", line)
+    if m:
+        runs.setdefault((int(m[1]), m[2]), []).append(float(m[3]))
+for t in sorted({k[0] for k in runs}):
+    med = {a: statistics.median(runs[(t, a)]) for a in ("none", "r16", "r16-file")}
+    print(f"threads {t}: decode medians none {med['none']:.1f}, folder {med['r16']:.1f} "
+          f"({100 * (1 - med['r16'] / med['none']):.1f} % cost), file {med['r16-file']:.1f} "
+          f"({100 * (1 - med['r16-file'] / med['none']):.1f} % cost)")
+PY
