@@ -104,6 +104,7 @@ rows.append(("lowbit f32", size, ppl_f32, 1.0, None, None))
 for name, label in [
     ("nf4", "lowbit nf4 (default)"),
     ("nf4-imatrix", "lowbit nf4 --imatrix"),
+    ("nf4-small", "lowbit nf4-small"),
     ("nf4-bnb-exact", "lowbit nf4 --bnb-exact"),
     ("nf4-mix", "lowbit nf4-mix"),
     ("nf4-mix-imatrix", "lowbit nf4-mix --imatrix"),

@@ -95,8 +95,11 @@ pub struct SynthArgs {
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Quant {
-    /// NormalFloat4 in blocks of 64 with double-quantized scales (QLoRA's 4-bit)
+    /// NormalFloat4 in blocks of 64 with double-quantized scales (QLoRA's 4-bit), with v_proj, k_proj and the last layer's MLP in block int8: llama.cpp's IQ4_NL quality at a smaller file
     Nf4,
+    /// nf4 on every linear weight: the smallest 4-bit file
+    #[value(name = "nf4-small")]
+    Nf4Small,
     /// nf4 with the most sensitive weights (v_proj, k_proj, down_proj) in block int8
     #[value(name = "nf4-mix")]
     Nf4Mix,
@@ -153,7 +156,8 @@ pub struct ConvertArgs {
     #[arg(long)]
     pub bnb_cpu_rounding: bool,
     /// 4-bit blocks exactly as bitsandbytes quantizes them (block absmax, nearest code) instead
-    /// of searching each block's scale for the least error.
+    /// of searching each block's scale for the least error; with `nf4`, every linear weight in
+    /// 4 bits, as bitsandbytes stores them.
     #[arg(long)]
     pub bnb_exact: bool,
     /// Merge a PEFT LoRA adapter folder into the weights before quantizing, scaled by SCALE

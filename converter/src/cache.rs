@@ -27,8 +27,8 @@ pub fn is_source(path: &Path) -> bool {
 }
 
 /// A key for a source and options: the source's canonical path, every file's name, size and
-/// modification time, the scheme and the converter's version — a changed source, option or
-/// converter converts anew.
+/// modification time, the options, the scheme's recipe and the converter's version — a changed
+/// source, option, recipe or converter converts anew.
 fn key(src: &Path, opts: &ConvertOptions) -> std::io::Result<String> {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     std::fs::canonicalize(src)?.hash(&mut h);
@@ -45,6 +45,7 @@ fn key(src: &Path, opts: &ConvertOptions) -> std::io::Result<String> {
         m.modified().ok().hash(&mut h);
     }
     format!("{opts:?}").hash(&mut h);
+    opts.recipe().hash(&mut h);
     env!("CARGO_PKG_VERSION").hash(&mut h);
     Ok(format!("{:016x}", h.finish()))
 }

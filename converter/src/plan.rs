@@ -21,8 +21,11 @@ use std::path::{Path, PathBuf};
 /// What the linear layers become.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QuantChoice {
-    /// NF4 (4-bit NormalFloat).
+    /// NF4 (4-bit NormalFloat) with the few weights it hurts most per byte ([`NF4_Q8`] and the
+    /// last layer's MLP) in block int8: llama.cpp's IQ4_NL quality at a smaller file.
     Nf4,
+    /// NF4 on every linear weight: the smallest 4-bit file.
+    Nf4Small,
     /// NF4 with the tensors that lose most to it ([`NF4_MIX_Q8`]) in block int8.
     Nf4Mix,
     /// NF4 in blocks of 32 with v_proj ([`NF4_PLUS_Q8`]) in block int8: IQ4_NL's size class.
@@ -46,6 +49,7 @@ impl QuantChoice {
     pub fn label(self) -> &'static str {
         match self {
             QuantChoice::Nf4 => "nf4",
+            QuantChoice::Nf4Small => "nf4-small",
             QuantChoice::Nf4Mix => "nf4-mix",
             QuantChoice::Nf4Plus => "nf4-plus",
             QuantChoice::Fp4 => "fp4",
@@ -77,6 +81,13 @@ impl QuantChoice {
         }
     }
 }
+
+/// The linear weights `--quant nf4` stores in block int8, besides the last layer's MLP
+/// ([`ConvertOptions::eight_bit`]): by measurement on SmolLM2, v_proj and k_proj lose the most
+/// to 4 bits per byte they take (v_proj's values pass through attention unmixed), and the last
+/// layer's MLP the most of any layer's — its error goes straight into the logits
+/// (docs/PERFORMANCE.md).
+pub const NF4_Q8: &[&str] = &["*.v_proj.weight", "*.k_proj.weight"];
 
 /// The linear weights `--quant nf4-mix` stores in block int8: those whose 4-bit rounding cost
 /// the most per byte saved, by measurement on SmolLM2 (docs/PERFORMANCE.md).
@@ -231,14 +242,34 @@ impl ConvertOptions {
         self.keep.iter().any(|k| pattern_matches(k, name))
     }
 
-    /// Whether the 4-bit linear weight `name` is stored in 8 bits instead (`q8`, `nf4-mix`).
-    pub fn eight_bit(&self, name: &str) -> bool {
-        let mix = match self.quant {
+    /// Whether the 4-bit linear weight `name` of a model with `layers` decoder layers is stored
+    /// in 8 bits instead (`--q8` patterns and the recipes of `nf4`, `nf4-mix` and `nf4-plus`;
+    /// `nf4 --bnb-exact` is bitsandbytes' layout, every linear weight in 4 bits).
+    pub fn eight_bit(&self, name: &str, layers: usize) -> bool {
+        let recipe = match self.quant {
+            QuantChoice::Nf4 if !self.bnb_exact => NF4_Q8,
             QuantChoice::Nf4Mix => NF4_MIX_Q8,
             QuantChoice::Nf4Plus => NF4_PLUS_Q8,
             _ => &[],
         };
-        self.q8.iter().map(String::as_str).chain(mix.iter().copied()).any(|p| pattern_matches(p, name))
+        let last_mlp = self.quant == QuantChoice::Nf4
+            && !self.bnb_exact
+            && layers > 0
+            && name.contains(&format!("layers.{}.mlp.", layers - 1));
+        last_mlp || self.q8.iter().map(String::as_str).chain(recipe.iter().copied()).any(|p| pattern_matches(p, name))
+    }
+
+    /// What the scheme's recipe puts in 8 bits, for the conversion cache's key (a recipe that
+    /// changes makes a new conversion).
+    pub fn recipe(&self) -> String {
+        let patterns: &[&str] = match self.quant {
+            QuantChoice::Nf4 if !self.bnb_exact => NF4_Q8,
+            QuantChoice::Nf4Mix => NF4_MIX_Q8,
+            QuantChoice::Nf4Plus => NF4_PLUS_Q8,
+            _ => &[],
+        };
+        let last = if self.quant == QuantChoice::Nf4 && !self.bnb_exact { "+last-mlp" } else { "" };
+        format!("{}{last}", patterns.join(","))
     }
 
     /// Whether `name` (of rank `rank`) is quantized with the chosen 4-bit/int8 scheme.
@@ -251,8 +282,16 @@ impl ConvertOptions {
     }
 
     /// The scheme of tensor `name`, which is `kept` when not quantized. `tied`: the embedding
-    /// doubles as the output head.
-    pub fn scheme_for(&self, name: &str, shape: &[usize], kept: Scheme, orig_dtype: &str, tied: bool) -> Scheme {
+    /// doubles as the output head; `layers`: the model's decoder layers.
+    pub fn scheme_for(
+        &self,
+        name: &str,
+        shape: &[usize],
+        kept: Scheme,
+        orig_dtype: &str,
+        tied: bool,
+        layers: usize,
+    ) -> Scheme {
         let rank = shape.len();
         // Block int8 needs whole blocks per row; a matrix without them gets LLM.int8 rows.
         let q8 = if shape.last().is_some_and(|c| c % Q8_BLOCKSIZE as usize == 0) {
@@ -275,7 +314,7 @@ impl ConvertOptions {
         match self.quant {
             QuantChoice::Int8 => Scheme::Int8,
             QuantChoice::Q8 => q8,
-            _ if self.eight_bit(name) => q8,
+            _ if self.eight_bit(name, layers) => q8,
             q => Scheme::FourBit {
                 kind: if q == QuantChoice::Fp4 { FourBitKind::Fp4 } else { FourBitKind::Nf4 },
                 blocksize: self.blocksize as u32,
@@ -288,8 +327,10 @@ impl ConvertOptions {
     }
 
     fn settings(&self, source_format: &str) -> QuantSettings {
-        let four =
-            matches!(self.quant, QuantChoice::Nf4 | QuantChoice::Nf4Mix | QuantChoice::Nf4Plus | QuantChoice::Fp4);
+        let four = matches!(
+            self.quant,
+            QuantChoice::Nf4 | QuantChoice::Nf4Small | QuantChoice::Nf4Mix | QuantChoice::Nf4Plus | QuantChoice::Fp4
+        );
         QuantSettings {
             scheme: self.quant.label().into(),
             blocksize: if four {
@@ -512,7 +553,7 @@ pub fn plan_folder(dir: &Path, src: &SafetensorsSource, opts: &ConvertOptions) -
         let scheme = if prequantized && opts.quant.dense().is_none() {
             dense(t.dtype)
         } else {
-            opts.scheme_for(&t.name, &t.shape, dense(t.dtype), t.dtype.torch_name(), dims.tied)
+            opts.scheme_for(&t.name, &t.shape, dense(t.dtype), t.dtype.torch_name(), dims.tied, dims.layers)
         };
         jobs.push(Job::Float { name: t.name.clone(), dtype: t.dtype, shape: t.shape.clone(), scheme });
     }
@@ -618,7 +659,7 @@ pub fn plan_gguf(src: &GgufSource, opts: &ConvertOptions) -> Result<Plan> {
             Some(GgmlType::BF16) => Scheme::Bf16,
             _ => Scheme::F16,
         };
-        let scheme = opts.scheme_for(&t.name, &t.shape, kept, "float32", dims.tied);
+        let scheme = opts.scheme_for(&t.name, &t.shape, kept, "float32", dims.tied, dims.layers);
         jobs.push(Job::Float { name: t.name.clone(), dtype: SrcDtype::F32, shape: t.shape.clone(), scheme });
     }
     check_complete(&dims, &jobs, &mut warnings)?;
@@ -671,17 +712,17 @@ mod tests {
         let keep = ConvertOptions { keep: vec!["*.down_proj.weight".into()], ..Default::default() };
         assert!(!keep.quantizes("model.layers.3.mlp.down_proj.weight", 2));
         assert_eq!(
-            keep.scheme_for("model.layers.3.mlp.down_proj.weight", &[4, 4], Scheme::Bf16, "bfloat16", false),
+            keep.scheme_for("model.layers.3.mlp.down_proj.weight", &[4, 4], Scheme::Bf16, "bfloat16", false, 4),
             Scheme::Bf16
         );
         let f16 = ConvertOptions { quant: QuantChoice::F16, ..Default::default() };
-        assert_eq!(f16.scheme_for("model.norm.weight", &[4], Scheme::F32, "float32", false), Scheme::F16);
+        assert_eq!(f16.scheme_for("model.norm.weight", &[4], Scheme::F32, "float32", false, 4), Scheme::F16);
     }
 
     #[test]
     fn q8_patterns_and_the_nf4_mix() {
         let scheme =
-            |o: &ConvertOptions, n: &str, cols: usize| o.scheme_for(n, &[8, cols], Scheme::F32, "float32", false);
+            |o: &ConvertOptions, n: &str, cols: usize| o.scheme_for(n, &[8, cols], Scheme::F32, "float32", false, 24);
         let is_four = |s: Scheme| matches!(s, Scheme::FourBit { kind: FourBitKind::Nf4, .. });
         let q8 = Scheme::Q8 { blocksize: Q8_BLOCKSIZE };
         let mix = ConvertOptions { quant: QuantChoice::Nf4Mix, ..Default::default() };
@@ -697,12 +738,37 @@ mod tests {
         for n in ["model.layers.2.self_attn.q_proj.weight", "model.layers.2.mlp.up_proj.weight"] {
             assert!(is_four(scheme(&mix, n, 64)), "{n}");
         }
-        let one = ConvertOptions { q8: vec!["layers.1.".into()], ..Default::default() };
+        // nf4: v_proj, k_proj and the last layer's MLP in block int8; nf4-small and bitsandbytes'
+        // own layout (`--bnb-exact`) every linear weight in 4 bits.
+        let nf4 = ConvertOptions::default();
+        let small = ConvertOptions::for_quant(QuantChoice::Nf4Small);
+        let exact = ConvertOptions { bnb_exact: true, ..Default::default() };
+        for n in [
+            "model.layers.2.self_attn.v_proj.weight",
+            "model.layers.2.self_attn.k_proj.weight",
+            "model.layers.23.mlp.gate_proj.weight",
+            "model.layers.23.mlp.up_proj.weight",
+            "model.layers.23.mlp.down_proj.weight",
+        ] {
+            assert_eq!(scheme(&nf4, n, 64), q8, "{n}");
+            assert!(is_four(scheme(&small, n, 64)) && is_four(scheme(&exact, n, 64)), "{n}");
+        }
+        for n in [
+            "model.layers.23.self_attn.q_proj.weight",
+            "model.layers.22.mlp.down_proj.weight",
+            "model.layers.2.mlp.up_proj.weight",
+        ] {
+            assert!(is_four(scheme(&nf4, n, 64)), "{n}");
+        }
+        assert_ne!(nf4.recipe(), small.recipe());
+        assert_ne!(nf4.recipe(), exact.recipe());
+        let one = ConvertOptions { q8: vec!["layers.1.".into()], ..ConvertOptions::for_quant(QuantChoice::Nf4Small) };
         assert_eq!(scheme(&one, "model.layers.1.mlp.up_proj.weight", 64), q8);
         assert!(is_four(scheme(&one, "model.layers.11.mlp.up_proj.weight", 64)));
         // Only 4-bit layers change: with another scheme the pattern does nothing, and a kept
         // tensor stays kept.
         let int8 = ConvertOptions { quant: QuantChoice::Int8, q8: vec!["up_proj".into()], ..Default::default() };
+        assert_eq!(scheme(&int8, "model.layers.23.mlp.up_proj.weight", 64), Scheme::Int8);
         assert_eq!(scheme(&int8, "model.layers.1.mlp.up_proj.weight", 64), Scheme::Int8);
         let kept = ConvertOptions { keep: vec!["up_proj".into()], q8: vec!["up_proj".into()], ..Default::default() };
         assert_eq!(scheme(&kept, "model.layers.1.mlp.up_proj.weight", 64), Scheme::F32);

@@ -134,10 +134,11 @@ fn gguf_converts_to_the_hugging_face_tensors() {
     assert_eq!(m.sources.len(), 1);
     assert_eq!(m.sources[0].bytes, std::fs::metadata(&gguf).unwrap().len());
 
-    // NF4: high-precision tensors keep F32/F16 sources exactly, dequantized blocks go to f16;
-    // the linear layers are our NF4 of the dequantized values, the head LLM.int8 rows.
+    // NF4 on every linear weight: high-precision tensors keep F32/F16 sources exactly,
+    // dequantized blocks go to f16; the linear layers are our NF4 of the dequantized values, the
+    // head LLM.int8 rows.
     let out = tmp.path().join("nf4.lowbit");
-    run(&gguf, &out, &opts(QuantChoice::Nf4)).unwrap();
+    run(&gguf, &out, &opts(QuantChoice::Nf4Small)).unwrap();
     let f = ModelFile::open(&out).unwrap();
     for (name, shape, v, kept) in &expected {
         let t = f.tensor(name).unwrap();
@@ -211,11 +212,20 @@ fn smollm2_gguf_to_nf4() {
     assert_eq!(f.tensor("model.embed_tokens.weight").unwrap().info.scheme, Scheme::Q8 { blocksize: 32 });
     assert!(f.metadata().tokenizer_json.is_some() && f.metadata().chat_template.is_some());
     let model = GgufModel::open(&gguf).unwrap();
-    let name = "model.layers.7.self_attn.k_proj.weight";
+    let name = "model.layers.7.self_attn.q_proj.weight";
     let q =
         quantize_4bit(&model.tensor_f32(name).unwrap(), &FourBitOptions { scale_search: true, ..Default::default() })
             .unwrap();
     assert!(f.tensor(name).unwrap().part("codes").unwrap() == q.codes);
+    // The recipe's 8-bit weights: k_proj, v_proj and the last layer's MLP.
+    for name in [
+        "model.layers.7.self_attn.k_proj.weight",
+        "model.layers.0.self_attn.v_proj.weight",
+        "model.layers.29.mlp.up_proj.weight",
+    ] {
+        assert_eq!(f.tensor(name).unwrap().info.scheme, Scheme::Q8 { blocksize: 32 }, "{name}");
+    }
+    assert!(matches!(f.tensor("model.layers.28.mlp.up_proj.weight").unwrap().info.scheme, Scheme::FourBit { .. }));
     eprintln!(
         "SmolLM2 nf4: {:.3} bits/weight overall, {} tensors, {:.1} s",
         s.bits_per_weight(),

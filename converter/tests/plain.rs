@@ -43,6 +43,7 @@ fn check_tensors(out: &Path, tiny: &Tiny, dtype: Dtype, o: &ConvertOptions) {
     let names: BTreeSet<&str> = f.tensors().iter().map(|t| t.name.as_str()).collect();
     let want: BTreeSet<&str> = tiny.tensors.iter().map(|t| t.0.as_str()).collect();
     assert_eq!(names, want);
+    let layers = f.metadata().config["num_hidden_layers"].as_u64().unwrap() as usize;
     for (name, shape, x) in &tiny.tensors {
         let t = f.tensor(name).unwrap();
         assert_eq!(t.info.shape, shape.iter().map(|&d| d as u64).collect::<Vec<_>>(), "{name}");
@@ -60,6 +61,9 @@ fn check_tensors(out: &Path, tiny: &Tiny, dtype: Dtype, o: &ConvertOptions) {
             _ if !quantized => dense_scheme(dtype),
             QuantChoice::Int8 => Scheme::Int8,
             QuantChoice::Q8 => Scheme::Q8 { blocksize: 32 },
+            // A recipe's 8-bit weights (nf4: k_proj, v_proj, the last layer's MLP).
+            _ if o.eight_bit(name, layers) && shape[1] % 32 == 0 => Scheme::Q8 { blocksize: 32 },
+            _ if o.eight_bit(name, layers) => Scheme::Int8,
             q => Scheme::FourBit {
                 kind: if q == QuantChoice::Fp4 { FourBitKind::Fp4 } else { FourBitKind::Nf4 },
                 blocksize: o.blocksize as u32,
@@ -125,6 +129,7 @@ fn every_scheme_from_each_source_dtype() {
         write(&dir, &tiny, &Layout { dtype, ..Default::default() });
         for q in [
             QuantChoice::Nf4,
+            QuantChoice::Nf4Small,
             QuantChoice::Fp4,
             QuantChoice::Int8,
             QuantChoice::Q8,
@@ -146,17 +151,19 @@ fn every_scheme_from_each_source_dtype() {
             assert_eq!(m.quantization.scheme, q.label());
             assert_eq!(m.quantization.source_format, "safetensors");
             let blocksize = match q {
-                QuantChoice::Nf4 | QuantChoice::Fp4 => Some(64),
+                QuantChoice::Nf4 | QuantChoice::Nf4Small | QuantChoice::Fp4 => Some(64),
                 QuantChoice::Q8 => Some(32),
                 _ => None,
             };
             assert_eq!(m.quantization.blocksize, blocksize);
             match q {
-                QuantChoice::Nf4 | QuantChoice::Fp4 => {
+                QuantChoice::Nf4Small | QuantChoice::Fp4 => {
                     // 4 bits + (1 byte + 4/256) per 64 → ≈ 4.13 bits, plus part padding.
                     let bpw = s.quantized_bits_per_weight().unwrap();
                     assert!((4.1..4.3).contains(&bpw), "{bpw}");
                 }
+                // Between: k_proj, v_proj and (in this one-layer model) the whole MLP in 8 bits.
+                QuantChoice::Nf4 => assert!((4.3..8.5).contains(&s.quantized_bits_per_weight().unwrap())),
                 QuantChoice::Int8 => assert!((8.0..8.6).contains(&s.quantized_bits_per_weight().unwrap())),
                 // 8 bits + 16 per 32.
                 QuantChoice::Q8 => assert!((8.5..8.8).contains(&s.quantized_bits_per_weight().unwrap())),

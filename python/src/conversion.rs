@@ -13,6 +13,7 @@ use std::sync::Mutex;
 fn quant_choice(quant: &str) -> PyResult<QuantChoice> {
     Ok(match quant {
         "nf4" => QuantChoice::Nf4,
+        "nf4-small" => QuantChoice::Nf4Small,
         "nf4-mix" => QuantChoice::Nf4Mix,
         "nf4-plus" => QuantChoice::Nf4Plus,
         "fp4" => QuantChoice::Fp4,
@@ -23,7 +24,7 @@ fn quant_choice(quant: &str) -> PyResult<QuantChoice> {
         "f32" => QuantChoice::F32,
         other => {
             return Err(PyValueError::new_err(format!(
-                "quant {other:?} is not one of nf4, nf4-mix, nf4-plus, fp4, int8, q8, f16, bf16, f32"
+                "quant {other:?} is not one of nf4, nf4-small, nf4-mix, nf4-plus, fp4, int8, q8, f16, bf16, f32"
             )))
         }
     })

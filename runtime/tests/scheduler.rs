@@ -53,7 +53,7 @@ fn tiny_file() -> &'static PathBuf {
         let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/tiny/gqa1");
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("sched-tiny");
         std::fs::create_dir_all(&dir).unwrap();
-        common::convert_to(&src, QuantChoice::Nf4, &dir)
+        common::convert_to(&src, QuantChoice::Nf4Small, &dir)
     })
 }
 

@@ -10,6 +10,7 @@ use lowbit_convert::{convert, ConvertOptions, HeadChoice, ProgressEvent, QuantCh
 pub fn quant_choice(q: Quant) -> QuantChoice {
     match q {
         Quant::Nf4 => QuantChoice::Nf4,
+        Quant::Nf4Small => QuantChoice::Nf4Small,
         Quant::Nf4Mix => QuantChoice::Nf4Mix,
         Quant::Nf4Plus => QuantChoice::Nf4Plus,
         Quant::Fp4 => QuantChoice::Fp4,
