@@ -113,7 +113,8 @@ pub struct ConvertOptions {
     /// (`*.down_proj.weight`).
     pub keep: Vec<String>,
     /// Linear weights stored as block int8 (q8) when the scheme is 4-bit, by name pattern as
-    /// `keep` (`*.v_proj.weight`); `nf4-mix` adds [`NF4_MIX_Q8`].
+    /// `keep` (`*.v_proj.weight`); `nf4`, `nf4-mix` and `nf4-plus` add their recipes
+    /// ([`ConvertOptions::eight_bit`]).
     pub q8: Vec<String>,
     /// Quantize embeddings and lm_head too, with the main scheme.
     pub quantize_all: bool,
@@ -255,7 +256,7 @@ impl ConvertOptions {
         let last_mlp = self.quant == QuantChoice::Nf4
             && !self.bnb_exact
             && layers > 0
-            && name.contains(&format!("layers.{}.mlp.", layers - 1));
+            && name.starts_with(&format!("model.layers.{}.mlp.", layers - 1));
         last_mlp || self.q8.iter().map(String::as_str).chain(recipe.iter().copied()).any(|p| pattern_matches(p, name))
     }
 
@@ -757,6 +758,7 @@ mod tests {
             "model.layers.23.self_attn.q_proj.weight",
             "model.layers.22.mlp.down_proj.weight",
             "model.layers.2.mlp.up_proj.weight",
+            "vision.model.layers.23.mlp.up_proj.weight",
         ] {
             assert!(is_four(scheme(&nf4, n, 64)), "{n}");
         }

@@ -60,6 +60,7 @@ fn tiny_models_decode_the_same_in_a_batch() {
             QuantChoice::F32,
             QuantChoice::Bf16,
             QuantChoice::Nf4,
+            QuantChoice::Nf4Small,
             QuantChoice::Fp4,
             QuantChoice::Int8,
             QuantChoice::Q8,
@@ -109,7 +110,7 @@ fn smollm2_decodes_the_same_in_a_batch() {
         vec![9, 10],
         (1000..1100).step_by(3).collect(),
     ];
-    for quant in [QuantChoice::Nf4, QuantChoice::Int8, QuantChoice::Q8] {
+    for quant in [QuantChoice::Nf4, QuantChoice::Nf4Small, QuantChoice::Int8, QuantChoice::Q8] {
         let path = common::convert_to(&gguf, quant, dir.path());
         let file = ModelFile::open(&path).unwrap();
         let model = Model::new(&file).unwrap();
