@@ -185,9 +185,11 @@ pub fn load_adapter_file(
                 )));
             }
             let bad_value = match t.info.scheme {
-                Scheme::F32 => t.part_f32("data")?.iter().copied().enumerate().find(|(_, v)| !v.is_finite()),
-                Scheme::Bf16 => first_non_finite(t.part_u16("data")?, |b| half::bf16::from_bits(b).to_f32()),
-                Scheme::F16 => first_non_finite(t.part_u16("data")?, |b| half::f16::from_bits(b).to_f32()),
+                Scheme::F32 => first_non_finite(t.part_f32("data")?.iter().copied()),
+                Scheme::Bf16 => {
+                    first_non_finite(t.part_u16("data")?.iter().map(|&b| half::bf16::from_bits(b).to_f32()))
+                }
+                Scheme::F16 => first_non_finite(t.part_u16("data")?.iter().map(|&b| half::f16::from_bits(b).to_f32())),
                 _ => return Err(bad(format!("{name} is stored as {}, not as floats", t.info.scheme.label()))),
             };
             if let Some((i, v)) = bad_value {
@@ -201,30 +203,17 @@ pub fn load_adapter_file(
     Ok((record, deltas))
 }
 
-/// The first element of 16-bit floats `bits` that is not finite, with its value.
-fn first_non_finite(bits: &[u16], widen: impl Fn(u16) -> f32) -> Option<(usize, f32)> {
-    bits.iter().map(|&b| widen(b)).enumerate().find(|(_, v)| !v.is_finite())
+/// The first of `values` that is not finite, with its index.
+fn first_non_finite(values: impl Iterator<Item = f32>) -> Option<(usize, f32)> {
+    values.enumerate().find(|(_, v)| !v.is_finite())
 }
 
 /// The first value of little-endian `bytes` of `dtype` (f32, f16 or bf16) that is not finite.
 fn first_non_finite_bytes(dtype: SrcDtype, bytes: &[u8]) -> Option<(usize, f32)> {
+    let halves = bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]));
     match dtype {
-        SrcDtype::Bf16 | SrcDtype::F16 => bytes
-            .chunks_exact(2)
-            .map(|c| u16::from_le_bytes([c[0], c[1]]))
-            .map(|b| {
-                if dtype == SrcDtype::Bf16 {
-                    half::bf16::from_bits(b).to_f32()
-                } else {
-                    half::f16::from_bits(b).to_f32()
-                }
-            })
-            .enumerate()
-            .find(|(_, v)| !v.is_finite()),
-        _ => bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .enumerate()
-            .find(|(_, v)| !v.is_finite()),
+        SrcDtype::Bf16 => first_non_finite(halves.map(|b| half::bf16::from_bits(b).to_f32())),
+        SrcDtype::F16 => first_non_finite(halves.map(|b| half::f16::from_bits(b).to_f32())),
+        _ => first_non_finite(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
     }
 }

@@ -243,34 +243,30 @@ impl ConvertOptions {
         self.keep.iter().any(|k| pattern_matches(k, name))
     }
 
+    /// The scheme's own 8-bit recipe: its name patterns, and whether the last layer's MLP is
+    /// in it (`nf4`; `nf4 --bnb-exact` is bitsandbytes' layout, every linear weight in 4 bits).
+    fn recipe_patterns(&self) -> (&'static [&'static str], bool) {
+        match self.quant {
+            QuantChoice::Nf4 if !self.bnb_exact => (NF4_Q8, true),
+            QuantChoice::Nf4Mix => (NF4_MIX_Q8, false),
+            QuantChoice::Nf4Plus => (NF4_PLUS_Q8, false),
+            _ => (&[], false),
+        }
+    }
+
     /// Whether the 4-bit linear weight `name` of a model with `layers` decoder layers is stored
-    /// in 8 bits instead (`--q8` patterns and the recipes of `nf4`, `nf4-mix` and `nf4-plus`;
-    /// `nf4 --bnb-exact` is bitsandbytes' layout, every linear weight in 4 bits).
+    /// in 8 bits instead (`--q8` patterns and the scheme's recipe).
     pub fn eight_bit(&self, name: &str, layers: usize) -> bool {
-        let recipe = match self.quant {
-            QuantChoice::Nf4 if !self.bnb_exact => NF4_Q8,
-            QuantChoice::Nf4Mix => NF4_MIX_Q8,
-            QuantChoice::Nf4Plus => NF4_PLUS_Q8,
-            _ => &[],
-        };
-        let last_mlp = self.quant == QuantChoice::Nf4
-            && !self.bnb_exact
-            && layers > 0
-            && name.starts_with(&format!("model.layers.{}.mlp.", layers - 1));
-        last_mlp || self.q8.iter().map(String::as_str).chain(recipe.iter().copied()).any(|p| pattern_matches(p, name))
+        let (recipe, last_mlp) = self.recipe_patterns();
+        (last_mlp && layers > 0 && name.starts_with(&format!("model.layers.{}.mlp.", layers - 1)))
+            || self.q8.iter().map(String::as_str).chain(recipe.iter().copied()).any(|p| pattern_matches(p, name))
     }
 
     /// What the scheme's recipe puts in 8 bits, for the conversion cache's key (a recipe that
     /// changes makes a new conversion).
     pub fn recipe(&self) -> String {
-        let patterns: &[&str] = match self.quant {
-            QuantChoice::Nf4 if !self.bnb_exact => NF4_Q8,
-            QuantChoice::Nf4Mix => NF4_MIX_Q8,
-            QuantChoice::Nf4Plus => NF4_PLUS_Q8,
-            _ => &[],
-        };
-        let last = if self.quant == QuantChoice::Nf4 && !self.bnb_exact { "+last-mlp" } else { "" };
-        format!("{}{last}", patterns.join(","))
+        let (patterns, last_mlp) = self.recipe_patterns();
+        format!("{}{}", patterns.join(","), if last_mlp { "+last-mlp" } else { "" })
     }
 
     /// Whether `name` (of rank `rank`) is quantized with the chosen 4-bit/int8 scheme.

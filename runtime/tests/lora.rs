@@ -17,6 +17,13 @@ fn data(p: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(p)
 }
 
+/// The h96 tiny model's folder and its f32 conversion in `dir`, opened.
+fn h96_f32(dir: &Path) -> (PathBuf, ModelFile) {
+    let src = data("tests/data/tiny/h96");
+    let file = ModelFile::open(&common::convert_to(&src, QuantChoice::F32, dir)).unwrap();
+    (src, file)
+}
+
 fn adapter(file: &ModelFile, dir: &Path) -> lowbit_convert::Result<LoraAdapter> {
     let shape_of = |name: &str| file.tensor(name).map(|t| t.info.shape.iter().map(|&d| d as usize).collect());
     load_for_run_time(&LoraSpec { dir: dir.to_path_buf(), scale: 1.0 }, &shape_of).map(to_runtime)
@@ -34,9 +41,7 @@ fn to_runtime(
 #[test]
 fn run_time_adapters_equal_merged_ones() {
     let tmp = tempfile::tempdir().unwrap();
-    let base_src = data("tests/data/tiny/h96");
-    let base = common::convert_to(&base_src, QuantChoice::F32, tmp.path());
-    let base = ModelFile::open(&base).unwrap();
+    let (base_src, base) = h96_f32(tmp.path());
     let prompt: Vec<u32> = vec![1, 17, 33, 2, 90, 41, 5];
     for variant in ["plain", "patterns"] {
         let dir = data(&format!("../converter/tests/data/lora/{variant}"));
@@ -99,9 +104,7 @@ fn half_precision_adapter_files_run_in_place_with_the_folders_bits() {
     use lowbit_convert::lora::load_for_file;
     use safetensors::{tensor::TensorView, Dtype, SafeTensors};
     let tmp = tempfile::tempdir().unwrap();
-    let base_src = data("tests/data/tiny/h96");
-    let base = common::convert_to(&base_src, QuantChoice::F32, tmp.path());
-    let base = ModelFile::open(&base).unwrap();
+    let (base_src, base) = h96_f32(tmp.path());
     let cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(base_src.join("config.json")).unwrap()).unwrap();
     let bf16_dir = tmp.path().join("bf16");
