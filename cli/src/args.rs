@@ -231,7 +231,7 @@ pub struct VerifyArgs {
 #[derive(Args, Debug, Clone)]
 pub struct SampleArgs {
     /// Tokens to generate.
-    #[arg(short = 'n', long, default_value_t = 128)]
+    #[arg(short = 'n', long, visible_alias = "n-predict", default_value_t = 128)]
     pub max_tokens: usize,
     /// Temperature (0 = greedy).
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
@@ -258,7 +258,7 @@ pub struct SampleArgs {
     #[arg(short = 's', long)]
     pub seed: Option<u64>,
     /// Context length (positions kept for models without a sliding window).
-    #[arg(short = 'c', long, default_value_t = 4096)]
+    #[arg(short = 'c', long, visible_alias = "ctx-size", default_value_t = 4096)]
     pub ctx: usize,
     /// Exact float 4-bit decode path instead of the faster integer route.
     #[arg(long)]
@@ -302,7 +302,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub raw: bool,
     /// System message (with --chat).
-    #[arg(long)]
+    #[arg(long, visible_alias = "system-prompt")]
     pub system: Option<String>,
     /// Print one JSON object (text, token ids and counts, timings) instead of streaming text.
     #[arg(long)]
@@ -317,7 +317,7 @@ pub struct ChatArgs {
     #[arg(short, long)]
     pub model: PathBuf,
     /// System message.
-    #[arg(long)]
+    #[arg(long, visible_alias = "system-prompt")]
     pub system: Option<String>,
     #[command(flatten)]
     pub sample: SampleArgs,
@@ -369,7 +369,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 4)]
     pub parallel: usize,
     /// Positions per sequence (prompt and reply), cut to what the model was trained for.
-    #[arg(short = 'c', long, default_value_t = 4096)]
+    #[arg(short = 'c', long, visible_alias = "ctx-size", default_value_t = 4096)]
     pub ctx: usize,
     /// Requests that may wait for a slot; more get 503 with Retry-After.
     #[arg(long, default_value_t = 64)]
@@ -463,7 +463,7 @@ pub struct PerplexityArgs {
     #[arg(short, long)]
     pub file: PathBuf,
     /// Chunk length in tokens.
-    #[arg(short = 'c', long, default_value_t = 256)]
+    #[arg(short = 'c', long, visible_alias = "ctx-size", default_value_t = 256)]
     pub ctx: usize,
     /// Score at most this many chunks (0 = all).
     #[arg(long, default_value_t = 0)]
@@ -486,4 +486,87 @@ pub struct PerplexityArgs {
     /// total and per chunk) instead of text; the progress line still goes to stderr.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Flags whose value is free text (a prompt could be `-np`): the token after one is never a
+/// llama.cpp spelling to rewrite.
+const TEXT_VALUED: &[&str] = &["-p", "--prompt", "--system", "--system-prompt", "-sys", "-f", "--file", "--api-key"];
+
+/// llama.cpp's multi-letter single-dash flags, which clap cannot declare, rewritten to lowbit's
+/// (`-np` → `--parallel`, `-sys` → `--system`), and flags that ask for what lowbit always or
+/// never does dropped: GPU offload (`-ngl N`, `--n-gpu-layers N`, `--gpu-layers N`; lowbit runs
+/// on the CPU) and continuous batching (`-cb`), so a command copied from llama.cpp's
+/// documentation runs as it is. Returns the arguments and a note per dropped
+/// flag. Nothing after `--` is touched.
+pub fn llama_cpp_spellings(
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+) -> (Vec<std::ffi::OsString>, Vec<String>) {
+    let (mut out, mut notes) = (Vec::new(), Vec::new());
+    let mut args = args.into_iter();
+    let mut verbatim = false;
+    while let Some(a) = args.next() {
+        let text = a.to_str().unwrap_or("");
+        if verbatim || text == "--" {
+            verbatim = true;
+            out.push(a);
+            continue;
+        }
+        let gpu = ["-ngl", "--n-gpu-layers", "--gpu-layers"];
+        if gpu.contains(&text) {
+            let value = args.next().map(|v| v.to_string_lossy().into_owned()).unwrap_or_default();
+            notes.push(format!("lowbit runs on the CPU: `{text} {value}` ignored"));
+            continue;
+        }
+        if let Some((flag, _)) = text.split_once('=').filter(|(f, _)| gpu.contains(f)) {
+            notes.push(format!("lowbit runs on the CPU: `{text}` ignored ({flag})"));
+            continue;
+        }
+        if text == "-cb" || text == "--cont-batching" {
+            notes.push(format!("`{text}` ignored: batch and serve always batch continuously"));
+            continue;
+        }
+        let takes_text = TEXT_VALUED.contains(&text);
+        out.push(match text {
+            "-np" => "--parallel".into(),
+            "-sys" => "--system".into(),
+            _ => a,
+        });
+        if takes_text {
+            if let Some(v) = args.next() {
+                out.push(v);
+            }
+        }
+    }
+    (out, notes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spell(args: &[&str]) -> (Vec<String>, usize) {
+        let (a, notes) = llama_cpp_spellings(args.iter().map(std::ffi::OsString::from));
+        (a.into_iter().map(|s| s.into_string().unwrap()).collect(), notes.len())
+    }
+
+    #[test]
+    fn llama_cpp_flags_are_rewritten_or_dropped() {
+        let (a, n) = spell(&["lowbit", "serve", "-m", "f", "-np", "4", "-ngl", "99", "-c", "2048", "-cb"]);
+        assert_eq!(a, ["lowbit", "serve", "-m", "f", "--parallel", "4", "-c", "2048"]);
+        assert_eq!(n, 2);
+        let (a, n) = spell(&["lowbit", "run", "-sys", "be brief", "--n-gpu-layers=35", "-p", "hi"]);
+        assert_eq!(a, ["lowbit", "run", "--system", "be brief", "-p", "hi"]);
+        assert_eq!(n, 1);
+        // Free text that happens to read like a flag stays as it is, and so does anything after --.
+        let (a, n) = spell(&["lowbit", "run", "-p", "-np", "--system", "-ngl", "--", "-sys"]);
+        assert_eq!(a, ["lowbit", "run", "-p", "-np", "--system", "-ngl", "--", "-sys"]);
+        assert_eq!(n, 0);
+        // Parsed by clap afterwards: the rewritten flags are lowbit's.
+        let (a, _) = spell(&["lowbit", "batch", "-m", "f", "-i", "in", "-o", "out", "-np", "3", "--n-predict", "5"]);
+        let cli = Cli::try_parse_from(a).unwrap();
+        match cli.command {
+            Command::Batch(b) => assert_eq!((b.parallel, b.sample.max_tokens), (3, 5)),
+            other => panic!("{other:?}"),
+        }
+    }
 }

@@ -26,7 +26,11 @@ fn main() -> ExitCode {
             report(info)
         }
     }));
-    let cli = args::Cli::parse();
+    let (argv, notes) = args::llama_cpp_spellings(std::env::args_os());
+    let cli = args::Cli::parse_from(argv);
+    for note in notes {
+        eprintln!("note: {note}");
+    }
     // Output piped into a reader that stops early (`lowbit inspect F | head`) ends the process
     // quietly, as it does other command-line tools, instead of a panic in `println!`. Not for
     // `serve`, whose sockets must outlive any client.

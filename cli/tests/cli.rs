@@ -40,6 +40,26 @@ fn short_flags_stdin_prompts_and_seeds() {
     let b =
         ok(bin().args(["run", "-m", m, "-p", "hello", "-n", "6", "--temp", "0.8", "--seed", "7", "--threads", "1"]));
     assert_eq!(a.stdout, b.stdout, "the same seed gives the same text");
+    // llama.cpp's long spellings, and its GPU flag, which is ignored with a note.
+    let l = ok(bin().args([
+        "run",
+        "-m",
+        m,
+        "-p",
+        "hello",
+        "--ctx-size",
+        "64",
+        "--n-predict",
+        "6",
+        "--temp",
+        "0.8",
+        "-s",
+        "7",
+        "-ngl",
+        "99",
+    ]));
+    assert_eq!(l.stdout, a.stdout);
+    assert!(stderr(&l).contains("note: lowbit runs on the CPU: `-ngl 99` ignored"), "{}", stderr(&l));
     // Without --seed a sampled run prints the seed it drew, and that seed repeats the run.
     let c = ok(bin().args(["run", "-m", m, "-p", "hello", "-n", "6", "--temp", "0.8"]));
     let err = stderr(&c);
@@ -133,7 +153,7 @@ fn cli_doc_lists_every_subcommand_and_flag() {
         assert!(doc.contains(&format!("## `{c}`")), "docs/CLI.md has no section for `{c}`");
         let sub = String::from_utf8(ok(bin().args([c.as_str(), "--help"])).stdout).unwrap();
         for flag in sub.split_whitespace().filter(|w| w.starts_with("--") && w.len() > 2) {
-            let flag = flag.trim_end_matches([',', '.', ')']);
+            let flag = flag.trim_end_matches([',', '.', ')', ']']);
             assert!(doc.contains(flag), "docs/CLI.md does not mention {flag} of `{c}`");
         }
     }
