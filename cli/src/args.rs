@@ -100,7 +100,7 @@ pub enum Quant {
     /// nf4 on every linear weight: the smallest 4-bit file
     #[value(name = "nf4-small")]
     Nf4Small,
-    /// nf4 with the most sensitive weights (v_proj, k_proj, down_proj) in block int8
+    /// nf4 with the weights it hurts most in block int8 (v_proj, k_proj, the first and last layers' MLPs, the other layers' down_proj but the middle four): Q4_K_M's size
     #[value(name = "nf4-mix")]
     Nf4Mix,
     /// nf4 in blocks of 32 with v_proj in block int8: better than llama.cpp's IQ4_NL at its size

@@ -26,7 +26,8 @@ pub enum QuantChoice {
     Nf4,
     /// NF4 on every linear weight: the smallest 4-bit file.
     Nf4Small,
-    /// NF4 with the tensors that lose most to it ([`NF4_MIX_Q8`]) in block int8.
+    /// NF4 with the tensors that lose most to it in block int8 ([`NF4_MIX_Q8`], the first and
+    /// last layers' MLPs, the other layers' down projections but the middle ones): Q4_K_M's size.
     Nf4Mix,
     /// NF4 in blocks of 32 with v_proj ([`NF4_PLUS_Q8`]) in block int8: IQ4_NL's size class.
     Nf4Plus,
@@ -89,9 +90,26 @@ impl QuantChoice {
 /// (docs/PERFORMANCE.md).
 pub const NF4_Q8: &[&str] = &["*.v_proj.weight", "*.k_proj.weight"];
 
-/// The linear weights `--quant nf4-mix` stores in block int8: those whose 4-bit rounding cost
-/// the most per byte saved, by measurement on SmolLM2 (docs/PERFORMANCE.md).
-pub const NF4_MIX_Q8: &[&str] = &["*.v_proj.weight", "*.k_proj.weight", "*.down_proj.weight"];
+/// The linear weights `--quant nf4-mix` stores in block int8 by name, beside the first and last
+/// layers' MLPs and the down projections of all but the middle layers ([`ConvertOptions::eight_bit`]):
+/// on SmolLM2 that spends Q4_K_M's size where 4 bits lose most (docs/PERFORMANCE.md).
+pub const NF4_MIX_Q8: &[&str] = &["*.v_proj.weight", "*.k_proj.weight"];
+
+/// Layers around the middle whose down projection `nf4-mix` leaves in 4 bits (they lost least
+/// to it on SmolLM2), paying for the first layer's MLP in 8 bits.
+const MIX_MIDDLE: usize = 4;
+
+/// A scheme's own 8-bit recipe.
+struct Recipe {
+    /// Name patterns.
+    patterns: &'static [&'static str],
+    /// The last decoder layer's MLP (its error goes straight into the logits).
+    last_mlp: bool,
+    /// The first decoder layer's MLP.
+    first_mlp: bool,
+    /// Every layer's down projection but the [`MIX_MIDDLE`] around the middle.
+    downs: bool,
+}
 
 /// The linear weights `--quant nf4-plus` stores in block int8: with blocks of 32 elsewhere, the
 /// one choice that put SmolLM2 ahead of llama.cpp's IQ4_NL at a smaller file (docs/PERFORMANCE.md).
@@ -243,30 +261,51 @@ impl ConvertOptions {
         self.keep.iter().any(|k| pattern_matches(k, name))
     }
 
-    /// The scheme's own 8-bit recipe: its name patterns, and whether the last layer's MLP is
-    /// in it (`nf4`; `nf4 --bnb-exact` is bitsandbytes' layout, every linear weight in 4 bits).
-    fn recipe_patterns(&self) -> (&'static [&'static str], bool) {
+    /// The scheme's own 8-bit recipe (`nf4 --bnb-exact` is bitsandbytes' layout, every linear
+    /// weight in 4 bits).
+    fn recipe_of(&self) -> Recipe {
+        let none = Recipe { patterns: &[], last_mlp: false, first_mlp: false, downs: false };
         match self.quant {
-            QuantChoice::Nf4 if !self.bnb_exact => (NF4_Q8, true),
-            QuantChoice::Nf4Mix => (NF4_MIX_Q8, false),
-            QuantChoice::Nf4Plus => (NF4_PLUS_Q8, false),
-            _ => (&[], false),
+            QuantChoice::Nf4 if !self.bnb_exact => Recipe { patterns: NF4_Q8, last_mlp: true, ..none },
+            QuantChoice::Nf4Mix => Recipe { patterns: NF4_MIX_Q8, last_mlp: true, first_mlp: true, downs: true },
+            QuantChoice::Nf4Plus => Recipe { patterns: NF4_PLUS_Q8, ..none },
+            _ => none,
         }
     }
 
     /// Whether the 4-bit linear weight `name` of a model with `layers` decoder layers is stored
     /// in 8 bits instead (`--q8` patterns and the scheme's recipe).
     pub fn eight_bit(&self, name: &str, layers: usize) -> bool {
-        let (recipe, last_mlp) = self.recipe_patterns();
-        (last_mlp && layers > 0 && name.starts_with(&format!("model.layers.{}.mlp.", layers - 1)))
-            || self.q8.iter().map(String::as_str).chain(recipe.iter().copied()).any(|p| pattern_matches(p, name))
+        let r = self.recipe_of();
+        // The decoder layer of an MLP weight of the model itself (not a vision tower's).
+        let mlp_layer = name
+            .strip_prefix("model.layers.")
+            .and_then(|rest| rest.split_once(".mlp."))
+            .and_then(|(l, _)| l.parse::<usize>().ok())
+            .filter(|&l| l < layers);
+        // Layers mid − 2 .. mid + 1 (13–16 of 30), in models deep enough to spare them.
+        let mid = layers / 2;
+        let middle = |l: usize| layers >= 2 * MIX_MIDDLE && l + MIX_MIDDLE / 2 >= mid && l < mid + MIX_MIDDLE / 2;
+        let by_layer = mlp_layer.is_some_and(|l| {
+            (r.last_mlp && l + 1 == layers)
+                || (r.first_mlp && l == 0)
+                || (r.downs && name.ends_with(".mlp.down_proj.weight") && !middle(l))
+        });
+        by_layer
+            || self.q8.iter().map(String::as_str).chain(r.patterns.iter().copied()).any(|p| pattern_matches(p, name))
     }
 
     /// What the scheme's recipe puts in 8 bits, for the conversion cache's key (a recipe that
     /// changes makes a new conversion).
     pub fn recipe(&self) -> String {
-        let (patterns, last_mlp) = self.recipe_patterns();
-        format!("{}{}", patterns.join(","), if last_mlp { "+last-mlp" } else { "" })
+        let r = self.recipe_of();
+        let mut key = r.patterns.join(",");
+        for (on, part) in [(r.last_mlp, "+last-mlp"), (r.first_mlp, "+first-mlp"), (r.downs, "+downs-but-middle-4")] {
+            if on {
+                key.push_str(part);
+            }
+        }
+        key
     }
 
     /// Whether `name` (of rank `rank`) is quantized with the chosen 4-bit/int8 scheme.
@@ -722,19 +761,34 @@ mod tests {
             |o: &ConvertOptions, n: &str, cols: usize| o.scheme_for(n, &[8, cols], Scheme::F32, "float32", false, 24);
         let is_four = |s: Scheme| matches!(s, Scheme::FourBit { kind: FourBitKind::Nf4, .. });
         let q8 = Scheme::Q8 { blocksize: Q8_BLOCKSIZE };
+        // nf4-mix (24 layers): v, k, the first and last layers' MLPs, and the down projections
+        // of all layers but 10–13.
         let mix = ConvertOptions { quant: QuantChoice::Nf4Mix, ..Default::default() };
         for n in [
             "model.layers.2.self_attn.v_proj.weight",
             "model.layers.2.self_attn.k_proj.weight",
+            "model.layers.0.mlp.up_proj.weight",
             "model.layers.0.mlp.down_proj.weight",
+            "model.layers.9.mlp.down_proj.weight",
+            "model.layers.14.mlp.down_proj.weight",
+            "model.layers.23.mlp.gate_proj.weight",
         ] {
             assert_eq!(scheme(&mix, n, 64), q8, "{n}");
             // Rows that are not whole blocks of 32 get LLM.int8 rows instead.
             assert_eq!(scheme(&mix, n, 48), Scheme::Int8, "{n}");
         }
-        for n in ["model.layers.2.self_attn.q_proj.weight", "model.layers.2.mlp.up_proj.weight"] {
+        for n in [
+            "model.layers.2.self_attn.q_proj.weight",
+            "model.layers.2.mlp.up_proj.weight",
+            "model.layers.10.mlp.down_proj.weight",
+            "model.layers.13.mlp.down_proj.weight",
+            "vision.model.layers.9.mlp.down_proj.weight",
+        ] {
             assert!(is_four(scheme(&mix, n, 64)), "{n}");
         }
+        // A shallow model keeps every down projection in 8 bits.
+        let shallow = mix.scheme_for("model.layers.3.mlp.down_proj.weight", &[8, 64], Scheme::F32, "float32", false, 6);
+        assert_eq!(shallow, q8);
         // nf4: v_proj, k_proj and the last layer's MLP in block int8; nf4-small and bitsandbytes'
         // own layout (`--bnb-exact`) every linear weight in 4 bits.
         let nf4 = ConvertOptions::default();
