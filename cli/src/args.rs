@@ -56,7 +56,7 @@ pub struct ImatrixArgs {
     #[arg(short, long)]
     pub out: PathBuf,
     /// Chunk length in tokens (each chunk starts a fresh context).
-    #[arg(short = 'c', long, default_value_t = 512)]
+    #[arg(short = 'c', long, visible_alias = "ctx-size", default_value_t = 512)]
     pub ctx: usize,
     /// Read at most this many chunks (0 = all).
     #[arg(long, default_value_t = 0)]
@@ -368,7 +368,8 @@ pub struct ServeArgs {
     /// Sequences decoded together (slots); each holds a KV cache of up to --ctx positions.
     #[arg(long, default_value_t = 4)]
     pub parallel: usize,
-    /// Positions per sequence (prompt and reply), cut to what the model was trained for.
+    /// Positions per sequence (prompt and reply), cut to what the model was trained for (per
+    /// slot: llama-server divides its -c among its slots).
     #[arg(short = 'c', long, visible_alias = "ctx-size", default_value_t = 4096)]
     pub ctx: usize,
     /// Requests that may wait for a slot; more get 503 with Retry-After.
@@ -490,14 +491,22 @@ pub struct PerplexityArgs {
 
 /// Flags whose value is free text (a prompt could be `-np`): the token after one is never a
 /// llama.cpp spelling to rewrite.
-const TEXT_VALUED: &[&str] = &["-p", "--prompt", "--system", "--system-prompt", "-sys", "-f", "--file", "--api-key"];
+const TEXT_VALUED: &[&str] =
+    &["-p", "--prompt", "--system", "--system-prompt", "-sys", "-f", "--file", "--text", "--api-key", "--model-name"];
 
-/// llama.cpp's multi-letter single-dash flags, which clap cannot declare, rewritten to lowbit's
-/// (`-np` → `--parallel`, `-sys` → `--system`), and flags that ask for what lowbit always or
-/// never does dropped: GPU offload (`-ngl N`, `--n-gpu-layers N`, `--gpu-layers N`; lowbit runs
-/// on the CPU) and continuous batching (`-cb`), so a command copied from llama.cpp's
-/// documentation runs as it is. Returns the arguments and a note per dropped
-/// flag. Nothing after `--` is touched.
+/// llama.cpp's multi-letter single-dash flags that clap cannot declare, and lowbit's spelling of
+/// each.
+const RENAMED: &[(&str, &str)] = &[("-np", "--parallel"), ("-sys", "--system")];
+
+/// llama.cpp's GPU offload flag, which takes a value.
+const GPU_LAYERS: &[&str] = &["-ngl", "--n-gpu-layers", "--gpu-layers"];
+
+/// llama.cpp's common flags that clap cannot take as they are: its multi-letter single-dash
+/// flags rewritten to lowbit's (`-np` → `--parallel`, `-sys` → `--system`, also as `-np=4`), and
+/// flags that ask for what lowbit always or never does dropped: GPU offload (`-ngl N`,
+/// `--n-gpu-layers N`, `--gpu-layers N`, or `=N`; lowbit runs on the CPU) and continuous
+/// batching (`-cb`, `--cont-batching`). Returns the arguments and a note per dropped flag.
+/// Nothing after `--`, and no value of a free-text flag, is touched.
 pub fn llama_cpp_spellings(
     args: impl IntoIterator<Item = std::ffi::OsString>,
 ) -> (Vec<std::ffi::OsString>, Vec<String>) {
@@ -511,25 +520,32 @@ pub fn llama_cpp_spellings(
             out.push(a);
             continue;
         }
-        let gpu = ["-ngl", "--n-gpu-layers", "--gpu-layers"];
-        if gpu.contains(&text) {
-            let value = args.next().map(|v| v.to_string_lossy().into_owned()).unwrap_or_default();
-            notes.push(format!("lowbit runs on the CPU: `{text} {value}` ignored"));
-            continue;
-        }
-        if let Some((flag, _)) = text.split_once('=').filter(|(f, _)| gpu.contains(f)) {
-            notes.push(format!("lowbit runs on the CPU: `{text}` ignored ({flag})"));
+        let (flag, value) = match text.split_once('=') {
+            Some((f, v)) if f.starts_with('-') => (f, Some(v)),
+            _ => (text, None),
+        };
+        if GPU_LAYERS.contains(&flag) {
+            let shown = match value {
+                Some(_) => text.to_string(),
+                None => match args.next() {
+                    Some(v) => format!("{text} {}", v.to_string_lossy()),
+                    None => text.to_string(),
+                },
+            };
+            notes.push(format!("lowbit runs on the CPU: `{shown}` ignored"));
             continue;
         }
         if text == "-cb" || text == "--cont-batching" {
             notes.push(format!("`{text}` ignored: batch and serve always batch continuously"));
             continue;
         }
-        let takes_text = TEXT_VALUED.contains(&text);
-        out.push(match text {
-            "-np" => "--parallel".into(),
-            "-sys" => "--system".into(),
-            _ => a,
+        let takes_text = value.is_none() && TEXT_VALUED.contains(&flag);
+        out.push(match RENAMED.iter().find(|(from, _)| *from == flag) {
+            Some((_, to)) => match value {
+                Some(v) => format!("{to}={v}").into(),
+                None => (*to).into(),
+            },
+            None => a,
         });
         if takes_text {
             if let Some(v) = args.next() {
@@ -557,6 +573,11 @@ mod tests {
         let (a, n) = spell(&["lowbit", "run", "-sys", "be brief", "--n-gpu-layers=35", "-p", "hi"]);
         assert_eq!(a, ["lowbit", "run", "--system", "be brief", "-p", "hi"]);
         assert_eq!(n, 1);
+        let (a, n) = spell(&["lowbit", "serve", "-np=2", "--gpu-layers", "10", "--cont-batching", "-ngl"]);
+        assert_eq!(a, ["lowbit", "serve", "--parallel=2"]);
+        let (_, notes) = llama_cpp_spellings(["lowbit", "serve", "-ngl"].map(std::ffi::OsString::from));
+        assert_eq!(notes, ["lowbit runs on the CPU: `-ngl` ignored"]);
+        assert_eq!(n, 3);
         // Free text that happens to read like a flag stays as it is, and so does anything after --.
         let (a, n) = spell(&["lowbit", "run", "-p", "-np", "--system", "-ngl", "--", "-sys"]);
         assert_eq!(a, ["lowbit", "run", "-p", "-np", "--system", "-ngl", "--", "-sys"]);

@@ -42,6 +42,8 @@ fn short_flags_stdin_prompts_and_seeds() {
     assert_eq!(a.stdout, b.stdout, "the same seed gives the same text");
     // llama.cpp's long spellings, and its GPU flag, which is ignored with a note.
     let l = ok(bin().args([
+        "-t",
+        "1",
         "run",
         "-m",
         m,

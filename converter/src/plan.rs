@@ -96,7 +96,8 @@ pub const NF4_Q8: &[&str] = &["*.v_proj.weight", "*.k_proj.weight"];
 pub const NF4_MIX_Q8: &[&str] = &["*.v_proj.weight", "*.k_proj.weight"];
 
 /// Layers around the middle whose down projection `nf4-mix` leaves in 4 bits (they lost least
-/// to it on SmolLM2), paying for the first layer's MLP in 8 bits.
+/// to it on SmolLM2): their four matrices pay for the gate and up projections of the first and
+/// last layers in 8 bits.
 const MIX_MIDDLE: usize = 4;
 
 /// A scheme's own 8-bit recipe.
@@ -283,7 +284,7 @@ impl ConvertOptions {
             .and_then(|rest| rest.split_once(".mlp."))
             .and_then(|(l, _)| l.parse::<usize>().ok())
             .filter(|&l| l < layers);
-        // Layers mid − 2 .. mid + 1 (13–16 of 30), in models deep enough to spare them.
+        // Layers mid − 2 ..= mid + 1 (13–16 of 30), in models deep enough to spare them.
         let mid = layers / 2;
         let middle = |l: usize| layers >= 2 * MIX_MIDDLE && l + MIX_MIDDLE / 2 >= mid && l < mid + MIX_MIDDLE / 2;
         let by_layer = mlp_layer.is_some_and(|l| {
@@ -300,7 +301,8 @@ impl ConvertOptions {
     pub fn recipe(&self) -> String {
         let r = self.recipe_of();
         let mut key = r.patterns.join(",");
-        for (on, part) in [(r.last_mlp, "+last-mlp"), (r.first_mlp, "+first-mlp"), (r.downs, "+downs-but-middle-4")] {
+        let downs = format!("+downs-but-middle-{MIX_MIDDLE}");
+        for (on, part) in [(r.last_mlp, "+last-mlp"), (r.first_mlp, "+first-mlp"), (r.downs, downs.as_str())] {
             if on {
                 key.push_str(part);
             }
@@ -786,9 +788,15 @@ mod tests {
         ] {
             assert!(is_four(scheme(&mix, n, 64)), "{n}");
         }
-        // A shallow model keeps every down projection in 8 bits.
-        let shallow = mix.scheme_for("model.layers.3.mlp.down_proj.weight", &[8, 64], Scheme::F32, "float32", false, 6);
-        assert_eq!(shallow, q8);
+        // Below eight layers every down projection stays in 8 bits; from eight on, the middle
+        // four (2–5 of 8) go to 4 bits.
+        let down = |l: usize, layers: usize| {
+            let n = format!("model.layers.{l}.mlp.down_proj.weight");
+            mix.scheme_for(&n, &[8, 64], Scheme::F32, "float32", false, layers)
+        };
+        assert!((0..7).all(|l| down(l, 7) == q8));
+        assert_eq!((0..8).filter(|&l| is_four(down(l, 8))).collect::<Vec<_>>(), [2, 3, 4, 5]);
+        assert_ne!(mix.recipe(), ConvertOptions::default().recipe());
         // nf4: v_proj, k_proj and the last layer's MLP in block int8; nf4-small and bitsandbytes'
         // own layout (`--bnb-exact`) every linear weight in 4 bits.
         let nf4 = ConvertOptions::default();
