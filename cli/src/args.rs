@@ -230,8 +230,15 @@ pub struct VerifyArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct SampleArgs {
-    /// Tokens to generate.
-    #[arg(short = 'n', long, visible_alias = "n-predict", default_value_t = 128)]
+    /// Tokens to generate (-1: until an end-of-sequence token or a full context).
+    #[arg(
+        short = 'n',
+        long,
+        visible_alias = "n-predict",
+        default_value_t = 128,
+        value_parser = max_tokens,
+        allow_negative_numbers = true
+    )]
     pub max_tokens: usize,
     /// Temperature (0 = greedy).
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
@@ -487,6 +494,14 @@ pub struct PerplexityArgs {
     /// total and per chunk) instead of text; the progress line still goes to stderr.
     #[arg(long)]
     pub json: bool,
+}
+
+/// A token budget: a count, or -1 for none (llama.cpp's spelling), which the context bounds.
+fn max_tokens(s: &str) -> Result<usize, String> {
+    match s.trim() {
+        "-1" => Ok(usize::MAX),
+        t => t.parse().map_err(|_| format!("{s:?} is not a token count (or -1 for no limit)")),
+    }
 }
 
 /// Flags whose value is free text (a prompt could be `-np`): the token after one is never a

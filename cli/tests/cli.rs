@@ -206,6 +206,18 @@ fn json_output_of_run_inspect_and_perplexity() {
     // U+FFFD.
     assert_eq!(v["text"].as_str().unwrap().trim_end_matches('\u{FFFD}'), text.strip_suffix('\n').unwrap());
     assert_eq!(v["token_ids"].as_array().unwrap().len() as u64, v["generated_tokens"].as_u64().unwrap());
+    // -n -1 (llama.cpp's "no limit") runs until the context is full, which ends the reply
+    // ("length") instead of failing; the plain run says so on standard error.
+    let full = ok(bin().args(["run", "-m", m, "-p", "hello", "-n", "-1", "-c", "24", "--ignore-eos", "--json"]));
+    let f: serde_json::Value = serde_json::from_slice(&full.stdout).unwrap();
+    let used = f["prompt_tokens"].as_u64().unwrap() + f["generated_tokens"].as_u64().unwrap();
+    // Every position holds a token; the last one sampled needs no slot of its own.
+    assert_eq!((used, f["finish_reason"].as_str()), (25, Some("length")), "{f}");
+    let full = ok(bin().args(["run", "-m", m, "-p", "hello", "-n", "100", "-c", "24", "--ignore-eos"]));
+    assert!(stderr(&full).contains("the context is full"), "{}", stderr(&full));
+    let bad = bin().args(["run", "-m", m, "-p", "hello", "-n", "-2"]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(stderr(&bad).contains("-1 for no limit"), "{}", stderr(&bad));
     let o = ok(bin().args(["inspect", m, "--json", "--ctx", "64", "--parallel", "2", "--kv-type", "f16"]));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON object");
     assert_eq!(v["ram"]["parallel"], 2);

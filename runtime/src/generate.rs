@@ -19,6 +19,9 @@ pub struct GenStats {
     pub generated: usize,
     /// Time spent decoding (after the first token).
     pub decode: Duration,
+    /// Generation stopped because the context was full (before the token budget or a stop
+    /// token): the last token generated filled it.
+    pub context_full: bool,
 }
 
 impl GenStats {
@@ -43,7 +46,8 @@ impl GenStats {
 
 /// Generates up to `max_tokens` after `prompt` (which is appended to what `cache` holds),
 /// calling `on_token` with each new token; it returns `false` to stop early. Generation also
-/// stops at any id in `stop` (which is not passed on).
+/// stops at any id in `stop` (which is not passed on), and when the context is full
+/// ([`GenStats::context_full`]; a prompt that does not fit is an error).
 pub fn generate(
     model: &Model,
     cache: &mut KvCache,
@@ -90,6 +94,10 @@ pub fn generate_with_progress(
         history.push(next);
         stats.generated += 1;
         if !on_token(next) || out.len() >= max_tokens {
+            break;
+        }
+        if !cache.fits(1) {
+            stats.context_full = true;
             break;
         }
         logits = model.forward(cache, &[next], Logits::Last)?;

@@ -66,6 +66,9 @@ pub fn report_profile(model: &Model) {
 }
 
 fn report(load_secs: f64, s: &GenStats) {
+    if s.context_full {
+        eprintln!("\n[the context is full: stopped after {} tokens (raise --ctx for more)]", s.generated);
+    }
     eprintln!(
         "\n[load {:.0} ms | prefill {} tok, {:.1} tok/s | decode {} tok, {:.1} tok/s | peak RSS {}]",
         load_secs * 1e3,
@@ -211,6 +214,7 @@ pub fn run(a: RunArgs, threads: Option<usize>) -> Result<()> {
                 "token_ids": ids,
                 "prompt_tokens": st.prompt_tokens,
                 "generated_tokens": st.generated,
+                "finish_reason": if st.context_full || st.generated >= a.sample.max_tokens { "length" } else { "stop" },
                 "load_ms": load * 1e3,
                 "prefill_ms": st.prefill.as_secs_f64() * 1e3,
                 "decode_ms": st.decode.as_secs_f64() * 1e3,
@@ -272,7 +276,7 @@ pub fn chat(a: ChatArgs, threads: Option<usize>) -> Result<()> {
             }
             // Without a sliding window the reply may use only what the context has left.
             let cache = conv.cache();
-            let budget = if cache.fits(new.len() + a.sample.max_tokens) {
+            let budget = if cache.fits(new.len().saturating_add(a.sample.max_tokens)) {
                 a.sample.max_tokens
             } else {
                 cache.capacity().saturating_sub(cache.len + new.len())
