@@ -389,8 +389,12 @@ pub struct ServeArgs {
     #[arg(long)]
     pub api_key: Option<String>,
     /// Model name reported by /v1/models and in responses (default: the file name).
-    #[arg(long)]
+    #[arg(long, visible_alias = "alias")]
     pub model_name: Option<String>,
+    /// Reply length of a request that gives no max_tokens (-1: the rest of the context; default:
+    /// that for chat, 16 for completions, as OpenAI's API has it).
+    #[arg(short = 'n', long, visible_alias = "n-predict", value_parser = max_tokens, allow_negative_numbers = true)]
+    pub max_tokens: Option<usize>,
     /// KV cache element type: f32 (exact), f16 (half the memory) or q8 (int8 in blocks of 32, 53 % of f16).
     #[arg(long, value_enum, default_value = "f32")]
     pub kv_type: KvTypeArg,
@@ -602,6 +606,13 @@ mod tests {
         let cli = Cli::try_parse_from(a).unwrap();
         match cli.command {
             Command::Batch(b) => assert_eq!((b.parallel, b.sample.max_tokens), (3, 5)),
+            other => panic!("{other:?}"),
+        }
+        let (a, _) = spell(&["lowbit", "serve", "-m", "f", "--alias", "tiny", "-n", "-1", "-np", "2"]);
+        match Cli::try_parse_from(a).unwrap().command {
+            Command::Serve(s) => {
+                assert_eq!((s.model_name.as_deref(), s.max_tokens, s.parallel), (Some("tiny"), Some(usize::MAX), 2))
+            }
             other => panic!("{other:?}"),
         }
     }

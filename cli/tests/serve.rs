@@ -174,3 +174,50 @@ fn named_adapters_per_request() {
     let (status, log) = server.stop();
     assert!(status.success(), "exit on SIGTERM: {status}\n{log}");
 }
+
+/// One HTTP/1.1 POST of `body` (JSON) to `path` on `url`, without a client library: the status
+/// and the parsed JSON reply.
+fn post(url: &str, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+    use std::io::{Read, Write};
+    let host = url.strip_prefix("http://").unwrap();
+    let mut s = std::net::TcpStream::connect(host).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let body = body.to_string();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    let (head, json) = reply.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, serde_json::from_str(json).unwrap_or(serde_json::Value::Null))
+}
+
+/// llama-server's spellings of `serve`'s flags: `-np`, `--ctx-size`, `-ngl` (ignored), and `-n`
+/// as the reply length of requests that give none (the tiny test model, no Python).
+#[test]
+fn llama_server_flags() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../converter/tests/data/gguf/tiny.gguf");
+    let model = tmp.path().join("tiny.lowbit");
+    let o = bin().arg("convert").arg(&src).args(["-o", model.to_str().unwrap(), "-q"]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let server = Server::start(&model, &["-np", "2", "--ctx-size", "64", "-ngl", "99", "-n", "5"]);
+    let body = serde_json::json!({ "prompt": "hello", "ignore_eos": true });
+    let (status, r) = post(&server.url, "/v1/completions", &body);
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["usage"]["completion_tokens"], 5, "{r}");
+    // A request's own max_tokens wins.
+    let (status, r) = post(
+        &server.url,
+        "/v1/completions",
+        &serde_json::json!({ "prompt": "hello", "ignore_eos": true, "max_tokens": 2 }),
+    );
+    assert_eq!((status, &r["usage"]["completion_tokens"]), (200, &serde_json::json!(2)), "{r}");
+    let (status, log) = server.stop();
+    assert!(status.success(), "exit on SIGTERM: {status}\n{log}");
+    assert!(log.contains("lowbit runs on the CPU: `-ngl 99` ignored"), "{log}");
+}

@@ -41,6 +41,8 @@ pub struct App {
     pub api_key: Option<String>,
     /// Positions per sequence.
     pub context: usize,
+    /// Reply length of a request that gives none ([`crate::ServeOptions::max_tokens`]).
+    pub max_tokens: Option<usize>,
     next_id: AtomicU64,
     /// When the server started (Unix seconds), for `created` fields.
     pub started: u64,
@@ -48,7 +50,7 @@ pub struct App {
 
 impl App {
     /// State before the model has loaded.
-    pub fn new(model_name: String, api_key: Option<String>, context: usize) -> App {
+    pub fn new(model_name: String, api_key: Option<String>, context: usize, max_tokens: Option<usize>) -> App {
         let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         App {
             ready: OnceLock::new(),
@@ -56,6 +58,7 @@ impl App {
             model_name,
             api_key,
             context,
+            max_tokens,
             next_id: AtomicU64::new(1),
             started,
         }

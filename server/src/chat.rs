@@ -27,7 +27,7 @@ pub async fn handle(app: &App, ready: &Ready, body: &[u8]) -> Result<Response, A
     let n = params::count(&o, "n", 1, 256)? as usize;
     let req = Request {
         prompt,
-        max_tokens: params::max_tokens(&o, app.context as u64, app.context)?,
+        max_tokens: params::max_tokens(&o, app.max_tokens.unwrap_or(app.context) as u64, app.context)?,
         sampling: params::sampling(&o, ready.fresh_seed(id))?,
         stop: params::stops(&o)?,
         n,

@@ -38,7 +38,7 @@ pub async fn handle(app: &App, ready: &Ready, body: &[u8]) -> Result<Response, A
     let id = app.next_id();
     let sampling = params::sampling(&o, ready.fresh_seed(id))?;
     let base = Request {
-        max_tokens: params::max_tokens(&o, 16, app.context)?,
+        max_tokens: params::max_tokens(&o, app.max_tokens.unwrap_or(16) as u64, app.context)?,
         sampling,
         stop: params::stops(&o)?,
         n,

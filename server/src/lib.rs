@@ -52,6 +52,9 @@ pub struct ServeOptions {
     pub model_name: Option<String>,
     /// Largest request body accepted, bytes.
     pub max_body: usize,
+    /// Reply length of a request that gives no `max_tokens` (llama-server's `-n`), bounded by
+    /// the context; `None`: the rest of the context for chat, 16 for completions (OpenAI's).
+    pub max_tokens: Option<usize>,
 }
 
 /// Why the server could not run.
@@ -94,7 +97,7 @@ async fn run(opts: ServeOptions) -> Result<(), ServeError> {
         .model_name
         .clone()
         .unwrap_or_else(|| opts.model.file_stem().map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned()));
-    let app: Shared = Arc::new(App::new(name, opts.api_key.clone(), opts.batch.context));
+    let app: Shared = Arc::new(App::new(name, opts.api_key.clone(), opts.batch.context, opts.max_tokens));
     let router = router(app.clone(), opts.max_body);
     let server =
         tokio::spawn(async move { axum::serve(listener, router).with_graceful_shutdown(shutdown_signal()).await });

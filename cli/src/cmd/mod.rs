@@ -152,6 +152,7 @@ pub fn serve(a: crate::args::ServeArgs, threads: Option<usize>) -> Result<()> {
         // Named after what the user gave, not the cache's file name.
         model_name: a.model_name.or_else(|| a.model.file_stem().map(|s| s.to_string_lossy().into_owned())),
         max_body: a.max_body_kib.saturating_mul(1024),
+        max_tokens: a.max_tokens,
     };
     lowbit_server::serve(opts).map_err(|e| named(&a.model, e))
 }
