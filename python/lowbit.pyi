@@ -30,8 +30,11 @@ class Llama:
         `kv_type="f16"` halves the KV cache's memory, `"q8"` (int8 in blocks of 32) takes about a
         quarter. `lora_path`: a PEFT LoRA adapter folder (or the adapter file `lowbit convert
         ADAPTER_DIR` makes of it) applied beside the weights (scaled by `lora_scale`; the file
-        untouched), as llama-cpp-python's. Other llama-cpp-python arguments (n_gpu_layers, use_mmap, ...) are accepted and
-        ignored."""
+        untouched), as llama-cpp-python's. `n_ctx=0` takes the model's trained context. Other
+        llama-cpp-python arguments (n_gpu_layers, use_mmap, ...) are accepted and ignored.
+        Everywhere, `max_tokens=None` or a negative value generates until an end token or a
+        full context (llama-cpp-python's `-1`); 0 generates nothing (with `echo=True` and
+        `logprobs`, it scores the prompt)."""
     def n_ctx(self) -> int: ...
     def n_vocab(self) -> int: ...
     @property

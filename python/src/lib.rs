@@ -199,6 +199,16 @@ fn messages(v: &Value) -> PyResult<Vec<Message>> {
         .collect()
 }
 
+/// A reply's token budget: `None` or a negative count means until the context is full, as
+/// llama-cpp-python's `max_tokens=None` / `-1` do; 0 generates nothing (with `echo` and
+/// `logprobs`, the prompt is scored, as OpenAI's API does).
+fn budget(max_tokens: Option<i64>, n_ctx: usize) -> usize {
+    match max_tokens {
+        Some(n) if n >= 0 => usize::try_from(n).unwrap_or(usize::MAX),
+        _ => n_ctx,
+    }
+}
+
 #[pymethods]
 impl Llama {
     /// Loads `model_path`: a lowbit file, or a GGUF file / Hugging Face or bitsandbytes folder,
@@ -236,9 +246,11 @@ impl Llama {
         if !model_path.exists() {
             return Err(PyFileNotFoundError::new_err(format!("{}: no such file or folder", model_path.display())));
         }
-        if n_ctx == 0 || n_parallel == 0 || n_threads == Some(0) {
-            return Err(PyValueError::new_err("n_ctx, n_parallel and n_threads must be at least 1"));
+        if n_parallel == 0 || n_threads == Some(0) {
+            return Err(PyValueError::new_err("n_parallel and n_threads must be at least 1"));
         }
+        // 0: the model's trained context, as llama-cpp-python reads it.
+        let n_ctx = if n_ctx == 0 { usize::MAX } else { n_ctx };
         let file = conversion::resolve(py, &model_path, quant, verbose)?;
         let inner = py.detach(|| -> Result<Inner, String> {
             // A PEFT adapter beside the weights, as llama-cpp-python's lora_path (a folder read
@@ -350,7 +362,7 @@ impl Llama {
         &self,
         py: Python<'_>,
         prompt: &Bound<'_, PyAny>,
-        max_tokens: Option<usize>,
+        max_tokens: Option<i64>,
         temperature: f32,
         top_p: f32,
         top_k: usize,
@@ -393,7 +405,7 @@ impl Llama {
         &self,
         py: Python<'_>,
         prompt: &Bound<'_, PyAny>,
-        max_tokens: Option<usize>,
+        max_tokens: Option<i64>,
         temperature: f32,
         top_p: f32,
         top_k: usize,
@@ -422,8 +434,7 @@ impl Llama {
             Sampling { temperature, top_p, top_k, min_p, repeat_penalty, presence_penalty, frequency_penalty };
         let req = Request {
             prompt: ids.clone(),
-            // None: until the context is full, as llama-cpp-python.
-            max_tokens: max_tokens.unwrap_or(self.n_ctx),
+            max_tokens: budget(max_tokens, self.n_ctx),
             sampling: sampling.config(self.seed(seed)),
             stop: stops(stop)?,
             n: 1,
@@ -459,7 +470,7 @@ impl Llama {
         &self,
         py: Python<'_>,
         messages: &Bound<'_, PyAny>,
-        max_tokens: Option<usize>,
+        max_tokens: Option<i64>,
         temperature: f32,
         top_p: f32,
         top_k: usize,
@@ -481,7 +492,7 @@ impl Llama {
             Sampling { temperature, top_p, top_k, min_p, repeat_penalty, presence_penalty, frequency_penalty };
         let req = Request {
             prompt,
-            max_tokens: max_tokens.unwrap_or(self.n_ctx),
+            max_tokens: budget(max_tokens, self.n_ctx),
             sampling: sampling.config(self.seed(seed)),
             stop: stops(stop)?,
             n,
@@ -518,7 +529,7 @@ impl Llama {
         py: Python<'_>,
         prompts: &Bound<'_, PyAny>,
         n: usize,
-        max_tokens: Option<usize>,
+        max_tokens: Option<i64>,
         temperature: f32,
         top_p: f32,
         top_k: usize,
@@ -550,7 +561,7 @@ impl Llama {
             };
             let req = Request {
                 prompt: ids,
-                max_tokens: max_tokens.unwrap_or(self.n_ctx),
+                max_tokens: budget(max_tokens, self.n_ctx),
                 sampling: sampling.config(self.seed(seed)),
                 stop: stop.clone(),
                 n,

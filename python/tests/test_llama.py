@@ -131,6 +131,20 @@ def test_score_equals_log_softmax_of_lowbit_logits(llm, tmp_path):
         assert abs((row[tok] - lse) - scores[k]) < 1e-3, (k, row[tok] - lse, scores[k])
 
 
+def test_llama_cpp_python_budgets_and_context(llm):
+    # max_tokens=-1 and None: until an end token or a full context, as llama-cpp-python; n_ctx=0
+    # takes the model's trained context.
+    with lowbit.Llama(model_path=MODEL, n_ctx=48, n_threads=2) as small:
+        for budget in (-1, None):
+            r = small.create_completion(PROMPT, max_tokens=budget, temperature=0)
+            u = r["usage"]
+            assert u["completion_tokens"] > 16 or r["choices"][0]["finish_reason"] == "stop", r
+            assert u["prompt_tokens"] + u["completion_tokens"] <= 49, r
+    with lowbit.Llama(model_path=MODEL, n_ctx=0, n_threads=2) as whole:
+        assert whole.n_ctx() == int(whole.metadata.get("max_position_embeddings", whole.n_ctx()))
+        assert whole.n_ctx() > 2048
+
+
 def test_echo_logprobs_score_the_prompt(llm):
     r = llm.create_completion("The quick brown fox", max_tokens=0, echo=True, logprobs=1)
     lp = r["choices"][0]["logprobs"]
@@ -166,7 +180,7 @@ def test_bad_arguments_raise(llm, tmp_path):
     with pytest.raises(lowbit.LowbitError):
         lowbit.Llama(model_path=str(bad))
     with pytest.raises(ValueError):
-        lowbit.Llama(model_path=MODEL, n_ctx=0)
+        lowbit.Llama(model_path=MODEL, n_parallel=0)
     with pytest.raises(ValueError):
         lowbit.Llama(model_path=MODEL, kv_type="q3")
     with pytest.raises(ValueError):
