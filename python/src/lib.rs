@@ -309,6 +309,26 @@ impl Llama {
         Ok(self.inner()?.engine.model().config.vocab_size)
     }
 
+    /// The end-of-sequence token id (the tokenizer's, else the first id that ends generation),
+    /// or -1 when the model has none.
+    fn token_eos(&self) -> PyResult<i64> {
+        let inner = self.inner()?;
+        let codec = inner.engine.codec().map_err(lowbit_err)?;
+        let id = codec.eos_token().and_then(|t| codec.token_id(t)).or_else(|| inner.engine.stop_ids().first().copied());
+        Ok(id.map_or(-1, i64::from))
+    }
+
+    /// The beginning-of-sequence token id, or -1 when the tokenizer names none.
+    fn token_bos(&self) -> PyResult<i64> {
+        let inner = self.inner()?;
+        let codec = inner.engine.codec().map_err(lowbit_err)?;
+        Ok(codec.bos_token().and_then(|t| codec.token_id(t)).map_or(-1, i64::from))
+    }
+
+    /// Nothing to reset: every call starts from its own prompt (llama-cpp-python's `reset`
+    /// clears the state a `Llama` keeps between calls; this one keeps none).
+    fn reset(&self) {}
+
     /// The model's metadata as strings (architecture, quantization, config.json entries).
     #[getter]
     fn metadata(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {

@@ -145,6 +145,15 @@ def test_llama_cpp_python_budgets_and_context(llm):
         assert whole.n_ctx() > 2048
 
 
+def test_special_token_ids(llm):
+    eos, bos = llm.token_eos(), llm.token_bos()
+    assert 0 <= eos < llm.n_vocab() and -1 <= bos < llm.n_vocab()
+    # The end token's text round-trips to its id, and greedy text stops before it.
+    text = llm.detokenize([eos], special=True)
+    assert text and llm.tokenize(text, add_bos=False, special=True) == [eos]
+    assert llm.reset() is None
+
+
 def test_echo_logprobs_score_the_prompt(llm):
     r = llm.create_completion("The quick brown fox", max_tokens=0, echo=True, logprobs=1)
     lp = r["choices"][0]["logprobs"]

@@ -145,6 +145,11 @@ impl TextCodec {
         self.eos.as_deref()
     }
 
+    /// The beginning-of-sequence token string from tokenizer_config.json.
+    pub fn bos_token(&self) -> Option<&str> {
+        self.bos.as_deref()
+    }
+
     /// Whether the file has a chat template.
     pub fn has_template(&self) -> bool {
         self.template.is_some()
