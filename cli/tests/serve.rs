@@ -217,7 +217,55 @@ fn llama_server_flags() {
         &serde_json::json!({ "prompt": "hello", "ignore_eos": true, "max_tokens": 2 }),
     );
     assert_eq!((status, &r["usage"]["completion_tokens"]), (200, &serde_json::json!(2)), "{r}");
+    // The OpenAI routes without /v1, as llama-server also serves them.
+    let (status, r) = post(&server.url, "/completions", &serde_json::json!({ "prompt": "hello", "max_tokens": 3 }));
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["object"], "text_completion", "{r}");
+    // llama-server's own /completion: n_predict, content, tokens_predicted; streamed as its
+    // `data:` objects, the last with "stop": true, and no [DONE].
+    let native = serde_json::json!({ "prompt": "hello", "n_predict": 4, "ignore_eos": true, "temperature": 0 });
+    let (status, r) = post(&server.url, "/completion", &native);
+    assert_eq!(status, 200, "{r}");
+    assert_eq!((r["tokens_predicted"].as_u64(), r["stop"].as_bool()), (Some(4), Some(true)), "{r}");
+    assert_eq!(r["stopped_limit"], true, "{r}");
+    let content = r["content"].as_str().unwrap().to_string();
+    let (status, r) = post(&server.url, "/completion", &serde_json::json!({ "prompt": "hello", "ignore_eos": true }));
+    assert_eq!((status, &r["tokens_predicted"]), (200, &serde_json::json!(5)), "the -n default: {r}");
+    let mut streamed = native.clone();
+    streamed["stream"] = serde_json::json!(true);
+    let events = post_sse(&server.url, "/completion", &streamed);
+    assert!(!events.iter().any(|e| e == "[DONE]"), "{events:?}");
+    let parsed: Vec<serde_json::Value> = events.iter().map(|e| serde_json::from_str(e).unwrap()).collect();
+    let last = parsed.last().unwrap();
+    assert_eq!((last["stop"].as_bool(), last["tokens_predicted"].as_u64()), (Some(true), Some(4)), "{last}");
+    let text: String = parsed.iter().filter_map(|e| e["content"].as_str()).collect();
+    assert_eq!(text, content, "streamed text equals the whole reply");
+    let (status, r) = post(&server.url, "/completion", &serde_json::json!({ "prompt": "hello", "n_predict": "x" }));
+    assert_eq!(status, 400, "{r}");
     let (status, log) = server.stop();
     assert!(status.success(), "exit on SIGTERM: {status}\n{log}");
     assert!(log.contains("lowbit runs on the CPU: `-ngl 99` ignored"), "{log}");
+}
+
+/// [`post`] for a streamed reply: the payloads of its `data:` lines (over HTTP/1.0, so the body
+/// comes unchunked and no event is split).
+fn post_sse(url: &str, path: &str, body: &serde_json::Value) -> Vec<String> {
+    use std::io::{Read, Write};
+    let host = url.strip_prefix("http://").unwrap();
+    let mut s = std::net::TcpStream::connect(host).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let body = body.to_string();
+    write!(
+        s,
+        "POST {path} HTTP/1.0\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    reply
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: ").or_else(|| l.strip_prefix("data:")))
+        .map(str::to_string)
+        .collect()
 }

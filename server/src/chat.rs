@@ -91,7 +91,7 @@ pub async fn handle(app: &App, ready: &Ready, body: &[u8]) -> Result<Response, A
             }
             Event::Failed(why) => (vec![ApiError::internal(why).body().to_string()], true),
         });
-        return Ok(sse(first, rx, translate));
+        return Ok(sse(first, rx, translate, true));
     }
     let out = collect(rx, n).await?;
     log_line(&rid, "chat", &out.usage);

@@ -13,9 +13,9 @@ use lowbit_runtime::TextCodec;
 use serde_json::{json, Value};
 
 /// One prompt as given: its token ids and its text (for `echo`).
-struct Prompt {
-    ids: Vec<u32>,
-    text: String,
+pub(crate) struct Prompt {
+    pub(crate) ids: Vec<u32>,
+    pub(crate) text: String,
 }
 
 /// Handles one completions request.
@@ -84,7 +84,7 @@ pub async fn handle(app: &App, ready: &Ready, body: &[u8]) -> Result<Response, A
             }
             Event::Failed(why) => (vec![ApiError::internal(why).body().to_string()], true),
         });
-        return Ok(sse(first, rx, translate));
+        return Ok(sse(first, rx, translate, true));
     }
     let mut choices = Vec::new();
     let mut total = Usage::default();
@@ -115,7 +115,7 @@ pub async fn handle(app: &App, ready: &Ready, body: &[u8]) -> Result<Response, A
 }
 
 /// `prompt`: a string, a list of strings, a list of token ids or a list of such lists.
-fn prompts(o: &Body, codec: Option<&TextCodec>) -> Result<Vec<Prompt>, ApiError> {
+pub(crate) fn prompts(o: &Body, codec: Option<&TextCodec>) -> Result<Vec<Prompt>, ApiError> {
     let bad = |m: &str| ApiError::param("prompt", m.to_string());
     let text = |s: &str| -> Result<Prompt, ApiError> {
         let codec = codec.ok_or_else(|| bad("this model has no tokenizer: give token ids"))?;

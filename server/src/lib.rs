@@ -14,6 +14,7 @@ mod chat;
 mod completions;
 mod error;
 mod misc;
+mod native;
 mod outcome;
 mod params;
 
@@ -166,6 +167,10 @@ fn router(app: Shared, max_body: usize) -> Router {
         .route("/v1/models", get(misc::models))
         .route("/v1/chat/completions", post(chat_route))
         .route("/v1/completions", post(completions_route))
+        // llama-server's spellings: the OpenAI routes without /v1, and its own /completion.
+        .route("/chat/completions", post(chat_route))
+        .route("/completions", post(completions_route))
+        .route("/completion", post(native_route))
         .route("/tokenize", post(misc::tokenize))
         .route("/detokenize", post(misc::detokenize))
         .route("/metrics", get(misc::metrics))
@@ -191,6 +196,15 @@ async fn chat_route(State(app): State<Shared>, headers: HeaderMap, body: Result<
         let ready = app.ready(&headers)?;
         let body = body_or_error(body)?;
         chat::handle(&app, ready, &body).await
+    };
+    result.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn native_route(State(app): State<Shared>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+    let result = async {
+        let ready = app.ready(&headers)?;
+        let body = body_or_error(body)?;
+        native::handle(&app, ready, &body).await
     };
     result.await.unwrap_or_else(IntoResponse::into_response)
 }

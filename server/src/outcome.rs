@@ -38,9 +38,10 @@ pub fn log_line(id: &str, endpoint: &str, u: &Usage) {
 pub type Translate = Box<dyn FnMut(Event) -> (Vec<String>, bool) + Send>;
 
 /// Streams a request as server-sent events: `translate` turns each scheduler event into
-/// `data:` payloads; `[DONE]` closes the stream. Dropping the stream (a client that went away)
-/// drops the [`Pending`], which cancels the request and frees its slot.
-pub fn sse(first: Vec<String>, rx: Pending, translate: Translate) -> Response {
+/// `data:` payloads; `[DONE]` closes the stream when `done` (OpenAI's endpoints). Dropping the
+/// stream (a client that went away) drops the [`Pending`], which cancels the request and frees
+/// its slot.
+pub fn sse(first: Vec<String>, rx: Pending, translate: Translate, done: bool) -> Response {
     struct State {
         rx: Pending,
         queue: VecDeque<String>,
@@ -48,7 +49,7 @@ pub fn sse(first: Vec<String>, rx: Pending, translate: Translate) -> Response {
         translate: Translate,
     }
     let state = State { rx, queue: first.into(), ended: false, translate };
-    let stream = futures_util::stream::unfold(state, |mut s| async move {
+    let stream = futures_util::stream::unfold(state, move |mut s| async move {
         loop {
             if let Some(data) = s.queue.pop_front() {
                 return Some((Ok::<_, Infallible>(SseEvent::default().data(data)), s));
@@ -62,7 +63,9 @@ pub fn sse(first: Vec<String>, rx: Pending, translate: Translate) -> Response {
             };
             s.queue.extend(items);
             if end {
-                s.queue.push_back("[DONE]".into());
+                if done {
+                    s.queue.push_back("[DONE]".into());
+                }
                 s.ended = true;
             }
         }
