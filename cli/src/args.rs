@@ -230,7 +230,7 @@ pub struct VerifyArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct SampleArgs {
-    /// Tokens to generate (-1: until an end-of-sequence token or a full context).
+    /// Tokens to generate (-1: until an end-of-sequence token or a full context, at most --ctx).
     #[arg(
         short = 'n',
         long,
@@ -423,6 +423,19 @@ pub struct NamedLora {
     pub name: Option<String>,
     /// The folder and scale.
     pub spec: lowbit_convert::lora::LoraSpec,
+}
+
+impl SampleArgs {
+    /// The token budget: `-n -1` becomes `--ctx` tokens, which a context without a sliding window
+    /// reaches first anyway and which bounds a sliding-window model's reply (its cache never
+    /// fills).
+    pub fn budget(&self) -> usize {
+        if self.max_tokens == usize::MAX {
+            self.ctx
+        } else {
+            self.max_tokens
+        }
+    }
 }
 
 impl std::str::FromStr for NamedLora {

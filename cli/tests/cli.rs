@@ -134,6 +134,19 @@ fn chat_survives_a_full_context() {
     assert!(err.contains("[conversation cleared]"), "{err}");
     assert_eq!(err.matches("[prefill ").count(), 5, "five answered turns: {err}");
     assert!(!err.contains("[load "), "turns report their own figures: {err}");
+    // No limit (-n -1): every reply runs to the context's end, turn after turn.
+    let mut child = bin()
+        .args(["chat", "-m", m.to_str().unwrap(), "-c", "64", "-n", "-1", "--ignore-eos"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"one two\nthree four\nfive\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(err.matches("[prefill ").count(), 3, "three answered turns: {err}");
 }
 
 /// docs/CLI.md keeps up with `--help`: every subcommand has its section and every long flag a

@@ -238,6 +238,10 @@ fn llama_server_flags() {
     let parsed: Vec<serde_json::Value> = events.iter().map(|e| serde_json::from_str(e).unwrap()).collect();
     let last = parsed.last().unwrap();
     assert_eq!((last["stop"].as_bool(), last["tokens_predicted"].as_u64()), (Some(true), Some(4)), "{last}");
+    assert_eq!((&last["stop_type"], &last["stopped_limit"]), (&serde_json::json!("limit"), &serde_json::json!(true)));
+    let ids: Vec<u64> =
+        parsed.iter().filter_map(|e| e["tokens"].as_array()).flatten().filter_map(|t| t.as_u64()).collect();
+    assert_eq!(ids.len(), 4, "one token id per streamed token: {parsed:?}");
     let text: String = parsed.iter().filter_map(|e| e["content"].as_str()).collect();
     assert_eq!(text, content, "streamed text equals the whole reply");
     let (status, r) = post(&server.url, "/completion", &serde_json::json!({ "prompt": "hello", "n_predict": "x" }));

@@ -309,20 +309,25 @@ impl Llama {
         Ok(self.inner()?.engine.model().config.vocab_size)
     }
 
-    /// The end-of-sequence token id (the tokenizer's, else the first id that ends generation),
-    /// or -1 when the model has none.
+    /// The end-of-sequence token id (the tokenizer's, else the model config's first), or -1
+    /// when the model names none.
     fn token_eos(&self) -> PyResult<i64> {
         let inner = self.inner()?;
-        let codec = inner.engine.codec().map_err(lowbit_err)?;
-        let id = codec.eos_token().and_then(|t| codec.token_id(t)).or_else(|| inner.engine.stop_ids().first().copied());
+        let codec = inner.engine.codec().ok();
+        let id = codec
+            .and_then(|c| c.eos_token().and_then(|t| c.token_id(t)))
+            .or_else(|| inner.engine.model().config.eos_token_ids.first().copied());
         Ok(id.map_or(-1, i64::from))
     }
 
-    /// The beginning-of-sequence token id, or -1 when the tokenizer names none.
+    /// The beginning-of-sequence token id (the tokenizer's, else the model config's), or -1 when
+    /// the model names none.
     fn token_bos(&self) -> PyResult<i64> {
         let inner = self.inner()?;
-        let codec = inner.engine.codec().map_err(lowbit_err)?;
-        Ok(codec.bos_token().and_then(|t| codec.token_id(t)).map_or(-1, i64::from))
+        let codec = inner.engine.codec().ok();
+        let id =
+            codec.and_then(|c| c.bos_token().and_then(|t| c.token_id(t))).or(inner.engine.model().config.bos_token_id);
+        Ok(id.map_or(-1, i64::from))
     }
 
     /// Nothing to reset: every call starts from its own prompt (llama-cpp-python's `reset`

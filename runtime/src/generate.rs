@@ -20,7 +20,7 @@ pub struct GenStats {
     /// Time spent decoding (after the first token).
     pub decode: Duration,
     /// Generation stopped because the context was full (before the token budget or a stop
-    /// token): the last token generated filled it.
+    /// token): no position was left for the last token generated.
     pub context_full: bool,
 }
 

@@ -257,7 +257,7 @@ impl KvCache {
 
     /// Whether `n` more positions fit.
     pub fn fits(&self, n: usize) -> bool {
-        self.window.is_some() || self.len + n <= self.context
+        self.window.is_some() || n <= self.context.saturating_sub(self.len)
     }
 
     /// The slot holding position `pos`.

@@ -13,7 +13,18 @@ use serde_json::{json, Value};
 
 /// Handles one `/completion` request.
 pub async fn handle(app: &App, ready: &Ready, body: &[u8]) -> Result<Response, ApiError> {
-    let o = params::object(body)?;
+    let mut o = params::object(body)?;
+    // llama-server's sampling defaults where the request leaves them out, and its seed -1 for
+    // a fresh one.
+    for (k, v) in [("temperature", json!(0.8)), ("top_k", json!(40)), ("top_p", json!(0.95)), ("min_p", json!(0.05))] {
+        if o.get(k).is_none_or(Value::is_null) {
+            o.insert(k.into(), v);
+        }
+    }
+    if o.get("seed").and_then(Value::as_i64).is_some_and(|s| s < 0) {
+        o.remove("seed");
+    }
+    let stream = params::flag(&o, "stream", false)?;
     let mut prompt = prompts(&o, ready.engine.codec().ok())?;
     if prompt.len() != 1 {
         return Err(ApiError::param("prompt", "give one prompt"));
@@ -32,16 +43,22 @@ pub async fn handle(app: &App, ready: &Ready, body: &[u8]) -> Result<Response, A
     let rid = format!("completion-{id}");
     let model = app.model_name.clone();
     let rx = ready.submit(req)?;
-    if params::flag(&o, "stream", false)? {
+    if stream {
+        let mut why = None;
         let translate: Translate = Box::new(move |e| match e {
-            Event::Token { text, .. } => (vec![json!({ "content": text, "stop": false }).to_string()], false),
-            Event::Done { text, .. } if !text.is_empty() => {
-                (vec![json!({ "content": text, "stop": false }).to_string()], false)
+            Event::Token { text, id, .. } => {
+                (vec![json!({ "content": text, "tokens": [id], "stop": false }).to_string()], false)
             }
-            Event::PromptLogprobs { .. } | Event::Done { .. } => (Vec::new(), false),
+            Event::Done { text, reason, .. } => {
+                why = Some(reason);
+                let tail =
+                    (!text.is_empty()).then(|| json!({ "content": text, "tokens": [], "stop": false }).to_string());
+                (tail.into_iter().collect(), false)
+            }
+            Event::PromptLogprobs { .. } => (Vec::new(), false),
             Event::Finished(u) => {
                 log_line(&rid, "completion", &u);
-                let mut last = summary(&model, &u, None);
+                let mut last = summary(&model, &u, why);
                 last["content"] = json!("");
                 (vec![last.to_string()], true)
             }
@@ -72,20 +89,20 @@ fn n_predict(o: &Body, app: &App) -> Result<usize, ApiError> {
     }
 }
 
-/// The closing fields of a reply: counts, why it stopped, timings (llama-server's names).
+/// The closing fields of a reply: counts, why it stopped, timings (llama-server's names;
+/// `stop_type` is `limit` for a reply cut at its length or the context, else `eos`, which here
+/// also covers a stop string).
 fn summary(model: &str, u: &Usage, reason: Option<FinishReason>) -> Value {
     let predicted_ms = u.total.saturating_sub(u.time_to_first_token).as_secs_f64() * 1e3;
-    let per_second = if u.completion_tokens > 1 && predicted_ms > 0.0 {
-        (u.completion_tokens - 1) as f64 / (predicted_ms / 1e3)
-    } else {
-        0.0
-    };
+    let per_second = if predicted_ms > 0.0 { u.completion_tokens as f64 / (predicted_ms / 1e3) } else { 0.0 };
+    let limit = reason == Some(FinishReason::Length);
     json!({
         "model": model,
         "stop": true,
         "tokens_predicted": u.completion_tokens,
         "tokens_evaluated": u.prompt_tokens,
-        "stopped_limit": reason == Some(FinishReason::Length),
+        "stop_type": if limit { "limit" } else { "eos" },
+        "stopped_limit": limit,
         "timings": {
             "prompt_n": u.prompt_tokens,
             "prompt_ms": u.time_to_first_token.saturating_sub(u.queued).as_secs_f64() * 1e3,

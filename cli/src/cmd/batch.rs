@@ -107,7 +107,7 @@ pub fn run(a: BatchArgs, threads: Option<usize>) -> Result<()> {
         if line.trim().is_empty() {
             continue;
         }
-        let parsed = parse_line(&line, index, codec, &defaults, a.sample.max_tokens);
+        let parsed = parse_line(&line, index, codec, &defaults, a.sample.budget());
         let id = parsed.as_ref().map_or_else(|(id, _)| id.clone(), |(id, _)| id.clone());
         if done.contains(&id.to_string()) {
             skipped += 1;

@@ -175,7 +175,8 @@ impl PrefillBar {
     }
 }
 
-pub fn run(a: RunArgs, threads: Option<usize>) -> Result<()> {
+pub fn run(mut a: RunArgs, threads: Option<usize>) -> Result<()> {
+    a.sample.max_tokens = a.sample.budget();
     let (engine, load) = open(&a.model, threads, &a.sample)?;
     let codec = engine.codec()?;
     let text = match (&a.prompt, &a.file) {
@@ -235,7 +236,8 @@ pub fn run(a: RunArgs, threads: Option<usize>) -> Result<()> {
     })
 }
 
-pub fn chat(a: ChatArgs, threads: Option<usize>) -> Result<()> {
+pub fn chat(mut a: ChatArgs, threads: Option<usize>) -> Result<()> {
+    a.sample.max_tokens = a.sample.budget();
     let (engine, load) = open(&a.model, threads, &a.sample)?;
     let codec = engine.codec()?;
     anyhow::ensure!(codec.has_template(), "this model file has no chat template; use `lowbit run`");
