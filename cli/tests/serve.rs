@@ -244,6 +244,14 @@ fn llama_server_flags() {
     assert_eq!(ids.len(), 4, "one token id per streamed token: {parsed:?}");
     let text: String = parsed.iter().filter_map(|e| e["content"].as_str()).collect();
     assert_eq!(text, content, "streamed text equals the whole reply");
+    // A stop string taken from the greedy reply (its last character) ends it at its first
+    // occurrence: stop_type "word".
+    let word = content.chars().last().expect("a reply of four tokens has text").to_string();
+    let mut stopped = native.clone();
+    stopped["stop"] = serde_json::json!([word]);
+    let (status, r) = post(&server.url, "/completion", &stopped);
+    assert_eq!((status, &r["stop_type"]), (200, &serde_json::json!("word")), "{r}");
+    assert_eq!(r["content"].as_str(), Some(&content[..content.find(&word).unwrap()]), "{r}");
     let (status, r) = post(&server.url, "/completion", &serde_json::json!({ "prompt": "hello", "n_predict": "x" }));
     assert_eq!(status, 400, "{r}");
     let (status, log) = server.stop();

@@ -253,7 +253,8 @@ fn text_stop_strings_and_logprobs_on_smollm2() {
     let cut = full.text.find(&stop).unwrap();
     let (_, rx) = s.submit_channel(Request { stop: vec!["never appears".into(), stop.clone()], ..req }).unwrap();
     let (c, _) = collect(&rx, 1);
-    assert_eq!(c[0].reason, Some(FinishReason::Stop));
+    assert_eq!(c[0].reason, Some(FinishReason::StopString));
+    assert_eq!(c[0].reason.map(FinishReason::as_str), Some("stop"), "OpenAI's name for it");
     assert_eq!(c[0].text, full.text[..cut], "stop string {stop:?}");
 }
 

@@ -89,9 +89,9 @@ fn n_predict(o: &Body, app: &App) -> Result<usize, ApiError> {
     }
 }
 
-/// The closing fields of a reply: counts, why it stopped, timings (llama-server's names;
-/// `stop_type` is `limit` for a reply cut at its length or the context, else `eos`, which here
-/// also covers a stop string).
+/// The closing fields of a reply: counts, why it stopped (`stop_type` `eos`, `word` for a stop
+/// string, `limit` for a reply cut at its length or the context), timings — llama-server's
+/// names.
 fn summary(model: &str, u: &Usage, reason: Option<FinishReason>) -> Value {
     let predicted_ms = u.total.saturating_sub(u.time_to_first_token).as_secs_f64() * 1e3;
     let per_second = if predicted_ms > 0.0 { u.completion_tokens as f64 / (predicted_ms / 1e3) } else { 0.0 };
@@ -101,7 +101,11 @@ fn summary(model: &str, u: &Usage, reason: Option<FinishReason>) -> Value {
         "stop": true,
         "tokens_predicted": u.completion_tokens,
         "tokens_evaluated": u.prompt_tokens,
-        "stop_type": if limit { "limit" } else { "eos" },
+        "stop_type": match reason {
+            Some(FinishReason::Length) => "limit",
+            Some(FinishReason::StopString) => "word",
+            _ => "eos",
+        },
         "stopped_limit": limit,
         "timings": {
             "prompt_n": u.prompt_tokens,

@@ -55,8 +55,11 @@ impl Default for Request {
 /// Why a completion ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FinishReason {
-    /// An end-of-sequence token or a stop string.
+    /// An end-of-sequence token.
     Stop,
+    /// One of the request's stop strings (OpenAI calls it `stop` too; llama-server's own
+    /// endpoint tells it apart).
+    StopString,
     /// `max_tokens` reached, or the context is full.
     Length,
 }
@@ -65,7 +68,7 @@ impl FinishReason {
     /// The OpenAI name (`stop`, `length`).
     pub fn as_str(self) -> &'static str {
         match self {
-            FinishReason::Stop => "stop",
+            FinishReason::Stop | FinishReason::StopString => "stop",
             FinishReason::Length => "length",
         }
     }

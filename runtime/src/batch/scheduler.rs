@@ -620,7 +620,7 @@ fn accept(ctx: &Ctx, job: &mut Job, s: usize, logits: &[f32]) {
     let piece = ctx.codec.and_then(|c| seq.stream.push(c, id).ok().flatten()).unwrap_or_default();
     let (text, hit) = seq.stop.push(&piece);
     let end = if hit {
-        Some(FinishReason::Stop)
+        Some(FinishReason::StopString)
     } else if seq.generated >= job.req.max_tokens || !seq.cache.fits(1) {
         Some(FinishReason::Length)
     } else {
