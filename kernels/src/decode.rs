@@ -14,6 +14,7 @@ use crate::matmul::{
     block_factors, for_row_chunks, rows_block_aligned, transpose_into, BlockQ8, MatmulOptions, Par, RowsThen,
     DECODE_ROWS_PER_TASK,
 };
+use crate::pairs::{TokenPairs, GROUP};
 use crate::weight::{FourBitRef, Int8Ref, Q8Ref, Weight};
 
 /// `out (m × rows)`: row `t` is `W · x[t]`, bit-identical to `m == 1` on that row alone.
@@ -161,7 +162,7 @@ enum Prepared<'x> {
     Dense { x: &'x [f32], m: usize },
     Int8 { x: &'x [f32], m: usize, acts: Vec<Int8Activations> },
     Q8 { m: usize, q: Lined<i8>, d: Lined<f32> },
-    FourBitQ8 { m: usize, q: Box<BlockQ8>, xs_rows: Lined<f32>, bpr: usize },
+    FourBitQ8 { m: usize, q: Box<BlockQ8>, xs_rows: Lined<f32>, bpr: usize, pairs: Option<TokenPairs> },
     FourBitExact { m: usize, xe: Vec<f32>, xo: Vec<f32>, bpr: usize },
     FourBitPlain { x: &'x [f32], m: usize },
 }
@@ -215,7 +216,18 @@ impl<'x> Prepared<'x> {
                 for (t, rows) in xs_rows.chunks_mut(task).enumerate() {
                     rows.chunks_mut(bpr).for_each(|c| c.copy_from_slice(q.xs(t)));
                 }
-                Prepared::FourBitQ8 { m, q: Box::new(q), xs_rows, bpr }
+                // Whole groups of eight tokens for the eight-token kernel (blocks of 64 only).
+                let groups = if bs == 64 && k.has_rows_t8() { m / GROUP } else { 0 };
+                let pairs = (groups > 0).then(|| {
+                    let ts = 0..groups * GROUP;
+                    let (qe, qo, xs): (Vec<_>, Vec<_>, Vec<_>) = (
+                        ts.clone().map(|t| q.qe(t)).collect(),
+                        ts.clone().map(|t| q.qo(t)).collect(),
+                        ts.map(|t| q.xs(t)).collect(),
+                    );
+                    TokenPairs::new(&qe, &qo, &xs, bpr)
+                });
+                Prepared::FourBitQ8 { m, q: Box::new(q), xs_rows, bpr, pairs }
             }
             Route::FourBitExact(bs) => Prepared::FourBitExact {
                 m,
@@ -257,8 +269,8 @@ impl<'x> Prepared<'x> {
             }
             (&Prepared::Int8 { x, m, ref acts }, Weight::Int8(w8)) => int8_task(k, o, w8, x, m, acts, r0),
             (&Prepared::Q8 { m, ref q, ref d }, Weight::Q8(w8)) => q8_task(k, o, w8, m, q, d, r0),
-            (&Prepared::FourBitQ8 { m, ref q, ref xs_rows, .. }, Weight::FourBit(w4)) => {
-                fourbit_q8_task(k, o, w4, lut, m, q, xs_rows, scratch, r0)
+            (&Prepared::FourBitQ8 { m, ref q, ref xs_rows, ref pairs, .. }, Weight::FourBit(w4)) => {
+                fourbit_q8_task(k, o, w4, lut, m, q, pairs.as_ref(), xs_rows, scratch, r0)
             }
             (&Prepared::FourBitExact { m, ref xe, ref xo, .. }, Weight::FourBit(w4)) => {
                 fourbit_task(k, o, w4, m, xe, xo, &mut scratch.scales, r0)
@@ -325,6 +337,7 @@ fn fourbit_q8_task(
     lut: &[i8; 16],
     m: usize,
     q: &BlockQ8,
+    pairs: Option<&TokenPairs>,
     xs_rows: &[f32],
     scratch: &mut Scratch,
     r0: usize,
@@ -342,7 +355,9 @@ fn fourbit_q8_task(
         // The block scales decoded once for every token, then multiplied by each token's: the
         // same bits as `block_factors` (decode, then multiply).
         w.absmax.decode(r0 * bpr, &mut scales[..nf]);
-        for t in 0..m {
+        // (The eight-token kernel forms its tokens' factors itself.)
+        let grouped = if x4 && n <= DECODE_ROWS_PER_TASK { pairs.map_or(0, |p| p.groups() * GROUP) } else { 0 };
+        for t in grouped..m {
             let (f, xs) = (&mut factors[t * task..t * task + nf], &xs_rows[t * task..t * task + nf]);
             for ((f, &a), &s) in f.iter_mut().zip(&scales[..nf]).zip(xs) {
                 *f = a * s;
@@ -366,6 +381,20 @@ fn fourbit_q8_task(
         let [mut a, mut b] = [[0f32; DECODE_ROWS_PER_TASK]; 2];
         let [mut c, mut d] = [[0f32; DECODE_ROWS_PER_TASK]; 2];
         let mut t = 0;
+        if let Some(pairs) = pairs {
+            let mut outs = [[0f32; DECODE_ROWS_PER_TASK]; GROUP];
+            for g in 0..pairs.groups() {
+                let out = outs.each_mut().map(|o| &mut o[..n]);
+                let done = k.dot_fourbit_q8_rows_t8(codes, &scales[..nf], lut, pairs.group(g), out);
+                assert!(done, "pairs are prepared only where the level has the kernel");
+                for (i, row) in o.chunks_mut(m).enumerate() {
+                    for (u, out) in outs.iter().enumerate() {
+                        row[t + u] = out[i];
+                    }
+                }
+                t += GROUP;
+            }
+        }
         while t + 4 <= m {
             let ts: [usize; 4] = std::array::from_fn(|u| t + u);
             let out = [&mut a[..n], &mut b[..n], &mut c[..n], &mut d[..n]];

@@ -33,6 +33,7 @@ type DotFourBitQ8Many = unsafe fn(&[u8], &[f32], &[i8; 16], &[i8], &[i8], &[i32]
 type DotFourBitQ8ManyT2 =
     unsafe fn(&[u8], [&[f32]; 2], &[i8; 16], [&[i8]; 2], [&[i8]; 2], [&[i32]; 2], usize, [&mut [f32]; 2]);
 type DotFourBitQ8ManyT4 = unsafe fn(&[u8], [&[f32]; 4], &[i8; 16], [&[i8]; 4], [&[i8]; 4], usize, [&mut [f32]; 4]);
+type DotFourBitQ8ManyT8 = unsafe fn(&[u8], &[f32], &[i8; 16], crate::pairs::PairGroup<'_>, [&mut [f32]; 8]);
 type DotQ8Rows4T4 = unsafe fn([&[i8]; 4], [&[f16]; 4], [&[i8]; 4], [&[f32]; 4], usize) -> [[f32; 4]; 4];
 type FourBitQ8TileRun =
     unsafe fn([&[u8]; 4], [&[f32]; 4], &[i8; 16], &[i8], &[i8], usize, &[f32], &[i32], usize, &mut [f32]);
@@ -97,6 +98,8 @@ pub struct Kernels {
     /// The same for two tokens at once (a decode batch), each (row, token) with its bits.
     dot_fourbit_q8_rows_t2: Option<DotFourBitQ8ManyT2>,
     dot_fourbit_q8_rows_t4: Option<DotFourBitQ8ManyT4>,
+    /// Eight tokens from [`crate::pairs::TokenPairs`], weights in blocks of 64.
+    dot_fourbit_q8_rows_t8: Option<DotFourBitQ8ManyT8>,
     /// The widest rows (in weights) decode runs through the four-row kernels.
     x4_max_cols: usize,
     dot_fourbit_q8: DotFourBitQ8,
@@ -162,6 +165,7 @@ impl Kernels {
             dot_fourbit_q8_rows: None,
             dot_fourbit_q8_rows_t2: None,
             dot_fourbit_q8_rows_t4: None,
+            dot_fourbit_q8_rows_t8: None,
             x4_max_cols: 0,
             dot_fourbit_q8: scalar::dot_fourbit_q8,
             fourbit_q8_step: 1,
@@ -210,6 +214,7 @@ impl Kernels {
                     dot_fourbit_q8_rows: Some(k::dot_fourbit_q8_rows),
                     dot_fourbit_q8_rows_t2: Some(k::dot_fourbit_q8_rows_t2),
                     dot_fourbit_q8_rows_t4: None,
+                    dot_fourbit_q8_rows_t8: None,
                     x4_max_cols: usize::MAX,
                     dot_fourbit_q8: k::dot_fourbit_q8,
                     fourbit_q8_step: 32,
@@ -261,6 +266,7 @@ impl Kernels {
                     dot_fourbit_q8_rows: None,
                     dot_fourbit_q8_rows_t2: None,
                     dot_fourbit_q8_rows_t4: None,
+                    dot_fourbit_q8_rows_t8: None,
                     x4_max_cols: 0,
                     dot_fourbit_q8: k::dot_fourbit_q8,
                     fourbit_q8_step: 16,
@@ -358,6 +364,7 @@ impl Kernels {
                 dot_fourbit_q8_rows: Some(k::dot_fourbit_q8_rows_evex),
                 dot_fourbit_q8_rows_t2: Some(k::dot_fourbit_q8_rows_t2_evex),
                 dot_fourbit_q8_rows_t4: None,
+                dot_fourbit_q8_rows_t8: None,
                 fourbit_q8_tile: Some(k::fourbit_q8_tile_evex),
                 fourbit_q8_tile8: None,
                 fourbit_q8_tile_run: Some(k::fourbit_q8_tile_run_evex),
@@ -377,6 +384,7 @@ impl Kernels {
                 dot_fourbit_q8_rows: Some(k::dot_fourbit_q8_rows_vex),
                 dot_fourbit_q8_rows_t2: Some(k::dot_fourbit_q8_rows_t2_vex),
                 dot_fourbit_q8_rows_t4: None,
+                dot_fourbit_q8_rows_t8: None,
                 fourbit_q8_tile: Some(k::fourbit_q8_tile_vex),
                 fourbit_q8_tile8: None,
                 fourbit_q8_tile_run: Some(k::fourbit_q8_tile_run_vex),
@@ -432,6 +440,7 @@ impl Kernels {
             dot_fourbit_q8_rows: Some(crate::arch::x86_64::avxvnni::dot_fourbit_q8_rows_evex),
             dot_fourbit_q8_rows_t2: Some(crate::arch::x86_64::avxvnni::dot_fourbit_q8_rows_t2_evex),
             dot_fourbit_q8_rows_t4: Some(k::dot_fourbit_q8_rows_t4),
+            dot_fourbit_q8_rows_t8: Some(k::dot_fourbit_q8_rows_t8),
             x4_max_cols: 4095,
             dot_fourbit_q8: k::dot_fourbit_q8,
             fourbit_q8_step: 32,
@@ -454,6 +463,7 @@ impl Kernels {
             label: "avx512+vbmi",
             dot_fourbit_q8: k::dot_fourbit_q8_vbmi,
             dot_fourbit_q8_rows_t4: Some(k::dot_fourbit_q8_rows_t4_vbmi),
+            dot_fourbit_q8_rows_t8: Some(k::dot_fourbit_q8_rows_t8_vbmi),
             fourbit_q8_tile: Some(k::fourbit_q8_tile_vbmi),
             fourbit_q8_tile8: None,
             fourbit_q8_tile_run: Some(k::fourbit_q8_tile_run_vbmi),
@@ -828,6 +838,39 @@ impl Kernels {
         // SAFETY: `self` exists only for a supported ISA; lengths and step checked above.
         unsafe { f(codes, factors, lut, qe, qo, half_block, out) };
         true
+    }
+
+    /// [`Kernels::dot_fourbit_q8_rows`] for a group of eight tokens, weights in blocks of 64
+    /// (see [`crate::scalar::dot_fourbit_q8_rows_t8`]): `out[t][i]` with the bits
+    /// [`Kernels::dot_fourbit_q8_x1`] gives row `i` against token `t` with the factors
+    /// `scales[i·nb + b] · xs`; `false` (and `out` untouched) where this level has no such kernel.
+    ///
+    /// # Panics
+    /// If `codes` or `scales` are shorter than `out[0].len()` rows of `group.blocks()` blocks, or
+    /// the outputs differ in length.
+    #[inline]
+    pub fn dot_fourbit_q8_rows_t8(
+        &self,
+        codes: &[u8],
+        scales: &[f32],
+        lut: &[i8; 16],
+        group: crate::pairs::PairGroup<'_>,
+        out: [&mut [f32]; 8],
+    ) -> bool {
+        let Some(f) = self.dot_fourbit_q8_rows_t8 else { return false };
+        let rows = out[0].len();
+        let nb = group.nb;
+        assert!(out.iter().all(|o| o.len() == rows));
+        assert!(codes.len() >= rows * nb * 32 && scales.len() >= rows * nb);
+        assert!(group.q.len() == nb * 512 && group.corr.len() == nb * 64 && group.xs.len() == nb * 64);
+        // SAFETY: `self` exists only for a supported ISA; lengths checked above.
+        unsafe { f(codes, scales, lut, group, out) };
+        true
+    }
+
+    /// Whether [`Kernels::dot_fourbit_q8_rows_t8`] runs on this level.
+    pub fn has_rows_t8(&self) -> bool {
+        self.dot_fourbit_q8_rows_t8.is_some()
     }
 
     /// One row through the kernel that gives the same bits as a row of

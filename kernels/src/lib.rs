@@ -31,6 +31,7 @@ pub mod fourbit;
 pub mod int8;
 mod lined;
 mod matmul;
+pub mod pairs;
 mod probe;
 pub mod q8;
 pub mod scalar;

@@ -328,6 +328,50 @@ proptest! {
     /// The two-token four-row kernel gives every (row, token) the bits of the four-row kernel
     /// on that token alone (what makes batched decode equal to decode alone), on every level
     /// that has it; and the scalar twin is two scalar four-row calls.
+    /// The eight-token rows kernel (weights in blocks of 64, tokens as `TokenPairs`) gives each
+    /// (row, token) the one-token kernel's bits with the factors `scale · xs`; so does its
+    /// scalar twin against the scalar kernel.
+    #[test]
+    fn eight_token_rows_match_one_token_rows(rows in 0usize..11, nb in 1usize..12, seed in any::<u64>()) {
+        let n = nb * 32;
+        let mut rng = seed;
+        let mut next = || { rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); (rng >> 33) as u32 };
+        let codes: Vec<u8> = (0..rows * n).map(|_| next() as u8).collect();
+        let scales: Vec<f32> = (0..rows * nb).map(|_| (next() % 1000) as f32 / 3.1e2 + 0.01).collect();
+        let mut q = || -> Vec<i8> { (0..n).map(|_| ((next() % 256) as i32 - 128).max(-127) as i8).collect() };
+        let (qe, qo): (Vec<Vec<i8>>, Vec<Vec<i8>>) = ((0..8).map(|_| q()).collect(), (0..8).map(|_| q()).collect());
+        let xs: Vec<Vec<f32>> = (0..8).map(|_| (0..nb).map(|_| (next() % 997) as f32 / 7.3e4).collect()).collect();
+        let qsum: Vec<Vec<i32>> = (0..8)
+            .map(|t| (0..nb).map(|b| (b * 32..(b + 1) * 32).map(|i| qe[t][i] as i32 + qo[t][i] as i32).sum()).collect())
+            .collect();
+        let (qer, qor): (Vec<&[i8]>, Vec<&[i8]>) = (qe.iter().map(|x| &x[..]).collect(), qo.iter().map(|x| &x[..]).collect());
+        let xrefs: Vec<&[f32]> = xs.iter().map(|x| &x[..]).collect();
+        let pairs = lowbit_kernels::pairs::TokenPairs::new(&qer, &qor, &xrefs, nb);
+        prop_assert_eq!(pairs.groups(), 1);
+        let lut = FourBitKind::Nf4.int8_levels();
+        let factors = |t: usize| -> Vec<f32> { (0..rows * nb).map(|j| xs[t][j % nb] * scales[j]).collect() };
+        let scalar_k = Kernels::for_isa(Isa::Scalar).unwrap();
+        for k in simd_levels().into_iter().chain([scalar_k]) {
+            let mut outs: [Vec<f32>; 8] = std::array::from_fn(|_| vec![f32::NAN; rows]);
+            let ran = if k.isa() == Isa::Scalar {
+                lowbit_kernels::scalar::dot_fourbit_q8_rows_t8(&codes, &scales, &lut, pairs.group(0), outs.each_mut().map(|o| &mut o[..]));
+                true
+            } else {
+                k.dot_fourbit_q8_rows_t8(&codes, &scales, &lut, pairs.group(0), outs.each_mut().map(|o| &mut o[..]))
+            };
+            if !ran {
+                continue;
+            }
+            for t in 0..8 {
+                let f = factors(t);
+                for r in 0..rows {
+                    let one = k.dot_fourbit_q8_x1(&codes[r * n..(r + 1) * n], &f[r * nb..(r + 1) * nb], &lut, &qe[t], &qo[t], &qsum[t], 32);
+                    prop_assert_eq!(outs[t][r].to_bits(), one.to_bits(), "{} row {} token {}", k.label(), r, t);
+                }
+            }
+        }
+    }
+
     #[test]
     fn two_token_rows_match_one_token_rows(nb in 1usize..12, hb in prop_oneof![Just(16usize), Just(32), Just(64)], seed in any::<u64>()) {
         let n = nb * hb;

@@ -54,7 +54,10 @@ fn tiny_models_decode_the_same_in_a_batch() {
     let dir = tempfile::tempdir().unwrap();
     // Prompts of different lengths, so the sequences sit at different positions (and, with
     // the window of 5, at different places in their rings).
-    let prompts: Vec<Vec<u32>> = vec![vec![1, 5, 9], vec![2, 7, 11, 13, 17, 19, 23], vec![4], vec![3, 8, 30, 31, 6]];
+    // Nine of them: a group of eight (the eight-token kernels) and one more.
+    let mut prompts: Vec<Vec<u32>> =
+        vec![vec![1, 5, 9], vec![2, 7, 11, 13, 17, 19, 23], vec![4], vec![3, 8, 30, 31, 6]];
+    prompts.extend((0..5u32).map(|i| (i..i + 2 + i).map(|t| (t * 7 + 3) % 32).collect::<Vec<u32>>()));
     for variant in ["swa", "gqa1", "tied"] {
         for quant in [
             QuantChoice::F32,
@@ -110,6 +113,9 @@ fn smollm2_decodes_the_same_in_a_batch() {
         vec![9, 10],
         (1000..1100).step_by(3).collect(),
     ];
+    // Eleven: a group of eight (the eight-token kernels), a pair and one more.
+    let mut prompts = prompts;
+    prompts.extend((0..6u32).map(|i| (300 + 50 * i..310 + 53 * i).collect::<Vec<u32>>()));
     for quant in [QuantChoice::Nf4, QuantChoice::Nf4Small, QuantChoice::Int8, QuantChoice::Q8] {
         let path = common::convert_to(&gguf, quant, dir.path());
         let file = ModelFile::open(&path).unwrap();

@@ -100,6 +100,31 @@ pub fn dot_fourbit_q8_rows_t4(
     rows_per_token(codes, factors, lut, qe, qo, qsum, half_block, out);
 }
 
+/// [`dot_fourbit_q8_rows`] for a group of eight tokens (a decode batch) against weights in
+/// blocks of 64: `out[t][i]` is row `i` against token `t` of `group`, with the factors
+/// `scales[i·nb + b] · xs` (the row's block scale times the token's activation scale, the product
+/// the other callers pass as `factors`). The SIMD version looks each row's codes up once for the
+/// eight and gives every (row, token) the bits of that level's one-token kernel.
+pub fn dot_fourbit_q8_rows_t8(
+    codes: &[u8],
+    scales: &[f32],
+    lut: &[i8; 16],
+    group: crate::pairs::PairGroup<'_>,
+    out: [&mut [f32]; 8],
+) {
+    let nb = group.nb;
+    for (t, o) in out.into_iter().enumerate() {
+        let (mut qe, mut qo) = (Vec::with_capacity(32 * nb), Vec::with_capacity(32 * nb));
+        for b in 0..nb {
+            let (e, od) = group.codes(t, b);
+            qe.extend_from_slice(e);
+            qo.extend_from_slice(od);
+        }
+        let factors: Vec<f32> = (0..o.len() * nb).map(|j| group.scale(t, j % nb) * scales[j]).collect();
+        dot_fourbit_q8_rows(codes, &factors, lut, &qe, &qo, &[], 32, o);
+    }
+}
+
 /// [`dot_fourbit_q8_rows`] of each of `T` tokens.
 #[allow(clippy::too_many_arguments)]
 fn rows_per_token<const T: usize>(

@@ -643,6 +643,112 @@ unsafe fn fourbit_rows_t4<const VBMI: bool>(
     }
 }
 
+vbmi_pair! {
+    /// See [`crate::scalar::dot_fourbit_q8_rows_t8`]: a decode task's rows (weights in blocks of
+    /// 64) against eight tokens prepared as [`crate::pairs::TokenPairs`], every (row, token) with
+    /// the bits of [`dot_fourbit_q8_rows_t4`] (the 256-bit VNNI row kernel's) on that token
+    /// alone. Per row and block the codes are looked up once for the eight; per pair of tokens
+    /// the integer sum starts at minus the unsigned bias, the codes go straight from memory into the two
+    /// `vpdpbusd`, and the factor is one multiply of the row's block scale by the pair's scales,
+    /// the product `block_factors` forms.
+    ///
+    /// # Safety
+    /// AVX-512F/BW/VL and VNNI must be available; with `n = out[0].len()` (every `out[t]` as
+    /// long) and `nb = group.nb`, `codes` holds `n * nb * 32` bytes (row after row), `scales`
+    /// `n * nb` entries, and `group` its full buffers for `nb` blocks.
+    dot_fourbit_q8_rows_t8, dot_fourbit_q8_rows_t8_vbmi = fourbit_rows_t8(
+        codes: &[u8], scales: &[f32], lut: &[i8; 16], group: crate::pairs::PairGroup<'_>, out: [&mut [f32]; 8]
+    )
+}
+
+/// # Safety
+/// Inlined only into the two entry points `vbmi_pair!` makes of it, whose contract it has.
+#[inline(always)]
+unsafe fn fourbit_rows_t8<const VBMI: bool>(
+    codes: &[u8],
+    scales: &[f32],
+    lut: &[i8; 16],
+    group: crate::pairs::PairGroup<'_>,
+    out: [&mut [f32]; 8],
+) {
+    let n = out[0].len();
+    let nb = group.nb;
+    let row_bytes = nb * 32;
+    let (cp, sp) = (codes.as_ptr(), scales.as_ptr());
+    let (qp, cq, xp) = (group.q.as_ptr(), group.corr.as_ptr(), group.xs.as_ptr());
+    let op = out.map(|o| o.as_mut_ptr());
+    // SAFETY: row i reads 32·nb code bytes at i·row_bytes and nb scales at i·nb, i < n; block b
+    // of the group reads 512 bytes of codes and 64 lanes of corrections and scales at 4b
+    // (caller's contract); stores stay below n.
+    unsafe {
+        let table = biased_table(lut);
+        let nib = _mm512_set1_epi8(0x0F);
+        let mut i = 0;
+        while i + 4 <= n {
+            let acc = rows_t8::<4, VBMI>(cp.add(i * row_bytes), sp.add(i * nb), nb, qp, cq, xp, table, nib);
+            // Each token's four rows summed as the 256-bit kernel's `hsum4` sums them.
+            for p in 0..4 {
+                let [lo, hi] = split(acc.map(|a| a[p]));
+                _mm_storeu_ps(op[2 * p].add(i), super::avx2::hsum4(lo));
+                _mm_storeu_ps(op[2 * p + 1].add(i), super::avx2::hsum4(hi));
+            }
+            i += 4;
+        }
+        let z = _mm256_setzero_ps();
+        while i < n {
+            let [acc] = rows_t8::<1, VBMI>(cp.add(i * row_bytes), sp.add(i * nb), nb, qp, cq, xp, table, nib);
+            for p in 0..4 {
+                let [[lo], [hi]] = split([acc[p]]);
+                *op[2 * p].add(i) = _mm_cvtss_f32(super::avx2::hsum4([lo, z, z, z]));
+                *op[2 * p + 1].add(i) = _mm_cvtss_f32(super::avx2::hsum4([hi, z, z, z]));
+            }
+            i += 1;
+        }
+    }
+}
+
+/// The lane sums of `R` consecutive rows (`32·nb` code bytes each from `codes`, `nb` block
+/// scales each from `scales`) against a group's four token pairs (`[row][pair]`, the pair's
+/// first token in lanes 0–7).
+///
+/// # Safety
+/// Inlined into [`fourbit_rows_t8`]'s entry points, whose contract covers every pointer.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn rows_t8<const R: usize, const VBMI: bool>(
+    codes: *const u8,
+    scales: *const f32,
+    nb: usize,
+    q: *const i8,
+    corr: *const i32,
+    xs: *const f32,
+    table: __m512i,
+    nib: __m512i,
+) -> [[__m512; 4]; R] {
+    // SAFETY: the caller's contract.
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); 4]; R];
+        for b in 0..nb {
+            super::avx2::ahead(codes, R * b * 32);
+            let (qb, cb, xb) = (q.add(b * 512), corr.add(b * 64), xs.add(b * 64));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let v = _mm512_broadcast_i64x4(_mm256_loadu_si256(codes.add(r * nb * 32 + b * 32) as *const __m256i));
+                let (wh, wl) = lookup::<VBMI>(v, table, nib);
+                let ws = _mm512_set1_ps(*scales.add(r * nb + b));
+                for (p, acc) in acc.iter_mut().enumerate() {
+                    // The sum starts at minus the bias, so it ends exact.
+                    let s = _mm512_loadu_si512(cb.add(16 * p) as *const _);
+                    let s = _mm512_dpbusd_epi32(s, wh, _mm512_loadu_si512(qb.add(128 * p) as *const _));
+                    let s = _mm512_dpbusd_epi32(s, wl, _mm512_loadu_si512(qb.add(128 * p + 64) as *const _));
+                    let f = _mm512_mul_ps(ws, _mm512_loadu_ps(xb.add(16 * p)));
+                    *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), f, *acc);
+                }
+            }
+        }
+        acc
+    }
+}
+
 /// The low (first token's) and high (second token's) halves of each register.
 #[inline(always)]
 fn split<const R: usize>(acc: [__m512; R]) -> [[__m256; R]; 2] {
