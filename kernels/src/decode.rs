@@ -161,7 +161,7 @@ fn run(
 enum Prepared<'x> {
     Dense { x: &'x [f32], m: usize },
     Int8 { x: &'x [f32], m: usize, acts: Vec<Int8Activations> },
-    Q8 { m: usize, q: Lined<i8>, d: Lined<f32> },
+    Q8 { m: usize, q: Lined<i8>, d: Lined<f32>, pairs: Option<TokenPairs> },
     FourBitQ8 { m: usize, q: Box<BlockQ8>, xs_rows: Lined<f32>, bpr: usize, pairs: Option<TokenPairs> },
     FourBitExact { m: usize, xe: Vec<f32>, xo: Vec<f32>, bpr: usize },
     FourBitPlain { x: &'x [f32], m: usize },
@@ -200,7 +200,15 @@ impl<'x> Prepared<'x> {
                         &mut d[t * nb..(t + 1) * nb],
                     );
                 }
-                Prepared::Q8 { m, q, d }
+                // Whole groups of eight tokens for the eight-token kernel.
+                let groups = if k.has_q8_rows_t8() { m / GROUP } else { 0 };
+                let pairs = (groups > 0).then(|| {
+                    let ts = 0..groups * GROUP;
+                    let qs: Vec<&[i8]> = ts.clone().map(|t| &q[t * cols..(t + 1) * cols]).collect();
+                    let ds: Vec<&[f32]> = ts.map(|t| &d[t * nb..(t + 1) * nb]).collect();
+                    TokenPairs::q8(&qs, &ds, bs, nb)
+                });
+                Prepared::Q8 { m, q, d, pairs }
             }
             Route::FourBitQ8(bs) => {
                 let bpr = cols / bs;
@@ -268,7 +276,9 @@ impl<'x> Prepared<'x> {
                 }
             }
             (&Prepared::Int8 { x, m, ref acts }, Weight::Int8(w8)) => int8_task(k, o, w8, x, m, acts, r0),
-            (&Prepared::Q8 { m, ref q, ref d }, Weight::Q8(w8)) => q8_task(k, o, w8, m, q, d, r0),
+            (&Prepared::Q8 { m, ref q, ref d, ref pairs }, Weight::Q8(w8)) => {
+                q8_task(k, o, w8, m, q, d, pairs.as_ref(), r0)
+            }
             (&Prepared::FourBitQ8 { m, ref q, ref xs_rows, ref pairs, .. }, Weight::FourBit(w4)) => {
                 fourbit_q8_task(k, o, w4, lut, m, q, pairs.as_ref(), xs_rows, scratch, r0)
             }
@@ -539,10 +549,20 @@ fn int8_task(k: &Kernels, o: &mut [f32], w: &Int8Ref, x: &[f32], m: usize, acts:
 }
 
 /// Block int8 rows: each token's activations quantized on their own in the weight's blocks, then
-/// four rows a call where the level has that kernel (each row's bits those of the one-row
-/// kernel, so which call a row falls in changes nothing).
+/// eight tokens and four rows a call where the level has that kernel and four rows a call for
+/// the rest (each row's bits those of the one-row kernel, so which call a row falls in changes
+/// nothing).
 #[allow(clippy::too_many_arguments)]
-fn q8_task(k: &Kernels, o: &mut [f32], w: &Q8Ref, m: usize, q: &[i8], d: &[f32], r0: usize) {
+fn q8_task(
+    k: &Kernels,
+    o: &mut [f32],
+    w: &Q8Ref,
+    m: usize,
+    q: &[i8],
+    d: &[f32],
+    pairs: Option<&TokenPairs>,
+    r0: usize,
+) {
     let (cols, bs) = (w.cols, w.blocksize);
     let nb = cols / bs;
     let qt = |t: usize| &q[t * cols..(t + 1) * cols];
@@ -555,13 +575,32 @@ fn q8_task(k: &Kernels, o: &mut [f32], w: &Q8Ref, m: usize, q: &[i8], d: &[f32],
             return;
         }
     }
+    // Groups of eight tokens over the task's rows in fours, where prepared; the rest below.
+    let n4 = n / 4 * 4;
+    let grouped = match pairs {
+        Some(pairs) if n4 > 0 && n4 <= DECODE_ROWS_PER_TASK => {
+            let (w, s) = (&w.qs[r0 * cols..(r0 + n4) * cols], &w.scales[r0 * nb..(r0 + n4) * nb]);
+            let mut outs = [[0f32; DECODE_ROWS_PER_TASK]; GROUP];
+            for g in 0..pairs.groups() {
+                let done = k.dot_q8_rows_t8(w, s, pairs.group(g), outs.each_mut().map(|o| &mut o[..n4]));
+                assert!(done, "pairs are prepared only where the level has the kernel");
+                for (i, row) in o.chunks_mut(m).take(n4).enumerate() {
+                    for (u, out) in outs.iter().enumerate() {
+                        row[g * GROUP + u] = out[i];
+                    }
+                }
+            }
+            pairs.groups() * GROUP
+        }
+        _ => 0,
+    };
     let mut i = 0;
     while i + 4 <= n {
         let rows: [_; 4] = std::array::from_fn(|j| row(r0 + i + j));
         let (wr, sr) = (rows.map(|r| r.0), rows.map(|r| r.1));
         // Four tokens a call where the level has that kernel (the rows' bytes read and their
         // sums formed once for the four), the rest one token a call.
-        let mut t0 = 0;
+        let mut t0 = grouped;
         while t0 + 4 <= m {
             let ts: [usize; 4] = std::array::from_fn(|u| t0 + u);
             let Some(v) = k.dot_q8_x4t4(wr, sr, ts.map(qt), ts.map(dt), bs) else { break };

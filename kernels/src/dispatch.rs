@@ -34,6 +34,7 @@ type DotFourBitQ8ManyT2 =
     unsafe fn(&[u8], [&[f32]; 2], &[i8; 16], [&[i8]; 2], [&[i8]; 2], [&[i32]; 2], usize, [&mut [f32]; 2]);
 type DotFourBitQ8ManyT4 = unsafe fn(&[u8], [&[f32]; 4], &[i8; 16], [&[i8]; 4], [&[i8]; 4], usize, [&mut [f32]; 4]);
 type DotFourBitQ8ManyT8 = unsafe fn(&[u8], &[f32], &[i8; 16], crate::pairs::PairGroup<'_>, [&mut [f32]; 8]);
+type DotQ8RowsT8 = unsafe fn(&[i8], &[f16], crate::pairs::PairGroup<'_>, [&mut [f32]; 8]);
 type DotQ8Rows4T4 = unsafe fn([&[i8]; 4], [&[f16]; 4], [&[i8]; 4], [&[f32]; 4], usize) -> [[f32; 4]; 4];
 type FourBitQ8TileRun =
     unsafe fn([&[u8]; 4], [&[f32]; 4], &[i8; 16], &[i8], &[i8], usize, &[f32], &[i32], usize, &mut [f32]);
@@ -86,6 +87,8 @@ pub struct Kernels {
     dot_q8: DotQ8,
     dot_q8_x4: Option<DotQ8Rows4>,
     dot_q8_x4t4: Option<DotQ8Rows4T4>,
+    /// Eight tokens from [`crate::pairs::TokenPairs::q8`], four rows at a time.
+    dot_q8_rows_t8: Option<DotQ8RowsT8>,
     /// A decode task's rows in one call, each with `dot_q8`'s bits.
     dot_q8_rows: Option<DotQ8Many>,
     /// Four 4-bit rows against the same activations, where it beats four row calls, and the
@@ -159,6 +162,7 @@ impl Kernels {
             dot_q8: scalar::dot_q8,
             dot_q8_x4: None,
             dot_q8_x4t4: None,
+            dot_q8_rows_t8: None,
             dot_q8_rows: None,
             dot_fourbit_q8_x4: None,
             dot_fourbit_q8_x4t2: None,
@@ -208,6 +212,7 @@ impl Kernels {
                     dot_q8: k::dot_q8,
                     dot_q8_x4: Some(k::dot_q8_x4),
                     dot_q8_x4t4: None,
+                    dot_q8_rows_t8: None,
                     dot_q8_rows: Some(k::dot_q8_rows),
                     dot_fourbit_q8_x4: Some((k::dot_fourbit_q8_x4, k::dot_fourbit_q8)),
                     dot_fourbit_q8_x4t2: Some(k::dot_fourbit_q8_x4t2),
@@ -260,6 +265,7 @@ impl Kernels {
                     dot_q8: scalar::dot_q8,
                     dot_q8_x4: None,
                     dot_q8_x4t4: None,
+                    dot_q8_rows_t8: None,
                     dot_q8_rows: None,
                     dot_fourbit_q8_x4: None,
                     dot_fourbit_q8_x4t2: None,
@@ -431,6 +437,7 @@ impl Kernels {
             dot_q8: crate::arch::x86_64::avx2::dot_q8,
             dot_q8_x4: Some(crate::arch::x86_64::avx2::dot_q8_x4),
             dot_q8_x4t4: Some(k::dot_q8_x4t4),
+            dot_q8_rows_t8: Some(k::dot_q8_rows_t8),
             dot_q8_rows: Some(k::dot_q8_rows),
             dot_fourbit_q8_x4: Some((
                 crate::arch::x86_64::avxvnni::dot_fourbit_q8_x4_evex,
@@ -862,10 +869,45 @@ impl Kernels {
         let nb = group.nb;
         assert!(out.iter().all(|o| o.len() == rows));
         assert!(codes.len() >= rows * nb * 32 && scales.len() >= rows * nb);
-        assert!(group.q.len() == nb * 512 && group.corr.len() == nb * 64 && group.xs.len() == nb * 64);
+        assert!(
+            group.steps == 2 && group.q.len() == nb * 512 && group.corr.len() == nb * 64 && group.xs.len() == nb * 64
+        );
         // SAFETY: `self` exists only for a supported ISA; lengths checked above.
         unsafe { f(codes, scales, lut, group, out) };
         true
+    }
+
+    /// [`Kernels::dot_q8_rows`] for a group of eight tokens, four rows at a time (see
+    /// [`crate::scalar::dot_q8_rows_t8`]): `out[t][i]` with the bits [`Kernels::dot_q8_x4`] gives
+    /// row `i` against token `t`; `false` (and `out` untouched) where this level has no such
+    /// kernel.
+    ///
+    /// # Panics
+    /// If the row count is not a multiple of four, the outputs differ in length, or `w` and
+    /// `scale` are shorter than those rows of `group.blocks()` blocks.
+    #[inline]
+    pub fn dot_q8_rows_t8(
+        &self,
+        w: &[i8],
+        scale: &[f16],
+        group: crate::pairs::PairGroup<'_>,
+        out: [&mut [f32]; 8],
+    ) -> bool {
+        let Some(f) = self.dot_q8_rows_t8 else { return false };
+        let rows = out[0].len();
+        let (nb, steps) = (group.nb, group.steps);
+        assert!(rows.is_multiple_of(4) && out.iter().all(|o| o.len() == rows));
+        assert!(crate::q8::BLOCKSIZES.contains(&(32 * steps)));
+        assert!(w.len() >= rows * nb * 32 * steps && scale.len() >= rows * nb);
+        assert!(group.q.len() == nb * 4 * steps * 64 && group.corr.len() == nb * 64 && group.xs.len() == nb * 64);
+        // SAFETY: `self` exists only for a supported ISA; lengths checked above.
+        unsafe { f(w, scale, group, out) };
+        true
+    }
+
+    /// Whether [`Kernels::dot_q8_rows_t8`] runs on this level.
+    pub fn has_q8_rows_t8(&self) -> bool {
+        self.dot_q8_rows_t8.is_some()
     }
 
     /// Whether [`Kernels::dot_fourbit_q8_rows_t8`] runs on this level.

@@ -1,7 +1,8 @@
-//! Eight decode tokens' block-int8 activations laid out for the eight-token 4-bit rows kernel
-//! ([`crate::Kernels::dot_fourbit_q8_rows_t8`]): per block of 64 weights, per pair of tokens, the
-//! two tokens' 32 even and 32 odd codes side by side (one 512-bit load each, taken straight into
-//! `vpdpbusd`), the pair's unsigned-bias correction per lane (where the sums start) and its
+//! Eight decode tokens' block-int8 activations laid out for the eight-token rows kernels
+//! ([`crate::Kernels::dot_fourbit_q8_rows_t8`], [`crate::Kernels::dot_q8_rows_t8`]): per block,
+//! per pair of tokens, each 32-byte step of the two tokens' codes side by side (one 512-bit load,
+//! taken straight into `vpdpbusd`; a 4-bit block of 64 is two steps, its even and its odd
+//! activations), the pair's unsigned-bias correction per lane (where the sums start) and its
 //! activation scales per lane. Built once per product, read for every row: what the four-token
 //! kernel redoes per row and block (two loads and an insert per pair, the correction, the factor
 //! broadcasts) becomes a load.
@@ -12,12 +13,12 @@ use crate::lined::Lined;
 pub const GROUP: usize = 8;
 /// Pairs in one group.
 const PAIRS: usize = GROUP / 2;
-/// Bytes of one block's codes of one token (even or odd half of 64 activations).
+/// Bytes of one step of one token's codes.
 const HALF: usize = 32;
 
-/// Groups of eight tokens' activations, in blocks of 64 ([`TokenPairs::new`]).
+/// Groups of eight tokens' activations ([`TokenPairs::new`], [`TokenPairs::q8`]).
 pub struct TokenPairs {
-    /// `[group][block][pair][qe t0, qe t1, qo t0, qo t1]`, 32 bytes each.
+    /// `[group][block][pair][step][t0, t1]`, 32 bytes each.
     q: Lined<i8>,
     /// `[group][block][pair][16]`: lanes 0–7 token 2p's, 8–15 token 2p + 1's
     /// `−128 · Σ` of the four even and four odd codes each `vpdpbusd` lane takes: the unsigned
@@ -26,6 +27,7 @@ pub struct TokenPairs {
     /// `[group][block][pair][16]`: the two tokens' activation scales, eight lanes each.
     xs: Lined<f32>,
     nb: usize,
+    steps: usize,
     groups: usize,
 }
 
@@ -36,40 +38,73 @@ pub struct PairGroup<'a> {
     pub(crate) corr: &'a [i32],
     pub(crate) xs: &'a [f32],
     pub(crate) nb: usize,
+    pub(crate) steps: usize,
 }
 
 impl TokenPairs {
-    /// Tokens `8g .. 8g + 8` of each group `g`: `qe[t]`, `qo[t]` de-interleaved int8 codes of
-    /// `nb` blocks of 64 activations (32 bytes of each per block), `xs[t]` their `nb` block
-    /// scales. Every token must have them all (`qe.len() == qo.len() == xs.len()`, a multiple of
-    /// eight).
+    /// For 4-bit weights in blocks of 64: tokens `8g .. 8g + 8` of each group `g`, `qe[t]`,
+    /// `qo[t]` de-interleaved int8 codes of `nb` blocks of 64 activations (32 bytes of each per
+    /// block), `xs[t]` their `nb` block scales.
     ///
     /// # Panics
     /// If a token has fewer than `32·nb` codes or `nb` scales, or the token count is not a
     /// multiple of eight.
     pub fn new(qe: &[&[i8]], qo: &[&[i8]], xs: &[&[f32]], nb: usize) -> TokenPairs {
-        let tokens = qe.len();
-        assert!(tokens.is_multiple_of(GROUP) && qo.len() == tokens && xs.len() == tokens);
-        assert!((0..tokens).all(|t| qe[t].len() >= HALF * nb && qo[t].len() >= HALF * nb && xs[t].len() >= nb));
+        assert!(qo.len() == qe.len() && xs.len() == qe.len());
+        assert!((0..qe.len()).all(|t| qe[t].len() >= HALF * nb && qo[t].len() >= HALF * nb && xs[t].len() >= nb));
+        let step = |t: usize, b: usize, st: usize| {
+            let src = if st == 0 { qe[t] } else { qo[t] };
+            &src[b * HALF..(b + 1) * HALF]
+        };
+        TokenPairs::build(qe.len(), nb, 2, step, |t, b| xs[t][b])
+    }
+
+    /// For block int8 weights: tokens `8g .. 8g + 8` of each group `g`, `q[t]` their int8 codes
+    /// in `nb` blocks of `blocksize` (a multiple of 32), `d[t]` the blocks' scales.
+    ///
+    /// # Panics
+    /// If a token has fewer than `blocksize·nb` codes or `nb` scales, `blocksize` is not a
+    /// multiple of 32, or the token count is not a multiple of eight.
+    pub fn q8(q: &[&[i8]], d: &[&[f32]], blocksize: usize, nb: usize) -> TokenPairs {
+        assert!(blocksize > 0 && blocksize.is_multiple_of(HALF) && d.len() == q.len());
+        assert!((0..q.len()).all(|t| q[t].len() >= blocksize * nb && d[t].len() >= nb));
+        let step = |t: usize, b: usize, st: usize| &q[t][b * blocksize + st * HALF..b * blocksize + (st + 1) * HALF];
+        TokenPairs::build(q.len(), nb, blocksize / HALF, step, |t, b| d[t][b])
+    }
+
+    /// The layout from each token's 32-byte steps and block scales.
+    fn build<'a>(
+        tokens: usize,
+        nb: usize,
+        steps: usize,
+        step: impl Fn(usize, usize, usize) -> &'a [i8],
+        scale: impl Fn(usize, usize) -> f32,
+    ) -> TokenPairs {
+        assert!(tokens.is_multiple_of(GROUP));
         let groups = tokens / GROUP;
-        let mut q = Lined::<i8>::zeroed(groups * nb * PAIRS * 4 * HALF);
+        let mut q = Lined::<i8>::zeroed(groups * nb * PAIRS * steps * 2 * HALF);
         let mut corr = Lined::<i32>::zeroed(groups * nb * PAIRS * 16);
         let mut xsv = Lined::<f32>::zeroed(groups * nb * PAIRS * 16);
         for t in 0..tokens {
             let (g, p, h) = (t / GROUP, (t % GROUP) / 2, t % 2);
-            for (b, (e, o)) in qe[t].chunks(HALF).zip(qo[t].chunks(HALF)).take(nb).enumerate() {
+            for b in 0..nb {
                 let at = (g * nb + b) * PAIRS + p;
-                let dst = &mut q[at * 4 * HALF..(at + 1) * 4 * HALF];
-                dst[h * HALF..(h + 1) * HALF].copy_from_slice(e);
-                dst[(2 + h) * HALF..(3 + h) * HALF].copy_from_slice(o);
-                for (l, (e4, o4)) in e.chunks(4).zip(o.chunks(4)).enumerate() {
-                    let s: i32 = e4.iter().chain(o4).map(|&v| v as i32).sum();
+                let mut lanes = [0i32; 8];
+                for st in 0..steps {
+                    let src = step(t, b, st);
+                    let from = (at * steps + st) * 2 * HALF + h * HALF;
+                    q[from..from + HALF].copy_from_slice(src);
+                    for (l, four) in src.chunks(4).enumerate() {
+                        lanes[l] += four.iter().map(|&v| v as i32).sum::<i32>();
+                    }
+                }
+                for (l, s) in lanes.iter().enumerate() {
                     corr[at * 16 + 8 * h + l] = -128 * s;
-                    xsv[at * 16 + 8 * h + l] = xs[t][b];
+                    xsv[at * 16 + 8 * h + l] = scale(t, b);
                 }
             }
         }
-        TokenPairs { q, corr, xs: xsv, nb, groups }
+        TokenPairs { q, corr, xs: xsv, nb, steps, groups }
     }
 
     /// How many groups of eight.
@@ -77,7 +112,7 @@ impl TokenPairs {
         self.groups
     }
 
-    /// Blocks of 64 per token.
+    /// Blocks per token.
     pub fn blocks(&self) -> usize {
         self.nb
     }
@@ -89,21 +124,23 @@ impl TokenPairs {
     pub fn group(&self, g: usize) -> PairGroup<'_> {
         assert!(g < self.groups);
         let per = self.nb * PAIRS;
+        let bytes = per * self.steps * 2 * HALF;
         PairGroup {
-            q: &self.q[g * per * 4 * HALF..(g + 1) * per * 4 * HALF],
+            q: &self.q[g * bytes..(g + 1) * bytes],
             corr: &self.corr[g * per * 16..(g + 1) * per * 16],
             xs: &self.xs[g * per * 16..(g + 1) * per * 16],
             nb: self.nb,
+            steps: self.steps,
         }
     }
 }
 
 impl PairGroup<'_> {
-    /// Token `t`'s (0..8) even and odd codes of block `b`.
-    pub(crate) fn codes(&self, t: usize, b: usize) -> (&[i8], &[i8]) {
-        let at = (b * PAIRS + t / 2) * 4 * HALF;
-        let h = t % 2;
-        (&self.q[at + h * HALF..at + (h + 1) * HALF], &self.q[at + (2 + h) * HALF..at + (3 + h) * HALF])
+    /// Token `t`'s (0..8) codes of step `st` of block `b` (a 4-bit block's even codes are step
+    /// 0, its odd ones step 1).
+    pub(crate) fn step(&self, t: usize, b: usize, st: usize) -> &[i8] {
+        let from = ((b * PAIRS + t / 2) * self.steps + st) * 2 * HALF + (t % 2) * HALF;
+        &self.q[from..from + HALF]
     }
 
     /// Token `t`'s scale of block `b`.

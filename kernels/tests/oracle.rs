@@ -372,6 +372,46 @@ proptest! {
         }
     }
 
+    /// The eight-token block int8 rows kernel gives each (row, token) the bits of the level's
+    /// four-row one-token kernel; its scalar twin is the scalar kernel per token.
+    #[test]
+    fn eight_token_q8_rows_match_one_token_rows(quads in 0usize..4, nb in 1usize..20, bs in prop_oneof![Just(32usize), Just(64)], seed in any::<u64>()) {
+        let (rows, cols) = (4 * quads, nb * bs);
+        let mut rng = seed;
+        let mut next = || { rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); (rng >> 33) as u32 };
+        // Weights over the whole int8 range, -128 included (a GGUF Q8_0 may hold it).
+        let w: Vec<i8> = (0..rows * cols).map(|_| next() as u8 as i8).collect();
+        let scale: Vec<f16> = (0..rows * nb).map(|_| f16::from_f32((next() % 1000) as f32 / 3.1e4 + 1e-4)).collect();
+        let q: Vec<Vec<i8>> = (0..8).map(|_| (0..cols).map(|_| ((next() % 255) as i32 - 127) as i8).collect()).collect();
+        let d: Vec<Vec<f32>> = (0..8).map(|_| (0..nb).map(|_| (next() % 997) as f32 / 7.3e2).collect()).collect();
+        let (qr, dr): (Vec<&[i8]>, Vec<&[f32]>) = (q.iter().map(|x| &x[..]).collect(), d.iter().map(|x| &x[..]).collect());
+        let pairs = lowbit_kernels::pairs::TokenPairs::q8(&qr, &dr, bs, nb);
+        let mut want: [Vec<f32>; 8] = std::array::from_fn(|_| vec![0f32; rows]);
+        scalar::dot_q8_rows_t8(&w, &scale, pairs.group(0), want.each_mut().map(|o| &mut o[..]));
+        for t in 0..8 {
+            for r in 0..rows {
+                let one = scalar::dot_q8(&w[r * cols..(r + 1) * cols], &scale[r * nb..(r + 1) * nb], &q[t], &d[t], bs);
+                prop_assert_eq!(want[t][r].to_bits(), one.to_bits(), "scalar row {} token {}", r, t);
+            }
+        }
+        for k in simd_levels() {
+            let mut outs: [Vec<f32>; 8] = std::array::from_fn(|_| vec![f32::NAN; rows]);
+            if !k.dot_q8_rows_t8(&w, &scale, pairs.group(0), outs.each_mut().map(|o| &mut o[..])) {
+                continue;
+            }
+            for i in (0..rows).step_by(4) {
+                let wr: [&[i8]; 4] = std::array::from_fn(|j| &w[(i + j) * cols..(i + j + 1) * cols]);
+                let sr: [&[f16]; 4] = std::array::from_fn(|j| &scale[(i + j) * nb..(i + j + 1) * nb]);
+                for t in 0..8 {
+                    let one = k.dot_q8_x4(wr, sr, &q[t], &d[t], bs).unwrap();
+                    for j in 0..4 {
+                        prop_assert_eq!(outs[t][i + j].to_bits(), one[j].to_bits(), "{} row {} token {}", k.label(), i + j, t);
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn two_token_rows_match_one_token_rows(nb in 1usize..12, hb in prop_oneof![Just(16usize), Just(32), Just(64)], seed in any::<u64>()) {
         let n = nb * hb;

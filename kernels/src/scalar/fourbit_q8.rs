@@ -116,9 +116,8 @@ pub fn dot_fourbit_q8_rows_t8(
     for (t, o) in out.into_iter().enumerate() {
         let (mut qe, mut qo) = (Vec::with_capacity(32 * nb), Vec::with_capacity(32 * nb));
         for b in 0..nb {
-            let (e, od) = group.codes(t, b);
-            qe.extend_from_slice(e);
-            qo.extend_from_slice(od);
+            qe.extend_from_slice(group.step(t, b, 0));
+            qo.extend_from_slice(group.step(t, b, 1));
         }
         let factors: Vec<f32> = (0..o.len() * nb).map(|j| group.scale(t, j % nb) * scales[j]).collect();
         dot_fourbit_q8_rows(codes, &factors, lut, &qe, &qo, &[], 32, o);

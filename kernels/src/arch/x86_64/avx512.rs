@@ -683,18 +683,21 @@ unsafe fn fourbit_rows_t8<const VBMI: bool>(
     unsafe {
         let table = biased_table(lut);
         let nib = _mm512_set1_epi8(0x0F);
-        let mut i = 0;
-        while i + 4 <= n {
-            let acc = rows_t8::<4, VBMI>(cp.add(i * row_bytes), sp.add(i * nb), nb, qp, cq, xp, table, nib);
-            // Each token's four rows summed as the 256-bit kernel's `hsum4` sums them.
-            for p in 0..4 {
-                let [lo, hi] = split(acc.map(|a| a[p]));
-                _mm_storeu_ps(op[2 * p].add(i), super::avx2::hsum4(lo));
-                _mm_storeu_ps(op[2 * p + 1].add(i), super::avx2::hsum4(hi));
-            }
-            i += 4;
-        }
         let z = _mm256_setzero_ps();
+        let mut i = 0;
+        // Two rows a pass: four would hold sixteen accumulators beside the pairs' corrections
+        // and scales, more than the 32 registers (the spills cost more than the shared lookups).
+        while i + 2 <= n {
+            let acc = rows_t8::<2, VBMI>(cp.add(i * row_bytes), sp.add(i * nb), nb, qp, cq, xp, table, nib);
+            // Each token's rows summed as the 256-bit kernel's `hsum4` sums them (a row's lane
+            // of `hsum4` depends on that row alone).
+            for p in 0..4 {
+                let [[l0, l1], [h0, h1]] = split(acc.map(|a| a[p]));
+                store2(op[2 * p].add(i), super::avx2::hsum4([l0, l1, z, z]));
+                store2(op[2 * p + 1].add(i), super::avx2::hsum4([h0, h1, z, z]));
+            }
+            i += 2;
+        }
         while i < n {
             let [acc] = rows_t8::<1, VBMI>(cp.add(i * row_bytes), sp.add(i * nb), nb, qp, cq, xp, table, nib);
             for p in 0..4 {
@@ -980,6 +983,113 @@ pub unsafe fn dot_q8_x4t4(
         }
     }
     out
+}
+
+/// See [`crate::scalar::dot_q8_rows_t8`]: a decode task's block int8 rows (a multiple of four)
+/// against eight tokens prepared as [`crate::pairs::TokenPairs::q8`], every (row, token) with the
+/// bits of [`dot_q8_x4t4`] (`avx2::dot_q8_x4`'s) on that token alone. Here the weights carry the
+/// unsigned bias (+128, one `vpxord` per row and step for the eight tokens) and each token pair's
+/// `128 · Σq` per lane, prepared once, is where its sum starts; the pair's codes go straight
+/// from memory into `vpdpbusd`, and each block's factor is the row's scale times the pair's
+/// scales, the product the other kernels form.
+///
+/// # Safety
+/// AVX-512F/BW/VL, VNNI and F16C must be available; with `n = out[0].len()` (a multiple of 4,
+/// every `out[t]` as long), `nb = group.nb` and `bs = 32 · group.steps` (32 or 64), `w` holds
+/// `n · nb · bs` values (row after row), `scale` `n · nb`, and `group` its full buffers.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn dot_q8_rows_t8(w: &[i8], scale: &[f16], group: crate::pairs::PairGroup<'_>, out: [&mut [f32]; 8]) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        if group.steps == 1 {
+            q8_rows_t8::<1>(w, scale, group, out)
+        } else {
+            q8_rows_t8::<2>(w, scale, group, out)
+        }
+    }
+}
+
+/// [`dot_q8_rows_t8`] for blocks of `32 · S` values.
+///
+/// # Safety
+/// As [`dot_q8_rows_t8`], with `group.steps == S`; inlined into it.
+#[inline(always)]
+unsafe fn q8_rows_t8<const S: usize>(
+    w: &[i8],
+    scale: &[f16],
+    group: crate::pairs::PairGroup<'_>,
+    out: [&mut [f32]; 8],
+) {
+    let n = out[0].len();
+    let nb = group.nb;
+    let cols = nb * 32 * S;
+    let (wp, sp) = (w.as_ptr(), scale.as_ptr() as *const u16);
+    let (qp, cq, xp) = (group.q.as_ptr(), group.corr.as_ptr(), group.xs.as_ptr());
+    let op = out.map(|o| o.as_mut_ptr());
+    // SAFETY: rows i..i+4 read `cols` values at `r·cols` and `nb` scales at `r·nb` (the last
+    // chunk of scales through a mask); block b of the group reads 4·S·64 bytes of codes and 64
+    // lanes of corrections and scales (caller's contract); stores stay below n.
+    unsafe {
+        let flip = _mm512_set1_epi8(-128);
+        let z = _mm256_setzero_ps();
+        let mut i = 0;
+        // Two rows a pass, as in `fourbit_rows_t8` (four spill).
+        while i + 2 <= n {
+            let mut acc = [[_mm512_setzero_ps(); 4]; 2];
+            let mut b0 = 0;
+            while b0 < nb {
+                // Sixteen blocks' row scales converted at a time.
+                let len = (nb - b0).min(16);
+                let mask: __mmask16 = if len == 16 { !0 } else { (1 << len) - 1 };
+                let mut sf = [[0f32; 16]; 2];
+                for (r, sf) in sf.iter_mut().enumerate() {
+                    let h = _mm256_maskz_loadu_epi16(mask, sp.add((i + r) * nb + b0) as *const i16);
+                    _mm512_storeu_ps(sf.as_mut_ptr(), _mm512_cvtph_ps(h));
+                }
+                for b in b0..b0 + len {
+                    super::avx2::ahead(wp.add(i * cols) as *const u8, 2 * b * 32 * S);
+                    let (qb, cb, xb) = (qp.add(b * 4 * S * 64), cq.add(b * 64), xp.add(b * 64));
+                    for (r, acc) in acc.iter_mut().enumerate() {
+                        let row = wp.add((i + r) * cols + b * 32 * S);
+                        let wu: [__m512i; S] = std::array::from_fn(|st| {
+                            let v = _mm512_broadcast_i64x4(_mm256_loadu_si256(row.add(32 * st) as *const __m256i));
+                            _mm512_xor_si512(v, flip)
+                        });
+                        let ws = _mm512_set1_ps(sf[r][b - b0]);
+                        for (p, acc) in acc.iter_mut().enumerate() {
+                            let mut s = _mm512_loadu_si512(cb.add(16 * p) as *const _);
+                            for (st, wu) in wu.iter().enumerate() {
+                                s = _mm512_dpbusd_epi32(
+                                    s,
+                                    *wu,
+                                    _mm512_loadu_si512(qb.add((p * S + st) * 64) as *const _),
+                                );
+                            }
+                            let f = _mm512_mul_ps(ws, _mm512_loadu_ps(xb.add(16 * p)));
+                            *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), f, *acc);
+                        }
+                    }
+                }
+                b0 += 16;
+            }
+            for p in 0..4 {
+                let [[l0, l1], [h0, h1]] = split(acc.map(|a| a[p]));
+                store2(op[2 * p].add(i), super::avx2::hsum4([l0, l1, z, z]));
+                store2(op[2 * p + 1].add(i), super::avx2::hsum4([h0, h1, z, z]));
+            }
+            i += 2;
+        }
+    }
+}
+
+/// Stores the low two lanes of `v` at `p`.
+///
+/// # Safety
+/// Two floats writable at `p`.
+#[inline(always)]
+unsafe fn store2(p: *mut f32, v: __m128) {
+    // SAFETY: the caller's contract; an 8-byte store.
+    unsafe { _mm_storel_epi64(p as *mut __m128i, _mm_castps_si128(v)) }
 }
 
 /// Block pairs (of 64 weights each) [`tile_run_g`] looks up into its buffer.
