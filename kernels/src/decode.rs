@@ -225,7 +225,7 @@ impl<'x> Prepared<'x> {
                     rows.chunks_mut(bpr).for_each(|c| c.copy_from_slice(q.xs(t)));
                 }
                 // Whole groups of eight tokens for the eight-token kernel (blocks of 64 only).
-                let groups = if bs == 64 && k.has_rows_t8() { m / GROUP } else { 0 };
+                let groups = if bs == 64 && k.has_rows_t8() && k.x4_for(cols) { m / GROUP } else { 0 };
                 let pairs = (groups > 0).then(|| {
                     let ts = 0..groups * GROUP;
                     let (qe, qo, xs): (Vec<_>, Vec<_>, Vec<_>) = (
@@ -359,14 +359,15 @@ fn fourbit_q8_task(
     let (scales, factors) = (&mut scratch.scales, &mut scratch.factors);
     let n = o.len() / m;
     let nf = n * bpr;
+    // Tokens the eight-token kernel takes below (it forms their factors itself).
+    let batched = m >= 2 && x4 && n <= DECODE_ROWS_PER_TASK;
+    let grouped = if batched { pairs.map_or(0, |p| p.groups() * GROUP) } else { 0 };
     if m == 1 {
         block_factors(k, &w.absmax, r0 * bpr, &xs_rows[..nf], &mut factors[..nf]);
     } else {
         // The block scales decoded once for every token, then multiplied by each token's: the
         // same bits as `block_factors` (decode, then multiply).
         w.absmax.decode(r0 * bpr, &mut scales[..nf]);
-        // (The eight-token kernel forms its tokens' factors itself.)
-        let grouped = if x4 && n <= DECODE_ROWS_PER_TASK { pairs.map_or(0, |p| p.groups() * GROUP) } else { 0 };
         for t in grouped..m {
             let (f, xs) = (&mut factors[t * task..t * task + nf], &xs_rows[t * task..t * task + nf]);
             for ((f, &a), &s) in f.iter_mut().zip(&scales[..nf]).zip(xs) {
@@ -382,10 +383,10 @@ fn fourbit_q8_task(
             return;
         }
     }
-    // A batch: the task's rows in one call per four tokens where the level has that kernel,
-    // then per pair of tokens (and one for an odd last token), each (row, token) with the bits
-    // the one-row kernel gives it alone.
-    if m >= 2 && x4 && n <= DECODE_ROWS_PER_TASK {
+    // A batch: the task's rows in one call per group of eight prepared tokens, then per four
+    // tokens where the level has that kernel, then per pair of tokens (and one for an odd last
+    // token), each (row, token) with the bits the one-row kernel gives it alone.
+    if batched {
         let codes = &w.codes[r0 * half..(r0 + n) * half];
         let fac_all = |t: usize| &factors[t * task..t * task + nf];
         let [mut a, mut b] = [[0f32; DECODE_ROWS_PER_TASK]; 2];
@@ -443,6 +444,7 @@ fn fourbit_q8_task(
             return;
         }
     }
+    // (Tokens of the groups above are done and have no factors here.)
     let row = |i: usize| &w.codes[(r0 + i) * half..(r0 + i + 1) * half];
     let fac = |t: usize, i: usize| &factors[t * task + i * bpr..t * task + (i + 1) * bpr];
     let mut i = 0;
@@ -452,7 +454,7 @@ fn fourbit_q8_task(
     // through the one-row twin, so no row's bits depend on which call it fell in.
     while x4 && i + 4 <= n {
         let codes: [&[u8]; 4] = std::array::from_fn(|j| row(i + j));
-        let mut t = 0;
+        let mut t = grouped;
         while t + 2 <= m {
             let facs = [0, 1].map(|u| std::array::from_fn(|j| fac(t + u, i + j)));
             let (qe, qo, qs) = ([q.qe(t), q.qe(t + 1)], [q.qo(t), q.qo(t + 1)], [q.sum(t), q.sum(t + 1)]);
@@ -477,7 +479,7 @@ fn fourbit_q8_task(
         i += 4;
     }
     for i in i..n {
-        for t in 0..m {
+        for t in grouped..m {
             let (qe, qo, qs) = (q.qe(t), q.qo(t), q.sum(t));
             o[i * m + t] = if x4 {
                 k.dot_fourbit_q8_x1(row(i), fac(t, i), lut, qe, qo, qs, hb)
@@ -549,9 +551,9 @@ fn int8_task(k: &Kernels, o: &mut [f32], w: &Int8Ref, x: &[f32], m: usize, acts:
 }
 
 /// Block int8 rows: each token's activations quantized on their own in the weight's blocks, then
-/// eight tokens and four rows a call where the level has that kernel and four rows a call for
-/// the rest (each row's bits those of the one-row kernel, so which call a row falls in changes
-/// nothing).
+/// groups of eight tokens over the task's rows in fours where the level has that kernel, and
+/// four rows a call for the rest (each row's bits those of the one-row kernel, so which call a
+/// row falls in changes nothing).
 #[allow(clippy::too_many_arguments)]
 fn q8_task(
     k: &Kernels,

@@ -87,7 +87,7 @@ pub struct Kernels {
     dot_q8: DotQ8,
     dot_q8_x4: Option<DotQ8Rows4>,
     dot_q8_x4t4: Option<DotQ8Rows4T4>,
-    /// Eight tokens from [`crate::pairs::TokenPairs::q8`], four rows at a time.
+    /// Eight tokens from [`crate::pairs::TokenPairs::q8`], rows in a multiple of four.
     dot_q8_rows_t8: Option<DotQ8RowsT8>,
     /// A decode task's rows in one call, each with `dot_q8`'s bits.
     dot_q8_rows: Option<DotQ8Many>,
@@ -877,7 +877,7 @@ impl Kernels {
         true
     }
 
-    /// [`Kernels::dot_q8_rows`] for a group of eight tokens, four rows at a time (see
+    /// [`Kernels::dot_q8_rows`] for a group of eight tokens over rows in a multiple of four (see
     /// [`crate::scalar::dot_q8_rows_t8`]): `out[t][i]` with the bits [`Kernels::dot_q8_x4`] gives
     /// row `i` against token `t`; `false` (and `out` untouched) where this level has no such
     /// kernel.

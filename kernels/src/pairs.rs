@@ -20,9 +20,10 @@ const HALF: usize = 32;
 pub struct TokenPairs {
     /// `[group][block][pair][step][t0, t1]`, 32 bytes each.
     q: Lined<i8>,
-    /// `[group][block][pair][16]`: lanes 0–7 token 2p's, 8–15 token 2p + 1's
-    /// `−128 · Σ` of the four even and four odd codes each `vpdpbusd` lane takes: the unsigned
-    /// bias of the level table, negated, where each lane's integer sum starts.
+    /// `[group][block][pair][16]`: lanes 0–7 token 2p's, 8–15 token 2p + 1's `−128 · Σ` of the
+    /// codes each `vpdpbusd` lane takes over the block's steps (four a step): the unsigned bias
+    /// (of the 4-bit level table, or of the block int8 weights), negated, where each lane's
+    /// integer sum starts.
     corr: Lined<i32>,
     /// `[group][block][pair][16]`: the two tokens' activation scales, eight lanes each.
     xs: Lined<f32>,

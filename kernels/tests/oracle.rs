@@ -325,9 +325,6 @@ proptest! {
         }
     }
 
-    /// The two-token four-row kernel gives every (row, token) the bits of the four-row kernel
-    /// on that token alone (what makes batched decode equal to decode alone), on every level
-    /// that has it; and the scalar twin is two scalar four-row calls.
     /// The eight-token rows kernel (weights in blocks of 64, tokens as `TokenPairs`) gives each
     /// (row, token) the one-token kernel's bits with the factors `scale · xs`; so does its
     /// scalar twin against the scalar kernel.
@@ -412,6 +409,9 @@ proptest! {
         }
     }
 
+    /// The two-token four-row kernel gives every (row, token) the bits of the four-row kernel
+    /// on that token alone (what makes batched decode equal to decode alone), on every level
+    /// that has it; and the scalar twin is two scalar four-row calls.
     #[test]
     fn two_token_rows_match_one_token_rows(nb in 1usize..12, hb in prop_oneof![Just(16usize), Just(32), Just(64)], seed in any::<u64>()) {
         let n = nb * hb;

@@ -100,7 +100,7 @@ fn batched_decode_rows_equal_their_matvecs() {
         let rows = if cols == 4096 { 37 } else { 301 };
         with_every_scheme(rows, cols, |weight, x| {
             // Token t: the base row scaled and shifted, with an outlier of its own in column 5t.
-            let tokens: Vec<Vec<f32>> = (0..9)
+            let tokens: Vec<Vec<f32>> = (0..17)
                 .map(|t| {
                     let mut v: Vec<f32> =
                         x.iter().zip(values(cols, 100 + t as u64)).map(|(a, b)| a * 0.5 + b).collect();
@@ -119,7 +119,7 @@ fn batched_decode_rows_equal_their_matvecs() {
                             out.iter().map(|v| v.to_bits()).collect()
                         })
                         .collect();
-                    for (m, threads) in [(2, 1), (5, 2), (9, 2), (4, 3)] {
+                    for (m, threads) in [(2, 1), (5, 2), (9, 2), (4, 3), (17, 2)] {
                         let xs: Vec<f32> = tokens[..m].concat();
                         let got = in_pool(threads, || {
                             let mut out = vec![0f32; m * rows];

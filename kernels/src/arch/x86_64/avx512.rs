@@ -678,7 +678,7 @@ unsafe fn fourbit_rows_t8<const VBMI: bool>(
     let (qp, cq, xp) = (group.q.as_ptr(), group.corr.as_ptr(), group.xs.as_ptr());
     let op = out.map(|o| o.as_mut_ptr());
     // SAFETY: row i reads 32·nb code bytes at i·row_bytes and nb scales at i·nb, i < n; block b
-    // of the group reads 512 bytes of codes and 64 lanes of corrections and scales at 4b
+    // of the group reads 512 bytes of codes at b·512 and 64 lanes of corrections and scales at b·64
     // (caller's contract); stores stay below n.
     unsafe {
         let table = biased_table(lut);
@@ -989,7 +989,7 @@ pub unsafe fn dot_q8_x4t4(
 /// against eight tokens prepared as [`crate::pairs::TokenPairs::q8`], every (row, token) with the
 /// bits of [`dot_q8_x4t4`] (`avx2::dot_q8_x4`'s) on that token alone. Here the weights carry the
 /// unsigned bias (+128, one `vpxord` per row and step for the eight tokens) and each token pair's
-/// `128 · Σq` per lane, prepared once, is where its sum starts; the pair's codes go straight
+/// `−128 · Σq` per lane, prepared once, is where its sum starts; the pair's codes go straight
 /// from memory into `vpdpbusd`, and each block's factor is the row's scale times the pair's
 /// scales, the product the other kernels form.
 ///
