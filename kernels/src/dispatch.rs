@@ -219,7 +219,7 @@ impl Kernels {
                     dot_fourbit_q8_rows: Some(k::dot_fourbit_q8_rows),
                     dot_fourbit_q8_rows_t2: Some(k::dot_fourbit_q8_rows_t2),
                     dot_fourbit_q8_rows_t4: None,
-                    dot_fourbit_q8_rows_t8: None,
+                    dot_fourbit_q8_rows_t8: Some(k::dot_fourbit_q8_rows_t8),
                     x4_max_cols: usize::MAX,
                     dot_fourbit_q8: k::dot_fourbit_q8,
                     fourbit_q8_step: 32,

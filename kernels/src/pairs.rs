@@ -20,6 +20,8 @@ const HALF: usize = 32;
 pub struct TokenPairs {
     /// `[group][block][pair][step][t0, t1]`, 32 bytes each.
     q: Lined<i8>,
+    /// `|q|` in the same layout (the AVX2 kernel's unsigned operand).
+    aq: Lined<i8>,
     /// `[group][block][pair][16]`: lanes 0–7 token 2p's, 8–15 token 2p + 1's `−128 · Σ` of the
     /// codes each `vpdpbusd` lane takes over the block's steps (four a step): the unsigned bias
     /// (of the 4-bit level table, or of the block int8 weights), negated, where each lane's
@@ -36,6 +38,7 @@ pub struct TokenPairs {
 #[derive(Clone, Copy)]
 pub struct PairGroup<'a> {
     pub(crate) q: &'a [i8],
+    pub(crate) aq: &'a [i8],
     pub(crate) corr: &'a [i32],
     pub(crate) xs: &'a [f32],
     pub(crate) nb: usize,
@@ -84,6 +87,7 @@ impl TokenPairs {
         assert!(tokens.is_multiple_of(GROUP));
         let groups = tokens / GROUP;
         let mut q = Lined::<i8>::zeroed(groups * nb * PAIRS * steps * 2 * HALF);
+        let mut aq = Lined::<i8>::zeroed(q.len());
         let mut corr = Lined::<i32>::zeroed(groups * nb * PAIRS * 16);
         let mut xsv = Lined::<f32>::zeroed(groups * nb * PAIRS * 16);
         for t in 0..tokens {
@@ -95,6 +99,9 @@ impl TokenPairs {
                     let src = step(t, b, st);
                     let from = (at * steps + st) * 2 * HALF + h * HALF;
                     q[from..from + HALF].copy_from_slice(src);
+                    for (a, &v) in aq[from..from + HALF].iter_mut().zip(src) {
+                        *a = v.unsigned_abs() as i8;
+                    }
                     for (l, four) in src.chunks(4).enumerate() {
                         lanes[l] += four.iter().map(|&v| v as i32).sum::<i32>();
                     }
@@ -105,7 +112,7 @@ impl TokenPairs {
                 }
             }
         }
-        TokenPairs { q, corr, xs: xsv, nb, steps, groups }
+        TokenPairs { q, aq, corr, xs: xsv, nb, steps, groups }
     }
 
     /// How many groups of eight.
@@ -128,6 +135,7 @@ impl TokenPairs {
         let bytes = per * self.steps * 2 * HALF;
         PairGroup {
             q: &self.q[g * bytes..(g + 1) * bytes],
+            aq: &self.aq[g * bytes..(g + 1) * bytes],
             corr: &self.corr[g * per * 16..(g + 1) * per * 16],
             xs: &self.xs[g * per * 16..(g + 1) * per * 16],
             nb: self.nb,

@@ -635,6 +635,98 @@ pub unsafe fn dot_fourbit_q8_rows_t2(
     unsafe { fourbit_rows_task!(fourbit_q8_rows; 2; codes, factors, lut, qe, qo, half_block, out) }
 }
 
+/// See [`crate::scalar::dot_fourbit_q8_rows_t8`]: a decode task's rows (weights in blocks of
+/// 64) against eight tokens prepared as [`crate::pairs::TokenPairs`], every (row, token) with the
+/// bits of [`dot_fourbit_q8_rows`] on that token alone. Each row's codes are looked up once for
+/// the eight; the tokens' codes and their absolute values come straight from the prepared
+/// buffers, and each block's factor is one multiply of the row's scale by the token's.
+///
+/// # Safety
+/// AVX2 and FMA must be available; with `n = out[0].len()` (every `out[t]` as long) and
+/// `nb = group.nb`, `codes` holds `n * nb * 32` bytes (row after row), `scales` `n * nb`
+/// entries, and `group` its full buffers for `nb` blocks of two steps.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dot_fourbit_q8_rows_t8(
+    codes: &[u8],
+    scales: &[f32],
+    lut: &[i8; 16],
+    group: crate::pairs::PairGroup<'_>,
+    out: [&mut [f32]; 8],
+) {
+    let n = out[0].len();
+    let nb = group.nb;
+    let row_bytes = nb * 32;
+    let op = out.map(|o| o.as_mut_ptr());
+    // SAFETY: row i reads 32·nb code bytes at i·row_bytes and nb scales at i·nb, i < n; block b
+    // of the group reads 512 bytes of codes and of their absolute values at b·512 and 64
+    // scales at b·64 (caller's contract); stores stay below n.
+    unsafe {
+        let table = _mm256_broadcastsi128_si256(_mm_loadu_si128(lut.as_ptr() as *const __m128i));
+        let (cp, sp) = (codes.as_ptr(), scales.as_ptr());
+        let z = _mm256_setzero_ps();
+        let mut i = 0;
+        while i < n {
+            // Up to four rows, one at a time, their lanes kept to be summed four rows at once
+            // as the one-token kernel sums them (a row's lane of `hsum4` depends on it alone).
+            let rows = (n - i).min(4);
+            let mut acc = [[z; 8]; 4];
+            for (r, acc) in acc.iter_mut().enumerate().take(rows) {
+                *acc = rows_t8(cp.add((i + r) * row_bytes), sp.add((i + r) * nb), nb, table, group);
+            }
+            for (t, o) in op.iter().enumerate() {
+                let v = hsum4([acc[0][t], acc[1][t], acc[2][t], acc[3][t]]);
+                let mut s = [0f32; 4];
+                _mm_storeu_ps(s.as_mut_ptr(), v);
+                for (r, &s) in s.iter().enumerate().take(rows) {
+                    *o.add(i + r) = s;
+                }
+            }
+            i += rows;
+        }
+    }
+}
+
+/// One row's lane sums against a group's eight tokens.
+///
+/// # Safety
+/// AVX2 and FMA enabled by the caller; `nb` blocks of codes at `codes` and of scales at
+/// `scales`, and the group's buffers for `nb` blocks.
+#[inline(always)]
+unsafe fn rows_t8(
+    codes: *const u8,
+    scales: *const f32,
+    nb: usize,
+    table: __m256i,
+    group: crate::pairs::PairGroup<'_>,
+) -> [__m256; 8] {
+    // SAFETY: the caller's contract.
+    unsafe {
+        let nib = _mm256_set1_epi8(0x0F);
+        let ones = _mm256_set1_epi16(1);
+        let (qp, ap, xp) = (group.q.as_ptr(), group.aq.as_ptr(), group.xs.as_ptr());
+        let mut acc = [_mm256_setzero_ps(); 8];
+        for b in 0..nb {
+            ahead(codes, b * 32);
+            let v = _mm256_loadu_si256(codes.add(b * 32) as *const __m256i);
+            let (wh, wl) = nibbles(table, nib, v);
+            let ws = _mm256_set1_ps(*scales.add(b));
+            let (qb, ab, xb) = (qp.add(b * 512), ap.add(b * 512), xp.add(b * 64));
+            for (t, acc) in acc.iter_mut().enumerate() {
+                // Token t's even codes at pair t/2, step 0, half t%2; its odd ones at step 1.
+                let at = (t / 2) * 128 + (t % 2) * 32;
+                let load = |p: *const i8| _mm256_loadu_si256(p as *const __m256i);
+                let ph = _mm256_maddubs_epi16(load(ab.add(at)), _mm256_sign_epi8(wh, load(qb.add(at))));
+                let pl = _mm256_maddubs_epi16(load(ab.add(at + 64)), _mm256_sign_epi8(wl, load(qb.add(at + 64))));
+                // Widen each product vector separately: their i16 sum could overflow.
+                let sum = _mm256_add_epi32(_mm256_madd_epi16(ph, ones), _mm256_madd_epi16(pl, ones));
+                let f = _mm256_mul_ps(ws, _mm256_loadu_ps(xb.add((t / 2) * 16 + (t % 2) * 8)));
+                *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), f, *acc);
+            }
+        }
+        acc
+    }
+}
+
 /// How far ahead (bytes) of the bytes being read the decode loops prefetch: from DRAM at one
 /// thread the AVX2 loops reached far more of the bandwidth with it than without, and 16 KiB did
 /// as well as anything up to 64 (docs/PERFORMANCE.md). The hint is non-temporal: the weights
