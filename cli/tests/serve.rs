@@ -175,9 +175,9 @@ fn named_adapters_per_request() {
     assert!(status.success(), "exit on SIGTERM: {status}\n{log}");
 }
 
-/// One HTTP/1.1 POST of `body` (JSON) to `path` on `url`, without a client library: the status
-/// and the parsed JSON reply.
-fn post(url: &str, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+/// One POST of `body` (JSON) to `path` on `url` over HTTP/`version`, without a client library:
+/// the whole reply, head and body.
+fn raw_post(url: &str, path: &str, body: &serde_json::Value, version: &str) -> String {
     use std::io::{Read, Write};
     let host = url.strip_prefix("http://").unwrap();
     let mut s = std::net::TcpStream::connect(host).unwrap();
@@ -185,12 +185,18 @@ fn post(url: &str, path: &str, body: &serde_json::Value) -> (u16, serde_json::Va
     let body = body.to_string();
     write!(
         s,
-        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST {path} HTTP/{version}\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
     let mut reply = String::new();
     s.read_to_string(&mut reply).unwrap();
+    reply
+}
+
+/// [`raw_post`] over HTTP/1.1: the status and the parsed JSON reply.
+fn post(url: &str, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+    let reply = raw_post(url, path, body, "1.1");
     let (head, json) = reply.split_once("\r\n\r\n").unwrap();
     let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
     (status, serde_json::from_str(json).unwrap_or(serde_json::Value::Null))
@@ -262,20 +268,7 @@ fn llama_server_flags() {
 /// [`post`] for a streamed reply: the payloads of its `data:` lines (over HTTP/1.0, so the body
 /// comes unchunked and no event is split).
 fn post_sse(url: &str, path: &str, body: &serde_json::Value) -> Vec<String> {
-    use std::io::{Read, Write};
-    let host = url.strip_prefix("http://").unwrap();
-    let mut s = std::net::TcpStream::connect(host).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let body = body.to_string();
-    write!(
-        s,
-        "POST {path} HTTP/1.0\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut reply = String::new();
-    s.read_to_string(&mut reply).unwrap();
-    reply
+    raw_post(url, path, body, "1.0")
         .lines()
         .filter_map(|l| l.strip_prefix("data: ").or_else(|| l.strip_prefix("data:")))
         .map(str::to_string)
