@@ -1,6 +1,6 @@
 """Side-by-side speed race: llama.cpp (through llama-cpp-python, compiled locally by pip) against
 lowbit on SmolLM2-135M-Instruct, same prompt of 128 tokens, 64 decoded tokens, 1 and 2 threads,
-runs alternated three times, medians. llama.cpp's Q4_0, IQ4_NL and Q8_0 files are made from the shipped Q4_1 GGUF by
+runs alternated three times (RACE_REPS), medians. llama.cpp's Q4_0, IQ4_NL and Q8_0 files are made from the shipped Q4_1 GGUF by
 llama.cpp's own quantizer; lowbit's nf4 and int8 files by `lowbit convert`. Prints tokens/s and
 the ratios lowbit / llama.cpp. Not part of CI.
 
@@ -17,7 +17,7 @@ import llama_cpp
 import llamacpp_files
 
 gguf, work, lowbit, text_path = sys.argv[1:5]
-reps = 3
+reps = int(os.environ.get("RACE_REPS", "3"))
 
 
 def quantize(ftype, name):

@@ -1242,9 +1242,10 @@ pub fn kernels() -> &'static Kernels {
     })
 }
 
-/// Like [`kernels`] but reports an invalid `LOWBIT_ISA` instead of ignoring it; the CLI calls
-/// this once at start.
+/// Like [`kernels`] but reports an invalid `LOWBIT_ISA` (or `LOWBIT_PREFETCH`) instead of
+/// ignoring it; the CLI calls this once at start.
 pub fn try_kernels() -> Result<&'static Kernels> {
     Isa::from_env()?;
+    crate::Prefetch::from_env()?;
     Ok(kernels())
 }

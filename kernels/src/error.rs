@@ -46,6 +46,9 @@ pub enum KernelError {
     /// An unknown name in `LOWBIT_ISA` or an API call.
     #[error("unknown instruction set {0:?} (expected scalar, avx2, avxvnni, avx512, neon)")]
     UnknownIsa(String),
+    /// An unknown name in `LOWBIT_PREFETCH`.
+    #[error("unknown prefetch hint {0:?} (expected outer, nta)")]
+    UnknownPrefetch(String),
 }
 
 /// Result alias for the kernels.

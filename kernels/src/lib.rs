@@ -32,6 +32,7 @@ pub mod int8;
 mod lined;
 mod matmul;
 pub mod pairs;
+mod prefetch;
 mod probe;
 pub mod q8;
 pub mod scalar;
@@ -50,14 +51,15 @@ pub use matmul::{
     gemm_strided, matmul, matmul_many, matmul_many_with, matmul_rows, matmul_rows_many, matmul_rows_many_then,
     matmul_rows_many_with, matmul_rows_with, matmul_with, matvec, MatmulOptions, RowsThen,
 };
+pub use prefetch::Prefetch;
 pub use probe::bandwidth_probe;
 pub use q8::Q8Tensor;
 pub use weight::{AbsmaxRef, FourBitRef, Int8Ref, Q8Ref, Weight};
 
-/// Hints that `data[from .. from + len]` (clamped to `data`) will be read soon, and once: its
-/// cache lines start coming in without displacing the outer caches' contents, for reads too
-/// small or scattered for the hardware prefetcher to catch (a low-rank update's few kilobytes
-/// per task of a product). Changes no result; a no-op where the architecture has no hint here.
+/// Hints that `data[from .. from + len]` (clamped to `data`) will be read soon, and once (with
+/// the weights' [`Prefetch`] hint), for reads too small or scattered for the hardware prefetcher
+/// to catch (a low-rank update's few kilobytes per task of a product). Changes no result; a
+/// no-op where the architecture has no hint here.
 #[inline]
 pub fn prefetch<T>(data: &[T], from: usize, len: usize) {
     let from = from.min(data.len());

@@ -61,6 +61,7 @@ pub fn named(path: &Path, e: impl std::error::Error + Send + Sync + 'static) -> 
 pub fn cpu(a: crate::args::CpuArgs) -> Result<()> {
     println!("best: {}", lowbit_kernels::Isa::best());
     println!("in use: {}", lowbit_kernels::kernels().label());
+    println!("weight prefetch: {}", lowbit_kernels::Prefetch::current());
     println!("supported: {:?}", lowbit_kernels::Isa::all_supported());
     for isa in lowbit_kernels::Isa::ALL {
         if let Some(needs) = isa.missing() {

@@ -6,3 +6,16 @@
 pub mod aarch64;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_64;
+
+/// The CPU's vendor string and family (base + extended, as vendors document it), for choices
+/// measured per microarchitecture; `None` off x86-64.
+pub fn cpu_vendor_family() -> Option<([u8; 12], u32)> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        Some(x86_64::vendor_family())
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        None
+    }
+}

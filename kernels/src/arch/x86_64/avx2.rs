@@ -729,10 +729,8 @@ unsafe fn rows_t8(
 
 /// How far ahead (bytes) of the bytes being read the decode loops prefetch: from DRAM at one
 /// thread the AVX2 loops reached far more of the bandwidth with it than without, and 16 KiB did
-/// as well as anything up to 64 (docs/PERFORMANCE.md). The hint is non-temporal: the weights
-/// are read once a token, and keeping them out of the outer caches leaves those to what is read
-/// again (the KV cache, a LoRA adapter, activations) — on AMD Zen 5 decode ran 3–7 % faster
-/// (nf4) and 12–15 % (LLM.int8) than with the weights prefetched into L2.
+/// as well as anything up to 64 (docs/PERFORMANCE.md). The cache level aimed at is the
+/// process's [`crate::Prefetch`].
 const PREFETCH_L2: usize = 16384;
 
 /// Prefetches the weights [`PREFETCH_L2`] bytes past `first + done`, where `first` starts the
@@ -743,11 +741,8 @@ const PREFETCH_L2: usize = 16384;
 #[inline(always)]
 pub(super) fn ahead(first: *const u8, done: usize) {
     let p = first.wrapping_add(done + PREFETCH_L2) as *const i8;
-    // SAFETY: a prefetch never faults, whatever the address; SSE is baseline on x86-64.
-    unsafe {
-        _mm_prefetch::<_MM_HINT_NTA>(p);
-        _mm_prefetch::<_MM_HINT_NTA>(p.wrapping_add(64));
-    }
+    super::prefetch_line(p);
+    super::prefetch_line(p.wrapping_add(64));
 }
 
 /// The per-lane partial sums of `R` block-aligned 4-bit rows against the int8 activations of

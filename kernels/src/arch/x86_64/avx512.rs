@@ -39,8 +39,8 @@ macro_rules! vbmi_pair {
 /// How far ahead (bytes) the decode loops prefetch. The hardware prefetcher alone left the
 /// weight-streaming loops waiting on their loads (half the 4-bit loop's samples sat on its code
 /// loads); 8 KiB ahead beat an L1 prefetch 2 KiB ahead and none, from DRAM at one and two
-/// threads (docs/PERFORMANCE.md). Non-temporal, as [`super::avx2`]'s: weights are read once a
-/// token.
+/// threads (docs/PERFORMANCE.md). The cache level aimed at is the process's [`crate::Prefetch`],
+/// as for [`super::avx2`]'s.
 const PREFETCH_L2: usize = 8192;
 
 /// See [`crate::scalar::dot_f32`].
@@ -226,7 +226,7 @@ pub unsafe fn dot_int8(a: &[i8], w: &[i8]) -> i32 {
         while i < n {
             let left = n - i;
             let m: __mmask64 = if left >= 64 { !0 } else { (1u64 << left) - 1 };
-            _mm_prefetch::<_MM_HINT_NTA>(wp.wrapping_add(i + PREFETCH_L2));
+            super::prefetch_line(wp.wrapping_add(i + PREFETCH_L2));
             let va = _mm512_maskz_loadu_epi8(m, ap.add(i));
             let vw = _mm512_maskz_loadu_epi8(m, wp.add(i));
             acc[k] = _mm512_dpbusd_epi32(acc[k], _mm512_xor_si512(va, flip), vw);
@@ -397,7 +397,7 @@ unsafe fn fourbit_q8<const VBMI: bool>(
         let nib = _mm512_set1_epi8(0x0F);
         // One 64-byte step: the biased integer lane sums of codes/activations at byte `i`.
         let step = |i: usize| {
-            _mm_prefetch::<_MM_HINT_NTA>(cp.wrapping_add(i + PREFETCH_L2) as *const i8);
+            super::prefetch_line(cp.wrapping_add(i + PREFETCH_L2) as *const i8);
             let v = _mm512_loadu_si512(cp.add(i) as *const _);
             let (wh, wl) = lookup::<VBMI>(v, table, nib);
             let s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wh, _mm512_loadu_si512(ep.add(i) as *const _));
