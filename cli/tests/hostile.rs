@@ -86,6 +86,9 @@ fn runtime_input_errors() {
     fails(bin().args(["inspect", tmp.path().to_str().unwrap()]), "not a regular file");
     let env_bad = bin().env("LOWBIT_ISA", "sse9").args(["cpu"]).output().unwrap();
     assert_eq!(env_bad.status.code(), Some(2));
+    fails(bin().env("LOWBIT_PREFETCH", "t7").args(["cpu"]), "unknown prefetch hint");
+    let hint = bin().env("LOWBIT_PREFETCH", "nta").args(["cpu"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&hint.stdout).contains("weight prefetch: nta"));
 }
 
 #[test]
