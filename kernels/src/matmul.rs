@@ -13,6 +13,7 @@ use crate::dispatch::Kernels;
 use crate::error::{KernelError, Result};
 use crate::int8::{quantize_activations, Int8Activations, INV_127, MM_DEQUANT_SCALE};
 use crate::lined::Lined;
+use crate::pairs::{TokenPairs, GROUP};
 use crate::weight::{nested_runs, AbsmaxRef, FourBitRef, Int8Ref, Weight};
 use half::slice::HalfFloatSliceExt;
 
@@ -498,15 +499,32 @@ fn fourbit_q8_matmul_many(k: &Kernels, out: &mut [f32], ws: &[&FourBitRef], x: &
     // Block entries per row and token, and steps of 64 weights.
     let (nb, steps) = (cols / bs, cols / 64);
     let half = cols / 2;
-    // Tokens a tile takes: eight where the level has that tile, four otherwise.
-    let tt_step = if k.has_fourbit_q8_tile8(split) { 8 } else { 4 };
+    // Where the level has decode's eight-token rows kernel but not the tile run (AVX2), the
+    // tokens go through it in groups of eight prepared pairs: a (row, token) then has the bits
+    // decode gives it, and the kernel reads every token from one prepared buffer. (Through the
+    // eight-token tile, whose 40 operand pointers spill, SmolLM2's prefill at AVX2 ran 5 %
+    // slower at one thread.)
+    let rows_t8 = !split && k.has_rows_t8() && k.x4_for(cols) && !k.has_fourbit_q8_tile_run(steps, split);
+    // Tokens a tile takes: eight where the level has that tile (or the rows kernel), four
+    // otherwise.
+    let tt_step = if rows_t8 || k.has_fourbit_q8_tile8(split) { 8 } else { 4 };
     // Tokens of the last tile past m are all-zero (their results are dropped).
     let padded = m.next_multiple_of(tt_step);
     // The eight-token tile takes the activations' absolute values too.
-    let q = BlockQ8::new(k, x, m, cols, 64, padded, parallel, tt_step == 8);
+    let q = BlockQ8::new(k, x, m, cols, 64, padded, parallel, tt_step == 8 && !rows_t8);
     // The VNNI tiles correct their bias per half of a step when the halves' factors differ.
     let q = if split && tt_step != 8 { q.with_halves() } else { q };
     let q = &q;
+    let pairs = rows_t8.then(|| {
+        let ts = 0..padded;
+        let (qe, qo, xs): (Vec<_>, Vec<_>, Vec<_>) = (
+            ts.clone().map(|t| q.qe(t)).collect(),
+            ts.clone().map(|t| q.qo(t)).collect(),
+            ts.map(|t| q.xs(t)).collect(),
+        );
+        TokenPairs::new(&qe, &qo, &xs, nb)
+    });
+    let pairs = pairs.as_ref();
     // A token's bias sums as the tiles take them: per block of 64, or per half with `split`.
     let sums = |t: usize| if split { q.halves(t) } else { q.sum(t) };
     let sums_from = |t: usize| if split { &q.halves[t * nb..] } else { &q.sum[t * q.nb..] };
@@ -552,6 +570,21 @@ fn fourbit_q8_matmul_many(k: &Kernels, out: &mut [f32], ws: &[&FourBitRef], x: &
         let n = (rows - r0).min(chunk);
         for (i, f) in wf.chunks_mut(nb).take(n).enumerate() {
             w.absmax.decode((r0 + i) * nb, f);
+        }
+        if let Some(pairs) = pairs {
+            let codes = &w.codes[r0 * half..(r0 + n) * half];
+            let mut outs = [[0f32; 64]; GROUP];
+            for g in 0..pairs.groups() {
+                let out = outs.each_mut().map(|o| &mut o[..n]);
+                let done = k.dot_fourbit_q8_rows_t8(codes, &wf[..n * nb], lut, pairs.group(g), out);
+                assert!(done, "checked with has_rows_t8");
+                for (j, o) in outs.iter().enumerate().take(m.saturating_sub(g * GROUP).min(GROUP)) {
+                    for (i, &v) in o[..n].iter().enumerate() {
+                        set((g * GROUP + j) * rows + r0 + i, v);
+                    }
+                }
+            }
+            return;
         }
         // Tokens in groups (16: 64 KiB of activations at 4096 columns, L2-resident; 64 where
         // runs look the rows up once per group: the lookups spread over more tokens) over all

@@ -869,6 +869,42 @@ proptest! {
         check(&Weight::Int8(Int8Ref { rows, cols, cb: &q8.cb, scb: &q8.scb }), &deq8, 1e-5)?;
     }
 
+    /// Where a level's 4-bit prefill runs decode's eight-token rows kernel (AVX2: it has that
+    /// kernel and no tile run), every prompt token gets the bits decode gives it alone, in
+    /// groups of eight and in a short last group (padded tokens), for one weight and for q/k/v
+    /// sharing the activations.
+    #[test]
+    fn fourbit_prefill_on_the_rows_kernel_is_decode(
+        rows in 1usize..70, nb in 1usize..12, m in prop_oneof![Just(8usize), 9usize..30], seed in any::<u64>(),
+    ) {
+        let cols = nb * 64;
+        let mut rng = seed;
+        let mut next = || { rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); ((rng >> 33) as u32 % 20001) as f32 / 10000.0 - 1.0 };
+        let w: Vec<f32> = (0..rows * cols).map(|_| next()).collect();
+        let x: Vec<f32> = (0..m * cols).map(|_| next() * 3.0).collect();
+        let q = quantize_4bit(&w, &FourBitOptions { double_quant: true, ..Default::default() }).unwrap();
+        let lowbit_kernels::Absmax::Nested { codes, nested_absmax, nested_blocksize, offset } = &q.absmax else { unreachable!() };
+        let absmax = AbsmaxRef::Nested { codes, nested_absmax, nested_blocksize: *nested_blocksize, offset: *offset };
+        let weight = Weight::FourBit(FourBitRef { kind: FourBitKind::Nf4, rows, cols, blocksize: 64, codes: &q.codes, absmax });
+        let opts = MatmulOptions::default();
+        for k in simd_levels() {
+            if !(k.has_rows_t8() && k.x4_for(cols) && !k.has_fourbit_q8_tile_run(nb, false)) {
+                continue;
+            }
+            let mut out = vec![0f32; m * rows];
+            matmul_with(&k, &mut out, &weight, &x, m, &opts).unwrap();
+            let mut joint = vec![0f32; 2 * m * rows];
+            lowbit_kernels::matmul_many_with(&k, &mut joint, &[&weight, &weight], &x, m, &opts).unwrap();
+            for t in 0..m {
+                let mut alone = vec![0f32; rows];
+                matmul_with(&k, &mut alone, &weight, &x[t * cols..(t + 1) * cols], 1, &opts).unwrap();
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                prop_assert_eq!(bits(&out[t * rows..(t + 1) * rows]), bits(&alone), "{} token {}", k.label(), t);
+                prop_assert_eq!(bits(&joint[m * rows + t * rows..m * rows + (t + 1) * rows]), bits(&alone), "{} joint token {}", k.label(), t);
+            }
+        }
+    }
+
     /// Block int8 on every level: the product (prefill's matmul and decode's rows) against an
     /// f64 product of the dequantized weights within the activation rounding, every token's
     /// decode row bit-identical to that token alone (batch invariance), the four-row kernel

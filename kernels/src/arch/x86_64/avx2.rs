@@ -993,7 +993,9 @@ pub unsafe fn dot_fourbit_q8_x4t2(
 /// the tokens' absolute values come precomputed (`aqe`, `aqo`), so a (row, token) pair costs
 /// `vpsignb` + `vpmaddubsw(|q|, sign(w, q))` per half block and no row needs `vpabsb`: fewer
 /// instructions per weight, and two registers per row instead of four, which leaves room for
-/// eight accumulators.
+/// eight accumulators. Prefill takes it for weights in blocks of 32 (and widths the four-row
+/// kernels skip); blocks of 64 go through [`dot_fourbit_q8_rows_t8`] over prepared token pairs,
+/// which reads every token from one buffer and ran SmolLM2's prefill 5–16 % faster.
 ///
 /// # Safety
 /// AVX2 and FMA must be available; with `nb = wf[0].len()`, every `wf[r]`, `xs[t]` holds `nb`
