@@ -142,8 +142,7 @@ pub fn quantize_activations(x: &[f32], rows: usize, cols: usize, threshold: f32,
         }
         out.outlier_cols.extend(flag.iter().enumerate().filter(|(_, &f)| f).map(|(c, _)| c));
     }
-    for r in 0..rows {
-        let tmp = &mut hx[r * cols..(r + 1) * cols];
+    for tmp in hx.chunks_mut(cols.max(1)).take(rows) {
         if threshold > 0.0 {
             for t in tmp.iter_mut() {
                 if is_outlier(*t) {
@@ -151,16 +150,24 @@ pub fn quantize_activations(x: &[f32], rows: usize, cols: usize, threshold: f32,
                 }
             }
         }
-        let am = tmp.iter().fold(0f32, |m, v| m.max(v.abs()));
-        out.sca.push(am);
-        let dst = &mut out.ca[r * cols..(r + 1) * cols];
-        quantize_row(tmp, am, dst);
-        // bitsandbytes zeroes outlier columns only when there is more than one row; with one row
-        // the outlier entries were already zeroed before quantizing, which gives the same codes.
-        for &c in &out.outlier_cols {
-            dst[c] = 0;
-        }
+        out.sca.push(tmp.iter().fold(0f32, |m, v| m.max(v.abs())));
     }
+    // The rows' codes on the team (a prompt's tokens; serially for one): the rounding is most
+    // of this function, and a prompt's product waited for it on one thread.
+    let (hx, sca, outliers) = (&hx, &out.sca, &out.outlier_cols);
+    crate::team::for_each_chunk_mut(
+        &mut out.ca,
+        cols.max(1),
+        || (),
+        |_, r, dst| {
+            quantize_row(&hx[r * cols..(r + 1) * cols], sca[r], dst);
+            // bitsandbytes zeroes outlier columns only when there is more than one row; with one row
+            // the outlier entries were already zeroed before quantizing, which gives the same codes.
+            for &c in outliers {
+                dst[c] = 0;
+            }
+        },
+    );
 }
 
 #[cfg(test)]

@@ -287,17 +287,31 @@ pub fn matmul_with(k: &Kernels, out: &mut [f32], w: &Weight, x: &[f32], m: usize
     Ok(())
 }
 
-/// `out (m × rows)` from `out_t (rows × m)`.
+/// `out (m × rows)` from `out_t (rows × m)`, tokens in chunks on the team (a prompt's product
+/// waited for this on one thread).
 pub(crate) fn transpose_into(out: &mut [f32], out_t: &[f32], rows: usize, m: usize) {
-    // Blocked: 64 rows × m stay in L1 while each token's 64 outputs are written.
-    for r0 in (0..rows).step_by(64) {
-        let r1 = (r0 + 64).min(rows);
-        for t in 0..m {
-            for (r, o) in (r0..r1).zip(&mut out[t * rows + r0..t * rows + r1]) {
-                *o = out_t[r * m + t];
-            }
-        }
+    const TOKENS: usize = 16;
+    if rows == 0 {
+        return;
     }
+    crate::team::for_each_chunk_mut(
+        out,
+        TOKENS * rows,
+        || (),
+        |_, i, out| {
+            let t0 = i * TOKENS;
+            // Blocked: 64 rows of the chunk's tokens stay in L1 while each token's 64 outputs are
+            // written.
+            for r0 in (0..rows).step_by(64) {
+                let r1 = (r0 + 64).min(rows);
+                for (t, o) in (t0..).zip(out.chunks_mut(rows)) {
+                    for (r, o) in (r0..r1).zip(&mut o[r0..r1]) {
+                        *o = out_t[r * m + t];
+                    }
+                }
+            }
+        },
+    );
 }
 
 /// How a loop over row chunks runs.
