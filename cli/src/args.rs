@@ -38,7 +38,8 @@ pub enum Command {
     /// Measure how large each linear layer's input columns run on a calibration text, for
     /// `convert --imatrix`.
     Imatrix(ImatrixArgs),
-    /// Show which instruction sets the kernels use (and measure memory bandwidth).
+    /// Show which instruction sets the kernels use and where their weight prefetches aim (and measure
+    /// memory bandwidth).
     Cpu(CpuArgs),
     /// Write a synthetic checkpoint with a real model's names and shapes and random weights.
     Synth(SynthArgs),
