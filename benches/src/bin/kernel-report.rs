@@ -12,7 +12,7 @@
 //! [--schemes nf4,int8] [--matvec-only] [--shape ROWSxCOLS]`
 
 use lowbit_benches::{random_weights, Stored};
-use lowbit_kernels::{bandwidth_probe, matmul, MatmulOptions};
+use lowbit_kernels::{bandwidth_probe, matmul, matmul_rows, MatmulOptions};
 use std::time::Instant;
 
 /// Best of `reps` runs of `f`, in seconds: the least disturbed run.
@@ -154,6 +154,21 @@ fn main() {
                         100.0 * lo,
                         100.0 * hi
                     );
+                }
+                // A decode step of m sequences (`matmul_rows`: each token as if alone, the weights
+                // read once for all): the batched engine's product.
+                for &m in if matvec_only { &[][..] } else { &[16usize][..] } {
+                    for (name, s) in stored.iter().filter(|(n, _)| *n != "f32") {
+                        let view = s.view(rows, cols);
+                        let mut out = vec![0f32; m * rows];
+                        let t = best(3, || matmul_rows(&mut out, &view, &x[..m * cols], m, &opts).expect("rows"));
+                        println!(
+                            "rows   m={m:<3} {name:>5}: {:8.2} ms  {:7.1} GFLOP/s  {:6.2} GB/s of weights",
+                            t * 1e3,
+                            2.0 * (m * rows * cols) as f64 / t / 1e9,
+                            view.byte_len() as f64 / t / 1e9
+                        );
+                    }
                 }
                 for &m in if matvec_only { &[][..] } else { &[16usize, 128][..] } {
                     let mut gf32 = 0.0;
