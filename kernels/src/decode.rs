@@ -479,7 +479,28 @@ fn fourbit_q8_task(
         i += 4;
     }
     for i in i..n {
-        for t in grouped..m {
+        let mut t = grouped;
+        // Rows too wide for the four-row kernels: four tokens a call where the level has that
+        // kernel (the row's codes looked up once for the four, each token with its own bits).
+        while !x4 && t + 4 <= m {
+            let ts: [usize; 4] = std::array::from_fn(|u| t + u);
+            let Some(v) = k.dot_fourbit_q8_t4(
+                row(i),
+                ts.map(|t| fac(t, i)),
+                lut,
+                ts.map(|t| q.qe(t)),
+                ts.map(|t| q.qo(t)),
+                ts.map(|t| q.sum(t)),
+                hb,
+            ) else {
+                break;
+            };
+            for (u, &v) in v.iter().enumerate() {
+                o[i * m + t + u] = v;
+            }
+            t += 4;
+        }
+        for t in t..m {
             let (qe, qo, qs) = (q.qe(t), q.qo(t), q.sum(t));
             o[i * m + t] = if x4 {
                 k.dot_fourbit_q8_x1(row(i), fac(t, i), lut, qe, qo, qs, hb)

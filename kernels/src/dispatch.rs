@@ -29,6 +29,7 @@ type DotFourBitQ8Rows4 = unsafe fn([&[u8]; 4], [&[f32]; 4], &[i8; 16], &[i8], &[
 type DotFourBitQ8Rows4T2 =
     unsafe fn([&[u8]; 4], [[&[f32]; 4]; 2], &[i8; 16], [&[i8]; 2], [&[i8]; 2], [&[i32]; 2], usize) -> [[f32; 4]; 2];
 type DotFourBitQ8 = unsafe fn(&[u8], &[f32], &[i8; 16], &[i8], &[i8], &[i32], usize) -> f32;
+type DotFourBitQ8T4 = unsafe fn(&[u8], [&[f32]; 4], &[i8; 16], [&[i8]; 4], [&[i8]; 4], [&[i32]; 4], usize) -> [f32; 4];
 type DotFourBitQ8Many = unsafe fn(&[u8], &[f32], &[i8; 16], &[i8], &[i8], &[i32], usize, &mut [f32]);
 type DotFourBitQ8ManyT2 =
     unsafe fn(&[u8], [&[f32]; 2], &[i8; 16], [&[i8]; 2], [&[i8]; 2], [&[i32]; 2], usize, [&mut [f32]; 2]);
@@ -106,6 +107,8 @@ pub struct Kernels {
     /// The widest rows (in weights) decode runs through the four-row kernels.
     x4_max_cols: usize,
     dot_fourbit_q8: DotFourBitQ8,
+    /// `dot_fourbit_q8` for four tokens, each with its bits (a decode batch over wide rows).
+    dot_fourbit_q8_t4: Option<DotFourBitQ8T4>,
     /// Bytes of codes each SIMD step of `dot_fourbit_q8` consumes.
     fourbit_q8_step: usize,
     /// Whether the decode kernels that step 32 bytes also take blocks of 32 weights (16 bytes),
@@ -172,6 +175,7 @@ impl Kernels {
             dot_fourbit_q8_rows_t8: None,
             x4_max_cols: 0,
             dot_fourbit_q8: scalar::dot_fourbit_q8,
+            dot_fourbit_q8_t4: None,
             fourbit_q8_step: 1,
             fourbit_q8_split: false,
             nested_factors: scalar::nested_factors,
@@ -222,6 +226,7 @@ impl Kernels {
                     dot_fourbit_q8_rows_t8: Some(k::dot_fourbit_q8_rows_t8),
                     x4_max_cols: usize::MAX,
                     dot_fourbit_q8: k::dot_fourbit_q8,
+                    dot_fourbit_q8_t4: None,
                     fourbit_q8_step: 32,
                     fourbit_q8_split: true,
                     nested_factors: k::nested_factors,
@@ -275,6 +280,7 @@ impl Kernels {
                     dot_fourbit_q8_rows_t8: None,
                     x4_max_cols: 0,
                     dot_fourbit_q8: k::dot_fourbit_q8,
+                    dot_fourbit_q8_t4: None,
                     fourbit_q8_step: 16,
                     fourbit_q8_split: false,
                     nested_factors: scalar::nested_factors,
@@ -365,6 +371,7 @@ impl Kernels {
                 label: "avxvnni(evex)",
                 dot_int8_4x4: k::dot_int8_4x4_evex,
                 dot_fourbit_q8: k::dot_fourbit_q8_evex,
+                dot_fourbit_q8_t4: None,
                 dot_fourbit_q8_x4: Some((k::dot_fourbit_q8_x4_evex, k::dot_fourbit_q8_evex)),
                 dot_fourbit_q8_x4t2: Some(k::dot_fourbit_q8_x4t2_evex),
                 dot_fourbit_q8_rows: Some(k::dot_fourbit_q8_rows_evex),
@@ -385,6 +392,7 @@ impl Kernels {
                 label: "avxvnni",
                 dot_int8_4x4: k::dot_int8_4x4_vex,
                 dot_fourbit_q8: k::dot_fourbit_q8_vex,
+                dot_fourbit_q8_t4: None,
                 dot_fourbit_q8_x4: Some((k::dot_fourbit_q8_x4_vex, k::dot_fourbit_q8_vex)),
                 dot_fourbit_q8_x4t2: Some(k::dot_fourbit_q8_x4t2_vex),
                 dot_fourbit_q8_rows: Some(k::dot_fourbit_q8_rows_vex),
@@ -450,6 +458,7 @@ impl Kernels {
             dot_fourbit_q8_rows_t8: Some(k::dot_fourbit_q8_rows_t8),
             x4_max_cols: 4095,
             dot_fourbit_q8: k::dot_fourbit_q8,
+            dot_fourbit_q8_t4: Some(k::dot_fourbit_q8_t4),
             fourbit_q8_step: 32,
             fourbit_q8_split: true,
             // The map looked up in registers (the 16-wide gather had taken a quarter of nf4
@@ -469,6 +478,7 @@ impl Kernels {
         Kernels {
             label: "avx512+vbmi",
             dot_fourbit_q8: k::dot_fourbit_q8_vbmi,
+            dot_fourbit_q8_t4: Some(k::dot_fourbit_q8_t4_vbmi),
             dot_fourbit_q8_rows_t4: Some(k::dot_fourbit_q8_rows_t4_vbmi),
             dot_fourbit_q8_rows_t8: Some(k::dot_fourbit_q8_rows_t8_vbmi),
             fourbit_q8_tile: Some(k::fourbit_q8_tile_vbmi),
@@ -657,6 +667,34 @@ impl Kernels {
             self.dot_fourbit_q8
         };
         self.row_q8(f, codes, factors, lut, qe, qo, qsum, half_block)
+    }
+
+    /// [`Kernels::dot_fourbit_q8`] for four tokens over one row, each token's result with the
+    /// bits the one-token call gives it; `None` where this level has no such kernel or the
+    /// blocks go elsewhere.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    pub fn dot_fourbit_q8_t4(
+        &self,
+        codes: &[u8],
+        factors: [&[f32]; 4],
+        lut: &[i8; 16],
+        qe: [&[i8]; 4],
+        qo: [&[i8]; 4],
+        qsum: [&[i32]; 4],
+        half_block: usize,
+    ) -> Option<[f32; 4]> {
+        let f = self.dot_fourbit_q8_t4?;
+        let nb = factors[0].len();
+        let n = nb * half_block;
+        if self.splits(half_block, nb) || !self.q8_blocks_ok(half_block, nb) {
+            return None;
+        }
+        assert!(codes.len() >= n);
+        assert!((0..4).all(|t| factors[t].len() == nb && qe[t].len() >= n && qo[t].len() >= n && qsum[t].len() >= nb));
+        // SAFETY: `f` is one of this level's kernels, and `self` exists only for a supported
+        // ISA; lengths and step checked above.
+        Some(unsafe { f(codes, factors, lut, qe, qo, qsum, half_block) })
     }
 
     /// Whether the 32-byte-step decode kernels take these blocks: a whole number of steps, or

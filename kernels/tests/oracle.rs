@@ -869,6 +869,45 @@ proptest! {
         check(&Weight::Int8(Int8Ref { rows, cols, cb: &q8.cb, scb: &q8.scb }), &deq8, 1e-5)?;
     }
 
+    /// The four-token one-row kernel (decode batches over rows too wide for the four-row
+    /// kernels) gives each token the bits of the one-token kernel, for blocks of 64 (an odd
+    /// last block and whole iterations of eight) and larger blocks (odd multiples of 32 bytes).
+    #[test]
+    fn four_token_row_matches_one_token_row(
+        nb in 1usize..20, half in prop_oneof![3 => Just(32usize), 1 => Just(64usize), 1 => Just(96usize)], seed in any::<u64>(),
+    ) {
+        let n = nb * half;
+        let mut rng = seed;
+        let mut next = || { rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); (rng >> 33) as u32 };
+        let codes: Vec<u8> = (0..n).map(|_| next() as u8).collect();
+        let mut q = || -> Vec<i8> { (0..n).map(|_| ((next() % 256) as i32 - 128).max(-127) as i8).collect() };
+        let (qe, qo): (Vec<Vec<i8>>, Vec<Vec<i8>>) = ((0..4).map(|_| q()).collect(), (0..4).map(|_| q()).collect());
+        let qsum: Vec<Vec<i32>> = (0..4)
+            .map(|t| (0..nb).map(|b| (b * half..(b + 1) * half).map(|i| qe[t][i] as i32 + qo[t][i] as i32).sum()).collect())
+            .collect();
+        let factors: Vec<Vec<f32>> = (0..4).map(|_| (0..nb).map(|_| (next() % 1000) as f32 / 9.7e5).collect()).collect();
+        let lut = FourBitKind::Nf4.int8_levels();
+        let mut ran = false;
+        for k in simd_levels() {
+            let Some(v) = k.dot_fourbit_q8_t4(
+                &codes,
+                std::array::from_fn(|t| &factors[t][..]),
+                &lut,
+                std::array::from_fn(|t| &qe[t][..]),
+                std::array::from_fn(|t| &qo[t][..]),
+                std::array::from_fn(|t| &qsum[t][..]),
+                half,
+            ) else { continue };
+            ran = true;
+            for t in 0..4 {
+                let one = k.dot_fourbit_q8(&codes, &factors[t], &lut, &qe[t], &qo[t], &qsum[t], half);
+                prop_assert_eq!(v[t].to_bits(), one.to_bits(), "{} token {}", k.label(), t);
+            }
+        }
+        // Where a level has the kernel, it ran.
+        prop_assert!(ran || !simd_levels().iter().any(|k| k.isa() == Isa::Avx512));
+    }
+
     /// Where a level's 4-bit prefill runs decode's eight-token rows kernel (AVX2: it has that
     /// kernel and no tile run), every prompt token gets the bits decode gives it alone, in
     /// groups of eight and in a short last group (padded tokens), for one weight and for q/k/v

@@ -374,6 +374,21 @@ vbmi_pair! {
     ) -> f32
 }
 
+vbmi_pair! {
+    /// [`dot_fourbit_q8`] for four tokens at once (a decode batch over rows too wide for the
+    /// four-row kernels): each 64-byte step of codes is loaded and looked up once for the four,
+    /// and every token's sums, accumulators and final reduction are exactly the one-token
+    /// kernel's, so each gets the bits it gets alone.
+    ///
+    /// # Safety
+    /// As [`dot_fourbit_q8`], for each token's activations, factors and sums (all with
+    /// `factors[0].len()` blocks).
+    dot_fourbit_q8_t4, dot_fourbit_q8_t4_vbmi = fourbit_q8_t[4](
+        codes: &[u8], factors: [&[f32]; 4], lut: &[i8; 16], qe: [&[i8]; 4], qo: [&[i8]; 4], qsum: [&[i32]; 4],
+        half_block: usize
+    ) -> [f32; 4]
+}
+
 /// # Safety
 /// Inlined only into the two entry points `vbmi_pair!` makes of it, whose contract it has.
 #[inline(always)]
@@ -386,78 +401,137 @@ unsafe fn fourbit_q8<const VBMI: bool>(
     qsum: &[i32],
     half_block: usize,
 ) -> f32 {
+    // SAFETY: the caller's contract is the body's.
+    let [v] = unsafe { fourbit_q8_t::<VBMI, 1>(codes, [factors], lut, [qe], [qo], [qsum], half_block) };
+    v
+}
+
+/// One row against `T` tokens: the one-token kernel's operations for each token, in its order,
+/// with each step's codes loaded and looked up once for all of them.
+///
+/// # Safety
+/// Inlined only into `vbmi_pair!` entry points (and [`fourbit_q8`]), whose contract it has for
+/// every token.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // (token, accumulator) indices mirror the one-token order
+unsafe fn fourbit_q8_t<const VBMI: bool, const T: usize>(
+    codes: &[u8],
+    factors: [&[f32]; T],
+    lut: &[i8; 16],
+    qe: [&[i8]; T],
+    qo: [&[i8]; T],
+    qsum: [&[i32]; T],
+    half_block: usize,
+) -> [f32; T] {
     debug_assert!(half_block.is_multiple_of(32));
-    debug_assert!(qsum.len() >= factors.len());
-    let nb = factors.len();
-    let (cp, ep, op, fp) = (codes.as_ptr(), qe.as_ptr(), qo.as_ptr(), factors.as_ptr());
-    // SAFETY: loads stay within `factors.len() * half_block` bytes of codes/qe/qo and within
-    // `factors.len()` entries of factors/qsum (caller's contract); the tails are masked.
+    let nb = factors[0].len();
+    debug_assert!((0..T).all(|t| factors[t].len() == nb && qsum[t].len() >= nb));
+    let cp = codes.as_ptr();
+    let (ep, op, fp) = (qe.map(|q| q.as_ptr()), qo.map(|q| q.as_ptr()), factors.map(|f| f.as_ptr()));
+    // SAFETY: loads stay within `nb * half_block` bytes of codes and of every token's qe/qo and
+    // within `nb` entries of its factors/qsum (caller's contract); the tails are masked.
     unsafe {
         let table = biased_table(lut);
         let nib = _mm512_set1_epi8(0x0F);
-        // One 64-byte step: the biased integer lane sums of codes/activations at byte `i`.
-        let step = |i: usize| {
-            super::prefetch_line(cp.wrapping_add(i + PREFETCH_L2) as *const i8);
-            let v = _mm512_loadu_si512(cp.add(i) as *const _);
-            let (wh, wl) = lookup::<VBMI>(v, table, nib);
-            let s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wh, _mm512_loadu_si512(ep.add(i) as *const _));
-            _mm512_dpbusd_epi32(s, wl, _mm512_loadu_si512(op.add(i) as *const _))
-        };
-        // The same for 32 bytes at `i`, the upper half of the register zero. (A function, not
-        // a closure: closures here do not inherit the target features, and with two call
-        // sites LLVM kept this one out of line — a call per row that cost SmolLM2 a quarter of
-        // its decode speed.)
-        let half_step = |i: usize| half_step::<VBMI>(cp.add(i), ep.add(i), op.add(i), table, nib);
-        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut acc = [[_mm512_setzero_ps(); 4]; T];
         let mut b = 0;
         if half_block == 32 {
             // Factors of blocks b (lanes 0–7) and b + 1 (lanes 8–15): one 8-byte load and one
             // permute. (Two masked FMAs with broadcasts compiled to two FMAs plus two blends.)
-            let pair = |b: usize| scale_pair(fp, b, true);
             // Two blocks a step, four steps an iteration, four independent accumulators.
             while b + 8 <= nb {
-                for (u, a) in acc.iter_mut().enumerate() {
-                    *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(step((b + 2 * u) * 32)), pair(b + 2 * u), *a);
+                for u in 0..4 {
+                    let i = (b + 2 * u) * 32;
+                    let (wh, wl) = look::<VBMI>(cp, i, table, nib);
+                    for t in 0..T {
+                        let s = biased_sums(wh, wl, ep[t].add(i), op[t].add(i));
+                        acc[t][u] =
+                            _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scale_pair(fp[t], b + 2 * u, true), acc[t][u]);
+                    }
                 }
                 b += 8;
             }
             while b + 2 <= nb {
-                acc[0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(step(b * 32)), pair(b), acc[0]);
+                let (wh, wl) = look::<VBMI>(cp, b * 32, table, nib);
+                for t in 0..T {
+                    let s = biased_sums(wh, wl, ep[t].add(b * 32), op[t].add(b * 32));
+                    acc[t][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scale_pair(fp[t], b, true), acc[t][0]);
+                }
                 b += 2;
             }
             if b < nb {
                 // The odd last block.
-                acc[2] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(half_step(b * 32)), _mm512_set1_ps(*fp.add(b)), acc[2]);
+                for t in 0..T {
+                    let s = half_step::<VBMI>(cp.add(b * 32), ep[t].add(b * 32), op[t].add(b * 32), table, nib);
+                    acc[t][2] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(*fp[t].add(b)), acc[t][2]);
+                }
             }
         } else {
-            for (j, &f) in factors.iter().enumerate() {
-                let mut s = _mm512_setzero_si512();
+            for j in 0..nb {
+                let mut s = [_mm512_setzero_si512(); T];
                 let mut i = j * half_block;
                 let end = i + half_block;
                 while i + 64 <= end {
-                    s = _mm512_add_epi32(s, step(i));
+                    let (wh, wl) = look::<VBMI>(cp, i, table, nib);
+                    for t in 0..T {
+                        s[t] = _mm512_add_epi32(s[t], biased_sums(wh, wl, ep[t].add(i), op[t].add(i)));
+                    }
                     i += 64;
                 }
                 if i < end {
                     // half_block an odd multiple of 32 (96, 160, …): a 32-byte remainder.
-                    s = _mm512_add_epi32(s, half_step(i));
+                    for t in 0..T {
+                        let h = half_step::<VBMI>(cp.add(i), ep[t].add(i), op[t].add(i), table, nib);
+                        s[t] = _mm512_add_epi32(s[t], h);
+                    }
                 }
-                acc[j & 3] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(f), acc[j & 3]);
+                for t in 0..T {
+                    acc[t][j & 3] =
+                        _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[t]), _mm512_set1_ps(*fp[t].add(j)), acc[t][j & 3]);
+                }
             }
         }
-        // The bias: 128 · Σ_b factor[b] · qsum[b].
-        let mut bias = _mm512_setzero_ps();
-        let qp = qsum.as_ptr();
-        let mut j = 0;
-        while j < nb {
-            let left = nb - j;
-            let m: __mmask16 = if left >= 16 { !0 } else { (1u16 << left) - 1 };
-            let q = _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(m, qp.add(j)));
-            bias = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, fp.add(j)), q, bias);
-            j += 16;
-        }
-        let total = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
-        _mm512_reduce_add_ps(total) - 128.0 * _mm512_reduce_add_ps(bias)
+        std::array::from_fn(|t| {
+            // The bias: 128 · Σ_b factor[b] · qsum[b].
+            let mut bias = _mm512_setzero_ps();
+            let qp = qsum[t].as_ptr();
+            let mut j = 0;
+            while j < nb {
+                let left = nb - j;
+                let m: __mmask16 = if left >= 16 { !0 } else { (1u16 << left) - 1 };
+                let q = _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(m, qp.add(j)));
+                bias = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, fp[t].add(j)), q, bias);
+                j += 16;
+            }
+            let a = acc[t];
+            let total = _mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3]));
+            _mm512_reduce_add_ps(total) - 128.0 * _mm512_reduce_add_ps(bias)
+        })
+    }
+}
+
+/// The prefetch, load and nibble lookups of the 64 code bytes at `i`.
+///
+/// # Safety
+/// As [`lookup`]; 64 bytes readable at `cp + i`.
+#[inline(always)]
+unsafe fn look<const VBMI: bool>(cp: *const u8, i: usize, table: __m512i, nib: __m512i) -> (__m512i, __m512i) {
+    super::prefetch_line(cp.wrapping_add(i + PREFETCH_L2) as *const i8);
+    // SAFETY: the caller's contract.
+    unsafe { lookup::<VBMI>(_mm512_loadu_si512(cp.add(i) as *const _), table, nib) }
+}
+
+/// One token's biased integer lane sums of a 64-byte step: the looked-up levels against its 64
+/// even (`e`) and 64 odd (`o`) activations.
+///
+/// # Safety
+/// AVX-512 VNNI enabled by the caller; 64 bytes readable at `e` and at `o`.
+#[inline(always)]
+unsafe fn biased_sums(wh: __m512i, wl: __m512i, e: *const i8, o: *const i8) -> __m512i {
+    // SAFETY: the caller's contract.
+    unsafe {
+        let s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wh, _mm512_loadu_si512(e as *const _));
+        _mm512_dpbusd_epi32(s, wl, _mm512_loadu_si512(o as *const _))
     }
 }
 
