@@ -488,6 +488,10 @@ impl BlockQ8 {
     }
 }
 
+/// Most weight rows a prefill task takes (a multiple of the 4-row tile): 64 rows of 4096
+/// weights are 128 KiB of codes.
+const CHUNK_MAX: usize = 64;
+
 /// Tokens per call of the tile run ([`Kernels::fourbit_q8_tile_run`]): SmolLM2's prefill at one
 /// thread (AVX-512, Zen 5) 931–940 tok/s with tiles, 1062–1081 with runs of 16, 1106–1124 of
 /// 32, 1139–1146 of 64.
@@ -553,7 +557,7 @@ fn fourbit_q8_matmul_many(k: &Kernels, out: &mut [f32], ws: &[&FourBitRef], x: &
     let threads = rayon::current_num_threads().max(1);
     let chunk_of = |rows: usize| {
         let want = rows.div_ceil(64).max(4 * threads).next_multiple_of(threads);
-        rows.div_ceil(want).next_multiple_of(4).clamp(4, 64)
+        rows.div_ceil(want).next_multiple_of(4).clamp(4, CHUNK_MAX)
     };
     let total: usize = ws.iter().map(|w| m * w.rows).sum();
     assert_eq!(out.len(), total);
@@ -587,7 +591,7 @@ fn fourbit_q8_matmul_many(k: &Kernels, out: &mut [f32], ws: &[&FourBitRef], x: &
         }
         if let Some(pairs) = pairs {
             let codes = &w.codes[r0 * half..(r0 + n) * half];
-            let mut outs = [[0f32; 64]; GROUP];
+            let mut outs = [[0f32; CHUNK_MAX]; GROUP];
             for g in 0..pairs.groups() {
                 let out = outs.each_mut().map(|o| &mut o[..n]);
                 let done = k.dot_fourbit_q8_rows_t8(codes, &wf[..n * nb], lut, pairs.group(g), out);

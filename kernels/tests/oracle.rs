@@ -887,17 +887,17 @@ proptest! {
             .collect();
         let factors: Vec<Vec<f32>> = (0..4).map(|_| (0..nb).map(|_| (next() % 1000) as f32 / 9.7e5).collect()).collect();
         let lut = FourBitKind::Nf4.int8_levels();
+        let fr: [&[f32]; 4] = std::array::from_fn(|t| &factors[t][..]);
+        let (er, or): ([&[i8]; 4], [&[i8]; 4]) = (std::array::from_fn(|t| &qe[t][..]), std::array::from_fn(|t| &qo[t][..]));
+        let sr: [&[i32]; 4] = std::array::from_fn(|t| &qsum[t][..]);
+        // The scalar twin is the scalar one-token kernel per token.
+        let twin = scalar::dot_fourbit_q8_t4(&codes, fr, &lut, er, or, sr, half);
+        for t in 0..4 {
+            prop_assert_eq!(twin[t].to_bits(), scalar::dot_fourbit_q8(&codes, fr[t], &lut, er[t], or[t], sr[t], half).to_bits());
+        }
         let mut ran = false;
         for k in simd_levels() {
-            let Some(v) = k.dot_fourbit_q8_t4(
-                &codes,
-                std::array::from_fn(|t| &factors[t][..]),
-                &lut,
-                std::array::from_fn(|t| &qe[t][..]),
-                std::array::from_fn(|t| &qo[t][..]),
-                std::array::from_fn(|t| &qsum[t][..]),
-                half,
-            ) else { continue };
+            let Some(v) = k.dot_fourbit_q8_t4(&codes, fr, &lut, er, or, sr, half) else { continue };
             ran = true;
             for t in 0..4 {
                 let one = k.dot_fourbit_q8(&codes, &factors[t], &lut, &qe[t], &qo[t], &qsum[t], half);

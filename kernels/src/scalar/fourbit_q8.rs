@@ -45,6 +45,20 @@ pub fn dot_fourbit_q8_x4(
     std::array::from_fn(|r| dot_fourbit_q8(codes[r], factors[r], lut, qe, qo, qsum, half_block))
 }
 
+/// One row against four tokens (a decode batch over wide rows): `out[t]` = [`dot_fourbit_q8`]
+/// of the row against token `t`.
+pub fn dot_fourbit_q8_t4(
+    codes: &[u8],
+    factors: [&[f32]; 4],
+    lut: &[i8; 16],
+    qe: [&[i8]; 4],
+    qo: [&[i8]; 4],
+    qsum: [&[i32]; 4],
+    half_block: usize,
+) -> [f32; 4] {
+    std::array::from_fn(|t| dot_fourbit_q8(codes, factors[t], lut, qe[t], qo[t], qsum[t], half_block))
+}
+
 /// Every row of a decode task against the same activations: `out[i]` = [`dot_fourbit_q8`] of
 /// row `i`, whose `nb = factors.len() / out.len()` blocks of codes follow row `i − 1`'s in
 /// `codes` and whose factors are `factors[i·nb .. (i + 1)·nb]`.
