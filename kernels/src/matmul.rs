@@ -121,7 +121,7 @@ fn per_weight(k: &Kernels, out: &mut [f32], ws: &[&Weight], x: &[f32], m: usize,
 
 /// Whether a prompt's product with `w` runs the 4-bit integer tiles.
 /// Blocks of 64, or of 32 in rows of whole 64-weight steps (two blocks to each step).
-fn fourbit_tiles(k: &Kernels, w: &FourBitRef, opts: &MatmulOptions) -> bool {
+pub(crate) fn fourbit_tiles(k: &Kernels, w: &FourBitRef, opts: &MatmulOptions) -> bool {
     let blocks = match w.blocksize {
         64 => rows_block_aligned(w) && k.has_fourbit_q8_tile(false),
         32 => w.cols.is_multiple_of(64) && k.has_fourbit_q8_tile(true),

@@ -264,6 +264,88 @@ fn a_prompts_products_in_one_loop_equal_one_call_each() {
         .is_err());
 }
 
+/// Several prompts in one call (`matmul_segments`) give each prompt the bits of its own
+/// `matmul_many`, for every scheme (block int8 too, whose route changes at 16 tokens), alone and
+/// beside a weight of another scheme, with one-token prompts among them or only those, on one and
+/// two threads.
+#[test]
+fn several_prompts_in_one_call_equal_one_call_each() {
+    let (q8w, other) = (values(301 * 320, 5), values(7 * 320, 99));
+    let q8s: Vec<_> =
+        [32, 64].into_iter().map(|bs| lowbit_kernels::q8::quantize(&q8w, 301, 320, bs).unwrap()).collect();
+    let q8_weights: Vec<Weight> = q8s
+        .iter()
+        .map(|q| {
+            Weight::Q8(lowbit_kernels::Q8Ref {
+                rows: 301,
+                cols: 320,
+                blocksize: q.blocksize,
+                qs: &q.qs,
+                scales: &q.scales,
+            })
+        })
+        .collect();
+    let other = Weight::F32 { rows: 7, cols: 320, data: &other };
+    let check = |weight: &Weight, x: &[f32]| {
+        // Tokens of different sizes, each with the outlier column LLM.int8 splits off.
+        let tokens: Vec<f32> = (0..40).flat_map(|t| x.iter().map(move |v| v * (1.0 + t as f32 * 0.125))).collect();
+        let lists: [Vec<&Weight>; 3] = [vec![weight], vec![weight, &other, weight], vec![weight, weight]];
+        for k in Kernels::variants() {
+            let opts = MatmulOptions::default();
+            for ws in &lists {
+                for (segs, threads) in
+                    [(&[3usize, 5, 17, 2][..], 1), (&[2, 19, 0, 6][..], 2), (&[1, 1, 1][..], 2), (&[4, 1, 6][..], 2)]
+                {
+                    let m: usize = segs.iter().sum();
+                    let xs = &tokens[..m * 320];
+                    let (alone, joint) = in_pool(threads, || {
+                        let rows: usize = ws.iter().map(|w| w.rows()).sum();
+                        let mut alone = vec![0f32; m * rows];
+                        let mut t0 = 0;
+                        for &s in segs {
+                            let mut out = vec![0f32; s * rows];
+                            lowbit_kernels::matmul_many_with(&k, &mut out, ws, &xs[t0 * 320..(t0 + s) * 320], s, &opts)
+                                .unwrap();
+                            // Into each weight's part, at this prompt's tokens.
+                            let (mut from, mut at) = (0, 0);
+                            for w in ws {
+                                let r = w.rows();
+                                alone[from + t0 * r..from + (t0 + s) * r].copy_from_slice(&out[at..at + s * r]);
+                                from += m * r;
+                                at += s * r;
+                            }
+                            t0 += s;
+                        }
+                        let mut joint = vec![0f32; m * rows];
+                        lowbit_kernels::matmul_segments_with(&k, &mut joint, ws, xs, segs, &opts).unwrap();
+                        (alone, joint)
+                    });
+                    let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(
+                        bits(&joint),
+                        bits(&alone),
+                        "{} {} × {} segments {segs:?} threads={threads}",
+                        k.label(),
+                        weight.scheme_name(),
+                        ws.len()
+                    );
+                }
+            }
+        }
+    };
+    with_every_scheme(301, 320, |w, x| check(w, x));
+    let x: Vec<f32> = values(320, 7).iter().map(|v| v * 3.0).collect();
+    for w in &q8_weights {
+        check(w, &x);
+    }
+    // A wrong output length is an error, not a panic.
+    let w = values(4 * 64, 1);
+    let weight = Weight::F32 { rows: 4, cols: 64, data: &w };
+    let mut out = vec![0f32; 7];
+    let x = values(3 * 64, 2);
+    assert!(lowbit_kernels::matmul_segments(&mut out, &[&weight], &x, &[1, 2], &MatmulOptions::default()).is_err());
+}
+
 #[test]
 fn team_loops_hand_out_every_task_once() {
     for threads in [1, 2, 3] {

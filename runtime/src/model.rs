@@ -13,7 +13,7 @@ use crate::profile::{Phase, ProfileReport, Profiler};
 use crate::weights::ModelWeights;
 use lowbit_format::ModelFile;
 use lowbit_kernels::{
-    matmul, matmul_many, matmul_rows, matmul_rows_many, matmul_rows_many_then, MatmulOptions, RowsThen, Weight,
+    matmul_rows, matmul_rows_many, matmul_rows_many_then, matmul_segments, MatmulOptions, RowsThen, Weight,
 };
 
 /// A loaded model: configuration plus views of its weights.
@@ -43,8 +43,9 @@ pub enum Logits {
 
 /// The rows of one forward pass.
 enum Rows<'c, 'k> {
-    /// New tokens of one sequence, at the positions after what its cache holds.
-    Prompt(&'c mut KvCache),
+    /// New tokens of one or more sequences (`lens[i]` of sequence `i`, one sequence's after
+    /// another's), each at the positions after what its cache holds.
+    Prompts(&'c mut [&'k mut KvCache], &'c [usize]),
     /// One token of each sequence, each at its own cache's next position.
     Decode(&'c mut [&'k mut KvCache]),
 }
@@ -183,7 +184,51 @@ impl<'a> Model<'a> {
             // others, so a sequence's tokens never depend on whether it had company.
             return self.forward_decode(&mut [cache], tokens);
         }
-        self.pass(Rows::Prompt(cache), tokens, which, None)
+        self.pass(Rows::Prompts(&mut [cache], &[tokens.len()]), tokens, &[which], None)
+    }
+
+    /// Several prompts (or chunks of prompts) in one pass: `prompts[i]` goes into `caches[i]` at
+    /// the positions after what it holds, and the result's entry `i` holds its logits as
+    /// `which[i]` asks — bit for bit what [`Model::forward`] gives that prompt alone (each
+    /// product runs the prompts together where its route gives every token its own bits, one
+    /// by one elsewhere; attention is each prompt's own). A burst of short prompts so reads the
+    /// weights once instead of once per prompt. Every prompt needs at least two tokens: one
+    /// token is a decode step, which [`Model::forward`] runs as such.
+    pub fn forward_prompts(
+        &self,
+        caches: &mut [&mut KvCache],
+        prompts: &[&[u32]],
+        which: &[Logits],
+    ) -> Result<Vec<Vec<f32>>> {
+        if caches.len() != prompts.len() || which.len() != prompts.len() {
+            return Err(RuntimeError::Options(format!(
+                "a joint prefill needs one cache and one logits choice per prompt ({} prompts, {} caches, {} choices)",
+                prompts.len(),
+                caches.len(),
+                which.len()
+            )));
+        }
+        if let Some(p) = prompts.iter().find(|p| p.len() < 2) {
+            return Err(RuntimeError::Options(format!(
+                "a joint prefill takes prompts of two tokens or more (one has {})",
+                p.len()
+            )));
+        }
+        let lens: Vec<usize> = prompts.iter().map(|p| p.len()).collect();
+        let tokens = prompts.concat();
+        let logits = self.pass(Rows::Prompts(caches, &lens), &tokens, which, None)?;
+        let vocab = self.config.vocab_size;
+        let mut rest = &logits[..];
+        Ok(lens
+            .iter()
+            .zip(which)
+            .map(|(&n, w)| {
+                let rows = if *w == Logits::All { n } else { 1 };
+                let (mine, after) = rest.split_at(rows * vocab);
+                rest = after;
+                mine.to_vec()
+            })
+            .collect())
     }
 
     /// [`Model::forward`] calling `progress(layers done, layers)` after each layer of a prompt:
@@ -199,7 +244,7 @@ impl<'a> Model<'a> {
         if tokens.len() == 1 {
             return self.forward_decode(&mut [cache], tokens);
         }
-        self.pass(Rows::Prompt(cache), tokens, which, Some(progress))
+        self.pass(Rows::Prompts(&mut [cache], &[tokens.len()]), tokens, &[which], Some(progress))
     }
 
     /// One decode step of several sequences: `tokens[i]` goes into `caches[i]` at its own
@@ -214,14 +259,14 @@ impl<'a> Model<'a> {
                 caches.len()
             )));
         }
-        self.pass(Rows::Decode(caches), tokens, Logits::All, None)
+        self.pass(Rows::Decode(caches), tokens, &[], None)
     }
 
     fn pass(
         &self,
         mut rows: Rows,
         tokens: &[u32],
-        which: Logits,
+        which: &[Logits],
         progress: Option<&dyn Fn(usize, usize)>,
     ) -> Result<Vec<f32>> {
         let c = &self.config;
@@ -234,11 +279,18 @@ impl<'a> Model<'a> {
         }
         // Each row's position: a prompt's run on from its cache, decode rows sit at their own.
         let positions: Vec<usize> = match &rows {
-            Rows::Prompt(cache) => {
-                if !cache.fits(t) {
-                    return Err(RuntimeError::ContextFull { tokens: cache.len + t, context: cache.capacity() });
+            Rows::Prompts(caches, lens) => {
+                if lens.iter().sum::<usize>() != t || caches.len() != lens.len() {
+                    return Err(RuntimeError::Options("prompt lengths disagree with the tokens".into()));
                 }
-                (cache.len..cache.len + t).collect()
+                let mut positions = Vec::with_capacity(t);
+                for (cache, &n) in caches.iter().zip(lens.iter()) {
+                    if !cache.fits(n) {
+                        return Err(RuntimeError::ContextFull { tokens: cache.len + n, context: cache.capacity() });
+                    }
+                    positions.extend(cache.len..cache.len + n);
+                }
+                positions
             }
             Rows::Decode(caches) => {
                 if let Some(full) = caches.iter().find(|c| !c.fits(1)) {
@@ -250,10 +302,19 @@ impl<'a> Model<'a> {
         let decode = matches!(rows, Rows::Decode(_));
         // Each row's named adapter, from its sequence's cache.
         let picks: Vec<Option<(usize, f32)>> = match &rows {
-            Rows::Prompt(cache) => vec![cache.adapter(); t],
+            Rows::Prompts(caches, lens) => {
+                caches.iter().zip(lens.iter()).flat_map(|(c, &n)| std::iter::repeat_n(c.adapter(), n)).collect()
+            }
             Rows::Decode(caches) => caches.iter().map(|c| c.adapter()).collect(),
         };
         let picks = &picks[..];
+        // The rows' prompts: products whose route depends on the token count run each prompt
+        // as its own call (a decode step is one run of independent rows).
+        let segs: Vec<usize> = match &rows {
+            Rows::Prompts(_, lens) => lens.to_vec(),
+            Rows::Decode(_) => vec![t],
+        };
+        let segs = &segs[..];
         let (hd, nh, nkv, hsz) = (c.head_dim, c.num_heads, c.num_kv_heads, c.hidden_size);
         let (qd, kvd) = (nh * hd, nkv * hd);
 
@@ -266,10 +327,11 @@ impl<'a> Model<'a> {
                    role: &str,
                    w: &Weight,
                    x: &[f32],
-                   m: usize,
+                   segs: &[usize],
                    then: Option<&RowsThen<'_>>|
          -> Result<()> {
             let s = prof.start();
+            let m = segs.iter().sum::<usize>();
             out.clear();
             out.resize(m * w.rows(), 0.0);
             if let Some(then) = then {
@@ -277,7 +339,7 @@ impl<'a> Model<'a> {
             } else if decode {
                 matmul_rows(out, w, x, m, &self.opts)?;
             } else {
-                matmul(out, w, x, m, &self.opts)?;
+                matmul_segments(out, &[w], x, segs, &self.opts)?;
             }
             prof.stop(s, phase, || format!("matmul {role} ({})", w.scheme_name()));
             Ok(())
@@ -289,16 +351,17 @@ impl<'a> Model<'a> {
                             role: &str,
                             ws: &[&Weight],
                             x: &[f32],
-                            m: usize,
+                            segs: &[usize],
                             then: Option<&RowsThen<'_>>|
          -> Result<()> {
             let s = prof.start();
+            let m = segs.iter().sum::<usize>();
             joint.clear();
             joint.resize(m * ws.iter().map(|w| w.rows()).sum::<usize>(), 0.0);
             match then {
                 Some(then) => matmul_rows_many_then(&mut joint, ws, x, m, &self.opts, then)?,
                 None if decode => matmul_rows_many(&mut joint, ws, x, m, &self.opts)?,
-                None => matmul_many(&mut joint, ws, x, m, &self.opts)?,
+                None => matmul_segments(&mut joint, ws, x, segs, &self.opts)?,
             }
             let mut from = 0;
             for (out, w) in outs.iter_mut().zip(ws) {
@@ -361,7 +424,15 @@ impl<'a> Model<'a> {
                     (c, s)
                 })
             } else {
-                self.rope.tables(positions[0], t)
+                // Each prompt's tables as it would make them alone.
+                let (mut cos, mut sin, mut t0) = (Vec::new(), Vec::new(), 0);
+                for &n in segs {
+                    let (c, s) = self.rope.tables(positions[t0], n);
+                    cos.extend(c);
+                    sin.extend(s);
+                    t0 += n;
+                }
+                (cos, sin)
             }
         });
 
@@ -382,7 +453,7 @@ impl<'a> Model<'a> {
             let ax = lora_ax(li, &[Proj::Q, Proj::K, Proj::V], &x);
             let then = ax.as_ref().map(|ax| move |wi: usize, r0: usize, p: &mut [f32]| lora_then(ax, wi, r0, p));
             let then = then.as_ref().map(|f| f as &RowsThen);
-            lin_many(&mut [&mut q, &mut k, &mut v], "q/k/v", &[&lw.q, &lw.k, &lw.v], &x, t, then)?;
+            lin_many(&mut [&mut q, &mut k, &mut v], "q/k/v", &[&lw.q, &lw.k, &lw.v], &x, segs, then)?;
             if apart {
                 timed("lora", &mut || {
                     self.lora.apply(li, Proj::Q, &x, &mut q, t, picks);
@@ -419,21 +490,30 @@ impl<'a> Model<'a> {
                     let caches: Vec<&KvCache> = caches.iter().map(|c| &**c).collect();
                     timed("attention", &mut || self.decode_attention(&mut att, &q, &caches, li, &positions));
                 }
-                Rows::Prompt(cache) => {
-                    let p0 = positions[0];
-                    timed("attention", &mut || self.attention(&mut att, &q, &k, &v, cache, li, p0));
-                    timed("kv cache store", &mut || {
-                        for i in 0..t {
-                            cache.put(li, p0 + i, &k[i * kvd..(i + 1) * kvd], &v[i * kvd..(i + 1) * kvd]);
-                        }
-                    });
+                Rows::Prompts(caches, lens) => {
+                    // Each prompt attends over its own cache and its own new tokens.
+                    att.clear();
+                    att.resize(t * qd, 0.0);
+                    let mut t0 = 0;
+                    for (cache, &n) in caches.iter_mut().zip(lens.iter()) {
+                        let p0 = positions[t0];
+                        let (kn, vn) = (&k[t0 * kvd..(t0 + n) * kvd], &v[t0 * kvd..(t0 + n) * kvd]);
+                        let (qn, an) = (&q[t0 * qd..(t0 + n) * qd], &mut att[t0 * qd..(t0 + n) * qd]);
+                        timed("attention", &mut || self.attention(an, qn, kn, vn, cache, li, p0));
+                        timed("kv cache store", &mut || {
+                            for i in 0..n {
+                                cache.put(li, p0 + i, &kn[i * kvd..(i + 1) * kvd], &vn[i * kvd..(i + 1) * kvd]);
+                            }
+                        });
+                        t0 += n;
+                    }
                 }
             }
             // 2f. output projection and residual
             record(Input::Output, &att, qd);
             let ax = lora_ax(li, &[Proj::O], &att);
             let then = ax.as_ref().map(|ax| move |wi: usize, r0: usize, p: &mut [f32]| lora_then(ax, wi, r0, p));
-            lin(&mut o, "o", &lw.o, &att, t, then.as_ref().map(|f| f as &RowsThen))?;
+            lin(&mut o, "o", &lw.o, &att, segs, then.as_ref().map(|f| f as &RowsThen))?;
             if apart {
                 timed("lora", &mut || self.lora.apply(li, Proj::O, &att, &mut o, t, picks));
             }
@@ -448,7 +528,7 @@ impl<'a> Model<'a> {
             let ax = lora_ax(li, &[Proj::Gate, Proj::Up], &x);
             let then = ax.as_ref().map(|ax| move |wi: usize, r0: usize, p: &mut [f32]| lora_then(ax, wi, r0, p));
             let then = then.as_ref().map(|f| f as &RowsThen);
-            lin_many(&mut [&mut gate, &mut up], "gate/up", &[&lw.gate, &lw.up], &x, t, then)?;
+            lin_many(&mut [&mut gate, &mut up], "gate/up", &[&lw.gate, &lw.up], &x, segs, then)?;
             if apart {
                 timed("lora", &mut || {
                     self.lora.apply(li, Proj::Gate, &x, &mut gate, t, picks);
@@ -459,7 +539,7 @@ impl<'a> Model<'a> {
             record(Input::Down, &gate, c.intermediate_size);
             let ax = lora_ax(li, &[Proj::Down], &gate);
             let then = ax.as_ref().map(|ax| move |wi: usize, r0: usize, p: &mut [f32]| lora_then(ax, wi, r0, p));
-            lin(&mut down, "down", &lw.down, &gate, t, then.as_ref().map(|f| f as &RowsThen))?;
+            lin(&mut down, "down", &lw.down, &gate, segs, then.as_ref().map(|f| f as &RowsThen))?;
             if apart {
                 timed("lora", &mut || self.lora.apply(li, Proj::Down, &gate, &mut down, t, picks));
             }
@@ -468,25 +548,35 @@ impl<'a> Model<'a> {
                 p(li + 1, self.weights.layers.len());
             }
         }
+        // The hidden rows whose logits are asked for, by prompt.
+        let mut picked: Vec<std::ops::Range<usize>> = Vec::new();
         match rows {
-            Rows::Prompt(cache) => cache.len += t,
-            Rows::Decode(caches) => caches.iter_mut().for_each(|c| c.len += 1),
+            Rows::Prompts(caches, lens) => {
+                let mut t0 = 0;
+                for ((cache, &n), w) in caches.iter_mut().zip(lens.iter()).zip(which) {
+                    cache.len += n;
+                    picked.push(if *w == Logits::All { t0..t0 + n } else { t0 + n - 1..t0 + n });
+                    t0 += n;
+                }
+            }
+            Rows::Decode(caches) => {
+                caches.iter_mut().for_each(|c| c.len += 1);
+                picked.push(0..t);
+            }
         }
 
         // 3. final norm and lm_head
-        let first = match which {
-            Logits::Last => t - 1,
-            Logits::All => 0,
-        };
-        let n = t - first;
+        let head_segs: Vec<usize> = picked.iter().map(|r| r.len()).collect();
+        let n = head_segs.iter().sum::<usize>();
         let mut xn = vec![0f32; n * hsz];
         timed("rmsnorm", &mut || {
-            for (xr, hr) in xn.chunks_mut(hsz).zip(h[first * hsz..].chunks(hsz)) {
+            let hs = picked.iter().flat_map(|r| h[r.start * hsz..r.end * hsz].chunks(hsz));
+            for (xr, hr) in xn.chunks_mut(hsz).zip(hs) {
                 rmsnorm(xr, hr, &self.weights.norm, c.rms_norm_eps);
             }
         });
         let mut logits = Vec::new();
-        lin(&mut logits, "head", &self.weights.lm_head, &xn, n, None)?;
+        lin(&mut logits, "head", &self.weights.lm_head, &xn, &head_segs, None)?;
         Ok(logits)
     }
 
@@ -551,14 +641,13 @@ impl<'a> Model<'a> {
     /// `max(0, p − W + 1) ..= p` (W keys including itself, as transformers defines the window),
     /// reading earlier positions from the cache and this chunk's from `k`/`v`.
     #[allow(clippy::too_many_arguments)]
-    fn attention(&self, out: &mut Vec<f32>, q: &[f32], k: &[f32], v: &[f32], cache: &KvCache, layer: usize, p0: usize) {
+    fn attention(&self, out: &mut [f32], q: &[f32], k: &[f32], v: &[f32], cache: &KvCache, layer: usize, p0: usize) {
         let c = &self.config;
         let (hd, nh, nkv) = (c.head_dim, c.num_heads, c.num_kv_heads);
         let group = nh / nkv;
         let kvd = nkv * hd;
         let t = q.len() / (nh * hd);
-        out.clear();
-        out.resize(t * nh * hd, 0.0);
+        assert_eq!(out.len(), t * nh * hd, "attention output sized by the caller");
         if p0 == 0 && t > 1 {
             // A prompt into an empty cache: every key is in `k`/`v`, so whole blocks of queries
             // go through gemm.

@@ -14,19 +14,37 @@ fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
 }
 
-/// Prefills `prompts` one by one, then decodes `steps` greedy tokens for all of them together
-/// and, from copies of the same caches, for each alone; every step's logits must be identical.
+/// Prefills `prompts` one by one and, into other caches, all of two tokens or more in one
+/// `forward_prompts` (asking every other prompt for all its logits): each prompt's logits must
+/// be those it gets alone. Then decodes `steps` greedy tokens for all of them together (from the
+/// jointly filled caches) and, from the caches filled one by one, for each alone; every step's
+/// logits must be identical.
 fn check(model: &Model, prompts: &[Vec<u32>], steps: usize, what: &str) {
     let vocab = model.config.vocab_size;
-    let mut together: Vec<KvCache> = Vec::new();
+    let mut alone: Vec<KvCache> = Vec::new();
     let mut next = Vec::new();
     for p in prompts {
         let mut cache = model.new_cache(256);
         let logits = model.forward(&mut cache, p, Logits::Last).unwrap();
         next.push(common::argmax(&logits) as u32);
-        together.push(cache);
+        alone.push(cache);
     }
-    let mut alone = together.clone();
+    let mut together: Vec<KvCache> = prompts.iter().map(|_| model.new_cache(256)).collect();
+    let long: Vec<usize> = (0..prompts.len()).filter(|&i| prompts[i].len() > 1).collect();
+    let which: Vec<Logits> = (0..long.len()).map(|j| if j % 2 == 1 { Logits::All } else { Logits::Last }).collect();
+    {
+        let mut caches: Vec<&mut KvCache> =
+            together.iter_mut().enumerate().filter(|(i, _)| long.contains(i)).map(|(_, c)| c).collect();
+        let toks: Vec<&[u32]> = long.iter().map(|&i| &prompts[i][..]).collect();
+        let joint = model.forward_prompts(&mut caches, &toks, &which).unwrap();
+        for ((&i, w), got) in long.iter().zip(&which).zip(&joint) {
+            let want = model.forward(&mut model.new_cache(256), &prompts[i], *w).unwrap();
+            assert!(bits(got) == bits(&want), "{what}: prompt {i} ({w:?}) differs prefilled beside the others");
+        }
+    }
+    for (i, cache) in together.iter_mut().enumerate().filter(|(i, _)| !long.contains(i)) {
+        model.forward(cache, &prompts[i], Logits::Last).unwrap();
+    }
     for step in 0..steps {
         let mut refs: Vec<&mut KvCache> = together.iter_mut().collect();
         let batch = model.forward_decode(&mut refs, &next).unwrap();
@@ -97,6 +115,25 @@ fn decode_step_checks_its_arguments() {
     assert!(model.forward_decode(&mut [&mut a, &mut b], &[1, 1]).is_err(), "a full cache");
     assert_eq!(a.len, 0, "a refused step leaves every cache as it was");
     assert!(model.forward_decode(&mut [], &[]).unwrap().is_empty());
+    // A joint prefill: one cache and choice per prompt, two tokens or more each, room in every
+    // cache; a refused pass leaves every cache as it was.
+    let (mut c, mut d) = (model.new_cache(4), model.new_cache(4));
+    let two: &[u32] = &[1, 2];
+    assert!(model.forward_prompts(&mut [&mut c], &[two, two], &[Logits::Last; 2]).is_err(), "two prompts, one cache");
+    assert!(model.forward_prompts(&mut [&mut c, &mut d], &[two, &[1]], &[Logits::Last; 2]).is_err(), "one token");
+    assert!(model.forward_prompts(&mut [&mut c, &mut d], &[two, two], &[Logits::Last]).is_err(), "one choice");
+    assert!(
+        model.forward_prompts(&mut [&mut c, &mut d], &[two, &[1, 2, 3, 4, 5]], &[Logits::Last; 2]).is_err(),
+        "a prompt past its cache"
+    );
+    assert!(
+        model.forward_prompts(&mut [&mut c, &mut d], &[two, &[1, 99_999]], &[Logits::Last; 2]).is_err(),
+        "bad token"
+    );
+    assert_eq!((c.len, d.len), (0, 0));
+    let out = model.forward_prompts(&mut [&mut c, &mut d], &[two, &[3, 4, 5]], &[Logits::Last, Logits::All]).unwrap();
+    assert_eq!((out[0].len(), out[1].len()), (model.config.vocab_size, 3 * model.config.vocab_size));
+    assert_eq!((c.len, d.len), (2, 3));
 }
 
 #[test]

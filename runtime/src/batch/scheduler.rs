@@ -20,6 +20,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+/// A prompt's chunk for a step: (job, first token, end).
+type Chunk = (usize, usize, usize);
+
 /// Most stop strings a request may give, and the longest one (bytes).
 const MAX_STOPS: usize = 16;
 const MAX_STOP_LEN: usize = 512;
@@ -457,27 +460,31 @@ impl<'e> Loop<'e> {
     }
 
     /// Prefill chunks of the waiting prompts, oldest first, up to `prefill_chunk` tokens in all
-    /// (at least one chunk), then one decode pass over every sequence with a token to feed. A
-    /// burst of short prompts so joins the decode batch in one step instead of one a step, and
-    /// the running sequences wait for no more prompt tokens a step than before. Each prompt is
-    /// cut into chunks at the same places whatever else is waiting, so its results do not
-    /// depend on its neighbours.
+    /// (at least one chunk), in one pass ([`Model::forward_prompts`]), then one decode pass over
+    /// every sequence with a token to feed. A burst of short prompts so joins the decode batch
+    /// in one step instead of one a step, its weights read once, and the running sequences wait
+    /// for no more prompt tokens a step than before. Each prompt is cut into chunks at the same
+    /// places whatever else is waiting, and the joint pass gives each chunk the bits it gets
+    /// alone, so a prompt's results do not depend on its neighbours.
     fn step(&mut self, model: &Model) {
         let mut budget = self.opts.prefill_chunk;
-        let mut first = true;
-        while let Some(j) = self.jobs.iter().position(|j| j.prefilled < j.req.prompt.len() && !j.cancel.load(Relaxed)) {
-            let job = &self.jobs[j];
-            let chunk = (job.prefilled + self.opts.prefill_chunk).min(job.req.prompt.len()) - job.prefilled;
-            if chunk > budget && !first {
+        let mut chunks: Vec<Chunk> = Vec::new();
+        for (j, job) in self.jobs.iter().enumerate() {
+            if job.prefilled >= job.req.prompt.len() || job.cancel.load(Relaxed) {
+                continue;
+            }
+            let end = (job.prefilled + self.opts.prefill_chunk).min(job.req.prompt.len());
+            let chunk = end - job.prefilled;
+            if chunk > budget && !chunks.is_empty() {
                 break;
             }
-            self.prefill_chunk(model, j);
+            chunks.push((j, job.prefilled, end));
             budget = budget.saturating_sub(chunk);
-            first = false;
             if budget == 0 {
                 break;
             }
         }
+        self.prefill(model, &chunks);
         // Cancellation can arrive from another thread at any time: decide once who runs.
         let live: Vec<bool> = self.jobs.iter().map(|j| !j.cancel.load(Relaxed)).collect();
         let rows: Vec<(usize, usize)> = self
@@ -526,15 +533,47 @@ impl<'e> Loop<'e> {
         }
     }
 
-    fn prefill_chunk(&mut self, model: &Model, j: usize) {
-        let (start, end) = {
-            let job = &self.jobs[j];
-            (job.prefilled, (job.prefilled + self.opts.prefill_chunk).min(job.req.prompt.len()))
-        };
+    /// Runs the chunks `(job, start, end)` of their prompts: those of two tokens or more in one
+    /// joint pass, a one-token chunk (a decode step) alone.
+    fn prefill(&mut self, model: &Model, chunks: &[Chunk]) {
+        let which = |job: &Job| if job.req.prompt_logprobs.is_some() { Logits::All } else { Logits::Last };
+        let (joint, single): (Vec<_>, Vec<_>) = chunks.iter().copied().partition(|&(_, s, e)| e - s > 1);
+        let (joint, alone) = if joint.len() > 1 { (joint, single) } else { (Vec::new(), chunks.to_vec()) };
+        let mut results: Vec<(Chunk, Result<Vec<f32>, String>)> = Vec::new();
+        if !joint.is_empty() {
+            let mut caches = Vec::with_capacity(joint.len());
+            let mut prompts = Vec::with_capacity(joint.len());
+            let mut choices = Vec::with_capacity(joint.len());
+            for (j, job) in self.jobs.iter_mut().enumerate() {
+                if let Some(&(_, s, e)) = joint.iter().find(|c| c.0 == j) {
+                    choices.push(which(job));
+                    prompts.push(&job.req.prompt[s..e]);
+                    caches.push(&mut job.seqs[0].cache);
+                }
+            }
+            // `joint` is in job order, as the caches are.
+            match model.forward_prompts(&mut caches, &prompts, &choices) {
+                Ok(all) => results.extend(joint.iter().copied().zip(all.into_iter().map(Ok))),
+                Err(e) => results.extend(joint.iter().map(|&c| (c, Err(e.to_string())))),
+            }
+        }
+        for &(j, s, e) in &alone {
+            let job = &mut self.jobs[j];
+            let w = which(job);
+            let r = model.forward(&mut job.seqs[0].cache, &job.req.prompt[s..e], w).map_err(|e| e.to_string());
+            results.push(((j, s, e), r));
+        }
+        results.sort_by_key(|r| r.0 .0);
+        for ((j, start, end), logits) in results {
+            self.after_chunk(model, j, start, end, logits);
+        }
+    }
+
+    /// What follows a prompt chunk's pass: prompt logprobs, and after the last chunk the first
+    /// token of every completion.
+    fn after_chunk(&mut self, model: &Model, j: usize, start: usize, end: usize, logits: Result<Vec<f32>, String>) {
         let job = &mut self.jobs[j];
-        let chunk = &job.req.prompt[start..end];
-        let which = if job.req.prompt_logprobs.is_some() { Logits::All } else { Logits::Last };
-        let logits = match model.forward(&mut job.seqs[0].cache, chunk, which) {
+        let logits = match logits {
             Ok(l) => l,
             Err(e) => {
                 job.send(Event::Failed(format!("prefill failed: {e}")));
