@@ -491,8 +491,8 @@ impl<'a> Model<'a> {
                     timed("attention", &mut || self.decode_attention(&mut att, &q, &caches, li, &positions));
                 }
                 Rows::Prompts(caches, lens) => {
-                    // Each prompt attends over its own cache and its own new tokens.
-                    att.clear();
+                    // Each prompt attends over its own cache and its own new tokens (into its
+                    // rows of `att`, every element written).
                     att.resize(t * qd, 0.0);
                     let mut t0 = 0;
                     for (cache, &n) in caches.iter_mut().zip(lens.iter()) {
