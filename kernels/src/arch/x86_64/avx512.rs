@@ -647,6 +647,49 @@ unsafe fn quad_step(acc: __m512, w: [__m512i; 4], a: [__m512i; 4], xv: __m512, w
     }
 }
 
+/// The levels of one block of 64 (32 code bytes at `cp`) in 256-bit registers: [`lookup`] on
+/// half a register.
+///
+/// # Safety
+/// AVX-512BW/VL (and VBMI when `VBMI`) enabled by the caller; 32 bytes readable at `cp`.
+#[inline(always)]
+unsafe fn look_one<const VBMI: bool>(cp: *const u8, table: __m512i) -> (__m256i, __m256i) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        let (v, t) = (_mm256_loadu_si256(cp as *const __m256i), _mm512_castsi512_si256(table));
+        if VBMI {
+            (_mm256_permutexvar_epi8(_mm256_srli_epi16(v, 4), t), _mm256_permutexvar_epi8(v, t))
+        } else {
+            let nib = _mm256_set1_epi8(0x0F);
+            (
+                _mm256_shuffle_epi8(t, _mm256_and_si256(_mm256_srli_epi16(v, 4), nib)),
+                _mm256_shuffle_epi8(t, _mm256_and_si256(v, nib)),
+            )
+        }
+    }
+}
+
+/// Four rows' accumulators for a token started from one block of 64 alone (an odd block count's
+/// last one): its products in lanes 0–7 as a pair step puts a block's, scaled by the token's and
+/// each row's factors, on 256-bit registers — half the work of a pair step with an empty half on a
+/// CPU that splits 512-bit operations (Zen 4). Lanes 8–15 are zero.
+///
+/// # Safety
+/// AVX-512F/VL and VNNI enabled by the caller; 32 bytes readable at `e` and at `o`.
+#[inline(always)]
+unsafe fn single_block(w: [(__m256i, __m256i); 4], e: *const i8, o: *const i8, xs: f32, wf: [f32; 4]) -> [__m512; 4] {
+    // SAFETY: the caller's contract.
+    unsafe {
+        let (e, o) = (_mm256_loadu_si256(e as *const __m256i), _mm256_loadu_si256(o as *const __m256i));
+        let x = _mm256_set1_ps(xs);
+        std::array::from_fn(|r| {
+            let s = _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), w[r].0, e), w[r].1, o);
+            let fx = _mm256_mul_ps(_mm256_cvtepi32_ps(s), x);
+            _mm512_zextps256_ps512(_mm256_mul_ps(fx, _mm256_set1_ps(wf[r])))
+        })
+    }
+}
+
 /// The tile's body, for weights in blocks of 64 or (`SPLIT`) of 32.
 ///
 /// # Safety
@@ -669,8 +712,22 @@ unsafe fn tile_g<const VBMI: bool, const SPLIT: bool>(
         let table = biased_table(lut);
         let nib = _mm512_set1_epi8(0x0F);
         let pair = |p: *const f32, b: usize, two: bool| scale_pair(p, b, two);
+        // An odd count of blocks of 64 starts from its last block ([`single_block`]); the rest
+        // go four at a time, a block to each quarter of the lanes ([`quad`]), then in pairs.
+        let single = !SPLIT && nb % 2 == 1;
+        let paired = nb - single as usize;
         let mut acc = [[_mm512_setzero_ps(); 4]; 4];
-        // Blocks of 64 four at a time first, a block to each quarter of the lanes ([`quad`]).
+        if single {
+            let (b, i) = (nb - 1, (nb - 1) * 32);
+            let w = std::array::from_fn(|r| look_one::<VBMI>(codes[r].as_ptr().add(i), table));
+            let f = wf.map(|w| *w.as_ptr().add(b));
+            for t in 0..4 {
+                let a = single_block(w, qe[t].as_ptr().add(i), qo[t].as_ptr().add(i), *xs[t].as_ptr().add(b), f);
+                for r in 0..4 {
+                    acc[r][t] = a[r];
+                }
+            }
+        }
         let quads = if SPLIT { 0 } else { nb / 4 };
         for qd in 0..quads {
             let (b, i) = (4 * qd, 128 * qd);
@@ -690,8 +747,8 @@ unsafe fn tile_g<const VBMI: bool, const SPLIT: bool>(
             }
         }
         let mut b = 4 * quads;
-        while b < nb {
-            let two = b + 1 < nb;
+        while b < paired {
+            let two = b + 1 < paired;
             let m: __mmask64 = if two { !0 } else { 0xFFFF_FFFF };
             let i = b * 32;
             let mut wh = [_mm512_setzero_si512(); 4];
@@ -1313,6 +1370,17 @@ unsafe fn tile_run_g<const VBMI: bool, const SPLIT: bool>(
         // Blocks of 64 four at a time first ([`quad`]: per quad and row, its four registers at
         // 16·quad + 4·row), then the pairs left as the tile has them.
         let quads = if SPLIT { 0 } else { nb / 4 };
+        // An odd count of blocks of 64: the last one's levels in the low halves of the last
+        // pair's registers, run first ([`single_block`]).
+        let single = !SPLIT && nb % 2 == 1;
+        let paired = nb - single as usize;
+        if single {
+            for r in 0..4 {
+                let (h, l) = look_one::<VBMI>(codes[r].as_ptr().add((nb - 1) * 32), table);
+                buf[8 * (pairs - 1) + 2 * r].write(_mm512_castsi256_si512(h));
+                buf[8 * (pairs - 1) + 2 * r + 1].write(_mm512_castsi256_si512(l));
+            }
+        }
         for qd in 0..quads {
             for r in 0..4 {
                 let (h0, l0) = look::<VBMI>(codes[r].as_ptr(), 128 * qd, table, nib);
@@ -1322,7 +1390,7 @@ unsafe fn tile_run_g<const VBMI: bool, const SPLIT: bool>(
                 }
             }
         }
-        for p in 2 * quads..pairs {
+        for p in 2 * quads..paired.div_ceil(2) {
             let m: __mmask64 = if 2 * p + 1 < nb { !0 } else { 0xFFFF_FFFF };
             for r in 0..4 {
                 let v = _mm512_maskz_loadu_epi8(m, codes[r].as_ptr().add(64 * p) as *const i8);
@@ -1339,6 +1407,20 @@ unsafe fn tile_run_g<const VBMI: bool, const SPLIT: bool>(
             let xt: [*const f32; 4] = std::array::from_fn(|t| xs.as_ptr().add((t0 + t) * nb));
             let st: [*const i32; 4] = std::array::from_fn(|t| qsum.as_ptr().add((t0 + t) * entries));
             let mut acc = [[_mm512_setzero_ps(); 4]; 4];
+            if single {
+                let (b, i) = (nb - 1, (nb - 1) * 32);
+                let w = std::array::from_fn(|r| {
+                    let slot = |k: usize| _mm512_castsi512_si256(buf[8 * (pairs - 1) + 2 * r + k].assume_init());
+                    (slot(0), slot(1))
+                });
+                let f = wf.map(|w| *w.as_ptr().add(b));
+                for t in 0..4 {
+                    let a = single_block(w, qe[t].add(i), qo[t].add(i), *xt[t].add(b), f);
+                    for r in 0..4 {
+                        acc[r][t] = a[r];
+                    }
+                }
+            }
             for qd in 0..quads {
                 let (b, i) = (4 * qd, 128 * qd);
                 let wfv: [__m512; 4] = std::array::from_fn(|r| scale_quad(wf[r].as_ptr(), b, true));
@@ -1351,7 +1433,7 @@ unsafe fn tile_run_g<const VBMI: bool, const SPLIT: bool>(
                     }
                 }
             }
-            for p in 2 * quads..pairs {
+            for p in 2 * quads..paired.div_ceil(2) {
                 let b = 2 * p;
                 let two = b + 1 < nb;
                 let m: __mmask64 = if two { !0 } else { 0xFFFF_FFFF };
