@@ -81,37 +81,55 @@ impl TokenPairs {
         tokens: usize,
         nb: usize,
         steps: usize,
-        step: impl Fn(usize, usize, usize) -> &'a [i8],
-        scale: impl Fn(usize, usize) -> f32,
+        step: impl Fn(usize, usize, usize) -> &'a [i8] + Sync,
+        scale: impl Fn(usize, usize) -> f32 + Sync,
     ) -> TokenPairs {
         assert!(tokens.is_multiple_of(GROUP));
         let groups = tokens / GROUP;
-        let mut q = Lined::<i8>::zeroed(groups * nb * PAIRS * steps * 2 * HALF);
+        let (gq, gc) = (nb * PAIRS * steps * 2 * HALF, nb * PAIRS * 16);
+        let mut q = Lined::<i8>::zeroed(groups * gq);
         let mut aq = Lined::<i8>::zeroed(q.len());
-        let mut corr = Lined::<i32>::zeroed(groups * nb * PAIRS * 16);
-        let mut xsv = Lined::<f32>::zeroed(groups * nb * PAIRS * 16);
-        for t in 0..tokens {
-            let (g, p, h) = (t / GROUP, (t % GROUP) / 2, t % 2);
-            for b in 0..nb {
-                let at = (g * nb + b) * PAIRS + p;
-                let mut lanes = [0i32; 8];
-                for st in 0..steps {
-                    let src = step(t, b, st);
-                    let from = (at * steps + st) * 2 * HALF + h * HALF;
-                    q[from..from + HALF].copy_from_slice(src);
-                    for (a, &v) in aq[from..from + HALF].iter_mut().zip(src) {
-                        *a = v.unsigned_abs() as i8;
+        let mut corr = Lined::<i32>::zeroed(groups * gc);
+        let mut xsv = Lined::<f32>::zeroed(groups * gc);
+        // A group's tokens fill only its own stretch of each buffer: a prompt's groups on the
+        // team (its layout cost a serial 1.5 % of a two-thread prefill), a decode step's two
+        // (sixteen sequences) where they are, not worth a meeting of the threads.
+        let mut parts: Vec<_> = q
+            .chunks_mut(gq)
+            .zip(aq.chunks_mut(gq))
+            .zip(corr.chunks_mut(gc).zip(xsv.chunks_mut(gc)))
+            .collect();
+        let fill = |g: usize, part: &mut ((&mut [i8], &mut [i8]), (&mut [i32], &mut [f32]))| {
+            let ((q, aq), (corr, xsv)) = part;
+            for t in g * GROUP..(g + 1) * GROUP {
+                let (p, h) = ((t % GROUP) / 2, t % 2);
+                for b in 0..nb {
+                    let at = b * PAIRS + p;
+                    let mut lanes = [0i32; 8];
+                    for st in 0..steps {
+                        let src = step(t, b, st);
+                        let from = (at * steps + st) * 2 * HALF + h * HALF;
+                        q[from..from + HALF].copy_from_slice(src);
+                        for (a, &v) in aq[from..from + HALF].iter_mut().zip(src) {
+                            *a = v.unsigned_abs() as i8;
+                        }
+                        for (l, four) in src.chunks(4).enumerate() {
+                            lanes[l] += four.iter().map(|&v| v as i32).sum::<i32>();
+                        }
                     }
-                    for (l, four) in src.chunks(4).enumerate() {
-                        lanes[l] += four.iter().map(|&v| v as i32).sum::<i32>();
+                    for (l, s) in lanes.iter().enumerate() {
+                        corr[at * 16 + 8 * h + l] = -128 * s;
+                        xsv[at * 16 + 8 * h + l] = scale(t, b);
                     }
-                }
-                for (l, s) in lanes.iter().enumerate() {
-                    corr[at * 16 + 8 * h + l] = -128 * s;
-                    xsv[at * 16 + 8 * h + l] = scale(t, b);
                 }
             }
+        };
+        if groups >= 4 {
+            crate::team::for_each_chunk_mut(&mut parts, 1, || (), |_, g, part| fill(g, &mut part[0]));
+        } else {
+            parts.iter_mut().enumerate().for_each(|(g, part)| fill(g, part));
         }
+        drop(parts);
         TokenPairs { q, aq, corr, xs: xsv, nb, steps, groups }
     }
 
