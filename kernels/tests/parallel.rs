@@ -346,6 +346,38 @@ fn several_prompts_in_one_call_equal_one_call_each() {
     assert!(lowbit_kernels::matmul_segments(&mut out, &[&weight], &x, &[1, 2], &MatmulOptions::default()).is_err());
 }
 
+/// Every product writes every element of its output: an output full of NaN comes back with
+/// none, for every scheme and level, prompt and decode routes, one and two threads (the forward
+/// pass reuses its buffers without clearing them).
+#[test]
+fn products_write_every_output_element() {
+    let q8w = values(301 * 320, 5);
+    let q8 = lowbit_kernels::q8::quantize(&q8w, 301, 320, 32).unwrap();
+    let q8 = Weight::Q8(lowbit_kernels::Q8Ref { rows: 301, cols: 320, blocksize: 32, qs: &q8.qs, scales: &q8.scales });
+    let check = |weight: &Weight, x: &[f32]| {
+        let tokens: Vec<f32> = (0..20).flat_map(|t| x.iter().map(move |v| v * (1.0 + t as f32 * 0.125))).collect();
+        for k in Kernels::variants() {
+            for fourbit_exact in [false, true] {
+                let opts = MatmulOptions { fourbit_exact, ..Default::default() };
+                for (m, threads) in [(1, 1), (3, 2), (8, 2), (17, 1), (20, 2)] {
+                    let xs = &tokens[..m * 320];
+                    in_pool(threads, || {
+                        let mut out = vec![f32::NAN; m * weight.rows()];
+                        lowbit_kernels::matmul_segments_with(&k, &mut out, &[weight], xs, &[m], &opts).unwrap();
+                        assert!(out.iter().all(|v| v.is_finite()), "{} {} prompt m={m}", k.label(), weight.scheme_name());
+                        out.fill(f32::NAN);
+                        lowbit_kernels::matmul_rows_many_with(&k, &mut out, &[weight], xs, m, &opts).unwrap();
+                        assert!(out.iter().all(|v| v.is_finite()), "{} {} decode m={m}", k.label(), weight.scheme_name());
+                    });
+                }
+            }
+        }
+    };
+    with_every_scheme(301, 320, |w, x| check(w, x));
+    let x: Vec<f32> = values(320, 7).iter().map(|v| v * 3.0).collect();
+    check(&q8, &x);
+}
+
 #[test]
 fn team_loops_hand_out_every_task_once() {
     for threads in [1, 2, 3] {
