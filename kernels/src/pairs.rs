@@ -45,6 +45,10 @@ pub struct PairGroup<'a> {
     pub(crate) steps: usize,
 }
 
+/// One group's stretches of a layout's four buffers (codes, their absolute values, bias
+/// corrections, scales).
+type GroupParts<'b> = ((&'b mut [i8], &'b mut [i8]), (&'b mut [i32], &'b mut [f32]));
+
 impl TokenPairs {
     /// For 4-bit weights in blocks of 64: tokens `8g .. 8g + 8` of each group `g`, `qe[t]`,
     /// `qo[t]` de-interleaved int8 codes of `nb` blocks of 64 activations (32 bytes of each per
@@ -94,12 +98,9 @@ impl TokenPairs {
         // A group's tokens fill only its own stretch of each buffer: a prompt's groups on the
         // team (its layout cost a serial 1.5 % of a two-thread prefill), a decode step's two
         // (sixteen sequences) where they are, not worth a meeting of the threads.
-        let mut parts: Vec<_> = q
-            .chunks_mut(gq)
-            .zip(aq.chunks_mut(gq))
-            .zip(corr.chunks_mut(gc).zip(xsv.chunks_mut(gc)))
-            .collect();
-        let fill = |g: usize, part: &mut ((&mut [i8], &mut [i8]), (&mut [i32], &mut [f32]))| {
+        let mut parts: Vec<_> =
+            q.chunks_mut(gq).zip(aq.chunks_mut(gq)).zip(corr.chunks_mut(gc).zip(xsv.chunks_mut(gc))).collect();
+        let fill = |g: usize, part: &mut GroupParts<'_>| {
             let ((q, aq), (corr, xsv)) = part;
             for t in g * GROUP..(g + 1) * GROUP {
                 let (p, h) = ((t % GROUP) / 2, t % 2);

@@ -364,10 +364,20 @@ fn products_write_every_output_element() {
                     in_pool(threads, || {
                         let mut out = vec![f32::NAN; m * weight.rows()];
                         lowbit_kernels::matmul_segments_with(&k, &mut out, &[weight], xs, &[m], &opts).unwrap();
-                        assert!(out.iter().all(|v| v.is_finite()), "{} {} prompt m={m}", k.label(), weight.scheme_name());
+                        assert!(
+                            out.iter().all(|v| v.is_finite()),
+                            "{} {} prompt m={m}",
+                            k.label(),
+                            weight.scheme_name()
+                        );
                         out.fill(f32::NAN);
                         lowbit_kernels::matmul_rows_many_with(&k, &mut out, &[weight], xs, m, &opts).unwrap();
-                        assert!(out.iter().all(|v| v.is_finite()), "{} {} decode m={m}", k.label(), weight.scheme_name());
+                        assert!(
+                            out.iter().all(|v| v.is_finite()),
+                            "{} {} decode m={m}",
+                            k.label(),
+                            weight.scheme_name()
+                        );
                     });
                 }
             }
