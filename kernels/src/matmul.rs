@@ -584,6 +584,11 @@ fn fourbit_q8_matmul_many(k: &Kernels, out: &mut [f32], ws: &[&FourBitRef], x: &
             // SAFETY: this task alone writes rows r0 .. r0 + n of every token of this weight.
             unsafe { cells.set(base + i, v) }
         };
+        // Cells i .. i + len: a token's run of this task's rows.
+        let run_of = |i: usize, len: usize| {
+            // SAFETY: as `set`, for rows of this task only.
+            unsafe { cells.piece(base + i, len) }
+        };
         let r0 = ci * chunk;
         let n = (rows - r0).min(chunk);
         for (i, f) in wf.chunks_mut(nb).take(n).enumerate() {
@@ -597,9 +602,7 @@ fn fourbit_q8_matmul_many(k: &Kernels, out: &mut [f32], ws: &[&FourBitRef], x: &
                 let done = k.dot_fourbit_q8_rows_t8(codes, &wf[..n * nb], lut, pairs.group(g), out);
                 assert!(done, "checked with has_rows_t8");
                 for (j, o) in outs.iter().enumerate().take(m.saturating_sub(g * GROUP).min(GROUP)) {
-                    for (i, &v) in o[..n].iter().enumerate() {
-                        set((g * GROUP + j) * rows + r0 + i, v);
-                    }
+                    run_of((g * GROUP + j) * rows + r0, n).copy_from_slice(&o[..n]);
                 }
             }
             return;
@@ -656,9 +659,7 @@ fn fourbit_q8_matmul_many(k: &Kernels, out: &mut [f32], ws: &[&FourBitRef], x: &
                 );
                 if ran.is_some() {
                     for t in 0..run.min(m - t0) {
-                        for i in 0..nr {
-                            set((t0 + t) * rows + r0 + rt + i, vals[4 * t + i]);
-                        }
+                        run_of((t0 + t) * rows + r0 + rt, nr).copy_from_slice(&vals[4 * t..4 * t + nr]);
                     }
                     continue;
                 }
