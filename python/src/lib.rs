@@ -574,7 +574,10 @@ impl Llama {
         let sampling =
             Sampling { temperature, top_p, top_k, min_p, repeat_penalty, presence_penalty, frequency_penalty };
         let stop = stops(stop)?;
-        let mut pending = Vec::new();
+        // Every request is made before the first is submitted, so they reach the scheduler
+        // together and their prompts share its first step's pass (submitting while tokenizing
+        // left the first prompt to a pass of its own).
+        let mut reqs = Vec::with_capacity(list.len());
         for p in &list {
             let (ids, kind) = match p {
                 Value::String(s) => (
@@ -592,6 +595,10 @@ impl Llama {
                 n,
                 ..Request::default()
             };
+            reqs.push((req, kind));
+        }
+        let mut pending = Vec::with_capacity(reqs.len());
+        for (req, kind) in reqs {
             let (handle, rx) = self.submit(&inner, req)?;
             pending.push((CancelOnDrop(handle), rx, kind));
         }
