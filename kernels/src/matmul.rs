@@ -277,14 +277,43 @@ pub fn matmul_with(k: &Kernels, out: &mut [f32], w: &Weight, x: &[f32], m: usize
             return Ok(());
         }
     }
-    let mut out_t = vec![0f32; rows * m];
     let prefill = if parallel { Par::Team } else { Par::Serial };
-    match w {
-        Weight::Int8(w8) => int8_rows(k, &mut out_t, w8, x, m, opts, prefill),
-        _ => tiled_dequant_gemm(&mut out_t, w, x, m, prefill),
-    }
-    transpose_into(out, &out_t, rows, m);
+    with_scratch(rows * m, |out_t| {
+        match w {
+            Weight::Int8(w8) => int8_rows(k, out_t, w8, x, m, opts, prefill),
+            _ => tiled_dequant_gemm(out_t, w, x, m, prefill),
+        }
+        transpose_into(out, out_t, rows, m);
+    });
     Ok(())
+}
+
+/// Largest product (rows × tokens) whose row-major result goes through the calling thread's
+/// kept buffer: 4 MiB of f32, SmolLM2's gate and up over 680 tokens.
+const SCRATCH_MAX: usize = 1 << 20;
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `f` on a buffer of `n` floats whose contents are unspecified (every product writes every
+/// element; `products_write_every_output_element` checks it): the calling thread's kept buffer
+/// up to [`SCRATCH_MAX`], a new one beyond. A fresh `vec![0; n]` per call cost LLM.int8's
+/// two-thread prefill 5 % in zeroing, on one thread while the other waited.
+fn with_scratch<R>(n: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    if n > SCRATCH_MAX {
+        return f(&mut vec![0f32; n]);
+    }
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < n {
+                buf.resize(n, 0.0);
+            }
+            f(&mut buf[..n])
+        }
+        // A product inside a product on this thread (none does so today) gets its own buffer.
+        Err(_) => f(&mut vec![0f32; n]),
+    })
 }
 
 /// `out (m × rows)` from `out_t (rows × m)`, tokens in chunks on the team (a prompt's product
