@@ -538,7 +538,7 @@ impl<'e> Loop<'e> {
     fn prefill(&mut self, model: &Model, chunks: &[Chunk]) {
         let which = |job: &Job| if job.req.prompt_logprobs.is_some() { Logits::All } else { Logits::Last };
         let (joint, single): (Vec<_>, Vec<_>) = chunks.iter().copied().partition(|&(_, s, e)| e - s > 1);
-        let (joint, alone) = if joint.len() > 1 { (joint, single) } else { (Vec::new(), chunks.to_vec()) };
+        let (joint, mut alone) = if joint.len() > 1 { (joint, single) } else { (Vec::new(), chunks.to_vec()) };
         let mut results: Vec<(Chunk, Result<Vec<f32>, String>)> = Vec::new();
         if !joint.is_empty() {
             let mut caches = Vec::with_capacity(joint.len());
@@ -554,7 +554,9 @@ impl<'e> Loop<'e> {
             // `joint` is in job order, as the caches are.
             match model.forward_prompts(&mut caches, &prompts, &choices) {
                 Ok(all) => results.extend(joint.iter().copied().zip(all.into_iter().map(Ok))),
-                Err(e) => results.extend(joint.iter().map(|&c| (c, Err(e.to_string())))),
+                // A refused joint pass leaves every cache as it was: each chunk then runs alone,
+                // so only a faulty one fails (checked requests do not get here).
+                Err(_) => alone.extend(joint),
             }
         }
         for &(j, s, e) in &alone {
