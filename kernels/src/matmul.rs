@@ -71,14 +71,7 @@ pub fn matmul_many_with(
     m: usize,
     opts: &MatmulOptions,
 ) -> Result<()> {
-    let mut total = 0usize;
-    for w in ws {
-        let overflow = || KernelError::Overflow { op: "matmul", rows: w.rows(), cols: m };
-        total = total.checked_add(m.checked_mul(w.rows()).ok_or_else(overflow)?).ok_or_else(overflow)?;
-    }
-    if out.len() != total {
-        return Err(KernelError::ShapeMismatch { op: "matmul", what: "out", expected: total, got: out.len() });
-    }
+    check_joint_out(out, ws, m)?;
     let tiles: Option<Vec<&FourBitRef>> = ws
         .iter()
         .map(|w| match w {
@@ -115,6 +108,19 @@ fn per_weight(k: &Kernels, out: &mut [f32], ws: &[&Weight], x: &[f32], m: usize,
         let len = m * w.rows();
         matmul_with(k, &mut out[from..from + len], w, x, m, opts)?;
         from += len;
+    }
+    Ok(())
+}
+
+/// Checks that `out` holds each weight's `m × rows` results, one weight after the other.
+pub(crate) fn check_joint_out(out: &[f32], ws: &[&Weight], m: usize) -> Result<()> {
+    let mut total = 0usize;
+    for w in ws {
+        let overflow = || KernelError::Overflow { op: "matmul", rows: w.rows(), cols: m };
+        total = total.checked_add(m.checked_mul(w.rows()).ok_or_else(overflow)?).ok_or_else(overflow)?;
+    }
+    if out.len() != total {
+        return Err(KernelError::ShapeMismatch { op: "matmul", what: "out", expected: total, got: out.len() });
     }
     Ok(())
 }
@@ -206,14 +212,7 @@ fn rows_many_checked(
     opts: &MatmulOptions,
     then: Option<&RowsThen<'_>>,
 ) -> Result<()> {
-    let mut total = 0usize;
-    for w in ws {
-        let overflow = || KernelError::Overflow { op: "matmul", rows: w.rows(), cols: m };
-        total = total.checked_add(m.checked_mul(w.rows()).ok_or_else(overflow)?).ok_or_else(overflow)?;
-    }
-    if out.len() != total {
-        return Err(KernelError::ShapeMismatch { op: "matmul", what: "out", expected: total, got: out.len() });
-    }
+    check_joint_out(out, ws, m)?;
     let (mut from, mut work) = (0, 0usize);
     for w in ws {
         let len = m * w.rows();

@@ -14,7 +14,9 @@
 
 use crate::dispatch::Kernels;
 use crate::error::{KernelError, Result};
-use crate::matmul::{fourbit_tiles, matmul_many_with, matmul_rows_many_with, matmul_with, MatmulOptions};
+use crate::matmul::{
+    check_joint_out, fourbit_tiles, matmul_many_with, matmul_rows_many_with, matmul_with, MatmulOptions,
+};
 use crate::weight::Weight;
 
 /// [`crate::matmul_many`] over several prompts: `x` holds `segs[i]` tokens of prompt `i` after
@@ -43,14 +45,7 @@ pub fn matmul_segments_with(
     if segs.len() <= 1 {
         return matmul_many_with(k, out, ws, x, m, opts);
     }
-    let mut total = 0usize;
-    for w in ws {
-        let overflow = || KernelError::Overflow { op: "matmul", rows: w.rows(), cols: m };
-        total = total.checked_add(m.checked_mul(w.rows()).ok_or_else(overflow)?).ok_or_else(overflow)?;
-    }
-    if out.len() != total {
-        return Err(KernelError::ShapeMismatch { op: "matmul", what: "out", expected: total, got: out.len() });
-    }
+    check_joint_out(out, ws, m)?;
     if let Some(w) = ws.iter().find(|w| m.checked_mul(w.cols()) != Some(x.len())) {
         let expected = m.saturating_mul(w.cols());
         return Err(KernelError::ShapeMismatch { op: "matmul", what: "x", expected, got: x.len() });
