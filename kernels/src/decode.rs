@@ -11,8 +11,8 @@ use crate::fourbit::code_at;
 use crate::int8::{quantize_activations, Int8Activations, INV_127, MM_DEQUANT_SCALE};
 use crate::lined::Lined;
 use crate::matmul::{
-    block_factors, for_row_chunks, rows_block_aligned, transpose_into, BlockQ8, MatmulOptions, Par, RowsThen,
-    DECODE_ROWS_PER_TASK,
+    block_factors, for_row_chunks, rows_block_aligned, transpose_into, with_scratch, BlockQ8, MatmulOptions, Par,
+    RowsThen, DECODE_ROWS_PER_TASK,
 };
 use crate::pairs::{TokenPairs, GROUP};
 use crate::weight::{FourBitRef, Int8Ref, Q8Ref, Weight};
@@ -61,14 +61,15 @@ pub(crate) fn rows_many(
         } else {
             // Tasks own contiguous weight rows, so they write `rows × m` (of every weight, one
             // after the other); transposed afterwards.
-            let mut out_t = vec![0f32; len];
-            run(k, &mut out_t, group, i, route, x, m, opts, par, then);
-            let mut at = 0;
-            for w in group {
-                let len = w.rows() * m;
-                transpose_into(&mut out[at..at + len], &out_t[at..at + len], w.rows(), m);
-                at += len;
-            }
+            with_scratch(len, |out_t| {
+                run(k, out_t, group, i, route, x, m, opts, par, then);
+                let mut at = 0;
+                for w in group {
+                    let len = w.rows() * m;
+                    transpose_into(&mut out[at..at + len], &out_t[at..at + len], w.rows(), m);
+                    at += len;
+                }
+            });
         }
         (i, from) = (i + n, from + len);
     }

@@ -299,7 +299,7 @@ thread_local! {
 /// element; `products_write_every_output_element` checks it): the calling thread's kept buffer
 /// up to [`SCRATCH_MAX`], a new one beyond. A fresh `vec![0; n]` per call cost LLM.int8's
 /// two-thread prefill 5 % in zeroing, on one thread while the other waited.
-fn with_scratch<R>(n: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+pub(crate) fn with_scratch<R>(n: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     if n > SCRATCH_MAX {
         return f(&mut vec![0f32; n]);
     }
@@ -318,16 +318,19 @@ fn with_scratch<R>(n: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
 /// `out (m × rows)` from `out_t (rows × m)`, tokens in chunks on the team (a prompt's product
 /// waited for this on one thread).
 pub(crate) fn transpose_into(out: &mut [f32], out_t: &[f32], rows: usize, m: usize) {
-    const TOKENS: usize = 16;
     if rows == 0 {
         return;
     }
+    // Up to 16 tokens a task, but at least one task per thread: a decode step's head over
+    // 16 sequences (49152 × 16) was one task, on one thread while the others waited.
+    let threads = rayon::current_num_threads().max(1);
+    let tokens = m.div_ceil(threads).clamp(1, 16);
     crate::team::for_each_chunk_mut(
         out,
-        TOKENS * rows,
+        tokens * rows,
         || (),
         |_, i, out| {
-            let t0 = i * TOKENS;
+            let t0 = i * tokens;
             // Blocked: 64 rows of the chunk's tokens stay in L1 while each token's 64 outputs are
             // written.
             for r0 in (0..rows).step_by(64) {

@@ -38,6 +38,8 @@ pub struct TokenPairs {
 #[derive(Clone, Copy)]
 pub struct PairGroup<'a> {
     pub(crate) q: &'a [i8],
+    /// Read by the AVX2 kernels only.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(crate) aq: &'a [i8],
     pub(crate) corr: &'a [i32],
     pub(crate) xs: &'a [f32],
