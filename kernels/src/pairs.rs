@@ -97,9 +97,9 @@ impl TokenPairs {
         let mut aq = Lined::<i8>::zeroed(q.len());
         let mut corr = Lined::<i32>::zeroed(groups * gc);
         let mut xsv = Lined::<f32>::zeroed(groups * gc);
-        // A group's tokens fill only its own stretch of each buffer: a prompt's groups on the
-        // team (its layout cost a serial 1.5 % of a two-thread prefill), a decode step's two
-        // (sixteen sequences) where they are, not worth a meeting of the threads.
+        // A group's tokens fill only its own stretch of each buffer: the groups on the team (a
+        // prompt's layout cost a serial 1.5 % of a two-thread prefill, sixteen sequences' about
+        // 1 ms of a 25 ms decode step), one group where it is.
         let mut parts: Vec<_> =
             q.chunks_mut(gq).zip(aq.chunks_mut(gq)).zip(corr.chunks_mut(gc).zip(xsv.chunks_mut(gc))).collect();
         let fill = |g: usize, part: &mut GroupParts<'_>| {
@@ -127,7 +127,7 @@ impl TokenPairs {
                 }
             }
         };
-        if groups >= 4 {
+        if groups >= 2 {
             crate::team::for_each_chunk_mut(&mut parts, 1, || (), |_, g, part| fill(g, &mut part[0]));
         } else {
             parts.iter_mut().enumerate().for_each(|(g, part)| fill(g, part));
