@@ -145,7 +145,9 @@ impl Sampler {
         // the cuts keep a start of the order.
         sort_to(&mut order, &mut sorted, 1);
         let max = l[order[0] as usize];
-        let w: Vec<f32> = l.iter().map(|&v| ((v - max) / t).exp()).collect();
+        // exp(l/t − max/t), eight or sixteen at a time (the same bits on every ISA).
+        let mut w: Vec<f32> = l.iter().map(|&v| v / t).collect();
+        lowbit_kernels::kernels().exp_sub(&mut w, max / t);
         let sum: f32 = w.iter().sum();
         let p = |i: u32| w[i as usize] / sum;
         // min_p: the tokens within min_p of the most likely (at least one).
