@@ -275,6 +275,47 @@ mod tests {
         assert!(Sampler::new(SamplerConfig { presence_penalty: 2.5, ..Default::default() }).is_err());
     }
 
+    /// Without top-k, over a vocabulary of thousands (candidates sorted only as far as needed):
+    /// top-p draws stay inside the shortest most-likely set reaching p, min-p inside its floor,
+    /// the most likely tokens do get drawn, and a seed repeats its draws.
+    #[test]
+    fn lazy_order_respects_top_p_and_min_p() {
+        let mut x = 12345u64;
+        let logits: Vec<f32> = (0..5000)
+            .map(|_| {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((x >> 40) as f32 / (1u64 << 24) as f32) * 12.0
+            })
+            .collect();
+        let mut ids: Vec<usize> = (0..logits.len()).collect();
+        ids.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+        let w: Vec<f64> = ids.iter().map(|&i| ((logits[i] - logits[ids[0]]) as f64).exp()).collect();
+        let sum: f64 = w.iter().sum();
+        // The top-p set (f64), with a little slack for f32 rounding at its edge.
+        let mut acc = 0.0;
+        let n_p = w.iter().position(|p| {
+            acc += p / sum;
+            acc >= 0.9
+        });
+        let allowed: std::collections::HashSet<u32> = ids[..n_p.unwrap() + 3].iter().map(|&i| i as u32).collect();
+        let cfg = SamplerConfig { temperature: 1.0, top_p: 0.9, seed: 11, ..Default::default() };
+        let draw = || {
+            let mut s = Sampler::new(cfg).unwrap();
+            (0..400).map(|_| s.sample(&logits, &[], 0)).collect::<Vec<u32>>()
+        };
+        let drawn = draw();
+        assert_eq!(drawn, draw());
+        assert!(drawn.iter().all(|t| allowed.contains(t)));
+        assert!(drawn.contains(&(ids[0] as u32)));
+        // min-p 0.2: only tokens within a factor 5 of the most likely.
+        let cfg = SamplerConfig { temperature: 1.0, min_p: 0.2, seed: 5, ..Default::default() };
+        let mut s = Sampler::new(cfg).unwrap();
+        for _ in 0..400 {
+            let t = s.sample(&logits, &[], 0) as usize;
+            assert!(logits[t] >= logits[ids[0]] - 5f32.ln() - 1e-4, "token {t} below the min-p floor");
+        }
+    }
+
     #[test]
     fn presence_frequency_and_min_p() {
         let logits = [0.1, 2.0, 1.9, -1.0];
