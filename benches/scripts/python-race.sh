@@ -19,9 +19,9 @@ CARGO_TARGET_DIR="$root/target" "$builder/bin/maturin" build --quiet --release -
 cargo build --release --quiet -p lowbit-cli
 ./target/release/lowbit convert "$gguf" -o "$work/smollm2.nf4.lowbit" --quant nf4 -q
 # llama-cpp-python (compiled from source by pip: minutes the first time) and its Q4_0.
-venv="$cache/llamacpp"
-[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-"$venv/bin/python" -c "import llama_cpp" 2>/dev/null || "$venv/bin/pip" install --quiet --no-cache-dir "llama-cpp-python==0.3.36"
+. benches/scripts/llamacpp-level.sh
+llamacpp_level native
+venv="$(llamacpp_venv "$cache")"
 q4="$("$venv/bin/python" -c "
 import sys; sys.path.insert(0, 'benches/scripts')
 from llamacpp_files import quantize

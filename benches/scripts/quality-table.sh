@@ -13,13 +13,9 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root"
 cache="${LOWBIT_CACHE:-$root/.cache}"
-venv="$cache/llamacpp"
-if grep -q amx_int8 /proc/cpuinfo 2>/dev/null; then
-  venv="$cache/llamacpp-noamx"
-  export CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AVX_VNNI=ON"
-fi
-[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-"$venv/bin/python" -c "import llama_cpp" 2>/dev/null || "$venv/bin/pip" install --quiet --no-cache-dir "llama-cpp-python==0.3.36"
+. benches/scripts/llamacpp-level.sh
+llamacpp_level native
+venv="$(llamacpp_venv "$cache")"
 gguf="$(scripts/fetch-smollm2.sh)"
 cargo build --release --quiet -p lowbit-cli
 bin="$root/target/release/lowbit"
@@ -41,9 +37,9 @@ $bin --threads 2 imatrix -m "$work/f32.lowbit" -f "$work/calibration.txt" -o "$w
 $bin convert "$gguf" -o "$work/nf4-imatrix.lowbit" --quant nf4 --imatrix "$work/smollm2.imatrix" -q > /dev/null
 # llama.cpp's IQ4_NL with its own importance matrix from the same calibration text and settings,
 # when its tools can be built from the tree benches/scripts/serve-race.sh configured.
-tools="$cache/llama-server-build/out"
+tools="$cache/llama-server-build-$LLAMACPP_TAG/out"
 rm -f "$work/smollm2.IQ4_NL-imatrix.gguf"
-if [ -f "$tools/build.ninja" ] && PATH="$cache/llama-server-build/venv/bin:$PATH" cmake --build "$tools" --target llama-imatrix llama-quantize > /dev/null 2>&1; then
+if [ -f "$tools/build.ninja" ] && PATH="$cache/llama-server-build-$LLAMACPP_TAG/venv/bin:$PATH" cmake --build "$tools" --target llama-imatrix llama-quantize > /dev/null 2>&1; then
   [ -f "$work/smollm2.F16.gguf" ] || "$venv/bin/python" -c "import sys; sys.path.insert(0, 'benches/scripts'); import llama_cpp, llamacpp_files; llamacpp_files.quantize('$gguf', '$work', llama_cpp.LLAMA_FTYPE_MOSTLY_F16, 'smollm2.F16.gguf')"
   LD_LIBRARY_PATH="$tools/bin" "$tools/bin/llama-imatrix" -m "$work/smollm2.F16.gguf" -f "$work/calibration.txt" \
     -o "$work/smollm2.llamacpp.imatrix" -c 512 --chunks 40 -t 2 > /dev/null 2>&1

@@ -7,33 +7,24 @@
 #                                             LOWBIT_ISA=avx2, llama.cpp built without AVX-512
 #                                             or AVX-VNNI in a venv of its own): how an AVX2-only
 #                                             CPU fares, measured on any AVX-512 machine too
+#   benches/scripts/race-llamacpp.sh avxvnni  both at AVX2 + AVX-VNNI, no AVX-512 (Alder Lake and
+#                                             later client cores): needs a CPU with AVX-VNNI
 set -euo pipefail
 level="${1:-native}"
 case "$level" in
-  native | avx2) ;;
+  native | avx2 | avxvnni) ;;
   *)
-    echo "usage: $0 [avx2]" >&2
+    echo "usage: $0 [avx2 | avxvnni]" >&2
     exit 2
     ;;
 esac
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root"
 cache="${LOWBIT_CACHE:-$root/.cache}"
-venv="$cache/llamacpp"
-# On CPUs with AMX, pip's default build (-march=native) turns on ggml's AMX matmul, which
-# crashed with SIGSEGV (in ggml_backend_amx_mul_mat) on the first prompt on our 2-core VM; there
-# llama.cpp is built for the same AVX-512/VNNI level with AMX left out, in its own venv.
-if grep -q amx_int8 /proc/cpuinfo 2>/dev/null; then
-  venv="$cache/llamacpp-noamx"
-  export CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AVX_VNNI=ON"
-fi
-if [ "$level" = avx2 ]; then
-  venv="$cache/llamacpp-avx2"
-  export CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=OFF -DGGML_AVX_VNNI=OFF"
-  export LOWBIT_ISA=avx2
-fi
-[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-"$venv/bin/python" -c "import llama_cpp" 2>/dev/null || "$venv/bin/pip" install --quiet --no-cache-dir "llama-cpp-python==0.3.36"
+. benches/scripts/llamacpp-level.sh
+llamacpp_level "$level"
+[ "$level" = native ] || export LOWBIT_ISA="$level"
+venv="$(llamacpp_venv "$cache")"
 gguf="$(scripts/fetch-smollm2.sh)"
 cargo build --release --quiet -p lowbit-cli
 work="$cache/race"

@@ -15,9 +15,11 @@ threads="${1:-2}"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root"
 cache="${LOWBIT_CACHE:-$root/.cache}"
-server="$cache/llama-server/llama-server"
+. benches/scripts/llamacpp-level.sh
+llamacpp_level native
+server="$cache/llama-server-$LLAMACPP_TAG/llama-server"
 if ! [ -x "$server" ]; then
-  build="$cache/llama-server-build"
+  build="$cache/llama-server-build-$LLAMACPP_TAG"
   mkdir -p "$build"
   [ -x "$build/venv/bin/cmake" ] || { python3 -m venv "$build/venv" && "$build/venv/bin/pip" install --quiet cmake ninja scikit-build-core; }
   # Without build isolation pip reads the source package's metadata with the backend installed
@@ -26,7 +28,7 @@ if ! [ -x "$server" ]; then
   tar -xzf "$build"/sdist/llama_cpp_python-0.3.36.tar.gz -C "$build"
   src="$build/llama_cpp_python-0.3.36/vendor/llama.cpp"
   PATH="$build/venv/bin:$PATH" cmake -S "$src" -B "$build/out" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-    -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON -DGGML_NATIVE=ON >&2
+    -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON ${LLAMACPP_FLAGS:--DGGML_NATIVE=ON} >&2
   PATH="$build/venv/bin:$PATH" cmake --build "$build/out" --target llama-server -j "$(nproc)" >&2
   mkdir -p "$(dirname "$server")"
   cp "$build/out/bin/llama-server" "$server"
@@ -37,9 +39,7 @@ work="$cache/serve-race"
 mkdir -p "$work"
 ./target/release/lowbit convert "$gguf" -o "$work/smollm2.nf4.lowbit" --quant nf4 -q
 # llama.cpp's own Q4_0 of the same GGUF, through the venv the other races use.
-venv="$cache/llamacpp"
-[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-"$venv/bin/python" -c "import llama_cpp" 2>/dev/null || "$venv/bin/pip" install --quiet --no-cache-dir "llama-cpp-python==0.3.36"
+venv="$(llamacpp_venv "$cache")"
 q4="$("$venv/bin/python" -c "
 import sys; sys.path.insert(0, 'benches/scripts')
 from llamacpp_files import quantize
