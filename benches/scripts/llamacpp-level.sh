@@ -1,12 +1,12 @@
 # Sourced by the bench scripts that build llama.cpp (race-llamacpp.sh, python-race.sh,
-# serve-race.sh): `llamacpp_level LEVEL` sets, for LEVEL native | avx2 | avxvnni,
+# serve-race.sh, quality-table.sh): `llamacpp_level LEVEL` sets, for LEVEL native | avx2 | avxvnni,
 #   LLAMACPP_TAG    a name for the build (venv and build directories carry it),
 #   LLAMACPP_FLAGS  ggml's CMake flags for that level (empty: pip's and CMake's defaults,
 #                   which build for the machine it runs on),
 # and exports CMAKE_ARGS (what llama-cpp-python's pip build reads) when LLAMACPP_FLAGS is set.
 #
 # On CPUs with AMX the native build turns on ggml's AMX matmul, which crashed with SIGSEGV (in
-# ggml_backend_amx_mul_mat) on the first prompt on our 2-core VM; there the native level is
+# ggml_backend_amx_mul_mat) on the first prompt on a 2-core VM; there the native level is
 # built with the same AVX-512/VNNI instructions and AMX left out.
 llamacpp_level() {
   local base="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON"
