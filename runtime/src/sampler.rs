@@ -133,6 +133,14 @@ impl Sampler {
             rest[..need].sort_unstable_by(by_logit);
             *sorted = want;
         };
+        // Position `j` of the order, sorting further (four times as far, at least 64) first
+        // when the order is not sorted that far yet.
+        let at = |order: &mut [u32], sorted: &mut usize, j: usize| {
+            if j >= *sorted {
+                sort_to(order, sorted, (4 * *sorted).max(64).max(j + 1));
+            }
+            order[j]
+        };
         let t = self.cfg.temperature;
         let k = self.cfg.top_k;
         if k > 0 && k < n {
@@ -159,11 +167,7 @@ impl Sampler {
             let mut acc = 0.0;
             let mut j = 0;
             while j < c {
-                if j == sorted {
-                    let more = (4 * sorted).max(64);
-                    sort_to(&mut order, &mut sorted, more);
-                }
-                acc += p(order[j]);
+                acc += p(at(&mut order, &mut sorted, j));
                 j += 1;
                 if acc >= self.cfg.top_p {
                     break;
@@ -180,18 +184,15 @@ impl Sampler {
         };
         let mut r = self.next_f32() * total;
         for j in 0..keep {
-            if j == sorted {
-                let more = (4 * sorted).max(64);
-                sort_to(&mut order, &mut sorted, more);
-            }
-            let q = p(order[j]);
+            let id = at(&mut order, &mut sorted, j);
+            let q = p(id);
             if r < q {
-                return order[j];
+                return id;
             }
             r -= q;
         }
-        sort_to(&mut order, &mut sorted, keep);
-        order[keep - 1]
+        // Rounding left a sliver of `r`: the last candidate.
+        at(&mut order, &mut sorted, keep - 1)
     }
 
     /// The draw among `idx` (ids by falling logit): softmax at temperature `t` in that order,
