@@ -141,6 +141,8 @@ impl Kernels {
         if !isa.is_supported() {
             return None;
         }
+        // The weights' prefetch hint is chosen here, once, for the loops to read.
+        crate::Prefetch::current();
         let scalar = Kernels {
             isa: Isa::Scalar,
             label: "scalar",

@@ -61,12 +61,24 @@ impl Prefetch {
 
     /// The hint of this process: chosen on first use from [`Prefetch::from_env`] (an invalid
     /// `LOWBIT_PREFETCH` falls back to [`Prefetch::for_cpu`] here; the CLI reports it first).
-    #[inline(always)]
     pub fn current() -> Prefetch {
         match CHOSEN.load(Ordering::Relaxed) {
             1 => Prefetch::Outer,
             2 => Prefetch::NonTemporal,
             _ => Prefetch::choose(),
+        }
+    }
+
+    /// The hint the decode loops issue: [`Prefetch::current`] once it has been chosen (building
+    /// a kernel table chooses it), `Outer` before. It never calls out: a call inside a loop,
+    /// even one never taken, made the compiler keep the loop's accumulators on the stack (all
+    /// vector registers are the caller's to save).
+    #[inline(always)]
+    pub fn in_loop() -> Prefetch {
+        if CHOSEN.load(Ordering::Relaxed) == 2 {
+            Prefetch::NonTemporal
+        } else {
+            Prefetch::Outer
         }
     }
 

@@ -32,7 +32,7 @@ pub fn prefetch_line(p: *const i8) {
     use core::arch::x86_64::{_mm_prefetch, _MM_HINT_NTA, _MM_HINT_T1};
     // SAFETY: a prefetch never faults; SSE is baseline on x86-64.
     unsafe {
-        match crate::prefetch::Prefetch::current() {
+        match crate::prefetch::Prefetch::in_loop() {
             crate::prefetch::Prefetch::Outer => _mm_prefetch::<_MM_HINT_T1>(p),
             crate::prefetch::Prefetch::NonTemporal => _mm_prefetch::<_MM_HINT_NTA>(p),
         }
