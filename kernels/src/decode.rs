@@ -8,6 +8,7 @@
 
 use crate::dispatch::Kernels;
 use crate::fourbit::code_at;
+use crate::grid::Grid;
 use crate::int8::{quantize_activations, Int8Activations, INV_127, MM_DEQUANT_SCALE};
 use crate::lined::Lined;
 use crate::matmul::{
@@ -394,16 +395,11 @@ fn fourbit_q8_task(
         let [mut c, mut d] = [[0f32; DECODE_ROWS_PER_TASK]; 2];
         let mut t = 0;
         if let Some(pairs) = pairs {
-            let mut outs = [[0f32; DECODE_ROWS_PER_TASK]; GROUP];
             for g in 0..pairs.groups() {
-                let out = outs.each_mut().map(|o| &mut o[..n]);
+                // Straight into the task's rows (each m tokens long), tokens t .. t + 8.
+                let out = Grid::new(&mut o[t..], n, m, 1);
                 let done = k.dot_fourbit_q8_rows_t8(codes, &scales[..nf], lut, pairs.group(g), out);
                 assert!(done, "pairs are prepared only where the level has the kernel");
-                for (i, row) in o.chunks_mut(m).enumerate() {
-                    for (u, out) in outs.iter().enumerate() {
-                        row[t + u] = out[i];
-                    }
-                }
                 t += GROUP;
             }
         }
@@ -604,15 +600,10 @@ fn q8_task(
     let grouped = match pairs {
         Some(pairs) if n4 > 0 && n4 <= DECODE_ROWS_PER_TASK => {
             let (w, s) = (&w.qs[r0 * cols..(r0 + n4) * cols], &w.scales[r0 * nb..(r0 + n4) * nb]);
-            let mut outs = [[0f32; DECODE_ROWS_PER_TASK]; GROUP];
             for g in 0..pairs.groups() {
-                let done = k.dot_q8_rows_t8(w, s, pairs.group(g), outs.each_mut().map(|o| &mut o[..n4]));
+                let out = Grid::new(&mut o[g * GROUP..], n4, m, 1);
+                let done = k.dot_q8_rows_t8(w, s, pairs.group(g), out);
                 assert!(done, "pairs are prepared only where the level has the kernel");
-                for (i, row) in o.chunks_mut(m).take(n4).enumerate() {
-                    for (u, out) in outs.iter().enumerate() {
-                        row[g * GROUP + u] = out[i];
-                    }
-                }
             }
             pairs.groups() * GROUP
         }

@@ -34,8 +34,8 @@ type DotFourBitQ8Many = unsafe fn(&[u8], &[f32], &[i8; 16], &[i8], &[i8], &[i32]
 type DotFourBitQ8ManyT2 =
     unsafe fn(&[u8], [&[f32]; 2], &[i8; 16], [&[i8]; 2], [&[i8]; 2], [&[i32]; 2], usize, [&mut [f32]; 2]);
 type DotFourBitQ8ManyT4 = unsafe fn(&[u8], [&[f32]; 4], &[i8; 16], [&[i8]; 4], [&[i8]; 4], usize, [&mut [f32]; 4]);
-type DotFourBitQ8ManyT8 = unsafe fn(&[u8], &[f32], &[i8; 16], crate::pairs::PairGroup<'_>, [&mut [f32]; 8]);
-type DotQ8RowsT8 = unsafe fn(&[i8], &[f16], crate::pairs::PairGroup<'_>, [&mut [f32]; 8]);
+type DotFourBitQ8ManyT8 = unsafe fn(&[u8], &[f32], &[i8; 16], crate::pairs::PairGroup<'_>, crate::Grid<'_>);
+type DotQ8RowsT8 = unsafe fn(&[i8], &[f16], crate::pairs::PairGroup<'_>, crate::Grid<'_>);
 type DotQ8Rows4T4 = unsafe fn([&[i8]; 4], [&[f16]; 4], [&[i8]; 4], [&[f32]; 4], usize) -> [[f32; 4]; 4];
 type FourBitQ8TileRun =
     unsafe fn([&[u8]; 4], [&[f32]; 4], &[i8; 16], &[i8], &[i8], usize, &[f32], &[i32], usize, &mut [f32]);
@@ -888,13 +888,12 @@ impl Kernels {
     }
 
     /// [`Kernels::dot_fourbit_q8_rows`] for a group of eight tokens, weights in blocks of 64
-    /// (see [`crate::scalar::dot_fourbit_q8_rows_t8`]): `out[t][i]` with the bits
+    /// (see [`crate::scalar::dot_fourbit_q8_rows_t8`]): cell (i, t) of `out` with the bits
     /// [`Kernels::dot_fourbit_q8_x1`] gives row `i` against token `t` with the factors
     /// `scales[i·nb + b] · xs`; `false` (and `out` untouched) where this level has no such kernel.
     ///
     /// # Panics
-    /// If `codes` or `scales` are shorter than `out[0].len()` rows of `group.blocks()` blocks, or
-    /// the outputs differ in length.
+    /// If `codes` or `scales` are shorter than `out.rows()` rows of `group.blocks()` blocks.
     #[inline]
     pub fn dot_fourbit_q8_rows_t8(
         &self,
@@ -902,28 +901,28 @@ impl Kernels {
         scales: &[f32],
         lut: &[i8; 16],
         group: crate::pairs::PairGroup<'_>,
-        out: [&mut [f32]; 8],
+        out: crate::Grid<'_>,
     ) -> bool {
         let Some(f) = self.dot_fourbit_q8_rows_t8 else { return false };
-        let rows = out[0].len();
+        let rows = out.rows();
         let nb = group.nb;
-        assert!(out.iter().all(|o| o.len() == rows));
         assert!(codes.len() >= rows * nb * 32 && scales.len() >= rows * nb);
         assert!(
             group.steps == 2 && group.q.len() == nb * 512 && group.corr.len() == nb * 64 && group.xs.len() == nb * 64
         );
-        // SAFETY: `self` exists only for a supported ISA; lengths checked above.
+        // SAFETY: `self` exists only for a supported ISA; lengths checked above, the grid's
+        // cells by `Grid::new`.
         unsafe { f(codes, scales, lut, group, out) };
         true
     }
 
     /// [`Kernels::dot_q8_rows`] for a group of eight tokens over rows in a multiple of four (see
-    /// [`crate::scalar::dot_q8_rows_t8`]): `out[t][i]` with the bits [`Kernels::dot_q8_x4`] gives
+    /// [`crate::scalar::dot_q8_rows_t8`]): cell (i, t) of `out` with the bits [`Kernels::dot_q8_x4`] gives
     /// row `i` against token `t`; `false` (and `out` untouched) where this level has no such
     /// kernel.
     ///
     /// # Panics
-    /// If the row count is not a multiple of four, the outputs differ in length, or `w` and
+    /// If the row count is not a multiple of four, or `w` and
     /// `scale` are shorter than those rows of `group.blocks()` blocks.
     #[inline]
     pub fn dot_q8_rows_t8(
@@ -931,16 +930,17 @@ impl Kernels {
         w: &[i8],
         scale: &[f16],
         group: crate::pairs::PairGroup<'_>,
-        out: [&mut [f32]; 8],
+        out: crate::Grid<'_>,
     ) -> bool {
         let Some(f) = self.dot_q8_rows_t8 else { return false };
-        let rows = out[0].len();
+        let rows = out.rows();
         let (nb, steps) = (group.nb, group.steps);
-        assert!(rows.is_multiple_of(4) && out.iter().all(|o| o.len() == rows));
+        assert!(rows.is_multiple_of(4));
         assert!(crate::q8::BLOCKSIZES.contains(&(32 * steps)));
         assert!(w.len() >= rows * nb * 32 * steps && scale.len() >= rows * nb);
         assert!(group.q.len() == nb * 4 * steps * 64 && group.corr.len() == nb * 64 && group.xs.len() == nb * 64);
-        // SAFETY: `self` exists only for a supported ISA; lengths checked above.
+        // SAFETY: `self` exists only for a supported ISA; lengths checked above, the grid's cells
+        // by `Grid::new`.
         unsafe { f(w, scale, group, out) };
         true
     }

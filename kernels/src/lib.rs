@@ -28,6 +28,7 @@ mod decode;
 mod dispatch;
 mod error;
 pub mod fourbit;
+mod grid;
 pub mod int8;
 mod lined;
 mod matmul;
@@ -47,6 +48,7 @@ pub use fourbit::{
     quantize_4bit, quantize_4bit_weighted, Absmax, ColumnImportance, FourBitKind, FourBitOptions, FourBitTensor,
     NestedRule,
 };
+pub use grid::Grid;
 pub use int8::{quantize_int8, Int8Tensor};
 pub use matmul::{
     gemm_strided, matmul, matmul_many, matmul_many_with, matmul_rows, matmul_rows_many, matmul_rows_many_then,

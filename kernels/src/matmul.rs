@@ -11,6 +11,7 @@
 
 use crate::dispatch::Kernels;
 use crate::error::{KernelError, Result};
+use crate::grid::Grid;
 use crate::int8::{quantize_activations, Int8Activations, INV_127, MM_DEQUANT_SCALE};
 use crate::lined::Lined;
 use crate::pairs::{TokenPairs, GROUP};
@@ -331,14 +332,24 @@ pub(crate) fn transpose_into(out: &mut [f32], out_t: &[f32], rows: usize, m: usi
         || (),
         |_, i, out| {
             let t0 = i * tokens;
-            // Blocked: 64 rows of the chunk's tokens stay in L1 while each token's 64 outputs are
-            // written.
-            for r0 in (0..rows).step_by(64) {
-                let r1 = (r0 + 64).min(rows);
-                for (t, o) in (t0..).zip(out.chunks_mut(rows)) {
-                    for (r, o) in (r0..r1).zip(&mut o[r0..r1]) {
-                        *o = out_t[r * m + t];
+            let nt = out.len() / rows;
+            // Eight rows at a time: their runs of this chunk's tokens read once, each token's
+            // eight outputs written together (a loop over single elements spent a seventh of a
+            // decode batch's product here).
+            let mut r0 = 0;
+            while r0 + 8 <= rows {
+                let src: [&[f32]; 8] = std::array::from_fn(|j| &out_t[(r0 + j) * m + t0..(r0 + j) * m + t0 + nt]);
+                for (t, o) in out.chunks_exact_mut(rows).enumerate() {
+                    let o: &mut [f32; 8] = (&mut o[r0..r0 + 8]).try_into().expect("eight rows");
+                    for (o, s) in o.iter_mut().zip(&src) {
+                        *o = s[t];
                     }
+                }
+                r0 += 8;
+            }
+            for r in r0..rows {
+                for (t, o) in out.chunks_exact_mut(rows).enumerate() {
+                    o[r] = out_t[r * m + t0 + t];
                 }
             }
         },
@@ -627,12 +638,13 @@ fn fourbit_q8_matmul_many(k: &Kernels, out: &mut [f32], ws: &[&FourBitRef], x: &
         }
         if let Some(pairs) = pairs {
             let codes = &w.codes[r0 * half..(r0 + n) * half];
-            let mut outs = [[0f32; CHUNK_MAX]; GROUP];
+            // Token-major, CHUNK_MAX cells a token.
+            let mut outs = [0f32; CHUNK_MAX * GROUP];
             for g in 0..pairs.groups() {
-                let out = outs.each_mut().map(|o| &mut o[..n]);
+                let out = Grid::new(&mut outs, n, 1, CHUNK_MAX);
                 let done = k.dot_fourbit_q8_rows_t8(codes, &wf[..n * nb], lut, pairs.group(g), out);
                 assert!(done, "checked with has_rows_t8");
-                for (j, o) in outs.iter().enumerate().take(m.saturating_sub(g * GROUP).min(GROUP)) {
+                for (j, o) in outs.chunks(CHUNK_MAX).enumerate().take(m.saturating_sub(g * GROUP).min(GROUP)) {
                     run_of((g * GROUP + j) * rows + r0, n).copy_from_slice(&o[..n]);
                 }
             }

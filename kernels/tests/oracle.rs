@@ -4,7 +4,7 @@
 use half::{bf16, f16};
 use lowbit_kernels::{
     fourbit::code_at, matmul_with, quantize_4bit, quantize_int8, scalar, AbsmaxRef, FourBitKind, FourBitOptions,
-    FourBitRef, Int8Ref, Isa, Kernels, MatmulOptions, Q8Ref, Weight,
+    FourBitRef, Grid, Int8Ref, Isa, Kernels, MatmulOptions, Q8Ref, Weight,
 };
 use proptest::prelude::*;
 
@@ -12,6 +12,20 @@ fn simd_levels() -> Vec<Kernels> {
     let v = Kernels::variants();
     assert!(!v.is_empty());
     v
+}
+
+/// A NaN-filled buffer for a grid of `rows` × 8 cells with gaps between them: row-major (rows 11
+/// apart, tokens adjacent) or token-major (rows adjacent, tokens `rows + 3` apart); and the strides.
+fn grid_buffer(rows: usize, row_major: bool) -> (Vec<f32>, usize, usize) {
+    let (rs, ts) = if row_major { (11, 1) } else { (1, rows + 3) };
+    let len = if rows == 0 { 0 } else { (rows - 1) * rs + 7 * ts + 1 };
+    (vec![f32::NAN; len + 5], rs, ts)
+}
+
+/// Whether every value of `buf` outside the grid's cells is still NaN.
+fn grid_untouched(buf: &[f32], rows: usize, rs: usize, ts: usize) -> bool {
+    let cell = |j: usize| (0..rows).any(|i| (0..8).any(|t| i * rs + t * ts == j));
+    buf.iter().enumerate().all(|(j, v)| cell(j) || v.is_nan())
 }
 
 /// Float dot products may differ only in summation order.
@@ -329,7 +343,7 @@ proptest! {
     /// (row, token) the one-token kernel's bits with the factors `scale · xs`; so does its
     /// scalar twin against the scalar kernel.
     #[test]
-    fn eight_token_rows_match_one_token_rows(rows in 0usize..11, nb in 1usize..12, seed in any::<u64>()) {
+    fn eight_token_rows_match_one_token_rows(rows in 0usize..11, nb in 1usize..12, row_major in any::<bool>(), seed in any::<u64>()) {
         let n = nb * 32;
         let mut rng = seed;
         let mut next = || { rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); (rng >> 33) as u32 };
@@ -349,30 +363,33 @@ proptest! {
         let factors = |t: usize| -> Vec<f32> { (0..rows * nb).map(|j| xs[t][j % nb] * scales[j]).collect() };
         let scalar_k = Kernels::for_isa(Isa::Scalar).unwrap();
         for k in simd_levels().into_iter().chain([scalar_k]) {
-            let mut outs: [Vec<f32>; 8] = std::array::from_fn(|_| vec![f32::NAN; rows]);
+            let (mut buf, rs, ts) = grid_buffer(rows, row_major);
+            let out = Grid::new(&mut buf, rows, rs, ts);
             let ran = if k.isa() == Isa::Scalar {
-                lowbit_kernels::scalar::dot_fourbit_q8_rows_t8(&codes, &scales, &lut, pairs.group(0), outs.each_mut().map(|o| &mut o[..]));
+                lowbit_kernels::scalar::dot_fourbit_q8_rows_t8(&codes, &scales, &lut, pairs.group(0), out);
                 true
             } else {
-                k.dot_fourbit_q8_rows_t8(&codes, &scales, &lut, pairs.group(0), outs.each_mut().map(|o| &mut o[..]))
+                k.dot_fourbit_q8_rows_t8(&codes, &scales, &lut, pairs.group(0), out)
             };
             if !ran {
                 continue;
             }
+            let out = Grid::new(&mut buf, rows, rs, ts);
             for t in 0..8 {
                 let f = factors(t);
                 for r in 0..rows {
                     let one = k.dot_fourbit_q8_x1(&codes[r * n..(r + 1) * n], &f[r * nb..(r + 1) * nb], &lut, &qe[t], &qo[t], &qsum[t], 32);
-                    prop_assert_eq!(outs[t][r].to_bits(), one.to_bits(), "{} row {} token {}", k.label(), r, t);
+                    prop_assert_eq!(out.get(r, t).to_bits(), one.to_bits(), "{} row {} token {}", k.label(), r, t);
                 }
             }
+            prop_assert!(grid_untouched(&buf, rows, rs, ts), "{} wrote outside its cells", k.label());
         }
     }
 
     /// The eight-token block int8 rows kernel gives each (row, token) the bits of the level's
     /// four-row one-token kernel; its scalar twin is the scalar kernel per token.
     #[test]
-    fn eight_token_q8_rows_match_one_token_rows(quads in 0usize..4, nb in 1usize..20, bs in prop_oneof![Just(32usize), Just(64)], seed in any::<u64>()) {
+    fn eight_token_q8_rows_match_one_token_rows(quads in 0usize..4, nb in 1usize..20, bs in prop_oneof![Just(32usize), Just(64)], row_major in any::<bool>(), seed in any::<u64>()) {
         let (rows, cols) = (4 * quads, nb * bs);
         let mut rng = seed;
         let mut next = || { rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); (rng >> 33) as u32 };
@@ -383,26 +400,29 @@ proptest! {
         let d: Vec<Vec<f32>> = (0..8).map(|_| (0..nb).map(|_| (next() % 997) as f32 / 7.3e2).collect()).collect();
         let (qr, dr): (Vec<&[i8]>, Vec<&[f32]>) = (q.iter().map(|x| &x[..]).collect(), d.iter().map(|x| &x[..]).collect());
         let pairs = lowbit_kernels::pairs::TokenPairs::q8(&qr, &dr, bs, nb);
-        let mut want: [Vec<f32>; 8] = std::array::from_fn(|_| vec![0f32; rows]);
-        scalar::dot_q8_rows_t8(&w, &scale, pairs.group(0), want.each_mut().map(|o| &mut o[..]));
+        let (mut buf, rs, ts) = grid_buffer(rows, row_major);
+        scalar::dot_q8_rows_t8(&w, &scale, pairs.group(0), Grid::new(&mut buf, rows, rs, ts));
+        let want = Grid::new(&mut buf, rows, rs, ts);
         for t in 0..8 {
             for r in 0..rows {
                 let one = scalar::dot_q8(&w[r * cols..(r + 1) * cols], &scale[r * nb..(r + 1) * nb], &q[t], &d[t], bs);
-                prop_assert_eq!(want[t][r].to_bits(), one.to_bits(), "scalar row {} token {}", r, t);
+                prop_assert_eq!(want.get(r, t).to_bits(), one.to_bits(), "scalar row {} token {}", r, t);
             }
         }
         for k in simd_levels() {
-            let mut outs: [Vec<f32>; 8] = std::array::from_fn(|_| vec![f32::NAN; rows]);
-            if !k.dot_q8_rows_t8(&w, &scale, pairs.group(0), outs.each_mut().map(|o| &mut o[..])) {
+            let (mut buf, rs, ts) = grid_buffer(rows, row_major);
+            if !k.dot_q8_rows_t8(&w, &scale, pairs.group(0), Grid::new(&mut buf, rows, rs, ts)) {
                 continue;
             }
+            prop_assert!(grid_untouched(&buf, rows, rs, ts), "{} wrote outside its cells", k.label());
+            let outs = Grid::new(&mut buf, rows, rs, ts);
             for i in (0..rows).step_by(4) {
                 let wr: [&[i8]; 4] = std::array::from_fn(|j| &w[(i + j) * cols..(i + j + 1) * cols]);
                 let sr: [&[f16]; 4] = std::array::from_fn(|j| &scale[(i + j) * nb..(i + j + 1) * nb]);
                 for t in 0..8 {
                     let one = k.dot_q8_x4(wr, sr, &q[t], &d[t], bs).unwrap();
-                    for j in 0..4 {
-                        prop_assert_eq!(outs[t][i + j].to_bits(), one[j].to_bits(), "{} row {} token {}", k.label(), i + j, t);
+                    for (j, one) in one.iter().enumerate() {
+                        prop_assert_eq!(outs.get(i + j, t).to_bits(), one.to_bits(), "{} row {} token {}", k.label(), i + j, t);
                     }
                 }
             }

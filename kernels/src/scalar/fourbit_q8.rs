@@ -115,7 +115,7 @@ pub fn dot_fourbit_q8_rows_t4(
 }
 
 /// [`dot_fourbit_q8_rows`] for a group of eight tokens (a decode batch) against weights in
-/// blocks of 64: `out[t][i]` is row `i` against token `t` of `group`, with the factors
+/// blocks of 64: cell (i, t) of `out` is row `i` against token `t` of `group`, with the factors
 /// `scales[i·nb + b] · xs` (the row's block scale times the token's activation scale, the product
 /// the other callers pass as `factors`). The SIMD version looks each row's codes up once for the
 /// eight and gives every (row, token) the bits of that level's one-token kernel.
@@ -124,17 +124,21 @@ pub fn dot_fourbit_q8_rows_t8(
     scales: &[f32],
     lut: &[i8; 16],
     group: crate::pairs::PairGroup<'_>,
-    out: [&mut [f32]; 8],
+    mut out: crate::Grid<'_>,
 ) {
     let nb = group.nb;
-    for (t, o) in out.into_iter().enumerate() {
+    let mut o = vec![0f32; out.rows()];
+    for t in 0..crate::pairs::GROUP {
         let (mut qe, mut qo) = (Vec::with_capacity(32 * nb), Vec::with_capacity(32 * nb));
         for b in 0..nb {
             qe.extend_from_slice(group.step(t, b, 0));
             qo.extend_from_slice(group.step(t, b, 1));
         }
         let factors: Vec<f32> = (0..o.len() * nb).map(|j| group.scale(t, j % nb) * scales[j]).collect();
-        dot_fourbit_q8_rows(codes, &factors, lut, &qe, &qo, &[], 32, o);
+        dot_fourbit_q8_rows(codes, &factors, lut, &qe, &qo, &[], 32, &mut o);
+        for (i, &v) in o.iter().enumerate() {
+            out.set(i, t, v);
+        }
     }
 }
 

@@ -24,12 +24,13 @@ pub fn dot_q8_rows(w: &[i8], scale: &[f16], q: &[i8], d: &[f32], blocksize: usiz
     }
 }
 
-/// Every row of a decode task against a group of eight tokens (a decode batch): `out[t][i]` =
-/// [`dot_q8`] of row `i` and token `t` of `group` (blocks of `32 · group.steps` values). The SIMD
-/// version gives every (row, token) the bits of its level's one-token kernel.
-pub fn dot_q8_rows_t8(w: &[i8], scale: &[f16], group: crate::pairs::PairGroup<'_>, out: [&mut [f32]; 8]) {
+/// Every row of a decode task against a group of eight tokens (a decode batch): cell (i, t) of
+/// `out` = [`dot_q8`] of row `i` and token `t` of `group` (blocks of `32 · group.steps` values).
+/// The SIMD version gives every (row, token) the bits of its level's one-token kernel.
+pub fn dot_q8_rows_t8(w: &[i8], scale: &[f16], group: crate::pairs::PairGroup<'_>, mut out: crate::Grid<'_>) {
     let (nb, steps) = (group.nb, group.steps);
-    for (t, o) in out.into_iter().enumerate() {
+    let mut o = vec![0f32; out.rows()];
+    for t in 0..crate::pairs::GROUP {
         let mut q = Vec::with_capacity(nb * steps * 32);
         for b in 0..nb {
             for st in 0..steps {
@@ -37,7 +38,10 @@ pub fn dot_q8_rows_t8(w: &[i8], scale: &[f16], group: crate::pairs::PairGroup<'_
             }
         }
         let d: Vec<f32> = (0..nb).map(|b| group.scale(t, b)).collect();
-        dot_q8_rows(w, scale, &q, &d, 32 * steps, o);
+        dot_q8_rows(w, scale, &q, &d, 32 * steps, &mut o);
+        for (i, &v) in o.iter().enumerate() {
+            out.set(i, t, v);
+        }
     }
 }
 

@@ -642,24 +642,24 @@ pub unsafe fn dot_fourbit_q8_rows_t2(
 /// buffers, and each block's factor is one multiply of the row's scale by the token's.
 ///
 /// # Safety
-/// AVX2 and FMA must be available; with `n = out[0].len()` (every `out[t]` as long) and
-/// `nb = group.nb`, `codes` holds `n * nb * 32` bytes (row after row), `scales` `n * nb`
-/// entries, and `group` its full buffers for `nb` blocks of two steps.
+/// AVX2 and FMA must be available; with `n = out.rows()` and `nb = group.nb`, `codes` holds
+/// `n * nb * 32` bytes (row after row), `scales` `n * nb` entries, and `group` its full buffers
+/// for `nb` blocks of two steps.
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn dot_fourbit_q8_rows_t8(
     codes: &[u8],
     scales: &[f32],
     lut: &[i8; 16],
     group: crate::pairs::PairGroup<'_>,
-    out: [&mut [f32]; 8],
+    mut out: crate::Grid<'_>,
 ) {
-    let n = out[0].len();
+    let n = out.rows();
     let nb = group.nb;
     let row_bytes = nb * 32;
-    let op = out.map(|o| o.as_mut_ptr());
+    let (op, rs, ts) = out.raw();
     // SAFETY: row i reads 32·nb code bytes at i·row_bytes and nb scales at i·nb, i < n; block b
     // of the group reads 512 bytes of codes and of their absolute values at b·512 and 64
-    // scales at b·64 (caller's contract); stores stay below n.
+    // scales at b·64 (caller's contract); stores go to the grid's cells of rows below n.
     unsafe {
         let table = _mm256_broadcastsi128_si256(_mm_loadu_si128(lut.as_ptr() as *const __m128i));
         let (cp, sp) = (codes.as_ptr(), scales.as_ptr());
@@ -681,12 +681,22 @@ pub unsafe fn dot_fourbit_q8_rows_t8(
                     rows_t8(cp.add((i + r) * row_bytes), sp.add((i + r) * nb), blocks.clone(), table, group, acc);
                 }
             }
-            for (t, o) in op.iter().enumerate() {
-                let v = hsum4([acc[0][t], acc[1][t], acc[2][t], acc[3][t]]);
-                let mut s = [0f32; 4];
-                _mm_storeu_ps(s.as_mut_ptr(), v);
-                for (r, &s) in s.iter().enumerate().take(rows) {
-                    *o.add(i + r) = s;
+            if ts == 1 {
+                // A row's eight tokens side by side: two `hsum4` of four tokens each (a lane of
+                // `hsum4` depends on its own vector alone, so the bits are the same).
+                for (r, a) in acc.iter().enumerate().take(rows) {
+                    let p = op.add((i + r) * rs);
+                    _mm_storeu_ps(p, hsum4([a[0], a[1], a[2], a[3]]));
+                    _mm_storeu_ps(p.add(4), hsum4([a[4], a[5], a[6], a[7]]));
+                }
+            } else {
+                for t in 0..8 {
+                    let v = hsum4(acc.map(|a| a[t]));
+                    let mut s = [0f32; 4];
+                    _mm_storeu_ps(s.as_mut_ptr(), v);
+                    for (r, &s) in s.iter().enumerate().take(rows) {
+                        *op.add((i + r) * rs + t * ts) = s;
+                    }
                 }
             }
             i += rows;

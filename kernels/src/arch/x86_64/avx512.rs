@@ -861,11 +861,11 @@ vbmi_pair! {
     /// the product `block_factors` forms.
     ///
     /// # Safety
-    /// AVX-512F/BW/VL and VNNI must be available; with `n = out[0].len()` (every `out[t]` as
-    /// long) and `nb = group.nb`, `codes` holds `n * nb * 32` bytes (row after row), `scales`
-    /// `n * nb` entries, and `group` its full buffers for `nb` blocks.
+    /// AVX-512F/BW/VL and VNNI must be available; with `n = out.rows()` and `nb = group.nb`,
+    /// `codes` holds `n * nb * 32` bytes (row after row), `scales` `n * nb` entries, and `group`
+    /// its full buffers for `nb` blocks.
     dot_fourbit_q8_rows_t8, dot_fourbit_q8_rows_t8_vbmi = fourbit_rows_t8(
-        codes: &[u8], scales: &[f32], lut: &[i8; 16], group: crate::pairs::PairGroup<'_>, out: [&mut [f32]; 8]
+        codes: &[u8], scales: &[f32], lut: &[i8; 16], group: crate::pairs::PairGroup<'_>, out: crate::Grid<'_>
     )
 }
 
@@ -877,43 +877,76 @@ unsafe fn fourbit_rows_t8<const VBMI: bool>(
     scales: &[f32],
     lut: &[i8; 16],
     group: crate::pairs::PairGroup<'_>,
-    out: [&mut [f32]; 8],
+    mut out: crate::Grid<'_>,
 ) {
-    let n = out[0].len();
+    let n = out.rows();
     let nb = group.nb;
     let row_bytes = nb * 32;
     let (cp, sp) = (codes.as_ptr(), scales.as_ptr());
     let (qp, cq, xp) = (group.q.as_ptr(), group.corr.as_ptr(), group.xs.as_ptr());
-    let op = out.map(|o| o.as_mut_ptr());
+    let cells = out.raw();
     // SAFETY: row i reads 32·nb code bytes at i·row_bytes and nb scales at i·nb, i < n; block b
     // of the group reads 512 bytes of codes at b·512 and 64 lanes of corrections and scales at b·64
-    // (caller's contract); stores stay below n.
+    // (caller's contract); stores go to the grid's cells of rows below n.
     unsafe {
         let table = biased_table(lut);
         let nib = _mm512_set1_epi8(0x0F);
-        let z = _mm256_setzero_ps();
         let mut i = 0;
         // Two rows a pass: four would hold sixteen accumulators beside the pairs' corrections
         // and scales, more than the 32 registers (the spills cost more than the shared lookups).
         while i + 2 <= n {
             let acc = rows_t8::<2, VBMI>(cp.add(i * row_bytes), sp.add(i * nb), nb, qp, cq, xp, table, nib);
-            // Each token's rows summed as the 256-bit kernel's `hsum4` sums them (a row's lane
-            // of `hsum4` depends on that row alone).
-            for p in 0..4 {
-                let [[l0, l1], [h0, h1]] = split(acc.map(|a| a[p]));
-                store2(op[2 * p].add(i), super::avx2::hsum4([l0, l1, z, z]));
-                store2(op[2 * p + 1].add(i), super::avx2::hsum4([h0, h1, z, z]));
+            for (r, a) in acc.into_iter().enumerate() {
+                store_row8(cells, i + r, token_sums(a));
             }
             i += 2;
         }
-        while i < n {
+        if i < n {
             let [acc] = rows_t8::<1, VBMI>(cp.add(i * row_bytes), sp.add(i * nb), nb, qp, cq, xp, table, nib);
-            for p in 0..4 {
-                let [[lo], [hi]] = split([acc[p]]);
-                *op[2 * p].add(i) = _mm_cvtss_f32(super::avx2::hsum4([lo, z, z, z]));
-                *op[2 * p + 1].add(i) = _mm_cvtss_f32(super::avx2::hsum4([hi, z, z, z]));
+            store_row8(cells, i, token_sums(acc));
+        }
+    }
+}
+
+/// One row's eight token sums, in token order, from its four token-pair accumulators (`acc[p]`:
+/// token 2p's eight lanes, then token 2p + 1's), each summed as the 256-bit kernel's `hsum4`
+/// sums its eight lanes — `((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7))` — so each has the
+/// one-token kernel's bits. Two rounds of pairwise sums across all four registers (the `hadd`
+/// of `hsum4` as two shuffles and an add), then the halves: fifteen instructions for the row
+/// where a `hsum4` per token pair took about ninety.
+#[inline(always)]
+fn token_sums(acc: [__m512; 4]) -> __m256 {
+    // SAFETY: register arithmetic; AVX-512F is enabled wherever this is inlined.
+    unsafe {
+        let pairs =
+            |a: __m512, b: __m512| _mm512_add_ps(_mm512_shuffle_ps::<0x88>(a, b), _mm512_shuffle_ps::<0xDD>(a, b));
+        // 128-bit lanes of `u`: the (l0+l1)+(l2+l3) sums of tokens 0, 2, 4, 6; their
+        // (l4+l5)+(l6+l7) sums; then the same two for tokens 1, 3, 5, 7.
+        let u = pairs(pairs(acc[0], acc[1]), pairs(acc[2], acc[3]));
+        let w = _mm512_add_ps(u, _mm512_shuffle_f32x4::<0b10_11_00_01>(u, u));
+        let (even, odd) = (_mm512_castps512_ps128(w), _mm512_extractf32x4_ps::<2>(w));
+        _mm256_set_m128(_mm_unpackhi_ps(even, odd), _mm_unpacklo_ps(even, odd))
+    }
+}
+
+/// Stores row `i`'s eight token values `v` into a grid's cells (`cells`: its first cell, row and
+/// token strides): one store where the tokens are adjacent.
+///
+/// # Safety
+/// Row `i`'s eight cells are writable.
+#[inline(always)]
+unsafe fn store_row8((p, rs, ts): (*mut f32, usize, usize), i: usize, v: __m256) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        let p = p.add(i * rs);
+        if ts == 1 {
+            _mm256_storeu_ps(p, v);
+        } else {
+            let mut s = [0f32; 8];
+            _mm256_storeu_ps(s.as_mut_ptr(), v);
+            for (t, &s) in s.iter().enumerate() {
+                *p.add(t * ts) = s;
             }
-            i += 1;
         }
     }
 }
@@ -1202,11 +1235,11 @@ pub unsafe fn dot_q8_x4t4(
 /// scales, the product the other kernels form.
 ///
 /// # Safety
-/// AVX-512F/BW/VL, VNNI and F16C must be available; with `n = out[0].len()` (a multiple of 4,
-/// every `out[t]` as long), `nb = group.nb` and `bs = 32 · group.steps` (32 or 64), `w` holds
+/// AVX-512F/BW/VL, VNNI and F16C must be available; with `n = out.rows()` (a multiple of 4),
+/// `nb = group.nb` and `bs = 32 · group.steps` (32 or 64), `w` holds
 /// `n · nb · bs` values (row after row), `scale` `n · nb`, and `group` its full buffers.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub unsafe fn dot_q8_rows_t8(w: &[i8], scale: &[f16], group: crate::pairs::PairGroup<'_>, out: [&mut [f32]; 8]) {
+pub unsafe fn dot_q8_rows_t8(w: &[i8], scale: &[f16], group: crate::pairs::PairGroup<'_>, out: crate::Grid<'_>) {
     // SAFETY: the caller's contract.
     unsafe {
         if group.steps == 1 {
@@ -1226,20 +1259,20 @@ unsafe fn q8_rows_t8<const S: usize>(
     w: &[i8],
     scale: &[f16],
     group: crate::pairs::PairGroup<'_>,
-    out: [&mut [f32]; 8],
+    mut out: crate::Grid<'_>,
 ) {
-    let n = out[0].len();
+    let n = out.rows();
     let nb = group.nb;
     let cols = nb * 32 * S;
     let (wp, sp) = (w.as_ptr(), scale.as_ptr() as *const u16);
     let (qp, cq, xp) = (group.q.as_ptr(), group.corr.as_ptr(), group.xs.as_ptr());
-    let op = out.map(|o| o.as_mut_ptr());
+    let cells = out.raw();
     // SAFETY: rows i..i+4 read `cols` values at `r·cols` and `nb` scales at `r·nb` (the last
     // chunk of scales through a mask); block b of the group reads 4·S·64 bytes of codes and 64
-    // lanes of corrections and scales (caller's contract); stores stay below n.
+    // lanes of corrections and scales (caller's contract); stores go to the grid's cells of rows
+    // below n.
     unsafe {
         let flip = _mm512_set1_epi8(-128);
-        let z = _mm256_setzero_ps();
         let mut i = 0;
         // Two rows a pass, as in `fourbit_rows_t8` (four spill).
         while i + 2 <= n {
@@ -1280,24 +1313,12 @@ unsafe fn q8_rows_t8<const S: usize>(
                 }
                 b0 += 16;
             }
-            for p in 0..4 {
-                let [[l0, l1], [h0, h1]] = split(acc.map(|a| a[p]));
-                store2(op[2 * p].add(i), super::avx2::hsum4([l0, l1, z, z]));
-                store2(op[2 * p + 1].add(i), super::avx2::hsum4([h0, h1, z, z]));
+            for (r, a) in acc.into_iter().enumerate() {
+                store_row8(cells, i + r, token_sums(a));
             }
             i += 2;
         }
     }
-}
-
-/// Stores the low two lanes of `v` at `p`.
-///
-/// # Safety
-/// Two floats writable at `p`.
-#[inline(always)]
-unsafe fn store2(p: *mut f32, v: __m128) {
-    // SAFETY: the caller's contract; an 8-byte store.
-    unsafe { _mm_storel_epi64(p as *mut __m128i, _mm_castps_si128(v)) }
 }
 
 /// Block pairs (of 64 weights each) [`tile_run_g`] looks up into its buffer.
