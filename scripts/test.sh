@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command (what .ci/run calls): fetches the small real model the end-to-end tests use
 # and makes the Python environment with the `openai` client the server test drives, then runs
-# every test of the workspace in release mode (the model tests run real forward passes), the
+# every test of the workspace in release mode (the model tests run real forward passes), checks
+# that the kernels' intrinsics are inlined (scripts/check-inlined-intrinsics.sh), runs the
 # Python package's tests (scripts/test-python.sh), then the kernels' tests for aarch64 under
 # qemu (scripts/test-neon.sh; LOWBIT_SKIP_NEON=1 skips them).
 set -euo pipefail
@@ -13,6 +14,11 @@ export LOWBIT_SMOLLM2
 LOWBIT_TEST_PYTHON="$(scripts/test-venv.sh)"
 export LOWBIT_TEST_PYTHON
 cargo test --workspace --release "$@"
+# No kernel calls an x86 intrinsic as a function (a closure around one can be compiled without
+# the kernel's target features): read from the release binary the tests just built.
+if [ $# -eq 0 ]; then
+  scripts/check-inlined-intrinsics.sh
+fi
 # The Python package: its wheel built and installed into a fresh venv, then pytest (only on a
 # full run, like the aarch64 stage).
 if [ $# -eq 0 ]; then

@@ -67,7 +67,7 @@ pub(crate) fn rows_many(
                 let mut at = 0;
                 for w in group {
                     let len = w.rows() * m;
-                    transpose_into(&mut out[at..at + len], &out_t[at..at + len], w.rows(), m);
+                    transpose_into(k, &mut out[at..at + len], &out_t[at..at + len], w.rows(), m);
                     at += len;
                 }
             });
@@ -195,7 +195,7 @@ impl<'x> Prepared<'x> {
                 let mut q = Lined::<i8>::zeroed(m * cols);
                 let mut d = Lined::<f32>::zeroed(m * nb);
                 for t in 0..m {
-                    crate::q8::quantize_activations(
+                    k.quantize_q8_plain(
                         &x[t * cols..(t + 1) * cols],
                         bs,
                         &mut q[t * cols..(t + 1) * cols],

@@ -52,10 +52,12 @@ type FourBitQ8Tile8 = unsafe fn(
     [&[f32]; 8],
 ) -> [[f32; 8]; 4];
 type QuantizeQ8 = unsafe fn(&[f32], usize, &mut [i8], &mut [i8], &mut [f32], &mut [i32]);
+type QuantizeQ8Plain = unsafe fn(&[f32], usize, &mut [i8], &mut [f32]);
 type NestedFactors = unsafe fn(&[u8], &[f32; 256], f32, f32, &[f32], &mut [f32]);
 type DotQ8 = unsafe fn(&[i8], &[f16], &[i8], &[f32], usize) -> f32;
 type DotQ8Rows4 = unsafe fn([&[i8]; 4], [&[f16]; 4], &[i8], &[f32], usize) -> [f32; 4];
 type DotQ8Many = unsafe fn(&[i8], &[f16], &[i8], &[f32], usize, &mut [f32]);
+type Transpose = unsafe fn(&[f32], usize, &mut [f32], usize, usize, usize);
 
 /// The kernels of one instruction-set level.
 #[derive(Clone, Copy)]
@@ -67,6 +69,7 @@ pub struct Kernels {
     axpy_f32: AxpyF32,
     exp_sub: ExpSub,
     silu_mul: SiluMul,
+    transpose: Transpose,
     dot_f32_rows: DotF32Rows,
     axpy_f32_rows: AxpyF32Rows,
     dot_bf16_rows: DotBf16Rows,
@@ -117,6 +120,7 @@ pub struct Kernels {
     fourbit_q8_split: bool,
     nested_factors: NestedFactors,
     quantize_q8: QuantizeQ8,
+    quantize_q8_plain: QuantizeQ8Plain,
     /// The prefill tile of the 4-bit integer route, where it beats dequantize + f32 gemm.
     fourbit_q8_tile: Option<FourBitQ8Tile>,
     /// Its eight-token form (AVX2's), where a level has one instead.
@@ -150,6 +154,7 @@ impl Kernels {
             axpy_f32: scalar::axpy_f32,
             exp_sub: scalar::exp_sub,
             silu_mul: scalar::silu_mul,
+            transpose: scalar::transpose,
             dot_f32_rows: scalar::dot_f32_rows,
             axpy_f32_rows: scalar::axpy_f32_rows,
             dot_bf16_rows: scalar::dot_bf16_rows,
@@ -182,6 +187,7 @@ impl Kernels {
             fourbit_q8_split: false,
             nested_factors: scalar::nested_factors,
             quantize_q8: scalar::quantize_q8,
+            quantize_q8_plain: crate::q8::quantize_activations,
             fourbit_q8_tile: None,
             fourbit_q8_tile8: None,
             fourbit_q8_tile_run: None,
@@ -201,6 +207,7 @@ impl Kernels {
                     axpy_f32: k::axpy_f32,
                     exp_sub: k::exp_sub,
                     silu_mul: k::silu_mul,
+                    transpose: k::transpose,
                     dot_f32_rows: k::dot_f32_rows,
                     axpy_f32_rows: k::axpy_f32_rows,
                     dot_bf16_rows: k::dot_bf16_rows,
@@ -233,6 +240,7 @@ impl Kernels {
                     fourbit_q8_split: true,
                     nested_factors: k::nested_factors,
                     quantize_q8: k::quantize_q8,
+                    quantize_q8_plain: k::quantize_q8_plain,
                     fourbit_q8_tile: None,
                     fourbit_q8_tile8: Some(k::fourbit_q8_tile8),
                     fourbit_q8_tile_run: None,
@@ -255,6 +263,7 @@ impl Kernels {
                     axpy_f32: scalar::axpy_f32,
                     exp_sub: scalar::exp_sub,
                     silu_mul: scalar::silu_mul,
+                    transpose: scalar::transpose,
                     dot_f32_rows: scalar::dot_f32_rows,
                     axpy_f32_rows: scalar::axpy_f32_rows,
                     dot_bf16_rows: scalar::dot_bf16_rows,
@@ -287,6 +296,7 @@ impl Kernels {
                     fourbit_q8_split: false,
                     nested_factors: scalar::nested_factors,
                     quantize_q8: scalar::quantize_q8,
+                    quantize_q8_plain: crate::q8::quantize_activations,
                     fourbit_q8_tile: None,
                     fourbit_q8_tile8: None,
                     fourbit_q8_tile_run: None,
@@ -426,6 +436,7 @@ impl Kernels {
             axpy_f32: k::axpy_f32,
             exp_sub: crate::arch::x86_64::avx2::exp_sub,
             silu_mul: crate::arch::x86_64::avx2::silu_mul,
+            transpose: crate::arch::x86_64::avx2::transpose,
             // The AVX2 row loops: their eight-row blocking is what matters at head sizes 64–128.
             dot_f32_rows: crate::arch::x86_64::avx2::dot_f32_rows,
             axpy_f32_rows: crate::arch::x86_64::avx2::axpy_f32_rows,
@@ -467,6 +478,7 @@ impl Kernels {
             // decode on AMD Zen 5, the AVX2 kernel's scalar loads a tenth; docs/PERFORMANCE.md).
             nested_factors: k::nested_factors,
             quantize_q8: k::quantize_q8,
+            quantize_q8_plain: crate::arch::x86_64::avx2::quantize_q8_plain,
             fourbit_q8_tile: Some(k::fourbit_q8_tile),
             fourbit_q8_tile8: None,
             fourbit_q8_tile_run: Some(k::fourbit_q8_tile_run),
@@ -531,6 +543,32 @@ impl Kernels {
         assert_eq!(gate.len(), up.len());
         // SAFETY: `self` exists only for a supported ISA; lengths checked above.
         unsafe { (self.silu_mul)(gate, up) }
+    }
+
+    /// A `rows × cols` block of `src` (rows `src_stride` apart) transposed into `dst` (rows
+    /// `dst_stride` apart): `dst[c·dst_stride + r] = src[r·src_stride + c]`
+    /// ([`crate::scalar::transpose`]).
+    ///
+    /// # Panics
+    /// If a value falls outside `src` or `dst`.
+    #[inline]
+    pub fn transpose(
+        &self,
+        src: &[f32],
+        src_stride: usize,
+        dst: &mut [f32],
+        dst_stride: usize,
+        rows: usize,
+        cols: usize,
+    ) {
+        if rows == 0 || cols == 0 {
+            return;
+        }
+        let need = |n: usize, stride: usize, len: usize| (n - 1).checked_mul(stride).and_then(|v| v.checked_add(len));
+        assert!(need(rows, src_stride, cols).is_some_and(|v| v <= src.len()), "transpose: source too short");
+        assert!(need(cols, dst_stride, rows).is_some_and(|v| v <= dst.len()), "transpose: destination too short");
+        // SAFETY: `self` exists only for a supported ISA; lengths checked above.
+        unsafe { (self.transpose)(src, src_stride, dst, dst_stride, rows, cols) }
     }
 
     /// `out[j] = Σ q·rows[j·stride ..]` (see [`crate::scalar::dot_f32_rows`]); each entry within
@@ -988,6 +1026,18 @@ impl Kernels {
         assert!(codes.len() == out.len() && xs.len() == out.len());
         // SAFETY: `self` exists only for a supported ISA; lengths checked above.
         unsafe { (self.nested_factors)(codes, map, nested_absmax, offset, xs, out) }
+    }
+
+    /// Activations to int8 per block, in order, for block int8 weights; see
+    /// [`crate::q8::quantize_activations`]. Bit-identical on every ISA.
+    ///
+    /// # Panics
+    /// If `blocksize` is 0, `q` is shorter than `x` or `d` than the block count.
+    #[inline]
+    pub fn quantize_q8_plain(&self, x: &[f32], blocksize: usize, q: &mut [i8], d: &mut [f32]) {
+        assert!(blocksize > 0 && q.len() >= x.len() && d.len() >= x.len().div_ceil(blocksize));
+        // SAFETY: `self` exists only for a supported ISA; lengths checked above.
+        unsafe { (self.quantize_q8_plain)(x, blocksize, q, d) }
     }
 
     /// Activations to int8 per block for the integer route; see [`crate::scalar::quantize_q8`].

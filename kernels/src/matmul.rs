@@ -259,7 +259,7 @@ pub fn matmul_with(k: &Kernels, out: &mut [f32], w: &Weight, x: &[f32], m: usize
         return Ok(());
     }
     if let Weight::F32 { data, .. } = w {
-        gemm_f32(out, data, x, m, rows, cols, parallel);
+        gemm_f32(k, out, data, x, m, rows, cols, parallel);
         return Ok(());
     }
     // Block int8 prefill of a few tokens runs decode's row kernels for each (the same numbers
@@ -283,7 +283,7 @@ pub fn matmul_with(k: &Kernels, out: &mut [f32], w: &Weight, x: &[f32], m: usize
             Weight::Int8(w8) => int8_rows(k, out_t, w8, x, m, opts, prefill),
             _ => tiled_dequant_gemm(out_t, w, x, m, prefill),
         }
-        transpose_into(out, out_t, rows, m);
+        transpose_into(k, out, out_t, rows, m);
     });
     Ok(())
 }
@@ -318,7 +318,7 @@ pub(crate) fn with_scratch<R>(n: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
 
 /// `out (m × rows)` from `out_t (rows × m)`, tokens in chunks on the team (a prompt's product
 /// waited for this on one thread).
-pub(crate) fn transpose_into(out: &mut [f32], out_t: &[f32], rows: usize, m: usize) {
+pub(crate) fn transpose_into(k: &Kernels, out: &mut [f32], out_t: &[f32], rows: usize, m: usize) {
     if rows == 0 {
         return;
     }
@@ -333,25 +333,7 @@ pub(crate) fn transpose_into(out: &mut [f32], out_t: &[f32], rows: usize, m: usi
         |_, i, out| {
             let t0 = i * tokens;
             let nt = out.len() / rows;
-            // Eight rows at a time: their runs of this chunk's tokens read once, each token's
-            // eight outputs written together (a loop over single elements spent a seventh of a
-            // decode batch's product here).
-            let mut r0 = 0;
-            while r0 + 8 <= rows {
-                let src: [&[f32]; 8] = std::array::from_fn(|j| &out_t[(r0 + j) * m + t0..(r0 + j) * m + t0 + nt]);
-                for (t, o) in out.chunks_exact_mut(rows).enumerate() {
-                    let o: &mut [f32; 8] = (&mut o[r0..r0 + 8]).try_into().expect("eight rows");
-                    for (o, s) in o.iter_mut().zip(&src) {
-                        *o = s[t];
-                    }
-                }
-                r0 += 8;
-            }
-            for r in r0..rows {
-                for (t, o) in out.chunks_exact_mut(rows).enumerate() {
-                    o[r] = out_t[r * m + t0 + t];
-                }
-            }
+            k.transpose(&out_t[t0..], m, out, rows, rows, nt);
         },
     );
 }
@@ -943,7 +925,8 @@ fn tiled_dequant_gemm(out_t: &mut [f32], w: &Weight, x: &[f32], m: usize, par: P
     );
 }
 
-fn gemm_f32(out: &mut [f32], w: &[f32], x: &[f32], m: usize, rows: usize, cols: usize, parallel: bool) {
+#[allow(clippy::too_many_arguments)]
+fn gemm_f32(k: &Kernels, out: &mut [f32], w: &[f32], x: &[f32], m: usize, rows: usize, cols: usize, parallel: bool) {
     // Pieces of a fixed number of rows (outT, rows × m, so each piece is contiguous), on the
     // team or in turn, then transposed: the same pieces either way, so a prompt's results do
     // not depend on the thread count (gemm blocks a product by its shape).
@@ -962,7 +945,7 @@ fn gemm_f32(out: &mut [f32], w: &[f32], x: &[f32], m: usize, rows: usize, cols: 
             gemm_strided(o, (m as isize, 1), wr, (cols as isize, 1), x, (1, cols as isize), n, m, cols, false);
         },
     );
-    transpose_into(out, &out_t, rows, m);
+    transpose_into(k, out, &out_t, rows, m);
 }
 
 /// `dst = lhs · rhs` for an `mm × kk` and a `kk × nn` f32 matrix, each given by a slice and

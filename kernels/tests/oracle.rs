@@ -211,6 +211,26 @@ proptest! {
         }
     }
 
+    /// The transpose of every level is the scalar one, edges and strides included, and writes
+    /// nothing else.
+    #[test]
+    fn transpose_matches_scalar(rows in 0usize..30, cols in 0usize..30, pad_src in 0usize..5, pad_dst in 0usize..5) {
+        let (ss, ds) = (cols + pad_src, rows + pad_dst);
+        let src: Vec<f32> = (0..rows * ss).map(|i| i as f32 * 0.5 - 3.0).collect();
+        let mut want = vec![f32::NAN; cols * ds];
+        scalar::transpose(&src, ss, &mut want, ds, rows, cols);
+        for r in 0..rows {
+            for c in 0..cols {
+                prop_assert_eq!(want[c * ds + r], src[r * ss + c]);
+            }
+        }
+        for k in simd_levels() {
+            let mut got = vec![f32::NAN; cols * ds];
+            k.transpose(&src, ss, &mut got, ds, rows, cols);
+            prop_assert_eq!(got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{}", k.label());
+        }
+    }
+
     /// Decode's four-row int8 kernel is exact, and the four-row 4-bit kernel gives each row
     /// exactly what the one-row kernel of the same level gives (so a row's result does not
     /// depend on which call it fell in).
@@ -761,6 +781,34 @@ proptest! {
         for k in simd_levels() {
             let got = run(&|qe, qo, xs, sum| k.quantize_q8(&x64, 64, qe, qo, xs, sum));
             prop_assert_eq!(&got, &want, "{} (blocks of 64)", k.label());
+        }
+    }
+
+    /// Block int8's activation quantization (codes in order) is bit-identical on every ISA,
+    /// for blocks of 32 and 64 (the SIMD cases, whole blocks) and other sizes and lengths.
+    #[test]
+    fn quantize_q8_plain_is_bit_identical(
+        x in prop::collection::vec(prop_oneof![8 => -4.0f32..4.0, 1 => Just(0.0f32), 1 => -1e-38f32..1e-38, 1 => -3e38f32..3e38, 1 => Just(f32::NAN), 1 => Just(f32::INFINITY)], 0usize..300),
+        bs in prop_oneof![Just(32usize), Just(64), Just(16), Just(48)],
+        whole in any::<bool>(),
+    ) {
+        let x: Vec<f32> = if whole { x.iter().copied().cycle().take(x.len().next_multiple_of(bs)).collect() } else { x };
+        let nb = x.len().div_ceil(bs);
+        let run = |f: &dyn Fn(&mut [i8], &mut [f32])| {
+            let (mut q, mut d) = (vec![0i8; x.len()], vec![0f32; nb]);
+            f(&mut q, &mut d);
+            (q, d.iter().map(|v| v.to_bits()).collect::<Vec<_>>())
+        };
+        let want = run(&|q, d| lowbit_kernels::q8::quantize_activations(&x, bs, q, d));
+        // The same codes as the 4-bit route's quantizer (which de-interleaves them).
+        let (mut qe, mut qo) = (vec![0i8; x.len().div_ceil(2)], vec![0i8; x.len().div_ceil(2)]);
+        scalar::quantize_q8(&x, bs, &mut qe, &mut qo, &mut vec![0f32; nb], &mut vec![0i32; nb]);
+        for (i, &q) in want.0.iter().enumerate() {
+            prop_assert_eq!(q, if i % 2 == 0 { qe[i / 2] } else { qo[i / 2] });
+        }
+        for k in simd_levels() {
+            let got = run(&|q, d| k.quantize_q8_plain(&x, bs, q, d));
+            prop_assert_eq!(&got, &want, "{}", k.label());
         }
     }
 

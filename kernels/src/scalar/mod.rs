@@ -7,6 +7,7 @@ mod dense;
 mod fourbit;
 mod fourbit_q8;
 mod int8;
+mod layout;
 mod q8;
 
 pub use activation::{exp_f32, exp_sub, silu_mul};
@@ -22,4 +23,5 @@ pub use fourbit_q8::{
     dot_fourbit_q8_t4, dot_fourbit_q8_x4, dot_fourbit_q8_x4t2, fourbit_q8_tile, nested_factors, quantize_q8,
 };
 pub use int8::{dot_int8, dot_int8_4x4, dot_int8_rows, dot_int8_x4};
+pub use layout::transpose;
 pub use q8::{dot_q8, dot_q8_rows, dot_q8_rows_t8, dot_q8_x4t4};

@@ -1142,46 +1142,114 @@ unsafe fn quantize_q8_bs<const BS: usize>(x: &[f32], qe: &mut [i8], qo: &mut [i8
     // SAFETY: block b reads x[BS·b .. BS·b + BS] and writes BS / 2 bytes at (BS / 2)·b of qe/qo:
     // all in bounds by the lengths asserted above.
     unsafe {
-        let abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFF_FFFF));
-        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
         let split = _mm256_setr_epi8(
             0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15, 0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15,
         );
         for b in 0..nb {
-            let p = x.as_ptr().add(BS * b);
-            let v: [__m256; 8] =
-                std::array::from_fn(|j| if 8 * j < BS { _mm256_loadu_ps(p.add(8 * j)) } else { _mm256_setzero_ps() });
-            // `vmaxps` returns its second operand when either is NaN: the running maximum goes
-            // second, so NaN inputs are skipped as `f32::max` skips them.
-            let mut m = _mm256_setzero_ps();
-            for vj in &v[..BS / 8] {
-                m = _mm256_max_ps(_mm256_and_ps(*vj, abs), m);
-            }
-            let m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
-            let m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-            let am = _mm_cvtss_f32(_mm_max_ss(m2, _mm_shuffle_ps(m2, m2, 1)));
-            let inv = _mm256_set1_ps(if am > 0.0 && (127.0 / am).is_finite() { 127.0 / am } else { 0.0 });
-            // A NaN product (a NaN input, or ±∞ times a zero scale) converts to 0 as the scalar
-            // cast does, not to `vcvtps2dq`'s i32::MIN.
-            let c: [__m256i; 8] = std::array::from_fn(|j| {
-                let p = _mm256_mul_ps(v[j], inv);
-                _mm256_cvtps_epi32(_mm256_and_ps(p, _mm256_cmp_ps::<_CMP_ORD_Q>(p, p)))
-            });
+            let (c, am) = block_ints::<BS>(x.as_ptr().add(BS * b));
             let mut total = c[0];
             for cj in &c[1..BS / 8] {
                 total = _mm256_add_epi32(total, *cj);
             }
             for h in 0..BS / 32 {
-                let (a, bb) =
-                    (_mm256_packs_epi32(c[4 * h], c[4 * h + 1]), _mm256_packs_epi32(c[4 * h + 2], c[4 * h + 3]));
                 // Bytes in order 0..32 of this half block, then evens | odds per 128-bit lane.
-                let q = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(a, bb), order);
-                let q = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_shuffle_epi8(q, split));
+                let q = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_shuffle_epi8(bytes32(&c, h), split));
                 _mm_storeu_si128(qe.as_mut_ptr().add(hb * b + 16 * h) as *mut __m128i, _mm256_castsi256_si128(q));
                 _mm_storeu_si128(qo.as_mut_ptr().add(hb * b + 16 * h) as *mut __m128i, _mm256_extracti128_si256(q, 1));
             }
             xs[b] = am / 127.0 * (1.0 / 127.0);
             sum[b] = hsum_i32(total);
+        }
+    }
+}
+
+/// A block of `BS` (32 or 64) activations at `p` as the i32 codes `round_half_even(x · 127 /
+/// absmax)` (`BS / 8` registers; the rest zero) and its absmax, as the scalar quantizers form them.
+///
+/// # Safety
+/// AVX2 enabled; `BS` floats readable at `p`.
+#[inline(always)]
+unsafe fn block_ints<const BS: usize>(p: *const f32) -> ([__m256i; 8], f32) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        // Plain loops, not `array::from_fn`: a closure calling intrinsics may be compiled on its
+        // own, without this function's features, and then calls each one (measured: a tenth of
+        // AVX2's batched decode).
+        let abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFF_FFFF));
+        let mut v = [_mm256_setzero_ps(); 8];
+        for (j, v) in v.iter_mut().enumerate().take(BS / 8) {
+            *v = _mm256_loadu_ps(p.add(8 * j));
+        }
+        // `vmaxps` returns its second operand when either is NaN: the running maximum goes
+        // second, so NaN inputs are skipped as `f32::max` skips them.
+        let mut m = _mm256_setzero_ps();
+        for vj in &v[..BS / 8] {
+            m = _mm256_max_ps(_mm256_and_ps(*vj, abs), m);
+        }
+        let m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        let m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        let am = _mm_cvtss_f32(_mm_max_ss(m2, _mm_shuffle_ps(m2, m2, 1)));
+        let inv = _mm256_set1_ps(if am > 0.0 && (127.0 / am).is_finite() { 127.0 / am } else { 0.0 });
+        // A NaN product (a NaN input, or ±∞ times a zero scale) converts to 0 as the scalar
+        // cast does, not to `vcvtps2dq`'s i32::MIN.
+        let mut c = [_mm256_setzero_si256(); 8];
+        for (c, v) in c.iter_mut().zip(v) {
+            let p = _mm256_mul_ps(v, inv);
+            *c = _mm256_cvtps_epi32(_mm256_and_ps(p, _mm256_cmp_ps::<_CMP_ORD_Q>(p, p)));
+        }
+        (c, am)
+    }
+}
+
+/// Codes `32h .. 32h + 32` of a block's i32 codes as bytes, in order (saturating packs, then
+/// one permute back into order; the values are within ±127).
+#[inline(always)]
+fn bytes32(c: &[__m256i; 8], h: usize) -> __m256i {
+    // SAFETY: register arithmetic; AVX2 is enabled wherever this is inlined.
+    unsafe {
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        let (a, b) = (_mm256_packs_epi32(c[4 * h], c[4 * h + 1]), _mm256_packs_epi32(c[4 * h + 2], c[4 * h + 3]));
+        _mm256_permutevar8x32_epi32(_mm256_packs_epi16(a, b), order)
+    }
+}
+
+/// See [`crate::q8::quantize_activations`] (block int8's activations, in order): blocks of 32 or
+/// 64 with a whole number of blocks run here as [`quantize_q8`]'s do, without the split into
+/// even and odd codes; anything else goes to the scalar code. Also the AVX-512 level's.
+///
+/// # Safety
+/// AVX2 must be available; `q` holds `x.len()` entries and `d` one per block.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn quantize_q8_plain(x: &[f32], blocksize: usize, q: &mut [i8], d: &mut [f32]) {
+    // SAFETY: the caller's contract is the bodies'.
+    unsafe {
+        match blocksize {
+            32 if x.len().is_multiple_of(32) => quantize_q8_plain_bs::<32>(x, q, d),
+            64 if x.len().is_multiple_of(64) => quantize_q8_plain_bs::<64>(x, q, d),
+            _ => crate::q8::quantize_activations(x, blocksize, q, d),
+        }
+    }
+}
+
+/// [`quantize_q8_plain`] for blocks of `BS` (32 or 64).
+///
+/// # Safety
+/// AVX2 enabled; `x.len()` a multiple of `BS`, `q` and `d` as long as the scalar code needs.
+#[inline(always)]
+unsafe fn quantize_q8_plain_bs<const BS: usize>(x: &[f32], q: &mut [i8], d: &mut [f32]) {
+    let nb = x.len() / BS;
+    assert!(q.len() >= nb * BS && d.len() >= nb);
+    // SAFETY: block b reads x[BS·b .. BS·b + BS] and writes q[BS·b .. BS·b + BS]: in bounds by
+    // the lengths asserted above.
+    unsafe {
+        for (b, d) in d.iter_mut().enumerate().take(nb) {
+            let (c, am) = block_ints::<BS>(x.as_ptr().add(BS * b));
+            for h in 0..BS / 32 {
+                _mm256_storeu_si256(q.as_mut_ptr().add(BS * b + 32 * h) as *mut __m256i, bytes32(&c, h));
+            }
+            // No scale where the codes had none (an infinite absmax scales by 0).
+            let inv = if am > 0.0 && (127.0 / am).is_finite() { 127.0 / am } else { 0.0 };
+            *d = if inv == 0.0 { 0.0 } else { am / 127.0 };
         }
     }
 }
@@ -1491,4 +1559,71 @@ pub unsafe fn dot_q8_x4(w: [&[i8]; 4], scale: [&[f16]; 4], q: &[i8], d: &[f32], 
         _mm_storeu_ps(out.as_mut_ptr(), hsum4(acc));
     }
     out
+}
+
+/// See [`crate::scalar::transpose`]: blocks of 8 × 8 through registers (pairs of rows
+/// interleaved, then pairs of pairs, then the 128-bit halves swapped), the edges one value at a
+/// time.
+///
+/// # Safety
+/// AVX2 must be available; with `rows, cols > 0`, `src` holds `(rows − 1)·src_stride + cols`
+/// values and `dst` `(cols − 1)·dst_stride + rows`.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn transpose(src: &[f32], src_stride: usize, dst: &mut [f32], dst_stride: usize, rows: usize, cols: usize) {
+    let (sp, dp) = (src.as_ptr(), dst.as_mut_ptr());
+    // SAFETY: every read is at r·src_stride + c and every write at c·dst_stride + r with
+    // r < rows, c < cols: inside the lengths the caller guarantees.
+    unsafe {
+        let mut r = 0;
+        while r + 8 <= rows {
+            let mut c = 0;
+            while c + 8 <= cols {
+                let v: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(sp.add((r + i) * src_stride + c)));
+                for (j, t) in transpose8(v).into_iter().enumerate() {
+                    _mm256_storeu_ps(dp.add((c + j) * dst_stride + r), t);
+                }
+                c += 8;
+            }
+            for c in c..cols {
+                for i in 0..8 {
+                    *dp.add(c * dst_stride + r + i) = *sp.add((r + i) * src_stride + c);
+                }
+            }
+            r += 8;
+        }
+        for r in r..rows {
+            for c in 0..cols {
+                *dp.add(c * dst_stride + r) = *sp.add(r * src_stride + c);
+            }
+        }
+    }
+}
+
+/// Eight rows of eight as eight columns.
+#[inline(always)]
+fn transpose8(v: [__m256; 8]) -> [__m256; 8] {
+    // SAFETY: register arithmetic; AVX is enabled wherever this is inlined.
+    unsafe {
+        // Rows 2k and 2k + 1 interleaved: columns (0, 1 | 4, 5) and (2, 3 | 6, 7) of the pair.
+        let lo: [__m256; 4] = std::array::from_fn(|k| _mm256_unpacklo_ps(v[2 * k], v[2 * k + 1]));
+        let hi: [__m256; 4] = std::array::from_fn(|k| _mm256_unpackhi_ps(v[2 * k], v[2 * k + 1]));
+        // Four rows' values of one column in each half: columns c | c + 4 of rows 4h .. 4h + 4.
+        let quad = |a: [__m256; 4], h: usize| {
+            (_mm256_shuffle_ps::<0x44>(a[2 * h], a[2 * h + 1]), _mm256_shuffle_ps::<0xEE>(a[2 * h], a[2 * h + 1]))
+        };
+        let (c0, c1) = quad(lo, 0);
+        let (c2, c3) = quad(hi, 0);
+        let (d0, d1) = quad(lo, 1);
+        let (d2, d3) = quad(hi, 1);
+        [
+            _mm256_permute2f128_ps::<0x20>(c0, d0),
+            _mm256_permute2f128_ps::<0x20>(c1, d1),
+            _mm256_permute2f128_ps::<0x20>(c2, d2),
+            _mm256_permute2f128_ps::<0x20>(c3, d3),
+            _mm256_permute2f128_ps::<0x31>(c0, d0),
+            _mm256_permute2f128_ps::<0x31>(c1, d1),
+            _mm256_permute2f128_ps::<0x31>(c2, d2),
+            _mm256_permute2f128_ps::<0x31>(c3, d3),
+        ]
+    }
 }

@@ -682,11 +682,15 @@ unsafe fn single_block(w: [(__m256i, __m256i); 4], e: *const i8, o: *const i8, x
     unsafe {
         let (e, o) = (_mm256_loadu_si256(e as *const __m256i), _mm256_loadu_si256(o as *const __m256i));
         let x = _mm256_set1_ps(xs);
-        std::array::from_fn(|r| {
-            let s = _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), w[r].0, e), w[r].1, o);
+        // A loop, not `array::from_fn`: that closure was compiled on its own, without the
+        // caller's features, calling every intrinsic.
+        let mut acc = [_mm512_setzero_ps(); 4];
+        for ((acc, w), wf) in acc.iter_mut().zip(w).zip(wf) {
+            let s = _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), w.0, e), w.1, o);
             let fx = _mm256_mul_ps(_mm256_cvtepi32_ps(s), x);
-            _mm512_zextps256_ps512(_mm256_mul_ps(fx, _mm256_set1_ps(wf[r])))
-        })
+            *acc = _mm512_zextps256_ps512(_mm256_mul_ps(fx, _mm256_set1_ps(wf)));
+        }
+        acc
     }
 }
 
