@@ -1146,7 +1146,7 @@ unsafe fn quantize_q8_bs<const BS: usize>(x: &[f32], qe: &mut [i8], qo: &mut [i8
             0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15, 0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15,
         );
         for b in 0..nb {
-            let (c, am) = block_ints::<BS>(x.as_ptr().add(BS * b));
+            let (c, am, _) = block_ints::<BS>(x.as_ptr().add(BS * b));
             let mut total = c[0];
             for cj in &c[1..BS / 8] {
                 total = _mm256_add_epi32(total, *cj);
@@ -1164,12 +1164,13 @@ unsafe fn quantize_q8_bs<const BS: usize>(x: &[f32], qe: &mut [i8], qo: &mut [i8
 }
 
 /// A block of `BS` (32 or 64) activations at `p` as the i32 codes `round_half_even(x · 127 /
-/// absmax)` (`BS / 8` registers; the rest zero) and its absmax, as the scalar quantizers form them.
+/// absmax)` (`BS / 8` registers; the rest zero), its absmax and the scale `127 / absmax` (0 where
+/// that is not finite), as the scalar quantizers form them.
 ///
 /// # Safety
 /// AVX2 enabled; `BS` floats readable at `p`.
 #[inline(always)]
-unsafe fn block_ints<const BS: usize>(p: *const f32) -> ([__m256i; 8], f32) {
+unsafe fn block_ints<const BS: usize>(p: *const f32) -> ([__m256i; 8], f32, f32) {
     // SAFETY: the caller's contract.
     unsafe {
         // Plain loops, not `array::from_fn`: a closure calling intrinsics may be compiled on its
@@ -1189,7 +1190,8 @@ unsafe fn block_ints<const BS: usize>(p: *const f32) -> ([__m256i; 8], f32) {
         let m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
         let m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
         let am = _mm_cvtss_f32(_mm_max_ss(m2, _mm_shuffle_ps(m2, m2, 1)));
-        let inv = _mm256_set1_ps(if am > 0.0 && (127.0 / am).is_finite() { 127.0 / am } else { 0.0 });
+        let scale = if am > 0.0 && (127.0 / am).is_finite() { 127.0 / am } else { 0.0 };
+        let inv = _mm256_set1_ps(scale);
         // A NaN product (a NaN input, or ±∞ times a zero scale) converts to 0 as the scalar
         // cast does, not to `vcvtps2dq`'s i32::MIN.
         let mut c = [_mm256_setzero_si256(); 8];
@@ -1197,7 +1199,7 @@ unsafe fn block_ints<const BS: usize>(p: *const f32) -> ([__m256i; 8], f32) {
             let p = _mm256_mul_ps(v, inv);
             *c = _mm256_cvtps_epi32(_mm256_and_ps(p, _mm256_cmp_ps::<_CMP_ORD_Q>(p, p)));
         }
-        (c, am)
+        (c, am, scale)
     }
 }
 
@@ -1243,12 +1245,11 @@ unsafe fn quantize_q8_plain_bs<const BS: usize>(x: &[f32], q: &mut [i8], d: &mut
     // the lengths asserted above.
     unsafe {
         for (b, d) in d.iter_mut().enumerate().take(nb) {
-            let (c, am) = block_ints::<BS>(x.as_ptr().add(BS * b));
+            let (c, am, inv) = block_ints::<BS>(x.as_ptr().add(BS * b));
             for h in 0..BS / 32 {
                 _mm256_storeu_si256(q.as_mut_ptr().add(BS * b + 32 * h) as *mut __m256i, bytes32(&c, h));
             }
             // No scale where the codes had none (an infinite absmax scales by 0).
-            let inv = if am > 0.0 && (127.0 / am).is_finite() { 127.0 / am } else { 0.0 };
             *d = if inv == 0.0 { 0.0 } else { am / 127.0 };
         }
     }
