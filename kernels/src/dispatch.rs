@@ -58,6 +58,8 @@ type DotQ8 = unsafe fn(&[i8], &[f16], &[i8], &[f32], usize) -> f32;
 type DotQ8Rows4 = unsafe fn([&[i8]; 4], [&[f16]; 4], &[i8], &[f32], usize) -> [f32; 4];
 type DotQ8Many = unsafe fn(&[i8], &[f16], &[i8], &[f32], usize, &mut [f32]);
 type Transpose = unsafe fn(&[f32], usize, &mut [f32], usize, usize, usize);
+type Q8Panel = unsafe fn(&[i8], &[f16], &crate::panel::Panel, usize, &mut [f32], &mut [f32]);
+type FourBitQ8Panel = unsafe fn(&[u8], &[f32], &[i8; 16], &crate::panel::Panel, usize, &mut [i8], &mut [f32]);
 
 /// The kernels of one instruction-set level.
 #[derive(Clone, Copy)]
@@ -131,6 +133,11 @@ pub struct Kernels {
     fourbit_q8_tile_split: Option<FourBitQ8Tile>,
     fourbit_q8_tile8_split: Option<FourBitQ8Tile8>,
     fourbit_q8_tile_run_split: Option<FourBitQ8TileRun>,
+    /// A prompt's 4-bit products (blocks of 64) on a matrix unit, every token of a
+    /// [`crate::panel::Panel`] against sixteen rows at a time (AMX).
+    fourbit_q8_panel: Option<FourBitQ8Panel>,
+    /// The same for block int8 rows.
+    q8_panel: Option<Q8Panel>,
 }
 
 impl std::fmt::Debug for Kernels {
@@ -194,6 +201,8 @@ impl Kernels {
             fourbit_q8_tile_split: None,
             fourbit_q8_tile8_split: None,
             fourbit_q8_tile_run_split: None,
+            fourbit_q8_panel: None,
+            q8_panel: None,
         };
         match isa {
             Isa::Scalar => Some(scalar),
@@ -247,12 +256,14 @@ impl Kernels {
                     fourbit_q8_tile_split: None,
                     fourbit_q8_tile8_split: Some(k::fourbit_q8_tile8_split),
                     fourbit_q8_tile_run_split: None,
+                    fourbit_q8_panel: None,
+                    q8_panel: None,
                 })
             }
             #[cfg(target_arch = "x86_64")]
             Isa::AvxVnni => Some(Self::avxvnni(!Isa::has_avxvnni())),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => Some(Self::avx512(Self::vbmi())),
+            Isa::Avx512 => Some(Self::avx512(Self::vbmi(), Self::amx())),
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => {
                 use crate::arch::aarch64::neon as k;
@@ -303,6 +314,8 @@ impl Kernels {
                     fourbit_q8_tile_split: None,
                     fourbit_q8_tile8_split: None,
                     fourbit_q8_tile_run_split: None,
+                    fourbit_q8_panel: None,
+                    q8_panel: None,
                 })
             }
             #[allow(unreachable_patterns)]
@@ -328,7 +341,10 @@ impl Kernels {
         for k in Isa::all_supported().into_iter().filter_map(Kernels::for_isa) {
             #[cfg(target_arch = "x86_64")]
             if k.isa == Isa::Avx512 && Self::vbmi() {
-                out.push(Self::avx512(false));
+                out.push(Self::avx512(false, false));
+            }
+            if k.isa == Isa::Avx512 && Self::amx() {
+                out.push(Self::avx512(Self::vbmi(), false));
             }
             // A CPU with both encodings of 256-bit VNNI runs the EVEX twin as well.
             #[cfg(target_arch = "x86_64")]
@@ -360,6 +376,9 @@ impl Kernels {
             }
             if Isa::Avx512.is_supported() && !std::arch::is_x86_feature_detected!("avx512vbmi") {
                 out.push(("avx512+vbmi", "AVX-512 VBMI"));
+            }
+            if Isa::Avx512.is_supported() && !crate::arch::x86_64::amx::usable() {
+                out.push(("avx512+amx", "AMX-TILE and AMX-INT8 with the OS's leave to use them"));
             }
         }
         #[cfg(target_arch = "aarch64")]
@@ -427,7 +446,22 @@ impl Kernels {
     /// without it), which shows in a decode row from L1 (bench `fourbit_q8_row`;
     /// docs/PERFORMANCE.md).
     #[cfg(target_arch = "x86_64")]
-    fn avx512(vbmi: bool) -> Kernels {
+    fn avx512(vbmi: bool, amx: bool) -> Kernels {
+        let k = Self::avx512_vnni(vbmi);
+        if !amx {
+            return k;
+        }
+        Kernels {
+            label: if vbmi { "avx512+vbmi+amx" } else { "avx512+amx" },
+            fourbit_q8_panel: Some(crate::arch::x86_64::amx::fourbit_q8_panel),
+            q8_panel: Some(crate::arch::x86_64::amx::q8_panel),
+            ..k
+        }
+    }
+
+    /// The AVX-512 table without AMX.
+    #[cfg(target_arch = "x86_64")]
+    fn avx512_vnni(vbmi: bool) -> Kernels {
         use crate::arch::x86_64::avx512 as k;
         let plain = Kernels {
             isa: Isa::Avx512,
@@ -485,6 +519,8 @@ impl Kernels {
             fourbit_q8_tile_split: Some(k::fourbit_q8_tile_split),
             fourbit_q8_tile8_split: None,
             fourbit_q8_tile_run_split: Some(k::fourbit_q8_tile_run_split),
+            fourbit_q8_panel: None,
+            q8_panel: None,
         };
         if !vbmi {
             return plain;
@@ -502,6 +538,13 @@ impl Kernels {
             fourbit_q8_tile_run_split: Some(k::fourbit_q8_tile_run_split_vbmi),
             ..plain
         }
+    }
+
+    /// Whether the AVX-512 tables use AMX for prompts: when this process may (the CPU has
+    /// AMX-TILE and AMX-INT8 and the OS granted their state), unless `LOWBIT_AMX=0`.
+    #[cfg(target_arch = "x86_64")]
+    fn amx() -> bool {
+        crate::arch::x86_64::amx::usable() && std::env::var("LOWBIT_AMX").map_or(true, |v| v.trim() != "0")
     }
 
     /// Whether the AVX-512 tables use VBMI: when the CPU has it, unless `LOWBIT_VBMI=0` asks
@@ -1145,6 +1188,74 @@ impl Kernels {
         // SAFETY: `self` exists only for a supported ISA; lengths checked above.
         unsafe { f(codes, wf, lut, qe, qo, q_stride, xs, qsum, tokens, out) };
         Some(())
+    }
+
+    /// Whether this level has [`Kernels::fourbit_q8_panel`].
+    #[inline]
+    pub fn has_fourbit_q8_panel(&self) -> bool {
+        self.fourbit_q8_panel.is_some()
+    }
+
+    /// [`crate::scalar::fourbit_q8_panel`] on a matrix unit: `rows` 4-bit rows in blocks of 64
+    /// against every token of `panel`, `out[t·rows + r]` (each within the tiles' rounding of the
+    /// scalar sum). `scratch` holds the rows' levels: at least [`Kernels::panel_scratch`] bytes.
+    /// `false` (nothing written) where the level has no such kernel.
+    #[allow(clippy::too_many_arguments)]
+    pub fn fourbit_q8_panel(
+        &self,
+        codes: &[u8],
+        wf: &[f32],
+        lut: &[i8; 16],
+        panel: &crate::panel::Panel,
+        rows: usize,
+        scratch: &mut [i8],
+        out: &mut [f32],
+    ) -> bool {
+        let Some(f) = self.fourbit_q8_panel else { return false };
+        let nb = panel.nb();
+        assert!(rows.is_multiple_of(16), "rows in sixteens");
+        assert!(codes.len() >= 32 * nb * rows && wf.len() >= nb * rows, "codes or factors too short");
+        assert!(scratch.len() >= Self::panel_scratch(nb), "scratch too short");
+        assert!(out.len() >= crate::panel::PANEL_TOKENS * panel.groups() * rows, "out too short");
+        // SAFETY: the level has the kernel only where the CPU and OS allow it; lengths checked.
+        unsafe { f(codes, wf, lut, panel, rows, scratch, out) };
+        true
+    }
+
+    /// Whether this level has [`Kernels::q8_panel`].
+    #[inline]
+    pub fn has_q8_panel(&self) -> bool {
+        self.q8_panel.is_some()
+    }
+
+    /// [`crate::scalar::q8_panel`] on a matrix unit: `rows` block int8 rows against every token
+    /// of `panel` (blocks of the rows' size), `out[t·rows + r]`. `scratch` holds the rows' scales
+    /// in f32: at least `16 · panel.nb()` values. `false` (nothing written) where the level has no
+    /// such kernel.
+    pub fn q8_panel(
+        &self,
+        w: &[i8],
+        scale: &[f16],
+        panel: &crate::panel::Panel,
+        rows: usize,
+        scratch: &mut [f32],
+        out: &mut [f32],
+    ) -> bool {
+        let Some(f) = self.q8_panel else { return false };
+        let (nb, bs) = (panel.nb(), panel.blocksize());
+        assert!(rows.is_multiple_of(16), "rows in sixteens");
+        assert!(w.len() >= nb * bs * rows && scale.len() >= nb * rows, "weights or scales too short");
+        assert!(scratch.len() >= 16 * nb, "scratch too short");
+        assert!(out.len() >= crate::panel::PANEL_TOKENS * panel.groups() * rows, "out too short");
+        // SAFETY: the level has the kernel only where the CPU and OS allow it; lengths checked
+        // (a panel's blocks are 32 or 64).
+        unsafe { f(w, scale, panel, rows, scratch, out) };
+        true
+    }
+
+    /// Bytes of scratch [`Kernels::fourbit_q8_panel`] takes for rows of `nb` blocks of 64.
+    pub fn panel_scratch(nb: usize) -> usize {
+        1024 * nb
     }
 
     /// Whether this level has [`Kernels::fourbit_q8_tile_run`] for rows of `nb` steps of 32

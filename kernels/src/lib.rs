@@ -33,6 +33,7 @@ pub mod int8;
 mod lined;
 mod matmul;
 pub mod pairs;
+pub mod panel;
 mod prefetch;
 mod probe;
 pub mod q8;

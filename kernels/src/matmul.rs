@@ -15,7 +15,8 @@ use crate::grid::Grid;
 use crate::int8::{quantize_activations, Int8Activations, INV_127, MM_DEQUANT_SCALE};
 use crate::lined::Lined;
 use crate::pairs::{TokenPairs, GROUP};
-use crate::weight::{nested_runs, AbsmaxRef, FourBitRef, Int8Ref, Weight};
+use crate::panel::{Panel, PANEL_TOKENS};
+use crate::weight::{nested_runs, AbsmaxRef, FourBitRef, Int8Ref, Q8Ref, Weight};
 use half::slice::HalfFloatSliceExt;
 
 /// Options of a matrix product.
@@ -103,12 +104,38 @@ pub fn matmul_many_with(
 }
 
 /// One [`matmul_with`] per weight into its part of `out`.
+/// Block int8 weights side by side (k and v beside a 4-bit q) that a matrix unit takes share one
+/// call, as the 4-bit tiles do.
 fn per_weight(k: &Kernels, out: &mut [f32], ws: &[&Weight], x: &[f32], m: usize, opts: &MatmulOptions) -> Result<()> {
-    let mut from = 0;
-    for w in ws {
-        let len = m * w.rows();
-        matmul_with(k, &mut out[from..from + len], w, x, m, opts)?;
-        from += len;
+    let (mut from, mut i) = (0, 0);
+    while i < ws.len() {
+        let mut run: Vec<&Q8Ref> = ws[i..]
+            .iter()
+            .map_while(|w| match w {
+                Weight::Q8(w8) if q8_panels(k, w8, m) => Some(w8),
+                _ => None,
+            })
+            .collect();
+        if let Some(&first) = run.first() {
+            let same = run.iter().take_while(|w| w.cols == first.cols && w.blocksize == first.blocksize).count();
+            run.truncate(same);
+        }
+        let len: usize = run.iter().map(|w8| m * w8.rows).sum();
+        if run.len() > 1 {
+            let mut parallel = false;
+            let mut at = from;
+            for w in &ws[i..i + run.len()] {
+                let part = m * w.rows();
+                parallel |= check_shapes(w, &mut out[at..at + part], x, m)?.unwrap_or(false);
+                at += part;
+            }
+            q8_panel_matmul(k, &mut out[from..from + len], &run, x, m, parallel);
+            (from, i) = (from + len, i + run.len());
+            continue;
+        }
+        let len = m * ws[i].rows();
+        matmul_with(k, &mut out[from..from + len], ws[i], x, m, opts)?;
+        (from, i) = (from + len, i + 1);
     }
     Ok(())
 }
@@ -265,9 +292,13 @@ pub fn matmul_with(k: &Kernels, out: &mut [f32], w: &Weight, x: &[f32], m: usize
     // Block int8 prefill of a few tokens runs decode's row kernels for each (the same numbers
     // as decode); from Q8_GEMM_MIN tokens on, dequantized tiles through f32 gemm are faster (the
     // integer route pays a convert and an FMA per 32 weights and token).
-    if let Weight::Q8(_) = w {
+    if let Weight::Q8(w8) = w {
         if m < Q8_GEMM_MIN {
             crate::decode::rows(k, out, w, x, m, opts, parallel);
+            return Ok(());
+        }
+        if q8_panels(k, w8, m) {
+            q8_panel_matmul(k, out, &[w8], x, m, parallel);
             return Ok(());
         }
     }
@@ -521,6 +552,90 @@ const CHUNK_MAX: usize = 64;
 /// 32, 1139–1146 of 64.
 const RUN_GROUP: usize = 64;
 
+/// The row chunks of a prompt product over several weights, run as one parallel loop: per
+/// weight, chunks of at most [`CHUNK_MAX`] rows in multiples of the kernel's row tile, at least
+/// four per thread, and as many as a multiple of the thread count where the rows allow, so no
+/// thread is left with one chunk more than the others (576 rows in 64-row chunks were 9 tasks
+/// for 2 threads). Tasks run through the weights' chunks in order; results are token-major per
+/// weight, one weight's after the other's.
+struct RowPlan {
+    /// Per weight: its rows, first output cell, chunk and first task.
+    parts: Vec<(usize, usize, usize, usize)>,
+    tasks: usize,
+    max_chunk: usize,
+}
+
+impl RowPlan {
+    fn new(rows: impl Iterator<Item = usize>, m: usize, tile: usize) -> RowPlan {
+        let threads = rayon::current_num_threads().max(1);
+        let (mut parts, mut cell, mut tasks) = (Vec::new(), 0, 0);
+        for rows in rows {
+            let want = rows.div_ceil(64).max(4 * threads).next_multiple_of(threads);
+            let chunk = rows.div_ceil(want).next_multiple_of(tile).clamp(tile, CHUNK_MAX);
+            parts.push((rows, cell, chunk, tasks));
+            cell += m * rows;
+            tasks += rows.div_ceil(chunk);
+        }
+        let max_chunk = parts.iter().map(|p| p.2).max().unwrap_or(tile);
+        RowPlan { parts, tasks, max_chunk }
+    }
+
+    /// Task `task`'s weight, that weight's first output cell, and its rows `r0 .. r0 + n`.
+    fn task(&self, task: usize) -> (usize, usize, usize, usize) {
+        let wi = self.parts.iter().rposition(|p| p.3 <= task).expect("task 0 is the first weight's");
+        let (rows, base, chunk, first) = self.parts[wi];
+        let r0 = (task - first) * chunk;
+        (wi, base, r0, (rows - r0).min(chunk))
+    }
+
+    /// Every task, on the team when `parallel`, each thread with buffers from `init`.
+    fn run<S>(&self, parallel: bool, init: impl Fn() -> S + Sync + Send, work: impl Fn(&mut S, usize) + Sync + Send) {
+        if parallel {
+            crate::team::for_each_task(self.tasks, init, work);
+        } else {
+            let mut bufs = init();
+            (0..self.tasks).for_each(|task| work(&mut bufs, task));
+        }
+    }
+}
+
+/// Whether a prompt of `m` tokens through block int8 `w` goes to the level's matrix unit: from
+/// [`Q8_GEMM_MIN`] tokens (below, decode's row kernels), rows in sixteens.
+fn q8_panels(k: &Kernels, w: &Q8Ref, m: usize) -> bool {
+    m >= Q8_GEMM_MIN && k.has_q8_panel() && w.rows.is_multiple_of(16) && matches!(w.blocksize, 32 | 64)
+}
+
+/// Prefill of block int8 weights (all of one width and block size) on a matrix unit: every
+/// token's activations quantized per block as decode quantizes them, laid out once as a
+/// [`Panel`], then each chunk of 16-row tiles against every token ([`Kernels::q8_panel`]).
+fn q8_panel_matmul(k: &Kernels, out: &mut [f32], ws: &[&Q8Ref], x: &[f32], m: usize, parallel: bool) {
+    let (cols, bs) = (ws[0].cols, ws[0].blocksize);
+    assert!(ws.iter().all(|w| w.cols == cols && w.blocksize == bs));
+    assert_eq!(out.len(), ws.iter().map(|w| m * w.rows).sum::<usize>());
+    let nb = cols / bs;
+    let mut q = Lined::<i8>::zeroed(m * cols);
+    let mut d = Lined::<f32>::zeroed(m * nb);
+    for ((x, q), d) in x.chunks(cols).zip(q.chunks_mut(cols)).zip(d.chunks_mut(nb)) {
+        k.quantize_q8_plain(x, bs, q, d);
+    }
+    let panel = &Panel::q8(&q, cols, &d, bs, nb, m);
+    let plan = &RowPlan::new(ws.iter().map(|w| w.rows), m, 16);
+    let cells = Cells::new(out);
+    let init = || (vec![0f32; 16 * nb], vec![0f32; panel.groups() * PANEL_TOKENS * plan.max_chunk]);
+    plan.run(parallel, init, |(scratch, outs): &mut (Vec<f32>, Vec<f32>), task| {
+        let (wi, base, r0, n) = plan.task(task);
+        let w = ws[wi];
+        let (qs, scales) = (&w.qs[r0 * cols..(r0 + n) * cols], &w.scales[r0 * nb..(r0 + n) * nb]);
+        let done = k.q8_panel(qs, scales, panel, n, scratch, outs);
+        assert!(done, "checked with has_q8_panel");
+        for t in 0..m {
+            // SAFETY: this task alone writes rows r0 .. r0 + n of every token of this weight.
+            let run = unsafe { cells.piece(base + t * w.rows + r0, n) };
+            run.copy_from_slice(&outs[t * n..(t + 1) * n]);
+        }
+    });
+}
+
 /// Prefill through the 4-bit integer route: every token's activations quantized per block of
 /// 64 as in decode, then 4 × 4 tiles of rows × tokens ([`Kernels::fourbit_q8_tile`]).
 fn fourbit_q8_matmul(k: &Kernels, out: &mut [f32], w: &FourBitRef, x: &[f32], m: usize, parallel: bool) {
@@ -546,7 +661,21 @@ fn fourbit_q8_matmul_many(k: &Kernels, out: &mut [f32], ws: &[&FourBitRef], x: &
     // decode gives it, and the kernel reads every token from one prepared buffer. (Through the
     // eight-token tile, whose 40 operand pointers spill, SmolLM2's prefill at AVX2 ran 5 %
     // slower at one thread.)
-    let rows_t8 = !split && k.has_rows_t8() && k.x4_for(cols) && !k.has_fourbit_q8_tile_run(steps, split);
+    // A matrix unit (AMX) takes every token against sixteen rows at a time where the rows come
+    // in sixteens. Weights of both kinds in one call go one by one, so each keeps the bits of
+    // its own call.
+    let on_panel = |w: &FourBitRef| !split && k.has_fourbit_q8_panel() && w.rows.is_multiple_of(16);
+    if ws.iter().any(|w| on_panel(w)) && !ws.iter().all(|w| on_panel(w)) {
+        let mut from = 0;
+        for w in ws {
+            let len = m * w.rows;
+            fourbit_q8_matmul_many(k, &mut out[from..from + len], &[w], x, m, parallel);
+            from += len;
+        }
+        return;
+    }
+    let amx = ws.iter().all(|w| on_panel(w));
+    let rows_t8 = !amx && !split && k.has_rows_t8() && k.x4_for(cols) && !k.has_fourbit_q8_tile_run(steps, split);
     // Tokens a tile takes: eight where the level has that tile (or the rows kernel), four
     // otherwise.
     let tt_step = if rows_t8 || k.has_fourbit_q8_tile8(split) { 8 } else { 4 };
@@ -567,6 +696,8 @@ fn fourbit_q8_matmul_many(k: &Kernels, out: &mut [f32], ws: &[&FourBitRef], x: &
         TokenPairs::new(&qe, &qo, &xs, nb)
     });
     let pairs = pairs.as_ref();
+    let panel = amx.then(|| Panel::new(&q.qe, &q.qo, q.stride, &q.xs, nb, m));
+    let panel = panel.as_ref();
     // A token's bias sums as the tiles take them: per block of 64, or per half with `split`.
     let sums = |t: usize| if split { q.halves(t) } else { q.sum(t) };
     let sums_from = |t: usize| if split { &q.halves[t * nb..] } else { &q.sum[t * q.nb..] };
@@ -574,33 +705,15 @@ fn fourbit_q8_matmul_many(k: &Kernels, out: &mut [f32], ws: &[&FourBitRef], x: &
     fn token<'a>(a: &'a Lined<i8>, q: &BlockQ8, t: usize) -> &'a [i8] {
         &a[t * q.stride..t * q.stride + q.half]
     }
-    // Per weight, chunks of at most 64 rows (a multiple of the 4-row tile), at least four per
-    // thread, and as many as a multiple of the thread count where the rows allow, so no thread
-    // is left with one chunk more than the others (576 rows in 64-row chunks were 9 tasks for 2
-    // threads). Tasks run through the weights' chunks in order.
-    let threads = rayon::current_num_threads().max(1);
-    let chunk_of = |rows: usize| {
-        let want = rows.div_ceil(64).max(4 * threads).next_multiple_of(threads);
-        rows.div_ceil(want).next_multiple_of(4).clamp(4, CHUNK_MAX)
-    };
-    let total: usize = ws.iter().map(|w| m * w.rows).sum();
-    assert_eq!(out.len(), total);
-    // (weight, its first output cell, its chunk, its first task) per weight.
-    let mut plan = Vec::with_capacity(ws.len());
-    let (mut cell, mut tasks) = (0, 0);
-    for w in ws {
-        let chunk = chunk_of(w.rows);
-        plan.push((*w, cell, chunk, tasks));
-        cell += m * w.rows;
-        tasks += w.rows.div_ceil(chunk);
-    }
+    assert_eq!(out.len(), ws.iter().map(|w| m * w.rows).sum::<usize>());
+    let plan = RowPlan::new(ws.iter().map(|w| w.rows), m, if amx { 16 } else { 4 });
     let plan = &plan;
-    let max_chunk = plan.iter().map(|p| p.2).max().unwrap_or(4);
+    let max_chunk = plan.max_chunk;
     let cells = Cells::new(out);
     let group = if k.has_fourbit_q8_tile_run(steps, split) { RUN_GROUP } else { 16 };
-    let work = |wf: &mut Lined<f32>, task: usize| {
-        let &(w, base, chunk, first) = plan.iter().rev().find(|p| p.3 <= task).expect("task 0 is the first weight's");
-        let (rows, ci) = (w.rows, task - first);
+    let work = |(wf, scratch, outs): &mut (Lined<f32>, Vec<i8>, Vec<f32>), task: usize| {
+        let (wi, base, r0, n) = plan.task(task);
+        let (w, rows) = (ws[wi], ws[wi].rows);
         let lut = w.kind.int8_levels();
         let lut = &lut;
         // This weight's results: cells base .. base + m · rows, token-major.
@@ -613,10 +726,17 @@ fn fourbit_q8_matmul_many(k: &Kernels, out: &mut [f32], ws: &[&FourBitRef], x: &
             // SAFETY: as `set`, for rows of this task only.
             unsafe { cells.piece(base + i, len) }
         };
-        let r0 = ci * chunk;
-        let n = (rows - r0).min(chunk);
         for (i, f) in wf.chunks_mut(nb).take(n).enumerate() {
             w.absmax.decode((r0 + i) * nb, f);
+        }
+        if let Some(panel) = panel {
+            let codes = &w.codes[r0 * half..(r0 + n) * half];
+            let done = k.fourbit_q8_panel(codes, &wf[..n * nb], lut, panel, n, scratch, outs);
+            assert!(done, "checked with has_fourbit_q8_panel");
+            for t in 0..m {
+                run_of(t * rows + r0, n).copy_from_slice(&outs[t * n..(t + 1) * n]);
+            }
+            return;
         }
         if let Some(pairs) = pairs {
             let codes = &w.codes[r0 * half..(r0 + n) * half];
@@ -710,13 +830,15 @@ fn fourbit_q8_matmul_many(k: &Kernels, out: &mut [f32], ws: &[&FourBitRef], x: &
             }
         }
     };
-    let init = || Lined::<f32>::zeroed(max_chunk * nb);
-    if parallel {
-        crate::team::for_each_task(tasks, init, work);
-    } else {
-        let mut wf = init();
-        (0..tasks).for_each(|task| work(&mut wf, task));
-    }
+    let init = || match panel {
+        Some(p) => (
+            Lined::<f32>::zeroed(max_chunk * nb),
+            vec![0i8; Kernels::panel_scratch(nb)],
+            vec![0f32; p.groups() * PANEL_TOKENS * max_chunk],
+        ),
+        None => (Lined::<f32>::zeroed(max_chunk * nb), Vec::new(), Vec::new()),
+    };
+    plan.run(parallel, init, work);
 }
 
 /// A buffer shared by tasks that each write a disjoint set of its cells (a product's own

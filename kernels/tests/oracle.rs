@@ -2,6 +2,7 @@
 //! a multiple of the block or vector width), and the scalar oracle against ideal arithmetic.
 
 use half::{bf16, f16};
+use lowbit_kernels::panel::{Panel, PANEL_TOKENS};
 use lowbit_kernels::{
     fourbit::code_at, matmul_with, quantize_4bit, quantize_int8, scalar, AbsmaxRef, FourBitKind, FourBitOptions,
     FourBitRef, Grid, Int8Ref, Isa, Kernels, MatmulOptions, Q8Ref, Weight,
@@ -579,6 +580,121 @@ proptest! {
                         let tol = d.tolerance(&lut, r, t);
                         prop_assert!((got[r][t] - want[r][t]).abs() <= tol, "{} {kind:?} r={r} t={t}: {} vs {}", k.label(), got[r][t], want[r][t]);
                     }
+                }
+            }
+        }
+    }
+
+    /// The prompt product on a matrix unit (AMX) against its scalar twin, 16–48 rows and 1–40
+    /// tokens (a partial last group of 16), and the twin against the scalar tile on the same
+    /// activations bit for bit (the panel's layout): every (row, token) within the tiles' float
+    /// rounding of the exact block sums.
+    #[test]
+    fn fourbit_q8_panel_matches_scalar(nb in 1usize..12, tiles in 1usize..4, tokens in 1usize..41, seed in any::<u64>()) {
+        let rows = 16 * tiles;
+        let half = 32 * nb;
+        let mut rng = seed;
+        let mut next = || {
+            rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (rng >> 33) as u32
+        };
+        let codes: Vec<u8> = (0..rows * half).map(|_| next() as u8).collect();
+        let wf: Vec<f32> = (0..rows * nb).map(|_| (next() % 1000) as f32 / 3.1e4).collect();
+        let mut q = |n: usize| -> Vec<i8> { (0..n).map(|_| ((next() % 255) as i32 - 127) as i8).collect() };
+        let (qe, qo) = (q(tokens * half), q(tokens * half));
+        let xs: Vec<f32> = (0..tokens * nb).map(|_| (next() % 1000) as f32 / 9.7e5).collect();
+        let panel = Panel::new(&qe, &qo, half, &xs, nb, tokens);
+        let padded = panel.groups() * PANEL_TOKENS;
+        for kind in [FourBitKind::Nf4, FourBitKind::Fp4] {
+            let lut = kind.int8_levels();
+            let mut want = vec![f32::NAN; padded * rows];
+            scalar::fourbit_q8_panel(&codes, &wf, &lut, &panel, rows, &mut want);
+            for r0 in (0..rows).step_by(4) {
+                for t0 in (0..tokens.saturating_sub(3)).step_by(4) {
+                    let tok = |t: usize| t0 + t;
+                    let tile = scalar::fourbit_q8_tile(
+                        std::array::from_fn(|i| &codes[(r0 + i) * half..(r0 + i + 1) * half]),
+                        std::array::from_fn(|i| &wf[(r0 + i) * nb..(r0 + i + 1) * nb]),
+                        &lut,
+                        std::array::from_fn(|t| &qe[tok(t) * half..(tok(t) + 1) * half]),
+                        std::array::from_fn(|t| &qo[tok(t) * half..(tok(t) + 1) * half]),
+                        std::array::from_fn(|t| &xs[tok(t) * nb..(tok(t) + 1) * nb]),
+                        [&[]; 4],
+                    );
+                    for i in 0..4 {
+                        for t in 0..4 {
+                            prop_assert_eq!(want[tok(t) * rows + r0 + i].to_bits(), tile[i][t].to_bits());
+                        }
+                    }
+                }
+            }
+            for k in simd_levels() {
+                let mut scratch = vec![0i8; Kernels::panel_scratch(nb)];
+                let mut got = vec![f32::NAN; padded * rows];
+                if !k.fourbit_q8_panel(&codes, &wf, &lut, &panel, rows, &mut scratch, &mut got) {
+                    continue;
+                }
+                for t in 0..padded {
+                    for r in 0..rows {
+                        let terms: f32 = (0..half)
+                            .map(|i| {
+                                let c = codes[r * half + i];
+                                let (e, o) = (panel.value(t, i / 32, i % 32), panel.value(t, i / 32, 32 + i % 32));
+                                let m = (lut[(c >> 4) as usize] as i32 * e as i32).abs() + (lut[(c & 15) as usize] as i32 * o as i32).abs();
+                                wf[r * nb + i / 32] * panel.scale(t, i / 32) * 2.0 * m as f32
+                            })
+                            .sum();
+                        let tol = (nb as f32 + 6.0) * f32::EPSILON * terms + 1e-6;
+                        let (g, w) = (got[t * rows + r], want[t * rows + r]);
+                        prop_assert!((g - w).abs() <= tol, "{} {kind:?} row {r} token {t}: {g} vs {w}", k.label());
+                    }
+                }
+            }
+        }
+    }
+
+    /// The block int8 prompt product on a matrix unit (AMX) against its scalar twin, blocks of
+    /// 32 and 64, 16–48 rows, 1–40 tokens; the twin against `dot_q8` bit for bit.
+    #[test]
+    fn q8_panel_matches_scalar(nb in 1usize..12, tiles in 1usize..4, tokens in 1usize..41, big in any::<bool>(), seed in any::<u64>()) {
+        let (rows, bs) = (16 * tiles, if big { 64 } else { 32 });
+        let cols = nb * bs;
+        let mut rng = seed;
+        let mut next = || {
+            rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (rng >> 33) as u32
+        };
+        let mut q = |n: usize| -> Vec<i8> { (0..n).map(|_| ((next() % 255) as i32 - 127) as i8).collect() };
+        let (w, x) = (q(rows * cols), q(tokens * cols));
+        let scale: Vec<f16> = (0..rows * nb).map(|_| f16::from_f32((next() % 1000) as f32 / 3.1e4)).collect();
+        let d: Vec<f32> = (0..tokens * nb).map(|_| (next() % 1000) as f32 / 9.7e5).collect();
+        let panel = Panel::q8(&x, cols, &d, bs, nb, tokens);
+        let padded = panel.groups() * PANEL_TOKENS;
+        let mut want = vec![f32::NAN; padded * rows];
+        scalar::q8_panel(&w, &scale, &panel, rows, &mut want);
+        for t in 0..tokens {
+            for r in 0..rows {
+                let one = scalar::dot_q8(&w[r * cols..(r + 1) * cols], &scale[r * nb..(r + 1) * nb], &x[t * cols..(t + 1) * cols], &d[t * nb..(t + 1) * nb], bs);
+                prop_assert_eq!(want[t * rows + r].to_bits(), one.to_bits());
+            }
+        }
+        for k in simd_levels() {
+            let mut scratch = vec![0f32; 16 * nb];
+            let mut got = vec![f32::NAN; padded * rows];
+            if !k.q8_panel(&w, &scale, &panel, rows, &mut scratch, &mut got) {
+                continue;
+            }
+            for t in 0..padded {
+                for r in 0..rows {
+                    let terms: f32 = (0..cols)
+                        .map(|i| {
+                            let m = (w[r * cols + i] as i32 * panel.value(t, i / bs, i % bs) as i32).abs();
+                            scale[r * nb + i / bs].to_f32() * panel.scale(t, i / bs) * 2.0 * m as f32
+                        })
+                        .sum();
+                    let tol = (nb as f32 + 6.0) * f32::EPSILON * terms + 1e-6;
+                    let (g, v) = (got[t * rows + r], want[t * rows + r]);
+                    prop_assert!((g - v).abs() <= tol, "{} bs={bs} row {r} token {t}: {g} vs {v}", k.label());
                 }
             }
         }

@@ -217,6 +217,35 @@ pub fn fourbit_q8_tile(
     })
 }
 
+/// The prompt product of `rows` 4-bit rows in blocks of 64 (`codes` row after row, `32·nb`
+/// bytes each; `wf` their decoded block absmax, `nb` a row) against every token of `panel`
+/// (padding included): `out[t·rows + r]` is [`fourbit_q8_tile`]'s sum for row `r` and token `t`.
+/// The AMX kernel computes the same with its tile unit.
+pub fn fourbit_q8_panel(
+    codes: &[u8],
+    wf: &[f32],
+    lut: &[i8; 16],
+    panel: &crate::panel::Panel,
+    rows: usize,
+    out: &mut [f32],
+) {
+    let nb = panel.nb();
+    for t in 0..panel.groups() * crate::panel::PANEL_TOKENS {
+        for r in 0..rows {
+            let mut acc = 0f32;
+            for (b, &f) in wf[r * nb..(r + 1) * nb].iter().enumerate() {
+                let mut isum = 0i32;
+                for (j, &byte) in codes[r * 32 * nb + 32 * b..][..32].iter().enumerate() {
+                    isum += lut[(byte >> 4) as usize] as i32 * panel.value(t, b, j) as i32;
+                    isum += lut[(byte & 0x0F) as usize] as i32 * panel.value(t, b, 32 + j) as i32;
+                }
+                acc += f * (panel.scale(t, b) * isum as f32);
+            }
+            out[t * rows + r] = acc;
+        }
+    }
+}
+
 /// Quantizes activations `x` to int8 in blocks of `blocksize` (even; the last block may be
 /// short) for the integer route: per block, `q = round_half_even(x · 127 / absmax)`,
 /// de-interleaved like the codes (`qe[i] = q[2i]`, `qo[i] = q[2i + 1]`, 0 past the end),

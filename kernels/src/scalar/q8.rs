@@ -56,3 +56,22 @@ pub fn dot_q8_x4t4(
 ) -> [[f32; 4]; 4] {
     std::array::from_fn(|t| std::array::from_fn(|r| dot_q8(w[r], scale[r], q[t], d[t], blocksize)))
 }
+
+/// The prompt product of `rows` block int8 rows (`w` row after row, `nb · bs` values each, `scale`
+/// their `nb` block scales a row) against every token of `panel` (padding included):
+/// `out[t·rows + r]` is [`dot_q8`] of row `r` and token `t`. The AMX kernel computes the same
+/// with its tile unit.
+pub fn q8_panel(w: &[i8], scale: &[f16], panel: &crate::panel::Panel, rows: usize, out: &mut [f32]) {
+    let (nb, bs) = (panel.nb(), panel.blocksize());
+    for t in 0..panel.groups() * crate::panel::PANEL_TOKENS {
+        for r in 0..rows {
+            let mut acc = 0f32;
+            for (b, s) in scale[r * nb..(r + 1) * nb].iter().enumerate() {
+                let row = &w[r * nb * bs + b * bs..][..bs];
+                let isum: i32 = row.iter().enumerate().map(|(k, &a)| a as i32 * panel.value(t, b, k) as i32).sum();
+                acc += isum as f32 * (s.to_f32() * panel.scale(t, b));
+            }
+            out[t * rows + r] = acc;
+        }
+    }
+}

@@ -1,0 +1,291 @@
+//! AMX kernels (Intel Xeon since Sapphire Rapids): a prompt's 4-bit products with each block's
+//! int8 sums on the tile unit — one `tdpbssd` multiplies 16 weight rows by 16 tokens over a
+//! block of 64 — and each block's scaling in AVX-512, as the other prefill tiles do it.
+//! Stable Rust has no AMX intrinsics, so the tile instructions are inline assembly.
+//!
+//! # Safety (for every `unsafe fn` here)
+//! The caller must ensure that [`usable`] is true (the CPU has AMX-TILE and AMX-INT8, the OS
+//! saves their state and has let this process use it) and that the CPU has AVX-512 F/BW/VL,
+//! which `crate::dispatch::Kernels` guarantees by construction, and must pass slices with the
+//! lengths documented on the function.
+
+use crate::panel::{Panel, PANEL_TOKENS};
+use core::arch::asm;
+use core::arch::x86_64::*;
+use std::sync::OnceLock;
+
+/// Whether this process may run the AMX kernels; detected (and the tile state requested from
+/// the OS) once.
+pub fn usable() -> bool {
+    static USABLE: OnceLock<bool> = OnceLock::new();
+    *USABLE.get_or_init(detect)
+}
+
+fn detect() -> bool {
+    // `cpuid` is baseline on x86-64; leaf 7 is read only when leaf 0 reports it.
+    let (max, l1) = (__cpuid(0).eax, __cpuid(1));
+    if max < 7 || l1.ecx & (1 << 27) == 0 {
+        return false;
+    }
+    let l7 = __cpuid_count(7, 0);
+    // AMX-TILE (bit 24) and AMX-INT8 (bit 25).
+    if (l7.edx >> 24) & 3 != 3 {
+        return false;
+    }
+    // XCR0 bits 17 and 18: the OS saves the tile configuration and data.
+    let (lo, hi): (u32, u32);
+    // SAFETY: OSXSAVE (checked above) makes `xgetbv` with ecx = 0 valid; it only reads XCR0.
+    unsafe { asm!("xgetbv", in("ecx") 0u32, out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags)) };
+    let xcr0 = (hi as u64) << 32 | lo as u64;
+    xcr0 & (3 << 17) == 3 << 17 && request_tile_data()
+}
+
+/// Linux hands the tile data state to a process only on request (`arch_prctl`
+/// `ARCH_REQ_XCOMP_PERM`); without it the first tile load faults.
+#[cfg(target_os = "linux")]
+fn request_tile_data() -> bool {
+    const SYS_ARCH_PRCTL: isize = 158;
+    const ARCH_REQ_XCOMP_PERM: usize = 0x1023;
+    const XFEATURE_XTILEDATA: usize = 18;
+    let ret: isize;
+    // SAFETY: this system call only adds the tile data to the process's permitted state; it
+    // clobbers rcx and r11, as every `syscall` does.
+    unsafe {
+        asm!(
+            "syscall",
+            inlateout("rax") SYS_ARCH_PRCTL => ret,
+            in("rdi") ARCH_REQ_XCOMP_PERM,
+            in("rsi") XFEATURE_XTILEDATA,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack)
+        )
+    };
+    ret == 0
+}
+
+#[cfg(not(target_os = "linux"))]
+fn request_tile_data() -> bool {
+    false
+}
+
+/// Bytes of one tile: 16 rows of 64.
+const TILE: usize = 1024;
+
+/// Palette 1 with six tiles: tmm0, tmm1 block sums (16 rows × 16 tokens of int32), tmm2, tmm3
+/// weights (16 rows × `bs` bytes), tmm4, tmm5 activations ([`Panel`]'s tiles: `bs / 4` rows of
+/// 64 bytes), for blocks of `bs` (32 or 64).
+#[repr(C, align(64))]
+struct Config([u8; 64]);
+
+impl Config {
+    fn new(bs: usize) -> Config {
+        let mut c = [0u8; 64];
+        c[0] = 1;
+        // (bytes per row, rows) of tmm0 … tmm5.
+        let shapes = [(64, 16), (64, 16), (bs, 16), (bs, 16), (64, bs / 4), (64, bs / 4)];
+        for (t, (colsb, rows)) in shapes.into_iter().enumerate() {
+            c[16 + 2 * t] = colsb as u8;
+            c[48 + t] = rows as u8;
+        }
+        Config(c)
+    }
+}
+
+/// The sums of blocks `b` and `b + 1` (`two`) of a row tile and a token group into `c0` and
+/// `c1`: weights at `a0` / `a1` (rows `sa` bytes apart), activations at `x0` / `x1` (a panel's
+/// tiles).
+///
+/// # Safety
+/// The tiles are configured ([`Config`]); the addresses hold what the configuration reads and
+/// `c0`, `c1` 1 KiB each.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn block_sums(
+    two: bool,
+    a0: *const i8,
+    a1: *const i8,
+    sa: usize,
+    x0: *const i8,
+    x1: *const i8,
+    c0: *mut i32,
+    c1: *mut i32,
+) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        if two {
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tileloadd tmm2, [{a0} + {sa}*1]",
+                "tileloadd tmm4, [{x0} + {s}*1]",
+                "tileloadd tmm3, [{a1} + {sa}*1]",
+                "tileloadd tmm5, [{x1} + {s}*1]",
+                "tdpbssd tmm0, tmm2, tmm4",
+                "tdpbssd tmm1, tmm3, tmm5",
+                "tilestored [{c0} + {s}*1], tmm0",
+                "tilestored [{c1} + {s}*1], tmm1",
+                a0 = in(reg) a0, x0 = in(reg) x0, a1 = in(reg) a1, x1 = in(reg) x1,
+                c0 = in(reg) c0, c1 = in(reg) c1, sa = in(reg) sa, s = in(reg) 64usize,
+                options(nostack)
+            );
+        } else {
+            asm!(
+                "tilezero tmm0",
+                "tileloadd tmm2, [{a0} + {sa}*1]",
+                "tileloadd tmm4, [{x0} + {s}*1]",
+                "tdpbssd tmm0, tmm2, tmm4",
+                "tilestored [{c0} + {s}*1], tmm0",
+                a0 = in(reg) a0, x0 = in(reg) x0, c0 = in(reg) c0, sa = in(reg) sa, s = in(reg) 64usize,
+                options(nostack)
+            );
+        }
+    }
+}
+
+/// Two result tiles' worth of int32 sums, line-aligned.
+#[repr(C, align(64))]
+struct Sums([i32; 2 * 256]);
+
+/// Sixteen rows × sixteen tokens of f32 results, line-aligned.
+#[repr(C, align(64))]
+struct Results([f32; 256]);
+
+/// See [`crate::scalar::fourbit_q8_panel`]. Per tile of 16 rows, the rows' codes are looked up
+/// once into `scratch` as int8 levels (`[high nibbles' levels, low nibbles' levels]` per block,
+/// the panel's order), then every group of 16 tokens runs two blocks at a time through
+/// `tdpbssd` (exact int32 sums), and each block's sums are scaled as the AVX-512 tiles scale
+/// theirs: `acc = fma(sum · xs, factor, acc)`, sixteen tokens to a register, one register per
+/// row. The results are transposed into `out` (token-major) at the end of each group.
+///
+/// # Safety
+/// See the module; with `nb = panel.nb()`: `rows` is a multiple of 16, `codes` holds
+/// `32 · nb · rows` bytes, `wf` `nb · rows` factors, `scratch` `1024 · nb` bytes and `out`
+/// `16 · panel.groups() · rows` values.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+pub unsafe fn fourbit_q8_panel(
+    codes: &[u8],
+    wf: &[f32],
+    lut: &[i8; 16],
+    panel: &Panel,
+    rows: usize,
+    scratch: &mut [i8],
+    out: &mut [f32],
+) {
+    let nb = panel.nb();
+    let groups = panel.groups();
+    debug_assert!(rows.is_multiple_of(16) && codes.len() >= 32 * nb * rows && wf.len() >= nb * rows);
+    debug_assert!(scratch.len() >= TILE * nb && out.len() >= PANEL_TOKENS * groups * rows);
+    let config = Config::new(64);
+    let mut sums = Sums([0; 512]);
+    let mut res = Results([0.0; 256]);
+    // SAFETY: every load reads inside the lengths of the contract (a row's block: 32 code bytes;
+    // a tile: 1 KiB of `scratch` or of the panel); tile stores write `sums`; the configuration
+    // is this thread's and is released before returning.
+    unsafe {
+        asm!("ldtilecfg [{}]", in(reg) config.0.as_ptr(), options(nostack, readonly));
+        let table = _mm512_broadcast_i32x4(_mm_loadu_si128(lut.as_ptr() as *const __m128i));
+        let nib = _mm256_set1_epi8(0x0F);
+        let sp = scratch.as_mut_ptr();
+        let (c0, c1) = (sums.0.as_mut_ptr(), sums.0.as_mut_ptr().add(256));
+        for rt in 0..rows / 16 {
+            for b in 0..nb {
+                for r in 0..16 {
+                    let v = _mm256_loadu_si256(codes.as_ptr().add((16 * rt + r) * 32 * nb + 32 * b) as *const __m256i);
+                    let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), nib);
+                    let lo = _mm256_and_si256(v, nib);
+                    let z = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(hi), lo);
+                    _mm512_storeu_si512(sp.add(TILE * b + 64 * r) as *mut _, _mm512_shuffle_epi8(table, z));
+                }
+            }
+            let wrow = wf.as_ptr().add(16 * rt * nb);
+            for g in 0..groups {
+                let mut acc = [_mm512_setzero_ps(); 16];
+                for b in (0..nb).step_by(2) {
+                    let two = b + 1 < nb;
+                    let next = if two { b + 1 } else { b };
+                    let (x0, x1) = (panel.tile(g, b).as_ptr(), panel.tile(g, next).as_ptr());
+                    block_sums(two, sp.add(TILE * b), sp.add(TILE * next), 64, x0, x1, c0, c1);
+                    for (k, c) in [c0, c1].into_iter().enumerate().take(1 + two as usize) {
+                        let xv = _mm512_loadu_ps(panel.scales(g, b + k).as_ptr());
+                        for (r, acc) in acc.iter_mut().enumerate() {
+                            let s = _mm512_cvtepi32_ps(_mm512_load_si512(c.add(16 * r) as *const _));
+                            let f = _mm512_set1_ps(*wrow.add(r * nb + b + k));
+                            *acc = _mm512_fmadd_ps(_mm512_mul_ps(s, xv), f, *acc);
+                        }
+                    }
+                }
+                for (r, a) in acc.iter().enumerate() {
+                    _mm512_store_ps(res.0.as_mut_ptr().add(16 * r), *a);
+                }
+                let at = PANEL_TOKENS * g * rows + 16 * rt;
+                super::avx2::transpose(&res.0, 16, &mut out[at..], rows, 16, 16);
+            }
+        }
+        asm!("tilerelease", options(nostack, nomem));
+    }
+}
+
+/// See [`crate::scalar::q8_panel`]: the weights' int8 rows go to the tile unit as they are
+/// stored (16 rows × one block, `cols` bytes apart), two blocks at a time against each group of
+/// 16 tokens; each block's sums are scaled as decode scales them, `acc = fma(sum, scale · d,
+/// acc)`, sixteen tokens to a register, one register per row, and the results transposed into
+/// `out` (token-major).
+///
+/// # Safety
+/// See the module; with `nb = panel.nb()`, `bs = panel.blocksize()` (32 or 64): `rows` is a
+/// multiple of 16, `w` holds `nb · bs · rows` values, `scale` `nb · rows`, `scratch` `16 · nb`
+/// and `out` `16 · panel.groups() · rows`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub unsafe fn q8_panel(
+    w: &[i8],
+    scale: &[half::f16],
+    panel: &Panel,
+    rows: usize,
+    scratch: &mut [f32],
+    out: &mut [f32],
+) {
+    use half::slice::HalfFloatSliceExt;
+    let (nb, bs, groups) = (panel.nb(), panel.blocksize(), panel.groups());
+    let cols = nb * bs;
+    debug_assert!(rows.is_multiple_of(16) && w.len() >= cols * rows && scale.len() >= nb * rows);
+    debug_assert!(scratch.len() >= 16 * nb && out.len() >= PANEL_TOKENS * groups * rows);
+    let config = Config::new(bs);
+    let mut sums = Sums([0; 512]);
+    let mut res = Results([0.0; 256]);
+    // SAFETY: tile loads read 16 rows of one block of `w` (`cols` apart, inside the rows of the
+    // contract) and whole panel tiles; tile stores write `sums`; the configuration is this
+    // thread's and is released before returning.
+    unsafe {
+        asm!("ldtilecfg [{}]", in(reg) config.0.as_ptr(), options(nostack, readonly));
+        let (c0, c1) = (sums.0.as_mut_ptr(), sums.0.as_mut_ptr().add(256));
+        for rt in 0..rows / 16 {
+            scale[16 * rt * nb..16 * (rt + 1) * nb].convert_to_f32_slice(&mut scratch[..16 * nb]);
+            let sf = scratch.as_ptr();
+            let wrow = w.as_ptr().add(16 * rt * cols);
+            for g in 0..groups {
+                let mut acc = [_mm512_setzero_ps(); 16];
+                for b in (0..nb).step_by(2) {
+                    let two = b + 1 < nb;
+                    let next = if two { b + 1 } else { b };
+                    let (x0, x1) = (panel.tile(g, b).as_ptr(), panel.tile(g, next).as_ptr());
+                    block_sums(two, wrow.add(bs * b), wrow.add(bs * next), cols, x0, x1, c0, c1);
+                    for (k, c) in [c0, c1].into_iter().enumerate().take(1 + two as usize) {
+                        let dv = _mm512_loadu_ps(panel.scales(g, b + k).as_ptr());
+                        for (r, acc) in acc.iter_mut().enumerate() {
+                            let s = _mm512_cvtepi32_ps(_mm512_load_si512(c.add(16 * r) as *const _));
+                            let f = _mm512_mul_ps(_mm512_set1_ps(*sf.add(r * nb + b + k)), dv);
+                            *acc = _mm512_fmadd_ps(s, f, *acc);
+                        }
+                    }
+                }
+                for (r, a) in acc.iter().enumerate() {
+                    _mm512_store_ps(res.0.as_mut_ptr().add(16 * r), *a);
+                }
+                let at = PANEL_TOKENS * g * rows + 16 * rt;
+                super::avx2::transpose(&res.0, 16, &mut out[at..], rows, 16, 16);
+            }
+        }
+        asm!("tilerelease", options(nostack, nomem));
+    }
+}
