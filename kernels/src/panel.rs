@@ -37,12 +37,15 @@ impl Panel {
         }
     }
 
-    /// Puts token `t`'s block `b` (`bs` activations, in the panel's order) and its scale.
-    fn put(&mut self, t: usize, b: usize, block: impl Iterator<Item = i8>, scale: f32) {
+    /// Puts `src` (a multiple of 4 activations) into token `t`'s block `b` from activation
+    /// `4·j0` on, four bytes at a time, and sets the block's scale.
+    fn put(&mut self, t: usize, b: usize, j0: usize, src: &[i8], scale: f32) {
         let (g, n) = (t / PANEL_TOKENS, t % PANEL_TOKENS);
-        let tile = (g * self.nb + b) * PANEL_TOKENS * self.bs;
-        for (k, v) in block.enumerate() {
-            self.bytes[tile + 64 * (k / 4) + 4 * n + k % 4] = v;
+        let words: &mut [u32] = bytemuck::cast_slice_mut(&mut self.bytes);
+        let tile = (g * self.nb + b) * PANEL_TOKENS * self.bs / 4;
+        for (j, four) in src.chunks_exact(4).enumerate() {
+            let four: [i8; 4] = four.try_into().expect("chunks of four");
+            words[tile + PANEL_TOKENS * (j0 + j) + n] = u32::from_ne_bytes(bytemuck::cast(four));
         }
         self.xs[(g * self.nb + b) * PANEL_TOKENS + n] = scale;
     }
@@ -53,8 +56,8 @@ impl Panel {
         let mut p = Panel::zeroed(nb, 64, m);
         for t in 0..m {
             for b in 0..nb {
-                let (e, o) = (&qe[t * stride + 32 * b..][..32], &qo[t * stride + 32 * b..][..32]);
-                p.put(t, b, e.iter().chain(o).copied(), xs[t * nb + b]);
+                p.put(t, b, 0, &qe[t * stride + 32 * b..][..32], xs[t * nb + b]);
+                p.put(t, b, 8, &qo[t * stride + 32 * b..][..32], xs[t * nb + b]);
             }
         }
         p
@@ -67,7 +70,7 @@ impl Panel {
         let mut p = Panel::zeroed(nb, bs, m);
         for t in 0..m {
             for b in 0..nb {
-                p.put(t, b, q[t * stride + bs * b..][..bs].iter().copied(), d[t * nb + b]);
+                p.put(t, b, 0, &q[t * stride + bs * b..][..bs], d[t * nb + b]);
             }
         }
         p

@@ -72,6 +72,10 @@ fn request_tile_data() -> bool {
 /// Bytes of one tile: 16 rows of 64.
 const TILE: usize = 1024;
 
+/// How far ahead (bytes) the codes are prefetched, as decode's loops prefetch theirs: a
+/// one-token step reads each row once, straight from memory.
+const PREFETCH: usize = 16384;
+
 /// Palette 1 with six tiles: tmm0, tmm1 block sums (16 rows × 16 tokens of int32), tmm2, tmm3
 /// weights (16 rows × `bs` bytes), tmm4, tmm5 activations ([`Panel`]'s tiles: `bs / 4` rows of
 /// 64 bytes), for blocks of `bs` (32 or 64).
@@ -189,9 +193,15 @@ pub unsafe fn fourbit_q8_panel(
         let sp = scratch.as_mut_ptr();
         let (c0, c1) = (sums.0.as_mut_ptr(), sums.0.as_mut_ptr().add(256));
         for rt in 0..rows / 16 {
-            for b in 0..nb {
-                for r in 0..16 {
-                    let v = _mm256_loadu_si256(codes.as_ptr().add((16 * rt + r) * 32 * nb + 32 * b) as *const __m256i);
+            // The tile's rows are one stretch of codes, read in order.
+            let first = codes.as_ptr().add(16 * rt * 32 * nb);
+            for r in 0..16 {
+                for b in 0..nb {
+                    let at = (r * nb + b) * 32;
+                    if at.is_multiple_of(64) {
+                        super::prefetch_line(first.wrapping_add(at + PREFETCH) as *const i8);
+                    }
+                    let v = _mm256_loadu_si256(first.add(at) as *const __m256i);
                     let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), nib);
                     let lo = _mm256_and_si256(v, nib);
                     let z = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(hi), lo);
