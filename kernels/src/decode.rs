@@ -16,6 +16,7 @@ use crate::matmul::{
     RowsThen, DECODE_ROWS_PER_TASK,
 };
 use crate::pairs::{TokenPairs, GROUP};
+use crate::panel::{Panel, PANEL_TOKENS};
 use crate::weight::{FourBitRef, Int8Ref, Q8Ref, Weight};
 
 /// `out (m × rows)`: row `t` is `W · x[t]`, bit-identical to `m == 1` on that row alone.
@@ -161,19 +162,62 @@ fn run(
 
 /// The activations prepared once for every weight of a route.
 enum Prepared<'x> {
-    Dense { x: &'x [f32], m: usize },
-    Int8 { x: &'x [f32], m: usize, acts: Vec<Int8Activations> },
-    Q8 { m: usize, q: Lined<i8>, d: Lined<f32>, pairs: Option<TokenPairs> },
-    FourBitQ8 { m: usize, q: Box<BlockQ8>, xs_rows: Lined<f32>, bpr: usize, pairs: Option<TokenPairs> },
-    FourBitExact { m: usize, xe: Vec<f32>, xo: Vec<f32>, bpr: usize },
-    FourBitPlain { x: &'x [f32], m: usize },
+    Dense {
+        x: &'x [f32],
+        m: usize,
+    },
+    Int8 {
+        x: &'x [f32],
+        m: usize,
+        acts: Vec<Int8Activations>,
+    },
+    Q8 {
+        m: usize,
+        q: Lined<i8>,
+        d: Lined<f32>,
+        pairs: Option<TokenPairs>,
+    },
+    FourBitQ8 {
+        m: usize,
+        q: Box<BlockQ8>,
+        xs_rows: Lined<f32>,
+        bpr: usize,
+        pairs: Option<TokenPairs>,
+        /// Where the level has a matrix unit: every token of the step laid out for it (one
+        /// token goes through [`Kernels::fourbit_q8_rows16`] instead, with the same bits).
+        unit: Option<Unit>,
+    },
+    FourBitExact {
+        m: usize,
+        xe: Vec<f32>,
+        xo: Vec<f32>,
+        bpr: usize,
+    },
+    FourBitPlain {
+        x: &'x [f32],
+        m: usize,
+    },
 }
 
-/// Per-task buffers of the 4-bit routes (empty for the others).
+/// How a step's tokens reach a matrix unit: one token alone, or a panel of them.
+enum Unit {
+    One,
+    Panel(Panel),
+}
+
+/// Per-task buffers of the 4-bit routes (empty for the others), and of a matrix unit's.
 pub(crate) struct Scratch {
     scales: Lined<f32>,
     factors: Lined<f32>,
+    /// Sixteen rows' factors block-major, the rows' int8 levels, token-major results, and ones.
+    unit_factors: Vec<f32>,
+    unit_ones: Vec<f32>,
+    unit_levels: Vec<i8>,
+    unit_out: Vec<f32>,
 }
+
+/// Rows a task's piece widens to on a matrix unit: the 16-row tiles that hold it.
+const UNIT_ROWS: usize = DECODE_ROWS_PER_TASK + 32;
 
 impl<'x> Prepared<'x> {
     fn new(k: &Kernels, route: Route, x: &'x [f32], m: usize, cols: usize, opts: &MatmulOptions) -> Prepared<'x> {
@@ -226,8 +270,18 @@ impl<'x> Prepared<'x> {
                 for (t, rows) in xs_rows.chunks_mut(task).enumerate() {
                     rows.chunks_mut(bpr).for_each(|c| c.copy_from_slice(q.xs(t)));
                 }
+                // On a matrix unit every token of the step goes through the tile kernel, or one
+                // token alone through its sixteen-row twin (blocks of 64 only).
+                let unit = (bs == 64 && k.has_fourbit_q8_panel()).then(|| {
+                    if m == 1 {
+                        Unit::One
+                    } else {
+                        Unit::Panel(q.panel(m))
+                    }
+                });
                 // Whole groups of eight tokens for the eight-token kernel (blocks of 64 only).
-                let groups = if bs == 64 && k.has_rows_t8() && k.x4_for(cols) { m / GROUP } else { 0 };
+                let groups =
+                    if bs == 64 && k.has_rows_t8() && k.x4_for(cols) && unit.is_none() { m / GROUP } else { 0 };
                 let pairs = (groups > 0).then(|| {
                     let ts = 0..groups * GROUP;
                     let (qe, qo, xs): (Vec<_>, Vec<_>, Vec<_>) = (
@@ -237,7 +291,7 @@ impl<'x> Prepared<'x> {
                     );
                     TokenPairs::new(&qe, &qo, &xs, bpr)
                 });
-                Prepared::FourBitQ8 { m, q: Box::new(q), xs_rows, bpr, pairs }
+                Prepared::FourBitQ8 { m, q: Box::new(q), xs_rows, bpr, pairs, unit }
             }
             Route::FourBitExact(bs) => Prepared::FourBitExact {
                 m,
@@ -250,11 +304,25 @@ impl<'x> Prepared<'x> {
 
     fn scratch(&self) -> Scratch {
         let (scales, factors) = match *self {
-            Prepared::FourBitQ8 { m, bpr, .. } => (DECODE_ROWS_PER_TASK * bpr, m * DECODE_ROWS_PER_TASK * bpr),
+            Prepared::FourBitQ8 { m, bpr, .. } => (UNIT_ROWS * bpr, m * DECODE_ROWS_PER_TASK * bpr),
             Prepared::FourBitExact { bpr, .. } => (bpr, 0),
             _ => (0, 0),
         };
-        Scratch { scales: Lined::zeroed(scales), factors: Lined::zeroed(factors) }
+        let (unit_factors, unit_levels, unit_out) = match self {
+            Prepared::FourBitQ8 { bpr, unit: Some(Unit::One), .. } => (16 * bpr, 0, UNIT_ROWS),
+            Prepared::FourBitQ8 { unit: Some(Unit::Panel(p)), .. } => {
+                (0, Kernels::panel_scratch(p.nb()), p.groups() * PANEL_TOKENS * UNIT_ROWS)
+            }
+            _ => (0, 0, 0),
+        };
+        Scratch {
+            scales: Lined::zeroed(scales),
+            factors: Lined::zeroed(factors),
+            unit_factors: vec![0.0; unit_factors],
+            unit_ones: if unit_out > 0 { vec![1.0; scales] } else { Vec::new() },
+            unit_levels: vec![0; unit_levels],
+            unit_out: vec![0.0; unit_out],
+        }
     }
 
     /// Rows `r0 ..` of `w` into `o` (`rows × m`, as many rows as it holds).
@@ -281,6 +349,46 @@ impl<'x> Prepared<'x> {
             (&Prepared::Q8 { m, ref q, ref d, ref pairs }, Weight::Q8(w8)) => {
                 q8_task(k, o, w8, m, q, d, pairs.as_ref(), r0)
             }
+            (&Prepared::FourBitQ8 { m, ref q, bpr, unit: Some(ref unit), .. }, Weight::FourBit(w4))
+                if w4.rows.is_multiple_of(16) =>
+            {
+                let tokens = match unit {
+                    Unit::One => 1,
+                    Unit::Panel(p) => p.groups() * PANEL_TOKENS,
+                };
+                let Scratch { scales, unit_factors, unit_levels, unit_out, unit_ones, .. } = scratch;
+                unit_task(o, m, tokens, w4.rows, r0, unit_out, |a, n, out| {
+                    let half = w4.cols / 2;
+                    // The block absmax as `block_factors` forms it (times 1: its bits).
+                    let wf = &mut scales[..n * bpr];
+                    block_factors(k, &w4.absmax, a * bpr, &unit_ones[..n * bpr], wf);
+                    let codes = &w4.codes[a * half..(a + n) * half];
+                    match unit {
+                        Unit::Panel(p) => {
+                            let done = k.fourbit_q8_panel(codes, wf, lut, p, n, unit_levels, out);
+                            assert!(done, "prepared only where the level has the kernel");
+                        }
+                        Unit::One => {
+                            for i in (0..n).step_by(16) {
+                                k.transpose(&wf[i * bpr..(i + 16) * bpr], bpr, unit_factors, 16, 16, bpr);
+                                let v = k
+                                    .fourbit_q8_rows16(
+                                        &codes[i * half..],
+                                        half,
+                                        unit_factors,
+                                        lut,
+                                        q.qe(0),
+                                        q.qo(0),
+                                        q.xs(0),
+                                        q.sum(0),
+                                    )
+                                    .expect("prepared only where the level has the kernel");
+                                out[i..i + 16].copy_from_slice(&v);
+                            }
+                        }
+                    }
+                })
+            }
             (&Prepared::FourBitQ8 { m, ref q, ref xs_rows, ref pairs, .. }, Weight::FourBit(w4)) => {
                 fourbit_q8_task(k, o, w4, lut, m, q, pairs.as_ref(), xs_rows, scratch, r0)
             }
@@ -300,6 +408,31 @@ impl<'x> Prepared<'x> {
                 })
             }
             _ => unreachable!("a weight is prepared for by its own route"),
+        }
+    }
+}
+
+/// A task's rows `r0 ..` (of a weight of `rows` rows, a multiple of 16) on a matrix unit: the
+/// 16-row tiles that hold them go through `unit(first row, rows, out)` (token-major results for
+/// `tokens` tokens) and the task's rows are copied into `o` (`rows × m`). A row's result
+/// depends only on its own row and the token, never on the tile around it, so pieces of any
+/// alignment give the same bits.
+fn unit_task(
+    o: &mut [f32],
+    m: usize,
+    tokens: usize,
+    rows: usize,
+    r0: usize,
+    out: &mut [f32],
+    unit: impl FnOnce(usize, usize, &mut [f32]),
+) {
+    let n = o.len() / m;
+    let (a, b) = (r0 / 16 * 16, (r0 + n).next_multiple_of(16).min(rows));
+    let width = b - a;
+    unit(a, width, &mut out[..tokens * width]);
+    for (i, y) in o.chunks_mut(m).enumerate() {
+        for (t, y) in y.iter_mut().enumerate() {
+            *y = out[t * width + r0 - a + i];
         }
     }
 }

@@ -59,6 +59,7 @@ type DotQ8Rows4 = unsafe fn([&[i8]; 4], [&[f16]; 4], &[i8], &[f32], usize) -> [f
 type DotQ8Many = unsafe fn(&[i8], &[f16], &[i8], &[f32], usize, &mut [f32]);
 type Transpose = unsafe fn(&[f32], usize, &mut [f32], usize, usize, usize);
 type Q8Panel = unsafe fn(&[i8], &[f16], &crate::panel::Panel, usize, &mut [f32], &mut [f32]);
+type FourBitQ8Rows16 = unsafe fn(&[u8], usize, &[f32], &[i8; 16], &[i8], &[i8], &[f32], &[i32]) -> [f32; 16];
 type FourBitQ8Panel = unsafe fn(&[u8], &[f32], &[i8; 16], &crate::panel::Panel, usize, &mut [i8], &mut [f32]);
 
 /// The kernels of one instruction-set level.
@@ -138,6 +139,9 @@ pub struct Kernels {
     fourbit_q8_panel: Option<FourBitQ8Panel>,
     /// The same for block int8 rows.
     q8_panel: Option<Q8Panel>,
+    /// One token against sixteen 4-bit rows with `fourbit_q8_panel`'s bits for it (decode of
+    /// one sequence where batches go to the matrix unit).
+    fourbit_q8_rows16: Option<FourBitQ8Rows16>,
 }
 
 impl std::fmt::Debug for Kernels {
@@ -203,6 +207,7 @@ impl Kernels {
             fourbit_q8_tile_run_split: None,
             fourbit_q8_panel: None,
             q8_panel: None,
+            fourbit_q8_rows16: None,
         };
         match isa {
             Isa::Scalar => Some(scalar),
@@ -258,6 +263,7 @@ impl Kernels {
                     fourbit_q8_tile_run_split: None,
                     fourbit_q8_panel: None,
                     q8_panel: None,
+                    fourbit_q8_rows16: None,
                 })
             }
             #[cfg(target_arch = "x86_64")]
@@ -316,6 +322,7 @@ impl Kernels {
                     fourbit_q8_tile_run_split: None,
                     fourbit_q8_panel: None,
                     q8_panel: None,
+                    fourbit_q8_rows16: None,
                 })
             }
             #[allow(unreachable_patterns)]
@@ -455,6 +462,7 @@ impl Kernels {
             label: if vbmi { "avx512+vbmi+amx" } else { "avx512+amx" },
             fourbit_q8_panel: Some(crate::arch::x86_64::amx::fourbit_q8_panel),
             q8_panel: Some(crate::arch::x86_64::amx::q8_panel),
+            fourbit_q8_rows16: Some(crate::arch::x86_64::amx::fourbit_q8_rows16),
             ..k
         }
     }
@@ -521,6 +529,7 @@ impl Kernels {
             fourbit_q8_tile_run_split: Some(k::fourbit_q8_tile_run_split),
             fourbit_q8_panel: None,
             q8_panel: None,
+            fourbit_q8_rows16: None,
         };
         if !vbmi {
             return plain;
@@ -1220,6 +1229,31 @@ impl Kernels {
         // SAFETY: the level has the kernel only where the CPU and OS allow it; lengths checked.
         unsafe { f(codes, wf, lut, panel, rows, scratch, out) };
         true
+    }
+
+    /// [`Kernels::fourbit_q8_panel`]'s results for one token (its first, alone) against sixteen
+    /// rows, bit for bit, without the matrix unit: row `r`'s `32 · nb` code bytes at
+    /// `codes[r·half ..]` (`nb = xs.len()`), the rows' block factors block-major (`wft[16·b + r]`),
+    /// the token's activations, block scales and sums as [`Kernels::fourbit_q8_tile`] takes them.
+    /// `None` where the level has no such kernel.
+    #[allow(clippy::too_many_arguments)]
+    pub fn fourbit_q8_rows16(
+        &self,
+        codes: &[u8],
+        half: usize,
+        wft: &[f32],
+        lut: &[i8; 16],
+        qe: &[i8],
+        qo: &[i8],
+        xs: &[f32],
+        qsum: &[i32],
+    ) -> Option<[f32; 16]> {
+        let f = self.fourbit_q8_rows16?;
+        let nb = xs.len();
+        assert!(half >= 32 * nb && codes.len() >= 15 * half + 32 * nb, "codes too short");
+        assert!(wft.len() >= 16 * nb && qsum.len() >= nb && qe.len() >= 32 * nb && qo.len() >= 32 * nb);
+        // SAFETY: the level has the kernel only where the CPU allows it; lengths checked.
+        Some(unsafe { f(codes, half, wft, lut, qe, qo, xs, qsum) })
     }
 
     /// Whether this level has [`Kernels::q8_panel`].

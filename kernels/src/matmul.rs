@@ -427,6 +427,11 @@ pub(crate) struct BlockQ8 {
 }
 
 impl BlockQ8 {
+    /// The first `m` tokens laid out for a matrix unit (blocks of 64 only).
+    pub(crate) fn panel(&self, m: usize) -> Panel {
+        Panel::new(&self.qe, &self.qo, self.stride, &self.xs, self.nb, m)
+    }
+
     /// Quantizes `m` rows of `x` (`cols` wide) and pads with all-zero tokens up to `padded`,
     /// the tokens on the team's threads when `parallel`; with `abs`, the codes' absolute values
     /// too.
@@ -696,7 +701,7 @@ fn fourbit_q8_matmul_many(k: &Kernels, out: &mut [f32], ws: &[&FourBitRef], x: &
         TokenPairs::new(&qe, &qo, &xs, nb)
     });
     let pairs = pairs.as_ref();
-    let panel = amx.then(|| Panel::new(&q.qe, &q.qo, q.stride, &q.xs, nb, m));
+    let panel = amx.then(|| q.panel(m));
     let panel = panel.as_ref();
     // A token's bias sums as the tiles take them: per block of 64, or per half with `split`.
     let sums = |t: usize| if split { q.halves(t) } else { q.sum(t) };

@@ -634,6 +634,15 @@ proptest! {
                 if !k.fourbit_q8_panel(&codes, &wf, &lut, &panel, rows, &mut scratch, &mut got) {
                     continue;
                 }
+                // One token alone against sixteen rows: the panel's bits for it.
+                let sums: Vec<i32> = (0..nb).map(|b| (0..32).map(|i| qe[32 * b + i] as i32 + qo[32 * b + i] as i32).sum()).collect();
+                for r0 in (0..rows).step_by(16) {
+                    let wft: Vec<f32> = (0..16 * nb).map(|i| wf[(r0 + i % 16) * nb + i / 16]).collect();
+                    let one = k.fourbit_q8_rows16(&codes[r0 * half..], half, &wft, &lut, &qe[..half], &qo[..half], &xs[..nb], &sums).expect("a level with panels has it");
+                    for (i, v) in one.iter().enumerate() {
+                        prop_assert_eq!(v.to_bits(), got[r0 + i].to_bits(), "{} {:?} row {} alone", k.label(), kind, r0 + i);
+                    }
+                }
                 for t in 0..padded {
                     for r in 0..rows {
                         let terms: f32 = (0..half)

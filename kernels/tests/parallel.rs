@@ -96,8 +96,8 @@ fn parallel_matvec_equals_serial_for_every_scheme() {
 /// four-token groups and their remainder), on one thread and on the team.
 #[test]
 fn batched_decode_rows_equal_their_matvecs() {
-    for cols in [320usize, 330, 4096] {
-        let rows = if cols == 4096 { 37 } else { 301 };
+    // Rows in sixteens too (80, 48): where a level has a matrix unit, those rows go to it.
+    for (cols, rows) in [(320usize, 301usize), (320, 80), (330, 301), (4096, 37), (4096, 48)] {
         with_every_scheme(rows, cols, |weight, x| {
             // Token t: the base row scaled and shifted, with an outlier of its own in column 5t.
             let tokens: Vec<Vec<f32>> = (0..17)
@@ -149,37 +149,57 @@ fn batched_decode_rows_equal_their_matvecs() {
 /// and on the team.
 #[test]
 fn several_weights_in_one_loop_equal_one_call_each() {
-    let small_w = values(7 * 320, 99);
+    let (small_w, tile_w) = (values(7 * 320, 99), values(48 * 320, 98));
+    let tile_q = quantize_4bit(&tile_w, &FourBitOptions::default()).unwrap();
     with_every_scheme(301, 320, |weight, x| {
         let small = Weight::F32 { rows: 7, cols: 320, data: &small_w };
-        let ws = [weight, weight, &small, weight];
-        let tokens: Vec<f32> = (0..3).flat_map(|t| x.iter().map(move |v| v * (1.0 + t as f32 * 0.25))).collect();
-        for k in Kernels::variants() {
-            for fourbit_exact in [false, true] {
-                let opts = MatmulOptions { fourbit_exact, ..Default::default() };
-                for (m, threads) in [(1, 1), (1, 2), (3, 1), (3, 2)] {
-                    let xs = &tokens[..m * 320];
-                    let (alone, joint) = in_pool(threads, || {
-                        let alone: Vec<Vec<f32>> = ws
-                            .iter()
-                            .map(|w| {
-                                let mut out = vec![0f32; m * w.rows()];
-                                lowbit_kernels::matmul_rows_with(&k, &mut out, w, xs, m, &opts).unwrap();
-                                out
-                            })
-                            .collect();
-                        let mut joint = vec![0f32; m * ws.iter().map(|w| w.rows()).sum::<usize>()];
-                        lowbit_kernels::matmul_rows_many_with(&k, &mut joint, &ws, xs, m, &opts).unwrap();
-                        (alone, joint)
-                    });
-                    let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-                    assert_eq!(
-                        bits(&joint),
-                        bits(&alone.concat()),
-                        "{} {} m={m} threads={threads} exact={fourbit_exact}",
-                        k.label(),
-                        weight.scheme_name()
-                    );
+        // A 4-bit weight of 48 rows after one of 301: its rows in sixteens (a matrix unit's
+        // tiles), its tasks' pieces not.
+        let tile = match weight {
+            Weight::FourBit(w) => {
+                let lowbit_kernels::Absmax::Nested { codes, nested_absmax, nested_blocksize, offset } = &tile_q.absmax
+                else {
+                    unreachable!("double quantization is the default")
+                };
+                let absmax =
+                    AbsmaxRef::Nested { codes, nested_absmax, nested_blocksize: *nested_blocksize, offset: *offset };
+                Some(Weight::FourBit(FourBitRef { rows: 48, codes: &tile_q.codes, absmax, ..*w }))
+            }
+            _ => None,
+        };
+        let mut lists: Vec<Vec<&Weight>> = vec![vec![weight, weight, &small, weight]];
+        if let Some(t) = &tile {
+            lists.push(vec![weight, t, t]);
+        }
+        for ws in &lists {
+            let tokens: Vec<f32> = (0..3).flat_map(|t| x.iter().map(move |v| v * (1.0 + t as f32 * 0.25))).collect();
+            for k in Kernels::variants() {
+                for fourbit_exact in [false, true] {
+                    let opts = MatmulOptions { fourbit_exact, ..Default::default() };
+                    for (m, threads) in [(1, 1), (1, 2), (3, 1), (3, 2)] {
+                        let xs = &tokens[..m * 320];
+                        let (alone, joint) = in_pool(threads, || {
+                            let alone: Vec<Vec<f32>> = ws
+                                .iter()
+                                .map(|w| {
+                                    let mut out = vec![0f32; m * w.rows()];
+                                    lowbit_kernels::matmul_rows_with(&k, &mut out, w, xs, m, &opts).unwrap();
+                                    out
+                                })
+                                .collect();
+                            let mut joint = vec![0f32; m * ws.iter().map(|w| w.rows()).sum::<usize>()];
+                            lowbit_kernels::matmul_rows_many_with(&k, &mut joint, ws, xs, m, &opts).unwrap();
+                            (alone, joint)
+                        });
+                        let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                        assert_eq!(
+                            bits(&joint),
+                            bits(&alone.concat()),
+                            "{} {} m={m} threads={threads} exact={fourbit_exact}",
+                            k.label(),
+                            weight.scheme_name()
+                        );
+                    }
                 }
             }
         }

@@ -299,3 +299,97 @@ pub unsafe fn q8_panel(
         asm!("tilerelease", options(nostack, nomem));
     }
 }
+
+/// The exact int32 sums of sixteen registers' lanes, register `r`'s total in lane `r`: pairs of
+/// registers interleaved and added, then pairs of pairs, then the 128-bit quarters.
+#[inline(always)]
+unsafe fn lane_totals(p: [__m512i; 16]) -> __m512i {
+    // SAFETY: register-only AVX-512F operations (the caller's target features).
+    unsafe {
+        // Loops, not closures: a closure around intrinsics may be compiled without the target
+        // features, each intrinsic then a call.
+        let mut two = [_mm512_setzero_si512(); 8];
+        for (i, t) in two.iter_mut().enumerate() {
+            let (a, b) = (p[2 * i], p[2 * i + 1]);
+            *t = _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b));
+        }
+        let mut four = [_mm512_setzero_si512(); 4];
+        for (i, f) in four.iter_mut().enumerate() {
+            let (a, b) = (two[2 * i], two[2 * i + 1]);
+            *f = _mm512_add_epi32(_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b));
+        }
+        let mut eight = [_mm512_setzero_si512(); 2];
+        for (i, e) in eight.iter_mut().enumerate() {
+            let (a, b) = (four[2 * i], four[2 * i + 1]);
+            *e = _mm512_add_epi32(
+                _mm512_shuffle_i32x4::<0b10_00_10_00>(a, b),
+                _mm512_shuffle_i32x4::<0b11_01_11_01>(a, b),
+            );
+        }
+        let (a, b) = (eight[0], eight[1]);
+        _mm512_add_epi32(_mm512_shuffle_i32x4::<0b10_00_10_00>(a, b), _mm512_shuffle_i32x4::<0b11_01_11_01>(a, b))
+    }
+}
+
+/// One token against sixteen 4-bit rows (blocks of 64) with [`fourbit_q8_panel`]'s arithmetic
+/// and so its bits for that token: per block, the sixteen rows' exact int32 sums in the lanes of
+/// one register (`vpdpbusd` on biased levels, lanes summed by [`lane_totals`], the bias taken
+/// off with the block's activation sum), then `acc = fma(sum · xs, factor, acc)` with one lane
+/// per row. A decode step of one sequence runs this; a step of several runs the tile unit, and
+/// each token gets the same bits either way.
+///
+/// # Safety
+/// See the module; also AVX-512 VNNI. Row `r`'s `32 · nb` code bytes start at `codes[r·half]`
+/// (`nb = xs.len()`); `wft` holds the factors block-major (`wft[16·b + r]`); `qe`, `qo` hold
+/// `32 · nb` activations, `qsum` `nb` sums.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn fourbit_q8_rows16(
+    codes: &[u8],
+    half: usize,
+    wft: &[f32],
+    lut: &[i8; 16],
+    qe: &[i8],
+    qo: &[i8],
+    xs: &[f32],
+    qsum: &[i32],
+) -> [f32; 16] {
+    let nb = xs.len();
+    debug_assert!(codes.len() >= 15 * half + 32 * nb && wft.len() >= 16 * nb && qsum.len() >= nb);
+    debug_assert!(qe.len() >= 32 * nb && qo.len() >= 32 * nb);
+    let mut biased = [0u8; 16];
+    for (b, &l) in biased.iter_mut().zip(lut) {
+        *b = (l as i16 + 128) as u8;
+    }
+    let mut out = [0f32; 16];
+    // SAFETY: loads read 32 bytes of each row's block and of each activation half inside the
+    // lengths of the contract; the prefetches never fault.
+    unsafe {
+        let table = _mm512_broadcast_i32x4(_mm_loadu_si128(biased.as_ptr() as *const __m128i));
+        let nib = _mm256_set1_epi8(0x0F);
+        let first = codes.as_ptr();
+        let mut acc = _mm512_setzero_ps();
+        for b in 0..nb {
+            for l in 0..8 {
+                super::prefetch_line(first.wrapping_add(512 * b + 64 * l + PREFETCH) as *const i8);
+            }
+            let a = _mm512_inserti64x4::<1>(
+                _mm512_castsi256_si512(_mm256_loadu_si256(qe.as_ptr().add(32 * b) as *const __m256i)),
+                _mm256_loadu_si256(qo.as_ptr().add(32 * b) as *const __m256i),
+            );
+            let mut p = [_mm512_setzero_si512(); 16];
+            for (r, p) in p.iter_mut().enumerate() {
+                let v = _mm256_loadu_si256(first.add(r * half + 32 * b) as *const __m256i);
+                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), nib);
+                let lo = _mm256_and_si256(v, nib);
+                let w = _mm512_shuffle_epi8(table, _mm512_inserti64x4::<1>(_mm512_castsi256_si512(hi), lo));
+                *p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, a);
+            }
+            let sums = _mm512_sub_epi32(lane_totals(p), _mm512_set1_epi32(128 * *qsum.as_ptr().add(b)));
+            let s = _mm512_mul_ps(_mm512_cvtepi32_ps(sums), _mm512_set1_ps(*xs.as_ptr().add(b)));
+            acc = _mm512_fmadd_ps(s, _mm512_loadu_ps(wft.as_ptr().add(16 * b)), acc);
+        }
+        _mm512_storeu_ps(out.as_mut_ptr(), acc);
+    }
+    out
+}
