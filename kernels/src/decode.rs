@@ -176,6 +176,9 @@ enum Prepared<'x> {
         q: Lined<i8>,
         d: Lined<f32>,
         pairs: Option<TokenPairs>,
+        /// Where the level has a matrix unit (as for 4-bit), and one token's block sums.
+        unit: Option<Unit>,
+        qsum: Vec<i32>,
     },
     FourBitQ8 {
         m: usize,
@@ -246,15 +249,27 @@ impl<'x> Prepared<'x> {
                         &mut d[t * nb..(t + 1) * nb],
                     );
                 }
+                // On a matrix unit, as for 4-bit weights.
+                let unit = (k.has_q8_panel() && matches!(bs, 32 | 64)).then(|| {
+                    if m == 1 {
+                        Unit::One
+                    } else {
+                        Unit::Panel(Panel::q8(&q, cols, &d, bs, nb, m))
+                    }
+                });
+                let qsum = match unit {
+                    Some(Unit::One) => q.chunks(bs).map(|b| b.iter().map(|&v| v as i32).sum()).collect(),
+                    _ => Vec::new(),
+                };
                 // Whole groups of eight tokens for the eight-token kernel.
-                let groups = if k.has_q8_rows_t8() { m / GROUP } else { 0 };
+                let groups = if k.has_q8_rows_t8() && unit.is_none() { m / GROUP } else { 0 };
                 let pairs = (groups > 0).then(|| {
                     let ts = 0..groups * GROUP;
                     let qs: Vec<&[i8]> = ts.clone().map(|t| &q[t * cols..(t + 1) * cols]).collect();
                     let ds: Vec<&[f32]> = ts.map(|t| &d[t * nb..(t + 1) * nb]).collect();
                     TokenPairs::q8(&qs, &ds, bs, nb)
                 });
-                Prepared::Q8 { m, q, d, pairs }
+                Prepared::Q8 { m, q, d, pairs, unit, qsum }
             }
             Route::FourBitQ8(bs) => {
                 let bpr = cols / bs;
@@ -313,6 +328,9 @@ impl<'x> Prepared<'x> {
             Prepared::FourBitQ8 { unit: Some(Unit::Panel(p)), .. } => {
                 (0, Kernels::panel_scratch(p.nb()), p.groups() * PANEL_TOKENS * UNIT_ROWS)
             }
+            // Sixteen rows' scales in f32, row- and block-major, or the panel kernel's.
+            Prepared::Q8 { unit: Some(Unit::One), .. } => (0, 0, UNIT_ROWS),
+            Prepared::Q8 { unit: Some(Unit::Panel(p)), .. } => (16 * p.nb(), 0, p.groups() * PANEL_TOKENS * UNIT_ROWS),
             _ => (0, 0, 0),
         };
         Scratch {
@@ -346,7 +364,36 @@ impl<'x> Prepared<'x> {
                 }
             }
             (&Prepared::Int8 { x, m, ref acts }, Weight::Int8(w8)) => int8_task(k, o, w8, x, m, acts, r0),
-            (&Prepared::Q8 { m, ref q, ref d, ref pairs }, Weight::Q8(w8)) => {
+            (&Prepared::Q8 { m, ref q, ref d, unit: Some(ref unit), ref qsum, .. }, Weight::Q8(w8))
+                if w8.rows.is_multiple_of(16) =>
+            {
+                let tokens = match unit {
+                    Unit::One => 1,
+                    Unit::Panel(p) => p.groups() * PANEL_TOKENS,
+                };
+                let Scratch { unit_factors, unit_out, .. } = scratch;
+                let (cols, bs) = (w8.cols, w8.blocksize);
+                let nb = cols / bs;
+                unit_task(o, m, tokens, w8.rows, r0, unit_out, |a, n, out| {
+                    let (qs, sc) = (&w8.qs[a * cols..(a + n) * cols], &w8.scales[a * nb..(a + n) * nb]);
+                    match unit {
+                        Unit::Panel(p) => {
+                            let done = k.q8_panel(qs, sc, p, n, unit_factors, out);
+                            assert!(done, "prepared only where the level has the kernel");
+                        }
+                        Unit::One => {
+                            for i in (0..n).step_by(16) {
+                                let sc = &sc[i * nb..(i + 16) * nb];
+                                let v = k
+                                    .q8_rows16(&qs[i * cols..], cols, bs, sc, &q[..cols], &d[..nb], qsum)
+                                    .expect("prepared only where the level has the kernel");
+                                out[i..i + 16].copy_from_slice(&v);
+                            }
+                        }
+                    }
+                })
+            }
+            (&Prepared::Q8 { m, ref q, ref d, ref pairs, .. }, Weight::Q8(w8)) => {
                 q8_task(k, o, w8, m, q, d, pairs.as_ref(), r0)
             }
             (&Prepared::FourBitQ8 { m, ref q, bpr, unit: Some(ref unit), .. }, Weight::FourBit(w4))

@@ -60,6 +60,7 @@ type DotQ8Many = unsafe fn(&[i8], &[f16], &[i8], &[f32], usize, &mut [f32]);
 type Transpose = unsafe fn(&[f32], usize, &mut [f32], usize, usize, usize);
 type Q8Panel = unsafe fn(&[i8], &[f16], &crate::panel::Panel, usize, &mut [f32], &mut [f32]);
 type FourBitQ8Rows16 = unsafe fn(&[u8], usize, &[f32], &[i8; 16], &[i8], &[i8], &[f32], &[i32]) -> [f32; 16];
+type Q8Rows16 = unsafe fn(&[i8], usize, usize, &[f16], &[i8], &[f32], &[i32]) -> [f32; 16];
 type FourBitQ8Panel = unsafe fn(&[u8], &[f32], &[i8; 16], &crate::panel::Panel, usize, &mut [i8], &mut [f32]);
 
 /// The kernels of one instruction-set level.
@@ -142,6 +143,8 @@ pub struct Kernels {
     /// One token against sixteen 4-bit rows with `fourbit_q8_panel`'s bits for it (decode of
     /// one sequence where batches go to the matrix unit).
     fourbit_q8_rows16: Option<FourBitQ8Rows16>,
+    /// The same for block int8 rows (`q8_panel`'s bits).
+    q8_rows16: Option<Q8Rows16>,
 }
 
 impl std::fmt::Debug for Kernels {
@@ -208,6 +211,7 @@ impl Kernels {
             fourbit_q8_panel: None,
             q8_panel: None,
             fourbit_q8_rows16: None,
+            q8_rows16: None,
         };
         match isa {
             Isa::Scalar => Some(scalar),
@@ -264,6 +268,7 @@ impl Kernels {
                     fourbit_q8_panel: None,
                     q8_panel: None,
                     fourbit_q8_rows16: None,
+                    q8_rows16: None,
                 })
             }
             #[cfg(target_arch = "x86_64")]
@@ -323,6 +328,7 @@ impl Kernels {
                     fourbit_q8_panel: None,
                     q8_panel: None,
                     fourbit_q8_rows16: None,
+                    q8_rows16: None,
                 })
             }
             #[allow(unreachable_patterns)]
@@ -463,6 +469,7 @@ impl Kernels {
             fourbit_q8_panel: Some(crate::arch::x86_64::amx::fourbit_q8_panel),
             q8_panel: Some(crate::arch::x86_64::amx::q8_panel),
             fourbit_q8_rows16: Some(crate::arch::x86_64::amx::fourbit_q8_rows16),
+            q8_rows16: Some(crate::arch::x86_64::amx::q8_rows16),
             ..k
         }
     }
@@ -530,6 +537,7 @@ impl Kernels {
             fourbit_q8_panel: None,
             q8_panel: None,
             fourbit_q8_rows16: None,
+            q8_rows16: None,
         };
         if !vbmi {
             return plain;
@@ -1254,6 +1262,30 @@ impl Kernels {
         assert!(wft.len() >= 16 * nb && qsum.len() >= nb && qe.len() >= 32 * nb && qo.len() >= 32 * nb);
         // SAFETY: the level has the kernel only where the CPU allows it; lengths checked.
         Some(unsafe { f(codes, half, wft, lut, qe, qo, xs, qsum) })
+    }
+
+    /// [`Kernels::q8_panel`]'s results for one token (its first, alone) against sixteen block
+    /// int8 rows, bit for bit, without the matrix unit: row `r`'s values at `w[r·cols ..]` and its
+    /// scales at `scale[r·nb ..]`, blocks of `bs` (32 or 64), the token's activations
+    /// `q`, block scales `d` (`nb = d.len()`) and block sums `qsum`. `None` where the level has no
+    /// such kernel.
+    #[allow(clippy::too_many_arguments)]
+    pub fn q8_rows16(
+        &self,
+        w: &[i8],
+        cols: usize,
+        bs: usize,
+        scale: &[f16],
+        q: &[i8],
+        d: &[f32],
+        qsum: &[i32],
+    ) -> Option<[f32; 16]> {
+        let f = self.q8_rows16?;
+        let nb = d.len();
+        assert!(matches!(bs, 32 | 64) && cols >= nb * bs && w.len() >= 15 * cols + nb * bs, "weights too short");
+        assert!(scale.len() >= 16 * nb && q.len() >= nb * bs && qsum.len() >= nb);
+        // SAFETY: the level has the kernel only where the CPU allows it; lengths checked.
+        Some(unsafe { f(w, cols, bs, scale, q, d, qsum) })
     }
 
     /// Whether this level has [`Kernels::q8_panel`].

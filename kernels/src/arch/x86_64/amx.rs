@@ -300,10 +300,11 @@ pub unsafe fn q8_panel(
     }
 }
 
-/// The exact int32 sums of sixteen registers' lanes, register `r`'s total in lane `r`: pairs of
-/// registers interleaved and added, then pairs of pairs, then the 128-bit quarters.
+/// Sixteen registers' lanes summed within each 128-bit quarter: quarter `c` of the result's
+/// register `i` holds, for registers `4i .. 4i + 4`, the sum of their lanes in quarter `c`
+/// (pairs of registers interleaved and added, then pairs of pairs).
 #[inline(always)]
-unsafe fn lane_totals(p: [__m512i; 16]) -> __m512i {
+unsafe fn quarter_sums(p: [__m512i; 16]) -> [__m512i; 4] {
     // SAFETY: register-only AVX-512F operations (the caller's target features).
     unsafe {
         // Loops, not closures: a closure around intrinsics may be compiled without the target
@@ -318,6 +319,16 @@ unsafe fn lane_totals(p: [__m512i; 16]) -> __m512i {
             let (a, b) = (two[2 * i], two[2 * i + 1]);
             *f = _mm512_add_epi32(_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b));
         }
+        four
+    }
+}
+
+/// Quarters 0 + 1 and 2 + 3 of [`quarter_sums`] added, in the quarters of two registers:
+/// `[q(4i)(0+1), q(4i)(2+3), q(4i+4)(0+1), q(4i+4)(2+3)]` for `i` = 0, 1.
+#[inline(always)]
+unsafe fn half_sums(four: [__m512i; 4]) -> [__m512i; 2] {
+    // SAFETY: register-only AVX-512F operations (the caller's target features).
+    unsafe {
         let mut eight = [_mm512_setzero_si512(); 2];
         for (i, e) in eight.iter_mut().enumerate() {
             let (a, b) = (four[2 * i], four[2 * i + 1]);
@@ -326,8 +337,29 @@ unsafe fn lane_totals(p: [__m512i; 16]) -> __m512i {
                 _mm512_shuffle_i32x4::<0b11_01_11_01>(a, b),
             );
         }
-        let (a, b) = (eight[0], eight[1]);
+        eight
+    }
+}
+
+/// The exact int32 sums of sixteen registers' lanes, register `r`'s total in lane `r`.
+#[inline(always)]
+unsafe fn lane_totals(p: [__m512i; 16]) -> __m512i {
+    // SAFETY: register-only AVX-512F operations (the caller's target features).
+    unsafe {
+        let [a, b] = half_sums(quarter_sums(p));
         _mm512_add_epi32(_mm512_shuffle_i32x4::<0b10_00_10_00>(a, b), _mm512_shuffle_i32x4::<0b11_01_11_01>(a, b))
+    }
+}
+
+/// Sixteen registers whose low halves and high halves each hold one block's partial sums: the
+/// exact int32 sums of each half, register `r`'s low-half total in lane `r` of the first result,
+/// its high-half total in lane `r` of the second.
+#[inline(always)]
+unsafe fn half_totals(p: [__m512i; 16]) -> [__m512i; 2] {
+    // SAFETY: register-only AVX-512F operations (the caller's target features).
+    unsafe {
+        let [a, b] = half_sums(quarter_sums(p));
+        [_mm512_shuffle_i32x4::<0b10_00_10_00>(a, b), _mm512_shuffle_i32x4::<0b11_01_11_01>(a, b)]
     }
 }
 
@@ -388,6 +420,109 @@ pub unsafe fn fourbit_q8_rows16(
             let sums = _mm512_sub_epi32(lane_totals(p), _mm512_set1_epi32(128 * *qsum.as_ptr().add(b)));
             let s = _mm512_mul_ps(_mm512_cvtepi32_ps(sums), _mm512_set1_ps(*xs.as_ptr().add(b)));
             acc = _mm512_fmadd_ps(s, _mm512_loadu_ps(wft.as_ptr().add(16 * b)), acc);
+        }
+        _mm512_storeu_ps(out.as_mut_ptr(), acc);
+    }
+    out
+}
+
+/// The f16 scales of block `b` of sixteen rows (`nb` scales a row from `sp`; `rows_at` holds
+/// each row's byte offset) in f32, one row per lane: 32-bit words gathered and truncated, the
+/// last block's read as the word before it and shifted, so no gather reads past a row's scales.
+///
+/// # Safety
+/// AVX-512F and F16C; `sp` holds `16 · nb` scales.
+#[inline(always)]
+unsafe fn row_scales(sp: *const u8, rows_at: __m512i, nb: usize, b: usize) -> __m512 {
+    // SAFETY: every gathered word lies inside row r's `nb` scales (two of them), by the choice
+    // below; one scale a row is read plainly.
+    unsafe {
+        let words = if b + 1 < nb {
+            _mm512_i32gather_epi32::<1>(rows_at, sp.add(2 * b) as *const _)
+        } else if b > 0 {
+            _mm512_srli_epi32::<16>(_mm512_i32gather_epi32::<1>(rows_at, sp.add(2 * b - 2) as *const _))
+        } else {
+            return _mm512_cvtph_ps(_mm256_loadu_si256(sp as *const __m256i));
+        };
+        _mm512_cvtph_ps(_mm512_cvtepi32_epi16(words))
+    }
+}
+
+/// One token against sixteen block int8 rows (blocks of 32 or 64) with [`q8_panel`]'s
+/// arithmetic and so its bits for that token: per block, the sixteen rows' exact int32 sums in
+/// the lanes of one register (`vpdpbusd` on the weights with their sign bit flipped, i.e. +128,
+/// lanes summed by [`lane_totals`], the bias taken off with the block's activation sum), then
+/// `acc = fma(sum, scale · d, acc)` with one lane per row.
+///
+/// # Safety
+/// See the module; also AVX-512 VNNI. With `nb = d.len()` and `bs` 32 or 64: row `r`'s
+/// `nb · bs` values start at `w[r·cols]` (`cols ≥ nb · bs`) and its `nb` scales at
+/// `scale[r·nb]`; `q` holds `nb · bs` activations, `qsum` their `nb` block sums.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn q8_rows16(
+    w: &[i8],
+    cols: usize,
+    bs: usize,
+    scale: &[half::f16],
+    q: &[i8],
+    d: &[f32],
+    qsum: &[i32],
+) -> [f32; 16] {
+    let nb = d.len();
+    debug_assert!((bs == 32 || bs == 64) && cols >= nb * bs && w.len() >= 15 * cols + nb * bs);
+    debug_assert!(scale.len() >= 15 * nb + nb && q.len() >= nb * bs && qsum.len() >= nb);
+    let mut out = [0f32; 16];
+    // SAFETY: loads read one block (`bs` bytes, through a mask for 32) of each row and of the
+    // activations inside the lengths of the contract; the prefetches never fault.
+    unsafe {
+        let flip = _mm512_set1_epi8(-128);
+        let first = w.as_ptr();
+        let mut acc = _mm512_setzero_ps();
+        let sp = scale.as_ptr() as *const u8;
+        let rows_at = _mm512_mullo_epi32(
+            _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+            _mm512_set1_epi32(2 * nb as i32),
+        );
+        // Block `b`'s scaling, in block order (the panel kernel's).
+        macro_rules! scale {
+            ($sums:expr, $b:expr) => {{
+                let b = $b;
+                let sums = _mm512_sub_epi32($sums, _mm512_set1_epi32(128 * *qsum.as_ptr().add(b)));
+                let f = _mm512_mul_ps(row_scales(sp, rows_at, nb, b), _mm512_set1_ps(*d.as_ptr().add(b)));
+                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), f, acc);
+            }};
+        }
+        // 64 bytes a step: one block of 64, or two of 32 (each row's two in its halves).
+        let steps = nb * bs / 64;
+        for st in 0..steps {
+            for l in 0..16 {
+                super::prefetch_line(first.wrapping_add(1024 * st + 64 * l + PREFETCH));
+            }
+            let a = _mm512_loadu_si512(q.as_ptr().add(64 * st) as *const _);
+            let mut p = [_mm512_setzero_si512(); 16];
+            for (r, p) in p.iter_mut().enumerate() {
+                let v = _mm512_loadu_si512(first.add(r * cols + 64 * st) as *const _);
+                *p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_xor_si512(v, flip), a);
+            }
+            if bs == 64 {
+                scale!(lane_totals(p), st);
+            } else {
+                let [lo, hi] = half_totals(p);
+                scale!(lo, 2 * st);
+                scale!(hi, 2 * st + 1);
+            }
+        }
+        // An odd last block of 32: the low half of a step, the rest masked off (zero bytes flip
+        // to 128 but meet zero activations).
+        if bs == 32 && nb % 2 == 1 {
+            let (b, mask) = (nb - 1, 0xFFFF_FFFFu64);
+            let a = _mm512_maskz_loadu_epi8(mask, q.as_ptr().add(32 * b));
+            let mut p = [_mm512_setzero_si512(); 16];
+            for (r, p) in p.iter_mut().enumerate() {
+                let v = _mm512_maskz_loadu_epi8(mask, first.add(r * cols + 32 * b));
+                *p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_xor_si512(v, flip), a);
+            }
+            scale!(lane_totals(p), b);
         }
         _mm512_storeu_ps(out.as_mut_ptr(), acc);
     }
