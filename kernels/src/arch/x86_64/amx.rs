@@ -279,6 +279,15 @@ pub unsafe fn q8_panel(
                     let two = b + 1 < nb;
                     let next = if two { b + 1 } else { b };
                     let (x0, x1) = (panel.tile(g, b).as_ptr(), panel.tile(g, next).as_ptr());
+                    if g == 0 {
+                        // The tile's rows are one stretch of memory, read sixteen rows a block
+                        // at a time; the stretch [PREFETCH] bytes on is brought in at the same
+                        // pace (the tile load itself waits on memory otherwise).
+                        let ahead = wrow.wrapping_add(16 * bs * b + PREFETCH);
+                        for l in 0..bs / 2 {
+                            super::prefetch_line(ahead.wrapping_add(64 * l));
+                        }
+                    }
                     block_sums(two, wrow.add(bs * b), wrow.add(bs * next), cols, x0, x1, c0, c1);
                     for (k, c) in [c0, c1].into_iter().enumerate().take(1 + two as usize) {
                         let dv = _mm512_loadu_ps(panel.scales(g, b + k).as_ptr());
