@@ -250,7 +250,7 @@ impl<'x> Prepared<'x> {
                     );
                 }
                 // On a matrix unit, as for 4-bit weights.
-                let unit = (k.has_q8_panel() && matches!(bs, 32 | 64)).then(|| {
+                let unit = (k.has_unit_decode() && matches!(bs, 32 | 64)).then(|| {
                     if m == 1 {
                         Unit::One
                     } else {
@@ -287,13 +287,8 @@ impl<'x> Prepared<'x> {
                 }
                 // On a matrix unit every token of the step goes through the tile kernel, or one
                 // token alone through its sixteen-row twin (blocks of 64 only).
-                let unit = (bs == 64 && k.has_fourbit_q8_panel()).then(|| {
-                    if m == 1 {
-                        Unit::One
-                    } else {
-                        Unit::Panel(q.panel(m))
-                    }
-                });
+                let unit =
+                    (bs == 64 && k.has_unit_decode()).then(|| if m == 1 { Unit::One } else { Unit::Panel(q.panel(m)) });
                 // Whole groups of eight tokens for the eight-token kernel (blocks of 64 only).
                 let groups =
                     if bs == 64 && k.has_rows_t8() && k.x4_for(cols) && unit.is_none() { m / GROUP } else { 0 };

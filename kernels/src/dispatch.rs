@@ -63,6 +63,34 @@ type FourBitQ8Rows16 = unsafe fn(&[u8], usize, &[f32], &[i8; 16], &[i8], &[i8], 
 type Q8Rows16 = unsafe fn(&[i8], usize, usize, &[f16], &[i8], &[f32], &[i32]) -> [f32; 16];
 type FourBitQ8Panel = unsafe fn(&[u8], &[f32], &[i8; 16], &crate::panel::Panel, usize, &mut [i8], &mut [f32]);
 
+/// What the AVX-512 tables run on AMX (`LOWBIT_AMX`), where the CPU and OS allow it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Amx {
+    /// Nothing (`0`).
+    Off,
+    /// Prompts' products (`prompts`, the default): no change to any decoded token's numbers.
+    Prompts,
+    /// Prompts and decode (`all`): a batch's decode products on the tile unit, one token
+    /// through its sixteen-row twin with the same bits (so batches keep each token's bits);
+    /// faster batches, a slower single stream (docs/PERFORMANCE.md).
+    All,
+}
+
+impl Amx {
+    /// `LOWBIT_AMX`, if set.
+    pub fn from_env() -> Result<Amx> {
+        match std::env::var("LOWBIT_AMX") {
+            Err(_) => Ok(Amx::Prompts),
+            Ok(v) => match v.trim().to_ascii_lowercase().as_str() {
+                "0" | "off" => Ok(Amx::Off),
+                "prompts" | "1" | "" => Ok(Amx::Prompts),
+                "all" => Ok(Amx::All),
+                _ => Err(crate::error::KernelError::UnknownAmx(v)),
+            },
+        }
+    }
+}
+
 /// The kernels of one instruction-set level.
 #[derive(Clone, Copy)]
 pub struct Kernels {
@@ -354,10 +382,16 @@ impl Kernels {
         for k in Isa::all_supported().into_iter().filter_map(Kernels::for_isa) {
             #[cfg(target_arch = "x86_64")]
             if k.isa == Isa::Avx512 && Self::vbmi() {
-                out.push(Self::avx512(false, false));
+                out.push(Self::avx512(false, Amx::Off));
             }
-            if k.isa == Isa::Avx512 && Self::amx() {
-                out.push(Self::avx512(Self::vbmi(), false));
+            // Every use of AMX the CPU allows, whichever the process runs.
+            #[cfg(target_arch = "x86_64")]
+            if k.isa == Isa::Avx512 && crate::arch::x86_64::amx::usable() {
+                for amx in [Amx::Off, Amx::Prompts, Amx::All] {
+                    if amx != Self::amx() {
+                        out.push(Self::avx512(Self::vbmi(), amx));
+                    }
+                }
             }
             // A CPU with both encodings of 256-bit VNNI runs the EVEX twin as well.
             #[cfg(target_arch = "x86_64")]
@@ -459,17 +493,23 @@ impl Kernels {
     /// without it), which shows in a decode row from L1 (bench `fourbit_q8_row`;
     /// docs/PERFORMANCE.md).
     #[cfg(target_arch = "x86_64")]
-    fn avx512(vbmi: bool, amx: bool) -> Kernels {
+    fn avx512(vbmi: bool, amx: Amx) -> Kernels {
         let k = Self::avx512_vnni(vbmi);
-        if !amx {
+        let all = amx == Amx::All;
+        if amx == Amx::Off {
             return k;
         }
         Kernels {
-            label: if vbmi { "avx512+vbmi+amx" } else { "avx512+amx" },
+            label: match (vbmi, all) {
+                (true, false) => "avx512+vbmi+amx",
+                (true, true) => "avx512+vbmi+amx(all)",
+                (false, false) => "avx512+amx",
+                (false, true) => "avx512+amx(all)",
+            },
             fourbit_q8_panel: Some(crate::arch::x86_64::amx::fourbit_q8_panel),
             q8_panel: Some(crate::arch::x86_64::amx::q8_panel),
-            fourbit_q8_rows16: Some(crate::arch::x86_64::amx::fourbit_q8_rows16),
-            q8_rows16: Some(crate::arch::x86_64::amx::q8_rows16),
+            fourbit_q8_rows16: all.then_some(crate::arch::x86_64::amx::fourbit_q8_rows16 as FourBitQ8Rows16),
+            q8_rows16: all.then_some(crate::arch::x86_64::amx::q8_rows16 as Q8Rows16),
             ..k
         }
     }
@@ -557,11 +597,14 @@ impl Kernels {
         }
     }
 
-    /// Whether the AVX-512 tables use AMX for prompts: when this process may (the CPU has
-    /// AMX-TILE and AMX-INT8 and the OS granted their state), unless `LOWBIT_AMX=0`.
+    /// How the AVX-512 tables use AMX where this process may (the CPU has AMX-TILE and AMX-INT8
+    /// and the OS granted their state): `LOWBIT_AMX`, [`Amx::Prompts`] by default.
     #[cfg(target_arch = "x86_64")]
-    fn amx() -> bool {
-        crate::arch::x86_64::amx::usable() && std::env::var("LOWBIT_AMX").map_or(true, |v| v.trim() != "0")
+    fn amx() -> Amx {
+        if !crate::arch::x86_64::amx::usable() {
+            return Amx::Off;
+        }
+        Amx::from_env().unwrap_or(Amx::Prompts)
     }
 
     /// Whether the AVX-512 tables use VBMI: when the CPU has it, unless `LOWBIT_VBMI=0` asks
@@ -1207,6 +1250,12 @@ impl Kernels {
         Some(())
     }
 
+    /// Whether this level runs decode on a matrix unit ([`Amx::All`]).
+    #[inline]
+    pub fn has_unit_decode(&self) -> bool {
+        self.fourbit_q8_rows16.is_some() && self.q8_rows16.is_some()
+    }
+
     /// Whether this level has [`Kernels::fourbit_q8_panel`].
     #[inline]
     pub fn has_fourbit_q8_panel(&self) -> bool {
@@ -1514,5 +1563,6 @@ pub fn kernels() -> &'static Kernels {
 pub fn try_kernels() -> Result<&'static Kernels> {
     Isa::from_env()?;
     crate::Prefetch::from_env()?;
+    Amx::from_env()?;
     Ok(kernels())
 }

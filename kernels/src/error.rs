@@ -49,6 +49,9 @@ pub enum KernelError {
     /// An unknown name in `LOWBIT_PREFETCH`.
     #[error("unknown prefetch hint {0:?} (expected outer, nta)")]
     UnknownPrefetch(String),
+    /// An unknown value in `LOWBIT_AMX`.
+    #[error("unknown LOWBIT_AMX value {0:?} (expected prompts, all, 0)")]
+    UnknownAmx(String),
 }
 
 /// Result alias for the kernels.

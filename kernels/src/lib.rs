@@ -43,7 +43,7 @@ pub mod team;
 mod weight;
 
 pub use cpu::Isa;
-pub use dispatch::{kernels, try_kernels, Kernels};
+pub use dispatch::{kernels, try_kernels, Amx, Kernels};
 pub use error::{KernelError, Result};
 pub use fourbit::{
     quantize_4bit, quantize_4bit_weighted, Absmax, ColumnImportance, FourBitKind, FourBitOptions, FourBitTensor,

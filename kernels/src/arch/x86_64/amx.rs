@@ -76,6 +76,24 @@ const TILE: usize = 1024;
 /// one-token step reads each row once, straight from memory.
 const PREFETCH: usize = 16384;
 
+/// Bytes from a tile of sixteen rows (`stride` bytes apart) to the tile whose lines its reads
+/// prefetch: whole tiles, at least [`PREFETCH`]. Such a tile is read a column at a time, so
+/// its prefetches follow the same columns of a later tile (a stream [`PREFETCH`] bytes ahead
+/// reached rows 4096 weights wide too late: one-token decode at Mistral's width ran at three
+/// fifths of the memory probe).
+fn tiles_ahead(stride: usize) -> usize {
+    let tile = 16 * stride;
+    PREFETCH.div_ceil(tile).max(1) * tile
+}
+
+/// Prefetches byte `at` of each of sixteen rows `stride` bytes apart from `p`.
+#[inline(always)]
+fn prefetch_rows(p: *const u8, stride: usize, at: usize) {
+    for r in 0..16 {
+        super::prefetch_line(p.wrapping_add(r * stride + at) as *const i8);
+    }
+}
+
 /// Palette 1 with six tiles: tmm0, tmm1 block sums (16 rows × 16 tokens of int32), tmm2, tmm3
 /// weights (16 rows × `bs` bytes), tmm4, tmm5 activations ([`Panel`]'s tiles: `bs / 4` rows of
 /// 64 bytes), for blocks of `bs` (32 or 64).
@@ -280,12 +298,10 @@ pub unsafe fn q8_panel(
                     let next = if two { b + 1 } else { b };
                     let (x0, x1) = (panel.tile(g, b).as_ptr(), panel.tile(g, next).as_ptr());
                     if g == 0 {
-                        // The tile's rows are one stretch of memory, read sixteen rows a block
-                        // at a time; the stretch [PREFETCH] bytes on is brought in at the same
-                        // pace (the tile load itself waits on memory otherwise).
-                        let ahead = wrow.wrapping_add(16 * bs * b + PREFETCH);
-                        for l in 0..bs / 2 {
-                            super::prefetch_line(ahead.wrapping_add(64 * l));
+                        // The tile load waits on memory otherwise.
+                        let ahead = (wrow as *const u8).wrapping_add(tiles_ahead(cols));
+                        for at in (bs * b..bs * (b + 2)).step_by(64) {
+                            prefetch_rows(ahead, cols, at);
                         }
                     }
                     block_sums(two, wrow.add(bs * b), wrow.add(bs * next), cols, x0, x1, c0, c1);
@@ -410,9 +426,10 @@ pub unsafe fn fourbit_q8_rows16(
         let nib = _mm256_set1_epi8(0x0F);
         let first = codes.as_ptr();
         let mut acc = _mm512_setzero_ps();
+        let ahead = first.wrapping_add(tiles_ahead(half));
         for b in 0..nb {
-            for l in 0..8 {
-                super::prefetch_line(first.wrapping_add(512 * b + 64 * l + PREFETCH) as *const i8);
+            if b % 2 == 0 {
+                prefetch_rows(ahead, half, 32 * b);
             }
             let a = _mm512_inserti64x4::<1>(
                 _mm512_castsi256_si512(_mm256_loadu_si256(qe.as_ptr().add(32 * b) as *const __m256i)),
@@ -503,10 +520,9 @@ pub unsafe fn q8_rows16(
         }
         // 64 bytes a step: one block of 64, or two of 32 (each row's two in its halves).
         let steps = nb * bs / 64;
+        let ahead = (first as *const u8).wrapping_add(tiles_ahead(cols));
         for st in 0..steps {
-            for l in 0..16 {
-                super::prefetch_line(first.wrapping_add(1024 * st + 64 * l + PREFETCH));
-            }
+            prefetch_rows(ahead, cols, 64 * st);
             let a = _mm512_loadu_si512(q.as_ptr().add(64 * st) as *const _);
             let mut p = [_mm512_setzero_si512(); 16];
             for (r, p) in p.iter_mut().enumerate() {
