@@ -323,7 +323,8 @@ impl<'x> Prepared<'x> {
             Prepared::FourBitQ8 { unit: Some(Unit::Panel(p)), .. } => {
                 (0, Kernels::panel_scratch(p.nb()), p.groups() * PANEL_TOKENS * UNIT_ROWS)
             }
-            // Sixteen rows' scales in f32, row- and block-major, or the panel kernel's.
+            // The panel kernel converts its rows' scales into `unit_factors`; one token reads them
+            // in place.
             Prepared::Q8 { unit: Some(Unit::One), .. } => (0, 0, UNIT_ROWS),
             Prepared::Q8 { unit: Some(Unit::Panel(p)), .. } => (16 * p.nb(), 0, p.groups() * PANEL_TOKENS * UNIT_ROWS),
             _ => (0, 0, 0),

@@ -74,6 +74,17 @@ fn with_every_scheme(rows: usize, cols: usize, mut f: impl FnMut(&Weight, &[f32]
     }
 }
 
+/// For a 4-bit `weight`, another of `rows` rows with the same kind and blocks from `q` (made
+/// with the default options); `None` for other schemes.
+fn fourbit_like<'a>(weight: &Weight<'a>, q: &'a lowbit_kernels::FourBitTensor, rows: usize) -> Option<Weight<'a>> {
+    let Weight::FourBit(w) = weight else { return None };
+    let lowbit_kernels::Absmax::Nested { codes, nested_absmax, nested_blocksize, offset } = &q.absmax else {
+        unreachable!("double quantization is the default")
+    };
+    let absmax = AbsmaxRef::Nested { codes, nested_absmax, nested_blocksize: *nested_blocksize, offset: *offset };
+    Some(Weight::FourBit(FourBitRef { rows, codes: &q.codes, absmax, ..*w }))
+}
+
 #[test]
 fn parallel_matvec_equals_serial_for_every_scheme() {
     // 301 rows: not a multiple of the 32-row task; 64·300 and 330 columns: ≥ 65,536
@@ -155,18 +166,7 @@ fn several_weights_in_one_loop_equal_one_call_each() {
         let small = Weight::F32 { rows: 7, cols: 320, data: &small_w };
         // A 4-bit weight of 48 rows after one of 301: its rows in sixteens (a matrix unit's
         // tiles), its tasks' pieces not.
-        let tile = match weight {
-            Weight::FourBit(w) => {
-                let lowbit_kernels::Absmax::Nested { codes, nested_absmax, nested_blocksize, offset } = &tile_q.absmax
-                else {
-                    unreachable!("double quantization is the default")
-                };
-                let absmax =
-                    AbsmaxRef::Nested { codes, nested_absmax, nested_blocksize: *nested_blocksize, offset: *offset };
-                Some(Weight::FourBit(FourBitRef { rows: 48, codes: &tile_q.codes, absmax, ..*w }))
-            }
-            _ => None,
-        };
+        let tile = fourbit_like(weight, &tile_q, 48);
         let mut lists: Vec<Vec<&Weight>> = vec![vec![weight, weight, &small, weight]];
         if let Some(t) = &tile {
             lists.push(vec![weight, t, t]);
@@ -227,18 +227,7 @@ fn a_prompts_products_in_one_loop_equal_one_call_each() {
     let (small_w, wide) = (values(64 * 320, 98), values(7 * 320, 99));
     with_every_scheme(301, 320, |weight, x| {
         let small_q = quantize_4bit(&small_w, &FourBitOptions::default()).unwrap();
-        let small_4 = match weight {
-            Weight::FourBit(w) => {
-                let lowbit_kernels::Absmax::Nested { codes, nested_absmax, nested_blocksize, offset } = &small_q.absmax
-                else {
-                    unreachable!("double quantization is the default")
-                };
-                let absmax =
-                    AbsmaxRef::Nested { codes, nested_absmax, nested_blocksize: *nested_blocksize, offset: *offset };
-                Some(Weight::FourBit(FourBitRef { rows: 64, codes: &small_q.codes, absmax, ..*w }))
-            }
-            _ => None,
-        };
+        let small_4 = fourbit_like(weight, &small_q, 64);
         let other = Weight::F32 { rows: 7, cols: 320, data: &wide };
         let mut lists: Vec<Vec<&Weight>> = vec![vec![weight, &other, weight]];
         if let Some(s4) = &small_4 {
