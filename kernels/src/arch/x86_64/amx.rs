@@ -423,14 +423,41 @@ pub unsafe fn fourbit_q8_rows16(
     // lengths of the contract; the prefetches never fault.
     unsafe {
         let table = _mm512_broadcast_i32x4(_mm_loadu_si128(biased.as_ptr() as *const __m128i));
-        let nib = _mm256_set1_epi8(0x0F);
+        let (nib, nib2) = (_mm256_set1_epi8(0x0F), _mm512_set1_epi8(0x0F));
         let first = codes.as_ptr();
         let mut acc = _mm512_setzero_ps();
         let ahead = first.wrapping_add(tiles_ahead(half));
-        for b in 0..nb {
-            if b % 2 == 0 {
-                prefetch_rows(ahead, half, 32 * b);
+        // Block `b`'s scaling, in block order (the panel kernel's).
+        macro_rules! scale {
+            ($sums:expr, $b:expr) => {{
+                let b = $b;
+                let sums = _mm512_sub_epi32($sums, _mm512_set1_epi32(128 * *qsum.as_ptr().add(b)));
+                let s = _mm512_mul_ps(_mm512_cvtepi32_ps(sums), _mm512_set1_ps(*xs.as_ptr().add(b)));
+                acc = _mm512_fmadd_ps(s, _mm512_loadu_ps(wft.as_ptr().add(16 * b)), acc);
+            }};
+        }
+        // Two blocks a step: a row's 64 code bytes in one register, high and low nibbles looked
+        // up apart and met by the two blocks' even and odd activations, each block's partial
+        // sums in its half of the row's register (no lane crossing before the reduction).
+        for st in 0..nb / 2 {
+            prefetch_rows(ahead, half, 64 * st);
+            let ae = _mm512_loadu_si512(qe.as_ptr().add(64 * st) as *const _);
+            let ao = _mm512_loadu_si512(qo.as_ptr().add(64 * st) as *const _);
+            let mut p = [_mm512_setzero_si512(); 16];
+            for (r, p) in p.iter_mut().enumerate() {
+                let v = _mm512_loadu_si512(first.add(r * half + 64 * st) as *const _);
+                let wh = _mm512_shuffle_epi8(table, _mm512_and_si512(_mm512_srli_epi16::<4>(v), nib2));
+                let wl = _mm512_shuffle_epi8(table, _mm512_and_si512(v, nib2));
+                *p = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), wh, ae), wl, ao);
             }
+            let [lo, hi] = half_totals(p);
+            scale!(lo, 2 * st);
+            scale!(hi, 2 * st + 1);
+        }
+        // An odd last block: high and low nibbles side by side in one register.
+        if nb % 2 == 1 {
+            let b = nb - 1;
+            prefetch_rows(ahead, half, 32 * b);
             let a = _mm512_inserti64x4::<1>(
                 _mm512_castsi256_si512(_mm256_loadu_si256(qe.as_ptr().add(32 * b) as *const __m256i)),
                 _mm256_loadu_si256(qo.as_ptr().add(32 * b) as *const __m256i),
@@ -443,9 +470,7 @@ pub unsafe fn fourbit_q8_rows16(
                 let w = _mm512_shuffle_epi8(table, _mm512_inserti64x4::<1>(_mm512_castsi256_si512(hi), lo));
                 *p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, a);
             }
-            let sums = _mm512_sub_epi32(lane_totals(p), _mm512_set1_epi32(128 * *qsum.as_ptr().add(b)));
-            let s = _mm512_mul_ps(_mm512_cvtepi32_ps(sums), _mm512_set1_ps(*xs.as_ptr().add(b)));
-            acc = _mm512_fmadd_ps(s, _mm512_loadu_ps(wft.as_ptr().add(16 * b)), acc);
+            scale!(lane_totals(p), b);
         }
         _mm512_storeu_ps(out.as_mut_ptr(), acc);
     }
