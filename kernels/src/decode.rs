@@ -212,7 +212,7 @@ enum Unit {
 pub(crate) struct Scratch {
     scales: Lined<f32>,
     factors: Lined<f32>,
-    /// Sixteen rows' factors block-major, the rows' int8 levels, token-major results, and ones.
+    /// Block int8 rows' scales in f32, 4-bit rows' int8 levels, token-major results, and ones.
     unit_factors: Vec<f32>,
     unit_ones: Vec<f32>,
     unit_levels: Vec<i8>,
@@ -319,7 +319,7 @@ impl<'x> Prepared<'x> {
             _ => (0, 0),
         };
         let (unit_factors, unit_levels, unit_out) = match self {
-            Prepared::FourBitQ8 { bpr, unit: Some(Unit::One), .. } => (16 * bpr, 0, UNIT_ROWS),
+            Prepared::FourBitQ8 { unit: Some(Unit::One), .. } => (0, 0, UNIT_ROWS),
             Prepared::FourBitQ8 { unit: Some(Unit::Panel(p)), .. } => {
                 (0, Kernels::panel_scratch(p.nb()), p.groups() * PANEL_TOKENS * UNIT_ROWS)
             }
@@ -399,7 +399,7 @@ impl<'x> Prepared<'x> {
                     Unit::One => 1,
                     Unit::Panel(p) => p.groups() * PANEL_TOKENS,
                 };
-                let Scratch { scales, unit_factors, unit_levels, unit_out, unit_ones, .. } = scratch;
+                let Scratch { scales, unit_levels, unit_out, unit_ones, .. } = scratch;
                 unit_task(o, m, tokens, w4.rows, r0, unit_out, |a, n, out| {
                     let half = w4.cols / 2;
                     // The block absmax as `block_factors` forms it (times 1: its bits).
@@ -413,12 +413,11 @@ impl<'x> Prepared<'x> {
                         }
                         Unit::One => {
                             for i in (0..n).step_by(16) {
-                                k.transpose(&wf[i * bpr..(i + 16) * bpr], bpr, unit_factors, 16, 16, bpr);
                                 let v = k
                                     .fourbit_q8_rows16(
                                         &codes[i * half..],
                                         half,
-                                        unit_factors,
+                                        &wf[i * bpr..(i + 16) * bpr],
                                         lut,
                                         q.qe(0),
                                         q.qo(0),

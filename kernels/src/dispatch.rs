@@ -1290,7 +1290,7 @@ impl Kernels {
 
     /// [`Kernels::fourbit_q8_panel`]'s results for one token (its first, alone) against sixteen
     /// rows, bit for bit, without the matrix unit: row `r`'s `32 · nb` code bytes at
-    /// `codes[r·half ..]` (`nb = xs.len()`), the rows' block factors block-major (`wft[16·b + r]`),
+    /// `codes[r·half ..]` (`nb = xs.len()`) and its block factors at `wf[r·nb ..]`,
     /// the token's activations, block scales and sums as [`Kernels::fourbit_q8_tile`] takes them.
     /// `None` where the level has no such kernel.
     #[allow(clippy::too_many_arguments)]
@@ -1298,7 +1298,7 @@ impl Kernels {
         &self,
         codes: &[u8],
         half: usize,
-        wft: &[f32],
+        wf: &[f32],
         lut: &[i8; 16],
         qe: &[i8],
         qo: &[i8],
@@ -1308,9 +1308,9 @@ impl Kernels {
         let f = self.fourbit_q8_rows16?;
         let nb = xs.len();
         assert!(half >= 32 * nb && codes.len() >= 15 * half + 32 * nb, "codes too short");
-        assert!(wft.len() >= 16 * nb && qsum.len() >= nb && qe.len() >= 32 * nb && qo.len() >= 32 * nb);
+        assert!(wf.len() >= 16 * nb && qsum.len() >= nb && qe.len() >= 32 * nb && qo.len() >= 32 * nb);
         // SAFETY: the level has the kernel only where the CPU allows it; lengths checked.
-        Some(unsafe { f(codes, half, wft, lut, qe, qo, xs, qsum) })
+        Some(unsafe { f(codes, half, wf, lut, qe, qo, xs, qsum) })
     }
 
     /// [`Kernels::q8_panel`]'s results for one token (its first, alone) against sixteen block

@@ -637,8 +637,7 @@ proptest! {
                 // One token alone against sixteen rows: the panel's bits for it.
                 let sums: Vec<i32> = (0..nb).map(|b| (0..32).map(|i| qe[32 * b + i] as i32 + qo[32 * b + i] as i32).sum()).collect();
                 for r0 in (0..rows).step_by(16) {
-                    let wft: Vec<f32> = (0..16 * nb).map(|i| wf[(r0 + i % 16) * nb + i / 16]).collect();
-                    let Some(one) = k.fourbit_q8_rows16(&codes[r0 * half..], half, &wft, &lut, &qe[..half], &qo[..half], &xs[..nb], &sums) else { break };
+                    let Some(one) = k.fourbit_q8_rows16(&codes[r0 * half..], half, &wf[r0 * nb..(r0 + 16) * nb], &lut, &qe[..half], &qo[..half], &xs[..nb], &sums) else { break };
                     for (i, v) in one.iter().enumerate() {
                         prop_assert_eq!(v.to_bits(), got[r0 + i].to_bits(), "{} {:?} row {} alone", k.label(), kind, r0 + i);
                     }

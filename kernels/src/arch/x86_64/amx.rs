@@ -397,14 +397,14 @@ unsafe fn half_totals(p: [__m512i; 16]) -> [__m512i; 2] {
 ///
 /// # Safety
 /// See the module; also AVX-512 VNNI. Row `r`'s `32 · nb` code bytes start at `codes[r·half]`
-/// (`nb = xs.len()`); `wft` holds the factors block-major (`wft[16·b + r]`); `qe`, `qo` hold
-/// `32 · nb` activations, `qsum` `nb` sums.
+/// (`nb = xs.len()`), its `nb` factors at `wf[r·nb]`; `qe`, `qo` hold `32 · nb` activations,
+/// `qsum` `nb` sums.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn fourbit_q8_rows16(
     codes: &[u8],
     half: usize,
-    wft: &[f32],
+    wf: &[f32],
     lut: &[i8; 16],
     qe: &[i8],
     qo: &[i8],
@@ -412,28 +412,34 @@ pub unsafe fn fourbit_q8_rows16(
     qsum: &[i32],
 ) -> [f32; 16] {
     let nb = xs.len();
-    debug_assert!(codes.len() >= 15 * half + 32 * nb && wft.len() >= 16 * nb && qsum.len() >= nb);
+    debug_assert!(codes.len() >= 15 * half + 32 * nb && wf.len() >= 16 * nb && qsum.len() >= nb);
     debug_assert!(qe.len() >= 32 * nb && qo.len() >= 32 * nb);
     let mut biased = [0u8; 16];
     for (b, &l) in biased.iter_mut().zip(lut) {
         *b = (l as i16 + 128) as u8;
     }
     let mut out = [0f32; 16];
-    // SAFETY: loads read 32 bytes of each row's block and of each activation half inside the
-    // lengths of the contract; the prefetches never fault.
+    // SAFETY: loads read each row's blocks, the activations and (gathered) the factors inside
+    // the lengths of the contract; the prefetches never fault.
     unsafe {
         let table = _mm512_broadcast_i32x4(_mm_loadu_si128(biased.as_ptr() as *const __m128i));
         let (nib, nib2) = (_mm256_set1_epi8(0x0F), _mm512_set1_epi8(0x0F));
         let first = codes.as_ptr();
         let mut acc = _mm512_setzero_ps();
         let ahead = first.wrapping_add(tiles_ahead(half));
+        // Row r's factors start at element r·nb of `wf`: gathered a block at a time.
+        let rows_at = _mm512_mullo_epi32(
+            _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+            _mm512_set1_epi32(nb as i32),
+        );
         // Block `b`'s scaling, in block order (the panel kernel's).
         macro_rules! scale {
             ($sums:expr, $b:expr) => {{
                 let b = $b;
                 let sums = _mm512_sub_epi32($sums, _mm512_set1_epi32(128 * *qsum.as_ptr().add(b)));
                 let s = _mm512_mul_ps(_mm512_cvtepi32_ps(sums), _mm512_set1_ps(*xs.as_ptr().add(b)));
-                acc = _mm512_fmadd_ps(s, _mm512_loadu_ps(wft.as_ptr().add(16 * b)), acc);
+                let f = _mm512_i32gather_ps::<4>(rows_at, wf.as_ptr().add(b) as *const _);
+                acc = _mm512_fmadd_ps(s, f, acc);
             }};
         }
         // Two blocks a step: a row's 64 code bytes in one register, high and low nibbles looked
