@@ -542,10 +542,10 @@ pub unsafe fn q8_rows16(
         );
         // Block `b`'s scaling, in block order (the panel kernel's).
         macro_rules! scale {
-            ($sums:expr, $b:expr) => {{
+            ($sums:expr, $b:expr, $scales:expr) => {{
                 let b = $b;
                 let sums = _mm512_sub_epi32($sums, _mm512_set1_epi32(128 * *qsum.as_ptr().add(b)));
-                let f = _mm512_mul_ps(row_scales(sp, rows_at, nb, b), _mm512_set1_ps(*d.as_ptr().add(b)));
+                let f = _mm512_mul_ps($scales, _mm512_set1_ps(*d.as_ptr().add(b)));
                 acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), f, acc);
             }};
         }
@@ -561,11 +561,13 @@ pub unsafe fn q8_rows16(
                 *p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_xor_si512(v, flip), a);
             }
             if bs == 64 {
-                scale!(lane_totals(p), st);
+                scale!(lane_totals(p), st, row_scales(sp, rows_at, nb, st));
             } else {
-                let [lo, hi] = half_totals(p);
-                scale!(lo, 2 * st);
-                scale!(hi, 2 * st + 1);
+                // Both blocks' scales from one gather: the 32-bit word at block 2·st holds them.
+                let (b, [lo, hi]) = (2 * st, half_totals(p));
+                let words = _mm512_i32gather_epi32::<1>(rows_at, sp.add(2 * b) as *const _);
+                scale!(lo, b, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(words)));
+                scale!(hi, b + 1, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(words))));
             }
         }
         // An odd last block of 32: the low half of a step, the rest masked off (zero bytes flip
@@ -578,7 +580,7 @@ pub unsafe fn q8_rows16(
                 let v = _mm512_maskz_loadu_epi8(mask, first.add(r * cols + 32 * b));
                 *p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_xor_si512(v, flip), a);
             }
-            scale!(lane_totals(p), b);
+            scale!(lane_totals(p), b, row_scales(sp, rows_at, nb, b));
         }
         _mm512_storeu_ps(out.as_mut_ptr(), acc);
     }
