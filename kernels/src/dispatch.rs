@@ -68,11 +68,11 @@ type FourBitQ8Panel = unsafe fn(&[u8], &[f32], &[i8; 16], &crate::panel::Panel, 
 pub enum Amx {
     /// Nothing (`0`).
     Off,
-    /// Prompts' products (`prompts`, the default): no change to any decoded token's numbers.
+    /// Prompts' products only (`prompts`): decode keeps the VNNI kernels' numbers.
     Prompts,
-    /// Prompts and decode (`all`): a batch's decode products on the tile unit, one token
-    /// through its sixteen-row twin with the same bits (so batches keep each token's bits);
-    /// faster batches, a slower single stream (docs/PERFORMANCE.md).
+    /// Prompts and decode (`all`, the default): a batch's decode products on the tile unit, one
+    /// token through its sixteen-row twin with the same bits (so batches keep each token's
+    /// bits); faster batches, a single stream about as fast (docs/PERFORMANCE.md).
     All,
 }
 
@@ -80,11 +80,11 @@ impl Amx {
     /// `LOWBIT_AMX`, if set.
     pub fn from_env() -> Result<Amx> {
         match std::env::var("LOWBIT_AMX") {
-            Err(_) => Ok(Amx::Prompts),
+            Err(_) => Ok(Amx::All),
             Ok(v) => match v.trim().to_ascii_lowercase().as_str() {
                 "0" | "off" => Ok(Amx::Off),
-                "prompts" | "1" | "" => Ok(Amx::Prompts),
-                "all" => Ok(Amx::All),
+                "prompts" => Ok(Amx::Prompts),
+                "all" | "1" | "" => Ok(Amx::All),
                 _ => Err(crate::error::KernelError::UnknownAmx(v)),
             },
         }
@@ -501,10 +501,10 @@ impl Kernels {
         }
         Kernels {
             label: match (vbmi, all) {
-                (true, false) => "avx512+vbmi+amx",
-                (true, true) => "avx512+vbmi+amx(all)",
-                (false, false) => "avx512+amx",
-                (false, true) => "avx512+amx(all)",
+                (true, false) => "avx512+vbmi+amx(prompts)",
+                (true, true) => "avx512+vbmi+amx",
+                (false, false) => "avx512+amx(prompts)",
+                (false, true) => "avx512+amx",
             },
             fourbit_q8_panel: Some(crate::arch::x86_64::amx::fourbit_q8_panel),
             q8_panel: Some(crate::arch::x86_64::amx::q8_panel),
@@ -598,13 +598,13 @@ impl Kernels {
     }
 
     /// How the AVX-512 tables use AMX where this process may (the CPU has AMX-TILE and AMX-INT8
-    /// and the OS granted their state): `LOWBIT_AMX`, [`Amx::Prompts`] by default.
+    /// and the OS granted their state): `LOWBIT_AMX`, [`Amx::All`] by default.
     #[cfg(target_arch = "x86_64")]
     fn amx() -> Amx {
         if !crate::arch::x86_64::amx::usable() {
             return Amx::Off;
         }
-        Amx::from_env().unwrap_or(Amx::Prompts)
+        Amx::from_env().unwrap_or(Amx::All)
     }
 
     /// Whether the AVX-512 tables use VBMI: when the CPU has it, unless `LOWBIT_VBMI=0` asks

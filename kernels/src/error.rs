@@ -50,7 +50,7 @@ pub enum KernelError {
     #[error("unknown prefetch hint {0:?} (expected outer, nta)")]
     UnknownPrefetch(String),
     /// An unknown value in `LOWBIT_AMX`.
-    #[error("unknown LOWBIT_AMX value {0:?} (expected prompts, all, 0)")]
+    #[error("unknown LOWBIT_AMX value {0:?} (expected all, prompts, 0)")]
     UnknownAmx(String),
 }
 
