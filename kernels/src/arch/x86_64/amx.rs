@@ -1,6 +1,7 @@
-//! AMX kernels (Intel Xeon since Sapphire Rapids): a prompt's 4-bit products with each block's
-//! int8 sums on the tile unit — one `tdpbssd` multiplies 16 weight rows by 16 tokens over a
-//! block of 64 — and each block's scaling in AVX-512, as the other prefill tiles do it.
+//! AMX kernels (Intel Xeon since Sapphire Rapids): the products of prompts and of decode batches
+//! against 4-bit and block int8 weights, each block's int8 sums on the tile unit — one
+//! `tdpbssd` multiplies 16 weight rows by 16 tokens over a block — and each block's scaling in
+//! AVX-512; and, for one decode token, sixteen-row VNNI twins that give the tile kernels' bits.
 //! Stable Rust has no AMX intrinsics, so the tile instructions are inline assembly.
 //!
 //! # Safety (for every `unsafe fn` here)
