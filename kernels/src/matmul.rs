@@ -103,9 +103,9 @@ pub fn matmul_many_with(
     }
 }
 
-/// One [`matmul_with`] per weight into its part of `out`.
-/// Block int8 weights side by side (k and v beside a 4-bit q) that a matrix unit takes share one
-/// call, as the 4-bit tiles do.
+/// One [`matmul_with`] per weight into its part of `out`, except that block int8 weights side
+/// by side (k and v beside a 4-bit q) that a matrix unit takes share one call, as the 4-bit
+/// tiles do.
 fn per_weight(k: &Kernels, out: &mut [f32], ws: &[&Weight], x: &[f32], m: usize, opts: &MatmulOptions) -> Result<()> {
     let (mut from, mut i) = (0, 0);
     while i < ws.len() {
@@ -120,8 +120,8 @@ fn per_weight(k: &Kernels, out: &mut [f32], ws: &[&Weight], x: &[f32], m: usize,
             let same = run.iter().take_while(|w| w.cols == first.cols && w.blocksize == first.blocksize).count();
             run.truncate(same);
         }
-        let len: usize = run.iter().map(|w8| m * w8.rows).sum();
-        if run.len() > 1 {
+        if !run.is_empty() {
+            let len: usize = run.iter().map(|w8| m * w8.rows).sum();
             let mut parallel = false;
             let mut at = from;
             for w in &ws[i..i + run.len()] {

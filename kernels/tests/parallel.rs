@@ -85,6 +85,31 @@ fn fourbit_like<'a>(weight: &Weight<'a>, q: &'a lowbit_kernels::FourBitTensor, r
     Some(Weight::FourBit(FourBitRef { rows, codes: &q.codes, absmax, ..*w }))
 }
 
+/// On a pool of `threads`: the bits of every weight of `ws` (`m` tokens each) from one `joint`
+/// call, and the bits of each weight's own call (`alone`) one after the other.
+fn joint_and_alone(
+    ws: &[&Weight],
+    m: usize,
+    threads: usize,
+    alone: impl Fn(&mut [f32], &Weight) + Send + Sync,
+    joint: impl Fn(&mut [f32]) + Send + Sync,
+) -> (Vec<u32>, Vec<u32>) {
+    let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    in_pool(threads, || {
+        let each: Vec<f32> = ws
+            .iter()
+            .flat_map(|w| {
+                let mut out = vec![0f32; m * w.rows()];
+                alone(&mut out, w);
+                out
+            })
+            .collect();
+        let mut all = vec![0f32; m * ws.iter().map(|w| w.rows()).sum::<usize>()];
+        joint(&mut all);
+        (bits(&all), bits(&each))
+    })
+}
+
 #[test]
 fn parallel_matvec_equals_serial_for_every_scheme() {
     // 301 rows: not a multiple of the 32-row task; 64·300 and 330 columns: ≥ 65,536
@@ -178,23 +203,16 @@ fn several_weights_in_one_loop_equal_one_call_each() {
                     let opts = MatmulOptions { fourbit_exact, ..Default::default() };
                     for (m, threads) in [(1, 1), (1, 2), (3, 1), (3, 2)] {
                         let xs = &tokens[..m * 320];
-                        let (alone, joint) = in_pool(threads, || {
-                            let alone: Vec<Vec<f32>> = ws
-                                .iter()
-                                .map(|w| {
-                                    let mut out = vec![0f32; m * w.rows()];
-                                    lowbit_kernels::matmul_rows_with(&k, &mut out, w, xs, m, &opts).unwrap();
-                                    out
-                                })
-                                .collect();
-                            let mut joint = vec![0f32; m * ws.iter().map(|w| w.rows()).sum::<usize>()];
-                            lowbit_kernels::matmul_rows_many_with(&k, &mut joint, ws, xs, m, &opts).unwrap();
-                            (alone, joint)
-                        });
-                        let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                        let (joint, alone) = joint_and_alone(
+                            ws,
+                            m,
+                            threads,
+                            |out, w| lowbit_kernels::matmul_rows_with(&k, out, w, xs, m, &opts).unwrap(),
+                            |out| lowbit_kernels::matmul_rows_many_with(&k, out, ws, xs, m, &opts).unwrap(),
+                        );
                         assert_eq!(
-                            bits(&joint),
-                            bits(&alone.concat()),
+                            joint,
+                            alone,
                             "{} {} m={m} threads={threads} exact={fourbit_exact}",
                             k.label(),
                             weight.scheme_name()
@@ -239,23 +257,16 @@ fn a_prompts_products_in_one_loop_equal_one_call_each() {
             for ws in &lists {
                 for (m, threads) in [(2, 1), (9, 2), (19, 2)] {
                     let xs = &tokens[..m * 320];
-                    let (alone, joint) = in_pool(threads, || {
-                        let alone: Vec<Vec<f32>> = ws
-                            .iter()
-                            .map(|w| {
-                                let mut out = vec![0f32; m * w.rows()];
-                                lowbit_kernels::matmul_with(&k, &mut out, w, xs, m, &opts).unwrap();
-                                out
-                            })
-                            .collect();
-                        let mut joint = vec![0f32; m * ws.iter().map(|w| w.rows()).sum::<usize>()];
-                        lowbit_kernels::matmul_many_with(&k, &mut joint, ws, xs, m, &opts).unwrap();
-                        (alone, joint)
-                    });
-                    let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                    let (joint, alone) = joint_and_alone(
+                        ws,
+                        m,
+                        threads,
+                        |out, w| lowbit_kernels::matmul_with(&k, out, w, xs, m, &opts).unwrap(),
+                        |out| lowbit_kernels::matmul_many_with(&k, out, ws, xs, m, &opts).unwrap(),
+                    );
                     assert_eq!(
-                        bits(&joint),
-                        bits(&alone.concat()),
+                        joint,
+                        alone,
                         "{} {} × {} m={m} threads={threads}",
                         k.label(),
                         weight.scheme_name(),
