@@ -18,6 +18,8 @@ type DotBf16Rows = unsafe fn(&mut [f32], &[f32], &[bf16], usize);
 type AxpyBf16Rows = unsafe fn(&mut [f32], &[f32], &[bf16], usize);
 type DotF16Rows = unsafe fn(&mut [f32], &[f32], &[f16], usize);
 type AxpyF16Rows = unsafe fn(&mut [f32], &[f32], &[f16], usize);
+type DotRowsMulti<E> = unsafe fn(&mut [f32], usize, usize, &[f32], usize, &[E], usize);
+type AxpyRowsMulti<E> = unsafe fn(&mut [f32], usize, &[f32], usize, usize, &[E], usize);
 type DotF16 = unsafe fn(&[f16], &[f32]) -> f32;
 type DotBf16 = unsafe fn(&[bf16], &[f32]) -> f32;
 type DotFourBit = unsafe fn(&[u8], &[f32], &[f32; 16], &[f32], &[f32], usize) -> f32;
@@ -108,6 +110,8 @@ pub struct Kernels {
     axpy_bf16_rows: AxpyBf16Rows,
     dot_f16_rows: DotF16Rows,
     axpy_f16_rows: AxpyF16Rows,
+    /// The row loops for several queries at once; `None`: a call per query.
+    rows_multi: Option<RowsMulti>,
     dot_f16: DotF16,
     dot_bf16: DotBf16,
     dot_fourbit: DotFourBit,
@@ -181,6 +185,27 @@ impl std::fmt::Debug for Kernels {
     }
 }
 
+/// [`Kernels::dot_f32_rows_multi`] and its siblings on a level that has them.
+#[derive(Clone, Copy)]
+struct RowsMulti {
+    dot_f32: DotRowsMulti<f32>,
+    dot_f16: DotRowsMulti<f16>,
+    axpy_f32: AxpyRowsMulti<f32>,
+    axpy_f16: AxpyRowsMulti<f16>,
+}
+
+/// The x86 levels' [`RowsMulti`]: the AVX2 loops, as their one-query row loops are.
+#[cfg(target_arch = "x86_64")]
+const AVX2_ROWS_MULTI: RowsMulti = {
+    use crate::arch::x86_64::avx2 as k;
+    RowsMulti {
+        dot_f32: k::dot_f32_rows_multi,
+        dot_f16: k::dot_f16_rows_multi,
+        axpy_f32: k::axpy_f32_rows_multi,
+        axpy_f16: k::axpy_f16_rows_multi,
+    }
+};
+
 impl Kernels {
     /// The table for `isa`, or `None` if this CPU lacks it.
     pub fn for_isa(isa: Isa) -> Option<Kernels> {
@@ -203,6 +228,7 @@ impl Kernels {
             axpy_bf16_rows: scalar::axpy_bf16_rows,
             dot_f16_rows: scalar::dot_f16_rows,
             axpy_f16_rows: scalar::axpy_f16_rows,
+            rows_multi: None,
             dot_f16: scalar::dot_f16,
             dot_bf16: scalar::dot_bf16,
             dot_fourbit: scalar::dot_fourbit,
@@ -260,6 +286,7 @@ impl Kernels {
                     axpy_bf16_rows: k::axpy_bf16_rows,
                     dot_f16_rows: k::dot_f16_rows,
                     axpy_f16_rows: k::axpy_f16_rows,
+                    rows_multi: Some(AVX2_ROWS_MULTI),
                     dot_f16: k::dot_f16,
                     dot_bf16: k::dot_bf16,
                     dot_fourbit: k::dot_fourbit,
@@ -320,6 +347,7 @@ impl Kernels {
                     axpy_bf16_rows: scalar::axpy_bf16_rows,
                     dot_f16_rows: scalar::dot_f16_rows,
                     axpy_f16_rows: scalar::axpy_f16_rows,
+                    rows_multi: None,
                     dot_f16: k::dot_f16,
                     dot_bf16: k::dot_bf16,
                     dot_fourbit: k::dot_fourbit,
@@ -533,6 +561,7 @@ impl Kernels {
             axpy_bf16_rows: crate::arch::x86_64::avx2::axpy_bf16_rows,
             dot_f16_rows: crate::arch::x86_64::avx2::dot_f16_rows,
             axpy_f16_rows: crate::arch::x86_64::avx2::axpy_f16_rows,
+            rows_multi: Some(AVX2_ROWS_MULTI),
             dot_f16: k::dot_f16,
             dot_bf16: k::dot_bf16,
             dot_fourbit: k::dot_fourbit,
@@ -742,6 +771,126 @@ impl Kernels {
         assert!(a.is_empty() || (stride >= y.len() && rows_fit(a.len(), stride, y.len(), rows.len())));
         // SAFETY: `self` exists only for a supported ISA; lengths checked above.
         unsafe { (self.axpy_f16_rows)(y, a, rows, stride) }
+    }
+
+    /// [`Kernels::dot_f32_rows`] for the queries `q[g·d .. (g + 1)·d]` against the same rows
+    /// `0 .. n`, query `g`'s scores into `out[g·ostride .. g·ostride + n]`, each with the bits
+    /// of [`Kernels::dot_f32_rows`] for that query alone (grouped-query attention: the heads
+    /// of one kv head read its keys once).
+    ///
+    /// # Panics
+    /// If `d` is 0 or does not divide `q.len()`, the queries' outputs overlap or do not fit in
+    /// `out`, or `rows` is too short for `n` rows `stride` apart (`stride < d`).
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    pub fn dot_f32_rows_multi(
+        &self,
+        out: &mut [f32],
+        ostride: usize,
+        n: usize,
+        q: &[f32],
+        d: usize,
+        rows: &[f32],
+        stride: usize,
+    ) {
+        multi_fits(out.len(), ostride, n, q.len(), d, rows.len(), stride);
+        match self.rows_multi {
+            // SAFETY: `self` exists only for a supported ISA; lengths checked above.
+            Some(m) => unsafe { (m.dot_f32)(out, ostride, n, q, d, rows, stride) },
+            None => {
+                for (g, q) in q.chunks_exact(d).enumerate() {
+                    self.dot_f32_rows(&mut out[g * ostride..g * ostride + n], q, rows, stride);
+                }
+            }
+        }
+    }
+
+    /// [`Kernels::dot_f32_rows_multi`] over f16 rows, widened exactly (the bits of
+    /// [`Kernels::dot_f16_rows`] per query).
+    ///
+    /// # Panics
+    /// As [`Kernels::dot_f32_rows_multi`].
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    pub fn dot_f16_rows_multi(
+        &self,
+        out: &mut [f32],
+        ostride: usize,
+        n: usize,
+        q: &[f32],
+        d: usize,
+        rows: &[f16],
+        stride: usize,
+    ) {
+        multi_fits(out.len(), ostride, n, q.len(), d, rows.len(), stride);
+        match self.rows_multi {
+            // SAFETY: `self` exists only for a supported ISA; lengths checked above.
+            Some(m) => unsafe { (m.dot_f16)(out, ostride, n, q, d, rows, stride) },
+            None => {
+                for (g, q) in q.chunks_exact(d).enumerate() {
+                    self.dot_f16_rows(&mut out[g * ostride..g * ostride + n], q, rows, stride);
+                }
+            }
+        }
+    }
+
+    /// [`Kernels::axpy_f32_rows`] for several queries over the same rows `0 .. n`: `y[g·d ..
+    /// (g + 1)·d]` weighted by `a[g·astride .. g·astride + n]`, bit-identical to
+    /// [`Kernels::axpy_f32_rows`] per query (and so on every ISA).
+    ///
+    /// # Panics
+    /// If `d` is 0 or does not divide `y.len()`, the weights overlap or do not fit in `a`, or
+    /// `rows` is too short for `n` rows `stride` apart (`stride < d`).
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    pub fn axpy_f32_rows_multi(
+        &self,
+        y: &mut [f32],
+        d: usize,
+        a: &[f32],
+        astride: usize,
+        n: usize,
+        rows: &[f32],
+        stride: usize,
+    ) {
+        multi_fits(a.len(), astride, n, y.len(), d, rows.len(), stride);
+        match self.rows_multi {
+            // SAFETY: `self` exists only for a supported ISA; lengths checked above.
+            Some(m) => unsafe { (m.axpy_f32)(y, d, a, astride, n, rows, stride) },
+            None => {
+                for (g, y) in y.chunks_exact_mut(d).enumerate() {
+                    self.axpy_f32_rows(y, &a[g * astride..g * astride + n], rows, stride);
+                }
+            }
+        }
+    }
+
+    /// [`Kernels::axpy_f32_rows_multi`] over f16 rows, widened exactly (the same bits).
+    ///
+    /// # Panics
+    /// As [`Kernels::axpy_f32_rows_multi`].
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    pub fn axpy_f16_rows_multi(
+        &self,
+        y: &mut [f32],
+        d: usize,
+        a: &[f32],
+        astride: usize,
+        n: usize,
+        rows: &[f16],
+        stride: usize,
+    ) {
+        multi_fits(a.len(), astride, n, y.len(), d, rows.len(), stride);
+        match self.rows_multi {
+            // SAFETY: `self` exists only for a supported ISA; lengths checked above.
+            Some(m) => unsafe { (m.axpy_f16)(y, d, a, astride, n, rows, stride) },
+            None => {
+                for (g, y) in y.chunks_exact_mut(d).enumerate() {
+                    self.axpy_f16_rows(y, &a[g * astride..g * astride + n], rows, stride);
+                }
+            }
+        }
     }
 
     /// `Σ f32(w)·x`; slices must have equal length.
@@ -1542,6 +1691,22 @@ impl Kernels {
 }
 
 /// Whether `n ≥ 1` rows of `width` elements, `stride` apart, fit in `len` elements.
+/// The checks of the multi-query row loops: `per_len` (one `per`-long stretch per query, `pstride`
+/// apart, without overlap) for queries of `d` elements in `q_len`, and `n` rows of `d` `stride`
+/// apart in `rows_len`.
+///
+/// # Panics
+/// When any of them fails.
+fn multi_fits(per_len: usize, pstride: usize, per: usize, q_len: usize, d: usize, rows_len: usize, stride: usize) {
+    assert!(d > 0 && q_len.is_multiple_of(d), "multi-query rows: queries not a whole number of {d}");
+    let nq = q_len / d;
+    assert!(
+        nq == 0 || ((nq < 2 || pstride >= per) && rows_fit(nq, pstride, per, per_len)),
+        "multi-query rows: {nq} stretches of {per}, {pstride} apart, do not fit in {per_len}"
+    );
+    assert!(per == 0 || (stride >= d && rows_fit(per, stride, d, rows_len)), "multi-query rows: rows too short");
+}
+
 fn rows_fit(n: usize, stride: usize, width: usize, len: usize) -> bool {
     (n - 1).checked_mul(stride).and_then(|o| o.checked_add(width)).is_some_and(|end| end <= len)
 }

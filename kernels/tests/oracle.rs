@@ -190,6 +190,50 @@ proptest! {
         }
     }
 
+    /// The multi-query row loops (a grouped-query kv head's queries at once): every query's
+    /// scores and weighted sum with the bits of the one-query loops on the same level, for any
+    /// number of queries, rows, widths and strides; the gaps between the outputs untouched.
+    #[test]
+    fn multi_query_row_kernels_match_one_query(
+        nq in 1usize..9, n in 0usize..30, d in 1usize..80, gap in 0usize..12, ogap in 0usize..5, seed in any::<u64>(),
+    ) {
+        let stride = d + gap;
+        let ostride = n + ogap;
+        let mut rng = seed;
+        let mut next = || { rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); ((rng >> 33) % 2000) as f32 / 250.0 - 4.0 };
+        let rows: Vec<f32> = (0..n.saturating_sub(1) * stride + d).map(|_| next()).collect();
+        let rowsh: Vec<f16> = rows.iter().map(|&v| f16::from_f32(v)).collect();
+        let q: Vec<f32> = (0..nq * d).map(|_| next()).collect();
+        let a: Vec<f32> = (0..nq * ostride).map(|_| next()).collect();
+        let y0: Vec<f32> = (0..nq * d).map(|_| next()).collect();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let olen = (nq - 1) * ostride + n;
+        for k in simd_levels() {
+            let (mut got, mut goth) = (vec![f32::NAN; olen], vec![f32::NAN; olen]);
+            k.dot_f32_rows_multi(&mut got, ostride, n, &q, d, &rows, stride);
+            k.dot_f16_rows_multi(&mut goth, ostride, n, &q, d, &rowsh, stride);
+            let (mut y, mut yh) = (y0.clone(), y0.clone());
+            k.axpy_f32_rows_multi(&mut y, d, &a, ostride, n, &rows, stride);
+            k.axpy_f16_rows_multi(&mut yh, d, &a, ostride, n, &rowsh, stride);
+            for g in 0..nq {
+                let (qg, ag) = (&q[g * d..(g + 1) * d], &a[g * ostride..g * ostride + n]);
+                let (mut one, mut oneh) = (vec![0f32; n], vec![0f32; n]);
+                k.dot_f32_rows(&mut one, qg, &rows, stride);
+                k.dot_f16_rows(&mut oneh, qg, &rowsh, stride);
+                prop_assert_eq!(bits(&got[g * ostride..g * ostride + n]), bits(&one), "{} query {} of {}", k.label(), g, nq);
+                prop_assert_eq!(bits(&goth[g * ostride..g * ostride + n]), bits(&oneh), "{} f16 query {}", k.label(), g);
+                if g + 1 < nq {
+                    prop_assert!(got[g * ostride + n..(g + 1) * ostride].iter().all(|v| v.is_nan()), "{} wrote a gap", k.label());
+                }
+                let (mut w, mut wh) = (y0[g * d..(g + 1) * d].to_vec(), y0[g * d..(g + 1) * d].to_vec());
+                k.axpy_f32_rows(&mut w, ag, &rows, stride);
+                k.axpy_f16_rows(&mut wh, ag, &rowsh, stride);
+                prop_assert_eq!(bits(&y[g * d..(g + 1) * d]), bits(&w), "{} axpy query {} of {}", k.label(), g, nq);
+                prop_assert_eq!(bits(&yh[g * d..(g + 1) * d]), bits(&wh), "{} f16 axpy query {}", k.label(), g);
+            }
+        }
+    }
+
     /// Softmax numerators and SiLU: the same bits on every ISA, special values included.
     #[test]
     fn exp_kernels_are_bit_identical(x in prop::collection::vec(prop_oneof![

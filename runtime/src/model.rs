@@ -590,56 +590,99 @@ impl<'a> Model<'a> {
     /// (contiguous runs of slots, so the kernels step through rows without a call per key),
     /// softmax, and the weighted sum of the values. On the spinning team, like the matvecs
     /// around it (rayon's workers would have gone to sleep between calls).
+    ///
+    /// A batch's tasks are (sequence, kv head): the query heads of a grouped-query kv head go
+    /// through its keys and values together, each row read once for all of them (the
+    /// multi-query row loops give each head the bits it has alone). One sequence keeps a task
+    /// per head, so its few kv heads still spread over the threads.
     fn decode_attention(&self, out: &mut Vec<f32>, q: &[f32], caches: &[&KvCache], layer: usize, positions: &[usize]) {
         let c = &self.config;
         let (hd, nh, nkv) = (c.head_dim, c.num_heads, c.num_kv_heads);
         let group = nh / nkv;
+        let per = if caches.len() > 1 { group } else { 1 };
         out.clear();
         out.resize(caches.len() * nh * hd, 0.0);
         let scale = 1.0 / (hd as f32).sqrt();
         let kern = lowbit_kernels::kernels();
+        let tasks = caches.len() * nh / per;
+        // Task idx's sequence, kv head and first key position.
+        let locate = |idx: usize| {
+            let first = idx * per;
+            let (seq, head) = (first / nh, first % nh);
+            let pos = positions[seq];
+            (seq, head, c.sliding_window.map_or(0, |w| (pos + 1).saturating_sub(w)))
+        };
         let work = |(scores, rows): &mut (Vec<f32>, Vec<f32>), idx: usize, o: &mut [f32]| {
-            let (seq, head) = (idx / nh, idx % nh);
-            let (cache, pos) = (caches[seq], positions[seq]);
-            let lo = c.sliding_window.map_or(0, |w| (pos + 1).saturating_sub(w));
+            let first = idx * per;
+            let (this_seq, head, lo) = locate(idx);
+            let (cache, pos) = (caches[this_seq], positions[this_seq]);
             let runs = cache.slot_runs(lo, pos);
             let kvh = head / group;
             let view = cache.head(layer, kvh);
-            let qh = &q[idx * hd..(idx + 1) * hd];
+            // The next task's keys and values are short runs in another part of memory: asked
+            // for now, they arrive while this task computes. (One sequence's heads take turns
+            // on a kv head whose rows are here already.)
+            if idx + 1 < tasks {
+                let (seq, head, lo) = locate(idx + 1);
+                let next = caches[seq];
+                let view = next.head(layer, head / group);
+                if (seq, head / group) != (this_seq, kvh) {
+                    for &(s0, n) in next.slot_runs(lo, positions[seq]).iter() {
+                        match view {
+                            HeadView::F32(kc, vc) => {
+                                lowbit_kernels::prefetch(kc, s0 * hd, n * hd);
+                                lowbit_kernels::prefetch(vc, s0 * hd, n * hd);
+                            }
+                            HeadView::F16(kc, vc) => {
+                                lowbit_kernels::prefetch(kc, s0 * hd, n * hd);
+                                lowbit_kernels::prefetch(vc, s0 * hd, n * hd);
+                            }
+                            HeadView::Q8 => {}
+                        }
+                    }
+                }
+            }
+            let qh = &q[first * hd..(first + per) * hd];
+            // Head g's scores at g·len.
+            let len = pos + 1 - lo;
             scores.clear();
-            scores.resize(pos + 1 - lo, 0.0);
+            scores.resize(per * len, 0.0);
             let mut at = 0;
             for &(s0, n) in runs.iter().filter(|r| r.1 > 0) {
+                let out = &mut scores[at..];
                 match view {
-                    HeadView::F32(kc, _) => kern.dot_f32_rows(&mut scores[at..at + n], qh, &kc[s0 * hd..], hd),
+                    HeadView::F32(kc, _) => kern.dot_f32_rows_multi(out, len, n, qh, hd, &kc[s0 * hd..], hd),
                     // Widened exactly on load: the same products as an f32 cache holding the
                     // rounded values.
-                    HeadView::F16(kc, _) => kern.dot_f16_rows(&mut scores[at..at + n], qh, &kc[s0 * hd..], hd),
+                    HeadView::F16(kc, _) => kern.dot_f16_rows_multi(out, len, n, qh, hd, &kc[s0 * hd..], hd),
                     // The rows dequantized first.
                     HeadView::Q8 => {
                         cache.gather(layer, false, kvh, s0, n, rows);
-                        kern.dot_f32_rows(&mut scores[at..at + n], qh, rows, hd)
+                        kern.dot_f32_rows_multi(out, len, n, qh, hd, rows, hd)
                     }
                 }
                 at += n;
             }
-            scores.iter_mut().for_each(|s| *s *= scale);
-            softmax(scores);
+            for s in scores.chunks_exact_mut(len) {
+                s.iter_mut().for_each(|s| *s *= scale);
+                softmax(s);
+            }
             o.fill(0.0);
             let mut at = 0;
             for &(s0, n) in runs.iter().filter(|r| r.1 > 0) {
+                let a = &scores[at..];
                 match view {
-                    HeadView::F32(_, vc) => kern.axpy_f32_rows(o, &scores[at..at + n], &vc[s0 * hd..], hd),
-                    HeadView::F16(_, vc) => kern.axpy_f16_rows(o, &scores[at..at + n], &vc[s0 * hd..], hd),
+                    HeadView::F32(_, vc) => kern.axpy_f32_rows_multi(o, hd, a, len, n, &vc[s0 * hd..], hd),
+                    HeadView::F16(_, vc) => kern.axpy_f16_rows_multi(o, hd, a, len, n, &vc[s0 * hd..], hd),
                     HeadView::Q8 => {
                         cache.gather(layer, true, kvh, s0, n, rows);
-                        kern.axpy_f32_rows(o, &scores[at..at + n], rows, hd)
+                        kern.axpy_f32_rows_multi(o, hd, a, len, n, rows, hd)
                     }
                 }
                 at += n;
             }
         };
-        lowbit_kernels::team::for_each_chunk_mut(out, hd, || (Vec::new(), Vec::new()), work);
+        lowbit_kernels::team::for_each_chunk_mut(out, per * hd, || (Vec::new(), Vec::new()), work);
     }
 
     /// Attention for new positions `p0 .. p0 + T`: each query sees the keys at positions

@@ -39,6 +39,37 @@ pub fn axpy_f32_rows(y: &mut [f32], a: &[f32], rows: &[f32], stride: usize) {
     }
 }
 
+/// [`dot_f32_rows`] for several queries over the same rows (the query heads that share a
+/// grouped-query kv head): query `g` (`q[g·d .. (g + 1)·d]`) against rows `0 .. n` into
+/// `out[g·ostride .. g·ostride + n]`, each entry with [`dot_f32_rows`]'s bits.
+pub fn dot_f32_rows_multi(out: &mut [f32], ostride: usize, n: usize, q: &[f32], d: usize, rows: &[f32], stride: usize) {
+    for (g, q) in q.chunks_exact(d).enumerate() {
+        dot_f32_rows(&mut out[g * ostride..g * ostride + n], q, rows, stride);
+    }
+}
+
+/// [`dot_f32_rows_multi`] over f16 rows, each widened to f32 (exactly).
+pub fn dot_f16_rows_multi(out: &mut [f32], ostride: usize, n: usize, q: &[f32], d: usize, rows: &[f16], stride: usize) {
+    for (g, q) in q.chunks_exact(d).enumerate() {
+        dot_f16_rows(&mut out[g * ostride..g * ostride + n], q, rows, stride);
+    }
+}
+
+/// [`axpy_f32_rows`] for several queries over the same rows: `y[g·d .. (g + 1)·d]` takes the
+/// rows `0 .. n` weighted by `a[g·astride .. g·astride + n]`, bit-identical on every ISA.
+pub fn axpy_f32_rows_multi(y: &mut [f32], d: usize, a: &[f32], astride: usize, n: usize, rows: &[f32], stride: usize) {
+    for (g, y) in y.chunks_exact_mut(d).enumerate() {
+        axpy_f32_rows(y, &a[g * astride..g * astride + n], rows, stride);
+    }
+}
+
+/// [`axpy_f32_rows_multi`] over f16 rows, each widened to f32 (exactly).
+pub fn axpy_f16_rows_multi(y: &mut [f32], d: usize, a: &[f32], astride: usize, n: usize, rows: &[f16], stride: usize) {
+    for (g, y) in y.chunks_exact_mut(d).enumerate() {
+        axpy_f16_rows(y, &a[g * astride..g * astride + n], rows, stride);
+    }
+}
+
 /// [`dot_f32_rows`] over bf16 rows, each widened to f32 (exactly): the bits of
 /// [`dot_f32_rows`] over the widened rows.
 pub fn dot_bf16_rows(out: &mut [f32], q: &[f32], rows: &[bf16], stride: usize) {

@@ -14,8 +14,8 @@ pub use activation::{exp_f32, exp_sub, silu_mul};
 #[cfg(target_arch = "x86_64")]
 pub(crate) use activation::{EXP_MAX, EXP_MIN, EXP_POLY, LN2_HI, LN2_LO, LOG2E};
 pub use dense::{
-    axpy_bf16_rows, axpy_f16_rows, axpy_f32, axpy_f32_rows, dot_bf16, dot_bf16_rows, dot_f16, dot_f16_rows, dot_f32,
-    dot_f32_rows,
+    axpy_bf16_rows, axpy_f16_rows, axpy_f16_rows_multi, axpy_f32, axpy_f32_rows, axpy_f32_rows_multi, dot_bf16,
+    dot_bf16_rows, dot_f16, dot_f16_rows, dot_f16_rows_multi, dot_f32, dot_f32_rows, dot_f32_rows_multi,
 };
 pub use fourbit::dot_fourbit;
 pub use fourbit_q8::{

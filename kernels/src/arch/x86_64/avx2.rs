@@ -351,6 +351,306 @@ unsafe fn axpy_cols<E: RowElem, const U: usize>(yp: *mut f32, a: &[f32], rp: *co
     }
 }
 
+/// See [`crate::scalar::dot_f32_rows_multi`]: every query's scores with [`dot_f32_rows`]'s
+/// bits, each row's vectors loaded once for up to three queries (the query heads of a
+/// grouped-query kv head read its cached keys once instead of once each).
+///
+/// # Safety
+/// AVX2 and FMA must be available; `d > 0` divides `q.len()`; for every query `g`, `out` holds
+/// `g·ostride + n` elements and `rows` `(n − 1)·stride + d` (when `n > 0`).
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dot_f32_rows_multi(
+    out: &mut [f32],
+    ostride: usize,
+    n: usize,
+    q: &[f32],
+    d: usize,
+    rows: &[f32],
+    stride: usize,
+) {
+    // SAFETY: the caller's contract is the body's.
+    unsafe { dot_rows_multi_body(out, ostride, n, q, d, rows.as_ptr(), stride) }
+}
+
+/// [`dot_f32_rows_multi`] over f16 rows widened on load (F16C): the bits of
+/// [`dot_f16_rows`] per query.
+///
+/// # Safety
+/// As [`dot_f32_rows_multi`], and F16C must be available.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_f16_rows_multi(
+    out: &mut [f32],
+    ostride: usize,
+    n: usize,
+    q: &[f32],
+    d: usize,
+    rows: &[f16],
+    stride: usize,
+) {
+    // SAFETY: the caller's contract is the body's.
+    unsafe { dot_rows_multi_body(out, ostride, n, q, d, rows.as_ptr(), stride) }
+}
+
+/// The body of [`dot_f32_rows_multi`] for rows of `E`: queries three at a time (then two, then
+/// one through [`dot_rows_body`]), rows in groups whose accumulators fit the sixteen registers.
+///
+/// # Safety
+/// As [`dot_f32_rows_multi`], with AVX2 and FMA enabled by the caller.
+#[inline(always)]
+unsafe fn dot_rows_multi_body<E: RowElem>(
+    out: &mut [f32],
+    ostride: usize,
+    n: usize,
+    q: &[f32],
+    d: usize,
+    rp: *const E,
+    stride: usize,
+) {
+    let nq = q.len() / d;
+    let mut g = 0;
+    // SAFETY: the caller's contract, query by query.
+    unsafe {
+        while g + 3 <= nq {
+            dot_rows_queries::<E, 3, 3>(out, ostride, n, q, d, g, rp, stride);
+            g += 3;
+        }
+        if g + 2 <= nq {
+            dot_rows_queries::<E, 2, 4>(out, ostride, n, q, d, g, rp, stride);
+            g += 2;
+        }
+        if g < nq {
+            dot_rows_body(&mut out[g * ostride..g * ostride + n], &q[g * d..(g + 1) * d], rp, stride);
+        }
+    }
+}
+
+/// Queries `g .. g + Q` of [`dot_rows_multi_body`] over all `n` rows, `G` rows a pass (the last
+/// rows one pass of fewer).
+///
+/// # Safety
+/// As [`dot_f32_rows_multi`] for those queries, with AVX2 and FMA enabled by the caller.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn dot_rows_queries<E: RowElem, const Q: usize, const G: usize>(
+    out: &mut [f32],
+    ostride: usize,
+    n: usize,
+    q: &[f32],
+    d: usize,
+    g: usize,
+    rp: *const E,
+    stride: usize,
+) {
+    let mut qp = [q.as_ptr(); Q];
+    for (u, p) in qp.iter_mut().enumerate() {
+        *p = q[(g + u) * d..].as_ptr();
+    }
+    let mut put = |j: usize, s: &[[f32; 4]; Q], rows: usize| {
+        for (u, s) in s.iter().enumerate() {
+            out[(g + u) * ostride + j..][..rows].copy_from_slice(&s[..rows]);
+        }
+    };
+    let mut j = 0;
+    // SAFETY: each pass reads rows j .. j + G (or the last ones), inside the caller's rows.
+    unsafe {
+        while j + G <= n {
+            put(j, &dot_rows_group_multi::<E, Q, G>(qp, d, rp.add(j * stride), stride), G);
+            j += G;
+        }
+        match n - j {
+            0 => {}
+            1 => put(j, &dot_rows_group_multi::<E, Q, 1>(qp, d, rp.add(j * stride), stride), 1),
+            2 => put(j, &dot_rows_group_multi::<E, Q, 2>(qp, d, rp.add(j * stride), stride), 2),
+            _ => put(j, &dot_rows_group_multi::<E, Q, 3>(qp, d, rp.add(j * stride), stride), 3),
+        }
+    }
+}
+
+/// [`dot_rows_group`] for `Q` queries at once (`G ≤ 4` rows): each row vector is loaded once
+/// for the `Q` queries; every (query, row) keeps its own eight-lane chain, its lane of
+/// [`hsum4`] and its tail, so its bits are [`dot_rows_group`]'s.
+///
+/// # Safety
+/// AVX2 and FMA enabled by the caller; `d` floats at every `qp[u]`, rows `0 .. G` (`stride`
+/// apart) readable for `d`.
+#[inline(always)]
+unsafe fn dot_rows_group_multi<E: RowElem, const Q: usize, const G: usize>(
+    qp: [*const f32; Q],
+    d: usize,
+    rp: *const E,
+    stride: usize,
+) -> [[f32; 4]; Q] {
+    // SAFETY: loads stay inside rows 0 .. G and the queries by the caller's contract.
+    unsafe {
+        let z = _mm256_setzero_ps();
+        let mut acc = [[z; G]; Q];
+        let mut i = 0;
+        while i + 8 <= d {
+            let mut rv = [z; G];
+            for (r, v) in rv.iter_mut().enumerate() {
+                *v = E::load8(rp.add(r * stride + i));
+            }
+            for (u, acc) in acc.iter_mut().enumerate() {
+                let qv = _mm256_loadu_ps(qp[u].add(i));
+                for (a, &v) in acc.iter_mut().zip(&rv) {
+                    *a = _mm256_fmadd_ps(v, qv, *a);
+                }
+            }
+            i += 8;
+        }
+        let mut s = [[0f32; 4]; Q];
+        for (u, (acc, s)) in acc.iter().zip(s.iter_mut()).enumerate() {
+            // Rows past G padded with zero vectors, as `dot_rows_group` pads.
+            let mut v = [z; 4];
+            v[..G].copy_from_slice(acc);
+            _mm_storeu_ps(s.as_mut_ptr(), hsum4(v));
+            for (r, sr) in s.iter_mut().enumerate().take(G) {
+                for ii in i..d {
+                    *sr = (*qp[u].add(ii)).mul_add((*rp.add(r * stride + ii)).widen(), *sr);
+                }
+            }
+        }
+        s
+    }
+}
+
+/// See [`crate::scalar::axpy_f32_rows_multi`]: every query's weighted sum with
+/// [`axpy_f32_rows`]'s bits, each row's vectors loaded once for up to three queries.
+///
+/// # Safety
+/// AVX2 and FMA must be available; `d > 0` divides `y.len()`; for every query `g`, `a` holds
+/// `g·astride + n` elements; `rows` holds `(n − 1)·stride + d` (when `n > 0`), `stride ≥ d`.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn axpy_f32_rows_multi(
+    y: &mut [f32],
+    d: usize,
+    a: &[f32],
+    astride: usize,
+    n: usize,
+    rows: &[f32],
+    stride: usize,
+) {
+    // SAFETY: the caller's contract is the body's.
+    unsafe { axpy_rows_multi_body(y, d, a, astride, n, rows.as_ptr(), stride) }
+}
+
+/// [`axpy_f32_rows_multi`] over f16 rows widened on load (F16C).
+///
+/// # Safety
+/// As [`axpy_f32_rows_multi`], and F16C must be available.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn axpy_f16_rows_multi(
+    y: &mut [f32],
+    d: usize,
+    a: &[f32],
+    astride: usize,
+    n: usize,
+    rows: &[f16],
+    stride: usize,
+) {
+    // SAFETY: the caller's contract is the body's.
+    unsafe { axpy_rows_multi_body(y, d, a, astride, n, rows.as_ptr(), stride) }
+}
+
+/// The body of [`axpy_f32_rows_multi`] for rows of `E`: queries three at a time over 16 columns
+/// a pass, then two over 32, then one through [`axpy_rows_body`]; columns a pass does not cover
+/// go through [`axpy_rows_body`] query by query. Every column keeps its FMAs in row order.
+///
+/// # Safety
+/// As [`axpy_f32_rows_multi`], with AVX2 and FMA enabled by the caller.
+#[inline(always)]
+unsafe fn axpy_rows_multi_body<E: RowElem>(
+    y: &mut [f32],
+    d: usize,
+    a: &[f32],
+    astride: usize,
+    n: usize,
+    rp: *const E,
+    stride: usize,
+) {
+    let nq = y.len() / d;
+    let mut g = 0;
+    // SAFETY: the caller's contract, query by query and column by column.
+    unsafe {
+        while g + 3 <= nq {
+            axpy_rows_queries::<E, 3, 2>(y, d, a, astride, n, g, rp, stride);
+            g += 3;
+        }
+        if g + 2 <= nq {
+            axpy_rows_queries::<E, 2, 4>(y, d, a, astride, n, g, rp, stride);
+            g += 2;
+        }
+        if g < nq {
+            axpy_rows_body(&mut y[g * d..(g + 1) * d], &a[g * astride..g * astride + n], rp, stride);
+        }
+    }
+}
+
+/// Queries `g .. g + Q` of [`axpy_rows_multi_body`]: `8·U` columns a pass held in registers
+/// for all `Q` across the rows, the columns past the last whole pass query by query.
+///
+/// # Safety
+/// As [`axpy_f32_rows_multi`] for those queries, with AVX2 and FMA enabled by the caller.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn axpy_rows_queries<E: RowElem, const Q: usize, const U: usize>(
+    y: &mut [f32],
+    d: usize,
+    a: &[f32],
+    astride: usize,
+    n: usize,
+    g: usize,
+    rp: *const E,
+    stride: usize,
+) {
+    let mut yp = [y.as_mut_ptr(); Q];
+    let mut ap = [a.as_ptr(); Q];
+    for u in 0..Q {
+        yp[u] = y[(g + u) * d..].as_mut_ptr();
+        ap[u] = a[(g + u) * astride..].as_ptr();
+    }
+    let mut c = 0;
+    // SAFETY: pass c reads columns c .. c + 8U < d of rows 0 .. n and writes those of each
+    // query's y (caller's contract).
+    unsafe {
+        let z = _mm256_setzero_ps();
+        while c + 8 * U <= d {
+            let mut acc = [[z; U]; Q];
+            for (acc, &p) in acc.iter_mut().zip(&yp) {
+                for (w, v) in acc.iter_mut().enumerate() {
+                    *v = _mm256_loadu_ps(p.add(c + 8 * w));
+                }
+            }
+            for j in 0..n {
+                let p = rp.add(j * stride + c);
+                let mut rv = [z; U];
+                for (w, v) in rv.iter_mut().enumerate() {
+                    *v = E::load8(p.add(8 * w));
+                }
+                for (acc, &aq) in acc.iter_mut().zip(&ap) {
+                    let av = _mm256_set1_ps(*aq.add(j));
+                    for (v, &r) in acc.iter_mut().zip(&rv) {
+                        *v = _mm256_fmadd_ps(av, r, *v);
+                    }
+                }
+            }
+            for (acc, &p) in acc.iter().zip(&yp) {
+                for (w, v) in acc.iter().enumerate() {
+                    _mm256_storeu_ps(p.add(c + 8 * w), *v);
+                }
+            }
+            c += 8 * U;
+        }
+        if c < d {
+            for u in 0..Q {
+                let row = (g + u) * d;
+                let au = &a[(g + u) * astride..(g + u) * astride + n];
+                axpy_rows_body(&mut y[row + c..row + d], au, rp.add(c), stride);
+            }
+        }
+    }
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 unsafe fn dot_half(w: *const u16, x: &[f32], n: usize, bf: bool) -> f32 {
