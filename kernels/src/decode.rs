@@ -141,7 +141,7 @@ fn run(
     for_row_chunks(
         out_t,
         m,
-        DECODE_ROWS_PER_TASK,
+        prep.task_rows(ws),
         par,
         || prep.scratch(),
         |scratch, r0, o| {
@@ -220,7 +220,12 @@ pub(crate) struct Scratch {
 }
 
 /// Rows a task's piece widens to on a matrix unit: the 16-row tiles that hold it.
-const UNIT_ROWS: usize = DECODE_ROWS_PER_TASK + 32;
+const UNIT_ROWS: usize = UNIT_TASK_ROWS + 32;
+
+/// Rows a task takes when a step's tokens go to a matrix unit as a panel: each call configures
+/// the tiles and lays out its rows' levels, so 32-row tasks spent a fifth more on a 16-token
+/// step at SmolLM2's widths than 128-row ones (64 was between).
+const UNIT_TASK_ROWS: usize = 128;
 
 impl<'x> Prepared<'x> {
     fn new(k: &Kernels, route: Route, x: &'x [f32], m: usize, cols: usize, opts: &MatmulOptions) -> Prepared<'x> {
@@ -312,6 +317,20 @@ impl<'x> Prepared<'x> {
         }
     }
 
+    /// Rows a task of `ws` takes: more where every weight goes to a matrix unit, whose calls
+    /// cost more to start (the other row loops size their buffers for fewer).
+    fn task_rows(&self, ws: &[&Weight]) -> usize {
+        match self {
+            Prepared::FourBitQ8 { unit: Some(Unit::Panel(_)), .. }
+            | Prepared::Q8 { unit: Some(Unit::Panel(_)), .. }
+                if ws.iter().all(|w| w.rows().is_multiple_of(16)) =>
+            {
+                UNIT_TASK_ROWS
+            }
+            _ => DECODE_ROWS_PER_TASK,
+        }
+    }
+
     fn scratch(&self) -> Scratch {
         let (scales, factors) = match *self {
             Prepared::FourBitQ8 { m, bpr, .. } => (UNIT_ROWS * bpr, m * DECODE_ROWS_PER_TASK * bpr),
@@ -374,7 +393,7 @@ impl<'x> Prepared<'x> {
                     let (qs, sc) = (&w8.qs[a * cols..(a + n) * cols], &w8.scales[a * nb..(a + n) * nb]);
                     match unit {
                         Unit::Panel(p) => {
-                            let done = k.q8_panel(qs, sc, p, n, unit_factors, out);
+                            let done = k.q8_panel(qs, sc, p, n, unit_factors, out, true);
                             assert!(done, "prepared only where the level has the kernel");
                         }
                         Unit::One => {
@@ -408,7 +427,7 @@ impl<'x> Prepared<'x> {
                     let codes = &w4.codes[a * half..(a + n) * half];
                     match unit {
                         Unit::Panel(p) => {
-                            let done = k.fourbit_q8_panel(codes, wf, lut, p, n, unit_levels, out);
+                            let done = k.fourbit_q8_panel(codes, wf, lut, p, n, unit_levels, out, true);
                             assert!(done, "prepared only where the level has the kernel");
                         }
                         Unit::One => {
@@ -455,8 +474,8 @@ impl<'x> Prepared<'x> {
 }
 
 /// A task's rows `r0 ..` (of a weight of `rows` rows, a multiple of 16) on a matrix unit: the
-/// 16-row tiles that hold them go through `unit(first row, rows, out)` (token-major results for
-/// `tokens` tokens) and the task's rows are copied into `o` (`rows × m`). A row's result
+/// 16-row tiles that hold them go through `unit(first row, rows, out)` (row-major results,
+/// `tokens` a row) and the task's rows are copied into `o` (`rows × m`). A row's result
 /// depends only on its own row and the token, never on the tile around it, so pieces of any
 /// alignment give the same bits.
 fn unit_task(
@@ -472,9 +491,13 @@ fn unit_task(
     let (a, b) = (r0 / 16 * 16, (r0 + n).next_multiple_of(16).min(rows));
     let width = b - a;
     unit(a, width, &mut out[..tokens * width]);
-    for (i, y) in o.chunks_mut(m).enumerate() {
-        for (t, y) in y.iter_mut().enumerate() {
-            *y = out[t * width + r0 - a + i];
+    // The unit writes row-major, `tokens` a row (padding included): the task's rows are runs,
+    // or one run when no token is padding.
+    if tokens == m {
+        o.copy_from_slice(&out[(r0 - a) * m..][..n * m]);
+    } else {
+        for (i, y) in o.chunks_mut(m).enumerate() {
+            y.copy_from_slice(&out[(r0 - a + i) * tokens..][..m]);
         }
     }
 }

@@ -60,10 +60,10 @@ type DotQ8 = unsafe fn(&[i8], &[f16], &[i8], &[f32], usize) -> f32;
 type DotQ8Rows4 = unsafe fn([&[i8]; 4], [&[f16]; 4], &[i8], &[f32], usize) -> [f32; 4];
 type DotQ8Many = unsafe fn(&[i8], &[f16], &[i8], &[f32], usize, &mut [f32]);
 type Transpose = unsafe fn(&[f32], usize, &mut [f32], usize, usize, usize);
-type Q8Panel = unsafe fn(&[i8], &[f16], &crate::panel::Panel, usize, &mut [f32], &mut [f32]);
+type Q8Panel = unsafe fn(&[i8], &[f16], &crate::panel::Panel, usize, &mut [f32], &mut [f32], bool);
 type FourBitQ8Rows16 = unsafe fn(&[u8], usize, &[f32], &[i8; 16], &[i8], &[i8], &[f32], &[i32]) -> [f32; 16];
 type Q8Rows16 = unsafe fn(&[i8], usize, usize, &[f16], &[i8], &[f32], &[i32]) -> [f32; 16];
-type FourBitQ8Panel = unsafe fn(&[u8], &[f32], &[i8; 16], &crate::panel::Panel, usize, &mut [i8], &mut [f32]);
+type FourBitQ8Panel = unsafe fn(&[u8], &[f32], &[i8; 16], &crate::panel::Panel, usize, &mut [i8], &mut [f32], bool);
 
 /// What the AVX-512 tables run on AMX (`LOWBIT_AMX`), where the CPU and OS allow it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1412,9 +1412,10 @@ impl Kernels {
     }
 
     /// [`crate::scalar::fourbit_q8_panel`] on a matrix unit: `rows` 4-bit rows in blocks of 64
-    /// against every token of `panel`, `out[t·rows + r]` (each within the tiles' rounding of the
-    /// scalar sum). `scratch` holds the rows' levels: at least [`Kernels::panel_scratch`] bytes.
-    /// `false` (nothing written) where the level has no such kernel.
+    /// against every token of `panel`, `out[t·rows + r]` or, `row_major`, `out[r·T + t]` (`T`
+    /// the panel's tokens with padding; each within the tiles' rounding of the scalar sum).
+    /// `scratch` holds the rows' levels: at least [`Kernels::panel_scratch`] bytes. `false`
+    /// (nothing written) where the level has no such kernel.
     #[allow(clippy::too_many_arguments)]
     pub fn fourbit_q8_panel(
         &self,
@@ -1425,6 +1426,7 @@ impl Kernels {
         rows: usize,
         scratch: &mut [i8],
         out: &mut [f32],
+        row_major: bool,
     ) -> bool {
         let Some(f) = self.fourbit_q8_panel else { return false };
         let nb = panel.nb();
@@ -1433,7 +1435,7 @@ impl Kernels {
         assert!(scratch.len() >= Self::panel_scratch(nb), "scratch too short");
         assert!(out.len() >= crate::panel::PANEL_TOKENS * panel.groups() * rows, "out too short");
         // SAFETY: the level has the kernel only where the CPU and OS allow it; lengths checked.
-        unsafe { f(codes, wf, lut, panel, rows, scratch, out) };
+        unsafe { f(codes, wf, lut, panel, rows, scratch, out, row_major) };
         true
     }
 
@@ -1493,9 +1495,10 @@ impl Kernels {
     }
 
     /// [`crate::scalar::q8_panel`] on a matrix unit: `rows` block int8 rows against every token
-    /// of `panel` (blocks of the rows' size), `out[t·rows + r]`. `scratch` holds the rows' scales
-    /// in f32: at least `16 · panel.nb()` values. `false` (nothing written) where the level has no
-    /// such kernel.
+    /// of `panel` (blocks of the rows' size), `out[t·rows + r]` or, `row_major`, `out[r·T + t]`
+    /// (`T` the panel's tokens with padding). `scratch` holds the rows' scales in f32: at least
+    /// `16 · panel.nb()` values. `false` (nothing written) where the level has no such kernel.
+    #[allow(clippy::too_many_arguments)]
     pub fn q8_panel(
         &self,
         w: &[i8],
@@ -1504,6 +1507,7 @@ impl Kernels {
         rows: usize,
         scratch: &mut [f32],
         out: &mut [f32],
+        row_major: bool,
     ) -> bool {
         let Some(f) = self.q8_panel else { return false };
         let (nb, bs) = (panel.nb(), panel.blocksize());
@@ -1513,7 +1517,7 @@ impl Kernels {
         assert!(out.len() >= crate::panel::PANEL_TOKENS * panel.groups() * rows, "out too short");
         // SAFETY: the level has the kernel only where the CPU and OS allow it; lengths checked
         // (a panel's blocks are 32 or 64).
-        unsafe { f(w, scale, panel, rows, scratch, out) };
+        unsafe { f(w, scale, panel, rows, scratch, out, row_major) };
         true
     }
 

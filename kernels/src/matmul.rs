@@ -631,7 +631,7 @@ fn q8_panel_matmul(k: &Kernels, out: &mut [f32], ws: &[&Q8Ref], x: &[f32], m: us
         let (wi, base, r0, n) = plan.task(task);
         let w = ws[wi];
         let (qs, scales) = (&w.qs[r0 * cols..(r0 + n) * cols], &w.scales[r0 * nb..(r0 + n) * nb]);
-        let done = k.q8_panel(qs, scales, panel, n, scratch, outs);
+        let done = k.q8_panel(qs, scales, panel, n, scratch, outs, false);
         assert!(done, "checked with has_q8_panel");
         for t in 0..m {
             // SAFETY: this task alone writes rows r0 .. r0 + n of every token of this weight.
@@ -736,7 +736,7 @@ fn fourbit_q8_matmul_many(k: &Kernels, out: &mut [f32], ws: &[&FourBitRef], x: &
         }
         if let Some(panel) = panel {
             let codes = &w.codes[r0 * half..(r0 + n) * half];
-            let done = k.fourbit_q8_panel(codes, &wf[..n * nb], lut, panel, n, scratch, outs);
+            let done = k.fourbit_q8_panel(codes, &wf[..n * nb], lut, panel, n, scratch, outs, false);
             assert!(done, "checked with has_fourbit_q8_panel");
             for t in 0..m {
                 run_of(t * rows + r0, n).copy_from_slice(&outs[t * n..(t + 1) * n]);

@@ -652,7 +652,15 @@ proptest! {
         for kind in [FourBitKind::Nf4, FourBitKind::Fp4] {
             let lut = kind.int8_levels();
             let mut want = vec![f32::NAN; padded * rows];
-            scalar::fourbit_q8_panel(&codes, &wf, &lut, &panel, rows, &mut want);
+            scalar::fourbit_q8_panel(&codes, &wf, &lut, &panel, rows, &mut want, false);
+            // Row-major: the same values, `padded` a row.
+            let mut want_rm = vec![f32::NAN; padded * rows];
+            scalar::fourbit_q8_panel(&codes, &wf, &lut, &panel, rows, &mut want_rm, true);
+            for t in 0..padded {
+                for r in 0..rows {
+                    prop_assert_eq!(want_rm[r * padded + t].to_bits(), want[t * rows + r].to_bits());
+                }
+            }
             for r0 in (0..rows).step_by(4) {
                 for t0 in (0..tokens.saturating_sub(3)).step_by(4) {
                     let tok = |t: usize| t0 + t;
@@ -675,8 +683,15 @@ proptest! {
             for k in simd_levels() {
                 let mut scratch = vec![0i8; Kernels::panel_scratch(nb)];
                 let mut got = vec![f32::NAN; padded * rows];
-                if !k.fourbit_q8_panel(&codes, &wf, &lut, &panel, rows, &mut scratch, &mut got) {
+                if !k.fourbit_q8_panel(&codes, &wf, &lut, &panel, rows, &mut scratch, &mut got, false) {
                     continue;
+                }
+                let mut got_rm = vec![f32::NAN; padded * rows];
+                k.fourbit_q8_panel(&codes, &wf, &lut, &panel, rows, &mut scratch, &mut got_rm, true);
+                for t in 0..padded {
+                    for r in 0..rows {
+                        prop_assert_eq!(got_rm[r * padded + t].to_bits(), got[t * rows + r].to_bits(), "{} row-major", k.label());
+                    }
                 }
                 // One token alone against sixteen rows: the panel's bits for it.
                 let sums: Vec<i32> = (0..nb).map(|b| (0..32).map(|i| qe[32 * b + i] as i32 + qo[32 * b + i] as i32).sum()).collect();
@@ -723,7 +738,14 @@ proptest! {
         let panel = Panel::q8(&x, cols, &d, bs, nb, tokens);
         let padded = panel.groups() * PANEL_TOKENS;
         let mut want = vec![f32::NAN; padded * rows];
-        scalar::q8_panel(&w, &scale, &panel, rows, &mut want);
+        scalar::q8_panel(&w, &scale, &panel, rows, &mut want, false);
+        let mut want_rm = vec![f32::NAN; padded * rows];
+        scalar::q8_panel(&w, &scale, &panel, rows, &mut want_rm, true);
+        for t in 0..padded {
+            for r in 0..rows {
+                prop_assert_eq!(want_rm[r * padded + t].to_bits(), want[t * rows + r].to_bits());
+            }
+        }
         for t in 0..tokens {
             for r in 0..rows {
                 let one = scalar::dot_q8(&w[r * cols..(r + 1) * cols], &scale[r * nb..(r + 1) * nb], &x[t * cols..(t + 1) * cols], &d[t * nb..(t + 1) * nb], bs);
@@ -733,8 +755,15 @@ proptest! {
         for k in simd_levels() {
             let mut scratch = vec![0f32; 16 * nb];
             let mut got = vec![f32::NAN; padded * rows];
-            if !k.q8_panel(&w, &scale, &panel, rows, &mut scratch, &mut got) {
+            if !k.q8_panel(&w, &scale, &panel, rows, &mut scratch, &mut got, false) {
                 continue;
+            }
+            let mut got_rm = vec![f32::NAN; padded * rows];
+            k.q8_panel(&w, &scale, &panel, rows, &mut scratch, &mut got_rm, true);
+            for t in 0..padded {
+                for r in 0..rows {
+                    prop_assert_eq!(got_rm[r * padded + t].to_bits(), got[t * rows + r].to_bits(), "{} row-major", k.label());
+                }
             }
             // One token alone against sixteen rows: the panel's bits for it.
             let sums: Vec<i32> = (0..nb).map(|b| x[b * bs..(b + 1) * bs].iter().map(|&v| v as i32).sum()).collect();

@@ -332,7 +332,7 @@ impl<'a> Model<'a> {
          -> Result<()> {
             let s = prof.start();
             let m = segs.iter().sum::<usize>();
-            out.clear();
+            // Every element is written by the product: no need to zero what is already there.
             out.resize(m * w.rows(), 0.0);
             if let Some(then) = then {
                 matmul_rows_many_then(out, &[w], x, m, &self.opts, then)?;
@@ -356,7 +356,6 @@ impl<'a> Model<'a> {
          -> Result<()> {
             let s = prof.start();
             let m = segs.iter().sum::<usize>();
-            joint.clear();
             joint.resize(m * ws.iter().map(|w| w.rows()).sum::<usize>(), 0.0);
             match then {
                 Some(then) => matmul_rows_many_then(&mut joint, ws, x, m, &self.opts, then)?,
@@ -600,7 +599,7 @@ impl<'a> Model<'a> {
         let (hd, nh, nkv) = (c.head_dim, c.num_heads, c.num_kv_heads);
         let group = nh / nkv;
         let per = if caches.len() > 1 { group } else { 1 };
-        out.clear();
+        // Every element is written below (each task zeroes its piece first).
         out.resize(caches.len() * nh * hd, 0.0);
         let scale = 1.0 / (hd as f32).sqrt();
         let kern = lowbit_kernels::kernels();
@@ -645,7 +644,7 @@ impl<'a> Model<'a> {
             let qh = &q[first * hd..(first + per) * hd];
             // Head g's scores at g·len.
             let len = pos + 1 - lo;
-            scores.clear();
+            // Every score is written by the row loops below.
             scores.resize(per * len, 0.0);
             let mut at = 0;
             for &(s0, n) in runs.iter().filter(|r| r.1 > 0) {

@@ -219,8 +219,9 @@ pub fn fourbit_q8_tile(
 
 /// The prompt product of `rows` 4-bit rows in blocks of 64 (`codes` row after row, `32·nb`
 /// bytes each; `wf` their decoded block absmax, `nb` a row) against every token of `panel`
-/// (padding included): `out[t·rows + r]` is [`fourbit_q8_tile`]'s sum for row `r` and token `t`.
-/// The AMX kernel computes the same with its tile unit.
+/// (padding included): `out[t·rows + r]` (with `row_major`, `out[r·T + t]`, `T` the panel's
+/// tokens with padding) is [`fourbit_q8_tile`]'s sum for row `r` and token `t`. The AMX kernel
+/// computes the same with its tile unit.
 pub fn fourbit_q8_panel(
     codes: &[u8],
     wf: &[f32],
@@ -228,9 +229,11 @@ pub fn fourbit_q8_panel(
     panel: &crate::panel::Panel,
     rows: usize,
     out: &mut [f32],
+    row_major: bool,
 ) {
     let nb = panel.nb();
-    for t in 0..panel.groups() * crate::panel::PANEL_TOKENS {
+    let tokens = panel.groups() * crate::panel::PANEL_TOKENS;
+    for t in 0..tokens {
         for r in 0..rows {
             let mut acc = 0f32;
             for (b, &f) in wf[r * nb..(r + 1) * nb].iter().enumerate() {
@@ -241,7 +244,7 @@ pub fn fourbit_q8_panel(
                 }
                 acc += f * (panel.scale(t, b) * isum as f32);
             }
-            out[t * rows + r] = acc;
+            out[if row_major { r * tokens + t } else { t * rows + r }] = acc;
         }
     }
 }

@@ -59,11 +59,12 @@ pub fn dot_q8_x4t4(
 
 /// The prompt product of `rows` block int8 rows (`w` row after row, `nb · bs` values each, `scale`
 /// their `nb` block scales a row) against every token of `panel` (padding included):
-/// `out[t·rows + r]` is [`dot_q8`] of row `r` and token `t`. The AMX kernel computes the same
-/// with its tile unit.
-pub fn q8_panel(w: &[i8], scale: &[f16], panel: &crate::panel::Panel, rows: usize, out: &mut [f32]) {
+/// `out[t·rows + r]` (with `row_major`, `out[r·T + t]`, `T` the panel's tokens with padding) is
+/// [`dot_q8`] of row `r` and token `t`. The AMX kernel computes the same with its tile unit.
+pub fn q8_panel(w: &[i8], scale: &[f16], panel: &crate::panel::Panel, rows: usize, out: &mut [f32], row_major: bool) {
     let (nb, bs) = (panel.nb(), panel.blocksize());
-    for t in 0..panel.groups() * crate::panel::PANEL_TOKENS {
+    let tokens = panel.groups() * crate::panel::PANEL_TOKENS;
+    for t in 0..tokens {
         for r in 0..rows {
             let mut acc = 0f32;
             for (b, s) in scale[r * nb..(r + 1) * nb].iter().enumerate() {
@@ -71,7 +72,7 @@ pub fn q8_panel(w: &[i8], scale: &[f16], panel: &crate::panel::Panel, rows: usiz
                 let isum: i32 = row.iter().enumerate().map(|(k, &a)| a as i32 * panel.value(t, b, k) as i32).sum();
                 acc += isum as f32 * (s.to_f32() * panel.scale(t, b));
             }
-            out[t * rows + r] = acc;
+            out[if row_major { r * tokens + t } else { t * rows + r }] = acc;
         }
     }
 }

@@ -170,6 +170,49 @@ unsafe fn block_sums(
 #[repr(C, align(64))]
 struct Sums([i32; 2 * 256]);
 
+/// A group's results for a tile of 16 rows (one register of 16 tokens per row) into `out`:
+/// row-major (`out[r·16·groups + t]`: each register is one store) or token-major
+/// (`out[t·rows + r]`, through a transpose).
+///
+/// # Safety
+/// AVX-512 F enabled by the caller; `out` holds `16 · groups · rows` values.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn put_tile(
+    acc: &[__m512; 16],
+    res: &mut Results,
+    out: &mut [f32],
+    rows: usize,
+    rt: usize,
+    g: usize,
+    groups: usize,
+    row_major: bool,
+) {
+    // SAFETY: every store lands inside `out` (caller's contract) or `res`.
+    unsafe {
+        if row_major {
+            let tokens = PANEL_TOKENS * groups;
+            for (r, a) in acc.iter().enumerate() {
+                let at = (16 * rt + r) * tokens + PANEL_TOKENS * g;
+                _mm512_storeu_ps(out[at..at + 16].as_mut_ptr(), *a);
+            }
+        } else {
+            for (r, a) in acc.iter().enumerate() {
+                _mm512_store_ps(res.0.as_mut_ptr().add(16 * r), *a);
+            }
+            let at = PANEL_TOKENS * g * rows + 16 * rt;
+            super::avx2::transpose(&res.0, 16, &mut out[at..], rows, 16, 16);
+        }
+    }
+}
+
+/// Blocks whose sums the tile unit forms before any of them is scaled.
+const CHUNK: usize = 8;
+
+/// A chunk's int32 sums, a result tile per block, line-aligned.
+#[repr(C, align(64))]
+struct ChunkSums([i32; CHUNK * 256]);
+
 /// Sixteen rows × sixteen tokens of f32 results, line-aligned.
 #[repr(C, align(64))]
 struct Results([f32; 256]);
@@ -179,13 +222,15 @@ struct Results([f32; 256]);
 /// the panel's order), then every group of 16 tokens runs two blocks at a time through
 /// `tdpbssd` (exact int32 sums), and each block's sums are scaled as the AVX-512 tiles scale
 /// theirs: `acc = fma(sum · xs, factor, acc)`, sixteen tokens to a register, one register per
-/// row. The results are transposed into `out` (token-major) at the end of each group.
+/// row. The results go to `out` at the end of each group ([`put_tile`]), token-major or, with
+/// `row_major`, row-major.
 ///
 /// # Safety
 /// See the module; with `nb = panel.nb()`: `rows` is a multiple of 16, `codes` holds
 /// `32 · nb · rows` bytes, `wf` `nb · rows` factors, `scratch` `1024 · nb` bytes and `out`
 /// `16 · panel.groups() · rows` values.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
 pub unsafe fn fourbit_q8_panel(
     codes: &[u8],
     wf: &[f32],
@@ -194,13 +239,14 @@ pub unsafe fn fourbit_q8_panel(
     rows: usize,
     scratch: &mut [i8],
     out: &mut [f32],
+    row_major: bool,
 ) {
     let nb = panel.nb();
     let groups = panel.groups();
     debug_assert!(rows.is_multiple_of(16) && codes.len() >= 32 * nb * rows && wf.len() >= nb * rows);
     debug_assert!(scratch.len() >= TILE * nb && out.len() >= PANEL_TOKENS * groups * rows);
     let config = Config::new(64);
-    let mut sums = Sums([0; 512]);
+    let mut sums = ChunkSums([0; CHUNK * 256]);
     let mut res = Results([0.0; 256]);
     // SAFETY: every load reads inside the lengths of the contract (a row's block: 32 code bytes;
     // a tile: 1 KiB of `scratch` or of the panel); tile stores write `sums`; the configuration
@@ -210,7 +256,7 @@ pub unsafe fn fourbit_q8_panel(
         let table = _mm512_broadcast_i32x4(_mm_loadu_si128(lut.as_ptr() as *const __m128i));
         let nib = _mm256_set1_epi8(0x0F);
         let sp = scratch.as_mut_ptr();
-        let (c0, c1) = (sums.0.as_mut_ptr(), sums.0.as_mut_ptr().add(256));
+        let cs = sums.0.as_mut_ptr();
         for rt in 0..rows / 16 {
             // The tile's rows are one stretch of codes, read in order.
             let first = codes.as_ptr().add(16 * rt * 32 * nb);
@@ -230,25 +276,29 @@ pub unsafe fn fourbit_q8_panel(
             let wrow = wf.as_ptr().add(16 * rt * nb);
             for g in 0..groups {
                 let mut acc = [_mm512_setzero_ps(); 16];
-                for b in (0..nb).step_by(2) {
-                    let two = b + 1 < nb;
-                    let next = if two { b + 1 } else { b };
-                    let (x0, x1) = (panel.tile(g, b).as_ptr(), panel.tile(g, next).as_ptr());
-                    block_sums(two, sp.add(TILE * b), sp.add(TILE * next), 64, x0, x1, c0, c1);
-                    for (k, c) in [c0, c1].into_iter().enumerate().take(1 + two as usize) {
-                        let xv = _mm512_loadu_ps(panel.scales(g, b + k).as_ptr());
+                for b0 in (0..nb).step_by(CHUNK) {
+                    let nc = (nb - b0).min(CHUNK);
+                    // The chunk's sums first, then their scaling: a block's sums are read back
+                    // long after the tile unit stored them, and the tile unit never waits on
+                    // the scaling (block by block, each stage waited on the other).
+                    for b in (0..nc).step_by(2) {
+                        let two = b + 1 < nc;
+                        let next = if two { b + 1 } else { b };
+                        let (x0, x1) = (panel.tile(g, b0 + b).as_ptr(), panel.tile(g, b0 + next).as_ptr());
+                        let (s0, s1) = (sp.add(TILE * (b0 + b)), sp.add(TILE * (b0 + next)));
+                        block_sums(two, s0, s1, 64, x0, x1, cs.add(256 * b), cs.add(256 * next));
+                    }
+                    for b in 0..nc {
+                        let c = cs.add(256 * b);
+                        let xv = _mm512_loadu_ps(panel.scales(g, b0 + b).as_ptr());
                         for (r, acc) in acc.iter_mut().enumerate() {
                             let s = _mm512_cvtepi32_ps(_mm512_load_si512(c.add(16 * r) as *const _));
-                            let f = _mm512_set1_ps(*wrow.add(r * nb + b + k));
+                            let f = _mm512_set1_ps(*wrow.add(r * nb + b0 + b));
                             *acc = _mm512_fmadd_ps(_mm512_mul_ps(s, xv), f, *acc);
                         }
                     }
                 }
-                for (r, a) in acc.iter().enumerate() {
-                    _mm512_store_ps(res.0.as_mut_ptr().add(16 * r), *a);
-                }
-                let at = PANEL_TOKENS * g * rows + 16 * rt;
-                super::avx2::transpose(&res.0, 16, &mut out[at..], rows, 16, 16);
+                put_tile(&acc, &mut res, out, rows, rt, g, groups, row_major);
             }
         }
         asm!("tilerelease", options(nostack, nomem));
@@ -258,8 +308,8 @@ pub unsafe fn fourbit_q8_panel(
 /// See [`crate::scalar::q8_panel`]: the weights' int8 rows go to the tile unit as they are
 /// stored (16 rows × one block, `cols` bytes apart), two blocks at a time against each group of
 /// 16 tokens; each block's sums are scaled as decode scales them, `acc = fma(sum, scale · d,
-/// acc)`, sixteen tokens to a register, one register per row, and the results transposed into
-/// `out` (token-major).
+/// acc)`, sixteen tokens to a register, one register per row, and the results put into `out`
+/// token-major or row-major ([`put_tile`]).
 ///
 /// # Safety
 /// See the module; with `nb = panel.nb()`, `bs = panel.blocksize()` (32 or 64): `rows` is a
@@ -273,6 +323,7 @@ pub unsafe fn q8_panel(
     rows: usize,
     scratch: &mut [f32],
     out: &mut [f32],
+    row_major: bool,
 ) {
     use half::slice::HalfFloatSliceExt;
     let (nb, bs, groups) = (panel.nb(), panel.blocksize(), panel.groups());
@@ -315,11 +366,7 @@ pub unsafe fn q8_panel(
                         }
                     }
                 }
-                for (r, a) in acc.iter().enumerate() {
-                    _mm512_store_ps(res.0.as_mut_ptr().add(16 * r), *a);
-                }
-                let at = PANEL_TOKENS * g * rows + 16 * rt;
-                super::avx2::transpose(&res.0, 16, &mut out[at..], rows, 16, 16);
+                put_tile(&acc, &mut res, out, rows, rt, g, groups, row_major);
             }
         }
         asm!("tilerelease", options(nostack, nomem));
