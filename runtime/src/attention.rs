@@ -27,9 +27,10 @@ pub(crate) struct Heads {
 
 /// Causal (sliding-window) attention of `t` tokens at positions `0..t`: `q` holds `t × heads ×
 /// head_dim` values, `k` and `v` `t × kv_heads × head_dim`, `out` receives `t × heads ×
-/// head_dim`. Per head and block of queries, scores = Q·Kᵀ as one gemm over the keys the block
-/// can see, masked and softmaxed row by row, then P·V as a second gemm (a dot-kernel call per
-/// key and query cost a large share of a long prefill; docs/PERFORMANCE.md).
+/// head_dim`. Per block of queries and head (or all the query heads of a grouped-query kv head
+/// at once), scores = Q·Kᵀ as one gemm over the keys the block can see, masked and softmaxed row
+/// by row, then P·V as a second gemm (a dot-kernel call per key and query cost a large share of
+/// a long prefill; docs/PERFORMANCE.md).
 pub(crate) fn prefill_attention(out: &mut [f32], q: &[f32], k: &[f32], v: &[f32], t: usize, shape: &Heads) {
     let Heads { head_dim: hd, heads: nh, kv_heads: nkv, window } = *shape;
     let group = nh / nkv;
@@ -39,24 +40,44 @@ pub(crate) fn prefill_attention(out: &mut [f32], q: &[f32], k: &[f32], v: &[f32]
     let (qs, kvs) = (qd as isize, kvd as isize);
     let first_key = |pos: usize| window.map_or(0, |w| (pos + 1).saturating_sub(w));
     let blocks = t.div_ceil(QB);
+    // Heads a task takes: the query heads of one kv head together where there are tasks enough
+    // for the threads (their keys and values packed for gemm once instead of once a head, and
+    // one taller product), else one head a task.
+    let per = if blocks * nkv >= 4 * rayon::current_num_threads() { group } else { 1 };
+    let tasks_per_block = nh / per;
     // Tasks in order of falling cost (later blocks see more keys), so the last ones are short.
-    let task = |n: usize| (blocks - 1 - n / nh, n % nh);
-    // Task n's result goes to its own QB × hd piece of `parts` (on the team, like the products
-    // around it), then into place.
-    let mut parts = vec![0f32; blocks * nh * QB * hd];
-    lowbit_kernels::team::for_each_chunk_mut(&mut parts, QB * hd, Vec::new, |scores, n, oh| {
-        let (b, h) = task(n);
-        let kvh = h / group;
+    let task = |n: usize| (blocks - 1 - n / tasks_per_block, n % tasks_per_block);
+    // Task n's result goes to its own piece of `parts` (on the team, like the products around
+    // it), row j·nq + r for head j of the task at query i0 + r (nq queries in the block), then
+    // into place.
+    let piece = per * QB * hd;
+    let mut parts = vec![0f32; blocks * tasks_per_block * piece];
+    lowbit_kernels::team::for_each_chunk_mut(&mut parts, piece, || (Vec::new(), Vec::new()), |(scores, qg), n, oh| {
+        let (b, hg) = task(n);
+        let (h0, kvh) = (hg * per, hg * per / group);
         let (i0, i1) = (b * QB, (b * QB + QB).min(t));
+        let nq = i1 - i0;
         let klo = first_key(i0);
         let nk = i1 - klo;
+        let rows = per * nq;
         scores.clear();
-        scores.resize((i1 - i0) * nk, 0.0);
+        scores.resize(rows * nk, 0.0);
         let (kh, vh) = (&k[klo * kvd + kvh * hd..], &v[klo * kvd + kvh * hd..]);
-        let qh = &q[i0 * qd + h * hd..];
-        gemm_strided(scores, (nk as isize, 1), qh, (qs, 1), kh, (1, kvs), i1 - i0, nk, hd, false);
+        if per == 1 {
+            let qh = &q[i0 * qd + h0 * hd..];
+            gemm_strided(scores, (nk as isize, 1), qh, (qs, 1), kh, (1, kvs), rows, nk, hd, false);
+        } else {
+            // The heads' queries one after the other, so one gemm takes them all.
+            qg.clear();
+            for j in 0..per {
+                for i in i0..i1 {
+                    qg.extend_from_slice(&q[i * qd + (h0 + j) * hd..][..hd]);
+                }
+            }
+            gemm_strided(scores, (nk as isize, 1), qg, (hd as isize, 1), kh, (1, kvs), rows, nk, hd, false);
+        }
         for (r, row) in scores.chunks_mut(nk).enumerate() {
-            let pos = i0 + r;
+            let pos = i0 + r % nq;
             // Keys outside the window or in the future weigh exactly zero in P·V.
             let (a, b) = (first_key(pos) - klo, pos + 1 - klo);
             row[..a].fill(0.0);
@@ -65,15 +86,19 @@ pub(crate) fn prefill_attention(out: &mut [f32], q: &[f32], k: &[f32], v: &[f32]
             live.iter_mut().for_each(|s| *s *= scale);
             softmax(live);
         }
-        let oh = &mut oh[..(i1 - i0) * hd];
-        gemm_strided(oh, (hd as isize, 1), scores, (nk as isize, 1), vh, (kvs, 1), i1 - i0, hd, nk, false);
+        let oh = &mut oh[..rows * hd];
+        gemm_strided(oh, (hd as isize, 1), scores, (nk as isize, 1), vh, (kvs, 1), rows, hd, nk, false);
     });
-    for (n, oh) in parts.chunks_exact(QB * hd).enumerate() {
-        let (b, h) = task(n);
+    for (n, oh) in parts.chunks_exact(piece).enumerate() {
+        let (b, hg) = task(n);
         let i0 = b * QB;
-        for (r, row) in oh.chunks_exact(hd).take(t.min(i0 + QB) - i0).enumerate() {
-            let i = i0 + r;
-            out[i * qd + h * hd..i * qd + (h + 1) * hd].copy_from_slice(row);
+        let nq = t.min(i0 + QB) - i0;
+        for j in 0..per {
+            let (h, head) = (hg * per + j, &oh[j * nq * hd..(j + 1) * nq * hd]);
+            for (r, row) in head.chunks_exact(hd).enumerate() {
+                let i = i0 + r;
+                out[i * qd + h * hd..i * qd + (h + 1) * hd].copy_from_slice(row);
+            }
         }
     }
 }
