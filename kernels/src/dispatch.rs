@@ -551,8 +551,8 @@ impl Kernels {
             label: Isa::Avx512.name(),
             dot_f32: k::dot_f32,
             axpy_f32: k::axpy_f32,
-            exp_sub: crate::arch::x86_64::avx2::exp_sub,
-            silu_mul: crate::arch::x86_64::avx2::silu_mul,
+            exp_sub: k::exp_sub,
+            silu_mul: k::silu_mul,
             transpose: crate::arch::x86_64::avx2::transpose,
             // The AVX2 row loops: their eight-row blocking is what matters at head sizes 64–128.
             dot_f32_rows: crate::arch::x86_64::avx2::dot_f32_rows,

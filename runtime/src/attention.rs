@@ -52,43 +52,48 @@ pub(crate) fn prefill_attention(out: &mut [f32], q: &[f32], k: &[f32], v: &[f32]
     // into place.
     let piece = per * QB * hd;
     let mut parts = vec![0f32; blocks * tasks_per_block * piece];
-    lowbit_kernels::team::for_each_chunk_mut(&mut parts, piece, || (Vec::new(), Vec::new()), |(scores, qg), n, oh| {
-        let (b, hg) = task(n);
-        let (h0, kvh) = (hg * per, hg * per / group);
-        let (i0, i1) = (b * QB, (b * QB + QB).min(t));
-        let nq = i1 - i0;
-        let klo = first_key(i0);
-        let nk = i1 - klo;
-        let rows = per * nq;
-        scores.clear();
-        scores.resize(rows * nk, 0.0);
-        let (kh, vh) = (&k[klo * kvd + kvh * hd..], &v[klo * kvd + kvh * hd..]);
-        if per == 1 {
-            let qh = &q[i0 * qd + h0 * hd..];
-            gemm_strided(scores, (nk as isize, 1), qh, (qs, 1), kh, (1, kvs), rows, nk, hd, false);
-        } else {
-            // The heads' queries one after the other, so one gemm takes them all.
-            qg.clear();
-            for j in 0..per {
-                for i in i0..i1 {
-                    qg.extend_from_slice(&q[i * qd + (h0 + j) * hd..][..hd]);
+    lowbit_kernels::team::for_each_chunk_mut(
+        &mut parts,
+        piece,
+        || (Vec::new(), Vec::new()),
+        |(scores, qg), n, oh| {
+            let (b, hg) = task(n);
+            let (h0, kvh) = (hg * per, hg * per / group);
+            let (i0, i1) = (b * QB, (b * QB + QB).min(t));
+            let nq = i1 - i0;
+            let klo = first_key(i0);
+            let nk = i1 - klo;
+            let rows = per * nq;
+            scores.clear();
+            scores.resize(rows * nk, 0.0);
+            let (kh, vh) = (&k[klo * kvd + kvh * hd..], &v[klo * kvd + kvh * hd..]);
+            if per == 1 {
+                let qh = &q[i0 * qd + h0 * hd..];
+                gemm_strided(scores, (nk as isize, 1), qh, (qs, 1), kh, (1, kvs), rows, nk, hd, false);
+            } else {
+                // The heads' queries one after the other, so one gemm takes them all.
+                qg.clear();
+                for j in 0..per {
+                    for i in i0..i1 {
+                        qg.extend_from_slice(&q[i * qd + (h0 + j) * hd..][..hd]);
+                    }
                 }
+                gemm_strided(scores, (nk as isize, 1), qg, (hd as isize, 1), kh, (1, kvs), rows, nk, hd, false);
             }
-            gemm_strided(scores, (nk as isize, 1), qg, (hd as isize, 1), kh, (1, kvs), rows, nk, hd, false);
-        }
-        for (r, row) in scores.chunks_mut(nk).enumerate() {
-            let pos = i0 + r % nq;
-            // Keys outside the window or in the future weigh exactly zero in P·V.
-            let (a, b) = (first_key(pos) - klo, pos + 1 - klo);
-            row[..a].fill(0.0);
-            row[b..].fill(0.0);
-            let live = &mut row[a..b];
-            live.iter_mut().for_each(|s| *s *= scale);
-            softmax(live);
-        }
-        let oh = &mut oh[..rows * hd];
-        gemm_strided(oh, (hd as isize, 1), scores, (nk as isize, 1), vh, (kvs, 1), rows, hd, nk, false);
-    });
+            for (r, row) in scores.chunks_mut(nk).enumerate() {
+                let pos = i0 + r % nq;
+                // Keys outside the window or in the future weigh exactly zero in P·V.
+                let (a, b) = (first_key(pos) - klo, pos + 1 - klo);
+                row[..a].fill(0.0);
+                row[b..].fill(0.0);
+                let live = &mut row[a..b];
+                live.iter_mut().for_each(|s| *s *= scale);
+                softmax(live);
+            }
+            let oh = &mut oh[..rows * hd];
+            gemm_strided(oh, (hd as isize, 1), scores, (nk as isize, 1), vh, (kvs, 1), rows, hd, nk, false);
+        },
+    );
     for (n, oh) in parts.chunks_exact(piece).enumerate() {
         let (b, hg) = task(n);
         let i0 = b * QB;

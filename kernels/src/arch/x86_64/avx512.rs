@@ -1658,3 +1658,84 @@ pub unsafe fn dot_int8_4x4(a: [&[i8]; 4], w: [&[i8]; 4]) -> [[i32; 4]; 4] {
         })
     }
 }
+
+/// [`crate::scalar::exp_f32`] of sixteen lanes, step for step as [`super::avx2`]'s eight-lane
+/// twin takes them (the out-of-range lanes computed on clamped inputs, then replaced as the
+/// scalar code returns early).
+#[inline(always)]
+unsafe fn exp16(x: __m512) -> __m512 {
+    use crate::scalar::{EXP_MAX, EXP_MIN, EXP_POLY, LN2_HI, LN2_LO, LOG2E};
+    // SAFETY: plain register arithmetic; AVX-512 F is enabled by the caller.
+    unsafe {
+        let xc = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(EXP_MIN)), _mm512_set1_ps(EXP_MAX));
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(
+            xc,
+            _mm512_set1_ps(LOG2E),
+        ));
+        let r = _mm512_fmadd_ps(n, _mm512_set1_ps(-LN2_HI), xc);
+        let r = _mm512_fmadd_ps(n, _mm512_set1_ps(-LN2_LO), r);
+        let mut p = _mm512_set1_ps(EXP_POLY[0]);
+        for &c in &EXP_POLY[1..] {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+        }
+        let e = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0));
+        let pow2 = _mm512_slli_epi32::<23>(_mm512_add_epi32(_mm512_cvttps_epi32(n), _mm512_set1_epi32(127)));
+        let v = _mm512_mul_ps(e, _mm512_castsi512_ps(pow2));
+        let v =
+            _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_set1_ps(EXP_MIN)), v, _mm512_setzero_ps());
+        let v = _mm512_mask_blend_ps(
+            _mm512_cmp_ps_mask::<_CMP_GT_OQ>(x, _mm512_set1_ps(EXP_MAX)),
+            v,
+            _mm512_set1_ps(f32::INFINITY),
+        );
+        _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x, x), v, x)
+    }
+}
+
+/// See [`crate::scalar::exp_sub`]; bit-identical to it (sixteen lanes a step, the rest through
+/// the AVX2 loop and then the scalar code, all with the same bits).
+///
+/// # Safety
+/// AVX-512 F, AVX2 and FMA must be available.
+#[target_feature(enable = "avx512f,avx2,fma")]
+pub unsafe fn exp_sub(x: &mut [f32], sub: f32) {
+    let n = x.len();
+    let p = x.as_mut_ptr();
+    let mut i = 0;
+    // SAFETY: every access stays below n; the AVX2 twin's contract holds (its features are
+    // enabled here).
+    unsafe {
+        let s = _mm512_set1_ps(sub);
+        while i + 16 <= n {
+            _mm512_storeu_ps(p.add(i), exp16(_mm512_sub_ps(_mm512_loadu_ps(p.add(i)), s)));
+            i += 16;
+        }
+        super::avx2::exp_sub(&mut x[i..], sub);
+    }
+}
+
+/// See [`crate::scalar::silu_mul`]; bit-identical to it (sixteen lanes a step, the rest through
+/// the AVX2 loop).
+///
+/// # Safety
+/// AVX-512 F, AVX2 and FMA must be available; `gate.len() == up.len()`.
+#[target_feature(enable = "avx512f,avx2,fma")]
+pub unsafe fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    let n = gate.len().min(up.len());
+    let (gp, up_) = (gate.as_mut_ptr(), up.as_ptr());
+    let mut i = 0;
+    // SAFETY: every access stays below n, which bounds both slices; the AVX2 twin's contract
+    // holds (its features are enabled here).
+    unsafe {
+        let (one, sign) = (_mm512_set1_ps(1.0), _mm512_set1_epi32(i32::MIN));
+        while i + 16 <= n {
+            let g = _mm512_loadu_ps(gp.add(i));
+            // −g by its sign bit, as the scalar negation (and the AVX2 loop's xor) forms it.
+            let e = exp16(_mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(g), sign)));
+            let v = _mm512_mul_ps(_mm512_div_ps(g, _mm512_add_ps(one, e)), _mm512_loadu_ps(up_.add(i)));
+            _mm512_storeu_ps(gp.add(i), v);
+            i += 16;
+        }
+        super::avx2::silu_mul(&mut gate[i..n], &up[i..n]);
+    }
+}
