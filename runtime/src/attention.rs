@@ -1,6 +1,6 @@
-//! Prompt attention as matrix products. Decode (one query) and prompts that continue a cached
-//! sequence go through the per-query loop in `model.rs`; a prompt into an empty cache has every
-//! key and value in its own buffers, so blocks of queries can go through gemm.
+//! Prompt attention as matrix products: blocks of a prompt's queries against the keys they see
+//! (its own, and for a prompt that continues a cached sequence the cached ones before them)
+//! through gemm. Decode (one query per sequence) goes through the row loops in `model.rs`.
 
 use crate::ops::softmax;
 use lowbit_kernels::gemm_strided;
@@ -25,20 +25,45 @@ pub(crate) struct Heads {
     pub window: Option<usize>,
 }
 
-/// Causal (sliding-window) attention of `t` tokens at positions `0..t`: `q` holds `t × heads ×
-/// head_dim` values, `k` and `v` `t × kv_heads × head_dim`, `out` receives `t × heads ×
-/// head_dim`. Per block of queries and head (or all the query heads of a grouped-query kv head
-/// at once), scores = Q·Kᵀ as one gemm over the keys the block can see, masked and softmaxed row
-/// by row, then P·V as a second gemm (a dot-kernel call per key and query cost a large share of
-/// a long prefill; docs/PERFORMANCE.md).
-pub(crate) fn prefill_attention(out: &mut [f32], q: &[f32], k: &[f32], v: &[f32], t: usize, shape: &Heads) {
+/// Each kv head's keys and values for positions `base ..` (the new tokens' own included): row
+/// `pos − base` of head `h` at `k[h][(pos − base)·stride ..]`, `head_dim` values.
+pub(crate) struct KeyValues<'a> {
+    pub k: Vec<&'a [f32]>,
+    pub v: Vec<&'a [f32]>,
+    pub stride: usize,
+    pub base: usize,
+}
+
+impl<'a> KeyValues<'a> {
+    /// A prompt's own keys and values (`t × kv_heads × head_dim` each), from position `p0`.
+    pub fn own(k: &'a [f32], v: &'a [f32], shape: &Heads, p0: usize) -> KeyValues<'a> {
+        let (hd, kvd) = (shape.head_dim, shape.kv_heads * shape.head_dim);
+        KeyValues {
+            k: (0..shape.kv_heads).map(|h| &k[h * hd..]).collect(),
+            v: (0..shape.kv_heads).map(|h| &v[h * hd..]).collect(),
+            stride: kvd,
+            base: p0,
+        }
+    }
+}
+
+/// Causal (sliding-window) attention of `t` tokens at positions `p0 .. p0 + t`: `q` holds `t ×
+/// heads × head_dim` values, `kv` every key and value they see, `out` receives `t × heads ×
+/// head_dim`. Per block of queries and head (or all the query heads of a grouped-query kv
+/// head at once), scores = Q·Kᵀ as one gemm over the keys the block can see, masked and
+/// softmaxed row by row, then P·V as a second gemm (a dot-kernel call per key and query cost a
+/// large share of a long prefill; docs/PERFORMANCE.md).
+pub(crate) fn prefill_attention(out: &mut [f32], q: &[f32], kv: &KeyValues, t: usize, p0: usize, shape: &Heads) {
     let Heads { head_dim: hd, heads: nh, kv_heads: nkv, window } = *shape;
     let group = nh / nkv;
-    let (qd, kvd) = (nh * hd, nkv * hd);
-    assert!(q.len() >= t * qd && k.len() >= t * kvd && v.len() >= t * kvd && out.len() >= t * qd);
-    let scale = 1.0 / (hd as f32).sqrt();
-    let (qs, kvs) = (qd as isize, kvd as isize);
+    let qd = nh * hd;
+    assert!(q.len() >= t * qd && out.len() >= t * qd && kv.k.len() == nkv && kv.v.len() == nkv);
     let first_key = |pos: usize| window.map_or(0, |w| (pos + 1).saturating_sub(w));
+    assert!(kv.base <= first_key(p0) && kv.stride >= hd);
+    let rows_fit = |s: &[f32]| s.len() + kv.stride >= (p0 + t - kv.base) * kv.stride + hd;
+    assert!(kv.k.iter().chain(&kv.v).all(|s| rows_fit(s)), "attention: keys or values too short");
+    let scale = 1.0 / (hd as f32).sqrt();
+    let (qs, kvs) = (qd as isize, kv.stride as isize);
     let blocks = t.div_ceil(QB);
     // Heads a task takes: the query heads of one kv head together where there are tasks enough
     // for the threads (their keys and values packed for gemm once instead of once a head, and
@@ -61,12 +86,14 @@ pub(crate) fn prefill_attention(out: &mut [f32], q: &[f32], k: &[f32], v: &[f32]
             let (h0, kvh) = (hg * per, hg * per / group);
             let (i0, i1) = (b * QB, (b * QB + QB).min(t));
             let nq = i1 - i0;
-            let klo = first_key(i0);
-            let nk = i1 - klo;
+            // The keys the block sees: positions klo .. p0 + i1.
+            let klo = first_key(p0 + i0);
+            let nk = p0 + i1 - klo;
             let rows = per * nq;
             scores.clear();
             scores.resize(rows * nk, 0.0);
-            let (kh, vh) = (&k[klo * kvd + kvh * hd..], &v[klo * kvd + kvh * hd..]);
+            let at = (klo - kv.base) * kv.stride;
+            let (kh, vh) = (&kv.k[kvh][at..], &kv.v[kvh][at..]);
             if per == 1 {
                 let qh = &q[i0 * qd + h0 * hd..];
                 gemm_strided(scores, (nk as isize, 1), qh, (qs, 1), kh, (1, kvs), rows, nk, hd, false);
@@ -81,7 +108,7 @@ pub(crate) fn prefill_attention(out: &mut [f32], q: &[f32], k: &[f32], v: &[f32]
                 gemm_strided(scores, (nk as isize, 1), qg, (hd as isize, 1), kh, (1, kvs), rows, nk, hd, false);
             }
             for (r, row) in scores.chunks_mut(nk).enumerate() {
-                let pos = i0 + r % nq;
+                let pos = p0 + i0 + r % nq;
                 // Keys outside the window or in the future weigh exactly zero in P·V.
                 let (a, b) = (first_key(pos) - klo, pos + 1 - klo);
                 row[..a].fill(0.0);
@@ -139,6 +166,36 @@ mod tests {
         out
     }
 
+    /// A prompt that continues a cached sequence (its queries at `p0 ..`, the keys from the first
+    /// one any of them sees): the rows of the whole sequence's attention, with and without
+    /// windows that start past the first cached key.
+    #[test]
+    fn continuing_prompts_match_the_definition() {
+        let mut seed = 11u64;
+        let mut next = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0
+        };
+        for (total, p0, window, nh, nkv) in
+            [(70, 40, None, 4, 2), (300, 260, Some(50), 6, 2), (200, 199, None, 3, 3), (150, 33, Some(100), 4, 1)]
+        {
+            let shape = Heads { head_dim: 16, heads: nh, kv_heads: nkv, window };
+            let (qd, kvd) = (nh * 16, nkv * 16);
+            let q: Vec<f32> = (0..total * qd).map(|_| next()).collect();
+            let k: Vec<f32> = (0..total * kvd).map(|_| next()).collect();
+            let v: Vec<f32> = (0..total * kvd).map(|_| next()).collect();
+            let want = reference(&q, &k, &v, total, &shape);
+            let base = window.map_or(0, |w: usize| (p0 + 1usize).saturating_sub(w));
+            let kv = KeyValues::own(&k[base * kvd..], &v[base * kvd..], &shape, base);
+            let t = total - p0;
+            let mut got = vec![f32::NAN; t * qd];
+            prefill_attention(&mut got, &q[p0 * qd..], &kv, t, p0, &shape);
+            for (i, (g, w)) in got.iter().zip(&want[p0 * qd..]).enumerate() {
+                assert!((g - w).abs() <= 1e-4 * (1.0 + w.abs()), "p0={p0} window={window:?} [{i}]: {g} vs {w}");
+            }
+        }
+    }
+
     /// Block boundaries (t above and at multiples of the block), windows shorter and longer than a
     /// block, grouped and plain heads.
     #[test]
@@ -156,7 +213,7 @@ mod tests {
             let k: Vec<f32> = (0..t * nkv * 16).map(|_| next()).collect();
             let v: Vec<f32> = (0..t * nkv * 16).map(|_| next()).collect();
             let mut got = vec![f32::NAN; t * nh * 16];
-            prefill_attention(&mut got, &q, &k, &v, t, &shape);
+            prefill_attention(&mut got, &q, &KeyValues::own(&k, &v, &shape, 0), t, 0, &shape);
             let want = reference(&q, &k, &v, t, &shape);
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                 assert!((g - w).abs() <= 1e-4 * (1.0 + w.abs()), "t={t} window={window:?} [{i}]: {g} vs {w}");
