@@ -8,7 +8,7 @@ use crate::error::{Result, RuntimeError};
 use crate::imatrix::{Input, InputStats};
 use crate::kv_cache::{HeadView, KvCache, KvType};
 use crate::lora::{LoraAdapter, LoraAx, LoraTable, Proj};
-use crate::ops::{add_inplace, rmsnorm, silu_mul, softmax, Rope};
+use crate::ops::{add_inplace, rmsnorm, silu_mul, softmax_parts, Rope};
 use crate::profile::{Phase, ProfileReport, Profiler};
 use crate::weights::ModelWeights;
 use lowbit_format::ModelFile;
@@ -49,6 +49,11 @@ enum Rows<'c, 'k> {
     /// One token of each sequence, each at its own cache's next position.
     Decode(&'c mut [&'k mut KvCache]),
 }
+
+/// Keys one decode attention task takes at most: a longer context's go in pieces, merged
+/// afterwards, so the threads share one sequence's keys. A constant, so the split depends on the
+/// position alone and a token's bits never on the batch beside it.
+const DECODE_KEYS: usize = 512;
 
 impl<'a> Model<'a> {
     /// Reads the configuration from the file's metadata and checks every tensor.
@@ -585,49 +590,58 @@ impl<'a> Model<'a> {
     }
 
     /// Attention of one query per sequence, at `positions[i]` over `caches[i]`, whose key and
-    /// value are already cached: per (sequence, head), the scores against the cached keys
-    /// (contiguous runs of slots, so the kernels step through rows without a call per key),
-    /// softmax, and the weighted sum of the values. On the spinning team, like the matvecs
-    /// around it (rayon's workers would have gone to sleep between calls).
-    ///
-    /// A batch's tasks are (sequence, kv head): the query heads of a grouped-query kv head go
-    /// through its keys and values together, each row read once for all of them (the
-    /// multi-query row loops give each head the bits it has alone). One sequence keeps a task
-    /// per head, so its few kv heads still spread over the threads.
+    /// value are already cached. A sequence's keys go in pieces of [`DECODE_KEYS`]: per piece
+    /// and head, the scores against the cached keys (contiguous runs of slots, so the kernels
+    /// step through rows without a call per key), their exponentials from the piece's maximum,
+    /// and the values weighted by them; then the pieces merge in order (flash-decoding), so the
+    /// threads share a long context's keys. Tasks are (sequence, kv head, piece): the query
+    /// heads of a grouped-query kv head go through its rows together, each row read once for
+    /// all of them (the multi-query row loops give each head the bits it has alone), or, where
+    /// that leaves the threads too few tasks, one head a task. A token's bits depend on its own
+    /// sequence alone, never on the batch. On the spinning team, like the matvecs around it.
     fn decode_attention(&self, out: &mut Vec<f32>, q: &[f32], caches: &[&KvCache], layer: usize, positions: &[usize]) {
         let c = &self.config;
         let (hd, nh, nkv) = (c.head_dim, c.num_heads, c.num_kv_heads);
         let group = nh / nkv;
-        let per = if caches.len() > 1 { group } else { 1 };
-        // Every element is written below (each task zeroes its piece first).
-        out.resize(caches.len() * nh * hd, 0.0);
         let scale = 1.0 / (hd as f32).sqrt();
         let kern = lowbit_kernels::kernels();
-        let tasks = caches.len() * nh / per;
-        // Task idx's sequence, kv head and first key position.
-        let locate = |idx: usize| {
-            let first = idx * per;
-            let (seq, head) = (first / nh, first % nh);
-            let pos = positions[seq];
-            (seq, head, c.sliding_window.map_or(0, |w| (pos + 1).saturating_sub(w)))
+        // Each sequence's first key and its pieces.
+        let first = |seq: usize| c.sliding_window.map_or(0, |w| (positions[seq] + 1).saturating_sub(w));
+        let pieces: Vec<usize> =
+            (0..caches.len()).map(|s| (positions[s] + 1 - first(s)).div_ceil(DECODE_KEYS)).collect();
+        let grouped: usize = pieces.iter().sum::<usize>() * nkv;
+        let per = if grouped >= 2 * rayon::current_num_threads() { group } else { 1 };
+        // Tasks (sequence, first head, piece), a sequence's after the one before.
+        let tasks: Vec<(usize, usize, usize)> = (0..caches.len())
+            .flat_map(|s| {
+                let np = pieces[s];
+                (0..nh / per).flat_map(move |hg| (0..np).map(move |p| (s, hg * per, p)))
+            })
+            .collect();
+        // A task's keys: positions k0 .. k1.
+        let keys = |(seq, _, piece): (usize, usize, usize)| {
+            let k0 = first(seq) + piece * DECODE_KEYS;
+            (k0, (k0 + DECODE_KEYS).min(positions[seq] + 1))
         };
+        // Per task and head: the weighted values (not yet divided), the maximum and the sum.
+        let part = hd + 2;
+        let mut parts = vec![0f32; tasks.len() * per * part];
         let work = |(scores, rows): &mut (Vec<f32>, Vec<f32>), idx: usize, o: &mut [f32]| {
-            let first = idx * per;
-            let (this_seq, head, lo) = locate(idx);
-            let (cache, pos) = (caches[this_seq], positions[this_seq]);
-            let runs = cache.slot_runs(lo, pos);
-            let kvh = head / group;
+            let (seq, h0, _) = tasks[idx];
+            let (k0, k1) = keys(tasks[idx]);
+            let cache = caches[seq];
+            let kvh = h0 / group;
             let view = cache.head(layer, kvh);
+            let runs = cache.slot_runs(k0, k1 - 1);
             // The next task's keys and values are short runs in another part of memory: asked
             // for now, they arrive while this task computes. (One sequence's heads take turns
             // on a kv head whose rows are here already.)
-            if idx + 1 < tasks {
-                let (seq, head, lo) = locate(idx + 1);
-                let next = caches[seq];
-                let view = next.head(layer, head / group);
-                if (seq, head / group) != (this_seq, kvh) {
-                    for &(s0, n) in next.slot_runs(lo, positions[seq]).iter() {
-                        match view {
+            if let Some(&next) = tasks.get(idx + 1) {
+                let (n0, n1) = keys(next);
+                let nc = caches[next.0];
+                if (next.0, next.1 / group, n0) != (seq, kvh, k0) {
+                    for &(s0, n) in nc.slot_runs(n0, n1 - 1).iter() {
+                        match nc.head(layer, next.1 / group) {
                             HeadView::F32(kc, vc) => {
                                 lowbit_kernels::prefetch(kc, s0 * hd, n * hd);
                                 lowbit_kernels::prefetch(vc, s0 * hd, n * hd);
@@ -641,10 +655,10 @@ impl<'a> Model<'a> {
                     }
                 }
             }
-            let qh = &q[first * hd..(first + per) * hd];
-            // Head g's scores at g·len.
-            let len = pos + 1 - lo;
-            // Every score is written by the row loops below.
+            let first_q = seq * nh + h0;
+            let qh = &q[first_q * hd..(first_q + per) * hd];
+            // Head g's scores at g·len; every one is written by the row loops below.
+            let len = k1 - k0;
             scores.resize(per * len, 0.0);
             let mut at = 0;
             for &(s0, n) in runs.iter().filter(|r| r.1 > 0) {
@@ -662,26 +676,61 @@ impl<'a> Model<'a> {
                 }
                 at += n;
             }
-            for s in scores.chunks_exact_mut(len) {
+            for (s, p) in scores.chunks_exact_mut(len).zip(o.chunks_exact_mut(part)) {
                 s.iter_mut().for_each(|s| *s *= scale);
-                softmax(s);
+                (p[hd], p[hd + 1]) = softmax_parts(s);
             }
-            o.fill(0.0);
+            // The weighted values into each head's first hd entries (its maximum and sum after).
+            let mut y = std::mem::take(rows);
+            y.clear();
+            y.resize(per * hd, 0.0);
             let mut at = 0;
             for &(s0, n) in runs.iter().filter(|r| r.1 > 0) {
                 let a = &scores[at..];
                 match view {
-                    HeadView::F32(_, vc) => kern.axpy_f32_rows_multi(o, hd, a, len, n, &vc[s0 * hd..], hd),
-                    HeadView::F16(_, vc) => kern.axpy_f16_rows_multi(o, hd, a, len, n, &vc[s0 * hd..], hd),
+                    HeadView::F32(_, vc) => kern.axpy_f32_rows_multi(&mut y, hd, a, len, n, &vc[s0 * hd..], hd),
+                    HeadView::F16(_, vc) => kern.axpy_f16_rows_multi(&mut y, hd, a, len, n, &vc[s0 * hd..], hd),
                     HeadView::Q8 => {
-                        cache.gather(layer, true, kvh, s0, n, rows);
-                        kern.axpy_f32_rows_multi(o, hd, a, len, n, rows, hd)
+                        let mut r = Vec::new();
+                        cache.gather(layer, true, kvh, s0, n, &mut r);
+                        kern.axpy_f32_rows_multi(&mut y, hd, a, len, n, &r, hd)
                     }
                 }
                 at += n;
             }
+            for (y, p) in y.chunks_exact(hd).zip(o.chunks_exact_mut(part)) {
+                p[..hd].copy_from_slice(y);
+            }
+            *rows = y;
         };
-        lowbit_kernels::team::for_each_chunk_mut(out, per * hd, || (Vec::new(), Vec::new()), work);
+        lowbit_kernels::team::for_each_chunk_mut(&mut parts, per * part, || (Vec::new(), Vec::new()), work);
+        // Each head's pieces merged in order: weights exp(max_p − max), divided by their
+        // weighted sums.
+        out.resize(caches.len() * nh * hd, 0.0);
+        let mut w = Vec::new();
+        let mut t0 = 0;
+        for (seq, &np) in pieces.iter().enumerate() {
+            for head in 0..nh {
+                let (hg, j) = (head / per, head % per);
+                let at = |p: usize| ((t0 + hg * np + p) * per + j) * part;
+                let max = (0..np).map(|p| parts[at(p) + hd]).fold(f32::NEG_INFINITY, f32::max);
+                w.clear();
+                w.extend((0..np).map(|p| parts[at(p) + hd]));
+                kern.exp_sub(&mut w, max);
+                let sum = (0..np).fold(0f32, |acc, p| w[p].mul_add(parts[at(p) + hd + 1], acc));
+                let o = &mut out[(seq * nh + head) * hd..(seq * nh + head + 1) * hd];
+                o.copy_from_slice(&parts[at(0)..at(0) + hd]);
+                if np > 1 {
+                    o.iter_mut().for_each(|v| *v *= w[0]);
+                    for p in 1..np {
+                        kern.axpy_f32(o, w[p], &parts[at(p)..at(p) + hd]);
+                    }
+                }
+                let inv = 1.0 / sum;
+                o.iter_mut().for_each(|v| *v *= inv);
+            }
+            t0 += (nh / per) * np;
+        }
     }
 
     /// Attention for new positions `p0 .. p0 + T`: each query sees the keys at positions

@@ -160,3 +160,38 @@ fn smollm2_decodes_the_same_in_a_batch() {
         check(&model, &prompts, 6, &format!("SmolLM2 {}", quant.label()));
     }
 }
+
+/// A context longer than one decode attention piece (512 keys): decoding token by token after
+/// a long prompt gives, within float rounding, the logits one pass over the whole text gives (the
+/// pieces' partial softmaxes merge into the whole one), and a sequence that long decodes beside a
+/// short one with the bits it has alone.
+#[test]
+fn long_contexts_decode_in_pieces() {
+    let dir = tempfile::tempdir().unwrap();
+    for variant in ["gqa1", "tied"] {
+        let path = common::convert_to(&tiny(variant), QuantChoice::F32, dir.path());
+        let file = ModelFile::open(&path).unwrap();
+        let model = Model::new(&file).unwrap();
+        let vocab = model.config.vocab_size;
+        let text: Vec<u32> = (0..1100u32).map(|i| (i * 37 + i / 7) % 250 + 1).collect();
+        let (head, tail) = text.split_at(1090);
+        let whole = model.forward(&mut model.new_cache(1200), &text, Logits::All).unwrap();
+        let mut cache = model.new_cache(1200);
+        model.forward(&mut cache, head, Logits::Last).unwrap();
+        let mut short = model.new_cache(1200);
+        model.forward(&mut short, &[5, 6, 7], Logits::Last).unwrap();
+        for (i, &t) in tail.iter().enumerate() {
+            let mut alone = cache.clone();
+            let one = model.forward(&mut alone, &[t], Logits::Last).unwrap();
+            let want = &whole[(1090 + i) * vocab..(1091 + i) * vocab];
+            let worst = one.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(worst < 1e-3, "{variant} position {}: |Δlogit| {worst}", 1090 + i);
+            let batch = model.forward_decode(&mut [&mut cache, &mut short], &[t, 9]).unwrap();
+            assert!(
+                bits(&batch[..vocab]) == bits(&one),
+                "{variant} position {}: differs beside a short sequence",
+                1090 + i
+            );
+        }
+    }
+}
