@@ -623,10 +623,13 @@ impl<'a> Model<'a> {
             let k0 = first(seq) + piece * DECODE_KEYS;
             (k0, (k0 + DECODE_KEYS).min(positions[seq] + 1))
         };
-        // Per task and head: the weighted values (not yet divided), the maximum and the sum.
-        let part = hd + 2;
-        let mut parts = vec![0f32; tasks.len() * per * part];
-        let work = |(scores, rows): &mut (Vec<f32>, Vec<f32>), idx: usize, o: &mut [f32]| {
+        // A task's piece of the output: its heads' weighted values, `per × hd`; then, where a
+        // sequence has several pieces, their maxima and sums (`per × 2`), merged below. Where
+        // every sequence has one, each task divides by its own sum and writes `out` directly.
+        let direct = pieces.iter().all(|&p| p == 1);
+        let part = if direct { per * hd } else { per * (hd + 2) };
+        let mut parts = if direct { Vec::new() } else { vec![0f32; tasks.len() * part] };
+        let work = |(scores, sums): &mut (Vec<f32>, Vec<f32>), idx: usize, o: &mut [f32]| {
             let (seq, h0, _) = tasks[idx];
             let (k0, k1) = keys(tasks[idx]);
             let cache = caches[seq];
@@ -670,61 +673,73 @@ impl<'a> Model<'a> {
                     HeadView::F16(kc, _) => kern.dot_f16_rows_multi(out, len, n, qh, hd, &kc[s0 * hd..], hd),
                     // The rows dequantized first.
                     HeadView::Q8 => {
-                        cache.gather(layer, false, kvh, s0, n, rows);
-                        kern.dot_f32_rows_multi(out, len, n, qh, hd, rows, hd)
+                        let mut r = Vec::new();
+                        cache.gather(layer, false, kvh, s0, n, &mut r);
+                        kern.dot_f32_rows_multi(out, len, n, qh, hd, &r, hd)
                     }
                 }
                 at += n;
             }
-            for (s, p) in scores.chunks_exact_mut(len).zip(o.chunks_exact_mut(part)) {
+            let (vals, stats) = o.split_at_mut(per * hd);
+            sums.clear();
+            for s in scores.chunks_exact_mut(len) {
                 s.iter_mut().for_each(|s| *s *= scale);
-                (p[hd], p[hd + 1]) = softmax_parts(s);
+                let (max, sum) = softmax_parts(s);
+                sums.extend([max, sum]);
             }
-            // The weighted values into each head's first hd entries (its maximum and sum after).
-            let mut y = std::mem::take(rows);
-            y.clear();
-            y.resize(per * hd, 0.0);
+            // The values weighted by the exponentials, each head's into its `hd` entries.
+            vals.fill(0.0);
             let mut at = 0;
             for &(s0, n) in runs.iter().filter(|r| r.1 > 0) {
                 let a = &scores[at..];
                 match view {
-                    HeadView::F32(_, vc) => kern.axpy_f32_rows_multi(&mut y, hd, a, len, n, &vc[s0 * hd..], hd),
-                    HeadView::F16(_, vc) => kern.axpy_f16_rows_multi(&mut y, hd, a, len, n, &vc[s0 * hd..], hd),
+                    HeadView::F32(_, vc) => kern.axpy_f32_rows_multi(vals, hd, a, len, n, &vc[s0 * hd..], hd),
+                    HeadView::F16(_, vc) => kern.axpy_f16_rows_multi(vals, hd, a, len, n, &vc[s0 * hd..], hd),
                     HeadView::Q8 => {
                         let mut r = Vec::new();
                         cache.gather(layer, true, kvh, s0, n, &mut r);
-                        kern.axpy_f32_rows_multi(&mut y, hd, a, len, n, &r, hd)
+                        kern.axpy_f32_rows_multi(vals, hd, a, len, n, &r, hd)
                     }
                 }
                 at += n;
             }
-            for (y, p) in y.chunks_exact(hd).zip(o.chunks_exact_mut(part)) {
-                p[..hd].copy_from_slice(y);
+            if direct {
+                // One piece: its weight is exp(0) = 1 and the sum its own (the merge's bits).
+                for (y, ms) in vals.chunks_exact_mut(hd).zip(sums.chunks_exact(2)) {
+                    let inv = 1.0 / ms[1];
+                    y.iter_mut().for_each(|y| *y *= inv);
+                }
+            } else {
+                stats.copy_from_slice(sums);
             }
-            *rows = y;
         };
-        lowbit_kernels::team::for_each_chunk_mut(&mut parts, per * part, || (Vec::new(), Vec::new()), work);
+        out.resize(caches.len() * nh * hd, 0.0);
+        if direct {
+            lowbit_kernels::team::for_each_chunk_mut(out, part, || (Vec::new(), Vec::new()), work);
+            return;
+        }
+        lowbit_kernels::team::for_each_chunk_mut(&mut parts, part, || (Vec::new(), Vec::new()), work);
         // Each head's pieces merged in order: weights exp(max_p − max), divided by their
         // weighted sums.
-        out.resize(caches.len() * nh * hd, 0.0);
         let mut w = Vec::new();
         let mut t0 = 0;
         for (seq, &np) in pieces.iter().enumerate() {
             for head in 0..nh {
                 let (hg, j) = (head / per, head % per);
-                let at = |p: usize| ((t0 + hg * np + p) * per + j) * part;
-                let max = (0..np).map(|p| parts[at(p) + hd]).fold(f32::NEG_INFINITY, f32::max);
+                // Piece p's values and its (maximum, sum).
+                let task = |p: usize| (t0 + hg * np + p) * part;
+                let vals = |p: usize| &parts[task(p) + j * hd..task(p) + (j + 1) * hd];
+                let stat = |p: usize, k: usize| parts[task(p) + per * hd + 2 * j + k];
+                let max = (0..np).map(|p| stat(p, 0)).fold(f32::NEG_INFINITY, f32::max);
                 w.clear();
-                w.extend((0..np).map(|p| parts[at(p) + hd]));
+                w.extend((0..np).map(|p| stat(p, 0)));
                 kern.exp_sub(&mut w, max);
-                let sum = (0..np).fold(0f32, |acc, p| w[p].mul_add(parts[at(p) + hd + 1], acc));
+                let sum = (0..np).fold(0f32, |acc, p| w[p].mul_add(stat(p, 1), acc));
                 let o = &mut out[(seq * nh + head) * hd..(seq * nh + head + 1) * hd];
-                o.copy_from_slice(&parts[at(0)..at(0) + hd]);
-                if np > 1 {
-                    o.iter_mut().for_each(|v| *v *= w[0]);
-                    for p in 1..np {
-                        kern.axpy_f32(o, w[p], &parts[at(p)..at(p) + hd]);
-                    }
+                o.copy_from_slice(vals(0));
+                o.iter_mut().for_each(|v| *v *= w[0]);
+                for (p, &wp) in w.iter().enumerate().skip(1) {
+                    kern.axpy_f32(o, wp, vals(p));
                 }
                 let inv = 1.0 / sum;
                 o.iter_mut().for_each(|v| *v *= inv);
