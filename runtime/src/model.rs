@@ -629,7 +629,7 @@ impl<'a> Model<'a> {
         let direct = pieces.iter().all(|&p| p == 1);
         let part = if direct { per * hd } else { per * (hd + 2) };
         let mut parts = if direct { Vec::new() } else { vec![0f32; tasks.len() * part] };
-        let work = |(scores, sums): &mut (Vec<f32>, Vec<f32>), idx: usize, o: &mut [f32]| {
+        let work = |(scores, sums, rows): &mut (Vec<f32>, Vec<f32>, Vec<f32>), idx: usize, o: &mut [f32]| {
             let (seq, h0, _) = tasks[idx];
             let (k0, k1) = keys(tasks[idx]);
             let cache = caches[seq];
@@ -673,9 +673,8 @@ impl<'a> Model<'a> {
                     HeadView::F16(kc, _) => kern.dot_f16_rows_multi(out, len, n, qh, hd, &kc[s0 * hd..], hd),
                     // The rows dequantized first.
                     HeadView::Q8 => {
-                        let mut r = Vec::new();
-                        cache.gather(layer, false, kvh, s0, n, &mut r);
-                        kern.dot_f32_rows_multi(out, len, n, qh, hd, &r, hd)
+                        cache.gather(layer, false, kvh, s0, n, rows);
+                        kern.dot_f32_rows_multi(out, len, n, qh, hd, rows, hd)
                     }
                 }
                 at += n;
@@ -696,9 +695,8 @@ impl<'a> Model<'a> {
                     HeadView::F32(_, vc) => kern.axpy_f32_rows_multi(vals, hd, a, len, n, &vc[s0 * hd..], hd),
                     HeadView::F16(_, vc) => kern.axpy_f16_rows_multi(vals, hd, a, len, n, &vc[s0 * hd..], hd),
                     HeadView::Q8 => {
-                        let mut r = Vec::new();
-                        cache.gather(layer, true, kvh, s0, n, &mut r);
-                        kern.axpy_f32_rows_multi(vals, hd, a, len, n, &r, hd)
+                        cache.gather(layer, true, kvh, s0, n, rows);
+                        kern.axpy_f32_rows_multi(vals, hd, a, len, n, rows, hd)
                     }
                 }
                 at += n;
@@ -715,10 +713,10 @@ impl<'a> Model<'a> {
         };
         out.resize(caches.len() * nh * hd, 0.0);
         if direct {
-            lowbit_kernels::team::for_each_chunk_mut(out, part, || (Vec::new(), Vec::new()), work);
+            lowbit_kernels::team::for_each_chunk_mut(out, part, || (Vec::new(), Vec::new(), Vec::new()), work);
             return;
         }
-        lowbit_kernels::team::for_each_chunk_mut(&mut parts, part, || (Vec::new(), Vec::new()), work);
+        lowbit_kernels::team::for_each_chunk_mut(&mut parts, part, || (Vec::new(), Vec::new(), Vec::new()), work);
         // Each head's pieces merged in order: weights exp(max_p − max), divided by their
         // weighted sums.
         let mut w = Vec::new();
