@@ -793,16 +793,8 @@ impl Kernels {
         rows: &[f32],
         stride: usize,
     ) {
-        multi_fits(out.len(), ostride, n, q.len(), d, rows.len(), stride);
-        match self.rows_multi {
-            // SAFETY: `self` exists only for a supported ISA; lengths checked above.
-            Some(m) => unsafe { (m.dot_f32)(out, ostride, n, q, d, rows, stride) },
-            None => {
-                for (g, q) in q.chunks_exact(d).enumerate() {
-                    self.dot_f32_rows(&mut out[g * ostride..g * ostride + n], q, rows, stride);
-                }
-            }
-        }
+        let one = |o: &mut [f32], q: &[f32]| self.dot_f32_rows(o, q, rows, stride);
+        self.dot_multi(|m| m.dot_f32, one, out, ostride, n, q, d, rows, stride)
     }
 
     /// [`Kernels::dot_f32_rows_multi`] over f16 rows, widened exactly (the bits of
@@ -822,16 +814,8 @@ impl Kernels {
         rows: &[f16],
         stride: usize,
     ) {
-        multi_fits(out.len(), ostride, n, q.len(), d, rows.len(), stride);
-        match self.rows_multi {
-            // SAFETY: `self` exists only for a supported ISA; lengths checked above.
-            Some(m) => unsafe { (m.dot_f16)(out, ostride, n, q, d, rows, stride) },
-            None => {
-                for (g, q) in q.chunks_exact(d).enumerate() {
-                    self.dot_f16_rows(&mut out[g * ostride..g * ostride + n], q, rows, stride);
-                }
-            }
-        }
+        let one = |o: &mut [f32], q: &[f32]| self.dot_f16_rows(o, q, rows, stride);
+        self.dot_multi(|m| m.dot_f16, one, out, ostride, n, q, d, rows, stride)
     }
 
     /// [`Kernels::axpy_f32_rows`] for several queries over the same rows `0 .. n`: `y[g·d ..
@@ -853,16 +837,8 @@ impl Kernels {
         rows: &[f32],
         stride: usize,
     ) {
-        multi_fits(a.len(), astride, n, y.len(), d, rows.len(), stride);
-        match self.rows_multi {
-            // SAFETY: `self` exists only for a supported ISA; lengths checked above.
-            Some(m) => unsafe { (m.axpy_f32)(y, d, a, astride, n, rows, stride) },
-            None => {
-                for (g, y) in y.chunks_exact_mut(d).enumerate() {
-                    self.axpy_f32_rows(y, &a[g * astride..g * astride + n], rows, stride);
-                }
-            }
-        }
+        let one = |y: &mut [f32], a: &[f32]| self.axpy_f32_rows(y, a, rows, stride);
+        self.axpy_multi(|m| m.axpy_f32, one, y, d, a, astride, n, rows, stride)
     }
 
     /// [`Kernels::axpy_f32_rows_multi`] over f16 rows, widened exactly (the same bits).
@@ -881,13 +857,61 @@ impl Kernels {
         rows: &[f16],
         stride: usize,
     ) {
-        multi_fits(a.len(), astride, n, y.len(), d, rows.len(), stride);
-        match self.rows_multi {
+        let one = |y: &mut [f32], a: &[f32]| self.axpy_f16_rows(y, a, rows, stride);
+        self.axpy_multi(|m| m.axpy_f16, one, y, d, a, astride, n, rows, stride)
+    }
+
+    /// The multi-query score loops: the level's kernel (`pick` of its [`RowsMulti`]), or `one`
+    /// query's loop at a time.
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    fn dot_multi<E>(
+        &self,
+        pick: fn(&RowsMulti) -> DotRowsMulti<E>,
+        one: impl Fn(&mut [f32], &[f32]),
+        out: &mut [f32],
+        ostride: usize,
+        n: usize,
+        q: &[f32],
+        d: usize,
+        rows: &[E],
+        stride: usize,
+    ) {
+        multi_fits(out.len(), ostride, n, q.len(), d, rows.len(), stride);
+        match &self.rows_multi {
             // SAFETY: `self` exists only for a supported ISA; lengths checked above.
-            Some(m) => unsafe { (m.axpy_f16)(y, d, a, astride, n, rows, stride) },
+            Some(m) => unsafe { pick(m)(out, ostride, n, q, d, rows, stride) },
+            None => {
+                for (g, q) in q.chunks_exact(d).enumerate() {
+                    one(&mut out[g * ostride..g * ostride + n], q);
+                }
+            }
+        }
+    }
+
+    /// The multi-query weighted sums: the level's kernel (`pick` of its [`RowsMulti`]), or
+    /// `one` query's loop at a time.
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    fn axpy_multi<E>(
+        &self,
+        pick: fn(&RowsMulti) -> AxpyRowsMulti<E>,
+        one: impl Fn(&mut [f32], &[f32]),
+        y: &mut [f32],
+        d: usize,
+        a: &[f32],
+        astride: usize,
+        n: usize,
+        rows: &[E],
+        stride: usize,
+    ) {
+        multi_fits(a.len(), astride, n, y.len(), d, rows.len(), stride);
+        match &self.rows_multi {
+            // SAFETY: `self` exists only for a supported ISA; lengths checked above.
+            Some(m) => unsafe { pick(m)(y, d, a, astride, n, rows, stride) },
             None => {
                 for (g, y) in y.chunks_exact_mut(d).enumerate() {
-                    self.axpy_f16_rows(y, &a[g * astride..g * astride + n], rows, stride);
+                    one(y, &a[g * astride..g * astride + n]);
                 }
             }
         }

@@ -280,6 +280,23 @@ impl KvCache {
         }
     }
 
+    /// Hints that kv head `kvh`'s keys and values in slots `first .. first + n` of `layer` will be
+    /// read soon (a decode task's next rows; an f32 or f16 cache, read in place).
+    pub fn prefetch(&self, layer: usize, kvh: usize, first: usize, n: usize) {
+        let (at, len) = (first * self.head_dim, n * self.head_dim);
+        match self.head(layer, kvh) {
+            HeadView::F32(k, v) => {
+                lowbit_kernels::prefetch(k, at, len);
+                lowbit_kernels::prefetch(v, at, len);
+            }
+            HeadView::F16(k, v) => {
+                lowbit_kernels::prefetch(k, at, len);
+                lowbit_kernels::prefetch(v, at, len);
+            }
+            HeadView::Q8 => {}
+        }
+    }
+
     /// Slots `first .. first + n` of kv head `kvh`'s keys (or values) in `layer`, as f32 in `out`
     /// (`n × head_dim`): for caches that are not f32.
     pub fn gather(&self, layer: usize, values: bool, kvh: usize, first: usize, n: usize, out: &mut Vec<f32>) {

@@ -644,17 +644,7 @@ impl<'a> Model<'a> {
                 let nc = caches[next.0];
                 if (next.0, next.1 / group, n0) != (seq, kvh, k0) {
                     for &(s0, n) in nc.slot_runs(n0, n1 - 1).iter() {
-                        match nc.head(layer, next.1 / group) {
-                            HeadView::F32(kc, vc) => {
-                                lowbit_kernels::prefetch(kc, s0 * hd, n * hd);
-                                lowbit_kernels::prefetch(vc, s0 * hd, n * hd);
-                            }
-                            HeadView::F16(kc, vc) => {
-                                lowbit_kernels::prefetch(kc, s0 * hd, n * hd);
-                                lowbit_kernels::prefetch(vc, s0 * hd, n * hd);
-                            }
-                            HeadView::Q8 => {}
-                        }
+                        nc.prefetch(layer, next.1 / group, s0, n);
                     }
                 }
             }
