@@ -249,7 +249,7 @@ fn execute(
     for t in writer.tensors() {
         let n: u64 = t.info.shape.iter().product();
         params += n;
-        if matches!(t.info.scheme, Scheme::FourBit { .. } | Scheme::Int8 | Scheme::Q8 { .. }) {
+        if !t.info.scheme.is_dense() {
             qparams += n;
             qbytes += t.parts.iter().map(|p| p.len).sum::<u64>();
         }
@@ -327,11 +327,11 @@ pub fn convert(
     execute_merged(plan, &source, out, opts, progress, start)
 }
 
-/// An importance file must fit the 4-bit weights it names and name at least one of them.
+/// An importance file must fit the 4-bit and 5-bit weights it names and name at least one of them.
 fn check_imatrix(m: &crate::imatrix::Imatrix, jobs: &[Job]) -> Result<()> {
     let mut used = 0;
     for j in jobs {
-        let Job::Float { name, shape, scheme: Scheme::FourBit { .. }, .. } = j else { continue };
+        let Job::Float { name, shape, scheme: Scheme::FourBit { .. } | Scheme::Q5 { .. }, .. } = j else { continue };
         let Some(v) = m.get(name) else { continue };
         let cols = shape.last().copied().unwrap_or(0);
         if v.len() != cols {
@@ -344,7 +344,7 @@ fn check_imatrix(m: &crate::imatrix::Imatrix, jobs: &[Job]) -> Result<()> {
     }
     if used == 0 {
         return Err(ConvertError::Config(
-            "the importance file covers none of the weights quantized to 4 bits (made for another model, or --quant is not nf4/fp4)".into(),
+            "the importance file covers none of the weights quantized to 4 or 5 bits (made for another model, or --quant is not nf4/fp4/q5)".into(),
         ));
     }
     Ok(())

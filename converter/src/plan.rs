@@ -31,6 +31,11 @@ pub enum QuantChoice {
     Nf4Mix,
     /// NF4 in blocks of 32 with v_proj ([`NF4_PLUS_Q8`]) in block int8: IQ4_NL's size class.
     Nf4Plus,
+    /// Block int5 (5-bit integers in blocks of 32 with an f16 scale each) on every linear weight.
+    Q5,
+    /// Block int5 with v_proj ([`Q5_MIX_Q8`]) and the head in block int8 with blocks of 64:
+    /// llama.cpp's Q4_K_M size, and better than it on SmolLM2 (docs/PERFORMANCE.md).
+    Q5Mix,
     /// bitsandbytes FP4.
     Fp4,
     /// LLM.int8.
@@ -53,6 +58,8 @@ impl QuantChoice {
             QuantChoice::Nf4Small => "nf4-small",
             QuantChoice::Nf4Mix => "nf4-mix",
             QuantChoice::Nf4Plus => "nf4-plus",
+            QuantChoice::Q5 => "q5",
+            QuantChoice::Q5Mix => "q5-mix",
             QuantChoice::Fp4 => "fp4",
             QuantChoice::Int8 => "int8",
             QuantChoice::Q8 => "q8",
@@ -99,6 +106,15 @@ pub const NF4_MIX_Q8: &[&str] = &["*.v_proj.weight", "*.k_proj.weight"];
 /// to it on SmolLM2): their four matrices pay for the gate and up projections of the first and
 /// last layers in 8 bits.
 const MIX_MIDDLE: usize = 4;
+
+/// The linear weights `--quant q5-mix` stores in block int8: on SmolLM2, v_proj in 8 bits took
+/// the KL to the f32 model from 0.133 to 0.090 on genesis for 1.2 MB (docs/PERFORMANCE.md).
+pub const Q5_MIX_Q8: &[&str] = &["*.v_proj.weight"];
+
+/// Block size of what `--quant q5-mix` stores in block int8 (v_proj and the head, where their
+/// rows are whole blocks of it): a quarter bit a weight less than blocks of 32, which brings
+/// SmolLM2's file under Q4_K_M's (105.37 MB against 105.45; KL on genesis 0.0922 → 0.0932).
+const Q5_MIX_Q8_BLOCKSIZE: u32 = 64;
 
 /// A scheme's own 8-bit recipe.
 struct Recipe {
@@ -270,6 +286,7 @@ impl ConvertOptions {
             QuantChoice::Nf4 if !self.bnb_exact => Recipe { patterns: NF4_Q8, last_mlp: true, ..none },
             QuantChoice::Nf4Mix => Recipe { patterns: NF4_MIX_Q8, last_mlp: true, first_mlp: true, downs: true },
             QuantChoice::Nf4Plus => Recipe { patterns: NF4_PLUS_Q8, ..none },
+            QuantChoice::Q5Mix => Recipe { patterns: Q5_MIX_Q8, ..none },
             _ => none,
         }
     }
@@ -332,11 +349,8 @@ impl ConvertOptions {
     ) -> Scheme {
         let rank = shape.len();
         // Block int8 needs whole blocks per row; a matrix without them gets LLM.int8 rows.
-        let q8 = if shape.last().is_some_and(|c| c % Q8_BLOCKSIZE as usize == 0) {
-            Scheme::Q8 { blocksize: Q8_BLOCKSIZE }
-        } else {
-            Scheme::Int8
-        };
+        let whole = |bs: u32| shape.last().is_some_and(|c| c % bs as usize == 0);
+        let q8 = if whole(Q8_BLOCKSIZE) { Scheme::Q8 { blocksize: Q8_BLOCKSIZE } } else { Scheme::Int8 };
         if let Some(d) = self.quant.dense() {
             return d;
         }
@@ -344,7 +358,10 @@ impl ConvertOptions {
             let head = name == "lm_head.weight" || (tied && name == "model.embed_tokens.weight");
             return if head && rank == 2 && self.head == HeadChoice::Int8 && !self.kept(name) {
                 // The 8-bit head: block int8 where the rows are whole blocks, LLM.int8 otherwise.
-                q8
+                match self.quant {
+                    QuantChoice::Q5Mix if whole(Q5_MIX_Q8_BLOCKSIZE) => Scheme::Q8 { blocksize: Q5_MIX_Q8_BLOCKSIZE },
+                    _ => q8,
+                }
             } else {
                 kept
             };
@@ -352,7 +369,15 @@ impl ConvertOptions {
         match self.quant {
             QuantChoice::Int8 => Scheme::Int8,
             QuantChoice::Q8 => q8,
+            QuantChoice::Q5Mix if self.eight_bit(name, layers) && whole(Q5_MIX_Q8_BLOCKSIZE) => {
+                Scheme::Q8 { blocksize: Q5_MIX_Q8_BLOCKSIZE }
+            }
             _ if self.eight_bit(name, layers) => q8,
+            // Block int5 where the rows are whole blocks, else the 8-bit choice.
+            QuantChoice::Q5 | QuantChoice::Q5Mix if whole(lowbit_format::Q5_BLOCKSIZES[0]) => {
+                Scheme::Q5 { blocksize: lowbit_format::Q5_BLOCKSIZES[0] }
+            }
+            QuantChoice::Q5 | QuantChoice::Q5Mix => q8,
             q => Scheme::FourBit {
                 kind: if q == QuantChoice::Fp4 { FourBitKind::Fp4 } else { FourBitKind::Nf4 },
                 blocksize: self.blocksize as u32,
@@ -374,7 +399,7 @@ impl ConvertOptions {
             blocksize: if four {
                 Some(self.blocksize as u32)
             } else {
-                (self.quant == QuantChoice::Q8).then_some(Q8_BLOCKSIZE)
+                matches!(self.quant, QuantChoice::Q8 | QuantChoice::Q5 | QuantChoice::Q5Mix).then_some(Q8_BLOCKSIZE)
             },
             double_quant: four && self.double_quant,
             int8_threshold: self.int8_threshold,

@@ -119,6 +119,32 @@ fn q8_parts(
     Ok(())
 }
 
+/// The block int5 parts of a float `[rows, cols]` tensor, whole rows at a time, each weight's
+/// error weighted by its column's importance when there is one.
+fn q5_parts(
+    src: &dyn TensorSource,
+    name: &str,
+    rows: usize,
+    cols: usize,
+    importance: Option<&[f32]>,
+    sink: &mut TensorSink,
+) -> Result<()> {
+    let rows_per = (CHUNK_ELEMS / cols.max(1)).max(1);
+    let (mut qh, mut scales) = (Vec::with_capacity(rows * cols / 8), Vec::with_capacity(rows * cols / 16));
+    let mut x = Vec::new();
+    for r0 in (0..rows).step_by(rows_per) {
+        let nr = rows_per.min(rows - r0);
+        src.read_f32(name, r0 * cols, nr * cols, &mut x)?;
+        let q = lowbit_kernels::q5::quantize(&x, nr, cols, importance).map_err(kernel(name))?;
+        sink.write(0, &q.qs)?;
+        qh.extend_from_slice(&q.qh);
+        scales.extend(q.scales.iter().flat_map(|v| v.to_le_bytes()));
+    }
+    sink.write(1, &qh)?;
+    sink.write(2, &scales)?;
+    Ok(())
+}
+
 /// Appends `x` encoded as the dense `scheme`.
 fn encode_dense(x: &[f32], scheme: &Scheme, out: &mut Vec<u8>) {
     match scheme {
@@ -205,6 +231,10 @@ pub(crate) fn run_job(
                 }
                 Scheme::Int8 => int8_parts(src, name, shape[0], shape[1], sink),
                 Scheme::Q8 { blocksize } => q8_parts(src, name, shape[0], shape[1], *blocksize as usize, sink),
+                Scheme::Q5 { .. } => {
+                    let importance = importance.filter(|v| v.len() == shape[1]);
+                    q5_parts(src, name, shape[0], shape[1], importance, sink)
+                }
                 _ => dense_parts(src, name, n, scheme, sink),
             }
         }

@@ -61,6 +61,11 @@ fn check_tensors(out: &Path, tiny: &Tiny, dtype: Dtype, o: &ConvertOptions) {
             _ if !quantized => dense_scheme(dtype),
             QuantChoice::Int8 => Scheme::Int8,
             QuantChoice::Q8 => Scheme::Q8 { blocksize: 32 },
+            // q5-mix's 8-bit weights (v_proj) in blocks of 64 where the rows hold them.
+            QuantChoice::Q5Mix if o.eight_bit(name, layers) && shape[1] % 64 == 0 => Scheme::Q8 { blocksize: 64 },
+            QuantChoice::Q5 | QuantChoice::Q5Mix if !o.eight_bit(name, layers) && shape[1] % 32 == 0 => {
+                Scheme::Q5 { blocksize: 32 }
+            }
             // A recipe's 8-bit weights (nf4: k_proj, v_proj, the last layer's MLP).
             _ if o.eight_bit(name, layers) && shape[1] % 32 == 0 => Scheme::Q8 { blocksize: 32 },
             _ if o.eight_bit(name, layers) => Scheme::Int8,
@@ -93,6 +98,13 @@ fn check_tensors(out: &Path, tiny: &Tiny, dtype: Dtype, o: &ConvertOptions) {
                 assert!(t.part("qs").unwrap() == qs, "{name}: q8 values");
                 let scales: Vec<u8> = q.scales.iter().flat_map(|v| v.to_le_bytes()).collect();
                 assert!(t.part("scales").unwrap() == scales, "{name}: q8 scales");
+            }
+            Scheme::Q5 { .. } => {
+                let q = lowbit_kernels::q5::quantize(&src, shape[0], shape[1], None).unwrap();
+                assert!(t.part("qs").unwrap() == q.qs, "{name}: q5 nibbles");
+                assert!(t.part("qh").unwrap() == q.qh, "{name}: q5 fifth bits");
+                let scales: Vec<u8> = q.scales.iter().flat_map(|v| v.to_le_bytes()).collect();
+                assert!(t.part("scales").unwrap() == scales, "{name}: q5 scales");
             }
             Scheme::FourBit { kind, blocksize, nested, .. } => {
                 let q = quantize_4bit(
@@ -133,6 +145,8 @@ fn every_scheme_from_each_source_dtype() {
             QuantChoice::Fp4,
             QuantChoice::Int8,
             QuantChoice::Q8,
+            QuantChoice::Q5,
+            QuantChoice::Q5Mix,
             QuantChoice::F16,
             QuantChoice::Bf16,
             QuantChoice::F32,
@@ -152,7 +166,7 @@ fn every_scheme_from_each_source_dtype() {
             assert_eq!(m.quantization.source_format, "safetensors");
             let blocksize = match q {
                 QuantChoice::Nf4 | QuantChoice::Nf4Small | QuantChoice::Fp4 => Some(64),
-                QuantChoice::Q8 => Some(32),
+                QuantChoice::Q8 | QuantChoice::Q5 | QuantChoice::Q5Mix => Some(32),
                 _ => None,
             };
             assert_eq!(m.quantization.blocksize, blocksize);
@@ -168,6 +182,10 @@ fn every_scheme_from_each_source_dtype() {
                 QuantChoice::Int8 => assert!((8.0..8.6).contains(&s.quantized_bits_per_weight().unwrap())),
                 // 8 bits + 16 per 32.
                 QuantChoice::Q8 => assert!((8.5..8.8).contains(&s.quantized_bits_per_weight().unwrap())),
+                // 5 bits + 16 per 32.
+                QuantChoice::Q5 => assert!((5.5..5.8).contains(&s.quantized_bits_per_weight().unwrap())),
+                // Between: v_proj in 8 bits.
+                QuantChoice::Q5Mix => assert!((5.5..8.5).contains(&s.quantized_bits_per_weight().unwrap())),
                 _ => assert_eq!(s.quantized_params, 0),
             }
         }

@@ -47,7 +47,8 @@ pub use header::{
 };
 pub use reader::{ChecksumMismatch, ModelFile, TensorRef};
 pub use scheme::{
-    FourBitKind, Nested, PartLayout, Scheme, BLOCKSIZES, MAX_ELEMENTS, MAX_RANK, ORIG_DTYPES, PART_ALIGN, Q8_BLOCKSIZES,
+    FourBitKind, Nested, PartLayout, Scheme, BLOCKSIZES, MAX_ELEMENTS, MAX_RANK, ORIG_DTYPES, PART_ALIGN,
+    Q5_BLOCKSIZES, Q8_BLOCKSIZES,
 };
 pub use writer::{PlannedTensor, TensorSink, TensorSpec, WriteSummary, Writer};
 

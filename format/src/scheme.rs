@@ -18,6 +18,9 @@ pub const BLOCKSIZES: [u32; 8] = [32, 64, 128, 256, 512, 1024, 2048, 4096];
 /// Block sizes of the block int8 scheme ([`Scheme::Q8`]).
 pub const Q8_BLOCKSIZES: [u32; 2] = [32, 64];
 
+/// Block sizes of the block int5 scheme ([`Scheme::Q5`]).
+pub const Q5_BLOCKSIZES: [u32; 1] = [32];
+
 /// Dtypes a 4-bit tensor may record as its original dtype.
 pub const ORIG_DTYPES: [&str; 3] = ["float32", "float16", "bfloat16"];
 
@@ -74,6 +77,14 @@ pub enum Scheme {
         /// Elements per block (32 or 64).
         blocksize: u32,
     },
+    /// Block int5: parts `qs` (u8, rows·cols/2: per block of 32, element j in the low nibble of
+    /// byte j and element j + 16 in its high nibble), `qh` (u8, rows·cols/8: per block a
+    /// little-endian u32 whose bit j is element j's fifth bit) and `scales` (f16 per block);
+    /// element = ((nibble | bit << 4) − 16) · scale. 2-D only, `cols` a multiple of 32.
+    Q5 {
+        /// Elements per block (32).
+        blocksize: u32,
+    },
     /// bitsandbytes 4-bit: parts `codes` (u8, ⌈n/2⌉, first element in the high nibble),
     /// `absmax` (f32 per block, or u8 dynamic-map codes when nested) and, when nested,
     /// `nested_absmax` (f32 per nested block) and `nested_offset` (one f32).
@@ -103,7 +114,7 @@ pub struct PartLayout {
 }
 
 impl Scheme {
-    /// Short name ("f32", "f16", "bf16", "int8", "q8", "nf4", "fp4").
+    /// Short name ("f32", "f16", "bf16", "int8", "q8", "q5", "nf4", "fp4").
     pub fn label(&self) -> &'static str {
         match self {
             Scheme::F32 => "f32",
@@ -111,6 +122,7 @@ impl Scheme {
             Scheme::Bf16 => "bf16",
             Scheme::Int8 => "int8",
             Scheme::Q8 { .. } => "q8",
+            Scheme::Q5 { .. } => "q5",
             Scheme::FourBit { kind: FourBitKind::Nf4, .. } => "nf4",
             Scheme::FourBit { kind: FourBitKind::Fp4, .. } => "fp4",
         }
@@ -172,6 +184,23 @@ impl Scheme {
                     return Err(bad("q8 rows must be a whole number of blocks"));
                 }
                 vec![("qs", n), ("scales", mul(n / u64::from(*blocksize), 2)?)]
+            }
+            Scheme::Q5 { blocksize } => {
+                let bad = |problem| FormatError::BadShape { tensor: tensor.into(), shape: shape.to_vec(), problem };
+                if shape.len() != 2 {
+                    return Err(bad("q5 tensors must be 2-D"));
+                }
+                if !Q5_BLOCKSIZES.contains(blocksize) {
+                    return Err(FormatError::BadBlocksize {
+                        tensor: tensor.into(),
+                        which: "blocksize",
+                        blocksize: *blocksize,
+                    });
+                }
+                if !shape[1].is_multiple_of(u64::from(*blocksize)) {
+                    return Err(bad("q5 rows must be a whole number of blocks"));
+                }
+                vec![("qs", n / 2), ("qh", n / 8), ("scales", mul(n / u64::from(*blocksize), 2)?)]
             }
             Scheme::FourBit { blocksize, nested, orig_dtype, .. } => {
                 check_blocksize(tensor, "blocksize", *blocksize)?;
@@ -281,6 +310,21 @@ mod tests {
         assert_eq!(p.iter().map(|x| (x.name, x.offset, x.len)).collect::<Vec<_>>(), [("cb", 0, 15), ("scb", 64, 12)]);
         assert_eq!(Scheme::Bf16.byte_len(&[2, 3, 4]).unwrap(), 48);
         assert!(p.iter().all(|x| x.offset % PART_ALIGN == 0));
+    }
+
+    #[test]
+    fn q5_parts_and_refusals() {
+        let q5 = |blocksize| Scheme::Q5 { blocksize };
+        let p = q5(32).parts(&[3, 64]).unwrap();
+        assert_eq!(
+            p.iter().map(|x| (x.name, x.offset, x.len)).collect::<Vec<_>>(),
+            [("qs", 0, 96), ("qh", 128, 24), ("scales", 192, 12)]
+        );
+        assert!(matches!(q5(32).parts(&[64]), Err(FormatError::BadShape { .. })));
+        assert!(matches!(q5(32).parts(&[2, 48]), Err(FormatError::BadShape { .. })));
+        assert!(matches!(q5(64).parts(&[2, 64]), Err(FormatError::BadBlocksize { .. })));
+        assert_eq!(q5(32).label(), "q5");
+        assert_eq!(serde_json::to_string(&q5(32)).unwrap(), r#"{"type":"q5","blocksize":32}"#);
     }
 
     #[test]

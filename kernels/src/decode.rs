@@ -101,6 +101,8 @@ impl Route {
             Weight::F32 { .. } | Weight::F16 { .. } | Weight::Bf16 { .. } => Route::Dense,
             Weight::Int8(_) => Route::Int8,
             Weight::Q8(w8) => Route::Q8(w8.blocksize),
+            // Block int5 rows run as block int8 (unpacked by the task), so they share its route.
+            Weight::Q5(_) => Route::Q8(crate::q5::BLOCK),
             Weight::FourBit(w4) if !rows_block_aligned(w4) => Route::FourBitPlain,
             Weight::FourBit(w4) if !opts.fourbit_exact && w4.blocksize >= 32 => Route::FourBitQ8(w4.blocksize),
             Weight::FourBit(w4) => Route::FourBitExact(w4.blocksize),
@@ -217,6 +219,8 @@ pub(crate) struct Scratch {
     unit_ones: Vec<f32>,
     unit_levels: Vec<i8>,
     unit_out: Vec<f32>,
+    /// Block int5 rows unpacked to block int8 (grows to a task's rows on first use).
+    q5: Vec<i8>,
 }
 
 /// Rows a task's piece widens to on a matrix unit: the 16-row tiles that hold it.
@@ -355,6 +359,7 @@ impl<'x> Prepared<'x> {
             unit_ones: if unit_out > 0 { vec![1.0; scales] } else { Vec::new() },
             unit_levels: vec![0; unit_levels],
             unit_out: vec![0.0; unit_out],
+            q5: Vec::new(),
         }
     }
 
@@ -410,6 +415,34 @@ impl<'x> Prepared<'x> {
             }
             (&Prepared::Q8 { m, ref q, ref d, ref pairs, .. }, Weight::Q8(w8)) => {
                 q8_task(k, o, w8, m, q, d, pairs.as_ref(), r0)
+            }
+            (&Prepared::Q8 { m, ref q, ref d, ref pairs, ref unit, .. }, Weight::Q5(w5)) => {
+                // The task's rows as block int8 through block int8's kernels: the bits of a
+                // block int8 weight with these integers. On a matrix unit, a task reads the
+                // 16-row tiles that hold its rows, as a block int8 weight's task does; a panel
+                // of tokens takes them all at once (each call sets up the tiles), anything else
+                // sixteen rows at a time, which stay in the first-level cache between the unpacking
+                // and the products.
+                let n = o.len() / m;
+                let aligned = w5.rows.is_multiple_of(16);
+                let tiles = aligned && unit.is_some();
+                let step = if matches!(unit, Some(Unit::Panel(_))) { n + 16 } else { 16 };
+                let mut buf = std::mem::take(&mut scratch.q5);
+                let mut at = r0;
+                while at < r0 + n {
+                    // Rows at .. end of the task's output; unpacked rows a .. b.
+                    let end = (at / 16 * 16 + step).min(r0 + n);
+                    let (a, b) = if tiles { (at / 16 * 16, end.next_multiple_of(16).min(w5.rows)) } else { (at, end) };
+                    let w8 = w5.as_q8(k, a, b - a, &mut buf);
+                    let o = &mut o[(at - r0) * m..(end - r0) * m];
+                    if aligned {
+                        self.rows(k, scratch, &Weight::Q8(w8), lut, at - a, o);
+                    } else {
+                        q8_task(k, o, &w8, m, q, d, pairs.as_ref(), at - a);
+                    }
+                    at = end;
+                }
+                scratch.q5 = buf;
             }
             (&Prepared::FourBitQ8 { m, ref q, bpr, unit: Some(ref unit), .. }, Weight::FourBit(w4))
                 if w4.rows.is_multiple_of(16) =>

@@ -55,6 +55,7 @@ type FourBitQ8Tile8 = unsafe fn(
 ) -> [[f32; 8]; 4];
 type QuantizeQ8 = unsafe fn(&[f32], usize, &mut [i8], &mut [i8], &mut [f32], &mut [i32]);
 type QuantizeQ8Plain = unsafe fn(&[f32], usize, &mut [i8], &mut [f32]);
+type UnpackQ5 = unsafe fn(&[u8], &[u8], &mut [i8]);
 type NestedFactors = unsafe fn(&[u8], &[f32; 256], f32, f32, &[f32], &mut [f32]);
 type DotQ8 = unsafe fn(&[i8], &[f16], &[i8], &[f32], usize) -> f32;
 type DotQ8Rows4 = unsafe fn([&[i8]; 4], [&[f16]; 4], &[i8], &[f32], usize) -> [f32; 4];
@@ -157,6 +158,7 @@ pub struct Kernels {
     nested_factors: NestedFactors,
     quantize_q8: QuantizeQ8,
     quantize_q8_plain: QuantizeQ8Plain,
+    unpack_q5: UnpackQ5,
     /// The prefill tile of the 4-bit integer route, where it beats dequantize + f32 gemm.
     fourbit_q8_tile: Option<FourBitQ8Tile>,
     /// Its eight-token form (AVX2's), where a level has one instead.
@@ -256,6 +258,7 @@ impl Kernels {
             nested_factors: scalar::nested_factors,
             quantize_q8: scalar::quantize_q8,
             quantize_q8_plain: crate::q8::quantize_activations,
+            unpack_q5: crate::q5::unpack,
             fourbit_q8_tile: None,
             fourbit_q8_tile8: None,
             fourbit_q8_tile_run: None,
@@ -314,6 +317,7 @@ impl Kernels {
                     nested_factors: k::nested_factors,
                     quantize_q8: k::quantize_q8,
                     quantize_q8_plain: k::quantize_q8_plain,
+                    unpack_q5: k::unpack_q5,
                     fourbit_q8_tile: None,
                     fourbit_q8_tile8: Some(k::fourbit_q8_tile8),
                     fourbit_q8_tile_run: None,
@@ -375,6 +379,7 @@ impl Kernels {
                     nested_factors: scalar::nested_factors,
                     quantize_q8: scalar::quantize_q8,
                     quantize_q8_plain: crate::q8::quantize_activations,
+                    unpack_q5: crate::q5::unpack,
                     fourbit_q8_tile: None,
                     fourbit_q8_tile8: None,
                     fourbit_q8_tile_run: None,
@@ -597,6 +602,7 @@ impl Kernels {
             nested_factors: k::nested_factors,
             quantize_q8: k::quantize_q8,
             quantize_q8_plain: crate::arch::x86_64::avx2::quantize_q8_plain,
+            unpack_q5: k::unpack_q5,
             fourbit_q8_tile: Some(k::fourbit_q8_tile),
             fourbit_q8_tile8: None,
             fourbit_q8_tile_run: Some(k::fourbit_q8_tile_run),
@@ -1314,6 +1320,19 @@ impl Kernels {
         assert!(blocksize > 0 && q.len() >= x.len() && d.len() >= x.len().div_ceil(blocksize));
         // SAFETY: `self` exists only for a supported ISA; lengths checked above.
         unsafe { (self.quantize_q8_plain)(x, blocksize, q, d) }
+    }
+
+    /// Block int5's integers, block by block; see [`crate::q5::unpack`]. Bit-identical on every
+    /// ISA.
+    ///
+    /// # Panics
+    /// If `out.len()` is not a multiple of 32, or `qs` / `qh` are shorter than its blocks need.
+    #[inline]
+    pub fn unpack_q5(&self, qs: &[u8], qh: &[u8], out: &mut [i8]) {
+        let n = out.len();
+        assert!(n.is_multiple_of(crate::q5::BLOCK) && qs.len() >= n / 2 && qh.len() >= n / 8);
+        // SAFETY: `self` exists only for a supported ISA; lengths checked above.
+        unsafe { (self.unpack_q5)(qs, qh, out) }
     }
 
     /// Activations to int8 per block for the integer route; see [`crate::scalar::quantize_q8`].

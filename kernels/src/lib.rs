@@ -36,6 +36,7 @@ pub mod pairs;
 pub mod panel;
 mod prefetch;
 mod probe;
+pub mod q5;
 pub mod q8;
 pub mod scalar;
 mod segments;
@@ -59,7 +60,7 @@ pub use prefetch::Prefetch;
 pub use probe::bandwidth_probe;
 pub use q8::Q8Tensor;
 pub use segments::{matmul_segments, matmul_segments_with};
-pub use weight::{AbsmaxRef, FourBitRef, Int8Ref, Q8Ref, Weight};
+pub use weight::{AbsmaxRef, FourBitRef, Int8Ref, Q5Ref, Q8Ref, Weight};
 
 /// Hints that `data[from .. from + len]` (clamped to `data`) will be read soon, and once (with
 /// the weights' [`Prefetch`] hint), for reads too small or scattered for the hardware prefetcher

@@ -16,7 +16,7 @@ use crate::int8::{quantize_activations, Int8Activations, INV_127, MM_DEQUANT_SCA
 use crate::lined::Lined;
 use crate::pairs::{TokenPairs, GROUP};
 use crate::panel::{Panel, PANEL_TOKENS};
-use crate::weight::{nested_runs, AbsmaxRef, FourBitRef, Int8Ref, Q8Ref, Weight};
+use crate::weight::{nested_runs, AbsmaxRef, FourBitRef, Int8Ref, Q5Ref, Q8Ref, Weight};
 use half::slice::HalfFloatSliceExt;
 
 /// Options of a matrix product.
@@ -109,19 +109,17 @@ pub fn matmul_many_with(
 fn per_weight(k: &Kernels, out: &mut [f32], ws: &[&Weight], x: &[f32], m: usize, opts: &MatmulOptions) -> Result<()> {
     let (mut from, mut i) = (0, 0);
     while i < ws.len() {
-        let mut run: Vec<&Q8Ref> = ws[i..]
+        let mut run: Vec<Int8Rows> = ws[i..]
             .iter()
-            .map_while(|w| match w {
-                Weight::Q8(w8) if q8_panels(k, w8, m) => Some(w8),
-                _ => None,
-            })
+            .map_while(|w| Int8Rows::of(w).filter(|w8| q8_panels(k, w8.rows(), w8.blocksize(), m)))
             .collect();
         if let Some(&first) = run.first() {
-            let same = run.iter().take_while(|w| w.cols == first.cols && w.blocksize == first.blocksize).count();
+            let same =
+                run.iter().take_while(|w| w.cols() == first.cols() && w.blocksize() == first.blocksize()).count();
             run.truncate(same);
         }
         if !run.is_empty() {
-            let len: usize = run.iter().map(|w8| m * w8.rows).sum();
+            let len: usize = run.iter().map(|w8| m * w8.rows()).sum();
             let mut parallel = false;
             let mut at = from;
             for w in &ws[i..i + run.len()] {
@@ -292,12 +290,13 @@ pub fn matmul_with(k: &Kernels, out: &mut [f32], w: &Weight, x: &[f32], m: usize
     // Block int8 prefill of a few tokens runs decode's row kernels for each (the same numbers
     // as decode); from Q8_GEMM_MIN tokens on, dequantized tiles through f32 gemm are faster (the
     // integer route pays a convert and an FMA per 32 weights and token).
-    if let Weight::Q8(w8) = w {
+    // Block int5 runs as block int8 does, its rows unpacked by each task.
+    if let Some(w8) = Int8Rows::of(w) {
         if m < Q8_GEMM_MIN {
             crate::decode::rows(k, out, w, x, m, opts, parallel);
             return Ok(());
         }
-        if q8_panels(k, w8, m) {
+        if q8_panels(k, w8.rows(), w8.blocksize(), m) {
             q8_panel_matmul(k, out, &[w8], x, m, parallel);
             return Ok(());
         }
@@ -606,17 +605,70 @@ impl RowPlan {
 
 /// Whether a prompt of `m` tokens through block int8 `w` goes to the level's matrix unit: from
 /// [`Q8_GEMM_MIN`] tokens (below, decode's row kernels), rows in sixteens.
-fn q8_panels(k: &Kernels, w: &Q8Ref, m: usize) -> bool {
-    m >= Q8_GEMM_MIN && k.has_q8_panel() && w.rows.is_multiple_of(16) && matches!(w.blocksize, 32 | 64)
+fn q8_panels(k: &Kernels, rows: usize, blocksize: usize, m: usize) -> bool {
+    m >= Q8_GEMM_MIN && k.has_q8_panel() && rows.is_multiple_of(16) && matches!(blocksize, 32 | 64)
+}
+
+/// A weight the block int8 kernels take: block int8 itself, or block int5 (each task unpacks
+/// its rows to block int8 first, the same integers and scales).
+#[derive(Clone, Copy)]
+enum Int8Rows<'a, 'b> {
+    Q8(&'b Q8Ref<'a>),
+    Q5(&'b Q5Ref<'a>),
+}
+
+impl<'a, 'b> Int8Rows<'a, 'b> {
+    fn of(w: &'b Weight<'a>) -> Option<Self> {
+        match w {
+            Weight::Q8(w8) => Some(Int8Rows::Q8(w8)),
+            Weight::Q5(w5) => Some(Int8Rows::Q5(w5)),
+            _ => None,
+        }
+    }
+
+    fn rows(&self) -> usize {
+        match self {
+            Int8Rows::Q8(w) => w.rows,
+            Int8Rows::Q5(w) => w.rows,
+        }
+    }
+
+    fn cols(&self) -> usize {
+        match self {
+            Int8Rows::Q8(w) => w.cols,
+            Int8Rows::Q5(w) => w.cols,
+        }
+    }
+
+    fn blocksize(&self) -> usize {
+        match self {
+            Int8Rows::Q8(w) => w.blocksize,
+            Int8Rows::Q5(_) => crate::q5::BLOCK,
+        }
+    }
+
+    /// Rows `r0 .. r0 + n` as block int8 (`buf` holds int5's unpacked integers).
+    fn rows_q8<'c>(&'c self, k: &Kernels, r0: usize, n: usize, buf: &'c mut Vec<i8>) -> (&'c [i8], &'c [half::f16]) {
+        match self {
+            Int8Rows::Q8(w) => {
+                let nb = w.cols / w.blocksize;
+                (&w.qs[r0 * w.cols..(r0 + n) * w.cols], &w.scales[r0 * nb..(r0 + n) * nb])
+            }
+            Int8Rows::Q5(w) => {
+                let v = w.as_q8(k, r0, n, buf);
+                (v.qs, v.scales)
+            }
+        }
+    }
 }
 
 /// Prefill of block int8 weights (all of one width and block size) on a matrix unit: every
 /// token's activations quantized per block as decode quantizes them, laid out once as a
 /// [`Panel`], then each chunk of 16-row tiles against every token ([`Kernels::q8_panel`]).
-fn q8_panel_matmul(k: &Kernels, out: &mut [f32], ws: &[&Q8Ref], x: &[f32], m: usize, parallel: bool) {
-    let (cols, bs) = (ws[0].cols, ws[0].blocksize);
-    assert!(ws.iter().all(|w| w.cols == cols && w.blocksize == bs));
-    assert_eq!(out.len(), ws.iter().map(|w| m * w.rows).sum::<usize>());
+fn q8_panel_matmul(k: &Kernels, out: &mut [f32], ws: &[Int8Rows], x: &[f32], m: usize, parallel: bool) {
+    let (cols, bs) = (ws[0].cols(), ws[0].blocksize());
+    assert!(ws.iter().all(|w| w.cols() == cols && w.blocksize() == bs));
+    assert_eq!(out.len(), ws.iter().map(|w| m * w.rows()).sum::<usize>());
     let nb = cols / bs;
     let mut q = Lined::<i8>::zeroed(m * cols);
     let mut d = Lined::<f32>::zeroed(m * nb);
@@ -624,18 +676,18 @@ fn q8_panel_matmul(k: &Kernels, out: &mut [f32], ws: &[&Q8Ref], x: &[f32], m: us
         k.quantize_q8_plain(x, bs, q, d);
     }
     let panel = &Panel::q8(&q, cols, &d, bs, nb, m);
-    let plan = &RowPlan::new(ws.iter().map(|w| w.rows), m, 16);
+    let plan = &RowPlan::new(ws.iter().map(|w| w.rows()), m, 16);
     let cells = Cells::new(out);
-    let init = || (vec![0f32; 16 * nb], vec![0f32; panel.groups() * PANEL_TOKENS * plan.max_chunk]);
-    plan.run(parallel, init, |(scratch, outs): &mut (Vec<f32>, Vec<f32>), task| {
+    let init = || (vec![0f32; 16 * nb], vec![0f32; panel.groups() * PANEL_TOKENS * plan.max_chunk], Vec::new());
+    plan.run(parallel, init, |(scratch, outs, unpacked): &mut (Vec<f32>, Vec<f32>, Vec<i8>), task| {
         let (wi, base, r0, n) = plan.task(task);
         let w = ws[wi];
-        let (qs, scales) = (&w.qs[r0 * cols..(r0 + n) * cols], &w.scales[r0 * nb..(r0 + n) * nb]);
+        let (qs, scales) = w.rows_q8(k, r0, n, unpacked);
         let done = k.q8_panel(qs, scales, panel, n, scratch, outs, false);
         assert!(done, "checked with has_q8_panel");
         for t in 0..m {
             // SAFETY: this task alone writes rows r0 .. r0 + n of every token of this weight.
-            let run = unsafe { cells.piece(base + t * w.rows + r0, n) };
+            let run = unsafe { cells.piece(base + t * w.rows() + r0, n) };
             run.copy_from_slice(&outs[t * n..(t + 1) * n]);
         }
     });
@@ -999,6 +1051,11 @@ fn dequantize_rows(w: &Weight, r0: usize, n: usize, buf: &mut [f32]) {
                     pair[1] = levels[(byte & 0x0F) as usize] * s;
                 }
             }
+        }
+        Weight::Q5(ref w5) => {
+            let mut ints = Vec::new();
+            let w8 = w5.as_q8(crate::kernels(), r0, n, &mut ints);
+            dequantize_rows(&Weight::Q8(w8), 0, n, buf);
         }
         Weight::Q8(ref w8) => {
             let (bs, nb) = (w8.blocksize, n * cols / w8.blocksize);

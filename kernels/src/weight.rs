@@ -135,6 +135,41 @@ pub struct Q8Ref<'a> {
     pub scales: &'a [f16],
 }
 
+/// A block int5 weight matrix, `rows × cols`: each row a whole number of blocks of 32 five-bit
+/// integers with one f16 scale each (see [`crate::q5`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Q5Ref<'a> {
+    /// Output features.
+    pub rows: usize,
+    /// Input features (a multiple of 32).
+    pub cols: usize,
+    /// Low four bits, 16 bytes a block.
+    pub qs: &'a [u8],
+    /// Fifth bits, 4 bytes a block.
+    pub qh: &'a [u8],
+    /// Block scales, row-major (`cols / 32` per row).
+    pub scales: &'a [f16],
+}
+
+impl Q5Ref<'_> {
+    /// Rows `r0 .. r0 + n` as block int8 (the same integers and scales), their integers
+    /// unpacked into `buf` (which grows to `n · cols`).
+    pub fn as_q8<'b>(&'b self, k: &crate::Kernels, r0: usize, n: usize, buf: &'b mut Vec<i8>) -> Q8Ref<'b> {
+        let (cols, nb) = (self.cols, self.cols / crate::q5::BLOCK);
+        let len = n * cols;
+        if buf.len() < len {
+            buf.resize(len, 0);
+        }
+        let blocks = r0 * nb..(r0 + n) * nb;
+        k.unpack_q5(
+            &self.qs[blocks.start * crate::q5::QS_BYTES..blocks.end * crate::q5::QS_BYTES],
+            &self.qh[blocks.start * crate::q5::QH_BYTES..blocks.end * crate::q5::QH_BYTES],
+            &mut buf[..len],
+        );
+        Q8Ref { rows: n, cols, blocksize: crate::q5::BLOCK, qs: &buf[..len], scales: &self.scales[blocks] }
+    }
+}
+
 /// A weight matrix `rows × cols` (output features × input features) in any stored scheme.
 #[derive(Debug, Clone, Copy)]
 pub enum Weight<'a> {
@@ -169,6 +204,8 @@ pub enum Weight<'a> {
     Int8(Int8Ref<'a>),
     /// Block int8.
     Q8(Q8Ref<'a>),
+    /// Block int5.
+    Q5(Q5Ref<'a>),
     /// NF4 / FP4.
     FourBit(FourBitRef<'a>),
 }
@@ -190,6 +227,7 @@ impl Weight<'_> {
             Weight::Bf16 { .. } => "bf16",
             Weight::Int8(_) => "int8",
             Weight::Q8(_) => "q8",
+            Weight::Q5(_) => "q5",
             Weight::FourBit(w) => match w.kind {
                 crate::FourBitKind::Nf4 => "nf4",
                 crate::FourBitKind::Fp4 => "fp4",
@@ -203,6 +241,7 @@ impl Weight<'_> {
             Weight::F32 { rows, .. } | Weight::F16 { rows, .. } | Weight::Bf16 { rows, .. } => *rows,
             Weight::Int8(w) => w.rows,
             Weight::Q8(w) => w.rows,
+            Weight::Q5(w) => w.rows,
             Weight::FourBit(w) => w.rows,
         }
     }
@@ -213,6 +252,7 @@ impl Weight<'_> {
             Weight::F32 { cols, .. } | Weight::F16 { cols, .. } | Weight::Bf16 { cols, .. } => *cols,
             Weight::Int8(w) => w.cols,
             Weight::Q8(w) => w.cols,
+            Weight::Q5(w) => w.cols,
             Weight::FourBit(w) => w.cols,
         }
     }
@@ -235,6 +275,14 @@ impl Weight<'_> {
                 }
                 expect_len("qs", n, w.qs.len())?;
                 expect_len("scales", n / w.blocksize, w.scales.len())
+            }
+            Weight::Q5(w) => {
+                if !cols.is_multiple_of(crate::q5::BLOCK) {
+                    return Err(KernelError::BadBlocksize(crate::q5::BLOCK));
+                }
+                expect_len("qs", n / 2, w.qs.len())?;
+                expect_len("qh", n / 8, w.qh.len())?;
+                expect_len("scales", n / crate::q5::BLOCK, w.scales.len())
             }
             Weight::FourBit(w) => {
                 check_blocksize(w.blocksize)?;
@@ -273,6 +321,16 @@ impl Weight<'_> {
                     o.iter_mut().zip(q).for_each(|(o, &q)| *o = q as f32 * s);
                 }
             }
+            Weight::Q5(w) => {
+                let nb = cols / crate::q5::BLOCK;
+                let mut ints = [0i8; crate::q5::BLOCK];
+                for (b, o) in (r * nb..(r + 1) * nb).zip(out.chunks_mut(crate::q5::BLOCK)) {
+                    let (qs, qh) = (crate::q5::QS_BYTES, crate::q5::QH_BYTES);
+                    crate::q5::unpack_block(&w.qs[b * qs..(b + 1) * qs], &w.qh[b * qh..(b + 1) * qh], &mut ints);
+                    let s = w.scales[b].to_f32();
+                    o.iter_mut().zip(&ints).for_each(|(o, &q)| *o = q as f32 * s);
+                }
+            }
             Weight::FourBit(w) => {
                 let levels = w.kind.levels();
                 for (o, i) in out.iter_mut().zip(range) {
@@ -290,6 +348,7 @@ impl Weight<'_> {
             Weight::Bf16 { data, .. } => data.len() * 2,
             Weight::Int8(w) => w.cb.len() + w.scb.len() * 4,
             Weight::Q8(w) => w.qs.len() + w.scales.len() * 2,
+            Weight::Q5(w) => w.qs.len() + w.qh.len() + w.scales.len() * 2,
             Weight::FourBit(w) => {
                 w.codes.len()
                     + match w.absmax {

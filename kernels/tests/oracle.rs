@@ -5,7 +5,7 @@ use half::{bf16, f16};
 use lowbit_kernels::panel::{Panel, PANEL_TOKENS};
 use lowbit_kernels::{
     fourbit::code_at, matmul_with, quantize_4bit, quantize_int8, scalar, AbsmaxRef, FourBitKind, FourBitOptions,
-    FourBitRef, Grid, Int8Ref, Isa, Kernels, MatmulOptions, Q8Ref, Weight,
+    FourBitRef, Grid, Int8Ref, Isa, Kernels, MatmulOptions, Q5Ref, Q8Ref, Weight,
 };
 use proptest::prelude::*;
 
@@ -1017,6 +1017,28 @@ proptest! {
         }
     }
 
+    /// Block int5's unpacking gives the scalar code's integers on every ISA, for any bytes and
+    /// any number of blocks (odd counts leave AVX-512 a block for its AVX2 step).
+    #[test]
+    fn unpack_q5_matches_scalar(bytes in prop::collection::vec(any::<u8>(), 0..40 * 20)) {
+        let blocks = bytes.len() / 20;
+        let (qs, qh) = bytes[..blocks * 20].split_at(blocks * 16);
+        let mut want = vec![0i8; blocks * 32];
+        lowbit_kernels::q5::unpack(qs, qh, &mut want);
+        for (b, ints) in want.chunks(32).enumerate() {
+            let bits = u32::from_le_bytes(qh[4 * b..4 * b + 4].try_into().unwrap());
+            for (j, &v) in ints.iter().enumerate() {
+                let nib = if j < 16 { qs[16 * b + j] & 15 } else { qs[16 * b + j - 16] >> 4 };
+                prop_assert_eq!(v as i32, (nib as i32 | (((bits >> j) & 1) as i32) << 4) - 16);
+            }
+        }
+        for k in simd_levels() {
+            let mut got = vec![0i8; blocks * 32];
+            k.unpack_q5(qs, qh, &mut got);
+            prop_assert_eq!(&got, &want, "{}", k.label());
+        }
+    }
+
     /// Double-quant block factors are bit-identical on every ISA (they feed every row's dot).
     #[test]
     fn nested_factors_are_bit_identical(
@@ -1214,6 +1236,53 @@ proptest! {
                 prop_assert_eq!(bits(&out[t * rows..(t + 1) * rows]), bits(&alone), "{} token {}", k.label(), t);
                 prop_assert_eq!(bits(&joint[m * rows + t * rows..m * rows + (t + 1) * rows]), bits(&alone), "{} joint token {}", k.label(), t);
             }
+        }
+    }
+
+    /// Block int5 on every level gives the bits of the block int8 weight with its integers and
+    /// scales: prefill's matmul (row kernels below 16 tokens, a matrix unit's panels or f32 gemm
+    /// from 16) and decode's rows, alone and beside a block int8 weight in one call, for row
+    /// counts in sixteens and not (a task's rows are unpacked in tiles of 16 on a matrix unit).
+    #[test]
+    fn q5_gives_the_bits_of_q8_with_its_integers(
+        rows in prop_oneof![2 => 1usize..12, 1 => Just(16usize), 1 => Just(48usize), 1 => Just(40usize), 1 => Just(176usize)],
+        nb in 1usize..8,
+        m in prop_oneof![2 => Just(1usize), 1 => 2usize..5, 1 => Just(8usize), 1 => Just(33usize)], seed in any::<u64>(),
+    ) {
+        let cols = nb * 32;
+        let mut rng = seed;
+        let mut next = || { rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); ((rng >> 33) as u32 % 20001) as f32 / 10000.0 - 1.0 };
+        let w: Vec<f32> = (0..rows * cols).map(|_| next()).collect();
+        let x: Vec<f32> = (0..m * cols).map(|_| next() * 3.0).collect();
+        let t = lowbit_kernels::q5::quantize(&w, rows, cols, None).unwrap();
+        let q5 = Weight::Q5(Q5Ref { rows, cols, qs: &t.qs, qh: &t.qh, scales: &t.scales });
+        q5.validate().unwrap();
+        let mut ints = vec![0i8; rows * cols];
+        lowbit_kernels::q5::unpack(&t.qs, &t.qh, &mut ints);
+        let q8 = Weight::Q8(Q8Ref { rows, cols, blocksize: 32, qs: &ints, scales: &t.scales });
+        let mut deq = vec![0f32; cols];
+        q5.dequantize_row(rows - 1, &mut deq);
+        for (c, v) in deq.iter().enumerate() {
+            prop_assert_eq!(v.to_bits(), (ints[(rows - 1) * cols + c] as f32 * t.scales[(rows - 1) * nb + c / 32].to_f32()).to_bits());
+        }
+        let opts = MatmulOptions::default();
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        for k in simd_levels() {
+            for rows_route in [false, true] {
+                let run = |w: &Weight, out: &mut [f32]| if rows_route {
+                    lowbit_kernels::matmul_rows_with(&k, out, w, &x, m, &opts).unwrap()
+                } else {
+                    matmul_with(&k, out, w, &x, m, &opts).unwrap()
+                };
+                let (mut got, mut want) = (vec![0f32; m * rows], vec![0f32; m * rows]);
+                run(&q5, &mut got);
+                run(&q8, &mut want);
+                prop_assert_eq!(bits(&got), bits(&want), "{} rows route {}", k.label(), rows_route);
+            }
+            let (mut got, mut want) = (vec![0f32; 2 * m * rows], vec![0f32; 2 * m * rows]);
+            lowbit_kernels::matmul_rows_many_with(&k, &mut got, &[&q5, &q8], &x, m, &opts).unwrap();
+            lowbit_kernels::matmul_rows_many_with(&k, &mut want, &[&q8, &q8], &x, m, &opts).unwrap();
+            prop_assert_eq!(bits(&got), bits(&want), "{} beside q8", k.label());
         }
     }
 

@@ -69,6 +69,11 @@ fn with_every_scheme(rows: usize, cols: usize, mut f: impl FnMut(&Weight, &[f32]
         let absmax = AbsmaxRef::Nested { codes, nested_absmax, nested_blocksize: *nested_blocksize, offset: *offset };
         weights.push(Weight::FourBit(FourBitRef { kind: *kind, rows, cols, blocksize: 64, codes: &q.codes, absmax }));
     }
+    // Block int5 where the rows are whole blocks (its tasks unpack their rows to block int8).
+    let q5 = cols.is_multiple_of(32).then(|| lowbit_kernels::q5::quantize(&w, rows, cols, None).unwrap());
+    if let Some(q5) = &q5 {
+        weights.push(Weight::Q5(lowbit_kernels::Q5Ref { rows, cols, qs: &q5.qs, qh: &q5.qh, scales: &q5.scales }));
+    }
     for weight in &weights {
         f(weight, &x);
     }

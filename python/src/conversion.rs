@@ -16,6 +16,8 @@ fn quant_choice(quant: &str) -> PyResult<QuantChoice> {
         "nf4-small" => QuantChoice::Nf4Small,
         "nf4-mix" => QuantChoice::Nf4Mix,
         "nf4-plus" => QuantChoice::Nf4Plus,
+        "q5" => QuantChoice::Q5,
+        "q5-mix" => QuantChoice::Q5Mix,
         "fp4" => QuantChoice::Fp4,
         "int8" => QuantChoice::Int8,
         "q8" => QuantChoice::Q8,
@@ -24,7 +26,7 @@ fn quant_choice(quant: &str) -> PyResult<QuantChoice> {
         "f32" => QuantChoice::F32,
         other => {
             return Err(PyValueError::new_err(format!(
-                "quant {other:?} is not one of nf4, nf4-small, nf4-mix, nf4-plus, fp4, int8, q8, f16, bf16, f32"
+                "quant {other:?} is not one of nf4, nf4-small, nf4-mix, nf4-plus, q5, q5-mix, fp4, int8, q8, f16, bf16, f32"
             )))
         }
     })

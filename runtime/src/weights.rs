@@ -4,7 +4,7 @@
 use crate::config::ModelConfig;
 use crate::error::{Result, RuntimeError};
 use lowbit_format::{ModelFile, Scheme, TensorRef};
-use lowbit_kernels::{AbsmaxRef, FourBitKind, FourBitRef, Int8Ref, Q8Ref, Weight};
+use lowbit_kernels::{AbsmaxRef, FourBitKind, FourBitRef, Int8Ref, Q5Ref, Q8Ref, Weight};
 
 fn bad(name: &str, problem: impl Into<String>) -> RuntimeError {
     RuntimeError::BadTensor { name: name.to_string(), problem: problem.into() }
@@ -48,6 +48,13 @@ pub fn matrix<'a>(file: &'a ModelFile, name: &str, rows: usize, cols: usize) -> 
             cols,
             blocksize: *blocksize as usize,
             qs: t.part_i8("qs")?,
+            scales: bytemuck::cast_slice(t.part_u16("scales")?),
+        }),
+        Scheme::Q5 { .. } => Weight::Q5(Q5Ref {
+            rows,
+            cols,
+            qs: t.part_u8("qs")?,
+            qh: t.part_u8("qh")?,
             scales: bytemuck::cast_slice(t.part_u16("scales")?),
         }),
         Scheme::FourBit { kind, blocksize, nested, .. } => {

@@ -13,6 +13,8 @@ pub fn quant_choice(q: Quant) -> QuantChoice {
         Quant::Nf4Small => QuantChoice::Nf4Small,
         Quant::Nf4Mix => QuantChoice::Nf4Mix,
         Quant::Nf4Plus => QuantChoice::Nf4Plus,
+        Quant::Q5 => QuantChoice::Q5,
+        Quant::Q5Mix => QuantChoice::Q5Mix,
         Quant::Fp4 => QuantChoice::Fp4,
         Quant::Int8 => QuantChoice::Int8,
         Quant::Q8 => QuantChoice::Q8,

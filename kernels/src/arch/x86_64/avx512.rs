@@ -1739,3 +1739,42 @@ pub unsafe fn silu_mul(gate: &mut [f32], up: &[f32]) {
         super::avx2::silu_mul(&mut gate[i..n], &up[i..n]);
     }
 }
+
+/// See [`crate::q5::unpack`]: two blocks of block int5 a step — the 32 bytes of nibbles spread
+/// over the four 128-bit lanes (low nibbles of each block, then its high ones), the blocks'
+/// 64 fifth bits loaded as a mask that adds 16 to their bytes — with the scalar code's result.
+///
+/// # Safety
+/// AVX-512 BW must be available; `qs` holds `out.len() / 2` bytes and `qh` `out.len() / 8`, and
+/// `out.len()` is a multiple of 32.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
+pub unsafe fn unpack_q5(qs: &[u8], qh: &[u8], out: &mut [i8]) {
+    let blocks = out.len() / 32;
+    let (sp, hp, op) = (qs.as_ptr(), qh.as_ptr(), out.as_mut_ptr());
+    // SAFETY: step p reads qs[32p .. 32p + 32] and qh[8p .. 8p + 8] and writes out[64p .. 64p +
+    // 64], inside the slices by the caller's contract; an odd last block goes to the AVX2 code.
+    unsafe {
+        let low = _mm512_set1_epi8(0x0F);
+        let sixteen = _mm512_set1_epi8(16);
+        for p in 0..blocks / 2 {
+            // The weights' stream, as the block int8 loops prefetch theirs (the fifth bits are
+            // a quarter of the nibbles' bytes, so a quarter of the distance ahead).
+            super::prefetch_line(sp.wrapping_add(32 * p + PREFETCH_L2) as *const i8);
+            if p % 8 == 0 {
+                super::prefetch_line(hp.wrapping_add(8 * p + PREFETCH_L2 / 4) as *const i8);
+            }
+            let bytes = _mm512_castsi256_si512(_mm256_loadu_si256(sp.add(32 * p) as *const __m256i));
+            // Lanes: block 0's bytes twice, then block 1's twice; the second copy of each shifted
+            // to its high nibbles.
+            let spread = _mm512_shuffle_i64x2(bytes, bytes, 0b01_01_00_00);
+            let nib = _mm512_and_si512(_mm512_mask_srli_epi16(spread, 0xFF00_FF00, spread, 4), low);
+            let bits = (hp.add(8 * p) as *const u64).read_unaligned();
+            let v = _mm512_sub_epi8(_mm512_mask_add_epi8(nib, bits, nib, sixteen), sixteen);
+            _mm512_storeu_si512(op.add(64 * p) as *mut __m512i, v);
+        }
+        if blocks % 2 == 1 {
+            let b = blocks - 1;
+            super::avx2::unpack_q5(&qs[16 * b..16 * b + 16], &qh[4 * b..4 * b + 4], &mut out[32 * b..32 * b + 32]);
+        }
+    }
+}
