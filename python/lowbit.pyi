@@ -109,7 +109,9 @@ class Llama:
     def __exit__(self, *args: Any) -> bool: ...
 
 def convert(src: str, dst: str, quant: str = "nf4", progress: Optional[Callable[[int, int], None]] = None) -> None:
-    """Converts a Hugging Face / bitsandbytes folder or a GGUF file into a lowbit file."""
+    """Converts a Hugging Face / bitsandbytes folder or a GGUF file into a lowbit file.
+
+    `quant`: nf4, nf4-small, nf4-mix, nf4-plus, q5, q5-mix, fp4, int8, q8, f16, bf16 or f32."""
 
 def inspect(path: str, n_ctx: int = 4096) -> Dict[str, Any]:
     """A lowbit file's architecture, quantization, tensors, bits per weight and RAM estimate."""

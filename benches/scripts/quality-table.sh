@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Quality at equal size, both sides in one run (see quality_table.py): SmolLM2-135M-Instruct's
 # Q4_1 GGUF made into llama.cpp's F16, Q4_0, IQ4_NL, Q4_K_M and Q8_0 by its own quantizer and
-# into lowbit's f32, nf4 (the default), nf4-small, nf4 --bnb-exact, nf4-mix, nf4-plus, int8 and q8 by `lowbit
+# into lowbit's f32, nf4 (the default), nf4-small, nf4 --bnb-exact, nf4-mix, nf4-plus, q5, q5-mix, int8 and q8 by `lowbit
 # convert`; each scored on a text as llama.cpp's perplexity tool scores (chunks of 256, the second
 # half of each), as a ratio to its own float file, with the KL divergence to that float file and
 # top-1 agreement. Uses the llama-cpp-python venv of race-llamacpp.sh (built the first time);
@@ -51,12 +51,16 @@ fi
 $bin convert "$gguf" -o "$work/nf4-mix.lowbit" --quant nf4-mix -q > /dev/null
 $bin convert "$gguf" -o "$work/nf4-mix-imatrix.lowbit" --quant nf4-mix --imatrix "$work/smollm2.imatrix" -q > /dev/null
 $bin convert "$gguf" -o "$work/q8.lowbit" --quant q8 -q > /dev/null
+# Q4_K_M's size class in 5 bits: q5 with v_proj and the head in block int8 of 64.
+$bin convert "$gguf" -o "$work/q5.lowbit" --quant q5 -q > /dev/null
+$bin convert "$gguf" -o "$work/q5-mix.lowbit" --quant q5-mix -q > /dev/null
+$bin convert "$gguf" -o "$work/q5-mix-imatrix.lowbit" --quant q5-mix --imatrix "$work/smollm2.imatrix" -q > /dev/null
 # IQ4_NL's size class: nf4 in blocks of 32 with v_proj in block int8.
 $bin convert "$gguf" -o "$work/nf4-plus.lowbit" --quant nf4-plus -q > /dev/null
 $bin convert "$gguf" -o "$work/nf4-plus-imatrix.lowbit" --quant nf4-plus --imatrix "$work/smollm2.imatrix" -q > /dev/null
 base="$work/lowbit-base.npy"
 $bin --threads 2 perplexity -m "$work/f32.lowbit" -f "$text" -c 256 --save-logits "$base" > "$work/f32.txt" 2> /dev/null
-for m in nf4 nf4-imatrix nf4-small nf4-bnb-exact nf4-mix nf4-mix-imatrix nf4-plus nf4-plus-imatrix int8 q8; do
+for m in nf4 nf4-imatrix nf4-small nf4-bnb-exact nf4-mix nf4-mix-imatrix nf4-plus nf4-plus-imatrix q5 q5-mix q5-mix-imatrix int8 q8; do
   $bin --threads 2 perplexity -m "$work/$m.lowbit" -f "$text" -c 256 --kl-base "$base" > "$work/$m.txt" 2> /dev/null
 done
 "$venv/bin/python" benches/scripts/quality_table.py "$gguf" "$work" "$text"

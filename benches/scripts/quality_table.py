@@ -110,6 +110,9 @@ for name, label in [
     ("nf4-mix-imatrix", "lowbit nf4-mix --imatrix"),
     ("nf4-plus", "lowbit nf4-plus"),
     ("nf4-plus-imatrix", "lowbit nf4-plus --imatrix"),
+    ("q5", "lowbit q5"),
+    ("q5-mix", "lowbit q5-mix"),
+    ("q5-mix-imatrix", "lowbit q5-mix --imatrix"),
     ("int8", "lowbit int8"),
     ("q8", "lowbit q8"),
 ]:

@@ -29,7 +29,7 @@ gguf="$(scripts/fetch-smollm2.sh)"
 cargo build --release --quiet -p lowbit-cli
 work="$cache/race"
 mkdir -p "$work"
-for q in nf4 int8; do
+for q in nf4 int8 q5-mix; do
   # Converted every run (under a second each), so the files reflect the current converter.
   ./target/release/lowbit convert "$gguf" -o "$work/smollm2.$q.lowbit" --quant $q -q
 done

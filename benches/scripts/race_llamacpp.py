@@ -1,7 +1,7 @@
 """Side-by-side speed race: llama.cpp (through llama-cpp-python, compiled locally by pip) against
 lowbit on SmolLM2-135M-Instruct, same prompt of 128 tokens, 64 decoded tokens, 1 and 2 threads,
-runs alternated three times (RACE_REPS), medians. llama.cpp's Q4_0, IQ4_NL and Q8_0 files are made from the shipped Q4_1 GGUF by
-llama.cpp's own quantizer; lowbit's nf4 and int8 files by `lowbit convert`. Prints tokens/s and
+runs alternated three times (RACE_REPS), medians. llama.cpp's Q4_0, IQ4_NL, Q8_0 and Q4_K_M files are made from the shipped Q4_1 GGUF by
+llama.cpp's own quantizer; lowbit's nf4, int8 and q5-mix files by `lowbit convert`. Prints tokens/s and
 the ratios lowbit / llama.cpp. Not part of CI.
 
 Run: benches/scripts/race-llamacpp.sh
@@ -28,6 +28,7 @@ models = {
     "Q4_0": quantize(llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0, "smollm2.Q4_0.gguf"),
     "IQ4_NL": quantize(llama_cpp.LLAMA_FTYPE_MOSTLY_IQ4_NL, "smollm2.IQ4_NL.gguf"),
     "Q8_0": quantize(llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0, "smollm2.Q8_0.gguf"),
+    "Q4_K_M": quantize(llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M, "smollm2.Q4_K_M.gguf"),
 }
 
 # A prompt of exactly 128 tokens (both engines use the same tokenizer ids; tested in lowbit).
@@ -74,6 +75,7 @@ pairs = [
     ("nf4", os.path.join(work, "smollm2.nf4.lowbit"), "Q4_0"),
     ("nf4", os.path.join(work, "smollm2.nf4.lowbit"), "IQ4_NL"),
     ("int8", os.path.join(work, "smollm2.int8.lowbit"), "Q8_0"),
+    ("q5-mix", os.path.join(work, "smollm2.q5-mix.lowbit"), "Q4_K_M"),
 ]
 print("| threads | lowbit | llama.cpp | prefill lowbit / llama.cpp (tok/s) | ratio | decode lowbit / llama.cpp (tok/s) | ratio |")
 print("|---|---|---|---|---|---|---|")

@@ -170,8 +170,8 @@ pub struct ConvertArgs {
     /// (default 1); repeat for several, applied in order
     #[arg(long, value_name = "DIR[:SCALE]")]
     pub lora: Vec<lowbit_convert::lora::LoraSpec>,
-    /// Weight the 4-bit scale search by an importance file from `lowbit imatrix` (how large
-    /// each column's activations run on calibration text)
+    /// Weight the 4-bit and 5-bit scale searches by an importance file from `lowbit imatrix`
+    /// (how large each column's activations run on calibration text)
     #[arg(long, value_name = "FILE")]
     pub imatrix: Option<PathBuf>,
     /// No progress bar.

@@ -232,6 +232,11 @@ mod tests {
         assert!(
             serde_json::from_str::<Metadata>(r#"{"architecture": "a", "config": {}, "tokenizer_json": 3}"#).is_err()
         );
+        // Nesting however deep inside the object is skipped over without recursion and kept as
+        // text (the tokenizer library's parser, with its own depth limit, reads it later).
+        let nested = format!("{{\"a\": {}1{}}}", "[".repeat(100_000), "]".repeat(100_000));
+        let deep = format!(r#"{{"architecture": "a", "config": {{}}, "tokenizer_json": {nested}}}"#);
+        assert_eq!(serde_json::from_str::<Metadata>(&deep).unwrap().tokenizer_json, Some(nested));
     }
 
     #[test]
