@@ -426,6 +426,23 @@ impl<'x> Prepared<'x> {
                 let n = o.len() / m;
                 let aligned = w5.rows.is_multiple_of(16);
                 let tiles = aligned && unit.is_some();
+                // One token where the level unpacks in registers: block int8's row kernel on
+                // the packed rows (its bits).
+                if m == 1 && !tiles {
+                    let nb = w5.cols / crate::q5::BLOCK;
+                    let (qs, qh) = (crate::q5::QS_BYTES * nb, crate::q5::QH_BYTES * nb);
+                    let rows = r0..r0 + n;
+                    if k.dot_q5_rows(
+                        &w5.qs[rows.start * qs..rows.end * qs],
+                        &w5.qh[rows.start * qh..rows.end * qh],
+                        &w5.scales[rows.start * nb..rows.end * nb],
+                        &q[..w5.cols],
+                        &d[..nb],
+                        o,
+                    ) {
+                        return;
+                    }
+                }
                 let step = if matches!(unit, Some(Unit::Panel(_))) { n + 16 } else { 16 };
                 let mut buf = std::mem::take(&mut scratch.q5);
                 let mut at = r0;

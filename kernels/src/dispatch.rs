@@ -60,6 +60,7 @@ type NestedFactors = unsafe fn(&[u8], &[f32; 256], f32, f32, &[f32], &mut [f32])
 type DotQ8 = unsafe fn(&[i8], &[f16], &[i8], &[f32], usize) -> f32;
 type DotQ8Rows4 = unsafe fn([&[i8]; 4], [&[f16]; 4], &[i8], &[f32], usize) -> [f32; 4];
 type DotQ8Many = unsafe fn(&[i8], &[f16], &[i8], &[f32], usize, &mut [f32]);
+type DotQ5Many = unsafe fn(&[u8], &[u8], &[f16], &[i8], &[f32], &mut [f32]);
 type Transpose = unsafe fn(&[f32], usize, &mut [f32], usize, usize, usize);
 type Q8Panel = unsafe fn(&[i8], &[f16], &crate::panel::Panel, usize, &mut [f32], &mut [f32], bool);
 type FourBitQ8Rows16 = unsafe fn(&[u8], usize, &[f32], &[i8; 16], &[i8], &[i8], &[f32], &[i32]) -> [f32; 16];
@@ -132,6 +133,9 @@ pub struct Kernels {
     dot_q8_rows_t8: Option<DotQ8RowsT8>,
     /// A decode task's rows in one call, each with `dot_q8`'s bits.
     dot_q8_rows: Option<DotQ8Many>,
+    /// `dot_q8_rows` over block int5 rows unpacked in registers, with its bits; only beside
+    /// the `dot_q8_rows` whose arithmetic it repeats (AVX2's).
+    dot_q5_rows: Option<DotQ5Many>,
     /// Four 4-bit rows against the same activations, where it beats four row calls, and the
     /// one-row kernel that gives the same bits (for the rows left over).
     dot_fourbit_q8_x4: Option<(DotFourBitQ8Rows4, DotFourBitQ8)>,
@@ -244,6 +248,7 @@ impl Kernels {
             dot_q8_x4t4: None,
             dot_q8_rows_t8: None,
             dot_q8_rows: None,
+            dot_q5_rows: None,
             dot_fourbit_q8_x4: None,
             dot_fourbit_q8_x4t2: None,
             dot_fourbit_q8_rows: None,
@@ -303,6 +308,7 @@ impl Kernels {
                     dot_q8_x4t4: None,
                     dot_q8_rows_t8: None,
                     dot_q8_rows: Some(k::dot_q8_rows),
+                    dot_q5_rows: Some(k::dot_q5_rows),
                     dot_fourbit_q8_x4: Some((k::dot_fourbit_q8_x4, k::dot_fourbit_q8)),
                     dot_fourbit_q8_x4t2: Some(k::dot_fourbit_q8_x4t2),
                     dot_fourbit_q8_rows: Some(k::dot_fourbit_q8_rows),
@@ -365,6 +371,7 @@ impl Kernels {
                     dot_q8_x4t4: None,
                     dot_q8_rows_t8: None,
                     dot_q8_rows: None,
+                    dot_q5_rows: None,
                     dot_fourbit_q8_x4: None,
                     dot_fourbit_q8_x4t2: None,
                     dot_fourbit_q8_rows: None,
@@ -583,6 +590,9 @@ impl Kernels {
             dot_q8_x4t4: Some(k::dot_q8_x4t4),
             dot_q8_rows_t8: Some(k::dot_q8_rows_t8),
             dot_q8_rows: Some(k::dot_q8_rows),
+            // AVX-512's block int8 rows add differently from AVX2's, which the fused int5 rows
+            // repeat; int5 goes through the unpacking and these rows instead.
+            dot_q5_rows: None,
             dot_fourbit_q8_x4: Some((
                 crate::arch::x86_64::avxvnni::dot_fourbit_q8_x4_evex,
                 crate::arch::x86_64::avxvnni::dot_fourbit_q8_evex,
@@ -1705,6 +1715,23 @@ impl Kernels {
         assert!((0..4).all(|r| w[r].len() == n && scale[r].len() == scale[0].len()));
         // SAFETY: `self` exists only for a supported ISA; lengths checked above.
         Some(unsafe { f(w, scale, q, d, blocksize) })
+    }
+
+    /// [`Kernels::dot_q8_rows`] (blocks of 32) over block int5 rows unpacked in registers, with
+    /// the bits it gives the block int8 rows of the same integers; false (nothing written) where
+    /// the level has no such kernel.
+    ///
+    /// # Panics
+    /// If the lengths do not make `out.len()` rows of `q.len()` weights.
+    #[inline]
+    pub fn dot_q5_rows(&self, qs: &[u8], qh: &[u8], scale: &[f16], q: &[i8], d: &[f32], out: &mut [f32]) -> bool {
+        let Some(f) = self.dot_q5_rows else { return false };
+        let (n, cols) = (out.len(), q.len());
+        assert!(cols.is_multiple_of(32) && d.len() == cols / 32);
+        assert!(scale.len() == n * (cols / 32) && qs.len() == n * cols / 2 && qh.len() == n * cols / 8);
+        // SAFETY: `self` exists only for a supported ISA; lengths checked above.
+        unsafe { f(qs, qh, scale, q, d, out) };
+        true
     }
 
     /// Every row of a decode task in one call (see [`crate::scalar::dot_q8_rows`]), `out[i]`

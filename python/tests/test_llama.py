@@ -270,14 +270,17 @@ def test_hf_folder_converts_once_and_again_when_it_changes(tmp_path, monkeypatch
         pass
     with lowbit.Llama(model_path=str(src), quant="nf4-small", n_ctx=64):
         pass
+    with lowbit.Llama(model_path=str(src), quant="q5-mix", n_ctx=64) as m:
+        out = m.create_completion([1, 2, 3], max_tokens=4, temperature=0)
+        assert out["usage"]["completion_tokens"] <= 4 and out["choices"][0]["finish_reason"] in ("stop", "length")
     schemes = sorted(lowbit.inspect(str(p))["quantization"]["scheme"] for p in converted.glob("*.lowbit"))
-    assert schemes == ["nf4", "nf4-small", "q8"]
+    assert schemes == ["nf4", "nf4-small", "q5-mix", "q8"]
     config = json.loads((src / "config.json").read_text())
     config["rms_norm_eps"] = config.get("rms_norm_eps", 1e-6) * 2
     (src / "config.json").write_text(json.dumps(config))
     with lowbit.Llama(model_path=str(src), quant="q8", n_ctx=64):
         pass
-    assert len(list(converted.glob("*.lowbit"))) == 4
+    assert len(list(converted.glob("*.lowbit"))) == 5
 
 
 def test_convert_reports_progress(tmp_path):

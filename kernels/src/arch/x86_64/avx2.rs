@@ -1742,6 +1742,98 @@ unsafe fn q8_rows<const R: usize>(
     nb: usize,
     bs: usize,
 ) -> [__m256; R] {
+    // SAFETY: the caller's contract is the body's.
+    unsafe { int8_rows(Int8Weights(w), scale, q, d, nb, bs) }
+}
+
+/// Where [`int8_rows`] gets 32 weights of a row as int8: block int8's bytes, or block int5's
+/// unpacked in registers.
+trait WeightSteps<const R: usize> {
+    /// Weights `i .. i + 32` of row `r`.
+    ///
+    /// # Safety
+    /// AVX2 enabled by the caller; inside the rows the caller was given.
+    unsafe fn load(&self, r: usize, i: usize) -> __m256i;
+    /// Prefetches ahead of weight `i` of the `R` rows (a hint: any address).
+    fn ahead(&self, i: usize);
+}
+
+/// Block int8 rows.
+struct Int8Weights<const R: usize>([*const i8; R]);
+
+impl<const R: usize> WeightSteps<R> for Int8Weights<R> {
+    #[inline(always)]
+    unsafe fn load(&self, r: usize, i: usize) -> __m256i {
+        // SAFETY: inside the row by the caller's contract.
+        unsafe { _mm256_loadu_si256(self.0[r].add(i) as *const __m256i) }
+    }
+
+    #[inline(always)]
+    fn ahead(&self, i: usize) {
+        ahead(self.0[0] as *const u8, R * i);
+    }
+}
+
+/// Block int5 rows: each row's `qs` (16 bytes a block of 32) and `qh` (4 bytes a block).
+struct Int5Weights<const R: usize> {
+    qs: [*const u8; R],
+    qh: [*const u8; R],
+}
+
+impl<const R: usize> WeightSteps<R> for Int5Weights<R> {
+    #[inline(always)]
+    unsafe fn load(&self, r: usize, i: usize) -> __m256i {
+        // SAFETY: block i / 32 of the row, inside it by the caller's contract.
+        unsafe { unpack_q5_block(self.qs[r].add(i / 2), self.qh[r].add(i / 8)) }
+    }
+
+    #[inline(always)]
+    fn ahead(&self, i: usize) {
+        // The rows are adjacent, as block int8's are: their nibbles and fifth bits two streams.
+        ahead(self.qs[0], R * i / 2);
+        super::prefetch_line(self.qh[0].wrapping_add(R * i / 8 + PREFETCH_L2 / 4) as *const i8);
+    }
+}
+
+/// One block of block int5 as 32 int8 values (see [`unpack_q5`]).
+///
+/// # Safety
+/// AVX2 enabled by the caller; 16 bytes readable at `qs`, 4 at `qh`.
+#[inline(always)]
+unsafe fn unpack_q5_block(qs: *const u8, qh: *const u8) -> __m256i {
+    // SAFETY: the loads stay inside the block by the caller's contract.
+    unsafe {
+        let bytes = _mm_loadu_si128(qs as *const __m128i);
+        let nib = _mm256_and_si256(
+            _mm256_inserti128_si256(_mm256_castsi128_si256(bytes), _mm_srli_epi16(bytes, 4), 1),
+            _mm256_set1_epi8(0x0F),
+        );
+        let word = _mm256_set1_epi32((qh as *const i32).read_unaligned());
+        // Byte j of the block takes byte j / 8 of the block's u32, then tests bit j % 8 of it.
+        let spread = _mm256_setr_epi8(
+            0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3,
+        );
+        let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+        let set = _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(word, spread), bit), bit);
+        let sixteen = _mm256_set1_epi8(16);
+        _mm256_sub_epi8(_mm256_or_si256(nib, _mm256_and_si256(set, sixteen)), sixteen)
+    }
+}
+
+/// [`q8_rows`] over any [`WeightSteps`]: a row's sums go through the same operations whatever
+/// its weights' storage, so block int5 gives block int8's bits for the same integers.
+///
+/// # Safety
+/// As [`q8_rows`], with `w` reading `nb · bs` weights of each row.
+#[inline(always)]
+unsafe fn int8_rows<const R: usize>(
+    w: impl WeightSteps<R>,
+    scale: [*const f16; R],
+    q: *const i8,
+    d: *const f32,
+    nb: usize,
+    bs: usize,
+) -> [__m256; R] {
     // SAFETY: loads stay within `nb · bs` bytes and `nb` entries (caller's contract); prefetches
     // may point anywhere.
     unsafe {
@@ -1769,11 +1861,11 @@ unsafe fn q8_rows<const R: usize>(
                 let mut i = b * bs;
                 while i < (b + 1) * bs {
                     let qv = _mm256_loadu_si256(q.add(i) as *const __m256i);
-                    ahead(w[0] as *const u8, R * i);
-                    for r in 0..R {
-                        let wv = _mm256_loadu_si256(w[r].add(i) as *const __m256i);
+                    w.ahead(i);
+                    for (r, isum) in isum.iter_mut().enumerate() {
+                        let wv = w.load(r, i);
                         let p = _mm256_maddubs_epi16(_mm256_abs_epi8(wv), _mm256_sign_epi8(qv, wv));
-                        isum[r] = _mm256_add_epi32(isum[r], _mm256_madd_epi16(p, ones));
+                        *isum = _mm256_add_epi32(*isum, _mm256_madd_epi16(p, ones));
                     }
                     i += 32;
                 }
@@ -1834,6 +1926,39 @@ pub unsafe fn dot_q8_rows(w: &[i8], scale: &[f16], q: &[i8], d: &[f32], blocksiz
         let z = _mm256_setzero_ps();
         while i < n {
             let [acc] = q8_rows::<1>([wp.add(i * cols)], [sp.add(i * nb)], q.as_ptr(), d.as_ptr(), nb, blocksize);
+            *out.get_unchecked_mut(i) = _mm_cvtss_f32(hsum4([acc, z, z, z]));
+            i += 1;
+        }
+    }
+}
+
+/// [`dot_q8_rows`] over block int5 rows (blocks of 32), unpacked in registers: each row the
+/// bits [`dot_q8_rows`] gives the block int8 row with its integers and scales.
+///
+/// # Safety
+/// AVX2, FMA and F16C must be available; with `n = out.len()` and `nb = scale.len() / n`,
+/// `scale` holds exactly `n * nb` entries, `qs` `16 · n · nb` bytes, `qh` `4 · n · nb`, `q`
+/// `32 · nb` values and `d` `nb`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q5_rows(qs: &[u8], qh: &[u8], scale: &[f16], q: &[i8], d: &[f32], out: &mut [f32]) {
+    let n = out.len();
+    let nb = scale.len() / n.max(1);
+    let (sp, hp, fp) = (qs.as_ptr(), qh.as_ptr(), scale.as_ptr());
+    let mut i = 0;
+    // SAFETY: row i reads 16·nb bytes of `qs` at 16·nb·i, 4·nb of `qh` at 4·nb·i and `nb` scales
+    // at nb·i, i < n: inside the lengths the caller guarantees.
+    unsafe {
+        while i + 4 <= n {
+            let rows: [usize; 4] = std::array::from_fn(|j| i + j);
+            let w = Int5Weights { qs: rows.map(|r| sp.add(r * 16 * nb)), qh: rows.map(|r| hp.add(r * 4 * nb)) };
+            let acc = int8_rows::<4>(w, rows.map(|r| fp.add(r * nb)), q.as_ptr(), d.as_ptr(), nb, 32);
+            _mm_storeu_ps(out.as_mut_ptr().add(i), hsum4(acc));
+            i += 4;
+        }
+        let z = _mm256_setzero_ps();
+        while i < n {
+            let w = Int5Weights { qs: [sp.add(i * 16 * nb)], qh: [hp.add(i * 4 * nb)] };
+            let [acc] = int8_rows::<1>(w, [fp.add(i * nb)], q.as_ptr(), d.as_ptr(), nb, 32);
             *out.get_unchecked_mut(i) = _mm_cvtss_f32(hsum4([acc, z, z, z]));
             i += 1;
         }
