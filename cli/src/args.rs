@@ -149,6 +149,10 @@ pub struct ConvertArgs {
     /// or a glob like `*.v_proj.weight`; repeatable).
     #[arg(long, value_name = "PATTERN")]
     pub q8: Vec<String>,
+    /// Store the 4-bit linear weights matching this pattern in block int5 instead (5.5 bits a
+    /// weight; patterns as --q8, which wins where both match; repeatable).
+    #[arg(long, value_name = "PATTERN")]
+    pub q5: Vec<String>,
     /// Quantize embeddings and lm_head too, with the main scheme.
     #[arg(long)]
     pub quantize_all: bool,

@@ -151,6 +151,9 @@ pub struct ConvertOptions {
     /// `keep` (`*.v_proj.weight`); `nf4`, `nf4-mix` and `nf4-plus` add their recipes
     /// ([`ConvertOptions::eight_bit`]).
     pub q8: Vec<String>,
+    /// Linear weights stored as block int5 (q5) when the scheme is 4-bit, by name pattern as
+    /// `keep`; the 8-bit choices (`q8` and the recipes) win where both match.
+    pub q5: Vec<String>,
     /// Quantize embeddings and lm_head too, with the main scheme.
     pub quantize_all: bool,
     /// Scheme of the output head (`lm_head.weight`, or the embedding when it is tied to the head)
@@ -187,6 +190,7 @@ impl Default for ConvertOptions {
             int8_threshold: 6.0,
             keep: Vec::new(),
             q8: Vec::new(),
+            q5: Vec::new(),
             quantize_all: false,
             head: HeadChoice::Int8,
             nested_rule: lowbit_kernels::NestedRule::Nearest,
@@ -267,7 +271,7 @@ impl ConvertOptions {
                 self.int8_threshold
             )));
         }
-        if let Some(p) = self.keep.iter().chain(&self.q8).find(|p| p.is_empty()) {
+        if let Some(p) = self.keep.iter().chain(&self.q8).chain(&self.q5).find(|p| p.is_empty()) {
             return Err(ConvertError::Config(format!("pattern {p:?} would match every tensor")));
         }
         Ok(())
@@ -378,6 +382,10 @@ impl ConvertOptions {
                 Scheme::Q5 { blocksize: lowbit_format::Q5_BLOCKSIZES[0] }
             }
             QuantChoice::Q5 | QuantChoice::Q5Mix => q8,
+            // `--q5` weights of a 4-bit scheme, where the rows are whole blocks.
+            _ if whole(lowbit_format::Q5_BLOCKSIZES[0]) && self.q5.iter().any(|p| pattern_matches(p, name)) => {
+                Scheme::Q5 { blocksize: lowbit_format::Q5_BLOCKSIZES[0] }
+            }
             q => Scheme::FourBit {
                 kind: if q == QuantChoice::Fp4 { FourBitKind::Fp4 } else { FourBitKind::Nf4 },
                 blocksize: self.blocksize as u32,
@@ -866,6 +874,27 @@ mod tests {
             assert!(matches!(scheme(&plus, n, 64), Scheme::FourBit { blocksize: 32, .. }), "{n}");
         }
         assert_eq!((plus.settings("gguf").scheme.as_str(), plus.settings("gguf").blocksize), ("nf4-plus", Some(32)));
+        // `--q5`: block int5 for a 4-bit scheme's weights where the rows hold whole blocks; the
+        // 8-bit choices win; other schemes ignore it.
+        let q5 = Scheme::Q5 { blocksize: 32 };
+        let five = ConvertOptions {
+            q5: vec!["k_proj".into(), "layers.1.".into()],
+            ..ConvertOptions::for_quant(QuantChoice::Nf4Plus)
+        };
+        assert_eq!(scheme(&five, "model.layers.2.self_attn.k_proj.weight", 64), q5);
+        assert_eq!(scheme(&five, "model.layers.1.self_attn.v_proj.weight", 64), q8);
+        assert!(is_four(scheme(&five, "model.layers.1.self_attn.k_proj.weight", 48)));
+        assert!(is_four(scheme(&five, "model.layers.2.mlp.up_proj.weight", 64)));
+        let q8_five = ConvertOptions { q5: vec!["k_proj".into()], ..ConvertOptions::for_quant(QuantChoice::Q8) };
+        assert_eq!(scheme(&q8_five, "model.layers.2.self_attn.k_proj.weight", 64), q8);
+        assert!(ConvertOptions { q5: vec![String::new()], ..Default::default() }.validate().is_err());
+        // q5 and q5-mix: v_proj (q5-mix) and the head in blocks of 64 where the rows hold them.
+        let (q5c, mix5) = (ConvertOptions::for_quant(QuantChoice::Q5), ConvertOptions::for_quant(QuantChoice::Q5Mix));
+        assert_eq!(scheme(&q5c, "model.layers.2.self_attn.v_proj.weight", 64), q5);
+        assert_eq!(scheme(&mix5, "model.layers.2.self_attn.v_proj.weight", 64), Scheme::Q8 { blocksize: 64 });
+        assert_eq!(scheme(&mix5, "model.layers.2.self_attn.v_proj.weight", 96), q8);
+        assert_eq!(scheme(&mix5, "model.layers.2.mlp.down_proj.weight", 64), q5);
+        assert_eq!(scheme(&mix5, "model.layers.2.mlp.down_proj.weight", 48), Scheme::Int8);
     }
 
     #[test]

@@ -33,6 +33,7 @@ pub fn run(a: ConvertArgs) -> Result<()> {
         int8_threshold: a.threshold,
         keep: a.keep.clone(),
         q8: a.q8.clone(),
+        q5: a.q5.clone(),
         quantize_all: a.quantize_all,
         head: match a.head {
             Head::Source => HeadChoice::Source,
