@@ -271,8 +271,7 @@ def test_hf_folder_converts_once_and_again_when_it_changes(tmp_path, monkeypatch
     with lowbit.Llama(model_path=str(src), quant="nf4-small", n_ctx=64):
         pass
     with lowbit.Llama(model_path=str(src), quant="q5-mix", n_ctx=64) as m:
-        out = m.create_completion([1, 2, 3], max_tokens=4, temperature=0)
-        assert out["usage"]["completion_tokens"] <= 4 and out["choices"][0]["finish_reason"] in ("stop", "length")
+        assert m.n_vocab() == vocab
     schemes = sorted(lowbit.inspect(str(p))["quantization"]["scheme"] for p in converted.glob("*.lowbit"))
     assert schemes == ["nf4", "nf4-small", "q5-mix", "q8"]
     config = json.loads((src / "config.json").read_text())
