@@ -63,4 +63,5 @@ $bin --threads 2 perplexity -m "$work/f32.lowbit" -f "$text" -c 256 --save-logit
 for m in nf4 nf4-imatrix nf4-small nf4-bnb-exact nf4-mix nf4-mix-imatrix nf4-plus nf4-plus-imatrix q5 q5-mix q5-mix-imatrix int8 q8; do
   $bin --threads 2 perplexity -m "$work/$m.lowbit" -f "$text" -c 256 --kl-base "$base" > "$work/$m.txt" 2> /dev/null
 done
-"$venv/bin/python" benches/scripts/quality_table.py "$gguf" "$work" "$text"
+QUALITY_PARAMS="$($bin inspect "$work/f32.lowbit" | awk '/^total/ {print $3}')" \
+  "$venv/bin/python" benches/scripts/quality_table.py "$gguf" "$work" "$text"

@@ -120,9 +120,11 @@ for name, label in [
     rows.append((label, size, ppl, ppl / ppl_f32, float(kl.group(1)), float(kl.group(2)) / 100))
 
 print(f"{n} scored tokens per file ({len(chunks)} chunks of {CTX})")
-print("| file | size (MB) | perplexity | ratio to own float | KL to own float | top-1 vs own float |")
-print("|---|---|---|---|---|---|")
+# Bits per weight of the whole file (metadata and tokenizer included), over the model's parameters.
+params = int(os.environ["QUALITY_PARAMS"])
+print("| file | size (MB) | bits/weight | perplexity | ratio to own float | KL to own float | top-1 vs own float |")
+print("|---|---|---|---|---|---|---|")
 for label, size, ppl, ratio, kl, top1 in rows:
     kls = "-" if kl is None else f"{kl:.4f}"
     t1 = "-" if top1 is None else f"{100 * top1:.2f} %"
-    print(f"| {label} | {size / 1e6:.1f} | {ppl:.4f} | {ratio:.3f} | {kls} | {t1} |")
+    print(f"| {label} | {size / 1e6:.1f} | {size * 8 / params:.2f} | {ppl:.4f} | {ratio:.3f} | {kls} | {t1} |")
