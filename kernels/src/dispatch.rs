@@ -134,7 +134,7 @@ pub struct Kernels {
     /// A decode task's rows in one call, each with `dot_q8`'s bits.
     dot_q8_rows: Option<DotQ8Many>,
     /// `dot_q8_rows` over block int5 rows unpacked in registers, with its bits; only beside
-    /// the `dot_q8_rows` whose arithmetic it repeats (AVX2's).
+    /// a `dot_q8_rows` with AVX2's bits.
     dot_q5_rows: Option<DotQ5Many>,
     /// Four 4-bit rows against the same activations, where it beats four row calls, and the
     /// one-row kernel that gives the same bits (for the rows left over).
@@ -590,9 +590,9 @@ impl Kernels {
             dot_q8_x4t4: Some(k::dot_q8_x4t4),
             dot_q8_rows_t8: Some(k::dot_q8_rows_t8),
             dot_q8_rows: Some(k::dot_q8_rows),
-            // AVX-512's block int8 rows add differently from AVX2's, which the fused int5 rows
-            // repeat; int5 goes through the unpacking and these rows instead.
-            dot_q5_rows: None,
+            // This level's block int8 rows give AVX2's bits, so AVX2's int5 rows (unpacked in
+            // registers) keep block int8's numbers here too.
+            dot_q5_rows: Some(crate::arch::x86_64::avx2::dot_q5_rows),
             dot_fourbit_q8_x4: Some((
                 crate::arch::x86_64::avxvnni::dot_fourbit_q8_x4_evex,
                 crate::arch::x86_64::avxvnni::dot_fourbit_q8_evex,
