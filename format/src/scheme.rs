@@ -169,37 +169,13 @@ impl Scheme {
                 vec![("cb", n), ("scb", mul(shape[0], 4)?)]
             }
             Scheme::Q8 { blocksize } => {
-                let bad = |problem| FormatError::BadShape { tensor: tensor.into(), shape: shape.to_vec(), problem };
-                if shape.len() != 2 {
-                    return Err(bad("q8 tensors must be 2-D"));
-                }
-                if !Q8_BLOCKSIZES.contains(blocksize) {
-                    return Err(FormatError::BadBlocksize {
-                        tensor: tensor.into(),
-                        which: "blocksize",
-                        blocksize: *blocksize,
-                    });
-                }
-                if !shape[1].is_multiple_of(u64::from(*blocksize)) {
-                    return Err(bad("q8 rows must be a whole number of blocks"));
-                }
+                let problems = ["q8 tensors must be 2-D", "q8 rows must be a whole number of blocks"];
+                block_rows(tensor, shape, *blocksize, &Q8_BLOCKSIZES, problems)?;
                 vec![("qs", n), ("scales", mul(n / u64::from(*blocksize), 2)?)]
             }
             Scheme::Q5 { blocksize } => {
-                let bad = |problem| FormatError::BadShape { tensor: tensor.into(), shape: shape.to_vec(), problem };
-                if shape.len() != 2 {
-                    return Err(bad("q5 tensors must be 2-D"));
-                }
-                if !Q5_BLOCKSIZES.contains(blocksize) {
-                    return Err(FormatError::BadBlocksize {
-                        tensor: tensor.into(),
-                        which: "blocksize",
-                        blocksize: *blocksize,
-                    });
-                }
-                if !shape[1].is_multiple_of(u64::from(*blocksize)) {
-                    return Err(bad("q5 rows must be a whole number of blocks"));
-                }
+                let problems = ["q5 tensors must be 2-D", "q5 rows must be a whole number of blocks"];
+                block_rows(tensor, shape, *blocksize, &Q5_BLOCKSIZES, problems)?;
                 vec![("qs", n / 2), ("qh", n / 8), ("scales", mul(n / u64::from(*blocksize), 2)?)]
             }
             Scheme::FourBit { blocksize, nested, orig_dtype, .. } => {
@@ -237,6 +213,22 @@ impl Scheme {
 pub(crate) fn end_of(parts: &[PartLayout]) -> u64 {
     // `parts_for` checked that offset + len does not overflow.
     parts.last().map_or(0, |p| p.offset + p.len)
+}
+
+/// A row-blocked scheme's (q8, q5) shape and block size: 2-D, a block size it takes, rows a
+/// whole number of blocks. `problems`: the scheme's two shape messages.
+fn block_rows(tensor: &str, shape: &[u64], blocksize: u32, allowed: &[u32], problems: [&'static str; 2]) -> Result<()> {
+    let bad = |problem| FormatError::BadShape { tensor: tensor.into(), shape: shape.to_vec(), problem };
+    if shape.len() != 2 {
+        return Err(bad(problems[0]));
+    }
+    if !allowed.contains(&blocksize) {
+        return Err(FormatError::BadBlocksize { tensor: tensor.into(), which: "blocksize", blocksize });
+    }
+    if !shape[1].is_multiple_of(u64::from(blocksize)) {
+        return Err(bad(problems[1]));
+    }
+    Ok(())
 }
 
 fn check_blocksize(tensor: &str, which: &'static str, blocksize: u32) -> Result<()> {

@@ -1795,7 +1795,9 @@ impl<const R: usize> WeightSteps<R> for Int5Weights<R> {
     }
 }
 
-/// One block of block int5 as 32 int8 values (see [`unpack_q5`]).
+/// One block of block int5 as 32 int8 values: the nibbles split into the two halves of a
+/// 256-bit vector, each byte's fifth bit picked out of the block's u32 by a byte shuffle and a
+/// bit mask.
 ///
 /// # Safety
 /// AVX2 enabled by the caller; 16 bytes readable at `qs`, 4 at `qh`.
@@ -2054,9 +2056,8 @@ fn transpose8(v: [__m256; 8]) -> [__m256; 8] {
     }
 }
 
-/// See [`crate::q5::unpack`]: block int5's integers, a block of 32 per step — the nibbles split
-/// into the two halves of a 256-bit vector, each byte's fifth bit picked out of the block's u32
-/// by a byte shuffle and a bit mask — with the scalar code's result. Also the AVX-512 level's.
+/// See [`crate::q5::unpack`]: block int5's integers, a block of 32 per step
+/// ([`unpack_q5_block`]), with the scalar code's result.
 ///
 /// # Safety
 /// AVX2 must be available; `qs` holds `out.len() / 2` bytes and `qh` `out.len() / 8`, and
@@ -2068,13 +2069,6 @@ pub unsafe fn unpack_q5(qs: &[u8], qh: &[u8], out: &mut [i8]) {
     // SAFETY: block b reads qs[16b .. 16b + 16] and qh[4b .. 4b + 4] and writes out[32b .. 32b
     // + 32], all inside the slices by the caller's contract.
     unsafe {
-        let low = _mm256_set1_epi8(0x0F);
-        // Byte j of the block takes byte j / 8 of the block's u32, then tests bit j % 8 of it.
-        let spread = _mm256_setr_epi8(
-            0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3,
-        );
-        let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
-        let sixteen = _mm256_set1_epi8(16);
         for b in 0..blocks {
             // The weights' stream, as the block int8 loops prefetch theirs (the fifth bits are
             // a quarter of the nibbles' bytes, so a quarter of the distance ahead).
@@ -2084,20 +2078,7 @@ pub unsafe fn unpack_q5(qs: &[u8], qh: &[u8], out: &mut [i8]) {
             if b % 16 == 0 {
                 super::prefetch_line(hp.wrapping_add(4 * b + PREFETCH_L2 / 4) as *const i8);
             }
-            let bytes = _mm_loadu_si128(sp.add(16 * b) as *const __m128i);
-            let nib = _mm256_and_si256(
-                _mm256_inserti128_si256(_mm256_castsi128_si256(bytes), _mm_srli_epi16(bytes, 4), 1),
-                low,
-            );
-            let word = _mm256_set1_epi32(i32::from_le_bytes([
-                *hp.add(4 * b),
-                *hp.add(4 * b + 1),
-                *hp.add(4 * b + 2),
-                *hp.add(4 * b + 3),
-            ]));
-            let set = _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(word, spread), bit), bit);
-            let v = _mm256_sub_epi8(_mm256_or_si256(nib, _mm256_and_si256(set, sixteen)), sixteen);
-            _mm256_storeu_si256(op.add(32 * b) as *mut __m256i, v);
+            _mm256_storeu_si256(op.add(32 * b) as *mut __m256i, unpack_q5_block(sp.add(16 * b), hp.add(4 * b)));
         }
     }
 }
