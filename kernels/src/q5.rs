@@ -8,7 +8,9 @@
 //! weight reads back as `integer · scale`.
 //!
 //! The kernels turn a task's rows into block int8 (the same integers and scales) and run the
-//! block int8 route, so a q5 weight gives exactly the bits of the q8 weight with its integers.
+//! block int8 route — or, for one token where block int8's row kernel is AVX2's, unpack each
+//! step in registers inside that kernel — so a q5 weight gives exactly the bits of the q8
+//! weight with its integers.
 //!
 //! The quantizer searches each block's scale: the candidates put the block's largest weight at
 //! −16 + k/10 steps (k = −9 … 9, as llama.cpp's `make_qx_quants` does), each refitted by
