@@ -109,7 +109,7 @@ pub enum Quant {
     Nf4Plus,
     /// Block int5: 5-bit integers with one f16 scale per 32 weights (5.5 bits a weight) on every linear weight
     Q5,
-    /// q5 with v_proj and the head in block int8 with blocks of 64: llama.cpp's Q4_K_M size, and better than it on SmolLM2 (105.4 MB, KL 0.093 against Q4_K_M's 0.114 at 105.5 MB)
+    /// q5 with v_proj and the head in block int8 with blocks of 64: llama.cpp's Q4_K_M size, and better than it on SmolLM2 (105.1 MB, KL 0.093 against Q4_K_M's 0.114 at 105.5 MB)
     #[value(name = "q5-mix")]
     Q5Mix,
     /// bitsandbytes' FP4
