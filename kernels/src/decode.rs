@@ -416,7 +416,7 @@ impl<'x> Prepared<'x> {
             (&Prepared::Q8 { m, ref q, ref d, ref pairs, .. }, Weight::Q8(w8)) => {
                 q8_task(k, o, w8, m, q, d, pairs.as_ref(), r0)
             }
-            (&Prepared::Q8 { m, ref q, ref d, ref pairs, ref unit, .. }, Weight::Q5(w5)) => {
+            (&Prepared::Q8 { m, ref q, ref d, ref pairs, ref unit, ref qsum, .. }, Weight::Q5(w5)) => {
                 // The task's rows as block int8 through block int8's kernels: the bits of a
                 // block int8 weight with these integers. On a matrix unit, a task reads the
                 // 16-row tiles that hold its rows, as a block int8 weight's task does; a panel
@@ -426,6 +426,30 @@ impl<'x> Prepared<'x> {
                 let n = o.len() / m;
                 let aligned = w5.rows.is_multiple_of(16);
                 let tiles = aligned && unit.is_some();
+                // One token on a matrix unit's level: sixteen rows at a time unpacked in
+                // registers by block int8's one-token twin (its bits).
+                if matches!(unit, Some(Unit::One)) && aligned && k.has_q5_rows16() {
+                    let cols = w5.cols;
+                    let nb = cols / crate::q5::BLOCK;
+                    let (qs, qh) = (crate::q5::QS_BYTES * nb, crate::q5::QH_BYTES * nb);
+                    unit_task(o, m, 1, w5.rows, r0, &mut scratch.unit_out, |a, n, out| {
+                        for i in (a..a + n).step_by(16) {
+                            let v = k
+                                .q5_rows16(
+                                    &w5.qs[i * qs..],
+                                    &w5.qh[i * qh..],
+                                    cols,
+                                    &w5.scales[i * nb..(i + 16) * nb],
+                                    &q[..cols],
+                                    &d[..nb],
+                                    qsum,
+                                )
+                                .expect("checked above");
+                            out[i - a..i - a + 16].copy_from_slice(&v);
+                        }
+                    });
+                    return;
+                }
                 // One token where the level unpacks in registers: block int8's row kernel on
                 // the packed rows (its bits).
                 if m == 1 && !tiles {

@@ -65,6 +65,7 @@ type Transpose = unsafe fn(&[f32], usize, &mut [f32], usize, usize, usize);
 type Q8Panel = unsafe fn(&[i8], &[f16], &crate::panel::Panel, usize, &mut [f32], &mut [f32], bool);
 type FourBitQ8Rows16 = unsafe fn(&[u8], usize, &[f32], &[i8; 16], &[i8], &[i8], &[f32], &[i32]) -> [f32; 16];
 type Q8Rows16 = unsafe fn(&[i8], usize, usize, &[f16], &[i8], &[f32], &[i32]) -> [f32; 16];
+type Q5Rows16 = unsafe fn(&[u8], &[u8], usize, &[f16], &[i8], &[f32], &[i32]) -> [f32; 16];
 type FourBitQ8Panel = unsafe fn(&[u8], &[f32], &[i8; 16], &crate::panel::Panel, usize, &mut [i8], &mut [f32], bool);
 
 /// What the AVX-512 tables run on AMX (`LOWBIT_AMX`), where the CPU and OS allow it.
@@ -183,6 +184,8 @@ pub struct Kernels {
     fourbit_q8_rows16: Option<FourBitQ8Rows16>,
     /// The same for block int8 rows (`q8_panel`'s bits).
     q8_rows16: Option<Q8Rows16>,
+    /// `q8_rows16` over block int5 rows unpacked in registers (the bits of their integers).
+    q5_rows16: Option<Q5Rows16>,
 }
 
 impl std::fmt::Debug for Kernels {
@@ -274,6 +277,7 @@ impl Kernels {
             q8_panel: None,
             fourbit_q8_rows16: None,
             q8_rows16: None,
+            q5_rows16: None,
         };
         match isa {
             Isa::Scalar => Some(scalar),
@@ -334,6 +338,7 @@ impl Kernels {
                     q8_panel: None,
                     fourbit_q8_rows16: None,
                     q8_rows16: None,
+                    q5_rows16: None,
                 })
             }
             #[cfg(target_arch = "x86_64")]
@@ -397,6 +402,7 @@ impl Kernels {
                     q8_panel: None,
                     fourbit_q8_rows16: None,
                     q8_rows16: None,
+                    q5_rows16: None,
                 })
             }
             #[allow(unreachable_patterns)]
@@ -550,6 +556,7 @@ impl Kernels {
             q8_panel: Some(crate::arch::x86_64::amx::q8_panel),
             fourbit_q8_rows16: all.then_some(crate::arch::x86_64::amx::fourbit_q8_rows16 as FourBitQ8Rows16),
             q8_rows16: all.then_some(crate::arch::x86_64::amx::q8_rows16 as Q8Rows16),
+            q5_rows16: all.then_some(crate::arch::x86_64::amx::q5_rows16 as Q5Rows16),
             ..k
         }
     }
@@ -623,6 +630,7 @@ impl Kernels {
             q8_panel: None,
             fourbit_q8_rows16: None,
             q8_rows16: None,
+            q5_rows16: None,
         };
         if !vbmi {
             return plain;
@@ -1539,6 +1547,39 @@ impl Kernels {
         assert!(scale.len() >= 16 * nb && q.len() >= nb * bs && qsum.len() >= nb);
         // SAFETY: the level has the kernel only where the CPU allows it; lengths checked.
         Some(unsafe { f(w, cols, bs, scale, q, d, qsum) })
+    }
+
+    /// [`Kernels::q8_rows16`] over sixteen block int5 rows (blocks of 32) unpacked in
+    /// registers, with the bits it gives the block int8 rows of the same integers: row `r`'s
+    /// nibbles at `qs[r·cols/2 ..]`, fifth bits at `qh[r·cols/8 ..]`, scales at `scale[r·nb ..]`
+    /// (`nb = d.len()`). `None` where the level has no such kernel.
+    ///
+    /// # Panics
+    /// If `cols` is not a multiple of 32 below which the `nb` blocks fit, or a slice is short.
+    #[allow(clippy::too_many_arguments)]
+    pub fn q5_rows16(
+        &self,
+        qs: &[u8],
+        qh: &[u8],
+        cols: usize,
+        scale: &[f16],
+        q: &[i8],
+        d: &[f32],
+        qsum: &[i32],
+    ) -> Option<[f32; 16]> {
+        let f = self.q5_rows16?;
+        let nb = d.len();
+        assert!(cols.is_multiple_of(32) && cols >= 32 * nb, "blocks of 32 within the rows");
+        assert!(qs.len() >= 15 * (cols / 2) + 16 * nb && qh.len() >= 15 * (cols / 8) + 4 * nb, "rows too short");
+        assert!(scale.len() >= 16 * nb && q.len() >= 32 * nb && qsum.len() >= nb);
+        // SAFETY: the level has the kernel only where the CPU allows it; lengths checked.
+        Some(unsafe { f(qs, qh, cols, scale, q, d, qsum) })
+    }
+
+    /// Whether this level has [`Kernels::q5_rows16`].
+    #[inline]
+    pub fn has_q5_rows16(&self) -> bool {
+        self.q5_rows16.is_some()
     }
 
     /// Whether this level has [`Kernels::q8_panel`].

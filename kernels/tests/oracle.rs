@@ -1039,6 +1039,34 @@ proptest! {
         }
     }
 
+    /// Sixteen block int5 rows unpacked in registers give, for one token, the bits block
+    /// int8's sixteen-row kernel gives the unpacked rows, for odd and even block counts and
+    /// any bytes (levels without the kernel have nothing to check).
+    #[test]
+    fn q5_rows16_is_q8_rows16_of_the_integers(nb in 1usize..12, pad in 0usize..2, seed in any::<u64>()) {
+        let cols = 32 * (nb + pad);
+        let mut rng = seed;
+        let mut next = || {
+            rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (rng >> 33) as u32
+        };
+        let qs: Vec<u8> = (0..16 * cols / 2).map(|_| next() as u8).collect();
+        let qh: Vec<u8> = (0..16 * cols / 8).map(|_| next() as u8).collect();
+        let scale: Vec<f16> = (0..16 * nb).map(|_| f16::from_f32((next() % 2001) as f32 / 1000.0 - 1.0)).collect();
+        let x: Vec<i8> = (0..32 * nb).map(|_| next() as i8).collect();
+        let d: Vec<f32> = (0..nb).map(|_| (next() % 1000 + 1) as f32 / 1e5).collect();
+        let sums: Vec<i32> = (0..nb).map(|b| x[32 * b..32 * (b + 1)].iter().map(|&v| v as i32).sum()).collect();
+        let mut w = vec![0i8; 16 * cols];
+        lowbit_kernels::q5::unpack(&qs, &qh, &mut w);
+        for k in simd_levels() {
+            let Some(got) = k.q5_rows16(&qs, &qh, cols, &scale, &x, &d, &sums) else { continue };
+            let want = k.q8_rows16(&w, cols, 32, &scale, &x, &d, &sums).expect("the level has both");
+            for r in 0..16 {
+                prop_assert_eq!(got[r].to_bits(), want[r].to_bits(), "{} nb={} row {}", k.label(), nb, r);
+            }
+        }
+    }
+
     /// Double-quant block factors are bit-identical on every ISA (they feed every row's dot).
     #[test]
     fn nested_factors_are_bit_identical(

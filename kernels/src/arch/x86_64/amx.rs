@@ -553,6 +553,100 @@ unsafe fn row_scales(sp: *const u8, rows_at: __m512i, nb: usize, b: usize) -> __
     }
 }
 
+/// [`q8_rows16`] over sixteen block int5 rows (blocks of 32, [`crate::q5`]'s layout), unpacked
+/// in registers: each byte handed to `vpdpbusd` is `(u − 16) + 128 = u + 112` for the 5-bit
+/// field `u`, the flipped byte [`q8_rows16`] makes of the unpacked integer, so the block sums
+/// and the result are the bits of the block int8 rows of those integers — without writing the
+/// rows out and reading them back (a third of a q5 row's decode time).
+///
+/// # Safety
+/// See the module; also AVX-512 VNNI. With `nb = d.len()` and `cols ≥ 32 · nb` a multiple of
+/// 32: row `r`'s nibbles start at `qs[r·cols/2]`, its fifth bits at `qh[r·cols/8]` and its `nb`
+/// scales at `scale[r·nb]`; `q` holds `32 · nb` activations, `qsum` their `nb` block sums.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn q5_rows16(
+    qs: &[u8],
+    qh: &[u8],
+    cols: usize,
+    scale: &[half::f16],
+    q: &[i8],
+    d: &[f32],
+    qsum: &[i32],
+) -> [f32; 16] {
+    let nb = d.len();
+    let (qs_row, qh_row) = (cols / 2, cols / 8);
+    debug_assert!(cols.is_multiple_of(32) && cols >= 32 * nb);
+    debug_assert!(qs.len() >= 15 * qs_row + 16 * nb && qh.len() >= 15 * qh_row + 4 * nb);
+    debug_assert!(scale.len() >= 16 * nb && q.len() >= 32 * nb && qsum.len() >= nb);
+    let mut out = [0f32; 16];
+    // SAFETY: a step reads 32 nibble bytes and 8 bit bytes of each row (16 and 4 through a mask
+    // for an odd last block) and 64 activations inside the lengths of the contract; the
+    // prefetches never fault.
+    unsafe {
+        let (low, sixteen, bias) = (_mm512_set1_epi8(0x0F), _mm512_set1_epi8(16), _mm512_set1_epi8(112));
+        let (np, hp) = (qs.as_ptr(), qh.as_ptr());
+        let mut acc = _mm512_setzero_ps();
+        let sp = scale.as_ptr() as *const u8;
+        let rows_at = _mm512_mullo_epi32(
+            _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+            _mm512_set1_epi32(2 * nb as i32),
+        );
+        macro_rules! scale {
+            ($sums:expr, $b:expr, $scales:expr) => {{
+                let b = $b;
+                let sums = _mm512_sub_epi32($sums, _mm512_set1_epi32(128 * *qsum.as_ptr().add(b)));
+                let f = _mm512_mul_ps($scales, _mm512_set1_ps(*d.as_ptr().add(b)));
+                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), f, acc);
+            }};
+        }
+        // A step's 32 nibble bytes (two blocks) as 64 bytes: block 0's low then high nibbles,
+        // then block 1's; `bits` sets the fifth bits, `bias` makes the flipped bytes.
+        let bytes = |nib32: __m512i, bits: u64| {
+            let spread = _mm512_shuffle_i64x2::<0b01_01_00_00>(nib32, nib32);
+            let nib = _mm512_and_si512(_mm512_mask_srli_epi16::<4>(spread, 0xFF00_FF00, spread), low);
+            _mm512_add_epi8(_mm512_mask_add_epi8(nib, bits, nib, sixteen), bias)
+        };
+        let steps = nb / 2;
+        let (ahead_n, ahead_h) = (np.wrapping_add(tiles_ahead(qs_row)), hp.wrapping_add(tiles_ahead(qh_row)));
+        for st in 0..steps {
+            // The nibbles take a line a row every two steps, the bits every eight.
+            if st % 2 == 0 {
+                prefetch_rows(ahead_n, qs_row, 32 * st);
+            }
+            if st % 8 == 0 {
+                prefetch_rows(ahead_h, qh_row, 8 * st);
+            }
+            let a = _mm512_loadu_si512(q.as_ptr().add(64 * st) as *const _);
+            let mut p = [_mm512_setzero_si512(); 16];
+            for (r, p) in p.iter_mut().enumerate() {
+                let n = _mm512_castsi256_si512(_mm256_loadu_si256(np.add(r * qs_row + 32 * st) as *const __m256i));
+                let bits = (hp.add(r * qh_row + 8 * st) as *const u64).read_unaligned();
+                *p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), bytes(n, bits), a);
+            }
+            // Both blocks' scales from one gather, as in `q8_rows16`.
+            let (b, [lo, hi]) = (2 * st, half_totals(p));
+            let words = _mm512_i32gather_epi32::<1>(rows_at, sp.add(2 * b) as *const _);
+            scale!(lo, b, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(words)));
+            scale!(hi, b + 1, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(words))));
+        }
+        // An odd last block: the low half of a step, the rest of the activations masked off.
+        if nb % 2 == 1 {
+            let b = nb - 1;
+            let a = _mm512_maskz_loadu_epi8(0xFFFF_FFFF, q.as_ptr().add(32 * b));
+            let mut p = [_mm512_setzero_si512(); 16];
+            for (r, p) in p.iter_mut().enumerate() {
+                let n = _mm512_maskz_loadu_epi8(0xFFFF, np.add(r * qs_row + 16 * b) as *const i8);
+                let bits = (hp.add(r * qh_row + 4 * b) as *const u32).read_unaligned() as u64;
+                *p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), bytes(n, bits), a);
+            }
+            scale!(lane_totals(p), b, row_scales(sp, rows_at, nb, b));
+        }
+        _mm512_storeu_ps(out.as_mut_ptr(), acc);
+    }
+    out
+}
+
 /// One token against sixteen block int8 rows (blocks of 32 or 64) with [`q8_panel`]'s
 /// arithmetic and so its bits for that token: per block, the sixteen rows' exact int32 sums in
 /// the lanes of one register (`vpdpbusd` on the weights with their sign bit flipped, i.e. +128,
