@@ -96,7 +96,7 @@ pub struct SynthArgs {
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Quant {
-    /// NormalFloat4 in blocks of 64 with double-quantized scales (QLoRA's 4-bit), with v_proj, k_proj and the last layer's MLP in block int8: llama.cpp's IQ4_NL quality at a smaller file
+    /// NormalFloat4 in blocks of 64 with double-quantized scales (QLoRA's 4-bit), with v_proj and the last layer's MLP in block int8, k_proj and the MLPs of the first and second-to-last layers in block int5: better than llama.cpp's IQ4_NL at a smaller file
     Nf4,
     /// nf4 on every linear weight: the smallest 4-bit file
     #[value(name = "nf4-small")]

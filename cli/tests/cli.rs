@@ -446,8 +446,13 @@ fn imatrix_then_convert_with_it() {
         im.to_str().unwrap(),
     ]));
     let (a, b) = (lowbit_format::ModelFile::open(&plain).unwrap(), lowbit_format::ModelFile::open(&weighted).unwrap());
-    let name = "model.layers.0.mlp.down_proj.weight";
-    assert!(a.tensor(name).unwrap().part("codes").unwrap() != b.tensor(name).unwrap().part("codes").unwrap());
+    // The importance steers nf4 (q_proj) and block int5 (layer 0's MLP, in 5 bits by
+    // `nf4`'s recipe) alike.
+    for (name, part) in
+        [("model.layers.0.self_attn.q_proj.weight", "codes"), ("model.layers.0.mlp.down_proj.weight", "qs")]
+    {
+        assert!(a.tensor(name).unwrap().part(part).unwrap() != b.tensor(name).unwrap().part(part).unwrap(), "{name}");
+    }
     // A model of another shape: refused, and no file is left.
     let other = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../runtime/tests/data/tiny/h96");
     let out = tmp.path().join("other.lowbit");

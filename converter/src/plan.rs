@@ -91,11 +91,17 @@ impl QuantChoice {
 }
 
 /// The linear weights `--quant nf4` stores in block int8, besides the last layer's MLP
-/// ([`ConvertOptions::eight_bit`]): by measurement on SmolLM2, v_proj and k_proj lose the most
-/// to 4 bits per byte they take (v_proj's values pass through attention unmixed), and the last
-/// layer's MLP the most of any layer's — its error goes straight into the logits
+/// ([`ConvertOptions::eight_bit`]): by measurement on SmolLM2, v_proj loses the most to 4 bits
+/// per byte it takes (its values pass through attention unmixed), and the last layer's MLP the
+/// most of any layer's — its error goes straight into the logits (docs/PERFORMANCE.md).
+pub const NF4_Q8: &[&str] = &["*.v_proj.weight"];
+
+/// The linear weights `--quant nf4` stores in block int5, besides the MLPs of the first layer
+/// and of the one before the last ([`ConvertOptions::five_bit`]): k_proj in 5 bits instead of 8
+/// costs SmolLM2 little and pays for those two MLPs, which lose the most to 4 bits after the
+/// last one's — on both texts and with or without `--imatrix`, a smaller file that loses less
 /// (docs/PERFORMANCE.md).
-pub const NF4_Q8: &[&str] = &["*.v_proj.weight", "*.k_proj.weight"];
+pub const NF4_Q5: &[&str] = &["*.k_proj.weight"];
 
 /// The linear weights `--quant nf4-mix` stores in block int8 by name, beside the first and last
 /// layers' MLPs and the down projections of all but the middle layers ([`ConvertOptions::eight_bit`]):
@@ -117,10 +123,14 @@ pub const Q5_MIX_Q8: &[&str] = &["*.v_proj.weight"];
 /// 0.3 MB of escapes; KL on genesis 0.0922 → 0.0932).
 const Q5_MIX_Q8_BLOCKSIZE: u32 = 64;
 
-/// A scheme's own 8-bit recipe.
+/// A scheme's own recipe of 8-bit (and 5-bit) weights among its 4-bit ones.
 struct Recipe {
-    /// Name patterns.
+    /// Name patterns of the 8-bit weights.
     patterns: &'static [&'static str],
+    /// Name patterns of the 5-bit weights.
+    q5_patterns: &'static [&'static str],
+    /// The MLPs of the first decoder layer and of the one before the last in 5 bits.
+    q5_mlps: bool,
     /// The last decoder layer's MLP (its error goes straight into the logits).
     last_mlp: bool,
     /// The first decoder layer's MLP.
@@ -231,6 +241,15 @@ const LINEAR: [&str; 7] = [
     "down_proj.weight",
 ];
 
+/// The decoder layer of `name` when it is an MLP weight of the model itself (not a vision
+/// tower's) in one of its `layers` layers.
+fn mlp_layer(name: &str, layers: usize) -> Option<usize> {
+    name.strip_prefix("model.layers.")
+        .and_then(|rest| rest.split_once(".mlp."))
+        .and_then(|(l, _)| l.parse::<usize>().ok())
+        .filter(|&l| l < layers)
+}
+
 /// Whether `pattern` matches `name`: `*` globs (any run of characters) over the whole name;
 /// without `*`, a substring match.
 pub fn pattern_matches(pattern: &str, name: &str) -> bool {
@@ -286,10 +305,15 @@ impl ConvertOptions {
     /// The scheme's own 8-bit recipe (`nf4 --bnb-exact` is bitsandbytes' layout, every linear
     /// weight in 4 bits).
     fn recipe_of(&self) -> Recipe {
-        let none = Recipe { patterns: &[], last_mlp: false, first_mlp: false, downs: false };
+        let none =
+            Recipe { patterns: &[], q5_patterns: &[], q5_mlps: false, last_mlp: false, first_mlp: false, downs: false };
         match self.quant {
-            QuantChoice::Nf4 if !self.bnb_exact => Recipe { patterns: NF4_Q8, last_mlp: true, ..none },
-            QuantChoice::Nf4Mix => Recipe { patterns: NF4_MIX_Q8, last_mlp: true, first_mlp: true, downs: true },
+            QuantChoice::Nf4 if !self.bnb_exact => {
+                Recipe { patterns: NF4_Q8, q5_patterns: NF4_Q5, q5_mlps: true, last_mlp: true, ..none }
+            }
+            QuantChoice::Nf4Mix => {
+                Recipe { patterns: NF4_MIX_Q8, last_mlp: true, first_mlp: true, downs: true, ..none }
+            }
             QuantChoice::Nf4Plus => Recipe { patterns: NF4_PLUS_Q8, ..none },
             QuantChoice::Q5Mix => Recipe { patterns: Q5_MIX_Q8, ..none },
             _ => none,
@@ -300,16 +324,10 @@ impl ConvertOptions {
     /// in 8 bits instead (`--q8` patterns and the scheme's recipe).
     pub fn eight_bit(&self, name: &str, layers: usize) -> bool {
         let r = self.recipe_of();
-        // The decoder layer of an MLP weight of the model itself (not a vision tower's).
-        let mlp_layer = name
-            .strip_prefix("model.layers.")
-            .and_then(|rest| rest.split_once(".mlp."))
-            .and_then(|(l, _)| l.parse::<usize>().ok())
-            .filter(|&l| l < layers);
         // Layers mid − 2 ..= mid + 1 (13–16 of 30), in models deep enough to spare them.
         let mid = layers / 2;
         let middle = |l: usize| layers >= 2 * MIX_MIDDLE && l + MIX_MIDDLE / 2 >= mid && l < mid + MIX_MIDDLE / 2;
-        let by_layer = mlp_layer.is_some_and(|l| {
+        let by_layer = mlp_layer(name, layers).is_some_and(|l| {
             (r.last_mlp && l + 1 == layers)
                 || (r.first_mlp && l == 0)
                 || (r.downs && name.ends_with(".mlp.down_proj.weight") && !middle(l))
@@ -318,13 +336,30 @@ impl ConvertOptions {
             || self.q8.iter().map(String::as_str).chain(r.patterns.iter().copied()).any(|p| pattern_matches(p, name))
     }
 
+    /// Whether the 4-bit linear weight `name` of a model with `layers` decoder layers is stored
+    /// in block int5 instead, where it is not in 8 bits (`--q5` patterns and the scheme's
+    /// recipe).
+    pub fn five_bit(&self, name: &str, layers: usize) -> bool {
+        let r = self.recipe_of();
+        let by_layer = r.q5_mlps && mlp_layer(name, layers).is_some_and(|l| l == 0 || l + 2 == layers);
+        by_layer
+            || self.q5.iter().map(String::as_str).chain(r.q5_patterns.iter().copied()).any(|p| pattern_matches(p, name))
+    }
+
     /// What the scheme's recipe puts in 8 bits, for the conversion cache's key (a recipe that
     /// changes makes a new conversion).
     pub fn recipe(&self) -> String {
         let r = self.recipe_of();
         let mut key = r.patterns.join(",");
         let downs = format!("+downs-but-middle-{MIX_MIDDLE}");
-        for (on, part) in [(r.last_mlp, "+last-mlp"), (r.first_mlp, "+first-mlp"), (r.downs, downs.as_str())] {
+        let q5 = format!("+q5:{}", r.q5_patterns.join(","));
+        for (on, part) in [
+            (r.last_mlp, "+last-mlp"),
+            (r.first_mlp, "+first-mlp"),
+            (r.downs, downs.as_str()),
+            (!r.q5_patterns.is_empty(), q5.as_str()),
+            (r.q5_mlps, "+q5-first-and-second-last-mlp"),
+        ] {
             if on {
                 key.push_str(part);
             }
@@ -384,7 +419,7 @@ impl ConvertOptions {
             }
             QuantChoice::Q5 | QuantChoice::Q5Mix => q8,
             // `--q5` weights of a 4-bit scheme, where the rows are whole blocks.
-            _ if whole(lowbit_format::Q5_BLOCKSIZES[0]) && self.q5.iter().any(|p| pattern_matches(p, name)) => {
+            _ if whole(lowbit_format::Q5_BLOCKSIZES[0]) && self.five_bit(name, layers) => {
                 Scheme::Q5 { blocksize: lowbit_format::Q5_BLOCKSIZES[0] }
             }
             q => Scheme::FourBit {
@@ -831,29 +866,35 @@ mod tests {
         assert!((0..7).all(|l| down(l, 7) == q8));
         assert_eq!((0..8).filter(|&l| is_four(down(l, 8))).collect::<Vec<_>>(), [2, 3, 4, 5]);
         assert_ne!(mix.recipe(), ConvertOptions::default().recipe());
-        // nf4: v_proj, k_proj and the last layer's MLP in block int8; nf4-small and bitsandbytes'
-        // own layout (`--bnb-exact`) every linear weight in 4 bits.
+        // nf4: v_proj and the last layer's MLP in block int8, k_proj and the MLPs of the first
+        // layer and of the one before the last in block int5; nf4-small and bitsandbytes' own
+        // layout (`--bnb-exact`) every linear weight in 4 bits.
         let nf4 = ConvertOptions::default();
         let small = ConvertOptions::for_quant(QuantChoice::Nf4Small);
         let exact = ConvertOptions { bnb_exact: true, ..Default::default() };
-        for n in [
-            "model.layers.2.self_attn.v_proj.weight",
-            "model.layers.2.self_attn.k_proj.weight",
-            "model.layers.23.mlp.gate_proj.weight",
-            "model.layers.23.mlp.up_proj.weight",
-            "model.layers.23.mlp.down_proj.weight",
+        let q5 = Scheme::Q5 { blocksize: 32 };
+        for (n, want) in [
+            ("model.layers.2.self_attn.v_proj.weight", q8.clone()),
+            ("model.layers.23.mlp.gate_proj.weight", q8.clone()),
+            ("model.layers.23.mlp.up_proj.weight", q8.clone()),
+            ("model.layers.23.mlp.down_proj.weight", q8.clone()),
+            ("model.layers.2.self_attn.k_proj.weight", q5.clone()),
+            ("model.layers.0.mlp.up_proj.weight", q5.clone()),
+            ("model.layers.22.mlp.down_proj.weight", q5.clone()),
         ] {
-            assert_eq!(scheme(&nf4, n, 64), q8, "{n}");
+            assert_eq!(scheme(&nf4, n, 64), want, "{n}");
             assert!(is_four(scheme(&small, n, 64)) && is_four(scheme(&exact, n, 64)), "{n}");
         }
         for n in [
             "model.layers.23.self_attn.q_proj.weight",
-            "model.layers.22.mlp.down_proj.weight",
+            "model.layers.21.mlp.down_proj.weight",
             "model.layers.2.mlp.up_proj.weight",
             "vision.model.layers.23.mlp.up_proj.weight",
         ] {
             assert!(is_four(scheme(&nf4, n, 64)), "{n}");
         }
+        // Rows that are not whole blocks of 32 stay in 4 bits.
+        assert!(is_four(scheme(&nf4, "model.layers.0.mlp.up_proj.weight", 48)));
         assert_ne!(nf4.recipe(), small.recipe());
         assert_ne!(nf4.recipe(), exact.recipe());
         let one = ConvertOptions { q8: vec!["layers.1.".into()], ..ConvertOptions::for_quant(QuantChoice::Nf4Small) };

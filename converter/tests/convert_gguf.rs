@@ -217,15 +217,19 @@ fn smollm2_gguf_to_nf4() {
         quantize_4bit(&model.tensor_f32(name).unwrap(), &FourBitOptions { scale_search: true, ..Default::default() })
             .unwrap();
     assert!(f.tensor(name).unwrap().part("codes").unwrap() == q.codes);
-    // The recipe's 8-bit weights: k_proj, v_proj and the last layer's MLP.
-    for name in [
-        "model.layers.7.self_attn.k_proj.weight",
-        "model.layers.0.self_attn.v_proj.weight",
-        "model.layers.29.mlp.up_proj.weight",
-    ] {
+    // The recipe's 8-bit weights: v_proj and the last layer's MLP; its 5-bit ones: k_proj and
+    // the MLPs of the first layer and of the one before the last.
+    for name in ["model.layers.0.self_attn.v_proj.weight", "model.layers.29.mlp.up_proj.weight"] {
         assert_eq!(f.tensor(name).unwrap().info.scheme, Scheme::Q8 { blocksize: 32 }, "{name}");
     }
-    assert!(matches!(f.tensor("model.layers.28.mlp.up_proj.weight").unwrap().info.scheme, Scheme::FourBit { .. }));
+    for name in [
+        "model.layers.7.self_attn.k_proj.weight",
+        "model.layers.0.mlp.gate_proj.weight",
+        "model.layers.28.mlp.down_proj.weight",
+    ] {
+        assert_eq!(f.tensor(name).unwrap().info.scheme, Scheme::Q5 { blocksize: 32 }, "{name}");
+    }
+    assert!(matches!(f.tensor("model.layers.27.mlp.up_proj.weight").unwrap().info.scheme, Scheme::FourBit { .. }));
     eprintln!(
         "SmolLM2 nf4: {:.3} bits/weight overall, {} tensors, {:.1} s",
         s.bits_per_weight(),

@@ -66,9 +66,11 @@ fn check_tensors(out: &Path, tiny: &Tiny, dtype: Dtype, o: &ConvertOptions) {
             QuantChoice::Q5 | QuantChoice::Q5Mix if !o.eight_bit(name, layers) && shape[1] % 32 == 0 => {
                 Scheme::Q5 { blocksize: 32 }
             }
-            // A recipe's 8-bit weights (nf4: k_proj, v_proj, the last layer's MLP).
+            // A recipe's 8-bit weights (nf4: v_proj, the last layer's MLP).
             _ if o.eight_bit(name, layers) && shape[1] % 32 == 0 => Scheme::Q8 { blocksize: 32 },
             _ if o.eight_bit(name, layers) => Scheme::Int8,
+            // Its 5-bit ones (nf4: k_proj, the first and second-to-last layers' MLPs).
+            _ if o.five_bit(name, layers) && shape[1] % 32 == 0 => Scheme::Q5 { blocksize: 32 },
             q => Scheme::FourBit {
                 kind: if q == QuantChoice::Fp4 { FourBitKind::Fp4 } else { FourBitKind::Nf4 },
                 blocksize: o.blocksize as u32,
