@@ -1746,14 +1746,22 @@ unsafe fn q8_rows<const R: usize>(
     unsafe { int8_rows(Int8Weights(w), scale, q, d, nb, bs) }
 }
 
-/// Where [`int8_rows`] gets 32 weights of a row as int8: block int8's bytes, or block int5's
-/// unpacked in registers.
+/// Where [`int8_rows`] gets the exact int32 lane sums of 32 weights of a row against 32
+/// activations (lane k: weights 4k … 4k + 3): block int8's bytes, or block int5's unpacked in
+/// registers. Both give the same lane sums for the same integers, so the same bits.
 trait WeightSteps<const R: usize> {
-    /// Weights `i .. i + 32` of row `r`.
+    /// What a step's activations give every row of it.
+    type Step: Copy;
+    /// The activations `qv` of a step, prepared once for the `R` rows.
+    ///
+    /// # Safety
+    /// AVX2 enabled by the caller.
+    unsafe fn step(&self, qv: __m256i) -> Self::Step;
+    /// Row `r`'s lane sums for weights `i .. i + 32` against the step's activations.
     ///
     /// # Safety
     /// AVX2 enabled by the caller; inside the rows the caller was given.
-    unsafe fn load(&self, r: usize, i: usize) -> __m256i;
+    unsafe fn sums(&self, r: usize, i: usize, step: Self::Step) -> __m256i;
     /// Prefetches ahead of weight `i` of the `R` rows (a hint: any address).
     fn ahead(&self, i: usize);
 }
@@ -1762,10 +1770,21 @@ trait WeightSteps<const R: usize> {
 struct Int8Weights<const R: usize>([*const i8; R]);
 
 impl<const R: usize> WeightSteps<R> for Int8Weights<R> {
+    type Step = __m256i;
+
     #[inline(always)]
-    unsafe fn load(&self, r: usize, i: usize) -> __m256i {
+    unsafe fn step(&self, qv: __m256i) -> __m256i {
+        qv
+    }
+
+    #[inline(always)]
+    unsafe fn sums(&self, r: usize, i: usize, qv: __m256i) -> __m256i {
         // SAFETY: inside the row by the caller's contract.
-        unsafe { _mm256_loadu_si256(self.0[r].add(i) as *const __m256i) }
+        unsafe {
+            let wv = _mm256_loadu_si256(self.0[r].add(i) as *const __m256i);
+            let p = _mm256_maddubs_epi16(_mm256_abs_epi8(wv), _mm256_sign_epi8(qv, wv));
+            _mm256_madd_epi16(p, _mm256_set1_epi16(1))
+        }
     }
 
     #[inline(always)]
@@ -1781,10 +1800,25 @@ struct Int5Weights<const R: usize> {
 }
 
 impl<const R: usize> WeightSteps<R> for Int5Weights<R> {
+    /// The activations, and 16 times their lane sums.
+    type Step = (__m256i, __m256i);
+
     #[inline(always)]
-    unsafe fn load(&self, r: usize, i: usize) -> __m256i {
+    unsafe fn step(&self, qv: __m256i) -> (__m256i, __m256i) {
+        // SAFETY: register arithmetic; the caller enables AVX2.
+        unsafe { (qv, _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(16), qv), _mm256_set1_epi16(1))) }
+    }
+
+    #[inline(always)]
+    unsafe fn sums(&self, r: usize, i: usize, (qv, sixteen_q): (__m256i, __m256i)) -> __m256i {
+        // The 5-bit fields u = w + 16 (0 … 31) are unsigned bytes as they come: Σ u·q − 16·Σ q
+        // is Σ w·q exactly (|u·q| pairs stay far inside int16), without the sign trick.
         // SAFETY: block i / 32 of the row, inside it by the caller's contract.
-        unsafe { unpack_q5_block(self.qs[r].add(i / 2), self.qh[r].add(i / 8)) }
+        unsafe {
+            let u = unpack_q5_fields(self.qs[r].add(i / 2), self.qh[r].add(i / 8));
+            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(u, qv), _mm256_set1_epi16(1));
+            _mm256_sub_epi32(p, sixteen_q)
+        }
     }
 
     #[inline(always)]
@@ -1795,14 +1829,14 @@ impl<const R: usize> WeightSteps<R> for Int5Weights<R> {
     }
 }
 
-/// One block of block int5 as 32 int8 values: the nibbles split into the two halves of a
-/// 256-bit vector, each byte's fifth bit picked out of the block's u32 by a byte shuffle and a
-/// bit mask.
+/// One block of block int5 as its 32 five-bit fields `u` (the integers plus 16): the nibbles
+/// split into the two halves of a 256-bit vector, each byte's fifth bit picked out of the
+/// block's u32 by a byte shuffle and a bit mask.
 ///
 /// # Safety
 /// AVX2 enabled by the caller; 16 bytes readable at `qs`, 4 at `qh`.
 #[inline(always)]
-unsafe fn unpack_q5_block(qs: *const u8, qh: *const u8) -> __m256i {
+unsafe fn unpack_q5_fields(qs: *const u8, qh: *const u8) -> __m256i {
     // SAFETY: the loads stay inside the block by the caller's contract.
     unsafe {
         let bytes = _mm_loadu_si128(qs as *const __m128i);
@@ -1817,8 +1851,20 @@ unsafe fn unpack_q5_block(qs: *const u8, qh: *const u8) -> __m256i {
         );
         let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
         let set = _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(word, spread), bit), bit);
+        _mm256_or_si256(nib, _mm256_and_si256(set, _mm256_set1_epi8(16)))
+    }
+}
+
+/// One block of block int5 as 32 int8 values (its fields less 16).
+///
+/// # Safety
+/// As [`unpack_q5_fields`].
+#[inline(always)]
+unsafe fn unpack_q5_block(qs: *const u8, qh: *const u8) -> __m256i {
+    // SAFETY: the caller's contract.
+    unsafe {
         let sixteen = _mm256_set1_epi8(16);
-        _mm256_sub_epi8(_mm256_or_si256(nib, _mm256_and_si256(set, sixteen)), sixteen)
+        _mm256_sub_epi8(unpack_q5_fields(qs, qh), sixteen)
     }
 }
 
@@ -1839,7 +1885,6 @@ unsafe fn int8_rows<const R: usize>(
     // SAFETY: loads stay within `nb · bs` bytes and `nb` entries (caller's contract); prefetches
     // may point anywhere.
     unsafe {
-        let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_ps(); R];
         // Each block's factor scale·d, eight blocks a conversion and multiply ahead of the
         // integer work (the same single rounding as the scalar code's product).
@@ -1862,12 +1907,10 @@ unsafe fn int8_rows<const R: usize>(
                 let mut isum = [_mm256_setzero_si256(); R];
                 let mut i = b * bs;
                 while i < (b + 1) * bs {
-                    let qv = _mm256_loadu_si256(q.add(i) as *const __m256i);
+                    let step = w.step(_mm256_loadu_si256(q.add(i) as *const __m256i));
                     w.ahead(i);
                     for (r, isum) in isum.iter_mut().enumerate() {
-                        let wv = w.load(r, i);
-                        let p = _mm256_maddubs_epi16(_mm256_abs_epi8(wv), _mm256_sign_epi8(qv, wv));
-                        *isum = _mm256_add_epi32(*isum, _mm256_madd_epi16(p, ones));
+                        *isum = _mm256_add_epi32(*isum, w.sums(r, i, step));
                     }
                     i += 32;
                 }
