@@ -4,7 +4,8 @@
 # into lowbit's f32, nf4 (the default), nf4-small, nf4 --bnb-exact, nf4-mix, nf4-plus, q5, q5-mix, int8 and q8 by `lowbit
 # convert`; each scored on a text as llama.cpp's perplexity tool scores (chunks of 256, the second
 # half of each), as a ratio to its own float file, with the KL divergence to that float file and
-# top-1 agreement. Uses the llama-cpp-python venv of race-llamacpp.sh (built the first time);
+# top-1 agreement, and each file's prefill and decode speed at two threads as the race measures
+# it. Uses the llama-cpp-python venv of race-llamacpp.sh (built the first time);
 # with llama.cpp's tools from serve-race.sh's build tree, also IQ4_NL made with llama.cpp's own
 # importance matrix on the same calibration text.
 #
@@ -64,4 +65,4 @@ for m in nf4 nf4-imatrix nf4-small nf4-bnb-exact nf4-mix nf4-mix-imatrix nf4-plu
   $bin --threads 2 perplexity -m "$work/$m.lowbit" -f "$text" -c 256 --kl-base "$base" > "$work/$m.txt" 2> /dev/null
 done
 QUALITY_PARAMS="$($bin inspect "$work/f32.lowbit" | awk '/^total/ {print $3}')" \
-  "$venv/bin/python" benches/scripts/quality_table.py "$gguf" "$work" "$text"
+  "$venv/bin/python" benches/scripts/quality_table.py "$gguf" "$work" "$text" "$bin"

@@ -5,18 +5,21 @@ the text (tokenized without BOS) is cut into chunks of 256 tokens, each chunk's 
 replaced by BOS and evaluated in a fresh context, and the second half of each chunk is scored.
 KL divergence and top-1 agreement are against llama.cpp's own F16 file, evaluated chunk by chunk
 beside the quantized one. lowbit's side comes from `lowbit perplexity` (the same scoring; its
-output files are read from WORK). Prints one markdown table. Run: benches/scripts/quality-table.sh
+output files are read from WORK). Then each file's speed at two threads as the race measures it
+(`race_llamacpp.py`: a 128-token prompt, 64 decoded tokens; medians of SPEED_REPS runs, default
+3, the files alternated). Prints one markdown table. Run: benches/scripts/quality-table.sh
 """
 
 import os
 import re
+import statistics
 import sys
 
 import llama_cpp
 import llamacpp_files
 import numpy as np
 
-gguf, work, text_path = sys.argv[1:4]
+gguf, work, text_path, lowbit = sys.argv[1:5]
 CTX = 256
 
 
@@ -78,7 +81,7 @@ def score(lps, with_kl):
 
 rows = []
 ppl_f16, _, _, n = score(base_lp, False)
-rows.append(("llama.cpp F16", os.path.getsize(files["F16"]), ppl_f16, 1.0, None, None))
+rows.append(("llama.cpp F16", files["F16"], ppl_f16, 1.0, None, None))
 # IQ4_NL with llama.cpp's own importance matrix on lowbit's calibration text, when
 # quality-table.sh could make it (it needs llama.cpp's tools, built by serve-race.sh).
 with_imatrix = os.path.join(work, "smollm2.IQ4_NL-imatrix.gguf")
@@ -89,18 +92,18 @@ for name in [n for n in ["Q4_0", "IQ4_NL", "IQ4_NL --imatrix", "Q4_K_M", "Q8_0"]
     lps = [chunk_logprobs(llm, ch) for ch in chunks]
     del llm
     ppl, kl, top1, _ = score(lps, True)
-    rows.append((f"llama.cpp {name}", os.path.getsize(files[name]), ppl, ppl / ppl_f16, kl, top1))
+    rows.append((f"llama.cpp {name}", files[name], ppl, ppl / ppl_f16, kl, top1))
 
 
 def lowbit_row(name, label):
     out = open(os.path.join(work, f"{name}.txt")).read()
     ppl = float(re.search(r"perplexity: ([0-9.]+)", out).group(1))
     kl = re.search(r"KL divergence vs base: ([0-9.]+) nats/token; top-1 agreement ([0-9.]+)%", out)
-    return label, os.path.getsize(os.path.join(work, f"{name}.lowbit")), ppl, kl
+    return label, os.path.join(work, f"{name}.lowbit"), ppl, kl
 
 
-_, size, ppl_f32, _ = lowbit_row("f32", "lowbit f32")
-rows.append(("lowbit f32", size, ppl_f32, 1.0, None, None))
+_, path, ppl_f32, _ = lowbit_row("f32", "lowbit f32")
+rows.append(("lowbit f32", path, ppl_f32, 1.0, None, None))
 for name, label in [
     ("nf4", "lowbit nf4 (default)"),
     ("nf4-imatrix", "lowbit nf4 --imatrix"),
@@ -116,15 +119,29 @@ for name, label in [
     ("int8", "lowbit int8"),
     ("q8", "lowbit q8"),
 ]:
-    _, size, ppl, kl = lowbit_row(name, label)
-    rows.append((label, size, ppl, ppl / ppl_f32, float(kl.group(1)), float(kl.group(2)) / 100))
+    _, path, ppl, kl = lowbit_row(name, label)
+    rows.append((label, path, ppl, ppl / ppl_f32, float(kl.group(1)), float(kl.group(2)) / 100))
+
+# Speed at two threads, every file alternated with the others, medians.
+prompt, prompt_file = llamacpp_files.prompt_128(files["Q8_0"], text_path, work)
+speeds = {}
+for _ in range(int(os.environ.get("SPEED_REPS", "3"))):
+    for _, path, *_ in rows:
+        if path.endswith(".gguf"):
+            s = llamacpp_files.llamacpp_speed(path, prompt, 2)
+        else:
+            s = llamacpp_files.lowbit_speed(lowbit, path, prompt_file, 2)
+        speeds.setdefault(path, []).append(s)
 
 print(f"{n} scored tokens per file ({len(chunks)} chunks of {CTX})")
 # Bits per weight of the whole file (metadata and tokenizer included), over the model's parameters.
 params = int(os.environ["QUALITY_PARAMS"])
-print("| file | size (MB) | bits/weight | perplexity | ratio to own float | KL to own float | top-1 vs own float |")
-print("|---|---|---|---|---|---|---|")
-for label, size, ppl, ratio, kl, top1 in rows:
-    kls = "-" if kl is None else f"{kl:.4f}"
+print("| file | size (MB) | bits/weight | perplexity | ratio to own float | KL to own float | top-1 vs own float | prefill / decode tok/s (2 threads) |")
+print("|---|---|---|---|---|---|---|---|")
+for label, path, ppl, ratio, kl, top1 in rows:
+    size = os.path.getsize(path)
+    kls = "-" if kl is None else f"{kl:.4g}"
     t1 = "-" if top1 is None else f"{100 * top1:.2f} %"
-    print(f"| {label} | {size / 1e6:.1f} | {size * 8 / params:.2f} | {ppl:.4f} | {ratio:.3f} | {kls} | {t1} |")
+    pre = statistics.median(x[0] for x in speeds[path])
+    dec = statistics.median(x[1] for x in speeds[path])
+    print(f"| {label} | {size / 1e6:.1f} | {size * 8 / params:.2f} | {ppl:.4f} | {ratio:.3f} | {kls} | {t1} | {pre:.0f} / {dec:.1f} |")

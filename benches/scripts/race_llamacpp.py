@@ -9,9 +9,7 @@ Run: benches/scripts/race-llamacpp.sh
 
 import os
 import statistics
-import subprocess
 import sys
-import time
 
 import llama_cpp
 import llamacpp_files
@@ -31,44 +29,15 @@ models = {
     "Q4_K_M": quantize(llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M, "smollm2.Q4_K_M.gguf"),
 }
 
-# A prompt of exactly 128 tokens (both engines use the same tokenizer ids; tested in lowbit).
-probe = llama_cpp.Llama(model_path=models["Q8_0"], n_ctx=512, verbose=False)
-text = open(text_path, encoding="utf-8").read()
-lo, hi = 1, len(text)
-while lo < hi:
-    mid = (lo + hi + 1) // 2
-    if len(probe.tokenize(text[:mid].encode(), add_bos=False)) <= 128:
-        lo = mid
-    else:
-        hi = mid - 1
-prompt = text[:lo]
-assert len(probe.tokenize(prompt.encode(), add_bos=False)) == 128
-prompt_file = os.path.join(work, "race_prompt.txt")
-open(prompt_file, "w", encoding="utf-8").write(prompt)
-del probe
+prompt, prompt_file = llamacpp_files.prompt_128(models["Q8_0"], text_path, work)
 
 
 def llamacpp(model, threads):
-    llm = llama_cpp.Llama(model_path=model, n_ctx=512, n_threads=threads, n_threads_batch=threads, n_batch=512, verbose=False)
-    toks = llm.tokenize(prompt.encode(), add_bos=False)
-    t = time.perf_counter()
-    llm.eval(toks)
-    prefill = len(toks) / (time.perf_counter() - t)
-    t = time.perf_counter()
-    for _ in range(64):
-        nxt = int(llm.scores[llm.n_tokens - 1].argmax())
-        llm.eval([nxt])
-    decode = 64 / (time.perf_counter() - t)
-    return prefill, decode
+    return llamacpp_files.llamacpp_speed(model, prompt, threads)
 
 
 def ours(model, threads):
-    r = subprocess.run([lowbit, "--threads", str(threads), "run", "--raw", "-m", model, "-f", prompt_file, "-n", "65", "--ignore-eos"],
-                       capture_output=True, text=True, check=True)
-    line = r.stderr.strip().splitlines()[-1]
-    prefill = float(line.split("prefill ")[1].split(" tok, ")[1].split(" tok/s")[0])
-    decode = float(line.split("decode ")[1].split(" tok, ")[1].split(" tok/s")[0])
-    return prefill, decode
+    return llamacpp_files.lowbit_speed(lowbit, model, prompt_file, threads)
 
 
 pairs = [
