@@ -26,9 +26,13 @@ pub fn is_source(path: &Path) -> bool {
         && &magic == b"GGUF"
 }
 
+/// Raised whenever a quantizer's output changes within one version (2: block int8's scale
+/// search), so the cache does not hand back a file the current converter would make otherwise.
+const QUANTIZER_REVISION: u32 = 2;
+
 /// A key for a source and options: the source's canonical path, every file's name, size and
-/// modification time, the options, the scheme's recipe and the converter's version — a changed
-/// source, option, recipe or converter converts anew.
+/// modification time, the options, the scheme's recipe, the converter's version and its
+/// quantizers' revision — a changed source, option, recipe or converter converts anew.
 fn key(src: &Path, opts: &ConvertOptions) -> std::io::Result<String> {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     std::fs::canonicalize(src)?.hash(&mut h);
@@ -47,6 +51,7 @@ fn key(src: &Path, opts: &ConvertOptions) -> std::io::Result<String> {
     format!("{opts:?}").hash(&mut h);
     opts.recipe().hash(&mut h);
     env!("CARGO_PKG_VERSION").hash(&mut h);
+    QUANTIZER_REVISION.hash(&mut h);
     Ok(format!("{:016x}", h.finish()))
 }
 
