@@ -553,6 +553,47 @@ unsafe fn row_scales(sp: *const u8, rows_at: __m512i, nb: usize, b: usize) -> __
     }
 }
 
+/// Byte offsets of sixteen rows' scales from the first row's, each row holding `nb` f16 scales:
+/// lane r holds `2 · nb · r` (for [`row_scales`] and [`pair_scales`]).
+#[inline(always)]
+unsafe fn scale_rows_at(nb: usize) -> __m512i {
+    // SAFETY: register arithmetic (the caller's target features).
+    unsafe {
+        _mm512_mullo_epi32(
+            _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+            _mm512_set1_epi32(2 * nb as i32),
+        )
+    }
+}
+
+/// The scales of blocks `b` and `b + 1` of sixteen rows, from one gather of the 32-bit word at
+/// block `b` of each.
+///
+/// # Safety
+/// AVX-512F and F16C; both scales of every row readable at `sp + rows_at[r] + 2b`.
+#[inline(always)]
+unsafe fn pair_scales(sp: *const u8, rows_at: __m512i, b: usize) -> [__m512; 2] {
+    // SAFETY: the caller's contract.
+    unsafe {
+        let words = _mm512_i32gather_epi32::<1>(rows_at, sp.add(2 * b) as *const _);
+        [
+            _mm512_cvtph_ps(_mm512_cvtepi32_epi16(words)),
+            _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(words))),
+        ]
+    }
+}
+
+/// A block's scaling with one lane per row, in the panel kernel's order: `acc + f32(sums −
+/// 128 · qsum) · (scales · d)` (the 128 undoes the weights' flipped sign bit).
+#[inline(always)]
+unsafe fn scale_block(acc: __m512, sums: __m512i, qsum: i32, d: f32, scales: __m512) -> __m512 {
+    // SAFETY: register arithmetic (the caller's target features).
+    unsafe {
+        let sums = _mm512_sub_epi32(sums, _mm512_set1_epi32(128 * qsum));
+        _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), _mm512_mul_ps(scales, _mm512_set1_ps(d)), acc)
+    }
+}
+
 /// [`q8_rows16`] over sixteen block int5 rows (blocks of 32, [`crate::q5`]'s layout), unpacked
 /// in registers: each byte handed to `vpdpbusd` is `(u − 16) + 128 = u + 112` for the 5-bit
 /// field `u`, the flipped byte [`q8_rows16`] makes of the unpacked integer, so the block sums
@@ -564,7 +605,6 @@ unsafe fn row_scales(sp: *const u8, rows_at: __m512i, nb: usize, b: usize) -> __
 /// 32: row `r`'s nibbles start at `qs[r·cols/2]`, its fifth bits at `qh[r·cols/8]` and its `nb`
 /// scales at `scale[r·nb]`; `q` holds `32 · nb` activations, `qsum` their `nb` block sums.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-#[allow(clippy::too_many_arguments)]
 pub unsafe fn q5_rows16(
     qs: &[u8],
     qh: &[u8],
@@ -588,18 +628,7 @@ pub unsafe fn q5_rows16(
         let (np, hp) = (qs.as_ptr(), qh.as_ptr());
         let mut acc = _mm512_setzero_ps();
         let sp = scale.as_ptr() as *const u8;
-        let rows_at = _mm512_mullo_epi32(
-            _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-            _mm512_set1_epi32(2 * nb as i32),
-        );
-        macro_rules! scale {
-            ($sums:expr, $b:expr, $scales:expr) => {{
-                let b = $b;
-                let sums = _mm512_sub_epi32($sums, _mm512_set1_epi32(128 * *qsum.as_ptr().add(b)));
-                let f = _mm512_mul_ps($scales, _mm512_set1_ps(*d.as_ptr().add(b)));
-                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), f, acc);
-            }};
-        }
+        let rows_at = scale_rows_at(nb);
         // A step's 32 nibble bytes (two blocks) as 64 bytes: block 0's low then high nibbles,
         // then block 1's; `bits` sets the fifth bits, `bias` makes the flipped bytes.
         let bytes = |nib32: __m512i, bits: u64| {
@@ -624,11 +653,9 @@ pub unsafe fn q5_rows16(
                 let bits = (hp.add(r * qh_row + 8 * st) as *const u64).read_unaligned();
                 *p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), bytes(n, bits), a);
             }
-            // Both blocks' scales from one gather, as in `q8_rows16`.
-            let (b, [lo, hi]) = (2 * st, half_totals(p));
-            let words = _mm512_i32gather_epi32::<1>(rows_at, sp.add(2 * b) as *const _);
-            scale!(lo, b, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(words)));
-            scale!(hi, b + 1, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(words))));
+            let (b, [lo, hi], [s0, s1]) = (2 * st, half_totals(p), pair_scales(sp, rows_at, 2 * st));
+            acc = scale_block(acc, lo, qsum[b], d[b], s0);
+            acc = scale_block(acc, hi, qsum[b + 1], d[b + 1], s1);
         }
         // An odd last block: the low half of a step, the rest of the activations masked off.
         if nb % 2 == 1 {
@@ -640,7 +667,7 @@ pub unsafe fn q5_rows16(
                 let bits = (hp.add(r * qh_row + 4 * b) as *const u32).read_unaligned() as u64;
                 *p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), bytes(n, bits), a);
             }
-            scale!(lane_totals(p), b, row_scales(sp, rows_at, nb, b));
+            acc = scale_block(acc, lane_totals(p), qsum[b], d[b], row_scales(sp, rows_at, nb, b));
         }
         _mm512_storeu_ps(out.as_mut_ptr(), acc);
     }
@@ -678,19 +705,7 @@ pub unsafe fn q8_rows16(
         let first = w.as_ptr();
         let mut acc = _mm512_setzero_ps();
         let sp = scale.as_ptr() as *const u8;
-        let rows_at = _mm512_mullo_epi32(
-            _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-            _mm512_set1_epi32(2 * nb as i32),
-        );
-        // Block `b`'s scaling, in block order (the panel kernel's).
-        macro_rules! scale {
-            ($sums:expr, $b:expr, $scales:expr) => {{
-                let b = $b;
-                let sums = _mm512_sub_epi32($sums, _mm512_set1_epi32(128 * *qsum.as_ptr().add(b)));
-                let f = _mm512_mul_ps($scales, _mm512_set1_ps(*d.as_ptr().add(b)));
-                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), f, acc);
-            }};
-        }
+        let rows_at = scale_rows_at(nb);
         // 64 bytes a step: one block of 64, or two of 32 (each row's two in its halves).
         let steps = nb * bs / 64;
         let ahead = (first as *const u8).wrapping_add(tiles_ahead(cols));
@@ -703,13 +718,12 @@ pub unsafe fn q8_rows16(
                 *p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_xor_si512(v, flip), a);
             }
             if bs == 64 {
-                scale!(lane_totals(p), st, row_scales(sp, rows_at, nb, st));
+                acc = scale_block(acc, lane_totals(p), qsum[st], d[st], row_scales(sp, rows_at, nb, st));
             } else {
                 // Both blocks' scales from one gather: the 32-bit word at block 2·st holds them.
-                let (b, [lo, hi]) = (2 * st, half_totals(p));
-                let words = _mm512_i32gather_epi32::<1>(rows_at, sp.add(2 * b) as *const _);
-                scale!(lo, b, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(words)));
-                scale!(hi, b + 1, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(words))));
+                let (b, [lo, hi], [s0, s1]) = (2 * st, half_totals(p), pair_scales(sp, rows_at, 2 * st));
+                acc = scale_block(acc, lo, qsum[b], d[b], s0);
+                acc = scale_block(acc, hi, qsum[b + 1], d[b + 1], s1);
             }
         }
         // An odd last block of 32: the low half of a step, the rest masked off (zero bytes flip
@@ -722,7 +736,7 @@ pub unsafe fn q8_rows16(
                 let v = _mm512_maskz_loadu_epi8(mask, first.add(r * cols + 32 * b));
                 *p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_xor_si512(v, flip), a);
             }
-            scale!(lane_totals(p), b, row_scales(sp, rows_at, nb, b));
+            acc = scale_block(acc, lane_totals(p), qsum[b], d[b], row_scales(sp, rows_at, nb, b));
         }
         _mm512_storeu_ps(out.as_mut_ptr(), acc);
     }
