@@ -12,8 +12,8 @@ use crate::grid::Grid;
 use crate::int8::{quantize_activations, Int8Activations, INV_127, MM_DEQUANT_SCALE};
 use crate::lined::Lined;
 use crate::matmul::{
-    block_factors, for_row_chunks, rows_block_aligned, transpose_into, with_scratch, BlockQ8, MatmulOptions, Par,
-    RowsThen, DECODE_ROWS_PER_TASK,
+    block_factors, for_row_chunks, rows_block_aligned, BlockQ8, Cells, MatmulOptions, Par, RowsThen,
+    DECODE_ROWS_PER_TASK,
 };
 use crate::pairs::{TokenPairs, GROUP};
 use crate::panel::{Panel, PANEL_TOKENS};
@@ -56,23 +56,7 @@ pub(crate) fn rows_many(
         let n = ws[i..].iter().take_while(|w| Route::of(w, opts) == route).count();
         let group = &ws[i..i + n];
         let len = m * group.iter().map(|w| w.rows()).sum::<usize>();
-        let out = &mut out[from..from + len];
-        if m == 1 {
-            // One token: `rows × 1` is `1 × rows`, so the tasks write in place.
-            run(k, out, group, i, route, x, m, opts, par, then);
-        } else {
-            // Tasks own contiguous weight rows, so they write `rows × m` (of every weight, one
-            // after the other); transposed afterwards.
-            with_scratch(len, |out_t| {
-                run(k, out_t, group, i, route, x, m, opts, par, then);
-                let mut at = 0;
-                for w in group {
-                    let len = w.rows() * m;
-                    transpose_into(k, &mut out[at..at + len], &out_t[at..at + len], w.rows(), m);
-                    at += len;
-                }
-            });
-        }
+        run(k, &mut out[from..from + len], group, i, route, x, m, opts, par, then);
         (i, from) = (i + n, from + len);
     }
 }
@@ -110,14 +94,17 @@ impl Route {
     }
 }
 
-/// The rows of every weight in `ws` (all of one route) into `out_t`, the weights' `rows × m`
+/// The rows of every weight in `ws` (all of one route) into `out`, the weights' `m × rows`
 /// blocks one after the other, in one parallel loop: a task's rows may span two weights, and
 /// each weight's share goes to that weight's kernels (and to `then`, with the weight's index
-/// among all of the call's weights: `first` is `ws[0]`'s).
+/// among all of the call's weights: `first` is `ws[0]`'s). A task computes its rows for every
+/// token (`rows × m`), hands them to `then`, and with more than one token writes them in place
+/// transposed: a transpose of the whole result afterwards took about a tenth of a 16-token
+/// step, the threads meeting once more for each weight.
 #[allow(clippy::too_many_arguments)]
 fn run(
     k: &Kernels,
-    out_t: &mut [f32],
+    out: &mut [f32],
     ws: &[&Weight],
     first: usize,
     route: Route,
@@ -140,27 +127,68 @@ fn run(
     let luts: Vec<[i8; 16]> =
         ws.iter().map(|w| if let Weight::FourBit(w4) = w { w4.kind.int8_levels() } else { [0; 16] }).collect();
     let luts = &luts;
-    for_row_chunks(
-        out_t,
-        m,
-        prep.task_rows(ws),
-        par,
-        || prep.scratch(),
-        |scratch, r0, o| {
-            let (mut r, end) = (r0, r0 + o.len() / m);
-            let mut wi = starts.partition_point(|&s| s <= r) - 1;
-            while r < end {
-                let upto = end.min(starts[wi + 1]);
-                let piece = &mut o[(r - r0) * m..(upto - r0) * m];
-                prep.rows(k, scratch, ws[wi], &luts[wi], r - starts[wi], piece);
-                if let Some(then) = then {
-                    then(first + wi, r - starts[wi], piece);
-                }
-                (r, wi) = (upto, wi + 1);
+    // A task's rows `r0 ..` for every token into `o` (`rows × m`), weight by weight; `put` then
+    // takes each weight's share (its index, first row, piece, and whether the piece is
+    // token-major).
+    let each = |scratch: &mut Scratch, r0: usize, o: &mut [f32], put: &mut Put<'_>| {
+        let (mut r, end) = (r0, r0 + o.len() / m);
+        let mut wi = starts.partition_point(|&s| s <= r) - 1;
+        while r < end {
+            let upto = end.min(starts[wi + 1]);
+            let piece = &mut o[(r - r0) * m..(upto - r0) * m];
+            scratch.wrote_token_major = false;
+            prep.rows(k, scratch, ws[wi], &luts[wi], r - starts[wi], piece);
+            if let Some(then) = then {
+                then(first + wi, r - starts[wi], piece);
             }
-        },
-    );
+            put(wi, r - starts[wi], piece, scratch.wrote_token_major);
+            (r, wi) = (upto, wi + 1);
+        }
+    };
+    let chunk = prep.task_rows(ws);
+    if m == 1 {
+        // One token: `rows × 1` is `1 × rows`, so the tasks write in place.
+        let task = |scratch: &mut Scratch, r0: usize, o: &mut [f32]| each(scratch, r0, o, &mut |_, _, _, _| {});
+        return for_row_chunks(out, 1, chunk, par, || prep.scratch(chunk), task);
+    }
+    let total = starts[ws.len()];
+    let cells = Cells::new(out);
+    let task = |(scratch, rows_t, run): &mut (Scratch, Vec<f32>, Vec<f32>), i: usize| {
+        let r0 = i * chunk;
+        let n = chunk.min(total - r0);
+        rows_t.resize(n * m, 0.0);
+        // A panel on a matrix unit writes token-major itself (`then` takes rows × m).
+        scratch.token_major = then.is_none();
+        each(scratch, r0, rows_t, &mut |wi, r, piece, token_major| {
+            let (len, rows) = (piece.len() / m, ws[wi].rows());
+            let src = if token_major {
+                &*piece
+            } else {
+                run.resize(m * len, 0.0);
+                k.transpose(piece, m, run, len, len, m);
+                &run[..]
+            };
+            for (t, src) in src.chunks(len).enumerate() {
+                // SAFETY: this task alone writes rows r .. r + len of weight wi, for every token.
+                let dst = unsafe { cells.piece(m * starts[wi] + t * rows + r, len) };
+                dst.copy_from_slice(src);
+            }
+        });
+    };
+    let init = || (prep.scratch(chunk), Vec::new(), Vec::new());
+    let tasks = total.div_ceil(chunk);
+    match par {
+        Par::Team => crate::team::for_each_task(tasks, init, task),
+        Par::Serial => {
+            let mut state = init();
+            (0..tasks).for_each(|i| task(&mut state, i));
+        }
+    }
 }
+
+/// What a task does with each weight's share of its rows: (weight index, first row, `rows × m`
+/// or `m × rows` piece, whether token-major).
+type Put<'p> = dyn FnMut(usize, usize, &mut [f32], bool) + 'p;
 
 /// The activations prepared once for every weight of a route.
 enum Prepared<'x> {
@@ -221,15 +249,19 @@ pub(crate) struct Scratch {
     unit_out: Vec<f32>,
     /// Block int5 rows unpacked to block int8 (grows to a task's rows on first use).
     q5: Vec<i8>,
+    /// Asked for by the loop: a panel of tokens on a matrix unit writes its rows token-major
+    /// (`m × rows`), where the loop puts them in place without a transpose; set again by each
+    /// call that did so.
+    token_major: bool,
+    wrote_token_major: bool,
 }
 
-/// Rows a task's piece widens to on a matrix unit: the 16-row tiles that hold it.
-const UNIT_ROWS: usize = UNIT_TASK_ROWS + 32;
-
-/// Rows a task takes when a step's tokens go to a matrix unit as a panel: each call configures
-/// the tiles and lays out its rows' levels, so 32-row tasks spent a fifth more on a 16-token
-/// step at SmolLM2's widths than 128-row ones (64 was between).
-const UNIT_TASK_ROWS: usize = 128;
+/// The most rows a task takes when a step's tokens go to a matrix unit as a panel: each call
+/// configures the tiles and lays out its rows' levels, so 32-row tasks spent a fifth more on a
+/// 16-token step at SmolLM2's widths than 128-row ones (64 was between). A product's rows are
+/// shared evenly up to this: 128-row tasks left one thread a third more of a 576-row product
+/// than the other.
+const UNIT_TASK_ROWS: usize = 512;
 
 impl<'x> Prepared<'x> {
     fn new(k: &Kernels, route: Route, x: &'x [f32], m: usize, cols: usize, opts: &MatmulOptions) -> Prepared<'x> {
@@ -329,27 +361,31 @@ impl<'x> Prepared<'x> {
             | Prepared::Q8 { unit: Some(Unit::Panel(_)), .. }
                 if ws.iter().all(|w| w.rows().is_multiple_of(16)) =>
             {
-                UNIT_TASK_ROWS
+                let rows: usize = ws.iter().map(|w| w.rows()).sum();
+                rows.div_ceil(crate::team::threads()).next_multiple_of(16).clamp(16, UNIT_TASK_ROWS)
             }
             _ => DECODE_ROWS_PER_TASK,
         }
     }
 
-    fn scratch(&self) -> Scratch {
+    /// Buffers for tasks of up to `task_rows` rows.
+    fn scratch(&self, task_rows: usize) -> Scratch {
+        // On a matrix unit a task's piece widens to the 16-row tiles that hold it.
+        let unit_rows = task_rows + 32;
         let (scales, factors) = match *self {
-            Prepared::FourBitQ8 { m, bpr, .. } => (UNIT_ROWS * bpr, m * DECODE_ROWS_PER_TASK * bpr),
+            Prepared::FourBitQ8 { m, bpr, .. } => (unit_rows * bpr, m * DECODE_ROWS_PER_TASK * bpr),
             Prepared::FourBitExact { bpr, .. } => (bpr, 0),
             _ => (0, 0),
         };
         let (unit_factors, unit_levels, unit_out) = match self {
-            Prepared::FourBitQ8 { unit: Some(Unit::One), .. } => (0, 0, UNIT_ROWS),
+            Prepared::FourBitQ8 { unit: Some(Unit::One), .. } => (0, 0, unit_rows),
             Prepared::FourBitQ8 { unit: Some(Unit::Panel(p)), .. } => {
-                (0, Kernels::panel_scratch(p.nb()), p.groups() * PANEL_TOKENS * UNIT_ROWS)
+                (0, Kernels::panel_scratch(p.nb()), p.groups() * PANEL_TOKENS * unit_rows)
             }
             // The panel kernel converts its rows' scales into `unit_factors`; one token reads them
             // in place.
-            Prepared::Q8 { unit: Some(Unit::One), .. } => (0, 0, UNIT_ROWS),
-            Prepared::Q8 { unit: Some(Unit::Panel(p)), .. } => (16 * p.nb(), 0, p.groups() * PANEL_TOKENS * UNIT_ROWS),
+            Prepared::Q8 { unit: Some(Unit::One), .. } => (0, 0, unit_rows),
+            Prepared::Q8 { unit: Some(Unit::Panel(p)), .. } => (16 * p.nb(), 0, p.groups() * PANEL_TOKENS * unit_rows),
             _ => (0, 0, 0),
         };
         Scratch {
@@ -360,6 +396,8 @@ impl<'x> Prepared<'x> {
             unit_levels: vec![0; unit_levels],
             unit_out: vec![0.0; unit_out],
             q5: Vec::new(),
+            token_major: false,
+            wrote_token_major: false,
         }
     }
 
@@ -391,14 +429,16 @@ impl<'x> Prepared<'x> {
                     Unit::One => 1,
                     Unit::Panel(p) => p.groups() * PANEL_TOKENS,
                 };
-                let Scratch { unit_factors, unit_out, .. } = scratch;
+                let Scratch { unit_factors, unit_out, token_major, wrote_token_major, .. } = scratch;
                 let (cols, bs) = (w8.cols, w8.blocksize);
                 let nb = cols / bs;
-                unit_task(o, m, tokens, w8.rows, r0, unit_out, |a, n, out| {
+                let tm = *token_major && matches!(unit, Unit::Panel(_));
+                *wrote_token_major = tm;
+                unit_task(o, m, tokens, w8.rows, r0, unit_out, tm, |a, n, out| {
                     let (qs, sc) = (&w8.qs[a * cols..(a + n) * cols], &w8.scales[a * nb..(a + n) * nb]);
                     match unit {
                         Unit::Panel(p) => {
-                            let done = k.q8_panel(qs, sc, p, n, unit_factors, out, true);
+                            let done = k.q8_panel(qs, sc, p, n, unit_factors, out, !tm);
                             assert!(done, "prepared only where the level has the kernel");
                         }
                         Unit::One => {
@@ -432,7 +472,7 @@ impl<'x> Prepared<'x> {
                     let cols = w5.cols;
                     let nb = cols / crate::q5::BLOCK;
                     let (qs, qh) = (crate::q5::QS_BYTES * nb, crate::q5::QH_BYTES * nb);
-                    unit_task(o, m, 1, w5.rows, r0, &mut scratch.unit_out, |a, n, out| {
+                    unit_task(o, m, 1, w5.rows, r0, &mut scratch.unit_out, false, |a, n, out| {
                         for i in (a..a + n).step_by(16) {
                             let v = k
                                 .q5_rows16(
@@ -492,8 +532,10 @@ impl<'x> Prepared<'x> {
                     Unit::One => 1,
                     Unit::Panel(p) => p.groups() * PANEL_TOKENS,
                 };
-                let Scratch { scales, unit_levels, unit_out, unit_ones, .. } = scratch;
-                unit_task(o, m, tokens, w4.rows, r0, unit_out, |a, n, out| {
+                let Scratch { scales, unit_levels, unit_out, unit_ones, token_major, wrote_token_major, .. } = scratch;
+                let tm = *token_major && matches!(unit, Unit::Panel(_));
+                *wrote_token_major = tm;
+                unit_task(o, m, tokens, w4.rows, r0, unit_out, tm, |a, n, out| {
                     let half = w4.cols / 2;
                     // The block absmax as `block_factors` forms it (times 1: its bits).
                     let wf = &mut scales[..n * bpr];
@@ -501,7 +543,7 @@ impl<'x> Prepared<'x> {
                     let codes = &w4.codes[a * half..(a + n) * half];
                     match unit {
                         Unit::Panel(p) => {
-                            let done = k.fourbit_q8_panel(codes, wf, lut, p, n, unit_levels, out, true);
+                            let done = k.fourbit_q8_panel(codes, wf, lut, p, n, unit_levels, out, !tm);
                             assert!(done, "prepared only where the level has the kernel");
                         }
                         Unit::One => {
@@ -549,9 +591,11 @@ impl<'x> Prepared<'x> {
 
 /// A task's rows `r0 ..` (of a weight of `rows` rows, a multiple of 16) on a matrix unit: the
 /// 16-row tiles that hold them go through `unit(first row, rows, out)` (row-major results,
-/// `tokens` a row) and the task's rows are copied into `o` (`rows × m`). A row's result
-/// depends only on its own row and the token, never on the tile around it, so pieces of any
-/// alignment give the same bits.
+/// `tokens` a row; token-major, `rows` a token, where `token_major`) and the task's rows are
+/// copied into `o` (`rows × m`, or `m × rows` where `token_major`). A row's result depends only
+/// on its own row and the token, never on the tile around it, so pieces of any alignment give
+/// the same bits.
+#[allow(clippy::too_many_arguments)]
 fn unit_task(
     o: &mut [f32],
     m: usize,
@@ -559,12 +603,19 @@ fn unit_task(
     rows: usize,
     r0: usize,
     out: &mut [f32],
+    token_major: bool,
     unit: impl FnOnce(usize, usize, &mut [f32]),
 ) {
     let n = o.len() / m;
     let (a, b) = (r0 / 16 * 16, (r0 + n).next_multiple_of(16).min(rows));
     let width = b - a;
     unit(a, width, &mut out[..tokens * width]);
+    if token_major {
+        for (t, y) in o.chunks_mut(n).enumerate() {
+            y.copy_from_slice(&out[t * width + r0 - a..][..n]);
+        }
+        return;
+    }
     // The unit writes row-major, `tokens` a row (padding included): the task's rows are runs,
     // or one run when no token is padding.
     if tokens == m {

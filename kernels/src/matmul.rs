@@ -901,7 +901,7 @@ fn fourbit_q8_matmul_many(k: &Kernels, out: &mut [f32], ws: &[&FourBitRef], x: &
 /// A buffer shared by tasks that each write a disjoint set of its cells (a product's own
 /// weight rows for every token; a prompt's own token), so results land in place without a
 /// transpose or a per-task buffer.
-struct Cells<T> {
+pub(crate) struct Cells<T> {
     ptr: *mut T,
     len: usize,
 }
@@ -920,7 +920,7 @@ unsafe impl<T: Send> Send for Cells<T> {}
 unsafe impl<T: Send> Sync for Cells<T> {}
 
 impl<T> Cells<T> {
-    fn new(data: &mut [T]) -> Cells<T> {
+    pub(crate) fn new(data: &mut [T]) -> Cells<T> {
         Cells { ptr: data.as_mut_ptr(), len: data.len() }
     }
 
@@ -929,7 +929,7 @@ impl<T> Cells<T> {
     /// # Safety
     /// No other task may access cell `i` during the parallel region.
     #[inline]
-    unsafe fn set(self, i: usize, v: T) {
+    pub(crate) unsafe fn set(self, i: usize, v: T) {
         assert!(i < self.len);
         // SAFETY: in bounds (checked), and exclusively this task's cell (caller's contract).
         unsafe { *self.ptr.add(i) = v }
@@ -941,7 +941,7 @@ impl<T> Cells<T> {
     /// No other task may access these cells while the slice lives.
     #[inline]
     #[allow(clippy::mut_from_ref)]
-    unsafe fn piece<'a>(self, start: usize, n: usize) -> &'a mut [T] {
+    pub(crate) unsafe fn piece<'a>(self, start: usize, n: usize) -> &'a mut [T] {
         assert!(start <= self.len && n <= self.len - start);
         // SAFETY: in bounds (checked), and exclusively this task's cells (caller's contract).
         unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start), n) }

@@ -347,7 +347,7 @@ fn wait_for_epoch(sh: &Shared, seen: u64) -> u64 {
 /// share's wait.
 pub fn for_each_task<S>(n: usize, init: impl Fn() -> S + Sync + Send, f: impl Fn(&mut S, usize) + Sync + Send) {
     let installed = CURRENT.with(|c| c.borrow().clone());
-    let size = installed.as_ref().map_or_else(|| rayon::current_num_threads().min(MAX_TEAM), |t| t.size);
+    let size = installed.as_ref().map_or_else(default_size, |t| t.size);
     let serial = || {
         let mut state = init();
         (0..n).for_each(|i| f(&mut state, i));
@@ -387,6 +387,18 @@ pub fn for_each_task<S>(n: usize, init: impl Fn() -> S + Sync + Send, f: impl Fn
             }
         }
     });
+}
+
+/// The threads [`for_each_task`] shares its tasks among on this thread (1 inside a job).
+pub fn threads() -> usize {
+    if IN_JOB.with(Cell::get) {
+        return 1;
+    }
+    CURRENT.with(|c| c.borrow().as_ref().map(|t| t.size)).unwrap_or_else(default_size)
+}
+
+fn default_size() -> usize {
+    rayon::current_num_threads().min(MAX_TEAM)
 }
 
 /// [`for_each_task`] over the `chunk`-long pieces of `data` (the last one shorter):

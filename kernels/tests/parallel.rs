@@ -200,13 +200,16 @@ fn several_weights_in_one_loop_equal_one_call_each() {
         let mut lists: Vec<Vec<&Weight>> = vec![vec![weight, weight, &small, weight]];
         if let Some(t) = &tile {
             lists.push(vec![weight, t, t]);
+            // Every weight in sixteens: a panel of tokens writes token-major, and the rows
+            // shared evenly among the threads put task edges inside weights (144 rows, 3 threads).
+            lists.push(vec![t, t, t]);
         }
         for ws in &lists {
             let tokens: Vec<f32> = (0..3).flat_map(|t| x.iter().map(move |v| v * (1.0 + t as f32 * 0.25))).collect();
             for k in Kernels::variants() {
                 for fourbit_exact in [false, true] {
                     let opts = MatmulOptions { fourbit_exact, ..Default::default() };
-                    for (m, threads) in [(1, 1), (1, 2), (3, 1), (3, 2)] {
+                    for (m, threads) in [(1, 1), (1, 2), (3, 1), (3, 2), (3, 3)] {
                         let xs = &tokens[..m * 320];
                         let (joint, alone) = joint_and_alone(
                             ws,
