@@ -1150,6 +1150,26 @@ pub fn gemm_strided(
     kk: usize,
     parallel: bool,
 ) {
+    let below_avx512 = matches!(crate::kernels().isa(), crate::Isa::Avx2 | crate::Isa::AvxVnni);
+    gemm_at(below_avx512, dst, dst_s, lhs, lhs_s, rhs, rhs_s, mm, nn, kk, parallel)
+}
+
+/// [`gemm_strided`], through the `gemm` crate's AVX2 kernels where `fma_only` (and the CPU has
+/// them) instead of its own choice.
+#[allow(clippy::too_many_arguments)]
+fn gemm_at(
+    fma_only: bool,
+    dst: &mut [f32],
+    dst_s: (isize, isize),
+    lhs: &[f32],
+    lhs_s: (isize, isize),
+    rhs: &[f32],
+    rhs_s: (isize, isize),
+    mm: usize,
+    nn: usize,
+    kk: usize,
+    parallel: bool,
+) {
     let par = if parallel { gemm::Parallelism::Rayon(rayon::current_num_threads()) } else { gemm::Parallelism::None };
     let last = |s: (isize, isize), r: usize, c: usize| {
         (r.saturating_sub(1)) as isize * s.0 + (c.saturating_sub(1)) as isize * s.1
@@ -1158,6 +1178,57 @@ pub fn gemm_strided(
     assert!((last(dst_s, mm, nn) as usize) < dst.len());
     assert!((last(lhs_s, mm, kk) as usize) < lhs.len());
     assert!((last(rhs_s, kk, nn) as usize) < rhs.len());
+    // The crate picks AVX-512 wherever the CPU has it; a level below that (`LOWBIT_ISA=avx2`)
+    // gets the crate's own AVX2 + FMA kernels, as on a CPU without AVX-512, so a level's
+    // figures are that level's.
+    #[cfg(target_arch = "x86_64")]
+    if fma_only {
+        use gemm_f32::microkernel::fma::f32 as fma;
+        if let Some(simd) = gemm_common::simd::V3::try_new() {
+            // SAFETY: as for `gemm::gemm` below, which runs this same function with these
+            // kernels on a CPU without AVX-512 (`V3::try_new` has checked the CPU's features).
+            unsafe {
+                gemm_common::gemm::gemm_basic_generic::<
+                    _,
+                    f32,
+                    8,
+                    { fma::MR_DIV_N * 8 },
+                    { fma::NR },
+                    { fma::MR_DIV_N },
+                    { fma::H_M },
+                    { fma::H_N },
+                >(
+                    simd,
+                    mm,
+                    nn,
+                    kk,
+                    dst.as_mut_ptr(),
+                    dst_s.1,
+                    dst_s.0,
+                    false,
+                    lhs.as_ptr(),
+                    lhs_s.1,
+                    lhs_s.0,
+                    rhs.as_ptr(),
+                    rhs_s.1,
+                    rhs_s.0,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    |a, b, c| a * b + c,
+                    &fma::UKR,
+                    &fma::H_UKR,
+                    false,
+                    par,
+                );
+            }
+            return;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = fma_only;
     // SAFETY: the asserts above keep every index the strides reach inside the slices; `dst` is
     // borrowed mutably and does not alias `lhs` or `rhs`.
     unsafe {
@@ -1182,5 +1253,44 @@ pub fn gemm_strided(
             false,
             par,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Both routes of [`super::gemm_at`] (the crate's choice, and its AVX2 kernels) against the
+    /// f64 product, over strided views: a transposed right-hand side and a wide destination.
+    #[test]
+    fn gemm_routes_match_the_f64_product() {
+        let (mm, nn, kk) = (37usize, 29usize, 70usize);
+        let val = |i: usize| ((i * 7919 % 1013) as f32 / 1013.0) - 0.5;
+        let lhs: Vec<f32> = (0..mm * kk).map(val).collect();
+        // rhs stored transposed: element (k, n) at n * kk + k.
+        let rhs: Vec<f32> = (0..nn * kk).map(|i| val(i + 5)).collect();
+        for fma_only in [false, true] {
+            for parallel in [false, true] {
+                let mut dst = vec![f32::NAN; mm * (nn + 3)];
+                super::gemm_at(
+                    fma_only,
+                    &mut dst,
+                    ((nn + 3) as isize, 1),
+                    &lhs,
+                    (kk as isize, 1),
+                    &rhs,
+                    (1, kk as isize),
+                    mm,
+                    nn,
+                    kk,
+                    parallel,
+                );
+                for i in 0..mm {
+                    for j in 0..nn {
+                        let want: f64 = (0..kk).map(|k| lhs[i * kk + k] as f64 * rhs[j * kk + k] as f64).sum();
+                        let got = dst[i * (nn + 3) + j] as f64;
+                        assert!((got - want).abs() < 1e-4, "fma_only={fma_only} ({i}, {j}): {got} vs {want}");
+                    }
+                }
+            }
+        }
     }
 }
