@@ -115,7 +115,8 @@ fn run(
     then: Option<&RowsThen<'_>>,
 ) {
     let cols = ws[0].cols();
-    let prep = &Prepared::new(k, route, x, m, cols, opts);
+    let tiles = ws.iter().all(|w| w.rows().is_multiple_of(16));
+    let prep = &Prepared::new(k, route, x, m, cols, opts, tiles);
     // The first row of each weight in the joint row numbering, and one past the last.
     let mut starts = Vec::with_capacity(ws.len() + 1);
     starts.push(0);
@@ -264,7 +265,16 @@ pub(crate) struct Scratch {
 const UNIT_TASK_ROWS: usize = 512;
 
 impl<'x> Prepared<'x> {
-    fn new(k: &Kernels, route: Route, x: &'x [f32], m: usize, cols: usize, opts: &MatmulOptions) -> Prepared<'x> {
+    /// `tiles`: every weight's rows come in sixteens (a matrix unit takes them all).
+    fn new(
+        k: &Kernels,
+        route: Route,
+        x: &'x [f32],
+        m: usize,
+        cols: usize,
+        opts: &MatmulOptions,
+        tiles: bool,
+    ) -> Prepared<'x> {
         match route {
             Route::Dense => Prepared::Dense { x, m },
             Route::FourBitPlain => Prepared::FourBitPlain { x, m },
@@ -322,14 +332,16 @@ impl<'x> Prepared<'x> {
                 // `block_factors` call covers a task's rows (their blocks are consecutive):
                 // per-row calls cost more than the factors themselves on narrow rows (576
                 // columns are 9 blocks).
-                let mut xs_rows = Lined::<f32>::zeroed(m * task);
-                for (t, rows) in xs_rows.chunks_mut(task).enumerate() {
-                    rows.chunks_mut(bpr).for_each(|c| c.copy_from_slice(q.xs(t)));
-                }
                 // On a matrix unit every token of the step goes through the tile kernel, or one
                 // token alone through its sixteen-row twin (blocks of 64 only).
                 let unit =
                     (bs == 64 && k.has_unit_decode()).then(|| if m == 1 { Unit::One } else { Unit::Panel(q.panel(m)) });
+                // For the row kernels only (a unit's kernels form their factors themselves).
+                let rows_kernels = unit.is_none() || !tiles;
+                let mut xs_rows = Lined::<f32>::zeroed(if rows_kernels { m * task } else { 0 });
+                for (t, rows) in xs_rows.chunks_mut(task).enumerate() {
+                    rows.chunks_mut(bpr).for_each(|c| c.copy_from_slice(q.xs(t)));
+                }
                 // Whole groups of eight tokens for the eight-token kernel (blocks of 64 only).
                 let groups =
                     if bs == 64 && k.has_rows_t8() && k.x4_for(cols) && unit.is_none() { m / GROUP } else { 0 };
@@ -373,6 +385,8 @@ impl<'x> Prepared<'x> {
         // On a matrix unit a task's piece widens to the 16-row tiles that hold it.
         let unit_rows = task_rows + 32;
         let (scales, factors) = match *self {
+            // No row kernel's factors where the unit takes every row (`xs_rows` says so).
+            Prepared::FourBitQ8 { bpr, ref xs_rows, .. } if xs_rows.is_empty() => (unit_rows * bpr, 0),
             Prepared::FourBitQ8 { m, bpr, .. } => (unit_rows * bpr, m * DECODE_ROWS_PER_TASK * bpr),
             Prepared::FourBitExact { bpr, .. } => (bpr, 0),
             _ => (0, 0),
