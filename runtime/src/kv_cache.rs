@@ -343,25 +343,43 @@ impl KvCache {
         }
     }
 
+    /// Makes room for `positions` positions in every layer at once (up to the capacity), so a
+    /// sequence whose length is known does not grow its cache step by step as it goes.
+    pub fn reserve(&mut self, positions: usize) {
+        let slots = positions.min(self.capacity());
+        for layer in 0..self.layers.len() {
+            if self.layers[layer].slots < slots {
+                self.grow(layer, slots);
+            }
+        }
+    }
+
+    /// `layer`'s stores with room for `slots` slots; each head's rows move to their place in
+    /// the larger block.
+    fn grow(&mut self, layer: usize, slots: usize) {
+        let (nkv, hd) = (self.kv_heads, self.head_dim);
+        let l = &mut self.layers[layer];
+        for store in [&mut l.k, &mut l.v] {
+            let mut grown = store.empty_like();
+            grown.resize(nkv * slots * hd);
+            for h in 0..nkv {
+                grown.copy_from(h * slots * hd, store, h * l.slots * hd, l.slots * hd);
+            }
+            *store = grown;
+        }
+        l.slots = slots;
+    }
+
     /// Stores the key and value of `pos` in `layer` (`kv_heads × head_dim` each).
     pub fn put(&mut self, layer: usize, pos: usize, k: &[f32], v: &[f32]) {
         let slot = self.slot(pos);
-        let (nkv, hd, cap) = (self.kv_heads, self.head_dim, self.capacity());
-        let l = &mut self.layers[layer];
-        if slot >= l.slots {
-            // Grow in steps so a long generation does not reallocate at every token; each head's
-            // rows move to their place in the larger block.
-            let slots = (slot + 1).max((l.slots * 2).min(cap));
-            for store in [&mut l.k, &mut l.v] {
-                let mut grown = store.empty_like();
-                grown.resize(nkv * slots * hd);
-                for h in 0..nkv {
-                    grown.copy_from(h * slots * hd, store, h * l.slots * hd, l.slots * hd);
-                }
-                *store = grown;
-            }
-            l.slots = slots;
+        let have = self.layers[layer].slots;
+        if slot >= have {
+            // Grow in steps so a long generation does not reallocate at every token.
+            self.grow(layer, (slot + 1).max((have * 2).min(self.capacity())));
         }
+        let (nkv, hd) = (self.kv_heads, self.head_dim);
+        let l = &mut self.layers[layer];
         for h in 0..nkv {
             let at = (h * l.slots + slot) * hd;
             l.k.write(at, &k[h * hd..(h + 1) * hd]);
@@ -476,18 +494,30 @@ mod tests {
     /// Growing keeps every head's rows in place, in order.
     #[test]
     fn growth_keeps_each_heads_rows() {
-        let mut c = KvCache::new(1, 3, 2, None, 100, KvType::F32);
-        let row = |p: usize, h: usize| [(10 * p + h) as f32, -((10 * p + h) as f32)];
-        for p in 0..37 {
-            let k: Vec<f32> = (0..3).flat_map(|h| row(p, h)).collect();
-            let v: Vec<f32> = k.iter().map(|x| x * 2.0).collect();
-            c.put(0, p, &k, &v);
-        }
-        for h in 0..3 {
-            let HeadView::F32(k, v) = c.head(0, h) else { panic!("f32 cache") };
+        // Grown step by step, and reserved first (less than, then more than, is used; past
+        // the capacity it stops there).
+        for reserve in [None, Some(20), Some(1000)] {
+            let mut c = KvCache::new(1, 3, 2, None, 100, KvType::F32);
+            if let Some(n) = reserve {
+                c.reserve(n);
+                assert_eq!(c.layers[0].slots, n.min(100));
+            }
+            let row = |p: usize, h: usize| [(10 * p + h) as f32, -((10 * p + h) as f32)];
             for p in 0..37 {
-                assert_eq!(&k[2 * p..2 * p + 2], row(p, h));
-                assert_eq!(v[2 * p], 2.0 * row(p, h)[0]);
+                let k: Vec<f32> = (0..3).flat_map(|h| row(p, h)).collect();
+                let v: Vec<f32> = k.iter().map(|x| x * 2.0).collect();
+                c.put(0, p, &k, &v);
+                if p == 10 {
+                    // Reserving what is there already changes nothing.
+                    c.reserve(5);
+                }
+            }
+            for h in 0..3 {
+                let HeadView::F32(k, v) = c.head(0, h) else { panic!("f32 cache") };
+                for p in 0..37 {
+                    assert_eq!(&k[2 * p..2 * p + 2], row(p, h), "reserve {reserve:?}");
+                    assert_eq!(v[2 * p], 2.0 * row(p, h)[0]);
+                }
             }
         }
     }

@@ -623,10 +623,17 @@ impl<'e> Loop<'e> {
     }
 }
 
+/// Generated tokens a new sequence's cache makes room for up front.
+const RESERVE_AHEAD: usize = 128;
+
 /// Completion `choice` of `job`, with a cache from `spare` (or a new one).
 fn new_seq(spare: &mut Vec<KvCache>, context: usize, model: &Model, job: &Job, choice: usize) -> Seq {
     let mut cache = spare.pop().unwrap_or_else(|| model.new_cache(context));
     cache.clear();
+    // Room for the prompt and the completion's first tokens at once: growing step by step as
+    // it decodes cost a batch step page faults and copies in every layer. (Not the whole
+    // `max_tokens` up front: many completions end long before it.)
+    cache.reserve(job.req.prompt.len().saturating_add(job.req.max_tokens.min(RESERVE_AHEAD)));
     let pick = job.req.adapter.as_ref().and_then(|a| Some((model.adapter_index(&a.name)?, a.scale)));
     cache.set_adapter(pick).expect("an empty cache, a scale checked at submission");
     let sampling = crate::SamplerConfig { seed: job.req.sampling.seed.wrapping_add(choice as u64), ..job.req.sampling };
