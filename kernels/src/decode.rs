@@ -260,7 +260,7 @@ pub(crate) struct Scratch {
 /// The most rows a task takes when a step's tokens go to a matrix unit as a panel: each call
 /// configures the tiles and lays out its rows' levels, so 32-row tasks spent a fifth more on a
 /// 16-token step at SmolLM2's widths than 128-row ones (64 was between). A product's rows are
-/// shared evenly up to this: 128-row tasks left one thread a third more of a 576-row product
+/// shared evenly up to this: 128-row tasks left one thread a quarter more of a 576-row product
 /// than the other.
 const UNIT_TASK_ROWS: usize = 512;
 
