@@ -632,8 +632,11 @@ fn new_seq(spare: &mut Vec<KvCache>, context: usize, model: &Model, job: &Job, c
     cache.clear();
     // Room for the prompt and the completion's first tokens at once: growing step by step as
     // it decodes cost a batch step page faults and copies in every layer. (Not the whole
-    // `max_tokens` up front: many completions end long before it.)
-    cache.reserve(job.req.prompt.len().saturating_add(job.req.max_tokens.min(RESERVE_AHEAD)));
+    // `max_tokens` up front: many completions end long before it.) The other choices start
+    // from a copy of the first one's cache, room included.
+    if choice == 0 {
+        cache.reserve(job.req.prompt.len().saturating_add(job.req.max_tokens.min(RESERVE_AHEAD)));
+    }
     let pick = job.req.adapter.as_ref().and_then(|a| Some((model.adapter_index(&a.name)?, a.scale)));
     cache.set_adapter(pick).expect("an empty cache, a scale checked at submission");
     let sampling = crate::SamplerConfig { seed: job.req.sampling.seed.wrapping_add(choice as u64), ..job.req.sampling };
