@@ -349,36 +349,26 @@ impl<'a> Model<'a> {
             prof.stop(s, phase, || format!("matmul {role} ({})", w.scheme_name()));
             Ok(())
         };
-        // Linear layers over the same input (q/k/v, gate/up), in one parallel loop (into
-        // `joint`, then split).
-        let mut joint = Vec::new();
-        let mut lin_many = |outs: &mut [&mut Vec<f32>],
-                            role: &str,
-                            ws: &[&Weight],
-                            x: &[f32],
-                            segs: &[usize],
-                            then: Option<&RowsThen<'_>>|
+        // Linear layers over the same input (q/k/v, gate/up), in one parallel loop, their
+        // results one after the other in `out` (each `m × rows`), which callers split. Each
+        // group keeps its own buffer, the same length every layer: growing a buffer zeroes
+        // what it adds, and moving results between buffers copies them (either took a few
+        // percent of a batched decode step, serially).
+        let lin_many = |out: &mut Vec<f32>,
+                        role: &str,
+                        ws: &[&Weight],
+                        x: &[f32],
+                        segs: &[usize],
+                        then: Option<&RowsThen<'_>>|
          -> Result<()> {
             let s = prof.start();
             let m = segs.iter().sum::<usize>();
-            joint.resize(m * ws.iter().map(|w| w.rows()).sum::<usize>(), 0.0);
+            out.resize(m * ws.iter().map(|w| w.rows()).sum::<usize>(), 0.0);
             match then {
-                Some(then) => matmul_rows_many_then(&mut joint, ws, x, m, &self.opts, then)?,
-                None if decode => matmul_rows_many(&mut joint, ws, x, m, &self.opts)?,
-                None => matmul_segments(&mut joint, ws, x, segs, &self.opts)?,
+                Some(then) => matmul_rows_many_then(out, ws, x, m, &self.opts, then)?,
+                None if decode => matmul_rows_many(out, ws, x, m, &self.opts)?,
+                None => matmul_segments(out, ws, x, segs, &self.opts)?,
             }
-            // The first weight's results lead the joint buffer, which becomes its output (the
-            // output's old buffer the next joint one); the others are copied out. (Copying all
-            // of a prompt's products out cost a serial 1–2 % of a two-thread prefill.)
-            let mut from = m * ws[0].rows();
-            for (out, w) in outs.iter_mut().zip(ws).skip(1) {
-                let len = m * w.rows();
-                out.clear();
-                out.extend_from_slice(&joint[from..from + len]);
-                from += len;
-            }
-            joint.truncate(m * ws[0].rows());
-            std::mem::swap(&mut *outs[0], &mut joint);
             prof.stop(s, phase, || {
                 // Every scheme of the group once (nf4-mix has nf4 q beside q8 k and v).
                 let mut names: Vec<&str> = Vec::new();
@@ -421,9 +411,8 @@ impl<'a> Model<'a> {
             }
         });
         let mut x = vec![0f32; t * hsz];
-        let (mut q, mut k, mut v, mut att, mut o) =
-            (Vec::new(), Vec::new(), Vec::new(), vec![0f32; t * qd], Vec::new());
-        let (mut gate, mut up, mut down) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut qkv, mut att, mut o) = (Vec::new(), vec![0f32; t * qd], Vec::new());
+        let (mut gate_up, mut down) = (Vec::new(), Vec::new());
         let (mut rope_cos, mut rope_sin) = (Vec::new(), Vec::new());
         timed("rope", &mut || {
             (rope_cos, rope_sin) = if decode {
@@ -462,12 +451,14 @@ impl<'a> Model<'a> {
             let ax = lora_ax(li, &[Proj::Q, Proj::K, Proj::V], &x);
             let then = ax.as_ref().map(|ax| move |wi: usize, r0: usize, p: &mut [f32]| lora_then(ax, wi, r0, p));
             let then = then.as_ref().map(|f| f as &RowsThen);
-            lin_many(&mut [&mut q, &mut k, &mut v], "q/k/v", &[&lw.q, &lw.k, &lw.v], &x, segs, then)?;
+            lin_many(&mut qkv, "q/k/v", &[&lw.q, &lw.k, &lw.v], &x, segs, then)?;
+            let (q, kv) = qkv.split_at_mut(t * qd);
+            let (k, v) = kv.split_at_mut(t * kvd);
             if apart {
                 timed("lora", &mut || {
-                    self.lora.apply(li, Proj::Q, &x, &mut q, t, picks);
-                    self.lora.apply(li, Proj::K, &x, &mut k, t, picks);
-                    self.lora.apply(li, Proj::V, &x, &mut v, t, picks);
+                    self.lora.apply(li, Proj::Q, &x, q, t, picks);
+                    self.lora.apply(li, Proj::K, &x, k, t, picks);
+                    self.lora.apply(li, Proj::V, &x, v, t, picks);
                 });
             }
             if let Some([bq, bk, bv]) = &lw.qkv_bias {
@@ -479,10 +470,10 @@ impl<'a> Model<'a> {
             }
             // 2c. rotary embedding, rotate_half layout
             timed("rope", &mut || {
-                for i in 0..t {
+                for (i, (q, k)) in q.chunks_mut(qd).zip(k.chunks_mut(kvd)).enumerate() {
                     let (cos, sin) = (&rope_cos[i * hd / 2..(i + 1) * hd / 2], &rope_sin[i * hd / 2..(i + 1) * hd / 2]);
-                    Rope::apply_with(&mut q[i * qd..(i + 1) * qd], hd, cos, sin);
-                    Rope::apply_with(&mut k[i * kvd..(i + 1) * kvd], hd, cos, sin);
+                    Rope::apply_with(q, hd, cos, sin);
+                    Rope::apply_with(k, hd, cos, sin);
                 }
             });
             // 2d/e. causal (sliding-window) grouped-query attention
@@ -497,7 +488,7 @@ impl<'a> Model<'a> {
                         }
                     });
                     let caches: Vec<&KvCache> = caches.iter().map(|c| &**c).collect();
-                    timed("attention", &mut || self.decode_attention(&mut att, &q, &caches, li, &positions));
+                    timed("attention", &mut || self.decode_attention(&mut att, q, &caches, li, &positions));
                 }
                 Rows::Prompts(caches, lens) => {
                     // Each prompt attends over its own cache and its own new tokens (into its
@@ -537,20 +528,21 @@ impl<'a> Model<'a> {
             let ax = lora_ax(li, &[Proj::Gate, Proj::Up], &x);
             let then = ax.as_ref().map(|ax| move |wi: usize, r0: usize, p: &mut [f32]| lora_then(ax, wi, r0, p));
             let then = then.as_ref().map(|f| f as &RowsThen);
-            lin_many(&mut [&mut gate, &mut up], "gate/up", &[&lw.gate, &lw.up], &x, segs, then)?;
+            lin_many(&mut gate_up, "gate/up", &[&lw.gate, &lw.up], &x, segs, then)?;
+            let (gate, up) = gate_up.split_at_mut(t * c.intermediate_size);
             if apart {
                 timed("lora", &mut || {
-                    self.lora.apply(li, Proj::Gate, &x, &mut gate, t, picks);
-                    self.lora.apply(li, Proj::Up, &x, &mut up, t, picks);
+                    self.lora.apply(li, Proj::Gate, &x, gate, t, picks);
+                    self.lora.apply(li, Proj::Up, &x, up, t, picks);
                 });
             }
-            timed("silu·mul", &mut || silu_mul(&mut gate, &up));
-            record(Input::Down, &gate, c.intermediate_size);
-            let ax = lora_ax(li, &[Proj::Down], &gate);
+            timed("silu·mul", &mut || silu_mul(gate, up));
+            record(Input::Down, gate, c.intermediate_size);
+            let ax = lora_ax(li, &[Proj::Down], gate);
             let then = ax.as_ref().map(|ax| move |wi: usize, r0: usize, p: &mut [f32]| lora_then(ax, wi, r0, p));
-            lin(&mut down, "down", &lw.down, &gate, segs, then.as_ref().map(|f| f as &RowsThen))?;
+            lin(&mut down, "down", &lw.down, gate, segs, then.as_ref().map(|f| f as &RowsThen))?;
             if apart {
-                timed("lora", &mut || self.lora.apply(li, Proj::Down, &gate, &mut down, t, picks));
+                timed("lora", &mut || self.lora.apply(li, Proj::Down, gate, &mut down, t, picks));
             }
             timed("residual add", &mut || add_inplace(&mut h, &down));
             if let Some(p) = progress {
