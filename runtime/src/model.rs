@@ -8,7 +8,7 @@ use crate::error::{Result, RuntimeError};
 use crate::imatrix::{Input, InputStats};
 use crate::kv_cache::{HeadView, KvCache, KvType};
 use crate::lora::{LoraAdapter, LoraAx, LoraTable, Proj};
-use crate::ops::{add_inplace, rmsnorm, silu_mul, softmax_parts, Rope};
+use crate::ops::{add_inplace, add_rmsnorm, rmsnorm, rope_rows, silu_mul, softmax_parts, Rope};
 use crate::profile::{Phase, ProfileReport, Profiler};
 use crate::weights::ModelWeights;
 use lowbit_format::ModelFile;
@@ -435,11 +435,10 @@ impl<'a> Model<'a> {
         });
 
         for (li, lw) in self.weights.layers.iter().enumerate() {
-            // 2a. input RMSNorm
-            timed("rmsnorm", &mut || {
-                for (xr, hr) in x.chunks_mut(hsz).zip(h.chunks(hsz)) {
-                    rmsnorm(xr, hr, &lw.input_norm, c.rms_norm_eps);
-                }
+            // 2a. the last layer's MLP output into the residual stream, and the input RMSNorm
+            timed("residual add + rmsnorm", &mut || {
+                let y = (li > 0).then_some(&down[..]);
+                add_rmsnorm(&mut h, y, &mut x, &lw.input_norm, c.rms_norm_eps, hsz);
             });
             let record = |input: Input, x: &[f32], cols: usize| {
                 if let Some(s) = self.stats.get() {
@@ -469,13 +468,7 @@ impl<'a> Model<'a> {
                 });
             }
             // 2c. rotary embedding, rotate_half layout
-            timed("rope", &mut || {
-                for (i, (q, k)) in q.chunks_mut(qd).zip(k.chunks_mut(kvd)).enumerate() {
-                    let (cos, sin) = (&rope_cos[i * hd / 2..(i + 1) * hd / 2], &rope_sin[i * hd / 2..(i + 1) * hd / 2]);
-                    Rope::apply_with(q, hd, cos, sin);
-                    Rope::apply_with(k, hd, cos, sin);
-                }
-            });
+            timed("rope", &mut || rope_rows(q, k, qd, kvd, hd, &rope_cos, &rope_sin));
             // 2d/e. causal (sliding-window) grouped-query attention
             match &mut rows {
                 Rows::Decode(caches) => {
@@ -517,12 +510,10 @@ impl<'a> Model<'a> {
             if apart {
                 timed("lora", &mut || self.lora.apply(li, Proj::O, &att, &mut o, t, picks));
             }
-            timed("residual add", &mut || add_inplace(&mut h, &o));
-            // 2g. MLP: down(silu(gate(x)) ⊙ up(x)) and residual
-            timed("rmsnorm", &mut || {
-                for (xr, hr) in x.chunks_mut(hsz).zip(h.chunks(hsz)) {
-                    rmsnorm(xr, hr, &lw.post_norm, c.rms_norm_eps);
-                }
+            // 2g. MLP: down(silu(gate(x)) ⊙ up(x)) and residual (added by the next layer's
+            // norm, or after the last layer)
+            timed("residual add + rmsnorm", &mut || {
+                add_rmsnorm(&mut h, Some(&o), &mut x, &lw.post_norm, c.rms_norm_eps, hsz);
             });
             record(Input::Mlp, &x, hsz);
             let ax = lora_ax(li, &[Proj::Gate, Proj::Up], &x);
@@ -544,10 +535,13 @@ impl<'a> Model<'a> {
             if apart {
                 timed("lora", &mut || self.lora.apply(li, Proj::Down, gate, &mut down, t, picks));
             }
-            timed("residual add", &mut || add_inplace(&mut h, &down));
             if let Some(p) = progress {
                 p(li + 1, self.weights.layers.len());
             }
+        }
+        // The last layer's MLP output (every row: `h` is the pass's output).
+        if !self.weights.layers.is_empty() {
+            timed("residual add", &mut || add_inplace(&mut h, &down));
         }
         // The hidden rows whose logits are asked for, by prompt.
         let mut picked: Vec<std::ops::Range<usize>> = Vec::new();

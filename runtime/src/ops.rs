@@ -102,6 +102,69 @@ pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
     lowbit_kernels::team::for_each_chunk_mut(gate, PIECE, || (), |_, i, g| k.silu_mul(g, &up[i * PIECE..][..g.len()]));
 }
 
+/// Elements below which a row loop stays on the calling thread (a meeting of the threads costs
+/// more than the work).
+const ROWS_PARALLEL_MIN: usize = 1 << 15;
+
+/// For every row `i` (`width` wide) of the residual stream `h`: `h_i += y_i` where `y` is given,
+/// then `x_i = rmsnorm(h_i) ⊙ w`. One pass over each row, its rows shared by the team's threads
+/// where there are enough of them (a prompt's); each row's bits are the separate add's and
+/// norm's, whatever the split.
+pub fn add_rmsnorm(h: &mut [f32], y: Option<&[f32]>, x: &mut [f32], w: &[f32], eps: f32, width: usize) {
+    let row = |i: usize, h: &mut [f32], x: &mut [f32]| {
+        if let Some(y) = y {
+            add_inplace(h, &y[i * width..(i + 1) * width]);
+        }
+        rmsnorm(x, h, w, eps);
+    };
+    let rows = h.len() / width;
+    if h.len() < ROWS_PARALLEL_MIN || rows < 2 {
+        h.chunks_mut(width).zip(x.chunks_mut(width)).enumerate().for_each(|(i, (h, x))| row(i, h, x));
+        return;
+    }
+    // Pieces of whole rows, a few per thread.
+    let per = rows.div_ceil(4 * lowbit_kernels::team::threads()).max(1);
+    let mut pairs: Vec<(&mut [f32], &mut [f32])> = h.chunks_mut(per * width).zip(x.chunks_mut(per * width)).collect();
+    lowbit_kernels::team::for_each_chunk_mut(
+        &mut pairs,
+        1,
+        || (),
+        |_, p, piece| {
+            for (h, x) in piece.iter_mut() {
+                h.chunks_mut(width).zip(x.chunks_mut(width)).enumerate().for_each(|(j, (h, x))| row(p * per + j, h, x));
+            }
+        },
+    );
+}
+
+/// Rotary embedding of every token's query heads (rows of `q`, `qd` wide) and key heads (rows
+/// of `k`, `kvd` wide), token `i` with `cos`/`sin` entries `i·hd/2 ..` (the tables of its
+/// position); tokens shared by the team's threads where there are enough of them.
+pub fn rope_rows(q: &mut [f32], k: &mut [f32], qd: usize, kvd: usize, hd: usize, cos: &[f32], sin: &[f32]) {
+    let token = |i: usize, q: &mut [f32], k: &mut [f32]| {
+        let (c, s) = (&cos[i * hd / 2..(i + 1) * hd / 2], &sin[i * hd / 2..(i + 1) * hd / 2]);
+        Rope::apply_with(q, hd, c, s);
+        Rope::apply_with(k, hd, c, s);
+    };
+    let tokens = q.len() / qd;
+    if q.len() < ROWS_PARALLEL_MIN || tokens < 2 {
+        q.chunks_mut(qd).zip(k.chunks_mut(kvd)).enumerate().for_each(|(i, (q, k))| token(i, q, k));
+        return;
+    }
+    let per = tokens.div_ceil(4 * lowbit_kernels::team::threads()).max(1);
+    let mut pairs: Vec<(&mut [f32], &mut [f32])> = q.chunks_mut(per * qd).zip(k.chunks_mut(per * kvd)).collect();
+    lowbit_kernels::team::for_each_chunk_mut(
+        &mut pairs,
+        1,
+        || (),
+        |_, p, piece| {
+            for (q, k) in piece.iter_mut() {
+                q.chunks_mut(qd).zip(k.chunks_mut(kvd)).enumerate().for_each(|(j, (q, k))| token(p * per + j, q, k));
+            }
+        },
+    );
+}
+
 /// `x += y`.
 pub fn add_inplace(x: &mut [f32], y: &[f32]) {
     x.iter_mut().zip(y).for_each(|(a, &b)| *a += b);
@@ -122,6 +185,50 @@ mod tests {
         let n0: f32 = orig.iter().map(|v| v * v).sum();
         let n1: f32 = x.iter().map(|v| v * v).sum();
         assert!((n0 - n1).abs() < 1e-3);
+    }
+
+    /// The row loops shared by the team give each row the bits of the plain per-row code, at
+    /// sizes below and above the parallel threshold and with a last piece of fewer rows.
+    #[test]
+    fn row_loops_on_the_team_keep_each_rows_bits() {
+        let mut seed = 5u64;
+        let mut next = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        };
+        let (width, kvd, hd) = (96usize, 32usize, 16usize);
+        let w: Vec<f32> = (0..width).map(|_| next() + 1.0).collect();
+        let rope = Rope::new(hd, 10000.0);
+        for rows in [3usize, 343, 1000] {
+            let h0: Vec<f32> = (0..rows * width).map(|_| next()).collect();
+            let y: Vec<f32> = (0..rows * width).map(|_| next()).collect();
+            let (mut h, mut x) = (h0.clone(), vec![0f32; rows * width]);
+            add_rmsnorm(&mut h, Some(&y), &mut x, &w, 1e-5, width);
+            let (mut want_h, mut want_x) = (h0.clone(), vec![0f32; rows * width]);
+            for i in 0..rows {
+                let r = i * width..(i + 1) * width;
+                add_inplace(&mut want_h[r.clone()], &y[r.clone()]);
+                rmsnorm(&mut want_x[r.clone()], &want_h[r.clone()], &w, 1e-5);
+            }
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!((bits(&h), bits(&x)), (bits(&want_h), bits(&want_x)), "{rows} rows");
+
+            let (mut cos, mut sin) = (Vec::new(), Vec::new());
+            let (c, s) = rope.tables(7, rows);
+            cos.extend(c);
+            sin.extend(s);
+            let (q0, k0): (Vec<f32>, Vec<f32>) =
+                ((0..rows * width).map(|_| next()).collect(), (0..rows * kvd).map(|_| next()).collect());
+            let (mut q, mut k) = (q0.clone(), k0.clone());
+            rope_rows(&mut q, &mut k, width, kvd, hd, &cos, &sin);
+            let (mut want_q, mut want_k) = (q0, k0);
+            for i in 0..rows {
+                let (c, s) = (&cos[i * hd / 2..(i + 1) * hd / 2], &sin[i * hd / 2..(i + 1) * hd / 2]);
+                Rope::apply_with(&mut want_q[i * width..(i + 1) * width], hd, c, s);
+                Rope::apply_with(&mut want_k[i * kvd..(i + 1) * kvd], hd, c, s);
+            }
+            assert_eq!((bits(&q), bits(&k)), (bits(&want_q), bits(&want_k)), "rope, {rows} rows");
+        }
     }
 
     #[test]
