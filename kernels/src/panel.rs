@@ -37,29 +37,47 @@ impl Panel {
         }
     }
 
-    /// Puts `src` (a multiple of 4 activations) into token `t`'s block `b` from activation
-    /// `4·j0` on, four bytes at a time, and sets the block's scale.
-    fn put(&mut self, t: usize, b: usize, j0: usize, src: &[i8], scale: f32) {
-        let (g, n) = (t / PANEL_TOKENS, t % PANEL_TOKENS);
-        let words: &mut [u32] = bytemuck::cast_slice_mut(&mut self.bytes);
-        let tile = (g * self.nb + b) * PANEL_TOKENS * self.bs / 4;
+    /// Fills the panel group by group: `group(g, words, xs)` gets group `g`'s tiles (as words of
+    /// four activations) and scales. A prompt's groups (two or more) go to the team's threads:
+    /// laid out on the calling thread alone, a 706-token prompt's panels took about 2 % of its
+    /// prefill while the other thread waited.
+    fn fill(&mut self, group: impl Fn(usize, &mut [u32], &mut [f32]) + Sync + Send) {
+        let (gb, gx) = (self.nb * PANEL_TOKENS * self.bs, self.nb * PANEL_TOKENS);
+        let mut groups: Vec<(&mut [i8], &mut [f32])> = self.bytes.chunks_mut(gb).zip(self.xs.chunks_mut(gx)).collect();
+        // Each group starts on a whole line of the buffer, so its bytes are whole words.
+        let run = |g: usize, (bytes, xs): &mut (&mut [i8], &mut [f32])| group(g, bytemuck::cast_slice_mut(bytes), xs);
+        if groups.len() < 2 {
+            groups.iter_mut().enumerate().for_each(|(g, p)| run(g, p));
+        } else {
+            crate::team::for_each_chunk_mut(&mut groups, 1, || (), |_, g, p| run(g, &mut p[0]));
+        }
+    }
+
+    /// Puts `src` (a multiple of 4 activations) into token `n` of a group's block `b` (its
+    /// tiles as `words`, its scales `xs`) from activation `4·j0` on, four bytes at a time, and
+    /// sets the block's scale.
+    #[allow(clippy::too_many_arguments)]
+    fn put(words: &mut [u32], xs: &mut [f32], bs: usize, n: usize, b: usize, j0: usize, src: &[i8], scale: f32) {
+        let tile = b * PANEL_TOKENS * bs / 4;
         for (j, four) in src.chunks_exact(4).enumerate() {
             let four: [i8; 4] = four.try_into().expect("chunks of four");
             words[tile + PANEL_TOKENS * (j0 + j) + n] = u32::from_ne_bytes(bytemuck::cast(four));
         }
-        self.xs[(g * self.nb + b) * PANEL_TOKENS + n] = scale;
+        xs[b * PANEL_TOKENS + n] = scale;
     }
 
     /// From `m` tokens' de-interleaved activations (token `t`'s even ones at `qe[t·stride ..]`,
     /// odd ones at `qo[t·stride ..]`, `32·nb` each) and block scales (`xs[t·nb ..]`, `nb` each).
     pub fn new(qe: &[i8], qo: &[i8], stride: usize, xs: &[f32], nb: usize, m: usize) -> Panel {
         let mut p = Panel::zeroed(nb, 64, m);
-        for t in 0..m {
-            for b in 0..nb {
-                p.put(t, b, 0, &qe[t * stride + 32 * b..][..32], xs[t * nb + b]);
-                p.put(t, b, 8, &qo[t * stride + 32 * b..][..32], xs[t * nb + b]);
+        p.fill(|g, words, gxs| {
+            for (n, t) in (g * PANEL_TOKENS..m.min((g + 1) * PANEL_TOKENS)).enumerate() {
+                for b in 0..nb {
+                    Panel::put(words, gxs, 64, n, b, 0, &qe[t * stride + 32 * b..][..32], xs[t * nb + b]);
+                    Panel::put(words, gxs, 64, n, b, 8, &qo[t * stride + 32 * b..][..32], xs[t * nb + b]);
+                }
             }
-        }
+        });
         p
     }
 
@@ -68,11 +86,13 @@ impl Panel {
     pub fn q8(q: &[i8], stride: usize, d: &[f32], bs: usize, nb: usize, m: usize) -> Panel {
         assert!(bs == 32 || bs == 64, "blocks of 32 or 64");
         let mut p = Panel::zeroed(nb, bs, m);
-        for t in 0..m {
-            for b in 0..nb {
-                p.put(t, b, 0, &q[t * stride + bs * b..][..bs], d[t * nb + b]);
+        p.fill(|g, words, gxs| {
+            for (n, t) in (g * PANEL_TOKENS..m.min((g + 1) * PANEL_TOKENS)).enumerate() {
+                for b in 0..nb {
+                    Panel::put(words, gxs, bs, n, b, 0, &q[t * stride + bs * b..][..bs], d[t * nb + b]);
+                }
             }
-        }
+        });
         p
     }
 
