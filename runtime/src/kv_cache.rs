@@ -354,6 +354,24 @@ impl KvCache {
         }
     }
 
+    /// The room [`KvCache::put`] makes while growing to hold positions `.. positions` (its
+    /// doubling's end), made at once: a prompt's cache then grows, allocating and moving its
+    /// rows, once per layer instead of once per doubling.
+    pub fn make_room(&mut self, positions: usize) {
+        let cap = self.capacity();
+        let need = positions.min(cap);
+        for layer in 0..self.layers.len() {
+            let mut slots = self.layers[layer].slots;
+            if slots >= need {
+                continue;
+            }
+            while slots < need {
+                slots = (slots + 1).max((slots * 2).min(cap));
+            }
+            self.grow(layer, slots);
+        }
+    }
+
     /// `layer`'s stores with room for `slots` slots; each head's rows move to their place in
     /// the larger block.
     fn grow(&mut self, layer: usize, slots: usize) {
@@ -492,6 +510,35 @@ mod tests {
     }
 
     /// Growing keeps every head's rows in place, in order.
+    #[test]
+    fn making_room_ends_where_putting_token_by_token_ends() {
+        // From empty, and from a partly filled cache (its rows kept); past the capacity it
+        // stops there.
+        for (have, positions) in [(0usize, 1usize), (0, 37), (5, 37), (20, 64), (0, 300)] {
+            let (mut stepped, mut made) =
+                (KvCache::new(2, 3, 2, None, 100, KvType::F32), KvCache::new(2, 3, 2, None, 100, KvType::F32));
+            let kv = |p: usize| (0..6).map(|i| (10 * p + i) as f32).collect::<Vec<f32>>();
+            for p in 0..have {
+                for c in [&mut stepped, &mut made] {
+                    c.put(0, p, &kv(p), &kv(p));
+                    c.put(1, p, &kv(p), &kv(p));
+                }
+            }
+            made.make_room(positions);
+            for p in have..positions.min(100) {
+                stepped.put(0, p, &kv(p), &kv(p));
+                stepped.put(1, p, &kv(p), &kv(p));
+            }
+            for l in 0..2 {
+                assert_eq!(made.layers[l].slots, stepped.layers[l].slots, "{have} then {positions}");
+                let (HeadView::F32(k, _), HeadView::F32(k2, _)) = (made.head(l, 1), stepped.head(l, 1)) else {
+                    panic!("f32 cache")
+                };
+                assert_eq!(&k[..2 * have], &k2[..2 * have], "rows kept");
+            }
+        }
+    }
+
     #[test]
     fn growth_keeps_each_heads_rows() {
         // Grown step by step, and reserved first (less than, then more than, is used; past

@@ -305,6 +305,13 @@ impl<'a> Model<'a> {
             }
         };
         let decode = matches!(rows, Rows::Decode(_));
+        // A prompt's cache makes room for it at once (growing by doubling as its tokens went in
+        // cost a 706-token prompt 6 % of its prefill at two threads).
+        if let Rows::Prompts(caches, lens) = &mut rows {
+            for (cache, &n) in caches.iter_mut().zip(lens.iter()) {
+                cache.make_room(cache.len + n);
+            }
+        }
         // Each row's named adapter, from its sequence's cache.
         let picks: Vec<Option<(usize, f32)>> = match &rows {
             Rows::Prompts(caches, lens) => {
