@@ -121,24 +121,14 @@ impl Store {
         }
     }
 
-    /// An empty store of the same type.
-    fn empty_like(&self) -> Store {
+    /// `n` zero elements of this store's type, zeroed by the allocator (fresh pages cost no
+    /// pass of stores: filling a 706-token prompt's cache with zeros first took 6 % of its
+    /// prefill, serially).
+    fn zeroed_like(&self, n: usize) -> Store {
         match self {
-            Store::F32(_) => Store::F32(Vec::new()),
-            Store::F16(_) => Store::F16(Vec::new()),
-            Store::Q8(r) => Store::Q8(Q8Rows { row: r.row, q: Vec::new(), scales: Vec::new() }),
-        }
-    }
-
-    fn resize(&mut self, n: usize) {
-        match self {
-            Store::F32(v) => v.resize(n, 0.0),
-            Store::F16(v) => v.resize(n, f16::ZERO),
-            Store::Q8(r) => {
-                let nb = r.blocks(n);
-                r.q.resize(n, 0);
-                r.scales.resize(nb, f16::ZERO);
-            }
+            Store::F32(_) => Store::F32(vec![0.0; n]),
+            Store::F16(_) => Store::F16(bytemuck::zeroed_vec(n)),
+            Store::Q8(r) => Store::Q8(Q8Rows { row: r.row, q: vec![0; n], scales: bytemuck::zeroed_vec(r.blocks(n)) }),
         }
     }
 
@@ -378,8 +368,7 @@ impl KvCache {
         let (nkv, hd) = (self.kv_heads, self.head_dim);
         let l = &mut self.layers[layer];
         for store in [&mut l.k, &mut l.v] {
-            let mut grown = store.empty_like();
-            grown.resize(nkv * slots * hd);
+            let mut grown = store.zeroed_like(nkv * slots * hd);
             for h in 0..nkv {
                 grown.copy_from(h * slots * hd, store, h * l.slots * hd, l.slots * hd);
             }
