@@ -500,11 +500,7 @@ impl<'a> Model<'a> {
                         let (kn, vn) = (&k[t0 * kvd..(t0 + n) * kvd], &v[t0 * kvd..(t0 + n) * kvd]);
                         let (qn, an) = (&q[t0 * qd..(t0 + n) * qd], &mut att[t0 * qd..(t0 + n) * qd]);
                         timed("attention", &mut || self.attention(an, qn, kn, vn, cache, li, p0));
-                        timed("kv cache store", &mut || {
-                            for i in 0..n {
-                                cache.put(li, p0 + i, &kn[i * kvd..(i + 1) * kvd], &vn[i * kvd..(i + 1) * kvd]);
-                            }
-                        });
+                        timed("kv cache store", &mut || cache.put_run(li, p0, kn, vn));
                         t0 += n;
                     }
                 }
