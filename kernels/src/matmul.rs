@@ -672,22 +672,10 @@ fn q8_panel_matmul(k: &Kernels, out: &mut [f32], ws: &[Int8Rows], x: &[f32], m: 
     let nb = cols / bs;
     let mut q = Lined::<i8>::zeroed(m * cols);
     let mut d = Lined::<f32>::zeroed(m * nb);
-    // A prompt's tokens on the team, a few pieces a thread, as `BlockQ8::new` quantizes them.
-    let per = if parallel { m.div_ceil(4 * crate::team::threads()).max(1) } else { m.max(1) };
-    let mut pieces: Vec<(&mut [i8], &mut [f32])> = q.chunks_mut(per * cols).zip(d.chunks_mut(per * nb)).collect();
-    crate::team::for_each_chunk_mut(
-        &mut pieces,
-        1,
-        || (),
-        |_, p, piece| {
-            for (q, d) in piece.iter_mut() {
-                let x = &x[p * per * cols..];
-                for ((x, q), d) in x.chunks(cols).zip(q.chunks_mut(cols)).zip(d.chunks_mut(nb)) {
-                    k.quantize_q8_plain(x, bs, q, d);
-                }
-            }
-        },
-    );
+    // A prompt's tokens on the team, as `BlockQ8::new` quantizes them.
+    crate::team::for_each_row_pair(&mut q, cols, &mut d, nb, parallel, |t, q, d| {
+        k.quantize_q8_plain(&x[t * cols..(t + 1) * cols], bs, q, d)
+    });
     let panel = &Panel::q8(&q, cols, &d, bs, nb, m);
     let plan = &RowPlan::new(ws.iter().map(|w| w.rows()), m, 16);
     let cells = Cells::new(out);

@@ -421,6 +421,37 @@ pub fn for_each_chunk_mut<T: Send, S>(
     });
 }
 
+/// Row `i` of `a` (`wa` wide) and of `b` (`wb` wide) together through `row(i, a_i, b_i)`: with
+/// `parallel`, in pieces of whole rows (a few per thread) on the team's threads, else in turn on
+/// the calling thread. For a prompt's per-token loops (norms, RoPE, activation quantization),
+/// whose rows are each their own work.
+pub fn for_each_row_pair<A: Send, B: Send>(
+    a: &mut [A],
+    wa: usize,
+    b: &mut [B],
+    wb: usize,
+    parallel: bool,
+    row: impl Fn(usize, &mut [A], &mut [B]) + Sync + Send,
+) {
+    let rows = a.len() / wa.max(1);
+    if !parallel || rows < 2 {
+        a.chunks_mut(wa).zip(b.chunks_mut(wb)).enumerate().for_each(|(i, (a, b))| row(i, a, b));
+        return;
+    }
+    let per = rows.div_ceil(4 * threads()).max(1);
+    let mut pieces: Vec<(&mut [A], &mut [B])> = a.chunks_mut(per * wa).zip(b.chunks_mut(per * wb)).collect();
+    for_each_chunk_mut(
+        &mut pieces,
+        1,
+        || (),
+        |_, p, piece| {
+            for (a, b) in piece.iter_mut() {
+                a.chunks_mut(wa).zip(b.chunks_mut(wb)).enumerate().for_each(|(j, (a, b))| row(p * per + j, a, b));
+            }
+        },
+    );
+}
+
 /// A mutable slice shared with the team's threads, which each form the disjoint piece that the
 /// task counter handed to them alone.
 struct Pieces<T> {

@@ -106,63 +106,39 @@ pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
 /// more than the work).
 const ROWS_PARALLEL_MIN: usize = 1 << 15;
 
+/// Row `i` of `a` and `b` together ([`lowbit_kernels::team::for_each_row_pair`]), on the team
+/// where `a` has enough elements (a prompt's).
+fn paired_rows(
+    a: &mut [f32],
+    wa: usize,
+    b: &mut [f32],
+    wb: usize,
+    row: impl Fn(usize, &mut [f32], &mut [f32]) + Sync + Send,
+) {
+    lowbit_kernels::team::for_each_row_pair(a, wa, b, wb, a.len() >= ROWS_PARALLEL_MIN, row);
+}
+
 /// For every row `i` (`width` wide) of the residual stream `h`: `h_i += y_i` where `y` is given,
-/// then `x_i = rmsnorm(h_i) ⊙ w`. One pass over each row, its rows shared by the team's threads
-/// where there are enough of them (a prompt's); each row's bits are the separate add's and
-/// norm's, whatever the split.
+/// then `x_i = rmsnorm(h_i) ⊙ w`. One pass over each row, a prompt's rows on the team's threads;
+/// each row's bits are the separate add's and norm's, whatever the split.
 pub fn add_rmsnorm(h: &mut [f32], y: Option<&[f32]>, x: &mut [f32], w: &[f32], eps: f32, width: usize) {
-    let row = |i: usize, h: &mut [f32], x: &mut [f32]| {
+    paired_rows(h, width, x, width, |i, h, x| {
         if let Some(y) = y {
             add_inplace(h, &y[i * width..(i + 1) * width]);
         }
         rmsnorm(x, h, w, eps);
-    };
-    let rows = h.len() / width;
-    if h.len() < ROWS_PARALLEL_MIN || rows < 2 {
-        h.chunks_mut(width).zip(x.chunks_mut(width)).enumerate().for_each(|(i, (h, x))| row(i, h, x));
-        return;
-    }
-    // Pieces of whole rows, a few per thread.
-    let per = rows.div_ceil(4 * lowbit_kernels::team::threads()).max(1);
-    let mut pairs: Vec<(&mut [f32], &mut [f32])> = h.chunks_mut(per * width).zip(x.chunks_mut(per * width)).collect();
-    lowbit_kernels::team::for_each_chunk_mut(
-        &mut pairs,
-        1,
-        || (),
-        |_, p, piece| {
-            for (h, x) in piece.iter_mut() {
-                h.chunks_mut(width).zip(x.chunks_mut(width)).enumerate().for_each(|(j, (h, x))| row(p * per + j, h, x));
-            }
-        },
-    );
+    });
 }
 
 /// Rotary embedding of every token's query heads (rows of `q`, `qd` wide) and key heads (rows
 /// of `k`, `kvd` wide), token `i` with `cos`/`sin` entries `i·hd/2 ..` (the tables of its
-/// position); tokens shared by the team's threads where there are enough of them.
+/// position); a prompt's tokens on the team's threads.
 pub fn rope_rows(q: &mut [f32], k: &mut [f32], qd: usize, kvd: usize, hd: usize, cos: &[f32], sin: &[f32]) {
-    let token = |i: usize, q: &mut [f32], k: &mut [f32]| {
+    paired_rows(q, qd, k, kvd, |i, q, k| {
         let (c, s) = (&cos[i * hd / 2..(i + 1) * hd / 2], &sin[i * hd / 2..(i + 1) * hd / 2]);
         Rope::apply_with(q, hd, c, s);
         Rope::apply_with(k, hd, c, s);
-    };
-    let tokens = q.len() / qd;
-    if q.len() < ROWS_PARALLEL_MIN || tokens < 2 {
-        q.chunks_mut(qd).zip(k.chunks_mut(kvd)).enumerate().for_each(|(i, (q, k))| token(i, q, k));
-        return;
-    }
-    let per = tokens.div_ceil(4 * lowbit_kernels::team::threads()).max(1);
-    let mut pairs: Vec<(&mut [f32], &mut [f32])> = q.chunks_mut(per * qd).zip(k.chunks_mut(per * kvd)).collect();
-    lowbit_kernels::team::for_each_chunk_mut(
-        &mut pairs,
-        1,
-        || (),
-        |_, p, piece| {
-            for (q, k) in piece.iter_mut() {
-                q.chunks_mut(qd).zip(k.chunks_mut(kvd)).enumerate().for_each(|(j, (q, k))| token(p * per + j, q, k));
-            }
-        },
-    );
+    });
 }
 
 /// `x += y`.
