@@ -154,7 +154,7 @@ fn run(
     }
     let total = starts[ws.len()];
     let cells = Cells::new(out);
-    let task = |(scratch, rows_t, run): &mut (Scratch, Vec<f32>, Vec<f32>), i: usize| {
+    let task = |(scratch, rows_t, tm): &mut (Scratch, Vec<f32>, Vec<f32>), i: usize| {
         let r0 = i * chunk;
         let n = chunk.min(total - r0);
         rows_t.resize(n * m, 0.0);
@@ -165,9 +165,9 @@ fn run(
             let src = if token_major {
                 &*piece
             } else {
-                run.resize(m * len, 0.0);
-                k.transpose(piece, m, run, len, len, m);
-                &run[..]
+                tm.resize(m * len, 0.0);
+                k.transpose(piece, m, tm, len, len, m);
+                &tm[..]
             };
             for (t, src) in src.chunks(len).enumerate() {
                 // SAFETY: this task alone writes rows r .. r + len of weight wi, for every token.
@@ -176,15 +176,7 @@ fn run(
             }
         });
     };
-    let init = || (prep.scratch(chunk), Vec::new(), Vec::new());
-    let tasks = total.div_ceil(chunk);
-    match par {
-        Par::Team => crate::team::for_each_task(tasks, init, task),
-        Par::Serial => {
-            let mut state = init();
-            (0..tasks).for_each(|i| task(&mut state, i));
-        }
-    }
+    par.tasks(total.div_ceil(chunk), || (prep.scratch(chunk), Vec::new(), Vec::new()), task);
 }
 
 /// What a task does with each weight's share of its rows: (weight index, first row, `rows × m`

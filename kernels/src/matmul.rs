@@ -380,6 +380,25 @@ pub(crate) enum Par {
     Team,
 }
 
+impl Par {
+    /// `f(state, i)` for every task `i < n`: on the team, or in turn on the calling thread, each
+    /// thread with a state from `init`.
+    pub(crate) fn tasks<S>(
+        self,
+        n: usize,
+        init: impl Fn() -> S + Sync + Send,
+        f: impl Fn(&mut S, usize) + Sync + Send,
+    ) {
+        match self {
+            Par::Team => crate::team::for_each_task(n, init, f),
+            Par::Serial => {
+                let mut state = init();
+                (0..n).for_each(|i| f(&mut state, i));
+            }
+        }
+    }
+}
+
 /// Runs `f(first_row, rows_chunk)` over `chunk`-row pieces of `out`, in parallel as asked.
 pub(crate) fn for_row_chunks<S: Send>(
     out: &mut [f32],
@@ -594,12 +613,8 @@ impl RowPlan {
 
     /// Every task, on the team when `parallel`, each thread with buffers from `init`.
     fn run<S>(&self, parallel: bool, init: impl Fn() -> S + Sync + Send, work: impl Fn(&mut S, usize) + Sync + Send) {
-        if parallel {
-            crate::team::for_each_task(self.tasks, init, work);
-        } else {
-            let mut bufs = init();
-            (0..self.tasks).for_each(|task| work(&mut bufs, task));
-        }
+        let par = if parallel { Par::Team } else { Par::Serial };
+        par.tasks(self.tasks, init, work);
     }
 }
 
