@@ -310,7 +310,7 @@ impl Kernels {
                     dot_q8: k::dot_q8,
                     dot_q8_x4: Some(k::dot_q8_x4),
                     dot_q8_x4t4: None,
-                    dot_q8_rows_t8: None,
+                    dot_q8_rows_t8: Some(k::dot_q8_rows_t8),
                     dot_q8_rows: Some(k::dot_q8_rows),
                     dot_q5_rows: Some(k::dot_q5_rows),
                     dot_fourbit_q8_x4: Some((k::dot_fourbit_q8_x4, k::dot_fourbit_q8)),

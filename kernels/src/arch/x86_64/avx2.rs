@@ -2012,6 +2012,94 @@ pub unsafe fn dot_q5_rows(qs: &[u8], qh: &[u8], scale: &[f16], q: &[i8], d: &[f3
     }
 }
 
+/// See [`crate::scalar::dot_q8_rows_t8`]: a decode task's block int8 rows against eight tokens
+/// prepared as [`crate::pairs::TokenPairs::q8`], every (row, token) with the bits of
+/// [`dot_q8_rows`] on that token alone. A row's bytes and their absolute values are loaded once
+/// for the eight tokens, where one token a call reads the row again for each (a batched decode
+/// step's 8-bit head, 28 MB at SmolLM2's size, went through the cores sixteen times); each
+/// token's codes, signed by the row's, go through `vpmaddubsw` + `vpmaddwd` as there, and each
+/// block's factor is the row's scale times the token's, one multiply, as there.
+///
+/// # Safety
+/// AVX2, FMA and F16C must be available; with `n = out.rows()`, `nb = group.nb` and
+/// `bs = 32 · group.steps` (32 or 64), `w` holds `n · nb · bs` values (row after row), `scale`
+/// `n · nb`, and `group` its full buffers.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q8_rows_t8(w: &[i8], scale: &[f16], group: crate::pairs::PairGroup<'_>, out: crate::Grid<'_>) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        if group.steps == 1 {
+            q8_rows_t8::<1>(w, scale, group, out)
+        } else {
+            q8_rows_t8::<2>(w, scale, group, out)
+        }
+    }
+}
+
+/// [`dot_q8_rows_t8`] for blocks of `32 · S` values.
+///
+/// # Safety
+/// As [`dot_q8_rows_t8`], with `group.steps == S`; inlined into it.
+#[inline(always)]
+unsafe fn q8_rows_t8<const S: usize>(
+    w: &[i8],
+    scale: &[f16],
+    group: crate::pairs::PairGroup<'_>,
+    mut out: crate::Grid<'_>,
+) {
+    let n = out.rows();
+    let nb = group.nb;
+    let cols = nb * 32 * S;
+    let (op, rs, ts) = out.raw();
+    // SAFETY: row i reads `cols` values at `i·cols` and `nb` scales at `i·nb`, i < n; block b of
+    // the group reads S·256 bytes of codes at b·S·256 and 64 scales at b·64 (caller's contract);
+    // stores go to the grid's cells of rows below n.
+    unsafe {
+        let ones = _mm256_set1_epi16(1);
+        let (qp, xp) = (group.q.as_ptr(), group.xs.as_ptr());
+        for i in 0..n {
+            let row = w.as_ptr().add(i * cols);
+            let mut acc = [_mm256_setzero_ps(); 8];
+            for b in 0..nb {
+                ahead(row as *const u8, b * 32 * S);
+                let wv: [__m256i; S] =
+                    std::array::from_fn(|st| _mm256_loadu_si256(row.add((b * S + st) * 32) as *const __m256i));
+                let aw = wv.map(|v| _mm256_abs_epi8(v));
+                // f16 to f32 is exact however it is converted.
+                let ws = _mm256_set1_ps(scale.get_unchecked(i * nb + b).to_f32());
+                let (qb, xb) = (qp.add(b * S * 256), xp.add(b * 64));
+                for (t, acc) in acc.iter_mut().enumerate() {
+                    // Token t's step st at pair t/2, half t%2; its scale in lanes 8·(t%2) of the pair's 16.
+                    let (p, h) = (t / 2, t % 2);
+                    let mut isum = _mm256_setzero_si256();
+                    for st in 0..S {
+                        let qv = _mm256_loadu_si256(qb.add((p * S + st) * 64 + h * 32) as *const __m256i);
+                        let pr = _mm256_maddubs_epi16(aw[st], _mm256_sign_epi8(qv, wv[st]));
+                        isum = _mm256_add_epi32(isum, _mm256_madd_epi16(pr, ones));
+                    }
+                    let f = _mm256_mul_ps(ws, _mm256_loadu_ps(xb.add(16 * p + 8 * h)));
+                    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), f, *acc);
+                }
+            }
+            // Four tokens a `hsum4`: a lane of it depends on its own vector alone, so each
+            // (row, token) has the one-token kernel's sum.
+            let (lo, hi) = (hsum4([acc[0], acc[1], acc[2], acc[3]]), hsum4([acc[4], acc[5], acc[6], acc[7]]));
+            let p = op.add(i * rs);
+            if ts == 1 {
+                _mm_storeu_ps(p, lo);
+                _mm_storeu_ps(p.add(4), hi);
+            } else {
+                let mut v = [0f32; 8];
+                _mm_storeu_ps(v.as_mut_ptr(), lo);
+                _mm_storeu_ps(v.as_mut_ptr().add(4), hi);
+                for (t, &v) in v.iter().enumerate() {
+                    *p.add(t * ts) = v;
+                }
+            }
+        }
+    }
+}
+
 /// Four block int8 rows against the same activations, each row bit-identical to [`dot_q8`].
 ///
 /// # Safety
