@@ -242,13 +242,17 @@ unsafe fn dot_rows_group<E: RowElem, const G: usize>(q: &[f32], rp: *const E, st
             i += 8;
         }
         let mut s = [0f32; G];
-        for (four, sf) in acc.chunks(4).zip(s.chunks_mut(4)) {
+        // Four rows a `hsum4`, indexed by constants (chunk iterators left a call and a
+        // `memcpy` per four rows out of line).
+        for c in (0..G).step_by(4) {
             // Fewer than four rows are padded with zero vectors: a row's lane of `hsum4` only
             // ever adds that row's own lanes, so padding leaves its bits as they are.
-            let v: [__m256; 4] = std::array::from_fn(|k| four.get(k).copied().unwrap_or(_mm256_setzero_ps()));
+            let v: [__m256; 4] = std::array::from_fn(|k| if c + k < G { acc[c + k] } else { _mm256_setzero_ps() });
             let mut lanes = [0f32; 4];
             _mm_storeu_ps(lanes.as_mut_ptr(), hsum4(v));
-            sf.copy_from_slice(&lanes[..sf.len()]);
+            for (k, &l) in lanes.iter().enumerate().take(G - c) {
+                s[c + k] = l;
+            }
         }
         for (r, sr) in s.iter_mut().enumerate() {
             for ii in i..d {
@@ -445,24 +449,47 @@ unsafe fn dot_rows_queries<E: RowElem, const Q: usize, const G: usize>(
     for (u, p) in qp.iter_mut().enumerate() {
         *p = q[(g + u) * d..].as_ptr();
     }
-    let mut put = |j: usize, s: &[[f32; 4]; Q], rows: usize| {
-        for (u, s) in s.iter().enumerate() {
-            out[(g + u) * ostride + j..][..rows].copy_from_slice(&s[..rows]);
-        }
-    };
     let mut j = 0;
     // SAFETY: each pass reads rows j .. j + G (or the last ones), inside the caller's rows.
     unsafe {
         while j + G <= n {
-            put(j, &dot_rows_group_multi::<E, Q, G>(qp, d, rp.add(j * stride), stride), G);
+            put_scores::<Q, G>(out, ostride, g, j, &dot_rows_group_multi::<E, Q, G>(qp, d, rp.add(j * stride), stride));
             j += G;
         }
         match n - j {
             0 => {}
-            1 => put(j, &dot_rows_group_multi::<E, Q, 1>(qp, d, rp.add(j * stride), stride), 1),
-            2 => put(j, &dot_rows_group_multi::<E, Q, 2>(qp, d, rp.add(j * stride), stride), 2),
-            _ => put(j, &dot_rows_group_multi::<E, Q, 3>(qp, d, rp.add(j * stride), stride), 3),
+            1 => put_scores::<Q, 1>(
+                out,
+                ostride,
+                g,
+                j,
+                &dot_rows_group_multi::<E, Q, 1>(qp, d, rp.add(j * stride), stride),
+            ),
+            2 => put_scores::<Q, 2>(
+                out,
+                ostride,
+                g,
+                j,
+                &dot_rows_group_multi::<E, Q, 2>(qp, d, rp.add(j * stride), stride),
+            ),
+            _ => put_scores::<Q, 3>(
+                out,
+                ostride,
+                g,
+                j,
+                &dot_rows_group_multi::<E, Q, 3>(qp, d, rp.add(j * stride), stride),
+            ),
         }
+    }
+}
+
+/// Rows `j .. j + R` of queries `g .. g + Q` from one pass of [`dot_rows_queries`]. `R` a
+/// constant, so each query's store is a fixed move: a closure taking the count at run time
+/// stayed out of line, a call and a `memcpy` call for every three keys of attention.
+#[inline(always)]
+fn put_scores<const Q: usize, const R: usize>(out: &mut [f32], ostride: usize, g: usize, j: usize, s: &[[f32; 4]; Q]) {
+    for (u, s) in s.iter().enumerate() {
+        out[(g + u) * ostride + j..][..R].copy_from_slice(&s[..R]);
     }
 }
 
