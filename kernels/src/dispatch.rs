@@ -11,6 +11,7 @@ use std::sync::OnceLock;
 type DotF32 = unsafe fn(&[f32], &[f32]) -> f32;
 type AxpyF32 = unsafe fn(&mut [f32], f32, &[f32]);
 type ExpSub = unsafe fn(&mut [f32], f32);
+type SoftmaxParts = unsafe fn(&mut [f32], f32, bool) -> (f32, f32);
 type SiluMul = unsafe fn(&mut [f32], &[f32]);
 type DotF32Rows = unsafe fn(&mut [f32], &[f32], &[f32], usize);
 type AxpyF32Rows = unsafe fn(&mut [f32], &[f32], &[f32], usize);
@@ -105,6 +106,7 @@ pub struct Kernels {
     dot_f32: DotF32,
     axpy_f32: AxpyF32,
     exp_sub: ExpSub,
+    softmax_parts: SoftmaxParts,
     silu_mul: SiluMul,
     transpose: Transpose,
     dot_f32_rows: DotF32Rows,
@@ -229,6 +231,7 @@ impl Kernels {
             dot_f32: scalar::dot_f32,
             axpy_f32: scalar::axpy_f32,
             exp_sub: scalar::exp_sub,
+            softmax_parts: scalar::softmax_parts,
             silu_mul: scalar::silu_mul,
             transpose: scalar::transpose,
             dot_f32_rows: scalar::dot_f32_rows,
@@ -290,6 +293,7 @@ impl Kernels {
                     dot_f32: k::dot_f32,
                     axpy_f32: k::axpy_f32,
                     exp_sub: k::exp_sub,
+                    softmax_parts: k::softmax_parts,
                     silu_mul: k::silu_mul,
                     transpose: k::transpose,
                     dot_f32_rows: k::dot_f32_rows,
@@ -354,6 +358,7 @@ impl Kernels {
                     dot_f32: k::dot_f32,
                     axpy_f32: scalar::axpy_f32,
                     exp_sub: scalar::exp_sub,
+                    softmax_parts: scalar::softmax_parts,
                     silu_mul: scalar::silu_mul,
                     transpose: scalar::transpose,
                     dot_f32_rows: scalar::dot_f32_rows,
@@ -571,6 +576,7 @@ impl Kernels {
             dot_f32: k::dot_f32,
             axpy_f32: k::axpy_f32,
             exp_sub: k::exp_sub,
+            softmax_parts: k::softmax_parts,
             silu_mul: k::silu_mul,
             transpose: crate::arch::x86_64::avx2::transpose,
             // The AVX2 row loops: their eight-row blocking is what matters at head sizes 64–128.
@@ -690,6 +696,15 @@ impl Kernels {
     pub fn exp_sub(&self, x: &mut [f32], sub: f32) {
         // SAFETY: `self` exists only for a supported ISA; the kernel touches only `x`.
         unsafe { (self.exp_sub)(x, sub) }
+    }
+
+    /// Softmax over `x` scaled by `scale`, in place, bit-identical on every ISA
+    /// ([`crate::scalar::softmax_parts`]): `x[i] = exp(x[i]·scale − m)`, `m` the largest scaled
+    /// value; returns `(m, Σ x[i])`, and with `normalize` divides `x` by the sum.
+    #[inline]
+    pub fn softmax_parts(&self, x: &mut [f32], scale: f32, normalize: bool) -> (f32, f32) {
+        // SAFETY: `self` exists only for a supported ISA; the kernel touches only `x`.
+        unsafe { (self.softmax_parts)(x, scale, normalize) }
     }
 
     /// `gate = silu(gate) ⊙ up`, bit-identical on every ISA ([`crate::scalar::silu_mul`]);

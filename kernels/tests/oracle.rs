@@ -256,6 +256,28 @@ proptest! {
         }
     }
 
+    /// Softmax (scaled, with and without the division): every level gives the scalar code's
+    /// bits and the same maximum and sum, over lengths that leave every tail; the scalar code is
+    /// a softmax.
+    #[test]
+    fn softmax_is_bit_identical(x in prop::collection::vec(prop_oneof![
+        8 => -30.0f32..30.0, 1 => prop::sample::select(vec![0.0f32, -0.0, f32::NEG_INFINITY, 88.0, -120.0]),
+    ], 0..90), scale in 0.01f32..2.0, normalize in any::<bool>()) {
+        let mut want = x.clone();
+        let (wm, ws) = scalar::softmax_parts(&mut want, scale, normalize);
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        if normalize && x.iter().any(|v| v.is_finite()) {
+            let total: f64 = want.iter().map(|&v| v as f64).sum();
+            prop_assert!((total - 1.0).abs() < 1e-4, "sums to {}", total);
+        }
+        for k in simd_levels() {
+            let mut got = x.clone();
+            let (m, s) = k.softmax_parts(&mut got, scale, normalize);
+            prop_assert_eq!(bits(&got), bits(&want), "{} values", k.label());
+            prop_assert_eq!((m.to_bits(), s.to_bits()), (wm.to_bits(), ws.to_bits()), "{} max and sum", k.label());
+        }
+    }
+
     /// The transpose of every level is the scalar one, edges and strides included, and writes
     /// nothing else.
     #[test]

@@ -113,9 +113,7 @@ pub(crate) fn prefill_attention(out: &mut [f32], q: &[f32], kv: &KeyValues, t: u
                 let (a, b) = (first_key(pos) - klo, pos + 1 - klo);
                 row[..a].fill(0.0);
                 row[b..].fill(0.0);
-                let live = &mut row[a..b];
-                live.iter_mut().for_each(|s| *s *= scale);
-                softmax(live);
+                softmax(&mut row[a..b], scale);
             }
             let oh = &mut oh[..rows * hd];
             gemm_strided(oh, (hd as isize, 1), scores, (nk as isize, 1), vh, (kvs, 1), rows, hd, nk, false);

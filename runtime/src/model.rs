@@ -661,8 +661,7 @@ impl<'a> Model<'a> {
             let (vals, stats) = o.split_at_mut(per * hd);
             sums.clear();
             for s in scores.chunks_exact_mut(len) {
-                s.iter_mut().for_each(|s| *s *= scale);
-                let (max, sum) = softmax_parts(s);
+                let (max, sum) = softmax_parts(s, scale);
                 sums.extend([max, sum]);
             }
             // The values weighted by the exponentials, each head's into its `hd` entries.

@@ -54,39 +54,16 @@ impl Rope {
     }
 }
 
-/// In-place softmax (the exponential from the kernels: a fixed polynomial, the same bits on
-/// every ISA).
-pub fn softmax(x: &mut [f32]) {
-    let (_, sum) = softmax_parts(x);
-    let inv = 1.0 / sum;
-    x.iter_mut().for_each(|v| *v *= inv);
+/// In-place softmax of `x · scale` (the kernels' fused passes; the exponential a fixed
+/// polynomial, the same bits on every ISA).
+pub fn softmax(x: &mut [f32], scale: f32) {
+    lowbit_kernels::kernels().softmax_parts(x, scale, true);
 }
 
-/// [`softmax`] without the division: `x[i] = exp(x[i] − max)`, returning `(max, Σ x[i])` (one
-/// piece of a longer softmax, which its caller merges).
-pub fn softmax_parts(x: &mut [f32]) -> (f32, f32) {
-    let max = lanes(x, f32::NEG_INFINITY, f32::max);
-    lowbit_kernels::kernels().exp_sub(x, max);
-    (max, lanes(x, 0.0, |a, b| a + b))
-}
-
-/// `x` reduced by `f` from `init`: eight running values combined in a fixed order. The compiler
-/// keeps them in one vector (a single running sum is a chain of dependent scalar adds, which a
-/// long prompt's attention spent a few percent of its time in), and the bits do not depend on
-/// the ISA.
-fn lanes(x: &[f32], init: f32, f: fn(f32, f32) -> f32) -> f32 {
-    let mut acc = [init; 8];
-    let mut chunks = x.chunks_exact(8);
-    for c in &mut chunks {
-        for (a, &v) in acc.iter_mut().zip(c) {
-            *a = f(*a, v);
-        }
-    }
-    for (a, &v) in acc.iter_mut().zip(chunks.remainder()) {
-        *a = f(*a, v);
-    }
-    let [a, b, c, d, e, g, h, i] = acc;
-    f(f(f(a, e), f(c, h)), f(f(b, g), f(d, i)))
+/// [`softmax`] without the division: `x[i] = exp(x[i]·scale − max)`, returning `(max, Σ x[i])`
+/// (one piece of a longer softmax, which its caller merges).
+pub fn softmax_parts(x: &mut [f32], scale: f32) -> (f32, f32) {
+    lowbit_kernels::kernels().softmax_parts(x, scale, false)
 }
 
 /// `gate = silu(gate) ⊙ up`, silu(z) = z·sigmoid(z) (see [`lowbit_kernels::Kernels::silu_mul`]).
@@ -210,7 +187,7 @@ mod tests {
     #[test]
     fn softmax_sums_to_one() {
         let mut x = [1.0, 2.0, 3.0, f32::NEG_INFINITY];
-        softmax(&mut x);
+        softmax(&mut x, 1.0);
         assert!((x.iter().sum::<f32>() - 1.0).abs() < 1e-6);
         assert_eq!(x[3], 0.0);
     }

@@ -42,6 +42,43 @@ pub fn exp_f32(x: f32) -> f32 {
     e * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
+/// Softmax over `x` scaled by `scale`, in place: `x[i] = exp(x[i]·scale − m)` with `m` the
+/// largest scaled value; returns `(m, Σ x[i])`, and with `normalize` divides by the sum (one
+/// multiply by its reciprocal). The maximum and the sum run in eight lanes (element `i` in lane
+/// `i mod 8`) combined as `((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7))`: the order every
+/// ISA keeps, where eight independent lanes are what a vector register holds.
+pub fn softmax_parts(x: &mut [f32], scale: f32, normalize: bool) -> (f32, f32) {
+    x.iter_mut().for_each(|v| *v *= scale);
+    let max = lanes(x, f32::NEG_INFINITY, f32::max);
+    exp_sub(x, max);
+    let sum = lanes(x, 0.0, |a, b| a + b);
+    if normalize {
+        let inv = 1.0 / sum;
+        x.iter_mut().for_each(|v| *v *= inv);
+    }
+    (max, sum)
+}
+
+/// `x` reduced by `f` from `init` in eight running lanes, combined in [`softmax_parts`]' order.
+pub(crate) fn lanes(x: &[f32], init: f32, f: fn(f32, f32) -> f32) -> f32 {
+    let mut acc = [init; 8];
+    let mut chunks = x.chunks_exact(8);
+    for c in &mut chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a = f(*a, v);
+        }
+    }
+    for (a, &v) in acc.iter_mut().zip(chunks.remainder()) {
+        *a = f(*a, v);
+    }
+    combine(acc, f)
+}
+
+/// Eight lanes into one: `((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7))` for `f` = +.
+pub(crate) fn combine(l: [f32; 8], f: fn(f32, f32) -> f32) -> f32 {
+    f(f(f(l[0], l[4]), f(l[2], l[6])), f(f(l[1], l[5]), f(l[3], l[7])))
+}
+
 /// `x[i] = exp(x[i] − sub)` ([`exp_f32`]): softmax's numerators.
 pub fn exp_sub(x: &mut [f32], sub: f32) {
     x.iter_mut().for_each(|v| *v = exp_f32(*v - sub));

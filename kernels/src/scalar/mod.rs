@@ -10,7 +10,8 @@ mod int8;
 mod layout;
 mod q8;
 
-pub use activation::{exp_f32, exp_sub, silu_mul};
+pub(crate) use activation::combine;
+pub use activation::{exp_f32, exp_sub, silu_mul, softmax_parts};
 #[cfg(target_arch = "x86_64")]
 pub(crate) use activation::{EXP_MAX, EXP_MIN, EXP_POLY, LN2_HI, LN2_LO, LOG2E};
 pub use dense::{

@@ -1684,7 +1684,7 @@ pub unsafe fn dot_int8_4x4(a: [&[i8]; 4], w: [&[i8]; 4]) -> [[i32; 4]; 4] {
 /// [`crate::scalar::exp_f32`] of eight lanes, step for step (the out-of-range lanes are
 /// computed on clamped inputs, then replaced as the scalar code returns early).
 #[inline(always)]
-unsafe fn exp8(x: __m256) -> __m256 {
+pub(super) unsafe fn exp8(x: __m256) -> __m256 {
     use crate::scalar::{EXP_MAX, EXP_MIN, EXP_POLY, LN2_HI, LN2_LO, LOG2E};
     // SAFETY: plain register arithmetic; AVX2 and FMA are enabled by the caller.
     unsafe {
@@ -1727,6 +1727,106 @@ pub unsafe fn exp_sub(x: &mut [f32], sub: f32) {
         }
     }
     crate::scalar::exp_sub(&mut x[i..], sub);
+}
+
+/// See [`crate::scalar::softmax_parts`]; bit-identical to it. The scaling and the running
+/// maximum take one pass, the exponentials and the running sum a second, the division a third
+/// (where the scalar code's five passes each ran a chain of dependent operations alone: a
+/// long prompt's attention spent about a twelfth of its time there).
+///
+/// # Safety
+/// AVX2 and FMA must be available.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn softmax_parts(x: &mut [f32], scale: f32, normalize: bool) -> (f32, f32) {
+    let n = x.len();
+    let p = x.as_mut_ptr();
+    // SAFETY: every access stays below n.
+    unsafe {
+        let max = scale_max(p, n, scale);
+        let m = _mm256_set1_ps(max);
+        let mut acc = _mm256_setzero_ps();
+        let mut i = 0;
+        while i + 8 <= n {
+            let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(p.add(i)), m));
+            _mm256_storeu_ps(p.add(i), e);
+            acc = _mm256_add_ps(acc, e);
+            i += 8;
+        }
+        let sum = tail_sum(x, i, max, acc);
+        if normalize {
+            scale_in_place(x, 1.0 / sum);
+        }
+        (max, sum)
+    }
+}
+
+/// `x[i] *= scale` over the `n` floats at `p`, returning the largest in the scalar code's
+/// eight-lane order.
+///
+/// # Safety
+/// AVX2 enabled by the caller; `n` floats at `p`.
+#[inline(always)]
+pub(super) unsafe fn scale_max(p: *mut f32, n: usize, scale: f32) -> f32 {
+    // SAFETY: every access stays below n (caller's contract).
+    unsafe {
+        let s = _mm256_set1_ps(scale);
+        let mut mx = _mm256_set1_ps(f32::NEG_INFINITY);
+        let mut i = 0;
+        while i + 8 <= n {
+            let v = _mm256_mul_ps(_mm256_loadu_ps(p.add(i)), s);
+            _mm256_storeu_ps(p.add(i), v);
+            // The running value second: `vmaxps` returns it where `v` is NaN, as
+            // `f32::max(running, v)` does.
+            mx = _mm256_max_ps(v, mx);
+            i += 8;
+        }
+        let mut l = [0f32; 8];
+        _mm256_storeu_ps(l.as_mut_ptr(), mx);
+        for (k, l) in l.iter_mut().enumerate().take(n - i) {
+            let v = *p.add(i + k) * scale;
+            *p.add(i + k) = v;
+            *l = l.max(v);
+        }
+        crate::scalar::combine(l, f32::max)
+    }
+}
+
+/// The elements of `x` from `i` on as `exp(x − max)`, added into lanes 0, 1, … of `acc` (the
+/// running sums of the vector loop), and the lanes combined in the scalar code's order.
+///
+/// # Safety
+/// AVX enabled by the caller.
+#[inline(always)]
+pub(super) unsafe fn tail_sum(x: &mut [f32], i: usize, max: f32, acc: __m256) -> f32 {
+    let mut l = [0f32; 8];
+    // SAFETY: a store to a local array.
+    unsafe { _mm256_storeu_ps(l.as_mut_ptr(), acc) };
+    let rest = &mut x[i..];
+    crate::scalar::exp_sub(rest, max);
+    for (l, &v) in l.iter_mut().zip(rest.iter()) {
+        *l += v;
+    }
+    crate::scalar::combine(l, |a, b| a + b)
+}
+
+/// `x[i] *= f`.
+///
+/// # Safety
+/// AVX enabled by the caller.
+#[inline(always)]
+pub(super) unsafe fn scale_in_place(x: &mut [f32], f: f32) {
+    let n = x.len();
+    let p = x.as_mut_ptr();
+    let mut i = 0;
+    // SAFETY: every access stays below n.
+    unsafe {
+        let fv = _mm256_set1_ps(f);
+        while i + 8 <= n {
+            _mm256_storeu_ps(p.add(i), _mm256_mul_ps(_mm256_loadu_ps(p.add(i)), fv));
+            i += 8;
+        }
+    }
+    x[i..].iter_mut().for_each(|v| *v *= f);
 }
 
 /// See [`crate::scalar::silu_mul`]; bit-identical to it.

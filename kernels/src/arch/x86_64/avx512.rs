@@ -1714,6 +1714,44 @@ pub unsafe fn exp_sub(x: &mut [f32], sub: f32) {
     }
 }
 
+/// See [`crate::scalar::softmax_parts`]; bit-identical to it ([`super::avx2::softmax_parts`]
+/// with the exponentials sixteen at a time, each half added into the eight running sums in
+/// turn, as eight at a time add them).
+///
+/// # Safety
+/// AVX-512 F, AVX2 and FMA must be available.
+#[target_feature(enable = "avx512f,avx2,fma")]
+pub unsafe fn softmax_parts(x: &mut [f32], scale: f32, normalize: bool) -> (f32, f32) {
+    use super::avx2::{exp8, scale_in_place, scale_max, tail_sum};
+    let n = x.len();
+    let p = x.as_mut_ptr();
+    // SAFETY: every access stays below n.
+    unsafe {
+        let max = scale_max(p, n, scale);
+        let m16 = _mm512_set1_ps(max);
+        let mut acc = _mm256_setzero_ps();
+        let mut i = 0;
+        while i + 16 <= n {
+            let e = exp16(_mm512_sub_ps(_mm512_loadu_ps(p.add(i)), m16));
+            _mm512_storeu_ps(p.add(i), e);
+            let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(e)));
+            acc = _mm256_add_ps(_mm256_add_ps(acc, _mm512_castps512_ps256(e)), hi);
+            i += 16;
+        }
+        if i + 8 <= n {
+            let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(p.add(i)), _mm256_set1_ps(max)));
+            _mm256_storeu_ps(p.add(i), e);
+            acc = _mm256_add_ps(acc, e);
+            i += 8;
+        }
+        let sum = tail_sum(x, i, max, acc);
+        if normalize {
+            scale_in_place(x, 1.0 / sum);
+        }
+        (max, sum)
+    }
+}
+
 /// See [`crate::scalar::silu_mul`]; bit-identical to it (sixteen lanes a step, the rest through
 /// the AVX2 loop).
 ///
