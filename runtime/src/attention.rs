@@ -90,7 +90,7 @@ pub(crate) fn prefill_attention(out: &mut [f32], q: &[f32], kv: &KeyValues, t: u
             let klo = first_key(p0 + i0);
             let nk = p0 + i1 - klo;
             let rows = per * nq;
-            scores.clear();
+            // The product overwrites every score (no zeroing: a task's buffer is reused).
             scores.resize(rows * nk, 0.0);
             let at = (klo - kv.base) * kv.stride;
             let (kh, vh) = (&kv.k[kvh][at..], &kv.v[kvh][at..]);
