@@ -124,12 +124,14 @@ impl Panel {
     }
 
     /// The tile of group `g`, block `b` (`bs / 4` rows 64 bytes apart, on a line boundary).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(crate) fn tile(&self, g: usize, b: usize) -> &[i8] {
         let len = PANEL_TOKENS * self.bs;
         &self.bytes[(g * self.nb + b) * len..(g * self.nb + b + 1) * len]
     }
 
     /// The 16 tokens' scales of group `g`, block `b`.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(crate) fn scales(&self, g: usize, b: usize) -> &[f32] {
         &self.xs[(g * self.nb + b) * PANEL_TOKENS..(g * self.nb + b + 1) * PANEL_TOKENS]
     }

@@ -10,10 +10,9 @@ mod int8;
 mod layout;
 mod q8;
 
-pub(crate) use activation::combine;
-pub use activation::{exp_f32, exp_sub, silu_mul, softmax_parts};
 #[cfg(target_arch = "x86_64")]
-pub(crate) use activation::{EXP_MAX, EXP_MIN, EXP_POLY, LN2_HI, LN2_LO, LOG2E};
+pub(crate) use activation::{combine, EXP_MAX, EXP_MIN, EXP_POLY, LN2_HI, LN2_LO, LOG2E};
+pub use activation::{exp_f32, exp_sub, silu_mul, softmax_parts};
 pub use dense::{
     axpy_bf16_rows, axpy_f16_rows, axpy_f16_rows_multi, axpy_f32, axpy_f32_rows, axpy_f32_rows_multi, dot_bf16,
     dot_bf16_rows, dot_f16, dot_f16_rows, dot_f16_rows_multi, dot_f32, dot_f32_rows, dot_f32_rows_multi,
