@@ -297,7 +297,7 @@ fn nearest_codes(block: &[f32], scale: f32, lut: &[u8], codes: &mut Vec<u8>) {
 /// One block's scale and codes by search: bitsandbytes' choice (absmax, nearest codes) is the
 /// first candidate; then the codes nearest to `block / (f · absmax)` for f = 0.98 … 0.76, each
 /// with the weighted least-squares scale for those codes; the candidate with the least weighted
-/// squared error ([`block_error`]) wins, and a tie keeps the earlier one, so the result is never worse than
+/// squared error (`block_error`) wins, and a tie keeps the earlier one, so the result is never worse than
 /// bitsandbytes' by this measure. A smaller scale lets the inner levels fit the bulk of the
 /// weights at the cost of clipping the largest, which the least-squares scale then rebalances
 /// (llama.cpp's IQ4_NL searches its scales the same way). Returns the scale; `codes` receives

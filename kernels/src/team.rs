@@ -159,7 +159,7 @@ impl Drop for Drain<'_> {
 
 impl Team {
     /// A team of `size` threads counting the caller: starts `size − 1` workers (at most
-    /// [`MAX_TEAM`] in all), which stop when the team is dropped.
+    /// `MAX_TEAM` (256) in all), which stop when the team is dropped.
     pub fn new(size: usize) -> Team {
         Team::start(size.clamp(1, MAX_TEAM))
     }

@@ -111,7 +111,7 @@ impl TextCodec {
     }
 
     /// Token ids of `text`; `special` adds the tokenizer's own BOS/EOS handling (its post-processor).
-    /// A text this tokenizer could blow up past [`MAX_NORMALIZED_BYTES`] is refused first.
+    /// A text this tokenizer could blow up past `MAX_NORMALIZED_BYTES` is refused first.
     pub fn encode(&self, text: &str, special: bool) -> Result<Vec<u32>> {
         if text.len() as f64 * self.expansion > MAX_NORMALIZED_BYTES {
             return Err(RuntimeError::Tokenizer(format!(

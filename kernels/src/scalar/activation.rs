@@ -18,8 +18,8 @@ pub(crate) const EXP_MIN: f32 = -87.336_55;
 /// Above this `exp` returns +∞ (2ⁿ with n = 128 would not be representable).
 pub(crate) const EXP_MAX: f32 = 88.376_26;
 
-/// `eˣ` as described in the module docs: 0 below [`EXP_MIN`] (and for −∞), +∞ above
-/// [`EXP_MAX`], NaN for NaN.
+/// `eˣ` as described in the module docs: 0 below `EXP_MIN` (−87.34, and for −∞), +∞ above
+/// `EXP_MAX` (88.38), NaN for NaN.
 #[inline]
 pub fn exp_f32(x: f32) -> f32 {
     if x.is_nan() {
