@@ -108,7 +108,7 @@ pub struct Metadata {
     pub config: serde_json::Value,
     /// The full tokenizer.json text, if the source had one (kept as text: it is large, and the
     /// tokenizer library parses text anyway). In the header it is the JSON object itself when
-    /// the text is one (see [`tokenizer_text`]).
+    /// the text is one (see `tokenizer_text`).
     #[serde(default, with = "tokenizer_text")]
     pub tokenizer_json: Option<String>,
     /// tokenizer_config.json (an object), if present.
