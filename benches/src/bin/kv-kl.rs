@@ -4,7 +4,7 @@
 //! the f32 run's and how often their top tokens agree. An f32 run against itself comes first: it
 //! must give 0 (decode is deterministic), which checks the measurement.
 //!
-//!   cargo run --release -p lowbit-benches --bin kv-kl -- MODEL.lowbit TEXT \[TOKENS\]
+//! `cargo run --release -p lowbit-benches --bin kv-kl -- MODEL.lowbit TEXT [TOKENS]`
 //!
 //! The prompt (the first 16 tokens of the text) is prefilled; every later token goes through
 //! decode, which is where the cache is read.
