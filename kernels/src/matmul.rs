@@ -709,6 +709,70 @@ fn q8_panel_matmul(k: &Kernels, out: &mut [f32], ws: &[Int8Rows], x: &[f32], m: 
     });
 }
 
+/// A prompt's gated MLP input: `out (m × rows)` = silu(`gate · x`) ⊙ (`up · x`), where both
+/// products would go to the matrix unit's 4-bit panels (see [`gated_on_panels`]). A task
+/// multiplies its rows of both weights and writes only their gated product: the two products
+/// written whole and a separate silu·mul pass over them wrote and read three times the floats.
+/// Each product has the bits [`matmul_many`] gives it and the gating [`Kernels::silu_mul`]'s.
+pub(crate) fn fourbit_gated_panels(
+    k: &Kernels,
+    out: &mut [f32],
+    gate: &FourBitRef,
+    up: &FourBitRef,
+    x: &[f32],
+    m: usize,
+    parallel: bool,
+) {
+    let (rows, cols) = (gate.rows, gate.cols);
+    assert!(up.rows == rows && up.cols == cols && gate.blocksize == 64 && up.blocksize == 64);
+    assert_eq!(out.len(), m * rows);
+    let nb = cols / 64;
+    let half = cols / 2;
+    // The activations as `fourbit_q8_matmul_many` quantizes them for the panels.
+    let tt_step = if k.has_fourbit_q8_tile8(false) { 8 } else { 4 };
+    let q = BlockQ8::new(k, x, m, cols, 64, m.next_multiple_of(tt_step), parallel, tt_step == 8);
+    let panel = &q.panel(m);
+    let plan = &RowPlan::new(std::iter::once(rows), m, 16);
+    let max_chunk = plan.max_chunk;
+    let cells = Cells::new(out);
+    let work = |(wf, scratch, og, ou): &mut (Lined<f32>, Vec<i8>, Vec<f32>, Vec<f32>), task: usize| {
+        let (_, _, r0, n) = plan.task(task);
+        for (w, o) in [(gate, &mut *og), (up, &mut *ou)] {
+            for (i, f) in wf.chunks_mut(nb).take(n).enumerate() {
+                w.absmax.decode((r0 + i) * nb, f);
+            }
+            let codes = &w.codes[r0 * half..(r0 + n) * half];
+            let done = k.fourbit_q8_panel(codes, &wf[..n * nb], &w.kind.int8_levels(), panel, n, scratch, o, false);
+            assert!(done, "checked by gated_on_panels");
+        }
+        for t in 0..m {
+            // SAFETY: this task alone writes rows r0 .. r0 + n of every token.
+            let run = unsafe { cells.piece(t * rows + r0, n) };
+            run.copy_from_slice(&og[t * n..(t + 1) * n]);
+            k.silu_mul(run, &ou[t * n..(t + 1) * n]);
+        }
+    };
+    let init = || {
+        let len = panel.groups() * PANEL_TOKENS * max_chunk;
+        (Lined::<f32>::zeroed(max_chunk * nb), vec![0i8; Kernels::panel_scratch(nb)], vec![0f32; len], vec![0f32; len])
+    };
+    plan.run(parallel, init, work);
+}
+
+/// Whether a prompt of `m` tokens through `gate` and `up` takes [`fourbit_gated_panels`]: both
+/// 4-bit in blocks of 64 on the integer tiles, of one shape, in rows of sixteen, on a level
+/// with the matrix unit's panels — where [`matmul_many`] would send both to the panels.
+pub(crate) fn gated_on_panels(k: &Kernels, gate: &Weight, up: &Weight, m: usize, opts: &MatmulOptions) -> bool {
+    let (Weight::FourBit(g), Weight::FourBit(u)) = (gate, up) else { return false };
+    m > 1
+        && g.rows > 0
+        && g.cols > 0
+        && k.has_fourbit_q8_panel()
+        && [g, u].iter().all(|w| w.blocksize == 64 && w.rows.is_multiple_of(16) && fourbit_tiles(k, w, opts))
+        && g.rows == u.rows
+        && g.cols == u.cols
+}
+
 /// Prefill through the 4-bit integer route: every token's activations quantized per block of
 /// 64 as in decode, then 4 × 4 tiles of rows × tokens ([`Kernels::fourbit_q8_tile`]).
 fn fourbit_q8_matmul(k: &Kernels, out: &mut [f32], w: &FourBitRef, x: &[f32], m: usize, parallel: bool) {

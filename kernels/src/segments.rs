@@ -15,9 +15,50 @@
 use crate::dispatch::Kernels;
 use crate::error::{KernelError, Result};
 use crate::matmul::{
-    check_joint_out, fourbit_tiles, matmul_many_with, matmul_rows_many_with, matmul_with, MatmulOptions,
+    check_joint_out, fourbit_gated_panels, fourbit_tiles, gated_on_panels, matmul_many_with, matmul_rows_many_with,
+    matmul_with, MatmulOptions, PARALLEL_MIN_WORK,
 };
 use crate::weight::Weight;
+
+/// A gated MLP input over several prompts (as [`matmul_segments`] takes them):
+/// `out (Σ segs × rows)` = silu(`gate · x`) ⊙ (`up · x`), each product bit for bit what
+/// [`matmul_segments`] gives it and the gating [`Kernels::silu_mul`]'s, computed together where
+/// both weights go to the matrix unit's 4-bit panels (no one-token prompt among them): each
+/// piece of rows is gated as it is made, and only the gated product is written. `Ok(false)`, and
+/// `out` untouched, anywhere else: the caller multiplies and gates.
+pub fn matmul_gated(
+    out: &mut [f32],
+    gate: &Weight,
+    up: &Weight,
+    x: &[f32],
+    segs: &[usize],
+    opts: &MatmulOptions,
+) -> Result<bool> {
+    let k = crate::kernels();
+    let m = segs.iter().try_fold(0usize, |a, &s| a.checked_add(s)).ok_or(KernelError::Overflow {
+        op: "matmul",
+        rows: segs.len(),
+        cols: usize::MAX,
+    })?;
+    let (Weight::FourBit(g), Weight::FourBit(u)) = (gate, up) else { return Ok(false) };
+    if segs.contains(&1) || !gated_on_panels(k, gate, up, m, opts) {
+        return Ok(false);
+    }
+    for w in [gate, up] {
+        w.validate()?;
+        if m.checked_mul(w.cols()) != Some(x.len()) {
+            let expected = m.saturating_mul(w.cols());
+            return Err(KernelError::ShapeMismatch { op: "matmul", what: "x", expected, got: x.len() });
+        }
+    }
+    if m.checked_mul(g.rows) != Some(out.len()) {
+        let expected = m.saturating_mul(g.rows);
+        return Err(KernelError::ShapeMismatch { op: "matmul", what: "out", expected, got: out.len() });
+    }
+    let parallel = m.saturating_mul(g.rows).saturating_mul(g.cols) >= PARALLEL_MIN_WORK;
+    fourbit_gated_panels(k, out, g, u, x, m, parallel);
+    Ok(true)
+}
 
 /// [`crate::matmul_many`] over several prompts: `x` holds `segs[i]` tokens of prompt `i` after
 /// the tokens of the prompts before it, and `out` each weight's `Σ segs × rows` results, one

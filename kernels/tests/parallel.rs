@@ -292,6 +292,75 @@ fn a_prompts_products_in_one_loop_equal_one_call_each() {
         .is_err());
 }
 
+/// `q` (made with the default double-quantized scales) as a 4-bit weight of `rows × cols`.
+fn fourbit_weight(kind: FourBitKind, rows: usize, cols: usize, q: &lowbit_kernels::FourBitTensor) -> Weight<'_> {
+    let lowbit_kernels::Absmax::Nested { codes, nested_absmax, nested_blocksize, offset } = &q.absmax else {
+        unreachable!("double quantization is the default")
+    };
+    let absmax = AbsmaxRef::Nested { codes, nested_absmax, nested_blocksize: *nested_blocksize, offset: *offset };
+    Weight::FourBit(FourBitRef { kind, rows, cols, blocksize: 64, codes: &q.codes, absmax })
+}
+
+/// A prompt's gated MLP input (`matmul_gated`: both products gated as they are made) is bit for
+/// bit the two products (`matmul_segments`) followed by silu·mul, for one prompt and several,
+/// on one and two threads, NF4 and FP4; where it declines (no matrix unit here, or a one-token
+/// prompt among the segments) it leaves the output alone, and a run without a matrix unit says
+/// the fused path was not checked.
+#[test]
+fn gated_products_equal_products_then_silu_mul() {
+    use std::io::Write;
+    let (rows, cols) = (48, 320);
+    let (wg, wu) = (values(rows * cols, 41), values(rows * cols, 42));
+    let x: Vec<f32> = (0..23).flat_map(|t| values(cols, 50 + t).into_iter().map(move |v| v * 2.5)).collect();
+    let k = lowbit_kernels::kernels();
+    let opts = MatmulOptions::default();
+    let mut ran = 0;
+    for kind in [FourBitKind::Nf4, FourBitKind::Fp4] {
+        let q = |w: &[f32]| quantize_4bit(w, &FourBitOptions { kind, ..Default::default() }).unwrap();
+        let (qg, qu) = (q(&wg), q(&wu));
+        let (gate, up) = (fourbit_weight(kind, rows, cols, &qg), fourbit_weight(kind, rows, cols, &qu));
+        for segs in [vec![23], vec![9, 14], vec![2, 5, 16], vec![7, 1, 15]] {
+            let m: usize = segs.iter().sum();
+            let xs = &x[..m * cols];
+            for threads in [1, 2] {
+                let (fused, want) = in_pool(threads, || {
+                    let mut both = vec![0f32; 2 * m * rows];
+                    lowbit_kernels::matmul_segments(&mut both, &[&gate, &up], xs, &segs, &opts).unwrap();
+                    let (g, u) = both.split_at_mut(m * rows);
+                    k.silu_mul(g, u);
+                    let mut fused = vec![f32::NAN; m * rows];
+                    let done = lowbit_kernels::matmul_gated(&mut fused, &gate, &up, xs, &segs, &opts).unwrap();
+                    (done.then_some(fused.clone()).ok_or(fused), g.to_vec())
+                });
+                match fused {
+                    Ok(f) => {
+                        ran += 1;
+                        let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                        assert_eq!(bits(&f), bits(&want), "{kind:?} segments {segs:?} threads {threads}");
+                    }
+                    Err(untouched) => {
+                        assert!(untouched.iter().all(|v| v.is_nan()), "declined, yet wrote the output");
+                        assert!(!k.has_fourbit_q8_panel() || segs.contains(&1), "declined on a matrix unit");
+                    }
+                }
+            }
+        }
+    }
+    if ran == 0 {
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "NOT RUN at this kernel level: the gated prompt products (they need AMX)"
+        );
+    }
+    // A wrong output length is an error where the fused path runs.
+    if k.has_fourbit_q8_panel() {
+        let q = quantize_4bit(&wg, &FourBitOptions::default()).unwrap();
+        let w = fourbit_weight(FourBitKind::Nf4, rows, cols, &q);
+        let mut short = vec![0f32; 3 * rows - 1];
+        assert!(lowbit_kernels::matmul_gated(&mut short, &w, &w, &x[..3 * cols], &[3], &opts).is_err());
+    }
+}
+
 /// Several prompts in one call (`matmul_segments`) give each prompt the bits of its own
 /// `matmul_many`, for every scheme (block int8 too, whose route changes at 16 tokens), alone and
 /// beside a weight of another scheme, with one-token prompts among them or only those, on one and

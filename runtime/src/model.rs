@@ -13,7 +13,8 @@ use crate::profile::{Phase, ProfileReport, Profiler};
 use crate::weights::ModelWeights;
 use lowbit_format::ModelFile;
 use lowbit_kernels::{
-    matmul_rows, matmul_rows_many, matmul_rows_many_then, matmul_segments, MatmulOptions, RowsThen, Weight,
+    matmul_gated, matmul_rows, matmul_rows_many, matmul_rows_many_then, matmul_segments, MatmulOptions, RowsThen,
+    Weight,
 };
 
 /// A loaded model: configuration plus views of its weights.
@@ -419,7 +420,7 @@ impl<'a> Model<'a> {
         });
         let mut x = vec![0f32; t * hsz];
         let (mut qkv, mut att, mut o) = (Vec::new(), vec![0f32; t * qd], Vec::new());
-        let (mut gate_up, mut down) = (Vec::new(), Vec::new());
+        let (mut gate_up, mut gated, mut down) = (Vec::new(), Vec::new(), Vec::new());
         let (mut rope_cos, mut rope_sin) = (Vec::new(), Vec::new());
         timed("rope", &mut || {
             (rope_cos, rope_sin) = if decode {
@@ -519,18 +520,30 @@ impl<'a> Model<'a> {
                 add_rmsnorm(&mut h, Some(&o), &mut x, &lw.post_norm, c.rms_norm_eps, hsz);
             });
             record(Input::Mlp, &x, hsz);
-            let ax = lora_ax(li, &[Proj::Gate, Proj::Up], &x);
-            let then = ax.as_ref().map(|ax| move |wi: usize, r0: usize, p: &mut [f32]| lora_then(ax, wi, r0, p));
-            let then = then.as_ref().map(|f| f as &RowsThen);
-            lin_many(&mut gate_up, "gate/up", &[&lw.gate, &lw.up], &x, segs, then)?;
-            let (gate, up) = gate_up.split_at_mut(t * c.intermediate_size);
-            if apart {
-                timed("lora", &mut || {
-                    self.lora.apply(li, Proj::Gate, &x, gate, t, picks);
-                    self.lora.apply(li, Proj::Up, &x, up, t, picks);
-                });
-            }
-            timed("silu·mul", &mut || silu_mul(gate, up));
+            // A prompt's gate and up products gated as they are made where both go to the
+            // matrix unit (without adapters, which change each product before the gating):
+            // only the gated product is written.
+            let s = prof.start();
+            gated.resize(if decode || !self.lora.is_empty() { 0 } else { t * c.intermediate_size }, 0.0);
+            let fused_mlp = !gated.is_empty() && matmul_gated(&mut gated, &lw.gate, &lw.up, &x, segs, &self.opts)?;
+            let gate: &[f32] = if fused_mlp {
+                prof.stop(s, phase, || format!("matmul gate/up + silu·mul ({})", lw.gate.scheme_name()));
+                &gated
+            } else {
+                let ax = lora_ax(li, &[Proj::Gate, Proj::Up], &x);
+                let then = ax.as_ref().map(|ax| move |wi: usize, r0: usize, p: &mut [f32]| lora_then(ax, wi, r0, p));
+                let then = then.as_ref().map(|f| f as &RowsThen);
+                lin_many(&mut gate_up, "gate/up", &[&lw.gate, &lw.up], &x, segs, then)?;
+                let (gate, up) = gate_up.split_at_mut(t * c.intermediate_size);
+                if apart {
+                    timed("lora", &mut || {
+                        self.lora.apply(li, Proj::Gate, &x, gate, t, picks);
+                        self.lora.apply(li, Proj::Up, &x, up, t, picks);
+                    });
+                }
+                timed("silu·mul", &mut || silu_mul(gate, up));
+                gate
+            };
             record(Input::Down, gate, c.intermediate_size);
             let ax = lora_ax(li, &[Proj::Down], gate);
             let then = ax.as_ref().map(|ax| move |wi: usize, r0: usize, p: &mut [f32]| lora_then(ax, wi, r0, p));
