@@ -710,11 +710,12 @@ fn q8_panel_matmul(k: &Kernels, out: &mut [f32], ws: &[Int8Rows], x: &[f32], m: 
 }
 
 /// A prompt's gated MLP input: `out (m × rows)` = silu(`gate · x`) ⊙ (`up · x`), where both
-/// products would go to the matrix unit's 4-bit panels (see [`gated_on_panels`]). A task
-/// multiplies its rows of both weights and writes only their gated product: the two products
-/// written whole and a separate silu·mul pass over them wrote and read three times the floats.
-/// Each product has the bits [`matmul_many`] gives it and the gating [`Kernels::silu_mul`]'s.
-pub(crate) fn fourbit_gated_panels(
+/// products take the same 4-bit route, the matrix unit's panels or AVX2's eight-token rows
+/// kernel ([`gated_route`]). A task multiplies its rows of both weights and writes only their
+/// gated product: the two products written whole and a separate silu·mul pass over them wrote
+/// and read three times the floats. Each product has the bits [`matmul_many`] gives it (the
+/// same activations, kernels and rows) and the gating [`Kernels::silu_mul`]'s.
+pub(crate) fn fourbit_gated(
     k: &Kernels,
     out: &mut [f32],
     gate: &FourBitRef,
@@ -726,49 +727,112 @@ pub(crate) fn fourbit_gated_panels(
     let (rows, cols) = (gate.rows, gate.cols);
     assert!(up.rows == rows && up.cols == cols && gate.blocksize == 64 && up.blocksize == 64);
     assert_eq!(out.len(), m * rows);
-    let nb = cols / 64;
-    let half = cols / 2;
-    // The activations as `fourbit_q8_matmul_many` quantizes them for the panels.
-    let tt_step = if k.has_fourbit_q8_tile8(false) { 8 } else { 4 };
-    let q = BlockQ8::new(k, x, m, cols, 64, m.next_multiple_of(tt_step), parallel, tt_step == 8);
-    let panel = &q.panel(m);
-    let plan = &RowPlan::new(std::iter::once(rows), m, 16);
+    let (nb, half) = (cols / 64, cols / 2);
+    let Some(route) = gated_route(k, gate) else { panic!("checked by gated_pairs") };
+    let amx = route == Gated::Panels;
+    // The activations as `fourbit_q8_matmul_many` quantizes them for the same route.
+    let tt_step = if !amx || k.has_fourbit_q8_tile8(false) { 8 } else { 4 };
+    let q = BlockQ8::new(k, x, m, cols, 64, m.next_multiple_of(tt_step), parallel, amx && tt_step == 8);
+    let panel = amx.then(|| q.panel(m));
+    let panel = panel.as_ref();
+    let pairs = (!amx).then(|| {
+        let ts = 0..m.next_multiple_of(GROUP);
+        let (qe, qo, xs): (Vec<_>, Vec<_>, Vec<_>) = (
+            ts.clone().map(|t| q.qe(t)).collect(),
+            ts.clone().map(|t| q.qo(t)).collect(),
+            ts.map(|t| q.xs(t)).collect(),
+        );
+        TokenPairs::new(&qe, &qo, &xs, nb)
+    });
+    let pairs = pairs.as_ref();
+    let plan = &RowPlan::new(std::iter::once(rows), m, if amx { 16 } else { 4 });
     let max_chunk = plan.max_chunk;
     let cells = Cells::new(out);
-    let work = |(wf, scratch, og, ou): &mut (Lined<f32>, Vec<i8>, Vec<f32>, Vec<f32>), task: usize| {
-        let (_, _, r0, n) = plan.task(task);
-        for (w, o) in [(gate, &mut *og), (up, &mut *ou)] {
-            for (i, f) in wf.chunks_mut(nb).take(n).enumerate() {
-                w.absmax.decode((r0 + i) * nb, f);
-            }
-            let codes = &w.codes[r0 * half..(r0 + n) * half];
-            let done = k.fourbit_q8_panel(codes, &wf[..n * nb], &w.kind.int8_levels(), panel, n, scratch, o, false);
-            assert!(done, "checked by gated_on_panels");
-        }
-        for t in 0..m {
+    // Rows r0 .. r0 + n of tokens t0 .. t0 + tokens from the two products (token-major, n a
+    // token) gated into place.
+    let put = |og: &[f32], ou: &[f32], r0: usize, n: usize, t0: usize, tokens: usize| {
+        for t in 0..tokens {
             // SAFETY: this task alone writes rows r0 .. r0 + n of every token.
-            let run = unsafe { cells.piece(t * rows + r0, n) };
+            let run = unsafe { cells.piece((t0 + t) * rows + r0, n) };
             run.copy_from_slice(&og[t * n..(t + 1) * n]);
             k.silu_mul(run, &ou[t * n..(t + 1) * n]);
         }
     };
+    let work = |(wf, scratch, og, ou): &mut (Lined<f32>, Vec<i8>, Vec<f32>, Vec<f32>), task: usize| {
+        let (_, _, r0, n) = plan.task(task);
+        let factors = |w: &FourBitRef, wf: &mut [f32]| {
+            for (i, f) in wf.chunks_mut(nb).take(n).enumerate() {
+                w.absmax.decode((r0 + i) * nb, f);
+            }
+        };
+        if let Some(panel) = panel {
+            for (w, o) in [(gate, &mut *og), (up, &mut *ou)] {
+                factors(w, &mut wf[..]);
+                let codes = &w.codes[r0 * half..(r0 + n) * half];
+                let done = k.fourbit_q8_panel(codes, &wf[..n * nb], &w.kind.int8_levels(), panel, n, scratch, o, false);
+                assert!(done, "checked by gated_route");
+            }
+            put(og, ou, r0, n, 0, m);
+            return;
+        }
+        let pairs = pairs.expect("made where there is no panel");
+        // Both weights' factors for the task's rows, side by side.
+        let (wg, wu) = wf.split_at_mut(max_chunk * nb);
+        factors(gate, wg);
+        factors(up, wu);
+        for g in 0..pairs.groups() {
+            for (w, f, o) in [(gate, &*wg, &mut *og), (up, &*wu, &mut *ou)] {
+                let codes = &w.codes[r0 * half..(r0 + n) * half];
+                // Token-major, n cells a token.
+                let grid = Grid::new(o, n, 1, n);
+                let done = k.dot_fourbit_q8_rows_t8(codes, &f[..n * nb], &w.kind.int8_levels(), pairs.group(g), grid);
+                assert!(done, "checked by gated_route");
+            }
+            put(og, ou, r0, n, g * GROUP, m.saturating_sub(g * GROUP).min(GROUP));
+        }
+    };
     let init = || {
-        let len = panel.groups() * PANEL_TOKENS * max_chunk;
-        (Lined::<f32>::zeroed(max_chunk * nb), vec![0i8; Kernels::panel_scratch(nb)], vec![0f32; len], vec![0f32; len])
+        let len = panel.map_or(GROUP * max_chunk, |p| p.groups() * PANEL_TOKENS * max_chunk);
+        let factors = if amx { max_chunk * nb } else { 2 * max_chunk * nb };
+        let scratch = if amx { vec![0i8; Kernels::panel_scratch(nb)] } else { Vec::new() };
+        (Lined::<f32>::zeroed(factors), scratch, vec![0f32; len], vec![0f32; len])
     };
     plan.run(parallel, init, work);
 }
 
-/// Whether a prompt of `m` tokens through `gate` and `up` takes [`fourbit_gated_panels`]: both
-/// 4-bit in blocks of 64 on the integer tiles, of one shape, in rows of sixteen, on a level
-/// with the matrix unit's panels — where [`matmul_many`] would send both to the panels.
-pub(crate) fn gated_on_panels(k: &Kernels, gate: &Weight, up: &Weight, m: usize, opts: &MatmulOptions) -> bool {
+/// The 4-bit routes [`fourbit_gated`] pairs a task's rows of gate and up on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Gated {
+    /// The matrix unit's panels.
+    Panels,
+    /// AVX2's eight-token rows kernel.
+    RowsT8,
+}
+
+/// The route a prompt's product with `w` (4-bit, blocks of 64) takes in
+/// `fourbit_q8_matmul_many` where [`fourbit_gated`] can pair it, if any.
+fn gated_route(k: &Kernels, w: &FourBitRef) -> Option<Gated> {
+    if w.blocksize != 64 {
+        return None;
+    }
+    if k.has_fourbit_q8_panel() {
+        return w.rows.is_multiple_of(16).then_some(Gated::Panels);
+    }
+    let steps = w.cols / 64;
+    (k.has_rows_t8() && k.x4_for(w.cols) && !k.has_fourbit_q8_tile_run(steps, false)).then_some(Gated::RowsT8)
+}
+
+/// Whether a prompt of `m` tokens through `gate` and `up` takes [`fourbit_gated`]: both 4-bit
+/// in blocks of 64 on the integer tiles, of one shape, on a route it pairs — where
+/// [`matmul_many`] would send both to that route.
+pub(crate) fn gated_pairs(k: &Kernels, gate: &Weight, up: &Weight, m: usize, opts: &MatmulOptions) -> bool {
     let (Weight::FourBit(g), Weight::FourBit(u)) = (gate, up) else { return false };
     m > 1
         && g.rows > 0
         && g.cols > 0
-        && k.has_fourbit_q8_panel()
-        && [g, u].iter().all(|w| w.blocksize == 64 && w.rows.is_multiple_of(16) && fourbit_tiles(k, w, opts))
+        && [g, u].iter().all(|w| fourbit_tiles(k, w, opts))
+        && gated_route(k, g).is_some()
+        && gated_route(k, u) == gated_route(k, g)
         && g.rows == u.rows
         && g.cols == u.cols
 }

@@ -15,15 +15,16 @@
 use crate::dispatch::Kernels;
 use crate::error::{KernelError, Result};
 use crate::matmul::{
-    check_joint_out, fourbit_gated_panels, fourbit_tiles, gated_on_panels, matmul_many_with, matmul_rows_many_with,
-    matmul_with, MatmulOptions, PARALLEL_MIN_WORK,
+    check_joint_out, fourbit_gated, fourbit_tiles, gated_pairs, matmul_many_with, matmul_rows_many_with, matmul_with,
+    MatmulOptions, PARALLEL_MIN_WORK,
 };
 use crate::weight::Weight;
 
 /// A gated MLP input over several prompts (as [`matmul_segments`] takes them):
 /// `out (Σ segs × rows)` = silu(`gate · x`) ⊙ (`up · x`), each product bit for bit what
 /// [`matmul_segments`] gives it and the gating [`Kernels::silu_mul`]'s, computed together where
-/// both weights go to the matrix unit's 4-bit panels (no one-token prompt among them): each
+/// both weights take the same 4-bit route that can pair them (the matrix unit's panels, AVX2's
+/// eight-token rows kernel) and no prompt is one token long: each
 /// piece of rows is gated as it is made, and only the gated product is written. `Ok(false)`, and
 /// `out` untouched, anywhere else: the caller multiplies and gates.
 pub fn matmul_gated(
@@ -41,7 +42,7 @@ pub fn matmul_gated(
         cols: usize::MAX,
     })?;
     let (Weight::FourBit(g), Weight::FourBit(u)) = (gate, up) else { return Ok(false) };
-    if segs.contains(&1) || !gated_on_panels(k, gate, up, m, opts) {
+    if segs.contains(&1) || !gated_pairs(k, gate, up, m, opts) {
         return Ok(false);
     }
     for w in [gate, up] {
@@ -56,7 +57,7 @@ pub fn matmul_gated(
         return Err(KernelError::ShapeMismatch { op: "matmul", what: "out", expected, got: out.len() });
     }
     let parallel = m.saturating_mul(g.rows).saturating_mul(g.cols) >= PARALLEL_MIN_WORK;
-    fourbit_gated_panels(k, out, g, u, x, m, parallel);
+    fourbit_gated(k, out, g, u, x, m, parallel);
     Ok(true)
 }
 
