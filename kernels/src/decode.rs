@@ -337,15 +337,7 @@ impl<'x> Prepared<'x> {
                 // Whole groups of eight tokens for the eight-token kernel (blocks of 64 only).
                 let groups =
                     if bs == 64 && k.has_rows_t8() && k.x4_for(cols) && unit.is_none() { m / GROUP } else { 0 };
-                let pairs = (groups > 0).then(|| {
-                    let ts = 0..groups * GROUP;
-                    let (qe, qo, xs): (Vec<_>, Vec<_>, Vec<_>) = (
-                        ts.clone().map(|t| q.qe(t)).collect(),
-                        ts.clone().map(|t| q.qo(t)).collect(),
-                        ts.map(|t| q.xs(t)).collect(),
-                    );
-                    TokenPairs::new(&qe, &qo, &xs, bpr)
-                });
+                let pairs = (groups > 0).then(|| q.pairs(groups * GROUP));
                 Prepared::FourBitQ8 { m, q: Box::new(q), xs_rows, bpr, pairs, unit }
             }
             Route::FourBitExact(bs) => Prepared::FourBitExact {

@@ -450,6 +450,18 @@ impl BlockQ8 {
         Panel::new(&self.qe, &self.qo, self.stride, &self.xs, self.nb, m)
     }
 
+    /// The first `tokens` (a multiple of eight, padding included) in groups of eight for the
+    /// eight-token rows kernels (blocks of 64 only).
+    pub(crate) fn pairs(&self, tokens: usize) -> TokenPairs {
+        let ts = 0..tokens;
+        let (qe, qo, xs): (Vec<_>, Vec<_>, Vec<_>) = (
+            ts.clone().map(|t| self.qe(t)).collect(),
+            ts.clone().map(|t| self.qo(t)).collect(),
+            ts.map(|t| self.xs(t)).collect(),
+        );
+        TokenPairs::new(&qe, &qo, &xs, self.nb)
+    }
+
     /// Quantizes `m` rows of `x` (`cols` wide) and pads with all-zero tokens up to `padded`,
     /// the tokens on the team's threads when `parallel`; with `abs`, the codes' absolute values
     /// too.
@@ -735,15 +747,7 @@ pub(crate) fn fourbit_gated(
     let q = BlockQ8::new(k, x, m, cols, 64, m.next_multiple_of(tt_step), parallel, amx && tt_step == 8);
     let panel = amx.then(|| q.panel(m));
     let panel = panel.as_ref();
-    let pairs = (!amx).then(|| {
-        let ts = 0..m.next_multiple_of(GROUP);
-        let (qe, qo, xs): (Vec<_>, Vec<_>, Vec<_>) = (
-            ts.clone().map(|t| q.qe(t)).collect(),
-            ts.clone().map(|t| q.qo(t)).collect(),
-            ts.map(|t| q.xs(t)).collect(),
-        );
-        TokenPairs::new(&qe, &qo, &xs, nb)
-    });
+    let pairs = (!amx).then(|| q.pairs(m.next_multiple_of(GROUP)));
     let pairs = pairs.as_ref();
     let plan = &RowPlan::new(std::iter::once(rows), m, if amx { 16 } else { 4 });
     let max_chunk = plan.max_chunk;
@@ -887,15 +891,7 @@ fn fourbit_q8_matmul_many(k: &Kernels, out: &mut [f32], ws: &[&FourBitRef], x: &
     // The VNNI tiles correct their bias per half of a step when the halves' factors differ.
     let q = if split && tt_step != 8 { q.with_halves() } else { q };
     let q = &q;
-    let pairs = rows_t8.then(|| {
-        let ts = 0..padded;
-        let (qe, qo, xs): (Vec<_>, Vec<_>, Vec<_>) = (
-            ts.clone().map(|t| q.qe(t)).collect(),
-            ts.clone().map(|t| q.qo(t)).collect(),
-            ts.map(|t| q.xs(t)).collect(),
-        );
-        TokenPairs::new(&qe, &qo, &xs, nb)
-    });
+    let pairs = rows_t8.then(|| q.pairs(padded));
     let pairs = pairs.as_ref();
     let panel = amx.then(|| q.panel(m));
     let panel = panel.as_ref();
