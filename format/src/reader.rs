@@ -7,7 +7,7 @@ use crate::header::{Header, Metadata, TensorInfo};
 use crate::layout::PREAMBLE_LEN;
 use crate::scheme::PartLayout;
 use crate::validate::{check_preamble, validate};
-use memmap2::Mmap;
+use memmap2::{Mmap, MmapOptions};
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::Path;
@@ -21,6 +21,15 @@ pub struct ChecksumMismatch {
     pub expected: String,
     /// CRC-32 of the bytes.
     pub actual: String,
+}
+
+/// Bytes of memory the system has available for new use (Linux's `MemAvailable`: free memory
+/// plus what the page cache can give back); `None` where that is not known.
+fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
 }
 
 /// An open, validated lowbit file.
@@ -52,6 +61,19 @@ impl ModelFile {
     /// Refuses anything but a regular file before opening it: opening a FIFO would block
     /// forever, and a device's size is not its content's.
     pub fn open(path: &Path) -> Result<ModelFile> {
+        ModelFile::open_with(path, false)
+    }
+
+    /// [`ModelFile::open`] for a file that is about to be read whole, again and again (a model
+    /// being loaded to run): where the file fits in the memory the system has available, its
+    /// mapping is populated as it is made — the pages' table entries set up in one pass, as
+    /// llama.cpp maps its models — instead of one fault at a time while the first prompt runs.
+    /// A file larger than that is mapped as [`ModelFile::open`] maps it.
+    pub fn open_resident(path: &Path) -> Result<ModelFile> {
+        ModelFile::open_with(path, true)
+    }
+
+    fn open_with(path: &Path, resident: bool) -> Result<ModelFile> {
         let io = |e| FormatError::io(path, e);
         if !std::fs::metadata(path).map_err(io)?.is_file() {
             return Err(FormatError::NotAFile { path: path.to_path_buf() });
@@ -71,6 +93,10 @@ impl ModelFile {
         }
         file.read_exact(&mut pre).map_err(io)?;
         check_preamble(&pre, len)?;
+        let mut options = MmapOptions::new();
+        if resident && available_memory().is_some_and(|free| len <= free) {
+            options.populate();
+        }
         // SAFETY: the map is read-only and private to this value; every slice we hand out
         // borrows `self`, so none outlives it. Mapping a file is only unsound if the file
         // changes underneath: we check sizes against the map's own length (taken at mapping
@@ -78,8 +104,9 @@ impl ModelFile {
         // pages raise SIGBUS (which `fault::watch` turns into a message and exit status 2), and
         // one rewriting it would change bytes under `&[u8]`s. No check here can exclude that;
         // lowbit files are written once and renamed into place, never modified, and
-        // docs/FORMAT.md tells users not to change a file that is in use.
-        let mmap = unsafe { Mmap::map(&file) }.map_err(io)?;
+        // docs/FORMAT.md tells users not to change a file that is in use. Populating changes
+        // none of this: it only sets up the page tables at mapping time.
+        let mmap = unsafe { options.map(&file) }.map_err(io)?;
         let watch = crate::fault::watch(mmap.as_ptr(), mmap.len(), path);
         let v = validate(&mmap)?;
         let by_name = v.header.tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();

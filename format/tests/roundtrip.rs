@@ -48,6 +48,22 @@ fn round_trip_every_scheme_from_four_threads() {
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
 }
 
+/// A file opened to be run (its mapping populated where it fits in memory) holds the same
+/// header and bytes as one opened plainly.
+#[test]
+fn a_resident_open_reads_what_a_plain_open_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.lowbit");
+    write_file_with(&path, specs(), 2, 3);
+    let (plain, resident) = (ModelFile::open(&path).unwrap(), ModelFile::open_resident(&path).unwrap());
+    assert_eq!(resident.header(), plain.header());
+    for spec in specs() {
+        assert_eq!(resident.tensor(&spec.name).unwrap().bytes, plain.tensor(&spec.name).unwrap().bytes);
+    }
+    resident.verify_checksums().unwrap();
+    assert!(matches!(ModelFile::open_resident(dir.path()), Err(FormatError::NotAFile { .. })));
+}
+
 #[test]
 fn typed_part_views_have_the_right_lengths() {
     let dir = tempfile::tempdir().unwrap();

@@ -51,8 +51,10 @@ pub struct Engine {
 
 impl Engine {
     /// Maps and validates the file at `path` and loads the model, tokenizer and chat template.
+    /// The mapping is populated up front where the file fits in memory
+    /// ([`ModelFile::open_resident`]).
     pub fn open(path: &Path, opts: &RuntimeOptions) -> Result<Engine> {
-        Engine::from_file(ModelFile::open(path)?, opts)
+        Engine::from_file(ModelFile::open_resident(path)?, opts)
     }
 
     /// [`Engine::open`] for a file already mapped.
