@@ -100,8 +100,15 @@ impl TextCodec {
                 ))
             }
         };
-        let parts: Value = serde_json::from_str(json).map_err(|e| RuntimeError::Tokenizer(e.to_string()))?;
-        let expansion = expansion(parts.get("normalizer")) * expansion(parts.get("pre_tokenizer"));
+        // Only the two parts that can lengthen a text, the vocabulary and merges skipped over
+        // (read into a `Value`, they took longer than the tokenizer itself).
+        #[derive(serde::Deserialize)]
+        struct Parts {
+            normalizer: Option<Value>,
+            pre_tokenizer: Option<Value>,
+        }
+        let parts: Parts = serde_json::from_str(json).map_err(|e| RuntimeError::Tokenizer(e.to_string()))?;
+        let expansion = expansion(parts.normalizer.as_ref()) * expansion(parts.pre_tokenizer.as_ref());
         let cfg = meta.tokenizer_config.as_ref();
         let template = meta
             .chat_template
