@@ -83,6 +83,55 @@ fn expansion(part: Option<&Value>) -> f64 {
 /// all by then).
 const TEMPLATE_FUEL: u64 = 2_000_000;
 
+/// A tokenizer.json read into a tokenizer. A BPE model (Llama's, Mistral's, Qwen2's, SmolLM's) is
+/// read by itself: the library reads the model of a whole file through a generic JSON tree
+/// first, which took most of a model's load time. The rest of the file is then read with an
+/// empty model in its place, the model put in, and the added tokens added — what the library's
+/// own reader does after the model, in the same order, so the tokenizer is the same.
+fn parse_tokenizer(json: &str) -> std::result::Result<tokenizers::Tokenizer, String> {
+    use serde_json::value::RawValue;
+    use std::collections::BTreeMap;
+    let err = |e: &dyn std::fmt::Display| e.to_string();
+    let top: BTreeMap<&str, &RawValue> = match serde_json::from_str(json) {
+        Ok(top) => top,
+        // Not an object of that shape (escaped keys, say): the library says what is wrong.
+        Err(_) => return json.parse().map_err(|e| err(&e)),
+    };
+    #[derive(serde::Deserialize)]
+    struct Kind<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: Option<&'a str>,
+    }
+    let bpe = match top.get("model").map(|m| serde_json::from_str::<Kind>(m.get())) {
+        Some(Ok(Kind { kind: Some("BPE") })) => top["model"],
+        _ => return json.parse().map_err(|e| err(&e)),
+    };
+    let model: tokenizers::models::bpe::BPE = serde_json::from_str(bpe.get()).map_err(|e| err(&e))?;
+    let added: Vec<tokenizers::AddedToken> = match top.get("added_tokens") {
+        Some(raw) => serde_json::from_str(raw.get()).map_err(|e| err(&e))?,
+        None => Vec::new(),
+    };
+    let mut shell = String::from("{");
+    for (key, value) in &top {
+        let value = match *key {
+            "model" => r#"{"type":"BPE","vocab":{},"merges":[]}"#,
+            "added_tokens" => "[]",
+            _ => value.get(),
+        };
+        if shell.len() > 1 {
+            shell.push(',');
+        }
+        shell.push_str(&serde_json::to_string(key).map_err(|e| err(&e))?);
+        shell.push(':');
+        shell.push_str(value);
+    }
+    shell.push('}');
+    let mut tokenizer: tokenizers::Tokenizer = shell.parse().map_err(|e| err(&e))?;
+    tokenizer.with_model(model);
+    tokenizer.add_tokens(&added);
+    Ok(tokenizer)
+}
+
 impl TextCodec {
     /// Loads the tokenizer and template from a model file's metadata.
     pub fn from_metadata(meta: &Metadata) -> Result<TextCodec> {
@@ -91,9 +140,9 @@ impl TextCodec {
         })?;
         // The tokenizers library panics on some malformed parts (a `decoder` of neither of its
         // layouts): a file that holds one gets an error, not a crash.
-        let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| json.parse::<tokenizers::Tokenizer>()));
+        let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| parse_tokenizer(json)));
         let tokenizer = match parsed {
-            Ok(t) => t.map_err(|e| RuntimeError::Tokenizer(e.to_string()))?,
+            Ok(t) => t.map_err(RuntimeError::Tokenizer)?,
             Err(_) => {
                 return Err(RuntimeError::Tokenizer(
                     "tokenizer.json is malformed: the tokenizers library failed on it".into(),
@@ -247,6 +296,39 @@ mod tests {
         let c = codec("{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}", "", "");
         let many: Vec<(&str, &str)> = (0..5000).map(|_| ("user", "a message")).collect();
         assert!(c.apply_chat_template(&msgs(&many), true).is_ok());
+    }
+
+    /// The BPE reader gives the tokenizer the library's own reader gives: the same file when
+    /// written back, the same ids and texts — with added tokens inside the vocabulary and past
+    /// it, special and not, a normalizer they go through, and byte-level parts around them.
+    #[test]
+    fn bpe_read_by_itself_is_the_librarys_tokenizer() {
+        let tok = r#"{"version":"1.0","truncation":null,"padding":null,
+            "added_tokens":[
+              {"id":0,"content":"<s>","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true},
+              {"id":9,"content":"<|im_end|>","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true},
+              {"id":10,"content":"ab c","single_word":true,"lstrip":true,"rstrip":false,"normalized":true,"special":false}],
+            "normalizer":{"type":"Lowercase"},
+            "pre_tokenizer":{"type":"ByteLevel","add_prefix_space":false,"trim_offsets":true,"use_regex":true},
+            "post_processor":{"type":"ByteLevel","add_prefix_space":true,"trim_offsets":false,"use_regex":true},
+            "decoder":{"type":"ByteLevel","add_prefix_space":true,"trim_offsets":true,"use_regex":true},
+            "model":{"type":"BPE","dropout":null,"unk_token":null,"continuing_subword_prefix":null,"end_of_word_suffix":null,
+              "fuse_unk":false,"byte_fallback":false,"ignore_merges":false,
+              "vocab":{"<s>":0,"a":1,"b":2,"c":3,"Ġ":4,"ab":5,"Ġc":6,"abc":7,"Ġab":8},
+              "merges":["a b","Ġ c","ab c","Ġ ab"]}}"#;
+        let ours = parse_tokenizer(tok).unwrap();
+        let theirs: tokenizers::Tokenizer = tok.parse().unwrap();
+        assert_eq!(serde_json::to_string(&ours).unwrap(), serde_json::to_string(&theirs).unwrap());
+        for text in ["abc ab c <|im_end|>AB C", "<s>cab ABC", ""] {
+            let (a, b) = (ours.encode(text, true).unwrap(), theirs.encode(text, true).unwrap());
+            assert_eq!(a.get_ids(), b.get_ids(), "{text}");
+            assert_eq!(ours.decode(a.get_ids(), false).unwrap(), theirs.decode(b.get_ids(), false).unwrap());
+        }
+        // Other models, and files the shortcut does not read, go to the library as they are.
+        let word_level = r#"{"version":"1.0","added_tokens":[],"normalizer":null,"pre_tokenizer":null,"post_processor":null,"decoder":null,"model":{"type":"WordLevel","vocab":{"<unk>":0},"unk_token":"<unk>"}}"#;
+        assert!(parse_tokenizer(word_level).is_ok());
+        assert!(parse_tokenizer("[1, 2]").is_err());
+        assert!(parse_tokenizer(r#"{"version":"2.0","model":{"type":"BPE","vocab":{},"merges":[]}}"#).is_err());
     }
 
     /// A decoder of neither layout makes the tokenizers library panic (found by the
