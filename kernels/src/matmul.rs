@@ -722,8 +722,8 @@ fn q8_panel_matmul(k: &Kernels, out: &mut [f32], ws: &[Int8Rows], x: &[f32], m: 
 }
 
 /// A prompt's gated MLP input: `out (m × rows)` = silu(`gate · x`) ⊙ (`up · x`), where both
-/// products take the same 4-bit route, the matrix unit's panels or AVX2's eight-token rows
-/// kernel ([`gated_route`]). A task multiplies its rows of both weights and writes only their
+/// products take the same 4-bit route, the matrix unit's panels, the tile runs or AVX2's
+/// eight-token rows kernel ([`gated_route`]). A task multiplies its rows of both weights and writes only their
 /// gated product: the two products written whole and a separate silu·mul pass over them wrote
 /// and read three times the floats. Each product has the bits [`matmul_many`] gives it (the
 /// same activations, kernels and rows) and the gating [`Kernels::silu_mul`]'s.
@@ -743,11 +743,17 @@ pub(crate) fn fourbit_gated(
     let Some(route) = gated_route(k, gate) else { panic!("checked by gated_pairs") };
     let amx = route == Gated::Panels;
     // The activations as `fourbit_q8_matmul_many` quantizes them for the same route.
-    let tt_step = if !amx || k.has_fourbit_q8_tile8(false) { 8 } else { 4 };
-    let q = BlockQ8::new(k, x, m, cols, 64, m.next_multiple_of(tt_step), parallel, amx && tt_step == 8);
+    let tt_step = match route {
+        Gated::RowsT8 => 8,
+        Gated::Panels if k.has_fourbit_q8_tile8(false) => 8,
+        _ => 4,
+    };
+    let padded = m.next_multiple_of(tt_step);
+    let q = BlockQ8::new(k, x, m, cols, 64, padded, parallel, amx && tt_step == 8);
+    let q = &q;
     let panel = amx.then(|| q.panel(m));
     let panel = panel.as_ref();
-    let pairs = (!amx).then(|| q.pairs(m.next_multiple_of(GROUP)));
+    let pairs = (route == Gated::RowsT8).then(|| q.pairs(m.next_multiple_of(GROUP)));
     let pairs = pairs.as_ref();
     let plan = &RowPlan::new(std::iter::once(rows), m, if amx { 16 } else { 4 });
     let max_chunk = plan.max_chunk;
@@ -779,11 +785,49 @@ pub(crate) fn fourbit_gated(
             put(og, ou, r0, n, 0, m);
             return;
         }
-        let pairs = pairs.expect("made where there is no panel");
         // Both weights' factors for the task's rows, side by side.
         let (wg, wu) = wf.split_at_mut(max_chunk * nb);
         factors(gate, wg);
         factors(up, wu);
+        let Some(pairs) = pairs else {
+            // Tile runs: each group of tokens against every four rows of the task, as
+            // `fourbit_q8_matmul_many` runs them, for gate and then up.
+            for t0 in (0..m).step_by(RUN_GROUP) {
+                let run = (t0 + RUN_GROUP).min(padded) - t0;
+                for (w, f, o) in [(gate, &*wg, &mut *og), (up, &*wu, &mut *ou)] {
+                    let lut = w.kind.int8_levels();
+                    for rt in (0..n).step_by(4) {
+                        let nr = (n - rt).min(4);
+                        // Missing rows of the last tile repeat its last row (results dropped).
+                        let row = |i: usize| rt + i.min(nr - 1);
+                        let codes = std::array::from_fn(|i| &w.codes[(r0 + row(i)) * half..(r0 + row(i) + 1) * half]);
+                        let wfs = std::array::from_fn(|i| &f[row(i) * nb..(row(i) + 1) * nb]);
+                        let mut vals = [0f32; 4 * RUN_GROUP];
+                        let (qe, qo) = (&q.qe[t0 * q.stride..], &q.qo[t0 * q.stride..]);
+                        let (xs, sums) = (&q.xs[t0 * q.nb..], &q.sum[t0 * q.nb..]);
+                        let ran = k.fourbit_q8_tile_run(
+                            codes,
+                            wfs,
+                            &lut,
+                            qe,
+                            qo,
+                            q.stride,
+                            xs,
+                            sums,
+                            run,
+                            &mut vals[..4 * run],
+                            false,
+                        );
+                        assert!(ran.is_some(), "checked by gated_route");
+                        for t in 0..run.min(m - t0) {
+                            o[t * n + rt..t * n + rt + nr].copy_from_slice(&vals[4 * t..4 * t + nr]);
+                        }
+                    }
+                }
+                put(og, ou, r0, n, t0, run.min(m - t0));
+            }
+            return;
+        };
         for g in 0..pairs.groups() {
             for (w, f, o) in [(gate, &*wg, &mut *og), (up, &*wu, &mut *ou)] {
                 let codes = &w.codes[r0 * half..(r0 + n) * half];
@@ -796,7 +840,12 @@ pub(crate) fn fourbit_gated(
         }
     };
     let init = || {
-        let len = panel.map_or(GROUP * max_chunk, |p| p.groups() * PANEL_TOKENS * max_chunk);
+        let tokens = match route {
+            Gated::Panels => panel.map_or(0, |p| p.groups() * PANEL_TOKENS),
+            Gated::RowsT8 => GROUP,
+            Gated::Runs => RUN_GROUP,
+        };
+        let len = tokens * max_chunk;
         let factors = if amx { max_chunk * nb } else { 2 * max_chunk * nb };
         let scratch = if amx { vec![0i8; Kernels::panel_scratch(nb)] } else { Vec::new() };
         (Lined::<f32>::zeroed(factors), scratch, vec![0f32; len], vec![0f32; len])
@@ -811,6 +860,8 @@ pub(crate) enum Gated {
     Panels,
     /// AVX2's eight-token rows kernel.
     RowsT8,
+    /// The tile runs of four rows against a group of tokens (AVX-512, AVX-VNNI).
+    Runs,
 }
 
 /// The route a prompt's product with `w` (4-bit, blocks of 64) takes in
@@ -823,7 +874,10 @@ fn gated_route(k: &Kernels, w: &FourBitRef) -> Option<Gated> {
         return w.rows.is_multiple_of(16).then_some(Gated::Panels);
     }
     let steps = w.cols / 64;
-    (k.has_rows_t8() && k.x4_for(w.cols) && !k.has_fourbit_q8_tile_run(steps, false)).then_some(Gated::RowsT8)
+    if k.has_fourbit_q8_tile_run(steps, false) {
+        return Some(Gated::Runs);
+    }
+    (k.has_rows_t8() && k.x4_for(w.cols)).then_some(Gated::RowsT8)
 }
 
 /// Whether a prompt of `m` tokens through `gate` and `up` takes [`fourbit_gated`]: both 4-bit

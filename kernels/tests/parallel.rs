@@ -312,7 +312,7 @@ fn gated_products_equal_products_then_silu_mul() {
     use std::io::Write;
     let (rows, cols) = (48, 320);
     let (wg, wu) = (values(rows * cols, 41), values(rows * cols, 42));
-    let x: Vec<f32> = (0..23).flat_map(|t| values(cols, 50 + t).into_iter().map(move |v| v * 2.5)).collect();
+    let x: Vec<f32> = (0..73).flat_map(|t| values(cols, 50 + t).into_iter().map(move |v| v * 2.5)).collect();
     let k = lowbit_kernels::kernels();
     let opts = MatmulOptions::default();
     let mut ran = 0;
@@ -320,7 +320,8 @@ fn gated_products_equal_products_then_silu_mul() {
         let q = |w: &[f32]| quantize_4bit(w, &FourBitOptions { kind, ..Default::default() }).unwrap();
         let (qg, qu) = (q(&wg), q(&wu));
         let (gate, up) = (fourbit_weight(kind, rows, cols, &qg), fourbit_weight(kind, rows, cols, &qu));
-        for segs in [vec![23], vec![9, 14], vec![2, 5, 16], vec![7, 1, 15]] {
+        // Past 64 tokens too: the tile runs take tokens in groups of 64.
+        for segs in [vec![23], vec![9, 14], vec![2, 5, 16], vec![7, 1, 15], vec![73], vec![40, 33]] {
             let m: usize = segs.iter().sum();
             let xs = &x[..m * cols];
             for threads in [1, 2] {
@@ -342,7 +343,10 @@ fn gated_products_equal_products_then_silu_mul() {
                     Err(untouched) => {
                         assert!(untouched.iter().all(|v| v.is_nan()), "declined, yet wrote the output");
                         assert!(
-                            segs.contains(&1) || !(k.has_fourbit_q8_panel() || k.has_rows_t8()),
+                            segs.contains(&1)
+                                || !(k.has_fourbit_q8_panel()
+                                    || k.has_rows_t8()
+                                    || k.has_fourbit_q8_tile_run(cols / 64, false)),
                             "declined on a level that pairs them"
                         );
                     }
@@ -353,7 +357,7 @@ fn gated_products_equal_products_then_silu_mul() {
     if ran == 0 {
         let _ = writeln!(
             std::io::stderr().lock(),
-            "NOT RUN at this kernel level: the gated prompt products (they need AMX or AVX2's eight-token kernel)"
+            "NOT RUN at this kernel level: the gated prompt products (they need AMX, the AVX-512 or AVX-VNNI tile runs, or AVX2's eight-token kernel)"
         );
     }
     // A wrong output length is an error where the fused path runs.
