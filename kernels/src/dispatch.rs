@@ -64,6 +64,7 @@ type DotQ8Many = unsafe fn(&[i8], &[f16], &[i8], &[f32], usize, &mut [f32]);
 type DotQ5Many = unsafe fn(&[u8], &[u8], &[f16], &[i8], &[f32], &mut [f32]);
 type Transpose = unsafe fn(&[f32], usize, &mut [f32], usize, usize, usize);
 type Q8Panel = unsafe fn(&[i8], &[f16], &crate::panel::Panel, usize, &mut [f32], &mut [f32], bool);
+type Int8Panel = unsafe fn(&[i8], &crate::panel::Panel, usize, &mut [i32]);
 type FourBitQ8Rows16 = unsafe fn(&[u8], usize, &[f32], &[i8; 16], &[i8], &[i8], &[f32], &[i32]) -> [f32; 16];
 type Q8Rows16 = unsafe fn(&[i8], usize, usize, &[f16], &[i8], &[f32], &[i32]) -> [f32; 16];
 type Q5Rows16 = unsafe fn(&[u8], &[u8], usize, &[f16], &[i8], &[f32], &[i32]) -> [f32; 16];
@@ -181,6 +182,8 @@ pub struct Kernels {
     fourbit_q8_panel: Option<FourBitQ8Panel>,
     /// The same for block int8 rows.
     q8_panel: Option<Q8Panel>,
+    /// LLM.int8's whole int8 rows on a matrix unit: their exact sums.
+    int8_panel: Option<Int8Panel>,
     /// One token against sixteen 4-bit rows with `fourbit_q8_panel`'s bits for it (decode of
     /// one sequence where batches go to the matrix unit).
     fourbit_q8_rows16: Option<FourBitQ8Rows16>,
@@ -278,6 +281,7 @@ impl Kernels {
             fourbit_q8_tile_run_split: None,
             fourbit_q8_panel: None,
             q8_panel: None,
+            int8_panel: None,
             fourbit_q8_rows16: None,
             q8_rows16: None,
             q5_rows16: None,
@@ -340,6 +344,7 @@ impl Kernels {
                     fourbit_q8_tile_run_split: None,
                     fourbit_q8_panel: None,
                     q8_panel: None,
+                    int8_panel: None,
                     fourbit_q8_rows16: None,
                     q8_rows16: None,
                     q5_rows16: None,
@@ -405,6 +410,7 @@ impl Kernels {
                     fourbit_q8_tile_run_split: None,
                     fourbit_q8_panel: None,
                     q8_panel: None,
+                    int8_panel: None,
                     fourbit_q8_rows16: None,
                     q8_rows16: None,
                     q5_rows16: None,
@@ -559,6 +565,7 @@ impl Kernels {
             },
             fourbit_q8_panel: Some(crate::arch::x86_64::amx::fourbit_q8_panel),
             q8_panel: Some(crate::arch::x86_64::amx::q8_panel),
+            int8_panel: Some(crate::arch::x86_64::amx::int8_panel),
             fourbit_q8_rows16: all.then_some(crate::arch::x86_64::amx::fourbit_q8_rows16 as FourBitQ8Rows16),
             q8_rows16: all.then_some(crate::arch::x86_64::amx::q8_rows16 as Q8Rows16),
             q5_rows16: all.then_some(crate::arch::x86_64::amx::q5_rows16 as Q5Rows16),
@@ -634,6 +641,7 @@ impl Kernels {
             fourbit_q8_tile_run_split: Some(k::fourbit_q8_tile_run_split),
             fourbit_q8_panel: None,
             q8_panel: None,
+            int8_panel: None,
             fourbit_q8_rows16: None,
             q8_rows16: None,
             q5_rows16: None,
@@ -1627,6 +1635,29 @@ impl Kernels {
         // SAFETY: the level has the kernel only where the CPU and OS allow it; lengths checked
         // (a panel's blocks are 32 or 64).
         unsafe { f(w, scale, panel, rows, scratch, out, row_major) };
+        true
+    }
+
+    /// Whether this level has [`Kernels::int8_panel`].
+    #[inline]
+    pub fn has_int8_panel(&self) -> bool {
+        self.int8_panel.is_some()
+    }
+
+    /// [`crate::scalar::int8_panel`] on a matrix unit: the exact sums of `rows` whole int8 rows
+    /// (LLM.int8's, `64 · panel.nb()` wide) against every token of `panel` ([`Panel::int8`]),
+    /// `out[r·T + t]` (`T` the panel's tokens with padding). `false` (nothing written) where the
+    /// level has no such kernel.
+    ///
+    /// [`Panel::int8`]: crate::panel::Panel::int8
+    pub fn int8_panel(&self, w: &[i8], panel: &crate::panel::Panel, rows: usize, out: &mut [i32]) -> bool {
+        let Some(f) = self.int8_panel else { return false };
+        let tokens = crate::panel::PANEL_TOKENS * panel.groups();
+        assert!(panel.blocksize() == 64 && rows.is_multiple_of(16), "rows in sixteens, tiles of 64");
+        assert!(w.len() >= 64 * panel.nb() * rows, "weights too short");
+        assert!(out.len() >= tokens * rows, "out too short");
+        // SAFETY: the level has the kernel only where the CPU and OS allow it; lengths checked.
+        unsafe { f(w, panel, rows, out) };
         true
     }
 

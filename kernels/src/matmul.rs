@@ -1175,6 +1175,40 @@ fn int8_rows(k: &Kernels, out_t: &mut [f32], w: &Int8Ref, x: &[f32], m: usize, o
     let outliers = &act.outlier_cols;
     let xo: Vec<f32> = outliers.iter().flat_map(|&c| (0..m).map(move |t| x[t * cols + c])).collect();
     let xo = &xo;
+    // The outlier columns in floating point, against the dequantized weights, in column order
+    // (the same additions in the same order as one column at a time per output), onto a task's
+    // rows from `r0` (`o`: a row's m tokens together).
+    let add_outliers = |r0: usize, o: &mut [f32]| {
+        for (i, orow) in o.chunks_mut(m).enumerate() {
+            let rr = r0 + i;
+            let s = w.scb[rr] * INV_127;
+            for (j, &c) in outliers.iter().enumerate() {
+                let wv = w.cb[rr * cols + c] as f32 * s;
+                for (y, &xv) in orow.iter_mut().zip(&xo[j * m..(j + 1) * m]) {
+                    *y += xv * wv;
+                }
+            }
+        }
+    };
+    // On a matrix unit the rows' exact sums come from its tiles, sixteen rows against sixteen
+    // tokens at a time: the same integers as the vector tiles below, so the same results.
+    if m >= INT8_PANEL_MIN && k.has_int8_panel() && cols.is_multiple_of(64) && w.rows.is_multiple_of(16) {
+        let panel = &Panel::int8(&act.ca, cols, m);
+        let tokens = PANEL_TOKENS * panel.groups();
+        for_row_chunks(out_t, m, DECODE_ROWS_PER_TASK, par, Vec::new, |sums: &mut Vec<i32>, r0, o| {
+            let n = o.len() / m;
+            sums.resize(n * tokens, 0);
+            let done = k.int8_panel(&w.cb[r0 * cols..(r0 + n) * cols], panel, n, sums);
+            assert!(done, "checked with has_int8_panel");
+            for (i, (orow, srow)) in o.chunks_mut(m).zip(sums.chunks(tokens)).enumerate() {
+                for (t, (y, &isum)) in orow.iter_mut().zip(srow).enumerate() {
+                    *y = finish(r0 + i, t, isum);
+                }
+            }
+            add_outliers(r0, o);
+        });
+        return;
+    }
     for_row_chunks(
         out_t,
         m,
@@ -1209,21 +1243,14 @@ fn int8_rows(k: &Kernels, out_t: &mut [f32], w: &Int8Ref, x: &[f32], m: usize, o
                     o[r * m + t] = finish(r0 + r, t, k.dot_int8(ca(t), cb(r0 + r)));
                 }
             }
-            // The outlier columns in floating point, against the dequantized weights, in column
-            // order (the same additions in the same order as one column at a time per output).
-            for (i, orow) in o.chunks_mut(m).enumerate() {
-                let rr = r0 + i;
-                let s = w.scb[rr] * INV_127;
-                for (j, &c) in outliers.iter().enumerate() {
-                    let wv = w.cb[rr * cols + c] as f32 * s;
-                    for (y, &xv) in orow.iter_mut().zip(&xo[j * m..(j + 1) * m]) {
-                        *y += xv * wv;
-                    }
-                }
-            }
+            add_outliers(r0, o);
         },
     );
 }
+
+/// Tokens from which LLM.int8 prompts go to a matrix unit where the level has one (its tiles
+/// take sixteen tokens, padded).
+const INT8_PANEL_MIN: usize = 16;
 
 /// Tokens from which block int8 prefill goes through f32 gemm.
 const Q8_GEMM_MIN: usize = 16;

@@ -96,6 +96,22 @@ impl Panel {
         p
     }
 
+    /// From `m` tokens' whole-row int8 activations (LLM.int8's: token `t`'s `cols` at
+    /// `q[t·cols ..]`, `cols` a multiple of 64), in blocks of 64 without scales.
+    pub fn int8(q: &[i8], cols: usize, m: usize) -> Panel {
+        assert!(cols.is_multiple_of(64), "rows in whole tiles of 64");
+        let nb = cols / 64;
+        let mut p = Panel::zeroed(nb, 64, m);
+        p.fill(|g, words, gxs| {
+            for (n, t) in (g * PANEL_TOKENS..m.min((g + 1) * PANEL_TOKENS)).enumerate() {
+                for b in 0..nb {
+                    Panel::put(words, gxs, 64, n, b, 0, &q[t * cols + 64 * b..][..64], 0.0);
+                }
+            }
+        });
+        p
+    }
+
     /// Groups of 16 tokens.
     pub fn groups(&self) -> usize {
         self.groups

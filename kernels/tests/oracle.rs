@@ -742,6 +742,37 @@ proptest! {
         }
     }
 
+    /// LLM.int8's prompt product on a matrix unit (AMX): its exact sums equal the scalar twin's,
+    /// which equal `dot_int8` for each row and token (zero for the padding tokens); 16–48 rows,
+    /// 64–704 columns, 1–40 tokens (one group of sixteen and pairs of them).
+    #[test]
+    fn int8_panel_matches_scalar(nb in 1usize..12, tiles in 1usize..4, tokens in 1usize..41, seed in any::<u64>()) {
+        let (rows, cols) = (16 * tiles, 64 * nb);
+        let mut rng = seed;
+        let mut next = || {
+            rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (rng >> 33) as u32
+        };
+        let mut q = |n: usize| -> Vec<i8> { (0..n).map(|_| ((next() % 255) as i32 - 127) as i8).collect() };
+        let (w, x) = (q(rows * cols), q(tokens * cols));
+        let panel = Panel::int8(&x, cols, tokens);
+        let padded = panel.groups() * PANEL_TOKENS;
+        let mut want = vec![i32::MIN; padded * rows];
+        scalar::int8_panel(&w, &panel, rows, &mut want);
+        for r in 0..rows {
+            for t in 0..padded {
+                let one = if t < tokens { scalar::dot_int8(&x[t * cols..(t + 1) * cols], &w[r * cols..(r + 1) * cols]) } else { 0 };
+                prop_assert_eq!(want[r * padded + t], one, "row {} token {}", r, t);
+            }
+        }
+        for k in simd_levels() {
+            let mut got = vec![i32::MIN; padded * rows];
+            if k.int8_panel(&w, &panel, rows, &mut got) {
+                prop_assert_eq!(&got, &want, "{}", k.label());
+            }
+        }
+    }
+
     /// The block int8 prompt product on a matrix unit (AMX) against its scalar twin, blocks of
     /// 32 and 64, 16–48 rows, 1–40 tokens; the twin against `dot_q8` bit for bit.
     #[test]
@@ -1581,6 +1612,38 @@ fn fourbit_q8_regression_case(data: &[u8]) {
         let got = k.dot_fourbit_q8(codes, &factors, &lut, &qe, &qo, &qsum, half);
         let tol = (blocks as f32 + 5.0) * f32::EPSILON * terms + 1e-6;
         assert!((got - want).abs() <= tol, "{}: {got} vs {want} (tolerance {tol})", k.label());
+    }
+}
+
+/// LLM.int8 prompts (outlier columns in float beside the int8 part) give the scalar level's bits
+/// at every level: the int8 sums are exact wherever they are made — the vector tiles, or a
+/// matrix unit's from sixteen tokens on — and the float steps after them are the same code.
+#[test]
+fn int8_prompts_have_the_scalar_bits_at_every_level() {
+    let (rows, cols) = (48, 192);
+    let mut rng = 5u64;
+    let mut next = || {
+        rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((rng >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0
+    };
+    let w: Vec<f32> = (0..rows * cols).map(|_| next()).collect();
+    let q = quantize_int8(&w, rows, cols).unwrap();
+    let weight = Weight::Int8(Int8Ref { rows, cols, cb: &q.cb, scb: &q.scb });
+    let scalar = Kernels::for_isa(Isa::Scalar).unwrap();
+    for m in [3usize, 16, 23, 40] {
+        // Columns 7 and 100 carry outliers (|x| ≥ 6) in some tokens.
+        let x: Vec<f32> = (0..m * cols)
+            .map(|i| if (i % cols == 7 || i % cols == 100) && (i / cols) % 3 == 0 { 9.5 } else { next() * 3.0 })
+            .collect();
+        let opts = MatmulOptions { int8_threshold: 6.0, ..Default::default() };
+        let mut want = vec![0f32; m * rows];
+        matmul_with(&scalar, &mut want, &weight, &x, m, &opts).unwrap();
+        for k in simd_levels() {
+            let mut got = vec![f32::NAN; m * rows];
+            matmul_with(&k, &mut got, &weight, &x, m, &opts).unwrap();
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "{} with {m} tokens", k.label());
+        }
     }
 }
 

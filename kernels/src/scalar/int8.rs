@@ -26,3 +26,19 @@ pub fn dot_int8_rows(a: &[i8], w: &[i8], out: &mut [i32]) {
         *o = dot_int8(a, w);
     }
 }
+
+/// LLM.int8's prompt product on a matrix unit, its exact sums: `out[r·T + t] = Σ_k w[r·cols +
+/// k] · a_t[k]` for `rows` whole int8 rows (`cols = panel.nb() · 64`) against every token of
+/// `panel` (`T` its tokens with padding; padding tokens are all zero), accumulated in i32 with
+/// wrapping as the unit does (a row would need over 133,000 columns of ±127 to wrap).
+pub fn int8_panel(w: &[i8], panel: &crate::panel::Panel, rows: usize, out: &mut [i32]) {
+    let (nb, bs) = (panel.nb(), panel.blocksize());
+    let (cols, tokens) = (nb * bs, crate::panel::PANEL_TOKENS * panel.groups());
+    for r in 0..rows {
+        for t in 0..tokens {
+            out[r * tokens + t] = (0..cols)
+                .map(|k| w[r * cols + k] as i32 * panel.value(t, k / bs, k % bs) as i32)
+                .fold(0i32, i32::wrapping_add);
+        }
+    }
+}

@@ -23,6 +23,6 @@ pub use fourbit_q8::{
     dot_fourbit_q8_t4, dot_fourbit_q8_x4, dot_fourbit_q8_x4t2, fourbit_q8_panel, fourbit_q8_tile, nested_factors,
     quantize_q8,
 };
-pub use int8::{dot_int8, dot_int8_4x4, dot_int8_rows, dot_int8_x4};
+pub use int8::{dot_int8, dot_int8_4x4, dot_int8_rows, dot_int8_x4, int8_panel};
 pub use layout::transpose;
 pub use q8::{dot_q8, dot_q8_rows, dot_q8_rows_t8, dot_q8_x4t4, q8_panel};

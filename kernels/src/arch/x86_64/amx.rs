@@ -378,6 +378,76 @@ pub unsafe fn q8_panel(
     }
 }
 
+/// See [`crate::scalar::int8_panel`]: LLM.int8's whole int8 rows on the tile unit, sixteen rows
+/// against two groups of sixteen tokens at a time, `tdpbssd` over every 64 columns into the
+/// same two accumulator tiles (the rows have one scale, not one a block, so their sums stay on
+/// the unit until the row's end), then stored into `out[r·T + t]` (`T` the panel's tokens with
+/// padding).
+///
+/// # Safety
+/// See the module; `panel.blocksize()` is 64, `rows` a multiple of 16, `w` holds
+/// `rows · 64 · panel.nb()` values and `out` `rows · 16 · panel.groups()`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub unsafe fn int8_panel(w: &[i8], panel: &Panel, rows: usize, out: &mut [i32]) {
+    let (nb, groups) = (panel.nb(), panel.groups());
+    let (cols, tokens) = (64 * nb, PANEL_TOKENS * groups);
+    debug_assert!(panel.blocksize() == 64 && rows.is_multiple_of(16));
+    debug_assert!(w.len() >= cols * rows && out.len() >= tokens * rows);
+    let config = Config::new(64);
+    // SAFETY: tile loads read 16 rows of 64 bytes of `w` (`cols` apart, inside the rows of the
+    // contract) and whole panel tiles; tile stores write 16 rows of 16 sums (`tokens` apart)
+    // inside `out`; the accumulator tiles are only touched by this function's own instructions
+    // between its `tilezero`s and stores; the configuration is this thread's and is released
+    // before returning.
+    unsafe {
+        asm!("ldtilecfg [{}]", in(reg) config.0.as_ptr(), options(nostack, readonly));
+        let so = 4 * tokens;
+        for rt in 0..rows / 16 {
+            let wrow = w.as_ptr().add(16 * rt * cols);
+            let orow = out.as_mut_ptr().add(16 * rt * tokens);
+            let ahead = (wrow as *const u8).wrapping_add(tiles_ahead(cols));
+            for g in (0..groups).step_by(2) {
+                let two = g + 1 < groups;
+                asm!("tilezero tmm0", "tilezero tmm1", options(nostack, nomem));
+                for b in 0..nb {
+                    if g == 0 {
+                        // The tile load waits on memory otherwise.
+                        prefetch_rows(ahead, cols, 64 * b);
+                    }
+                    let (a, x0) = (wrow.add(64 * b), panel.tile(g, b).as_ptr());
+                    if two {
+                        let x1 = panel.tile(g + 1, b).as_ptr();
+                        asm!(
+                            "tileloadd tmm2, [{a} + {sa}*1]",
+                            "tileloadd tmm4, [{x0} + {s}*1]",
+                            "tileloadd tmm5, [{x1} + {s}*1]",
+                            "tdpbssd tmm0, tmm2, tmm4",
+                            "tdpbssd tmm1, tmm2, tmm5",
+                            a = in(reg) a, x0 = in(reg) x0, x1 = in(reg) x1, sa = in(reg) cols, s = in(reg) 64usize,
+                            options(nostack, readonly)
+                        );
+                    } else {
+                        asm!(
+                            "tileloadd tmm2, [{a} + {sa}*1]",
+                            "tileloadd tmm4, [{x0} + {s}*1]",
+                            "tdpbssd tmm0, tmm2, tmm4",
+                            a = in(reg) a, x0 = in(reg) x0, sa = in(reg) cols, s = in(reg) 64usize,
+                            options(nostack, readonly)
+                        );
+                    }
+                }
+                let c0 = orow.add(PANEL_TOKENS * g);
+                asm!("tilestored [{c} + {so}*1], tmm0", c = in(reg) c0, so = in(reg) so, options(nostack));
+                if two {
+                    let c1 = c0.add(PANEL_TOKENS);
+                    asm!("tilestored [{c} + {so}*1], tmm1", c = in(reg) c1, so = in(reg) so, options(nostack));
+                }
+            }
+        }
+        asm!("tilerelease", options(nostack, nomem));
+    }
+}
+
 /// Sixteen registers' lanes summed within each 128-bit quarter: quarter `c` of the result's
 /// register `i` holds, for registers `4i .. 4i + 4`, the sum of their lanes in quarter `c`
 /// (pairs of registers interleaved and added, then pairs of pairs).
