@@ -9,6 +9,21 @@ use lowbit_kernels::{
 };
 use proptest::prelude::*;
 
+/// The panels' tests' seeded generator (a 64-bit LCG's high bits).
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u32 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (self.0 >> 33) as u32
+    }
+
+    /// `n` int8 values in -127 ..= 127.
+    fn i8s(&mut self, n: usize) -> Vec<i8> {
+        (0..n).map(|_| ((self.next() % 255) as i32 - 127) as i8).collect()
+    }
+}
+
 fn simd_levels() -> Vec<Kernels> {
     let v = Kernels::variants();
     assert!(!v.is_empty());
@@ -659,16 +674,11 @@ proptest! {
     fn fourbit_q8_panel_matches_scalar(nb in 1usize..12, tiles in 1usize..4, tokens in 1usize..41, seed in any::<u64>()) {
         let rows = 16 * tiles;
         let half = 32 * nb;
-        let mut rng = seed;
-        let mut next = || {
-            rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            (rng >> 33) as u32
-        };
-        let codes: Vec<u8> = (0..rows * half).map(|_| next() as u8).collect();
-        let wf: Vec<f32> = (0..rows * nb).map(|_| (next() % 1000) as f32 / 3.1e4).collect();
-        let mut q = |n: usize| -> Vec<i8> { (0..n).map(|_| ((next() % 255) as i32 - 127) as i8).collect() };
-        let (qe, qo) = (q(tokens * half), q(tokens * half));
-        let xs: Vec<f32> = (0..tokens * nb).map(|_| (next() % 1000) as f32 / 9.7e5).collect();
+        let mut rng = Lcg(seed);
+        let codes: Vec<u8> = (0..rows * half).map(|_| rng.next() as u8).collect();
+        let wf: Vec<f32> = (0..rows * nb).map(|_| (rng.next() % 1000) as f32 / 3.1e4).collect();
+        let (qe, qo) = (rng.i8s(tokens * half), rng.i8s(tokens * half));
+        let xs: Vec<f32> = (0..tokens * nb).map(|_| (rng.next() % 1000) as f32 / 9.7e5).collect();
         let panel = Panel::new(&qe, &qo, half, &xs, nb, tokens);
         let padded = panel.groups() * PANEL_TOKENS;
         for kind in [FourBitKind::Nf4, FourBitKind::Fp4] {
@@ -748,13 +758,8 @@ proptest! {
     #[test]
     fn int8_panel_matches_scalar(nb in 1usize..12, tiles in 1usize..4, tokens in 1usize..41, seed in any::<u64>()) {
         let (rows, cols) = (16 * tiles, 64 * nb);
-        let mut rng = seed;
-        let mut next = || {
-            rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            (rng >> 33) as u32
-        };
-        let mut q = |n: usize| -> Vec<i8> { (0..n).map(|_| ((next() % 255) as i32 - 127) as i8).collect() };
-        let (w, x) = (q(rows * cols), q(tokens * cols));
+        let mut rng = Lcg(seed);
+        let (w, x) = (rng.i8s(rows * cols), rng.i8s(tokens * cols));
         let panel = Panel::int8(&x, cols, tokens);
         let padded = panel.groups() * PANEL_TOKENS;
         let mut want = vec![i32::MIN; padded * rows];
@@ -779,15 +784,10 @@ proptest! {
     fn q8_panel_matches_scalar(nb in 1usize..12, tiles in 1usize..4, tokens in 1usize..41, big in any::<bool>(), seed in any::<u64>()) {
         let (rows, bs) = (16 * tiles, if big { 64 } else { 32 });
         let cols = nb * bs;
-        let mut rng = seed;
-        let mut next = || {
-            rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            (rng >> 33) as u32
-        };
-        let mut q = |n: usize| -> Vec<i8> { (0..n).map(|_| ((next() % 255) as i32 - 127) as i8).collect() };
-        let (w, x) = (q(rows * cols), q(tokens * cols));
-        let scale: Vec<f16> = (0..rows * nb).map(|_| f16::from_f32((next() % 1000) as f32 / 3.1e4)).collect();
-        let d: Vec<f32> = (0..tokens * nb).map(|_| (next() % 1000) as f32 / 9.7e5).collect();
+        let mut rng = Lcg(seed);
+        let (w, x) = (rng.i8s(rows * cols), rng.i8s(tokens * cols));
+        let scale: Vec<f16> = (0..rows * nb).map(|_| f16::from_f32((rng.next() % 1000) as f32 / 3.1e4)).collect();
+        let d: Vec<f32> = (0..tokens * nb).map(|_| (rng.next() % 1000) as f32 / 9.7e5).collect();
         let panel = Panel::q8(&x, cols, &d, bs, nb, tokens);
         let padded = panel.groups() * PANEL_TOKENS;
         let mut want = vec![f32::NAN; padded * rows];
