@@ -193,6 +193,9 @@ enum Prepared<'x> {
         x: &'x [f32],
         m: usize,
         acts: Vec<Int8Activations>,
+        /// The tokens' int8 activations laid out for a matrix unit, where the level has one
+        /// (and the rows come in sixteens).
+        panel: Option<Panel>,
     },
     Q8 {
         m: usize,
@@ -242,6 +245,8 @@ pub(crate) struct Scratch {
     unit_out: Vec<f32>,
     /// Block int5 rows unpacked to block int8 (grows to a task's rows on first use).
     q5: Vec<i8>,
+    /// LLM.int8 rows' exact sums from a matrix unit (grows on first use).
+    isums: Vec<i32>,
     /// Asked for by the loop: a panel of tokens on a matrix unit writes its rows token-major
     /// (`m × rows`), where the loop puts them in place without a transpose; set again by each
     /// call that did so.
@@ -277,8 +282,13 @@ impl<'x> Prepared<'x> {
                         quantize_activations(&x[t * cols..(t + 1) * cols], 1, cols, opts.int8_threshold, &mut a);
                         a
                     })
-                    .collect();
-                Prepared::Int8 { x, m, acts }
+                    .collect::<Vec<_>>();
+                let panel =
+                    (m >= INT8_PANEL_TOKENS && tiles && cols.is_multiple_of(64) && k.has_int8_panel()).then(|| {
+                        let q: Vec<i8> = acts.iter().flat_map(|a| a.ca.iter().copied()).collect();
+                        Panel::int8(&q, cols, m)
+                    });
+                Prepared::Int8 { x, m, acts, panel }
             }
             Route::Q8(bs) => {
                 let nb = cols / bs;
@@ -394,6 +404,7 @@ impl<'x> Prepared<'x> {
             unit_levels: vec![0; unit_levels],
             unit_out: vec![0.0; unit_out],
             q5: Vec::new(),
+            isums: Vec::new(),
             token_major: false,
             wrote_token_major: false,
         }
@@ -419,7 +430,9 @@ impl<'x> Prepared<'x> {
                     _ => unreachable!("a dense route holds dense weights"),
                 }
             }
-            (&Prepared::Int8 { x, m, ref acts }, Weight::Int8(w8)) => int8_task(k, o, w8, x, m, acts, r0),
+            (&Prepared::Int8 { x, m, ref acts, ref panel }, Weight::Int8(w8)) => {
+                int8_task(k, o, w8, x, m, acts, panel.as_ref(), &mut scratch.isums, r0)
+            }
             (&Prepared::Q8 { m, ref q, ref d, unit: Some(ref unit), ref qsum, .. }, Weight::Q8(w8))
                 if w8.rows.is_multiple_of(16) =>
             {
@@ -829,10 +842,26 @@ fn fourbit_q8_task(
     }
 }
 
+/// Tokens of a decode step from which LLM.int8 rows go to a matrix unit (its tiles take
+/// sixteen, padded; four already run faster there than on the vector tiles).
+const INT8_PANEL_TOKENS: usize = 4;
+
 /// LLM.int8 rows, each token with its own activation scale and outlier columns (as alone).
-/// Integer sums are exact, so the 4 × 4 tile may serve several tokens at once; the float parts
-/// (scaling, then the outlier columns in column order) follow the one-token order.
-fn int8_task(k: &Kernels, o: &mut [f32], w: &Int8Ref, x: &[f32], m: usize, acts: &[Int8Activations], r0: usize) {
+/// Integer sums are exact, so the 4 × 4 tile — or a matrix unit's, with `panel` — may serve
+/// several tokens at once; the float parts (scaling, then the outlier columns in column order)
+/// follow the one-token order.
+#[allow(clippy::too_many_arguments)]
+fn int8_task(
+    k: &Kernels,
+    o: &mut [f32],
+    w: &Int8Ref,
+    x: &[f32],
+    m: usize,
+    acts: &[Int8Activations],
+    panel: Option<&Panel>,
+    isums: &mut Vec<i32>,
+    r0: usize,
+) {
     let cols = w.cols;
     let ca = |t: usize| acts[t].ca.as_slice();
     let cb = |r: usize| &w.cb[r * cols..(r + 1) * cols];
@@ -841,7 +870,22 @@ fn int8_task(k: &Kernels, o: &mut [f32], w: &Int8Ref, x: &[f32], m: usize, acts:
     let n = o.len() / m;
     let mut r = 0;
     let mut sums = [0i32; DECODE_ROWS_PER_TASK];
-    if m == 1 && x4 && n <= sums.len() && k.dot_int8_rows(ca(0), &w.cb[r0 * cols..(r0 + n) * cols], &mut sums[..n]) {
+    if let Some(p) = panel.filter(|_| n.is_multiple_of(16)) {
+        let tokens = PANEL_TOKENS * p.groups();
+        isums.resize(n * tokens, 0);
+        let done = k.int8_panel(&w.cb[r0 * cols..(r0 + n) * cols], p, n, isums);
+        assert!(done, "checked with has_int8_panel");
+        for (i, (orow, srow)) in o.chunks_mut(m).zip(isums.chunks(tokens)).enumerate() {
+            for (t, (y, &isum)) in orow.iter_mut().zip(srow).enumerate() {
+                *y = finish(r0 + i, t, isum);
+            }
+        }
+        r = n;
+    } else if m == 1
+        && x4
+        && n <= sums.len()
+        && k.dot_int8_rows(ca(0), &w.cb[r0 * cols..(r0 + n) * cols], &mut sums[..n])
+    {
         for (i, &isum) in sums[..n].iter().enumerate() {
             o[i] = finish(r0 + i, 0, isum);
         }
