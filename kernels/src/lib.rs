@@ -59,7 +59,7 @@ pub use matmul::{
 pub use prefetch::Prefetch;
 pub use probe::bandwidth_probe;
 pub use q8::Q8Tensor;
-pub use segments::{matmul_gated, matmul_segments, matmul_segments_with};
+pub use segments::{gates_together, matmul_gated, matmul_segments, matmul_segments_with};
 pub use weight::{AbsmaxRef, FourBitRef, Int8Ref, Q5Ref, Q8Ref, Weight};
 
 /// Hints that `data[from .. from + len]` (clamped to `data`) will be read soon, and once (with

@@ -20,13 +20,21 @@ use crate::matmul::{
 };
 use crate::weight::Weight;
 
+/// Whether [`matmul_gated`] computes `gate` and `up` together for prompts of `segs` tokens:
+/// both weights take the same 4-bit route that can pair them (the matrix unit's panels, the
+/// AVX-512 and AVX-VNNI tile runs, AVX2's eight-token rows kernel) and no prompt is one token
+/// long. A caller can size the gated output only when it will be used.
+pub fn gates_together(gate: &Weight, up: &Weight, segs: &[usize], opts: &MatmulOptions) -> bool {
+    let m = segs.iter().try_fold(0usize, |a, &s| a.checked_add(s));
+    m.is_some_and(|m| !segs.contains(&1) && gated_pairs(crate::kernels(), gate, up, m, opts))
+}
+
 /// A gated MLP input over several prompts (as [`matmul_segments`] takes them):
 /// `out (Σ segs × rows)` = silu(`gate · x`) ⊙ (`up · x`), each product bit for bit what
 /// [`matmul_segments`] gives it and the gating [`Kernels::silu_mul`]'s, computed together where
-/// both weights take the same 4-bit route that can pair them (the matrix unit's panels, AVX2's
-/// eight-token rows kernel) and no prompt is one token long: each
-/// piece of rows is gated as it is made, and only the gated product is written. `Ok(false)`, and
-/// `out` untouched, anywhere else: the caller multiplies and gates.
+/// [`gates_together`] says so: each piece of rows is gated as it is made, and only the gated
+/// product is written. `Ok(false)`, and `out` untouched, anywhere else: the caller multiplies
+/// and gates.
 pub fn matmul_gated(
     out: &mut [f32],
     gate: &Weight,
@@ -42,7 +50,7 @@ pub fn matmul_gated(
         cols: usize::MAX,
     })?;
     let (Weight::FourBit(g), Weight::FourBit(u)) = (gate, up) else { return Ok(false) };
-    if segs.contains(&1) || !gated_pairs(k, gate, up, m, opts) {
+    if !gates_together(gate, up, segs, opts) {
         return Ok(false);
     }
     for w in [gate, up] {

@@ -332,6 +332,11 @@ fn gated_products_equal_products_then_silu_mul() {
                     k.silu_mul(g, u);
                     let mut fused = vec![f32::NAN; m * rows];
                     let done = lowbit_kernels::matmul_gated(&mut fused, &gate, &up, xs, &segs, &opts).unwrap();
+                    assert_eq!(
+                        done,
+                        lowbit_kernels::gates_together(&gate, &up, &segs, &opts),
+                        "the predicate says what runs"
+                    );
                     (done.then_some(fused.clone()).ok_or(fused), g.to_vec())
                 });
                 match fused {

@@ -13,8 +13,8 @@ use crate::profile::{Phase, ProfileReport, Profiler};
 use crate::weights::ModelWeights;
 use lowbit_format::ModelFile;
 use lowbit_kernels::{
-    matmul_gated, matmul_rows, matmul_rows_many, matmul_rows_many_then, matmul_segments, MatmulOptions, RowsThen,
-    Weight,
+    gates_together, matmul_gated, matmul_rows, matmul_rows_many, matmul_rows_many_then, matmul_segments, MatmulOptions,
+    RowsThen, Weight,
 };
 
 /// A loaded model: configuration plus views of its weights.
@@ -520,12 +520,15 @@ impl<'a> Model<'a> {
                 add_rmsnorm(&mut h, Some(&o), &mut x, &lw.post_norm, c.rms_norm_eps, hsz);
             });
             record(Input::Mlp, &x, hsz);
-            // A prompt's gate and up products gated as they are made where both go to the
-            // matrix unit (without adapters, which change each product before the gating):
-            // only the gated product is written.
+            // A prompt's gate and up products gated as they are made where their route pairs
+            // them (without adapters, which change each product before the gating): only the
+            // gated product is written, into a buffer sized only then.
             let s = prof.start();
-            gated.resize(if decode || !self.lora.is_empty() { 0 } else { t * c.intermediate_size }, 0.0);
-            let fused_mlp = !gated.is_empty() && matmul_gated(&mut gated, &lw.gate, &lw.up, &x, segs, &self.opts)?;
+            let pair = !decode && self.lora.is_empty() && gates_together(&lw.gate, &lw.up, segs, &self.opts);
+            if pair {
+                gated.resize(t * c.intermediate_size, 0.0);
+            }
+            let fused_mlp = pair && matmul_gated(&mut gated, &lw.gate, &lw.up, &x, segs, &self.opts)?;
             let gate: &[f32] = if fused_mlp {
                 prof.stop(s, phase, || format!("matmul gate/up + silu·mul ({})", lw.gate.scheme_name()));
                 &gated
